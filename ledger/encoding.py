@@ -1,0 +1,186 @@
+"""Canonical msgpack: one byte string for one value, and strict decoding.
+
+The rules (docs/FORMAT.md, "Canonical encoding") in short:
+
+* allowed values: nil, true/false, integers in [-2**63, 2**64 - 1], UTF-8 text (str),
+  binary (bin), arrays, and maps whose keys are text;
+* no floats, no extension types, no duplicate map keys;
+* every value uses the shortest msgpack form (what msgpack-python emits);
+* map keys are sorted by their UTF-8 bytes, ascending.
+
+Quantities and times are text in one normal form (see :func:`decimal_text` and
+:func:`time_text`), so that two encoders following FORMAT.md produce the same bytes.
+
+:func:`decode` refuses any input that does not re-encode to exactly itself.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import msgpack
+
+MAX_INT = 2**64 - 1
+MIN_INT = -(2**63)
+MAX_DEPTH = 32
+
+
+class EncodingError(ValueError):
+    """A value or a byte string that is not canonical."""
+
+
+def _normalise(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise EncodingError(f"nested deeper than {MAX_DEPTH} levels")
+    if value is None or value is True or value is False or isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, int):
+        if not MIN_INT <= value <= MAX_INT:
+            raise EncodingError(f"integer {value} out of range")
+        return value
+    if isinstance(value, float):
+        raise EncodingError("floats are not allowed; write quantities as decimal text")
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise EncodingError(f"map key {k!r} is not text")
+            items.append((k.encode("utf-8"), k, _normalise(v, depth + 1)))
+        items.sort(key=lambda item: item[0])
+        return {k: v for _, k, v in items}
+    raise EncodingError(f"type {type(value).__name__} cannot be encoded; use text, int, bytes, list or map")
+
+
+def canonical(value: Any) -> bytes:
+    """The canonical msgpack bytes of ``value``."""
+    return msgpack.packb(_normalise(value), use_bin_type=True)
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise EncodingError(f"extension type {code} is not allowed")
+
+
+def _refuse_duplicates(pairs: list[tuple[Any, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise EncodingError("duplicate map key")
+    return result
+
+
+def decode(data: bytes) -> Any:
+    """Decode canonical bytes; refuse anything that is not canonical."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise EncodingError("expected bytes")
+    data = bytes(data)
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            ext_hook=_refuse_ext,
+            object_pairs_hook=_refuse_duplicates,
+        )
+    except EncodingError:
+        raise
+    except msgpack.ExtraData as e:
+        raise EncodingError("trailing bytes after the value") from e
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise EncodingError(f"malformed msgpack: {e}") from e
+    try:
+        again = canonical(value)
+    except EncodingError as e:
+        raise EncodingError(f"not canonical: {e}") from e
+    if again != data:
+        raise EncodingError("not canonical: the bytes do not re-encode to themselves")
+    return value
+
+
+# --- normal forms for text-encoded values -------------------------------------------------
+
+_DECIMAL_RE = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$")
+
+
+def decimal_text(value: Decimal | int | str, places: int | None = None) -> str:
+    """The normal form of a decimal: no exponent, no leading zeros, no trailing fractional
+    zeros, no '+', no '-0'. ``places`` caps the number of fractional digits (refused, never
+    rounded)."""
+    if isinstance(value, float) or isinstance(value, bool):
+        raise EncodingError("floats are not allowed; write quantities as decimal text")
+    try:
+        d = Decimal(value) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, ValueError) as e:
+        raise EncodingError(f"{value!r} is not a decimal number") from e
+    if not d.is_finite():
+        raise EncodingError(f"{value!r} is not a finite number")
+    if d == 0:
+        d = Decimal(0)
+    sign, digits, exponent = d.normalize().as_tuple()
+    if places is not None and exponent < 0 and -exponent > places:
+        raise EncodingError(f"{value!r} has more than {places} decimals")
+    text = format(d.normalize(), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    if text in ("-0", ""):
+        text = "0"
+    return text
+
+
+def is_decimal_text(text: str) -> bool:
+    return isinstance(text, str) and bool(_DECIMAL_RE.match(text))
+
+
+def parse_decimal(text: str, places: int | None = None) -> Decimal:
+    """Parse a decimal that must already be in normal form."""
+    if not is_decimal_text(text):
+        raise EncodingError(f"{text!r} is not a decimal in normal form (e.g. '12.5', '0', '-3')")
+    if places is not None and "." in text and len(text.split(".")[1]) > places:
+        raise EncodingError(f"{text!r} has more than {places} decimals")
+    return Decimal(text)
+
+
+_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z$")
+
+
+def time_text(value: datetime) -> str:
+    """RFC 3339 UTC in normal form: ``YYYY-MM-DDTHH:MM:SS[.f]Z``, the fraction present only
+    when non-zero, without trailing zeros, at most 6 digits."""
+    if value.tzinfo is None:
+        raise EncodingError("times must be timezone-aware")
+    value = value.astimezone(timezone.utc)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += ("." + f"{value.microsecond:06d}").rstrip("0")
+    return text + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse a time that must already be in normal form."""
+    if not isinstance(text, str) or not _TIME_RE.match(text):
+        raise EncodingError(f"{text!r} is not an RFC 3339 UTC time in normal form (e.g. '2024-03-01T08:00:00Z')")
+    try:
+        value = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError as e:
+        raise EncodingError(f"{text!r} is not a valid time: {e}") from e
+    if len(text) > 20:
+        frac = text[20:-1]
+        value = value.replace(microsecond=int(frac.ljust(6, "0")))
+    if time_text(value) != text:
+        raise EncodingError(f"{text!r} is not in normal form (expected {time_text(value)!r})")
+    return value
+
+
+def micros_to_time_text(micros: int) -> str:
+    return time_text(datetime.fromtimestamp(micros // 1_000_000, tz=timezone.utc).replace(microsecond=micros % 1_000_000))
+
+
+def time_to_micros(value: datetime) -> int:
+    value = value.astimezone(timezone.utc)
+    return int(value.replace(microsecond=0).timestamp()) * 1_000_000 + value.microsecond

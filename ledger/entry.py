@@ -1,0 +1,192 @@
+"""The entry: what a party signs, how it is chained, and how the log covers it.
+
+Three byte strings, all canonical msgpack (``ledger.encoding``), specified in docs/FORMAT.md:
+
+``content``   a map of exactly these keys (sorted):
+              body, chain, command_id, key_id, occurred_at, prev, seq, type, v
+``envelope``  a map {"entry": bin(content), "sig": bin(64)}; the signature is Ed25519 over
+              ENTRY_TAG || content. The envelope is what clients submit and the store keeps.
+``leaf``      a map {"entry_hash": bin(32), "index": int, "recorded_at": str}: what the ledger
+              adds outside the signature. The Merkle log hashes it as an RFC 9162 leaf.
+
+The entry hash is SHA-256(envelope); ``prev`` of seq n+1 is the entry hash of seq n, and
+32 zero bytes for seq 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import encoding
+from .encoding import EncodingError
+from .keys import KEY_ID_RE, SigningKey
+
+FORMAT_VERSION = 1
+ENTRY_TAG = b"reledger/v1/entry\n"
+ZERO_HASH = bytes(32)
+CONTENT_KEYS = ("body", "chain", "command_id", "key_id", "occurred_at", "prev", "seq", "type", "v")
+CHAIN_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{1,63}$")
+TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+MAX_ENVELOPE = 256 * 1024
+
+
+class EntryError(ValueError):
+    """An entry that is malformed (bad bytes, missing or extra fields, bad signature...)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _check(cond: bool, message: str, field_name: str) -> None:
+    if not cond:
+        raise EntryError(f"{field_name}: {message}", field_name)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The signed content of an entry (see module docstring)."""
+
+    chain: str
+    seq: int
+    prev: bytes
+    type: str
+    occurred_at: str
+    body: dict
+    key_id: str
+    command_id: str
+    v: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        validate_content(self.as_map())
+
+    def as_map(self) -> dict[str, Any]:
+        return {
+            "body": self.body,
+            "chain": self.chain,
+            "command_id": self.command_id,
+            "key_id": self.key_id,
+            "occurred_at": self.occurred_at,
+            "prev": self.prev,
+            "seq": self.seq,
+            "type": self.type,
+            "v": self.v,
+        }
+
+    def content_bytes(self) -> bytes:
+        return encoding.canonical(self.as_map())
+
+    def sign(self, key: SigningKey) -> "SignedEntry":
+        if key.key_id != self.key_id:
+            raise EntryError("key_id: the entry names another key than the one signing it", "key_id")
+        content = self.content_bytes()
+        return SignedEntry.from_parts(content, key.sign(ENTRY_TAG, content))
+
+
+def validate_content(m: Any) -> None:
+    """Structural checks every entry must pass, whatever its type."""
+    if not isinstance(m, dict):
+        raise EntryError("entry: the content is not a map", "entry")
+    missing = [k for k in CONTENT_KEYS if k not in m]
+    extra = sorted(k for k in m if k not in CONTENT_KEYS)
+    if missing:
+        raise EntryError(f"entry: missing field(s) {', '.join(missing)}", missing[0])
+    if extra:
+        raise EntryError(f"entry: unknown field(s) {', '.join(extra)}", extra[0])
+    _check(m["v"] == FORMAT_VERSION and type(m["v"]) is int, f"format version must be {FORMAT_VERSION}", "v")
+    _check(isinstance(m["chain"], str) and bool(CHAIN_RE.match(m["chain"])),
+           "must be a party id of 2-64 characters A-Z 0-9 . _ -", "chain")
+    _check(type(m["seq"]) is int and m["seq"] >= 1, "must be an integer >= 1", "seq")
+    _check(isinstance(m["prev"], bytes) and len(m["prev"]) == 32, "must be 32 bytes", "prev")
+    if m["seq"] == 1:
+        _check(m["prev"] == ZERO_HASH, "must be 32 zero bytes for seq 1", "prev")
+    _check(isinstance(m["type"], str) and bool(TYPE_RE.match(m["type"])), "must be an entry type name", "type")
+    try:
+        encoding.parse_time(m["occurred_at"])
+    except EncodingError as e:
+        raise EntryError(f"occurred_at: {e}", "occurred_at") from e
+    _check(isinstance(m["body"], dict), "must be a map", "body")
+    _check(isinstance(m["key_id"], str) and bool(KEY_ID_RE.match(m["key_id"])),
+           "must be 16 lowercase hex digits", "key_id")
+    _check(isinstance(m["command_id"], str) and bool(UUID_RE.match(m["command_id"])),
+           "must be a lowercase UUID like 1b4e28ba-2fa1-11d2-883f-0016d3cca427", "command_id")
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """An envelope: content bytes, signature, and the decoded entry."""
+
+    envelope: bytes
+    content: bytes
+    signature: bytes
+    entry: Entry = field(compare=False)
+    hash: bytes = field(compare=False)
+
+    @classmethod
+    def from_parts(cls, content: bytes, signature: bytes) -> "SignedEntry":
+        envelope = encoding.canonical({"entry": content, "sig": signature})
+        return cls.parse(envelope)
+
+    @classmethod
+    def parse(cls, envelope: bytes) -> "SignedEntry":
+        """Strictly parse an envelope (the signature is NOT checked here: see ``verify``)."""
+        if not isinstance(envelope, (bytes, bytearray)):
+            raise EntryError("envelope: expected bytes", "envelope")
+        envelope = bytes(envelope)
+        if len(envelope) > MAX_ENVELOPE:
+            raise EntryError(f"envelope: larger than {MAX_ENVELOPE} bytes", "envelope")
+        try:
+            outer = encoding.decode(envelope)
+        except EncodingError as e:
+            raise EntryError(f"envelope: {e}", "envelope") from e
+        if not isinstance(outer, dict) or sorted(outer) != ["entry", "sig"]:
+            raise EntryError("envelope: must be a map of exactly 'entry' and 'sig'", "envelope")
+        content, signature = outer["entry"], outer["sig"]
+        if not isinstance(content, bytes) or not isinstance(signature, bytes):
+            raise EntryError("envelope: 'entry' and 'sig' must be binary", "envelope")
+        if len(signature) != 64:
+            raise EntryError("sig: an Ed25519 signature is 64 bytes", "sig")
+        try:
+            m = encoding.decode(content)
+        except EncodingError as e:
+            raise EntryError(f"entry: {e}", "entry") from e
+        validate_content(m)
+        entry = object.__new__(Entry)  # already validated: skip __post_init__
+        for k in CONTENT_KEYS:
+            object.__setattr__(entry, k, m[k])
+        return cls(envelope, content, signature, entry, hashlib.sha256(envelope).digest())
+
+    def signature_valid(self, public_key: bytes) -> bool:
+        from .keys import verify_signature
+
+        return verify_signature(public_key, ENTRY_TAG, self.content, self.signature)
+
+
+def leaf_bytes(entry_hash: bytes, index: int, recorded_at: str) -> bytes:
+    """The Merkle leaf the ledger records for an entry (outside the party's signature)."""
+    return encoding.canonical({"entry_hash": entry_hash, "index": index, "recorded_at": recorded_at})
+
+
+def new_command_id() -> str:
+    return str(uuid.uuid4())
+
+
+def make_entry(key: SigningKey, *, seq: int, prev: bytes, type: str, occurred_at: str, body: dict,
+               command_id: str | None = None, chain: str | None = None) -> SignedEntry:
+    """Build and sign an entry with ``key`` (its party's chain unless ``chain`` says otherwise)."""
+    entry = Entry(
+        chain=chain or key.party,
+        seq=seq,
+        prev=prev,
+        type=type,
+        occurred_at=occurred_at,
+        body=body,
+        key_id=key.key_id,
+        command_id=command_id or new_command_id(),
+    )
+    return entry.sign(key)

@@ -1,0 +1,266 @@
+"""Read-only access to a stored ledger, for verifiers and queries.
+
+Opens SQLite with ``mode=ro`` and PostgreSQL with read-only transactions, and only ever runs
+SELECT. The SQL here is shared with ``ledger.store`` (which writes), so there is one
+definition of the tables' shape; this module imports nothing that writes.
+
+Database URLs: ``sqlite:///relative/or/absolute/path.db`` and
+``postgresql://user[:password]@host[:port]/dbname[?schema=NAME]``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import parse_qs, unquote, urlparse
+
+from .encoding import micros_to_time_text
+
+DEFAULT_URL = "sqlite:///./reledger.db"
+NAME = "reledger"
+
+
+class DatabaseURLError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    backend: str  # "sqlite" | "postgres"
+    path: str = ""  # sqlite file
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    dbname: str = ""
+    schema: str = "public"
+
+    @classmethod
+    def parse(cls, url: str) -> "DatabaseURL":
+        u = urlparse(url)
+        if u.scheme == "sqlite":
+            path = unquote(u.path)
+            if url.startswith("sqlite:///"):
+                path = url[len("sqlite:///"):].split("?")[0]
+            if not path or path == ":memory:":
+                raise DatabaseURLError("sqlite URL needs a file path, e.g. sqlite:///./reledger.db")
+            return cls("sqlite", path=path)
+        if u.scheme in ("postgresql", "postgres"):
+            q = parse_qs(u.query)
+            schema = q.get("schema", ["public"])[0]
+            if not schema.replace("_", "").isalnum():
+                raise DatabaseURLError(f"bad schema name {schema!r}")
+            return cls("postgres", host=u.hostname or "127.0.0.1", port=u.port or 5432,
+                       user=unquote(u.username or "postgres"), password=unquote(u.password or ""),
+                       dbname=(u.path or "/").lstrip("/") or "postgres", schema=schema)
+        raise DatabaseURLError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB")
+
+    def conninfo(self) -> str:
+        parts = [f"host={self.host}", f"port={self.port}", f"user={self.user}", f"dbname={self.dbname}"]
+        if self.password:
+            parts.append(f"password={self.password}")
+        return " ".join(parts)
+
+
+class Tables:
+    """Table names and SQL of one ledger, for one SQL dialect."""
+
+    def __init__(self, backend: str, schema: str = "public", name: str = NAME):
+        self.backend = backend
+        if backend == "sqlite":
+            self.events = "stored_events"
+            self.log = f"{name}_log"
+            self.checkpoints = f"{name}_checkpoints"
+            self.p = "?"
+        else:
+            self.events = f"{schema}.{name}_events"
+            self.log = f"{schema}.{name}_log"
+            self.checkpoints = f"{schema}.{name}_checkpoints"
+            self.p = "%s"
+
+    def q(self, sql: str) -> str:
+        """Write SQL with '?' placeholders; get the dialect's."""
+        return sql.format(events=self.events, log=self.log, checkpoints=self.checkpoints).replace("?", self.p)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One log position: what the party signed (envelope) and what the ledger added."""
+
+    index: int
+    chain: str
+    seq: int
+    type: str
+    entry_hash: bytes
+    recorded_us: int
+    nodes: bytes  # the stored Merkle nodes completed by this leaf (leaf hash first)
+    envelope: bytes | None  # None when the events table has lost the row
+
+    @property
+    def recorded_at(self) -> str:
+        return micros_to_time_text(self.recorded_us)
+
+
+RECORD_COLUMNS = "l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, e.state"
+RECORD_JOIN = "FROM {log} l LEFT JOIN {events} e ON e.originator_id = l.chain AND e.originator_version = l.seq"
+
+
+def row_to_record(row: Any) -> Record:
+    return Record(int(row[0]), row[1], int(row[2]), row[3], bytes(row[4]), int(row[5]), bytes(row[6]),
+                  None if row[7] is None else bytes(row[7]))
+
+
+class Queries:
+    """Read queries, run on a DB-API cursor supplied by the caller."""
+
+    def __init__(self, tables: Tables):
+        self.t = tables
+
+    def size(self, cur) -> tuple[int, int]:
+        """(number of entries, record time of the last one in microseconds)."""
+        cur.execute(self.t.q("SELECT idx, recorded_us FROM {log} ORDER BY idx DESC LIMIT 1"))
+        row = cur.fetchone()
+        return (0, 0) if row is None else (int(_col(row, 0)) + 1, int(_col(row, 1)))
+
+    def records(self, cur, start: int, stop: int) -> list[Record]:
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"),
+                    (start, stop))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
+    def record_of(self, cur, chain: str, seq: int) -> Record | None:
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.chain = ? AND l.seq = ?"), (chain, seq))
+        row = cur.fetchone()
+        return None if row is None else row_to_record(_tuple(row))
+
+    def records_of_chain(self, cur, chain: str, start_seq: int, stop_seq: int) -> list[Record]:
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.chain = ? AND l.seq >= ? AND l.seq < ? "
+                             "ORDER BY l.seq"), (chain, start_seq, stop_seq))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
+    def chain_head(self, cur, chain: str) -> tuple[int, bytes] | None:
+        cur.execute(self.t.q("SELECT seq, entry_hash FROM {log} WHERE chain = ? ORDER BY seq DESC LIMIT 1"), (chain,))
+        row = cur.fetchone()
+        return None if row is None else (int(_col(row, 0)), bytes(_col(row, 1)))
+
+    def chains(self, cur) -> list[tuple[str, int]]:
+        cur.execute(self.t.q("SELECT chain, MAX(seq) FROM {log} GROUP BY chain ORDER BY chain"))
+        return [(r[0], int(r[1])) for r in map(_tuple, cur.fetchall())]
+
+    def nodes(self, cur, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """Hashes of perfect subtrees (level, index): stored in the row of their last leaf."""
+        want: dict[int, list[tuple[int, int]]] = {}
+        for level, index in set(coords):
+            want.setdefault(((index + 1) << level) - 1, []).append((level, index))
+        out: dict[tuple[int, int], bytes] = {}
+        rows = list(want)
+        for i in range(0, len(rows), 500):
+            chunk = rows[i:i + 500]
+            cur.execute(self.t.q("SELECT idx, nodes FROM {log} WHERE idx IN (" + ",".join("?" * len(chunk)) + ")"),
+                        chunk)
+            for r in map(_tuple, cur.fetchall()):
+                nodes = bytes(r[1])
+                for level, index in want[int(r[0])]:
+                    h = nodes[32 * level:32 * (level + 1)]
+                    if len(h) == 32:
+                        out[(level, index)] = h
+        missing = [c for c in coords if c not in out]
+        if missing:
+            raise LookupError(f"Merkle nodes missing from the log: {missing[:3]}")
+        return out
+
+    def index_at_time(self, cur, recorded_us: int) -> int:
+        """How many entries had been recorded at or before ``recorded_us``."""
+        cur.execute(self.t.q("SELECT MAX(idx) FROM {log} WHERE recorded_us <= ?"), (recorded_us,))
+        row = cur.fetchone()
+        v = _col(row, 0) if row is not None else None
+        return 0 if v is None else int(v) + 1
+
+    def events_count(self, cur) -> int:
+        cur.execute(self.t.q("SELECT COUNT(*) FROM {events}"))
+        return int(_col(cur.fetchone(), 0))
+
+    def unlogged_events(self, cur, limit: int = 5) -> list[tuple[str, int]]:
+        cur.execute(self.t.q("SELECT e.originator_id, e.originator_version FROM {events} e LEFT JOIN {log} l "
+                             "ON e.originator_id = l.chain AND e.originator_version = l.seq "
+                             "WHERE l.idx IS NULL LIMIT ?"), (limit,))
+        return [(r[0], int(r[1])) for r in map(_tuple, cur.fetchall())]
+
+    def checkpoints(self, cur) -> list[tuple[int, bytes, bytes]]:
+        cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} ORDER BY size"))
+        return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in map(_tuple, cur.fetchall())]
+
+    def latest_checkpoint(self, cur) -> tuple[int, bytes, bytes] | None:
+        cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} ORDER BY size DESC LIMIT 1"))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        r = _tuple(row)
+        return int(r[0]), bytes(r[1]), bytes(r[2])
+
+    def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        out: dict[tuple[str, str], tuple[int, bytes]] = {}
+        for i in range(0, len(command_ids), 500):
+            chunk = command_ids[i:i + 500]
+            cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} WHERE command_id IN ("
+                                 + ",".join("?" * len(chunk)) + ")"), chunk)
+            for r in map(_tuple, cur.fetchall()):
+                out[(r[0], r[1])] = (int(r[2]), bytes(r[3]))
+        return out
+
+    def records_of_types(self, cur, types: list[str], start: int, stop: int) -> list[Record]:
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? AND l.type IN ("
+                             + ",".join("?" * len(types)) + ") ORDER BY l.idx"), (start, stop, *types))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
+
+def _tuple(row: Any) -> tuple:
+    if isinstance(row, dict):
+        return tuple(row.values())
+    return tuple(row)
+
+
+def _col(row: Any, i: int) -> Any:
+    return _tuple(row)[i]
+
+
+class LogReader:
+    """A read-only connection to a ledger database."""
+
+    def __init__(self, url: str, name: str = NAME):
+        self.url = DatabaseURL.parse(url)
+        self.tables = Tables(self.url.backend, self.url.schema, name)
+        self.queries = Queries(self.tables)
+        if self.url.backend == "sqlite":
+            path = Path(self.url.path)
+            if not path.exists():
+                raise FileNotFoundError(f"no ledger database at {path}")
+            self._conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            import psycopg
+
+            self._conn = psycopg.connect(self.url.conninfo(), autocommit=True,
+                                         options="-c default_transaction_read_only=on")
+
+    def cursor(self):
+        return self._conn.cursor()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "LogReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def iter_records(self, start: int = 0, stop: int | None = None, page: int = 2000) -> Iterator[Record]:
+        cur = self.cursor()
+        if stop is None:
+            stop = self.queries.size(cur)[0]
+        i = start
+        while i < stop:
+            batch = self.queries.records(cur, i, min(stop, i + page))
+            yield from batch
+            i = min(stop, i + page)

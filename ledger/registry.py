@@ -1,0 +1,184 @@
+"""The key registry: which party held which key, for what, between which log positions.
+
+Pure state built from the registry entries of the log, in log order. The store uses it to
+accept or refuse an entry; the verifier replays it to check every entry with the key that was
+valid when that entry was recorded. Nothing here reads or writes storage.
+
+Rules (docs/FORMAT.md, "Keys and the genesis"):
+
+* The genesis is log index 0: a ``KeyAuthorized`` entry, seq 1 of chain R, whose body authorizes
+  for party R the very key that signs it. R is the root regulator.
+* Only a party with the REGULATOR role asserts ``PartyRegistered``, ``PartyDesignationChanged``,
+  ``KeyAuthorized`` and ``KeyRevoked``.
+* An entry of chain C at log index i is valid only with a key authorized for C (purpose
+  "entries") by an entry at an index < i, not revoked by an entry at an index < i, and with
+  ``valid_from <= recorded_at < valid_until``; and C must be a registered party.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from . import encoding
+from .encoding import EncodingError
+from .entry import SignedEntry
+from .keys import PURPOSES, key_id as compute_key_id
+
+REGISTRY_TYPES = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"})
+REGULATOR = "REGULATOR"
+
+
+class RegistryError(ValueError):
+    """An entry the key registry refuses (unknown, revoked, expired or foreign key...)."""
+
+    def __init__(self, message: str, field: str | None = None, code: str = "key"):
+        super().__init__(message)
+        self.field = field
+        self.code = code
+
+
+@dataclass
+class KeyRecord:
+    party: str
+    key_id: str
+    public_key: bytes
+    purpose: str
+    authorized_at: int  # log index of the KeyAuthorized entry
+    valid_from_us: int
+    valid_until_us: int | None
+    revoked_at: int | None = None  # log index of the KeyRevoked entry
+
+
+@dataclass
+class Registry:
+    keys: dict[str, KeyRecord] = field(default_factory=dict)
+    roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    size: int = 0  # how many log entries have been applied
+    root: str | None = None  # the genesis regulator
+
+    def copy(self) -> "Registry":
+        return copy.deepcopy(self)
+
+    # --- checking ----------------------------------------------------------------------
+    def key_for(self, signed: SignedEntry, index: int, recorded_us: int) -> bytes:
+        """The public key that must have signed ``signed`` recorded at ``index``; raises
+        RegistryError when no valid key exists. Does not check the signature itself."""
+        e = signed.entry
+        if index == 0:
+            return self._genesis_key(signed)
+        if e.chain not in self.roles:
+            raise RegistryError(f"chain: party {e.chain} is not registered", "chain", "unregistered")
+        rec = self.keys.get(e.key_id)
+        if rec is None or rec.purpose != "entries":
+            raise RegistryError(f"key_id: key {e.key_id} is not authorized for any party", "key_id", "unknown_key")
+        if rec.party != e.chain:
+            raise RegistryError(
+                f"key_id: key {e.key_id} belongs to party {rec.party}, not to {e.chain}", "key_id", "foreign_key")
+        if rec.authorized_at >= index:
+            raise RegistryError(f"key_id: key {e.key_id} was not yet authorized", "key_id", "unknown_key")
+        if rec.revoked_at is not None and rec.revoked_at < index:
+            raise RegistryError(
+                f"key_id: key {e.key_id} was revoked (log index {rec.revoked_at})", "key_id", "revoked_key")
+        if recorded_us < rec.valid_from_us:
+            raise RegistryError(f"key_id: key {e.key_id} is not valid yet", "key_id", "expired_key")
+        if rec.valid_until_us is not None and recorded_us >= rec.valid_until_us:
+            raise RegistryError(f"key_id: key {e.key_id} has expired", "key_id", "expired_key")
+        if e.type in REGISTRY_TYPES and REGULATOR not in self.roles.get(e.chain, ()):
+            raise RegistryError(
+                f"type: only a regulator may record {e.type}; {e.chain} is not one", "type", "forbidden")
+        return rec.public_key
+
+    def _genesis_key(self, signed: SignedEntry) -> bytes:
+        e = signed.entry
+        if e.type != "KeyAuthorized" or e.seq != 1:
+            raise RegistryError("genesis: log index 0 must be KeyAuthorized, seq 1 of the regulator's chain",
+                                "type", "genesis")
+        body = _key_authorized_body(e.body)
+        if body["party"] != e.chain or body["key_id"] != e.key_id or body["purpose"] != "entries":
+            raise RegistryError("genesis: the first entry must authorize, for its own chain, the key that signs it",
+                                "body", "genesis")
+        return body["public_key"]
+
+    # --- applying ----------------------------------------------------------------------
+    def apply(self, signed: SignedEntry, index: int) -> None:
+        """Apply an accepted entry at ``index`` (registry types change state; others only
+        advance ``size``). Bodies of registry types are checked for the fields used here."""
+        e = signed.entry
+        if e.type == "KeyAuthorized":
+            b = _key_authorized_body(e.body)
+            if b["key_id"] in self.keys:
+                raise RegistryError(f"body.key_id: key {b['key_id']} is already authorized", "body.key_id", "body")
+            if index != 0 and b["party"] not in self.roles:
+                raise RegistryError(f"body.party: party {b['party']} is not registered", "body.party", "body")
+            self.keys[b["key_id"]] = KeyRecord(
+                b["party"], b["key_id"], b["public_key"], b["purpose"], index,
+                b["valid_from_us"], b["valid_until_us"])
+            if index == 0:
+                self.root = e.chain
+                self.roles[e.chain] = frozenset({REGULATOR})
+        elif e.type == "KeyRevoked":
+            party, kid = _text(e.body, "party"), _text(e.body, "key_id")
+            rec = self.keys.get(kid)
+            if rec is None or rec.party != party:
+                raise RegistryError(f"body.key_id: party {party} has no key {kid}", "body.key_id", "body")
+            if rec.revoked_at is not None:
+                raise RegistryError(f"body.key_id: key {kid} is already revoked", "body.key_id", "body")
+            rec.revoked_at = index
+        elif e.type in ("PartyRegistered", "PartyDesignationChanged"):
+            party = _text(e.body, "party")
+            roles = e.body.get("roles")
+            if e.type == "PartyRegistered" and party in self.roles and party != self.root:
+                raise RegistryError(f"body.party: party {party} is already registered", "body.party", "body")
+            if e.type == "PartyDesignationChanged" and party not in self.roles:
+                raise RegistryError(f"body.party: party {party} is not registered", "body.party", "body")
+            if roles is not None:
+                if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                    raise RegistryError("body.roles: must be a list of role names", "body.roles", "body")
+                if party == self.root and REGULATOR not in roles:
+                    raise RegistryError("body.roles: the root regulator keeps the REGULATOR role", "body.roles", "body")
+                self.roles[party] = frozenset(roles)
+            elif e.type == "PartyRegistered":
+                raise RegistryError("body.roles: missing", "body.roles", "body")
+        self.size = index + 1
+
+    def checkpoint_keys(self, before_index: int) -> list[KeyRecord]:
+        """Checkpoint keys authorized by an entry at an index < before_index and not revoked
+        before it."""
+        return [k for k in self.keys.values()
+                if k.purpose == "checkpoint" and k.authorized_at < before_index
+                and (k.revoked_at is None or k.revoked_at >= before_index)]
+
+
+def _text(body: dict, name: str) -> str:
+    v = body.get(name)
+    if not isinstance(v, str) or not v:
+        raise RegistryError(f"body.{name}: must be text", f"body.{name}", "body")
+    return v
+
+
+def _time_us(body: dict, name: str, required: bool) -> int | None:
+    v = body.get(name)
+    if v is None and not required:
+        return None
+    try:
+        return encoding.time_to_micros(encoding.parse_time(v))
+    except EncodingError as e:
+        raise RegistryError(f"body.{name}: {e}", f"body.{name}", "body") from e
+
+
+def _key_authorized_body(body: dict) -> dict:
+    party, kid = _text(body, "party"), _text(body, "key_id")
+    pub = body.get("public_key")
+    if not isinstance(pub, bytes) or len(pub) != 32:
+        raise RegistryError("body.public_key: must be 32 bytes (Ed25519)", "body.public_key", "body")
+    if compute_key_id(pub) != kid:
+        raise RegistryError("body.key_id: does not match the public key", "body.key_id", "body")
+    purpose = body.get("purpose", "entries")
+    if purpose not in PURPOSES:
+        raise RegistryError(f"body.purpose: must be one of {', '.join(PURPOSES)}", "body.purpose", "body")
+    return {
+        "party": party, "key_id": kid, "public_key": pub, "purpose": purpose,
+        "valid_from_us": _time_us(body, "valid_from", True),
+        "valid_until_us": _time_us(body, "valid_until", False),
+    }

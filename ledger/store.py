@@ -1,0 +1,652 @@
+"""The event store: signed entries on ``eventsourcing``, with a gap-free Merkle log beside them.
+
+Each party's chain is an eventsourcing stream: originator_id = chain, originator_version = seq,
+topic = entry type, state = the envelope bytes. The library's primary key (originator_id,
+originator_version) makes a fork impossible at the database: two appends for the same seq leave
+exactly one. Beside the events table, in the same transaction and under the same lock, the
+store writes ``<name>_log``: one row per entry with its gap-free global index, record time,
+entry hash and the RFC 9162 Merkle nodes that the leaf completes (so proofs need O(log n)
+point reads and an append O(log n) hashing). Checkpoints live in ``<name>_checkpoints``.
+
+All three tables refuse UPDATE and DELETE by triggers (and TRUNCATE on PostgreSQL);
+``grant_serving_role`` creates a PostgreSQL role holding INSERT and SELECT only.
+
+An append takes *groups* of envelopes: each group is all-or-nothing, the groups of one call
+share one transaction (group commit). Signatures are checked in a thread pool before the write
+lock is taken (Ed25519 in ``cryptography`` releases the GIL); chain, key validity, idempotency
+and the Merkle log are decided under the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError as ESIntegrityError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+
+from . import merkle
+from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from .encoding import micros_to_time_text
+from .entry import EntryError, SignedEntry, ZERO_HASH, leaf_bytes
+from .keys import SigningKey
+from .reader import NAME, DatabaseURL, Queries, Record, Tables, _tuple
+from .registry import REGISTRY_TYPES, Registry, RegistryError
+
+
+# --- errors and results --------------------------------------------------------------------
+
+class AppendError(ValueError):
+    """An entry (and so its whole group) was refused; nothing of the group was written.
+
+    ``code`` is one of: malformed, signature, unregistered, unknown_key, foreign_key,
+    revoked_key, expired_key, forbidden, genesis, body, conflict, command_conflict.
+    """
+
+    def __init__(self, code: str, message: str, *, field: str | None = None, position: int | None = None,
+                 chain: str | None = None, seq: int | None = None):
+        super().__init__(message)
+        self.code, self.message, self.field = code, message, field
+        self.position, self.chain, self.seq = position, chain, seq
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "field": self.field,
+                "position": self.position, "chain": self.chain, "seq": self.seq}
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What the ledger answers for an accepted entry."""
+
+    index: int
+    chain: str
+    seq: int
+    entry_hash: bytes
+    recorded_at: str
+    duplicate: bool = False  # True when the command id had been recorded already
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "chain": self.chain, "seq": self.seq, "entry_hash": self.entry_hash.hex(),
+                "recorded_at": self.recorded_at, "duplicate": self.duplicate}
+
+
+# --- eventsourcing recorders with the log tables -------------------------------------------
+
+def _log_ddl(t: Tables, backend: str) -> list[str]:
+    blob = "BLOB" if backend == "sqlite" else "BYTEA"
+    log_name = t.log.split(".")[-1]
+    stmts = [
+        f"CREATE TABLE IF NOT EXISTS {t.log} ("
+        " idx BIGINT PRIMARY KEY,"
+        " chain TEXT NOT NULL,"
+        " seq BIGINT NOT NULL,"
+        " type TEXT NOT NULL,"
+        " command_id TEXT NOT NULL,"
+        f" entry_hash {blob} NOT NULL,"
+        " recorded_us BIGINT NOT NULL,"
+        f" nodes {blob} NOT NULL,"
+        " UNIQUE (chain, seq),"
+        " UNIQUE (command_id, chain))",
+        f"CREATE INDEX IF NOT EXISTS {log_name}_recorded ON {t.log} (recorded_us)",
+        f"CREATE TABLE IF NOT EXISTS {t.checkpoints} ("
+        " size BIGINT PRIMARY KEY,"
+        f" root {blob} NOT NULL,"
+        f" note {blob} NOT NULL,"
+        " created_us BIGINT NOT NULL)",
+    ]
+    tables = [t.events, t.log, t.checkpoints]
+    if backend == "sqlite":
+        for table in tables:
+            for op in ("UPDATE", "DELETE"):
+                stmts.append(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, 'reledger: {table} is append-only ({op} refused)'); END")
+        stmts.append(
+            f"CREATE TRIGGER IF NOT EXISTS {log_name}_gap_free BEFORE INSERT ON {t.log} "
+            f"WHEN NEW.idx != (SELECT COALESCE(MAX(idx) + 1, 0) FROM {t.log}) "
+            f"BEGIN SELECT RAISE(ABORT, 'reledger: the log index must be gap-free'); END")
+    else:
+        schema = t.log.split(".")[0]
+        stmts.append(
+            f"CREATE OR REPLACE FUNCTION {schema}.reledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'reledger: % is append-only (% refused)', TG_TABLE_NAME, TG_OP; END $$")
+        stmts.append(
+            f"CREATE OR REPLACE FUNCTION {schema}.reledger_gap_free() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            f"BEGIN IF NEW.idx <> (SELECT COALESCE(MAX(idx) + 1, 0) FROM {t.log}) THEN "
+            "RAISE EXCEPTION 'reledger: the log index must be gap-free'; END IF; RETURN NEW; END $$")
+        for table in tables:
+            short = table.split(".")[-1]
+            stmts.append(f"DROP TRIGGER IF EXISTS {short}_append_only ON {table}")
+            stmts.append(f"CREATE TRIGGER {short}_append_only BEFORE UPDATE OR DELETE ON {table} "
+                         f"FOR EACH ROW EXECUTE FUNCTION {schema}.reledger_append_only()")
+            stmts.append(f"DROP TRIGGER IF EXISTS {short}_no_truncate ON {table}")
+            stmts.append(f"CREATE TRIGGER {short}_no_truncate BEFORE TRUNCATE ON {table} "
+                         f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.reledger_append_only()")
+        stmts.append(f"DROP TRIGGER IF EXISTS {log_name}_gap_free ON {t.log}")
+        stmts.append(f"CREATE TRIGGER {log_name}_gap_free BEFORE INSERT ON {t.log} "
+                     f"FOR EACH ROW EXECUTE FUNCTION {schema}.reledger_gap_free()")
+    return stmts
+
+
+class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
+    """eventsourcing's SQLite recorder, plus the log tables and an append transaction."""
+
+    tables = Tables("sqlite")
+
+    def construct_create_table_statements(self) -> list[str]:
+        return super().construct_create_table_statements() + _log_ddl(self.tables, "sqlite")
+
+    def write(self, plan) -> Any:
+        """Run ``plan(cursor) -> (stored_events, log_rows, result)`` in one IMMEDIATE transaction,
+        insert what it returns, commit, and return ``result``."""
+        with self.datastore.get_connection(commit=True) as conn:
+            raw: sqlite3.Connection = conn._sqlite_conn
+            cur = raw.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                stored_events, log_rows, result = plan(cur)
+                if stored_events:
+                    self._insert_events(SQLiteCursor(cur), stored_events)
+                    cur.executemany(self.tables.q(
+                        "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
+                cur.execute("COMMIT")
+                return result
+            except BaseException:
+                if raw.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+
+    def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(self.tables.q("INSERT INTO {checkpoints} (size, root, note, created_us) VALUES (?, ?, ?, ?)"),
+                      (size, root, note, created_us))
+
+    @property
+    def read_cursor(self):
+        return _SQLiteReadCursor(self.datastore)
+
+
+class _SQLiteReadCursor:
+    """A cursor-like object that takes a pooled reader connection per query."""
+
+    def __init__(self, datastore):
+        self.datastore, self._rows = datastore, []
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        with self.datastore.get_connection(commit=False) as conn:
+            cur = conn._sqlite_conn.cursor()
+            cur.execute(sql, params)
+            self._rows = cur.fetchall()
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self):
+        return self._rows
+
+
+class PostgresLedgerRecorder(PostgresApplicationRecorder):
+    """eventsourcing's PostgreSQL recorder, plus the log tables and an append transaction."""
+
+    def __init__(self, datastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        name = events_table_name[: -len("_events")] if events_table_name.endswith("_events") else NAME
+        self.tables = Tables("postgres", datastore.schema, name)
+        from psycopg.sql import SQL
+
+        for stmt in _log_ddl(self.tables, "postgres"):
+            self.sql_create_statements.append(SQL(stmt))  # type: ignore[arg-type]
+
+    def write(self, plan) -> Any:
+        with self.datastore.get_connection() as conn:
+            with conn.transaction():
+                with conn.cursor() as cur:
+                    # The library's EXCLUSIVE lock on the events table serializes writers; take
+                    # it before reading the log head so that index and chain heads are stable.
+                    self._lock_table(cur)
+                    stored_events, log_rows, result = plan(_PgCursor(cur))
+                    if stored_events:
+                        self._insert_stored_events(cur, stored_events)
+                        cur.executemany(self.tables.q(
+                            "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
+            return result
+
+    def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(self.tables.q("INSERT INTO {checkpoints} (size, root, note, created_us) VALUES (?, ?, ?, ?)"),
+                        (size, root, note, created_us))
+
+    @property
+    def read_cursor(self):
+        return _PgReadCursor(self.datastore)
+
+
+class _PgCursor:
+    """Adapts a psycopg dict-row cursor to positional rows."""
+
+    def __init__(self, cur):
+        self.cur = cur
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        self.cur.execute(sql, params)
+
+    def fetchone(self):
+        row = self.cur.fetchone()
+        return None if row is None else _tuple(row)
+
+    def fetchall(self):
+        return [_tuple(r) for r in self.cur.fetchall()]
+
+
+class _PgReadCursor:
+    def __init__(self, datastore):
+        self.datastore, self._rows = datastore, []
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        with self.datastore.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+            self._rows = [_tuple(r) for r in cur.fetchall()]
+
+    def fetchone(self):
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self):
+        return self._rows
+
+
+class LedgerApplication(Application):
+    """The eventsourcing application whose recorder holds the ledger."""
+
+    name = "Reledger"
+
+
+def application_env(url: str, create: bool = True) -> dict[str, str]:
+    u = DatabaseURL.parse(url)
+    env = {"ORIGINATOR_ID_TYPE": "text", "CREATE_TABLE": "y" if create else "n"}
+    if u.backend == "sqlite":
+        env.update({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": u.path,
+                    "SQLITE_LOCK_TIMEOUT": "30",
+                    "APPLICATION_RECORDER_TOPIC": "ledger.store:SQLiteLedgerRecorder"})
+    else:
+        env.update({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": u.dbname,
+                    "POSTGRES_HOST": u.host, "POSTGRES_PORT": str(u.port), "POSTGRES_USER": u.user,
+                    "POSTGRES_PASSWORD": u.password, "POSTGRES_SCHEMA": u.schema,
+                    # Never enable POSTGRES_ENABLE_DB_FUNCTIONS (it skips the table lock) and
+                    # never wait forever for the lock (shared/notes/eventsourcing-9.5.md).
+                    "POSTGRES_ENABLE_DB_FUNCTIONS": "n", "POSTGRES_LOCK_TIMEOUT": "30",
+                    "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "8",
+                    "APPLICATION_RECORDER_TOPIC": "ledger.store:PostgresLedgerRecorder"})
+    return env
+
+
+def _ensure_pg_schema(u: DatabaseURL) -> None:
+    if u.schema == "public":
+        return
+    import psycopg
+
+    with psycopg.connect(u.conninfo(), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{u.schema}"')
+
+
+# --- the store -------------------------------------------------------------------------
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class _GroupState:
+    """Copy-on-write working state for one group inside the write transaction."""
+
+    __slots__ = ("frontier", "heads", "registry", "commands", "events", "rows", "receipts", "index")
+
+
+class LedgerStore:
+    """The writable ledger: append, read, prove, checkpoint."""
+
+    def __init__(self, url: str, *, create: bool = True, workers: int | None = None):
+        self.url = url
+        self.db = DatabaseURL.parse(url)
+        if self.db.backend == "postgres" and create:
+            _ensure_pg_schema(self.db)
+        self.app = LedgerApplication(env=application_env(url, create))
+        self.recorder = self.app.recorder
+        self.tables: Tables = self.recorder.tables
+        self.queries = Queries(self.tables)
+        self._lock = threading.Lock()  # one writer per process; the DB lock serializes processes
+        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+                                        thread_name_prefix="reledger-verify")
+        # Caches valid while the log size in the database equals self._size.
+        self._size = -1
+        self._last_us = 0
+        self._frontier = merkle.Frontier()
+        self._heads: dict[str, tuple[int, bytes]] = {}
+        self._registry = Registry()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.app.close()
+
+    def __enter__(self) -> "LedgerStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- reading --------------------------------------------------------------------
+    def _cur(self):
+        return self.recorder.read_cursor
+
+    def size(self) -> int:
+        return self.queries.size(self._cur())[0]
+
+    def records(self, start: int = 0, stop: int | None = None, page: int = 2000) -> Iterator[Record]:
+        if stop is None:
+            stop = self.size()
+        i = start
+        while i < stop:
+            batch = self.queries.records(self._cur(), i, min(stop, i + page))
+            yield from batch
+            i = min(stop, i + page)
+
+    def record(self, index: int) -> Record | None:
+        rs = self.queries.records(self._cur(), index, index + 1)
+        return rs[0] if rs else None
+
+    def entry(self, chain: str, seq: int) -> Record | None:
+        return self.queries.record_of(self._cur(), chain, seq)
+
+    def chain_records(self, chain: str, start_seq: int = 1, stop_seq: int = 2**62) -> list[Record]:
+        return self.queries.records_of_chain(self._cur(), chain, start_seq, stop_seq)
+
+    def chain_head(self, chain: str) -> tuple[int, bytes]:
+        """(seq, entry hash) of the chain's last entry; (0, zero hash) for a new chain."""
+        return self.queries.chain_head(self._cur(), chain) or (0, ZERO_HASH)
+
+    def chains(self) -> list[tuple[str, int]]:
+        return self.queries.chains(self._cur())
+
+    def index_at_time(self, recorded_us: int) -> int:
+        return self.queries.index_at_time(self._cur(), recorded_us)
+
+    def registry(self, size: int | None = None) -> Registry:
+        """The key registry after the first ``size`` entries (default: all)."""
+        if size is None:
+            with self._lock:
+                self._sync_caches(self._cur(), self.queries.size(self._cur()))
+                return self._registry.copy()
+        reg = Registry()
+        for rec in self.queries.records_of_types(self._cur(), sorted(REGISTRY_TYPES), 0, size):
+            reg.apply(SignedEntry.parse(rec.envelope), rec.index)
+        reg.size = size
+        return reg
+
+    # --- Merkle ----------------------------------------------------------------------
+    def _get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        return self.queries.nodes(self._cur(), coords)
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.size() if size is None else size
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return merkle.range_root(0, size, self._node_getter(merkle.range_nodes(0, size)))
+
+    def _node_getter(self, coords):
+        nodes = self._get_nodes(list(coords))
+        return lambda level, index: nodes[(level, index)]
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size <= self.size():
+            raise ValueError(f"no entry {index} in a tree of size {size} (log size {self.size()})")
+        coords = [c for group in merkle.inclusion_proof_nodes(index, size) for c in group]
+        return merkle.inclusion_proof(index, size, self._node_getter(coords))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        if not 0 <= size1 <= size2 <= self.size():
+            raise ValueError(f"bad sizes {size1}, {size2} (log size {self.size()})")
+        coords = [c for group in merkle.consistency_proof_nodes(size1, size2) for c in group]
+        return merkle.consistency_proof(size1, size2, self._node_getter(coords))
+
+    def leaf_hash(self, index: int) -> bytes:
+        rec = self.record(index)
+        if rec is None:
+            raise LookupError(f"no entry at index {index}")
+        return rec.nodes[:32]
+
+    # --- checkpoints -------------------------------------------------------------------
+    def checkpoint(self, signer: NoteSigner, origin: str | None = None) -> bytes:
+        """Sign and store a checkpoint of the current log; returns the note. A checkpoint of
+        the same size is returned as stored."""
+        size = self.size()
+        latest = self.latest_checkpoint()
+        if latest is not None and latest[0] == size:
+            return latest[2]
+        root = self.root(size)
+        note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
+        self.recorder.write_checkpoint(size, root, note, now_us())
+        return note
+
+    def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
+        return self.queries.latest_checkpoint(self._cur())
+
+    def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
+        return self.queries.checkpoints(self._cur())
+
+    # --- appending -----------------------------------------------------------------------
+    def append(self, envelopes: Sequence[bytes | SignedEntry]) -> list[Receipt]:
+        """Append one all-or-nothing group; raises AppendError (nothing written) on refusal."""
+        result = self.append_groups([envelopes])[0]
+        if isinstance(result, AppendError):
+            raise result
+        return result
+
+    def append_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list[list[Receipt] | AppendError]:
+        """Append several independent groups in one transaction; each group is accepted whole
+        or refused whole (its AppendError takes its place in the answer)."""
+        return self.finish(self.prepare(groups))
+
+    def prepare(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> "_Prepared":
+        """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`."""
+        registry = self._registry
+        futures = [self._pool.submit(_precheck, list(g), registry) for g in groups]
+        return _Prepared(futures)
+
+    def finish(self, prepared: "_Prepared") -> list[list[Receipt] | AppendError]:
+        checked = [f.result() for f in prepared.futures]
+        with self._lock:
+            try:
+                result = self.recorder.write(lambda cur: self._plan(cur, checked))
+                result.on_commit()
+                return list(result)
+            except ESIntegrityError as e:
+                self._size = -1  # another writer got there first: reload caches next time
+                raise AppendError("conflict", f"conflict with a concurrent append: {e}") from e
+            except BaseException:
+                self._size = -1
+                raise
+
+    def append_pipelined(self, batches: Iterable[Sequence[bytes | SignedEntry]]) -> Iterator[list[Receipt]]:
+        """Append many all-or-nothing batches, checking the signatures of the next batch while
+        the current one is being written. Raises at the first refused batch."""
+        it = iter(batches)
+        nxt = next(it, None)
+        pending = self.prepare([nxt]) if nxt is not None else None
+        while pending is not None:
+            nxt = next(it, None)
+            following = self.prepare([nxt]) if nxt is not None else None
+            result = self.finish(pending)[0]
+            if isinstance(result, AppendError):
+                raise result
+            yield result
+            pending = following
+
+    def _sync_caches(self, cur, size: int, last_us: int | None = None) -> None:
+        if size == self._size:
+            return
+        if size < self._size or self._size < 0:
+            self._registry = Registry()
+            start = 0
+        else:
+            start = self._registry.size
+        for rec in self.queries.records_of_types(cur, sorted(REGISTRY_TYPES), start, size):
+            self._registry.apply(SignedEntry.parse(rec.envelope), rec.index)
+        self._registry.size = size
+        coords = merkle.range_nodes(0, size) if size else []
+        nodes = self.queries.nodes(cur, coords) if coords else {}
+        self._frontier = merkle.Frontier.from_nodes(size, lambda level, index: nodes[(level, index)])
+        self._heads = {}
+        self._size = size
+        if last_us is not None:
+            self._last_us = last_us
+
+    def _plan(self, cur, checked: list) -> tuple[list[StoredEvent], list[tuple], list]:
+        size, last_us = self.queries.size(cur)
+        self._sync_caches(cur, size, last_us)
+        recorded_us = max(now_us(), last_us)
+        recorded_at = micros_to_time_text(recorded_us)
+
+        # Batch look-ups: chain heads not cached, and command ids already recorded.
+        wanted_chains = {s.entry.chain for g in checked if not isinstance(g, AppendError) for s, _ in g}
+        for chain in wanted_chains - self._heads.keys():
+            self._heads[chain] = self.queries.chain_head(cur, chain) or (0, ZERO_HASH)
+        command_ids = [s.entry.command_id for g in checked if not isinstance(g, AppendError) for s, _ in g]
+        recorded_commands = self.queries.commands(cur, command_ids)
+
+        frontier, heads, registry = self._frontier, dict(self._heads), self._registry
+        events: list[StoredEvent] = []
+        rows: list[tuple] = []
+        results: list = []
+        batch_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
+        index = size
+        for group in checked:
+            if isinstance(group, AppendError):
+                results.append(group)
+                continue
+            g_frontier = frontier.copy()
+            g_heads: dict[str, tuple[int, bytes]] = {}
+            g_registry = registry.copy() if any(s.entry.type in REGISTRY_TYPES for s, _ in group) else registry
+            g_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
+            g_events, g_rows, receipts = [], [], []
+            g_index = index
+            try:
+                for pos, (signed, pre_key) in enumerate(group):
+                    e = signed.entry
+                    where = {"position": pos, "chain": e.chain, "seq": e.seq}
+                    ckey = (e.chain, e.command_id)
+                    seen = g_commands.get(ckey) or batch_commands.get(ckey) or recorded_commands.get(ckey)
+                    if seen is not None:
+                        if seen[1] == signed.hash:
+                            receipts.append(self._receipt_of(cur, seen[0], duplicate=True))
+                            continue
+                        raise AppendError("command_conflict", f"command_id: {e.command_id} was already used on "
+                                          f"chain {e.chain} for another entry (log index {seen[0]})",
+                                          field="command_id", **where)
+                    head_seq, head_hash = g_heads.get(e.chain) or heads.get(e.chain) or (0, ZERO_HASH)
+                    if e.seq != head_seq + 1:
+                        raise AppendError("conflict", f"seq: chain {e.chain} is at seq {head_seq}; "
+                                          f"the next entry must have seq {head_seq + 1}, not {e.seq}",
+                                          field="seq", **where)
+                    if e.prev != head_hash:
+                        raise AppendError("conflict", f"prev: does not match the hash of {e.chain} seq {head_seq} "
+                                          f"({head_hash.hex()[:16]}...)", field="prev", **where)
+                    try:
+                        public_key = g_registry.key_for(signed, g_index, recorded_us)
+                    except RegistryError as err:
+                        raise AppendError(err.code, str(err), field=err.field, **where) from err
+                    if pre_key != public_key and not signed.signature_valid(public_key):
+                        raise AppendError("signature", f"sig: not a valid signature by key {e.key_id}",
+                                          field="sig", **where)
+                    try:
+                        g_registry.apply(signed, g_index)
+                    except RegistryError as err:
+                        raise AppendError("body", str(err), field=err.field, **where) from err
+                    leaf = merkle.leaf_hash(leaf_bytes(signed.hash, g_index, recorded_at))
+                    completed = g_frontier.append(leaf)
+                    g_events.append(StoredEvent(e.chain, e.seq, e.type, signed.envelope))
+                    g_rows.append((g_index, e.chain, e.seq, e.type, e.command_id, signed.hash, recorded_us,
+                                   b"".join(h for _, _, h in completed)))
+                    g_heads[e.chain] = (e.seq, signed.hash)
+                    g_commands[ckey] = (g_index, signed.hash)
+                    receipts.append(Receipt(g_index, e.chain, e.seq, signed.hash, recorded_at))
+                    g_index += 1
+            except AppendError as err:
+                results.append(err)
+                continue
+            frontier, registry, index = g_frontier, g_registry, g_index
+            heads.update(g_heads)
+            batch_commands.update(g_commands)
+            events += g_events
+            rows += g_rows
+            results.append(receipts)
+        registry.size = index
+
+        def commit_caches() -> None:
+            self._frontier, self._heads, self._registry = frontier, heads, registry
+            self._size, self._last_us = index, recorded_us if rows else last_us
+
+        return events, rows, _AfterCommit(results, commit_caches)
+
+    def _receipt_of(self, cur, index: int, duplicate: bool) -> Receipt:
+        rec = self.queries.records(cur, index, index + 1)[0]
+        return Receipt(rec.index, rec.chain, rec.seq, rec.entry_hash, rec.recorded_at, duplicate)
+
+    # --- PostgreSQL roles ---------------------------------------------------------------
+    def grant_serving_role(self, role: str = "reledger_serve") -> None:
+        """Create (if needed) a PostgreSQL role that may only INSERT and SELECT the ledger."""
+        if self.db.backend != "postgres":
+            raise ValueError("serving roles exist on PostgreSQL only")
+        import psycopg
+
+        t = self.tables
+        seq = f"{t.events}_notification_id_seq"
+        with psycopg.connect(self.db.conninfo(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+            conn.execute(f'GRANT USAGE ON SCHEMA "{self.db.schema}" TO "{role}"')
+            for table in (t.events, t.log, t.checkpoints):
+                conn.execute(f'REVOKE ALL ON {table} FROM "{role}"')
+                conn.execute(f'GRANT SELECT, INSERT ON {table} TO "{role}"')
+            conn.execute(f'GRANT USAGE ON SEQUENCE {seq} TO "{role}"')
+
+
+class _AfterCommit(list):
+    """The group results, plus the cache update to run once the transaction committed."""
+
+    def __init__(self, results: list, on_commit):
+        super().__init__(results)
+        self.on_commit = on_commit
+
+
+@dataclass
+class _Prepared:
+    futures: list[Future]
+
+
+def _precheck(group: list, registry: Registry) -> list[tuple[SignedEntry, bytes | None]] | AppendError:
+    """Parse a group and check signatures against keys the registry already knows; returns
+    (entry, public key the signature was verified with, or None) pairs, or the group's error."""
+    out = []
+    for pos, item in enumerate(group):
+        try:
+            signed = item if isinstance(item, SignedEntry) else SignedEntry.parse(item)
+        except EntryError as e:
+            return AppendError("malformed", str(e), field=e.field, position=pos)
+        e = signed.entry
+        rec = registry.keys.get(e.key_id)
+        verified_with = None
+        if rec is not None:
+            if not signed.signature_valid(rec.public_key):
+                return AppendError("signature", f"sig: not a valid signature by key {e.key_id}", field="sig",
+                                   position=pos, chain=e.chain, seq=e.seq)
+            verified_with = rec.public_key
+        out.append((signed, verified_with))
+    return out

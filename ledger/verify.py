@@ -1,0 +1,371 @@
+"""Verification of a whole log: signatures, keys, chains, the Merkle log and checkpoints.
+
+This module checks; it never writes. It needs only ``ledger/`` (and, to read a database, the
+read-only ``ledger.reader``), so an auditor can run it alone.
+
+Two phases, so that the expensive part runs on every core:
+
+* **per entry** (:func:`check_entries`, parallel, order-free): parse the envelope strictly,
+  recompute the entry hash and the Merkle leaf, check the signature with the public key that
+  the key id names (keys are looked up in a table gathered from the log's KeyAuthorized
+  entries; whether that key was *valid* is decided in the next phase);
+* **in log order** (:class:`LogVerifier`, sequential, cheap): gap-free indices, seq and prev
+  of every chain, key validity at the entry's log position (registry replayed in order),
+  the Merkle tree rebuilt leaf by leaf and compared with the stored nodes and with every
+  stored checkpoint (root, size and operator signature).
+
+Any failure becomes a :class:`Problem` naming the log index, chain and seq.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from . import merkle
+from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from .encoding import micros_to_time_text
+from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
+from .registry import REGISTRY_TYPES, Registry, RegistryError
+
+
+@dataclass(frozen=True)
+class Problem:
+    code: str
+    message: str
+    index: int | None = None
+    chain: str | None = None
+    seq: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "index": self.index, "chain": self.chain,
+                "seq": self.seq}
+
+    def __str__(self) -> str:
+        where = f"log index {self.index}" if self.index is not None else "log"
+        if self.chain is not None:
+            where += f" ({self.chain}:{self.seq})"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    chains: int = 0
+    keys: int = 0
+    checkpoints: int = 0
+    size: int = 0
+    root: bytes = merkle.EMPTY_ROOT
+    genesis: str | None = None  # entry hash of log index 0, the trust anchor
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first(self) -> Problem | None:
+        ranked = [p for p in self.problems if p.index is not None]
+        return min(ranked, key=lambda p: p.index) if ranked else (self.problems[0] if self.problems else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "entries": self.entries, "chains": self.chains, "keys": self.keys,
+                "checkpoints": self.checkpoints, "size": self.size, "root": self.root.hex(),
+                "genesis": self.genesis, "first_problem": self.first.to_dict() if self.first else None,
+                "problems": [p.to_dict() for p in self.problems[:100]], "problem_count": len(self.problems)}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Phase-one result for one stored entry."""
+
+    index: int
+    recorded_us: int
+    chain: str | None
+    seq: int | None
+    type: str | None
+    prev: bytes | None
+    key_id: str | None
+    entry_hash: bytes | None
+    leaf_hash: bytes | None
+    signed_with: bytes | None  # the public key the signature verified with, None if it did not
+    stored: tuple  # (chain, seq, type, entry_hash, nodes) as stored beside the entry
+    error: str | None = None  # malformed or missing envelope
+    envelope: bytes | None = None  # kept for registry entries only
+
+
+def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checked]:
+    """Phase one for a run of records (objects with index, recorded_us, chain, seq, type,
+    entry_hash, nodes, envelope)."""
+    out = []
+    for r in records:
+        stored = (r.chain, r.seq, r.type, r.entry_hash, r.nodes)
+        if r.envelope is None:
+            out.append(Checked(r.index, r.recorded_us, None, None, None, None, None, None, None, None, stored,
+                               "missing: the entry is gone from the events table"))
+            continue
+        try:
+            s = SignedEntry.parse(r.envelope)
+        except EntryError as e:
+            out.append(Checked(r.index, r.recorded_us, None, None, None, None, None, None, None, None, stored,
+                               f"malformed entry: {e}"))
+            continue
+        e = s.entry
+        leaf = merkle.leaf_hash(leaf_bytes(s.hash, r.index, micros_to_time_text(r.recorded_us)))
+        pub = keys.get(e.key_id)
+        if pub is None and r.index == 0 and e.type == "KeyAuthorized":
+            pub = e.body.get("public_key") if isinstance(e.body.get("public_key"), bytes) else None
+        signed_with = pub if pub is not None and s.signature_valid(pub) else None
+        out.append(Checked(r.index, r.recorded_us, e.chain, e.seq, e.type, e.prev, e.key_id, s.hash, leaf,
+                           signed_with, stored, None, r.envelope if e.type in REGISTRY_TYPES else None))
+    return out
+
+
+def key_table(registry_envelopes: Iterable[bytes]) -> dict[str, bytes]:
+    """key id -> public key from every KeyAuthorized entry (validity is checked later)."""
+    keys: dict[str, bytes] = {}
+    for env in registry_envelopes:
+        try:
+            e = SignedEntry.parse(env).entry
+        except EntryError:
+            continue
+        if e.type == "KeyAuthorized" and isinstance(e.body.get("public_key"), bytes):
+            keys.setdefault(str(e.body.get("key_id")), e.body["public_key"])
+    return keys
+
+
+class LogVerifier:
+    """Phase two: feed Checked results in log order, then call :meth:`finish`."""
+
+    def __init__(self, checkpoints: list[tuple[int, bytes, bytes]] = (), *, expected_size: int | None = None,
+                 trusted_genesis: str | None = None, trusted_checkpoint_keys: list[str] = (),
+                 origin: str | None = None):
+        self.report = Report()
+        self.registry = Registry()
+        self.frontier = merkle.Frontier()
+        self.heads: dict[str, tuple[int, bytes]] = {}
+        self.next_index = 0
+        self.checkpoints = sorted(checkpoints)
+        self._cp_pos = 0
+        self.expected_size = expected_size
+        self.trusted_genesis = trusted_genesis
+        self.trusted_keys = [NoteVerifier.from_vkey(v) for v in trusted_checkpoint_keys]
+        self.origin = origin
+
+    def problem(self, code: str, message: str, c: Checked | None = None, index: int | None = None) -> None:
+        self.report.problems.append(Problem(code, message, c.index if c else index,
+                                            c.chain if c else None, c.seq if c else None))
+
+    def feed(self, c: Checked) -> None:
+        rep = self.report
+        if c.index != self.next_index:
+            if c.index > self.next_index:
+                self.problem("gap", f"log indices {self.next_index}..{c.index - 1} are missing", index=self.next_index)
+            else:
+                self.problem("order", f"log index {c.index} appears twice or out of order", c)
+                return
+        self.next_index = c.index + 1
+        rep.entries += 1
+        if c.error:
+            self.problem("missing" if c.error.startswith("missing") else "malformed", c.error, c)
+            # keep the Merkle tree going with the stored leaf so later checks stay meaningful
+            self._merkle(c, c.stored[4][:32] if c.stored[4] else bytes(32))
+            return
+        s_chain, s_seq, s_type, s_hash, s_nodes = c.stored
+        if (s_chain, s_seq, s_type) != (c.chain, c.seq, c.type):
+            self.problem("mismatch", f"the log row says {s_chain}:{s_seq} {s_type} but the entry is "
+                         f"{c.chain}:{c.seq} {c.type}", c)
+        if s_hash != c.entry_hash:
+            self.problem("hash", "the entry's bytes do not match the entry hash recorded in the log", c)
+        if c.index == 0:
+            rep.genesis = c.entry_hash.hex()
+            if self.trusted_genesis and self.trusted_genesis != rep.genesis:
+                self.problem("genesis", f"the genesis entry hash {rep.genesis} is not the trusted "
+                             f"{self.trusted_genesis}", c)
+        # chain
+        head_seq, head_hash = self.heads.get(c.chain, (0, ZERO_HASH))
+        if c.seq != head_seq + 1:
+            self.problem("chain", f"seq {c.seq} does not follow seq {head_seq} of chain {c.chain}", c)
+        elif c.prev != head_hash:
+            self.problem("chain", f"prev does not match the hash of {c.chain}:{head_seq}", c)
+        if c.chain not in self.heads:
+            rep.chains += 1
+        self.heads[c.chain] = (c.seq, c.entry_hash)
+        # key validity and signature
+        signed = SignedEntry.parse(c.envelope) if c.envelope is not None else _Stub(c)
+        try:
+            pub = self.registry.key_for(signed, c.index, c.recorded_us)
+            if c.signed_with is None or c.signed_with != pub:
+                self.problem("signature", f"the signature is not valid for key {c.key_id} of {c.chain}", c)
+        except RegistryError as e:
+            self.problem("key", str(e), c)
+        if c.envelope is not None:
+            try:
+                self.registry.apply(signed, c.index)
+            except RegistryError as e:
+                self.problem("registry", str(e), c)
+        self._merkle(c, c.leaf_hash)
+
+    def _merkle(self, c: Checked, leaf: bytes) -> None:
+        completed = self.frontier.append(leaf)
+        expected = b"".join(h for _, _, h in completed)
+        if c.stored[4] != expected:
+            self.problem("merkle", "the Merkle nodes stored for this entry are not the ones its leaf completes", c)
+        self._check_checkpoints()
+
+    def _check_checkpoints(self) -> None:
+        while self._cp_pos < len(self.checkpoints) and self.checkpoints[self._cp_pos][0] <= self.frontier.size:
+            size, root, note = self.checkpoints[self._cp_pos]
+            self._cp_pos += 1
+            if size == self.frontier.size:
+                self._check_checkpoint(size, root, note, self.frontier.root())
+
+    def _check_checkpoint(self, size: int, root: bytes, note: bytes, computed: bytes) -> None:
+        self.report.checkpoints += 1
+        verifiers = list(self.trusted_keys)
+        if not verifiers:
+            for k in self.registry.checkpoint_keys(max(size, 1)):
+                name = self.origin or _note_name(note)
+                if name:
+                    verifiers.append(NoteVerifier(name, Ed25519PublicKey.from_public_bytes(k.public_key)))
+        try:
+            text, _ = open_note(note, verifiers)
+            cp = Checkpoint.parse(text)
+        except (NoteError, ValueError) as e:
+            self.problem("checkpoint", f"checkpoint of size {size}: {e}", index=max(size - 1, 0))
+            return
+        if cp.size != size or cp.root != root:
+            self.problem("checkpoint", f"checkpoint of size {size}: the signed note says size {cp.size}", index=size - 1)
+        if cp.root != computed:
+            self.problem("checkpoint", f"checkpoint of size {size}: the log's Merkle root {computed.hex()[:16]}... "
+                         f"is not the signed root {cp.root.hex()[:16]}...", index=max(size - 1, 0))
+
+    def finish(self) -> Report:
+        rep = self.report
+        size = self.frontier.size
+        if self.expected_size is not None and self.next_index < self.expected_size:
+            self.problem("gap", f"log indices {self.next_index}..{self.expected_size - 1} are missing",
+                         index=self.next_index)
+        for cp_size, _, _ in self.checkpoints[self._cp_pos:]:
+            if cp_size > size:
+                self.problem("truncated", f"a checkpoint signs {cp_size} entries but the log holds only {size}: "
+                             "the log was truncated or entries were deleted", index=size)
+        if self.checkpoints and size == 0 and self.checkpoints[0][0] == 0:
+            self._check_checkpoint(0, self.checkpoints[0][1], self.checkpoints[0][2], merkle.EMPTY_ROOT)
+        rep.size = size
+        rep.root = self.frontier.root()
+        rep.keys = len(self.registry.keys)
+        return rep
+
+
+class _Stub:
+    """Enough of a SignedEntry for Registry.key_for when only phase-one facts are at hand."""
+
+    def __init__(self, c: Checked):
+        self.entry = type("E", (), {"chain": c.chain, "seq": c.seq, "type": c.type, "key_id": c.key_id})()
+
+
+def _note_name(note: bytes) -> str | None:
+    try:
+        sig_line = note.decode().split("\n\n", 1)[1].splitlines()[0]
+        return sig_line.split(" ")[1]
+    except (IndexError, UnicodeDecodeError):
+        return None
+
+
+# --- driving it over a database ----------------------------------------------------------
+
+def _check_range(url: str, start: int, stop: int, keys: dict[str, bytes]) -> list[Checked]:
+    from .reader import LogReader
+
+    with LogReader(url) as r:
+        return check_entries(r.iter_records(start, stop), keys)
+
+
+def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
+                    trusted_genesis: str | None = None, trusted_checkpoint_keys: list[str] = (),
+                    checkpoint_notes: list[bytes] = (), progress: Callable[[int, int], None] | None = None,
+                    ) -> Report:
+    """Verify the ledger at ``url`` using ``workers`` processes for phase one.
+
+    ``checkpoint_notes`` are extra signed checkpoints kept outside the database (by a witness
+    or an earlier audit): they must be consistent with the log too."""
+    from .reader import LogReader
+
+    workers = workers or os.cpu_count() or 1
+    with LogReader(url) as r:
+        cur = r.cursor()
+        size = r.queries.size(cur)[0]
+        max_index = _max_index(r)
+        span = max(size, max_index + 1)
+        registry_records = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
+        keys = key_table(rec.envelope for rec in registry_records if rec.envelope is not None)
+        stored_cps = r.queries.checkpoints(cur)
+        events = r.queries.events_count(cur)
+        unlogged = r.queries.unlogged_events(cur)
+    cps = list(stored_cps)
+    for note in checkpoint_notes:
+        try:
+            text = note.split(b"\n\n", 1)[0] + b"\n"
+            cp = Checkpoint.parse(text)
+            cps.append((cp.size, cp.root, note))
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"an external checkpoint is malformed: {e}") from e
+    v = LogVerifier(cps, expected_size=span, trusted_genesis=trusted_genesis,
+                    trusted_checkpoint_keys=trusted_checkpoint_keys)
+    ranges = [(s, min(span, s + chunk)) for s in range(0, span, chunk)]
+    done = 0
+    for batch in _map_ranges(url, ranges, keys, workers):
+        for c in batch:
+            v.feed(c)
+        done += len(batch)
+        if progress:
+            progress(done, span)
+    rep = v.finish()
+    if unlogged:
+        for chain, seq in unlogged:
+            rep.problems.append(Problem("unlogged", f"entry {chain}:{seq} is in the events table but not in the log",
+                                        None, chain, seq))
+    elif events != rep.entries - sum(1 for p in rep.problems if p.code == "missing"):
+        rep.problems.append(Problem("unlogged", f"the events table holds {events} entries, the log {rep.entries}"))
+    return rep
+
+
+def _max_index(r) -> int:
+    cur = r.cursor()
+    cur.execute(r.tables.q("SELECT MAX(idx) FROM {log}"))
+    row = cur.fetchone()
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def _map_ranges(url: str, ranges, keys, workers: int) -> Iterator[list[Checked]]:
+    if workers <= 1 or len(ranges) <= 1:
+        for start, stop in ranges:
+            yield _check_range(url, start, stop, keys)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = []
+        ahead = workers * 2
+        it = iter(ranges)
+        for start, stop in it:
+            futures.append(pool.submit(_check_range, url, start, stop, keys))
+            if len(futures) >= ahead:
+                break
+        while futures:
+            f = futures.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                futures.append(pool.submit(_check_range, url, nxt[0], nxt[1], keys))
+            yield f.result()
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
