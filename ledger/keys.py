@@ -53,14 +53,15 @@ class SigningKey:
     party: str
     private_key: Ed25519PrivateKey
     purpose: str = "entries"
+    name: str | None = None  # for checkpoint keys: the signed-note key name (the log's origin)
 
     @classmethod
-    def generate(cls, party: str, purpose: str = "entries") -> "SigningKey":
-        return cls(party, Ed25519PrivateKey.generate(), purpose)
+    def generate(cls, party: str, purpose: str = "entries", name: str | None = None) -> "SigningKey":
+        return cls(party, Ed25519PrivateKey.generate(), purpose, name)
 
     @classmethod
-    def from_seed(cls, party: str, seed: bytes, purpose: str = "entries") -> "SigningKey":
-        return cls(party, Ed25519PrivateKey.from_private_bytes(seed), purpose)
+    def from_seed(cls, party: str, seed: bytes, purpose: str = "entries", name: str | None = None) -> "SigningKey":
+        return cls(party, Ed25519PrivateKey.from_private_bytes(seed), purpose, name)
 
     @property
     def seed(self) -> bytes:
@@ -87,7 +88,7 @@ class SigningKey:
 
     # --- key files ---------------------------------------------------------------------
     def to_json(self) -> dict:
-        return {
+        data = {
             "format": KEY_FILE_FORMAT,
             "party": self.party,
             "purpose": self.purpose,
@@ -95,6 +96,9 @@ class SigningKey:
             "public_key": base64.b64encode(self.public_key).decode(),
             "private_key": base64.b64encode(self.seed).decode(),
         }
+        if self.name:
+            data["name"] = self.name
+        return data
 
     def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the key file with mode 0600 (refuses to overwrite unless asked)."""
@@ -121,7 +125,10 @@ class SigningKey:
             raise KeyError_("malformed key file: the private key is not 32 bytes")
         if purpose not in PURPOSES:
             raise KeyError_(f"malformed key file: unknown purpose {purpose!r}")
-        key = cls.from_seed(party, seed, purpose)
+        name = data.get("name")
+        if name is not None and not isinstance(name, str):
+            raise KeyError_("malformed key file: name must be text")
+        key = cls.from_seed(party, seed, purpose, name)
         if data.get("key_id") not in (None, key.key_id):
             raise KeyError_("malformed key file: key_id does not match the key")
         return key

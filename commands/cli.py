@@ -1,0 +1,350 @@
+"""The ``reledger`` command line (DESIGN.md, "Command line").
+
+Every command takes ``--db URL`` (default: $RELEDGER_DB or sqlite:///./reledger.db) and
+``--json`` (one JSON document on stdout). Exit codes: 0 success, 1 a verification failure or
+finding the command exists to report, 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from ledger.reader import DEFAULT_URL
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad usage or input: exit 2 with the message."""
+
+
+def default_db() -> str:
+    return os.environ.get("RELEDGER_DB", DEFAULT_URL)
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None]) -> None:
+    if getattr(args, "json", False):
+        json.dump(data, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        text()
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def now_text() -> str:
+    from ledger.encoding import time_text
+
+    return time_text(datetime.now(timezone.utc).replace(microsecond=0))
+
+
+def open_store(args: argparse.Namespace, create: bool = False):
+    from ledger.reader import DatabaseURL, DatabaseURLError
+    from ledger.store import LedgerStore
+
+    try:
+        u = DatabaseURL.parse(args.db)
+    except DatabaseURLError as e:
+        raise UsageError(str(e)) from e
+    if u.backend == "sqlite" and not create and not Path(u.path).exists():
+        raise UsageError(f"no ledger at {u.path}: run `reledger init` (or `reledger demo`) first, or pass --db")
+    if u.backend == "sqlite":
+        Path(u.path).parent.mkdir(parents=True, exist_ok=True)
+    return LedgerStore(args.db, create=True)
+
+
+# --- init / keygen -------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ledger.checkpoint import NoteSigner
+    from ledger.genesis import ChainSigner, genesis_entries
+    from ledger.keys import SigningKey
+
+    keys_dir = Path(args.keys)
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    reg_path, op_path = keys_dir / f"{args.regulator}.key", keys_dir / "operator.key"
+    for p in (reg_path, op_path):
+        if p.exists() and not args.force:
+            raise UsageError(f"{p} exists: refusing to overwrite a key (use another --keys dir, or --force)")
+    with open_store(args, create=True) as store:
+        if store.size() != 0:
+            raise UsageError(f"the ledger at {args.db} is not empty ({store.size()} entries)")
+        reg = SigningKey.generate(args.regulator)
+        op = SigningKey.generate(args.regulator, "checkpoint", name=args.origin)
+        at = now_text()
+        receipts = store.append(genesis_entries(ChainSigner(reg), op, name=args.name, origin=args.origin, at=at))
+        reg.write(reg_path, overwrite=args.force)
+        op.write(op_path, overwrite=args.force)
+        signer = NoteSigner(args.origin, op.private_key)
+        note = store.checkpoint(signer)
+    data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
+            "regulator_key": str(reg_path), "checkpoint_key": str(op_path), "checkpoint_vkey": signer.verifier().vkey(),
+            "origin": args.origin, "checkpoint": note.decode()}
+
+    def text() -> None:
+        c = console()
+        c.print(f"[bold]New ledger[/bold] at {args.db}")
+        c.print(f"  genesis entry hash  {data['genesis']}   (pin it: reledger verify --genesis ...)")
+        c.print(f"  regulator key       {reg_path} (key id {reg.key_id})")
+        c.print(f"  checkpoint key      {op_path}")
+        c.print(f"  checkpoint vkey     {data['checkpoint_vkey']}")
+    emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from ledger.entry import CHAIN_RE
+    from ledger.keys import SigningKey
+
+    if not CHAIN_RE.match(args.party):
+        raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
+    key = SigningKey.generate(args.party, args.purpose, name=args.name)
+    out = Path(args.out or f"{args.party}.key")
+    try:
+        key.write(out, overwrite=args.force)
+    except FileExistsError as e:
+        raise UsageError(f"{out} exists: refusing to overwrite a key (use --force)") from e
+    data = {"party": key.party, "purpose": key.purpose, "key_id": key.key_id,
+            "public_key": base64.b64encode(key.public_key).decode(), "file": str(out)}
+    emit(args, data, lambda: console().print(
+        f"wrote {out} (mode 0600)\nparty       {key.party}\nkey id      {key.key_id}\n"
+        f"public key  {data['public_key']}"))
+    return EXIT_OK
+
+
+# --- verify / checkpoint / prove ----------------------------------------------------------
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ledger.reader import DatabaseURL
+    from ledger.verify import verify_database
+
+    u = DatabaseURL.parse(args.db)
+    if u.backend == "sqlite" and not Path(u.path).exists():
+        raise UsageError(f"no ledger at {u.path}")
+    notes = [Path(p).read_bytes() for p in args.checkpoint]
+    progress = None
+    bar = None
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("verifying", total=None)
+        bar.start()
+        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+    try:
+        rep = verify_database(args.db, workers=args.workers, trusted_genesis=args.genesis,
+                              trusted_checkpoint_keys=args.checkpoint_key, checkpoint_notes=notes,
+                              progress=progress)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    finally:
+        if bar:
+            bar.stop()
+
+    def text() -> None:
+        c = console()
+        status = "[green]OK[/green]" if rep.ok else "[red]FAILED[/red]"
+        c.print(f"verify {status}: {rep.entries} entries, {rep.chains} chains, {rep.keys} keys, "
+                f"{rep.checkpoints} checkpoints; log size {rep.size}, root {rep.root.hex()}")
+        c.print(f"trust anchor: genesis {rep.genesis}" + ("" if args.genesis else " (the log's own; pin with --genesis)"))
+        if not rep.ok:
+            c.print(f"[red]first bad entry:[/red] {rep.first}")
+            for p in rep.problems[1:10]:
+                c.print(f"  also: {p}")
+            if len(rep.problems) > 10:
+                c.print(f"  ... {len(rep.problems) - 10} more")
+    emit(args, rep.to_dict(), text)
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
+def load_checkpoint_signer(args: argparse.Namespace):
+    from ledger.checkpoint import NoteSigner
+    from ledger.keys import KeyError_, SigningKey
+
+    path = Path(args.key)
+    try:
+        key = SigningKey.read(path)
+    except KeyError_ as e:
+        raise UsageError(str(e)) from e
+    if key.purpose != "checkpoint" or not key.name:
+        raise UsageError(f"{path} is not a checkpoint key (purpose 'checkpoint' with a name)")
+    return NoteSigner(key.name, key.private_key)
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    signer = load_checkpoint_signer(args)
+    with open_store(args) as store:
+        note = store.checkpoint(signer)
+    from ledger.checkpoint import Checkpoint
+
+    cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
+    data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode()}
+    emit(args, data, lambda: sys.stdout.write(note.decode()))
+    return EXIT_OK
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    from ledger import merkle
+
+    with open_store(args) as store:
+        latest = store.latest_checkpoint()
+        size = args.size or (latest[0] if latest else store.size())
+        note = latest[2].decode() if latest and latest[0] == size else None
+        root = store.root(size)
+        if args.entry:
+            chain, _, seq = args.entry.rpartition(":")
+            if not chain or not seq.isdigit():
+                raise UsageError("--entry takes CHAIN:SEQ, e.g. --entry MIIT:1")
+            rec = store.entry(chain, int(seq))
+            if rec is None:
+                raise UsageError(f"no entry {args.entry}")
+            if rec.index >= size:
+                raise UsageError(f"entry {args.entry} (index {rec.index}) is not in a tree of size {size}; "
+                                 "make a checkpoint first or pass --size")
+            proof = store.inclusion_proof(rec.index, size)
+            leaf = rec.nodes[:32]
+            merkle.verify_inclusion(leaf, rec.index, size, proof, root)
+            data = {"kind": "inclusion", "entry": args.entry, "index": rec.index, "size": size,
+                    "leaf_hash": leaf.hex(), "entry_hash": rec.entry_hash.hex(), "recorded_at": rec.recorded_at,
+                    "root": root.hex(), "proof": [h.hex() for h in proof], "checkpoint": note}
+        elif args.from_ is not None and args.to is not None:
+            if not 0 <= args.from_ <= args.to <= store.size():
+                raise UsageError(f"need 0 <= --from <= --to <= {store.size()}")
+            proof = store.consistency_proof(args.from_, args.to)
+            root1, root2 = store.root(args.from_), store.root(args.to)
+            merkle.verify_consistency(args.from_, args.to, proof, root1, root2)
+            data = {"kind": "consistency", "from": args.from_, "to": args.to, "root_from": root1.hex(),
+                    "root_to": root2.hex(), "proof": [h.hex() for h in proof]}
+        else:
+            raise UsageError("prove needs --entry CHAIN:SEQ, or --from N --to M")
+    def text() -> None:
+        for k, v in data.items():
+            if k == "proof":
+                print("proof:")
+                for h in v:
+                    print(f"  {h}")
+            elif k == "checkpoint" and v:
+                print("checkpoint:\n  " + v.replace("\n", "\n  "))
+            else:
+                print(f"{k}: {v}")
+        print("(proof verified against the root before printing)")
+    emit(args, data, text)
+    return EXIT_OK
+
+
+# --- the rest -------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from commands.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    argv = list(args.rest)
+    if args.json:
+        argv.append("--json")
+    return bench_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reledger", description="Signed, append-only rare earth traceability ledger")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = sub.add_parser
+
+    def sub_add_parser(name: str, parents=(), **kw) -> argparse.ArgumentParser:
+        s = add(name, **kw)
+        if parents:  # every subcommand gets its own --db/--json actions (defaults differ)
+            s.add_argument("--db", default=default_db(), help="database URL (default: $RELEDGER_DB or %(default)s)")
+            s.add_argument("--json", action="store_true", help="print one JSON document")
+        return s
+
+    sub.add_parser = sub_add_parser  # type: ignore[method-assign]
+    common = object()
+
+    s = sub.add_parser("init", parents=[common], help="create a ledger with its regulator genesis")
+    s.add_argument("--regulator", default="MIIT", help="the root regulator's party id (default %(default)s)")
+    s.add_argument("--name", default="Ministry of Industry and Information Technology")
+    s.add_argument("--origin", default="reledger.example/national", help="checkpoint origin (signed-note key name)")
+    s.add_argument("--keys", default="reledger-keys", help="where to write the key files (default %(default)s)")
+    s.add_argument("--force", action="store_true", help="overwrite existing key files")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 key file (mode 0600)")
+    s.add_argument("--party", required=True)
+    s.add_argument("--purpose", choices=["entries", "checkpoint"], default="entries")
+    s.add_argument("--name", help="signed-note key name (checkpoint keys)")
+    s.add_argument("--out", help="key file (default PARTY.key)")
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_keygen)
+
+    s = sub.add_parser("verify", parents=[common], help="verify signatures, keys, chains, Merkle log, checkpoints")
+    s.add_argument("--workers", type=int, default=None, help="processes for signatures (default: all cores)")
+    s.add_argument("--genesis", help="trusted genesis entry hash (hex)")
+    s.add_argument("--checkpoint-key", action="append", default=[], help="trusted checkpoint vkey (repeatable)")
+    s.add_argument("--checkpoint", action="append", default=[], help="a checkpoint note kept outside the database")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log")
+    s.add_argument("--key", default="reledger-keys/operator.key", help="checkpoint key file (default %(default)s)")
+    s.set_defaults(func=cmd_checkpoint)
+
+    s = sub.add_parser("prove", parents=[common], help="inclusion proof of an entry, or consistency proof")
+    s.add_argument("--entry", help="CHAIN:SEQ")
+    s.add_argument("--size", type=int, help="tree size (default: the latest checkpoint's)")
+    s.add_argument("--from", dest="from_", type=int)
+    s.add_argument("--to", type=int)
+    s.set_defaults(func=cmd_prove)
+
+    s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
+    s.add_argument("--seed", type=int, default=2024)
+    s.add_argument("--scale", choices=["small", "year"], default="small")
+    s.add_argument("--out", default="reledger-demo", help="where keys and reports go (default %(default)s)")
+    s.set_defaults(func=cmd_demo)
+    for action in s._actions:
+        if action.dest == "db":
+            action.default = os.environ.get("RELEDGER_DB")  # demo: its own ledger unless told
+
+    s = sub.add_parser("bench", help="run the benchmarks (see bench/)", add_help=False)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "bench":
+        # bench owns its own options
+        from bench.run import main as bench_main
+
+        return bench_main(argv[1:])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"reledger {args.command}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
