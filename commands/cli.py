@@ -88,6 +88,10 @@ def cmd_init(args: argparse.Namespace) -> int:
         op.write(op_path, overwrite=args.force)
         signer = NoteSigner(args.origin, op.private_key)
         note = store.checkpoint(signer)
+        if args.serving_role:
+            if store.db.backend != "postgres":
+                raise UsageError("--serving-role needs a PostgreSQL --db")
+            store.grant_serving_role(args.serving_role)
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
             "regulator_key": str(reg_path), "checkpoint_key": str(op_path), "checkpoint_vkey": signer.verifier().vkey(),
             "origin": args.origin, "checkpoint": note.decode()}
@@ -292,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--origin", default="reledger.example/national", help="checkpoint origin (signed-note key name)")
     s.add_argument("--keys", default="reledger-keys", help="where to write the key files (default %(default)s)")
     s.add_argument("--force", action="store_true", help="overwrite existing key files")
+    s.add_argument("--serving-role", help="PostgreSQL: create this role with INSERT and SELECT only")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 key file (mode 0600)")
