@@ -1,0 +1,154 @@
+"""Crash safety on PostgreSQL: a writer appending one large batch is killed with SIGKILL in
+the middle; afterwards the log holds the whole batch or none of it, verifies, and continues."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from ledger.encoding import canonical
+from ledger.genesis import ChainSigner
+from ledger.reader import DatabaseURL
+from ledger.store import LedgerStore
+from ledger.verify import verify_database
+
+from conftest import PG_URL, _with_schema, drop_schema, require_pg
+from helpers import T0, new_ledger, seeded_key, sql
+
+pytestmark = pytest.mark.postgres
+
+BATCH = 20_000
+MINE = "91110000MINE0001"
+
+CHILD = textwrap.dedent("""
+    import sys
+    from ledger.encoding import decode
+    from ledger.store import LedgerStore
+
+    url, path = sys.argv[1], sys.argv[2]
+    with open(path, "rb") as f:
+        envelopes = decode(f.read())
+    store = LedgerStore(url, create=False)
+    print("ready", flush=True)
+    receipts = store.append(envelopes)
+    print("done", len(receipts), flush=True)
+    store.close()
+""")
+
+
+@pytest.fixture(scope="module")
+def batch_file(tmp_path_factory):
+    """One chain of BATCH entries of MINE, signed once: its seq 1 starts from the zero hash,
+    so the same envelopes fit any fresh ledger where MINE is registered with this key."""
+    require_pg()
+    key = seeded_key(MINE, 42)
+    signer = ChainSigner(key)
+    envelopes = [signer.sign("MiningOutput", {"qty": f"{i % 997 + 1}.5", "lot": f"L{i}"}, T0).envelope
+                 for i in range(BATCH)]
+    path = tmp_path_factory.mktemp("crash") / "batch.msgpack"
+    path.write_bytes(canonical(envelopes))
+    return key, path, signer
+
+
+def _write_lock_held(url: str) -> bool:
+    """True while some session holds the EXCLUSIVE lock on the events table: the append's
+    write transaction is running."""
+    schema = DatabaseURL.parse(url).schema
+    rows = sql(url, "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = ? AND c.relname = 'reledger_events' "
+                    "AND l.mode = 'ExclusiveLock' AND l.granted", (schema,))
+    return bool(rows)
+
+
+def _inserting(url: str) -> bool:
+    """True while a session runs an INSERT into this ledger's tables."""
+    schema = DatabaseURL.parse(url).schema
+    rows = sql(url, "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query ILIKE 'INSERT%%' "
+                    "AND query LIKE ? AND pid <> pg_backend_pid()", (f"%{schema}%",))
+    return bool(rows)
+
+
+def _run(url: str, path, wait_for: str, delay: float) -> tuple[str, int]:
+    """Start the writer; once it is at ``wait_for`` ('ready': checking signatures, no lock yet;
+    'locked': its write transaction holds the table lock; 'inserting': rows are being
+    inserted) wait ``delay`` seconds (or until it exits) and kill it with SIGKILL."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        probe = {"ready": None, "locked": _write_lock_held, "inserting": _inserting}[wait_for]
+        if probe is not None:
+            deadline = time.monotonic() + 20
+            while not probe(url):
+                if child.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the writer was never seen {wait_for}")
+                time.sleep(0.002)
+        if delay:
+            try:
+                child.wait(delay)  # or until it finished
+            except subprocess.TimeoutExpired:
+                pass
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        return wait_for, child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _wait_lock_released(url: str) -> None:
+    deadline = time.monotonic() + 20
+    while _write_lock_held(url):
+        assert time.monotonic() < deadline, "the killed writer's transaction never ended"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("wait_for,delay", [("ready", 0), ("locked", 0), ("locked", 0.4), ("inserting", 0),
+                                            ("inserting", 0.15), ("locked", 10)])
+def test_sigkill_during_large_append(batch_file, wait_for, delay):
+    key, path, full_signer = batch_file
+    schema = "t_" + uuid.uuid4().hex[:12]
+    url = _with_schema(PG_URL, schema)
+    try:
+        led = new_ledger(url)
+        led.register(MINE, key=key)
+        before, root_before = led.store.size(), led.store.root()
+        led.close()
+
+        phase, code = _run(url, path, wait_for, delay)
+        _wait_lock_released(url)
+
+        with LedgerStore(url) as st:
+            after = st.size()
+            assert after in (before, before + BATCH), f"a partial batch landed: {after - before} of {BATCH}"
+            print(f"{wait_for} + {delay}s: killed while {phase}, exit {code}, {after - before} entries landed")
+            events = sql(url, "SELECT COUNT(*) FROM {events}")[0][0]
+            assert events == after
+            if after == before:
+                assert st.root() == root_before
+                assert code == -signal.SIGKILL  # the writer died before its commit
+                head = (0, bytes(32))
+            else:
+                head = (BATCH, full_signer.head)
+            assert st.chain_head(MINE) == head
+            # the ledger continues where it stands
+            s = ChainSigner(key, head[0], head[1])
+            r = st.append([s.sign("MiningOutput", {"qty": "1"}, T0)])[0]
+            assert (r.index, r.seq) == (after, head[0] + 1)
+        rep = verify_database(url)
+        assert rep.ok, rep.problems[:5]
+        assert rep.entries == after + 1
+        if delay == 10:
+            assert after == before + BATCH and code == 0  # long enough: the batch completed
+        elif wait_for in ("ready", "inserting"):
+            assert after == before  # killed before the write began, or while it inserted rows
+    finally:
+        drop_schema(schema)
