@@ -591,3 +591,21 @@ def test_format_md_proof_algorithms_on_public_vectors(path: Path):
         ok = _doc_consistency(probe["size1"], probe["size2"], proof, base64.b64decode(probe["root1"]),
                               base64.b64decode(probe["root2"]))
     assert ok is not probe["wantErr"], probe["desc"]
+
+
+# --- envelopes that must be refused, signatures that must fail ---------------------------
+
+@pytest.mark.parametrize("r", V["refused_envelopes"], ids=lambda r: r["name"])
+def test_refused_envelope(r):
+    with pytest.raises(EntryError):
+        SignedEntry.parse(H(r["envelope"]))
+
+
+@pytest.mark.parametrize("r", V["bad_signatures"], ids=lambda r: r["name"])
+def test_bad_signature(r):
+    s = SignedEntry.parse(H(r["envelope"]))
+    assert s.entry.key_id == KEYS["mine"]["key_id"]
+    assert not s.signature_valid(H(KEYS["mine"]["public_key"]))
+    pub = Ed25519PublicKey.from_public_bytes(H(KEYS["mine"]["public_key"]))
+    with pytest.raises(Exception):
+        pub.verify(s.signature, ENTRY_TAG + s.content)

@@ -341,6 +341,76 @@ def build_log() -> tuple[dict[str, SigningKey], list[dict[str, Any]], list[Signe
     return k, plan, signed
 
 
+def _packb(value: Any) -> bytes:
+    """Plain msgpack (NOT canonical: keys in the order given, floats allowed) for bad vectors."""
+    import msgpack
+
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def bad_envelopes(k: dict[str, SigningKey], good: SignedEntry) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Envelopes a reader must refuse, and envelopes that parse but whose signature must fail.
+
+    Each changes one thing of a valid entry (the mine's seq 2) and is otherwise well signed by
+    the mine's key, so that the named flaw is the only reason to refuse it."""
+    key = k["mine"]
+    base = good.entry.as_map()
+
+    def signed_map(change) -> bytes:
+        m = dict(base)
+        change(m)
+        content = encoding.canonical(m)
+        return encoding.canonical({"entry": content, "sig": key.sign(ENTRY_TAG, content)})
+
+    def signed_raw(content: bytes) -> bytes:
+        return encoding.canonical({"entry": content, "sig": key.sign(ENTRY_TAG, content)})
+
+    def setter(name, value):
+        return lambda m: m.__setitem__(name, value)
+
+    sig = key.sign(ENTRY_TAG, good.content)
+    refused = [
+        ("unknown content field", "extra key `x`", signed_map(setter("x", 1))),
+        ("missing content field", "no `occurred_at`", signed_map(lambda m: m.pop("occurred_at"))),
+        ("format version 2", "`v` must be 1", signed_map(setter("v", 2))),
+        ("seq 0", "`seq` >= 1", signed_map(setter("seq", 0))),
+        ("seq 1 with a non-zero prev", "`prev` of seq 1 is 32 zero bytes", signed_map(setter("seq", 1))),
+        ("prev of 31 bytes", "`prev` is 32 bytes", signed_map(setter("prev", base["prev"][:31]))),
+        ("prev as text", "`prev` is bin", signed_map(setter("prev", base["prev"].hex()))),
+        ("key id in upper case", "16 lowercase hex digits", signed_map(setter("key_id", base["key_id"].upper()))),
+        ("command id in upper case", "lowercase UUID", signed_map(setter("command_id", base["command_id"].upper()))),
+        ("chain in lower case", "party id pattern", signed_map(setter("chain", base["chain"].lower()))),
+        ("type in lower case", "type pattern", signed_map(setter("type", "stockCounted"))),
+        ("occurred_at not in normal form", "trailing fractional zero",
+         signed_map(setter("occurred_at", "2026-03-31T23:59:59.9990Z"))),
+        ("occurred_at with an offset", "UTC with Z only", signed_map(setter("occurred_at", "2026-04-01T07:59:59.999+08:00"))),
+        ("body is an array", "`body` is a map", signed_map(setter("body", []))),
+        ("float in the body", "no floats (content not canonical)",
+         signed_raw(_packb(dict(sorted({**base, "body": {"counted_kg": 118250.125}}.items()))))),
+        ("content keys not sorted", "content not canonical", signed_raw(_packb(dict(sorted(base.items(), reverse=True))))),
+        ("content with a non-shortest integer", "`seq` as uint8 (cc02): content not canonical",
+         signed_raw(good.content.replace(bytes.fromhex("a373657102"), bytes.fromhex("a3736571cc02")))),
+        ("envelope keys not sorted", "envelope not canonical", _packb({"sig": sig, "entry": good.content})),
+        ("envelope with an extra key", "exactly `entry` and `sig`",
+         encoding.canonical({"entry": good.content, "sig": sig, "x": 1})),
+        ("content as a map, not bin", "`entry` is bin", encoding.canonical({"entry": base, "sig": sig})),
+        ("signature of 63 bytes", "`sig` is 64 bytes", encoding.canonical({"entry": good.content, "sig": sig[:63]})),
+        ("signature as text", "`sig` is bin", _packb({"entry": good.content, "sig": sig.hex()})),
+    ]
+    changed = dict(base, body=dict(base["body"], counted_kg="118250.126"))
+    changed_content = encoding.canonical(changed)
+    bad_sig = [
+        ("content changed after signing", "counted_kg 118250.125 -> 118250.126, signature of the original",
+         encoding.canonical({"entry": changed_content, "sig": sig})),
+        ("signed without ENTRY_TAG", "Ed25519 over the content alone",
+         encoding.canonical({"entry": good.content, "sig": key.sign(b"", good.content)})),
+        ("signed by another key", "the regulator's key signed, the content names the mine's key",
+         encoding.canonical({"entry": good.content, "sig": k["regulator"].sign(ENTRY_TAG, good.content)})),
+    ]
+    return ([{"name": n, "why": w, "envelope": e.hex()} for n, w, e in refused],
+            [{"name": n, "why": w, "envelope": e.hex()} for n, w, e in bad_sig])
+
+
 def _merkle_levels(leaves: list[bytes]) -> dict[tuple[int, int], bytes]:
     nodes: dict[tuple[int, int], bytes] = {}
     frontier = merkle.Frontier()
@@ -418,6 +488,9 @@ def build() -> dict[str, Any]:
             "nodes_column": b"".join(h for _, _, h in completed).hex(),
         })
     out["entries"] = entries
+    refused, bad_sig = bad_envelopes(k, signed[6])
+    out["refused_envelopes"] = refused
+    out["bad_signatures"] = bad_sig
 
     # 4. the Merkle log
     nodes = _merkle_levels(leaves)
@@ -668,6 +741,24 @@ def render_markdown(v: dict[str, Any]) -> str:
         for n in e["nodes"]:
             a(f"level {n['level']} index {n['index']}  {n['hash']}")
         a("```")
+        a("")
+
+    a("#### Envelopes a reader must refuse")
+    a("")
+    a("Each changes one thing of entry 6 and is otherwise validly signed by the mine's key "
+      "(a changed content is signed again).")
+    a("")
+    for r in v["refused_envelopes"]:
+        a(f"- {r['name']} ({r['why']}):")
+        a("")
+        a(block(r["envelope"]))
+        a("")
+    a("#### Envelopes that parse but whose signature must not verify (with the mine's public key)")
+    a("")
+    for r in v["bad_signatures"]:
+        a(f"- {r['name']} ({r['why']}):")
+        a("")
+        a(block(r["envelope"]))
         a("")
 
     t = v["tree"]
