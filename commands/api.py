@@ -1,0 +1,298 @@
+"""The in-process command API: validate, authorize, reference-check, append.
+
+    from commands.api import CommandAPI, CommandError
+    api = CommandAPI(LedgerStore("sqlite:///./reledger.db"))
+    receipts = api.submit([signed_entry, ...])          # one all-or-nothing group
+    results = api.submit_groups([[...], [...]])          # group commit: receipts or CommandError each
+
+A submission passes, entry by entry in order: parsing (400 ``malformed``), idempotency (the same
+command id with the same bytes answers the original receipt, ``duplicate=True``; with other bytes
+409 ``command_conflict``), the catalogue's schema (400), key validity and signature (403), chain
+continuity (409 ``conflict``), the party's roles (403 ``forbidden``) and references (404/409).
+Then ``store.append`` / ``store.append_groups`` writes it; the store checks keys, signatures,
+chains and idempotency again under its own lock, and any refusal of the store is translated into
+a :class:`CommandError` with the store's code and message.
+
+The write state (:mod:`commands.state`) catches up from the log before each submission (so other
+writers are seen) and keeps only what the store accepted. One lock serializes validate+append in
+this process. Another process appending to the same database between the catch-up and the
+append is still stopped by the store for chains, keys and command ids; its effect on reference
+checks (a shipment received twice by two processes at once) is left to the projections.
+
+Findings: each receipt has a ``findings`` list. The command API computes none itself; pass
+``findings_hook(signed_entry, receipt) -> list[dict]`` (the projections' rule engine, later) and
+its answer for each newly accepted entry is put there (an exception of the hook is logged and
+gives an empty list: the entry is already recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ledger.entry import CHAIN_RE, EntryError, SignedEntry
+from ledger.reader import Record
+from ledger.store import AppendError, LedgerStore, Receipt, now_us
+
+from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
+                        UnknownReference, catalogue_json_schema)
+from .state import WriteState
+from .validate import validate_entry
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CommandAPI", "CommandError", "CommandReceipt", "Conflict", "ERROR_CODES", "Forbidden",
+           "InvalidCommand", "UnknownReference", "from_append_error"]
+
+FindingsHook = Callable[[SignedEntry, "CommandReceipt"], list]
+
+
+@dataclass(frozen=True)
+class CommandReceipt(Receipt):
+    """The store's receipt plus the findings the entry raised (see the module docstring)."""
+
+    findings: tuple = field(default=(), compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["findings"] = list(self.findings)
+        return d
+
+
+def from_append_error(err: AppendError, group: int | None = None) -> CommandError:
+    """The command API's error for a store refusal: same code, message, field and position."""
+    return CommandError.make(err.code, err.message, field=err.field, position=err.position, chain=err.chain,
+                             seq=err.seq, group=group)
+
+
+def _receipt(r: Receipt, findings: Sequence = ()) -> CommandReceipt:
+    return CommandReceipt(r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate, tuple(findings))
+
+
+class _Checked:
+    """One group after validation: what to hand to the store, or the group's error."""
+
+    __slots__ = ("entries", "new", "error")
+
+    def __init__(self) -> None:
+        self.entries: list[SignedEntry] = []
+        self.new: list[SignedEntry] = []  # entries that are not duplicates, in order
+        self.error: CommandError | None = None
+
+
+class CommandAPI:
+    """See the module docstring. Thread-safe."""
+
+    def __init__(self, store: LedgerStore, *, findings_hook: FindingsHook | None = None):
+        self.store = store
+        self.findings_hook = findings_hook
+        self.state = WriteState()
+        self._lock = threading.RLock()
+
+    # --- writing -------------------------------------------------------------------------
+    def submit(self, envelopes: Sequence[bytes | SignedEntry]) -> list[CommandReceipt]:
+        """Append one all-or-nothing group; raises CommandError (nothing written)."""
+        result = self.submit_groups([envelopes])[0]
+        if isinstance(result, CommandError):
+            raise result
+        return result
+
+    def submit_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]
+                      ) -> list[list[CommandReceipt] | CommandError]:
+        """Group commit: each group accepted whole or refused whole (its CommandError in its
+        place), all accepted groups written in one transaction."""
+        with self._lock:
+            self._catch_up()
+            self.state.begin()
+            try:
+                checked = self._check_groups(groups)
+            except BaseException:
+                self.state.abort()
+                raise
+            passed = [c for c in checked if c.error is None]
+            try:
+                stored = self.store.append_groups([c.entries for c in passed]) if passed else []
+            except AppendError as err:
+                self.state.abort()
+                raise from_append_error(err) from None
+            except BaseException:
+                self.state.abort()
+                raise
+            return self._finish(groups, checked, passed, stored)
+
+    def check(self, envelopes: Sequence[bytes | SignedEntry]) -> None:
+        """Every check of :meth:`submit` without writing (a dry run); raises CommandError."""
+        with self._lock:
+            self._catch_up()
+            self.state.begin()
+            try:
+                c = self._check_groups([envelopes])[0]
+            finally:
+                self.state.abort()
+            if c.error is not None:
+                raise c.error
+
+    def _catch_up(self) -> None:
+        size = self.store.size()
+        if size < self.state.size:  # a different (e.g. restored) database: start again
+            self.state = WriteState()
+        if size > self.state.size:
+            self.state.catch_up(self.store.records(self.state.size, size))
+
+    def _lookup(self, chain: str, seq: int) -> tuple[bytes, str] | None:
+        pending = self.state.pending.get((chain, seq))
+        if pending is not None:
+            return pending
+        if not CHAIN_RE.match(chain):
+            return None
+        rec = self.store.entry(chain, seq)
+        return None if rec is None else (rec.entry_hash, rec.type)
+
+    def _check_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list[_Checked]:
+        parsed: list[_Checked] = []
+        ids: list[str] = []
+        for gi, group in enumerate(groups):
+            c = _Checked()
+            parsed.append(c)
+            if isinstance(group, (bytes, bytearray, SignedEntry)) or not isinstance(group, (list, tuple)):
+                c.error = InvalidCommand("malformed", "group: must be a list of envelopes", field="group", group=gi)
+                continue
+            if not group:
+                c.error = InvalidCommand("malformed", "group: must not be empty", field="group", group=gi)
+                continue
+            for pos, item in enumerate(group):
+                try:
+                    c.entries.append(item if isinstance(item, SignedEntry) else SignedEntry.parse(item))
+                except EntryError as e:
+                    c.error = InvalidCommand("malformed", str(e), field=e.field, position=pos, group=gi)
+                    break
+            if c.error is None:
+                ids += [s.entry.command_id for s in c.entries]
+        recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
+
+        seen: set[tuple[str, str]] = set()
+        index = self.state.size
+        recorded_us = getattr(self.store, "clock", now_us)()
+        for gi, c in enumerate(parsed):
+            if c.error is not None:
+                continue
+            mark = self.state.mark()
+            group_seen: set[tuple[str, str]] = set()
+            start_index = index
+            try:
+                for pos, signed in enumerate(c.entries):
+                    e = signed.entry
+                    ckey = (e.chain, e.command_id)
+                    try:
+                        if ckey in seen or ckey in group_seen:
+                            raise Conflict("command_conflict", f"command_id: {e.command_id} appears twice in "
+                                                               f"this submission for chain {e.chain}",
+                                           field="command_id")
+                        group_seen.add(ckey)
+                        old = recorded.get(ckey)
+                        if old is not None:
+                            if old[1] == signed.hash:
+                                continue  # a retry: the store answers the original receipt
+                            raise Conflict("command_conflict", f"command_id: {e.command_id} was already used on "
+                                                               f"chain {e.chain} for another entry (log index "
+                                                               f"{old[0]})", field="command_id")
+                        validate_entry(self.state, signed, index, recorded_us, self._lookup)
+                        try:
+                            self.state.apply(signed, index)
+                        except Exception as err:  # RegistryError: a registry body the registry refuses
+                            raise InvalidCommand("body", str(err), field=getattr(err, "field", None)) from None
+                        c.new.append(signed)
+                        index += 1
+                    except CommandError as err:
+                        err.group = gi
+                        raise err.at(pos, e.chain, e.seq)
+            except CommandError as err:
+                self.state.rollback(mark)
+                c.error, c.new, index = err, [], start_index
+                continue
+            seen |= group_seen
+        return parsed
+
+    def _finish(self, groups, checked: list[_Checked], passed: list[_Checked], stored: list
+                ) -> list[list[CommandReceipt] | CommandError]:
+        expected = self.state.size - sum(len(c.new) for c in passed)
+        consistent = True
+        by_group: dict[int, list[Receipt] | CommandError] = {}
+        position = {id(c): gi for gi, c in enumerate(checked)}
+        for c, result in zip(passed, stored):
+            gi = position[id(c)]
+            if isinstance(result, AppendError):
+                consistent = False
+                by_group[gi] = from_append_error(result, gi)
+                continue
+            for r in result:
+                if r.duplicate:
+                    continue
+                if r.index != expected:
+                    consistent = False
+                expected += 1
+            by_group[gi] = result
+        if consistent and expected == self.state.size:
+            self.state.commit()
+        else:  # the store decided otherwise (another writer): rebuild from the log
+            self.state.abort()
+            self._catch_up()
+
+        out: list[list[CommandReceipt] | CommandError] = []
+        for gi, c in enumerate(checked):
+            if c.error is not None:
+                out.append(c.error)
+                continue
+            res = by_group[gi]
+            if isinstance(res, CommandError):
+                out.append(res)
+                continue
+            receipts = []
+            for signed, r in zip(c.entries, res):
+                findings: list = []
+                if self.findings_hook is not None and not r.duplicate:
+                    try:
+                        findings = list(self.findings_hook(signed, _receipt(r)) or ())
+                    except Exception:  # noqa: BLE001 - the entry is recorded whatever the hook does
+                        log.exception("findings hook failed for %s:%s", r.chain, r.seq)
+                receipts.append(_receipt(r, findings))
+            out.append(receipts)
+        return out
+
+    # --- reading -------------------------------------------------------------------------
+    def size(self) -> int:
+        return self.store.size()
+
+    def head(self, chain: str) -> tuple[int, bytes]:
+        """(seq, entry hash) of the chain's last entry; (0, 32 zero bytes) for a new chain."""
+        self._check_chain_id(chain)
+        return self.store.chain_head(chain)
+
+    def entry(self, chain: str, seq: int) -> Record:
+        """The stored record of chain:seq (envelope, index, record time); 404 ``not_found``."""
+        self._check_chain_id(chain)
+        if type(seq) is not int or seq < 1:
+            raise InvalidCommand("wrong_type", "seq: must be an integer >= 1", field="seq")
+        rec = self.store.entry(chain, seq)
+        if rec is None:
+            raise UnknownReference("not_found", f"entry: no entry {chain}:{seq} in the ledger", field="seq")
+        return rec
+
+    @staticmethod
+    def _check_chain_id(chain: str) -> None:
+        if not isinstance(chain, str) or not CHAIN_RE.match(chain):
+            raise InvalidCommand("bad_value", "chain: must be a party id of 2-64 characters A-Z 0-9 . _ -",
+                                 field="chain")
+
+    # --- description ---------------------------------------------------------------------
+    @staticmethod
+    def entry_types() -> list[str]:
+        return list(SCHEMAS)
+
+    @staticmethod
+    def json_schema() -> dict[str, Any]:
+        """JSON Schema of every body (for the OpenAPI components)."""
+        return catalogue_json_schema()
+

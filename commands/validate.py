@@ -1,0 +1,310 @@
+"""Write-path checks: authorization (who may assert which type) and reference checks.
+
+Everything DESIGN.md "Write path rules" says is refused is refused here (or by the store) with
+a :class:`~commands.catalogue.CommandError` naming the field and the reason; rule violations of
+the regulation (over quota, negative stock, yield out of band, late report, designation expired,
+lines of a receipt differing from the shipment, untraceable lots) are accepted and left to the
+projections to flag.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ledger.entry import SignedEntry
+from ledger.registry import RegistryError
+
+from .catalogue import ENTERPRISE_ROLES, SCHEMAS, CommandError, MAX_YEAR, MIN_YEAR, check_body, fail
+from .state import WriteState
+
+_ENTERPRISE = frozenset(ENTERPRISE_ROLES)
+_REGULATOR = frozenset({"REGULATOR"})
+
+#: Regulator-only types: checked against the party's *current* roles (an authority that lost
+#: the REGULATOR role asserts nothing more).
+AUTHORITY_TYPES = frozenset({
+    "PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked", "GroupMembershipChanged",
+    "AnnualTotalApproved", "QuotaBatchIssued", "QuotaReduced", "InspectionRecorded", "ViolationFound",
+    "PenaltyImposed"})
+
+#: type -> the roles that may assert it.
+AUTHORIZED_ROLES: dict[str, frozenset[str]] = {
+    **{t: _REGULATOR for t in AUTHORITY_TYPES},
+    "QuotaSubAllocated": frozenset({"GROUP"}),
+    "MineralProductProduced": frozenset({"MINE"}),
+    "SeparationBatchRecorded": frozenset({"SEPARATION"}),
+    "MetalSmelted": frozenset({"SMELTER"}),
+    "SecondaryFeedReceived": frozenset({"RECYCLER"}),
+    "ExportDeclared": frozenset({"EXPORTER"}),
+    "ImportReceived": _ENTERPRISE,
+    "TransferShipped": _ENTERPRISE,
+    "TransferReceived": _ENTERPRISE,
+    "StockCounted": _ENTERPRISE,
+    "MonthlyFlowReportSubmitted": _ENTERPRISE,
+    "QuotaExecutionReported": _ENTERPRISE,
+    "CorrectionRecorded": _ENTERPRISE | {"GROUP", "REGULATOR"},
+}
+assert set(AUTHORIZED_ROLES) == set(SCHEMAS), "every catalogue type needs an authorization rule"
+
+AUTHORIZATION_DOC = """
+Every entry is on the chain of the party that signs it (the store refuses a key of another
+party: `foreign_key`). On top of the key checks, the command API decides by role:
+
+* **Refused** (`forbidden`, 403) when the type is not allowed for any role of the party.
+  For regulator-only types (registry, keys, membership, totals, quota batches and cuts,
+  inspections, violations, penalties) the party's *current* roles count (the latest
+  PartyRegistered/PartyDesignationChanged in log order): a party that lost the REGULATOR role
+  asserts none of them any more. For every other type, every role the party *has ever been
+  designated with* counts, so that a late entry about a period when it was designated is
+  recorded.
+* **Accepted and flagged** (by projections, rule 1 of DOMAIN.md) when the party holds the role
+  but is not designated for it at the entry's business time (`occurred_at` before `valid_from`,
+  at or after `valid_until`, or while its roles were suspended): the fact is recorded, never
+  hidden. The state's `PartyInfo.roles_at(t)` answers designation at a business time.
+* Enterprise roles are MINE, SEPARATION, SMELTER, RECYCLER, EXPORTER ("any obliged
+  enterprise"). AUDITOR asserts nothing. CorrectionRecorded is also open to GROUP and REGULATOR
+  (a party corrects its own entries only: the corrected entry must be on its own chain).
+* Reference checks (404/409) come after the role check: a receipt must cite a shipment
+  (seller, transfer id) shipped to the receiving party and not yet received; a sub-allocation
+  must cite a batch (year, batch no) issued to the group; cited entries ({chain, seq, hash})
+  must exist with that hash and, for penalties, cuts and corrections, be of the right type or
+  chain; new lot ids, transfer ids, batch ids, parties, keys and quota batches must be new.
+""".strip()
+
+
+def role_rule_text(type_name: str) -> str:
+    roles = AUTHORIZED_ROLES[type_name]
+    if type_name in AUTHORITY_TYPES:
+        return "REGULATOR (current role)"
+    names = sorted(roles)
+    if _ENTERPRISE <= roles:
+        extra = sorted(roles - _ENTERPRISE)
+        return "any obliged enterprise (" + ", ".join(sorted(_ENTERPRISE)) + ")" + (
+            " and " + ", ".join(extra) if extra else "")
+    return ", ".join(names)
+
+
+# --- checks --------------------------------------------------------------------------------
+
+def check_schema(signed: SignedEntry) -> dict:
+    """Type known, body valid, business time sane; the parsed body."""
+    e = signed.entry
+    parsed = check_body(e.type, e.body)
+    year = int(e.occurred_at[:4])
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise fail("out_of_range", "occurred_at", f"year {year} is absurd (must be {MIN_YEAR}..{MAX_YEAR})")
+    return parsed
+
+
+def check_key(state: WriteState, signed: SignedEntry, index: int, recorded_us: int) -> None:
+    """Key valid for the chain at ``index`` (registered party, authorized, not revoked, not
+    expired, registry types by a regulator), and the signature."""
+    try:
+        public_key = state.registry.key_for(signed, index, recorded_us)
+    except RegistryError as err:
+        raise CommandError.make(err.code, str(err), field=err.field) from None
+    if not signed.signature_valid(public_key):
+        raise CommandError.make("signature", f"sig: not a valid signature by key {signed.entry.key_id}",
+                                field="sig")
+
+
+def authorize(state: WriteState, signed: SignedEntry) -> None:
+    """Refuse a type that the party's roles never allow (see AUTHORIZATION_DOC)."""
+    e = signed.entry
+    allowed = AUTHORIZED_ROLES[e.type]
+    if e.type in AUTHORITY_TYPES:
+        held, when = state.current_roles(e.chain), "holds"
+    else:
+        held, when = state.roles_ever(e.chain), "has held"
+    if not held & allowed:
+        raise fail("forbidden", "type", f"{e.type} may be asserted by {role_rule_text(e.type)}; "
+                                        f"{e.chain} {when} {', '.join(sorted(held)) or 'no role'}")
+
+
+def check_chain(state: WriteState, signed: SignedEntry) -> None:
+    """seq and prev continue the chain (same messages as the store)."""
+    e = signed.entry
+    head_seq, head_hash = state.head(e.chain)
+    if e.seq != head_seq + 1:
+        raise CommandError.make("conflict", f"seq: chain {e.chain} is at seq {head_seq}; the next entry must "
+                                            f"have seq {head_seq + 1}, not {e.seq}", field="seq")
+    if e.prev != head_hash:
+        raise CommandError.make("conflict", f"prev: does not match the hash of {e.chain} seq {head_seq} "
+                                            f"({head_hash.hex()[:16]}...)", field="prev")
+
+
+EntryLookup = Callable[[str, int], "tuple[bytes, str] | None"]
+
+
+class References:
+    """Reference checks of one entry against the state (and, for cited entries, the log)."""
+
+    def __init__(self, state: WriteState, lookup: EntryLookup):
+        self.state, self.lookup = state, lookup
+
+    def check(self, signed: SignedEntry, body: dict) -> None:
+        fn = getattr(self, "_" + signed.entry.type, None)
+        if fn is not None:
+            fn(signed.entry, body)
+
+    # helpers
+    def _party(self, party: str, field: str, role: str | None = None) -> None:
+        if party not in self.state.registry.roles:
+            raise fail("unknown_reference", field, f"party {party} is not registered")
+        if role is not None and role not in self.state.roles_ever(party):
+            raise fail("reference_mismatch", field, f"party {party} is not a {role} party "
+                                                    f"(roles: {', '.join(sorted(self.state.roles_ever(party))) or 'none'})")
+
+    def _entry(self, ref: dict, field: str, types: tuple[str, ...] = (), chain: str | None = None) -> None:
+        if chain is not None and ref["chain"] != chain:
+            raise fail("reference_mismatch", f"{field}.chain",
+                       f"a party cites here entries of its own chain ({chain}), not of {ref['chain']}")
+        found = self.lookup(ref["chain"], ref["seq"])
+        if found is None:
+            raise fail("unknown_reference", field, f"no entry {ref['chain']}:{ref['seq']} in the ledger")
+        entry_hash, type_name = found
+        if entry_hash != ref["hash"]:
+            raise fail("reference_mismatch", f"{field}.hash",
+                       f"entry {ref['chain']}:{ref['seq']} has hash {entry_hash.hex()[:16]}..., not "
+                       f"{ref['hash'].hex()[:16]}...")
+        if types and type_name not in types:
+            raise fail("reference_mismatch", field, f"entry {ref['chain']}:{ref['seq']} is a {type_name}, "
+                                                    f"not a {' or '.join(types)}")
+
+    def _new_lot(self, lot: str, field: str) -> None:
+        origin = self.state.lots.get(lot)
+        if origin is not None:
+            raise fail("duplicate", field, f"lot {lot} was already created by {origin.chain}:{origin.seq} "
+                                           f"({origin.type}); lot ids are unique in the ledger")
+
+    def _new_batch(self, chain: str, batch: str, field: str) -> None:
+        if (chain, batch) in self.state.batches:
+            raise fail("duplicate", field, f"batch {batch} was already recorded by {chain}")
+
+    # registry
+    def _PartyRegistered(self, e, b: dict) -> None:
+        if b["party"] in self.state.parties or (b["party"] in self.state.registry.roles
+                                                  and b["party"] != self.state.registry.root):
+            raise fail("duplicate", "body.party", f"party {b['party']} is already registered")
+        if "group" in b:
+            self._party(b["group"], "body.group", "GROUP")
+
+    def _PartyDesignationChanged(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        if "group" in b:
+            self._party(b["group"], "body.group", "GROUP")
+
+    def _KeyAuthorized(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        if b["key_id"] in self.state.registry.keys:
+            raise fail("duplicate", "body.key_id", f"key {b['key_id']} is already authorized")
+
+    def _KeyRevoked(self, e, b: dict) -> None:
+        rec = self.state.registry.keys.get(b["key_id"])
+        if rec is None or rec.party != b["party"]:
+            raise fail("unknown_reference", "body.key_id", f"party {b['party']} has no key {b['key_id']}")
+        if rec.revoked_at is not None:
+            raise fail("duplicate", "body.key_id", f"key {b['key_id']} is already revoked")
+
+    def _GroupMembershipChanged(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        self._party(b["group"], "body.group", "GROUP")
+
+    # quota
+    def _QuotaBatchIssued(self, e, b: dict) -> None:
+        self._party(b["holder"], "body.holder")
+        if self.state.quota_batches.get((b["year"], b["batch_no"], b["holder"])) is not None:
+            raise fail("duplicate", "body.batch_no", f"batch {b['batch_no']} of {b['year']} was already issued "
+                                                     f"to {b['holder']}")
+
+    def _QuotaSubAllocated(self, e, b: dict) -> None:
+        y, n = b["batch"]["year"], b["batch"]["batch_no"]
+        if self.state.quota_batches.get((y, n, e.chain)) is None:
+            raise fail("unknown_reference", "body.batch", f"{e.chain} holds no batch {n} of {y}")
+        self._party(b["enterprise"], "body.enterprise")
+
+    def _QuotaReduced(self, e, b: dict) -> None:
+        self._party(b["holder"], "body.holder")
+        self._entry(b["penalty"], "body.penalty", ("PenaltyImposed",))
+
+    # flow
+    def _MineralProductProduced(self, e, b: dict) -> None:
+        self._new_lot(b["lot"], "body.lot")
+
+    _ImportReceived = _MineralProductProduced
+    _SecondaryFeedReceived = _MineralProductProduced
+
+    def _SeparationBatchRecorded(self, e, b: dict) -> None:
+        self._new_batch(e.chain, b["batch"], "body.batch")
+        for i, out in enumerate(b["outputs"]):
+            self._new_lot(out["lot"], f"body.outputs[{i}].lot")
+
+    _MetalSmelted = _SeparationBatchRecorded
+
+    def _TransferShipped(self, e, b: dict) -> None:
+        if b["buyer"] == e.chain:
+            raise fail("inconsistent", "body.buyer", "a party does not ship to itself")
+        self._party(b["buyer"], "body.buyer")
+        if (e.chain, b["transfer_id"]) in self.state.shipments:
+            raise fail("duplicate", "body.transfer_id", f"transfer {b['transfer_id']} was already shipped by "
+                                                        f"{e.chain}")
+
+    def _TransferReceived(self, e, b: dict) -> None:
+        s = self.state.shipments.get((b["seller"], b["transfer_id"]))
+        if s is None:
+            raise fail("unknown_reference", "body.transfer_id",
+                       f"no shipment {b['transfer_id']} from {b['seller']} in the ledger")
+        if s.buyer != e.chain:
+            raise fail("not_addressee", "body.transfer_id",
+                       f"shipment {b['transfer_id']} from {b['seller']} was not shipped to {e.chain}")
+        if s.received_index is not None:
+            raise fail("already_received", "body.transfer_id",
+                       f"shipment {b['transfer_id']} from {b['seller']} was already received "
+                       f"(log index {s.received_index})")
+
+    # reporting
+    def _MonthlyFlowReportSubmitted(self, e, b: dict) -> None:
+        if b["last_seq"] >= e.seq:
+            raise fail("unknown_reference", "body.last_seq", f"a report covers earlier entries of its chain: "
+                                                             f"last_seq must be below {e.seq}")
+
+    # enforcement
+    def _InspectionRecorded(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        for i, ref in enumerate(b.get("evidence", ())):
+            self._entry(ref, f"body.evidence[{i}]")
+
+    def _ViolationFound(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        for i, ref in enumerate(b["evidence"]):
+            self._entry(ref, f"body.evidence[{i}]")
+        if "inspection" in b:
+            self._entry(b["inspection"], "body.inspection", ("InspectionRecorded",))
+
+    def _PenaltyImposed(self, e, b: dict) -> None:
+        self._party(b["party"], "body.party")
+        self._entry(b["violation"], "body.violation", ("ViolationFound",))
+
+    def _CorrectionRecorded(self, e, b: dict) -> None:
+        self._entry(b["corrects"], "body.corrects", chain=e.chain)
+        for i, ref in enumerate(b.get("replaced_by", ())):
+            self._entry(ref, f"body.replaced_by[{i}]", chain=e.chain)
+
+
+def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_us: int,
+                   lookup: EntryLookup) -> dict:
+    """Every write-path check of one new entry, in order: schema (400), key and signature (403),
+    chain continuity (409), role (403), references (404/409). Returns the parsed body. The
+    caller applies the entry to ``state`` when it passes."""
+    body = check_schema(signed)
+    check_key(state, signed, index, recorded_us)
+    check_chain(state, signed)
+    if index == 0:  # the genesis: the key registry's own rule (a self-authorized regulator key)
+        return body
+    authorize(state, signed)
+    References(state, lookup).check(signed, body)
+    return body
+
+
+__all__ = ["AUTHORIZED_ROLES", "AUTHORITY_TYPES", "AUTHORIZATION_DOC", "References", "authorize", "check_chain",
+           "check_key", "check_schema", "role_rule_text", "validate_entry"]
