@@ -1071,7 +1071,7 @@ def catalogue_markdown() -> str:
            "## Who may assert what", "",
            "Refused (403 `forbidden`) when no role the party holds, or has held, allows the type;",
            "accepted and flagged by projections when the party is outside its designation at the",
-           "entry's business time (see docs/CATALOGUE.md \"Authorization\" below and commands/validate.py).", "",
+           "entry's business time (see \"Authorization\" below, and commands/validate.py).", "",
            "| type | may be asserted by |", "|---|---|"]
     for t in SCHEMAS:
         out.append(f"| {t} | {role_rule_text(t)} |")

@@ -79,7 +79,7 @@ def role_rule_text(type_name: str) -> str:
     names = sorted(roles)
     if _ENTERPRISE <= roles:
         extra = sorted(roles - _ENTERPRISE)
-        return "any obliged enterprise (" + ", ".join(sorted(_ENTERPRISE)) + ")" + (
+        return "any obliged enterprise (" + ", ".join(ENTERPRISE_ROLES) + ")" + (
             " and " + ", ".join(extra) if extra else "")
     return ", ".join(names)
 
