@@ -450,3 +450,15 @@ def test_parse_time_accepts_only_its_normal_form(text):
 def test_time_text_years_below_1000():
     dt = datetime(999, 1, 1, tzinfo=timezone.utc)
     assert parse_time(time_text(dt)) == dt
+
+
+@pytest.mark.parametrize("data", [
+    b"\x91" * 100_000 + b"\xc0",  # absurdly deep
+    b"\x81\xa1a" * 5_000 + b"\xc0",
+    b"\xdd\xff\xff\xff\xff",  # array32 claiming 4 billion items
+    b"\xdf\xff\xff\xff\xff",  # map32 claiming 4 billion pairs
+    b"\xc6\xff\xff\xff\xff",  # bin32 claiming 4 GiB
+    b"\xdb\xff\xff\xff\xffab",  # str32 claiming 4 GiB
+])
+def test_hostile_inputs_refused_quickly(data):
+    _refused(data)

@@ -814,3 +814,99 @@ def test_serving_role_can_append(pg_url):
         with raw_connection(pg_url) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+# --- a random mix of operations, against a model ------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(0, 2), st.integers(1, 4)),
+    st.tuples(st.just("dup"), st.integers(0, 10**6)),
+    st.tuples(st.just("fork"), st.integers(0, 2)),
+    st.tuples(st.just("command_conflict"), st.integers(0, 10**6)),
+    st.tuples(st.just("bad_sig"), st.integers(0, 2)),
+    st.tuples(st.just("groups"), st.integers(0, 2), st.integers(0, 2)),
+    st.just(("reopen",)),
+    st.just(("checkpoint",)),
+), min_size=1, max_size=12)
+
+
+def _fresh_url(db_url: str) -> str:
+    if is_pg(db_url):
+        return db_url.rsplit("schema=", 1)[0] + "schema=" + "t_" + uuid.uuid4().hex[:12]
+    return db_url.rsplit("/", 1)[0] + f"/h_{uuid.uuid4().hex[:8]}.db"
+
+
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          deadline=None)
+@given(ops=OPS)
+def test_random_operations_match_a_model(db_url, ops):
+    from conftest import drop_schema
+
+    url = _fresh_url(db_url)
+    led = new_ledger(url)
+    try:
+        parties = [led.register(f"9111000000MINE{i:04d}") for i in range(3)]
+        stored: list[SignedEntry] = []  # every accepted entry, in log order from index 3
+        notes: list[bytes] = []
+        for op in ops:
+            st_ = led.store
+            n = st_.size()
+            if op[0] == "append":
+                group = [fact(parties[op[1]]) for _ in range(op[2])]
+                rs = st_.append(group)
+                assert [r.index for r in rs] == list(range(n, n + op[2]))
+                stored += group
+            elif op[0] == "dup" and stored:
+                s = stored[op[1] % len(stored)]
+                r = st_.append([s])[0]
+                assert r.duplicate and r.entry_hash == s.hash
+            elif op[0] == "fork" and parties[op[1]].seq:
+                p = parties[op[1]]
+                rec = st_.entry(p.chain, p.seq)
+                prev = bytes(32) if p.seq == 1 else st_.entry(p.chain, p.seq - 1).entry_hash
+                forged = entry_with(p.key, seq=p.seq, prev=prev, body={"qty": "666"})
+                with pytest.raises(AppendError) as ei:
+                    st_.append([forged])
+                assert ei.value.code == "conflict"
+                assert st_.entry(p.chain, p.seq).entry_hash == rec.entry_hash
+            elif op[0] == "command_conflict" and stored:
+                s = stored[op[1] % len(stored)]
+                p = next(q for q in parties if q.chain == s.entry.chain)
+                with pytest.raises(AppendError) as ei:
+                    st_.append([fact(p, body={"qty": "7"}, command_id=s.entry.command_id, advance=False)])
+                assert ei.value.code == "command_conflict"
+            elif op[0] == "bad_sig":
+                s = fact(parties[op[1]], advance=False)
+                with pytest.raises(AppendError) as ei:
+                    st_.append([SignedEntry.from_parts(s.content, bytes(64))])
+                assert ei.value.code == "signature"
+            elif op[0] == "groups":
+                good = [fact(parties[op[1]])]
+                bad = [fact(parties[op[2]], advance=False), b"junk"]
+                out = st_.append_groups([bad, good, bad])
+                assert isinstance(out[0], AppendError) and isinstance(out[2], AppendError)
+                assert out[1][0].index == n
+                stored += good
+            elif op[0] == "reopen":
+                st_.close()
+                led.store = LedgerStore(url)
+            elif op[0] == "checkpoint":
+                notes.append(led.checkpoint())
+            assert led.store.size() == 9 + len(stored)
+        st_ = led.store
+        for i, s in enumerate(stored):
+            rec = st_.record(9 + i)
+            assert rec.envelope == s.envelope and (rec.chain, rec.seq) == (s.entry.chain, s.entry.seq)
+        size = st_.size()
+        for note in notes:
+            cp = verify_checkpoint(note, led.note_signer.verifier(), ORIGIN)
+            merkle.verify_consistency(cp.size, size, st_.consistency_proof(cp.size, size), cp.root, st_.root())
+        rep = verify_database(url, workers=1, checkpoint_notes=notes)
+        assert rep.ok, rep.problems
+        assert rep.entries == size
+    finally:
+        led.close()
+        if is_pg(url):
+            drop_schema(url.rsplit("schema=", 1)[1])
