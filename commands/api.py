@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from ledger.entry import CHAIN_RE, EntryError, SignedEntry
@@ -72,12 +72,15 @@ def _receipt(r: Receipt, findings: Sequence = ()) -> CommandReceipt:
 
 
 class _Checked:
-    """One group after validation: what to hand to the store, or the group's error."""
+    """One group after validation: its entries, those to hand to the store (``send``: all but
+    repeats of an entry of an earlier group of the same call), or the group's error."""
 
-    __slots__ = ("entries", "new", "error")
+    __slots__ = ("entries", "send", "repeats", "new", "error")
 
     def __init__(self) -> None:
         self.entries: list[SignedEntry] = []
+        self.send: list[SignedEntry] = []
+        self.repeats: dict[int, tuple[int, int]] = {}  # position -> (group, position) of the first
         self.new: list[SignedEntry] = []  # entries that are not duplicates, in order
         self.error: CommandError | None = None
 
@@ -111,16 +114,16 @@ class CommandAPI:
             except BaseException:
                 self.state.abort()
                 raise
-            passed = [c for c in checked if c.error is None]
+            passed = [c for c in checked if c.error is None and c.send]
             try:
-                stored = self.store.append_groups([c.entries for c in passed]) if passed else []
+                stored = self.store.append_groups([c.send for c in passed]) if passed else []
             except AppendError as err:
                 self.state.abort()
                 raise from_append_error(err) from None
             except BaseException:
                 self.state.abort()
                 raise
-            return self._finish(groups, checked, passed, stored)
+            return self._finish(checked, passed, stored)
 
     def check(self, envelopes: Sequence[bytes | SignedEntry]) -> None:
         """Every check of :meth:`submit` without writing (a dry run); raises CommandError."""
@@ -172,29 +175,37 @@ class CommandAPI:
                 ids += [s.entry.command_id for s in c.entries]
         recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
 
-        seen: set[tuple[str, str]] = set()
+        first: dict[tuple[str, str], tuple[bytes, int, int]] = {}  # earlier groups: hash, group, position
         index = self.state.size
         recorded_us = getattr(self.store, "clock", now_us)()
         for gi, c in enumerate(parsed):
             if c.error is not None:
                 continue
             mark = self.state.mark()
-            group_seen: set[tuple[str, str]] = set()
+            group_seen: dict[tuple[str, str], tuple[bytes, int, int]] = {}
             start_index = index
             try:
                 for pos, signed in enumerate(c.entries):
                     e = signed.entry
                     ckey = (e.chain, e.command_id)
                     try:
-                        if ckey in seen or ckey in group_seen:
+                        if ckey in group_seen:
                             raise Conflict("command_conflict", f"command_id: {e.command_id} appears twice in "
-                                                               f"this submission for chain {e.chain}",
-                                           field="command_id")
-                        group_seen.add(ckey)
+                                                               f"this group for chain {e.chain}", field="command_id")
+                        group_seen[ckey] = (signed.hash, gi, pos)
+                        earlier = first.get(ckey)
+                        if earlier is not None:
+                            if earlier[0] != signed.hash:
+                                raise Conflict("command_conflict", f"command_id: {e.command_id} is used in this "
+                                                                   f"submission for two different entries of chain "
+                                                                   f"{e.chain}", field="command_id")
+                            c.repeats[pos] = earlier[1:]  # the same command again: its first receipt
+                            continue
                         old = recorded.get(ckey)
                         if old is not None:
                             if old[1] == signed.hash:
-                                continue  # a retry: the store answers the original receipt
+                                c.send.append(signed)  # a retry: the store answers the original receipt
+                                continue
                             raise Conflict("command_conflict", f"command_id: {e.command_id} was already used on "
                                                                f"chain {e.chain} for another entry (log index "
                                                                f"{old[0]})", field="command_id")
@@ -203,6 +214,7 @@ class CommandAPI:
                             self.state.apply(signed, index)
                         except Exception as err:  # RegistryError: a registry body the registry refuses
                             raise InvalidCommand("body", str(err), field=getattr(err, "field", None)) from None
+                        c.send.append(signed)
                         c.new.append(signed)
                         index += 1
                     except CommandError as err:
@@ -210,12 +222,13 @@ class CommandAPI:
                         raise err.at(pos, e.chain, e.seq)
             except CommandError as err:
                 self.state.rollback(mark)
-                c.error, c.new, index = err, [], start_index
+                c.error, c.send, c.new, c.repeats, index = err, [], [], {}, start_index
                 continue
-            seen |= group_seen
+            for ckey, v in group_seen.items():
+                first.setdefault(ckey, v)
         return parsed
 
-    def _finish(self, groups, checked: list[_Checked], passed: list[_Checked], stored: list
+    def _finish(self, checked: list[_Checked], passed: list[_Checked], stored: list
                 ) -> list[list[CommandReceipt] | CommandError]:
         expected = self.state.size - sum(len(c.new) for c in passed)
         consistent = True
@@ -242,15 +255,26 @@ class CommandAPI:
 
         out: list[list[CommandReceipt] | CommandError] = []
         for gi, c in enumerate(checked):
-            if c.error is not None:
-                out.append(c.error)
-                continue
-            res = by_group[gi]
+            res = c.error or by_group.get(gi, [])
             if isinstance(res, CommandError):
                 out.append(res)
                 continue
-            receipts = []
-            for signed, r in zip(c.entries, res):
+            stored_receipts = iter(res)
+            receipts: list[CommandReceipt] = []
+            for pos, signed in enumerate(c.entries):
+                if pos in c.repeats:
+                    g0, p0 = c.repeats[pos]
+                    earlier = out[g0]
+                    if isinstance(earlier, CommandError):
+                        receipts = Conflict("command_conflict", f"command_id: {signed.entry.command_id} was "
+                                                                f"submitted in group {g0} of this submission, "
+                                                                f"which was refused", field="command_id",
+                                            position=pos, chain=signed.entry.chain, seq=signed.entry.seq,
+                                            group=gi)
+                        break
+                    receipts.append(replace(earlier[p0], duplicate=True, findings=()))
+                    continue
+                r = next(stored_receipts)
                 findings: list = []
                 if self.findings_hook is not None and not r.duplicate:
                     try:

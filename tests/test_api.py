@@ -5,13 +5,14 @@ matrix, idempotency, group commit, and a property: any command gives receipts or
 
 from __future__ import annotations
 
+import os
 import tempfile
 import uuid
 from pathlib import Path
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import event, given, settings, strategies as st
 
 from commands.api import CommandAPI, CommandError, CommandReceipt
 from commands.catalogue import ERROR_CODES, SCHEMAS, report_digest
@@ -511,6 +512,24 @@ def test_group_all_or_nothing_and_group_commit(mworld):
     assert results[0][0].to_dict()["findings"] == []
 
 
+def test_same_command_in_two_groups_of_one_call(mworld):
+    """Two retries of one command landing in the same group commit: one entry, two receipts."""
+    w = mworld
+    size = w.store.size()
+    s = w.signers["SEP01"]
+    x = s.peek("StockCounted", {"product": "CeO2", "counted_kg": "7"}, T0)
+    y = s.peek("StockCounted", {"product": "CeO2", "counted_kg": "8"}, T0, command_id=x.entry.command_id)
+    first, again, other = w.api.submit_groups([[x], [x], [y]])
+    s.advance(x)
+    assert not first[0].duplicate and again[0].duplicate and again[0].index == first[0].index
+    assert isinstance(other, CommandError) and other.code == "command_conflict" and other.group == 2
+    assert w.store.size() == size + 1
+    # the first occurrence refused: the repeat is refused with it, nothing written
+    bad = s.peek("StockCounted", {"product": "CeO2", "counted_kg": "-1"}, T0)
+    r1, r2 = w.api.submit_groups([[bad], [bad]])
+    assert r1.code == "out_of_range" and isinstance(r2, CommandError) and w.store.size() == size + 1
+
+
 # --- authorization ------------------------------------------------------------------------------
 
 def test_authorization_matrix(mworld):
@@ -710,55 +729,93 @@ def _paths(v, prefix=()):
             yield from _paths(x, prefix + (i,))
 
 
-@st.composite
-def commands(draw):
-    w = _prop_world()
-    kind = draw(st.sampled_from(["valid", "mutated", "mutated", "bytes", "flipped"]))
-    party = draw(st.sampled_from(sorted(w.signers)))
-    type_ = draw(st.sampled_from(sorted(SCHEMAS) + ["MiningOutput"]))
+_PLAN = st.fixed_dictionaries({
+    "kind": st.sampled_from(["valid", "mutated", "mutated", "bytes", "flipped"]),
+    "party": st.sampled_from(sorted(ROLE_PARTY.values())),
+    "type": st.sampled_from(sorted(SCHEMAS) + ["MiningOutput"]),
+    "op": st.sampled_from(["set", "delete", "add"]),
+    "path": st.integers(0, 10**6), "key": st.text(max_size=8), "value": _value,
+    "at": st.sampled_from([T0, "2024-07-01T12:30:00.5Z", "2099-12-31T23:59:59Z"]),
+    "flip": st.integers(0, 10**6), "bit": st.integers(0, 7), "raw": st.binary(max_size=300),
+})
+
+
+def build_command(w: World, plan: dict):
+    """(party, envelope bytes or SignedEntry) from a drawn plan (the draw does not depend on
+    the ledger's state; the command built from it does)."""
+    party, type_ = plan["party"], plan["type"]
+    if plan["kind"] == "bytes":
+        return party, plan["raw"]
     body = example(w, type_, party) if type_ in SCHEMAS else {"qty": "1"}
-    if kind == "bytes":
-        return party, draw(st.binary(max_size=300))
-    if kind == "mutated":
+    if plan["kind"] == "mutated":
         paths = [p for p in _paths(body) if p]
-        op = draw(st.sampled_from(["set", "delete", "add"]))
-        path = draw(st.sampled_from(paths)) if paths else ()
+        path = paths[plan["path"] % len(paths)]
         parent = body
         for p in path[:-1]:
             parent = parent[p]
-        if op == "add" and isinstance(parent, dict):
-            parent[draw(st.text(max_size=8))] = draw(_value)
-        elif op == "delete" and path and isinstance(parent, dict):
+        if plan["op"] == "add" and isinstance(parent, dict):
+            parent[plan["key"]] = plan["value"]
+        elif plan["op"] == "delete" and isinstance(parent, dict):
             del parent[path[-1]]
-        elif path:
-            parent[path[-1]] = draw(_value)
-    s = w.signers[party]
-    at = draw(st.sampled_from([T0, "2024-07-01T12:30:00.5Z", "2099-12-31T23:59:59Z"]))
+        else:
+            parent[path[-1]] = plan["value"]
     try:
-        e = s.peek(type_, body, at)
+        e = w.signers[party].peek(type_, body, plan["at"])
     except ValueError:  # not encodable by the client library at all (e.g. a too deep value)
         return party, b"\x80"
-    if kind == "flipped":
-        i = draw(st.integers(0, len(e.envelope) - 1))
+    if plan["kind"] == "flipped":
         env = bytearray(e.envelope)
-        env[i] ^= 1 << draw(st.integers(0, 7))
+        env[plan["flip"] % len(env)] ^= 1 << plan["bit"]
         return party, bytes(env)
     return party, e
 
 
-@settings(max_examples=60, deadline=None)
-@given(cmd=commands())
-def test_property_only_receipts_or_command_errors(cmd):
+@settings(max_examples=int(os.environ.get("RELEDGER_PROP_EXAMPLES", "60")), deadline=None)
+@given(plan=_PLAN)
+def test_property_only_receipts_or_command_errors(plan):
     w = _prop_world()
-    party, item = cmd
+    party, item = build_command(w, plan)
     size = w.store.size()
     try:
         receipts = w.api.submit([item])
     except CommandError as err:
-        assert err.code and err.message and err.status in (400, 403, 404, 409)
+        event(err.code)
+        assert err.code in ERROR_CODES and err.message and err.status in (400, 403, 404, 409)
         assert w.store.size() == size
         return
+    event("accepted")
     assert len(receipts) == 1
     if isinstance(item, SignedEntry) and not receipts[0].duplicate:
         w.signers[party].advance(item)
         assert w.store.size() == size + 1
+
+
+def test_writer_between_check_and_append(sqlite_url):
+    """Another writer appends between the API's checks and its append: the store still decides
+    chains and keys, and the API's state is rebuilt from the log, never left half-true."""
+    w = World(sqlite_url)
+    other = LedgerStore(sqlite_url)
+    try:
+        real = w.store.append_groups
+        m = w.signers["MINE01"]
+        sneaky = m.sign("MineralProductProduced", {**example(w, "MineralProductProduced", "MINE01"), "lot": "SNEAK"},
+                        T0)
+
+        def interleaved(groups):
+            other.append([sneaky])  # same chain: the API's MINE01 entry now conflicts
+            return real(groups)
+
+        w.store.append_groups = interleaved
+        mine = ChainSigner(m.key, seq=sneaky.entry.seq - 1, head=sneaky.entry.prev).peek(
+            "MineralProductProduced", {**example(w, "MineralProductProduced", "MINE01"), "lot": "MINE-LOT"}, T0)
+        sep = w.signers["SEP01"].peek("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0)
+        r_mine, r_sep = w.api.submit_groups([[mine], [sep]])
+        w.store.append_groups = real
+        assert isinstance(r_mine, CommandError) and r_mine.code == "conflict" and r_mine.status == 409
+        assert isinstance(r_sep, list) and r_sep[0].index == w.store.size() - 1
+        st_ = w.api.state
+        assert "SNEAK" in st_.lots and "MINE-LOT" not in st_.lots and st_.size == w.store.size()
+        assert st_.head("MINE01") == (sneaky.entry.seq, sneaky.hash)
+    finally:
+        other.close()
+        w.close()
