@@ -171,6 +171,9 @@ class CommandAPI:
                 except EntryError as e:
                     c.error = InvalidCommand("malformed", str(e), field=e.field, position=pos, group=gi)
                     break
+                except ValueError as e:  # a ledger parser that slipped (e.g. a time it half-accepts)
+                    c.error = InvalidCommand("malformed", f"entry: {e}", field="entry", position=pos, group=gi)
+                    break
             if c.error is None:
                 ids += [s.entry.command_id for s in c.entries]
         recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}

@@ -78,7 +78,7 @@ def test_error_hierarchy():
     ("12.5", None, None), ("0.001", None, None), ("1000000000", None, None),
     ("1000000000.001", "out_of_range", "absurd"), ("-0.5", "out_of_range", "negative"),
     ("0", "out_of_range", "more than 0"), ("12.50", "bad_value", "normal form"), ("1e3", "bad_value", "normal form"),
-    (" 1", "bad_value", "normal form"), ("1.0001", "bad_value", "more than 3 decimals"),
+    (" 1", "bad_value", "normal form"), ("1\n", "bad_value", "normal form"), ("-0", "bad_value", "normal form"), ("1.0001", "bad_value", "more than 3 decimals"),
     (12.5, "wrong_type", "floats are not allowed"), (12, "wrong_type", "decimal text"),
     (b"12", "wrong_type", "not binary"), (None, "wrong_type", "not nil"),
 ])
@@ -90,6 +90,25 @@ def test_kg(value, code, text):
     with pytest.raises(CommandError) as ei:
         f.check(value, "body.kg")
     assert (ei.value.code, ei.value.field) == (code, "body.kg") and text in str(ei.value)
+
+
+@pytest.mark.parametrize("value", ["2024-01-01T00:00:00.5Z\n", "2024-01-01T00:00:00Z\n", "2024-01-01T00:00:00+08:00",
+                                   "2024-02-30T00:00:00Z", "2024-01-01T00:00:00.50Z"])
+def test_time_refused(value):
+    from commands.catalogue import Time
+
+    with pytest.raises(CommandError) as ei:
+        Time().check(value, "body.t")
+    assert (ei.value.code, ei.value.field) == ("bad_value", "body.t")
+
+
+def test_text_refuses_trailing_newline_and_control_characters():
+    from commands.catalogue import Ident, PartyId
+
+    for f, v in ((PartyId(), "MIIT\n"), (Ident(), "L-1\n"), (PartyId(), "MI\x00IT")):
+        with pytest.raises(CommandError) as ei:
+            f.check(v, "x")
+        assert ei.value.code == "bad_value"
 
 
 def test_percent_and_tonnes():
