@@ -28,7 +28,9 @@ gives an empty list: the entry is already recorded).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -93,6 +95,14 @@ class CommandAPI:
         self.findings_hook = findings_hook
         self.state = WriteState()
         self._lock = threading.RLock()
+        # Ed25519 verification releases the GIL: check the signatures of a submission in
+        # parallel before the (sequential) checks that need the state.
+        self._workers = max(2, os.cpu_count() or 2)
+        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="reledger-command-verify")
+
+    def close(self) -> None:
+        """Stop the verification threads (the store is the caller's to close)."""
+        self._pool.shutdown(wait=False)
 
     # --- writing -------------------------------------------------------------------------
     def submit(self, envelopes: Sequence[bytes | SignedEntry]) -> list[CommandReceipt]:
@@ -177,6 +187,7 @@ class CommandAPI:
             if c.error is None:
                 ids += [s.entry.command_id for s in c.entries]
         recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
+        signature_valid = self._verify_in_parallel([s for c in parsed if c.error is None for s in c.entries])
 
         first: dict[tuple[str, str], tuple[bytes, int, int]] = {}  # earlier groups: hash, group, position
         index = self.state.size
@@ -212,7 +223,7 @@ class CommandAPI:
                             raise Conflict("command_conflict", f"command_id: {e.command_id} was already used on "
                                                                f"chain {e.chain} for another entry (log index "
                                                                f"{old[0]})", field="command_id")
-                        validate_entry(self.state, signed, index, recorded_us, self._lookup)
+                        validate_entry(self.state, signed, index, recorded_us, self._lookup, signature_valid)
                         try:
                             self.state.apply(signed, index)
                         except Exception as err:  # RegistryError: a registry body the registry refuses
@@ -230,6 +241,29 @@ class CommandAPI:
             for ckey, v in group_seen.items():
                 first.setdefault(ckey, v)
         return parsed
+
+    def _verify_in_parallel(self, entries: list[SignedEntry]):
+        """Check, in the pool, each signature against the key its key id names now; returns
+        ``signature_valid(signed, public_key)`` answering from those checks (or checking anew
+        when the key that decides is another one, e.g. authorized in the same submission)."""
+        keys = self.state.registry.keys
+        jobs = [(s, keys[s.entry.key_id].public_key) for s in entries if s.entry.key_id in keys]
+        if len(jobs) < 8:
+            return None
+        step = max(16, len(jobs) // (4 * self._workers))
+        chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
+        results: dict[int, tuple[bytes, bool]] = {}
+        for chunk, oks in zip(chunks, self._pool.map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
+            for (s, k), ok in zip(chunk, oks):
+                results[id(s)] = (k, ok)
+
+        def signature_valid(signed: SignedEntry, public_key: bytes) -> bool:
+            done = results.get(id(signed))
+            if done is not None and done[0] == public_key:
+                return done[1]
+            return signed.signature_valid(public_key)
+
+        return signature_valid
 
     def _finish(self, checked: list[_Checked], passed: list[_Checked], stored: list
                 ) -> list[list[CommandReceipt] | CommandError]:

@@ -96,14 +96,20 @@ def check_schema(signed: SignedEntry) -> dict:
     return parsed
 
 
-def check_key(state: WriteState, signed: SignedEntry, index: int, recorded_us: int) -> None:
+SignatureCheck = Callable[[SignedEntry, bytes], bool]
+
+
+def check_key(state: WriteState, signed: SignedEntry, index: int, recorded_us: int,
+              signature_valid: SignatureCheck | None = None) -> None:
     """Key valid for the chain at ``index`` (registered party, authorized, not revoked, not
-    expired, registry types by a regulator), and the signature."""
+    expired, registry types by a regulator), and the signature (``signature_valid(signed,
+    public_key)``, e.g. answered from a check made in parallel beforehand)."""
     try:
         public_key = state.registry.key_for(signed, index, recorded_us)
     except RegistryError as err:
         raise CommandError.make(err.code, str(err), field=err.field) from None
-    if not signed.signature_valid(public_key):
+    ok = signature_valid(signed, public_key) if signature_valid else signed.signature_valid(public_key)
+    if not ok:
         raise CommandError.make("signature", f"sig: not a valid signature by key {signed.entry.key_id}",
                                 field="sig")
 
@@ -292,12 +298,12 @@ class References:
 
 
 def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_us: int,
-                   lookup: EntryLookup) -> dict:
+                   lookup: EntryLookup, signature_valid: SignatureCheck | None = None) -> dict:
     """Every write-path check of one new entry, in order: schema (400), key and signature (403),
     chain continuity (409), role (403), references (404/409). Returns the parsed body. The
     caller applies the entry to ``state`` when it passes."""
     body = check_schema(signed)
-    check_key(state, signed, index, recorded_us)
+    check_key(state, signed, index, recorded_us, signature_valid)
     check_chain(state, signed)
     if index == 0:  # the genesis: the key registry's own rule (a self-authorized regulator key)
         return body

@@ -47,6 +47,7 @@ class World:
         self.ok("MIIT", "KeyAuthorized", key_authorized_body(self.spare, T0))
 
     def close(self) -> None:
+        self.api.close()
         self.store.close()
 
     def register(self, party: str, roles, **extra) -> ChainSigner:
@@ -819,3 +820,86 @@ def test_writer_between_check_and_append(sqlite_url):
     finally:
         other.close()
         w.close()
+
+
+def test_rule_violations_are_accepted_not_refused(world):
+    """Facts that break the regulation are recorded (projections flag them): over-allocation,
+    a separation yield above 100 %, stock counted below the book, a receipt whose lines differ,
+    shipping and exporting a lot nobody produced, a late monthly report, a sub-allocation to a
+    non-member."""
+    w = world
+    run_scenario(w)
+    size = w.store.size()
+    w.ok("CREG", "QuotaSubAllocated", {"batch": {"year": 2024, "batch_no": 1}, "enterprise": "SMELT01",
+                                       "category": "SEPARATION", "t_reo": "9999999"})
+    sep = example(w, "SeparationBatchRecorded", "SEP01")
+    sep["inputs"] = [{"lot": "NEVER-PRODUCED", "reo_kg": "1"}]
+    w.ok("SEP01", "SeparationBatchRecorded", sep)
+    w.ok("SEP01", "StockCounted", {"lot": "NDO-1", "counted_kg": "999999"})
+    ship = {**example(w, "TransferShipped", "SEP01"), "buyer": "SMELT01"}
+    ship["lines"][0]["lot"] = "GHOST-LOT"
+    w.ok("SEP01", "TransferShipped", ship)
+    w.ok("SMELT01", "TransferReceived", {"transfer_id": ship["transfer_id"], "seller": "SEP01", "lines": [
+        {"lot": "GHOST-LOT", "product": "RE_CONCENTRATE", "kg": "1"}], "received_at": "2025-06-01T00:00:00Z"})
+    w.ok("EXPO01", "ExportDeclared", {**example(w, "ExportDeclared", "EXPO01"), "lot": "GHOST-LOT"})
+    w.ok("MINE01", "MonthlyFlowReportSubmitted", {**example(w, "MonthlyFlowReportSubmitted", "MINE01"),
+                                                 "digest": bytes(32)}, at="2024-09-30T00:00:00Z")
+    assert w.store.size() == size + 7
+
+
+def test_concurrent_submitters(sqlite_url):
+    """Threads submitting for different parties at once: every entry accepted once, the state
+    equal to one rebuilt from the log."""
+    import threading
+
+    w = World(sqlite_url)
+    try:
+        errors: list = []
+
+        def work(party: str) -> None:
+            try:
+                for i in range(15):
+                    w.ok(party, "StockCounted", {"product": "Nd2O3", "counted_kg": str(i)})
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=work, args=(p,)) for p in ("MINE01", "SEP01", "SMELT01", "EXPO01")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        fresh = CommandAPI(w.store)
+        fresh._catch_up()
+        assert fresh.state.heads == w.api.state.heads and fresh.state.size == w.store.size()
+        assert all(w.api.state.head(p)[0] == 15 for p in ("MINE01", "SEP01", "SMELT01", "EXPO01"))
+    finally:
+        w.close()
+
+
+def test_parallel_signature_checks(mworld):
+    """Signatures of a large submission are checked in parallel: a bad one among many is still
+    refused (alone), and a key authorized earlier in the same submission is checked too."""
+    w = mworld
+    size = w.store.size()
+    s = w.signers["SMELT01"]
+    good = [[s.sign("StockCounted", {"product": "Nd_METAL", "counted_kg": str(i + 1)}, T0)] for i in range(12)]
+    victim = good[5][0]
+    forged = SignedEntry.from_parts(victim.content, bytes(64))
+    new_party_key = SigningKey.generate("NEWCO1")
+    reg_group = [w.reg.peek("PartyRegistered", {"party": "NEWCO1", "name": "New Co", "roles": ["SMELTER"],
+                                                "province": "Fujian", "valid_from": T0}, T0)]
+    results = w.api.submit_groups(good[:5] + [[forged]] + [reg_group])
+    assert [isinstance(r, list) for r in results] == [True] * 5 + [False, True]
+    assert results[5].code == "signature" and results[5].status == 403
+    w.reg.advance(reg_group[0])
+    ka = w.reg.peek("KeyAuthorized", key_authorized_body(new_party_key, T0), T0)
+    n = ChainSigner(new_party_key)
+    entries = [n.sign("StockCounted", {"product": "Nd_METAL", "counted_kg": str(i + 1)}, T0) for i in range(10)]
+    bad = SignedEntry.from_parts(entries[3].content, bytes(64))
+    r = w.api.submit_groups([[ka], entries[:3] + [bad] + entries[4:]])
+    assert isinstance(r[0], list) and r[1].code == "signature" and r[1].position == 3
+    w.reg.advance(ka)
+    assert w.api.submit([*entries])[-1].seq == 10
+    s.seq, s.head = good[4][0].entry.seq, good[4][0].hash
+    assert w.store.size() == size + 5 + 1 + 1 + 10
