@@ -682,7 +682,10 @@ def _key_id_matches(m: dict, path: str) -> None:
 
 
 def _seq_range(m: dict, path: str) -> None:
-    if m["first_seq"] > m["last_seq"]:
+    if ("first_seq" in m) != ("last_seq" in m):
+        raise fail("missing_field", f"{path}.{'last_seq' if 'first_seq' in m else 'first_seq'}",
+                   "missing: first_seq and last_seq come together (both absent: no entries this month)")
+    if "first_seq" in m and m["first_seq"] > m["last_seq"]:
         raise fail("inconsistent", f"{path}.last_seq", "must not be below first_seq")
 
 
@@ -759,7 +762,7 @@ _SCHEMAS: list[EntrySchema] = [
                     "key_id": Text("key id: first 8 bytes of SHA-256(public_key), hex", pattern=KEY_ID_RE,
                                    example="0123456789abcdef"),
                     "public_key": Binary(32, "Ed25519 public key"),
-                    "purpose": Enum(PURPOSES, "what the key signs"),
+                    "purpose": Enum(PURPOSES, "what the key signs", optional=True, default="entries"),
                     "name": Text("key name (for checkpoint keys: the log's origin)", optional=True),
                     "reason": Text("why (registration, rotation...)"),
                     **_VALIDITY,
@@ -917,12 +920,11 @@ _SCHEMAS: list[EntrySchema] = [
     # --- reporting ---
     EntrySchema("MonthlyFlowReportSubmitted", "reporting", "The previous month's flow report (Decree 71 "
                 "Art. 10: due before the 10th). It covers seqs first_seq..last_seq of the reporter's own "
-                "chain; digest = SHA-256 of the concatenated entry hashes of those seqs, in order "
-                "(:func:`report_digest`).", Struct({
+                "chain (both absent: no entries that month); digest = SHA-256 of the concatenated entry "
+                "hashes of those seqs, in order (`commands.catalogue.report_digest`).", Struct({
                     "month": Month("the month reported"),
-                    "first_seq": Int("first seq covered", minimum=1),
-                    "last_seq": Int("last seq covered", minimum=1),
-                    "entries": Int("number of entries covered", minimum=0),
+                    "first_seq": Int("first seq covered", minimum=1, optional=True),
+                    "last_seq": Int("last seq covered (below the report's own seq)", minimum=1, optional=True),
                     "totals": Struct({
                         "produced_reo_kg": KgReo("mined / produced", optional=True),
                         "received_reo_kg": KgReo("received and imported", optional=True),

@@ -194,6 +194,7 @@ class WriteState:
     def commit(self) -> None:
         self._journal = None
         self.pending.clear()
+        self.registry.size = self.size
 
     def _put(self, d: dict, key: Any, value: Any) -> None:
         if self._journal is not None:
@@ -251,8 +252,8 @@ class WriteState:
         e = signed.entry
         if e.type in REGISTRY_TYPES or index == 0:
             self._registry_for_write().apply(signed, index)
-        else:
-            self.registry.size = index + 1
+        elif self._journal is None:
+            self.registry.size = index + 1  # (while journaling: set on commit)
         old_size = self.size
         if self._journal is not None:
             self._journal.append(lambda: setattr(self, "size", old_size))

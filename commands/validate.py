@@ -270,7 +270,7 @@ class References:
 
     # reporting
     def _MonthlyFlowReportSubmitted(self, e, b: dict) -> None:
-        if b["last_seq"] >= e.seq:
+        if b.get("last_seq", 0) >= e.seq:
             raise fail("unknown_reference", "body.last_seq", f"a report covers earlier entries of its chain: "
                                                              f"last_seq must be below {e.seq}")
 

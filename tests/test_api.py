@@ -150,7 +150,6 @@ def example(w: World, type: str, party: str) -> dict:
                            "destination_country": "JP"},
         "StockCounted": {"product": "Nd2O3", "counted_kg": "0", "location": "warehouse 2"},
         "MonthlyFlowReportSubmitted": {"month": "2024-01", "first_seq": 1, "last_seq": max(own_seq, 1),
-                                       "entries": own_seq,
                                        "totals": {"produced_reo_kg": "5796.276", "shipped_reo_kg": "0"},
                                        "digest": report_digest(
                                            w.store.entry(party, s).entry_hash for s in range(1, own_seq + 1))},
@@ -368,6 +367,8 @@ INVALID = [
          "earlier entries"),
     _mut("MonthlyFlowReportSubmitted", "SEP01", _set(["first_seq"], 10**6), "inconsistent", "body.last_seq",
          "below first_seq"),
+    _mut("MonthlyFlowReportSubmitted", "SEP01", _set(["first_seq"], _DEL), "missing_field", "body.first_seq",
+         "come together"),
     _mut("ViolationFound", "MIIT", _set(["evidence"], [{"chain": "SEP01", "seq": 1, "hash": b"\x01" * 32}]),
          "reference_mismatch", "body.evidence[0].hash", "has hash"),
     _mut("ViolationFound", "MIIT", _set(["evidence"], [{"chain": "SEP01", "seq": 999, "hash": b"\x01" * 32}]),
@@ -844,7 +845,8 @@ def test_rule_violations_are_accepted_not_refused(world):
     w.ok("EXPO01", "ExportDeclared", {**example(w, "ExportDeclared", "EXPO01"), "lot": "GHOST-LOT"})
     w.ok("MINE01", "MonthlyFlowReportSubmitted", {**example(w, "MonthlyFlowReportSubmitted", "MINE01"),
                                                  "digest": bytes(32)}, at="2024-09-30T00:00:00Z")
-    assert w.store.size() == size + 7
+    w.ok("RECY01", "MonthlyFlowReportSubmitted", {"month": "2024-02", "totals": {}, "digest": report_digest([])})
+    assert w.store.size() == size + 8
 
 
 def test_concurrent_submitters(sqlite_url):

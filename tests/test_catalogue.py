@@ -59,6 +59,9 @@ def test_genesis_and_registration_bodies_accepted():
                                    "province": "Inner Mongolia", "county": "Baiyun", "group": "CNRE",
                                    "licence": "C1500002009", "capacity_t_reo": "12000", "valid_from": T0,
                                    "valid_until": "2031-01-01T00:00:00Z"})
+    no_purpose = key_authorized_body(k, T0)
+    del no_purpose["purpose"]  # FORMAT.md 4.1: absent means "entries"
+    check_body("KeyAuthorized", no_purpose)
     with pytest.raises(CommandError) as ei:
         check_body("KeyAuthorized", key_authorized_body(k, T0, valid_until=T0))
     assert (ei.value.code, ei.value.field) == ("inconsistent", "body.valid_until")
