@@ -6,7 +6,7 @@ any position and catch up; nothing here reads or writes storage by itself.
 * the key registry (a replica of :class:`ledger.registry.Registry`: keys, current roles);
 * chain heads (seq, entry hash);
 * parties and their designations over business time (roles, valid from/until, group);
-* shipments by (seller, transfer id): buyer, lines, and whether (and where) received;
+* shipments by (seller, transfer id): buyer, and whether (and where) received;
 * quota batches by (year, batch no, holder);
 * lots by id (the entry that created each lot) and production batch ids per chain.
 
@@ -14,6 +14,9 @@ Changes made while validating a submission are journaled (:meth:`WriteState.begi
 :meth:`WriteState.mark` and :meth:`WriteState.rollback` undo a refused group,
 :meth:`WriteState.commit` keeps what the store accepted, :meth:`WriteState.abort` undoes all. Applying is tolerant: an entry the catalogue would refuse (e.g. written through the
 store directly) changes only what can be read from it.
+
+Memory grows with parties, keys, chains, lots, shipments and production batches (a few hundred
+bytes each: about 10^6 of them for a national year); catching up parses every entry once.
 """
 
 from __future__ import annotations
@@ -97,27 +100,18 @@ class PartyInfo:
         return role in self.roles_at(t_us)
 
 
-@dataclass(frozen=True)
-class Line:
-    lot: str
-    product: str | None
-    kg: Decimal | None
-    reo_kg: Decimal | None
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Shipment:
+    """What the write path needs of a shipment (its lines are the projections' business)."""
+
     seller: str
     transfer_id: str
     buyer: str
-    lines: tuple[Line, ...]
-    shipped_at_us: int | None
     index: int  # log index of TransferShipped
-    seq: int
     received_index: int | None = None  # log index of the TransferReceived
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QuotaBatch:
     year: int
     batch_no: int
@@ -128,22 +122,13 @@ class QuotaBatch:
     index: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LotOrigin:
     lot: str
     chain: str
     seq: int
     type: str
     index: int
-
-
-def _lines(raw: Any) -> tuple[Line, ...]:
-    out = []
-    for item in raw if isinstance(raw, list) else ():
-        if isinstance(item, dict) and isinstance(item.get("lot"), str):
-            out.append(Line(item["lot"], item.get("product") if isinstance(item.get("product"), str) else None,
-                            _dec(item.get("kg")), _dec(item.get("reo_kg"))))
-    return tuple(out)
 
 
 class WriteState:
@@ -336,8 +321,7 @@ class WriteState:
         key = (e.chain, b["transfer_id"])
         if key in self.shipments or not isinstance(b.get("buyer"), str):
             return
-        self._put(self.shipments, key, Shipment(e.chain, b["transfer_id"], b["buyer"], _lines(b.get("lines")),
-                                                time_us(b.get("shipped_at")), index, e.seq))
+        self._put(self.shipments, key, Shipment(e.chain, b["transfer_id"], b["buyer"], index))
 
     def _received(self, e, signed, index) -> None:
         b = e.body
