@@ -189,6 +189,10 @@ class NoteSigner:
         b64 = base64.b64encode(bytes([ALG_ED25519]) + seed).decode("ascii")
         return f"PRIVATE+KEY+{self.name}+{self.key_id.hex()}+{b64}"
 
+    @property
+    def public_key_bytes(self) -> bytes:
+        return _raw_public(self.private_key.public_key())
+
     def verifier(self) -> NoteVerifier:
         return NoteVerifier(self.name, self.private_key.public_key())
 

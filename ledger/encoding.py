@@ -35,7 +35,13 @@ class EncodingError(ValueError):
 def _normalise(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise EncodingError(f"nested deeper than {MAX_DEPTH} levels")
-    if value is None or value is True or value is False or isinstance(value, (str, bytes)):
+    if value is None or value is True or value is False or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise EncodingError("text is not valid Unicode (a lone surrogate cannot be UTF-8)") from e
         return value
     if isinstance(value, int):
         if not MIN_INT <= value <= MAX_INT:
@@ -52,7 +58,11 @@ def _normalise(value: Any, depth: int = 0) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise EncodingError(f"map key {k!r} is not text")
-            items.append((k.encode("utf-8"), k, _normalise(v, depth + 1)))
+            try:
+                kb = k.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise EncodingError("map key is not valid Unicode") from e
+            items.append((kb, k, _normalise(v, depth + 1)))
         items.sort(key=lambda item: item[0])
         return {k: v for _, k, v in items}
     raise EncodingError(f"type {type(value).__name__} cannot be encoded; use text, int, bytes, list or map")
@@ -105,7 +115,7 @@ def decode(data: bytes) -> Any:
 
 # --- normal forms for text-encoded values -------------------------------------------------
 
-_DECIMAL_RE = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?$")
+_DECIMAL_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")
 
 
 def decimal_text(value: Decimal | int | str, places: int | None = None) -> str:
@@ -134,7 +144,7 @@ def decimal_text(value: Decimal | int | str, places: int | None = None) -> str:
 
 
 def is_decimal_text(text: str) -> bool:
-    return isinstance(text, str) and bool(_DECIMAL_RE.match(text))
+    return isinstance(text, str) and text != "-0" and bool(_DECIMAL_RE.fullmatch(text))
 
 
 def parse_decimal(text: str, places: int | None = None) -> Decimal:
@@ -146,7 +156,7 @@ def parse_decimal(text: str, places: int | None = None) -> Decimal:
     return Decimal(text)
 
 
-_TIME_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,6})?Z$")
+_TIME_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,6})?Z")
 
 
 def time_text(value: datetime) -> str:
@@ -155,7 +165,9 @@ def time_text(value: datetime) -> str:
     if value.tzinfo is None:
         raise EncodingError("times must be timezone-aware")
     value = value.astimezone(timezone.utc)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    if value.year < 1000:
+        raise EncodingError("times before the year 1000 have no normal form here")
+    text = f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
     if value.microsecond:
         text += ("." + f"{value.microsecond:06d}").rstrip("0")
     return text + "Z"
@@ -163,7 +175,7 @@ def time_text(value: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse a time that must already be in normal form."""
-    if not isinstance(text, str) or not _TIME_RE.match(text):
+    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
         raise EncodingError(f"{text!r} is not an RFC 3339 UTC time in normal form (e.g. '2024-03-01T08:00:00Z')")
     try:
         value = datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)

@@ -29,9 +29,9 @@ FORMAT_VERSION = 1
 ENTRY_TAG = b"reledger/v1/entry\n"
 ZERO_HASH = bytes(32)
 CONTENT_KEYS = ("body", "chain", "command_id", "key_id", "occurred_at", "prev", "seq", "type", "v")
-CHAIN_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{1,63}$")
-TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}$")
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+CHAIN_RE = re.compile(r"^[A-Z0-9][A-Z0-9._-]{1,63}\Z")
+TYPE_RE = re.compile(r"^[A-Z][A-Za-z0-9]{0,63}\Z")
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 MAX_ENVELOPE = 256 * 1024
 
 

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FILE_FORMAT = "reledger-key-v1"
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 PURPOSES = ("entries", "checkpoint")
 
 

@@ -10,6 +10,7 @@ Database URLs: ``sqlite:///relative/or/absolute/path.db`` and
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,8 +51,8 @@ class DatabaseURL:
         if u.scheme in ("postgresql", "postgres"):
             q = parse_qs(u.query)
             schema = q.get("schema", ["public"])[0]
-            if not schema.replace("_", "").isalnum():
-                raise DatabaseURLError(f"bad schema name {schema!r}")
+            if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+                raise DatabaseURLError(f"bad schema name {schema!r}: use lower case letters, digits and _")
             return cls("postgres", host=u.hostname or "127.0.0.1", port=u.port or 5432,
                        user=unquote(u.username or "postgres"), password=unquote(u.password or ""),
                        dbname=(u.path or "/").lstrip("/") or "postgres", schema=schema)

@@ -48,6 +48,7 @@ class KeyRecord:
     valid_from_us: int
     valid_until_us: int | None
     revoked_at: int | None = None  # log index of the KeyRevoked entry
+    name: str | None = None  # checkpoint keys: the signed-note key name
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Registry:
                 raise RegistryError(f"body.party: party {b['party']} is not registered", "body.party", "body")
             self.keys[b["key_id"]] = KeyRecord(
                 b["party"], b["key_id"], b["public_key"], b["purpose"], index,
-                b["valid_from_us"], b["valid_until_us"])
+                b["valid_from_us"], b["valid_until_us"], None, b["name"])
             if index == 0:
                 self.root = e.chain
                 self.roles[e.chain] = frozenset({REGULATOR})
@@ -177,8 +178,11 @@ def _key_authorized_body(body: dict) -> dict:
     purpose = body.get("purpose", "entries")
     if purpose not in PURPOSES:
         raise RegistryError(f"body.purpose: must be one of {', '.join(PURPOSES)}", "body.purpose", "body")
+    name = body.get("name")
+    if purpose == "checkpoint" and (not isinstance(name, str) or not name):
+        raise RegistryError("body.name: a checkpoint key needs its signed-note name", "body.name", "body")
     return {
-        "party": party, "key_id": kid, "public_key": pub, "purpose": purpose,
+        "party": party, "key_id": kid, "public_key": pub, "purpose": purpose, "name": name,
         "valid_from_us": _time_us(body, "valid_from", True),
         "valid_until_us": _time_us(body, "valid_until", False),
     }

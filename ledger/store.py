@@ -19,17 +19,18 @@ and the Merkle log are decided under the lock.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError as ESIntegrityError, StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 
 from . import merkle
@@ -200,6 +201,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         super().__init__(datastore, events_table_name=events_table_name)
         name = events_table_name[: -len("_events")] if events_table_name.endswith("_events") else NAME
         self.tables = Tables("postgres", datastore.schema, name)
+        self.lock_key = int.from_bytes(hashlib.sha256(self.tables.log.encode()).digest()[:8], "big", signed=True)
         from psycopg.sql import SQL
 
         for stmt in _log_ddl(self.tables, "postgres"):
@@ -209,12 +211,16 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn:
             with conn.transaction():
                 with conn.cursor() as cur:
-                    # The library's EXCLUSIVE lock on the events table serializes writers; take
-                    # it before reading the log head so that index and chain heads are stable.
-                    self._lock_table(cur)
+                    # Serialize writers before reading the log head, so that index and chain
+                    # heads are stable and commit order is notification order (what the
+                    # library's LOCK TABLE ... EXCLUSIVE does). A transaction advisory lock needs
+                    # no privilege, so the serving role can hold INSERT and SELECT only.
+                    cur.execute(f"SET LOCAL lock_timeout = '{self.datastore.lock_timeout}s'")
+                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
                     stored_events, log_rows, result = plan(_PgCursor(cur))
                     if stored_events:
-                        self._insert_stored_events(cur, stored_events)
+                        self._notify_channel(cur)
+                        PostgresAggregateRecorder._insert_stored_events(self, cur, stored_events)
                         cur.executemany(self.tables.q(
                             "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
@@ -284,6 +290,8 @@ def application_env(url: str, create: bool = True) -> dict[str, str]:
                     # never wait forever for the lock (shared/notes/eventsourcing-9.5.md).
                     "POSTGRES_ENABLE_DB_FUNCTIONS": "n", "POSTGRES_LOCK_TIMEOUT": "30",
                     "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "8",
+                    # a large batch is planned (chains, keys, Merkle) inside its transaction
+                    "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "120",
                     "APPLICATION_RECORDER_TOPIC": "ledger.store:PostgresLedgerRecorder"})
     return env
 
@@ -312,8 +320,12 @@ class _GroupState:
 class LedgerStore:
     """The writable ledger: append, read, prove, checkpoint."""
 
-    def __init__(self, url: str, *, create: bool = True, workers: int | None = None):
+    def __init__(self, url: str, *, create: bool = True, workers: int | None = None,
+                 clock: "Callable[[], int] | None" = None):
+        """``clock`` returns the record time in microseconds (default: the wall clock). A
+        simulation (the demo) may pass its own; record times never go backwards either way."""
         self.url = url
+        self.clock = clock or now_us
         self.db = DatabaseURL.parse(url)
         if self.db.backend == "postgres" and create:
             _ensure_pg_schema(self.db)
@@ -377,12 +389,16 @@ class LedgerStore:
     def index_at_time(self, recorded_us: int) -> int:
         return self.queries.index_at_time(self._cur(), recorded_us)
 
+    def current_registry(self) -> Registry:
+        """The live key registry (do not mutate): synced with the database, not copied."""
+        with self._lock:
+            self._sync_caches(self._cur(), self.queries.size(self._cur())[0])
+            return self._registry
+
     def registry(self, size: int | None = None) -> Registry:
         """The key registry after the first ``size`` entries (default: all)."""
         if size is None:
-            with self._lock:
-                self._sync_caches(self._cur(), self.queries.size(self._cur()))
-                return self._registry.copy()
+            return self.current_registry().copy()
         reg = Registry()
         for rec in self.queries.records_of_types(self._cur(), sorted(REGISTRY_TYPES), 0, size):
             reg.apply(SignedEntry.parse(rec.envelope), rec.index)
@@ -429,9 +445,14 @@ class LedgerStore:
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
             return latest[2]
+        registered = [k for k in self.registry(size).checkpoint_keys(size)
+                      if k.public_key == signer.public_key_bytes and k.name == signer.name]
+        if not registered:
+            raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
+                             "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
         root = self.root(size)
         note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
-        self.recorder.write_checkpoint(size, root, note, now_us())
+        self.recorder.write_checkpoint(size, root, note, self.clock())
         return note
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
@@ -510,7 +531,7 @@ class LedgerStore:
     def _plan(self, cur, checked: list) -> tuple[list[StoredEvent], list[tuple], list]:
         size, last_us = self.queries.size(cur)
         self._sync_caches(cur, size, last_us)
-        recorded_us = max(now_us(), last_us)
+        recorded_us = max(self.clock(), last_us)
         recorded_at = micros_to_time_text(recorded_us)
 
         # Batch look-ups: chain heads not cached, and command ids already recorded.
@@ -525,6 +546,7 @@ class LedgerStore:
         rows: list[tuple] = []
         results: list = []
         batch_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
+        batch_receipts: dict[int, Receipt] = {}
         index = size
         for group in checked:
             if isinstance(group, AppendError):
@@ -535,6 +557,7 @@ class LedgerStore:
             g_registry = registry.copy() if any(s.entry.type in REGISTRY_TYPES for s, _ in group) else registry
             g_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
             g_events, g_rows, receipts = [], [], []
+            g_receipts: dict[int, Receipt] = {}
             g_index = index
             try:
                 for pos, (signed, pre_key) in enumerate(group):
@@ -544,7 +567,10 @@ class LedgerStore:
                     seen = g_commands.get(ckey) or batch_commands.get(ckey) or recorded_commands.get(ckey)
                     if seen is not None:
                         if seen[1] == signed.hash:
-                            receipts.append(self._receipt_of(cur, seen[0], duplicate=True))
+                            pending = g_receipts.get(seen[0]) or batch_receipts.get(seen[0])
+                            receipts.append(Receipt(pending.index, pending.chain, pending.seq, pending.entry_hash,
+                                                    pending.recorded_at, True) if pending is not None
+                                            else self._receipt_of(cur, seen[0], duplicate=True))
                             continue
                         raise AppendError("command_conflict", f"command_id: {e.command_id} was already used on "
                                           f"chain {e.chain} for another entry (log index {seen[0]})",
@@ -576,6 +602,7 @@ class LedgerStore:
                     g_heads[e.chain] = (e.seq, signed.hash)
                     g_commands[ckey] = (g_index, signed.hash)
                     receipts.append(Receipt(g_index, e.chain, e.seq, signed.hash, recorded_at))
+                    g_receipts[g_index] = receipts[-1]
                     g_index += 1
             except AppendError as err:
                 results.append(err)
@@ -583,6 +610,7 @@ class LedgerStore:
             frontier, registry, index = g_frontier, g_registry, g_index
             heads.update(g_heads)
             batch_commands.update(g_commands)
+            batch_receipts.update(g_receipts)
             events += g_events
             rows += g_rows
             results.append(receipts)

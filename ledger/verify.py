@@ -31,6 +31,7 @@ from . import merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from .encoding import micros_to_time_text
 from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
+from .keys import key_id as compute_key_id
 from .registry import REGISTRY_TYPES, Registry, RegistryError
 
 
@@ -97,6 +98,7 @@ class Checked:
     stored: tuple  # (chain, seq, type, entry_hash, nodes) as stored beside the entry
     error: str | None = None  # malformed or missing envelope
     envelope: bytes | None = None  # kept for registry entries only
+    command_id: str | None = None
 
 
 def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checked]:
@@ -106,13 +108,13 @@ def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checke
     for r in records:
         stored = (r.chain, r.seq, r.type, r.entry_hash, r.nodes)
         if r.envelope is None:
-            out.append(Checked(r.index, r.recorded_us, None, None, None, None, None, None, None, None, stored,
+            out.append(Checked(r.index, r.recorded_us, r.chain, r.seq, None, None, None, None, None, None, stored,
                                "missing: the entry is gone from the events table"))
             continue
         try:
             s = SignedEntry.parse(r.envelope)
         except EntryError as e:
-            out.append(Checked(r.index, r.recorded_us, None, None, None, None, None, None, None, None, stored,
+            out.append(Checked(r.index, r.recorded_us, r.chain, r.seq, None, None, None, None, None, None, stored,
                                f"malformed entry: {e}"))
             continue
         e = s.entry
@@ -122,7 +124,8 @@ def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checke
             pub = e.body.get("public_key") if isinstance(e.body.get("public_key"), bytes) else None
         signed_with = pub if pub is not None and s.signature_valid(pub) else None
         out.append(Checked(r.index, r.recorded_us, e.chain, e.seq, e.type, e.prev, e.key_id, s.hash, leaf,
-                           signed_with, stored, None, r.envelope if e.type in REGISTRY_TYPES else None))
+                           signed_with, stored, None, r.envelope if e.type in REGISTRY_TYPES else None,
+                           e.command_id))
     return out
 
 
@@ -134,8 +137,9 @@ def key_table(registry_envelopes: Iterable[bytes]) -> dict[str, bytes]:
             e = SignedEntry.parse(env).entry
         except EntryError:
             continue
-        if e.type == "KeyAuthorized" and isinstance(e.body.get("public_key"), bytes):
-            keys.setdefault(str(e.body.get("key_id")), e.body["public_key"])
+        pub = e.body.get("public_key") if e.type == "KeyAuthorized" else None
+        if isinstance(pub, bytes) and len(pub) == 32 and compute_key_id(pub) == e.body.get("key_id"):
+            keys.setdefault(e.body["key_id"], pub)
     return keys
 
 
@@ -156,6 +160,8 @@ class LogVerifier:
         self.trusted_genesis = trusted_genesis
         self.trusted_keys = [NoteVerifier.from_vkey(v) for v in trusted_checkpoint_keys]
         self.origin = origin
+        self.last_recorded_us = 0
+        self.commands: set[tuple[str, str]] = set()
 
     def problem(self, code: str, message: str, c: Checked | None = None, index: int | None = None) -> None:
         self.report.problems.append(Problem(code, message, c.index if c else index,
@@ -171,6 +177,11 @@ class LogVerifier:
                 return
         self.next_index = c.index + 1
         rep.entries += 1
+        if c.index == 0:
+            self._check_checkpoints()  # a checkpoint of the empty log
+        if c.recorded_us < self.last_recorded_us:
+            self.problem("time", "recorded before the entry preceding it in the log (record times go backwards)", c)
+        self.last_recorded_us = max(self.last_recorded_us, c.recorded_us)
         if c.error:
             self.problem("missing" if c.error.startswith("missing") else "malformed", c.error, c)
             # keep the Merkle tree going with the stored leaf so later checks stay meaningful
@@ -182,6 +193,9 @@ class LogVerifier:
                          f"{c.chain}:{c.seq} {c.type}", c)
         if s_hash != c.entry_hash:
             self.problem("hash", "the entry's bytes do not match the entry hash recorded in the log", c)
+        if (c.chain, c.command_id) in self.commands:
+            self.problem("command", f"command id {c.command_id} was already used on chain {c.chain}", c)
+        self.commands.add((c.chain, c.command_id))
         if c.index == 0:
             rep.genesis = c.entry_hash.hex()
             if self.trusted_genesis and self.trusted_genesis != rep.genesis:
@@ -229,10 +243,13 @@ class LogVerifier:
         self.report.checkpoints += 1
         verifiers = list(self.trusted_keys)
         if not verifiers:
-            for k in self.registry.checkpoint_keys(max(size, 1)):
-                name = self.origin or _note_name(note)
-                if name:
-                    verifiers.append(NoteVerifier(name, Ed25519PublicKey.from_public_bytes(k.public_key)))
+            for k in self.registry.checkpoint_keys(size):
+                if k.name:
+                    verifiers.append(NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key)))
+            if not verifiers:
+                self.problem("checkpoint", f"checkpoint of size {size}: no checkpoint key was registered in the "
+                             "log before it, so nobody could sign it", index=max(size - 1, 0))
+                return
         try:
             text, _ = open_note(note, verifiers)
             cp = Checkpoint.parse(text)
@@ -255,8 +272,8 @@ class LogVerifier:
             if cp_size > size:
                 self.problem("truncated", f"a checkpoint signs {cp_size} entries but the log holds only {size}: "
                              "the log was truncated or entries were deleted", index=size)
-        if self.checkpoints and size == 0 and self.checkpoints[0][0] == 0:
-            self._check_checkpoint(0, self.checkpoints[0][1], self.checkpoints[0][2], merkle.EMPTY_ROOT)
+        if size == 0:
+            self._check_checkpoints()
         rep.size = size
         rep.root = self.frontier.root()
         rep.keys = len(self.registry.keys)
@@ -268,14 +285,6 @@ class _Stub:
 
     def __init__(self, c: Checked):
         self.entry = type("E", (), {"chain": c.chain, "seq": c.seq, "type": c.type, "key_id": c.key_id})()
-
-
-def _note_name(note: bytes) -> str | None:
-    try:
-        sig_line = note.decode().split("\n\n", 1)[1].splitlines()[0]
-        return sig_line.split(" ")[1]
-    except (IndexError, UnicodeDecodeError):
-        return None
 
 
 # --- driving it over a database ----------------------------------------------------------
@@ -306,6 +315,8 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         registry_records = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
         keys = key_table(rec.envelope for rec in registry_records if rec.envelope is not None)
         stored_cps = r.queries.checkpoints(cur)
+        cur.execute(r.tables.q("SELECT COUNT(*), MIN(idx) FROM {log}"))
+        log_count, log_min = cur.fetchone()
         events = r.queries.events_count(cur)
         unlogged = r.queries.unlogged_events(cur)
     cps = list(stored_cps)
@@ -327,6 +338,9 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         if progress:
             progress(done, span)
     rep = v.finish()
+    if log_min is not None and int(log_min) < 0:
+        rep.problems.append(Problem("phantom", f"the log holds {int(log_count) - rep.entries} rows outside "
+                                    f"0..{max_index} (from index {log_min})", int(log_min)))
     if unlogged:
         for chain, seq in unlogged:
             rep.problems.append(Problem("unlogged", f"entry {chain}:{seq} is in the events table but not in the log",

@@ -58,13 +58,14 @@ def batch_file(tmp_path_factory):
 
 
 def _write_lock_held(url: str) -> bool:
-    """True while some session holds the EXCLUSIVE lock on the events table: the append's
-    write transaction is running."""
+    """True while some session holds this ledger's writer lock (a transaction advisory lock
+    keyed by the log table's name, see ledger/store.py): the append's write transaction runs."""
+    import hashlib
+
     schema = DatabaseURL.parse(url).schema
-    rows = sql(url, "SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = ? AND c.relname = 'reledger_events' "
-                    "AND l.mode = 'ExclusiveLock' AND l.granted", (schema,))
+    key = int.from_bytes(hashlib.sha256(f"{schema}.reledger_log".encode()).digest()[:8], "big")
+    rows = sql(url, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = ? "
+                    "AND objid::bigint = ? AND objsubid = 1 AND granted", (key >> 32, key & 0xFFFFFFFF))
     return bool(rows)
 
 

@@ -210,9 +210,6 @@ def test_oversized_envelope_refused():
     assert ei.value.field == "envelope"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: CHAIN_RE/TYPE_RE/UUID_RE/KEY_ID_RE in ledger/entry.py and "
-                                       "ledger/keys.py end in '$', which matches before a trailing newline: "
-                                       "'MIIT\\n' is accepted as a chain (and a type, command id, key id)")
 @pytest.mark.parametrize("field_name", ["chain", "type", "command_id", "key_id"])
 def test_trailing_newline_in_ids_refused(field_name):
     m = content_map()

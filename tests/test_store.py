@@ -204,9 +204,6 @@ def test_same_command_other_bytes_within_one_group_refused(led, mine):
     assert led.store.size() == n
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/store.py _plan -> _receipt_of reads the log row of a "
-                                       "command recorded earlier in the same call, which is not inserted yet: "
-                                       "IndexError instead of a receipt or an AppendError")
 def test_same_envelope_twice_in_one_group(led, mine):
     s = fact(mine)
     n = led.store.size()
@@ -219,8 +216,6 @@ def test_same_envelope_twice_in_one_group(led, mine):
     assert led.store.size() == n + 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/store.py _plan -> _receipt_of on a command recorded by an "
-                                       "earlier group of the same append_groups call: IndexError")
 def test_same_envelope_in_two_groups_of_one_call(led, mine):
     s = fact(mine)
     out = led.store.append_groups([[s], [s]])
@@ -755,9 +750,6 @@ def test_concurrent_writers_two_stores(led):
     assert rep.ok, rep.problems
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LedgerStore.checkpoint (ledger/store.py) signs and stores a checkpoint "
-                                       "with any NoteSigner, even one that is not a registered checkpoint key; the "
-                                       "append-only checkpoints table then makes verify_database fail for good")
 def test_checkpoint_with_unregistered_key_refused(led):
     from ledger.checkpoint import NoteSigner
 
@@ -770,9 +762,6 @@ def test_checkpoint_with_unregistered_key_refused(led):
     assert verify_database(led.url, workers=1).ok
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DatabaseURL.parse (ledger/reader.py) accepts ?schema=Ledger_A with "
-                                       "upper case; _ensure_pg_schema creates the quoted \"Ledger_A\" but Tables "
-                                       "uses it unquoted (folded to ledger_a): creating the store fails")
 def test_schema_with_upper_case(pg_url):
     from ledger.reader import DatabaseURL, DatabaseURLError
 
@@ -794,9 +783,6 @@ def test_schema_with_upper_case(pg_url):
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the serving role of LedgerStore.grant_serving_role (INSERT, SELECT) "
-                                       "cannot append: the write transaction takes LOCK TABLE ... IN EXCLUSIVE MODE, "
-                                       "which PostgreSQL allows only with UPDATE, DELETE or TRUNCATE privilege")
 def test_serving_role_can_append(pg_url):
     led = new_ledger(pg_url)
     m = led.register(MINE)

@@ -252,24 +252,7 @@ TIME_NOT_NORMAL: list[str] = [
 # Inputs that the SPEC refuses but the code in ledger/ accepts today (reported as bugs). The
 # test marks each as an expected failure (strict), so fixing the code turns them into failures
 # that ask for this list to be emptied.
-KNOWN_DEVIATIONS: list[dict[str, str]] = [
-    {"check": "decimal_not_normal", "input": "-0",
-     "note": "ledger.encoding.is_decimal_text/parse_decimal accept '-0' (the regex allows it)"},
-    {"check": "decimal_not_normal", "input": "12\n",
-     "note": "the decimal regex ends in '$', which also matches before a final newline; "
-             "parse_decimal('12\\n') returns 12"},
-    {"check": "content_refused", "input": "chain 'MIIT\\n'",
-     "note": "CHAIN_RE/TYPE_RE/UUID_RE/KEY_ID_RE end in '$': a final newline passes validate_content"},
-    {"check": "content_refused", "input": "command_id with a final newline",
-     "note": "UUID_RE ends in '$': a final newline passes validate_content"},
-    {"check": "verify_refused", "input": "recorded_at decreasing along the log",
-     "note": "ledger/verify.py does not check that recorded_at never decreases (3.1)"},
-    {"check": "verify_refused", "input": "a command id used twice in one chain",
-     "note": "ledger/verify.py does not check that (chain, command_id) is unique (2.6)"},
-    {"check": "verify_refused", "input": "a checkpoint signed under another key name than the registered one",
-     "note": "ledger/verify.py takes the key name from the note's first signature line instead of the "
-             "checkpoint key's registered name (4.4)"},
-]
+KNOWN_DEVIATIONS: list[dict[str, str]] = []
 
 
 # --- the sample log ------------------------------------------------------------------------
