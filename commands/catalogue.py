@@ -439,7 +439,7 @@ class Int(Field):
         return self._js({"type": "integer", "minimum": self.minimum, "maximum": self.maximum})
 
     def describe(self) -> str:
-        return f"integer {self.minimum}..{self.maximum}"
+        return f"integer {self.minimum}..{'2^62' if self.maximum == 2**62 else self.maximum}"
 
 
 def Year(doc: str = "", *, optional: bool = False) -> Int:
