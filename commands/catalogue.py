@@ -58,8 +58,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "forbidden": (403, "the party's roles never allow this entry type"),
     "genesis": (403, "a bad genesis entry"),
     # 404: what is cited does not exist (for this party)
-    "unknown_reference": (404, "a cited shipment, batch, party or entry does not exist"),
-    "not_addressee": (404, "the cited shipment was not shipped to this party"),
+    "unknown_reference": (404, "a cited shipment (to this party), batch, party or entry does not exist"),
     "not_found": (404, "no such entry or chain (reads)"),
     # 409: the ledger already holds something else
     "conflict": (409, "seq or prev does not continue the chain (a fork attempt or a stale head)"),

@@ -65,7 +65,9 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
   enterprise"). AUDITOR asserts nothing. CorrectionRecorded is also open to GROUP and REGULATOR
   (a party corrects its own entries only: the corrected entry must be on its own chain).
 * Reference checks (404/409) come after the role check: a receipt must cite a shipment
-  (seller, transfer id) shipped to the receiving party and not yet received; a sub-allocation
+  (seller, transfer id) shipped to the receiving party and not yet received (an unknown
+  shipment and one shipped to another party get the same answer, so that nobody learns what a
+  seller shipped to others); a sub-allocation
   must cite a batch (year, batch no) issued to the group; cited entries ({chain, seq, hash})
   must exist with that hash and, for penalties, cuts and corrections, be of the right type or
   chain; new lot ids, transfer ids, batch ids, parties, keys and quota batches must be new.
@@ -177,11 +179,16 @@ class References:
             raise fail("reference_mismatch", field, f"entry {ref['chain']}:{ref['seq']} is a {type_name}, "
                                                     f"not a {' or '.join(types)}")
 
-    def _new_lot(self, lot: str, field: str) -> None:
+    def _new_lot(self, lot: str, field: str, chain: str) -> None:
         origin = self.state.lots.get(lot)
-        if origin is not None:
+        if origin is None:
+            return
+        if origin.chain == chain:
             raise fail("duplicate", field, f"lot {lot} was already created by {origin.chain}:{origin.seq} "
                                            f"({origin.type}); lot ids are unique in the ledger")
+        # another party's lot: say no more than that the id is taken
+        raise fail("duplicate", field, f"lot id {lot} is already taken; lot ids are unique in the ledger "
+                                       f"(prefix them with your party id)")
 
     def _new_batch(self, chain: str, batch: str, field: str) -> None:
         if (chain, batch) in self.state.batches:
@@ -235,7 +242,7 @@ class References:
 
     # flow
     def _MineralProductProduced(self, e, b: dict) -> None:
-        self._new_lot(b["lot"], "body.lot")
+        self._new_lot(b["lot"], "body.lot", e.chain)
 
     _ImportReceived = _MineralProductProduced
     _SecondaryFeedReceived = _MineralProductProduced
@@ -243,7 +250,7 @@ class References:
     def _SeparationBatchRecorded(self, e, b: dict) -> None:
         self._new_batch(e.chain, b["batch"], "body.batch")
         for i, out in enumerate(b["outputs"]):
-            self._new_lot(out["lot"], f"body.outputs[{i}].lot")
+            self._new_lot(out["lot"], f"body.outputs[{i}].lot", e.chain)
 
     _MetalSmelted = _SeparationBatchRecorded
 
@@ -257,12 +264,11 @@ class References:
 
     def _TransferReceived(self, e, b: dict) -> None:
         s = self.state.shipments.get((b["seller"], b["transfer_id"]))
-        if s is None:
+        if s is None or s.buyer != e.chain:
+            # one answer for "unknown" and "shipped to another party": a buyer must not learn
+            # what a seller shipped to others (reads are authorized, errors too)
             raise fail("unknown_reference", "body.transfer_id",
-                       f"no shipment {b['transfer_id']} from {b['seller']} in the ledger")
-        if s.buyer != e.chain:
-            raise fail("not_addressee", "body.transfer_id",
-                       f"shipment {b['transfer_id']} from {b['seller']} was not shipped to {e.chain}")
+                       f"no shipment {b['transfer_id']} from {b['seller']} to {e.chain} in the ledger")
         if s.received_index is not None:
             raise fail("already_received", "body.transfer_id",
                        f"shipment {b['transfer_id']} from {b['seller']} was already received "

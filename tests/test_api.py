@@ -318,6 +318,7 @@ INVALID = [
          "at most 200 characters"),
     _mut("MineralProductProduced", "MINE01", _set(["lot"], "M-1"), "duplicate", "body.lot",
          "lot M-1 was already created by MINE01"),
+    _mut("ImportReceived", "SEP01", _set(["lot"], "M-1"), "duplicate", "body.lot", "lot id M-1 is already taken"),
     _mut("TransferShipped", "MINE01", _set(["shipped_at"], "2024-01-20 08:00:00"), "bad_value",
          "body.shipped_at", "RFC 3339"),
     _mut("TransferShipped", "MINE01", _set(["shipped_at"], "1024-01-20T08:00:00Z"), "out_of_range",
@@ -335,9 +336,9 @@ INVALID = [
     _mut("TransferShipped", "MINE01", _set(["transfer_id"], "T-1"), "duplicate", "body.transfer_id",
          "already shipped"),
     _mut("TransferReceived", "SEP01", _set(["transfer_id"], "T-404"), "unknown_reference", "body.transfer_id",
-         "no shipment T-404 from MINE01"),
-    _mut("TransferReceived", "SMELT01", _set(["transfer_id"], "T-1"), "not_addressee", "body.transfer_id",
-         "was not shipped to SMELT01"),
+         "no shipment T-404 from MINE01 to SEP01"),
+    _mut("TransferReceived", "SMELT01", _set(["transfer_id"], "T-1"), "unknown_reference", "body.transfer_id",
+         "no shipment T-1 from MINE01 to SMELT01"),
     _mut("TransferReceived", "SEP01", _set(["transfer_id"], "T-1"), "already_received", "body.transfer_id",
          "already received"),
     _mut("SeparationBatchRecorded", "SEP01", _set(["outputs", 0, "purity_pct"], "101"), "out_of_range",
@@ -506,7 +507,7 @@ def test_group_all_or_nothing_and_group_commit(mworld):
     right = w.signers["SMELT01"].peek("TransferReceived", recv, T0)
     results = w.api.submit_groups([[ship], [wrong], [right]])
     assert isinstance(results[0], list) and isinstance(results[2], list)
-    assert isinstance(results[1], CommandError) and results[1].code == "not_addressee" and results[1].group == 1
+    assert isinstance(results[1], CommandError) and results[1].code == "unknown_reference" and results[1].group == 1
     assert results[2][0].index == results[0][0].index + 1 == size + 1
     w.signers["SMELT01"].advance(right)
     assert w.store.size() == size + 2
