@@ -1065,7 +1065,7 @@ def _rows(prefix: str, f: Field, required: bool) -> list[str]:
 
 def catalogue_markdown() -> str:
     """docs/CATALOGUE.md, generated from the schemas (a test keeps the file in step)."""
-    from .validate import AUTHORIZATION_DOC, role_rule_text
+    from .validate import AUTHORIZATION_DOC, WRITE_PATH_DOC, role_rule_text
 
     out = ["# Entry catalogue", "",
            "Generated from `commands/catalogue.py` by `python -m commands.catalogue > docs/CATALOGUE.md`;",
@@ -1104,7 +1104,7 @@ def catalogue_markdown() -> str:
                     "| field | required | type | meaning |", "|---|---|---|---|"]
             for name, f in s.body.fields.items():
                 out += _rows(name, f, not f.optional)
-    out += ["", "## Authorization", "", AUTHORIZATION_DOC.strip()]
+    out += ["", "## Authorization", "", AUTHORIZATION_DOC, "", "## Write path", "", WRITE_PATH_DOC]
     out += ["", "## Error codes", "", "| code | HTTP status | meaning |", "|---|---|---|"]
     for code, (status, meaning) in ERROR_CODES.items():
         out.append(f"| `{code}` | {status} | {meaning} |")

@@ -74,6 +74,32 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
 """.strip()
 
 
+WRITE_PATH_DOC = """
+`commands.api.CommandAPI(store)` checks each entry of a submission in this order and stops at
+the first refusal (the whole group is refused, nothing is written):
+
+1. parsing: canonical msgpack envelope and content (`malformed`, 400; floats, non-canonical bytes);
+2. idempotency: the same command id with the same bytes answers the original receipt
+   (`duplicate: true`); with other bytes `command_conflict` (409);
+3. schema: type known (`unknown_type`), body as this catalogue says (`missing_field`,
+   `unknown_field`, `wrong_type`, `bad_value`, `out_of_range`, `bad_enum`, `inconsistent`; 400),
+   business time within 1990..2099;
+4. key and signature: registered party, key authorized for the chain, not revoked, within its
+   validity, registry types by a regulator, valid signature (403: `unregistered`, `unknown_key`,
+   `foreign_key`, `revoked_key`, `expired_key`, `forbidden`, `signature`);
+5. chain: seq and prev continue the party's chain (`conflict`, 409);
+6. role: see "Authorization" (`forbidden`, 403);
+7. references (404 `unknown_reference`; 409 `duplicate`, `already_received`, `reference_mismatch`).
+
+Then the store appends (and checks keys, signatures, chains and command ids again under its
+lock; its refusals keep their code and message). An error carries `code`, `status`, `message`
+(starting with the field), `field` (`body.lines[0].kg`), `position` (entry in its group),
+`chain`, `seq`, and `group` (in a group commit). A receipt carries `index`, `chain`, `seq`,
+`entry_hash`, `recorded_at`, `duplicate` and `findings` (filled by the projections' rule engine
+through the API's `findings_hook`; empty without one).
+""".strip()
+
+
 def role_rule_text(type_name: str) -> str:
     roles = AUTHORIZED_ROLES[type_name]
     if type_name in AUTHORITY_TYPES:
@@ -318,5 +344,5 @@ def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_
     return body
 
 
-__all__ = ["AUTHORIZED_ROLES", "AUTHORITY_TYPES", "AUTHORIZATION_DOC", "References", "authorize", "check_chain",
+__all__ = ["AUTHORIZED_ROLES", "AUTHORITY_TYPES", "AUTHORIZATION_DOC", "WRITE_PATH_DOC", "References", "authorize", "check_chain",
            "check_key", "check_schema", "role_rule_text", "validate_entry"]
