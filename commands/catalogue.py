@@ -653,7 +653,15 @@ def Ref(doc: str = "", *, optional: bool = False) -> Struct:
 
 # --- cross-field checks --------------------------------------------------------------------
 
+def _doc(text: str) -> Callable[[Check], Check]:
+    def wrap(check: Check) -> Check:
+        check.doc = text  # type: ignore[attr-defined]
+        return check
+    return wrap
+
+
 def _le(small: str, big: str, what: str = "") -> Check:
+    @_doc(f"`{small}` above `{big}`")
     def check(m: dict, path: str) -> None:
         if small in m and big in m and m[small] > m[big]:
             raise fail("inconsistent", f"{path}.{small}", f"must not exceed {big} ({what or 'impossible'})")
@@ -661,25 +669,40 @@ def _le(small: str, big: str, what: str = "") -> Check:
 
 
 def _before(first: str, second: str) -> Check:
+    @_doc(f"`{second}` not later than `{first}`")
     def check(m: dict, path: str) -> None:
         if first in m and second in m and not m[first] < m[second]:
             raise fail("inconsistent", f"{path}.{second}", f"must be later than {first}")
     return check
 
 
+def _product_class(*classes: str) -> Check:
+    """The ``product`` of this map is of one of ``classes`` (a smelter does not output oxides)."""
+    @_doc(f"a `product` of another class than {' or '.join(classes)}")
+    def check(m: dict, path: str) -> None:
+        p = m.get("product")
+        if p is not None and REFERENCE_DATA["products"][p]["class"] not in classes:
+            raise fail("inconsistent", f"{path}.product", f"{p} is a {REFERENCE_DATA['products'][p]['class']} "
+                                                          f"product; here it must be {' or '.join(classes)}")
+    return check
+
+
 def _one_of(*names: str) -> Check:
+    @_doc(f"none of {', '.join(f'`{n}`' for n in names)}")
     def check(m: dict, path: str) -> None:
         if not any(n in m for n in names):
             raise fail("missing_field", f"{path}.{names[0]}", f"missing: give at least one of {', '.join(names)}")
     return check
 
 
+@_doc("a `key_id` that is not the key id of `public_key`")
 def _key_id_matches(m: dict, path: str) -> None:
     if "public_key" in m and "key_id" in m and compute_key_id(m["public_key"]) != m["key_id"]:
         raise fail("inconsistent", f"{path}.key_id", "does not match the public key (first 8 bytes of "
                                                      "SHA-256(public_key) as hex)")
 
 
+@_doc("only one of `first_seq`, `last_seq`; `last_seq` below `first_seq`")
 def _seq_range(m: dict, path: str) -> None:
     if ("first_seq" in m) != ("last_seq" in m):
         raise fail("missing_field", f"{path}.{'last_seq' if 'first_seq' in m else 'first_seq'}",
@@ -828,8 +851,8 @@ _SCHEMAS: list[EntrySchema] = [
         "reo_kg": KgReo("rare earth oxide content"),
         "element_distribution": MapOf(Enum(ELEMENTS), Pct(), "element distribution, % of TREO", optional=True),
         "site": Text("mining site", optional=True),
-    }, checks=[_le("dry_kg", "wet_kg", "dry mass above wet mass"), _le("reo_kg", "dry_kg", "REO above dry mass")]),
-        creates=("lot",)),
+    }, checks=[_le("dry_kg", "wet_kg", "dry mass above wet mass"), _le("reo_kg", "dry_kg", "REO above dry mass"),
+               _product_class("MINERAL")]), creates=("lot",)),
     EntrySchema("ImportReceived", "flow", "An imported lot enters (counts against separation quota when "
                 "separated, monazite included).", Struct({
                     "lot": Ident("new lot id"),
@@ -864,7 +887,8 @@ _SCHEMAS: list[EntrySchema] = [
                                               "product": Enum(PRODUCTS, "product", name="products"),
                                               "kg": Kg("mass"), "purity_pct": Pct("purity, % of total RE content"),
                                               "reo_kg": KgReo("REO content", positive=True)},
-                                             checks=[_le("reo_kg", "kg", "REO above mass")]),
+                                             checks=[_le("reo_kg", "kg", "REO above mass"),
+                                                     _product_class("SEPARATED", "MINERAL")]),
                                       "output lots", unique=lambda o: o["lot"], unique_what="lot"),
                     "losses_reo_kg": KgReo("REO lost in the process"),
                 }, checks=[_before("period_start", "period_end")]), creates=("outputs[].lot",)),
@@ -879,7 +903,8 @@ _SCHEMAS: list[EntrySchema] = [
                                               "kg": Kg("mass"),
                                               "factor": Quantity("kg REO/kg", "REO factor used", places=4,
                                                                  maximum=Decimal(2), positive=True),
-                                              "reo_kg": KgReo("REO equivalent", positive=True)}),
+                                              "reo_kg": KgReo("REO equivalent", positive=True)},
+                                             checks=[_product_class("METAL", "ALLOY")]),
                                       "output lots", unique=lambda o: o["lot"], unique_what="lot"),
                 })),
     EntrySchema("TransferShipped", "flow", "The seller ships lots to a buyer. (seller, transfer_id) is "
@@ -1063,6 +1088,17 @@ def _rows(prefix: str, f: Field, required: bool) -> list[str]:
     return rows
 
 
+def _checks_of(f: Field, prefix: str) -> list[tuple[str, Check]]:
+    out: list[tuple[str, Check]] = []
+    if isinstance(f, Struct):
+        out += [(f"in `{prefix}`: " if prefix else "", c) for c in f.checks]
+        for name, child in f.fields.items():
+            out += _checks_of(child, f"{prefix}.{name}" if prefix else name)
+    elif isinstance(f, ListOf):
+        out += _checks_of(f.item, f"{prefix}[]")
+    return out
+
+
 def catalogue_markdown() -> str:
     """docs/CATALOGUE.md, generated from the schemas (a test keeps the file in step)."""
     from .validate import AUTHORIZATION_DOC, WRITE_PATH_DOC, role_rule_text
@@ -1104,6 +1140,11 @@ def catalogue_markdown() -> str:
                     "| field | required | type | meaning |", "|---|---|---|---|"]
             for name, f in s.body.fields.items():
                 out += _rows(name, f, not f.optional)
+            refused = [f"{prefix}{c.doc}" for prefix, c in _checks_of(s.body, "")]
+            unique = [f"repeated {f.unique_what} in `{name}`" for name, f in s.body.fields.items()
+                      if isinstance(f, ListOf) and f.unique is not None]
+            if refused or unique:
+                out += ["", "Also refused (400): " + "; ".join(refused + unique) + "."]
     out += ["", "## Authorization", "", AUTHORIZATION_DOC, "", "## Write path", "", WRITE_PATH_DOC]
     out += ["", "## Error codes", "", "| code | HTTP status | meaning |", "|---|---|---|"]
     for code, (status, meaning) in ERROR_CODES.items():
