@@ -1,0 +1,633 @@
+"""The projector: a pure function of the log, entry by entry.
+
+:class:`Projector` reads accepted entries in log order and produces, for each entry,
+*delta rows* (quota moves, stock moves, flow edges, lots, parties, credit records) and the
+*findings* the entry raised under the rules of DOMAIN.md ("Rules that projections and replay
+check"). Every delta row carries the log index of the entry that caused it and the entry's
+business time, so that any question "as of log index N" (what the ledger knew then) or
+"valid at time T" (the state then, as known now) is a filter on rows, never a replay.
+
+The projector keeps in memory only what the rules need (balances, open shipments, due reports);
+that state is a pure function of the log prefix and can be snapshotted (pickle) and restored.
+
+Units: masses and REO are integer **grams** (kg with 3 decimals = g, t REO = 10^6 g), so sums
+are exact in SQL and Python alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ledger import encoding
+from ledger.entry import SignedEntry
+
+from .reference import RULE_PARAMETERS, product_class
+
+DAY_US = 86_400 * 1_000_000
+RULES = {
+    "designation": "1. Designation: only listed producers, at that time, may mine or separate; recyclers take no "
+                   "mineral products (Decree 785 Art. 8, 11, 22)",
+    "quota": "2. Quota: mined and separated REO stay within the cumulative quota issued so far (Decree 785 "
+             "Art. 21; Decree 71 Art. 3)",
+    "stock": "3. Stock: never below zero for any party, product and lot; counts match the books",
+    "mass_balance": "4. Mass balance: REO in = REO out + losses; yield inside the recovery bands",
+    "flow": "5. Flow completeness: every shipment received (same lines, within N days); every lot traces back "
+            "to a mine, a customs declaration or a scrap source (Decree 785 Art. 13, 14)",
+    "reporting": "6. Reporting: monthly flow report by the 10th of the next month; digest matches (Decree 71 "
+                 "Art. 9, 10; Decree 785 Art. 25)",
+    "timeliness": "7. Timeliness: an entry recorded long after its business time (possible backdating)",
+}
+FLOW_TYPES = frozenset({"MineralProductProduced", "ImportReceived", "SecondaryFeedReceived",
+                        "SeparationBatchRecorded", "MetalSmelted", "TransferShipped", "TransferReceived",
+                        "ExportDeclared", "StockCounted"})
+REGISTRY_LIKE = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked",
+                           "GroupMembershipChanged"})
+
+
+def grams(text: Any) -> int:
+    """kg (decimal text) -> integer grams; 0 for anything unreadable."""
+    try:
+        return int((Decimal(text) * 1000).to_integral_value())
+    except (InvalidOperation, TypeError, ValueError):
+        return 0
+
+
+def t_to_grams(text: Any) -> int:
+    try:
+        return int((Decimal(text) * 1_000_000).to_integral_value())
+    except (InvalidOperation, TypeError, ValueError):
+        return 0
+
+
+def time_us(text: Any) -> int | None:
+    try:
+        return encoding.time_to_micros(encoding.parse_time(text))
+    except (encoding.EncodingError, TypeError):
+        return None
+
+
+def year_of(us: int) -> int:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).year
+
+
+def month_of(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m")
+
+
+def report_due_us(month: str) -> int:
+    """The start of the due day (the 10th) of the month after ``month``, UTC."""
+    y, m = int(month[:4]), int(month[5:7])
+    y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    due = datetime(y, m, int(RULE_PARAMETERS["report_due_day"]), tzinfo=timezone.utc)
+    return encoding.time_to_micros(due)
+
+
+def kg_text(g: int) -> str:
+    return encoding.decimal_text(Decimal(g) / 1000)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """An entry cited as evidence."""
+
+    chain: str
+    seq: int
+    hash: str  # hex
+    index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": self.chain, "seq": self.seq, "hash": self.hash, "index": self.index}
+
+
+@dataclass
+class Finding:
+    rule: str  # key of RULES
+    code: str
+    party: str
+    message: str
+    evidence: list[Ref]
+    index: int  # the entry whose arrival raised it
+    occurred_us: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "code": self.code, "party": self.party, "message": self.message,
+                "index": self.index, "occurred_at": encoding.micros_to_time_text(self.occurred_us),
+                "evidence": [r.to_dict() for r in self.evidence], "params": self.params}
+
+
+@dataclass
+class Deltas:
+    """What one entry changed."""
+
+    quota: list[tuple] = field(default_factory=list)     # (year, party, category, kind, g, grp, ref_index)
+    stock: list[tuple] = field(default_factory=list)     # (party, lot, product, g, reo_g)
+    flow: list[tuple] = field(default_factory=list)      # (kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref)
+    lots: list[tuple] = field(default_factory=list)      # (lot, party, product, origin_kind, origin_ref)
+    parties: list[tuple] = field(default_factory=list)   # (party, name, roles, province, grp, valid_from_us, valid_until_us)
+    credit: list[tuple] = field(default_factory=list)    # (party, kind, article, fine, cut_g, detail)
+    findings: list[Finding] = field(default_factory=list)
+
+
+@dataclass
+class LotInfo:
+    lot: str
+    party: str
+    product: str | None
+    origin: str  # MINE, IMPORT, SCRAP, SEPARATION, SMELTING
+    ref: Ref
+    ore: str | None = None  # ROCK / IONIC for mined lots (dominant origin for derived lots)
+    scrap_share: Decimal = Decimal(0)  # share of REO that came from secondary feed
+    ionic_share: Decimal = Decimal(0)
+
+
+@dataclass
+class Designation:
+    since_us: int
+    roles: frozenset[str]
+    until_us: int | None
+    group: str | None
+
+
+class Projector:
+    """Folds entries (in log order) into deltas and findings. Pure and deterministic."""
+
+    def __init__(self) -> None:
+        self.position = 0  # log index of the next entry
+        self.designations: dict[str, list[Designation]] = {}
+        self.names: dict[str, str] = {}
+        self.membership: dict[str, list[tuple[int, str | None]]] = {}
+        # quota (grams) keyed (year, party, category)
+        self.issued: dict[tuple, int] = {}
+        self.alloc_in: dict[tuple, int] = {}
+        self.alloc_out: dict[tuple, int] = {}
+        self.reduced: dict[tuple, int] = {}
+        self.used: dict[tuple, int] = {}
+        self.used_group: dict[tuple, int] = {}
+        self.used_nation: dict[tuple, int] = {}
+        self.issued_nation: dict[tuple, int] = {}
+        self.basis: dict[tuple, str] = {}  # (year, holder) -> OUTPUT | INPUT
+        self.quota_refs: dict[tuple, list[Ref]] = {}
+        self.over: set[tuple] = set()
+        # stock (grams) keyed (party, lot)
+        self.stock: dict[tuple, list[int]] = {}
+        self.stock_refs: dict[tuple, list[Ref]] = {}
+        self.negative: set[tuple] = set()
+        self.lots: dict[str, LotInfo] = {}
+        # flows
+        self.shipments: dict[tuple, dict[str, Any]] = {}
+        self.due_shipments: list[tuple[int, str, str]] = []
+        # reporting
+        self.chain_hashes: dict[str, list[bytes]] = {}
+        self.active_months: set[tuple[str, str]] = set()
+        self.reports: dict[tuple[str, str], int] = {}
+        self.due_reports: list[tuple[int, str, str]] = []
+        self.month_refs: dict[tuple[str, str], Ref] = {}
+
+    # --- helpers --------------------------------------------------------------------------
+    def roles_at(self, party: str, t_us: int) -> frozenset[str]:
+        current: Designation | None = None
+        for d in self.designations.get(party, ()):
+            if d.since_us <= t_us and (current is None or d.since_us >= current.since_us):
+                current = d
+        if current is None or (current.until_us is not None and t_us >= current.until_us):
+            return frozenset()
+        return current.roles
+
+    def group_at(self, party: str, t_us: int) -> str | None:
+        group = None
+        best = -1
+        for since, g in self.membership.get(party, ()):
+            if since <= t_us and since >= best:
+                group, best = g, since
+        return group
+
+    def _finding(self, d: Deltas, rule: str, code: str, party: str, message: str, evidence: list[Ref],
+                 ref: Ref, occurred_us: int, **params: Any) -> None:
+        d.findings.append(Finding(rule, code, party, message, _dedupe([ref, *evidence]), ref.index, occurred_us,
+                                  params))
+
+    def _move(self, d: Deltas, party: str, lot: str, product: str | None, g: int, reo_g: int, ref: Ref,
+              occurred_us: int) -> None:
+        key = (party, lot)
+        bal = self.stock.setdefault(key, [0, 0])
+        bal[0] += g
+        bal[1] += reo_g
+        refs = self.stock_refs.setdefault(key, [])
+        refs.append(ref)
+        if len(refs) > 8:
+            del refs[:-8]
+        d.stock.append((party, lot, product, g, reo_g))
+        if bal[0] < 0 or bal[1] < 0:
+            if key not in self.negative:
+                self.negative.add(key)
+                self._finding(d, "stock", "NEGATIVE_STOCK", party,
+                              f"stock of lot {lot} at {party} would be {kg_text(bal[0])} kg "
+                              f"({kg_text(bal[1])} kg REO): more left than the ledger shows came in",
+                              list(refs), ref, occurred_us)
+        else:
+            self.negative.discard(key)
+
+    def _take(self, d: Deltas, party: str, lot: str, product: str | None, kg: Any, reo_kg: Any, ref: Ref,
+              occurred_us: int) -> tuple[int, int]:
+        """Take a lot out of a party's stock; REO or mass missing from the line is taken in
+        proportion from the lot's book balance."""
+        bal = self.stock.get((party, lot), [0, 0])
+        g = grams(kg) if kg is not None else None
+        reo = grams(reo_kg) if reo_kg is not None else None
+        if reo is None and g is not None:
+            reo = (g * bal[1] // bal[0]) if bal[0] > 0 else 0
+        if g is None and reo is not None:
+            g = (reo * bal[0] // bal[1]) if bal[1] > 0 else 0
+        info = self.lots.get(lot)
+        if info is None:
+            self._finding(d, "flow", "UNTRACEABLE_LOT", party,
+                          f"lot {lot} used by {party} was never produced, imported or received as scrap in the "
+                          "ledger: it does not trace back to a mine, a customs declaration or a scrap source",
+                          [], ref, occurred_us)
+        self._move(d, party, lot, product or (info.product if info else None), -(g or 0), -(reo or 0), ref,
+                   occurred_us)
+        return g or 0, reo or 0
+
+    def _new_lot(self, d: Deltas, lot: str, party: str, product: str | None, origin: str, ref: Ref,
+                 ore: str | None = None, scrap_share: Decimal = Decimal(0), ionic_share: Decimal = Decimal(0)) -> None:
+        if lot not in self.lots:
+            self.lots[lot] = LotInfo(lot, party, product, origin, ref, ore, scrap_share, ionic_share)
+            d.lots.append((lot, party, product, origin, ref.index))
+
+    # --- the fold ---------------------------------------------------------------------------
+    def apply(self, index: int, recorded_us: int, signed: SignedEntry) -> Deltas:
+        if index != self.position:
+            raise ValueError(f"projector at position {self.position} was given log index {index}")
+        self.position = index + 1
+        e = signed.entry
+        ref = Ref(e.chain, e.seq, signed.hash.hex(), index)
+        d = Deltas()
+        self.chain_hashes.setdefault(e.chain, []).append(signed.hash)
+        occurred_us = time_us(e.occurred_at) or recorded_us
+        body = e.body if isinstance(e.body, dict) else {}
+        self._due_checks(d, recorded_us, ref)
+        handler = getattr(self, "_on_" + e.type, None)
+        if handler is not None:
+            try:
+                handler(d, e.chain, body, ref, occurred_us, recorded_us)
+            except (KeyError, TypeError, AttributeError, ValueError, InvalidOperation) as err:
+                self._finding(d, "flow", "UNREADABLE_ENTRY", e.chain,
+                              f"the projections could not read this {e.type} ({type(err).__name__}: {err})",
+                              [], ref, occurred_us)
+        if e.type not in REGISTRY_LIKE:
+            self._timeliness(d, e.chain, e.type, ref, occurred_us, recorded_us)
+        if e.type in FLOW_TYPES and e.chain in self.designations:
+            month = month_of(occurred_us)
+            key = (e.chain, month)
+            if key not in self.active_months:
+                self.active_months.add(key)
+                self.month_refs[key] = ref
+                if key not in self.reports:
+                    heapq.heappush(self.due_reports, (report_due_us(month), e.chain, month))
+        return d
+
+    # registry ---------------------------------------------------------------------------------
+    def _on_PartyRegistered(self, d, chain, b, ref, occ, rec) -> None:
+        party = b["party"]
+        since = time_us(b.get("valid_from")) or occ
+        until = time_us(b.get("valid_until"))
+        roles = frozenset(b.get("roles") or ())
+        self.designations.setdefault(party, []).append(Designation(since, roles, until, b.get("group")))
+        self.names[party] = b.get("name", party)
+        if b.get("group"):
+            self.membership.setdefault(party, []).append((since, b["group"]))
+        d.parties.append((party, b.get("name", party), ",".join(sorted(roles)), b.get("province"), b.get("group"),
+                          since, until))
+
+    def _on_PartyDesignationChanged(self, d, chain, b, ref, occ, rec) -> None:
+        party = b["party"]
+        prev = self.designations.get(party, [])
+        last = prev[-1] if prev else Designation(0, frozenset(), None, None)
+        since = time_us(b.get("valid_from")) or occ
+        roles = frozenset(b["roles"]) if "roles" in b else last.roles
+        until = time_us(b.get("valid_until")) if "valid_until" in b else last.until_us
+        group = b.get("group", last.group)
+        self.designations.setdefault(party, []).append(Designation(since, roles, until, group))
+        if "name" in b:
+            self.names[party] = b["name"]
+        if "group" in b:
+            self.membership.setdefault(party, []).append((since, b["group"]))
+        d.parties.append((party, self.names.get(party, party), ",".join(sorted(roles)), b.get("province"), group,
+                          since, until))
+
+    def _on_GroupMembershipChanged(self, d, chain, b, ref, occ, rec) -> None:
+        since = time_us(b.get("effective_from")) or occ
+        self.membership.setdefault(b["party"], []).append((since, b["group"] if b.get("action") == "JOINED" else None))
+
+    # quota ------------------------------------------------------------------------------------
+    def _on_QuotaBatchIssued(self, d, chain, b, ref, occ, rec) -> None:
+        year, holder = int(b["year"]), b["holder"]
+        self.basis[(year, holder)] = b.get("basis", "OUTPUT")
+        for cat, name in (("MINING_ROCK", "mining_rock_t_reo"), ("MINING_IONIC", "mining_ionic_t_reo"),
+                          ("SEPARATION", "separation_t_reo")):
+            g = t_to_grams(b.get(name, "0"))
+            if g:
+                k = (year, holder, cat)
+                self.issued[k] = self.issued.get(k, 0) + g
+                self.issued_nation[(year, cat)] = self.issued_nation.get((year, cat), 0) + g
+                self.quota_refs.setdefault(k, []).append(ref)
+                d.quota.append((year, holder, cat, "ISSUED", g, None, ref.index))
+                self.over.discard(("enterprise", year, holder, cat))
+                self.over.discard(("group", year, holder, cat))
+                self.over.discard(("nation", year, "", cat))
+
+    def _on_QuotaSubAllocated(self, d, chain, b, ref, occ, rec) -> None:
+        year = int(b["batch"]["year"])
+        cat, g, ent = b["category"], t_to_grams(b["t_reo"]), b["enterprise"]
+        self.alloc_out[(year, chain, cat)] = self.alloc_out.get((year, chain, cat), 0) + g
+        self.alloc_in[(year, ent, cat)] = self.alloc_in.get((year, ent, cat), 0) + g
+        self.quota_refs.setdefault((year, ent, cat), []).append(ref)
+        if (year, chain) in self.basis:
+            self.basis.setdefault((year, ent), self.basis[(year, chain)])
+        d.quota.append((year, chain, cat, "SUBALLOCATED_OUT", g, None, ref.index))
+        d.quota.append((year, ent, cat, "SUBALLOCATED_IN", g, chain, ref.index))
+        self.over.discard(("enterprise", year, ent, cat))
+
+    def _on_QuotaReduced(self, d, chain, b, ref, occ, rec) -> None:
+        year, holder, cat, g = int(b["year"]), b["holder"], b["category"], t_to_grams(b["t_reo"])
+        self.reduced[(year, holder, cat)] = self.reduced.get((year, holder, cat), 0) + g
+        self.quota_refs.setdefault((year, holder, cat), []).append(ref)
+        d.quota.append((year, holder, cat, "REDUCED", g, None, ref.index))
+        self._check_quota(d, year, holder, cat, ref, occ)
+
+    def allocated(self, year: int, party: str, cat: str) -> int:
+        k = (year, party, cat)
+        return self.issued.get(k, 0) + self.alloc_in.get(k, 0) - self.reduced.get(k, 0)
+
+    def _use(self, d: Deltas, party: str, cat: str, g: int, ref: Ref, occ: int) -> None:
+        if g <= 0:
+            return
+        year = year_of(occ)
+        grp = self.group_at(party, occ)
+        k = (year, party, cat)
+        self.used[k] = self.used.get(k, 0) + g
+        if grp:
+            self.used_group[(year, grp, cat)] = self.used_group.get((year, grp, cat), 0) + g
+        self.used_nation[(year, cat)] = self.used_nation.get((year, cat), 0) + g
+        d.quota.append((year, party, cat, "USED", g, grp, ref.index))
+        self._check_quota(d, year, party, cat, ref, occ, grp)
+
+    def _check_quota(self, d: Deltas, year: int, party: str, cat: str, ref: Ref, occ: int,
+                     grp: str | None = None) -> None:
+        checks = [("enterprise", party, self.used.get((year, party, cat), 0), self.allocated(year, party, cat))]
+        if grp:
+            checks.append(("group", grp, self.used_group.get((year, grp, cat), 0),
+                           self.issued.get((year, grp, cat), 0) - self.reduced.get((year, grp, cat), 0)))
+        checks.append(("nation", "", self.used_nation.get((year, cat), 0), self.issued_nation.get((year, cat), 0)))
+        for level, who, used, limit in checks:
+            key = (level, year, who, cat)
+            if used > limit and key not in self.over:
+                self.over.add(key)
+                target = party if level == "enterprise" else (who or "nation")
+                evidence = list(self.quota_refs.get((year, who or party, cat), []))[:10]
+                self._finding(d, "quota", "OVER_QUOTA", party,
+                              f"{cat} {year} at {level} level ({target}): used {kg_text(used)} kg REO against "
+                              f"{kg_text(limit)} kg REO issued so far", evidence, ref, occ,
+                              level=level, holder=target, year=year, category=cat, used_kg=kg_text(used),
+                              limit_kg=kg_text(limit))
+
+    # material flow --------------------------------------------------------------------------
+    def _on_MineralProductProduced(self, d, chain, b, ref, occ, rec) -> None:
+        if "MINE" not in self.roles_at(chain, occ):
+            self._finding(d, "designation", "NOT_DESIGNATED", chain,
+                          f"{chain} recorded mining output at {encoding.micros_to_time_text(occ)} without a "
+                          "designation as a mine at that time", [], ref, occ)
+        lot, ore = b["lot"], b.get("ore_type", "ROCK")
+        reo = grams(b["reo_kg"])
+        self._new_lot(d, lot, chain, b.get("product", "RE_CONCENTRATE"), "MINE", ref, ore=ore,
+                      ionic_share=Decimal(1 if ore == "IONIC" else 0))
+        self._move(d, chain, lot, b.get("product", "RE_CONCENTRATE"), grams(b["dry_kg"]), reo, ref, occ)
+        d.flow.append(("PRODUCTION", chain, None, chain, lot, b.get("product", "RE_CONCENTRATE"),
+                       grams(b["dry_kg"]), reo, b.get("site")))
+        self._use(d, chain, "MINING_IONIC" if ore == "IONIC" else "MINING_ROCK", reo, ref, occ)
+
+    def _on_ImportReceived(self, d, chain, b, ref, occ, rec) -> None:
+        lot = b["lot"]
+        g = grams(b["dry_kg"])
+        reo = grams(b["reo_kg"]) if "reo_kg" in b else int(Decimal(g) * Decimal(b["treo_pct"]) / 100)
+        product = b.get("product") or ("MONAZITE_CONCENTRATE" if b.get("form") == "MONAZITE" else None)
+        self._new_lot(d, lot, chain, product, "IMPORT", ref)
+        self._move(d, chain, lot, product, g, reo, ref, occ)
+        d.flow.append(("IMPORT", f"customs:{b.get('customs_declaration_no')}", None, chain, lot, product, g, reo,
+                       b.get("origin_country")))
+
+    def _on_SecondaryFeedReceived(self, d, chain, b, ref, occ, rec) -> None:
+        lot = b["lot"]
+        g = grams(b["kg"])
+        reo = grams(b["reo_kg"]) if "reo_kg" in b else int(Decimal(g) * Decimal(b["treo_pct"]) / 100)
+        self._new_lot(d, lot, chain, b.get("scrap_type"), "SCRAP", ref, scrap_share=Decimal(1))
+        self._move(d, chain, lot, b.get("scrap_type"), g, reo, ref, occ)
+        d.flow.append(("SCRAP", f"scrap:{b.get('source')}", None, chain, lot, b.get("scrap_type"), g, reo, None))
+
+    def _batch(self, d, chain, b, ref, occ, kind: str) -> tuple[int, int, Decimal, Decimal, list]:
+        """Consume inputs, produce outputs with proportional attribution; returns
+        (REO in, REO out, scrap share, ionic share, inputs)."""
+        inputs = []
+        reo_in = 0
+        scrap = Decimal(0)
+        ionic = Decimal(0)
+        mineral_in = False
+        for line in b.get("inputs", []):
+            info = self.lots.get(line["lot"])
+            g, reo = self._take(d, chain, line["lot"], info.product if info else None, line.get("kg"),
+                                line.get("reo_kg"), ref, occ)
+            inputs.append((line["lot"], g, reo))
+            reo_in += reo
+            if info is not None:
+                scrap += info.scrap_share * reo
+                ionic += info.ionic_share * reo
+                mineral_in = mineral_in or (product_class(info.product) == "MINERAL"
+                                            and info.product not in ("MIXED_CARBONATE", "MIXED_CHLORIDE", "MIXED_OXIDE"))
+        scrap_share = (scrap / reo_in) if reo_in else Decimal(0)
+        ionic_share = (ionic / reo_in) if reo_in else Decimal(0)
+        reo_out = 0
+        for out in b.get("outputs", []):
+            g, reo = grams(out["kg"]), grams(out["reo_kg"])
+            reo_out += reo
+            self._new_lot(d, out["lot"], chain, out.get("product"), kind, ref, scrap_share=scrap_share,
+                          ionic_share=ionic_share)
+            self._move(d, chain, out["lot"], out.get("product"), g, reo, ref, occ)
+            for lot, _g_in, reo_in_lot in inputs:  # proportional attribution within the batch
+                share = Decimal(reo_in_lot) / reo_in if reo_in else Decimal(0)
+                d.flow.append((kind, chain, lot, chain, out["lot"], out.get("product"),
+                               int(Decimal(g) * share), int(Decimal(reo) * share), b.get("batch")))
+        self._mineral_in = mineral_in
+        return reo_in, reo_out, scrap_share, ionic_share, inputs
+
+    def _on_SeparationBatchRecorded(self, d, chain, b, ref, occ, rec) -> None:
+        if "SEPARATION" not in self.roles_at(chain, occ):
+            self._finding(d, "designation", "NOT_DESIGNATED", chain,
+                          f"{chain} recorded a separation batch at {encoding.micros_to_time_text(occ)} without a "
+                          "designation as a separation plant at that time", [], ref, occ)
+        reo_in, reo_out, scrap_share, ionic_share, _ = self._batch(d, chain, b, ref, occ, "SEPARATION")
+        losses = grams(b.get("losses_reo_kg", "0"))
+        # quota: on the indicator's basis; secondary feed's share is recorded apart, not counted
+        basis = self.basis.get((year_of(occ), chain))
+        if basis is None:
+            grp = self.group_at(chain, occ)
+            basis = self.basis.get((year_of(occ), grp), "OUTPUT") if grp else "OUTPUT"
+        counted = reo_out if basis == "OUTPUT" else reo_in
+        self._use(d, chain, "SEPARATION", int(Decimal(counted) * (1 - scrap_share)), ref, occ)
+        # mass balance and yield
+        if reo_in > 0:
+            tol = Decimal(RULE_PARAMETERS["mass_balance_tolerance_pct"]) / 100
+            if abs(reo_in - reo_out - losses) > tol * reo_in:
+                self._finding(d, "mass_balance", "MASS_IMBALANCE", chain,
+                              f"batch {b.get('batch')}: REO in {kg_text(reo_in)} kg != out {kg_text(reo_out)} kg + "
+                              f"losses {kg_text(losses)} kg", [], ref, occ)
+            yield_pct = Decimal(reo_out) * 100 / reo_in
+            band = Decimal("94") if ionic_share > Decimal("0.5") else Decimal("96")
+            if self._mineral_in:
+                band = band * Decimal("0.92")  # concentrate -> mixed -> separated in one batch
+            if yield_pct > 100:
+                self._finding(d, "mass_balance", "YIELD_ABOVE_100", chain,
+                              f"batch {b.get('batch')}: yield {yield_pct:.2f}% of input REO is above 100%: "
+                              "unrecorded feed", [], ref, occ, yield_pct=f"{yield_pct:.2f}")
+            elif yield_pct < band:
+                self._finding(d, "mass_balance", "YIELD_BELOW_BAND", chain,
+                              f"batch {b.get('batch')}: yield {yield_pct:.2f}% is below the recovery band "
+                              f"({band:.2f}%): possible diversion", [], ref, occ, yield_pct=f"{yield_pct:.2f}",
+                              band_pct=f"{band:.2f}")
+
+    def _on_MetalSmelted(self, d, chain, b, ref, occ, rec) -> None:
+        self._batch(d, chain, b, ref, occ, "SMELTING")
+
+    def _on_TransferShipped(self, d, chain, b, ref, occ, rec) -> None:
+        tid, buyer = b["transfer_id"], b["buyer"]
+        lines = []
+        for line in b["lines"]:
+            g, reo = self._take(d, chain, line["lot"], line.get("product"), line["kg"], line.get("reo_kg"), ref, occ)
+            lines.append((line["lot"], line.get("product"), g, reo))
+            d.flow.append(("TRANSFER", chain, line["lot"], buyer, line["lot"], line.get("product"), g, reo, tid))
+        shipped = time_us(b.get("shipped_at")) or occ
+        self.shipments[(chain, tid)] = {"buyer": buyer, "lines": lines, "ref": ref, "received": False,
+                                        "shipped_us": shipped}
+        due = shipped + int(RULE_PARAMETERS["receipt_within_days"]) * DAY_US
+        heapq.heappush(self.due_shipments, (due, chain, tid))
+
+    def _on_TransferReceived(self, d, chain, b, ref, occ, rec) -> None:
+        tid, seller = b["transfer_id"], b["seller"]
+        ship = self.shipments.get((seller, tid))
+        roles = self.roles_at(chain, occ)
+        received = []
+        for line in b["lines"]:
+            info = self.lots.get(line["lot"])
+            g = grams(line["kg"])
+            reo = grams(line["reo_kg"]) if "reo_kg" in line else None
+            if reo is None and ship is not None:
+                match = [x for x in ship["lines"] if x[0] == line["lot"]]
+                reo = (match[0][3] * g // match[0][2]) if match and match[0][2] else 0
+            self._move(d, chain, line["lot"], line.get("product"), g, reo or 0, ref, occ)
+            received.append((line["lot"], line.get("product"), g))
+            if "RECYCLER" in roles and product_class(line.get("product") or (info.product if info else None)) == "MINERAL":
+                self._finding(d, "designation", "RECYCLER_MINERAL_FEED", chain,
+                              f"recycler {chain} received rare earth mineral product {line.get('product')} "
+                              f"(lot {line['lot']}) as feed", [ship["ref"]] if ship else [], ref, occ)
+        if ship is None:
+            self._finding(d, "flow", "RECEIPT_WITHOUT_SHIPMENT", chain,
+                          f"{chain} received transfer {tid} that {seller} never shipped", [], ref, occ)
+            return
+        ship["received"] = True
+        shipped = sorted((x[0], x[1], x[2]) for x in ship["lines"])
+        if sorted(received) != shipped:
+            self._finding(d, "flow", "RECEIPT_MISMATCH", chain,
+                          f"transfer {tid} from {seller}: the lines received differ from the lines shipped",
+                          [ship["ref"]], ref, occ)
+
+    def _on_ExportDeclared(self, d, chain, b, ref, occ, rec) -> None:
+        g, reo = self._take(d, chain, b["lot"], b.get("product"), b["kg"], b.get("reo_kg"), ref, occ)
+        d.flow.append(("EXPORT", chain, b["lot"], f"export:{b.get('destination_country')}", None, b.get("product"),
+                       g, reo, b.get("customs_declaration_no")))
+
+    def _on_StockCounted(self, d, chain, b, ref, occ, rec) -> None:
+        counted = grams(b["counted_kg"])
+        if "lot" in b:
+            book = self.stock.get((chain, b["lot"]), [0, 0])[0]
+            what = f"lot {b['lot']}"
+            refs = self.stock_refs.get((chain, b["lot"]), [])
+        else:
+            book = sum(v[0] for (p, lot), v in self.stock.items()
+                       if p == chain and (self.lots.get(lot) and self.lots[lot].product == b.get("product")))
+            what = f"product {b.get('product')}"
+            refs = []
+        tol = Decimal(RULE_PARAMETERS["stock_count_tolerance_pct"]) / 100
+        if abs(counted - book) > tol * max(book, 1):
+            self._finding(d, "stock", "STOCK_COUNT_DIFFERENCE", chain,
+                          f"{what}: counted {kg_text(counted)} kg, the books say {kg_text(book)} kg", list(refs)[-5:],
+                          ref, occ, counted_kg=kg_text(counted), book_kg=kg_text(book))
+
+    # reporting and enforcement ------------------------------------------------------------------
+    def _on_MonthlyFlowReportSubmitted(self, d, chain, b, ref, occ, rec) -> None:
+        month = b["month"]
+        self.reports[(chain, month)] = ref.index
+        due = report_due_us(month)
+        if rec >= due:
+            self._finding(d, "reporting", "REPORT_LATE", chain,
+                          f"the flow report for {month} was recorded {encoding.micros_to_time_text(rec)}, after "
+                          f"the due date {encoding.micros_to_time_text(due)}", [], ref, occ, month=month)
+        hashes = self.chain_hashes.get(chain, [])
+        first, last = int(b["first_seq"]), int(b["last_seq"])
+        covered = hashes[first - 1:last] if last <= len(hashes) else None
+        if covered is None or hashlib.sha256(b"".join(covered)).digest() != b.get("digest"):
+            self._finding(d, "reporting", "REPORT_DIGEST_MISMATCH", chain,
+                          f"the flow report for {month} states a digest that does not match entries "
+                          f"{first}..{last} of {chain}", [], ref, occ, month=month)
+
+    def _on_ViolationFound(self, d, chain, b, ref, occ, rec) -> None:
+        d.credit.append((b["party"], "VIOLATION", b.get("article"), None, 0,
+                         f"{b.get('rule')}: {b.get('description')}"))
+
+    def _on_PenaltyImposed(self, d, chain, b, ref, occ, rec) -> None:
+        d.credit.append((b["party"], "PENALTY", b.get("article"), b.get("fine_cny"),
+                         t_to_grams(b.get("next_year_cut_t_reo", "0")), b.get("decision_no")))
+
+    # time-driven rules --------------------------------------------------------------------------
+    def _due_checks(self, d: Deltas, now_us: int, ref: Ref) -> None:
+        while self.due_shipments and self.due_shipments[0][0] <= now_us:
+            due, seller, tid = heapq.heappop(self.due_shipments)
+            ship = self.shipments.get((seller, tid))
+            if ship and not ship["received"]:
+                d.findings.append(Finding(
+                    "flow", "SHIPMENT_NOT_RECEIVED", seller,
+                    f"transfer {tid} from {seller} to {ship['buyer']} was not received within "
+                    f"{RULE_PARAMETERS['receipt_within_days']} days", [ship["ref"]], ref.index, due,
+                    {"buyer": ship["buyer"], "transfer_id": tid}))
+        while self.due_reports and self.due_reports[0][0] <= now_us:
+            due, party, month = heapq.heappop(self.due_reports)
+            if (party, month) not in self.reports:
+                d.findings.append(Finding(
+                    "reporting", "REPORT_MISSING", party,
+                    f"no flow report for {month} by the due date {encoding.micros_to_time_text(due)}",
+                    [self.month_refs[(party, month)]], ref.index, due, {"month": month}))
+
+    def _timeliness(self, d: Deltas, party: str, type: str, ref: Ref, occ: int, rec: int) -> None:
+        limit = int(RULE_PARAMETERS["backdating_days"]) * DAY_US
+        if rec - occ > limit:
+            self._finding(d, "timeliness", "BACKDATED", party,
+                          f"{type} recorded {encoding.micros_to_time_text(rec)}, {(rec - occ) // DAY_US} days after "
+                          f"its business time {encoding.micros_to_time_text(occ)}", [], ref, occ,
+                          days=(rec - occ) // DAY_US)
+        elif occ - rec > DAY_US:
+            self._finding(d, "timeliness", "FUTURE_DATED", party,
+                          f"{type} has a business time {encoding.micros_to_time_text(occ)} after it was recorded",
+                          [], ref, occ)
+
+
+def _dedupe(refs: list[Ref]) -> list[Ref]:
+    seen, out = set(), []
+    for r in refs:
+        if r.index not in seen:
+            seen.add(r.index)
+            out.append(r)
+    return out

@@ -1,0 +1,72 @@
+"""Reference data, versioned in one place: products, REO factors, recovery bands, rule parameters.
+
+The command API's catalogue (commands/catalogue.py) validates against these values and the
+projections evaluate the rules with them; both import them from here (``projections`` may not
+import ``commands``). A change of any value is a new version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VERSION = "2024.1"
+
+
+def _products() -> dict[str, dict[str, str | None]]:
+    """Product code -> {"class": MINERAL|SEPARATED|METAL|ALLOY, "element": symbol or None}."""
+    p: dict[str, dict[str, str | None]] = {}
+    for code in ("RE_CONCENTRATE", "BASTNAESITE_CONCENTRATE", "MONAZITE_CONCENTRATE", "IONIC_CONCENTRATE",
+                 "MIXED_CARBONATE", "MIXED_CHLORIDE", "MIXED_OXIDE"):
+        p[code] = {"class": "MINERAL", "element": None}
+    for code, el in (("La2O3", "La"), ("CeO2", "Ce"), ("Pr6O11", "Pr"), ("Nd2O3", "Nd"), ("Sm2O3", "Sm"),
+                     ("Eu2O3", "Eu"), ("Gd2O3", "Gd"), ("Tb4O7", "Tb"), ("Dy2O3", "Dy"), ("Ho2O3", "Ho"),
+                     ("Er2O3", "Er"), ("Tm2O3", "Tm"), ("Yb2O3", "Yb"), ("Lu2O3", "Lu"), ("Y2O3", "Y"),
+                     ("Sc2O3", "Sc")):
+        p[code] = {"class": "SEPARATED", "element": el}
+    for code in ("PrNd_OXIDE", "LaCe_OXIDE", "SEG_ENRICHED", "HEAVY_RE_ENRICHED", "CE_CARBONATE",
+                 "LaCe_CARBONATE"):
+        p[code] = {"class": "SEPARATED", "element": None}
+    for el in ("La", "Ce", "Pr", "Nd", "Sm", "Gd", "Tb", "Dy", "Ho", "Er", "Y", "Sc"):
+        p[f"{el}_METAL"] = {"class": "METAL", "element": el}
+    for code in ("PrNd_METAL", "LaCe_METAL", "MISCHMETAL"):
+        p[code] = {"class": "METAL", "element": None}
+    for code in ("DyFe_ALLOY", "GdFe_ALLOY", "HoFe_ALLOY", "NdFe_ALLOY", "PrNdFe_ALLOY"):
+        p[code] = {"class": "ALLOY", "element": None}
+    return p
+
+
+REFERENCE_DATA: dict[str, Any] = {
+    "version": VERSION,
+    "sources": "DOMAIN.md: REO factors from atomic weights; recovery bands from the 2016 industry "
+               "standard conditions",
+    # kg REO per kg metal (oxide named where the oxide is not M2O3)
+    "reo_factors": {"La": "1.1728", "Ce": "1.2284", "Pr": "1.2082", "Nd": "1.1664", "Sm": "1.1596",
+                    "Eu": "1.1579", "Gd": "1.1526", "Tb": "1.1762", "Dy": "1.1477", "Ho": "1.1455",
+                    "Er": "1.1435", "Tm": "1.1421", "Yb": "1.1387", "Lu": "1.1372", "Y": "1.2699",
+                    "Sc": "1.5338"},
+    "reo_oxides": {"Ce": "CeO2", "Pr": "Pr6O11", "Tb": "Tb4O7"},
+    # minimum recoveries (%), exclusive: yields at or below flag; above 100 % of input flags too
+    "recovery_bands": {"concentrate_to_mixed": {"min_pct": "92"},
+                       "mixed_to_separated_rock": {"min_pct": "96"},
+                       "mixed_to_separated_ionic": {"min_pct": "94"},
+                       "max_pct": "100"},
+    "products": _products(),
+}
+
+PRODUCTS: dict[str, dict[str, str | None]] = REFERENCE_DATA["products"]
+
+
+def product_class(code: str | None) -> str | None:
+    info = PRODUCTS.get(code or "")
+    return info["class"] if info else None
+
+
+#: Parameters of the rules (DOMAIN.md leaves them open: "N a parameter"). Each finding
+#: states the parameters it was judged with.
+RULE_PARAMETERS: dict[str, Any] = {
+    "receipt_within_days": 30,        # rule 5: a shipment must be received within N days
+    "report_due_day": 10,             # rule 6: the previous month's report before the 10th
+    "backdating_days": 15,            # rule 7: recorded this long after its business time
+    "mass_balance_tolerance_pct": "0.5",  # rule 4: |in - out - losses| above this % of input
+    "stock_count_tolerance_pct": "0.5",   # rule 3: count vs book difference tolerated
+}
