@@ -1,0 +1,107 @@
+"""What the demo prints: a narrative, quota and stock tables, the findings against the
+seeded violations, verification, and where the flow graph and reports were written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ledger.verify import verify_database
+from projections import flowgraph, queries
+
+
+def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    from .demo import SEEDED, YEAR
+
+    ps = demo.projections
+    ps.catch_up()
+    report = verify_database(url)
+    quota = queries.quota(ps, YEAR)
+    stock = queries.stock(ps)
+    found = queries.findings(ps)["findings"]
+    seeded, matched = {}, set()
+    for key, spec in SEEDED.items():
+        where = demo.seeded_where.get(key, {})
+        hits = [f for f in found if f["code"] in spec["codes"] and f["party"] == where.get("party")]
+        for f in hits:
+            matched.add((f["index"], f["code"], f["party"]))
+        seeded[key] = {"what": spec["what"], "where": where, "found": bool(hits) and {f["code"] for f in hits} ==
+                       spec["codes"], "findings": hits}
+    unexpected = [f for f in found if (f["index"], f["code"], f["party"]) not in matched]
+    # a flow graph: an exported lot traced upstream to its mines
+    exported = [e for e in queries.flow_edges(ps) if e["kind"] == "EXPORT"]
+    graph_files = {}
+    if exported:
+        lot = exported[-1]["src_lot"]
+        g = flowgraph.trace(ps, lot, "up")
+        for ext, text in (("svg", flowgraph.to_svg(g, f"lot {lot} upstream")), ("dot", flowgraph.to_dot(g))):
+            path = out / f"flow-{lot}.{ext}"
+            path.write_text(text)
+            graph_files[ext] = str(path)
+    parties = [{"id": p.id, "name": p.name, "roles": p.roles, "province": p.province, "group": p.group}
+               for p in [demo.reg] + demo.cast_list]
+    return {
+        "db": url, "year": YEAR, "scale": demo.scale, "seed": demo.seed, "entries": stats["entries"],
+        "seconds": stats["seconds"], "parties": parties,
+        "findings": [{"rule": f["rule"], "code": f["code"], "party": f["party"], "message": f["message"],
+                      "index": f["index"], "evidence": f["evidence"]} for f in found],
+        "seeded": seeded, "seeded_all_found": all(v["found"] for v in seeded.values()),
+        "unexpected_findings": unexpected,
+        "verified": report.ok, "verify": {k: v for k, v in report.to_dict().items() if k != "problems"},
+        "checkpoints": len(demo.store.checkpoints()),
+        "quota": quota, "stock_by_product": stock["by_product"],
+        "files": {"flow_graph": graph_files, "keys": str(out / "keys")},
+    }
+
+
+def print_summary(con, r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    con.print(f"\n[bold]What happened[/bold] ({r['seconds']} s): {r['entries']} signed entries from "
+              f"{len(r['parties'])} parties in {r['year']}: the regulator registered the cast and their keys, "
+              "approved the annual totals and issued two quota batches; the groups sub-allocated them; mines "
+              "produced and shipped concentrate; plants separated it (and imported monazite); a smelter made "
+              "metal; an exporter exported; a recycler took scrap; everyone counted stock and reported monthly. "
+              f"The operator signed {r['checkpoints']} checkpoints.")
+    t = Table(title=f"Quota {r['year']}: enterprises (t REO)")
+    for c in ("party", "category", "allocated", "used", "remaining", "% used"):
+        t.add_column(c, justify="right" if c not in ("party", "category") else "left")
+    names = {p["id"]: p["name"] for p in r["parties"]}
+    for e in r["quota"]["enterprises"]:
+        pct = e["percent_used"] or "-"
+        style = "red" if e["over"] else None
+        t.add_row(names.get(e["party"], e["party"])[:40], e["category"], e["allocated_t"], e["used_t"],
+                  e["remaining_t"], pct, style=style)
+    con.print(t)
+    t = Table(title="Quota: groups and nation (t REO)")
+    for c in ("holder", "category", "issued", "used", "remaining", "% used"):
+        t.add_column(c)
+    for g in r["quota"]["groups"]:
+        t.add_row(g["group"], g["category"], g["issued_t"], g["used_t"], g["remaining_t"], g["percent_used"] or "-")
+    for n in r["quota"]["nation"]:
+        t.add_row("nation", n["category"], n["issued_t"], n["used_t"], n["remaining_t"], n["percent_used"] or "-")
+    con.print(t)
+    t = Table(title="Stock at year end (by party and product)")
+    for c in ("party", "product", "kg", "kg REO"):
+        t.add_column(c)
+    for s in r["stock_by_product"][:25]:
+        t.add_row(names.get(s["party"], s["party"])[:40], s["product"], s["kg"], s["reo_kg"])
+    con.print(t)
+    con.print("\n[bold]Seeded violations[/bold]")
+    for key, s in r["seeded"].items():
+        mark = "[green]found[/green]" if s["found"] else "[red]NOT FOUND[/red]"
+        con.print(f"  {mark}  {s['what']}")
+        for f in s["findings"]:
+            ev = ", ".join(f"{e['chain'][:18]}:{e['seq']} ({e['hash'][:12]}…)" for e in f["evidence"][:3])
+            con.print(f"         {f['code']}: {f['message']}\n         evidence: {ev}")
+    if r["unexpected_findings"]:
+        con.print(f"[red]{len(r['unexpected_findings'])} findings nobody seeded:[/red]")
+        for f in r["unexpected_findings"][:10]:
+            con.print(f"  {f['code']} {f['party']}: {f['message']}")
+    v = r["verify"]
+    status = "[green]verified[/green]" if r["verified"] else "[red]VERIFICATION FAILED[/red]"
+    con.print(f"\n{status}: {v['entries']} entries, {v['chains']} chains, {v['keys']} keys, {v['checkpoints']} "
+              f"checkpoints; root {v['root']}")
+    for kind, path in r["files"]["flow_graph"].items():
+        con.print(f"flow graph ({kind}): {path}")
+    con.print(f"ledger: {r['db']}   (try: reledger verify --db {r['db']})")
