@@ -1,0 +1,183 @@
+"""An enterprise's client: holds its key, builds and signs entries, submits them over HTTP.
+
+    from commands.client import LedgerClient
+    from ledger.keys import SigningKey
+
+    client = LedgerClient("http://127.0.0.1:8080", SigningKey.read("MINE01.key"))
+    receipt = client.append("MineralProductProduced", {...}, occurred_at="2024-03-01T08:00:00Z")
+
+Retries are safe: a retried submission carries the same signed bytes and the same command id,
+so the ledger records it once and answers the original receipt (``duplicate=True``).
+Refusals raise :class:`Refused` (or a subclass) with the server's RFC 9457 problem fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import msgpack
+
+from commands.auth import sign_request
+from ledger import merkle
+from ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from ledger.encoding import time_text
+from ledger.entry import SignedEntry
+from ledger.genesis import ChainSigner
+from ledger.keys import SigningKey
+
+
+class ClientError(Exception):
+    """The server could not be reached, or answered something unexpected."""
+
+
+class Refused(ClientError):
+    """The server refused the request (RFC 9457 problem)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]):
+        self.status, self.problem = status, problem
+        self.code = problem.get("code", "")
+        self.field = problem.get("field")
+        self.detail = problem.get("detail", "")
+        super().__init__(f"{status} {self.code}: {self.detail}")
+
+
+class Conflict(Refused):
+    """409: the chain moved (seq/prev) or the command id was used for other bytes."""
+
+
+class Unauthorized(Refused):
+    """401/403: the request was not authenticated or not allowed."""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    receipts: list[dict[str, Any]]
+    findings: list[dict[str, Any]]
+
+
+class LedgerClient:
+    def __init__(self, base_url: str, key: SigningKey, *, timeout: float = 30.0, retries: int = 5,
+                 transport: httpx.BaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.retries = retries
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+        self.signer: ChainSigner | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "LedgerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- transport ---------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body: bytes = b"", content_type: str | None = None,
+                 signed: bool = True, accept: str | None = None) -> httpx.Response:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            headers = sign_request(self.key, method, path, body) if signed else {}
+            if content_type:
+                headers["Content-Type"] = content_type
+            if accept:
+                headers["Accept"] = accept
+            try:
+                resp = self.http.request(method, path, content=body, headers=headers)
+            except httpx.TransportError as e:  # connection refused/reset, timeout: retry same bytes
+                last = e
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                continue
+            if resp.status_code in (502, 503, 504):
+                last = ClientError(f"server answered {resp.status_code}")
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+                continue
+            if resp.status_code >= 400:
+                try:
+                    problem = resp.json()
+                except ValueError:
+                    problem = {"detail": resp.text}
+                cls = Conflict if resp.status_code == 409 else (
+                    Unauthorized if resp.status_code in (401, 403) else Refused)
+                raise cls(resp.status_code, problem)
+            return resp
+        raise ClientError(f"{method} {path} failed after {self.retries + 1} attempts: {last}")
+
+    # --- appending -----------------------------------------------------------------------
+    def sync(self) -> ChainSigner:
+        """Fetch the chain head from the server and prepare to sign the next entry."""
+        h = self.head(self.key.party)
+        self.signer = ChainSigner(self.key, seq=h["seq"], head=bytes.fromhex(h["entry_hash"]))
+        return self.signer
+
+    def submit(self, envelopes: list[bytes]) -> AppendResult:
+        """Submit one all-or-nothing group of signed envelopes (safe to retry)."""
+        body = msgpack.packb(list(envelopes), use_bin_type=True)
+        resp = self._request("POST", "/v1/entries", body=body, content_type="application/msgpack", signed=False)
+        data = resp.json()
+        return AppendResult(data["receipts"], data.get("findings", []))
+
+    def append(self, type: str, body: dict, occurred_at: str | datetime | None = None,
+               command_id: str | None = None) -> dict[str, Any]:
+        """Sign and submit the next entry of this party's chain; returns its receipt."""
+        return self.append_many([(type, body, occurred_at, command_id)]).receipts[0]
+
+    def append_many(self, items: list[tuple]) -> AppendResult:
+        """Sign several entries (type, body[, occurred_at[, command_id]]) and submit them as one group."""
+        signer = self.signer or self.sync()
+        seq, head = signer.seq, signer.head
+        signed: list[SignedEntry] = []
+        for item in items:
+            type, body, occurred_at, command_id = (tuple(item) + (None, None))[:4]
+            if occurred_at is None:
+                occurred_at = datetime.now(timezone.utc).replace(microsecond=0)
+            if isinstance(occurred_at, datetime):
+                occurred_at = time_text(occurred_at)
+            signed.append(signer.sign(type, body, occurred_at, command_id))
+        try:
+            result = self.submit([s.envelope for s in signed])
+        except Refused:
+            signer.seq, signer.head = seq, head  # nothing was written: roll the cursor back
+            if isinstance(self, LedgerClient):
+                self.signer = None  # resync on the next append (the chain may have moved)
+            raise
+        return result
+
+    # --- reading -------------------------------------------------------------------------
+    def head(self, chain: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/chains/{chain}/head").json()
+
+    def entry(self, chain: str, seq: int) -> dict[str, Any]:
+        return self._request("GET", f"/v1/chains/{chain}/entries/{seq}").json()
+
+    def checkpoint(self, verifier: NoteVerifier | None = None) -> tuple[bytes, Checkpoint | None]:
+        note = self._request("GET", "/v1/checkpoint").content
+        return note, (verify_checkpoint(note, verifier) if verifier else None)
+
+    def inclusion(self, chain: str, seq: int, size: int | None = None) -> dict[str, Any]:
+        path = f"/v1/proofs/inclusion?chain={chain}&seq={seq}" + (f"&size={size}" if size else "")
+        return self._request("GET", path).json()
+
+    def consistency(self, first: int, second: int) -> dict[str, Any]:
+        return self._request("GET", f"/v1/proofs/consistency?first={first}&second={second}").json()
+
+    def verify_inclusion(self, chain: str, seq: int, verifier: NoteVerifier) -> Checkpoint:
+        """Check that an entry is in the log the operator signed: fetch the signed checkpoint,
+        the entry and its proof, and verify all three here (trusting no server)."""
+        note, cp = self.checkpoint(verifier)
+        assert cp is not None
+        rec = self.entry(chain, seq)
+        proof = self.inclusion(chain, seq, cp.size)
+        env = base64.b64decode(rec["envelope"])
+        s = SignedEntry.parse(env)
+        from ledger.entry import leaf_bytes
+
+        leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
+        merkle.verify_inclusion(leaf, proof["index"], cp.size, [bytes.fromhex(h) for h in proof["proof"]], cp.root)
+        return cp

@@ -1,0 +1,321 @@
+"""The HTTP surface of the command API (``reledger serve``); see docs/HTTP.md.
+
+FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`commands.api.CommandAPI`:
+
+* ``POST /v1/entries``  append one all-or-nothing group of signed envelopes
+  (``application/msgpack``: a canonical msgpack array of bin envelopes, or one bin envelope;
+  ``application/json``: ``{"entries": [base64 envelope, ...]}``). Concurrent requests are
+  grouped into one transaction by :class:`GroupCommitter` (group commit).
+* reads (signed requests, see commands/auth.py): chain head, entry, checkpoint, inclusion and
+  consistency proofs. Regulators and auditors read everything; an enterprise reads its own
+  chain and the transfers it is party to; an anonymous request reads nothing.
+
+Every error is ``application/problem+json`` (RFC 9457) with the API's own message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import queue
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import msgpack
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from commands.api import CommandAPI, CommandError
+from commands.auth import AuthError, RequestAuthenticator
+from ledger import encoding
+from ledger.store import LedgerStore
+
+MAX_BODY = 4 * 1024 * 1024
+MAX_GROUP = 5000
+PROBLEM = "application/problem+json"
+
+
+class Problem(Exception):
+    def __init__(self, status: int, code: str, detail: str, field: str | None = None,
+                 position: int | None = None, title: str | None = None):
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+        self.field, self.position, self.title = field, position, title
+
+    def response(self, instance: str | None = None) -> JSONResponse:
+        body = {"type": f"https://reledger.example/problems/{self.code}", "title": self.title or _TITLES.get(
+            self.status, "Error"), "status": self.status, "detail": self.detail, "code": self.code}
+        if self.field is not None:
+            body["field"] = self.field
+        if self.position is not None:
+            body["position"] = self.position
+        if instance:
+            body["instance"] = instance
+        return JSONResponse(body, status_code=self.status, media_type=PROBLEM)
+
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+           413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
+           405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def problem_of(err: CommandError) -> Problem:
+    return Problem(getattr(err, "status", 400), err.code, str(err), getattr(err, "field", None),
+                   getattr(err, "position", None))
+
+
+class GroupCommitter:
+    """One writer thread: takes every group waiting in the queue and commits them together."""
+
+    def __init__(self, api: CommandAPI, max_groups: int = 256, max_entries: int = 5000):
+        self.api = api
+        self.max_groups, self.max_entries = max_groups, max_entries
+        self.q: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="reledger-group-commit", daemon=True)
+        self.thread.start()
+
+    def submit(self, group: list[bytes]) -> Future:
+        f: Future = Future()
+        self.q.put((group, f))
+        return f
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            batch = [item]
+            n = len(item[0])
+            while len(batch) < self.max_groups and n < self.max_entries:
+                try:
+                    nxt = self.q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.q.put(None)
+                    break
+                batch.append(nxt)
+                n += len(nxt[0])
+            try:
+                results = self.api.submit_groups([g for g, _ in batch])
+            except Exception as e:  # noqa: BLE001 - the transaction failed: every waiter learns it
+                for _, f in batch:
+                    f.set_exception(e)
+                continue
+            for (_, f), r in zip(batch, results):
+                if isinstance(r, Exception):
+                    f.set_exception(r)
+                else:
+                    f.set_result(r)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
+    store = LedgerStore(url)
+    api = CommandAPI(store)
+    committer = GroupCommitter(api)
+    authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
+
+    app = FastAPI(title="reledger", version="1",
+                  description="Signed, append-only rare earth traceability ledger: the command API. "
+                              "Errors are RFC 9457 problem+json; reads need a signed request (docs/HTTP.md).")
+    app.state.store, app.state.api, app.state.committer = store, api, committer
+
+    @app.on_event("shutdown")
+    def _shutdown() -> None:
+        committer.close()
+        store.close()
+
+    # --- errors --------------------------------------------------------------------------
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem):
+        return exc.response(request.url.path)
+
+    @app.exception_handler(CommandError)
+    async def _command_error(request: Request, exc: CommandError):
+        return problem_of(exc).response(request.url.path)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError):
+        return Problem(exc.status, "unauthorized", str(exc)).response(request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        return Problem(400, "invalid_request", f"{loc}: {first.get('msg', 'invalid request')}",
+                       field=loc or None).response(request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return Problem(exc.status_code, "http_error", str(exc.detail)).response(request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return Problem(500, "internal", f"internal error: {type(exc).__name__}").response(request.url.path)
+
+    # --- helpers -------------------------------------------------------------------------
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise Problem(400, "invalid_request", "Content-Length is not a number")
+            if int(declared) > MAX_BODY:
+                raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def who(request: Request, body: bytes = b"") -> tuple[str, frozenset[str]]:
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        party = authenticator.authenticate(request.method, path, request.headers, body)
+        if party is None:
+            raise Problem(401, "unauthorized", "reads need a signed request (X-Reledger-* headers, docs/HTTP.md)")
+        roles = store.current_registry().roles.get(party, frozenset())
+        return party, roles
+
+    def may_read_all(roles: frozenset[str]) -> bool:
+        return bool(roles & {"REGULATOR", "AUDITOR"})
+
+    def may_read_record(party: str, roles: frozenset[str], rec) -> bool:
+        if may_read_all(roles) or rec.chain == party:
+            return True
+        if rec.type in ("TransferShipped", "TransferReceived") and rec.envelope is not None:
+            from ledger.entry import SignedEntry
+
+            body = SignedEntry.parse(rec.envelope).entry.body
+            return party in (body.get("buyer"), body.get("seller"))
+        return False
+
+    def record_json(rec) -> dict[str, Any]:
+        return {"index": rec.index, "chain": rec.chain, "seq": rec.seq, "type": rec.type,
+                "entry_hash": rec.entry_hash.hex(), "recorded_at": rec.recorded_at,
+                "leaf_hash": rec.nodes[:32].hex(), "envelope": _b64(rec.envelope or b"")}
+
+    # --- append ------------------------------------------------------------------------
+    @app.post("/v1/entries", status_code=201, summary="Append one all-or-nothing group of signed entries",
+              responses={400: {"description": "malformed or invalid entry (problem+json)"},
+                         403: {"description": "key or role not allowed"},
+                         409: {"description": "seq/prev conflict or command id reused"},
+                         413: {"description": "body too large"}, 415: {"description": "wrong content type"}})
+    async def append(request: Request):
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        body = await read_body(request)
+        if ctype == "application/msgpack":
+            try:
+                value = encoding.decode(body)
+            except encoding.EncodingError as e:
+                raise Problem(400, "malformed", f"body: {e}") from e
+            envelopes = [value] if isinstance(value, bytes) else value
+            if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
+                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+        elif ctype == "application/json":
+            import json
+
+            try:
+                doc = json.loads(body)
+                raw = doc["entries"]
+                if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                    raise TypeError
+                envelopes = [base64.b64decode(x, validate=True) for x in raw]
+            except (ValueError, KeyError, TypeError) as e:
+                raise Problem(400, "malformed", 'body: expected {"entries": [base64 envelope, ...]}') from e
+        else:
+            raise Problem(415, "unsupported_media_type",
+                          "Content-Type must be application/msgpack or application/json")
+        if not envelopes:
+            raise Problem(400, "malformed", "body: no entries")
+        if len(envelopes) > MAX_GROUP:
+            raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+        receipts = await asyncio.wrap_future(committer.submit(envelopes))
+        findings = [f for r in receipts for f in getattr(r, "findings", [])]
+        status = 200 if all(r.duplicate for r in receipts) else 201
+        return JSONResponse({"receipts": [r.to_dict() for r in receipts], "findings": findings},
+                            status_code=status)
+
+    # --- reads -------------------------------------------------------------------------
+    @app.get("/v1/chains/{chain}/head", summary="The head of a chain (seq and entry hash)")
+    def head(chain: str, request: Request):
+        party, roles = who(request)
+        if not (may_read_all(roles) or chain == party):
+            raise Problem(403, "forbidden", f"{party} may not read chain {chain}")
+        seq, h = store.chain_head(chain)
+        return {"chain": chain, "seq": seq, "entry_hash": h.hex()}
+
+    @app.get("/v1/chains/{chain}/entries/{seq}", summary="One entry, with what the ledger added")
+    def entry(chain: str, seq: int, request: Request):
+        party, roles = who(request)
+        rec = store.entry(chain, seq)
+        if rec is None:
+            if not (may_read_all(roles) or chain == party):
+                raise Problem(403, "forbidden", f"{party} may not read chain {chain}")
+            raise Problem(404, "not_found", f"no entry {chain}:{seq}")
+        if not may_read_record(party, roles, rec):
+            raise Problem(403, "forbidden", f"{party} may not read {chain}:{seq}")
+        if "application/msgpack" in request.headers.get("accept", ""):
+            return Response(rec.envelope, media_type="application/msgpack")
+        return record_json(rec)
+
+    @app.get("/v1/checkpoint", summary="The latest signed checkpoint (C2SP tlog-checkpoint note)")
+    def checkpoint(request: Request):
+        who(request)
+        latest = store.latest_checkpoint()
+        if latest is None:
+            raise Problem(404, "not_found", "no checkpoint yet")
+        return PlainTextResponse(latest[2].decode(), media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/proofs/inclusion", summary="Inclusion proof of an entry in a tree of a given size")
+    def inclusion(chain: str, seq: int, request: Request, size: int | None = None):
+        party, roles = who(request)
+        rec = store.entry(chain, seq)
+        if rec is None or not may_read_record(party, roles, rec):
+            raise Problem(404 if rec is None else 403, "not_found" if rec is None else "forbidden",
+                          f"no entry {chain}:{seq}" if rec is None else f"{party} may not read {chain}:{seq}")
+        latest = store.latest_checkpoint()
+        size = size or (latest[0] if latest else store.size())
+        if not rec.index < size <= store.size():
+            raise Problem(400, "invalid_request", f"entry index {rec.index} is not inside a tree of size {size}",
+                          field="size")
+        proof = store.inclusion_proof(rec.index, size)
+        return {"index": rec.index, "size": size, "leaf_hash": rec.nodes[:32].hex(),
+                "recorded_at": rec.recorded_at, "entry_hash": rec.entry_hash.hex(),
+                "proof": [h.hex() for h in proof], "root": store.root(size).hex()}
+
+    @app.get("/v1/proofs/consistency", summary="Consistency proof between two tree sizes")
+    def consistency(request: Request, first: int, second: int):
+        who(request)
+        if not 0 <= first <= second <= store.size():
+            raise Problem(400, "invalid_request", f"need 0 <= first <= second <= {store.size()}")
+        proof = store.consistency_proof(first, second) if first > 0 else []  # the empty tree: nothing to prove
+        return {"first": first, "second": second, "proof": [h.hex() for h in proof],
+                "root_first": store.root(first).hex(), "root_second": store.root(second).hex()}
+
+    @app.get("/v1/health", summary="Liveness and log size (no authentication)")
+    def health():
+        return {"ok": True, "size": store.size()}
+
+    return app
+
+
+def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(url), host=host, port=port, log_level=log_level, access_log=False)
+
+
+def msgpack_body(envelopes: list[bytes]) -> bytes:
+    return msgpack.packb(envelopes, use_bin_type=True)
