@@ -121,8 +121,13 @@ def _b64(data: bytes) -> str:
 
 
 def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
+    from projections import flowgraph, queries
+    from projections.hooks import ProjectionFindings
+    from projections.store import ProjectionStore
+
     store = LedgerStore(url)
-    api = CommandAPI(store)
+    projections = ProjectionStore(url)
+    api = CommandAPI(store, findings_hook=ProjectionFindings(projections))
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
@@ -134,6 +139,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     @app.on_event("shutdown")
     def _shutdown() -> None:
         committer.close()
+        projections.close()
         store.close()
 
     # --- errors --------------------------------------------------------------------------
@@ -303,6 +309,75 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
         proof = store.consistency_proof(first, second) if first > 0 else []  # the empty tree: nothing to prove
         return {"first": first, "second": second, "proof": [h.hex() for h in proof],
                 "root_first": store.root(first).hex(), "root_second": store.root(second).hex()}
+
+    # --- projections (the same queries as the command line) ---------------------------------
+    def point(as_of: str | None, valid_at: str | None):
+        try:
+            return queries.parse_point(url, as_of, valid_at)
+        except ValueError as e:
+            raise Problem(400, "invalid_request", str(e), field="as_of" if as_of else "valid_at") from e
+
+    def fresh() -> None:
+        with projections_lock:
+            projections.catch_up()
+
+    projections_lock = threading.Lock()
+
+    @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")
+    def quota(request: Request, year: int, as_of: str | None = None, valid_at: str | None = None):
+        party, roles = who(request)
+        fresh()
+        answer = queries.quota(projections, year, point(as_of, valid_at))
+        if not may_read_all(roles):
+            answer["enterprises"] = [e for e in answer["enterprises"] if e["party"] == party]
+            answer["groups"] = [g for g in answer["groups"] if g["group"] == party]
+        return answer
+
+    @app.get("/v1/stock", summary="Stock per party, product and lot, at any point in time")
+    def stock(request: Request, party: str | None = None, as_of: str | None = None, valid_at: str | None = None):
+        me, roles = who(request)
+        if not may_read_all(roles):
+            if party not in (None, me):
+                raise Problem(403, "forbidden", f"{me} may not read the stock of {party}")
+            party = me
+        fresh()
+        return queries.stock(projections, party, point(as_of, valid_at))
+
+    @app.get("/v1/findings", summary="Rule findings with their evidence, at any point in time")
+    def findings(request: Request, party: str | None = None, rule: str | None = None, as_of: str | None = None,
+                 valid_at: str | None = None):
+        me, roles = who(request)
+        if not may_read_all(roles):
+            if party not in (None, me):
+                raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
+            party = me
+        fresh()
+        return queries.findings(projections, party, rule, point(as_of, valid_at))
+
+    @app.get("/v1/flow", summary="The flow graph, or a lot traced upstream/downstream (json, dot or svg)")
+    def flow(request: Request, lot: str | None = None, direction: str = "up", format: str = "json",
+             as_of: str | None = None, valid_at: str | None = None):
+        me, roles = who(request)
+        if direction not in ("up", "down") or format not in ("json", "dot", "svg"):
+            raise Problem(400, "invalid_request", "direction is up|down and format json|dot|svg")
+        fresh()
+        pt = point(as_of, valid_at)
+        if lot is None:
+            if not may_read_all(roles):
+                raise Problem(403, "forbidden", "the whole flow graph is for regulators and auditors; trace a lot")
+            graph = flowgraph.party_graph(projections, pt)
+        else:
+            if not may_read_all(roles):
+                held = projections.execute("SELECT 1 FROM reledger_p_stock WHERE party = ? AND lot = ? LIMIT 1",
+                                           (me, lot))
+                if not held:
+                    raise Problem(403, "forbidden", f"{me} never held lot {lot}")
+            graph = flowgraph.trace(projections, lot, direction, pt)
+        if format == "dot":
+            return PlainTextResponse(flowgraph.to_dot(graph), media_type="text/vnd.graphviz")
+        if format == "svg":
+            return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
+        return graph
 
     @app.get("/v1/health", summary="Liveness and log size (no authentication)")
     def health():
