@@ -189,7 +189,7 @@ class WriteState:
 
     def _registry_for_write(self) -> Registry:
         if self._journal is not None and (self._registry_copied_at is None
-                                          or self._registry_copied_at < self._last_mark):
+                                          or self._registry_copied_at <= self._last_mark):
             old = self.registry
             self._journal.append(lambda: setattr(self, "registry", old))
             self._registry_copied_at = len(self._journal)
@@ -207,9 +207,6 @@ class WriteState:
         info = self.parties.get(party)
         return (info.roles_ever if info else frozenset()) | self.current_roles(party)
 
-    def held_batches(self, holder: str, year: int, batch_no: int) -> QuotaBatch | None:
-        return self.quota_batches.get((year, batch_no, holder))
-
     # --- applying ------------------------------------------------------------------------
     def catch_up(self, records: Iterable[Any]) -> int:
         """Apply stored records (``ledger.reader.Record``) from position ``self.size`` on, in
@@ -224,19 +221,22 @@ class WriteState:
                 self.size = rec.index + 1
                 self.registry.size = self.size
                 continue
-            try:
-                self.apply(SignedEntry.parse(rec.envelope), rec.index)
-            except RegistryError:
-                self.size = rec.index + 1  # the store accepted it; keep going
+            self.apply(SignedEntry.parse(rec.envelope), rec.index, strict=False)
             n += 1
         return n
 
-    def apply(self, signed: SignedEntry, index: int) -> None:
-        """Apply an entry at log ``index``. Raises RegistryError only for registry bodies the
-        key registry refuses (before changing anything else)."""
+    def apply(self, signed: SignedEntry, index: int, strict: bool = True) -> None:
+        """Apply an entry at log ``index``. Raises RegistryError (before changing anything else)
+        for a registry body the key registry refuses, unless ``strict`` is false (catching up
+        with what the store accepted: the rest of the state still follows the log)."""
         e = signed.entry
         if e.type in REGISTRY_TYPES or index == 0:
-            self._registry_for_write().apply(signed, index)
+            try:
+                self._registry_for_write().apply(signed, index)
+            except RegistryError:
+                if strict:
+                    raise
+                self.registry.size = index + 1
         elif self._journal is None:
             self.registry.size = index + 1  # (while journaling: set on commit)
         old_size = self.size

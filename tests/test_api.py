@@ -912,3 +912,28 @@ def test_parallel_signature_checks(mworld):
     assert w.api.submit([*entries])[-1].seq == 10
     s.seq, s.head = good[4][0].entry.seq, good[4][0].hash
     assert w.store.size() == size + 5 + 1 + 1 + 10
+
+
+def test_registry_changes_of_a_refused_group_are_undone(mworld):
+    """Group commit with registry entries: a refused group's registrations and keys vanish from
+    the write state, an accepted group's stay, and a later group may use them."""
+    w = mworld
+    reg = w.reg
+    kp, kq = SigningKey.generate("PCO1"), SigningKey.generate("QCO1")
+    body = lambda p: {"party": p, "name": p, "roles": ["SMELTER"], "province": "Hunan", "valid_from": T0}  # noqa: E731
+    g1 = [reg.sign("PartyRegistered", body("PCO1"), T0), reg.sign("KeyAuthorized", key_authorized_body(kp, T0), T0)]
+    g2 = [reg.sign("PartyRegistered", body("QCO1"), T0), reg.sign("KeyAuthorized", key_authorized_body(kq, T0), T0),
+          reg.sign("KeyRevoked", {"party": "QCO1", "key_id": "0123456789abcdef", "reason": "x"}, T0)]
+    reg.seq, reg.head = g1[-1].entry.seq, g1[-1].hash  # g2 will be refused: its seqs are reused
+    g3 = [ChainSigner(kp).sign("StockCounted", {"product": "Nd_METAL", "counted_kg": "1"}, T0)]
+    r1, r2, r3 = w.api.submit_groups([g1, g2, g3])
+    assert isinstance(r1, list) and isinstance(r3, list)
+    assert r2.code == "unknown_reference" and r2.position == 2
+    st_ = w.api.state
+    assert "PCO1" in st_.registry.roles and kp.key_id in st_.registry.keys
+    assert "QCO1" not in st_.registry.roles and kq.key_id not in st_.registry.keys and "QCO1" not in st_.parties
+    assert st_.registry.size == st_.size == w.store.size()
+    fresh = CommandAPI(w.store)
+    fresh._catch_up()
+    assert fresh.state.registry.roles == st_.registry.roles and set(fresh.state.registry.keys) == set(st_.registry.keys)
+    fresh.close()
