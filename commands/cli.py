@@ -40,7 +40,7 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None
 def console():
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def now_text() -> str:
@@ -250,6 +250,151 @@ def cmd_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- projections ----------------------------------------------------------------------------
+
+def open_projections(args: argparse.Namespace):
+    """The projections of the ledger, brought up to date, and the point in time asked for."""
+    from projections.queries import parse_point
+    from projections.store import ProjectionStore
+
+    open_store(args).close()  # a missing ledger is a usage error
+    ps = ProjectionStore(args.db)
+    ps.catch_up()
+    try:
+        point = parse_point(args.db, getattr(args, "as_of", None), getattr(args, "valid_at", None))
+    except ValueError as e:
+        ps.close()
+        raise UsageError(str(e)) from e
+    return ps, point
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[("" if v is None else str(v)) for v in r])
+    console().print(t)
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    ps, point = open_projections(args)
+    try:
+        q = queries.quota(ps, args.year, point)
+    finally:
+        ps.close()
+    if args.party:
+        q["enterprises"] = [e for e in q["enterprises"] if e["party"] == args.party]
+        q["groups"] = [g for g in q["groups"] if g["group"] == args.party]
+
+    def text() -> None:
+        _table(f"Quota {args.year}: enterprises (t REO)", ["party", "category", "direct", "sub-allocated",
+               "reduced", "allocated", "used", "remaining", "% used"],
+               [[e["party"], e["category"], e["issued_direct_t"], e["sub_allocated_in_t"], e["reduced_t"],
+                 e["allocated_t"], e["used_t"], e["remaining_t"], (e["percent_used"] or "-") + (" OVER" if e["over"] else "")]
+                for e in q["enterprises"]])
+        _table(f"Quota {args.year}: groups (t REO)", ["group", "category", "issued", "reduced", "sub-allocated", "used",
+               "remaining", "% used"],
+               [[g["group"], g["category"], g["issued_t"], g["reduced_t"], g["sub_allocated_t"], g["used_t"],
+                 g["remaining_t"], g["percent_used"] or "-"] for g in q["groups"]])
+        _table(f"Quota {args.year}: nation (t REO)", ["category", "issued", "reduced", "used", "remaining", "% used"],
+               [[n["category"], n["issued_t"], n["reduced_t"], n["used_t"], n["remaining_t"], n["percent_used"] or "-"]
+                for n in q["nation"]])
+        console().print(f"as of log size {q['as_of_size']}" + (f", valid at {q['point']['valid_at']}"
+                                                                  if q["point"]["valid_at"] else ""))
+    emit(args, q, text)
+    return EXIT_OK
+
+
+def cmd_stock(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    ps, point = open_projections(args)
+    try:
+        st = queries.stock(ps, args.party, point)
+    finally:
+        ps.close()
+
+    def text() -> None:
+        _table(f"Stock of {args.party or 'every party'} by lot", ["party", "lot", "product", "kg", "kg REO",
+               "moved by (log indices)"],
+               [[x["party"], x["lot"], x["product"], x["kg"] + (" NEGATIVE" if x["negative"] else ""), x["reo_kg"],
+                 ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")] for x in st["lots"]])
+        _table("by product", ["party", "product", "kg", "kg REO"],
+               [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]])
+    emit(args, st, text)
+    return EXIT_OK
+
+
+def cmd_findings(args: argparse.Namespace) -> int:
+    from projections import queries
+
+    ps, point = open_projections(args)
+    try:
+        f = queries.findings(ps, args.party, args.rule, point)
+    finally:
+        ps.close()
+
+    def text() -> None:
+        _table(f"Findings ({len(f['findings'])})", ["index", "occurred", "rule", "code", "party", "message",
+               "evidence"],
+               [[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
+                 "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
+                for x in f["findings"]])
+    emit(args, f, text)
+    return EXIT_FAILED if f["findings"] else EXIT_OK
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    from projections import flowgraph
+
+    ps, point = open_projections(args)
+    try:
+        if args.lot:
+            g = flowgraph.trace(ps, args.lot, args.direction, point)
+            if len(g["nodes"]) <= 1 and not g["edges"]:
+                raise UsageError(f"no lot {args.lot} in the flow graph")
+        else:
+            g = flowgraph.party_graph(ps, point)
+    finally:
+        ps.close()
+    title = f"lot {args.lot} {'upstream' if args.direction == 'up' else 'downstream'}" if args.lot else "flows"
+    if args.format == "dot":
+        text = flowgraph.to_dot(g, title)
+    elif args.format == "svg":
+        text = flowgraph.to_svg(g, title)
+    else:
+        text = json.dumps(g, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return EXIT_OK
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    import time as _time
+
+    from projections.store import ProjectionStore
+
+    open_store(args).close()
+    t = _time.perf_counter()
+    ps = ProjectionStore(args.db)
+    try:
+        n = ps.rebuild()
+    finally:
+        ps.close()
+    dt = _time.perf_counter() - t
+    data = {"entries": n, "seconds": round(dt, 3), "entries_per_second": round(n / dt) if dt else None}
+    emit(args, data, lambda: console().print(f"rebuilt the projections from {n} entries in {dt:.2f} s"))
+    return EXIT_OK
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -325,6 +470,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", type=int)
     s.set_defaults(func=cmd_prove)
 
+    def point_options(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--as-of", help="what the ledger knew: a log size N, or a record time (RFC 3339)")
+        s.add_argument("--valid-at", help="business time: YYYY-MM-DD (end of day) or RFC 3339")
+
+    s = sub.add_parser("quota", parents=[common], help="quota usage per enterprise, group and nation")
+    s.add_argument("--year", type=int, required=True)
+    s.add_argument("--party", help="one enterprise or group")
+    point_options(s)
+    s.set_defaults(func=cmd_quota)
+
+    s = sub.add_parser("stock", parents=[common], help="stock per party, product and lot")
+    s.add_argument("--party")
+    point_options(s)
+    s.set_defaults(func=cmd_stock)
+
+    s = sub.add_parser("findings", parents=[common], help="rule findings with evidence (exit 1 if any)")
+    s.add_argument("--party")
+    s.add_argument("--rule", choices=["designation", "quota", "stock", "mass_balance", "flow", "reporting",
+                                      "timeliness"])
+    point_options(s)
+    s.set_defaults(func=cmd_findings)
+
+    s = sub.add_parser("flow", parents=[common], help="the flow graph, or a lot traced up or down")
+    s.add_argument("--lot")
+    s.add_argument("--direction", choices=["up", "down"], default="up")
+    s.add_argument("--format", choices=["json", "dot", "svg"], default="json")
+    s.add_argument("--out", help="write to a file instead of stdout")
+    point_options(s)
+    s.set_defaults(func=cmd_flow)
+
+    s = sub.add_parser("rebuild", parents=[common], help="drop and rebuild the projections from the log")
+    s.set_defaults(func=cmd_rebuild)
+
     s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
     s.add_argument("--seed", type=int, default=2024)
     s.add_argument("--scale", choices=["small", "year"], default="small")
@@ -366,6 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. piped into head
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_OK
 
 
 if __name__ == "__main__":
