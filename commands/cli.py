@@ -395,6 +395,46 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- replay and audit -----------------------------------------------------------------------
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from projections.queries import _parse_when, parse_point
+    from replay.history import iter_text, replay_party
+
+    open_store(args).close()
+    try:
+        point = parse_point(args.db, args.as_of, None)
+        since = _parse_when(args.from_, "--from") if args.from_ else None
+        until = _parse_when(args.until, "--until") if args.until else None
+        valid_at = _parse_when(args.valid_at, "--valid-at") if args.valid_at else None
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    if valid_at is not None:
+        until = valid_at if until is None else min(until, valid_at)
+    r = replay_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
+                     types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty)
+    if not r.steps and r.name is None:
+        raise UsageError(f"party {args.party} has no history in this ledger")
+    if args.json:
+        emit(args, r.to_dict(), lambda: None)
+    elif args.step and sys.stdin.isatty():
+        lines = list(iter_text(r))
+        print(lines[0])
+        block: list[str] = []
+        for line in lines[1:]:
+            if line.startswith("\n#") and block:
+                print("\n".join(block))
+                if input("[Enter] next, q quit > ").strip().lower() == "q":
+                    return EXIT_OK
+                block = []
+            block.append(line)
+        print("\n".join(block))
+    else:
+        for line in iter_text(r):
+            print(line)
+    return EXIT_FAILED if r.signatures_invalid else EXIT_OK
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -502,6 +542,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("rebuild", parents=[common], help="drop and rebuild the projections from the log")
     s.set_defaults(func=cmd_rebuild)
+
+    s = sub.add_parser("replay", parents=[common], help="a party's history, entry by entry, with state and findings")
+    s.add_argument("--party", required=True)
+    s.add_argument("--from", dest="from_", help="business time from (date or RFC 3339)")
+    s.add_argument("--until", help="business time until (date or RFC 3339)")
+    s.add_argument("--type", action="append", help="only these entry types (repeatable)")
+    s.add_argument("--lot", help="only entries naming this lot")
+    s.add_argument("--counterparty", help="only entries with this counterparty")
+    s.add_argument("--step", action="store_true", help="step through it in the terminal")
+    point_options(s)
+    s.set_defaults(func=cmd_replay)
 
     s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
     s.add_argument("--seed", type=int, default=2024)
