@@ -90,14 +90,15 @@ class Ledger:
         return self.store.append(self.facts(party, n, type))
 
 
-def new_ledger(url: str, *, regulator_id: str = REGULATOR_ID, seed: int | None = None) -> Ledger:
-    """A fresh store at ``url`` holding only the genesis (3 entries)."""
+def new_ledger(url: str, *, regulator_id: str = REGULATOR_ID, seed: int | None = None, clock=None) -> Ledger:
+    """A fresh store at ``url`` holding only the genesis (3 entries); ``clock`` (microseconds)
+    replaces the wall clock for record times."""
     if seed is None:
         rk = SigningKey.generate(regulator_id)
         ck = SigningKey.generate(regulator_id, "checkpoint")
     else:
         rk, ck = seeded_key(regulator_id, seed), seeded_key(regulator_id, seed + 1, "checkpoint")
-    store = LedgerStore(url)
+    store = LedgerStore(url, clock=clock) if clock is not None else LedgerStore(url)
     reg = ChainSigner(rk)
     store.append(genesis_entries(reg, ck, name="Ministry", origin=ORIGIN, at=T0))
     return Ledger(store, reg, ck, NoteSigner(ORIGIN, ck.private_key))
