@@ -16,7 +16,8 @@ RFC 3339 UTC text in the normal form of :func:`ledger.encoding.time_text`; party
 :data:`ledger.entry.CHAIN_RE`; binary (msgpack bin) only for public keys and digests (32 bytes).
 Floats never appear. Absurd quantities (above the field's maximum) and negative ones are refused.
 
-Reference data (products, REO factors, recovery bands) is versioned in :data:`REFERENCE_DATA`.
+Reference data (products, REO factors, recovery bands) is versioned in one place,
+:data:`projections.reference.REFERENCE_DATA` (re-exported here), shared with the rule engine.
 Error classes live here too (the lowest module of the command API); ``commands.api`` re-exports
 them.
 """
@@ -32,6 +33,7 @@ from typing import Any, Callable, Iterable
 from ledger.encoding import EncodingError, parse_decimal, parse_time
 from ledger.entry import CHAIN_RE
 from ledger.keys import KEY_ID_RE, PURPOSES, key_id as compute_key_id
+from projections.reference import REFERENCE_DATA
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -153,49 +155,8 @@ CORRECTION_REASONS = ("INCORRECT_DATA", "DID_NOT_OCCUR", "DUPLICATE", "OTHER")
 MEMBERSHIP_ACTIONS = ("JOINED", "LEFT")
 
 
-def _products() -> dict[str, dict[str, str | None]]:
-    """Product code -> {"class": MINERAL|SEPARATED|METAL|ALLOY, "element": symbol or None}."""
-    p: dict[str, dict[str, str | None]] = {}
-    for code in ("RE_CONCENTRATE", "BASTNAESITE_CONCENTRATE", "MONAZITE_CONCENTRATE", "IONIC_CONCENTRATE",
-                 "MIXED_CARBONATE", "MIXED_CHLORIDE", "MIXED_OXIDE"):
-        p[code] = {"class": "MINERAL", "element": None}
-    for code, el in (("La2O3", "La"), ("CeO2", "Ce"), ("Pr6O11", "Pr"), ("Nd2O3", "Nd"), ("Sm2O3", "Sm"),
-                     ("Eu2O3", "Eu"), ("Gd2O3", "Gd"), ("Tb4O7", "Tb"), ("Dy2O3", "Dy"), ("Ho2O3", "Ho"),
-                     ("Er2O3", "Er"), ("Tm2O3", "Tm"), ("Yb2O3", "Yb"), ("Lu2O3", "Lu"), ("Y2O3", "Y"),
-                     ("Sc2O3", "Sc")):
-        p[code] = {"class": "SEPARATED", "element": el}
-    for code in ("PrNd_OXIDE", "LaCe_OXIDE", "SEG_ENRICHED", "HEAVY_RE_ENRICHED", "CE_CARBONATE",
-                 "LaCe_CARBONATE"):
-        p[code] = {"class": "SEPARATED", "element": None}
-    for el in ("La", "Ce", "Pr", "Nd", "Sm", "Gd", "Tb", "Dy", "Ho", "Er", "Y", "Sc"):
-        p[f"{el}_METAL"] = {"class": "METAL", "element": el}
-    for code in ("PrNd_METAL", "LaCe_METAL", "MISCHMETAL"):
-        p[code] = {"class": "METAL", "element": None}
-    for code in ("DyFe_ALLOY", "GdFe_ALLOY", "HoFe_ALLOY", "NdFe_ALLOY", "PrNdFe_ALLOY"):
-        p[code] = {"class": "ALLOY", "element": None}
-    return p
-
-
-#: Versioned reference data. A change of any value is a new version; entries are checked
-#: against the version in force when they are written (the version is in every receipt's
-#: context through :data:`REFERENCE_DATA` ``["version"]``).
-REFERENCE_DATA: dict[str, Any] = {
-    "version": "2024.1",
-    "sources": "DOMAIN.md: REO factors from atomic weights; recovery bands from the 2016 industry "
-               "standard conditions",
-    # kg REO per kg metal (oxide named where the oxide is not M2O3)
-    "reo_factors": {"La": "1.1728", "Ce": "1.2284", "Pr": "1.2082", "Nd": "1.1664", "Sm": "1.1596",
-                    "Eu": "1.1579", "Gd": "1.1526", "Tb": "1.1762", "Dy": "1.1477", "Ho": "1.1455",
-                    "Er": "1.1435", "Tm": "1.1421", "Yb": "1.1387", "Lu": "1.1372", "Y": "1.2699",
-                    "Sc": "1.5338"},
-    "reo_oxides": {"Ce": "CeO2", "Pr": "Pr6O11", "Tb": "Tb4O7"},
-    # minimum recoveries (%), exclusive: yields at or below flag; above 100 % of input flags too
-    "recovery_bands": {"concentrate_to_mixed": {"min_pct": "92"},
-                       "mixed_to_separated_rock": {"min_pct": "96"},
-                       "mixed_to_separated_ionic": {"min_pct": "94"},
-                       "max_pct": "100"},
-    "products": _products(),
-}
+# Reference data (products, REO factors, recovery bands) is versioned in one place,
+# projections/reference.py, shared with the rule engine (projections may not import commands).
 PRODUCTS = tuple(REFERENCE_DATA["products"])
 PRODUCT_CLASSES = ("MINERAL", "SEPARATED", "METAL", "ALLOY")
 
@@ -1118,7 +1079,8 @@ def catalogue_markdown() -> str:
            "| type | may be asserted by |", "|---|---|"]
     for t in SCHEMAS:
         out.append(f"| {t} | {role_rule_text(t)} |")
-    out += ["", "## Reference data", "", f"Version `{REFERENCE_DATA['version']}` ({REFERENCE_DATA['sources']}).", "",
+    out += ["", "## Reference data", "", f"Version `{REFERENCE_DATA['version']}` ({REFERENCE_DATA['sources']}; "
+            "kept in `projections/reference.py`, shared with the rule engine).", "",
             "REO factors (kg REO per kg metal): " + ", ".join(
                 f"{el} {f}" + (f" ({REFERENCE_DATA['reo_oxides'][el]})" if el in REFERENCE_DATA["reo_oxides"] else "")
                 for el, f in REFERENCE_DATA["reo_factors"].items()) + ".", "",
