@@ -435,6 +435,53 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_FAILED if r.signatures_invalid else EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from replay.export import ExportError, export_bundle
+
+    open_store(args).close()
+    try:
+        summary = export_bundle(args.db, args.party, args.out)
+    except ExportError as e:
+        raise UsageError(str(e)) from e
+    emit(args, summary, lambda: console().print(
+        f"wrote {summary['file']}: {summary['chain_length']} entries of {args.party} and "
+        f"{summary['registry_entries']} registry entries, each with its inclusion proof against the checkpoint "
+        f"of size {summary['checkpoint_size']}; consistency proofs from {summary['earlier_checkpoints']} earlier "
+        f"checkpoints ({summary['bytes']} bytes)"))
+    return EXIT_OK
+
+
+def cmd_verify_bundle(args: argparse.Namespace) -> int:
+    """Offline: needs only ledger/ (no database, no network)."""
+    from ledger.bundle import BundleError, verify_bundle
+
+    try:
+        data = Path(args.bundle).read_bytes()
+        older = [Path(p).read_bytes() for p in (args.older or [])] + [Path(p).read_bytes() for p in args.checkpoint]
+        rep = verify_bundle(data, trusted_checkpoint_keys=args.checkpoint_key, trusted_genesis=args.genesis,
+                            older=older)
+    except OSError as e:
+        raise UsageError(str(e)) from e
+    except BundleError as e:
+        data = {"ok": False, "problems": [str(e)]}
+        emit(args, data, lambda: console().print(f"[red]FAILED[/red]: {e}"))
+        return EXIT_FAILED
+
+    def text() -> None:
+        c = console()
+        status = "[green]OK[/green]" if rep.ok else "[red]FAILED[/red]"
+        c.print(f"verify-bundle {status}: party {rep.party}, {rep.chain_length} chain entries and "
+                f"{rep.registry_entries} registry entries, {rep.proofs} inclusion proofs against the checkpoint "
+                f"{rep.origin} size {rep.size} root {rep.root.hex()}")
+        if rep.consistency_checked:
+            c.print(f"consistent with earlier checkpoints of sizes {', '.join(map(str, rep.consistency_checked))}")
+        c.print(f"trust anchor: genesis {rep.genesis}" + ("" if args.genesis else " (pin with --genesis)"))
+        for p in rep.problems[:20]:
+            c.print(f"[red]problem:[/red] {p}")
+    emit(args, rep.to_dict(), text)
+    return EXIT_OK if rep.ok else EXIT_FAILED
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -553,6 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step", action="store_true", help="step through it in the terminal")
     point_options(s)
     s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("export", parents=[common], help="write a party's evidence bundle (one file)")
+    s.add_argument("--party", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("verify-bundle", help="check a bundle offline (no database, no network)")
+    s.add_argument("bundle")
+    s.add_argument("older", nargs="*", help="earlier bundles or checkpoint notes it must be consistent with")
+    s.add_argument("--checkpoint", action="append", default=[], help="an earlier checkpoint note (repeatable)")
+    s.add_argument("--checkpoint-key", action="append", default=[], help="trusted checkpoint vkey")
+    s.add_argument("--genesis", help="trusted genesis entry hash")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_verify_bundle)
 
     s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
     s.add_argument("--seed", type=int, default=2024)

@@ -1,0 +1,37 @@
+"""Export a party's evidence bundle (the format and its offline check are in ledger/bundle.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ledger.bundle import encode_bundle
+from ledger.registry import REGISTRY_TYPES
+from ledger.store import LedgerStore
+
+
+class ExportError(ValueError):
+    pass
+
+
+def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
+    """Write the party's bundle against the latest stored checkpoint; returns a summary."""
+    with LedgerStore(url, create=False) as store:
+        latest = store.latest_checkpoint()
+        if latest is None or latest[0] == 0:
+            raise ExportError("no checkpoint yet: run `reledger checkpoint` first")
+        size, _root, note = latest
+        chain = [r for r in store.chain_records(party) if r.index < size]
+        if not chain:
+            raise ExportError(f"party {party} has no entry in the checkpointed log (size {size})")
+        registry = store.queries.records_of_types(store._cur(), sorted(REGISTRY_TYPES), 0, size)
+        records = sorted({r.index: r for r in chain + registry}.values(), key=lambda r: r.index)
+        entries = [{"index": r.index, "recorded_at": r.recorded_at, "envelope": r.envelope,
+                    "proof": store.inclusion_proof(r.index, size)} for r in records]
+        consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
+                       for s, _, n in store.checkpoints() if s < size]
+    data = encode_bundle(party, note, entries, consistency)
+    Path(out).write_bytes(data)
+    return {"file": str(out), "party": party, "checkpoint_size": size, "entries": len(entries),
+            "chain_length": len(chain), "registry_entries": len(registry), "earlier_checkpoints": len(consistency),
+            "bytes": len(data)}
