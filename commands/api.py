@@ -203,12 +203,10 @@ class CommandAPI:
                     e = signed.entry
                     ckey = (e.chain, e.command_id)
                     try:
-                        if ckey in group_seen:
-                            raise Conflict("command_conflict", f"command_id: {e.command_id} appears twice in "
-                                                               f"this group for chain {e.chain}", field="command_id")
-                        group_seen[ckey] = (signed.hash, gi, pos)
-                        earlier = first.get(ckey)
-                        if earlier is not None:
+                        earlier = group_seen.get(ckey) or first.get(ckey)
+                        if earlier is None:
+                            group_seen[ckey] = (signed.hash, gi, pos)
+                        else:
                             if earlier[0] != signed.hash:
                                 raise Conflict("command_conflict", f"command_id: {e.command_id} is used in this "
                                                                    f"submission for two different entries of chain "
@@ -301,7 +299,7 @@ class CommandAPI:
             for pos, signed in enumerate(c.entries):
                 if pos in c.repeats:
                     g0, p0 = c.repeats[pos]
-                    earlier = out[g0]
+                    earlier = receipts if g0 == gi else out[g0]
                     if isinstance(earlier, CommandError):
                         receipts = Conflict("command_conflict", f"command_id: {signed.entry.command_id} was "
                                                                 f"submitted in group {g0} of this submission, "

@@ -480,9 +480,15 @@ def test_chain_continuity_and_idempotency(mworld):
     r = _err(w, [other])
     assert (r.code, r.field, r.status) == ("command_conflict", "command_id", 409)
     twice = s.peek("StockCounted", body, T0)
-    r = _err(w, [twice, twice])
-    assert r.code == "command_conflict" and r.position == 1 and "twice" in r.message
+    clash = s.peek("StockCounted", {"product": "Nd2O3", "counted_kg": "5"}, T0, command_id=twice.entry.command_id)
+    r = _err(w, [twice, clash])
+    assert r.code == "command_conflict" and r.position == 1 and "two different entries" in r.message
     assert w.store.size() == size
+    # the same entry twice in one group: recorded once (as the store does), the second a duplicate
+    a, b = w.api.submit([twice, twice])
+    s.advance(twice)
+    assert not a.duplicate and b.duplicate and a.index == b.index == size
+    assert w.store.size() == size + 1
 
 
 def _err(w: World, entries) -> CommandError:
