@@ -482,6 +482,65 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from replay.monthly import ReportError, build_monthly_report
+
+    open_store(args).close()
+    try:
+        rep = build_monthly_report(args.db, args.party, args.month)
+    except ReportError as e:
+        raise UsageError(str(e)) from e
+    submitted = None
+    if args.sign_with:
+        submitted = _sign_and_submit_report(args, rep)
+    shown = json.loads(json.dumps(rep, default=lambda v: base64.b64encode(v).decode() if isinstance(v, bytes)
+                                  else str(v)))
+    if submitted is not None:
+        shown["submitted"] = submitted
+
+    def text() -> None:
+        c = console()
+        flow = shown["MonthlyFlowReportSubmitted"]
+        c.print(f"Monthly flow report of {args.party} for {args.month} (due {rep['due']}): covers seqs "
+                f"{flow['first_seq']}..{flow['last_seq']} ({rep['covered_entries']} entries), digest "
+                f"{rep['MonthlyFlowReportSubmitted']['digest'].hex()}")
+        for k, v in flow["totals"].items():
+            c.print(f"  {k:24} {v}")
+        if rep["QuotaExecutionReported"]:
+            for line in rep["QuotaExecutionReported"]["lines"]:
+                c.print(f"  quota {line['category']:14} used {line['used_t_reo']} t of {line['allocated_t_reo']} t")
+        if submitted:
+            c.print(f"signed and submitted: {submitted}")
+        else:
+            c.print("(not submitted: pass --sign-with KEYFILE to sign and append it)")
+    emit(args, shown, text)
+    return EXIT_OK
+
+
+def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
+    from commands.api import CommandAPI, CommandError
+    from ledger.genesis import ChainSigner
+    from ledger.keys import KeyError_, SigningKey
+
+    try:
+        key = SigningKey.read(args.sign_with)
+    except KeyError_ as e:
+        raise UsageError(str(e)) from e
+    if key.party != args.party:
+        raise UsageError(f"{args.sign_with} is a key of {key.party}, not of {args.party}")
+    with open_store(args) as store:
+        api = CommandAPI(store)
+        seq, head = store.chain_head(args.party)
+        signer = ChainSigner(key, seq=seq, head=head)
+        entries = [signer.sign("MonthlyFlowReportSubmitted", rep["MonthlyFlowReportSubmitted"], now_text())]
+        if rep["QuotaExecutionReported"]:
+            entries.append(signer.sign("QuotaExecutionReported", rep["QuotaExecutionReported"], now_text()))
+        try:
+            return [r.to_dict() for r in api.submit(entries)]
+        except CommandError as e:
+            raise UsageError(f"the report was refused: {e}") from e
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -614,6 +673,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genesis", help="trusted genesis entry hash")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_verify_bundle)
+
+    s = sub.add_parser("report", parents=[common], help="build (and optionally sign and submit) a monthly report")
+    s.add_argument("--party", required=True)
+    s.add_argument("--month", required=True, help="YYYY-MM")
+    s.add_argument("--sign-with", help="the party's key file: sign and append the report")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
     s.add_argument("--seed", type=int, default=2024)
