@@ -898,10 +898,6 @@ def test_random_operations_match_a_model(db_url, ops):
             drop_schema(url.rsplit("schema=", 1)[1])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: LedgerStore.checkpoint (ledger/store.py) checks for a checkpoint of "
-                                       "the same size without any lock, so two stores (or threads) checkpointing "
-                                       "at once both sign and the second INSERT raises IntegrityError (checkpoint "
-                                       "size primary key) instead of returning the stored note")
 def test_concurrent_checkpoints_return_the_stored_note(led, mine):
     other = LedgerStore(led.url)
     try:
