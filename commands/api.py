@@ -20,8 +20,9 @@ append is still stopped by the store for chains, keys and command ids; its effec
 checks (a shipment received twice by two processes at once) is left to the projections.
 
 Findings: each receipt has a ``findings`` list. The command API computes none itself; pass
-``findings_hook(signed_entry, receipt) -> list[dict]`` (the projections' rule engine, later) and
-its answer for each newly accepted entry is put there (an exception of the hook is logged and
+``findings_hook(signed_entry, receipt) -> list[dict]`` (the rule engine's
+``projections.hooks.ProjectionFindings``) and its answer for each newly accepted entry (not for
+a duplicate) is put there (an exception of the hook is logged and
 gives an empty list: the entry is already recorded).
 """
 
@@ -36,6 +37,7 @@ from typing import Any, Callable, Sequence
 
 from ledger.entry import CHAIN_RE, EntryError, SignedEntry
 from ledger.reader import Record
+from ledger.registry import RegistryError
 from ledger.store import AppendError, LedgerStore, Receipt, now_us
 
 from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
@@ -224,8 +226,8 @@ class CommandAPI:
                         validate_entry(self.state, signed, index, recorded_us, self._lookup, signature_valid)
                         try:
                             self.state.apply(signed, index)
-                        except Exception as err:  # RegistryError: a registry body the registry refuses
-                            raise InvalidCommand("body", str(err), field=getattr(err, "field", None)) from None
+                        except RegistryError as err:  # a registry body the key registry refuses
+                            raise InvalidCommand("body", str(err), field=err.field) from None
                         c.send.append(signed)
                         c.new.append(signed)
                         index += 1

@@ -393,6 +393,8 @@ INVALID = [
     _mut("KeyAuthorized", "MIIT", _set(["public_key"], b"\x01" * 33), "bad_value", "body.public_key", "32 bytes"),
     _mut("KeyRevoked", "MIIT", _set(["key_id"], "0123456789abcdef"), "unknown_reference", "body.key_id",
          "has no key"),
+    _mut("PartyDesignationChanged", "MIIT", lambda b: b.update(party="MIIT", roles=["AUDITOR"]), "body",
+         "body.roles", "the root regulator keeps the REGULATOR role"),
     _mut("PartyRegistered", "MIIT", _set(["roles"], ["MINE", "MINE"]), "inconsistent", "body.roles[1]", "repeats"),
     _mut("PartyRegistered", "MIIT", _set(["roles"], ["MINER"]), "bad_enum", "body.roles[0]", "not one of"),
     _mut("PartyRegistered", "MIIT", _set(["party"], "SEP01"), "duplicate", "body.party", "already registered"),
