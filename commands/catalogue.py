@@ -25,7 +25,7 @@ them.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable
@@ -682,7 +682,6 @@ class EntrySchema:
     group: str  # registry, quota, flow, reporting, enforcement
     doc: str
     body: Struct
-    creates: tuple[str, ...] = dc_field(default=())  # notes for the docs (lots, transfers...)
 
     def check(self, body: Any) -> dict:
         """Check ``body``; returns it parsed (Decimals, datetimes); raises CommandError."""
@@ -813,7 +812,7 @@ _SCHEMAS: list[EntrySchema] = [
         "element_distribution": MapOf(Enum(ELEMENTS), Pct(), "element distribution, % of TREO", optional=True),
         "site": Text("mining site", optional=True),
     }, checks=[_le("dry_kg", "wet_kg", "dry mass above wet mass"), _le("reo_kg", "dry_kg", "REO above dry mass"),
-               _product_class("MINERAL")]), creates=("lot",)),
+               _product_class("MINERAL")])),
     EntrySchema("ImportReceived", "flow", "An imported lot enters (counts against separation quota when "
                 "separated, monazite included).", Struct({
                     "lot": Ident("new lot id"),
@@ -825,7 +824,7 @@ _SCHEMAS: list[EntrySchema] = [
                     "dry_kg": Kg("dry mass"),
                     "treo_pct": Pct("TREO grade, % of dry mass"),
                     "reo_kg": KgReo("rare earth content", optional=True),
-                }, checks=[_le("reo_kg", "dry_kg", "REO above dry mass")]), creates=("lot",)),
+                }, checks=[_le("reo_kg", "dry_kg", "REO above dry mass")])),
     EntrySchema("SecondaryFeedReceived", "flow", "A recycler's scrap feed lot (recorded apart, not counted "
                 "against quota).", Struct({
                     "lot": Ident("new lot id"),
@@ -834,7 +833,7 @@ _SCHEMAS: list[EntrySchema] = [
                     "kg": Kg("mass"),
                     "treo_pct": Pct("TREO grade, % of mass"),
                     "reo_kg": KgReo("rare earth content", optional=True),
-                }, checks=[_le("reo_kg", "kg", "REO above mass")]), creates=("lot",)),
+                }, checks=[_le("reo_kg", "kg", "REO above mass")])),
     EntrySchema("SeparationBatchRecorded", "flow", "A separation plant's batch: input lots consumed (REO), "
                 "output lots produced, losses. Outputs are attributed to inputs in proportion (mass "
                 "balance), not lot to lot.", Struct({
@@ -852,7 +851,7 @@ _SCHEMAS: list[EntrySchema] = [
                                                      _product_class("SEPARATED", "MINERAL")]),
                                       "output lots", unique=lambda o: o["lot"], unique_what="lot"),
                     "losses_reo_kg": KgReo("REO lost in the process"),
-                }, checks=[_before("period_start", "period_end")]), creates=("outputs[].lot",)),
+                }, checks=[_before("period_start", "period_end")])),
     EntrySchema("MetalSmelted", "flow", "A metal smelter's batch: oxide lots in, metal or alloy lots out "
                 "(REO = metal mass x factor).", Struct({
                     "batch": Ident("batch id (unique for the smelter)"),
@@ -876,7 +875,7 @@ _SCHEMAS: list[EntrySchema] = [
                                     unique_what="lot and product"),
                     "vat_invoice_no": Text("VAT invoice number"),
                     "shipped_at": Time("time of shipment"),
-                }), creates=("transfer",)),
+                })),
     EntrySchema("TransferReceived", "flow", "The buyer receives a shipment addressed to it, once. Lines that "
                 "differ from the shipment are accepted and flagged.", Struct({
                     "transfer_id": Ident("the seller's transfer id"),
