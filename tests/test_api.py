@@ -805,6 +805,15 @@ def test_property_only_receipts_or_command_errors(plan):
     if isinstance(item, SignedEntry) and not receipts[0].duplicate:
         w.signers[party].advance(item)
         assert w.store.size() == size + 1
+    # the incremental write state is the state folded from the log
+    from commands.state import WriteState
+
+    fresh = WriteState()
+    fresh.catch_up(w.store.records(0))
+    a = w.api.state
+    assert (a.size, a.heads, a.parties, a.shipments, a.quota_batches, a.lots, a.batches, a.registry.roles,
+            set(a.registry.keys)) == (fresh.size, fresh.heads, fresh.parties, fresh.shipments, fresh.quota_batches,
+                                      fresh.lots, fresh.batches, fresh.registry.roles, set(fresh.registry.keys))
 
 
 def test_writer_between_check_and_append(sqlite_url):
