@@ -149,9 +149,19 @@ class Demo:
         return f"{prefix}-{self.lot_no:06d}"
 
     # --- the cast --------------------------------------------------------------------------
-    def credit_code(self, admin: str) -> str:
-        chars = "0123456789ABCDEFGHJKLMNPQRTUWXY"
-        return "91" + admin + "".join(self.rng.choice(chars) for _ in range(10))
+    #: readable, fixed ids (shaped like unified social credit codes: 91 + admin code + 10) for the
+    #: small scale, so that README's walk-through can name them
+    SMALL_IDS = {"mine-rock-N": "BAYANOBO", "mine-rock-C": "MIANNING", "mine-ionic-J": "LONGNAN1",
+                 "mine-ionic-G": "PINGYUAN", "plant-rock-N": "BAOTOUSP", "plant-rock-C": "LESHANSP",
+                 "plant-ionic": "GANZHOUS", "plant-import": "LIYANGSP", "smelter": "GZSMELT1",
+                 "exporter": "SHEXPORT", "recycler": "GZRECYCL"}
+    KIND_CODES = {"mine": "11", "plant": "22", "smelter": "33", "exporter": "44", "recycler": "55"}
+
+    def credit_code(self, admin: str, kind: str, i: int) -> str:
+        code = self.KIND_CODES[kind.split("-")[0]]
+        if self.scale == "small":
+            return "91" + admin + code + self.SMALL_IDS[kind]
+        return "91" + admin + code + f"{kind.split('-')[-1][:2].upper()}{i + 1:06d}"
 
     def cast(self) -> None:
         rng = self.rng
@@ -186,22 +196,27 @@ class Demo:
                 for i in range(count):
                     role = "MINE" if kind.startswith("mine") else "SEPARATION"
                     label = name if count == 1 else f"{name} no. {i + 1}"
-                    p = Party(self.credit_code(admin), label, [role], prov, group, kind)
+                    p = Party(self.credit_code(admin, kind, i), label, [role], prov, group, kind)
                     p.short = kind.split("-")[0][0].upper() + kind.split("-")[-1][:1].upper() + f"{i + 1:02d}"
                     cast.append(p)
         others = {"small": 1, "year": 6}[self.scale]
         for i in range(others):
-            cast.append(Party(self.credit_code("360700"), f"Ganzhou rare earth metal smelter no. {i + 1}", ["SMELTER"],
+            cast.append(Party(self.credit_code("360700", "smelter", i), f"Ganzhou rare earth metal smelter no. {i + 1}", ["SMELTER"],
                               "Jiangxi", "CHINA-RE-GROUP", "smelter", short=f"SM{i + 1:02d}"))
-            cast.append(Party(self.credit_code("310115"), f"Shanghai rare earth trading and export co. no. {i + 1}",
+            cast.append(Party(self.credit_code("310115", "exporter", i), f"Shanghai rare earth trading and export co. no. {i + 1}",
                               ["EXPORTER"], "Shanghai", None, "exporter", short=f"EX{i + 1:02d}"))
-            cast.append(Party(self.credit_code("360700"), f"Ganzhou magnet recycling co. no. {i + 1}", ["RECYCLER"],
+            cast.append(Party(self.credit_code("360700", "recycler", i), f"Ganzhou magnet recycling co. no. {i + 1}", ["RECYCLER"],
                               "Jiangxi", None, "recycler", short=f"RC{i + 1:02d}"))
         for p in cast:
             p.key = SigningKey.from_seed(p.id, rng.randbytes(32))
             p.signer = ChainSigner(p.key)
             self.parties[p.id] = p
         self.cast_list = cast
+        keys = self.out / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        for p in [reg] + cast:
+            p.key.write(keys / f"{p.id}.key", overwrite=True)
+        self.operator.write(keys / "operator.key", overwrite=True)
 
     def of(self, kind: str) -> list[Party]:
         return [p for p in self.cast_list if p.kind == kind or p.kind.startswith(kind + "-") or
@@ -336,6 +351,65 @@ class Demo:
                 self.at(when, lambda p=p, m=first.strftime("%Y-%m"): self.report(p, m))
             # a checkpoint at every month's end
             self.at(us(nxt) - 1, lambda: self.checkpoint())
+
+    def next_year_quota(self) -> None:
+        """The 2025 first batch (illustrative: from 2025 the figures are confidential) and the
+        groups' sub-allocations."""
+        reg = self.reg
+        day = us(datetime(YEAR + 1, 1, 6, 9, tzinfo=UTC))
+        for i, (holder, (rock, ionic, sep)) in enumerate({"CHINA-NORTHERN-RE": ("95000", "0", "90000"),
+                                                           "CHINA-RE-GROUP": ("31000", "10000", "40000")}.items()):
+            body = {"year": YEAR + 1, "batch_no": 1, "document_no": f"MIIT-MNR-{YEAR + 1}-1-{i + 1}", "holder": holder,
+                    "mining_rock_t_reo": rock, "mining_ionic_t_reo": ionic, "separation_t_reo": sep, "basis": "OUTPUT"}
+            self.at(day + i * 60_000_000, lambda b=body, w=day + i * 60_000_000: self.submit(reg, "QuotaBatchIssued", b, w))
+        for j, p in enumerate(self.of("mine") + self.of("plant")):
+            when = day + DAY + j * 600_000_000
+            cat = ("MINING_IONIC" if p.kind.startswith("mine-ionic") else
+                   "MINING_ROCK" if p.kind.startswith("mine-rock") else "SEPARATION")
+            amount = self.annual_allocation(p) * Decimal("0.55")
+            self.at(when, lambda p=p, c=cat, a=amount, w=when: self.submit(self.parties[p.group], "QuotaSubAllocated", {
+                "batch": {"year": YEAR + 1, "batch_no": 1}, "enterprise": p.id, "category": c, "t_reo": t_text(a)}, w))
+
+    def enforce(self) -> None:
+        """The regulator closes the loop on the over-quota plant: inspection, violation citing the
+        ledger's evidence, penalty (Decree 785 Art. 21) and the cut of next year's indicator
+        (Decree 71 Art. 14)."""
+        from projections import queries
+
+        self.flush()
+        where = self.seeded_where.get("over_separation_quota", {})
+        plant = where.get("party")
+        self.projections.catch_up()
+        found = [f for f in queries.findings(self.projections, plant)["findings"] if f["code"] == "OVER_QUOTA"]
+        if not found:
+            return
+        f = found[0]
+        evidence = [{"chain": e["chain"], "seq": e["seq"], "hash": bytes.fromhex(e["hash"])} for e in f["evidence"]]
+        reg = self.reg
+
+        def ref_of_last() -> dict:
+            return {"chain": reg.id, "seq": reg.signer.seq, "hash": reg.signer.head}
+
+        excess = Decimal(f["params"]["used_kg"]) - Decimal(f["params"]["limit_kg"])
+        cut_t = t_text(max(excess / 1000, Decimal(1)).to_integral_value(rounding="ROUND_CEILING"))
+        self.submit(reg, "InspectionRecorded", {"party": plant, "inspection_no": f"JX-{YEAR + 1}-0007",
+                                                "inspected_at": ts(self.now), "result": "ISSUES_FOUND",
+                                                "notes": "separation output above the cumulative indicator",
+                                                "evidence": evidence}, self.now)
+        inspection = ref_of_last()
+        self.submit(reg, "ViolationFound", {"party": plant, "rule": "QUOTA", "article": "Decree 785 Art. 21",
+                                            "description": f["message"], "evidence": evidence,
+                                            "inspection": inspection}, self.now)
+        violation = ref_of_last()
+        self.submit(reg, "PenaltyImposed", {"party": plant, "violation": violation,
+                                            "decision_no": f"MIIT-PEN-{YEAR + 1}-003", "article": "Decree 785 Art. 21",
+                                            "fine_cny": "1500000", "next_year_cut_t_reo": cut_t}, self.now)
+        penalty = ref_of_last()
+        self.submit(reg, "QuotaReduced", {"year": YEAR + 1, "holder": plant, "category": "SEPARATION",
+                                          "t_reo": cut_t, "penalty": penalty,
+                                          "reason": "Decree 71 Art. 14: a penalty cuts the next year's indicator"},
+                    self.now)
+        self.seeded_where["over_separation_quota"]["penalty_cut_t"] = cut_t
 
     def checkpoint(self) -> None:
         self.flush()
@@ -535,6 +609,8 @@ class Demo:
         self.register()
         self.quota()
         self.schedule_year()
+        self.next_year_quota()
+        self.at(us(datetime(YEAR + 1, 1, 8, 10, tzinfo=UTC)), self.enforce)
         end = us(datetime(YEAR + 1, 1, 9, 23, tzinfo=UTC))
         bar = None
         progress = None
