@@ -541,6 +541,71 @@ def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
             raise UsageError(f"the report was refused: {e}") from e
 
 
+def cmd_append(args: argparse.Namespace) -> int:
+    """Sign one entry with a key file and append it: over HTTP (--server) with the client, or
+    in-process through the command API on --db."""
+    from commands.catalogue import body_from_json
+    from ledger.keys import KeyError_, SigningKey
+
+    try:
+        key = SigningKey.read(args.key)
+        body = json.loads(Path(args.body[1:]).read_text() if args.body.startswith("@") else args.body)
+    except (KeyError_, OSError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    try:
+        body = body_from_json(args.type, body)
+    except Exception:  # noqa: BLE001 - an unknown type is refused below with the API's message
+        pass
+    occurred = args.occurred_at or now_text()
+    if args.server:
+        from commands.client import ClientError, LedgerClient, Refused
+
+        with LedgerClient(args.server, key) as client:
+            try:
+                result = client.append_many([(args.type, body, occurred, args.command_id)])
+            except ValueError as e:
+                raise UsageError(f"cannot build that entry: {e}") from e
+            except Refused as e:
+                print(f"reledger append: refused: {e}", file=sys.stderr)
+                emit(args, {"refused": e.problem}, lambda: None)
+                return EXIT_USAGE
+            except ClientError as e:
+                raise UsageError(str(e)) from e
+        data = {"receipts": result.receipts, "findings": result.findings}
+    else:
+        from commands.api import CommandAPI, CommandError
+        from ledger.genesis import ChainSigner
+        from projections.hooks import ProjectionFindings
+        from projections.store import ProjectionStore
+
+        with open_store(args) as store:
+            ps = ProjectionStore(args.db)
+            try:
+                api = CommandAPI(store, findings_hook=ProjectionFindings(ps))
+                seq, head = store.chain_head(key.party)
+                try:
+                    signed = ChainSigner(key, seq=seq, head=head).sign(args.type, body, occurred, args.command_id)
+                except ValueError as e:  # floats, bad times, bad ids: refused before signing
+                    raise UsageError(f"cannot build that entry: {e}") from e
+                receipts = api.submit([signed])
+            except CommandError as e:
+                print(f"reledger append: refused ({e.code}): {e}", file=sys.stderr)
+                emit(args, {"refused": e.to_dict()}, lambda: None)
+                return EXIT_USAGE
+            finally:
+                ps.close()
+        data = {"receipts": [r.to_dict() for r in receipts], "findings": [f for r in receipts for f in r.findings]}
+
+    def text() -> None:
+        for r in data["receipts"]:
+            console().print(f"appended {r['chain']}:{r['seq']} at log index {r['index']}, entry hash "
+                            f"{r['entry_hash']}" + (" (already recorded)" if r.get("duplicate") else ""))
+        for f in data["findings"]:
+            console().print(f"[yellow]finding[/yellow] {f['code']}: {f['message']}")
+    emit(args, data, text)
+    return EXIT_OK
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -679,6 +744,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--month", required=True, help="YYYY-MM")
     s.add_argument("--sign-with", help="the party's key file: sign and append the report")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("append", parents=[common], help="sign one entry with a key file and append it")
+    s.add_argument("--key", required=True, help="the party's key file")
+    s.add_argument("--type", required=True, help="entry type (docs/CATALOGUE.md)")
+    s.add_argument("--body", required=True, help="the body as JSON, or @FILE")
+    s.add_argument("--occurred-at", help="business time (RFC 3339 UTC; default now)")
+    s.add_argument("--command-id", help="a UUID: a retry with the same id is recorded once")
+    s.add_argument("--server", help="append over HTTP to this server instead of --db")
+    s.set_defaults(func=cmd_append)
 
     s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
     s.add_argument("--seed", type=int, default=2024)
