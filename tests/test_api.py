@@ -564,6 +564,17 @@ def test_authorization_matrix(mworld):
             if forbidden == allowed:
                 wrong.append((role, type_, getattr(r, "code", "accepted"), str(r)))
     assert not wrong, wrong
+    # on another party's chain nothing is allowed, whatever the role and the type
+    size = w.store.size()
+    for role, party in ROLE_PARTY.items():
+        victim = "MINE01" if party != "MINE01" else "SEP01"
+        vs = w.signers[victim]
+        for type_ in SCHEMAS:
+            e = make_entry(w.signers[party].key, seq=vs.seq + 1, prev=vs.head, type=type_, occurred_at=T0,
+                           body=example(w, type_, victim), chain=victim)
+            r = _err(w, [e])
+            assert (r.code, r.status) == ("foreign_key", 403), (role, type_, r.code)
+    assert w.store.size() == size
     assert AUTHORIZED_ROLES["MineralProductProduced"] == {"MINE"} and "AUDITOR" not in set().union(
         *AUTHORIZED_ROLES.values())
     assert all(AUTHORIZED_ROLES[t] == {"REGULATOR"} for t in AUTHORITY_TYPES)
@@ -605,6 +616,21 @@ def test_revoked_and_expired_keys(world):
     late = ChainSigner(k, seq=s.seq, head=s.head)
     r = _err(w, [late.peek("StockCounted", {"product": "RE_CONCENTRATE", "counted_kg": "6"}, T0)])
     assert (r.code, r.status) == ("expired_key", 403) and "expired" in r.message
+    # every role, with a revoked key, for every type its role allows: refused
+    for role in ROLE_PARTY:
+        party = f"REVOKED-{role}"
+        signer = w.register(party, [role])
+        w.ok("MIIT", "KeyRevoked", {"party": party, "key_id": signer.key.key_id, "reason": "compromised"})
+        for type_ in (t for t, roles in AUTHORIZED_ROLES.items() if role in roles):
+            r = w.attempt(party, type_, example(w, type_, party))
+            assert (r.code, r.status) == ("revoked_key", 403), (role, type_, r.code)
+    # an unregistered party, for every type: refused
+    w.signers["NOBODY01"] = ChainSigner(SigningKey.generate("NOBODY01"))
+    size = w.store.size()
+    for type_ in SCHEMAS:
+        r = w.attempt("NOBODY01", type_, example(w, type_, "NOBODY01"))
+        assert (r.code, r.status) == ("unregistered", 403), (type_, r.code)
+    assert w.store.size() == size
 
 
 def test_designation_expiry_is_accepted_not_refused(world):
