@@ -795,6 +795,17 @@ def test_serving_role_can_append(pg_url):
         with LedgerStore(u, create=False) as st:
             assert st.size() == 5
             assert st.append([fact(m)])[0].index == 5
+            assert st.append_groups([[fact(m)], [b"junk"], [fact(m)]])[2][0].index == 7
+            s8 = fact(m)
+            assert st.append([s8])[0].seq == 3
+            assert st.append([s8])[0].duplicate
+            with pytest.raises(AppendError) as ei:  # refusals still answer cleanly
+                st.append([entry_with(m.key, seq=3, prev=s8.entry.prev, body={"qty": "5"})])
+            assert ei.value.code == "conflict"
+            note = st.checkpoint(led.note_signer)
+            assert verify_checkpoint(note, led.note_signer.verifier(), ORIGIN).size == 9
+        rep = verify_database(u, workers=1)  # an auditor with the serving role's rights
+        assert rep.ok and rep.entries == 9 and rep.checkpoints == 1, rep.problems
     finally:
         led.close()
         with raw_connection(pg_url) as conn:
