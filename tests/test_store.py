@@ -797,10 +797,10 @@ def test_serving_role_can_append(pg_url):
             assert st.append([fact(m)])[0].index == 5
             assert st.append_groups([[fact(m)], [b"junk"], [fact(m)]])[2][0].index == 7
             s8 = fact(m)
-            assert st.append([s8])[0].seq == 3
+            assert st.append([s8])[0].seq == 4
             assert st.append([s8])[0].duplicate
             with pytest.raises(AppendError) as ei:  # refusals still answer cleanly
-                st.append([entry_with(m.key, seq=3, prev=s8.entry.prev, body={"qty": "5"})])
+                st.append([entry_with(m.key, seq=4, prev=s8.entry.prev, body={"qty": "5"})])
             assert ei.value.code == "conflict"
             note = st.checkpoint(led.note_signer)
             assert verify_checkpoint(note, led.note_signer.verifier(), ORIGIN).size == 9
