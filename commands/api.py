@@ -89,6 +89,21 @@ class _Checked:
         self.error: CommandError | None = None
 
 
+_WORKERS = max(2, os.cpu_count() or 2)
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _verify_pool() -> ThreadPoolExecutor:
+    """One pool per process: Ed25519 verification releases the GIL, so the signatures of a
+    submission are checked in parallel before the (sequential) checks that need the state."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="reledger-command-verify")
+        return _pool
+
+
 class CommandAPI:
     """See the module docstring. Thread-safe."""
 
@@ -97,14 +112,10 @@ class CommandAPI:
         self.findings_hook = findings_hook
         self.state = WriteState()
         self._lock = threading.RLock()
-        # Ed25519 verification releases the GIL: check the signatures of a submission in
-        # parallel before the (sequential) checks that need the state.
-        self._workers = max(2, os.cpu_count() or 2)
-        self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="reledger-command-verify")
 
     def close(self) -> None:
-        """Stop the verification threads (the store is the caller's to close)."""
-        self._pool.shutdown(wait=False)
+        """Nothing to release (the store is the caller's to close; the verification threads
+        are shared by every CommandAPI of the process)."""
 
     # --- writing -------------------------------------------------------------------------
     def submit(self, envelopes: Sequence[bytes | SignedEntry]) -> list[CommandReceipt]:
@@ -250,10 +261,10 @@ class CommandAPI:
         jobs = [(s, keys[s.entry.key_id].public_key) for s in entries if s.entry.key_id in keys]
         if len(jobs) < 8:
             return None
-        step = max(16, len(jobs) // (4 * self._workers))
+        step = max(16, len(jobs) // (4 * _WORKERS))
         chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
         results: dict[int, tuple[bytes, bool]] = {}
-        for chunk, oks in zip(chunks, self._pool.map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
+        for chunk, oks in zip(chunks, _verify_pool().map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
             for (s, k), ok in zip(chunk, oks):
                 results[id(s)] = (k, ok)
 
