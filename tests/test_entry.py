@@ -137,6 +137,7 @@ def test_leaf_bytes_canonical():
     ({"chain": "MINE 1"}, "chain"),
     ({"seq": 0}, "seq"), ({"seq": -1}, "seq"), ({"seq": "1"}, "seq"), ({"seq": True}, "seq"),
     ({"prev": bytes(31)}, "prev"), ({"prev": "00" * 32}, "prev"), ({"prev": b"\x01" * 32}, "prev"),
+    ({"prev": "\x00" * 32}, "prev"), ({"prev": bytes(33)}, "prev"), ({"prev": None}, "prev"),
     ({"type": "miningOutput"}, "type"), ({"type": ""}, "type"), ({"type": "Mining Output"}, "type"),
     ({"occurred_at": "2024-01-01"}, "occurred_at"), ({"occurred_at": "2024-01-01T00:00:00.0Z"}, "occurred_at"),
     ({"occurred_at": 1704067200}, "occurred_at"),
@@ -174,6 +175,8 @@ def test_bad_envelopes_refused():
         canonical({"entry": good.content}),
         canonical({"entry": good.content, "sig": good.signature, "x": 1}),
         canonical({"entry": good.content.decode("latin-1"), "sig": good.signature}),
+        canonical({"entry": good.content, "sig": good.signature.decode("latin-1")}),  # sig as text
+        canonical({"entry": good.content, "sig": None}),
         canonical({"entry": good.content, "sig": good.signature[:63]}),
         canonical({"entry": good.content, "sig": good.signature + b"\x00"}),
         canonical([good.content, good.signature]),
