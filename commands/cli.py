@@ -451,6 +451,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_investigate(args: argparse.Namespace) -> int:
+    from projections.queries import parse_point
+    from replay.report import ReportError, write_report
+
+    open_store(args).close()
+    try:
+        point = parse_point(args.db, args.as_of, None)
+        summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
+    except (ReportError, ValueError) as e:
+        raise UsageError(str(e)) from e
+    except OSError as e:
+        raise UsageError(f"cannot write {args.out}: {e}") from e
+    emit(args, summary, lambda: console().print(
+        f"wrote {summary['file']}: {summary['steps']} steps, {summary['findings']} findings, "
+        f"{summary['proofs_verified']} of {summary['evidence']} evidence entries proven against the checkpoint"
+        + (f" of size {summary['checkpoint']['size']}" if summary["checkpoint"] else " (no checkpoint)")
+        + (f", {summary['not_yet_checkpointed']} not yet checkpointed" if summary["not_yet_checkpointed"] else "")))
+    return EXIT_OK
+
+
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
     """Offline: needs only ledger/ (no database, no network)."""
     from ledger.bundle import BundleError, verify_bundle
@@ -729,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--party", required=True)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("investigate", parents=[common], help="one self-contained HTML report on a party")
+    s.add_argument("--party", required=True)
+    s.add_argument("--out", required=True, help="the HTML file to write")
+    s.add_argument("--as-of", help="what the ledger knew: a log size N, or a record time (RFC 3339)")
+    s.set_defaults(func=cmd_investigate)
 
     s = sub.add_parser("verify-bundle", help="check a bundle offline (no database, no network)")
     s.add_argument("bundle")

@@ -1,0 +1,789 @@
+"""An investigation report: one self-contained HTML file about one party.
+
+``reledger investigate --party P --out report.html`` gathers what a regulator needs when a
+violation is suspected, as of a log size:
+
+* who the party is, and the signed checkpoint every proof in the report is checked against;
+* the party's timeline from a fresh replay (:func:`replay.history.replay_party`): every entry of
+  its chain with its signature status, and the findings each step raised;
+* quota burn-down (cumulative use against cumulative allocation, per year and category, over
+  business time) and stock over time (kg REO by product), drawn as inline SVG;
+* the party's flows (the party graph cut down to the edges that touch it);
+* each finding with its evidence: for every cited entry its chain:seq, entry hash (recomputed
+  from the stored envelope), signature status, and an RFC 9162 inclusion proof against the
+  checkpoint, verified here before it is printed;
+* what the regulation says about each finding (:data:`REGULATIONS`), and the party's credit
+  record (ViolationFound / PenaltyImposed entries).
+
+Nothing in the file loads anything from the network: CSS is inline, charts are inline SVG, no
+scripts, no fonts. Every text that comes from the ledger is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ledger import encoding, merkle
+from ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from ledger.entry import SignedEntry, leaf_bytes
+from ledger.registry import RegistryError
+from ledger.store import LedgerStore
+from projections import flowgraph
+from projections.model import RULES, kg_text
+from projections.queries import Point, parties
+from projections.store import P, ProjectionStore
+from replay.history import Replay, replay_party
+
+
+class ReportError(ValueError):
+    """Bad input for a report (unknown party, empty ledger, bad as-of)."""
+
+
+# --- what the regulation says ------------------------------------------------------------
+#
+# From the public texts as summarized in DOMAIN.md ("The rules being enforced"). Decree 785 is
+# the Rare Earth Management Regulations (State Council, in force 2024-10-01); Decree 71 the
+# Interim Measures for total quantity control (MIIT+NDRC+MNR, 2025-07-28). Where DOMAIN.md gives
+# no penalty for a duty, the entry says so instead of inventing one.
+
+D785 = "Decree 785 (Rare Earth Management Regulations)"
+D71 = "Decree 71 (Interim Measures, total quantity control)"
+
+_ART21 = (D785, "Art. 21", "over-quota production: confiscation of the product and illegal gains, fine 5–10x "
+                           "the illegal gains, or CNY 1–5 m")
+_ART25 = (D785, "Art. 25", "flow records missing or false: fine CNY 50,000–200,000, more if not corrected")
+_ART14 = (D785, "Art. 14", "mining, separation, smelting, recycling and exporting enterprises keep flow records and "
+                           "enter them into the national traceability system")
+_ART13 = (D785, "Art. 13 / 23", "nobody may buy, process, sell or export illegally mined or separated product")
+_ART8 = (D785, "Art. 8", "only enterprises listed by MIIT (with MNR) may mine or separate")
+_ART11 = (D785, "Art. 11 / 22", "recyclers may not take rare earth mineral products as feed")
+_D71_3 = (D71, "Art. 3", "the separation quota covers all mineral products: mined, imported (monazite included) or "
+                         "from other minerals")
+_D71_9 = (D71, "Art. 9", "producers report monthly and annual quota execution to their county department")
+_D71_10 = (D71, "Art. 10", "the previous month's flow information must be in the traceability system before the 10th")
+
+#: For every rule and every finding code: the provisions (source, article, what it says) and the
+#: penalty range. Looked up by code first, then by rule.
+REGULATIONS: dict[str, dict[str, Any]] = {
+    # by rule
+    "designation": {"provisions": [_ART8, _ART11], "penalty": "not stated in DOMAIN.md for the designation duty "
+                    "itself; product so produced is illegal product under Art. 13 / 23"},
+    "quota": {"provisions": [_ART21, _D71_3], "penalty": "confiscation; fine 5–10x illegal gains or CNY 1–5 m "
+              "(Decree 785 Art. 21)"},
+    "stock": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 if the records are missing or false "
+              "(Decree 785 Art. 25)"},
+    "mass_balance": {"provisions": [_ART14, _ART25, _D71_3], "penalty": "CNY 50,000–200,000 for missing or false "
+                     "flow records (Decree 785 Art. 25); unrecorded feed counted against the quota may also be "
+                     "over-quota production (Art. 21)"},
+    "flow": {"provisions": [_ART14, _ART25, _ART13], "penalty": "CNY 50,000–200,000, more if not corrected "
+             "(Decree 785 Art. 25)"},
+    "reporting": {"provisions": [_D71_10, _D71_9, _ART25], "penalty": "CNY 50,000–200,000 for flow records "
+                  "missing from the traceability system (Decree 785 Art. 25)"},
+    "timeliness": {"provisions": [_ART14, _ART25], "penalty": "an indicator, not a violation by itself; if the "
+                   "record is false: CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    # by finding code
+    "OVER_QUOTA": {"provisions": [_ART21, _D71_3], "penalty": "confiscation of the over-quota product and illegal "
+                   "gains; fine 5–10x the illegal gains, or CNY 1–5 m (Decree 785 Art. 21)"},
+    "NOT_DESIGNATED": {"provisions": [_ART8, _ART13], "penalty": "not stated in DOMAIN.md for Art. 8; the output "
+                       "is illegally mined or separated product (Art. 13 / 23)"},
+    "RECYCLER_MINERAL_FEED": {"provisions": [_ART11], "penalty": "not stated in DOMAIN.md (Decree 785 Art. 22 is "
+                              "the penalty article for Art. 11)"},
+    "NEGATIVE_STOCK": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    "STOCK_COUNT_DIFFERENCE": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 "
+                               "Art. 25)"},
+    "MASS_IMBALANCE": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    "YIELD_ABOVE_100": {"provisions": [_ART14, _ART25, _ART13, _D71_3], "penalty": "CNY 50,000–200,000 for the "
+                        "unrecorded feed (Decree 785 Art. 25); if the feed was illegal product, Art. 13 / 23"},
+    "YIELD_BELOW_BAND": {"provisions": [_ART14, _ART25], "penalty": "possible diversion: CNY 50,000–200,000 "
+                         "(Decree 785 Art. 25)"},
+    "UNTRACEABLE_LOT": {"provisions": [_ART13, _ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 "
+                        "Art. 25); illegal product under Art. 13 / 23 if its origin is illegal"},
+    "UNREADABLE_ENTRY": {"provisions": [_ART14, _ART25], "penalty": "false or unusable records: CNY "
+                         "50,000–200,000 (Decree 785 Art. 25)"},
+    "RECEIPT_WITHOUT_SHIPMENT": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 "
+                                 "Art. 25)"},
+    "RECEIPT_MISMATCH": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    "SHIPMENT_NOT_RECEIVED": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000, more if not "
+                              "corrected (Decree 785 Art. 25)"},
+    "REPORT_MISSING": {"provisions": [_D71_10, _D71_9, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 "
+                       "Art. 25)"},
+    "REPORT_LATE": {"provisions": [_D71_10, _D71_9, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    "REPORT_DIGEST_MISMATCH": {"provisions": [_D71_10, _ART25], "penalty": "false flow records: CNY "
+                               "50,000–200,000 (Decree 785 Art. 25)"},
+    "BACKDATED": {"provisions": [_ART14, _ART25], "penalty": "an indicator of possible false records; if so, "
+                  "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+    "FUTURE_DATED": {"provisions": [_ART14, _ART25], "penalty": "an indicator of possible false records; if so, "
+                     "CNY 50,000–200,000 (Decree 785 Art. 25)"},
+}
+
+#: What follows any violation, whatever the rule.
+CONSEQUENCES = [
+    (D785, "Art. 27", "violations go on the enterprise's credit record"),
+    (D71, "Art. 14", "any administrative penalty under the Measures cuts the enterprise's next-year indicator"),
+]
+
+
+def regulation_for(code: str, rule: str) -> dict[str, Any]:
+    return REGULATIONS.get(code) or REGULATIONS.get(rule) or {"provisions": [], "penalty": "not in the table"}
+
+
+# --- gathering ------------------------------------------------------------------------------
+
+@dataclass
+class Proven:
+    """One evidence entry, checked."""
+
+    chain: str
+    seq: int
+    index: int
+    entry_hash: str
+    type: str | None
+    recorded_at: str | None
+    signature: str
+    hash_ok: bool
+    proof: list[str] | None  # None: not yet checkpointed (or missing)
+    proof_status: str
+    proof_ok: bool
+
+
+def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
+    """The latest stored checkpoint covering at most the first ``n`` entries, its signature
+    checked with the checkpoint keys the log had registered before it."""
+    cps = [c for c in store.checkpoints() if 0 < c[0] <= n]
+    if not cps:
+        return None
+    size, root, note = max(cps, key=lambda c: c[0])
+    reg = store.registry(size)
+    verifiers = []
+    for k in reg.checkpoint_keys(size):
+        if k.name:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            verifiers.append(NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key)))
+    try:
+        text, by = open_note(note, verifiers)
+        cp = Checkpoint.parse(text)
+        sig = "signature valid (" + ", ".join(v.name for v in by) + ")"
+        sig_ok = True
+    except (NoteError, ValueError) as e:
+        cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
+        sig, sig_ok = f"signature NOT verified: {e}", False
+    computed = store.root(size)
+    return {"origin": cp.origin, "size": cp.size, "root": cp.root, "note": note.decode("utf-8", "replace"),
+            "signature": sig, "signature_ok": sig_ok, "root_matches": computed == cp.root == root and cp.size == size}
+
+
+def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, sigs: dict[int, str],
+           registry) -> Proven:
+    index = int(ref["index"])
+    rec = store.record(index)
+    if rec is None or rec.envelope is None:
+        return Proven(ref["chain"], int(ref["seq"]), index, ref["hash"], None, None, "entry missing from the log",
+                      False, None, "entry missing from the log", False)
+    signed = SignedEntry.parse(rec.envelope)
+    entry_hash = signed.hash
+    hash_ok = entry_hash == rec.entry_hash and entry_hash.hex() == ref["hash"]
+    if index in sigs:
+        sig = sigs[index]
+    else:
+        try:
+            pub = registry.key_for(signed, index, rec.recorded_us)
+            sig = (f"valid (key {signed.entry.key_id})" if signed.signature_valid(pub)
+                   else f"INVALID: not a signature by key {signed.entry.key_id}")
+        except RegistryError as err:
+            sig = f"INVALID: {err}"
+    leaf = merkle.leaf_hash(leaf_bytes(entry_hash, index, rec.recorded_at))
+    if cp is None:
+        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok, None,
+                      "not yet checkpointed (no checkpoint)", False)
+    if index >= cp["size"]:
+        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok, None,
+                      f"not yet checkpointed (log index {index} is after the checkpoint of size {cp['size']})", False)
+    proof = store.inclusion_proof(index, cp["size"])
+    try:
+        if leaf != rec.nodes[:32]:
+            raise merkle.ProofError("the stored leaf hash is not the hash of this entry's leaf")
+        merkle.verify_inclusion(leaf, index, cp["size"], proof, cp["root"])
+        status, ok = f"inclusion proof verified against the checkpoint of size {cp['size']}", True
+    except merkle.ProofError as e:
+        status, ok = f"inclusion proof FAILED: {e}", False
+    return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok,
+                  [h.hex() for h in proof], status, ok)
+
+
+def _quota_series(ps: ProjectionStore, party: str, n: int, is_group: bool) -> list[dict[str, Any]]:
+    """Per (year, category): allocation, use (and, for a group, sub-allocation out) as
+    cumulative step series over business time, in t REO."""
+    rows = ps.execute(f"SELECT idx, occurred_us, year, party, category, kind, g, grp FROM {P}quota "
+                      "WHERE idx < ? AND (party = ? OR grp = ?) ORDER BY occurred_us, idx", (n, party, party))
+    charts: dict[tuple[int, str], dict[str, Any]] = {}
+    for idx, occ, year, p, cat, kind, g, grp in rows:
+        c = charts.setdefault((int(year), cat), {"year": int(year), "category": cat, "alloc": [], "used": [],
+                                                 "out": [], "alloc_events": []})
+        occ, g = int(occ), int(g)
+        if p == party and kind in ("ISSUED", "SUBALLOCATED_IN", "REDUCED"):
+            c["alloc"].append((occ, -g if kind == "REDUCED" else g))
+            c["alloc_events"].append((occ, kind, int(idx)))
+        elif kind == "USED" and ((not is_group and p == party) or (is_group and grp == party)):
+            c["used"].append((occ, g))
+        elif p == party and kind == "SUBALLOCATED_OUT":
+            c["out"].append((occ, g))
+    out = []
+    for (_year, _cat), c in sorted(charts.items()):
+        for key in ("alloc", "used", "out"):
+            acc, pts = 0, []
+            for t, g in c[key]:
+                acc += g
+                pts.append((t, acc / 1_000_000))
+            c[key] = pts
+        alloc, used = (c["alloc"][-1][1] if c["alloc"] else 0.0), (c["used"][-1][1] if c["used"] else 0.0)
+        c["allocated_t"], c["used_t"] = alloc, used
+        c["over"] = _first_over(c["alloc"], c["used"])
+        out.append(c)
+    return out
+
+
+def _value_at(series: list[tuple[int, float]], t: int) -> float:
+    v = 0.0
+    for x, y in series:
+        if x > t:
+            break
+        v = y
+    return v
+
+
+def _first_over(alloc: list[tuple[int, float]], used: list[tuple[int, float]]) -> tuple[int, float] | None:
+    for t, y in used:
+        if y > _value_at(alloc, t) + 1e-9:
+            return (t, y)
+    return None
+
+
+def _stock_series(ps: ProjectionStore, party: str, n: int) -> dict[str, list[tuple[int, float]]]:
+    """kg REO by product, after each move, over business time."""
+    rows = ps.execute(f"SELECT occurred_us, product, reo_g FROM {P}stock WHERE party = ? AND idx < ? "
+                      "ORDER BY occurred_us, idx", (party, n))
+    acc: dict[str, int] = {}
+    series: dict[str, list[tuple[int, float]]] = {}
+    for occ, product, reo in rows:
+        product = product or "?"
+        acc[product] = acc.get(product, 0) + int(reo)
+        s = series.setdefault(product, [])
+        if s and s[-1][0] == int(occ):
+            s[-1] = (int(occ), acc[product] / 1000)
+        else:
+            s.append((int(occ), acc[product] / 1000))
+    return series
+
+
+def _flows(ps: ProjectionStore, party: str, point: Point, names: dict[str, str]) -> dict[str, Any]:
+    g = flowgraph.party_graph(ps, point)
+    mine = {f"party:{party}", f"mine-site:{party}"}
+    edges = [e for e in g["edges"] if e["src"] in mine or e["dst"] in mine]
+    ids = {x for e in edges for x in (e["src"], e["dst"])}
+    graph = {"point": g["point"], "nodes": [nd for nd in g["nodes"] if nd["id"] in ids], "edges": edges}
+    counter: dict[tuple[str, str], list] = {}
+    for e in edges:
+        if e["src"] in mine and e["dst"] in mine:
+            continue
+        direction, other = ("out", e["dst"]) if e["src"] in mine else ("in", e["src"])
+        v = counter.setdefault((other, e["kind"]), [0, 0, 0, 0])  # in kg REO, out kg REO, count in, count out
+        reo = Decimal(e["reo_kg"])
+        if direction == "in":
+            v[0] += reo
+            v[2] += e["count"]
+        else:
+            v[1] += reo
+            v[3] += e["count"]
+    rows = []
+    for (other, kind), v in sorted(counter.items()):
+        pid = other.partition(":")[2] if other.startswith("party:") else None
+        rows.append({"node": other, "name": names.get(pid, "") if pid else "", "kind": kind,
+                     "in_reo_kg": encoding.decimal_text(v[0]), "out_reo_kg": encoding.decimal_text(v[1]),
+                     "in_count": v[2], "out_count": v[3]})
+    return {"graph": graph, "counterparties": rows}
+
+
+def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data."""
+    with LedgerStore(url, create=False) as store:
+        size = store.size()
+        if size == 0:
+            raise ReportError("the ledger is empty")
+        n = size if as_of is None else min(as_of, size)
+        if n <= 0:
+            raise ReportError(f"--as-of {as_of}: the log is empty at that point")
+        r = replay_party(url, party, as_of=n)
+        if not r.steps and r.name is None:
+            raise ReportError(f"party {party} has no history in this ledger (as of log size {n})")
+        last = store.record(n - 1)
+        cp = _checkpoint(store, n)
+        sigs = {s.index: s.signature for s in r.steps if s.kind == "entry"}
+        registry = store.registry(n)
+        findings = []
+        for s in r.steps:
+            for f in s.findings:
+                evidence = [_prove(store, ref, cp, sigs, registry) for ref in f["evidence"]]
+                findings.append({**f, "step_index": s.index, "evidence_checked": evidence,
+                                 "regulation": regulation_for(f["code"], f["rule"])})
+    ps = ProjectionStore(url)
+    try:
+        ps.catch_up()
+        point = Point(as_of=n)
+        everyone = parties(ps, point)
+        names = {p["party"]: p["name"] for p in everyone}
+        info = next((p for p in everyone if p["party"] == party),
+                    {"party": party, "name": r.name, "roles": [], "province": None, "group": None})
+        is_group = "GROUP" in info["roles"]
+        quota = _quota_series(ps, party, n, is_group)
+        stock = _stock_series(ps, party, n)
+        flows = _flows(ps, party, point, names)
+    finally:
+        ps.close()
+    # the replay and the projections must agree on the quota used (a cross-check, shown)
+    replay_used = r.steps[-1].quota_used if r.steps else {}
+    agree = True
+    if not is_group:
+        for c in quota:
+            k = f"{c['year']} {c['category']}"
+            if abs(float(Decimal(replay_used.get(k, "0"))) - c["used_t"]) > 1e-6:
+                agree = False
+    return {"party": info, "replay": r, "size": n, "log_size": size, "as_of": as_of,
+            "as_of_recorded_at": last.recorded_at if last else None, "checkpoint": cp, "findings": findings,
+            "quota": quota, "quota_agrees": agree, "stock": stock, "flows": flows, "names": names,
+            "generated_at": encoding.micros_to_time_text(
+                int(datetime.now(timezone.utc).replace(microsecond=0).timestamp()) * 1_000_000)}
+
+
+# --- drawing ----------------------------------------------------------------------------------
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
+           "#7f7f7f", "#393b79", "#637939"]
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _nice_step(span: float, target: int = 5) -> float:
+    if span <= 0:
+        return 1.0
+    raw = span / target
+    mag = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if raw <= m * mag:
+            return m * mag
+    return 10 * mag
+
+
+def _fmt_num(v: float) -> str:
+    if abs(v) >= 1e6:
+        return f"{v / 1e6:g}M"
+    if abs(v) >= 1e4:
+        return f"{v / 1e3:g}k"
+    return f"{v:g}"
+
+
+def _dt(us: int) -> datetime:
+    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
+
+
+def _time_ticks(t0: int, t1: int) -> list[tuple[int, str]]:
+    """Tick positions and labels: days, weeks or months, about 6–14 of them."""
+    span_days = (t1 - t0) / 86_400e6
+    ticks: list[tuple[int, str]] = []
+    if span_days <= 70:
+        from datetime import timedelta
+
+        step = max(1, int(math.ceil(span_days / 10)))
+        d = _dt(t0).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        while encoding.time_to_micros(d) <= t1:
+            ticks.append((encoding.time_to_micros(d), d.strftime("%m-%d")))
+            d += timedelta(days=step)
+        return ticks
+    months = span_days / 30.4
+    step = next(s for s in (1, 2, 3, 6, 12, 24, 60) if months / s <= 14)
+    d = _dt(t0)
+    y, m = d.year, d.month
+    while True:
+        m += 1
+        if m > 12:
+            y, m = y + 1, 1
+        if (m - 1) % step:
+            continue
+        u = encoding.time_to_micros(datetime(y, m, 1, tzinfo=timezone.utc))
+        if u > t1:
+            break
+        ticks.append((u, f"{y}-{m:02d}" if step < 12 else str(y)))
+    return ticks
+
+
+def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: int = 1080, height: int = 280,
+               marks: list[dict[str, Any]] = ()) -> str:
+    """An inline SVG step chart over business time. ``series``: {label, color, points [(us, y)],
+    dash?, width?}; ``marks``: {t, y, label, color} points to call out."""
+    pts = [p for s in series for p in s["points"]]
+    if not pts:
+        return f'<p class="muted">{esc(title)}: no data.</p>'
+    t0 = min(p[0] for p in pts)
+    t1 = max(p[0] for p in pts)
+    if t1 - t0 < 86_400_000_000:
+        t0, t1 = t0 - 43_200_000_000, t1 + 43_200_000_000
+    pad = (t1 - t0) * 0.02
+    t0, t1 = int(t0 - pad), int(t1 + pad)
+    ymax = max(max(p[1] for p in pts), 0.0)
+    ymin = min(min(p[1] for p in pts), 0.0)
+    ystep = _nice_step((ymax - ymin) or 1.0)
+    ymax = math.ceil(ymax / ystep) * ystep or ystep
+    ymin = math.floor(ymin / ystep) * ystep
+    left, right, top, bottom = 70, 20, 30, 58
+    pw, ph = width - left - right, height - top - bottom
+
+    def x(t: float) -> float:
+        return left + (t - t0) / (t1 - t0) * pw
+
+    def y(v: float) -> float:
+        return top + ph - (v - ymin) / (ymax - ymin) * ph
+
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+           f'<title>{esc(title)}</title>',
+           f'<text x="{left}" y="18" class="ct">{esc(title)}</text>',
+           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fcfcfd" stroke="#ccc"/>']
+    v = ymin
+    while v <= ymax + ystep / 2:
+        yy = y(v)
+        out.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}" stroke="#e6e6e6"/>')
+        out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end" class="tk">{esc(_fmt_num(v))}</text>')
+        v += ystep
+    for t, label in _time_ticks(t0, t1):
+        xx = x(t)
+        out.append(f'<line x1="{xx:.1f}" y1="{top}" x2="{xx:.1f}" y2="{top + ph}" stroke="#eee"/>')
+        out.append(f'<text x="{xx:.1f}" y="{top + ph + 15}" text-anchor="middle" class="tk">{esc(label)}</text>')
+    out.append(f'<text x="14" y="{top + ph / 2:.0f}" transform="rotate(-90 14 {top + ph / 2:.0f})" '
+               f'text-anchor="middle" class="tk">{esc(unit)}</text>')
+    for s in series:
+        if not s["points"]:
+            continue
+        p = sorted(s["points"], key=lambda q: q[0])
+        d = [f"M {x(t0):.1f} {y(0):.1f}", f"H {x(p[0][0]):.1f}"]
+        for t, val in p:
+            d.append(f"H {x(t):.1f} V {y(val):.1f}")
+        d.append(f"H {x(t1):.1f}")
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        out.append(f'<path d="{" ".join(d)}" fill="none" stroke="{s["color"]}" stroke-width="{s.get("width", 1.8)}"'
+                   f'{dash}><title>{esc(s["label"])}</title></path>')
+        for t in s.get("ticks", ()):
+            out.append(f'<line x1="{x(t):.1f}" y1="{top + ph}" x2="{x(t):.1f}" y2="{top + ph - 8}" '
+                       f'stroke="{s["color"]}" stroke-width="2"/>')
+    for m in marks:
+        out.append(f'<circle cx="{x(m["t"]):.1f}" cy="{y(m["y"]):.1f}" r="5" fill="none" stroke="{m["color"]}" '
+                   f'stroke-width="2"><title>{esc(m["label"])}</title></circle>')
+        anchor = "end" if x(m["t"]) > left + pw * 0.7 else "start"
+        dx = -8 if anchor == "end" else 8
+        out.append(f'<text x="{x(m["t"]) + dx:.1f}" y="{y(m["y"]) - 8:.1f}" text-anchor="{anchor}" '
+                   f'class="mk" fill="{m["color"]}">{esc(m["label"])}</text>')
+    # legend below the axis labels
+    lx, ly = left, top + ph + 36
+    for s in series:
+        label = esc(s["label"])
+        w = 34 + 6.4 * len(s["label"])
+        if lx + w > width - right:
+            break
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        out.append(f'<line x1="{lx}" y1="{ly}" x2="{lx + 22}" y2="{ly}" stroke="{s["color"]}" stroke-width="3"{dash}/>')
+        out.append(f'<text x="{lx + 27}" y="{ly + 4}" class="lg">{label}</text>')
+        lx += int(w) + 10
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+CSS = """
+*{box-sizing:border-box}
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:13px;color:#1d2330;margin:0;
+background:#f4f5f7}
+main{max-width:1200px;margin:0 auto;padding:20px 28px 60px;background:#fff}
+h1{font-size:22px;margin:4px 0 2px}h2{font-size:17px;margin:28px 0 8px;padding-bottom:4px;border-bottom:2px solid #d9dde5}
+h3{font-size:14px;margin:18px 0 6px}
+.sub{color:#555;margin:0 0 12px}
+.muted{color:#777}
+code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11.5px}
+.hash{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
+table{border-collapse:collapse;width:100%;margin:4px 0 10px}
+th,td{border:1px solid #dde1e8;padding:3px 6px;text-align:left;vertical-align:top}
+th{background:#eef1f6;font-weight:600}
+table.kv{width:auto}table.kv th{width:190px;background:#f5f7fa}
+table.tl{font-size:11.5px}
+table.tl td{padding:2px 5px;white-space:nowrap}
+table.tl td.lots{white-space:normal;max-width:260px}
+table.tl tr.hit td{background:#fff1f0}
+table.tl tr.other td{background:#f7f7f7;color:#555}
+table.tl thead th{position:sticky;top:0}
+.ok{color:#137333;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#a15c00;font-weight:600}
+.badge{display:inline-block;padding:0 5px;border-radius:3px;background:#b3261e;color:#fff;font-size:10.5px;
+margin-right:2px;font-weight:600}
+.badge.rule{background:#5f6b7a}
+.card{border:1px solid #dde1e8;border-left:4px solid #b3261e;border-radius:4px;padding:10px 14px;margin:12px 0;
+background:#fffdfd}
+.card h3{margin:0 0 4px}
+.ev{border-top:1px dashed #dde1e8;padding:6px 0;margin-top:6px}
+ol.proof{margin:2px 0 0 18px;padding:0}ol.proof li{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:10.5px}
+.scroll{overflow-x:auto;border:1px solid #eee;padding:4px}
+.tlwrap{max-height:900px;overflow:auto;border:1px solid #dde1e8}
+svg.chart .ct{font-size:13px;font-weight:600;fill:#1d2330}
+svg.chart .tk{font-size:10.5px;fill:#555}
+svg.chart .lg{font-size:11px;fill:#333}
+svg.chart .mk{font-size:11px;font-weight:600}
+.summary span{display:inline-block;margin-right:18px}
+@media print{.tlwrap{max-height:none;overflow:visible}main{max-width:none}}
+"""
+
+
+def _sig_html(sig: str) -> str:
+    if not sig:
+        return ""
+    cls = "ok" if sig.startswith("valid") else "bad"
+    return f'<span class="{cls}">{esc(sig)}</span>'
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    return '<table class="kv">' + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _header(d: dict[str, Any]) -> str:
+    p, r, cp = d["party"], d["replay"], d["checkpoint"]
+    as_of = f"log size {d['size']}" + (f" of {d['log_size']}" if d["size"] != d["log_size"] else " (the whole log)")
+    if d["as_of_recorded_at"]:
+        as_of += f"; last entry recorded {d['as_of_recorded_at']}"
+    rows = [("Party", f'<span class="mono">{esc(p["party"])}</span>'), ("Name", esc(p.get("name") or r.name)),
+            ("Roles", esc(", ".join(p.get("roles") or []) or "—")), ("Province", esc(p.get("province") or "—")),
+            ("Group", esc(p.get("group") or "—")), ("As of", esc(as_of))]
+    if cp:
+        rows += [("Checkpoint origin", esc(cp["origin"])), ("Checkpoint size", esc(cp["size"])),
+                 ("Checkpoint root", f'<span class="hash">{esc(cp["root"].hex())}</span>'),
+                 ("Checkpoint note", f'<span class="{"ok" if cp["signature_ok"] else "bad"}">{esc(cp["signature"])}'
+                  f'</span>; root {"matches" if cp["root_matches"] else "DOES NOT MATCH"} the log\'s Merkle root '
+                  f'at size {esc(cp["size"])}')]
+    else:
+        rows.append(("Checkpoint", '<span class="warn">no checkpoint at or before this log size: nothing in this '
+                                   'report is proven against a signed tree head</span>'))
+    rows.append(("Generated at", esc(d["generated_at"])))
+    findings = d["findings"]
+    codes: dict[str, int] = {}
+    for f in findings:
+        codes[f["code"]] = codes.get(f["code"], 0) + 1
+    summary = (f'<p class="summary"><span><b>{len(r.steps)}</b> steps replayed</span>'
+               f'<span>signatures: <span class="ok">{r.signatures_valid} valid</span>, '
+               f'<span class="{"bad" if r.signatures_invalid else "ok"}">{r.signatures_invalid} invalid</span></span>'
+               f'<span><b>{len(findings)}</b> findings'
+               + (": " + " ".join(f'<span class="badge">{esc(c)} ×{k}</span>' for c, k in sorted(codes.items()))
+                  if codes else "") + "</span>"
+               f'<span><b>{len(r.credit)}</b> credit records</span></p>')
+    title = f"Investigation: {p.get('name') or r.name or p['party']}"
+    return (f"<h1>{esc(title)}</h1><p class=\"sub\">reledger investigation report for party "
+            f"<span class=\"mono\">{esc(p['party'])}</span>, from a fresh replay of the signed log</p>"
+            + summary + _kv(rows))
+
+
+def _timeline(d: dict[str, Any]) -> str:
+    r: Replay = d["replay"]
+    head = ("<tr><th>#</th><th>seq</th><th>type</th><th>occurred</th><th>recorded</th><th>counterparty</th>"
+            "<th>lots</th><th>signature</th><th>findings</th></tr>")
+    rows = []
+    for s in r.steps:
+        codes = " ".join(f'<span class="badge">{esc(f["code"])}</span>' for f in s.findings)
+        if s.kind == "entry":
+            lots = ", ".join(s.lots[:4]) + (f" (+{len(s.lots) - 4})" if len(s.lots) > 4 else "")
+            cp = s.counterparty or ""
+            name = d["names"].get(cp, "")
+            rows.append(f'<tr class="{"hit" if s.findings else ""}"><td>{s.index}</td><td>{esc(s.seq)}</td>'
+                        f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}</td>'
+                        f'<td title="{esc(name)}" class="mono">{esc(cp)}</td><td class="lots mono">{esc(lots)}</td>'
+                        f'<td>{_sig_html(s.signature)}</td><td>{codes}</td></tr>')
+        else:
+            rows.append(f'<tr class="other hit"><td>{s.index}</td><td></td><td colspan="3"><i>raised by another '
+                        f'party\'s entry (recorded {esc(s.recorded_at[:19])})</i></td><td></td><td></td><td></td>'
+                        f'<td>{codes}</td></tr>')
+    types: dict[str, int] = {}
+    for s in r.steps:
+        if s.type:
+            types[s.type] = types.get(s.type, 0) + 1
+    counts = ", ".join(f"{esc(t)} {k}" for t, k in sorted(types.items(), key=lambda x: -x[1]))
+    return ("<h2>Timeline</h2>"
+            f'<p class="muted">{len(r.steps)} steps in log order: the party\'s own entries (signature checked with '
+            "the key valid when each was recorded) and findings about the party raised by other entries' arrival. "
+            f"Rows with findings are shaded. Entry types: {counts}.</p>"
+            f'<div class="tlwrap"><table class="tl"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _quota(d: dict[str, Any]) -> str:
+    parts = ["<h2>Quota burn-down</h2>",
+             '<p class="muted">Cumulative use (t REO, separation on the indicator\'s basis, secondary feed not '
+             "counted) against the cumulative allocation (issued batches and sub-allocations, less reductions), "
+             "over business time. Ticks on the axis mark each issue or sub-allocation.</p>"]
+    if not d["quota"]:
+        parts.append('<p class="muted">No quota allocated to or used by this party.</p>')
+        return "".join(parts)
+    is_group = "GROUP" in (d["party"].get("roles") or [])
+    rows = []
+    for c in d["quota"]:
+        series = [{"label": "allocated (cumulative)", "color": "#2ca02c", "points": c["alloc"], "width": 2.2,
+                   "ticks": [t for t, _k, _i in c["alloc_events"]]},
+                  {"label": "members' use" if is_group else "used (cumulative)", "color": "#1f77b4",
+                   "points": c["used"], "width": 2.2}]
+        if c["out"]:
+            series.append({"label": "sub-allocated to members", "color": "#ff7f0e", "points": c["out"], "dash": "5 3"})
+        marks = []
+        if c["over"]:
+            marks.append({"t": c["over"][0], "y": c["over"][1], "color": "#b3261e",
+                          "label": f"over quota from {encoding.micros_to_time_text(c['over'][0])[:10]}"})
+        parts.append(step_chart(series, title=f"{c['year']} {c['category']}", unit="t REO", marks=marks))
+        pct = f"{c['used_t'] / c['allocated_t'] * 100:.1f}%" if c["allocated_t"] else "—"
+        over = c["used_t"] > c["allocated_t"] + 1e-9
+        rows.append(f"<tr><td>{c['year']}</td><td>{esc(c['category'])}</td><td>{c['allocated_t']:.6g}</td>"
+                    f"<td>{c['used_t']:.6g}</td><td>{esc(pct)}</td>"
+                    f"<td>{'<span class=bad>OVER</span>' if over else '<span class=ok>within</span>'}</td></tr>")
+    parts.append("<table><tr><th>year</th><th>category</th><th>allocated t REO</th><th>used t REO</th><th>% used</th>"
+                 f"<th>status</th></tr>{''.join(rows)}</table>")
+    if not d["quota_agrees"]:
+        parts.append('<p class="bad">The replay and the projection tables disagree on the quota used: rebuild the '
+                     "projections (reledger rebuild) and compare.</p>")
+    else:
+        parts.append('<p class="muted">Cross-check: the fresh replay and the projection tables agree on the quota '
+                     "used.</p>")
+    return "".join(parts)
+
+
+def _stock(d: dict[str, Any]) -> str:
+    parts = ["<h2>Stock over time</h2>"]
+    st = d["stock"]
+    if not st:
+        parts.append('<p class="muted">The party never held stock.</p>')
+        return "".join(parts)
+    ranked = sorted(st.items(), key=lambda kv: -max(abs(v) for _, v in kv[1]))
+    series = [{"label": prod, "color": PALETTE[i % len(PALETTE)], "points": pts}
+              for i, (prod, pts) in enumerate(ranked[:10])]
+    parts.append('<p class="muted">kg REO held, by product, over business time (after each move). '
+                 + (f"Showing the 10 largest of {len(ranked)} products." if len(ranked) > 10 else "") + "</p>")
+    marks = []
+    for prod, pts in ranked:
+        neg = next(((t, v) for t, v in pts if v < 0), None)
+        if neg:
+            marks.append({"t": neg[0], "y": neg[1], "color": "#b3261e", "label": f"{prod} below zero"})
+    parts.append(step_chart(series, title="Stock by product", unit="kg REO", height=320, marks=marks))
+    rows = "".join(f"<tr><td>{esc(prod)}</td><td>{kg_text(int(round(pts[-1][1] * 1000)))}</td>"
+                   f"<td>{kg_text(int(round(max(v for _, v in pts) * 1000)))}</td></tr>" for prod, pts in ranked)
+    parts.append(f"<table><tr><th>product</th><th>kg REO now</th><th>kg REO peak</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _flows_html(d: dict[str, Any]) -> str:
+    fl = d["flows"]
+    parts = ["<h2>Flows</h2>"]
+    if not fl["graph"]["edges"]:
+        parts.append('<p class="muted">No material flows touch this party.</p>')
+        return "".join(parts)
+    parts.append('<p class="muted">Movements between this party and its counterparties, origins and destinations, '
+                 "aggregated (kg REO on each edge).</p>")
+    parts.append('<div class="scroll">' + flowgraph.to_svg(fl["graph"], f"flows of {d['party']['party']}") + "</div>")
+    rows = "".join(f"<tr><td class=mono>{esc(x['node'])}</td><td>{esc(x['name'])}</td><td>{esc(x['kind'])}</td>"
+                   f"<td>{esc(x['in_reo_kg'])} ({x['in_count']})</td><td>{esc(x['out_reo_kg'])} ({x['out_count']})</td>"
+                   "</tr>" for x in fl["counterparties"])
+    parts.append("<table><tr><th>counterparty / origin / destination</th><th>name</th><th>kind</th>"
+                 f"<th>in: kg REO (moves)</th><th>out: kg REO (moves)</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def _findings_html(d: dict[str, Any]) -> str:
+    parts = ["<h2>Findings and evidence</h2>"]
+    cp = d["checkpoint"]
+    if not d["findings"]:
+        parts.append('<p class="ok">No findings about this party.</p>')
+        return "".join(parts)
+    parts.append('<p class="muted">Each cited entry: its position, its entry hash recomputed from the stored signed '
+                 "envelope, its signature checked with the key valid when it was recorded, and its Merkle inclusion "
+                 + (f"proof (sibling hashes, leaf to root) against the checkpoint {esc(cp['origin'])} of size "
+                    f"{cp['size']}, root <span class=hash>{esc(cp['root'].hex())}</span>, verified before printing."
+                    if cp else "proof: none, there is no checkpoint.") + "</p>")
+    for i, f in enumerate(d["findings"], 1):
+        reg = f["regulation"]
+        ev = []
+        for e in f["evidence_checked"]:
+            proof = ""
+            if e.proof is not None:
+                proof = ('<ol class="proof">' + "".join(f"<li>{esc(h)}</li>" for h in e.proof) + "</ol>"
+                         if e.proof else '<div class="muted">(empty proof: the tree has one leaf)</div>')
+            status_cls = "ok" if e.proof_ok else ("warn" if e.proof is None and "not yet" in e.proof_status else "bad")
+            ev.append(f'<div class="ev"><b class="mono">{esc(e.chain)}:{esc(e.seq)}</b> '
+                      f'<span class="muted">log index {e.index}, {esc(e.type)}, recorded {esc(e.recorded_at)}</span><br>'
+                      f'entry hash <span class="hash">{esc(e.entry_hash)}</span> '
+                      f'<span class="{"ok" if e.hash_ok else "bad"}">'
+                      f'{"(matches the stored envelope)" if e.hash_ok else "(DOES NOT match the stored envelope)"}'
+                      f'</span><br>signature {_sig_html(e.signature)}<br>'
+                      f'<span class="{status_cls}">{esc(e.proof_status)}</span>{proof}</div>')
+        provisions = "".join(f"<tr><td>{esc(src)}</td><td>{esc(art)}</td><td>{esc(text)}</td></tr>"
+                             for src, art, text in reg["provisions"])
+        params = ", ".join(f"{esc(k)}={esc(v)}" for k, v in (f.get("params") or {}).items())
+        parts.append(
+            f'<div class="card"><h3>{i}. <span class="badge">{esc(f["code"])}</span> '
+            f'<span class="badge rule">{esc(f["rule"])}</span> {esc(f["message"])}</h3>'
+            f'<div class="muted">raised at log index {f["index"]}, business time {esc(f["occurred_at"])}'
+            + (f"; {params}" if params else "") + f'<br>rule: {esc(RULES.get(f["rule"], f["rule"]))}</div>'
+            f'<h3>What the regulation says</h3><table><tr><th>source</th><th>article</th><th>provision</th></tr>'
+            f'{provisions}</table><div><b>Penalty range:</b> {esc(reg["penalty"])}</div>'
+            f'<h3>Evidence ({len(f["evidence_checked"])} entries)</h3>{"".join(ev)}</div>')
+    parts.append('<p class="muted">Whatever the rule: ' + "; ".join(
+        f"{esc(src)} {esc(art)}: {esc(text)}" for src, art, text in CONSEQUENCES) + ".</p>")
+    return "".join(parts)
+
+
+def _credit_html(d: dict[str, Any]) -> str:
+    r: Replay = d["replay"]
+    parts = ["<h2>Credit record</h2>",
+             '<p class="muted">ViolationFound and PenaltyImposed entries about this party (Decree 785 Art. 27; a '
+             "penalty under Decree 71 cuts the next-year indicator, Art. 14).</p>"]
+    if not r.credit:
+        parts.append('<p class="muted">No violation or penalty recorded against this party.</p>')
+        return "".join(parts)
+    rows = "".join(f"<tr><td>{c['index']}</td><td>{esc(c['kind'])}</td><td>{esc(c['article'])}</td>"
+                   f"<td>{esc(c['fine_cny'] or '')}</td><td>{esc(c['next_year_cut_t'])}</td><td>{esc(c['detail'])}</td></tr>"
+                   for c in r.credit)
+    parts.append("<table><tr><th>log index</th><th>kind</th><th>article</th><th>fine CNY</th>"
+                 f"<th>next-year cut t REO</th><th>detail</th></tr>{rows}</table>")
+    return "".join(parts)
+
+
+def render_html(d: dict[str, Any]) -> str:
+    p = d["party"]
+    body = "".join([_header(d), _findings_html(d), _quota(d), _stock(d), _flows_html(d), _credit_html(d),
+                    _timeline(d)])
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{esc('Investigation ' + (p.get('name') or '') + ' ' + p['party'])}</title>"
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<style>{CSS}</style></head><body><main>{body}"
+            f'<p class="muted">Generated by reledger investigate at {esc(d["generated_at"])}. Self-contained: no '
+            "scripts, fonts or images are loaded from anywhere.</p></main></body></html>\n")
+
+
+def write_report(url: str, party: str, out: str | Path, *, as_of: int | None = None) -> dict[str, Any]:
+    """Gather, render and write the report; returns a summary."""
+    d = gather(url, party, as_of=as_of)
+    text = render_html(d)
+    Path(out).write_text(text, encoding="utf-8")
+    ev = [e for f in d["findings"] for e in f["evidence_checked"]]
+    cp = d["checkpoint"]
+    return {"file": str(out), "party": party, "as_of_size": d["size"], "steps": len(d["replay"].steps),
+            "findings": len(d["findings"]), "codes": sorted({f["code"] for f in d["findings"]}),
+            "evidence": len(ev), "proofs_verified": sum(e.proof_ok for e in ev),
+            "not_yet_checkpointed": sum(e.proof is None for e in ev),
+            "proofs_failed": sum(e.proof is not None and not e.proof_ok for e in ev),
+            "checkpoint": {"origin": cp["origin"], "size": cp["size"], "root": cp["root"].hex()} if cp else None,
+            "bytes": len(text.encode("utf-8"))}
