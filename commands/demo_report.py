@@ -31,6 +31,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     # a flow graph: an exported lot traced upstream to its mines
     exported = [e for e in queries.flow_edges(ps) if e["kind"] == "EXPORT"]
     graph_files = {}
+    export_lot = exported[-1]["src_lot"] if exported else None
     if exported:
         lot = exported[-1]["src_lot"]
         g = flowgraph.trace(ps, lot, "up")
@@ -51,6 +52,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
         "checkpoints": len(demo.store.checkpoints()),
         "quota": quota, "stock_by_product": stock["by_product"],
         "files": {"flow_graph": graph_files, "keys": str(out / "keys")},
+        "export_lot": export_lot,
     }
 
 
