@@ -55,14 +55,16 @@ class DatabaseURL:
                 raise DatabaseURLError(f"bad schema name {schema!r}: use lower case letters, digits and _")
             return cls("postgres", host=u.hostname or "127.0.0.1", port=u.port or 5432,
                        user=unquote(u.username or "postgres"), password=unquote(u.password or ""),
-                       dbname=(u.path or "/").lstrip("/") or "postgres", schema=schema)
+                       dbname=unquote((u.path or "/").lstrip("/")) or "postgres", schema=schema)
         raise DatabaseURLError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB")
 
     def conninfo(self) -> str:
-        parts = [f"host={self.host}", f"port={self.port}", f"user={self.user}", f"dbname={self.dbname}"]
+        from psycopg.conninfo import make_conninfo  # quotes every value
+
+        kw = {"host": self.host, "port": self.port, "user": self.user, "dbname": self.dbname}
         if self.password:
-            parts.append(f"password={self.password}")
-        return " ".join(parts)
+            kw["password"] = self.password
+        return make_conninfo("", **kw)
 
 
 class Tables:
