@@ -1054,10 +1054,6 @@ def test_database_url_conninfo(url, expected):
     assert conninfo_to_dict(DatabaseURL.parse(url).conninfo()) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DatabaseURL.conninfo (ledger/reader.py) joins 'key=value' without "
-                                       "quoting: a password or user with a space breaks the connection string "
-                                       "(psycopg: missing '=' after ...), and the database name is never "
-                                       "percent-decoded while user and password are")
 @pytest.mark.parametrize("url,key,value", [
     ("postgresql://postgres:a%20b@127.0.0.1:5432/test", "password", "a b"),
     ("postgresql://postgres:x%20dbname%3Dother@127.0.0.1:5432/test", "dbname", "test"),
