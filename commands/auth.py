@@ -116,6 +116,8 @@ class RequestAuthenticator:
         now_us = int(now * 1_000_000)
         if rec is None or rec.purpose != "entries" or rec.party != party:
             raise AuthError(f"key {key_id} is not a key of party {party}")
+        if now_us < rec.valid_from_us:
+            raise AuthError(f"key {key_id} is not valid yet")
         if rec.revoked_at is not None:
             raise AuthError(f"key {key_id} has been revoked")
         if rec.valid_until_us is not None and now_us >= rec.valid_until_us:

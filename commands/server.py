@@ -20,10 +20,10 @@ import base64
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from typing import Annotated, Any
 
 import msgpack
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,9 +31,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from commands.api import CommandAPI, CommandError
 from commands.auth import AuthError, RequestAuthenticator
 from ledger import encoding
+from ledger.entry import CHAIN_RE
 from ledger.store import LedgerStore
 
 MAX_BODY = 4 * 1024 * 1024
+MAX_INT = 2**63 - 1  # what a BIGINT column (and SQLite's INTEGER) holds: larger numbers are refused, never sent
+
+# integer parameters, bounded so that no number reaches the database that it cannot hold
+# (seq >= 1 is the API's check, with the API's message)
+Seq = Annotated[int, Path(le=MAX_INT, description="entry number in its chain (1, 2, 3 ...)")]
+Size = Annotated[int, Query(ge=0, le=MAX_INT, description="a tree size (number of log entries)")]
+Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
 MAX_GROUP = 5000
 PROBLEM = "application/problem+json"
 
@@ -45,7 +53,7 @@ class Problem(Exception):
         self.status, self.code, self.detail = status, code, detail
         self.field, self.position, self.title = field, position, title
 
-    def response(self, instance: str | None = None) -> JSONResponse:
+    def response(self, instance: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
         body = {"type": f"https://reledger.example/problems/{self.code}", "title": self.title or _TITLES.get(
             self.status, "Error"), "status": self.status, "detail": self.detail, "code": self.code}
         if self.field is not None:
@@ -54,7 +62,7 @@ class Problem(Exception):
             body["position"] = self.position
         if instance:
             body["instance"] = instance
-        return JSONResponse(body, status_code=self.status, media_type=PROBLEM)
+        return JSONResponse(body, status_code=self.status, media_type=PROBLEM, headers=headers)
 
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
@@ -164,7 +172,8 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return Problem(exc.status_code, "http_error", str(exc.detail)).response(request.url.path)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return Problem(exc.status_code, code, str(exc.detail)).response(request.url.path, getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -187,12 +196,35 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
         return b"".join(chunks)
 
     def who(request: Request, body: bytes = b"") -> tuple[str, frozenset[str]]:
-        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # the path as sent (percent-encoding kept), not Starlette's decoded one: the client signs
+        # the bytes it puts on the request line (docs/HTTP.md)
+        raw = request.scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else request.url.path
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        path += f"?{query}" if query else ""
         party = authenticator.authenticate(request.method, path, request.headers, body)
         if party is None:
             raise Problem(401, "unauthorized", "reads need a signed request (X-Reledger-* headers, docs/HTTP.md)")
         roles = store.current_registry().roles.get(party, frozenset())
         return party, roles
+
+    def chain_id(chain: str) -> str:
+        """``chain`` if it is a party id; else the API's 400 (never a query with it)."""
+        CommandAPI._check_chain_id(chain)  # raises the API's own CommandError
+        return chain
+
+    def text_param(name: str, value: str | None) -> str | None:
+        """A free-text query parameter: no control characters (PostgreSQL refuses NUL)."""
+        if value is not None and (len(value) > 256 or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            raise Problem(400, "invalid_request", f"{name}: at most 256 characters, no control characters",
+                          field=name)
+        return value
+
+    def party_param(value: str | None) -> str | None:
+        if value is not None and not CHAIN_RE.match(value):
+            raise Problem(400, "invalid_request", "party: must be a party id of 2-64 characters A-Z 0-9 . _ -",
+                          field="party")
+        return value
 
     def may_read_all(roles: frozenset[str]) -> bool:
         return bool(roles & {"REGULATOR", "AUDITOR"})
@@ -206,6 +238,20 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
             body = SignedEntry.parse(rec.envelope).entry.body
             return party in (body.get("buyer"), body.get("seller"))
         return False
+
+    def readable_record(party: str, roles: frozenset[str], chain: str, seq: int):
+        """The record chain:seq if ``party`` may read it. Another party's chain answers 403
+        whether or not the entry exists (no existence oracle); the API's 400/404 otherwise."""
+        chain_id(chain)
+        try:
+            rec = api.entry(chain, seq)
+        except CommandError as err:
+            if err.code == "not_found" and not (may_read_all(roles) or chain == party):
+                raise Problem(403, "forbidden", f"{party} may not read {chain}:{seq}") from None
+            raise
+        if not may_read_record(party, roles, rec):
+            raise Problem(403, "forbidden", f"{party} may not read {chain}:{seq}")
+        return rec
 
     def record_json(rec) -> dict[str, Any]:
         return {"index": rec.index, "chain": rec.chain, "seq": rec.seq, "type": rec.type,
@@ -238,7 +284,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
                 if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
                     raise TypeError
                 envelopes = [base64.b64decode(x, validate=True) for x in raw]
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
                 raise Problem(400, "malformed", 'body: expected {"entries": [base64 envelope, ...]}') from e
         else:
             raise Problem(415, "unsupported_media_type",
@@ -257,21 +303,16 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     @app.get("/v1/chains/{chain}/head", summary="The head of a chain (seq and entry hash)")
     def head(chain: str, request: Request):
         party, roles = who(request)
+        chain_id(chain)
         if not (may_read_all(roles) or chain == party):
             raise Problem(403, "forbidden", f"{party} may not read chain {chain}")
-        seq, h = store.chain_head(chain)
+        seq, h = api.head(chain)
         return {"chain": chain, "seq": seq, "entry_hash": h.hex()}
 
     @app.get("/v1/chains/{chain}/entries/{seq}", summary="One entry, with what the ledger added")
-    def entry(chain: str, seq: int, request: Request):
+    def entry(chain: str, seq: Seq, request: Request):
         party, roles = who(request)
-        rec = store.entry(chain, seq)
-        if rec is None:
-            if not (may_read_all(roles) or chain == party):
-                raise Problem(403, "forbidden", f"{party} may not read chain {chain}")
-            raise Problem(404, "not_found", f"no entry {chain}:{seq}")
-        if not may_read_record(party, roles, rec):
-            raise Problem(403, "forbidden", f"{party} may not read {chain}:{seq}")
+        rec = readable_record(party, roles, chain, seq)
         if "application/msgpack" in request.headers.get("accept", ""):
             return Response(rec.envelope, media_type="application/msgpack")
         return record_json(rec)
@@ -285,14 +326,17 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
         return PlainTextResponse(latest[2].decode(), media_type="text/plain; charset=utf-8")
 
     @app.get("/v1/proofs/inclusion", summary="Inclusion proof of an entry in a tree of a given size")
-    def inclusion(chain: str, seq: int, request: Request, size: int | None = None):
+    def inclusion(chain: str, seq: Annotated[int, Query(le=MAX_INT)], request: Request,
+                  size: Size | None = None):
         party, roles = who(request)
-        rec = store.entry(chain, seq)
-        if rec is None or not may_read_record(party, roles, rec):
-            raise Problem(404 if rec is None else 403, "not_found" if rec is None else "forbidden",
-                          f"no entry {chain}:{seq}" if rec is None else f"{party} may not read {chain}:{seq}")
-        latest = store.latest_checkpoint()
-        size = size or (latest[0] if latest else store.size())
+        rec = readable_record(party, roles, chain, seq)
+        if size is None:
+            latest = store.latest_checkpoint()
+            size = latest[0] if latest else store.size()
+            if rec.index >= size:
+                raise Problem(400, "invalid_request", f"entry index {rec.index} is not covered by the latest "
+                              f"checkpoint (tree size {size}) yet: ask again after the next checkpoint, or pass "
+                              "size", field="size")
         if not rec.index < size <= store.size():
             raise Problem(400, "invalid_request", f"entry index {rec.index} is not inside a tree of size {size}",
                           field="size")
@@ -302,7 +346,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
                 "proof": [h.hex() for h in proof], "root": store.root(size).hex()}
 
     @app.get("/v1/proofs/consistency", summary="Consistency proof between two tree sizes")
-    def consistency(request: Request, first: int, second: int):
+    def consistency(request: Request, first: Size, second: Size):
         who(request)
         if not 0 <= first <= second <= store.size():
             raise Problem(400, "invalid_request", f"need 0 <= first <= second <= {store.size()}")
@@ -324,7 +368,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     projections_lock = threading.Lock()
 
     @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")
-    def quota(request: Request, year: int, as_of: str | None = None, valid_at: str | None = None):
+    def quota(request: Request, year: Year, as_of: str | None = None, valid_at: str | None = None):
         party, roles = who(request)
         fresh()
         answer = queries.quota(projections, year, point(as_of, valid_at))
@@ -336,6 +380,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     @app.get("/v1/stock", summary="Stock per party, product and lot, at any point in time")
     def stock(request: Request, party: str | None = None, as_of: str | None = None, valid_at: str | None = None):
         me, roles = who(request)
+        party_param(party)
         if not may_read_all(roles):
             if party not in (None, me):
                 raise Problem(403, "forbidden", f"{me} may not read the stock of {party}")
@@ -347,6 +392,8 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     def findings(request: Request, party: str | None = None, rule: str | None = None, as_of: str | None = None,
                  valid_at: str | None = None):
         me, roles = who(request)
+        party_param(party)
+        text_param("rule", rule)
         if not may_read_all(roles):
             if party not in (None, me):
                 raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
@@ -358,6 +405,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     def flow(request: Request, lot: str | None = None, direction: str = "up", format: str = "json",
              as_of: str | None = None, valid_at: str | None = None):
         me, roles = who(request)
+        text_param("lot", lot)
         if direction not in ("up", "down") or format not in ("json", "dot", "svg"):
             raise Problem(400, "invalid_request", "direction is up|down and format json|dot|svg")
         fresh()
