@@ -32,7 +32,12 @@ from ledger.keys import SigningKey
 
 
 class ClientError(Exception):
-    """The server could not be reached, or answered something unexpected."""
+    """The server could not be reached, or answered something unexpected.
+
+    Raised by append/append_many, it carries ``envelopes``: the signed bytes that were
+    submitted (resubmitting them with :meth:`LedgerClient.submit` is always safe)."""
+
+    envelopes: list[bytes] = []
 
 
 class Refused(ClientError):
@@ -83,13 +88,16 @@ class LedgerClient:
                  signed: bool = True, accept: str | None = None) -> httpx.Response:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
-            headers = sign_request(self.key, method, path, body) if signed else {}
+            headers: dict[str, str] = {}
             if content_type:
                 headers["Content-Type"] = content_type
             if accept:
                 headers["Accept"] = accept
+            request = self.http.build_request(method, path, content=body, headers=headers)
+            if signed:  # sign the path and query exactly as they go on the request line
+                request.headers.update(sign_request(self.key, method, request.url.raw_path.decode("ascii"), body))
             try:
-                resp = self.http.request(method, path, content=body, headers=headers)
+                resp = self.http.send(request)
             except httpx.TransportError as e:  # connection refused/reset, timeout: retry same bytes
                 last = e
                 time.sleep(min(2.0, 0.05 * 2**attempt))
@@ -140,12 +148,21 @@ class LedgerClient:
             if isinstance(occurred_at, datetime):
                 occurred_at = time_text(occurred_at)
             signed.append(signer.sign(type, body, occurred_at, command_id))
+        envelopes = [s.envelope for s in signed]
         try:
-            result = self.submit([s.envelope for s in signed])
-        except Refused:
+            result = self.submit(envelopes)
+        except Refused as e:
             signer.seq, signer.head = seq, head  # nothing was written: roll the cursor back
-            if isinstance(self, LedgerClient):
-                self.signer = None  # resync on the next append (the chain may have moved)
+            self.signer = None  # resync on the next append (the chain may have moved)
+            e.envelopes = envelopes
+            raise
+        except ClientError as e:
+            # unknown outcome (the server may have committed before the connection broke):
+            # resync on the next append instead of guessing; submit(e.envelopes) is safe and
+            # answers the original receipts (duplicate=True) if they were recorded
+            signer.seq, signer.head = seq, head
+            self.signer = None
+            e.envelopes = envelopes
             raise
         return result
 
@@ -176,6 +193,8 @@ class LedgerClient:
         proof = self.inclusion(chain, seq, cp.size)
         env = base64.b64decode(rec["envelope"])
         s = SignedEntry.parse(env)
+        if (s.entry.chain, s.entry.seq) != (chain, seq):
+            raise ClientError(f"the server answered entry {s.entry.chain}:{s.entry.seq} for {chain}:{seq}")
         from ledger.entry import leaf_bytes
 
         leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
