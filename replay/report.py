@@ -52,8 +52,11 @@ class ReportError(ValueError):
 # Interim Measures for total quantity control (MIIT+NDRC+MNR, 2025-07-28). Where DOMAIN.md gives
 # no penalty for a duty, the entry says so instead of inventing one.
 
-D785 = "Decree 785 (Rare Earth Management Regulations)"
-D71 = "Decree 71 (Interim Measures, total quantity control)"
+D785 = "Decree 785"
+D71 = "Decree 71"
+SOURCES = {D785: "Rare Earth Management Regulations, State Council Decree 785 (in force 2024-10-01)",
+           D71: "Interim Measures for total quantity control of rare earth mining and smelting separation, "
+                "MIIT+NDRC+MNR Decree 71 (2025-07-28)"}
 
 _ART21 = (D785, "Art. 21", "over-quota production: confiscation of the product and illegal gains, fine 5–10x "
                            "the illegal gains, or CNY 1–5 m")
@@ -143,6 +146,7 @@ class Proven:
     seq: int
     index: int
     entry_hash: str
+    leaf_hash: str
     type: str | None
     recorded_at: str | None
     signature: str
@@ -184,7 +188,7 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
     index = int(ref["index"])
     rec = store.record(index)
     if rec is None or rec.envelope is None:
-        return Proven(ref["chain"], int(ref["seq"]), index, ref["hash"], None, None, "entry missing from the log",
+        return Proven(ref["chain"], int(ref["seq"]), index, ref["hash"], "", None, None, "entry missing from the log",
                       False, None, "entry missing from the log", False)
     signed = SignedEntry.parse(rec.envelope)
     entry_hash = signed.hash
@@ -200,11 +204,11 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
             sig = f"INVALID: {err}"
     leaf = merkle.leaf_hash(leaf_bytes(entry_hash, index, rec.recorded_at))
     if cp is None:
-        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok, None,
-                      "not yet checkpointed (no checkpoint)", False)
+        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
+                      hash_ok, None, "not yet checkpointed (no checkpoint)", False)
     if index >= cp["size"]:
-        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok, None,
-                      f"not yet checkpointed (log index {index} is after the checkpoint of size {cp['size']})", False)
+        return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
+                      hash_ok, None, f"not yet checkpointed (log index {index} is after the checkpoint of size {cp['size']})", False)
     proof = store.inclusion_proof(index, cp["size"])
     try:
         if leaf != rec.nodes[:32]:
@@ -213,7 +217,7 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
         status, ok = f"inclusion proof verified against the checkpoint of size {cp['size']}", True
     except merkle.ProofError as e:
         status, ok = f"inclusion proof FAILED: {e}", False
-    return Proven(rec.chain, rec.seq, index, entry_hash.hex(), rec.type, rec.recorded_at, sig, hash_ok,
+    return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig, hash_ok,
                   [h.hex() for h in proof], status, ok)
 
 
@@ -493,7 +497,7 @@ def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: in
     lx, ly = left, top + ph + 36
     for s in series:
         label = esc(s["label"])
-        w = 34 + 6.4 * len(s["label"])
+        w = 30 + 7.4 * len(s["label"])
         if lx + w > width - right:
             break
         dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
@@ -511,7 +515,8 @@ CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;font-size:13px;color:#1d2330;margin:0;
 background:#f4f5f7}
 main{max-width:1200px;margin:0 auto;padding:20px 28px 60px;background:#fff}
-h1{font-size:22px;margin:4px 0 2px}h2{font-size:17px;margin:28px 0 8px;padding-bottom:4px;border-bottom:2px solid #d9dde5}
+h1{font-size:22px;margin:4px 0 2px}
+h2{font-size:17px;margin:28px 0 8px;padding-bottom:4px;border-bottom:2px solid #d9dde5}
 h3{font-size:14px;margin:18px 0 6px}
 .sub{color:#555;margin:0 0 12px}
 .muted{color:#777}
@@ -533,16 +538,17 @@ margin-right:2px;font-weight:600}
 .badge.rule{background:#5f6b7a}
 .card{border:1px solid #dde1e8;border-left:4px solid #b3261e;border-radius:4px;padding:10px 14px;margin:12px 0;
 background:#fffdfd}
-.card h3{margin:0 0 4px}
+.card>h3:first-child{margin:0 0 4px}.card h3{margin:12px 0 4px}
 .ev{border-top:1px dashed #dde1e8;padding:6px 0;margin-top:6px}
-ol.proof{margin:2px 0 0 18px;padding:0}ol.proof li{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:10.5px}
+ol.proof{margin:2px 0 0 18px;padding:0}
+ol.proof li{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:10.5px}
 .scroll{overflow-x:auto;border:1px solid #eee;padding:4px}
 .tlwrap{max-height:900px;overflow:auto;border:1px solid #dde1e8}
 svg.chart .ct{font-size:13px;font-weight:600;fill:#1d2330}
 svg.chart .tk{font-size:10.5px;fill:#555}
 svg.chart .lg{font-size:11px;fill:#333}
 svg.chart .mk{font-size:11px;font-weight:600}
-.summary span{display:inline-block;margin-right:18px}
+.summary>span{display:inline-block;margin-right:18px}
 @media print{.tlwrap{max-height:none;overflow:visible}main{max-width:none}}
 """
 
@@ -552,6 +558,12 @@ def _sig_html(sig: str) -> str:
         return ""
     cls = "ok" if sig.startswith("valid") else "bad"
     return f'<span class="{cls}">{esc(sig)}</span>'
+
+
+def _sig_short(sig: str) -> str:
+    if sig.startswith("valid"):
+        return f'<span class="ok" title="{esc(sig)}">valid {esc(sig[len("valid (key "):-1][:8])}</span>'
+    return _sig_html(sig)
 
 
 def _kv(rows: list[tuple[str, str]]) -> str:
@@ -601,13 +613,14 @@ def _timeline(d: dict[str, Any]) -> str:
     for s in r.steps:
         codes = " ".join(f'<span class="badge">{esc(f["code"])}</span>' for f in s.findings)
         if s.kind == "entry":
-            lots = ", ".join(s.lots[:4]) + (f" (+{len(s.lots) - 4})" if len(s.lots) > 4 else "")
+            lots = ", ".join(s.lots[:2]) + (f" (+{len(s.lots) - 2})" if len(s.lots) > 2 else "")
             cp = s.counterparty or ""
             name = d["names"].get(cp, "")
             rows.append(f'<tr class="{"hit" if s.findings else ""}"><td>{s.index}</td><td>{esc(s.seq)}</td>'
-                        f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}</td>'
-                        f'<td title="{esc(name)}" class="mono">{esc(cp)}</td><td class="lots mono">{esc(lots)}</td>'
-                        f'<td>{_sig_html(s.signature)}</td><td>{codes}</td></tr>')
+                        f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}Z</td>'
+                        f'<td title="{esc(name)}" class="mono">{esc(cp)}</td>'
+                        f'<td class="mono" title="{esc(", ".join(s.lots))}">{esc(lots)}</td>'
+                        f'<td>{_sig_short(s.signature)}</td><td>{codes}</td></tr>')
         else:
             rows.append(f'<tr class="other hit"><td>{s.index}</td><td></td><td colspan="3"><i>raised by another '
                         f'party\'s entry (recorded {esc(s.recorded_at[:19])})</i></td><td></td><td></td><td></td>'
@@ -685,21 +698,94 @@ def _stock(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+_KIND_COLORS = {"TRANSFER": "#1f77b4", "PRODUCTION": "#2ca02c", "IMPORT": "#9467bd", "SCRAP": "#7f7f7f",
+                "EXPORT": "#d62728"}
+
+
+def _node_text(node: str, names: dict[str, str]) -> tuple[str, str]:
+    kind, _, ident = node.partition(":")
+    if kind == "party":
+        return names.get(ident) or ident, ident
+    return {"mine-site": "mine site", "customs": "customs declaration", "scrap": "scrap source",
+            "export": "export to"}.get(kind, kind), ident
+
+
+def flow_star_svg(party: str, edges: list[dict[str, Any]], names: dict[str, str], width: int = 1100) -> str:
+    """The party in the middle, where material came from on the left, where it went on the
+    right; one edge per counterparty and kind, labelled with kg REO and the number of moves."""
+    mine = {f"party:{party}"}
+    left = [e for e in edges if e["dst"] in mine and e["src"] not in mine]
+    right = [e for e in edges if e["src"] in mine and e["dst"] not in mine]
+    left.sort(key=lambda e: -Decimal(e["reo_kg"]))
+    right.sort(key=lambda e: -Decimal(e["reo_kg"]))
+    bw, bh, gap = 330, 52, 12
+    rows = max(len(left), len(right), 1)
+    height = 50 + rows * (bh + gap)
+    cw = 300
+    cx = (width - cw) // 2
+    cy = 40 + (rows * (bh + gap) - gap) / 2 - bh / 2
+    top = max(max((float(Decimal(e["reo_kg"])) for e in edges), default=1.0), 1e-9)
+    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" '
+           f'viewBox="0 0 {width} {height:.0f}" role="img" aria-label="flows of {esc(party)}">',
+           f'<title>flows of {esc(party)}</title>',
+           '<text x="10" y="22" class="ct">came from</text>',
+           f'<text x="{width - 10}" y="22" class="ct" text-anchor="end">went to</text>']
+
+    def box(x: float, y: float, node: str, w: int, fill: str, note: str = "", color: str = "#333") -> None:
+        title, ident = _node_text(node, names)
+        out.append(f'<rect x="{x:.0f}" y="{y:.0f}" width="{w}" height="{bh}" rx="8" fill="{fill}" stroke="#666"/>')
+        fit = title[:int((w - 16) / 6.6)]
+        out.append(f'<text x="{x + 8:.0f}" y="{y + 15:.0f}" class="lg" font-weight="600">{esc(fit)}</text>')
+        out.append(f'<text x="{x + 8:.0f}" y="{y + 29:.0f}" class="tk">{esc(ident[:50])}</text>')
+        if note:
+            out.append(f'<text x="{x + 8:.0f}" y="{y + 44:.0f}" class="tk" fill="{color}">{esc(note)}</text>')
+
+    def label(e: dict[str, Any]) -> str:
+        return f'{e["kind"].lower()} {Decimal(e["reo_kg"]):,} kg REO in {e["count"]} moves'
+
+    for side, group in (("l", left), ("r", right)):
+        for i, e in enumerate(group):
+            y = 40 + i * (bh + gap)
+            node = e["src"] if side == "l" else e["dst"]
+            x = 10 if side == "l" else width - 10 - bw
+            color = _KIND_COLORS.get(e["kind"], "#555")
+            sw = 1.2 + 5 * float(Decimal(e["reo_kg"])) / top
+            if side == "l":
+                sx, sy, tx, ty = x + bw, y + bh / 2, cx, cy + bh / 2
+            else:
+                sx, sy, tx, ty = cx + cw, cy + bh / 2, x, y + bh / 2
+            mx = (sx + tx) / 2
+            out.append(f'<path d="M {sx:.0f} {sy:.0f} C {mx:.0f} {sy:.0f}, {mx:.0f} {ty:.0f}, {tx:.0f} {ty:.0f}" '
+                       f'fill="none" stroke="{color}" stroke-opacity="0.55" stroke-width="{sw:.1f}">'
+                       f'<title>{esc(label(e))}</title></path>')
+            box(x, y, node, bw, "#e8f7e8" if e["kind"] == "PRODUCTION" else "#fff7e6", label(e), color)
+    box(cx, cy, f"party:{party}", cw, "#eef5ff", "the party under investigation")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def _flows_html(d: dict[str, Any]) -> str:
     fl = d["flows"]
     parts = ["<h2>Flows</h2>"]
     if not fl["graph"]["edges"]:
         parts.append('<p class="muted">No material flows touch this party.</p>')
         return "".join(parts)
-    parts.append('<p class="muted">Movements between this party and its counterparties, origins and destinations, '
-                 "aggregated (kg REO on each edge).</p>")
-    parts.append('<div class="scroll">' + flowgraph.to_svg(fl["graph"], f"flows of {d['party']['party']}") + "</div>")
+    party = d["party"]["party"]
+    edges = fl["graph"]["edges"]
+    parts.append('<p class="muted">Movements between this party and its counterparties, origins and destinations '
+                 "(projections.flowgraph party graph, cut to the edges that touch the party), aggregated per "
+                 "counterparty and kind: kg REO and the number of moves; line width by kg REO.</p>")
+    parts.append('<div class="scroll">' + flow_star_svg(party, edges, d["names"]) + "</div>")
     rows = "".join(f"<tr><td class=mono>{esc(x['node'])}</td><td>{esc(x['name'])}</td><td>{esc(x['kind'])}</td>"
                    f"<td>{esc(x['in_reo_kg'])} ({x['in_count']})</td><td>{esc(x['out_reo_kg'])} ({x['out_count']})</td>"
                    "</tr>" for x in fl["counterparties"])
     parts.append("<table><tr><th>counterparty / origin / destination</th><th>name</th><th>kind</th>"
                  f"<th>in: kg REO (moves)</th><th>out: kg REO (moves)</th></tr>{rows}</table>")
     return "".join(parts)
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"
 
 
 def _findings_html(d: dict[str, Any]) -> str:
@@ -723,11 +809,14 @@ def _findings_html(d: dict[str, Any]) -> str:
                          if e.proof else '<div class="muted">(empty proof: the tree has one leaf)</div>')
             status_cls = "ok" if e.proof_ok else ("warn" if e.proof is None and "not yet" in e.proof_status else "bad")
             ev.append(f'<div class="ev"><b class="mono">{esc(e.chain)}:{esc(e.seq)}</b> '
-                      f'<span class="muted">log index {e.index}, {esc(e.type)}, recorded {esc(e.recorded_at)}</span><br>'
+                      f'<span class="muted">log index {e.index}, {esc(e.type)}, recorded {esc(e.recorded_at)}'
+                      '</span><br>'
                       f'entry hash <span class="hash">{esc(e.entry_hash)}</span> '
                       f'<span class="{"ok" if e.hash_ok else "bad"}">'
                       f'{"(matches the stored envelope)" if e.hash_ok else "(DOES NOT match the stored envelope)"}'
-                      f'</span><br>signature {_sig_html(e.signature)}<br>'
+                      f'</span><br>leaf hash <span class="hash">{esc(e.leaf_hash)}</span> '
+                      f'<span class="muted">(SHA-256 of 0x00 and the leaf: entry hash, log index, record time)</span>'
+                      f'<br>signature {_sig_html(e.signature)}<br>'
                       f'<span class="{status_cls}">{esc(e.proof_status)}</span>{proof}</div>')
         provisions = "".join(f"<tr><td>{esc(src)}</td><td>{esc(art)}</td><td>{esc(text)}</td></tr>"
                              for src, art, text in reg["provisions"])
@@ -739,9 +828,10 @@ def _findings_html(d: dict[str, Any]) -> str:
             + (f"; {params}" if params else "") + f'<br>rule: {esc(RULES.get(f["rule"], f["rule"]))}</div>'
             f'<h3>What the regulation says</h3><table><tr><th>source</th><th>article</th><th>provision</th></tr>'
             f'{provisions}</table><div><b>Penalty range:</b> {esc(reg["penalty"])}</div>'
-            f'<h3>Evidence ({len(f["evidence_checked"])} entries)</h3>{"".join(ev)}</div>')
+            f'<h3>Evidence ({_entries(len(ev))})</h3>{"".join(ev)}</div>')
     parts.append('<p class="muted">Whatever the rule: ' + "; ".join(
-        f"{esc(src)} {esc(art)}: {esc(text)}" for src, art, text in CONSEQUENCES) + ".</p>")
+        f"{esc(src)} {esc(art)}: {esc(text)}" for src, art, text in CONSEQUENCES) + ". Sources: "
+        + "; ".join(f"{esc(k)}: {esc(v)}" for k, v in SOURCES.items()) + ".</p>")
     return "".join(parts)
 
 
@@ -754,7 +844,8 @@ def _credit_html(d: dict[str, Any]) -> str:
         parts.append('<p class="muted">No violation or penalty recorded against this party.</p>')
         return "".join(parts)
     rows = "".join(f"<tr><td>{c['index']}</td><td>{esc(c['kind'])}</td><td>{esc(c['article'])}</td>"
-                   f"<td>{esc(c['fine_cny'] or '')}</td><td>{esc(c['next_year_cut_t'])}</td><td>{esc(c['detail'])}</td></tr>"
+                   f"<td>{esc(c['fine_cny'] or '')}</td><td>{esc(c['next_year_cut_t'])}</td>"
+                   f"<td>{esc(c['detail'])}</td></tr>"
                    for c in r.credit)
     parts.append("<table><tr><th>log index</th><th>kind</th><th>article</th><th>fine CNY</th>"
                  f"<th>next-year cut t REO</th><th>detail</th></tr>{rows}</table>")
