@@ -123,8 +123,7 @@ def _wait_lock_released(url: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("wait_for,delay", [("ready", 0), ("locked", 0), ("inserting", 0), ("inserting", 0.3),
-                                            ("locked", 10)])
+@pytest.mark.parametrize("wait_for,delay", [("ready", 0), ("locked", 0), ("inserting", 0), ("locked", 10)])
 def test_sigkill_during_large_append(batch_file, wait_for, delay):
     key, path, full_signer = batch_file
     schema = "t_" + uuid.uuid4().hex[:12]
