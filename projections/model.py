@@ -577,8 +577,11 @@ class Projector:
                           f"the flow report for {month} was recorded {encoding.micros_to_time_text(rec)}, after "
                           f"the due date {encoding.micros_to_time_text(due)}", [], ref, occ, month=month)
         hashes = self.chain_hashes.get(chain, [])
-        first, last = int(b["first_seq"]), int(b["last_seq"])
-        covered = hashes[first - 1:last] if last <= len(hashes) else None
+        if "first_seq" in b or "last_seq" in b:
+            first, last = int(b["first_seq"]), int(b["last_seq"])
+            covered = hashes[first - 1:last] if 1 <= first and last <= len(hashes) else None
+        else:  # a month without entries: the digest of nothing (FORMAT: both absent)
+            first, last, covered = 1, 0, []
         if covered is None or hashlib.sha256(b"".join(covered)).digest() != b.get("digest"):
             self._finding(d, "reporting", "REPORT_DIGEST_MISMATCH", chain,
                           f"the flow report for {month} states a digest that does not match entries "
