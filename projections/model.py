@@ -534,11 +534,18 @@ class Projector:
                 self._finding(d, "designation", "RECYCLER_MINERAL_FEED", chain,
                               f"recycler {chain} received rare earth mineral product {line.get('product')} "
                               f"(lot {line['lot']}) as feed", [ship["ref"]] if ship else [], ref, occ)
-        if ship is None:
+        if ship is None or ship["buyer"] != chain:
             self._finding(d, "flow", "RECEIPT_WITHOUT_SHIPMENT", chain,
-                          f"{chain} received transfer {tid} that {seller} never shipped", [], ref, occ)
+                          f"{chain} received transfer {tid} that {seller} never shipped to it", [], ref, occ)
             return
-        ship["received"] = True
+        if ship["received"]:
+            # the write path refuses a second receipt, but two writers racing (or entries written
+            # past the command API) can record one: the goods would be on the books twice
+            self._finding(d, "flow", "RECEIPT_DUPLICATE", chain,
+                          f"transfer {tid} from {seller} was already received",
+                          [r for r in (ship["received"], ship["ref"]) if isinstance(r, Ref)], ref, occ)
+            return
+        ship["received"] = ref
         shipped = sorted((x[0], x[1], x[2]) for x in ship["lines"])
         if sorted(received) != shipped:
             self._finding(d, "flow", "RECEIPT_MISMATCH", chain,
