@@ -20,6 +20,7 @@ import base64
 import queue
 import threading
 from concurrent.futures import Future
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import msgpack
@@ -124,6 +125,24 @@ class GroupCommitter:
                     f.set_result(r)
 
 
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
+    import sqlite3
+
+    from eventsourcing import persistence
+
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
+                                         persistence.InterfaceError]
+    try:
+        import psycopg
+        import psycopg_pool
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout]
+    except ImportError:  # SQLite only
+        pass
+    return tuple(errors)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -139,16 +158,18 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
-    app = FastAPI(title="reledger", version="1",
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        committer.close()  # the groups already queued are committed first
+        api.close()
+        projections.close()
+        store.close()
+
+    app = FastAPI(title="reledger", version="1", lifespan=lifespan,
                   description="Signed, append-only rare earth traceability ledger: the command API. "
                               "Errors are RFC 9457 problem+json; reads need a signed request (docs/HTTP.md).")
     app.state.store, app.state.api, app.state.committer = store, api, committer
-
-    @app.on_event("shutdown")
-    def _shutdown() -> None:
-        committer.close()
-        projections.close()
-        store.close()
 
     # --- errors --------------------------------------------------------------------------
     @app.exception_handler(Problem)
@@ -177,6 +198,9 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        if isinstance(exc, _transient_errors()):  # nothing was written; the same request may be sent again
+            return Problem(503, "unavailable", f"the database is unavailable or busy ({type(exc).__name__}): retry "
+                                               "the same request").response(request.url.path, {"Retry-After": "1"})
         return Problem(500, "internal", f"internal error: {type(exc).__name__}").response(request.url.path)
 
     # --- helpers -------------------------------------------------------------------------
@@ -263,7 +287,14 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
               responses={400: {"description": "malformed or invalid entry (problem+json)"},
                          403: {"description": "key or role not allowed"},
                          409: {"description": "seq/prev conflict or command id reused"},
-                         413: {"description": "body too large"}, 415: {"description": "wrong content type"}})
+                         413: {"description": "body too large"}, 415: {"description": "wrong content type"}},
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/msgpack": {"schema": {"type": "string", "format": "binary"},
+                                          "description": "a canonical msgpack array of bin envelopes, or one"},
+                  "application/json": {"schema": {
+                      "type": "object", "required": ["entries"], "additionalProperties": False,
+                      "properties": {"entries": {"type": "array", "minItems": 1, "maxItems": MAX_GROUP,
+                                                 "items": {"type": "string", "format": "byte"}}}}}}}})
     async def append(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         body = await read_body(request)
