@@ -107,6 +107,11 @@ class ProjectionStore:
         with self._lock:
             for stmt in _ddl("BYTEA" if self.pg else "BLOB"):
                 self.conn.execute(stmt)
+            # the tracking row exists before any follower writes: the row lock (PostgreSQL FOR
+            # UPDATE) then serializes followers from the first page on, instead of two of them
+            # both seeing no row and colliding on its INSERT
+            self.conn.execute(self.q(f"INSERT INTO {P}tracking (name, position) VALUES (?, 0) "
+                                     "ON CONFLICT (name) DO NOTHING"), (self.name,))
 
     def drop(self) -> None:
         with self._lock:
