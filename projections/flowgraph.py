@@ -109,13 +109,19 @@ _SHAPES = {"lot": "box", "party": "ellipse", "mine": "house", "mine-site": "hous
            "scrap": "folder", "export": "invhouse"}
 
 
+def _q(text: Any) -> str:
+    """A DOT quoted string: ids and labels come from entries (a customs declaration number or a
+    scrap source may hold quotes or backslashes)."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def to_dot(graph: dict[str, Any], title: str = "reledger flow") -> str:
-    lines = [f'digraph "{title}" {{', "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];']
+    lines = [f'digraph {_q(title)} {{', "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];']
     for n in graph["nodes"]:
-        lines.append(f'  "{n["id"]}" [label="{n["label"]}", shape={_SHAPES.get(n["kind"], "ellipse")}];')
+        lines.append(f'  {_q(n["id"])} [label={_q(n["label"])}, shape={_SHAPES.get(n["kind"], "ellipse")}];')
     for e in graph["edges"]:
         label = f'{e["kind"]} {e["reo_kg"]} kg REO' + (f' ({e["lot"]})' if e.get("lot") else "")
-        lines.append(f'  "{e["src"]}" -> "{e["dst"]}" [label="{label}"];')
+        lines.append(f'  {_q(e["src"])} -> {_q(e["dst"])} [label={_q(label)}];')
     lines.append("}")
     return "\n".join(lines) + "\n"
 

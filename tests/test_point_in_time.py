@@ -1,0 +1,330 @@
+"""Projections in time, on SQLite and PostgreSQL: valid_at (business time) against as_of (log
+size or record time) on a late entry; restarts resume exactly from tracking, with and without
+snapshots; racing followers are refused by tracking; the flow graph traced up and down, and its
+DOT and SVG output well-formed."""
+
+from __future__ import annotations
+
+import re
+import threading
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import projections.model as pmodel
+import projections.store as pstore
+from projection_helpers import DAY, HOUR, World, dt_us, dump, ev, kg, summary, ts
+from projections import flowgraph, queries
+from projections.queries import Point, parse_point
+from projections.store import P, ProjectionStore, TrackingError
+
+Y = 2024
+
+
+@pytest.fixture
+def w(db_url):
+    w = World(db_url, now=dt_us(Y, 1, 1))
+    w.now = dt_us(Y, 1, 2, 9)
+    w.ok("MIIT", "QuotaBatchIssued", {"year": Y, "batch_no": 1, "document_no": "Q-1", "holder": "GRP01",
+                                      "mining_rock_t_reo": "10", "mining_ionic_t_reo": "10", "separation_t_reo": "10"})
+    for member, cat in (("MINE01", "MINING_ROCK"), ("MINE02", "MINING_IONIC"), ("SEP01", "SEPARATION")):
+        w.ok("GRP01", "QuotaSubAllocated", {"batch": {"year": Y, "batch_no": 1}, "enterprise": member,
+                                            "category": cat, "t_reo": "5"})
+    yield w
+    w.close()
+
+
+def stock_of(ps, party, point=Point()):
+    return {r["lot"]: r["kg"] for r in queries.stock(ps, party, point)["lots"]}
+
+
+def used(ps, party, cat, point=Point()):
+    for r in queries.quota(ps, Y, point)["enterprises"]:
+        if r["party"] == party and r["category"] == cat:
+            return r["used_t"]
+    return "0"
+
+
+# --- valid_at against as_of -------------------------------------------------------------------------
+
+def test_late_entry_valid_at_versus_as_of(w):
+    w.now = dt_us(Y, 1, 10, 8)
+    w.produce("MINE01", "L1", 1_000_000)                       # 2000 kg, 1 t REO
+    w.now = dt_us(Y, 2, 5, 8)
+    w.report("MINE01", "2024-01", 1, 1)
+    before_late = w.store.size()
+    w.now = dt_us(Y, 2, 20, 8)
+    late = w.produce("MINE01", "L2", 2_000_000, at=dt_us(Y, 1, 15, 8))  # recorded 36 days after it happened
+    now = w.store.size()
+    ps = ProjectionStore(w.url)
+    try:
+        ps.catch_up()
+        # what the ledger knew before the late entry (by log size and by record time)
+        assert stock_of(ps, "MINE01", Point(before_late)) == {"L1": "2000"}
+        p = parse_point(w.url, "2024-02-10T00:00:00Z", None)
+        assert p.as_of == before_late
+        assert stock_of(ps, "MINE01", p) == {"L1": "2000"}
+        assert used(ps, "MINE01", "MINING_ROCK", p) == "1"
+        # the state on 31 January as known now: the late entry included
+        jan31 = parse_point(w.url, None, "2024-01-31")
+        assert jan31.valid_at_us == dt_us(Y, 2, 1) - 1
+        assert stock_of(ps, "MINE01", jan31) == {"L1": "2000", "L2": "4000"}
+        assert used(ps, "MINE01", "MINING_ROCK", jan31) == "3"
+        # both axes: on 31 January as known on 10 February
+        both = parse_point(w.url, "2024-02-10T00:00:00Z", "2024-01-31")
+        assert stock_of(ps, "MINE01", both) == {"L1": "2000"}
+        # before the late entry's business time, even as known now
+        assert stock_of(ps, "MINE01", parse_point(w.url, None, "2024-01-12")) == {"L1": "2000"}
+        # the backdating finding: known now, not before; dated by its business time
+        fs = queries.findings(ps, point=Point(now))["findings"]
+        assert [summary(f) for f in fs] == [("BACKDATED", "MINE01", ev(late))]
+        assert queries.findings(ps, point=Point(before_late))["findings"] == []
+        assert queries.findings(ps, point=parse_point(w.url, None, "2024-01-14"))["findings"] == []
+        assert len(queries.findings(ps, point=parse_point(w.url, None, "2024-01-15"))["findings"]) == 1
+        # an as_of beyond the log is the whole log
+        assert stock_of(ps, "MINE01", Point(10**9)) == stock_of(ps, "MINE01")
+        # flow edges at a point
+        assert {e["dst_lot"] for e in queries.flow_edges(ps, Point(before_late))} == {"L1"}
+    finally:
+        ps.close()
+    with pytest.raises(ValueError):
+        parse_point(w.url, "yesterday", None)
+
+
+# --- restarts ------------------------------------------------------------------------------------
+
+def _activity(w, k: int, start: int = 0) -> None:
+    """k entries of ordinary activity that the rule state depends on."""
+    for i in range(start, start + k):
+        lot = f"L{i}"
+        w.produce("MINE01", lot, 600_000)
+        w.now += HOUR
+        w.ship("MINE01", "SEP01", f"T{i}", [(lot, "BASTNAESITE_CONCENTRATE", 1_200_000, 600_000)])
+        w.now += HOUR
+
+
+def _rows(ps) -> int:
+    return sum(len(v) for v in dump(ps).values())
+
+
+def test_restart_resumes_from_tracking(w):
+    _activity(w, 6)
+    size = w.store.size()
+    a = ProjectionStore(w.url)
+    assert a.catch_up(limit=size - 5) == size - 5
+    assert a.position() == size - 5
+    a.close()
+    b = ProjectionStore(w.url)
+    assert b.position() == size - 5
+    assert b.catch_up() == 5
+    assert b.catch_up() == 0
+    got = dump(b)
+    b.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got  # no row twice, none missing
+    fresh.close()
+
+
+def test_restart_from_a_snapshot(w, monkeypatch):
+    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 7)
+    monkeypatch.setattr(pstore, "PAGE", 3)
+    _activity(w, 5)                                     # shipments open at the restart
+    a = ProjectionStore(w.url)
+    a.catch_up()
+    pos = a.position()
+    snaps = [int(r[0]) for r in a.execute(f"SELECT position FROM {P}snapshots ORDER BY position")]
+    assert snaps and all(s <= pos for s in snaps)
+    state_a = vars(a.projector)
+    a.close()
+
+    applied = []
+    real_apply = pmodel.Projector.apply
+
+    def counting(self, index, recorded_us, signed):
+        applied.append(index)
+        return real_apply(self, index, recorded_us, signed)
+
+    monkeypatch.setattr(pmodel.Projector, "apply", counting)
+    b = ProjectionStore(w.url)
+    proj = b._load_projector(_reader(w.url))
+    assert applied == list(range(max(snaps), pos))    # rolled forward from the latest snapshot only
+    assert vars(proj) == state_a                        # the same rule state as the follower had
+    # the state carries over: overdue shipments, over quota and stock counts after the restart
+    w.now += 31 * DAY
+    _activity(w, 6, start=10)                           # 3 t + 3.6 t: over MINE01's 5 t
+    w.ok("SEP01", "StockCounted", {"lot": "L3", "counted_kg": "700"})
+    b.catch_up()
+    got = dump(b)
+    codes = sorted(r[3] for r in got["findings"])
+    assert codes.count("SHIPMENT_NOT_RECEIVED") == 5    # the five shipped before the restart
+    assert "OVER_QUOTA" in codes and "STOCK_COUNT_DIFFERENCE" in codes
+    b.close()
+    monkeypatch.setattr(pmodel.Projector, "apply", real_apply)
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
+def _reader(url):
+    from ledger.reader import LogReader
+
+    return LogReader(url)
+
+
+# --- followers racing --------------------------------------------------------------------------
+
+def test_racing_followers_are_refused_by_tracking(w):
+    _activity(w, 3)
+    a, b = ProjectionStore(w.url), ProjectionStore(w.url)
+    try:
+        a.catch_up(limit=2)
+        b.catch_up(limit=0)                               # both at the same position
+        real = b._apply_page
+
+        def slow_page(proj, page):                        # A moves on while B computes its page
+            a.catch_up()
+            return real(proj, page)
+
+        b._apply_page = slow_page
+        with pytest.raises(TrackingError):
+            b.catch_up()
+        b._apply_page = real
+        assert b.catch_up() == 0                          # B reloads and finds nothing to do
+        _activity(w, 1, start=50)
+        assert b.catch_up() == 2 and a.catch_up() == 0
+        got = dump(a)
+        assert dump(b) == got
+    finally:
+        a.close()
+        b.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
+def test_concurrent_followers_end_consistent(w, monkeypatch):
+    monkeypatch.setattr(pstore, "PAGE", 2)
+    _activity(w, 8)
+    stores = [ProjectionStore(w.url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def run(ps):
+        for _ in range(20):
+            try:
+                ps.catch_up()
+                return
+            except TrackingError:
+                continue
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=run, args=(ps,)) for ps in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    size = w.store.size()
+    assert all(ps.position() == size for ps in stores)
+    got = dump(stores[0])
+    for ps in stores:
+        ps.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
+# --- the flow graph ----------------------------------------------------------------------------
+
+def _flow_world(w):
+    line = ("C1", "BASTNAESITE_CONCENTRATE", 2_000_000, 1_000_000)
+    w.produce("MINE01", "C1", 1_000_000, product="BASTNAESITE_CONCENTRATE")
+    w.ship("MINE01", "SEP01", "T1", [line])
+    w.receive("SEP01", "MINE01", "T1", [line])
+    w.ok("SEP01", "ImportReceived", {"lot": "IMP1", "customs_declaration_no": 'DECL "7" <&> \\x',
+                                     "hs_code": "2612200000", "origin_country": "MM", "form": "MONAZITE",
+                                     "product": "MONAZITE_CONCENTRATE", "dry_kg": "2000", "treo_pct": "50",
+                                     "reo_kg": "1000"})
+    w.ok("SEP01", "SeparationBatchRecorded", {
+        "batch": "B1", "period_start": ts(w.now - DAY), "period_end": ts(w.now - HOUR),
+        "inputs": [{"lot": "C1", "kg": "2000", "reo_kg": "1000"}, {"lot": "IMP1", "kg": "2000", "reo_kg": "1000"}],
+        "outputs": [{"lot": "OX1", "product": "CeO2", "kg": "1000", "purity_pct": "99.5", "reo_kg": "990"},
+                    {"lot": "OX2", "product": "La2O3", "kg": "1000", "purity_pct": "99.5", "reo_kg": "950"}],
+        "losses_reo_kg": "60"})
+    ox = ("OX1", "CeO2", 1_000_000, 990_000)
+    w.ship("SEP01", "SMELT01", "T2", [ox])
+    w.receive("SMELT01", "SEP01", "T2", [ox])
+    w.ok("SMELT01", "MetalSmelted", {"batch": "S1", "inputs": [{"lot": "OX1", "kg": "1000", "reo_kg": "990"}],
+                                     "outputs": [{"lot": "MET1", "product": "Ce_METAL", "kg": "790",
+                                                  "factor": "1.2284", "reo_kg": "970.436"}]})
+    met = ("MET1", "Ce_METAL", 790_000, 970_436)
+    w.ship("SMELT01", "EXPO01", "T3", [met])
+    w.receive("EXPO01", "SMELT01", "T3", [met])
+    w.ok("EXPO01", "ExportDeclared", {"lot": "MET1", "product": "Ce_METAL", "kg": "790", "reo_kg": "970.436",
+                                      "customs_declaration_no": "EXP-1", "export_licence_no": "EL-1",
+                                      "destination_country": "JP"})
+
+
+_STMT = re.compile(r'^  "((?:[^"\\]|\\.)*)"(?: -> "((?:[^"\\]|\\.)*)")? \[label="((?:[^"\\]|\\.)*)"(?:, shape=\w+)?\];$')
+
+
+def check_dot(dot: str, graph: dict) -> None:
+    lines = dot.rstrip("\n").split("\n")
+    assert re.fullmatch(r'digraph "(?:[^"\\]|\\.)*" \{', lines[0]) and lines[-1] == "}"
+    nodes, edges = set(), 0
+    for line in lines[1:-1]:
+        if line.strip() in ("rankdir=LR;",) or line.strip().startswith("node ["):
+            continue
+        m = _STMT.match(line)
+        assert m, f"not a DOT statement: {line!r}"
+        unq = [re.sub(r"\\(.)", r"\1", g) if g is not None else None for g in m.groups()]
+        if unq[1] is None:
+            nodes.add(unq[0])
+        else:
+            edges += 1
+            assert unq[0] in nodes and unq[1] in nodes, line
+    assert nodes == {n["id"] for n in graph["nodes"]} and edges == len(graph["edges"])
+
+
+def check_svg(svg: str, graph: dict) -> None:
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg"
+    assert len(root.findall(f"{ns}rect")) == len(graph["nodes"])
+    assert len(root.findall(f"{ns}path")) == len(graph["edges"])
+    texts = "".join(t.text or "" for t in root.iter(f"{ns}text"))
+    for n in graph["nodes"]:
+        assert n["label"][:26] in texts
+
+
+def test_flow_trace_and_rendering(w):
+    _flow_world(w)
+    ps = ProjectionStore(w.url)
+    try:
+        ps.catch_up()
+        up = flowgraph.trace(ps, "MET1", "up")
+        assert up["traceable"] is True
+        assert up["ends"] == ['customs:DECL "7" <&> \\x', "mine:MINE01"]
+        kinds = sorted(e["kind"] for e in up["edges"])
+        assert kinds == ["IMPORT", "PRODUCTION", "SEPARATION", "SEPARATION", "SMELTING", "TRANSFER", "TRANSFER",
+                         "TRANSFER"]
+        assert {n["id"] for n in up["nodes"]} >= {"lot:MET1", "lot:OX1", "lot:C1", "lot:IMP1", "mine:MINE01"}
+        down = flowgraph.trace(ps, "C1", "down")
+        assert down["ends"] == ["export:JP"]
+        assert {n["id"] for n in down["nodes"]} >= {"lot:C1", "lot:OX1", "lot:OX2", "lot:MET1", "export:JP"}
+        # before the smelting: the metal lot does not exist yet, and the ore ends at the oxides
+        at = Point(w.store.size() - 5)
+        assert flowgraph.trace(ps, "MET1", "up", at)["traceable"] is False
+        assert "export:JP" not in flowgraph.trace(ps, "C1", "down", at)["ends"]
+        for graph in (up, down, flowgraph.party_graph(ps), flowgraph.trace(ps, "NOPE", "up")):
+            check_dot(flowgraph.to_dot(graph, title='flow "of" MET1'), graph)
+            check_svg(flowgraph.to_svg(graph, title="flow <of> & MET1"), graph)
+        with pytest.raises(ValueError):
+            flowgraph.trace(ps, "MET1", "sideways")
+    finally:
+        ps.close()
