@@ -208,7 +208,8 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
                       hash_ok, None, "not yet checkpointed (no checkpoint)", False)
     if index >= cp["size"]:
         return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
-                      hash_ok, None, f"not yet checkpointed (log index {index} is after the checkpoint of size {cp['size']})", False)
+                      hash_ok, None, f"not yet checkpointed (log index {index} is after the checkpoint of size "
+                      f"{cp['size']})", False)
     proof = store.inclusion_proof(index, cp["size"])
     try:
         if leaf != rec.nodes[:32]:
@@ -336,6 +337,12 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
                 evidence = [_prove(store, ref, cp, sigs, registry) for ref in f["evidence"]]
                 findings.append({**f, "step_index": s.index, "evidence_checked": evidence,
                                  "regulation": regulation_for(f["code"], f["rule"])})
+        credit_proofs = {}
+        for c in r.credit:  # the regulator's own entries, proven like any evidence
+            rec = store.record(c["index"])
+            if rec is not None:
+                ref = {"chain": rec.chain, "seq": rec.seq, "hash": rec.entry_hash.hex(), "index": rec.index}
+                credit_proofs[c["index"]] = _prove(store, ref, cp, sigs, registry)
     ps = ProjectionStore(url)
     try:
         ps.catch_up()
@@ -360,7 +367,8 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
                 agree = False
     return {"party": info, "replay": r, "size": n, "log_size": size, "as_of": as_of,
             "as_of_recorded_at": last.recorded_at if last else None, "checkpoint": cp, "findings": findings,
-            "quota": quota, "quota_agrees": agree, "stock": stock, "flows": flows, "names": names,
+            "credit_proofs": credit_proofs, "quota": quota, "quota_agrees": agree, "stock": stock, "flows": flows,
+            "names": names,
             "generated_at": encoding.micros_to_time_text(
                 int(datetime.now(timezone.utc).replace(microsecond=0).timestamp()) * 1_000_000)}
 
@@ -843,12 +851,22 @@ def _credit_html(d: dict[str, Any]) -> str:
     if not r.credit:
         parts.append('<p class="muted">No violation or penalty recorded against this party.</p>')
         return "".join(parts)
-    rows = "".join(f"<tr><td>{c['index']}</td><td>{esc(c['kind'])}</td><td>{esc(c['article'])}</td>"
-                   f"<td>{esc(c['fine_cny'] or '')}</td><td>{esc(c['next_year_cut_t'])}</td>"
-                   f"<td>{esc(c['detail'])}</td></tr>"
-                   for c in r.credit)
+    rows = []
+    for c in r.credit:
+        e = d.get("credit_proofs", {}).get(c["index"])
+        entry = ""
+        if e is not None:
+            cls = "ok" if e.proof_ok else ("warn" if "not yet" in e.proof_status else "bad")
+            entry = (f'<span class="mono">{esc(e.chain)}:{esc(e.seq)}</span> {_sig_short(e.signature)}<br>'
+                     f'<span class="hash">{esc(e.entry_hash)}</span><br>'
+                     f'<span class="{cls}">{esc(e.proof_status)}</span>'
+                     + (f'<details><summary>inclusion proof ({len(e.proof)} hashes)</summary><ol class="proof">'
+                        + "".join(f"<li>{esc(h)}</li>" for h in e.proof) + "</ol></details>" if e.proof else ""))
+        rows.append(f"<tr><td>{c['index']}</td><td>{esc(c['kind'])}</td><td>{esc(c['article'])}</td>"
+                    f"<td>{esc(c['fine_cny'] or '')}</td><td>{esc(c['next_year_cut_t'])}</td>"
+                    f"<td>{esc(c['detail'])}</td><td>{entry}</td></tr>")
     parts.append("<table><tr><th>log index</th><th>kind</th><th>article</th><th>fine CNY</th>"
-                 f"<th>next-year cut t REO</th><th>detail</th></tr>{rows}</table>")
+                 f"<th>next-year cut t REO</th><th>detail</th><th>entry</th></tr>{''.join(rows)}</table>")
     return "".join(parts)
 
 

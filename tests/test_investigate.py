@@ -232,10 +232,12 @@ def test_demo_credit_record_when_the_demo_enforces(demo, tmp_path):
     party = records[0]["party"]
     text = _report(demo, tmp_path, party)
     credit = text[text.index("<h2>Credit record</h2>"):text.index("<h2>Timeline</h2>")]
-    for r in (r for r in records if r["party"] == party):
-        assert html.escape(r["kind"]) in credit
-        if r["article"]:
-            assert html.escape(r["article"]) in credit
+    with LedgerStore(demo["url"], create=False) as store:
+        for r in (r for r in records if r["party"] == party):
+            assert html.escape(r["kind"]) in credit
+            if r["article"]:
+                assert html.escape(r["article"]) in credit
+            assert store.record(r["index"]).entry_hash.hex() in credit  # the regulator's entry, proven
 
 
 # --- rendering in a real browser ------------------------------------------------------------
