@@ -1,0 +1,726 @@
+"""The HTTP surface against a real ``reledger serve`` process on loopback, on SQLite and PostgreSQL:
+concurrent signed appends (own chains, and racing for the same chain: one winner per seq, the
+losers 409 and retry after resync), idempotent retries, hostile bodies and parameters (always
+4xx problem+json, never 5xx), the signed-request scheme (replay, window, wrong key, anonymous),
+read authorization (own chain, both sides of a transfer, regulators and auditors), proofs and
+checkpoints, OpenAPI; every refusal's message equals the in-process API's for the same input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import msgpack
+import pytest
+
+from commands.api import CommandAPI, CommandError
+from commands.auth import AuthError, RequestAuthenticator, sign_request
+from commands.client import Conflict, LedgerClient
+from http_helpers import (ENTRIES, MINES, T0, assert_log_sound, assert_problem, build_cast, log_facts, mineral,
+                          open_live)
+from ledger import merkle
+from ledger.checkpoint import verify_checkpoint
+from ledger.entry import ENTRY_TAG, leaf_bytes, make_entry
+from ledger.genesis import ChainSigner, key_authorized_body
+from ledger.keys import SigningKey
+from ledger.store import LedgerStore
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def live(request, tmp_path_factory):
+    yield from open_live(request.param, tmp_path_factory)
+
+
+@pytest.fixture
+def api(live):
+    """The in-process command API over the same database (for comparing refusals)."""
+    store = LedgerStore(live.url)
+    a = CommandAPI(store)
+    yield a
+    a.close()
+    store.close()
+
+
+def lot() -> str:
+    return "L-" + uuid.uuid4().hex[:12].upper()
+
+
+def raw_envelope(signer: ChainSigner, type: str, body: dict, occurred_at: str = T0) -> bytes:
+    """A signed envelope built by hand, past make_entry's checks (a careless encoder's)."""
+    content = {"body": body, "chain": signer.chain, "command_id": str(uuid.uuid4()), "key_id": signer.key.key_id,
+               "occurred_at": occurred_at, "prev": signer.head, "seq": signer.seq + 1, "type": type, "v": 1}
+    raw = msgpack.packb(dict(sorted(content.items())), use_bin_type=True)
+    return msgpack.packb({"entry": raw, "sig": signer.key.sign(ENTRY_TAG, raw)}, use_bin_type=True)
+
+
+def api_error(api: CommandAPI, envelopes) -> CommandError:
+    with pytest.raises(CommandError) as info:
+        api.check(envelopes)
+    return info.value
+
+
+def assert_same_refusal(resp: httpx.Response, err: CommandError) -> dict:
+    """The HTTP problem says what the Python API says: status, code, message, field, position."""
+    p = assert_problem(resp, err.status, err.code)
+    assert p["detail"] == str(err) == err.message
+    assert p.get("field") == err.field
+    assert p.get("position") == err.position
+    return p
+
+
+# --- the server, its description -------------------------------------------------------------
+
+def test_health_and_openapi(live):
+    r = httpx.get(live.base + "/v1/health")
+    assert r.status_code == 200 and r.json() == {"ok": True, "size": live.cast.genesis_size}
+    r = httpx.get(live.base + "/openapi.json")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    doc = json.loads(r.content)
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/entries", "/v1/chains/{chain}/head", "/v1/chains/{chain}/entries/{seq}", "/v1/checkpoint",
+            "/v1/proofs/inclusion", "/v1/proofs/consistency", "/v1/quota", "/v1/stock", "/v1/findings",
+            "/v1/flow", "/v1/health"} <= set(doc["paths"])
+    assert "post" in doc["paths"]["/v1/entries"]
+    for code in ("400", "403", "409", "413", "415"):
+        assert code in doc["paths"]["/v1/entries"]["post"]["responses"]
+
+
+# --- concurrent appends ----------------------------------------------------------------------
+
+def test_concurrent_clients_on_their_own_chains(live):
+    """Several enterprises at once, each its own client and key: all accepted, in order per chain,
+    written once; the ledger verifies afterwards."""
+    before = live.size()
+    per, errors, receipts = 8, [], {}
+
+    def work(party: str) -> None:
+        try:
+            with LedgerClient(live.base, live.key(party)) as c:
+                got = []
+                for i in range(per):
+                    if i % 4 == 3:  # some as a group of two
+                        got += c.append_many([("MineralProductProduced", mineral(lot()), T0),
+                                              ("MineralProductProduced", mineral(lot()), T0)]).receipts
+                    else:
+                        got.append(c.append("MineralProductProduced", mineral(lot()), occurred_at=T0))
+                receipts[party] = got
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append((party, e))
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in MINES[1:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    total = 0
+    for party, got in receipts.items():
+        assert [r["seq"] for r in got] == list(range(got[0]["seq"], got[0]["seq"] + len(got)))
+        assert not any(r["duplicate"] for r in got)
+        assert live.head(party)[0] == got[-1]["seq"]
+        total += len(got)
+    assert total == len(MINES[1:]) * (per + per // 4)
+    indexes = [r["index"] for got in receipts.values() for r in got]
+    assert len(set(indexes)) == total and live.size() == before + total
+    assert sorted(indexes) == list(range(before, before + total))  # gap-free
+    assert assert_log_sound(live.url) == before + total
+
+
+def test_clients_racing_for_the_same_chain(live):
+    """Four terminals of one party sign the same next seq at once: exactly one wins each seq,
+    the others get 409 ``conflict`` and nothing of theirs is written; then a free-for-all where
+    losers resync and retry until each has its entries."""
+    keys = [live.key("MINE01"), *live.cast.extra]  # four keys of MINE01
+    clients = [LedgerClient(live.base, k) for k in keys]
+    rounds, winners, losers, errors = 5, [], [], []
+    barrier = threading.Barrier(len(clients))
+    lock = threading.Lock()
+    before = live.size()
+
+    def racer(i: int, c: LedgerClient) -> None:
+        try:
+            for _ in range(rounds):
+                c.sync()
+                barrier.wait(timeout=60)
+                try:
+                    r = c.append("MineralProductProduced", mineral(lot()), occurred_at=T0)
+                    with lock:
+                        winners.append((i, r))
+                except Conflict as e:
+                    with lock:
+                        losers.append((i, e))
+                barrier.wait(timeout=60)  # everybody has an answer before the next round
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+            barrier.abort()
+
+    threads = [threading.Thread(target=racer, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    seqs = sorted(r["seq"] for _, r in winners)
+    assert seqs == list(range(seqs[0], seqs[0] + rounds)), seqs  # one winner per seq
+    assert len(losers) == rounds * (len(clients) - 1)
+    for _, e in losers:
+        assert e.status == 409 and e.code == "conflict" and e.problem["status"] == 409
+        assert e.problem["field"] in ("seq", "prev")
+    assert live.size() == before + rounds
+
+    # free-for-all: each wants 3 entries; on 409 it resyncs (append does) and tries again
+    want, done, conflicts = 3, [0] * len(clients), [0]
+
+    def greedy(i: int, c: LedgerClient) -> None:
+        try:
+            while done[i] < want:
+                try:
+                    c.append("MineralProductProduced", mineral(lot()), occurred_at=T0)
+                    done[i] += 1
+                except Conflict as e:
+                    assert e.code == "conflict"
+                    with lock:
+                        conflicts[0] += 1
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=greedy, args=(i, c)) for i, c in enumerate(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for c in clients:
+        c.close()
+    assert not errors, errors
+    assert done == [want] * len(clients)
+    size = assert_log_sound(live.url)
+    assert size == before + rounds + want * len(clients)
+    seq, _ = live.head("MINE01")
+    _, _, positions = log_facts(live.url)
+    assert [s for (ch, s) in sorted(positions) if ch == "MINE01"] == list(range(1, seq + 1))
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+def test_retried_submission_returns_the_original_receipt(live, api):
+    s = live.signer("MINE02")
+    e = s.sign("MineralProductProduced", mineral(lot()), T0)
+    before = live.size()
+    first = live.post_envelopes([e.envelope])
+    assert first.status_code == 201, first.text
+    r1 = first.json()["receipts"][0]
+    assert r1["duplicate"] is False and r1["seq"] == e.entry.seq
+    for as_json in (False, True):  # the same bytes again, in either body format
+        again = live.post_envelopes([e.envelope], as_json=as_json)
+        assert again.status_code == 200, again.text
+        r2 = again.json()["receipts"][0]
+        assert r2["duplicate"] is True
+        assert {k: r2[k] for k in ("index", "chain", "seq", "entry_hash", "recorded_at")} == \
+               {k: r1[k] for k in ("index", "chain", "seq", "entry_hash", "recorded_at")}
+    # the same command id with other bytes: refused, as the API refuses it
+    other = make_entry(live.key("MINE02"), seq=e.entry.seq + 1, prev=e.hash, type="MineralProductProduced",
+                       occurred_at=T0, body=mineral(lot()), command_id=e.entry.command_id)
+    err = api_error(api, [other.envelope])
+    assert err.code == "command_conflict"
+    assert_same_refusal(live.post_envelopes([other.envelope]), err)
+    # a group that repeats an accepted entry and adds a new one: the old receipt and one new entry
+    nxt = s.sign("MineralProductProduced", mineral(lot()), T0)
+    r = live.post_envelopes([e.envelope, nxt.envelope])
+    assert r.status_code == 201, r.text
+    assert [x["duplicate"] for x in r.json()["receipts"]] == [True, False]
+    assert live.size() == before + 2
+
+
+def test_the_same_submission_sent_at_once_by_many(live):
+    """The same signed bytes posted by eight connections at the same moment (likely one group
+    commit): one entry, one 201 with duplicate=False, every other answer the same receipt with
+    duplicate=True."""
+    e = live.signer("MINE02").sign("MineralProductProduced", mineral(lot()), T0)
+    body = msgpack.packb([e.envelope], use_bin_type=True)
+    before = live.size()
+    barrier, answers = threading.Barrier(8), []
+
+    def send() -> None:
+        with httpx.Client(base_url=live.base, timeout=60.0) as c:
+            c.get("/v1/health")  # connected before the barrier
+            barrier.wait(timeout=30)
+            answers.append(c.post(ENTRIES, content=body, headers={"Content-Type": "application/msgpack"}))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 8
+    assert sorted(a.status_code for a in answers) == [200] * 7 + [201], [a.text for a in answers]
+    receipts = [a.json()["receipts"][0] for a in answers]
+    assert sum(not r["duplicate"] for r in receipts) == 1
+    assert len({(r["index"], r["entry_hash"], r["recorded_at"]) for r in receipts}) == 1
+    assert live.size() == before + 1
+
+
+# --- hostile bodies --------------------------------------------------------------------------------
+
+def _json(doc) -> bytes:
+    return json.dumps(doc).encode()
+
+
+GARBAGE = [
+    # (name, content type, body, status, code)
+    ("no content type", None, b"\x91\xc4\x01x", 415, "unsupported_media_type"),
+    ("text/plain", "text/plain", b"hello", 415, "unsupported_media_type"),
+    ("form", "application/x-www-form-urlencoded", b"entries=1", 415, "unsupported_media_type"),
+    ("msgpack look-alike", "application/x-msgpack", b"\x91\xc4\x01x", 415, "unsupported_media_type"),
+    ("empty msgpack", "application/msgpack", b"", 400, "malformed"),
+    ("reserved byte", "application/msgpack", b"\xc1", 400, "malformed"),
+    ("truncated", "application/msgpack", b"\x92\xc4\x05ab", 400, "malformed"),
+    ("trailing bytes", "application/msgpack", b"\x90\x90", 400, "malformed"),
+    ("not canonical", "application/msgpack", b"\xdc\x00\x00", 400, "malformed"),
+    ("a map", "application/msgpack", b"\x81\xa1a\x01", 400, "malformed"),
+    ("array of ints", "application/msgpack", b"\x93\x01\x02\x03", 400, "malformed"),
+    ("array of text", "application/msgpack", b"\x91\xa3abc", 400, "malformed"),
+    ("empty array", "application/msgpack", b"\x90", 400, "malformed"),
+    ("float", "application/msgpack", b"\xcb" + b"\x00" * 8, 400, "malformed"),
+    ("ext type", "application/msgpack", b"\xd4\x01\x00", 400, "malformed"),
+    ("deep nesting", "application/msgpack", b"\x91" * 100_000 + b"\xc0", 400, "malformed"),
+    ("bin of garbage", "application/msgpack", b"\x91\xc4\x03abc", 400, "malformed"),
+    ("one bin of garbage", "application/msgpack", b"\xc4\x03abc", 400, "malformed"),
+    ("envelope of a map", "application/msgpack", msgpack.packb([msgpack.packb({"a": 1})], use_bin_type=True),
+     400, "malformed"),
+    ("not json", "application/json", b"{entries:", 400, "malformed"),
+    ("json empty", "application/json", b"", 400, "malformed"),
+    ("json list", "application/json", b"[]", 400, "malformed"),
+    ("json no entries", "application/json", b"{}", 400, "malformed"),
+    ("json entries text", "application/json", _json({"entries": "AAAA"}), 400, "malformed"),
+    ("json entries ints", "application/json", _json({"entries": [1, 2]}), 400, "malformed"),
+    ("json entries null", "application/json", _json({"entries": None}), 400, "malformed"),
+    ("json entries map", "application/json", _json({"entries": {"a": "AAAA"}}), 400, "malformed"),
+    ("json bad base64", "application/json", _json({"entries": ["!!!"]}), 400, "malformed"),
+    ("json empty entries", "application/json", _json({"entries": []}), 400, "malformed"),
+    ("json garbage envelope", "application/json", _json({"entries": ["AAAA"]}), 400, "malformed"),
+    ("json NaN", "application/json", b'{"entries": NaN}', 400, "malformed"),
+    ("json bad utf-8", "application/json", b'{"entries": ["\xff\xfe"]}', 400, "malformed"),
+    ("json huge number", "application/json", b'{"entries": [' + b"9" * 5000 + b"]}", 400, "malformed"),
+    ("json deep nesting", "application/json", b"[" * 100_000 + b"]" * 100_000, 400, "malformed"),
+    ("json deep in entries", "application/json", b'{"entries":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+     400, "malformed"),
+    ("json charset", "application/json; charset=utf-8", b"{}", 400, "malformed"),
+]
+
+
+@pytest.mark.parametrize("name,ctype,body,status,code", GARBAGE, ids=[g[0] for g in GARBAGE])
+def test_garbage_bodies(live, name, ctype, body, status, code):
+    before = live.size()
+    assert_problem(live.post(body, ctype), status, code)
+    assert live.size() == before
+
+
+def test_oversized_bodies(live):
+    big = b"\x00" * (4 * 1024 * 1024 + 1)
+    assert_problem(live.post(big), 413, "too_large")  # with Content-Length
+
+    def chunks():  # chunked, no Content-Length: the server stops reading past the limit
+        for _ in range(5):
+            yield b"\x00" * (1024 * 1024)
+
+    r = live.post(chunks())
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert_problem(r, 413, "too_large")
+    # a declared length above the limit is refused before the body is read (raw socket: no
+    # client library sends a body shorter than its Content-Length)
+    status, headers, body = raw_http(live.server.port, b"POST /v1/entries HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: application/msgpack\r\nContent-Length: 67108864\r\n"
+                                     b"\r\n\x90")
+    assert status == 413 and headers["content-type"] == "application/problem+json"
+    assert json.loads(body)["code"] == "too_large"
+    # exactly the limit: read, and refused for what it is (not for its size)
+    assert_problem(live.post(b"\xc6" + (4 * 1024 * 1024 - 5).to_bytes(4, "big") + b"\x00" * (4 * 1024 * 1024 - 5)),
+                   400, "malformed")
+    # too many entries in one request
+    many = msgpack.packb([b"x"] * 5001, use_bin_type=True)
+    assert_problem(live.post(many), 413, "too_large")
+    assert httpx.get(live.base + "/v1/health").status_code == 200
+
+
+def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read one response (status, lower-case headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        want = int(headers.get("content-length", "0"))
+        while len(body) < want:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return int(lines[0].split()[1]), headers, body
+
+
+def test_methods_and_unknown_paths(live):
+    r = httpx.get(live.base + ENTRIES)
+    p = assert_problem(r, 405, "method_not_allowed")
+    assert "POST" in r.headers.get("allow", "")
+    assert p["instance"] == ENTRIES
+    assert_problem(httpx.delete(live.base + "/v1/checkpoint"), 405)
+    assert_problem(httpx.get(live.base + "/v2/anything"), 404, "not_found")
+
+
+# --- refusals: the same as the Python API -------------------------------------------------------------
+
+def test_refusals_equal_the_python_api(live, api):
+    """For each refused submission the problem over HTTP (msgpack and JSON bodies) carries the
+    status, code, message, field and position that CommandAPI.check raises in-process."""
+    m3 = live.signer("MINE03")
+    ok = m3.peek("MineralProductProduced", mineral(lot()), T0)
+    e = ok.entry
+    other_key = live.key("MINE04")
+    stranger = SigningKey.generate("NOBODY01")
+    bad_sig = bytearray(ok.envelope)
+    bad_sig[-3] ^= 0x01
+    body = mineral(lot())
+    del body["reo_kg"]
+    cases = {
+        "bad signature": [bytes(bad_sig)],
+        "seq gap": [make_entry(m3.key, seq=e.seq + 1, prev=m3.head, type=e.type, occurred_at=T0,
+                               body=mineral(lot())).envelope],
+        "stale prev": [make_entry(m3.key, seq=e.seq, prev=bytes(32) if e.seq > 1 else b"\x01" * 32,
+                                  type=e.type, occurred_at=T0, body=mineral(lot())).envelope],
+        "unknown type": [m3.peek("GoldMined", {"kg": "1"}, T0).envelope],
+        "missing field": [m3.peek("MineralProductProduced", body, T0).envelope],
+        "negative quantity": [m3.peek("MineralProductProduced", {**mineral(lot()), "reo_kg": "-1"}, T0).envelope],
+        "bad time": [raw_envelope(m3, "MineralProductProduced", mineral(lot()), "2024-13-01T00:00:00Z")],
+        "float": [raw_envelope(m3, "MineralProductProduced", {**mineral(lot()), "reo_kg": 5796.276})],
+        "decimal not normal": [m3.peek("MineralProductProduced", {**mineral(lot()), "reo_kg": "1.50"}, T0).envelope],
+        "extra field": [m3.peek("MineralProductProduced", {**mineral(lot()), "colour": "red"}, T0).envelope],
+        "foreign key": [make_entry(other_key, seq=e.seq, prev=m3.head, type=e.type, occurred_at=T0,
+                                   body=mineral(lot()), chain="MINE03").envelope],
+        "unregistered": [make_entry(stranger, seq=1, prev=bytes(32), type=e.type, occurred_at=T0,
+                                    body=mineral(lot())).envelope],
+        "role forbids": [m3.peek("QuotaBatchIssued", {
+            "year": 2024, "batch_no": 1, "document_no": "GXB-2024-1", "holder": "MINE03",
+            "mining_rock_t_reo": "1", "mining_ionic_t_reo": "1", "separation_t_reo": "1",
+            "basis": "OUTPUT", "reserve": False}, T0).envelope],
+        "unknown shipment": [live.signer("SEP01").peek("TransferReceived", {
+            "transfer_id": "T-NONE", "seller": "MINE03", "lines": [
+                {"lot": "X-1", "product": "RE_CONCENTRATE", "kg": "1"}], "received_at": T0}, T0).envelope],
+        "second of a group": [ok.envelope, make_entry(m3.key, seq=e.seq + 1, prev=ok.hash, type=e.type,
+                                                       occurred_at=T0, body={"lot": "x"}).envelope],
+        "garbage envelope": [ok.envelope, b"\x93\x01\x02\x03"],
+    }
+    before = live.size()
+    seen_codes = set()
+    for name, envelopes in cases.items():
+        err = api_error(api, envelopes)
+        seen_codes.add(err.code)
+        for as_json in (False, True):
+            resp = live.post_envelopes(envelopes, as_json=as_json)
+            try:
+                assert_same_refusal(resp, err)
+            except AssertionError as x:
+                raise AssertionError(f"{name} (json={as_json}): {x}") from x
+    assert {"signature", "conflict", "unknown_type", "missing_field", "unknown_field", "out_of_range",
+            "bad_value", "foreign_key", "unregistered", "forbidden", "unknown_reference", "malformed"} <= seen_codes
+    assert live.size() == before  # nothing written
+    # a used lot: accepted once, then refused as the API refuses it (409 duplicate)
+    first = m3.sign("MineralProductProduced", mineral("LOT-ONCE-" + live.url[-6:]), T0)
+    assert live.post_envelopes([first.envelope]).status_code == 201
+    again = m3.peek("MineralProductProduced", mineral("LOT-ONCE-" + live.url[-6:]), T0)
+    err = api_error(api, [again.envelope])
+    assert err.status == 409
+    assert_same_refusal(live.post_envelopes([again.envelope]), err)
+
+
+# --- signed reads ---------------------------------------------------------------------------------
+
+def _headers(key: SigningKey, path: str, **change) -> dict[str, str]:
+    h = sign_request(key, "GET", path, now=change.pop("now", None))
+    h.update(change)
+    return h
+
+
+def test_signed_read_requests(live):
+    """Every way a read request can be wrong answers 401 problem+json, with the message the
+    in-process authenticator gives for the same headers."""
+    path = "/v1/chains/MINE02/head"
+    mk, k4 = live.key("MINE02"), live.key("MINE04")
+    now = datetime.now(timezone.utc)
+    stranger = SigningKey.generate("MINE02")  # a key the ledger never authorized
+    with LedgerStore(live.url) as store:
+        auth = RequestAuthenticator(store.current_registry)
+
+        def expect(headers: dict[str, str], sent_path: str = path, replay: bool = False) -> None:
+            if replay:  # both see it twice
+                auth.authenticate("GET", sent_path, httpx.Headers(headers), b"")
+                assert httpx.get(live.base + sent_path, headers=headers).status_code == 200
+            with pytest.raises(AuthError) as info:
+                auth.authenticate("GET", sent_path, httpx.Headers(headers), b"")
+            r = httpx.get(live.base + sent_path, headers=headers)
+            p = assert_problem(r, 401, "unauthorized")
+            assert p["detail"] == str(info.value), (p["detail"], str(info.value))
+
+        # anonymous: nothing to read
+        assert_problem(httpx.get(live.base + path), 401, "unauthorized")
+        assert_problem(httpx.get(live.base + "/v1/checkpoint"), 401, "unauthorized")
+        # a good request works once; the same headers again are a replay
+        good = _headers(mk, path)
+        assert httpx.get(live.base + path, headers=good).status_code == 200
+        r = httpx.get(live.base + path, headers=good)
+        assert "replayed" in assert_problem(r, 401, "unauthorized")["detail"]
+        expect(_headers(mk, path), replay=True)
+        # outside the window (300 s), either way
+        expect(_headers(mk, path, now=now - timedelta(seconds=900)))
+        expect(_headers(mk, path, now=now + timedelta(seconds=900)))
+        expect(_headers(mk, path, **{"X-Reledger-Timestamp": "yesterday"}))
+        expect(_headers(mk, path, **{"X-Reledger-Timestamp": "2024-01-01T00:00:00.5Z"}))
+        # wrong keys: never authorized; another party's key; the party of another key
+        expect(sign_request(stranger, "GET", path))
+        expect(_headers(k4, path, **{"X-Reledger-Party": "MINE02"}))
+        expect(_headers(mk, path, **{"X-Reledger-Key-Id": k4.key_id}))
+        expect(_headers(mk, path, **{"X-Reledger-Key-Id": "not-a-key-id"}))
+        # signature over something else: another path, method, party, timestamp, nonce
+        expect(_headers(mk, "/v1/chains/MINE02/head?x=1"))
+        expect(sign_request(mk, "POST", path))
+        expect(_headers(mk, path, **{"X-Reledger-Nonce": "A" * 20}))
+        expect(_headers(mk, path, **{"X-Reledger-Signature": base64.b64encode(b"\x00" * 64).decode()}))
+        expect(_headers(mk, path, **{"X-Reledger-Signature": "not base64!"}))
+        # malformed or incomplete headers
+        expect(_headers(mk, path, **{"X-Reledger-Nonce": "short"}))
+        expect(_headers(mk, path, **{"X-Reledger-Nonce": "bad nonce with spaces!!"}))
+        for h in ("X-Reledger-Party", "X-Reledger-Signature", "X-Reledger-Timestamp"):
+            headers = _headers(mk, path)
+            del headers[h]
+            expect(headers)
+    # a non-ASCII header value is just another wrong party
+    raw = [(k.encode(), v.encode()) for k, v in _headers(mk, path).items() if k != "X-Reledger-Party"]
+    assert_problem(httpx.get(live.base + path, headers=raw + [(b"X-Reledger-Party", b"\xc3\xa9\xff")]), 401)
+    # the query is part of what is signed: a request signed with its query works
+    ok = live.get("MINE02", "/v1/proofs/consistency?first=1&second=2")
+    assert ok.status_code == 200, ok.text
+
+
+def test_key_lifecycle_applies_to_reads(live):
+    """Keys authorized and revoked through the server take effect for reads at once; an expired
+    key and a key not valid yet are refused."""
+    reg = live.signer("MIIT")
+    fresh, old, early = (SigningKey.generate("MINE04") for _ in range(3))
+    group = [reg.sign("KeyAuthorized", key_authorized_body(fresh, T0, reason="new terminal"), T0),
+             reg.sign("KeyAuthorized", key_authorized_body(old, T0, valid_until="2024-06-01T00:00:00Z"), T0),
+             reg.sign("KeyAuthorized", key_authorized_body(early, "2099-01-01T00:00:00Z"), T0)]
+    assert live.post_envelopes([g.envelope for g in group], as_json=True).status_code == 201
+    path = "/v1/chains/MINE04/head"
+    assert live.http.get(path, headers=sign_request(fresh, "GET", path)).status_code == 200
+    for key, text in ((old, "has expired"), (early, "is not valid yet")):
+        p = assert_problem(live.http.get(path, headers=sign_request(key, "GET", path)), 401, "unauthorized")
+        assert p["detail"] == f"key {key.key_id} {text}"
+    revoke = reg.sign("KeyRevoked", {"party": "MINE04", "key_id": fresh.key_id, "reason": "stolen"}, T0)
+    assert live.post_envelopes([revoke.envelope]).status_code == 201
+    p = assert_problem(live.http.get(path, headers=sign_request(fresh, "GET", path)), 401, "unauthorized")
+    assert p["detail"] == f"key {fresh.key_id} has been revoked"
+
+
+def test_database_trouble_is_503_not_500(tmp_path):
+    """A database that is busy or gone answers 503 problem+json with Retry-After (the client
+    retries the same bytes), in-process with the same app the server runs."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    with TestClient(app, raise_server_exceptions=False) as tc:
+        real = app.state.api.submit_groups
+        calls = []
+
+        def busy(groups):
+            calls.append(len(groups))
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return real(groups)
+
+        app.state.api.submit_groups = busy
+        s = ChainSigner(cast.keys["MINE02"])
+        env = s.sign("MineralProductProduced", mineral(lot()), T0).envelope
+        r = tc.post(ENTRIES, content=msgpack.packb([env], use_bin_type=True),
+                    headers={"Content-Type": "application/msgpack"})
+        p = assert_problem(r, 503, "unavailable")
+        assert r.headers["retry-after"] == "1" and "database is locked" not in p["detail"]
+        r = tc.post(ENTRIES, content=msgpack.packb([env], use_bin_type=True),
+                    headers={"Content-Type": "application/msgpack"})
+        assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False
+
+
+def test_read_authorization(live, api):
+    """An enterprise reads its own chain and both sides of its transfers; regulators and auditors
+    read everything; nobody learns whether another party's entry exists."""
+    m4 = live.signer("MINE04")
+    sep = live.signer("SEP01")
+    mlot, tid = lot(), "T-" + uuid.uuid4().hex[:8]
+    produced = m4.sign("MineralProductProduced", mineral(mlot), T0)
+    line = {"lot": mlot, "product": "RE_CONCENTRATE", "kg": "10500.5", "reo_kg": "5796.276"}
+    shipped = m4.sign("TransferShipped", {"transfer_id": tid, "buyer": "SEP01", "lines": [line],
+                                          "vat_invoice_no": "0447-9", "shipped_at": "2024-01-20T08:00:00Z"}, T0)
+    assert live.post_envelopes([produced.envelope, shipped.envelope]).status_code == 201
+    received = sep.sign("TransferReceived", {"transfer_id": tid, "seller": "MINE04", "lines": [line],
+                                             "received_at": "2024-01-21T10:30:00Z"}, T0)
+    assert live.post_envelopes([received.envelope]).status_code == 201
+    p_seq, s_seq, r_seq = produced.entry.seq, shipped.entry.seq, received.entry.seq
+
+    def status(party: str, path: str) -> int:
+        r = live.get(party, path)
+        if r.status_code >= 400:
+            assert_problem(r, r.status_code)
+        return r.status_code
+
+    # own chain
+    assert status("MINE04", "/v1/chains/MINE04/head") == 200
+    assert status("MINE04", f"/v1/chains/MINE04/entries/{p_seq}") == 200
+    # the buyer sees the shipment to it, the seller sees the receipt; neither the other's production
+    assert status("SEP01", f"/v1/chains/MINE04/entries/{s_seq}") == 200
+    assert status("MINE04", f"/v1/chains/SEP01/entries/{r_seq}") == 200
+    size = live.size()
+    assert status("SEP01", f"/v1/proofs/inclusion?chain=MINE04&seq={s_seq}&size={size}") == 200
+    # without a size: the latest checkpoint's tree, which does not hold the entry yet
+    r = live.get("SEP01", f"/v1/proofs/inclusion?chain=MINE04&seq={s_seq}")
+    assert "not covered by the latest checkpoint" in assert_problem(r, 400, "invalid_request")["detail"]
+    assert status("SEP01", f"/v1/chains/MINE04/entries/{p_seq}") == 403
+    assert status("SEP01", "/v1/chains/MINE04/head") == 403
+    # a third party sees none of it; an entry that does not exist answers alike
+    for path in (f"/v1/chains/MINE04/entries/{s_seq}", f"/v1/chains/SEP01/entries/{r_seq}",
+                 "/v1/chains/MINE04/entries/99999", f"/v1/proofs/inclusion?chain=MINE04&seq={s_seq}",
+                 "/v1/proofs/inclusion?chain=MINE04&seq=99999", "/v1/chains/SEP01/head"):
+        assert status("SMELT01", path) == 403, path
+    # regulators and auditors read everything
+    for reader in ("MIIT", "AUD01"):
+        for path in (f"/v1/chains/MINE04/entries/{p_seq}", "/v1/chains/SEP01/head",
+                     f"/v1/chains/SEP01/entries/{r_seq}", "/v1/findings?party=MINE04", "/v1/flow",
+                     "/v1/stock?party=SEP01", "/v1/quota?year=2024"):
+            assert status(reader, path) == 200, (reader, path)
+    # the entry read gives back what was signed, as JSON or as the raw envelope
+    rec = live.get("SEP01", f"/v1/chains/MINE04/entries/{s_seq}").json()
+    assert base64.b64decode(rec["envelope"]) == shipped.envelope and rec["entry_hash"] == shipped.hash.hex()
+    raw = live.get("MINE04", f"/v1/chains/MINE04/entries/{s_seq}", headers={"Accept": "application/msgpack"})
+    assert raw.headers["content-type"] == "application/msgpack" and raw.content == shipped.envelope
+    # queries: an enterprise sees its own
+    assert status("MINE04", "/v1/stock") == 200 and status("MINE04", "/v1/stock?party=SEP01") == 403
+    assert status("MINE04", "/v1/findings?party=SEP01") == 403
+    assert status("MINE04", "/v1/flow") == 403
+    assert status("MINE04", f"/v1/flow?lot={mlot}&direction=down") == 200
+    assert status("SMELT01", f"/v1/flow?lot={mlot}") == 403
+    q = live.get("MINE04", "/v1/quota?year=2024").json()
+    assert {e["party"] for e in q["enterprises"]} <= {"MINE04"}
+    # the API's messages for what is not there or not a chain id
+    r = live.get("MINE04", "/v1/chains/MINE04/entries/99999")
+    with pytest.raises(CommandError) as info:
+        api.entry("MINE04", 99999)
+    assert_same_refusal(r, info.value)
+    for bad in ("lower", "A", "A%20B", "%E4%B8%AD", "A" * 65, "A%00B"):
+        with pytest.raises(CommandError) as info:
+            api.head(bad)
+        assert_same_refusal(live.get("MIIT", f"/v1/chains/{bad}/head"), info.value)
+    with pytest.raises(CommandError) as info:
+        api.entry("MINE04", 0)
+    assert_same_refusal(live.get("MINE04", "/v1/chains/MINE04/entries/0"), info.value)
+
+
+def test_hostile_parameters_never_5xx(live):
+    paths = [
+        "/v1/chains/MINE02/entries/99999999999999999999999", "/v1/chains/MINE02/entries/9223372036854775808",
+        "/v1/chains/MINE02/entries/-1", "/v1/chains/MINE02/entries/1.5", "/v1/chains/MINE02/entries/x",
+        "/v1/chains/A%00B/entries/1", "/v1/chains/%FF%FE/head", "/v1/chains/" + "A" * 5000 + "/head",
+        "/v1/proofs/inclusion?chain=MIIT&seq=1&size=9223372036854775808", "/v1/proofs/inclusion?chain=MIIT&seq=1&size=0",
+        "/v1/proofs/inclusion?chain=MIIT&seq=1&size=-5", "/v1/proofs/inclusion?chain=MIIT&seq=9223372036854775808",
+        "/v1/proofs/inclusion?chain=MIIT", "/v1/proofs/inclusion?chain=%00&seq=1",
+        "/v1/proofs/consistency?first=-1&second=3", "/v1/proofs/consistency?first=3&second=1",
+        "/v1/proofs/consistency?first=1&second=9223372036854775808", "/v1/proofs/consistency",
+        "/v1/quota?year=99999999999999999999", "/v1/quota?year=9223372036854775808", "/v1/quota",
+        "/v1/quota?year=2024&as_of=xx", "/v1/quota?year=2024&as_of=-5", "/v1/quota?year=2024&as_of=%00",
+        "/v1/quota?year=2024&valid_at=2024-02-30", "/v1/quota?year=2024&as_of=%C2%B2",
+        "/v1/stock?party=A%00", "/v1/stock?party=mine02", "/v1/findings?party=A%00&rule=%00",
+        "/v1/findings?rule=" + "x" * 10000, "/v1/flow?lot=%00", "/v1/flow?direction=sideways",
+        "/v1/flow?format=pdf", "/v1/flow?lot=" + "x" * 10000,
+    ]
+    for party in ("MIIT", "MINE02"):
+        for path in paths:
+            r = live.get(party, path)
+            assert r.status_code < 500, (party, path, r.status_code, r.text[:300])
+            if r.status_code >= 400:
+                assert_problem(r, r.status_code)
+    assert live.get("MIIT", "/v1/flow?lot=%00").status_code == 400
+
+
+# --- checkpoints and proofs ------------------------------------------------------------------------
+
+def test_checkpoint_and_proofs(live):
+    verifier = live.cast.note_signer.verifier()
+    first = live.cast.genesis_size
+    s = live.signer("MINE02")
+    e = s.sign("MineralProductProduced", mineral(lot()), T0)
+    assert live.post_envelopes([e.envelope]).status_code == 201
+    live.cast.checkpoint()
+    r = live.get("MINE02", "/v1/checkpoint")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    cp = verify_checkpoint(r.content, verifier)
+    assert cp.size == live.size()
+    inc = live.get("MINE02", f"/v1/proofs/inclusion?chain=MINE02&seq={e.entry.seq}").json()
+    assert inc["size"] == cp.size and inc["root"] == cp.root.hex() and inc["entry_hash"] == e.hash.hex()
+    leaf = merkle.leaf_hash(leaf_bytes(e.hash, inc["index"], inc["recorded_at"]))
+    assert leaf.hex() == inc["leaf_hash"]
+    merkle.verify_inclusion(leaf, inc["index"], cp.size, [bytes.fromhex(h) for h in inc["proof"]], cp.root)
+    con = live.get("AUD01", f"/v1/proofs/consistency?first={first}&second={cp.size}").json()
+    merkle.verify_consistency(first, cp.size, [bytes.fromhex(h) for h in con["proof"]],
+                              bytes.fromhex(con["root_first"]), cp.root)
+    assert live.get("AUD01", f"/v1/proofs/consistency?first=0&second={cp.size}").json()["proof"] == []
+    # a size the entry is not inside, or beyond the log
+    assert_problem(live.get("MINE02", f"/v1/proofs/inclusion?chain=MINE02&seq={e.entry.seq}&size=1"), 400,
+                   "invalid_request")
+    assert_problem(live.get("MINE02", f"/v1/proofs/consistency?first=1&second={cp.size + 5}"), 400,
+                   "invalid_request")
+
+
+# --- schemathesis against the OpenAPI description ------------------------------------------------------
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_errors(live):
+    """Property-based requests generated from /openapi.json, signed by the regulator (who may
+    read everything, so that requests get past authentication): never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(live.base + "/openapi.json")
+    reg = live.key("MIIT")
+    failures, sent = [], [0]
+    with httpx.Client(timeout=60.0) as http:
+        for result in schema.get_all_operations():
+            operation = result.ok()
+
+            @settings(max_examples=12, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def run(case):
+                kw = case.as_transport_kwargs(base_url=live.base)
+                req = http.build_request(kw["method"], kw["url"], params=kw.get("params"), headers=kw.get("headers"),
+                                         content=kw.get("data"), json=kw.get("json"))
+                req.headers.update(sign_request(reg, req.method, req.url.raw_path.decode("ascii")))
+                resp = http.send(req)
+                sent[0] += 1
+                if resp.status_code >= 500:
+                    failures.append((req.method, str(req.url), resp.status_code, resp.text[:200]))
+
+            run()
+    assert sent[0] >= 40
+    assert not failures, failures[:5]
