@@ -96,9 +96,15 @@ def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, A
             nat[kind] += g
         if kind == "USED" and grp:
             group_used[(grp, cat)] = group_used.get((grp, cat), 0) + g
+    # a group whose members used quota in a year it holds none of (nothing issued yet, or a
+    # year after the last batch) is over quota at group level: it must be listed, not dropped
+    used_only = {k for k in group_used if k not in acc}
+    for k in used_only:
+        acc[k] = {"ISSUED": 0, "SUBALLOCATED_IN": 0, "SUBALLOCATED_OUT": 0, "REDUCED": 0, "USED": 0}
     enterprises, groups = [], []
     for (party, cat), a in sorted(acc.items()):
-        is_group = "GROUP" in party_roles.get(party, "") or a["SUBALLOCATED_OUT"] > 0
+        is_group = ("GROUP" in party_roles.get(party, "") or a["SUBALLOCATED_OUT"] > 0
+                    or (party, cat) in used_only)
         if is_group:
             issued = a["ISSUED"] - a["REDUCED"]
             used = group_used.get((party, cat), 0)
