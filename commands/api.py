@@ -171,7 +171,7 @@ class CommandAPI:
         pending = self.state.pending.get((chain, seq))
         if pending is not None:
             return pending
-        if not CHAIN_RE.match(chain):
+        if not CHAIN_RE.fullmatch(chain):
             return None
         rec = self.store.entry(chain, seq)
         return None if rec is None else (rec.entry_hash, rec.type)
@@ -354,7 +354,7 @@ class CommandAPI:
 
     @staticmethod
     def _check_chain_id(chain: str) -> None:
-        if not isinstance(chain, str) or not CHAIN_RE.match(chain):
+        if not isinstance(chain, str) or not CHAIN_RE.fullmatch(chain):
             raise InvalidCommand("bad_value", "chain: must be a party id of 2-64 characters A-Z 0-9 . _ -",
                                  field="chain")
 

@@ -170,7 +170,6 @@ MAX_LIST = 1000
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_DECIMAL_FULL = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?")  # with fullmatch ('$' allows a final newline)
 
 
 # --- field types ---------------------------------------------------------------------------
@@ -249,7 +248,7 @@ class Text(Field):
             raise fail("bad_value", path, "must not contain control characters")
         if value != value.strip():
             raise fail("bad_value", path, "must not begin or end with white space")
-        if self.pattern is not None and not self.pattern.match(value):
+        if self.pattern is not None and not self.pattern.fullmatch(value):
             raise fail("bad_value", path, f"{value[:70]!r} is not {self.describe_pattern()}")
         return value
 
@@ -335,8 +334,6 @@ class Quantity(Field):
 
     def check(self, value: Any, path: str) -> Decimal:
         _expect(value, isinstance(value, str), path, f"decimal text in {self.unit} (e.g. '12.5')")
-        if value == "-0" or not _DECIMAL_FULL.fullmatch(value):  # fullmatch: no trailing newline
-            raise fail("bad_value", path, f"{value[:40]!r} is not a decimal in normal form (e.g. '12.5', '0')")
         try:
             d = parse_decimal(value, self.places)
         except EncodingError as e:
@@ -433,11 +430,8 @@ class Time(Field):
     def check(self, value: Any, path: str) -> datetime:
         _expect(value, isinstance(value, str), path, "an RFC 3339 UTC time as text")
         try:
-            if _CONTROL.search(value):
-                raise EncodingError(f"{value[:40]!r} is not an RFC 3339 UTC time in normal form "
-                                    "(e.g. '2024-03-01T08:00:00Z')")
             t = parse_time(value)
-        except (EncodingError, ValueError) as e:
+        except EncodingError as e:
             raise fail("bad_value", path, str(e)) from None
         if not MIN_YEAR <= t.year <= MAX_YEAR:
             raise fail("out_of_range", path, f"year {t.year} is absurd (must be {MIN_YEAR}..{MAX_YEAR})")
