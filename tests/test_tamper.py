@@ -14,7 +14,7 @@ from ledger.keys import SigningKey
 from ledger.store import LedgerStore
 from ledger.verify import verify_database
 
-from helpers import REGULATOR_ID, count, drop_triggers, new_ledger, populated_ledger, sql
+from helpers import ORIGIN, REGULATOR_ID, count, drop_triggers, new_ledger, populated_ledger, sql
 
 M0, M1 = "9111000000MINE0000", "9111000000MINE0001"
 SIZE = 17  # genesis 3 + two registrations of 2 + 2 x 5 entries
@@ -511,3 +511,54 @@ def test_any_changed_value_is_caught(ledger, column, row, pos, delta):
     finally:
         sql(url, f"UPDATE {{{table}}} SET {col} = ? WHERE {key_sql}", (original, *key))
     assert verify_database(url, workers=1).ok
+
+
+# --- checkpoint notes signed by the wrong key or under the wrong name -----------------------
+
+def _note(led, signer: NoteSigner, size: int | None = None) -> bytes:
+    from ledger.checkpoint import Checkpoint, sign_checkpoint
+
+    with LedgerStore(led.url, create=False) as st:
+        size = st.size() if size is None else size
+        return sign_checkpoint(Checkpoint(ORIGIN, size, st.root(size)), signer)
+
+
+def test_note_under_another_name_does_not_count(ledger):
+    """The checkpoint key, but under a name other than its registered one (FORMAT 4.4)."""
+    note = _note(ledger, NoteSigner("evil.example/log", ledger.checkpoint_key.private_key))
+    rep = verify_database(ledger.url, workers=1, checkpoint_notes=[note])
+    assert not rep.ok and rep.first.code == "checkpoint"
+
+
+def test_note_signed_by_an_entry_key_does_not_count(ledger):
+    """Entry keys never sign checkpoints, not even the root regulator's (FORMAT 4.4)."""
+    note = _note(ledger, NoteSigner(ORIGIN, ledger.regulator.key.private_key))
+    rep = verify_database(ledger.url, workers=1, checkpoint_notes=[note])
+    assert not rep.ok and rep.first.code == "checkpoint"
+    with LedgerStore(ledger.url, create=False) as st:
+        st.append([ledger.parties[M0].sign("MiningOutput", {"qty": "1"}, "2024-01-02T00:00:00Z")])
+        with pytest.raises(ValueError):
+            st.checkpoint(NoteSigner(ORIGIN, ledger.regulator.key.private_key))
+        assert st.latest_checkpoint()[0] == SIZE
+
+
+def test_correct_outside_note_of_an_earlier_size(ledger):
+    note = _note(ledger, ledger.note_signer, size=9)
+    rep = verify_database(ledger.url, workers=1, checkpoint_notes=[note])
+    assert rep.ok and rep.checkpoints == 2, rep.problems
+
+
+def test_note_of_a_revoked_checkpoint_key(db_url):
+    """A checkpoint key revoked at index r signs no checkpoint of size > r (FORMAT 4.4)."""
+    led = populated_ledger(db_url, parties=1, per_party=2)
+    try:
+        before = led.checkpoint()
+        led.revoke(REGULATOR_ID, led.checkpoint_key.key_id)
+        p = next(iter(led.parties))
+        led.add(p, 2)
+        late = _note(led, led.note_signer)
+    finally:
+        led.close()
+    assert verify_database(db_url, workers=1, checkpoint_notes=[before]).ok
+    rep = verify_database(db_url, workers=1, checkpoint_notes=[late])
+    assert not rep.ok and rep.first.code == "checkpoint"
