@@ -1076,3 +1076,43 @@ def test_database_url_refused(url):
 
     with pytest.raises(DatabaseURLError):
         DatabaseURL.parse(url)
+
+
+# --- registry bodies (FORMAT 4.1): refused with code body, nothing written ------------------
+
+def _ka(key, **over):
+    body = key_authorized_body(key, T0)
+    body.update(over)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+@pytest.mark.parametrize("case", [
+    "reuse_after_revocation", "revoke_twice", "revoke_wrong_party", "revoke_unknown", "designation_unregistered",
+    "checkpoint_key_without_name", "no_valid_from", "bad_valid_until", "short_public_key", "unknown_purpose",
+    "roles_not_a_list", "roles_missing", "party_missing", "key_id_mismatch",
+])
+def test_registry_body_rules(led, mine, case):
+    reg = led.regulator
+    k = SigningKey.generate(MINE)
+    if case in ("reuse_after_revocation", "revoke_twice"):
+        led.authorize(k)
+        led.revoke(MINE, k.key_id)
+    bodies = {
+        "reuse_after_revocation": ("KeyAuthorized", _ka(k)),
+        "revoke_twice": ("KeyRevoked", {"party": MINE, "key_id": k.key_id}),
+        "revoke_wrong_party": ("KeyRevoked", {"party": PLANT, "key_id": mine.key.key_id}),
+        "revoke_unknown": ("KeyRevoked", {"party": MINE, "key_id": "0123456789abcdef"}),
+        "designation_unregistered": ("PartyDesignationChanged", {"party": PLANT, "roles": ["MINE"]}),
+        "checkpoint_key_without_name": ("KeyAuthorized", _ka(SigningKey.generate(REGULATOR_ID, "checkpoint"))),
+        "no_valid_from": ("KeyAuthorized", _ka(k, valid_from=None)),
+        "bad_valid_until": ("KeyAuthorized", _ka(k, valid_until="2024-01-01")),
+        "short_public_key": ("KeyAuthorized", _ka(k, public_key=k.public_key[:31])),
+        "unknown_purpose": ("KeyAuthorized", _ka(k, purpose="everything")),
+        "roles_not_a_list": ("PartyRegistered", {"party": PLANT, "roles": "MINE"}),
+        "roles_missing": ("PartyRegistered", {"party": PLANT}),
+        "party_missing": ("PartyRegistered", {"roles": ["MINE"]}),
+        "key_id_mismatch": ("KeyAuthorized", _ka(k, key_id=SigningKey.generate(MINE).key_id)),
+    }
+    type_, body = bodies[case]
+    err = assert_refused(led, [reg.peek(type_, body, T0)], "body")
+    assert err.field and err.field.startswith("body")
