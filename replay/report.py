@@ -410,9 +410,17 @@ def _time_ticks(t0: int, t1: int) -> list[tuple[int, str]]:
     """Tick positions and labels: days, weeks or months, about 6–14 of them."""
     span_days = (t1 - t0) / 86_400e6
     ticks: list[tuple[int, str]] = []
-    if span_days <= 70:
-        from datetime import timedelta
+    from datetime import timedelta
 
+    if span_days <= 3:
+        hours = next(h for h in (1, 2, 3, 6, 12, 24) if span_days * 24 / h <= 12)
+        d = _dt(t0).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        while encoding.time_to_micros(d) <= t1:
+            if d.hour % hours == 0:
+                ticks.append((encoding.time_to_micros(d), d.strftime("%m-%d %H:00")))
+            d += timedelta(hours=1)
+        return ticks
+    if span_days <= 70:
         step = max(1, int(math.ceil(span_days / 10)))
         d = _dt(t0).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         while encoding.time_to_micros(d) <= t1:

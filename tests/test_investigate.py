@@ -158,6 +158,24 @@ def test_report_is_self_contained_and_proves_every_finding(demo, tmp_path):
     assert text.count("<svg") >= 3  # quota, stock, flows
 
 
+def test_quota_burn_down_matches_the_projections(demo):
+    d = gather(demo["url"], demo["party"])
+    assert d["quota"] and d["quota_agrees"]
+    ps = ProjectionStore(demo["url"])
+    try:
+        for c in d["quota"]:
+            q = queries.quota(ps, c["year"])
+            row = next(e for e in q["enterprises"] if e["party"] == demo["party"] and e["category"] == c["category"])
+            assert abs(c["allocated_t"] - float(row["allocated_t"])) < 1e-6
+            assert abs(c["used_t"] - float(row["used_t"])) < 1e-6
+            # cumulative series: the used line never decreases; it ends at the total
+            assert all(a[1] <= b[1] for a, b in zip(c["used"], c["used"][1:]))
+            if row["over"]:  # over at the end: the chart marks when it first went over
+                assert c["over"] is not None
+    finally:
+        ps.close()
+
+
 def test_every_party_with_findings(demo, tmp_path):
     for party, found in demo["by_party"].items():
         text = _report(demo, tmp_path, party)
