@@ -5,7 +5,8 @@ any position and catch up; nothing here reads or writes storage by itself.
 
 * the key registry (a replica of :class:`ledger.registry.Registry`: keys, current roles);
 * chain heads (seq, entry hash);
-* parties and their designations over business time (roles, valid from/until, group);
+* parties and their designations over business time (roles, valid from/until; group
+  membership is the projections' business: the write path checks nothing by it);
 * shipments by (seller, transfer id): buyer, and whether (and where) received;
 * quota batches by (year, batch no, holder);
 * lots by id (the entry that created each lot) and production batch ids per chain.
@@ -57,7 +58,6 @@ class Designation:
     since_us: int
     roles: frozenset[str]
     valid_until_us: int | None
-    group: str | None
     index: int
 
 
@@ -261,7 +261,7 @@ class WriteState:
         if party in self.parties:
             return
         d = Designation(time_us(b.get("valid_from")) or 0, frozenset(b.get("roles") or ()),
-                        time_us(b.get("valid_until")), b.get("group"), index)
+                        time_us(b.get("valid_until")), index)
         self._put(self.parties, party, PartyInfo(party, str(b.get("name", "")), (d,), index))
 
     def _designation_changed(self, e, signed, index) -> None:
@@ -274,21 +274,9 @@ class WriteState:
         d = Designation(
             since if since is not None else prev.since_us,
             frozenset(b["roles"]) if isinstance(b.get("roles"), list) else prev.roles,
-            time_us(b["valid_until"]) if "valid_until" in b else prev.valid_until_us,
-            b.get("group", prev.group), index)
+            time_us(b["valid_until"]) if "valid_until" in b else prev.valid_until_us, index)
         self._put(self.parties, info.party, replace(info, name=str(b.get("name", info.name)),
                                                     designations=info.designations + (d,)))
-
-    def _membership_changed(self, e, signed, index) -> None:
-        b = e.body
-        info = self.parties.get(b["party"])
-        if info is None:
-            return
-        prev = info.current
-        group = b["group"] if b.get("action") == "JOINED" else (None if prev.group == b["group"] else prev.group)
-        since = time_us(b.get("effective_from"))
-        d = replace(prev, since_us=since if since is not None else prev.since_us, group=group, index=index)
-        self._put(self.parties, info.party, replace(info, designations=info.designations + (d,)))
 
     def _batch_issued(self, e, signed, index) -> None:
         b = e.body
@@ -334,7 +322,6 @@ class WriteState:
 _HANDLERS: dict[str, Callable[[WriteState, Any, SignedEntry, int], None]] = {
     "PartyRegistered": WriteState._party_registered,
     "PartyDesignationChanged": WriteState._designation_changed,
-    "GroupMembershipChanged": WriteState._membership_changed,
     "QuotaBatchIssued": WriteState._batch_issued,
     "MineralProductProduced": WriteState._lot_created,
     "ImportReceived": WriteState._lot_created,

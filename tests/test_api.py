@@ -980,3 +980,29 @@ def test_registry_changes_of_a_refused_group_are_undone(mworld):
     fresh._catch_up()
     assert fresh.state.registry.roles == st_.registry.roles and set(fresh.state.registry.keys) == set(st_.registry.keys)
     fresh.close()
+
+
+def test_designations_over_business_time(world):
+    """PartyInfo answers the designation at any business time: registration window, a change
+    from a date on, a backdated change recorded later, suspension."""
+    w = world
+    us = lambda t: encoding.time_to_micros(encoding.parse_time(t))  # noqa: E731
+    w.register("PLANT7", ["SEPARATION"], valid_until="2025-01-01T00:00:00Z")
+    w.ok("MIIT", "PartyDesignationChanged", {"party": "PLANT7", "roles": ["SEPARATION", "SMELTER"],
+                                             "valid_from": "2024-07-01T00:00:00Z"})
+    w.ok("MIIT", "PartyDesignationChanged", {"party": "PLANT7", "roles": [], "valid_from": "2024-10-01T00:00:00Z",
+                                             "reason": "suspended"})
+    w.ok("MIIT", "PartyDesignationChanged", {"party": "PLANT7", "roles": ["SEPARATION"],
+                                             "valid_from": "2024-03-01T00:00:00Z", "reason": "late record"})
+    info = w.api.state.parties["PLANT7"]
+    assert info.roles_at(us("2023-12-31T00:00:00Z")) == frozenset()
+    assert info.roles_at(us("2024-02-01T00:00:00Z")) == {"SEPARATION"}
+    assert info.roles_at(us("2024-08-01T00:00:00Z")) == {"SEPARATION", "SMELTER"}
+    assert info.roles_at(us("2024-11-01T00:00:00Z")) == frozenset()
+    assert info.roles_at(us("2025-06-01T00:00:00Z")) == frozenset()  # the registration's end carries on
+    assert info.designation_at(us("2024-04-01T00:00:00Z")).index > info.designation_at(us("2024-08-01T00:00:00Z")).index
+    assert info.roles_ever == {"SEPARATION", "SMELTER"}
+    # suspended now, but SMELTER was held: a smelting entry is recorded (and flagged), a mine's is not
+    w.ok("PLANT7", "MetalSmelted", example(w, "MetalSmelted", "PLANT7"), at="2024-11-15T00:00:00Z")
+    assert w.attempt("PLANT7", "MineralProductProduced", example(w, "MineralProductProduced", "PLANT7")).code == \
+        "forbidden"
