@@ -1116,3 +1116,45 @@ def test_registry_body_rules(led, mine, case):
     type_, body = bodies[case]
     err = assert_refused(led, [reg.peek(type_, body, T0)], "body")
     assert err.field and err.field.startswith("body")
+
+
+# --- O(log n): appends and proofs never re-read the log -------------------------------------
+
+def test_append_and_proofs_read_o_log_n_rows(led, mine, monkeypatch):
+    from ledger.reader import Queries
+
+    st = led.store
+    for _ in range(4):
+        st.append([fact(mine) for _ in range(1000)])
+    size = st.size()
+    st.append([fact(mine)])  # caches warm
+    rows = {"n": 0, "calls": 0}
+
+    def counting(name):
+        original = getattr(Queries, name)
+
+        def wrapped(self, *a, **kw):
+            out = original(self, *a, **kw)
+            rows["calls"] += 1
+            rows["n"] += len(out) if isinstance(out, (list, dict)) else 1
+            return out
+        monkeypatch.setattr(Queries, name, wrapped)
+
+    for name in ("records", "records_of_types", "records_of_chain", "nodes", "commands", "chain_head", "size",
+                 "record_of"):
+        counting(name)
+    st.append([fact(mine) for _ in range(3)])
+    assert rows["n"] <= 10 and rows["calls"] <= 6, rows
+    rows.update(n=0, calls=0)
+    st.inclusion_proof(1234, size)
+    st.consistency_proof(777, size)
+    st.root(size)
+    assert rows["n"] <= 60, rows  # ~3 x log2(4000) nodes
+    # a second store (cold caches, another writer's appends in between) reads O(registry + log n)
+    other = LedgerStore(led.url)
+    try:
+        rows.update(n=0, calls=0)
+        other.append([fact(mine)])
+        assert rows["n"] <= 40, rows
+    finally:
+        other.close()
