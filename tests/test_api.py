@@ -6,9 +6,7 @@ matrix, idempotency, group commit, and a property: any command gives receipts or
 from __future__ import annotations
 
 import os
-import tempfile
 import uuid
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -743,16 +741,13 @@ def test_dry_run_check_writes_nothing(mworld):
 
 # --- property: nothing but receipts or CommandError ------------------------------------------------
 
-_PROP: dict = {}
-
-
-def _prop_world() -> World:
-    if "w" not in _PROP:
-        d = Path(tempfile.mkdtemp(prefix="reledger-prop-"))
-        w = World(f"sqlite:///{d / 'ledger.db'}")
-        run_scenario(w)
-        _PROP["w"] = w
-    return _PROP["w"]
+@pytest.fixture(scope="module")
+def prop_world(tmp_path_factory):
+    """One ledger for all generated commands (module scope: hypothesis runs many examples)."""
+    w = World(f"sqlite:///{tmp_path_factory.mktemp('prop') / 'ledger.db'}")
+    run_scenario(w)
+    yield w
+    w.close()
 
 
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1), st.text(max_size=12),
@@ -815,8 +810,8 @@ def build_command(w: World, plan: dict):
 
 @settings(max_examples=int(os.environ.get("RELEDGER_PROP_EXAMPLES", "60")), deadline=None)
 @given(plan=_PLAN)
-def test_property_only_receipts_or_command_errors(plan):
-    w = _prop_world()
+def test_property_only_receipts_or_command_errors(prop_world, plan):
+    w = prop_world
     party, item = build_command(w, plan)
     size = w.store.size()
     try:
