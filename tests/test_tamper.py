@@ -11,7 +11,7 @@ from ledger.checkpoint import NoteSigner
 from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
 from ledger.genesis import ChainSigner
 from ledger.keys import SigningKey
-from ledger.store import LedgerStore
+from ledger.store import AppendError, LedgerStore
 from ledger.verify import verify_database
 
 from helpers import ORIGIN, REGULATOR_ID, count, drop_triggers, new_ledger, populated_ledger, sql
@@ -562,3 +562,19 @@ def test_note_of_a_revoked_checkpoint_key(db_url):
     assert verify_database(db_url, workers=1, checkpoint_notes=[before]).ok
     rep = verify_database(db_url, workers=1, checkpoint_notes=[late])
     assert not rep.ok and rep.first.code == "checkpoint"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py compares the log row's chain, seq, type and entry "
+                                       "hash with the entry, but not its command_id column, which the store's "
+                                       "idempotency look-ups (Queries.commands) trust: a rewritten command_id "
+                                       "goes unnoticed and turns a client's retry into a refusal")
+def test_changed_log_command_id(ledger):
+    url = ledger.url
+    chain, seq = where(12)
+    sql(url, "UPDATE {log} SET command_id = ? WHERE idx = 12", ("00000000-0000-4000-8000-000000000000",))
+    # the store now refuses the honest retry of that command instead of answering its receipt
+    env = state_of(url, chain, seq)
+    with LedgerStore(url, create=False) as st:
+        with pytest.raises(AppendError):
+            st.append([env])
+    assert_caught(url, 12, chain, seq, codes=("mismatch",))
