@@ -103,10 +103,20 @@ class ProjectionStore:
             except Exception:  # noqa: BLE001 - statements without rows
                 return []
 
+    def _existing_tables(self) -> int:
+        names = [P + t for t in TABLES]
+        marks = ",".join("?" * len(names))
+        if self.pg:
+            sql = f"SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ({marks})"
+        else:
+            sql = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
+        return int(self.execute(sql, names)[0][0])
+
     def create(self) -> None:
         with self._lock:
-            for stmt in _ddl("BYTEA" if self.pg else "BLOB"):
-                self.conn.execute(stmt)
+            if self._existing_tables() < len(TABLES):  # DDL only when needed (it locks, and costs on PostgreSQL)
+                for stmt in _ddl("BYTEA" if self.pg else "BLOB"):
+                    self.conn.execute(stmt)
             # the tracking row exists before any follower writes: the row lock (PostgreSQL FOR
             # UPDATE) then serializes followers from the first page on, instead of two of them
             # both seeing no row and colliding on its INSERT
