@@ -96,11 +96,16 @@ class Demo:
         self.now = us(datetime(YEAR, 1, 1, tzinfo=UTC))
         self.store = LedgerStore(url, clock=lambda: self.now)
         self.projections = ProjectionStore(url)
-        self.api = CommandAPI(self.store, findings_hook=ProjectionFindings(self.projections))
+        # at small scale every append answers its findings (as the HTTP API does); at year scale
+        # the projections catch up once at the end (a rebuild's speed, not one per batch)
+        self.api = CommandAPI(self.store, findings_hook=ProjectionFindings(self.projections)
+                              if scale == "small" else None)
+        self.window = HOUR if scale == "small" else 6 * HOUR
         self.heap: list[tuple[int, int, Callable[[], None]]] = []
         self._n = 0
         self.parties: dict[str, Party] = {}
         self.pending: list[tuple[Party, Any]] = []
+        self.pending_since = 0
         self.batch_size = 1 if scale == "small" else 400
         self.entries = 0
         self.seeded_where: dict[str, dict[str, Any]] = {}
@@ -114,6 +119,8 @@ class Demo:
         heapq.heappush(self.heap, (when_us, self._n, action))
 
     def submit(self, p: Party, type: str, body: dict, occurred_us: int) -> None:
+        if not self.pending:
+            self.pending_since = self.now
         signed = p.signer.sign(type, body, ts(occurred_us))
         p.hashes.append(signed.hash)
         self.pending.append((p, signed))
@@ -136,8 +143,8 @@ class Demo:
     def run_until(self, end_us: int, progress: Callable[[int], None] | None = None) -> None:
         while self.heap and self.heap[0][0] <= end_us:
             when, _, action = heapq.heappop(self.heap)
-            if self.pending and when - self.now > 6 * HOUR:
-                self.flush()
+            if self.pending and when - self.pending_since > self.window:
+                self.flush()  # a batch spans at most `window` of simulated time (its record time)
             self.now = max(self.now, when)
             action()
             if progress:
@@ -266,7 +273,7 @@ class Demo:
                         "basis": "OUTPUT"}
                 self.at(when, lambda b=body, w=when: self.submit(reg, "QuotaBatchIssued", b, w))
             alloc_day = us(day) + 7 * DAY
-            share = Decimal("0.55") if no == 1 else Decimal("0.45")
+            share = Decimal("0.5")
             for j, p in enumerate(self.of("mine") + self.of("plant")):
                 when = alloc_day + j * 600_000_000
                 self.at(when, lambda p=p, no=no, share=share, w=when: self._suballocate(p, no, share, w))
@@ -278,23 +285,30 @@ class Demo:
         annual = self.annual_allocation(p)
         if p.kind == "plant-ionic" and p is self.of("plant-ionic")[0]:
             # the seeded over-quota plant: its allocation is below what its feed will give
-            annual = annual * Decimal("0.84")
+            annual = annual * Decimal("0.80")
             share = Decimal("0.62") if no == 1 else Decimal("0.38")
         self.submit(group, "QuotaSubAllocated", {"batch": {"year": YEAR, "batch_no": no}, "enterprise": p.id,
                                                  "category": cat, "t_reo": t_text(annual * share)}, when)
 
     # expected annual REO (t) per producer: lots a month x lot size
-    LOTS_PER_MONTH = {"small": 2, "year": 30}
+    LOTS_PER_MONTH = {"small": 2, "year": 185}
+    #: the year scale models the whole national indicator: mines use about 80% of their group's
+    GROUP_ISSUED_T = {("CHINA-NORTHERN-RE", "mine-rock"): Decimal("195580"),
+                      ("CHINA-RE-GROUP", "mine-rock"): Decimal("55270"),
+                      ("CHINA-RE-GROUP", "mine-ionic"): Decimal("19150")}
 
     def lot_reo_t(self, p: Party) -> Decimal:
-        if p.kind.startswith("mine-rock"):
-            return Decimal("180") if self.scale == "small" else Decimal("52")
-        return Decimal("55") if self.scale == "small" else Decimal("4.4")
+        if self.scale == "small":
+            return Decimal("180") if p.kind.startswith("mine-rock") else Decimal("55")
+        family = "mine-rock" if p.kind.startswith("mine-rock") else "mine-ionic"
+        peers = [q for q in self.of("mine") if q.group == p.group and q.kind.startswith(family)]
+        issued = self.GROUP_ISSUED_T[(p.group, family)]
+        return (issued * Decimal("0.8") / (len(peers) * self.LOTS_PER_MONTH["year"] * 12)).quantize(Decimal("0.001"))
 
     def annual_allocation(self, p: Party) -> Decimal:
         lots = self.LOTS_PER_MONTH[self.scale] * 12
         if p.kind.startswith("mine"):
-            return self.lot_reo_t(p) * lots * Decimal("1.25")
+            return self.lot_reo_t(p) * lots * Decimal("1.15")
         feeders = {"plant-rock-N": "mine-rock-N", "plant-rock-C": "mine-rock-C", "plant-ionic": "mine-ionic"}
         if p.kind == "plant-import":
             return Decimal("1200") if self.scale == "small" else Decimal("300")
@@ -678,7 +692,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     con = Console(highlight=False, soft_wrap=True, stderr=args.json,
                   width=None if sys.stdout.isatty() else 150)
-    say = (lambda m: con.print(m)) if not args.json else (lambda m: print(m, file=sys.stderr))
+    say = con.print  # on stderr under --json
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
     demo = Demo(url, out, args.seed, args.scale, say)
     stats = demo.run()
