@@ -162,9 +162,16 @@ class SignedEntry:
         return cls(envelope, content, signature, entry, hashlib.sha256(envelope).digest())
 
     def signature_valid(self, public_key: bytes) -> bool:
+        """Ed25519 over ENTRY_TAG || content. A success is remembered on this object (its bytes
+        never change), so the command API and the store do not both pay for one entry."""
+        if self.__dict__.get("_verified_with") == public_key:
+            return True
         from .keys import verify_signature
 
-        return verify_signature(public_key, ENTRY_TAG, self.content, self.signature)
+        ok = verify_signature(public_key, ENTRY_TAG, self.content, self.signature)
+        if ok:
+            object.__setattr__(self, "_verified_with", public_key)
+        return ok
 
 
 def leaf_bytes(entry_hash: bytes, index: int, recorded_at: str) -> bytes:
