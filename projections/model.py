@@ -357,9 +357,13 @@ class Projector:
     def _on_QuotaReduced(self, d, chain, b, ref, occ, rec) -> None:
         year, holder, cat, g = int(b["year"]), b["holder"], b["category"], t_to_grams(b["t_reo"])
         self.reduced[(year, holder, cat)] = self.reduced.get((year, holder, cat), 0) + g
+        # the national limit is what was issued less what was cut (as queries.quota shows it)
+        self.issued_nation[(year, cat)] = self.issued_nation.get((year, cat), 0) - g
         self.quota_refs.setdefault((year, holder, cat), []).append(ref)
         d.quota.append((year, holder, cat, "REDUCED", g, None, ref.index))
-        self._check_quota(d, year, holder, cat, ref, occ)
+        # a cut of a group's indicator is checked at group level against its members' use
+        grp = holder if "GROUP" in self.roles_at(holder, occ) else None
+        self._check_quota(d, year, holder, cat, ref, occ, grp)
 
     def allocated(self, year: int, party: str, cat: str) -> int:
         k = (year, party, cat)

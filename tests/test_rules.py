@@ -419,3 +419,35 @@ def test_backdated_and_future_dated(w, delay_days, expected):
     assert [summary(x) for x in f] == [(c, "MINE01", ev(p)) for c in expected]
     if expected == ["BACKDATED"]:
         assert f[0]["params"]["days"] == 16
+
+
+def test_quota_cut_by_a_penalty(bare):
+    """A QuotaReduced lowers the limits at enterprise and national level (and group level for a
+    group's indicator): use that was within the quota is over it after the cut."""
+    w = bare
+    a = issue(w, "SEP02", 1, sep="10")
+    w.ok("SEP02", "ImportReceived", {"lot": "IMP-1", "customs_declaration_no": "2201001", "hs_code": "2612200000",
+                                     "origin_country": "MM", "form": "MONAZITE", "product": "MONAZITE_CONCENTRATE",
+                                     "dry_kg": "16000", "treo_pct": "50", "reo_kg": "8000"})
+    sep, _ = separate(w, "SEP02", [("IMP-1", 16_000_000, 8_000_000)], 1000, 0)   # 8 t of 10 t
+    assert codes(w) == []
+    v = w.ok("MIIT", "ViolationFound", {"party": "SEP02", "rule": "FLOW", "article": "Decree 785 Art. 25",
+                                        "description": "flow records incomplete", "evidence": [w.ref("SEP02", 2)]})
+    pen = w.ok("MIIT", "PenaltyImposed", {"party": "SEP02", "violation": w.ref("MIIT", v.seq), "decision_no": "P-1",
+                                          "article": "Decree 71 Art. 14", "fine_cny": "50000",
+                                          "next_year_cut_t_reo": "3"})
+    cut = w.ok("MIIT", "QuotaReduced", {"year": Y, "holder": "SEP02", "category": "SEPARATION", "t_reo": "3",
+                                        "penalty": w.ref("MIIT", pen.seq)})
+    fs = all_findings(w.url)
+    assert sorted((f["params"]["level"], summary(f)) for f in fs) == [
+        ("enterprise", ("OVER_QUOTA", "SEP02", ev(cut, a))),
+        ("nation", ("OVER_QUOTA", "SEP02", ev(cut, a))),
+    ]
+    ps = ProjectionStore(w.url)
+    try:
+        q = queries.quota(ps, Y)
+        assert q["nation"][0]["remaining_t"] == "-1" and q["enterprises"][0]["over"] is True
+        credit = queries.credit(ps, "SEP02")["records"]
+        assert [(c["kind"], c["next_year_cut_t"]) for c in credit] == [("VIOLATION", "0"), ("PENALTY", "3")]
+    finally:
+        ps.close()
