@@ -456,3 +456,19 @@ def test_time_text_years_below_1000_refused():
 ])
 def test_hostile_inputs_refused_quickly(data):
     _refused(data)
+
+
+@pytest.mark.parametrize("value", ["\ud800", "a\udfffb", {"\ud83d": 1}, ["ok", "\udc00"]])
+def test_lone_surrogates_refused(value):
+    with pytest.raises(EncodingError):
+        canonical(value)
+
+
+def test_documented_examples():
+    """Examples from docs/FORMAT.md 1.2-1.3."""
+    assert canonical(5) == b"\x05" and canonical(-32) == b"\xe0" and canonical(-33) == b"\xd0\xdf"
+    assert canonical("abc") == b"\xa3abc" and canonical([]) == b"\x90" and canonical({}) == b"\x80"
+    assert canonical({"b": 1, "a": 2}) == bytes.fromhex("82a16102a16201")
+    for bad in ("cc05", "d005", "d0e0", "d903616263", "dc0000", "de0001a16101", "82a16201a16102", "810102",
+                "81c4016101", "81c001", "a1ff", "a3eda080", "a2c0af"):
+        _refused(bytes.fromhex(bad))
