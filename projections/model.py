@@ -260,6 +260,12 @@ class Projector:
             self.lots[lot] = LotInfo(lot, party, product, origin, ref, ore, scrap_share, ionic_share)
             d.lots.append((lot, party, product, origin, ref.index))
 
+    def _recycler_only(self, party: str, t_us: int) -> bool:
+        """A recycler at ``t_us`` that is not also a designated separation plant (whose mineral
+        feed is its business): Decree 785 Art. 11/22 forbid it mineral products as feed."""
+        roles = self.roles_at(party, t_us)
+        return "RECYCLER" in roles and "SEPARATION" not in roles
+
     # --- the fold ---------------------------------------------------------------------------
     def apply(self, index: int, recorded_us: int, signed: SignedEntry) -> Deltas:
         if index != self.position:
@@ -421,6 +427,12 @@ class Projector:
         g = grams(b["dry_kg"])
         reo = grams(b["reo_kg"]) if "reo_kg" in b else int(Decimal(g) * Decimal(b["treo_pct"]) / 100)
         product = b.get("product") or ("MONAZITE_CONCENTRATE" if b.get("form") == "MONAZITE" else None)
+        mineral = (product_class(product) == "MINERAL" if product else
+                   b.get("form") in ("ORE", "CONCENTRATE", "MONAZITE", "MIXED_CARBONATE", "MIXED_OXIDE"))
+        if mineral and self._recycler_only(chain, occ):
+            self._finding(d, "designation", "RECYCLER_MINERAL_FEED", chain,
+                          f"recycler {chain} imported rare earth mineral product {product or b.get('form')} "
+                          f"(lot {lot}) as feed", [], ref, occ)
         self._new_lot(d, lot, chain, product, "IMPORT", ref)
         self._move(d, chain, lot, product, g, reo, ref, occ)
         d.flow.append(("IMPORT", f"customs:{b.get('customs_declaration_no')}", None, chain, lot, product, g, reo,
@@ -523,7 +535,7 @@ class Projector:
     def _on_TransferReceived(self, d, chain, b, ref, occ, rec) -> None:
         tid, seller = b["transfer_id"], b["seller"]
         ship = self.shipments.get((seller, tid))
-        roles = self.roles_at(chain, occ)
+        recycler = self._recycler_only(chain, occ)
         received = []
         for line in b["lines"]:
             info = self.lots.get(line["lot"])
@@ -534,7 +546,7 @@ class Projector:
                 reo = (match[0][3] * g // match[0][2]) if match and match[0][2] else 0
             self._move(d, chain, line["lot"], line.get("product"), g, reo or 0, ref, occ)
             received.append((line["lot"], line.get("product"), g))
-            if "RECYCLER" in roles and product_class(line.get("product") or (info.product if info else None)) == "MINERAL":
+            if recycler and product_class(line.get("product") or (info.product if info else None)) == "MINERAL":
                 self._finding(d, "designation", "RECYCLER_MINERAL_FEED", chain,
                               f"recycler {chain} received rare earth mineral product {line.get('product')} "
                               f"(lot {line['lot']}) as feed", [ship["ref"]] if ship else [], ref, occ)

@@ -451,3 +451,13 @@ def test_quota_cut_by_a_penalty(bare):
         assert [(c["kind"], c["next_year_cut_t"]) for c in credit] == [("VIOLATION", "0"), ("PENALTY", "3")]
     finally:
         ps.close()
+
+
+def test_recycler_imports_mineral_feed(w):
+    r = w.ok("RECY01", "ImportReceived", {"lot": "IMP-R", "customs_declaration_no": "2201077",
+                                          "hs_code": "2612200000", "origin_country": "MM", "form": "MONAZITE",
+                                          "dry_kg": "2000", "treo_pct": "50", "reo_kg": "1000"})
+    w.ok("RECY01", "ImportReceived", {"lot": "IMP-S", "customs_declaration_no": "2201078",
+                                      "hs_code": "2846901100", "origin_country": "JP", "form": "SEPARATED_OXIDE",
+                                      "product": "Nd2O3", "dry_kg": "100", "treo_pct": "99", "reo_kg": "99"})
+    assert codes(w) == [("RECYCLER_MINERAL_FEED", "RECY01", ev(r))]
