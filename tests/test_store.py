@@ -1158,3 +1158,18 @@ def test_append_and_proofs_read_o_log_n_rows(led, mine, monkeypatch):
         assert rows["n"] <= 40, rows
     finally:
         other.close()
+
+
+def test_reopening_restores_dropped_triggers(led, mine):
+    from helpers import drop_triggers
+
+    url = led.url
+    led.store.append([fact(mine)])
+    led.checkpoint()
+    led.store.close()
+    drop_triggers(url)
+    led.store = LedgerStore(url)  # create=True re-runs the DDL
+    for table in ("events", "log", "checkpoints"):
+        _expect_db_refusal(url, f"DELETE FROM {{{table}}}")
+    assert led.store.append([fact(mine)])[0].seq == 2
+    assert verify_database(url, workers=1).ok
