@@ -328,3 +328,35 @@ def test_flow_trace_and_rendering(w):
             flowgraph.trace(ps, "MET1", "sideways")
     finally:
         ps.close()
+
+
+def test_follow_keeps_up_and_stops(w):
+    """The follower (LISTEN/NOTIFY on PostgreSQL, polling on SQLite) keeps up with appends and
+    stops when told; no thread it starts dies with an error."""
+    import time
+
+    errors: list = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    ps = ProjectionStore(w.url)
+    stop = threading.Event()
+    seen: list = []
+    t = threading.Thread(target=ps.follow, args=(stop,), kwargs={"poll": 0.05, "on_findings": seen.extend})
+    t.start()
+    try:
+        for i in range(3):
+            _activity(w, 1, start=100 + i)
+            w.ship("MINE01", "SEP01", f"GH{i}", [(f"GHOST{i}", "CeO2", 1000, 900)])  # untraceable: a finding
+            deadline = time.time() + 10
+            while ps.position() < w.store.size() and time.time() < deadline:
+                time.sleep(0.05)
+            assert ps.position() == w.store.size()
+            time.sleep(0.3)  # let a waiter time out at least once
+    finally:
+        stop.set()
+        t.join(10)
+        threading.excepthook = old_hook
+    assert not t.is_alive()
+    assert {f.code for f in seen} >= {"UNTRACEABLE_LOT", "NEGATIVE_STOCK"}
+    assert not errors, errors
+    ps.close()

@@ -335,8 +335,8 @@ def assert_matches(ps, ref: Reference, n: int, t: int | None = None) -> None:
         assert proj_quota(ps, y, point) == ref.quota_at(y, n, tt), y
 
 
-def read_log(store) -> list[tuple[int, int, SignedEntry]]:
-    return [(r.index, r.recorded_us, SignedEntry.parse(r.envelope)) for r in store.records()]
+def read_log(store, start: int = 0) -> list[tuple[int, int, SignedEntry]]:
+    return [(r.index, r.recorded_us, SignedEntry.parse(r.envelope)) for r in store.records(start)]
 
 
 # --- the state machine -------------------------------------------------------------------------
@@ -364,6 +364,7 @@ class ProjectionMachine(RuleBasedStateMachine):
                                                "mining_rock_t_reo": "2", "mining_ionic_t_reo": "1",
                                                "separation_t_reo": "2"})
         self.sizes = [self.w.store.size()]
+        self.log: list[tuple[int, int, SignedEntry]] = []
         self.refresh()
 
     def teardown(self):
@@ -405,7 +406,8 @@ class ProjectionMachine(RuleBasedStateMachine):
         return self.n
 
     def refresh(self) -> None:
-        self.ref = Reference(read_log(self.w.store))
+        self.log += read_log(self.w.store, len(self.log))
+        self.ref = Reference(self.log)
 
     def submit(self, party, type, body, at=None) -> None:
         self.w.ok(party, type, body, at)
@@ -570,17 +572,17 @@ class ProjectionMachine(RuleBasedStateMachine):
     def check_past(self, k, at):
         """As of an earlier log size and valid at a business time: the reference over that prefix."""
         n = self.sizes[k % len(self.sizes)]
-        occs = sorted({us(s.entry.occurred_at) for _, _, s in read_log(self.w.store)})
+        occs = sorted({us(s.entry.occurred_at) for _, _, s in self.log})
         t = occs[at % len(occs)]
         self.ps.catch_up()
         assert_matches(self.ps, self.ref, n)
         assert_matches(self.ps, self.ref, n, t)
-        assert_matches(self.ps, Reference(read_log(self.w.store)[:n]), n)
+        assert_matches(self.ps, Reference(self.log[:n]), n)
 
     @invariant()
     def projections_equal_reference(self):
         self.restarts += 1
-        if self.restarts % 2 == 0:  # a restart: a new ProjectionStore resumes from tracking/snapshots
+        if self.restarts % 3 == 0:  # a restart: a new ProjectionStore resumes from tracking/snapshots
             self.ps.close()
             self.ps = ProjectionStore(self.w.url)
         self.ps.catch_up()
@@ -595,4 +597,8 @@ def test_projections_match_reference(db_url, monkeypatch):
     class Machine(ProjectionMachine):
         base_url = db_url
 
-    run_state_machine_as_test(Machine, settings=settings(max_examples=8, stateful_step_count=25, deadline=None))
+    # modest under the default profile (the whole file in ~20 s); the ci profile explores more
+    ci = settings.default.max_examples > 100
+    examples = (30 if ci else 8) if "sqlite" in db_url else (15 if ci else 4)
+    run_state_machine_as_test(Machine, settings=settings(max_examples=examples, stateful_step_count=25,
+                                                         deadline=None))
