@@ -461,3 +461,43 @@ def test_recycler_imports_mineral_feed(w):
                                       "hs_code": "2846901100", "origin_country": "JP", "form": "SEPARATED_OXIDE",
                                       "product": "Nd2O3", "dry_kg": "100", "treo_pct": "99", "reo_kg": "99"})
     assert codes(w) == [("RECYCLER_MINERAL_FEED", "RECY01", ev(r))]
+
+
+def test_input_basis_and_group_membership(bare):
+    """Separation counted on the indicator's basis (INPUT: REO consumed); use after a member left
+    its group does not count against the group."""
+    w = bare
+    g = issue(w, "GRP01", 1, rock="100", sep="3")
+    w.ok("MIIT", "QuotaBatchIssued", {"year": Y, "batch_no": 1, "document_no": "Q-SEP02", "holder": "SEP02",
+                                      "mining_rock_t_reo": "0", "mining_ionic_t_reo": "0", "separation_t_reo": "50",
+                                      "basis": "INPUT"})
+    suballoc(w, "SEP01", "SEPARATION", "10")
+    suballoc(w, "MINE01", "MINING_ROCK", "50")
+    _, line = mined_lot(w, "MINE01", "SEP02", reo_g=2_000_000)
+    separate(w, "SEP02", [(line[0], line[2], line[3])], 970)
+    _, line1 = mined_lot(w, "MINE01", "SEP01", reo_g=2_000_000)
+    separate(w, "SEP01", [(line1[0], line1[2], line1[3])], 970)              # 1.94 t of the group's 3 t
+    w.ok("MIIT", "GroupMembershipChanged", {"party": "SEP01", "group": "GRP01", "action": "LEFT",
+                                            "effective_from": ts(w.now + HOUR)})
+    w.now += 2 * HOUR
+    _, line2 = mined_lot(w, "MINE01", "SEP01", reo_g=2_000_000)
+    separate(w, "SEP01", [(line2[0], line2[2], line2[3])], 970)              # no longer the group's
+    assert codes(w) == []
+    ps = ProjectionStore(w.url)
+    try:
+        q = queries.quota(ps, Y)
+        used = {(r["party"], r["category"]): r["used_t"] for r in q["enterprises"]}
+        assert used[("SEP02", "SEPARATION")] == "2"                           # input REO
+        assert used[("SEP01", "SEPARATION")] == "3.88"
+        grp = {r["category"]: r["used_t"] for r in q["groups"]}
+        assert grp["SEPARATION"] == "1.94"
+    finally:
+        ps.close()
+    # back in the group: the next batch puts the group over its 3 t
+    w.ok("MIIT", "GroupMembershipChanged", {"party": "SEP01", "group": "GRP01", "action": "JOINED",
+                                            "effective_from": ts(w.now + HOUR)})
+    w.now += 2 * HOUR
+    _, line3 = mined_lot(w, "MINE01", "SEP01", reo_g=2_000_000)
+    r, _ = separate(w, "SEP01", [(line3[0], line3[2], line3[3])], 970)
+    fs = all_findings(w.url)
+    assert [(summary(f), f["params"]["level"]) for f in fs] == [(("OVER_QUOTA", "SEP01", ev(r, g)), "group")]
