@@ -264,3 +264,14 @@ def test_resigned_by_another_key_refused():
     forged = SignedEntry.parse(envelope_of(m, key=OTHER))
     assert forged.entry.key_id == KEY.key_id  # names the victim's key...
     assert not forged.signature_valid(KEY.public_key)  # ...but the victim's key did not sign it
+
+
+def test_remembered_signature_check_is_per_key():
+    s = SignedEntry.parse(SIGNED.envelope)
+    assert not s.signature_valid(OTHER.public_key)
+    assert s.signature_valid(KEY.public_key)
+    assert s.signature_valid(KEY.public_key)  # remembered
+    assert not s.signature_valid(OTHER.public_key)  # a success with one key says nothing of another
+    forged = SignedEntry.from_parts(s.content, bytes(64))
+    assert not forged.signature_valid(KEY.public_key)
+    assert not forged.signature_valid(KEY.public_key)
