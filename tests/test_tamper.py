@@ -579,3 +579,14 @@ def test_changed_log_command_id(ledger):
         with pytest.raises(AppendError):
             st.append([env])
     assert_caught(url, 12, chain, seq, codes=("mismatch",))
+
+
+def test_parallel_verification_reports_the_same(ledger):
+    url = ledger.url
+    chain, seq = where(9)
+    set_state(url, chain, seq, b"\x00")
+    sql(url, "UPDATE {log} SET recorded_us = recorded_us + 5 WHERE idx = 14")
+    one = verify_database(url, workers=1)
+    many = verify_database(url, workers=3, chunk=4)
+    assert not one.ok and one.problems == many.problems
+    assert (one.entries, one.size, one.root, one.checkpoints) == (many.entries, many.size, many.root, many.checkpoints)
