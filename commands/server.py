@@ -154,7 +154,8 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
 
     store = LedgerStore(url)
     projections = ProjectionStore(url)
-    api = CommandAPI(store, findings_hook=ProjectionFindings(projections))
+    findings_hook = ProjectionFindings(projections)
+    api = CommandAPI(store, findings_hook=findings_hook)
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
@@ -393,10 +394,11 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
             raise Problem(400, "invalid_request", str(e), field="as_of" if as_of else "valid_at") from e
 
     def fresh() -> None:
-        with projections_lock:
-            projections.catch_up()
-
-    projections_lock = threading.Lock()
+        # Catch up through the findings hook's collector, under its lock: a query that runs
+        # between a commit and the hook's question would otherwise consume the new entries'
+        # findings and the append's answer would list none.
+        with findings_hook._lock:
+            projections.catch_up(on_findings=findings_hook._collect)
 
     @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")
     def quota(request: Request, year: Year, as_of: str | None = None, valid_at: str | None = None):

@@ -566,6 +566,37 @@ def test_database_trouble_is_503_not_500(tmp_path):
         assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False
 
 
+def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
+    """A query that brings the projections up to date between the commit and the findings hook
+    (any GET /v1/quota, stock, findings, flow) must not swallow the findings of the append's
+    answer. In-process, with the read injected at exactly that moment."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    with TestClient(app) as tc:
+        api_ = app.state.api
+        hook, reads = api_.findings_hook, []
+
+        def read_first(signed, receipt):
+            if not reads:
+                path = "/v1/quota?year=2024"
+                reads.append(tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path)).status_code)
+            return hook(signed, receipt)
+
+        api_.findings_hook = read_first
+        env = ChainSigner(cast.keys["MINE02"]).sign("MineralProductProduced", mineral(lot()), T0).envelope
+        r = tc.post(ENTRIES, content=msgpack.packb([env], use_bin_type=True),
+                    headers={"Content-Type": "application/msgpack"})
+        assert reads == [200]
+        assert r.status_code == 201, r.text
+        codes = {f["code"] for f in r.json()["receipts"][0]["findings"]}
+        assert "OVER_QUOTA" in codes, r.json()  # no quota was issued: the mine is over it
+
+
 def test_read_authorization(live, api):
     """An enterprise reads its own chain and both sides of its transfers; regulators and auditors
     read everything; nobody learns whether another party's entry exists."""
