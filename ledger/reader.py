@@ -100,19 +100,20 @@ class Record:
     recorded_us: int
     nodes: bytes  # the stored Merkle nodes completed by this leaf (leaf hash first)
     envelope: bytes | None  # None when the events table has lost the row
+    command_id: str | None = None  # as stored in the log row (idempotency look-ups use it)
 
     @property
     def recorded_at(self) -> str:
         return micros_to_time_text(self.recorded_us)
 
 
-RECORD_COLUMNS = "l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, e.state"
+RECORD_COLUMNS = "l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, e.state, l.command_id"
 RECORD_JOIN = "FROM {log} l LEFT JOIN {events} e ON e.originator_id = l.chain AND e.originator_version = l.seq"
 
 
 def row_to_record(row: Any) -> Record:
     return Record(int(row[0]), row[1], int(row[2]), row[3], bytes(row[4]), int(row[5]), bytes(row[6]),
-                  None if row[7] is None else bytes(row[7]))
+                  None if row[7] is None else bytes(row[7]), row[8])
 
 
 class Queries:
@@ -248,6 +249,16 @@ class LogReader:
 
     def cursor(self):
         return self._conn.cursor()
+
+    def begin_snapshot(self) -> None:
+        """Make the following reads one consistent snapshot (until :meth:`end_snapshot`)."""
+        if self.url.backend == "sqlite":
+            self._conn.execute("BEGIN")  # a WAL read transaction: one snapshot
+        else:
+            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def end_snapshot(self) -> None:
+        self._conn.execute("COMMIT")
 
     def close(self) -> None:
         self._conn.close()

@@ -106,7 +106,7 @@ def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checke
     entry_hash, nodes, envelope)."""
     out = []
     for r in records:
-        stored = (r.chain, r.seq, r.type, r.entry_hash, r.nodes)
+        stored = (r.chain, r.seq, r.type, r.entry_hash, r.nodes, getattr(r, "command_id", None))
         if r.envelope is None:
             out.append(Checked(r.index, r.recorded_us, r.chain, r.seq, None, None, None, None, None, None, stored,
                                "missing: the entry is gone from the events table"))
@@ -187,12 +187,14 @@ class LogVerifier:
             # keep the Merkle tree going with the stored leaf so later checks stay meaningful
             self._merkle(c, c.stored[4][:32] if c.stored[4] else bytes(32))
             return
-        s_chain, s_seq, s_type, s_hash, s_nodes = c.stored
+        s_chain, s_seq, s_type, s_hash, s_nodes, s_command = c.stored
         if (s_chain, s_seq, s_type) != (c.chain, c.seq, c.type):
             self.problem("mismatch", f"the log row says {s_chain}:{s_seq} {s_type} but the entry is "
                          f"{c.chain}:{c.seq} {c.type}", c)
         if s_hash != c.entry_hash:
             self.problem("hash", "the entry's bytes do not match the entry hash recorded in the log", c)
+        if s_command is not None and s_command != c.command_id:
+            self.problem("mismatch", f"the log row's command id {s_command} is not the entry's {c.command_id}", c)
         if (c.chain, c.command_id) in self.commands:
             self.problem("command", f"command id {c.command_id} was already used on chain {c.chain}", c)
         self.commands.add((c.chain, c.command_id))
@@ -308,6 +310,7 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
 
     workers = workers or os.cpu_count() or 1
     with LogReader(url) as r:
+        r.begin_snapshot()  # size, counts, registry and checkpoints from one consistent view
         cur = r.cursor()
         size = r.queries.size(cur)[0]
         max_index = _max_index(r)
@@ -319,6 +322,7 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         log_count, log_min = cur.fetchone()
         events = r.queries.events_count(cur)
         unlogged = r.queries.unlogged_events(cur)
+        r.end_snapshot()
     cps = list(stored_cps)
     for note in checkpoint_notes:
         try:

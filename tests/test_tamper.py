@@ -438,9 +438,6 @@ def _during(monkeypatch, method: str, action) -> None:
     monkeypatch.setattr(Queries, method, wrapped)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py verify_database reads the log size, then counts the "
-                                       "events table in a separate query (no snapshot): an append committed in "
-                                       "between is reported as 'unlogged' (events table holds more than the log)")
 def test_verify_while_appending(db_url, monkeypatch):
     led = populated_ledger(db_url, parties=1, per_party=2)
     try:
@@ -452,9 +449,6 @@ def test_verify_while_appending(db_url, monkeypatch):
         led.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py verify_database reads the log size, then the stored "
-                                       "checkpoints in a separate query: a checkpoint signed in between (of a log "
-                                       "that grew meanwhile) is reported as 'truncated'")
 def test_verify_while_checkpointing(db_url, monkeypatch):
     led = populated_ledger(db_url, parties=1, per_party=2)
     try:
@@ -565,10 +559,6 @@ def test_note_of_a_revoked_checkpoint_key(db_url):
     assert not rep.ok and rep.first.code == "checkpoint"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py compares the log row's chain, seq, type and entry "
-                                       "hash with the entry, but not its command_id column, which the store's "
-                                       "idempotency look-ups (Queries.commands) trust: a rewritten command_id "
-                                       "goes unnoticed and turns a client's retry into a refusal")
 def test_changed_log_command_id(ledger):
     url = ledger.url
     chain, seq = where(12)
