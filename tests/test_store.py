@@ -452,7 +452,8 @@ def assert_refused(led, envelopes, code: str, field: str | None = None):
     return err
 
 
-@pytest.mark.parametrize("data", [b"", b"garbage", b"\x80", b"\x82\xa5entry\xc4\x00\xa3sig\xc4\x00"])
+@pytest.mark.parametrize("data", [b"", b"garbage", b"\x80", b"\x82\xa5entry\xc4\x00\xa3sig\xc4\x00", None, "text",
+                                  bytearray(b"\x80"), 12])
 def test_malformed_bytes(led, mine, data):
     assert_refused(led, [data], "malformed")
     assert_refused(led, [fact(mine, advance=False), data], "malformed").position == 1
