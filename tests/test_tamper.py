@@ -580,3 +580,21 @@ def test_parallel_verification_reports_the_same(ledger):
     many = verify_database(url, workers=3, chunk=4)
     assert not one.ok and one.problems == many.problems
     assert (one.entries, one.size, one.root, one.checkpoints) == (many.entries, many.size, many.root, many.checkpoints)
+
+
+def test_command_id_reused_by_a_colluding_party(ledger):
+    """The party itself (holding its key) and someone with DB access rewrite a later entry to
+    carry the command id of an earlier one, re-sign it and rebuild the chain and log hashes:
+    the verifier still sees one command recorded twice on one chain (FORMAT 2.6)."""
+    url = ledger.url
+    first = SignedEntry.parse(state_of(url, *where(7)))  # M0:1
+    cs = ChainSigner(ledger.parties[M0].key, 1, first.hash)
+    for index in range(9, SIZE, 2):  # M0:2 .. M0:5, re-signed in order
+        chain, seq = where(index)
+        old = SignedEntry.parse(state_of(url, chain, seq))
+        cid = first.entry.command_id if index == 9 else old.entry.command_id
+        new = cs.sign(old.entry.type, old.entry.body, old.entry.occurred_at, cid)
+        set_state(url, chain, seq, new.envelope)
+    _rebuild_log(url)
+    rep = assert_caught(url, 9, M0, 2)
+    assert "command" in {p.code for p in rep.problems if p.index == 9}
