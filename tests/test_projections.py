@@ -89,8 +89,11 @@ class Reference:
             f = self._finding_at(i, occ)
             t = e.type
             if t == "PartyRegistered":
-                self.parties[b["party"]] = {"roles": set(b["roles"]), "group": b.get("group"),
-                                            "since": us(b["valid_from"])}
+                self.parties[b["party"]] = {"roles": set(b["roles"]), "since": us(b["valid_from"]),
+                                            "groups": [(us(b["valid_from"]), b["group"])] if b.get("group") else []}
+            elif t == "GroupMembershipChanged":
+                self.parties[b["party"]]["groups"].append(
+                    (us(b["effective_from"]), b["group"] if b["action"] == "JOINED" else None))
             elif t == "QuotaBatchIssued":
                 for cat, name in (("MINING_ROCK", "mining_rock_t_reo"), ("MINING_IONIC", "mining_ionic_t_reo"),
                                   ("SEPARATION", "separation_t_reo")):
@@ -241,8 +244,10 @@ class Reference:
         if g <= 0:
             return
         y = year(occ)
-        p = self.parties.get(party) or {}
-        grp = p.get("group") if occ >= p.get("since", 0) else None  # a member from its registration on
+        grp, best = None, -1
+        for since, group in (self.parties.get(party) or {}).get("groups", []):  # the latest membership by then
+            if best <= since <= occ:
+                grp, best = group, since
         self.uses.append((i, occ, y, party, cat, g, grp))
         self.used[(y, party, cat)] = self.used.get((y, party, cat), 0) + g
         used_grp = sum(u[5] for u in self.uses if u[2] == y and u[6] == grp and u[4] == cat) if grp else 0
@@ -557,6 +562,12 @@ class ProjectionMachine(RuleBasedStateMachine):
         self.reported[party] = self.w.head_seq(party)
         self.sizes.append(self.w.store.size())
         self.refresh()
+
+    @rule(party=st.sampled_from(["MINE01", "SEP01", "SEP02"]), action=st.sampled_from(["LEFT", "JOINED"]),
+          ahead=st.sampled_from([0, 2]))
+    def membership(self, party, action, ahead):
+        self.submit("MIIT", "GroupMembershipChanged", {"party": party, "group": "GRP01", "action": action,
+                                                       "effective_from": ts(self.w.now + ahead * HOUR)})
 
     @rule(hours=st.sampled_from([1, 30, 24 * 8, 24 * 20, 24 * 35]))
     def tick(self, hours):
