@@ -397,8 +397,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
         # Catch up through the findings hook's collector, under its lock: a query that runs
         # between a commit and the hook's question would otherwise consume the new entries'
         # findings and the append's answer would list none.
-        with findings_hook._lock:
-            projections.catch_up(on_findings=findings_hook._collect)
+        findings_hook.catch_up()
 
     @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")
     def quota(request: Request, year: Year, as_of: str | None = None, valid_at: str | None = None):

@@ -27,13 +27,23 @@ class ProjectionFindings:
         for f in findings:
             self._by_index.setdefault(f.index, []).append(f.to_dict())
 
+    def catch_up(self) -> int:
+        """Bring the projections up to date, keeping the findings for the appends' answers (use
+        this, not ProjectionStore.catch_up, wherever a hook is installed)."""
+        with self._lock:
+            return self._catch_up()
+
+    def _catch_up(self) -> int:
+        n = self.projections.catch_up(on_findings=self._collect)
+        if len(self._by_index) > self.keep:
+            for k in sorted(self._by_index)[: len(self._by_index) - self.keep]:
+                del self._by_index[k]
+        return n
+
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._lock:
             if receipt.index >= self.projections.position():
-                self.projections.catch_up(on_findings=self._collect)
-                if len(self._by_index) > self.keep:
-                    for k in sorted(self._by_index)[: len(self._by_index) - self.keep]:
-                        del self._by_index[k]
+                self._catch_up()
             # only what concerns the submitter: a time-driven finding raised on the arrival of
             # this entry about another party (a shipment overdue elsewhere) is not theirs to see
             return [f for f in self._by_index.pop(receipt.index, []) if f["party"] == receipt.chain]
