@@ -324,13 +324,16 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
         n = size if as_of is None else min(as_of, size)
         if n <= 0:
             raise ReportError(f"--as-of {as_of}: the log is empty at that point")
+        registry = store.registry(n)
+        if party not in registry.roles and not store.chain_records(party, 1, 2):
+            raise ReportError(f"party {party} is not registered and has no entries in this ledger "
+                              f"(as of log size {n})")
         r = replay_party(url, party, as_of=n)
         if not r.steps and r.name is None:
             raise ReportError(f"party {party} has no history in this ledger (as of log size {n})")
         last = store.record(n - 1)
         cp = _checkpoint(store, n)
         sigs = {s.index: s.signature for s in r.steps if s.kind == "entry"}
-        registry = store.registry(n)
         findings = []
         for s in r.steps:
             for f in s.findings:
