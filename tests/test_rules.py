@@ -501,3 +501,24 @@ def test_input_basis_and_group_membership(bare):
     r, _ = separate(w, "SEP01", [(line3[0], line3[2], line3[3])], 970)
     fs = all_findings(w.url)
     assert [(summary(f), f["params"]["level"]) for f in fs] == [(("OVER_QUOTA", "SEP01", ev(r, g)), "group")]
+
+
+def test_findings_in_the_submitters_receipt(w):
+    """Through the command API's findings hook, a receipt lists the findings its entry raised
+    about the submitter (and not a time-driven finding about another party)."""
+    from commands.api import CommandAPI
+    from projections.hooks import ProjectionFindings
+
+    ps = ProjectionStore(w.url)
+    w.api.close()
+    w.api = CommandAPI(w.store, findings_hook=ProjectionFindings(ps))
+    try:
+        w.produce("MINE01", "L1", 500_000)
+        s = w.ship("MINE01", "SEP01", "T1", [("L1", "BASTNAESITE_CONCENTRATE", 1_500_000, 750_000)])
+        assert [f["code"] for f in s.findings] == ["NEGATIVE_STOCK"]
+        w.now += 31 * DAY
+        r = w.ok("SEP01", "StockCounted", {"lot": "NOTHING", "counted_kg": "0"})
+        assert r.findings == ()  # MINE01's overdue shipment was raised on this arrival, but is not SEP01's
+        assert [f["code"] for f in all_findings(w.url)] == ["NEGATIVE_STOCK", "SHIPMENT_NOT_RECEIVED"]
+    finally:
+        ps.close()
