@@ -95,8 +95,8 @@ REGULATIONS: dict[str, dict[str, Any]] = {
                    "gains; fine 5–10x the illegal gains, or CNY 1–5 m (Decree 785 Art. 21)"},
     "NOT_DESIGNATED": {"provisions": [_ART8, _ART13], "penalty": "not stated in DOMAIN.md for Art. 8; the output "
                        "is illegally mined or separated product (Art. 13 / 23)"},
-    "RECYCLER_MINERAL_FEED": {"provisions": [_ART11], "penalty": "not stated in DOMAIN.md (Decree 785 Art. 22 is "
-                              "the penalty article for Art. 11)"},
+    "RECYCLER_MINERAL_FEED": {"provisions": [_ART11], "penalty": "no range stated in DOMAIN.md, which cites "
+                              "Decree 785 Art. 11 / 22 for this duty; confirm against the regulation's text"},
     "NEGATIVE_STOCK": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 Art. 25)"},
     "STOCK_COUNT_DIFFERENCE": {"provisions": [_ART14, _ART25], "penalty": "CNY 50,000–200,000 (Decree 785 "
                                "Art. 25)"},
@@ -358,6 +358,16 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
         quota = _quota_series(ps, party, n, is_group)
         stock = _stock_series(ps, party, n)
         flows = _flows(ps, party, point, names)
+        by_index = {s.index: s for s in r.steps if s.kind == "entry"}
+        for i, f in enumerate(findings):  # the first lot the raising entry names, traced to its origins
+            step = by_index.get(f["index"])
+            if step is None or not step.lots:
+                continue
+            g = flowgraph.trace(ps, step.lots[0], "up", point)
+            if g["edges"]:
+                svg = flowgraph.to_svg(g, f"lot {step.lots[0]} upstream")
+                svg = svg.replace('id="arrow"', f'id="arrow-f{i}"').replace("url(#arrow)", f"url(#arrow-f{i})")
+                f["trace"] = {"lot": step.lots[0], "svg": svg, "ends": g["ends"], "traceable": g["traceable"]}
     finally:
         ps.close()
     # the replay and the projections must agree on the quota used (a cross-check, shown)
@@ -803,6 +813,16 @@ def _flows_html(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _trace_html(f: dict[str, Any]) -> str:
+    t = f.get("trace")
+    if not t:
+        return ""
+    ends = ", ".join(t["ends"]) or "none"
+    return (f'<h3>Lot {esc(t["lot"])} traced upstream</h3><div class="muted">origins reached: {esc(ends)}'
+            + ("" if t["traceable"] else ' <span class="bad">(does not trace back to a mine, customs declaration or '
+               "scrap source)</span>") + f'</div><div class="scroll">{t["svg"]}</div>')
+
+
 def _entries(n: int) -> str:
     return f"{n} entry" if n == 1 else f"{n} entries"
 
@@ -847,7 +867,7 @@ def _findings_html(d: dict[str, Any]) -> str:
             + (f"; {params}" if params else "") + f'<br>rule: {esc(RULES.get(f["rule"], f["rule"]))}</div>'
             f'<h3>What the regulation says</h3><table><tr><th>source</th><th>article</th><th>provision</th></tr>'
             f'{provisions}</table><div><b>Penalty range:</b> {esc(reg["penalty"])}</div>'
-            f'<h3>Evidence ({_entries(len(ev))})</h3>{"".join(ev)}</div>')
+            f'<h3>Evidence ({_entries(len(ev))})</h3>{"".join(ev)}{_trace_html(f)}</div>')
     parts.append('<p class="muted">Whatever the rule: ' + "; ".join(
         f"{esc(src)} {esc(art)}: {esc(text)}" for src, art, text in CONSEQUENCES) + ". Sources: "
         + "; ".join(f"{esc(k)}: {esc(v)}" for k, v in SOURCES.items()) + ".</p>")

@@ -184,6 +184,8 @@ def test_every_party_with_findings(demo, tmp_path):
             assert html.escape(f["code"]) in text
             for ev in f["evidence"]:
                 assert ev["hash"] in text
+            if f["code"] == "RECYCLER_MINERAL_FEED":  # the concentrate's lot, traced to its mine
+                assert "traced upstream" in text and "origins reached: mine:" in text
 
 
 def test_as_of_before_a_checkpoint_marks_evidence_not_yet_checkpointed(demo, tmp_path):
