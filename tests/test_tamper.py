@@ -598,3 +598,40 @@ def test_command_id_reused_by_a_colluding_party(ledger):
     _rebuild_log(url)
     rep = assert_caught(url, 9, M0, 2)
     assert "command" in {p.code for p in rep.problems if p.index == 9}
+
+
+def test_verify_a_busy_ledger(db_url):
+    """verify_database while a writer appends and checkpoints: never a false problem."""
+    import threading
+    import time
+
+    led = populated_ledger(db_url, parties=1, per_party=1)
+    p = next(iter(led.parties))
+    stop = threading.Event()
+    errors: list = []
+
+    def writer():
+        try:
+            while not stop.is_set():
+                led.add(p, 7)
+                if led.parties[p].seq % 5 == 0:
+                    led.checkpoint()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    reports = []
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            reports.append(verify_database(db_url, workers=1))
+        reports.append(verify_database(db_url, workers=2, chunk=16))
+    finally:
+        stop.set()
+        t.join(30)
+        led.close()
+    assert not errors, errors
+    assert len(reports) >= 3
+    bad = [r.problems[:3] for r in reports if not r.ok]
+    assert not bad, bad
