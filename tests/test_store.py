@@ -1208,3 +1208,46 @@ def test_registration_groups_do_not_copy_the_whole_registry(led, monkeypatch):
     keys = len(led.store.registry().keys)
     # copying the registry once per call is fine; once per group is O(groups x keys)
     assert copied["records"] <= 2 * keys + 10 * len(groups), copied
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: every LedgerStore(url) open on PostgreSQL (create=True, the default) "
+                                       "re-runs the DDL of ledger/store.py _log_ddl: DROP TRIGGER IF EXISTS / CREATE "
+                                       "TRIGGER take ACCESS EXCLUSIVE locks with no lock_timeout, so while a verifier "
+                                       "holds a snapshot the open waits, and every append of the running store queues "
+                                       "behind it until the verifier ends")
+def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
+    import time
+
+    from ledger.reader import LogReader
+
+    led = new_ledger(pg_url)
+    m = led.register(MINE)
+    reader = LogReader(pg_url)
+    reader.begin_snapshot()  # what verify_database does for its whole run
+    reader.queries.size(reader.cursor())
+    done: dict = {}
+
+    def open_store():
+        st = LedgerStore(pg_url)
+        done["open"] = True
+        st.close()
+
+    def append():
+        led.store.append([fact(m)])
+        done["append"] = True
+
+    opener = threading.Thread(target=open_store)
+    appender = threading.Thread(target=append)
+    try:
+        opener.start()
+        time.sleep(0.5)
+        appender.start()
+        appender.join(3)
+        opener.join(3)
+        assert done == {"open": True, "append": True}, done
+    finally:
+        reader.end_snapshot()
+        reader.close()
+        opener.join(60)
+        appender.join(60)
+        led.close()
