@@ -39,6 +39,14 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
             path = out / f"flow-{lot}.{ext}"
             path.write_text(text)
             graph_files[ext] = str(path)
+    reports = {}
+    plant = demo.seeded_where.get("over_separation_quota", {}).get("party")
+    if plant:
+        from replay.report import write_report
+
+        path = out / f"investigation-{plant}.html"
+        write_report(url, plant, str(path))
+        reports[plant] = str(path)
     parties = [{"id": p.id, "name": p.name, "roles": p.roles, "province": p.province, "group": p.group}
                for p in [demo.reg] + demo.cast_list]
     return {
@@ -51,7 +59,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
         "verified": report.ok, "verify": {k: v for k, v in report.to_dict().items() if k != "problems"},
         "checkpoints": len(demo.store.checkpoints()),
         "quota": quota, "stock_by_product": stock["by_product"],
-        "files": {"flow_graph": graph_files, "keys": str(out / "keys")},
+        "files": {"flow_graph": graph_files, "keys": str(out / "keys"), "investigation_reports": reports},
         "export_lot": export_lot,
     }
 
@@ -106,4 +114,7 @@ def print_summary(con, r: dict[str, Any]) -> None:
               f"checkpoints; root {v['root']}")
     for kind, path in r["files"]["flow_graph"].items():
         con.print(f"flow graph ({kind}): {path}")
+    for party, path in r["files"]["investigation_reports"].items():
+        con.print(f"investigation report on {names.get(party, party)}: {path}")
+    con.print(f"key files of every party: {r['files']['keys']}")
     con.print(f"ledger: {r['db']}   (try: reledger verify --db {r['db']})")

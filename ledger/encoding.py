@@ -235,8 +235,14 @@ def parse_time(text: str) -> datetime:
     return value
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def micros_to_time_text(micros: int) -> str:
-    return time_text(datetime.fromtimestamp(micros // 1_000_000, tz=timezone.utc).replace(microsecond=micros % 1_000_000))
+    """The normal-form text of a time given in microseconds since the Unix epoch."""
+    from datetime import timedelta
+
+    return time_text(_EPOCH + timedelta(microseconds=micros))
 
 
 def time_to_micros(value: datetime) -> int:

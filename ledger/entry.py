@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from . import encoding
 from .encoding import EncodingError
 from .keys import KEY_ID_RE, SigningKey
@@ -175,8 +177,12 @@ class SignedEntry:
 
 
 def leaf_bytes(entry_hash: bytes, index: int, recorded_at: str) -> bytes:
-    """The Merkle leaf the ledger records for an entry (outside the party's signature)."""
-    return encoding.canonical({"entry_hash": entry_hash, "index": index, "recorded_at": recorded_at})
+    """The Merkle leaf the ledger records for an entry (outside the party's signature):
+    canonical msgpack of {"entry_hash", "index", "recorded_at"} (keys already in order)."""
+    if type(entry_hash) is not bytes or len(entry_hash) != 32 or type(index) is not int or index < 0 \
+            or type(recorded_at) is not str:
+        raise EncodingError("leaf: entry_hash is 32 bytes, index an integer >= 0, recorded_at text")
+    return msgpack.packb({"entry_hash": entry_hash, "index": index, "recorded_at": recorded_at}, use_bin_type=True)
 
 
 def new_command_id() -> str:

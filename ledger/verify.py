@@ -285,8 +285,11 @@ class LogVerifier:
 class _Stub:
     """Enough of a SignedEntry for Registry.key_for when only phase-one facts are at hand."""
 
+    __slots__ = ("entry", "chain", "seq", "type", "key_id")
+
     def __init__(self, c: Checked):
-        self.entry = type("E", (), {"chain": c.chain, "seq": c.seq, "type": c.type, "key_id": c.key_id})()
+        self.entry = self
+        self.chain, self.seq, self.type, self.key_id = c.chain, c.seq, c.type, c.key_id
 
 
 # --- driving it over a database ----------------------------------------------------------
