@@ -16,6 +16,13 @@ class ExportError(ValueError):
 
 def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
     """Write the party's bundle against the latest stored checkpoint; returns a summary."""
+    data, summary = build_bundle(url, party)
+    Path(out).write_bytes(data)
+    return {"file": str(out), **summary}
+
+
+def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
+    """The party's bundle (bytes) against the latest stored checkpoint, and a summary."""
     with LedgerStore(url, create=False) as store:
         latest = store.latest_checkpoint()
         if latest is None or latest[0] == 0:
@@ -30,8 +37,8 @@ def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
         consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
                        for s, _, n in store.checkpoints() if s < size]
+        after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
     data = encode_bundle(party, note, entries, consistency)
-    Path(out).write_bytes(data)
-    return {"file": str(out), "party": party, "checkpoint_size": size, "entries": len(entries),
-            "chain_length": len(chain), "registry_entries": len(registry), "earlier_checkpoints": len(consistency),
-            "bytes": len(data)}
+    return data, {"party": party, "checkpoint_size": size, "entries": len(entries),
+                  "chain_length": len(chain), "registry_entries": len(registry),
+                  "earlier_checkpoints": len(consistency), "after_checkpoint": after, "bytes": len(data)}
