@@ -394,7 +394,7 @@ def test_report_digest_mismatch(w):
     w.now = dt_us(Y, 2, 5)
     r = w.report("MINE01", "2024-01", 1, 1)  # right digest of seq 1 only: fine
     assert codes(w) == []
-    bad = w.report("MINE01", "2024-01", 1, 2, digest=w.hashes["MINE01"][0] * 0 + bytes(32))
+    bad = w.report("MINE01", "2024-01", 1, 2, digest=bytes(32))  # past the API (which may refuse it)
     assert codes(w) == [("REPORT_DIGEST_MISMATCH", "MINE01", ev(bad))]
     assert r.index < bad.index
 
