@@ -122,6 +122,7 @@ def decode(data: bytes) -> Any:
         return items
 
     def pairs_hook(pairs: list[tuple[Any, Any]]) -> dict:
+        h = height_of(v for _, v in pairs)  # floats first: the most useful message
         # UTF-8 preserves code point order, so comparing the decoded text compares the bytes
         previous = None
         for k, _ in pairs:
@@ -132,7 +133,7 @@ def decode(data: bytes) -> Any:
                                     else "not canonical: map keys are not sorted by their UTF-8 bytes")
             previous = k
         result = dict(pairs)
-        heights[id(result)] = height_of(result.values())
+        heights[id(result)] = h
         return result
 
     try:
