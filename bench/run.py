@@ -96,6 +96,7 @@ class Acc:
     def to_dict(self) -> dict[str, Any]:
         return {"rate": self.rate, "n": self.n, "seconds": round(self.wall, 4),
                 "cores_used": round(self.cpu / self.wall, 2) if self.wall > 0 else None,
+                "cpu_us_per_entry": round(self.cpu / self.n * 1e6, 1) if self.n else None,
                 "samples": [round(s, 1) for s in self.samples]}
 
 
@@ -359,9 +360,14 @@ def render(doc: dict[str, Any], console) -> None:
                   "L = 1/(1/P + 1/(c*V)); append: LedgerStore.append (singly) and append_pipelined "
                   "(batched) of pre-signed envelopes; cores: CPU time of this process / wall time "
                   "(PostgreSQL's own CPU not included).")
+    load = doc["machine"].get("loadavg_before")
     console.print(f"entries: {doc['workload']['mean_envelope_bytes']:.0f} B envelopes on "
                   f"{doc['workload']['parties']} chains; {doc['params']['rounds']} interleaved rounds; "
-                  f"c = {doc['c']}; {doc['seconds']:.0f} s in all.")
+                  f"c = {doc['c']}; {doc['seconds']:.0f} s in all"
+                  + (f"; load average {load[0]} before, {doc['machine']['loadavg_after'][0]} after." if load else "."))
+    if load and max(load[0], doc["machine"]["loadavg_after"][0]) > doc["c"]:
+        console.print("[yellow]The machine was busy (load average above the core count): rates are low and "
+                      "ratios between multi-core and single-core figures are less reliable.[/yellow]")
 
 
 # --- command line ------------------------------------------------------------------------
@@ -433,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             wanted.remove("postgres")
 
     t0 = time.perf_counter()
+    load_before = _loadavg()
     c = os.cpu_count() or 1
     log("signing the workload")
     setup_len = 3 + 2 * sizes.parties
@@ -458,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
         "schema": SCHEMA_VERSION, "quick": args.quick, "c": c, "seconds": time.perf_counter() - t0,
         "params": sizes.__dict__,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": load_before, "loadavg_after": _loadavg(),
                     "eventsourcing": _version("eventsourcing"), "cryptography": _version("cryptography")},
         "workload": {"entries": len(work.all), "setup_entries": len(work.setup), "parties": work.parties,
                      "mean_envelope_bytes": work.mean_size()},
@@ -470,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         render(doc, out)
     return status
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _version(dist: str) -> str | None:
