@@ -258,7 +258,8 @@ class Text(Field):
     def json_schema(self) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": self.max_len}
         if self.pattern is not None:
-            s["pattern"] = self.pattern.pattern
+            # JSON Schema patterns are ECMA-262: Python's end-of-text anchor \Z becomes $
+            s["pattern"] = self.pattern.pattern.replace("\\Z", "$")
         return self._js(s)
 
     def describe(self) -> str:
