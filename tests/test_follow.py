@@ -1,0 +1,45 @@
+"""The server's projections follow the log whoever appends (another process here): woken by
+the subscription on PostgreSQL, by polling on SQLite; tracking keeps them exact."""
+
+from __future__ import annotations
+
+import time
+
+from commands.api import CommandAPI
+from ledger.genesis import ChainSigner
+from ledger.store import LedgerStore
+from projections.store import P, ProjectionStore
+from tests.http_helpers import Server, build_cast, mineral
+
+T1 = "2024-03-01T08:00:00Z"
+
+
+def _position(url: str) -> int:
+    ps = ProjectionStore(url)
+    try:
+        rows = ps.execute(f"SELECT position FROM {P}tracking WHERE name = ?", ("projections",))
+        return int(rows[0][0]) if rows else 0
+    finally:
+        ps.close()
+
+
+def test_server_projections_follow_appends_by_another_process(db_url):
+    cast = build_cast(db_url)
+    with Server(db_url):
+        # appended in this process, not through the server
+        with LedgerStore(db_url) as store:
+            api = CommandAPI(store)
+            seq, head = store.chain_head("MINE01")
+            signer = ChainSigner(cast.keys["MINE01"], seq=seq, head=head)
+            api.submit([signer.sign("MineralProductProduced", mineral(f"FOLLOW-{i}"), T1) for i in range(5)])
+            size = store.size()
+        deadline = time.monotonic() + 15
+        while _position(db_url) < size and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _position(db_url) == size
+        ps = ProjectionStore(db_url)
+        try:
+            lots = {r[0] for r in ps.execute(f"SELECT lot FROM {P}lots WHERE lot LIKE ?", ("FOLLOW-%",))}
+        finally:
+            ps.close()
+        assert lots == {f"FOLLOW-{i}" for i in range(5)}
