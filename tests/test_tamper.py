@@ -637,3 +637,14 @@ def test_verify_a_busy_ledger(db_url):
     assert len(reports) >= 2
     bad = [r.problems[:3] for r in reports if not r.ok]
     assert not bad, bad
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py check_entries computes the leaf with "
+                                       "encoding.micros_to_time_text(r.recorded_us), which raises OverflowError for "
+                                       "a recorded_us outside years 1-9999: a tampered row crashes verify_database "
+                                       "instead of being reported at its index")
+@pytest.mark.parametrize("value", [2**62, -(2**62), 253402300800000000])
+def test_absurd_recorded_time_is_reported_not_a_crash(ledger, value):
+    url = ledger.url
+    sql(url, "UPDATE {log} SET recorded_us = ? WHERE idx = 8", (value,))
+    assert_caught(url, 8, *where(8))
