@@ -384,9 +384,17 @@ def test_time_round_trip(dt):
 
 
 @given(aware, aware)
-def test_time_text_orders_like_times(a, b):
-    # the normal form sorts as text in time order (what the log's range queries rely on)
-    assert (time_text(a) < time_text(b)) == (a < b)
+def test_micros_order_like_times(a, b):
+    ta, tb = time_text(a), time_text(b)
+    assert (encoding.time_to_micros(parse_time(ta)) < encoding.time_to_micros(parse_time(tb))) == (a < b)
+
+
+def test_time_text_does_not_sort_as_text():
+    """The fraction has no fixed width, so texts must be parsed before they are compared."""
+    earlier, later = "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.5Z"
+    assert parse_time(earlier) < parse_time(later) and not earlier < later
+    assert parse_time("2024-01-01T00:00:00.5Z") < parse_time("2024-01-01T00:00:00.55Z")
+    assert "2024-01-01T00:00:00.5Z" > "2024-01-01T00:00:00.55Z"
 
 
 @pytest.mark.parametrize("dt,text", [
