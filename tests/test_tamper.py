@@ -14,7 +14,7 @@ from ledger.keys import SigningKey
 from ledger.store import AppendError, LedgerStore
 from ledger.verify import verify_database
 
-from helpers import ORIGIN, REGULATOR_ID, count, drop_triggers, new_ledger, populated_ledger, sql
+from helpers import ORIGIN, REGULATOR_ID, T0, count, drop_triggers, new_ledger, populated_ledger, sql
 
 M0, M1 = "9111000000MINE0000", "9111000000MINE0001"
 SIZE = 17  # genesis 3 + two registrations of 2 + 2 x 5 entries
@@ -670,3 +670,28 @@ def test_sqlite_values_of_the_wrong_type_are_reported(sqlite_url, statement, ind
     sql(sqlite_url, statement)
     rep = verify_database(sqlite_url, workers=1)
     assert not rep.ok and rep.first.index == index, rep.problems
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: ledger/registry.py _key_authorized_body accepts any non-empty text as "
+                                       "a checkpoint key's name; a name that is no valid signed-note key name "
+                                       "('bad name', 'a+b') makes ledger/verify.py _check_checkpoint raise NoteError "
+                                       "(NoteVerifier(k.name, ...) is built outside its try) for every later "
+                                       "checkpoint: verify_database crashes on an untampered ledger")
+@pytest.mark.parametrize("name", ["bad name", "a+b"])
+def test_checkpoint_key_with_an_invalid_note_name(db_url, name):
+    from ledger.genesis import key_authorized_body
+    from ledger.store import AppendError
+
+    led = new_ledger(db_url)
+    try:
+        k = SigningKey.generate(REGULATOR_ID, "checkpoint")
+        try:
+            led.store.append([led.regulator.sign("KeyAuthorized", key_authorized_body(k, T0, name=name), T0)])
+        except AppendError as e:
+            assert e.code == "body"  # refusing the name is one fix
+            return
+        led.checkpoint()
+    finally:
+        led.close()
+    rep = verify_database(db_url, workers=1)  # the other fix: the verifier copes
+    assert rep.ok, rep.problems
