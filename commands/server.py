@@ -145,60 +145,13 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-class ProjectionFollower:
-    """Keeps the projections up with the log, whoever appends (another server, the CLI): woken
-    by eventsourcing's subscription (LISTEN/NOTIFY) on PostgreSQL, polling on SQLite (whose
-    recorder cannot subscribe). It catches up through the findings hook, so that appends still
-    get their findings in their answers."""
-
-    def __init__(self, store: LedgerStore, findings_hook, poll: float = 0.5):
-        self.store, self.hook, self.poll = store, findings_hook, poll
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._subscription = None
-
-    def start(self) -> None:
-        if self.store.db.backend == "postgres":
-            self._subscription = self.store.recorder.subscribe(gt=self.store.recorder.max_notification_id())
-            self._threads.append(threading.Thread(target=self._listen, name="reledger-listen", daemon=True))
-        self._threads.append(threading.Thread(target=self._run, name="reledger-follow", daemon=True))
-        for t in self._threads:
-            t.start()
-
-    def _listen(self) -> None:
-        try:
-            for _ in self._subscription:
-                self._wake.set()
-                if self._stop.is_set():
-                    return
-        except Exception:  # noqa: BLE001 - the subscription ended (stop, or the database went away)
-            self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.hook.catch_up()
-            except Exception:  # noqa: BLE001 - retried on the next wake-up; queries catch up themselves
-                log.exception("projections could not catch up")
-            self._wake.wait(self.poll if self._subscription is None else 5.0)
-            self._wake.clear()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._subscription is not None:
-            self._subscription.stop()
-        for t in self._threads:
-            t.join(timeout=5)
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
 def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     from projections import flowgraph, queries
+    from projections.follow import Follower
     from projections.hooks import ProjectionFindings
     from projections.store import ProjectionStore
 
@@ -209,7 +162,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
-    follower = ProjectionFollower(store, findings_hook)
+    follower = Follower(store, findings_hook.catch_up)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -249,27 +249,18 @@ class ProjectionStore:
         return self.catch_up()
 
     def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
-        """Keep up with the log until ``stop`` is set."""
-        if self.pg:
-            from ledger.store import LedgerStore
+        """Keep up with the log until ``stop`` is set (subscription on PostgreSQL, polling on
+        SQLite; see projections/follow.py)."""
+        from ledger.store import LedgerStore
 
-            store = LedgerStore(self.url, create=False)
-            sub = store.recorder.subscribe(gt=store.recorder.max_notification_id())
-            try:
-                self.catch_up(on_findings=on_findings)
-                while not stop.is_set():
-                    # the subscription yields as soon as something is committed (LISTEN/NOTIFY)
-                    waiter = threading.Thread(target=lambda: next(iter(sub), None), daemon=True)
-                    waiter.start()
-                    waiter.join(timeout=poll * 5)
-                    self.catch_up(on_findings=on_findings)
-            finally:
-                sub.stop()
-                store.close()
-        else:
-            while not stop.is_set():
-                self.catch_up(on_findings=on_findings)
-                stop.wait(poll)
+        from .follow import Follower
+
+        store = LedgerStore(self.url, create=False)
+        try:
+            self.catch_up(on_findings=on_findings)
+            Follower(store, lambda: self.catch_up(on_findings=on_findings), poll=poll).run_until(stop)
+        finally:
+            store.close()
 
 
 def _occ(signed: SignedEntry, recorded_us: int) -> int:
