@@ -1251,3 +1251,17 @@ def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
         opener.join(60)
         appender.join(60)
         led.close()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: LedgerStore.checkpoint(signer, origin=...) signs and stores a note whose "
+                                       "origin is not the log's origin (FORMAT 5.1: the origin is the key name), and "
+                                       "ledger/verify.py never compares the note's origin with the key name: clients "
+                                       "checking the origin refuse it, and the append-only table keeps it for good")
+def test_checkpoint_with_a_foreign_origin(led):
+    try:
+        led.store.checkpoint(led.note_signer, origin="someone.else/log")
+    except ValueError:
+        assert led.store.checkpoints() == []
+        return
+    rep = verify_database(led.url, workers=1)
+    assert not rep.ok and rep.first.code == "checkpoint"
