@@ -144,7 +144,7 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
         first: dict[str, dict[str, Any]] = {}
         valid = invalid = 0
         credit: list[dict[str, Any]] = []
-        name = None
+        name = proj.names.get(party)  # a snapshot already knows the party's name
         for rec in reader.iter_records(proj.position, n):
             signed = SignedEntry.parse(rec.envelope)
             e = signed.entry
