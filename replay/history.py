@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from ledger import encoding
-from ledger.entry import SignedEntry
+from ledger.encoding import EncodingError
+from ledger.entry import EntryError, SignedEntry
 from ledger.reader import LogReader
 from ledger.registry import Registry, RegistryError
 from projections.model import Projector, kg_text, time_us
@@ -145,11 +146,36 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
         valid = invalid = 0
         credit: list[dict[str, Any]] = []
         name = proj.names.get(party)  # a snapshot already knows the party's name
+
+        def state_now() -> tuple[dict, dict]:
+            return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
+                     for lt, v in sorted(stock.items()) if v[1] or v[2]},
+                    {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
+
         for rec in reader.iter_records(proj.position, n):
-            signed = SignedEntry.parse(rec.envelope)
+            try:
+                if rec.envelope is None:
+                    raise EntryError("the entry is missing from the events table")
+                signed = SignedEntry.parse(rec.envelope)
+            except (EntryError, EncodingError) as err:
+                # a tampered (unreadable or deleted) entry: nothing to fold, but never hidden
+                proj.position = rec.index + 1
+                if rec.chain == party:
+                    invalid += 1
+                    if not types or rec.type in types:
+                        st, qu = state_now()
+                        steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                          rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
+                                          st, qu, []))
+                continue
             e = signed.entry
             sig = ""
-            if e.chain == party:
+            if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash) and party in (e.chain, rec.chain):
+                # the stored entry is not the one the log recorded at this position (swapped or
+                # rewritten rows): its signature proves nothing about this position
+                sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
+                                f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
+            elif e.chain == party:
                 try:
                     pub = registry.key_for(signed, rec.index, rec.recorded_us)
                     if signed.signature_valid(pub):
@@ -182,6 +208,12 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                 first.setdefault(f["rule"], f)
             if e.type == "PartyRegistered" and e.body.get("party") == party:
                 name = e.body.get("name")
+            if e.chain != party and rec.chain == party and sig:
+                # the party's log position holds another chain's entry: shown as the party's step
+                if not types or rec.type in types:
+                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                      rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
+                continue
             if e.chain != party and not mine:
                 continue
             body = e.body if isinstance(e.body, dict) else {}
@@ -203,10 +235,7 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                 json_body(body) if e.chain == party else None, sig,
                 _counterparty(party, e.chain, body) if e.chain == party else None,
                 _lots(body) if e.chain == party else [],
-                {lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])} for lt, v in sorted(stock.items())
-                 if v[1] or v[2]},
-                {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())},
-                mine))
+                *state_now(), mine))
             if progress and rec.index % 5000 == 0:
                 progress(rec.index, n)
     return Replay(party, name, n, steps, first, valid, invalid, credit)

@@ -485,3 +485,34 @@ def test_tampered_entries_are_reported_invalid(db_url):
     _set_state(db_url, M1, 3, encoding.canonical({"entry": s.content, "sig": bytes(64)}))
     other = replay_party(db_url, M1)
     assert other.signatures_invalid == 1 and [st.seq for st in other.steps if st.signature.startswith("INVALID")] == [3]
+
+
+def test_unreadable_missing_and_swapped_entries_are_reported_invalid(db_url):
+    """Rows an attacker broke, deleted or swapped: replay shows them as INVALID steps of the
+    party at their log positions (it does not crash, and does not fold them as if valid)."""
+    led = populated_ledger(db_url, parties=2, per_party=5)
+    led.close()
+    drop_triggers(db_url)
+    _set_state(db_url, M0, 1, encoding.canonical({"not": "an entry"}))
+    sql(db_url, "DELETE FROM {events} WHERE originator_id = ? AND originator_version = ?", (M0, 3))
+    s4, s5 = _state(db_url, M0, 4), _state(db_url, M0, 5)
+    _set_state(db_url, M0, 4, s5)
+    _set_state(db_url, M0, 5, s4)
+    _set_state(db_url, M1, 2, _state(db_url, M0, 2))  # M1's position now holds M0's entry
+    m1_2 = sql(db_url, "SELECT idx FROM {log} WHERE chain = ? AND seq = 2", (M1,))[0][0]
+    r = replay_party(db_url, M0)
+    # M0's five positions, and M1's position that now holds a copy of M0:2
+    sig = {st.index: st.signature for st in r.steps if st.kind == "entry"}
+    where = {st.index: st.seq for st in r.steps if st.kind == "entry"}
+    assert len(r.steps) == 6 and sorted(where.values()) == [1, 2, 2, 3, 4, 5], [(s.index, s.seq) for s in r.steps]
+    by_seq = {where[i]: sig[i] for i in sig if i != m1_2}
+    assert by_seq[1].startswith("INVALID: unreadable entry") and by_seq[3].startswith("INVALID: unreadable entry")
+    assert "missing" in by_seq[3]
+    assert by_seq[4].startswith("INVALID: the entry") and by_seq[5].startswith("INVALID: the entry"), by_seq
+    assert by_seq[2].startswith("valid"), by_seq
+    assert sig[m1_2].startswith(f"INVALID: the entry {M0}:2 is not the one the log recorded at index {m1_2}")
+    assert (r.signatures_valid, r.signatures_invalid) == (1, 5)
+    other = replay_party(db_url, M1)
+    osig = {st.seq: st.signature for st in other.steps if st.kind == "entry"}
+    assert osig[2].startswith(f"INVALID: the entry {M0}:2 is not the one the log recorded"), osig
+    assert (other.signatures_valid, other.signatures_invalid) == (4, 1)
