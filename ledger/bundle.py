@@ -88,6 +88,8 @@ def decode_bundle(data: bytes) -> dict[str, Any]:
     for i, c in enumerate(b["consistency"]):
         if not isinstance(c, dict) or sorted(c) != ["note", "proof"]:
             raise BundleError(f"consistency[{i}]: a map of exactly note, proof")
+        if not isinstance(c["note"], bytes) or not isinstance(c["proof"], list):
+            raise BundleError(f"consistency[{i}]: note must be binary and proof a list")
     return b
 
 
@@ -117,8 +119,9 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
     for i, item in enumerate(b["entries"]):
         where = f"entries[{i}]"
         idx, rec_at, env, proof = item["index"], item["recorded_at"], item["envelope"], item["proof"]
-        if type(idx) is not int or not isinstance(rec_at, str) or not isinstance(env, bytes) or not isinstance(proof, list):
-            rep.problems.append(f"{where}: malformed (index int, recorded_at text, envelope bin, proof list)")
+        if type(idx) is not int or idx < 0 or not isinstance(rec_at, str) or not isinstance(env, bytes) \
+                or not isinstance(proof, list):
+            rep.problems.append(f"{where}: malformed (index int >= 0, recorded_at text, envelope bin, proof list)")
             continue
         if idx <= last:
             rep.problems.append(f"{where}: index {idx} is not after {last}")
@@ -186,9 +189,16 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
 
     # 4. consistency: the operator's earlier checkpoints, and any the caller kept
     proofs = {}
+    last_size = -1
     for i, c in enumerate(b["consistency"]):
         try:
             old = checkpoint_of(c["note"])
+            # one canonical form: earlier checkpoints in increasing size, each before this one
+            if old.size <= last_size:
+                raise ValueError(f"the checkpoint of size {old.size} is not after the one of size {last_size}")
+            if old.size >= cp.size:
+                raise ValueError(f"the checkpoint of size {old.size} is not earlier than this bundle's ({cp.size})")
+            last_size = old.size
             open_note(c["note"], verifiers)
             _consistent(old, cp, c["proof"])
             proofs[old.size] = c["proof"]
@@ -213,8 +223,15 @@ def _consistent(old: Checkpoint, new: Checkpoint, proof: list) -> None:
             raise merkle.ProofError(f"two different roots for size {old.size}: the log was rewritten")
         return
     if old.size == 0:
+        if proof:
+            raise merkle.ProofError("a consistency proof from size 0 must be empty")
         return
-    merkle.verify_consistency(old.size, new.size, proof, old.root, new.root)
+    try:
+        merkle.verify_consistency(old.size, new.size, proof, old.root, new.root)
+    except merkle.ProofError as e:
+        raise merkle.ProofError(f"the checkpoint of size {new.size} (root {new.root.hex()[:16]}…) does not extend the "
+                                f"checkpoint of size {old.size} (root {old.root.hex()[:16]}…): the log was rewritten, "
+                                f"or the proof is not the log's ({e})") from None
 
 
 def _check_older(other: bytes, cp: Checkpoint, proofs: dict, verifiers: list, rep: BundleReport) -> None:
