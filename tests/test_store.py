@@ -1242,8 +1242,8 @@ def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
         opener.start()
         time.sleep(0.5)
         appender.start()
-        appender.join(3)
-        opener.join(3)
+        appender.join(1.5)
+        opener.join(1.5)
         assert done == {"open": True, "append": True}, done
     finally:
         reader.end_snapshot()
@@ -1293,7 +1293,7 @@ def _open_concurrently(url: str, n: int = 4) -> list[str]:
                                        "'deadlock detected' (about 12 of 20 opens here)")
 def test_stores_opened_at_once_on_an_existing_ledger(pg_url):
     new_ledger(pg_url).close()
-    errors = [e for _ in range(5) for e in _open_concurrently(pg_url)]
+    errors = [e for _ in range(3) for e in _open_concurrently(pg_url)]
     assert not errors, errors
 
 

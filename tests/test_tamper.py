@@ -625,7 +625,7 @@ def test_verify_a_busy_ledger(db_url):
     t.start()
     reports = []
     try:
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             reports.append(verify_database(db_url, workers=1))
         reports.append(verify_database(db_url, workers=2, chunk=16))
