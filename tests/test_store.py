@@ -1313,3 +1313,53 @@ def test_stores_opened_at_once_on_a_new_schema(pg_url):
         finally:
             drop_schema(schema)
     assert not errors, errors
+
+
+# --- fuzz: signed entries with arbitrary fields only ever get a receipt or an AppendError ---------
+
+_fuzz_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=12)
+    | st.binary(max_size=40),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          deadline=None)
+@given(data=st.data())
+def test_fuzzed_signed_entries(led, mine, data):
+    from ledger.entry import ENTRY_TAG
+    from ledger.encoding import canonical
+
+    st_ = led.store
+    head_seq, head = st_.chain_head(MINE)
+    m = {"body": data.draw(st.dictionaries(st.text(max_size=8), _fuzz_values, max_size=4)),
+         "chain": data.draw(st.sampled_from([MINE, PLANT, REGULATOR_ID, "ZZ"])),
+         "command_id": str(uuid.uuid4()),
+         "key_id": data.draw(st.sampled_from([mine.key.key_id, led.regulator.key.key_id, "0" * 16])),
+         "occurred_at": T0,
+         "prev": data.draw(st.sampled_from([head, ZERO_HASH, b"\x01" * 32])),
+         "seq": data.draw(st.sampled_from([head_seq + 1, head_seq, head_seq + 2, 1, 2**63, 2**64 - 1])),
+         "type": data.draw(st.sampled_from(["MiningOutput", "KeyRevoked", "PartyRegistered", "X"])),
+         "v": 1}
+    for k in data.draw(st.lists(st.sampled_from(sorted(m)), max_size=2, unique=True)):
+        m[k] = data.draw(_fuzz_values)  # any field may hold anything
+    try:
+        content = canonical(m)
+    except Exception:  # noqa: BLE001 - not encodable at all: nothing to submit
+        return
+    signer = data.draw(st.sampled_from([mine.key, led.regulator.key]))
+    env = canonical({"entry": content, "sig": signer.sign(ENTRY_TAG, content)})
+    n = st_.size()
+    try:
+        rs = st_.append([env])
+    except AppendError as e:
+        assert e.code in ("malformed", "signature", "unregistered", "unknown_key", "foreign_key", "revoked_key",
+                          "expired_key", "forbidden", "genesis", "body", "conflict", "command_conflict"), e.code
+        assert st_.size() == n
+        return
+    assert st_.size() == n + 1 and rs[0].index == n
+    s = SignedEntry.parse(env)
+    if s.entry.chain == MINE:
+        mine.advance(s)
+    elif s.entry.chain == REGULATOR_ID:
+        led.regulator.advance(s)
