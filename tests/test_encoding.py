@@ -480,3 +480,18 @@ def test_documented_examples():
     for bad in ("cc05", "d005", "d0e0", "d903616263", "dc0000", "de0001a16101", "82a16201a16102", "810102",
                 "81c4016101", "81c001", "a1ff", "a3eda080", "a2c0af"):
         _refused(bytes.fromhex(bad))
+
+
+@given(st.lists(st.sampled_from(["list", "map"]), min_size=28, max_size=36),
+       st.sampled_from([None, 1, "x", b"y", [], {}]))
+def test_depth_limit_same_for_encoder_and_decoder(wrappers, leaf):
+    value = leaf
+    for w in reversed(wrappers):
+        value = [value] if w == "list" else {"k": value}
+    raw = msgpack.packb(value, use_bin_type=True)  # lenient: any depth
+    try:
+        data = canonical(value)
+    except EncodingError:
+        _refused(raw)
+        return
+    assert data == raw and _same(decode(raw), value)
