@@ -495,3 +495,16 @@ def test_depth_limit_same_for_encoder_and_decoder(wrappers, leaf):
         _refused(raw)
         return
     assert data == raw and _same(decode(raw), value)
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("0000-01-01T00:00:00Z", False), ("0999-01-01T00:00:00Z", False), ("1000-01-01T00:00:00Z", True),
+    ("9999-12-31T23:59:59.999999Z", True), ("2024-02-29T00:00:00Z", True), ("1900-02-29T00:00:00Z", False),
+    ("2000-02-29T00:00:00Z", True), ("2024-04-31T00:00:00Z", False), ("2024-12-31T23:59:59.000001Z", True),
+])
+def test_parse_time_calendar_edges(text, ok):
+    if ok:
+        assert time_text(parse_time(text)) == text
+    else:
+        with pytest.raises(EncodingError):
+            parse_time(text)
