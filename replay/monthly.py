@@ -10,8 +10,9 @@ in the month; the closing stock is the projection's stock valid at the month's e
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from ledger import encoding
@@ -27,6 +28,9 @@ class ReportError(ValueError):
 
 
 def month_bounds(month: str) -> tuple[int, int]:
+    # strptime alone would take "2024-3" (a month the catalogue refuses in the report's body)
+    if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", month or ""):
+        raise ReportError(f"--month {month!r} is not YYYY-MM")
     try:
         start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
     except ValueError as e:
@@ -96,12 +100,19 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
     covered = [s.hash for r, s in signed if first_seq <= s.entry.seq <= last_seq]
     flow = {"month": month, "first_seq": first_seq, "last_seq": last_seq, "totals": body_totals,
             "digest": report_digest(covered)}
-    lines = [{"category": e["category"], "used_t_reo": e["used_t"], "allocated_t_reo": e["allocated_t"]}
+    # the catalogue states tonnes to the kg (3 decimals); the projections count grams: used is
+    # rounded up and allocated down, so that the report never understates use against quota
+    lines = [{"category": e["category"], "used_t_reo": _t3(e["used_t"], ROUND_CEILING),
+              "allocated_t_reo": _t3(e["allocated_t"], ROUND_FLOOR)}
              for e in quota["enterprises"] if e["party"] == party]
     execution = {"period": month, "lines": lines} if lines else None
     return {"party": party, "month": month, "entries_in_month": counts, "MonthlyFlowReportSubmitted": flow,
             "QuotaExecutionReported": execution,
             "due": encoding.micros_to_time_text(_due(month)), "covered_entries": len(covered)}
+
+
+def _t3(tonnes: str, rounding: str) -> str:
+    return encoding.decimal_text(Decimal(tonnes).quantize(Decimal("0.001"), rounding=rounding))
 
 
 def _due(month: str) -> int:

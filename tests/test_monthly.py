@@ -1,0 +1,276 @@
+"""The monthly flow report (``replay.monthly.build_monthly_report``) on a copy of the demo ledger,
+on SQLite and PostgreSQL: its totals equal a hand computation from the party's entries of the
+month, its digest is SHA-256 of the covered entry hashes, signed and appended through the
+command API it is accepted without a REPORT_DIGEST_MISMATCH, and a report with a wrong digest
+written past the API is flagged by the projections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from commands.api import CommandAPI
+from ledger import encoding
+from ledger.entry import SignedEntry
+from ledger.genesis import ChainSigner
+from ledger.keys import SigningKey
+from ledger.store import LedgerStore
+from projections import queries
+from projections.hooks import ProjectionFindings
+from projections.store import ProjectionStore
+from replay.monthly import ReportError, build_monthly_report, month_bounds
+from test_replay import private_copy
+
+DAY = 86_400_000_000
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def ledger(request) -> dict[str, Any]:
+    """A private copy of the demo ledger (each test below writes to its own party)."""
+    if request.param == "sqlite":
+        tmp = request.getfixturevalue("tmp_path_factory").mktemp("monthly")
+        from test_replay import clone_ledger, demo_ledger
+
+        src = demo_ledger("sqlite", request)
+        return {**src, "url": clone_ledger(src, f"sqlite:///{tmp / 'copy.db'}")}
+    return private_copy("postgres", request)
+
+
+def us(text: str) -> int:
+    return encoding.time_to_micros(encoding.parse_time(text))
+
+
+def kind_of(ledger: dict, prefix: str) -> str:
+    return next(p for p, k in sorted(ledger["parties"].items()) if k.startswith(prefix))
+
+
+def submit(ledger: dict, party: str, entries: list[tuple[str, dict]], when_us: int, *, direct: bool = False):
+    """Sign ``entries`` with the party's key (its chain continued) and append them at record
+    time ``when_us``: through the command API with the findings hook, or straight into the
+    store (``direct``). Returns the receipts."""
+    key = SigningKey.read(ledger["keys"] / f"{party}.key")
+    with LedgerStore(ledger["url"], clock=lambda: when_us) as store:
+        seq, head = store.chain_head(party)
+        signer = ChainSigner(key, seq=seq, head=head)
+        signed = [signer.sign(t, body, encoding.micros_to_time_text(when_us)) for t, body in entries]
+        if direct:
+            return store.append(signed)
+        ps = ProjectionStore(ledger["url"])
+        try:
+            return CommandAPI(store, findings_hook=ProjectionFindings(ps)).submit(signed)
+        finally:
+            ps.close()
+
+
+def chain(url: str, party: str) -> list[tuple[Any, SignedEntry]]:
+    with LedgerStore(url, create=False) as s:
+        return [(r, SignedEntry.parse(r.envelope)) for r in s.chain_records(party)]
+
+
+def party_findings(url: str, party: str) -> list[dict]:
+    ps = ProjectionStore(url)
+    try:
+        ps.catch_up()
+        return queries.findings(ps, party)["findings"]
+    finally:
+        ps.close()
+
+
+def hand_totals(entries: list[tuple[Any, SignedEntry]], month: str) -> tuple[dict[str, Decimal], Decimal, dict]:
+    """The month's totals (kg REO) from the party's entries whose business time falls in the
+    month, the REO it held at the month's end, and the count of entries by type."""
+    start, end = month_bounds(month)
+    t = {k: Decimal(0) for k in ("produced_reo_kg", "received_reo_kg", "consumed_reo_kg", "output_reo_kg",
+                                 "shipped_reo_kg", "exported_reo_kg", "losses_reo_kg")}
+    held = Decimal(0)
+    counts: dict[str, int] = {}
+
+    def reo(lines) -> Decimal:
+        return sum((Decimal(x["reo_kg"]) for x in lines), Decimal(0))
+
+    for _, s in entries:
+        e, b = s.entry, s.entry.body
+        occ = us(e.occurred_at)
+        if occ >= end:
+            continue
+        moves = {"MineralProductProduced": Decimal(b.get("reo_kg", 0)) if e.type == "MineralProductProduced" else 0,
+                 "ImportReceived": Decimal(b.get("reo_kg", 0)) if e.type == "ImportReceived" else 0}
+        delta = {"MineralProductProduced": moves["MineralProductProduced"], "ImportReceived": moves["ImportReceived"],
+                 "SecondaryFeedReceived": Decimal(b["reo_kg"]) if e.type == "SecondaryFeedReceived" else 0,
+                 "TransferReceived": reo(b["lines"]) if e.type == "TransferReceived" else 0,
+                 "TransferShipped": -reo(b["lines"]) if e.type == "TransferShipped" else 0,
+                 "ExportDeclared": -Decimal(b["reo_kg"]) if e.type == "ExportDeclared" else 0,
+                 "SeparationBatchRecorded": (reo(b["outputs"]) - reo(b["inputs"]))
+                 if e.type == "SeparationBatchRecorded" else 0,
+                 "MetalSmelted": (reo(b["outputs"]) - reo(b["inputs"])) if e.type == "MetalSmelted" else 0}
+        held += delta.get(e.type, 0)
+        if occ < start:
+            continue
+        counts[e.type] = counts.get(e.type, 0) + 1
+        if e.type == "MineralProductProduced":
+            t["produced_reo_kg"] += Decimal(b["reo_kg"])
+        elif e.type == "TransferReceived":
+            t["received_reo_kg"] += reo(b["lines"])
+        elif e.type in ("ImportReceived", "SecondaryFeedReceived"):
+            t["received_reo_kg"] += Decimal(b["reo_kg"])
+        elif e.type in ("SeparationBatchRecorded", "MetalSmelted"):
+            t["consumed_reo_kg"] += reo(b["inputs"])
+            t["output_reo_kg"] += reo(b["outputs"])
+            t["losses_reo_kg"] += Decimal(b.get("losses_reo_kg", "0"))
+        elif e.type == "TransferShipped":
+            t["shipped_reo_kg"] += reo(b["lines"])
+        elif e.type == "ExportDeclared":
+            t["exported_reo_kg"] += Decimal(b["reo_kg"])
+    return t, held, counts
+
+
+def stated(totals: dict[str, str]) -> dict[str, Decimal]:
+    return {k: Decimal(v) for k, v in totals.items()}
+
+
+def expected_stated(t: dict[str, Decimal], held: Decimal) -> dict[str, Decimal]:
+    return {**{k: v for k, v in t.items() if v}, "closing_stock_reo_kg": max(held, Decimal(0))}
+
+
+def allocation_t(url: str, party: str, year: int, category: str, until_us: int) -> Decimal:
+    total = Decimal(0)
+    with LedgerStore(url, create=False) as s:
+        for r in s.records():
+            e = SignedEntry.parse(r.envelope).entry
+            if e.type == "QuotaSubAllocated" and e.body["enterprise"] == party and e.body["category"] == category \
+                    and e.body["batch"]["year"] == year and us(e.occurred_at) <= until_us:
+                total += Decimal(e.body["t_reo"])
+            if e.type == "QuotaReduced" and e.body["holder"] == party and e.body["category"] == category \
+                    and e.body["year"] == year and us(e.occurred_at) <= until_us:
+                total -= Decimal(e.body["t_reo"])
+    return total
+
+
+# --- a month of the demo's year ---------------------------------------------------------------------
+
+def test_totals_of_a_demo_month_equal_a_hand_computation(ledger):
+    """A separation plant in June 2024: received concentrate, separated it, shipped oxides."""
+    url, plant, month = ledger["url"], kind_of(ledger, "plant-rock-N"), "2024-06"
+    entries = chain(url, plant)
+    last_report = max(s.entry.seq for _, s in entries if s.entry.type == "MonthlyFlowReportSubmitted")
+    if last_report == entries[-1][1].entry.seq:  # everything reported: one more entry to report
+        lot = next(o["lot"] for _, s in reversed(entries) if s.entry.type == "SeparationBatchRecorded"
+                   for o in s.entry.body["outputs"])
+        submit(ledger, plant, [("StockCounted", {"lot": lot, "counted_kg": "0", "location": "main warehouse"})],
+               us("2025-01-20T08:00:00Z"))
+        entries = chain(url, plant)
+    rep = build_monthly_report(url, plant, month)
+    t, held, counts = hand_totals(entries, month)
+    flow = rep["MonthlyFlowReportSubmitted"]
+    assert flow["month"] == month and rep["party"] == plant
+    assert stated(flow["totals"]) == expected_stated(t, held), (flow["totals"], t, held)
+    for k in ("received_reo_kg", "consumed_reo_kg", "output_reo_kg", "shipped_reo_kg"):
+        assert t[k] > 0, k  # a busy month, not a vacuous comparison
+    assert rep["entries_in_month"] == counts
+    # the covered range: every entry after the previous report, with their digest
+    covered = [s.hash for _, s in entries if flow["first_seq"] <= s.entry.seq <= flow["last_seq"]]
+    assert flow["first_seq"] == last_report + 1 and flow["last_seq"] == entries[-1][1].entry.seq
+    assert rep["covered_entries"] == len(covered) > 0
+    assert flow["digest"] == hashlib.sha256(b"".join(covered)).digest()
+    # quota execution at the month's end: used against allocated, on the OUTPUT basis
+    start, end = month_bounds(month)
+    used = sum((Decimal(o["reo_kg"]) for _, s in entries if s.entry.type == "SeparationBatchRecorded"
+                and us(s.entry.occurred_at) < end and s.entry.occurred_at.startswith("2024")
+                for o in s.entry.body["outputs"]), Decimal(0)) / 1000
+    (line,) = rep["QuotaExecutionReported"]["lines"]
+    assert line["category"] == "SEPARATION" and rep["QuotaExecutionReported"]["period"] == month
+    assert Decimal(line["used_t_reo"]) == used.quantize(Decimal("0.001"), rounding="ROUND_CEILING")  # to the kg, up
+    assert Decimal(line["allocated_t_reo"]) == allocation_t(url, plant, 2024, "SEPARATION", end - 1) > 0
+    assert rep["due"] == "2024-07-10T00:00:00Z"
+
+
+# --- a new month: produced, shipped, reported, accepted ---------------------------------------------------
+
+def test_report_of_a_new_month_signed_and_accepted(ledger):
+    url, mine, month = ledger["url"], kind_of(ledger, "mine-rock-N"), "2025-02"
+    plant = kind_of(ledger, "plant-rock-N")
+    start, end = month_bounds(month)
+    ps = ProjectionStore(url)
+    try:
+        ps.catch_up()
+        before = queries.stock(ps, mine, queries.Point(None, start - 1))["lots"]
+    finally:
+        ps.close()
+    prior = sum((Decimal(x["reo_kg"]) for x in before), Decimal(0))
+    lots = {"M2502-A": ("350.125", "190.5"), "M2502-B": ("402.5", "221.375")}  # dry kg, REO kg
+    for i, (lot, (dry, reo)) in enumerate(lots.items()):
+        submit(ledger, mine, [("MineralProductProduced", {
+            "lot": lot, "ore_type": "ROCK", "product": "BASTNAESITE_CONCENTRATE", "wet_kg": dry, "dry_kg": dry,
+            "treo_pct": "54.4", "reo_kg": reo, "element_distribution": {"La": "26", "Ce": "50", "Nd": "24"}})],
+            us(f"2025-02-0{3 + i}T09:00:00Z"))
+    submit(ledger, mine, [("TransferShipped", {
+        "transfer_id": "T2025-TEST-0001", "buyer": plant, "shipped_at": "2025-02-06T10:00:00Z",
+        "vat_invoice_no": "12345678",
+        "lines": [{"lot": "M2502-A", "product": "BASTNAESITE_CONCENTRATE", "kg": "350.125", "reo_kg": "190.5"}]})],
+        us("2025-02-06T10:00:00Z"))
+    rep = build_monthly_report(url, mine, month)
+    flow = rep["MonthlyFlowReportSubmitted"]
+    assert stated(flow["totals"]) == {"produced_reo_kg": Decimal("411.875"), "shipped_reo_kg": Decimal("190.5"),
+                                      "closing_stock_reo_kg": prior + Decimal("221.375")}
+    assert rep["entries_in_month"] == {"MineralProductProduced": 2, "TransferShipped": 1}
+    entries = chain(url, mine)
+    assert [s.entry.type for _, s in entries[flow["first_seq"] - 1:]] == [
+        "MineralProductProduced", "MineralProductProduced", "TransferShipped"]
+    assert flow["digest"] == hashlib.sha256(b"".join(s.hash for _, s in entries[flow["first_seq"] - 1:])).digest()
+    (line,) = rep["QuotaExecutionReported"]["lines"]
+    # 411.875 kg: stated in tonnes to the kg (the catalogue's precision), rounded up
+    assert line["category"] == "MINING_ROCK" and Decimal(line["used_t_reo"]) == Decimal("0.412")
+    assert Decimal(line["allocated_t_reo"]) == allocation_t(url, mine, 2025, "MINING_ROCK", end) > 0
+    # signed and appended through the command API before the 10th: accepted, nothing flagged
+    receipts = submit(ledger, mine, [("MonthlyFlowReportSubmitted", flow),
+                                     ("QuotaExecutionReported", rep["QuotaExecutionReported"])],
+                      us("2025-03-04T09:00:00Z"))
+    assert [r.seq for r in receipts] == [flow["last_seq"] + 1, flow["last_seq"] + 2]
+    assert not [f for r in receipts for f in r.findings], [f for r in receipts for f in r.findings]
+    found = party_findings(url, mine)
+    assert not [f for f in found if f["code"] == "REPORT_DIGEST_MISMATCH"], found
+    assert not [f for f in found if f.get("params", {}).get("month") == month], found
+    # the next report covers what followed this one: the quota execution entry
+    again = build_monthly_report(url, mine, "2025-03")["MonthlyFlowReportSubmitted"]
+    assert (again["first_seq"], again["last_seq"]) == (receipts[1].seq, receipts[1].seq)
+    assert again["digest"] == hashlib.sha256(receipts[1].entry_hash).digest()
+
+
+# --- a wrong digest is flagged -------------------------------------------------------------------------
+
+def test_wrong_digest_is_flagged_by_the_projections(ledger):
+    url, mine = ledger["url"], kind_of(ledger, "mine-rock-C")
+    submit(ledger, mine, [("MineralProductProduced", {
+        "lot": "MC2503-A", "ore_type": "ROCK", "product": "BASTNAESITE_CONCENTRATE", "wet_kg": "100", "dry_kg": "100",
+        "treo_pct": "55", "reo_kg": "55", "element_distribution": {"La": "30", "Ce": "50", "Nd": "20"}})],
+        us("2025-03-03T09:00:00Z"))
+    rep = build_monthly_report(url, mine, "2025-03")
+    flow = dict(rep["MonthlyFlowReportSubmitted"])
+    good = flow["digest"]
+    flow["digest"] = bytes([good[0] ^ 1]) + good[1:]
+    (receipt,) = submit(ledger, mine, [("MonthlyFlowReportSubmitted", flow)], us("2025-04-02T09:00:00Z"), direct=True)
+    with pytest.raises(ReportError, match="nothing to report"):  # its last entry is a report
+        build_monthly_report(url, mine, "2025-04")
+    mismatch = [f for f in party_findings(url, mine) if f["code"] == "REPORT_DIGEST_MISMATCH"]
+    assert len(mismatch) == 1, mismatch
+    f = mismatch[0]
+    assert f["index"] == receipt.index and f["evidence"][0]["hash"] == receipt.entry_hash.hex()
+    assert f["params"]["month"] == "2025-03"
+    # a range that is not the chain's (through the API this time): accepted and flagged
+    flow = dict(rep["MonthlyFlowReportSubmitted"], month="2025-04", first_seq=1)
+    (receipt,) = submit(ledger, mine, [("MonthlyFlowReportSubmitted", flow)], us("2025-05-02T09:00:00Z"))
+    assert [x["code"] for x in receipt.findings] == ["REPORT_DIGEST_MISMATCH"], receipt.findings
+    assert len([f for f in party_findings(url, mine) if f["code"] == "REPORT_DIGEST_MISMATCH"]) == 2
+
+
+def test_bad_month_or_party(ledger):
+    url, mine = ledger["url"], kind_of(ledger, "mine-ionic-J")
+    for month in ("2024-13", "2024-3", "24-03", "2024-03-01", "", "2024-00"):
+        with pytest.raises(ReportError, match="YYYY-MM"):
+            build_monthly_report(url, mine, month)
+    with pytest.raises(ReportError, match="no entries"):
+        build_monthly_report(url, "91000000NOBODY0000", "2024-03")
