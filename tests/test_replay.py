@@ -12,8 +12,8 @@ checked to be identical (same signed checkpoint notes, hence the same Merkle roo
 
 from __future__ import annotations
 
+import json
 import uuid
-from datetime import datetime, timezone
 from decimal import Decimal
 from itertools import groupby
 from pathlib import Path
@@ -516,3 +516,43 @@ def test_unreadable_missing_and_swapped_entries_are_reported_invalid(db_url):
     osig = {st.seq: st.signature for st in other.steps if st.kind == "entry"}
     assert osig[2].startswith(f"INVALID: the entry {M0}:2 is not the one the log recorded"), osig
     assert (other.signatures_valid, other.signatures_invalid) == (4, 1)
+
+
+def test_signatures_are_checked_with_the_key_valid_at_each_position(db_url, capsys):
+    """M0 rotates its key (a new one authorized, the old one revoked): every entry is valid
+    with the key of its time. An entry rewritten with the revoked key (log row updated to
+    match, as an attacker with DB access would) is INVALID because that key was revoked."""
+    from ledger.genesis import ChainSigner
+
+    led = populated_ledger(db_url, parties=2, per_party=2)
+    old = led.parties[M0]
+    new_key = SigningKey.generate(M0)
+    led.authorize(new_key)
+    led.revoke(M0, old.key.key_id)
+    rotated = ChainSigner(new_key, seq=old.seq, head=old.head)
+    led.parties[M0] = rotated
+    led.add(M0, 2)
+    led.close()
+    r = replay_party(db_url, M0)
+    assert (r.signatures_valid, r.signatures_invalid) == (4, 0)
+    assert [s.signature for s in r.steps if s.kind == "entry"] == [
+        f"valid (key {old.key.key_id})"] * 2 + [f"valid (key {new_key.key_id})"] * 2
+    drop_triggers(db_url)
+    s4 = SignedEntry.parse(_state(db_url, M0, 4))
+    forged = ChainSigner(old.key, seq=3, head=s4.entry.prev).sign(
+        s4.entry.type, s4.entry.body, s4.entry.occurred_at, s4.entry.command_id)
+    _set_state(db_url, M0, 4, forged.envelope)
+    sql(db_url, "UPDATE {log} SET entry_hash = ? WHERE chain = ? AND seq = 4", (forged.hash, M0))
+    r = replay_party(db_url, M0)
+    sig = {s.seq: s.signature for s in r.steps if s.kind == "entry"}
+    assert sig[4].startswith("INVALID") and "revoked" in sig[4], sig
+    assert (r.signatures_valid, r.signatures_invalid) == (3, 1)
+    # the command line reports it: exit 1, the invalid step in the JSON
+    from commands.cli import EXIT_FAILED, EXIT_OK, main
+
+    assert main(["replay", "--db", db_url, "--party", M1, "--json"]) == EXIT_OK
+    capsys.readouterr()
+    assert main(["replay", "--db", db_url, "--party", M0, "--json"]) == EXIT_FAILED
+    out = json.loads(capsys.readouterr().out)
+    assert out["signatures"] == {"valid": 3, "invalid": 1}
+    assert [st["seq"] for st in out["steps"] if st["signature"].startswith("INVALID")] == [4]
