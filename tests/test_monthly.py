@@ -25,7 +25,6 @@ from projections.store import ProjectionStore
 from replay.monthly import ReportError, build_monthly_report, month_bounds
 from test_replay import private_copy
 
-DAY = 86_400_000_000
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
