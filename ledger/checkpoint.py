@@ -92,6 +92,15 @@ def _check_name(name: object) -> None:
             raise NoteError(f"key name {_show(name)} contains forbidden character U+{ord(ch):04X}")
 
 
+def valid_key_name(name: object) -> bool:
+    """True for a signed-note key name (non-empty, no space, no '+')."""
+    try:
+        _check_name(name)
+        return True
+    except NoteError:
+        return False
+
+
 def key_id(name: str, public_key: bytes) -> bytes:
     """Ed25519 key ID: SHA-256(name || 0x0A || 0x01 || 32-byte public key)[:4]."""
     return hashlib.sha256(name.encode("utf-8") + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]

@@ -85,7 +85,29 @@ class Tables:
 
     def q(self, sql: str) -> str:
         """Write SQL with '?' placeholders; get the dialect's."""
-        return sql.format(events=self.events, log=self.log, checkpoints=self.checkpoints).replace("?", self.p)
+        return sql.format(events=self.events, log=self.log, checkpoints=self.checkpoints,
+                          int_idx=self.int_idx).replace("?", self.p)
+
+    @property
+    def int_idx(self) -> str:
+        # SQLite columns take values of any type: only integer indices are log positions
+        return "typeof(idx) = 'integer'" if self.backend == "sqlite" else "TRUE"
+
+    def damaged_rows(self) -> list[tuple[str, str]]:
+        """(what, SQL) of rows whose values have the wrong type (SQLite only: PostgreSQL columns
+        are typed). Each query returns (index or size, description)."""
+        if self.backend != "sqlite":
+            return []
+        return [
+            ("log", "SELECT idx, 'a log row has a value of the wrong type' FROM {log} WHERE typeof(idx) != 'integer' "
+                    "OR typeof(seq) != 'integer' OR typeof(recorded_us) != 'integer' OR typeof(nodes) != 'blob' "
+                    "OR typeof(entry_hash) != 'blob' OR typeof(chain) != 'text' OR typeof(type) != 'text' "
+                    "OR typeof(command_id) != 'text'"),
+            ("events", "SELECT l.idx, 'the stored entry is not binary' FROM {events} e JOIN {log} l "
+                       "ON e.originator_id = l.chain AND e.originator_version = l.seq WHERE typeof(e.state) != 'blob'"),
+            ("checkpoints", "SELECT size - 1, 'a stored checkpoint has a value of the wrong type' FROM {checkpoints} "
+                            "WHERE typeof(size) != 'integer' OR typeof(root) != 'blob' OR typeof(note) != 'blob'"),
+        ]
 
 
 @dataclass(frozen=True)
@@ -111,9 +133,23 @@ RECORD_COLUMNS = "l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.
 RECORD_JOIN = "FROM {log} l LEFT JOIN {events} e ON e.originator_id = l.chain AND e.originator_version = l.seq"
 
 
+def _int(v: Any, default: int = -1) -> int:
+    """An integer column as stored; ``default`` for a value of another type (SQLite columns
+    accept anything: a damaged row must be reported by the verifier, not crash it)."""
+    return v if type(v) is int else default
+
+
+def _blob(v: Any) -> bytes | None:
+    return bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else None
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else "?"
+
+
 def row_to_record(row: Any) -> Record:
-    return Record(int(row[0]), row[1], int(row[2]), row[3], bytes(row[4]), int(row[5]), bytes(row[6]),
-                  None if row[7] is None else bytes(row[7]), row[8])
+    return Record(_int(row[0]), _text(row[1]), _int(row[2]), _text(row[3]), _blob(row[4]) or b"",
+                  _int(row[5]), _blob(row[6]) or b"", _blob(row[7]), row[8] if isinstance(row[8], str) else None)
 
 
 class Queries:
@@ -124,9 +160,9 @@ class Queries:
 
     def size(self, cur) -> tuple[int, int]:
         """(number of entries, record time of the last one in microseconds)."""
-        cur.execute(self.t.q("SELECT idx, recorded_us FROM {log} ORDER BY idx DESC LIMIT 1"))
+        cur.execute(self.t.q("SELECT idx, recorded_us FROM {log} WHERE {int_idx} ORDER BY idx DESC LIMIT 1"))
         row = cur.fetchone()
-        return (0, 0) if row is None else (int(_col(row, 0)) + 1, int(_col(row, 1)))
+        return (0, 0) if row is None else (int(_col(row, 0)) + 1, _int(_col(row, 1), 0))
 
     def records(self, cur, start: int, stop: int) -> list[Record]:
         cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"),
@@ -193,7 +229,8 @@ class Queries:
 
     def checkpoints(self, cur) -> list[tuple[int, bytes, bytes]]:
         cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} ORDER BY size"))
-        return [(int(r[0]), bytes(r[1]), bytes(r[2])) for r in map(_tuple, cur.fetchall())]
+        return [(r[0], _blob(r[1]) or b"", _blob(r[2]) or b"") for r in map(_tuple, cur.fetchall())
+                if type(r[0]) is int]
 
     def latest_checkpoint(self, cur) -> tuple[int, bytes, bytes] | None:
         cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} ORDER BY size DESC LIMIT 1"))
@@ -201,7 +238,7 @@ class Queries:
         if row is None:
             return None
         r = _tuple(row)
-        return int(r[0]), bytes(r[1]), bytes(r[2])
+        return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
 
     def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
         out: dict[tuple[str, str], tuple[int, bytes]] = {}

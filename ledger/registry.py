@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from . import encoding
 from .encoding import EncodingError
 from .entry import SignedEntry
+from .checkpoint import valid_key_name
 from .keys import PURPOSES, key_id as compute_key_id
 
 REGISTRY_TYPES = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"})
@@ -179,8 +180,9 @@ def _key_authorized_body(body: dict) -> dict:
     if purpose not in PURPOSES:
         raise RegistryError(f"body.purpose: must be one of {', '.join(PURPOSES)}", "body.purpose", "body")
     name = body.get("name")
-    if purpose == "checkpoint" and (not isinstance(name, str) or not name):
-        raise RegistryError("body.name: a checkpoint key needs its signed-note name", "body.name", "body")
+    if purpose == "checkpoint" and not valid_key_name(name):
+        raise RegistryError("body.name: a checkpoint key needs its signed-note name (the log's origin: "
+                            "non-empty, no space, no '+')", "body.name", "body")
     return {
         "party": party, "key_id": kid, "public_key": pub, "purpose": purpose, "name": name,
         "valid_from_us": _time_us(body, "valid_from", True),

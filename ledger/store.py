@@ -207,6 +207,35 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         for stmt in _log_ddl(self.tables, "postgres"):
             self.sql_create_statements.append(SQL(stmt))  # type: ignore[arg-type]
 
+    def create_table(self) -> None:
+        """Create the tables, types and triggers once. Opens of the same ledger are serialized
+        by a session advisory lock, and an existing, complete ledger is left untouched (no DDL,
+        so no ACCESS EXCLUSIVE lock while others append or verify)."""
+        key = int.from_bytes(hashlib.sha256(b"reledger-ddl:" + self.tables.log.encode()).digest()[:8], "big",
+                             signed=True)
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                if self._complete(conn):
+                    self.datastore.register_type_adapters()
+                    return
+                super().create_table()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def _complete(self, conn) -> bool:
+        schema = self.datastore.schema
+        names = []
+        for table in (self.tables.events, self.tables.log, self.tables.checkpoints):
+            short = table.split(".")[-1]
+            names += [f"{short}_append_only", f"{short}_no_truncate"]
+        names.append(self.tables.log.split(".")[-1] + "_gap_free")
+        row = conn.execute(
+            "SELECT count(*) AS n FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = %s AND t.tgname = ANY(%s)",
+            (schema, names)).fetchone()
+        return int(row["n"]) == len(names)
+
     def write(self, plan) -> Any:
         with self.datastore.get_connection() as conn:
             with conn.transaction():
@@ -302,7 +331,12 @@ def _ensure_pg_schema(u: DatabaseURL) -> None:
     import psycopg
 
     with psycopg.connect(u.conninfo(), autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{u.schema}"')
+        if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (u.schema,)).fetchone():
+            return
+        key = int.from_bytes(hashlib.sha256(b"reledger-schema:" + u.schema.encode()).digest()[:8], "big", signed=True)
+        with conn.transaction():  # concurrent first opens: one creates, the others wait and see it
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{u.schema}"')
 
 
 # --- the store -------------------------------------------------------------------------
@@ -438,9 +472,10 @@ class LedgerStore:
         return rec.nodes[:32]
 
     # --- checkpoints -------------------------------------------------------------------
-    def checkpoint(self, signer: NoteSigner, origin: str | None = None) -> bytes:
-        """Sign and store a checkpoint of the current log; returns the note. A checkpoint of
-        the same size is returned as stored."""
+    def checkpoint(self, signer: NoteSigner) -> bytes:
+        """Sign and store a checkpoint of the current log; returns the note. Its origin is the
+        signer's key name (a registered checkpoint key). A checkpoint of the same size is
+        returned as stored."""
         size = self.size()
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
@@ -451,7 +486,7 @@ class LedgerStore:
             raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
                              "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
         root = self.root(size)
-        note = sign_checkpoint(Checkpoint(origin or signer.name, size, root), signer)
+        note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
         try:
             self.recorder.write_checkpoint(size, root, note, self.clock())
         except ESIntegrityError:

@@ -118,7 +118,12 @@ def check_entries(records: Iterable[Any], keys: dict[str, bytes]) -> list[Checke
                                f"malformed entry: {e}"))
             continue
         e = s.entry
-        leaf = merkle.leaf_hash(leaf_bytes(s.hash, r.index, micros_to_time_text(r.recorded_us)))
+        try:
+            leaf = merkle.leaf_hash(leaf_bytes(s.hash, r.index, micros_to_time_text(r.recorded_us)))
+        except (OverflowError, ValueError) as err:  # a record time no calendar can show
+            out.append(Checked(r.index, r.recorded_us, r.chain, r.seq, None, None, None, None, None, None, stored,
+                               f"malformed record time {r.recorded_us}: {err}"))
+            continue
         pub = keys.get(e.key_id)
         if pub is None and r.index == 0 and e.type == "KeyAuthorized":
             pub = e.body.get("public_key") if isinstance(e.body.get("public_key"), bytes) else None
@@ -253,11 +258,14 @@ class LogVerifier:
                              "log before it, so nobody could sign it", index=max(size - 1, 0))
                 return
         try:
-            text, _ = open_note(note, verifiers)
+            text, signed_by = open_note(note, verifiers)
             cp = Checkpoint.parse(text)
         except (NoteError, ValueError) as e:
             self.problem("checkpoint", f"checkpoint of size {size}: {e}", index=max(size - 1, 0))
             return
+        if all(cp.origin != v.name for v in signed_by):
+            self.problem("checkpoint", f"checkpoint of size {size}: origin {cp.origin!r} is not the name of the key "
+                         "that signed it (the log's origin)", index=max(size - 1, 0))
         if cp.size != size or cp.root != root:
             self.problem("checkpoint", f"checkpoint of size {size}: the signed note says size {cp.size}", index=size - 1)
         if cp.root != computed:
@@ -325,6 +333,10 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         log_count, log_min = cur.fetchone()
         events = r.queries.events_count(cur)
         unlogged = r.queries.unlogged_events(cur)
+        damaged = []
+        for _what, sql in r.tables.damaged_rows():
+            cur.execute(r.tables.q(sql))
+            damaged += [(row[0], row[1]) for row in cur.fetchall()]
         r.end_snapshot()
     cps = list(stored_cps)
     for note in checkpoint_notes:
@@ -345,6 +357,8 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         if progress:
             progress(done, span)
     rep = v.finish()
+    for where, what in damaged:
+        rep.problems.append(Problem("damaged", what, where if type(where) is int else None))
     if log_min is not None and int(log_min) < 0:
         rep.problems.append(Problem("phantom", f"the log holds {int(log_count) - rep.entries} rows outside "
                                     f"0..{max_index} (from index {log_min})", int(log_min)))
@@ -359,7 +373,7 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
 
 def _max_index(r) -> int:
     cur = r.cursor()
-    cur.execute(r.tables.q("SELECT MAX(idx) FROM {log}"))
+    cur.execute(r.tables.q("SELECT MAX(idx) FROM {log} WHERE {int_idx}"))
     row = cur.fetchone()
     return -1 if row is None or row[0] is None else int(row[0])
 

@@ -639,10 +639,6 @@ def test_verify_a_busy_ledger(db_url):
     assert not bad, bad
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/verify.py check_entries computes the leaf with "
-                                       "encoding.micros_to_time_text(r.recorded_us), which raises OverflowError for "
-                                       "a recorded_us outside years 1-9999: a tampered row crashes verify_database "
-                                       "instead of being reported at its index")
 @pytest.mark.parametrize("value", [2**62, -(2**62), 253402300800000000])
 def test_absurd_recorded_time_is_reported_not_a_crash(ledger, value):
     url = ledger.url
@@ -650,10 +646,6 @@ def test_absurd_recorded_time_is_reported_not_a_crash(ledger, value):
     assert_caught(url, 8, *where(8))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (SQLite): columns accept values of any type, and ledger/reader.py "
-                                       "row_to_record / Queries.checkpoints convert with bytes()/int(): a text "
-                                       "state, nodes or note, or a text seq/recorded_us/idx, makes verify_database "
-                                       "raise TypeError/ValueError instead of reporting the row")
 @pytest.mark.parametrize("statement,index", [
     ("UPDATE stored_events SET state = 'abc' WHERE originator_id = '9111000000MINE0000' AND originator_version = 2", 6),
     ("UPDATE reledger_log SET nodes = 'zz' WHERE idx = 5", 5),
@@ -672,11 +664,6 @@ def test_sqlite_values_of_the_wrong_type_are_reported(sqlite_url, statement, ind
     assert not rep.ok and rep.first.index == index, rep.problems
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ledger/registry.py _key_authorized_body accepts any non-empty text as "
-                                       "a checkpoint key's name; a name that is no valid signed-note key name "
-                                       "('bad name', 'a+b') makes ledger/verify.py _check_checkpoint raise NoteError "
-                                       "(NoteVerifier(k.name, ...) is built outside its try) for every later "
-                                       "checkpoint: verify_database crashes on an untampered ledger")
 @pytest.mark.parametrize("name", ["bad name", "a+b"])
 def test_checkpoint_key_with_an_invalid_note_name(db_url, name):
     from ledger.genesis import key_authorized_body
