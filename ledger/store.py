@@ -232,7 +232,8 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         names.append(self.tables.log.split(".")[-1] + "_gap_free")
         row = conn.execute(
             "SELECT count(*) AS n FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = %s AND t.tgname = ANY(%s)",
+            "JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE ns.nspname = %s AND t.tgname = ANY(%s) "
+            "AND t.tgenabled <> 'D'",
             (schema, names)).fetchone()
         return int(row["n"]) == len(names)
 
