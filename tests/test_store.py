@@ -1347,3 +1347,33 @@ def test_fuzzed_signed_entries(led, mine, data):
         mine.advance(s)
     elif s.entry.chain == REGULATOR_ID:
         led.regulator.advance(s)
+
+
+def test_same_envelope_submitted_through_two_stores_at_once(led, mine):
+    """A client's retry reaching two server processes at the same moment: one entry is stored,
+    both answers are receipts for it, one of them marked duplicate."""
+    other = LedgerStore(led.url)
+    try:
+        for _ in range(3):
+            s = fact(mine)
+            barrier = threading.Barrier(2)
+            answers: list = []
+
+            def run(st):
+                barrier.wait()
+                try:
+                    answers.append(st.append([s])[0])
+                except Exception as e:  # noqa: BLE001 - reported by the assertion
+                    answers.append(e)
+
+            threads = [threading.Thread(target=run, args=(x,)) for x in (led.store, other)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert all(isinstance(a, Receipt) for a in answers), answers
+            assert sorted(a.duplicate for a in answers) == [False, True]
+            assert answers[0].index == answers[1].index and answers[0].entry_hash == s.hash
+        assert led.store.chain_head(MINE)[0] == 3
+    finally:
+        other.close()
