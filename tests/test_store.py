@@ -1377,3 +1377,12 @@ def test_same_envelope_submitted_through_two_stores_at_once(led, mine):
         assert led.store.chain_head(MINE)[0] == 3
     finally:
         other.close()
+
+
+def test_retry_after_revocation_still_answers_the_receipt(led, mine):
+    s = fact(mine)
+    first = led.store.append([s])[0]
+    led.revoke(MINE, mine.key.key_id)
+    again = led.store.append([s])[0]
+    assert again.duplicate and (again.index, again.entry_hash) == (first.index, first.entry_hash)
+    assert_refused(led, [fact(mine, advance=False)], "revoked_key")
