@@ -1386,3 +1386,112 @@ def test_retry_after_revocation_still_answers_the_receipt(led, mine):
     again = led.store.append([s])[0]
     assert again.duplicate and (again.index, again.entry_hash) == (first.index, first.entry_hash)
     assert_refused(led, [fact(mine, advance=False)], "revoked_key")
+
+
+# --- the key registry against a model of FORMAT 4.3 ------------------------------------------
+
+REG_OPS = st.lists(st.one_of(
+    st.tuples(st.just("register"), st.integers(0, 3), st.sampled_from(["MINE", "REGULATOR"])),
+    st.tuples(st.just("key"), st.integers(0, 3)),
+    st.tuples(st.just("revoke"), st.integers(0, 3), st.integers(0, 5)),
+    st.tuples(st.just("roles"), st.integers(0, 3), st.sampled_from(["MINE", "REGULATOR"])),
+    st.tuples(st.just("append"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 5),
+              st.sampled_from(["MiningOutput", "PartyRegistered"])),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+          deadline=None)
+@given(ops=REG_OPS)
+def test_registry_against_a_model(db_url, ops):
+    from conftest import drop_schema
+
+    url = _fresh_url(db_url)
+    led = new_ledger(url)
+    parties = [f"9111000000PRTY{i:04d}" for i in range(4)]
+    roles: dict[str, set] = {}
+    keys: dict[str, list[tuple[SigningKey, bool]]] = {p: [] for p in parties}  # (key, revoked)
+    signers: dict[str, ChainSigner] = {}
+    reg = led.regulator
+    try:
+        for op in ops:
+            n = led.store.size()
+            if op[0] == "register":
+                p = parties[op[1]]
+                s = reg.peek("PartyRegistered", {"party": p, "roles": [op[2]]}, T0)
+                if p in roles:
+                    assert_refused(led, [s], "body")
+                else:
+                    led.store.append([s])
+                    reg.advance(s)
+                    roles[p] = {op[2]}
+            elif op[0] == "key":
+                p = parties[op[1]]
+                k = SigningKey.generate(p)
+                s = reg.peek("KeyAuthorized", key_authorized_body(k, T0), T0)
+                if p not in roles:
+                    assert_refused(led, [s], "body")
+                else:
+                    led.store.append([s])
+                    reg.advance(s)
+                    keys[p].append((k, False))
+            elif op[0] == "revoke":
+                p = parties[op[1]]
+                if not keys[p]:
+                    continue
+                i = op[2] % len(keys[p])
+                k, revoked = keys[p][i]
+                s = reg.peek("KeyRevoked", {"party": p, "key_id": k.key_id}, T0)
+                if revoked:
+                    assert_refused(led, [s], "body")
+                else:
+                    led.store.append([s])
+                    reg.advance(s)
+                    keys[p][i] = (k, True)
+            elif op[0] == "roles":
+                p = parties[op[1]]
+                s = reg.peek("PartyDesignationChanged", {"party": p, "roles": [op[2]]}, T0)
+                if p not in roles:
+                    assert_refused(led, [s], "body")
+                else:
+                    led.store.append([s])
+                    reg.advance(s)
+                    roles[p] = {op[2]}
+            elif op[0] == "append":
+                chain, owner = parties[op[1]], parties[op[2]]
+                if not keys[owner]:
+                    continue
+                k, revoked = keys[owner][op[3] % len(keys[owner])]
+                signer = signers.setdefault(chain, ChainSigner(SigningKey(chain, k.private_key)))
+                signer = ChainSigner(k, signer.seq, signer.head, chain=chain)
+                type_ = op[4]
+                body = {"party": "9111000000NEW00001", "roles": ["MINE"]} if type_ == "PartyRegistered" else {"q": "1"}
+                s = signer.peek(type_, body, T0)
+                if chain not in roles:
+                    expected = "unregistered"
+                elif owner != chain:
+                    expected = "foreign_key"
+                elif revoked:
+                    expected = "revoked_key"
+                elif type_ == "PartyRegistered" and "REGULATOR" not in roles[chain]:
+                    expected = "forbidden"
+                else:
+                    expected = None
+                if expected:
+                    assert_refused(led, [s], expected)
+                else:
+                    try:
+                        led.store.append([s])
+                    except AppendError as e:  # a second registration of the same new party
+                        assert type_ == "PartyRegistered" and e.code == "body", e.to_dict()
+                        continue
+                    signers[chain] = ChainSigner(k, s.entry.seq, s.hash, chain=chain)
+                    if type_ == "PartyRegistered":
+                        roles.setdefault("9111000000NEW00001", {"MINE"})
+            assert led.store.size() >= n
+        rep = verify_database(url, workers=1)
+        assert rep.ok, rep.problems
+    finally:
+        led.close()
+        if is_pg(url):
+            drop_schema(url.rsplit("schema=", 1)[1])
