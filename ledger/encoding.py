@@ -16,6 +16,7 @@ Quantities and times are text in one normal form (see :func:`decimal_text` and
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -84,7 +85,50 @@ def _refuse_duplicates(pairs: list[tuple[Any, Any]]) -> dict:
     return result
 
 
+_SCALARS = frozenset({str, bytes, int, bool, type(None)})
+
+
+def _plain_canonical_tree(v: Any, depth: int = 0) -> bool:
+    """True when every map of a decoded value has text keys in strictly ascending order,
+    nothing is a float or an extension (code point order is UTF-8 byte order), and no value sits
+    deeper than MAX_DEPTH (a non-empty container's items are one level below it)."""
+    t = type(v)
+    if depth > MAX_DEPTH or (depth == MAX_DEPTH and (t is dict or t is list) and v):
+        return False
+    if t is dict:
+        keys = list(v)
+        for k in keys:
+            if type(k) is not str:
+                return False
+        if keys != sorted(keys):
+            return False
+        for x in v.values():
+            if type(x) not in _SCALARS and not _plain_canonical_tree(x, depth + 1):
+                return False
+        return True
+    if t is list:
+        for x in v:
+            if type(x) not in _SCALARS and not _plain_canonical_tree(x, depth + 1):
+                return False
+        return True
+    return t in _SCALARS
+
+
 def decode(data: bytes) -> Any:
+    """Canonical bytes fast (unpacked in C without Python hooks, one walk, re-packed once;
+    a duplicate key or a longer form cannot re-pack to the same bytes); anything else goes to
+    the strict decoder, which names the problem."""
+    if isinstance(data, bytes):
+        try:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
+            if _plain_canonical_tree(value) and msgpack.packb(value, use_bin_type=True) == data:
+                return value
+        except Exception:  # noqa: BLE001 - the strict path decides and explains
+            pass
+    return _decode_strict(data)
+
+
+def _decode_strict(data: bytes) -> Any:
     """Decode canonical bytes; refuse anything that is not canonical.
 
     The rules that re-encoding cannot see are checked while decoding (in the unpacker's hooks,
@@ -223,7 +267,14 @@ def time_text(value: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     """Parse a time that must already be in normal form."""
-    if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
+    if not isinstance(text, str):
+        raise EncodingError(f"{text!r} is not an RFC 3339 UTC time in normal form (e.g. '2024-03-01T08:00:00Z')")
+    return _parse_time(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_time(text: str) -> datetime:
+    if not _TIME_RE.fullmatch(text):
         raise EncodingError(f"{text!r} is not an RFC 3339 UTC time in normal form (e.g. '2024-03-01T08:00:00Z')")
     try:
         value = datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]), int(text[14:16]),
@@ -239,6 +290,7 @@ def parse_time(text: str) -> datetime:
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+@functools.lru_cache(maxsize=1024)
 def micros_to_time_text(micros: int) -> str:
     """The normal-form text of a time given in microseconds since the Unix epoch."""
     from datetime import timedelta

@@ -142,6 +142,9 @@ class SignedEntry:
         envelope = bytes(envelope)
         if len(envelope) > MAX_ENVELOPE:
             raise EntryError(f"envelope: larger than {MAX_ENVELOPE} bytes", "envelope")
+        parts = _split_envelope(envelope)
+        if parts is not None:
+            return cls._from_content(envelope, *parts)
         try:
             outer = encoding.decode(envelope)
         except EncodingError as e:
@@ -153,6 +156,10 @@ class SignedEntry:
             raise EntryError("envelope: 'entry' and 'sig' must be binary", "envelope")
         if len(signature) != 64:
             raise EntryError("sig: an Ed25519 signature is 64 bytes", "sig")
+        return cls._from_content(envelope, content, signature)
+
+    @classmethod
+    def _from_content(cls, envelope: bytes, content: bytes, signature: bytes) -> "SignedEntry":
         try:
             m = encoding.decode(content)
         except EncodingError as e:
@@ -174,6 +181,34 @@ class SignedEntry:
         if ok:
             object.__setattr__(self, "_verified_with", public_key)
         return ok
+
+
+_ENV_HEAD = b"\x82\xa5entry"
+_ENV_SIG = b"\xa3sig\xc4\x40"
+
+
+def _split_envelope(env: bytes) -> tuple[bytes, bytes] | None:
+    """(content, signature) when ``env`` has exactly the canonical layout of
+    {"entry": bin(content), "sig": bin(64)}; None otherwise (the strict decoder then decides)."""
+    if len(env) < 80 or not env.startswith(_ENV_HEAD):
+        return None
+    tag = env[7]
+    if tag == 0xC4:
+        n, start = env[8], 9
+    elif tag == 0xC5:
+        n, start = int.from_bytes(env[8:10], "big"), 10
+        if n < 0x100:
+            return None
+    elif tag == 0xC6:
+        n, start = int.from_bytes(env[8:12], "big"), 12
+        if n < 0x10000:
+            return None
+    else:
+        return None
+    end = start + n
+    if len(env) != end + 70 or env[end:end + 6] != _ENV_SIG:
+        return None
+    return env[start:end], env[end + 6:]
 
 
 def leaf_bytes(entry_hash: bytes, index: int, recorded_at: str) -> bytes:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -35,12 +36,17 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_signature(public_key: bytes, tag: bytes, message: bytes, signature: bytes) -> bool:
     """True when ``signature`` is a valid Ed25519 signature by ``public_key`` over tag || message."""
     if len(signature) != 64 or len(public_key) != 32:
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, tag + message)
+        _public_key(bytes(public_key)).verify(signature, tag + message)
         return True
     except (InvalidSignature, ValueError):
         return False

@@ -17,8 +17,9 @@ Rules (docs/FORMAT.md, "Keys and the genesis"):
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import encoding
 from .encoding import EncodingError
@@ -26,6 +27,7 @@ from .entry import SignedEntry
 from .checkpoint import valid_key_name
 from .keys import PURPOSES, key_id as compute_key_id
 
+_MISSING = object()
 REGISTRY_TYPES = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"})
 REGULATOR = "REGULATOR"
 
@@ -59,8 +61,44 @@ class Registry:
     size: int = 0  # how many log entries have been applied
     root: str | None = None  # the genesis regulator
 
+    # --- undo journal: a refused group's changes are taken back without copying -----------
+    _journal: list | None = field(default=None, repr=False, compare=False)
+
+    def mark(self) -> int:
+        """Start (or continue) journaling changes; returns a position for :meth:`rollback`."""
+        if self._journal is None:
+            self._journal = []
+        return len(self._journal)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every change made since ``mark``."""
+        while self._journal is not None and len(self._journal) > mark:
+            target, key, old = self._journal.pop()
+            if target is self:
+                self.root = old
+            elif old is _MISSING:
+                del target[key]
+            else:
+                target[key] = old
+
+    def forget(self) -> None:
+        """Stop journaling (the changes stay)."""
+        self._journal = None
+
+    def _set(self, target: dict, key: str, value: Any) -> None:
+        if self._journal is not None:
+            self._journal.append((target, key, target.get(key, _MISSING)))
+        target[key] = value
+
+    def _set_root(self, chain: str) -> None:
+        if self._journal is not None:
+            self._journal.append((self, "root", self.root))
+        self.root = chain
+
     def copy(self) -> "Registry":
-        return copy.deepcopy(self)
+        """A copy that shares the (never mutated) key records: O(keys) dictionary copies, no
+        deep copy (a revocation replaces its record)."""
+        return Registry(dict(self.keys), dict(self.roles), self.size, self.root)
 
     # --- checking ----------------------------------------------------------------------
     def key_for(self, signed: SignedEntry, index: int, recorded_us: int) -> bytes:
@@ -113,12 +151,12 @@ class Registry:
                 raise RegistryError(f"body.key_id: key {b['key_id']} is already authorized", "body.key_id", "body")
             if index != 0 and b["party"] not in self.roles:
                 raise RegistryError(f"body.party: party {b['party']} is not registered", "body.party", "body")
-            self.keys[b["key_id"]] = KeyRecord(
+            self._set(self.keys, b["key_id"], KeyRecord(
                 b["party"], b["key_id"], b["public_key"], b["purpose"], index,
-                b["valid_from_us"], b["valid_until_us"], None, b["name"])
+                b["valid_from_us"], b["valid_until_us"], None, b["name"]))
             if index == 0:
-                self.root = e.chain
-                self.roles[e.chain] = frozenset({REGULATOR})
+                self._set_root(e.chain)
+                self._set(self.roles, e.chain, frozenset({REGULATOR}))
         elif e.type == "KeyRevoked":
             party, kid = _text(e.body, "party"), _text(e.body, "key_id")
             rec = self.keys.get(kid)
@@ -126,7 +164,7 @@ class Registry:
                 raise RegistryError(f"body.key_id: party {party} has no key {kid}", "body.key_id", "body")
             if rec.revoked_at is not None:
                 raise RegistryError(f"body.key_id: key {kid} is already revoked", "body.key_id", "body")
-            rec.revoked_at = index
+            self._set(self.keys, kid, dataclasses.replace(rec, revoked_at=index))
         elif e.type in ("PartyRegistered", "PartyDesignationChanged"):
             party = _text(e.body, "party")
             roles = e.body.get("roles")
@@ -139,7 +177,7 @@ class Registry:
                     raise RegistryError("body.roles: must be a list of role names", "body.roles", "body")
                 if party == self.root and REGULATOR not in roles:
                     raise RegistryError("body.roles: the root regulator keeps the REGULATOR role", "body.roles", "body")
-                self.roles[party] = frozenset(roles)
+                self._set(self.roles, party, frozenset(roles))
             elif e.type == "PartyRegistered":
                 raise RegistryError("body.roles: missing", "body.roles", "body")
         self.size = index + 1

@@ -94,7 +94,10 @@ def _log_ddl(t: Tables, backend: str) -> list[str]:
         " recorded_us BIGINT NOT NULL,"
         f" nodes {blob} NOT NULL,"
         " UNIQUE (chain, seq),"
-        " UNIQUE (command_id, chain))",
+        " UNIQUE (command_id, chain))" + ("" if backend == "sqlite" else
+        # as eventsourcing does for its events table: statistics early, so that the planner
+        # uses the command id index (idempotency look-ups) long before autovacuum's defaults
+        " WITH (autovacuum_analyze_threshold = 1000, autovacuum_analyze_scale_factor = 0.01)"),
         f"CREATE INDEX IF NOT EXISTS {log_name}_recorded ON {t.log} (recorded_us)",
         f"CREATE TABLE IF NOT EXISTS {t.checkpoints} ("
         " size BIGINT PRIMARY KEY,"
@@ -119,6 +122,15 @@ def _log_ddl(t: Tables, backend: str) -> list[str]:
             f"CREATE OR REPLACE FUNCTION {schema}.reledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
             "BEGIN RAISE EXCEPTION 'reledger: % is append-only (% refused)', TG_TABLE_NAME, TG_OP; END $$")
         stmts.append(
+            f"CREATE OR REPLACE FUNCTION {schema}.reledger_gap_free_stmt() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "DECLARE lo bigint; hi bigint; n bigint; below bigint; top bigint; "
+            "BEGIN SELECT MIN(idx), MAX(idx), COUNT(*) INTO lo, hi, n FROM reledger_new_rows; "
+            "IF n = 0 THEN RETURN NULL; END IF; "
+            f"SELECT COALESCE(MAX(idx), -1) INTO below FROM {t.log} WHERE idx < lo; "
+            f"SELECT MAX(idx) INTO top FROM {t.log}; "
+            "IF lo <> below + 1 OR hi - lo + 1 <> n OR top <> hi THEN "
+            "RAISE EXCEPTION 'reledger: the log index must be gap-free'; END IF; RETURN NULL; END $$")
+        stmts.append(
             f"CREATE OR REPLACE FUNCTION {schema}.reledger_gap_free() RETURNS trigger LANGUAGE plpgsql AS $$ "
             f"BEGIN IF NEW.idx <> (SELECT COALESCE(MAX(idx) + 1, 0) FROM {t.log}) THEN "
             "RAISE EXCEPTION 'reledger: the log index must be gap-free'; END IF; RETURN NEW; END $$")
@@ -131,8 +143,9 @@ def _log_ddl(t: Tables, backend: str) -> list[str]:
             stmts.append(f"CREATE TRIGGER {short}_no_truncate BEFORE TRUNCATE ON {table} "
                          f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.reledger_append_only()")
         stmts.append(f"DROP TRIGGER IF EXISTS {log_name}_gap_free ON {t.log}")
-        stmts.append(f"CREATE TRIGGER {log_name}_gap_free BEFORE INSERT ON {t.log} "
-                     f"FOR EACH ROW EXECUTE FUNCTION {schema}.reledger_gap_free()")
+        stmts.append(f"CREATE TRIGGER {log_name}_gap_free AFTER INSERT ON {t.log} "
+                     "REFERENCING NEW TABLE AS reledger_new_rows "
+                     f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.reledger_gap_free_stmt()")
     return stmts
 
 
@@ -154,7 +167,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
             try:
                 stored_events, log_rows, result = plan(cur)
                 if stored_events:
-                    self._insert_events(SQLiteCursor(cur), stored_events)
+                    cur.executemany(self.insert_events_statement, [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events])
                     cur.executemany(self.tables.q(
                         "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
@@ -251,9 +264,11 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     if stored_events:
                         self._notify_channel(cur)
                         PostgresAggregateRecorder._insert_stored_events(self, cur, stored_events)
-                        cur.executemany(self.tables.q(
+                        # the whole batch in one statement: one round trip, one gap check
+                        cur.execute(self.tables.q(
                             "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
+                            "SELECT * FROM unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[], ?::text[], "
+                            "?::bytea[], ?::bigint[], ?::bytea[])"), [list(col) for col in zip(*log_rows)])
             return result
 
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
@@ -369,7 +384,8 @@ class LedgerStore:
         self.tables: Tables = self.recorder.tables
         self.queries = Queries(self.tables)
         self._lock = threading.Lock()  # one writer per process; the DB lock serializes processes
-        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2,
+        self._workers = workers or os.cpu_count() or 2
+        self._pool = ThreadPoolExecutor(max_workers=self._workers,
                                         thread_name_prefix="reledger-verify")
         # Caches valid while the log size in the database equals self._size.
         self._size = -1
@@ -520,15 +536,24 @@ class LedgerStore:
     def prepare(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> "_Prepared":
         """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`."""
         registry = self._registry
-        futures = [self._pool.submit(_precheck, list(g), registry) for g in groups]
+        futures = []
+        for g in groups:
+            g = list(g)
+            # split a large group over the pool: Ed25519 releases the GIL, so every core verifies
+            size = max(64, -(-len(g) // self._workers))
+            offsets = list(range(0, len(g), size)) or [0]
+            futures.append(_Joined([self._pool.submit(_precheck, g[o:o + size], registry) for o in offsets], offsets))
         return _Prepared(futures)
 
     def finish(self, prepared: "_Prepared") -> list[list[Receipt] | AppendError]:
         checked = [f.result() for f in prepared.futures]
         with self._lock:
             try:
+                before = self._size
                 result = self.recorder.write(lambda cur: self._plan(cur, checked))
                 result.on_commit()
+                if self.db.backend == "postgres" and before >= 0 and self._size // 50_000 > before // 50_000:
+                    self._analyze()  # a bulk load outruns autovacuum: keep the planner's statistics fresh
                 return list(result)
             except ESIntegrityError as e:
                 self._size = -1  # another writer got there first: reload caches next time
@@ -597,7 +622,8 @@ class LedgerStore:
                 continue
             g_frontier = frontier.copy()
             g_heads: dict[str, tuple[int, bytes]] = {}
-            g_registry = registry.copy() if any(s.entry.type in REGISTRY_TYPES for s, _ in group) else registry
+            g_registry = registry  # a refused group's registry changes are rolled back (journal)
+            g_mark = registry.mark()
             g_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
             g_events, g_rows, receipts = [], [], []
             g_receipts: dict[int, Receipt] = {}
@@ -648,9 +674,10 @@ class LedgerStore:
                     g_receipts[g_index] = receipts[-1]
                     g_index += 1
             except AppendError as err:
+                registry.rollback(g_mark)
                 results.append(err)
                 continue
-            frontier, registry, index = g_frontier, g_registry, g_index
+            frontier, index = g_frontier, g_index
             heads.update(g_heads)
             batch_commands.update(g_commands)
             batch_receipts.update(g_receipts)
@@ -658,12 +685,20 @@ class LedgerStore:
             rows += g_rows
             results.append(receipts)
         registry.size = index
+        registry.forget()
 
         def commit_caches() -> None:
             self._frontier, self._heads, self._registry = frontier, heads, registry
             self._size, self._last_us = index, recorded_us if rows else last_us
 
         return events, rows, _AfterCommit(results, commit_caches)
+
+    def _analyze(self) -> None:
+        try:
+            with self.recorder.datastore.get_connection() as conn:
+                conn.execute(f"ANALYZE {self.tables.log}")
+        except Exception:  # noqa: BLE001 - statistics are an optimisation, never a failure
+            pass
 
     def _receipt_of(self, cur, index: int, duplicate: bool) -> Receipt:
         rec = self.queries.records(cur, index, index + 1)[0]
@@ -695,6 +730,24 @@ class _AfterCommit(list):
     def __init__(self, results: list, on_commit):
         super().__init__(results)
         self.on_commit = on_commit
+
+
+class _Joined:
+    """The prechecks of one group's chunks, answered as one (positions of the whole group)."""
+
+    def __init__(self, futures: list[Future], offsets: list[int]):
+        self.futures, self.offsets = futures, offsets
+
+    def result(self):
+        out: list = []
+        for f, off in zip(self.futures, self.offsets):
+            r = f.result()
+            if isinstance(r, AppendError):
+                if r.position is not None:
+                    r.position += off
+                return r
+            out += r
+        return out
 
 
 @dataclass

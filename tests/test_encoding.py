@@ -508,3 +508,32 @@ def test_parse_time_calendar_edges(text, ok):
     else:
         with pytest.raises(EncodingError):
             parse_time(text)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.text(max_size=5)
+                    | st.binary(max_size=5) | st.floats(allow_nan=False),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=4), max_leaves=12),
+       st.booleans())
+def test_fast_decode_judges_like_the_strict_decoder(value, sort_keys):
+    """decode() takes a fast path for canonical input; it must accept and refuse exactly what
+    the strict decoder does, with the same value."""
+    from ledger.encoding import _decode_strict
+
+    def order(v):
+        if isinstance(v, dict):
+            items = sorted(v.items()) if sort_keys else list(v.items())
+            return {k: order(x) for k, x in items}
+        if isinstance(v, list):
+            return [order(x) for x in v]
+        return v
+
+    data = msgpack.packb(order(value), use_bin_type=True)
+    try:
+        expected = ("ok", _decode_strict(data))
+    except EncodingError:
+        expected = ("refused", None)
+    try:
+        got = ("ok", decode(data))
+    except EncodingError:
+        got = ("refused", None)
+    assert got == expected

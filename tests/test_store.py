@@ -1176,10 +1176,6 @@ def test_reopening_restores_dropped_triggers(led, mine):
     assert verify_database(url, workers=1).ok
 
 
-@pytest.mark.xfail(strict=True, reason="PERF BUG: ledger/store.py _plan deep-copies the whole key registry "
-                                       "(Registry.copy = copy.deepcopy, ledger/registry.py) for every group that "
-                                       "holds a registry entry, so group commit of G registration groups costs "
-                                       "O(G x keys): 200 groups over ~2000 keys took 17.7 s vs 0.24 s as one group")
 def test_registration_groups_do_not_copy_the_whole_registry(led, monkeypatch):
     from ledger.registry import Registry
 
