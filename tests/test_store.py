@@ -1491,3 +1491,19 @@ def test_registry_against_a_model(db_url, ops):
         led.close()
         if is_pg(url):
             drop_schema(url.rsplit("schema=", 1)[1])
+
+
+@pytest.mark.parametrize("bad_at", [0, 130, 499])
+def test_large_group_reports_the_position_of_its_bad_entry(led, mine, bad_at):
+    group = [fact(mine, advance=False)]
+    for _ in range(499):
+        group.append(fact(ChainSigner(mine.key, group[-1].entry.seq, group[-1].hash), advance=True))
+    good = list(group)
+    group[bad_at] = b"\x00bad"
+    err = assert_refused(led, group, "malformed")
+    assert err.position == bad_at
+    forged = list(good)
+    forged[bad_at] = SignedEntry.from_parts(good[bad_at].content, bytes(64))
+    err = assert_refused(led, forged, "signature")
+    assert err.position == bad_at
+    assert [r.seq for r in led.store.append(good)] == list(range(1, 501))
