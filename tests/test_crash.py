@@ -83,7 +83,7 @@ def _inserting(url: str) -> str | None:
 def _run(url: str, path, wait_for: str, delay: float | None) -> tuple[str, int]:
     """Start the writer; once it is at ``wait_for`` ('ready': checking signatures, no lock yet;
     'locked': its write transaction holds the write lock; 'inserting': rows are being
-    inserted) wait ``delay`` seconds (or until it exits; None: let it finish) and kill it with SIGKILL. Returns
+    inserted; 'inserting log': the log rows, the last statement before the commit) wait ``delay`` seconds (or until it exits; None: let it finish) and kill it with SIGKILL. Returns
     the phase seen ('ready', 'locked', 'inserting events', 'inserting log', or 'finished'
     when the writer completed before it was seen) and the writer's exit code."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(path)], stdout=subprocess.PIPE, text=True)
@@ -94,6 +94,8 @@ def _run(url: str, path, wait_for: str, delay: float | None) -> tuple[str, int]:
             deadline = time.monotonic() + 30
             while True:
                 seen = _write_lock_held(url) if wait_for == "locked" else _inserting(url)
+                if wait_for == "inserting log" and seen != "log":
+                    seen = None  # wait for the second insert, the last statement before COMMIT
                 if seen:
                     phase = wait_for if seen is True else f"inserting {seen}"
                     break
@@ -125,7 +127,8 @@ def _wait_lock_released(url: str) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("wait_for,delay", [("ready", 0), ("locked", 0), ("inserting", 0), ("locked", None)])
+@pytest.mark.parametrize("wait_for,delay", [("ready", 0), ("locked", 0), ("inserting", 0), ("inserting log", 0),
+                                            ("locked", None)])
 def test_sigkill_during_large_append(batch_file, wait_for, delay):
     key, path, full_signer = batch_file
     schema = "t_" + uuid.uuid4().hex[:12]
@@ -161,9 +164,9 @@ def test_sigkill_during_large_append(batch_file, wait_for, delay):
         assert rep.entries == after + 1
         if delay is None:
             assert after == before + BATCH and code == 0  # long enough: the batch completed
-        elif delay == 0 and phase in ("ready", "locked", "inserting events"):
+        elif delay == 0 and phase in ("ready", "locked", "inserting events", "inserting log"):
             # killed before the write began, as the write lock was taken, or while the events
-            # were inserted (the log rows and the commit were still to come)
+            # or the log rows were inserted (the commit was still to come)
             assert after == before
     finally:
         drop_schema(schema)
