@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from . import merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from .encoding import micros_to_time_text
+from .encoding import EncodingError
 from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
 from .keys import key_id as compute_key_id
 from .registry import REGISTRY_TYPES, Registry, RegistryError
@@ -333,19 +334,31 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         log_count, log_min = cur.fetchone()
         events = r.queries.events_count(cur)
         unlogged = r.queries.unlogged_events(cur)
+        cur.execute(r.tables.q("SELECT chain, command_id FROM {log} GROUP BY chain, command_id "
+                               "HAVING COUNT(*) > 1 LIMIT 1"))
+        duplicate_commands = cur.fetchall()
         damaged = []
         for _what, sql in r.tables.damaged_rows():
             cur.execute(r.tables.q(sql))
             damaged += [(row[0], row[1]) for row in cur.fetchall()]
         r.end_snapshot()
     cps = list(stored_cps)
+    external = []
     for note in checkpoint_notes:
         try:
             text = note.split(b"\n\n", 1)[0] + b"\n"
             cp = Checkpoint.parse(text)
             cps.append((cp.size, cp.root, note))
+            external.append(cp.size)
         except (ValueError, IndexError) as e:
             raise ValueError(f"an external checkpoint is malformed: {e}") from e
+    clean = (not damaged and not unlogged and not duplicate_commands and log_min in (None, 0)
+             and int(log_count) == span == size and events == size)
+    if clean:
+        fast = _fast_verify(url, span, registry_records, sorted(cps), workers, trusted_genesis,
+                            list(trusted_checkpoint_keys), progress)
+        if fast is not None:
+            return fast
     v = LogVerifier(cps, expected_size=span, trusted_genesis=trusted_genesis,
                     trusted_checkpoint_keys=trusted_checkpoint_keys)
     ranges = [(s, min(span, s + chunk)) for s in range(0, span, chunk)]
@@ -369,6 +382,185 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
     elif events != rep.entries - sum(1 for p in rep.problems if p.code == "missing"):
         rep.problems.append(Problem("unlogged", f"the events table holds {events} entries, the log {rep.entries}"))
     return rep
+
+
+# --- the fast path: a clean log checked range by range on every core --------------------------
+#
+# Every check of LogVerifier runs here too, but each worker process checks a whole aligned
+# range of 2**FAST_BITS entries on its own (signatures, key validity from a key timeline built
+# from the registry entries first, chain links and record times inside the range, the Merkle
+# subtree of the range against the stored nodes) and returns a summary; the parent joins the
+# ranges (chain links and times across them, the tree above them, every checkpoint). Any doubt
+# returns None, and verify_database then runs the detailed path, which names every problem.
+
+FAST_BITS = 12
+
+
+def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, registry_indices: frozenset,
+                cp_sizes: tuple) -> tuple | None:
+    from .reader import LogReader
+
+    with LogReader(url) as r:
+        records = r.queries.records(r.cursor(), start, stop)
+    if len(records) != stop - start:
+        return None
+    frontier = merkle.Frontier()
+    first: dict[str, tuple[int, bytes]] = {}
+    last: dict[str, tuple[int, bytes]] = {}
+    cp_local: dict[int, list[bytes]] = {}
+    previous_us = -1
+    extra = b""
+    for i, rec in enumerate(records):
+        idx = start + i
+        if rec.index != idx or rec.envelope is None or rec.recorded_us < previous_us:
+            return None
+        previous_us = rec.recorded_us
+        try:
+            s = SignedEntry.parse(rec.envelope)
+            leaf = merkle.leaf_hash(leaf_bytes(s.hash, idx, micros_to_time_text(rec.recorded_us)))
+        except (EntryError, EncodingError, OverflowError, ValueError):
+            return None
+        e = s.entry
+        if (rec.chain, rec.seq, rec.type, rec.entry_hash, rec.command_id) != (e.chain, e.seq, e.type, s.hash,
+                                                                             e.command_id):
+            return None
+        if e.type in REGISTRY_TYPES:
+            if idx not in registry_indices:  # checked, in order, before the ranges
+                return None
+        else:
+            k = keys.get(e.key_id)
+            if (k is None or k[0] != e.chain or k[2] >= idx or (k[3] is not None and k[3] < idx)
+                    or rec.recorded_us < k[4] or (k[5] is not None and rec.recorded_us >= k[5])
+                    or registered.get(e.chain, idx) >= idx or not s.signature_valid(k[1])):
+                return None
+        if e.chain in last:
+            seq, head = last[e.chain]
+            if e.seq != seq + 1 or e.prev != head:
+                return None
+        else:
+            first[e.chain] = (e.seq, e.prev)
+        last[e.chain] = (e.seq, s.hash)
+        completed = b"".join(h for _, _, h in frontier.append(leaf))
+        if rec.nodes != completed:
+            # only the range's last leaf may complete nodes above the range (checked by the parent)
+            if i != len(records) - 1 or not rec.nodes.startswith(completed):
+                return None
+            extra = rec.nodes[len(completed):]
+        if idx + 1 in cp_sizes:
+            cp_local[idx + 1] = list(frontier.hashes)
+    return (first, last, records[0].recorded_us, previous_us, list(frontier.hashes), extra, cp_local)
+
+
+def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list, workers: int,
+                 trusted_genesis: str | None, trusted_checkpoint_keys: list[str],
+                 progress: Callable[[int, int], None] | None) -> Report | None:
+    rep = Report()
+    # 1. the registry, in log order: its entries fully checked, and the key timeline
+    registry = Registry()
+    registered: dict[str, int] = {}
+    for rec in registry_records:
+        if rec.envelope is None:
+            return None
+        try:
+            s = SignedEntry.parse(rec.envelope)
+            pub = registry.key_for(s, rec.index, rec.recorded_us)
+            if not s.signature_valid(pub):
+                return None
+            registry.apply(s, rec.index)
+        except (EntryError, RegistryError):
+            return None
+        for party in registry.roles:
+            registered.setdefault(party, rec.index)
+        if rec.index == 0:
+            rep.genesis = s.hash.hex()
+    if not registry_records or registry_records[0].index != 0:
+        return None
+    if trusted_genesis and trusted_genesis != rep.genesis:
+        return None
+    keys = {k.key_id: (k.party, k.public_key, k.authorized_at, k.revoked_at, k.valid_from_us, k.valid_until_us)
+            for k in registry.keys.values() if k.purpose == "entries"}
+    indices = frozenset(r.index for r in registry_records)
+    if any(size > span for size, _, _ in checkpoints):
+        return None
+    size_unit = 1 << FAST_BITS
+    ranges = [(a, min(span, a + size_unit)) for a in range(0, span, size_unit)]
+    jobs = [(url, a, b, keys, registered, indices, tuple(sz for sz, _, _ in checkpoints if a < sz <= b))
+            for a, b in ranges]
+    # 2. the ranges, joined in order
+    chunks = merkle.Frontier()  # the tree above the ranges: one leaf per full range
+    heads: dict[str, tuple[int, bytes]] = {}
+    roots: dict[int, bytes] = {}
+    last_us = -1
+    done = 0
+    for (a, b), result in zip(ranges, _map_jobs(_fast_range, jobs, workers)):
+        if result is None:
+            return None
+        first, last, first_us, end_us, local, extra, cp_local = result
+        if first_us < last_us:
+            return None
+        last_us = end_us
+        for chain, (seq, prev) in first.items():
+            head_seq, head_hash = heads.get(chain, (0, ZERO_HASH))
+            if seq != head_seq + 1 or prev != head_hash:
+                return None
+        heads.update(last)
+        for size, hashes in cp_local.items():
+            roots[size] = merkle._fold(chunks.hashes + hashes)
+        if b - a == size_unit:
+            above = chunks.append(local[0])[1:]
+            if extra != b"".join(h for _, _, h in above):
+                return None
+        elif extra or b != span:
+            return None
+        else:
+            chunks = merkle.Frontier(a + (b - a), chunks.hashes + local)  # the last, partial range
+        done += b - a
+        if progress:
+            progress(done, span)
+    if span and chunks.size != span:  # the last range was full: count its leaves, not ranges
+        chunks = merkle.Frontier(span, chunks.hashes)
+    # 3. the checkpoints: root, signature by a checkpoint key of the log, origin
+    verifiers_for = (lambda size: [NoteVerifier.from_vkey(v) for v in trusted_checkpoint_keys]) \
+        if trusted_checkpoint_keys else (lambda size: [
+            NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key))
+            for k in registry.checkpoint_keys(size) if k.name])
+    for size, root, note in checkpoints:
+        expected = merkle.EMPTY_ROOT if size == 0 else roots.get(size)
+        try:
+            text, signed_by = open_note(note, verifiers_for(size))
+            cp = Checkpoint.parse(text)
+        except (NoteError, ValueError):
+            return None
+        if expected is None or cp.size != size or cp.root != root or root != expected or \
+                all(cp.origin != v.name for v in signed_by):
+            return None
+        rep.checkpoints += 1
+    rep.entries = span
+    rep.size = span
+    rep.chains = len(heads)
+    rep.keys = len(registry.keys)
+    rep.root = merkle._fold(chunks.hashes) if span else merkle.EMPTY_ROOT
+    return rep
+
+
+def _map_jobs(fn, jobs: list[tuple], workers: int) -> Iterator[Any]:
+    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending = [pool.submit(fn, *job) for job in jobs[: workers * 2]]
+        nxt = len(pending)
+        while pending:
+            f = pending.pop(0)
+            if nxt < len(jobs):
+                pending.append(pool.submit(fn, *jobs[nxt]))
+                nxt += 1
+            yield f.result()
 
 
 def _max_index(r) -> int:
