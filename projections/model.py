@@ -267,6 +267,21 @@ class Projector:
         return "RECYCLER" in roles and "SEPARATION" not in roles
 
     # --- the fold ---------------------------------------------------------------------------
+    def unreadable(self, index: int, recorded_us: int, chain: str, seq: int, entry_hash: bytes,
+                   reason: str) -> Deltas:
+        """An entry that cannot be read (a damaged database: `reledger verify` names it): the
+        position advances and the projections flag it, so that everything else can be shown."""
+        if index != self.position:
+            raise ValueError(f"projector at position {self.position} was given log index {index}")
+        self.position = index + 1
+        self.chain_hashes.setdefault(chain, []).append(entry_hash)
+        d = Deltas()
+        ref = Ref(chain, seq, entry_hash.hex(), index)
+        self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
+                      f"log index {index} ({chain}:{seq}) cannot be read: {reason}; run reledger verify", [], ref,
+                      recorded_us)
+        return d
+
     def apply(self, index: int, recorded_us: int, signed: SignedEntry) -> Deltas:
         if index != self.position:
             raise ValueError(f"projector at position {self.position} was given log index {index}")

@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from ledger.entry import SignedEntry
+from ledger.entry import EntryError, SignedEntry
 from ledger.reader import DatabaseURL, LogReader, Record
 
 from .model import Deltas, Finding, Projector
@@ -146,7 +146,7 @@ class ProjectionStore:
                             "ORDER BY position DESC LIMIT 1", (pos,))
         proj = pickle.loads(bytes(rows[0][1])) if rows else Projector()
         for rec in reader.iter_records(proj.position, pos):
-            proj.apply(rec.index, rec.recorded_us, SignedEntry.parse(rec.envelope))  # state only: rows exist
+            _apply_record(proj, rec)  # state only: the rows exist
         self.projector = proj
         return proj
 
@@ -177,9 +177,8 @@ class ProjectionStore:
         rows: dict[str, list] = {t: [] for t in ("quota", "stock", "flow", "lots", "parties", "credit", "findings")}
         findings: list[Finding] = []
         for rec in page:
-            signed = SignedEntry.parse(rec.envelope)
-            d: Deltas = proj.apply(rec.index, rec.recorded_us, signed)
-            occ = _occ(signed, rec.recorded_us)
+            d, signed = _apply_record(proj, rec)
+            occ = _occ(signed, rec.recorded_us) if signed is not None else rec.recorded_us
             i = rec.index
             rows["quota"] += [(i, occ, *r[:6]) for r in d.quota]
             rows["stock"] += [(i, occ, *r) for r in d.stock]
@@ -261,6 +260,19 @@ class ProjectionStore:
             Follower(store, lambda: self.catch_up(on_findings=on_findings), poll=poll).run_until(stop)
         finally:
             store.close()
+
+
+def _apply_record(proj: Projector, rec: Record) -> tuple[Deltas, SignedEntry | None]:
+    if rec.index != proj.position:
+        raise TrackingError(f"the log has no entry at index {proj.position} (a gap: run reledger verify)")
+    try:
+        signed = SignedEntry.parse(rec.envelope) if rec.envelope is not None else None
+    except EntryError as e:
+        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e)), None
+    if signed is None:
+        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash,
+                               "the entry is missing from the events table"), None
+    return proj.apply(rec.index, rec.recorded_us, signed), signed
 
 
 def _occ(signed: SignedEntry, recorded_us: int) -> int:
