@@ -22,7 +22,19 @@ total time of its samples. Targets: batched append >= 0.8 L; append at 10^5 >= 0
 10^3; verify >= 0.8 c*V. Missing a target is reported, not an error: the exit status is 0
 unless the benchmark could not run (2) or a ledger it built failed verification (1).
 
-Run: ``python -m bench.run [--quick] [--json] [--backend sqlite|postgres|both] [--pg URL]``.
+Two more suites run in the same invocation (``--suite core|http|projections|all``, default all;
+their figures and ratios are under ``suites`` in the JSON document):
+
+* **http** (bench/http_suite.py): a real ``reledger serve`` process on loopback, 1/4/16
+  concurrent clients, one entry per request and batched requests, against the same framework's
+  trivial endpoint and in-process ``CommandAPI.submit`` on the same backend;
+* **projections** (bench/projections_suite.py): ``ProjectionStore.rebuild`` against the raw
+  read rate of the same log, a point-in-time quota query on a large log
+  (``--large-projections N``, default 10^6, 2*10^4 with --quick) against its full replay, and
+  the projections' lag behind a writer appending at a fixed rate.
+
+Run: ``python -m bench.run [--quick] [--json] [--suite core|http|projections|all]
+[--backend sqlite|postgres|both] [--pg URL] [--large-projections N]``.
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ from typing import Any, Callable, Sequence
 from . import workload as wl
 from .backends import DEFAULT_PG, Backend, PostgresBackend, SQLiteBackend, pg_reachable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+SUITES = ("core", "http", "projections")
 TARGETS = {"append_batch/L_batch": 0.8, "append_large/append_small": 0.9, "verify/cV": 0.8}
 
 # Every figure and ratio the JSON document carries for a backend (the smoke test checks them).
@@ -302,6 +315,13 @@ def _fmt_rate(x: float) -> str:
 
 
 def render(doc: dict[str, Any], console) -> None:
+    render_core(doc, console)
+    from .report import render_suites
+
+    render_suites(doc, console)
+
+
+def render_core(doc: dict[str, Any], console) -> None:
     from rich.table import Table
 
     labels = {
@@ -360,6 +380,8 @@ def render(doc: dict[str, Any], console) -> None:
         console.print(t)
         for p in b["problems"]:
             console.print(f"[red]{name}: {p}[/red]")
+    if "core" not in doc.get("suites_run", ("core",)):
+        return
     console.print("P: eventsourcing's recorder.insert_events of the same envelopes, unsigned; "
                   "L = 1/(1/P + 1/(c*V)); append: LedgerStore.append (singly) and append_pipelined "
                   "(batched) of pre-signed envelopes; cores: CPU time of this process / wall time "
@@ -392,6 +414,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
     p.add_argument("--batch", type=int, default=None, help="entries per batch (default 500)")
     p.add_argument("--large", type=int, default=None, help="size of the large log (default 100000)")
+    p.add_argument("--suite", choices=SUITES + ("all",), default="all",
+                   help="which suite to run: core (ledger append/verify), http (server ingest), projections "
+                        "(rebuild, point-in-time query, lag); default all")
+    p.add_argument("--large-projections", type=int, default=None, metavar="N",
+                   help="entries of the projections suite's large log (default 10^6; 2*10^4 with --quick)")
     return p.parse_args(argv)
 
 
@@ -442,39 +469,81 @@ def main(argv: list[str] | None = None) -> int:
             backends_doc["postgres"] = {"skipped": reason}
             wanted.remove("postgres")
 
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    skipped = dict(backends_doc)
     t0 = time.perf_counter()
     load_before = _loadavg()
     c = os.cpu_count() or 1
-    log("signing the workload")
-    setup_len = 3 + 2 * sizes.parties
-    work = wl.build(sizes.business_entries(setup_len), parties=sizes.parties)
-    assert len(work.setup) == setup_len
-    log(f"signed {len(work.all):,} entries in {time.perf_counter() - t0:.1f} s")
-
     status = 0
-    for name in wanted:
-        backend: Backend = SQLiteBackend(sqlite_dir) if name == "sqlite" else PostgresBackend(pg_url)
-        try:
-            res = run_backend(backend, work, sizes, log)
-        finally:
-            backend.cleanup()
-        f = res.figures(c)
-        backends_doc[name] = {"info": res.info, "figures": f, "ratios": res.ratios(f), "sizes": res.sizes,
-                              "detail": {k: a.to_dict() for k, a in res.accs.items()},
-                              "verify_report": res.verify_report, "problems": res.problems}
-        if res.problems:
-            status = 1
+    work = None
+    if "core" in suites:
+        log("signing the workload")
+        setup_len = 3 + 2 * sizes.parties
+        work = wl.build(sizes.business_entries(setup_len), parties=sizes.parties)
+        assert len(work.setup) == setup_len
+        log(f"signed {len(work.all):,} entries in {time.perf_counter() - t0:.1f} s")
+
+        for name in wanted:
+            backend: Backend = SQLiteBackend(sqlite_dir) if name == "sqlite" else PostgresBackend(pg_url)
+            try:
+                res = run_backend(backend, work, sizes, log)
+            finally:
+                backend.cleanup()
+            f = res.figures(c)
+            backends_doc[name] = {"info": res.info, "figures": f, "ratios": res.ratios(f), "sizes": res.sizes,
+                                  "detail": {k: a.to_dict() for k, a in res.accs.items()},
+                                  "verify_report": res.verify_report, "problems": res.problems}
+            if res.problems:
+                status = 1
+
+    suites_doc: dict[str, Any] = {}
+    suite_params: dict[str, Any] = {}
+    for suite in suites:
+        if suite == "core":
+            continue
+        from .http_suite import HttpSizes, run_http
+        from .projections_suite import ProjSizes, run_projections
+
+        if suite == "http":
+            ssizes: Any = HttpSizes.quick() if args.quick else HttpSizes()
+            runner: Callable = run_http
+        else:
+            ssizes = ProjSizes.quick() if args.quick else ProjSizes()
+            if args.large_projections is not None:
+                ssizes = ProjSizes(**{**ssizes.__dict__, "large": args.large_projections})
+            runner = run_projections
+        suite_params[suite] = ssizes.__dict__
+        sdoc: dict[str, Any] = dict(skipped)
+        for name in wanted:
+            backend = SQLiteBackend(sqlite_dir) if name == "sqlite" else PostgresBackend(pg_url)
+            try:
+                sdoc[name] = runner(backend, ssizes, log)
+            except Exception as e:  # noqa: BLE001 - reported in the document; exit status 1
+                import traceback
+
+                sdoc[name] = {"info": backend.describe(), "figures": {}, "ratios": {}, "limits": {}, "sizes": {},
+                              "detail": {"traceback": traceback.format_exc()[-4000:]},
+                              "problems": [f"the {suite} suite failed: {type(e).__name__}: {e}"]}
+            finally:
+                backend.cleanup()
+            if sdoc[name]["problems"]:
+                status = 1
+        suites_doc[suite] = sdoc
 
     doc = {
         "schema": SCHEMA_VERSION, "quick": args.quick, "c": c, "seconds": time.perf_counter() - t0,
+        "suites_run": suites,
         "params": sizes.__dict__,
+        "suite_params": suite_params,
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "loadavg_before": load_before, "loadavg_after": _loadavg(),
                     "eventsourcing": _version("eventsourcing"), "cryptography": _version("cryptography")},
-        "workload": {"entries": len(work.all), "setup_entries": len(work.setup), "parties": work.parties,
-                     "mean_envelope_bytes": work.mean_size()},
+        "workload": None if work is None else {
+            "entries": len(work.all), "setup_entries": len(work.setup), "parties": work.parties,
+            "mean_envelope_bytes": work.mean_size()},
         "targets": TARGETS,
-        "backends": backends_doc,
+        "backends": backends_doc if "core" in suites else {},
+        "suites": suites_doc,
     }
     if args.json:
         out.file.write(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,123 @@
+"""Tables of the http and projections suites (``reledger bench`` without --json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _num(x: float, unit: str) -> str:
+    if unit == "ms":
+        return f"{x:,.1f}"
+    if unit == "s":
+        return f"{x:,.3f}"
+    return f"{x:,.0f}"
+
+
+def _met(met: Any) -> str:
+    return "" if met is None else ("[green]yes[/green]" if met else "[red]no[/red]")
+
+
+def render_suites(doc: dict[str, Any], console) -> None:
+    from rich.console import Console
+
+    if console.width < 140:
+        console = Console(width=140, file=console.file)
+    for suite, per_backend in doc.get("suites", {}).items():
+        for name, b in per_backend.items():
+            if "skipped" in b:
+                console.print(f"[yellow]{suite} / {name}: skipped: {b['skipped']}[/yellow]")
+                continue
+            if suite == "http":
+                _http_table(b, name, console)
+            else:
+                _projections_table(b, name, console)
+            for p in b["problems"]:
+                console.print(f"[red]{suite} / {name}: {p}[/red]")
+            tb = b.get("detail", {}).get("traceback")
+            if tb:
+                console.print(tb)
+
+
+def _table(title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col, justify in (("figure", "left"), ("value", "right"), ("unit", "left"), ("p50 ms", "right"),
+                         ("p99 ms", "right"), ("ratio", "right"), ("target", "right"), ("met", "left")):
+        t.add_column(col, justify=justify)
+    return t
+
+
+def _http_table(b: dict[str, Any], name: str, console) -> None:
+    f, r, lim = b["figures"], b["ratios"], b["limits"]
+    if not f:
+        return
+    t = _table(f"reledger bench http - {name} ({b['info'].get('where', '')})")
+    for n in (1, 4, 16):
+        for kind, label in (("trivial", "trivial endpoint"), ("http_single", "server, 1 entry/request"),
+                            ("http_batch", f"server, {b['sizes']['batch']} entries/request")):
+            key = f"{kind}_c{n}"
+            if key not in f:
+                continue
+            ratio, target, met = "", "", ""
+            if kind == "http_single":
+                rr = r[f"{key}/trivial_c{n}"]
+                ratio = f"{rr['value']:.2f} of trivial"
+                target = "" if rr["target"] is None else f">= {rr['target']}"
+                met = _met(rr["met"])
+                if n == 16:
+                    lm = lim["http_single_c16_p99_ms"]
+                    target += f"; p99 < {lm['target']:.0f} ms"
+                    met = _met(rr["met"] and lm["met"])
+            elif kind == "http_batch":
+                rr = r[f"{key}/inproc_batch"]
+                ratio = f"{rr['value']:.2f} of in-proc"
+                if n == 16:
+                    lm = lim["http_batch_c16"]
+                    target, met = f">= {lm['target']:,.0f}/s", _met(lm["met"])
+            unit = "req/s" if kind == "trivial" else "entries/s"
+            t.add_row(f"{label}, {n} client{'s' if n > 1 else ''}", _num(f[key], ""), unit,
+                      _num(f[f"{key}_p50_ms"], "ms"), _num(f[f"{key}_p99_ms"], "ms"), ratio, target, met)
+    if "inproc_batch" in f:
+        d = b["detail"]["inproc_batch"]
+        t.add_row(f"in-process CommandAPI.submit, {b['sizes']['batch']}/group", _num(f["inproc_batch"], ""),
+                  "entries/s", _num(d["p50_ms"], "ms"), _num(d["p99_ms"], "ms"), "", "", "")
+    console.print(t)
+    console.print(f"each configuration at most {b['sizes']['seconds']} s; one chain per client; the server: "
+                  "`reledger serve` (uvicorn, one process) with group commit and the findings hook; log "
+                  f"{b['sizes']['log_size']:,} entries at the end.")
+
+
+def _projections_table(b: dict[str, Any], name: str, console) -> None:
+    f, r, lim, sz = b["figures"], b["ratios"], b["limits"], b["sizes"]
+    if not f:
+        return
+    t = _table(f"reledger bench projections - {name} ({b['info'].get('where', '')})")
+
+    def ratio_cells(key: str, label: str) -> tuple[str, str, str]:
+        rr = r[key]
+        return (f"{rr['value']:.3g} {label}", "" if rr["target"] is None else f">= {rr['target']}", _met(rr["met"]))
+
+    t.add_row(f"read raw (iter_records + parse), {sz['rebuild_log']:,} entries", _num(f["read_raw"], ""), "entries/s",
+              "", "", "", "", "")
+    t.add_row("ProjectionStore.rebuild, same log", _num(f["rebuild"], ""), "entries/s", "", "",
+              *ratio_cells("rebuild/read_raw", "of read raw"))
+    t.add_row("  (the log written through CommandAPI)", _num(f["append_api"], ""), "entries/s", "", "", "", "", "")
+    t.add_row(f"large log: append, {sz['large_log']:,} entries", _num(f["large_append"], ""), "entries/s", "", "", "",
+              "", "")
+    t.add_row("large log: read raw", _num(f["large_read_raw"], ""), "entries/s", "", "", "", "", "")
+    t.add_row("large log: full replay (rebuild)", _num(f["large_replay"], ""), "entries/s", "", "",
+              *ratio_cells("large_replay/large_read_raw", "of read raw"))
+    lm = lim["quota_query_ms"]
+    rr = r["quota_query/large_replay"]
+    t.add_row(f"quota at Point(as_of={sz['large_log'] // 2:,})", _num(f["quota_query_ms"], "ms"), "ms", "", "",
+              f"{rr['value']:.2g} of a replay", f"< {lm['target']:.0f} ms", _met(lm["met"]))
+    t.add_row(f"lag: writer at {f['lag_append_rate']:,.0f} entries/s", _num(f["lag_entries_p50"], ""), "entries (p50)",
+              "", "", "", "", "")
+    t.add_row("", _num(f["lag_entries_p99"], ""), "entries (p99)", "", "", "", "", "")
+    t.add_row("", _num(f["lag_seconds_p50"] * 1000, "ms"), "ms (p50)", "", "", "", "", "")
+    t.add_row("", _num(f["lag_seconds_p99"] * 1000, "ms"), "ms (p99)", "", "", "", "", "")
+    console.print(t)
+    console.print(f"realistic log (registry, quota, production, transfers, separation, stock counts, monthly "
+                  f"reports); the large log signed in {sz['large_sign_seconds']} s; lag: ProjectionStore.follow in a "
+                  f"thread, writer batches of {sz['lag_batch']}.")
