@@ -41,7 +41,7 @@ def _check_backend(doc: dict, name: str) -> None:
 
 
 def test_bench_quick_sqlite_json(capsys):
-    doc = _run(capsys, "--backend", "sqlite")
+    doc = _run(capsys, "--suite", "core", "--backend", "sqlite")
     assert doc["quick"] is True and doc["schema"] == run.SCHEMA_VERSION
     assert set(doc["backends"]) == {"sqlite"}
     assert doc["workload"]["mean_envelope_bytes"] > 0
@@ -50,7 +50,7 @@ def test_bench_quick_sqlite_json(capsys):
 
 @pytest.mark.postgres
 def test_bench_quick_postgres_json(capsys, pg_url):
-    doc = _run(capsys, "--backend", "postgres", "--pg", pg_url)
+    doc = _run(capsys, "--suite", "core", "--backend", "postgres", "--pg", pg_url)
     assert set(doc["backends"]) == {"postgres"}
     _check_backend(doc, "postgres")
     # its temporary schemas are gone
@@ -65,10 +65,111 @@ def test_bench_quick_postgres_json(capsys, pg_url):
 
 
 def test_bench_table_output(capsys):
-    assert run.main(["--quick", "--backend", "sqlite"]) == 0
+    assert run.main(["--quick", "--suite", "core", "--backend", "sqlite"]) == 0
     out = capsys.readouterr().out
     assert "append batched" in out and "verify" in out and ">= 0.8" in out
 
 
 def test_bench_bad_usage():
     assert run.main(["--backend", "nosuch"]) == 2
+    assert run.main(["--suite", "nosuch"]) == 2
+
+
+# --- the http and projections suites -------------------------------------------------------
+
+def _finite(value, positive: bool) -> None:
+    assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), value
+    assert value > 0 if positive else value >= 0, value
+
+
+def _check_suite(doc: dict, suite: str, name: str, figures, ratios, targets: dict, limits: dict,
+                 may_be_zero=()) -> dict:
+    assert doc["suites_run"] == [suite] and doc["backends"] == {}
+    b = doc["suites"][suite][name]
+    assert "skipped" not in b, b
+    assert b["problems"] == [], b["problems"]
+    for key in figures:
+        _finite(b["figures"][key], positive=key not in may_be_zero)
+    for key in ratios:
+        r = b["ratios"][key]
+        _finite(r["value"], positive=True)
+        assert r["target"] == targets.get(key)
+        assert r["met"] is (None if r["target"] is None else r["value"] >= r["target"])
+    for key, (op, target) in limits.items():
+        lm = b["limits"][key]
+        assert (lm["op"], lm["target"]) == (op, target) and lm["value"] == b["figures"][key]
+        assert lm["met"] is (lm["value"] < target if op == "<" else lm["value"] >= target)
+    return b
+
+
+def _check_http(doc: dict, name: str) -> None:
+    from bench import http_suite as hs
+
+    b = _check_suite(doc, "http", name, hs.FIGURES(), hs.RATIOS(), hs.TARGETS, hs.LIMITS)
+    f = b["figures"]
+    for n in hs.CLIENTS:  # one entry per request: entries/s are requests/s; a batch carries more
+        assert f[f"http_single_c{n}"] == pytest.approx(f[f"http_single_c{n}_rps"])
+        assert f[f"http_batch_c{n}"] > f[f"http_batch_c{n}_rps"]
+        assert f[f"http_single_c{n}_p50_ms"] <= f[f"http_single_c{n}_p99_ms"]
+        assert b["ratios"][f"http_single_c{n}/trivial_c{n}"]["value"] == pytest.approx(
+            f[f"http_single_c{n}_rps"] / f[f"trivial_c{n}_rps"])
+        assert b["ratios"][f"http_batch_c{n}/inproc_batch"]["value"] == pytest.approx(
+            f[f"http_batch_c{n}"] / f["inproc_batch"])
+    # every entry the clients were answered for is in the server's log, and nothing else
+    sent = sum(d["entries"] for k, d in b["detail"].items() if k.startswith("http_"))
+    assert sent > 0 and b["sizes"]["log_size"] > sent
+
+
+def _check_projections(doc: dict, name: str) -> None:
+    from bench import projections_suite as ps
+
+    b = _check_suite(doc, "projections", name, ps.FIGURES, ps.RATIOS, ps.TARGETS, ps.LIMITS,
+                     may_be_zero=("lag_entries_p50", "lag_entries_p99", "lag_seconds_p50", "lag_seconds_p99"))
+    f, sz = b["figures"], b["sizes"]
+    assert f["large_entries"] == sz["large_log"] >= sz["large"]  # --quick: 2 * 10^4
+    assert sz["large"] == 20_000 and b["limits"]["quota_query_ms"]["at_entries"] == sz["large_log"]
+    assert b["ratios"]["rebuild/read_raw"]["value"] == pytest.approx(f["rebuild"] / f["read_raw"])
+    assert 0 < b["ratios"]["quota_query/large_replay"]["value"]
+    assert b["detail"]["lag"]["appended"] > 0
+    # the realistic log is clean: the rules find nothing in it
+    assert b["detail"]["findings_by_code"] == {}
+
+
+def test_bench_http_quick_sqlite_json(capsys):
+    doc = _run(capsys, "--suite", "http", "--backend", "sqlite")
+    _check_http(doc, "sqlite")
+
+
+def test_bench_projections_quick_sqlite_json(capsys):
+    doc = _run(capsys, "--suite", "projections", "--backend", "sqlite")
+    _check_projections(doc, "sqlite")
+
+
+def _left_schemas(pg_url: str, pattern: str) -> list:
+    import psycopg
+
+    from ledger.reader import DatabaseURL
+
+    with psycopg.connect(DatabaseURL.parse(pg_url).conninfo()) as conn:
+        return conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                            (pattern.replace("*", "%"),)).fetchall()
+
+
+@pytest.mark.postgres
+def test_bench_http_quick_postgres_json(capsys, pg_url):
+    doc = _run(capsys, "--suite", "http", "--backend", "postgres", "--pg", pg_url)
+    _check_http(doc, "postgres")
+    assert _left_schemas(pg_url, doc["suites"]["http"]["postgres"]["info"]["schemas"]) == []
+
+
+@pytest.mark.postgres
+def test_bench_projections_quick_postgres_json(capsys, pg_url):
+    doc = _run(capsys, "--suite", "projections", "--backend", "postgres", "--pg", pg_url)
+    _check_projections(doc, "postgres")
+    assert _left_schemas(pg_url, doc["suites"]["projections"]["postgres"]["info"]["schemas"]) == []
+
+
+def test_bench_suites_table_output(capsys):
+    assert run.main(["--quick", "--suite", "http", "--backend", "sqlite"]) == 0
+    out = capsys.readouterr().out
+    assert "trivial endpoint" in out and "entries/request" in out and "of trivial" in out
