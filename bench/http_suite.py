@@ -65,11 +65,12 @@ def FIGURES() -> list[str]:
         for kind in ("trivial", "http_single", "http_batch"):
             base = f"{kind}_c{n}"
             out += [base, f"{base}_rps", f"{base}_p50_ms", f"{base}_p99_ms"]
-    return out + ["inproc_batch"]
+    return out + ["inproc_batch", "inproc_store_batch"]
 
 
 def RATIOS() -> list[str]:
-    return [f"http_single_c{n}/trivial_c{n}" for n in CLIENTS] + [f"http_batch_c{n}/inproc_batch" for n in CLIENTS]
+    return ([f"http_single_c{n}/trivial_c{n}" for n in CLIENTS] + [f"http_batch_c{n}/inproc_batch" for n in CLIENTS]
+            + [f"http_batch_c{n}/inproc_store_batch" for n in CLIENTS])
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -290,6 +291,8 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
                                                 sizes.seconds)
             if n == CLIENTS[1]:
                 results["inproc_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes, log)
+                results["inproc_store_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes,
+                                                        log, store_only=True)
     finally:
         server.stop()
         if trivial is not None:
@@ -307,7 +310,7 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
     f: dict[str, float] = {}
     for k, r in results.items():
         f[k] = r["rate"]
-        if k != "inproc_batch":
+        if not k.startswith("inproc"):
             f[f"{k}_rps"] = r["rps"]
             f[f"{k}_p50_ms"] = r["p50_ms"]
             f[f"{k}_p99_ms"] = r["p99_ms"]
@@ -329,14 +332,17 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
 
 
 def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], sizes: HttpSizes,
-            log: Callable[[str], None]) -> dict[str, Any]:
-    """CommandAPI.submit of ``batch``-entry groups with the server's findings hook, in-process."""
+            log: Callable[[str], None], store_only: bool = False) -> dict[str, Any]:
+    """CommandAPI.submit of ``batch``-entry groups with the server's findings hook, in-process;
+    with ``store_only``, LedgerStore.append_pipelined of the same batches (no catalogue checks,
+    no projections: the ledger core alone)."""
     from commands.api import CommandAPI
     from ledger.store import LedgerStore
     from projections.hooks import ProjectionFindings
     from projections.store import ProjectionStore
 
-    log(f"[{backend.name}] http: in-process CommandAPI.submit, {sizes.batch} per group")
+    log(f"[{backend.name}] http: in-process {'LedgerStore.append_pipelined' if store_only else 'CommandAPI.submit'}, "
+        f"{sizes.batch} per group")
     url = backend.ledger_url("http_inproc")
     store = LedgerStore(url)
     ps = ProjectionStore(url)
@@ -347,7 +353,20 @@ def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], si
         lat = []
         n = 0
         t0 = time.perf_counter()
-        for k in range(0, len(envs), sizes.batch):
+        if store_only:
+            def gen():
+                for k in range(0, len(envs), sizes.batch):
+                    if time.perf_counter() - t0 >= sizes.seconds:
+                        return
+                    yield envs[k:k + sizes.batch]
+
+            t1 = t0
+            for receipts in store.append_pipelined(gen()):
+                n += len(receipts)
+                now = time.perf_counter()
+                lat.append(now - t1)
+                t1 = now
+        for k in range(0, len(envs) if not store_only else 0, sizes.batch):
             if time.perf_counter() - t0 >= sizes.seconds:
                 break
             t1 = time.perf_counter()

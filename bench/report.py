@@ -78,10 +78,13 @@ def _http_table(b: dict[str, Any], name: str, console) -> None:
             unit = "req/s" if kind == "trivial" else "entries/s"
             t.add_row(f"{label}, {n} client{'s' if n > 1 else ''}", _num(f[key], ""), unit,
                       _num(f[f"{key}_p50_ms"], "ms"), _num(f[f"{key}_p99_ms"], "ms"), ratio, target, met)
-    if "inproc_batch" in f:
-        d = b["detail"]["inproc_batch"]
-        t.add_row(f"in-process CommandAPI.submit, {b['sizes']['batch']}/group", _num(f["inproc_batch"], ""),
-                  "entries/s", _num(d["p50_ms"], "ms"), _num(d["p99_ms"], "ms"), "", "", "")
+    for key, label in (("inproc_batch", "in-process CommandAPI.submit + findings hook"),
+                       ("inproc_store_batch", "in-process LedgerStore.append_pipelined")):
+        if key in f:
+            d = b["detail"][key]
+            rr = r.get(f"http_batch_c16/{key}")
+            t.add_row(f"{label}, {b['sizes']['batch']}/group", _num(f[key], ""), "entries/s", _num(d["p50_ms"], "ms"),
+                      _num(d["p99_ms"], "ms"), "" if rr is None else f"batched c16: {rr['value']:.2f} of it", "", "")
     console.print(t)
     console.print(f"each configuration at most {b['sizes']['seconds']} s; one chain per client; the server: "
                   "`reledger serve` (uvicorn, one process) with group commit and the findings hook; log "
