@@ -1507,3 +1507,34 @@ def test_large_group_reports_the_position_of_its_bad_entry(led, mine, bad_at):
     err = assert_refused(led, forged, "signature")
     assert err.position == bad_at
     assert [r.seq for r in led.store.append(good)] == list(range(1, 501))
+
+
+def test_failed_write_leaves_no_trace_in_the_caches(led, mine, monkeypatch):
+    """The database refuses the transaction after the plan was made (a lost connection, a
+    constraint): the registry, chain heads and Merkle frontier cached by the store must not
+    keep anything of it."""
+    st = led.store
+    key = SigningKey.generate(PLANT)
+    reg = led.regulator
+    group = [reg.peek("PartyRegistered", {"party": PLANT, "roles": ["MINE"]}, T0)]
+    group.append(ChainSigner(reg.key, reg.seq + 1, group[0].hash).sign(
+        "KeyAuthorized", key_authorized_body(key, T0), T0))
+    m1 = fact(mine, advance=False)
+    n, root = st.size(), st.root()
+    original = st.recorder.write
+
+    def failing(plan):
+        def doomed(cur):
+            plan(cur)
+            raise RuntimeError("connection lost")
+        return original(doomed)
+
+    monkeypatch.setattr(st.recorder, "write", failing)
+    with pytest.raises(RuntimeError):
+        st.append_groups([group, [m1]])
+    monkeypatch.setattr(st.recorder, "write", original)
+    assert st.size() == n and st.root() == root
+    assert_refused(led, [entry_with(key)], "unregistered")  # the registration never happened
+    r = st.append([m1])[0]  # the mine's seq 1 is still free
+    assert (r.index, r.seq) == (n, 1)
+    assert verify_database(led.url, workers=1).ok
