@@ -682,3 +682,47 @@ def test_checkpoint_key_with_an_invalid_note_name(db_url, name):
         led.close()
     rep = verify_database(db_url, workers=1)  # the other fix: the verifier copes
     assert rep.ok, rep.problems
+
+
+def test_chain_break_at_a_fast_verification_range_boundary(db_url):
+    """A colluding party and DB access re-sign the entry that opens the second range of the
+    fast verification path with a wrong prev, then re-sign every later entry and rebuild all
+    hashes and Merkle nodes (no checkpoint covers it): only the join of the ranges can see it."""
+    import ledger.verify as verify_module
+    from helpers import raw_connection, tables
+
+    unit = 1 << verify_module.FAST_BITS
+    led = new_ledger(db_url)
+    m = led.register(M0)
+    n0 = led.store.size()
+    total = unit + 100 - n0
+    for k in range(0, total, 1000):
+        led.add(M0, min(1000, total - k))
+    led.close()
+    assert verify_database(db_url, workers=2).ok
+    drop_triggers(db_url)
+    t = tables(db_url)
+    with raw_connection(db_url) as conn:
+        cur = conn.cursor()
+        cur.execute(t.q(f"SELECT l.idx, l.seq, l.recorded_us, l.nodes, e.state FROM {{log}} l JOIN {{events}} e "
+                        "ON e.originator_id = l.chain AND e.originator_version = l.seq ORDER BY l.idx"))
+        rows = cur.fetchall()
+        f = merkle.Frontier()
+        for idx, _, _, nodes, _ in rows[:unit]:
+            f.append(bytes(nodes)[:32])
+        old = SignedEntry.parse(bytes(rows[unit][4]))
+        cs = ChainSigner(m.key, old.entry.seq - 1, b"\x07" * 32)  # the wrong prev
+        updates = []
+        for idx, seq, rec_us, _, state in rows[unit:]:
+            e = SignedEntry.parse(bytes(state)).entry
+            new = cs.sign(e.type, e.body, e.occurred_at, e.command_id)
+            leaf = merkle.leaf_hash(leaf_bytes(new.hash, idx, encoding.micros_to_time_text(rec_us)))
+            nodes = b"".join(h for _, _, h in f.append(leaf))
+            updates.append((new.envelope, new.hash, nodes, idx, M0, seq))
+        for env, h, nodes, idx, chain, seq in updates:
+            cur.execute(t.q("UPDATE {events} SET state = ? WHERE originator_id = ? AND originator_version = ?"),
+                        (env, chain, seq))
+            cur.execute(t.q("UPDATE {log} SET entry_hash = ?, nodes = ? WHERE idx = ?"), (h, nodes, idx))
+    rep = verify_database(db_url, workers=2)
+    assert not rep.ok and rep.first.index == unit and rep.first.code in ("chain", "signature"), rep.problems[:3]
+    assert (rep.first.chain, rep.first.seq) == (M0, unit - n0 + 1)
