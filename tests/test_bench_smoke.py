@@ -131,8 +131,8 @@ def _check_projections(doc: dict, name: str) -> None:
     assert b["ratios"]["rebuild/read_raw"]["value"] == pytest.approx(f["rebuild"] / f["read_raw"])
     assert 0 < b["ratios"]["quota_query/large_replay"]["value"]
     assert b["detail"]["lag"]["appended"] > 0
-    # the realistic log is clean: the rules find nothing in it
-    assert b["detail"]["findings_by_code"] == {}
+    # the realistic log breaks no rule but quota (its mines outproduce their allocation on long runs)
+    assert set(b["detail"]["findings_by_code"]) <= {"OVER_QUOTA"}
 
 
 def test_bench_http_quick_sqlite_json(capsys):
