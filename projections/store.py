@@ -85,9 +85,14 @@ class ProjectionStore:
 
             self.conn = psycopg.connect(self.db.conninfo(), autocommit=True)
             self.conn.execute(f'SET search_path TO "{self.db.schema}"')
+            # Projections are rebuildable from the log and their tracking position commits with
+            # their rows: a crash may lose the last projected pages (re-projected on restart),
+            # never make them inconsistent. So they need not wait for the disk.
+            self.conn.execute("SET synchronous_commit TO OFF")
         else:
             self.conn = sqlite3.connect(self.db.path, timeout=30, check_same_thread=False, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # as above: durable enough for a rebuildable view
         self.projector: Projector | None = None
         self.create()
 
