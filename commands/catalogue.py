@@ -978,14 +978,7 @@ def check_body(type_name: str, body: Any) -> dict:
     return schema_of(type_name).check(body)
 
 
-def report_digest(entry_hashes: Iterable[bytes]) -> bytes:
-    """The digest a MonthlyFlowReportSubmitted states: SHA-256 over the covered entry hashes."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for eh in entry_hashes:
-        h.update(eh)
-    return h.digest()
+from projections.model import report_digest  # noqa: E402 - one definition, re-exported here
 
 
 # --- JSON <-> body (binary as base64 in JSON) -----------------------------------------------

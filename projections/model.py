@@ -87,6 +87,15 @@ def report_due_us(month: str) -> int:
     return encoding.time_to_micros(due)
 
 
+def report_digest(entry_hashes) -> bytes:
+    """The digest a MonthlyFlowReportSubmitted states: SHA-256 over the covered entries' hashes,
+    concatenated in seq order (the one definition; the catalogue and the monthly report use it)."""
+    h = hashlib.sha256()
+    for eh in entry_hashes:
+        h.update(eh)
+    return h.digest()
+
+
 def kg_text(g: int) -> str:
     return encoding.decimal_text(Decimal(g) / 1000)
 
@@ -620,7 +629,7 @@ class Projector:
             covered = hashes[first - 1:last] if 1 <= first and last <= len(hashes) else None
         else:  # a month without entries: the digest of nothing (FORMAT: both absent)
             first, last, covered = 1, 0, []
-        if covered is None or hashlib.sha256(b"".join(covered)).digest() != b.get("digest"):
+        if covered is None or report_digest(covered) != b.get("digest"):
             self._finding(d, "reporting", "REPORT_DIGEST_MISMATCH", chain,
                           f"the flow report for {month} states a digest that does not match entries "
                           f"{first}..{last} of {chain}", [], ref, occ, month=month)

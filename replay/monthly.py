@@ -9,7 +9,6 @@ in the month; the closing stock is the projection's stock valid at the month's e
 
 from __future__ import annotations
 
-import hashlib
 import re
 from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -19,7 +18,7 @@ from ledger import encoding
 from ledger.entry import SignedEntry
 from ledger.store import LedgerStore
 from projections import queries
-from projections.model import grams, kg_text, time_us
+from projections.model import grams, kg_text, report_digest, time_us
 from projections.store import ProjectionStore
 
 
@@ -37,14 +36,6 @@ def month_bounds(month: str) -> tuple[int, int]:
         raise ReportError(f"--month {month!r} is not YYYY-MM") from e
     end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=timezone.utc)
     return encoding.time_to_micros(start), encoding.time_to_micros(end)
-
-
-def report_digest(entry_hashes: list[bytes]) -> bytes:
-    """SHA-256 over the covered entry hashes in seq order (as the catalogue specifies)."""
-    h = hashlib.sha256()
-    for eh in entry_hashes:
-        h.update(eh)
-    return h.digest()
 
 
 def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
