@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,15 +161,21 @@ class SignedEntry:
 
     @classmethod
     def _from_content(cls, envelope: bytes, content: bytes, signature: bytes) -> "SignedEntry":
-        try:
-            m = encoding.decode(content)
-        except EncodingError as e:
-            raise EntryError(f"entry: {e}", "entry") from e
-        validate_content(m)
-        entry = object.__new__(Entry)  # already validated: skip __post_init__
-        for k in CONTENT_KEYS:
-            object.__setattr__(entry, k, m[k])
-        return cls(envelope, content, signature, entry, hashlib.sha256(envelope).digest())
+        m = _fast_content(content)
+        if m is None:  # not the common canonical shape: the strict path decides and explains
+            try:
+                m = encoding.decode(content)
+            except EncodingError as e:
+                raise EntryError(f"entry: {e}", "entry") from e
+            validate_content(m)
+        # already validated: skip the dataclasses' __init__/__post_init__ (frozen, so each field
+        # would cost an object.__setattr__); m holds exactly the fields of Entry
+        entry = object.__new__(Entry)
+        entry.__dict__.update(m)
+        signed = object.__new__(cls)
+        signed.__dict__.update(envelope=envelope, content=content, signature=signature, entry=entry,
+                               hash=_sha256(envelope).digest())
+        return signed
 
     def signature_valid(self, public_key: bytes) -> bool:
         """Ed25519 over ENTRY_TAG || content. A success is remembered on this object (its bytes
@@ -181,6 +188,68 @@ class SignedEntry:
         if ok:
             object.__setattr__(self, "_verified_with", public_key)
         return ok
+
+
+# --- the fast path of parsing --------------------------------------------------------------
+#
+# Most entries are canonical and well formed. For them, one C unpack, a Python walk of the
+# body only (the top-level map is checked against CONTENT_KEYS as a whole: same keys, same
+# sorted order), one C re-pack compared with the input (shortest forms), and type checks with
+# small caches of already validated names decide. Any doubt returns None and the strict path
+# (encoding.decode + validate_content) decides and names the problem, so both paths accept
+# exactly the same bytes (tests/test_entry.py checks this with hypothesis).
+
+_sha256 = hashlib.sha256
+_packers = threading.local()
+_VALID_NAMES: dict[str, bool] = {}  # chains, types and key ids already checked (bounded)
+_NAME_CACHE_MAX = 1 << 16
+
+
+def _packer() -> msgpack.Packer:
+    p = getattr(_packers, "p", None)
+    if p is None:
+        p = _packers.p = msgpack.Packer(use_bin_type=True)
+    return p
+
+
+def _valid_name(kind: str, value: Any, pattern: re.Pattern) -> bool:
+    key = kind + value if type(value) is str else None
+    if key is None:
+        return False
+    if key in _VALID_NAMES:
+        return True
+    if not pattern.match(value):
+        return False
+    if len(_VALID_NAMES) >= _NAME_CACHE_MAX:
+        _VALID_NAMES.clear()
+    _VALID_NAMES[key] = True
+    return True
+
+
+def _fast_content(content: bytes) -> dict | None:
+    """The decoded content when it is canonical and passes validate_content; None when in doubt."""
+    try:
+        m = msgpack.unpackb(content, raw=False, strict_map_key=True, ext_hook=encoding._refuse_ext)
+    except Exception:  # noqa: BLE001 - the strict path explains
+        return None
+    if type(m) is not dict or tuple(m) != CONTENT_KEYS:
+        return None
+    body, seq, prev = m["body"], m["seq"], m["prev"]
+    if (type(body) is not dict or type(seq) is not int or seq < 1 or type(prev) is not bytes or len(prev) != 32
+            or (seq == 1 and prev != ZERO_HASH) or type(m["v"]) is not int or m["v"] != FORMAT_VERSION
+            or not _valid_name("c", m["chain"], CHAIN_RE) or not _valid_name("t", m["type"], TYPE_RE)
+            or not _valid_name("k", m["key_id"], KEY_ID_RE)
+            or type(m["command_id"]) is not str or not UUID_RE.match(m["command_id"])):
+        return None
+    if not encoding._plain_canonical_tree(body, 1):
+        return None
+    try:
+        encoding.parse_time(m["occurred_at"])
+        if _packer().pack(m) != content:
+            return None
+    except Exception:  # noqa: BLE001
+        return None
+    return m
 
 
 _ENV_HEAD = b"\x82\xa5entry"
@@ -238,3 +307,48 @@ def make_entry(key: SigningKey, *, seq: int, prev: bytes, type: str, occurred_at
         command_id=command_id or new_command_id(),
     )
     return entry.sign(key)
+
+
+def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: frozenset = frozenset()
+                    ) -> list[tuple] | tuple:
+    """Parse ``envelopes`` strictly and check each signature whose key is in ``keys``
+    (key id -> public key): the work a store hands to a worker process.
+
+    Returns one compact tuple per envelope,
+    ``(chain, seq, prev, type, key_id, command_id, hash, verified, body)``, where ``verified`` is
+    True when the signature was checked (and valid) with ``keys[key_id]`` and ``body`` is given
+    only for the types in ``full_types`` (None otherwise); or, at the first refused envelope,
+    ``("error", code, message, field, position, chain, seq)`` with code ``malformed`` or
+    ``signature``. Plain values only, so that the answer pickles small and fast.
+
+    It judges exactly as ``SignedEntry.parse`` and ``signature_valid``: the common canonical
+    shape takes their fast paths inline (no objects built), anything else goes through them."""
+    from cryptography.exceptions import InvalidSignature
+
+    from .keys import _public_key
+
+    out = []
+    append = out.append
+    for pos, env in enumerate(envelopes):
+        parts = _split_envelope(env) if type(env) is bytes and len(env) <= MAX_ENVELOPE else None
+        m = _fast_content(parts[0]) if parts is not None else None
+        if m is None:
+            try:
+                s = SignedEntry.parse(env)
+            except EntryError as e:
+                return ("error", "malformed", str(e), e.field, pos, None, None)
+            content, signature, m = s.content, s.signature, s.entry.as_map()
+        else:
+            content, signature = parts
+        key_id, chain, seq, type_ = m["key_id"], m["chain"], m["seq"], m["type"]
+        pub = keys.get(key_id)
+        verified = False
+        if pub is not None:
+            try:
+                _public_key(pub).verify(signature, ENTRY_TAG + content)
+            except (InvalidSignature, ValueError):
+                return ("error", "signature", f"sig: not a valid signature by key {key_id}", "sig", pos, chain, seq)
+            verified = True
+        append((chain, seq, m["prev"], type_, key_id, m["command_id"], _sha256(env).digest(), verified,
+                m["body"] if type_ in full_types else None))
+    return out

@@ -19,24 +19,27 @@ and the Merkle log are decided under the lock.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import operator
 import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import msgpack
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError as ESIntegrityError, StoredEvent
-from eventsourcing.postgres import PostgresAggregateRecorder, PostgresApplicationRecorder
+from eventsourcing.persistence import IntegrityError as ESIntegrityError
+from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 
 from . import merkle
 from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from .encoding import micros_to_time_text
-from .entry import EntryError, SignedEntry, ZERO_HASH, leaf_bytes
+from .entry import EntryError, SignedEntry, ZERO_HASH, check_envelopes
 from .keys import SigningKey
 from .reader import NAME, DatabaseURL, Queries, Record, Tables, _tuple
 from .registry import REGISTRY_TYPES, Registry, RegistryError
@@ -76,6 +79,14 @@ class Receipt:
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "chain": self.chain, "seq": self.seq, "entry_hash": self.entry_hash.hex(),
                 "recorded_at": self.recorded_at, "duplicate": self.duplicate}
+
+
+def _receipt(index: int, chain: str, seq: int, entry_hash: bytes, recorded_at: str, duplicate: bool) -> Receipt:
+    """Receipt(...) without the frozen dataclass's per-field object.__setattr__ (hot path)."""
+    r = object.__new__(Receipt)
+    r.__dict__.update(index=index, chain=chain, seq=seq, entry_hash=entry_hash, recorded_at=recorded_at,
+                      duplicate=duplicate)
+    return r
 
 
 # --- eventsourcing recorders with the log tables -------------------------------------------
@@ -158,16 +169,17 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         return super().construct_create_table_statements() + _log_ddl(self.tables, "sqlite")
 
     def write(self, plan) -> Any:
-        """Run ``plan(cursor) -> (stored_events, log_rows, result)`` in one IMMEDIATE transaction,
-        insert what it returns, commit, and return ``result``."""
+        """Run ``plan(cursor) -> (event_rows, log_rows, result)`` in one IMMEDIATE transaction,
+        insert what it returns, commit, and return ``result``. An event row is the tuple
+        (originator_id, originator_version, topic, state) of eventsourcing's StoredEvent."""
         with self.datastore.get_connection(commit=True) as conn:
             raw: sqlite3.Connection = conn._sqlite_conn
             cur = raw.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                stored_events, log_rows, result = plan(cur)
-                if stored_events:
-                    cur.executemany(self.insert_events_statement, [(s.originator_id, s.originator_version, s.topic, s.state) for s in stored_events])
+                event_rows, log_rows, result = plan(cur)
+                if event_rows:
+                    cur.executemany(self.insert_events_statement, event_rows)
                     cur.executemany(self.tables.q(
                         "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
@@ -260,10 +272,12 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     # no privilege, so the serving role can hold INSERT and SELECT only.
                     cur.execute(f"SET LOCAL lock_timeout = '{self.datastore.lock_timeout}s'")
                     cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
-                    stored_events, log_rows, result = plan(_PgCursor(cur))
-                    if stored_events:
+                    event_rows, log_rows, result = plan(_PgCursor(cur))
+                    if event_rows:
                         self._notify_channel(cur)
-                        PostgresAggregateRecorder._insert_stored_events(self, cur, stored_events)
+                        # what the library's _insert_stored_events does, from plain tuples
+                        cur.execute(self.insert_events_statement,
+                                    ([self.construct_pg_stored_event(*row) for row in event_rows],))
                         # the whole batch in one statement: one round trip, one gap check
                         cur.execute(self.tables.q(
                             "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
@@ -361,19 +375,21 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class _GroupState:
-    """Copy-on-write working state for one group inside the write transaction."""
-
-    __slots__ = ("frontier", "heads", "registry", "commands", "events", "rows", "receipts", "index")
+PROCESS_THRESHOLD = 256  # envelopes in one prepare() before the checking moves to worker processes
 
 
 class LedgerStore:
     """The writable ledger: append, read, prove, checkpoint."""
 
     def __init__(self, url: str, *, create: bool = True, workers: int | None = None,
-                 clock: "Callable[[], int] | None" = None):
+                 clock: "Callable[[], int] | None" = None, processes: bool | None = None):
         """``clock`` returns the record time in microseconds (default: the wall clock). A
-        simulation (the demo) may pass its own; record times never go backwards either way."""
+        simulation (the demo) may pass its own; record times never go backwards either way.
+
+        ``processes`` (default: when there is more than one worker): a :meth:`prepare` of at
+        least PROCESS_THRESHOLD envelopes parses and verifies them in ``workers`` processes
+        (started once, by forkserver) instead of threads, so that the serial writer and the
+        verifiers do not share one GIL."""
         self.url = url
         self.clock = clock or now_us
         self.db = DatabaseURL.parse(url)
@@ -387,6 +403,9 @@ class LedgerStore:
         self._workers = workers or os.cpu_count() or 2
         self._pool = ThreadPoolExecutor(max_workers=self._workers,
                                         thread_name_prefix="reledger-verify")
+        self._use_processes = self._workers > 1 if processes is None else processes
+        self._procs: ProcessPoolExecutor | None = None
+        self._key_table: tuple[int, dict[str, bytes]] = (-1, {})
         # Caches valid while the log size in the database equals self._size.
         self._size = -1
         self._last_us = 0
@@ -396,6 +415,9 @@ class LedgerStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        if self._procs is not None:
+            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs = None
         self.app.close()
 
     def __enter__(self) -> "LedgerStore":
@@ -534,16 +556,56 @@ class LedgerStore:
         return self.finish(self.prepare(groups))
 
     def prepare(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> "_Prepared":
-        """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`."""
+        """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`.
+
+        The check is a hint computed without the lock: a signature is checked with the key its
+        key id names in the registry known now; :meth:`finish` decides under the lock whether
+        that key was valid for the entry (and checks any signature not checked here)."""
         registry = self._registry
+        groups = [list(g) for g in groups]
+        procs = None
+        if self._use_processes and sum(map(len, groups)) >= PROCESS_THRESHOLD:
+            procs = self._process_pool()
+            keys = self._keys_of(registry)
         futures = []
         for g in groups:
-            g = list(g)
-            # split a large group over the pool: Ed25519 releases the GIL, so every core verifies
-            size = max(64, -(-len(g) // self._workers))
+            if procs is not None and all(type(x) is bytes for x in g):
+                size = max(64, min(256, -(-len(g) // self._workers)))
+                offsets = list(range(0, len(g), size)) or [0]
+                futures.append(_Joined([procs.submit(check_envelopes, g[o:o + size], keys, REGISTRY_TYPES)
+                                        for o in offsets], offsets, g, keys, self))
+                continue
+            # split a large group over the pool: Ed25519 releases the GIL, so every core verifies;
+            # chunks of at most 128 keep the threads evenly loaded
+            size = max(32, min(128, -(-len(g) // self._workers)))
             offsets = list(range(0, len(g), size)) or [0]
             futures.append(_Joined([self._pool.submit(_precheck, g[o:o + size], registry) for o in offsets], offsets))
         return _Prepared(futures)
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        if self._procs is None:
+            import multiprocessing
+
+            methods = multiprocessing.get_all_start_methods()
+            # never fork this process: its threads (verifiers, database pools, a server) may
+            # hold locks (OpenSSL's among them) that a forked child would inherit held
+            ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            self._procs = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
+        return self._procs
+
+    def _keys_of(self, registry: Registry) -> dict[str, bytes]:
+        """Key id -> public key of every key the registry knows (a key id always names the same
+        public key, so the table only grows; revocations and validity are finish's business)."""
+        n = len(registry.keys)
+        if self._key_table[0] != n:
+            self._key_table = (n, {k: r.public_key for k, r in registry.keys.items()})
+        return self._key_table[1]
+
+    def _checked_in_threads(self, group: list, registry: Registry):
+        """The thread path for a group whose worker processes failed (a broken pool)."""
+        self._procs = None
+        self._use_processes = False
+        return _precheck(group, registry)
 
     def finish(self, prepared: "_Prepared") -> list[list[Receipt] | AppendError]:
         checked = [f.result() for f in prepared.futures]
@@ -562,20 +624,28 @@ class LedgerStore:
                 self._size = -1
                 raise
 
-    def append_pipelined(self, batches: Iterable[Sequence[bytes | SignedEntry]]) -> Iterator[list[Receipt]]:
-        """Append many all-or-nothing batches, checking the signatures of the next batch while
-        the current one is being written. Raises at the first refused batch."""
+    def append_pipelined(self, batches: Iterable[Sequence[bytes | SignedEntry]], *,
+                         ahead: int = 2) -> Iterator[list[Receipt]]:
+        """Append many all-or-nothing batches, checking the signatures of the next ``ahead``
+        batches while the current one is being written (one batch ahead is not enough: the
+        verifying threads would sit idle whenever they finish it before the write does).
+        Raises at the first refused batch."""
         it = iter(batches)
-        nxt = next(it, None)
-        pending = self.prepare([nxt]) if nxt is not None else None
-        while pending is not None:
+        pending: collections.deque = collections.deque()
+        for batch in it:
+            pending.append(self.prepare([batch]))
+            if len(pending) > ahead:
+                break
+        while pending:
+            result = self.finish(pending.popleft())[0]
             nxt = next(it, None)
-            following = self.prepare([nxt]) if nxt is not None else None
-            result = self.finish(pending)[0]
+            if nxt is not None:
+                pending.append(self.prepare([nxt]))
             if isinstance(result, AppendError):
+                for p in pending:  # do not leave work behind in the pool
+                    p.cancel()
                 raise result
             yield result
-            pending = following
 
     def _sync_caches(self, cur, size: int, last_us: int | None = None) -> None:
         if size == self._size:
@@ -596,21 +666,28 @@ class LedgerStore:
         if last_us is not None:
             self._last_us = last_us
 
-    def _plan(self, cur, checked: list) -> tuple[list[StoredEvent], list[tuple], list]:
+    def _plan(self, cur, checked: list) -> tuple[list[tuple], list[tuple], list]:
         size, last_us = self.queries.size(cur)
         self._sync_caches(cur, size, last_us)
         recorded_us = max(self.clock(), last_us)
         recorded_at = micros_to_time_text(recorded_us)
 
         # Batch look-ups: chain heads not cached, and command ids already recorded.
-        wanted_chains = {s.entry.chain for g in checked if not isinstance(g, AppendError) for s, _ in g}
+        accepted = [g for g in checked if not isinstance(g, AppendError)]
+        wanted_chains = {s.entry.chain for g in accepted for s, _ in g}
         for chain in wanted_chains - self._heads.keys():
             self._heads[chain] = self.queries.chain_head(cur, chain) or (0, ZERO_HASH)
-        command_ids = [s.entry.command_id for g in checked if not isinstance(g, AppendError) for s, _ in g]
-        recorded_commands = self.queries.commands(cur, command_ids)
+        recorded_commands = self.queries.commands(cur, [s.entry.command_id for g in accepted for s, _ in g])
+
+        # The Merkle leaf of an entry is canonical msgpack {"entry_hash", "index", "recorded_at"}
+        # (ledger.entry.leaf_bytes); all but the index is fixed bytes within one transaction.
+        leaf_head = b"\x00\x83\xaaentry_hash\xc4\x20"  # 0x00: RFC 9162's leaf prefix
+        leaf_tail = b"\xabrecorded_at" + msgpack.packb(recorded_at)
+        pack_int = msgpack.Packer().pack
+        sha256 = hashlib.sha256
 
         frontier, heads, registry = self._frontier, dict(self._heads), self._registry
-        events: list[StoredEvent] = []
+        events: list[tuple] = []
         rows: list[tuple] = []
         results: list = []
         batch_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
@@ -620,64 +697,74 @@ class LedgerStore:
             if isinstance(group, AppendError):
                 results.append(group)
                 continue
-            g_frontier = frontier.copy()
+            tree_size, tree = frontier.size, list(frontier.hashes)  # the group's own frontier
             g_heads: dict[str, tuple[int, bytes]] = {}
-            g_registry = registry  # a refused group's registry changes are rolled back (journal)
-            g_mark = registry.mark()
+            g_mark = registry.mark()  # a refused group's registry changes are rolled back (journal)
             g_commands: dict[tuple[str, str], tuple[int, bytes]] = {}
             g_events, g_rows, receipts = [], [], []
             g_receipts: dict[int, Receipt] = {}
             g_index = index
+            pos = 0
             try:
                 for pos, (signed, pre_key) in enumerate(group):
                     e = signed.entry
-                    where = {"position": pos, "chain": e.chain, "seq": e.seq}
-                    ckey = (e.chain, e.command_id)
+                    chain, seq, entry_hash = e.chain, e.seq, signed.hash
+                    ckey = (chain, e.command_id)
                     seen = g_commands.get(ckey) or batch_commands.get(ckey) or recorded_commands.get(ckey)
                     if seen is not None:
-                        if seen[1] == signed.hash:
+                        if seen[1] == entry_hash:
                             pending = g_receipts.get(seen[0]) or batch_receipts.get(seen[0])
-                            receipts.append(Receipt(pending.index, pending.chain, pending.seq, pending.entry_hash,
-                                                    pending.recorded_at, True) if pending is not None
+                            receipts.append(_receipt(pending.index, pending.chain, pending.seq, pending.entry_hash,
+                                                     pending.recorded_at, True) if pending is not None
                                             else self._receipt_of(cur, seen[0], duplicate=True))
                             continue
                         raise AppendError("command_conflict", f"command_id: {e.command_id} was already used on "
-                                          f"chain {e.chain} for another entry (log index {seen[0]})",
-                                          field="command_id", **where)
-                    head_seq, head_hash = g_heads.get(e.chain) or heads.get(e.chain) or (0, ZERO_HASH)
-                    if e.seq != head_seq + 1:
-                        raise AppendError("conflict", f"seq: chain {e.chain} is at seq {head_seq}; "
-                                          f"the next entry must have seq {head_seq + 1}, not {e.seq}",
-                                          field="seq", **where)
+                                          f"chain {chain} for another entry (log index {seen[0]})",
+                                          field="command_id")
+                    head_seq, head_hash = g_heads.get(chain) or heads.get(chain) or (0, ZERO_HASH)
+                    if seq != head_seq + 1:
+                        raise AppendError("conflict", f"seq: chain {chain} is at seq {head_seq}; "
+                                          f"the next entry must have seq {head_seq + 1}, not {seq}", field="seq")
                     if e.prev != head_hash:
-                        raise AppendError("conflict", f"prev: does not match the hash of {e.chain} seq {head_seq} "
-                                          f"({head_hash.hex()[:16]}...)", field="prev", **where)
+                        raise AppendError("conflict", f"prev: does not match the hash of {chain} seq {head_seq} "
+                                          f"({head_hash.hex()[:16]}...)", field="prev")
                     try:
-                        public_key = g_registry.key_for(signed, g_index, recorded_us)
+                        public_key = registry.key_for(signed, g_index, recorded_us)
                     except RegistryError as err:
-                        raise AppendError(err.code, str(err), field=err.field, **where) from err
+                        raise AppendError(err.code, str(err), field=err.field) from err
                     if pre_key != public_key and not signed.signature_valid(public_key):
-                        raise AppendError("signature", f"sig: not a valid signature by key {e.key_id}",
-                                          field="sig", **where)
-                    try:
-                        g_registry.apply(signed, g_index)
-                    except RegistryError as err:
-                        raise AppendError("body", str(err), field=err.field, **where) from err
-                    leaf = merkle.leaf_hash(leaf_bytes(signed.hash, g_index, recorded_at))
-                    completed = g_frontier.append(leaf)
-                    g_events.append(StoredEvent(e.chain, e.seq, e.type, signed.envelope))
-                    g_rows.append((g_index, e.chain, e.seq, e.type, e.command_id, signed.hash, recorded_us,
-                                   b"".join(h for _, _, h in completed)))
-                    g_heads[e.chain] = (e.seq, signed.hash)
-                    g_commands[ckey] = (g_index, signed.hash)
-                    receipts.append(Receipt(g_index, e.chain, e.seq, signed.hash, recorded_at))
-                    g_receipts[g_index] = receipts[-1]
+                        raise AppendError("signature", f"sig: not a valid signature by key {e.key_id}", field="sig")
+                    if e.type in REGISTRY_TYPES:
+                        try:
+                            registry.apply(signed, g_index)
+                        except RegistryError as err:
+                            raise AppendError("body", str(err), field=err.field) from err
+                    # extend the Merkle tree (merkle.Frontier.append, inlined): the leaf, then one
+                    # node per trailing 1-bit of the old size
+                    h = sha256(leaf_head + entry_hash + b"\xa5index" + pack_int(g_index) + leaf_tail).digest()
+                    nodes = h
+                    n = tree_size
+                    while n & 1:
+                        h = sha256(b"\x01" + tree.pop() + h).digest()
+                        nodes += h
+                        n >>= 1
+                    tree.append(h)
+                    tree_size += 1
+                    g_events.append((chain, seq, e.type, signed.envelope))
+                    g_rows.append((g_index, chain, seq, e.type, e.command_id, entry_hash, recorded_us, nodes))
+                    g_heads[chain] = (seq, entry_hash)
+                    g_commands[ckey] = (g_index, entry_hash)
+                    receipt = _receipt(g_index, chain, seq, entry_hash, recorded_at, False)
+                    receipts.append(receipt)
+                    g_receipts[g_index] = receipt
                     g_index += 1
             except AppendError as err:
                 registry.rollback(g_mark)
+                e = group[pos][0].entry
+                err.position, err.chain, err.seq = pos, e.chain, e.seq
                 results.append(err)
                 continue
-            frontier, index = g_frontier, g_index
+            frontier, index = merkle.Frontier(tree_size, tree), g_index
             heads.update(g_heads)
             batch_commands.update(g_commands)
             batch_receipts.update(g_receipts)
@@ -702,7 +789,7 @@ class LedgerStore:
 
     def _receipt_of(self, cur, index: int, duplicate: bool) -> Receipt:
         rec = self.queries.records(cur, index, index + 1)[0]
-        return Receipt(rec.index, rec.chain, rec.seq, rec.entry_hash, rec.recorded_at, duplicate)
+        return _receipt(rec.index, rec.chain, rec.seq, rec.entry_hash, rec.recorded_at, duplicate)
 
     # --- PostgreSQL roles ---------------------------------------------------------------
     def grant_serving_role(self, role: str = "reledger_serve") -> None:
@@ -733,12 +820,17 @@ class _AfterCommit(list):
 
 
 class _Joined:
-    """The prechecks of one group's chunks, answered as one (positions of the whole group)."""
+    """The prechecks of one group's chunks, answered as one (positions of the whole group).
+    With ``group`` given, the chunks ran ``entry.check_envelopes`` in worker processes."""
 
-    def __init__(self, futures: list[Future], offsets: list[int]):
+    def __init__(self, futures: list[Future], offsets: list[int], group: list | None = None,
+                 keys: dict[str, bytes] | None = None, store: "LedgerStore | None" = None):
         self.futures, self.offsets = futures, offsets
+        self.group, self.keys, self.store = group, keys, store
 
     def result(self):
+        if self.group is not None:
+            return self._remote_result()
         out: list = []
         for f, off in zip(self.futures, self.offsets):
             r = f.result()
@@ -749,10 +841,56 @@ class _Joined:
             out += r
         return out
 
+    def _remote_result(self):
+        from concurrent.futures.process import BrokenProcessPool
+
+        out: list = []
+        keys, group = self.keys, self.group
+        new = tuple.__new__
+        for f, off in zip(self.futures, self.offsets):
+            try:
+                r = f.result()
+            except BrokenProcessPool:  # e.g. a script whose main module cannot be re-imported
+                return self.store._checked_in_threads(group, self.store._registry)
+            if type(r) is tuple:
+                _, code, message, field, pos, chain, seq = r
+                return AppendError(code, message, field=field, position=pos + off, chain=chain, seq=seq)
+            for t, env in zip(r, group[off:off + len(r)]):
+                out.append((new(_Checked, t + (env,)), keys[t[4]] if t[7] else None))
+        return out
+
+
+class _Checked(tuple):
+    """An entry parsed and signature-checked in a worker process (``entry.check_envelopes``):
+    the fields the write plan reads of a SignedEntry and its Entry, without parsing it again."""
+
+    __slots__ = ()
+    chain = property(operator.itemgetter(0))
+    seq = property(operator.itemgetter(1))
+    prev = property(operator.itemgetter(2))
+    type = property(operator.itemgetter(3))
+    key_id = property(operator.itemgetter(4))
+    command_id = property(operator.itemgetter(5))
+    hash = property(operator.itemgetter(6))
+    body = property(operator.itemgetter(8))
+    envelope = property(operator.itemgetter(9))
+
+    @property
+    def entry(self) -> "_Checked":
+        return self
+
+    def signature_valid(self, public_key: bytes) -> bool:
+        return SignedEntry.parse(self.envelope).signature_valid(public_key)
+
 
 @dataclass
 class _Prepared:
     futures: list[Future]
+
+    def cancel(self) -> None:
+        for joined in self.futures:
+            for f in getattr(joined, "futures", ()):
+                f.cancel()
 
 
 def _precheck(group: list, registry: Registry) -> list[tuple[SignedEntry, bytes | None]] | AppendError:

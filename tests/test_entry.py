@@ -11,8 +11,9 @@ from hypothesis import given, strategies as st
 
 from ledger import encoding
 from ledger.encoding import canonical
+from ledger.encoding import EncodingError
 from ledger.entry import (ENTRY_TAG, MAX_ENVELOPE, ZERO_HASH, Entry, EntryError, SignedEntry, leaf_bytes,
-                          make_entry, new_command_id)
+                          make_entry, new_command_id, validate_content)
 from ledger.genesis import ChainSigner, genesis_entries
 from ledger.keys import KeyError_, SigningKey, key_id, verify_signature
 
@@ -275,3 +276,59 @@ def test_remembered_signature_check_is_per_key():
     forged = SignedEntry.from_parts(s.content, bytes(64))
     assert not forged.signature_valid(KEY.public_key)
     assert not forged.signature_valid(KEY.public_key)
+
+
+# --- the fast parsing path judges like the strict one ------------------------------------
+
+def _strict_content(content: bytes):
+    """The strict path alone: encoding._decode_strict + validate_content (None when refused)."""
+    try:
+        m = encoding._decode_strict(content)
+        validate_content(m)
+        return m
+    except (EncodingError, EntryError):
+        return None
+
+
+field_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-3, max_value=2**64 - 1), st.text(max_size=40),
+    st.binary(max_size=40), st.just(ZERO_HASH), st.just(KEY.party), st.just(KEY.key_id), st.just(T0),
+    st.just("2024-01-01T00:00:00.0Z"), st.just("1b4e28ba-2fa1-11d2-883f-0016d3cca427"),
+    st.just("1B4E28BA-2FA1-11D2-883F-0016D3CCA427"), st.just("MiningOutput"), st.just("A" * 65), body_values,
+    st.floats(allow_nan=False))
+
+
+@given(st.dictionaries(st.sampled_from(("body", "chain", "command_id", "key_id", "occurred_at", "prev", "seq",
+                                        "type", "v", "extra")), field_values, max_size=4),
+       st.sets(st.sampled_from(("body", "chain", "command_id", "seq", "v")), max_size=2),
+       st.integers(min_value=0, max_value=3))
+def test_fast_content_path_agrees_with_the_strict_path(over, dropped, packing):
+    """SignedEntry parsing takes a fast path for canonical, well-formed contents; whatever the
+    bytes (valid, mutated fields, missing or extra keys, unsorted keys, longer forms, floats),
+    it must accept exactly what the strict path accepts and decode to the same value."""
+    from ledger.entry import _fast_content
+
+    m = content_map(**over)
+    for k in dropped:
+        m.pop(k, None)
+    if packing == 0:
+        try:
+            content = canonical(m)
+        except EncodingError:
+            content = msgpack.packb(m, use_bin_type=True)
+    elif packing == 1:  # insertion order, not sorted
+        content = msgpack.packb(dict(reversed(list(m.items()))), use_bin_type=True)
+    elif packing == 2:  # floats as single precision, strings as raw (longer or other forms)
+        content = msgpack.packb(m, use_bin_type=False, use_single_float=True)
+    else:  # a non-shortest integer for seq
+        head = msgpack.packb(m, use_bin_type=True)
+        content = head.replace(b"\xa3seq\x01", b"\xa3seq\xcd\x00\x01", 1)
+    fast, strict = _fast_content(content), _strict_content(content)
+    if strict is None:
+        assert fast is None
+    else:
+        assert fast is None or fast == strict
+        if packing == 0:  # canonical and valid: the fast path itself must take it
+            assert fast == strict
+        parsed = SignedEntry.parse(canonical({"entry": content, "sig": bytes(64)}))
+        assert parsed.entry.as_map() == strict
