@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import merkle
@@ -398,57 +399,101 @@ FAST_BITS = 12
 
 def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, registry_indices: frozenset,
                 cp_sizes: tuple) -> tuple | None:
-    from .reader import LogReader
+    """Check the aligned range [start, stop) in one process. The loop is the per-entry hot path
+    of an audit, so it works on raw rows and inlines what it can: the entry's fast parse
+    (entry._split_envelope and entry._fast_content, falling back to SignedEntry.parse), the
+    leaf bytes (entry.leaf_bytes) and the Merkle frontier (merkle.Frontier.append)."""
+    from cryptography.exceptions import InvalidSignature
+
+    from .entry import ENTRY_TAG, _fast_content, _split_envelope
+    from .keys import _public_key
+    from .reader import LogReader, _tuple
 
     with LogReader(url) as r:
-        records = r.queries.records(r.cursor(), start, stop)
-    if len(records) != stop - start:
+        cur = r.cursor()
+        cur.execute(r.tables.q("SELECT l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, "
+                               "e.state, l.command_id FROM {log} l LEFT JOIN {events} e ON "
+                               "e.originator_id = l.chain AND e.originator_version = l.seq "
+                               "WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"), (start, stop))
+        rows = cur.fetchall()
+    if len(rows) != stop - start:
         return None
-    frontier = merkle.Frontier()
+    sha256 = hashlib.sha256
+    leaf_head = b"\x00\x83\xaaentry_hash\xc4\x20"  # RFC 9162 leaf prefix, then leaf_bytes's layout
+    pack_int = msgpack.Packer().pack
+    tail_us, leaf_tail = None, b""
+    tree: list[bytes] = []  # the range's frontier (the range is aligned: it starts a subtree)
     first: dict[str, tuple[int, bytes]] = {}
     last: dict[str, tuple[int, bytes]] = {}
     cp_local: dict[int, list[bytes]] = {}
     previous_us = -1
+    first_us = None
     extra = b""
-    for i, rec in enumerate(records):
-        idx = start + i
-        if rec.index != idx or rec.envelope is None or rec.recorded_us < previous_us:
+    n_rows = len(rows)
+    for i, row in enumerate(rows):
+        idx, chain, seq, type_, entry_hash, recorded_us, nodes, env, command_id = _tuple(row)
+        if (idx != start + i or type(env) is not bytes or type(recorded_us) is not int or recorded_us < previous_us
+                or type(nodes) is not bytes):
             return None
-        previous_us = rec.recorded_us
-        try:
-            s = SignedEntry.parse(rec.envelope)
-            leaf = merkle.leaf_hash(leaf_bytes(s.hash, idx, micros_to_time_text(rec.recorded_us)))
-        except (EntryError, EncodingError, OverflowError, ValueError):
+        if first_us is None:
+            first_us = recorded_us
+        previous_us = recorded_us
+        parts = _split_envelope(env)
+        m = _fast_content(parts[0]) if parts is not None else None
+        if m is None:
+            try:
+                s = SignedEntry.parse(env)
+            except (EntryError, EncodingError):
+                return None
+            content, signature, m = s.content, s.signature, s.entry.as_map()
+        else:
+            content, signature = parts
+        h = sha256(env).digest()
+        e_chain, e_seq = m["chain"], m["seq"]
+        if (chain, seq, type_, entry_hash, command_id) != (e_chain, e_seq, m["type"], h, m["command_id"]):
             return None
-        e = s.entry
-        if (rec.chain, rec.seq, rec.type, rec.entry_hash, rec.command_id) != (e.chain, e.seq, e.type, s.hash,
-                                                                             e.command_id):
-            return None
-        if e.type in REGISTRY_TYPES:
+        if m["type"] in REGISTRY_TYPES:
             if idx not in registry_indices:  # checked, in order, before the ranges
                 return None
         else:
-            k = keys.get(e.key_id)
-            if (k is None or k[0] != e.chain or k[2] >= idx or (k[3] is not None and k[3] < idx)
-                    or rec.recorded_us < k[4] or (k[5] is not None and rec.recorded_us >= k[5])
-                    or registered.get(e.chain, idx) >= idx or not s.signature_valid(k[1])):
+            k = keys.get(m["key_id"])
+            if (k is None or k[0] != e_chain or k[2] >= idx or (k[3] is not None and k[3] < idx)
+                    or recorded_us < k[4] or (k[5] is not None and recorded_us >= k[5])
+                    or registered.get(e_chain, idx) >= idx):
                 return None
-        if e.chain in last:
-            seq, head = last[e.chain]
-            if e.seq != seq + 1 or e.prev != head:
+            try:
+                _public_key(k[1]).verify(signature, ENTRY_TAG + content)
+            except (InvalidSignature, ValueError):
+                return None
+        if e_chain in last:
+            head_seq, head = last[e_chain]
+            if e_seq != head_seq + 1 or m["prev"] != head:
                 return None
         else:
-            first[e.chain] = (e.seq, e.prev)
-        last[e.chain] = (e.seq, s.hash)
-        completed = b"".join(h for _, _, h in frontier.append(leaf))
-        if rec.nodes != completed:
-            # only the range's last leaf may complete nodes above the range (checked by the parent)
-            if i != len(records) - 1 or not rec.nodes.startswith(completed):
+            first[e_chain] = (e_seq, m["prev"])
+        last[e_chain] = (e_seq, h)
+        if recorded_us != tail_us:
+            try:
+                leaf_tail = b"\xabrecorded_at" + msgpack.packb(micros_to_time_text(recorded_us))
+            except (OverflowError, ValueError):
                 return None
-            extra = rec.nodes[len(completed):]
+            tail_us = recorded_us
+        node = sha256(leaf_head + h + b"\xa5index" + pack_int(idx) + leaf_tail).digest()
+        completed = node
+        j = i  # the leaf's position in the range: its trailing 1-bits are the nodes it completes
+        while j & 1:
+            node = sha256(b"\x01" + tree.pop() + node).digest()
+            completed += node
+            j >>= 1
+        tree.append(node)
+        if nodes != completed:
+            # only the range's last leaf may complete nodes above the range (checked by the parent)
+            if i != n_rows - 1 or not nodes.startswith(completed):
+                return None
+            extra = nodes[len(completed):]
         if idx + 1 in cp_sizes:
-            cp_local[idx + 1] = list(frontier.hashes)
-    return (first, last, records[0].recorded_us, previous_us, list(frontier.hashes), extra, cp_local)
+            cp_local[idx + 1] = list(tree)
+    return (first, last, first_us, previous_us, tree, extra, cp_local)
 
 
 def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list, workers: int,
