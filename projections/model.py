@@ -16,6 +16,7 @@ are exact in SQL and Python alike.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ledger.entry import SignedEntry
 from .reference import RULE_PARAMETERS, product_class
 
 DAY_US = 86_400 * 1_000_000
+D0, D1 = Decimal(0), Decimal(1)  # shared: a lot's shares are mostly these, and a snapshot pickles each once
 RULES = {
     "designation": "1. Designation: only listed producers, at that time, may mine or separate; recyclers take no "
                    "mineral products (Decree 785 Art. 8, 11, 22)",
@@ -51,6 +53,15 @@ REGISTRY_LIKE = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAut
 
 def grams(text: Any) -> int:
     """kg (decimal text) -> integer grams; 0 for anything unreadable."""
+    if type(text) is str and text.isascii():
+        # the common case, plain digits with at most 3 decimals, without Decimal (exact alike)
+        whole, dot, frac = text.partition(".")
+        neg = whole[:1] == "-"
+        if neg:
+            whole = whole[1:]
+        if whole.isdigit() and len(frac) <= 3 and (frac.isdigit() if dot else True):
+            g = int(whole) * 1000 + (int(frac.ljust(3, "0")) if dot else 0)
+            return -g if neg else g
     try:
         return int((Decimal(text) * 1000).to_integral_value())
     except (InvalidOperation, TypeError, ValueError):
@@ -64,19 +75,33 @@ def t_to_grams(text: Any) -> int:
         return 0
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def time_us(text: Any) -> int | None:
+    """Microseconds since the epoch of a time in normal form; None for anything else."""
     try:
-        return encoding.time_to_micros(encoding.parse_time(text))
+        # parse_time validates and is cached (the entry's own parse has just seen occurred_at);
+        # it answers UTC datetimes, so a subtraction gives what encoding.time_to_micros does
+        td = encoding.parse_time(text) - _EPOCH
     except (encoding.EncodingError, TypeError):
         return None
+    return (td.days * 86_400 + td.seconds) * 1_000_000 + td.microseconds
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(day: int) -> tuple[int, str]:
+    """(year, "YYYY-MM") of a UTC day (days since the epoch)."""
+    d = datetime.fromtimestamp(day * 86_400, tz=timezone.utc)
+    return d.year, f"{d.year:04d}-{d.month:02d}"
 
 
 def year_of(us: int) -> int:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).year
+    return _day(us // DAY_US)[0]
 
 
 def month_of(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, tz=timezone.utc).strftime("%Y-%m")
+    return _day(us // DAY_US)[1]
 
 
 def report_due_us(month: str) -> int:
@@ -130,17 +155,20 @@ class Finding:
                 "evidence": [r.to_dict() for r in self.evidence], "params": self.params}
 
 
-@dataclass
 class Deltas:
-    """What one entry changed."""
+    """What one entry changed (a plain class with slots: one is made for every entry)."""
 
-    quota: list[tuple] = field(default_factory=list)     # (year, party, category, kind, g, grp, ref_index)
-    stock: list[tuple] = field(default_factory=list)     # (party, lot, product, g, reo_g)
-    flow: list[tuple] = field(default_factory=list)      # (kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref)
-    lots: list[tuple] = field(default_factory=list)      # (lot, party, product, origin_kind, origin_ref)
-    parties: list[tuple] = field(default_factory=list)   # (party, name, roles, province, grp, valid_from_us, valid_until_us)
-    credit: list[tuple] = field(default_factory=list)    # (party, kind, article, fine, cut_g, detail)
-    findings: list[Finding] = field(default_factory=list)
+    __slots__ = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "occurred_us")
+
+    def __init__(self, occurred_us: int = 0) -> None:
+        self.quota: list[tuple] = []     # (year, party, category, kind, g, grp, ref_index)
+        self.stock: list[tuple] = []     # (party, lot, product, g, reo_g)
+        self.flow: list[tuple] = []      # (kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref)
+        self.lots: list[tuple] = []      # (lot, party, product, origin_kind, origin_ref)
+        self.parties: list[tuple] = []   # (party, name, roles, province, grp, valid_from_us, valid_until_us)
+        self.credit: list[tuple] = []    # (party, kind, article, fine, cut_g, detail)
+        self.findings: list[Finding] = []
+        self.occurred_us = occurred_us   # the entry's business time (its record time when it has none)
 
 
 @dataclass
@@ -151,8 +179,8 @@ class LotInfo:
     origin: str  # MINE, IMPORT, SCRAP, SEPARATION, SMELTING
     ref: Ref
     ore: str | None = None  # ROCK / IONIC for mined lots (dominant origin for derived lots)
-    scrap_share: Decimal = Decimal(0)  # share of REO that came from secondary feed
-    ionic_share: Decimal = Decimal(0)
+    scrap_share: Decimal = D0  # share of REO that came from secondary feed
+    ionic_share: Decimal = D0
 
 
 @dataclass
@@ -183,6 +211,10 @@ class Projector:
         self.basis: dict[tuple, str] = {}  # (year, holder) -> OUTPUT | INPUT
         self.quota_refs: dict[tuple, list[Ref]] = {}
         self.over: set[tuple] = set()
+        # the sum of every quota row so far, keyed (year, party, category, kind, grp), and the
+        # latest business time among them (None: no row yet)
+        self.quota_sums: dict[tuple, int] | None = {}
+        self.quota_max_occ: int | None = None
         # stock (grams) keyed (party, lot)
         self.stock: dict[tuple, list[int]] = {}
         self.stock_refs: dict[tuple, list[Ref]] = {}
@@ -197,6 +229,12 @@ class Projector:
         self.reports: dict[tuple[str, str], int] = {}
         self.due_reports: list[tuple[int, str, str]] = []
         self.month_refs: dict[tuple[str, str], Ref] = {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "quota_sums" not in state:  # a snapshot taken before the running totals existed
+            self.quota_sums = None
+            self.quota_max_occ = None
 
     # --- helpers --------------------------------------------------------------------------
     def roles_at(self, party: str, t_us: int) -> frozenset[str]:
@@ -264,7 +302,7 @@ class Projector:
         return g or 0, reo or 0
 
     def _new_lot(self, d: Deltas, lot: str, party: str, product: str | None, origin: str, ref: Ref,
-                 ore: str | None = None, scrap_share: Decimal = Decimal(0), ionic_share: Decimal = Decimal(0)) -> None:
+                 ore: str | None = None, scrap_share: Decimal = D0, ionic_share: Decimal = D0) -> None:
         if lot not in self.lots:
             self.lots[lot] = LotInfo(lot, party, product, origin, ref, ore, scrap_share, ionic_share)
             d.lots.append((lot, party, product, origin, ref.index))
@@ -284,7 +322,7 @@ class Projector:
             raise ValueError(f"projector at position {self.position} was given log index {index}")
         self.position = index + 1
         self.chain_hashes.setdefault(chain, []).append(entry_hash)
-        d = Deltas()
+        d = Deltas(recorded_us)
         ref = Ref(chain, seq, entry_hash.hex(), index)
         self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
                       f"log index {index} ({chain}:{seq}) cannot be read: {reason}; run reledger verify", [], ref,
@@ -297,9 +335,9 @@ class Projector:
         self.position = index + 1
         e = signed.entry
         ref = Ref(e.chain, e.seq, signed.hash.hex(), index)
-        d = Deltas()
         self.chain_hashes.setdefault(e.chain, []).append(signed.hash)
         occurred_us = time_us(e.occurred_at) or recorded_us
+        d = Deltas(occurred_us)
         body = e.body if isinstance(e.body, dict) else {}
         self._due_checks(d, recorded_us, ref)
         handler = getattr(self, "_on_" + e.type, None)
@@ -367,7 +405,7 @@ class Projector:
                 self.issued[k] = self.issued.get(k, 0) + g
                 self.issued_nation[(year, cat)] = self.issued_nation.get((year, cat), 0) + g
                 self.quota_refs.setdefault(k, []).append(ref)
-                d.quota.append((year, holder, cat, "ISSUED", g, None, ref.index))
+                self._quota(d, year, holder, cat, "ISSUED", g, None, ref, occ)
                 self.over.discard(("enterprise", year, holder, cat))
                 self.over.discard(("group", year, holder, cat))
                 self.over.discard(("nation", year, "", cat))
@@ -380,8 +418,8 @@ class Projector:
         self.quota_refs.setdefault((year, ent, cat), []).append(ref)
         if (year, chain) in self.basis:
             self.basis.setdefault((year, ent), self.basis[(year, chain)])
-        d.quota.append((year, chain, cat, "SUBALLOCATED_OUT", g, None, ref.index))
-        d.quota.append((year, ent, cat, "SUBALLOCATED_IN", g, chain, ref.index))
+        self._quota(d, year, chain, cat, "SUBALLOCATED_OUT", g, None, ref, occ)
+        self._quota(d, year, ent, cat, "SUBALLOCATED_IN", g, chain, ref, occ)
         self.over.discard(("enterprise", year, ent, cat))
 
     def _on_QuotaReduced(self, d, chain, b, ref, occ, rec) -> None:
@@ -390,10 +428,22 @@ class Projector:
         # the national limit is what was issued less what was cut (as queries.quota shows it)
         self.issued_nation[(year, cat)] = self.issued_nation.get((year, cat), 0) - g
         self.quota_refs.setdefault((year, holder, cat), []).append(ref)
-        d.quota.append((year, holder, cat, "REDUCED", g, None, ref.index))
+        self._quota(d, year, holder, cat, "REDUCED", g, None, ref, occ)
         # a cut of a group's indicator is checked at group level against its members' use
         grp = holder if "GROUP" in self.roles_at(holder, occ) else None
         self._check_quota(d, year, holder, cat, ref, occ, grp)
+
+    def _quota(self, d: Deltas, year: int, party: str, cat: str, kind: str, g: int, grp: str | None, ref: Ref,
+               occ: int) -> None:
+        """A quota row, and the running totals of every quota row so far (what the store keeps at
+        regular positions, so that a quota query as of any point rolls forward a bounded stretch)."""
+        d.quota.append((year, party, cat, kind, g, grp, ref.index))
+        sums = self.quota_sums
+        if sums is not None:
+            k = (year, party, cat, kind, grp)
+            sums[k] = sums.get(k, 0) + g
+            if self.quota_max_occ is None or occ > self.quota_max_occ:
+                self.quota_max_occ = occ
 
     def allocated(self, year: int, party: str, cat: str) -> int:
         k = (year, party, cat)
@@ -409,7 +459,7 @@ class Projector:
         if grp:
             self.used_group[(year, grp, cat)] = self.used_group.get((year, grp, cat), 0) + g
         self.used_nation[(year, cat)] = self.used_nation.get((year, cat), 0) + g
-        d.quota.append((year, party, cat, "USED", g, grp, ref.index))
+        self._quota(d, year, party, cat, "USED", g, grp, ref, occ)
         self._check_quota(d, year, party, cat, ref, occ, grp)
 
     def _check_quota(self, d: Deltas, year: int, party: str, cat: str, ref: Ref, occ: int,
@@ -440,7 +490,7 @@ class Projector:
         lot, ore = b["lot"], b.get("ore_type", "ROCK")
         reo = grams(b["reo_kg"])
         self._new_lot(d, lot, chain, b.get("product", "RE_CONCENTRATE"), "MINE", ref, ore=ore,
-                      ionic_share=Decimal(1 if ore == "IONIC" else 0))
+                      ionic_share=D1 if ore == "IONIC" else D0)
         self._move(d, chain, lot, b.get("product", "RE_CONCENTRATE"), grams(b["dry_kg"]), reo, ref, occ)
         d.flow.append(("PRODUCTION", chain, None, chain, lot, b.get("product", "RE_CONCENTRATE"),
                        grams(b["dry_kg"]), reo, b.get("site")))
@@ -466,7 +516,7 @@ class Projector:
         lot = b["lot"]
         g = grams(b["kg"])
         reo = grams(b["reo_kg"]) if "reo_kg" in b else int(Decimal(g) * Decimal(b["treo_pct"]) / 100)
-        self._new_lot(d, lot, chain, b.get("scrap_type"), "SCRAP", ref, scrap_share=Decimal(1))
+        self._new_lot(d, lot, chain, b.get("scrap_type"), "SCRAP", ref, scrap_share=D1)
         self._move(d, chain, lot, b.get("scrap_type"), g, reo, ref, occ)
         d.flow.append(("SCRAP", f"scrap:{b.get('source')}", None, chain, lot, b.get("scrap_type"), g, reo, None))
 
@@ -489,8 +539,8 @@ class Projector:
                 ionic += info.ionic_share * reo
                 mineral_in = mineral_in or (product_class(info.product) == "MINERAL"
                                             and info.product not in ("MIXED_CARBONATE", "MIXED_CHLORIDE", "MIXED_OXIDE"))
-        scrap_share = (scrap / reo_in) if reo_in else Decimal(0)
-        ionic_share = (ionic / reo_in) if reo_in else Decimal(0)
+        scrap_share = (scrap / reo_in) if reo_in and scrap else D0
+        ionic_share = (ionic / reo_in) if reo_in and ionic else D0
         reo_out = 0
         for out in b.get("outputs", []):
             g, reo = grams(out["kg"]), grams(out["reo_kg"])

@@ -80,8 +80,14 @@ def roles(ps: ProjectionStore, n: int) -> dict[str, str]:
 
 def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, Any]:
     n, t = point.bounds(ps)
-    rows = ps.execute(f"SELECT party, category, kind, grp, SUM(g) FROM {P}quota WHERE year = ? AND idx < ? "
-                      "AND occurred_us <= ? GROUP BY party, category, kind, grp", (year, n, t))
+    # the totals kept at the nearest position at or before n (that counts only rows occurred by
+    # t), rolled forward with the rows from there: a bounded stretch of the log, whatever n
+    base = ps.quota_base(n, t)
+    rows = ps.execute(f"SELECT party, category, kind, grp, SUM(g) FROM ("
+                      f"SELECT party, category, kind, grp, g FROM {P}quota_sums WHERE position = ? AND year = ? "
+                      f"UNION ALL SELECT party, category, kind, grp, g FROM {P}quota WHERE year = ? AND idx >= ? "
+                      "AND idx < ? AND occurred_us <= ?) q GROUP BY party, category, kind, grp",
+                      (base, year, year, base, n, t))
     party_roles = roles(ps, n)
     acc: dict[tuple[str, str], dict[str, int]] = {}
     group_used: dict[tuple[str, str], int] = {}

@@ -31,26 +31,47 @@ from ledger.reader import DatabaseURL, LogReader, Record
 from .model import Deltas, Finding, Projector
 
 SNAPSHOT_EVERY = 20_000
-PAGE = 2_000
+PAGE = 2_000  # entries per transaction when following the log
+REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary indexes built at the end)
+QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
-TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "tracking", "snapshots")
+TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
+          "snapshots")
+# the columns of each table of delta rows, in the order the rows are made
+COLUMNS = {
+    "quota": ("idx", "occurred_us", "year", "party", "category", "kind", "g", "grp"),
+    "stock": ("idx", "occurred_us", "party", "lot", "product", "g", "reo_g"),
+    "flow": ("idx", "occurred_us", "kind", "src_party", "src_lot", "dst_party", "dst_lot", "product", "g", "reo_g",
+             "ref"),
+    "lots": ("lot", "party", "product", "origin", "idx"),
+    "parties": ("idx", "party", "name", "roles", "province", "grp", "valid_from_us", "valid_until_us"),
+    "credit": ("idx", "occurred_us", "party", "kind", "article", "fine", "cut_g", "detail"),
+    "findings": ("idx", "occurred_us", "rule", "code", "party", "message", "evidence", "params"),
+    "quota_sums": ("position", "year", "party", "category", "kind", "grp", "g"),
+}
+# the PostgreSQL types of those columns (binary COPY sends each value in its column's type)
+PG_TYPES = {
+    "quota": ("int8", "int8", "int4", "text", "text", "text", "int8", "text"),
+    "stock": ("int8", "int8", "text", "text", "text", "int8", "int8"),
+    "flow": ("int8", "int8", "text", "text", "text", "text", "text", "text", "int8", "int8", "text"),
+    "lots": ("text", "text", "text", "text", "int8"),
+    "parties": ("int8", "text", "text", "text", "text", "text", "int8", "int8"),
+    "credit": ("int8", "int8", "text", "text", "text", "text", "int8", "text"),
+    "findings": ("int8", "int8", "text", "text", "text", "text", "text", "text"),
+    "quota_sums": ("int8", "int4", "text", "text", "text", "text", "int8"),
+}
+ROW_TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings")
 
 
-def _ddl(blob: str) -> list[str]:
+def _tables_ddl(blob: str) -> list[str]:
     return [
         f"CREATE TABLE IF NOT EXISTS {P}quota (idx BIGINT NOT NULL, occurred_us BIGINT NOT NULL, year INTEGER NOT NULL,"
         " party TEXT NOT NULL, category TEXT NOT NULL, kind TEXT NOT NULL, g BIGINT NOT NULL, grp TEXT)",
-        # covering: a point-in-time quota query reads the index alone
-        f"CREATE INDEX IF NOT EXISTS {P}quota_year ON {P}quota (year, idx, occurred_us, party, category, kind, grp, g)",
         f"CREATE TABLE IF NOT EXISTS {P}stock (idx BIGINT NOT NULL, occurred_us BIGINT NOT NULL, party TEXT NOT NULL,"
         " lot TEXT NOT NULL, product TEXT, g BIGINT NOT NULL, reo_g BIGINT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {P}stock_party ON {P}stock (party, idx)",
-        f"CREATE INDEX IF NOT EXISTS {P}stock_lot ON {P}stock (lot, idx)",
         f"CREATE TABLE IF NOT EXISTS {P}flow (idx BIGINT NOT NULL, occurred_us BIGINT NOT NULL, kind TEXT NOT NULL,"
         " src_party TEXT, src_lot TEXT, dst_party TEXT, dst_lot TEXT, product TEXT, g BIGINT NOT NULL,"
         " reo_g BIGINT NOT NULL, ref TEXT)",
-        f"CREATE INDEX IF NOT EXISTS {P}flow_src ON {P}flow (src_lot)",
-        f"CREATE INDEX IF NOT EXISTS {P}flow_dst ON {P}flow (dst_lot)",
         f"CREATE TABLE IF NOT EXISTS {P}lots (lot TEXT PRIMARY KEY, party TEXT NOT NULL, product TEXT,"
         " origin TEXT NOT NULL, idx BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}parties (idx BIGINT NOT NULL, party TEXT NOT NULL, name TEXT, roles TEXT,"
@@ -59,11 +80,42 @@ def _ddl(blob: str) -> list[str]:
         " kind TEXT NOT NULL, article TEXT, fine TEXT, cut_g BIGINT, detail TEXT)",
         f"CREATE TABLE IF NOT EXISTS {P}findings (idx BIGINT NOT NULL, occurred_us BIGINT NOT NULL, rule TEXT NOT NULL,"
         " code TEXT NOT NULL, party TEXT NOT NULL, message TEXT NOT NULL, evidence TEXT NOT NULL, params TEXT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {P}findings_party ON {P}findings (party, idx)",
-        f"CREATE INDEX IF NOT EXISTS {P}findings_idx ON {P}findings (idx)",
+        # the sum of the quota rows of entries below ``position`` (a multiple of QUOTA_SUMS_EVERY),
+        # per (year, party, category, kind, grp); quota_marks says which positions have them and
+        # the latest business time among the rows summed (NULL: none)
+        f"CREATE TABLE IF NOT EXISTS {P}quota_sums (position BIGINT NOT NULL, year INTEGER NOT NULL,"
+        " party TEXT NOT NULL, category TEXT NOT NULL, kind TEXT NOT NULL, grp TEXT, g BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {P}quota_marks (position BIGINT PRIMARY KEY, max_occurred_us BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {P}tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}snapshots (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
-    ]
+    ] + ([
+        # a snapshot is a pickle of megabytes: stored as it is, without TOAST's compression (which
+        # costs more than writing the bytes)
+        f"ALTER TABLE {P}snapshots ALTER COLUMN state SET STORAGE EXTERNAL",
+    ] if blob == "BYTEA" else [])
+
+
+# secondary indexes: kept up row by row when following the log, built once at the end of a
+# full rebuild (cheaper than maintaining them through the bulk load)
+INDEXES = {
+    # covering: a point-in-time quota query reads the index alone
+    "quota_year": "quota (year, idx, occurred_us, party, category, kind, grp, g)",
+    "stock_party": "stock (party, idx)",
+    "stock_lot": "stock (lot, idx)",
+    "flow_src": "flow (src_lot)",
+    "flow_dst": "flow (dst_lot)",
+    "findings_party": "findings (party, idx)",
+    "findings_idx": "findings (idx)",
+    "quota_sums_pos": "quota_sums (position, year)",
+}
+
+
+def _indexes_ddl() -> list[str]:
+    return [f"CREATE INDEX IF NOT EXISTS {P}{name} ON {P}{spec}" for name, spec in INDEXES.items()]
+
+
+def _ddl(blob: str) -> list[str]:
+    return _tables_ddl(blob) + _indexes_ddl()
 
 
 class TrackingError(RuntimeError):
@@ -109,25 +161,42 @@ class ProjectionStore:
             except Exception:  # noqa: BLE001 - statements without rows
                 return []
 
-    def _existing_tables(self) -> int:
-        names = [P + t for t in TABLES]
-        marks = ",".join("?" * len(names))
+    def _missing(self) -> tuple[int, int]:
+        """(tables missing, secondary indexes missing)."""
+        tables = [P + t for t in TABLES]
+        indexes = [P + i for i in INDEXES]
+        marks = ",".join("?" * (len(tables) + len(indexes)))
         if self.pg:
-            sql = f"SELECT COUNT(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ({marks})"
+            sql = (f"SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename IN ({marks}) "
+                   f"UNION ALL SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                   f"AND indexname IN ({marks})")
+            params = (tables + indexes) * 2
         else:
-            sql = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({marks})"
-        return int(self.execute(sql, names)[0][0])
+            sql = f"SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name IN ({marks})"
+            params = tables + indexes
+        found = {r[0] for r in self.execute(sql, params)}
+        return len(set(tables) - found), len(set(indexes) - found)
 
-    def create(self) -> None:
+    def create(self, indexes: bool = True) -> None:
+        """The tables (and, unless told otherwise, their secondary indexes) when missing."""
         with self._lock:
-            if self._existing_tables() < len(TABLES):  # DDL only when needed (it locks, and costs on PostgreSQL)
-                for stmt in _ddl("BYTEA" if self.pg else "BLOB"):
+            tables_missing, indexes_missing = self._missing()
+            # DDL only when needed (it locks, and costs on PostgreSQL); an interrupted rebuild
+            # leaves its indexes missing: they are made here, the next time a store opens
+            if tables_missing:
+                for stmt in _tables_ddl("BYTEA" if self.pg else "BLOB"):
                     self.conn.execute(stmt)
+            if indexes and indexes_missing:
+                self._create_indexes()
             # the tracking row exists before any follower writes: the row lock (PostgreSQL FOR
             # UPDATE) then serializes followers from the first page on, instead of two of them
             # both seeing no row and colliding on its INSERT
             self.conn.execute(self.q(f"INSERT INTO {P}tracking (name, position) VALUES (?, 0) "
                                      "ON CONFLICT (name) DO NOTHING"), (self.name,))
+
+    def _create_indexes(self) -> None:
+        for stmt in _indexes_ddl():
+            self.conn.execute(stmt)
 
     def drop(self) -> None:
         with self._lock:
@@ -145,6 +214,13 @@ class ProjectionStore:
         rows = self.execute(f"SELECT position FROM {P}tracking WHERE name = ?", (self.name,))
         return int(rows[0][0]) if rows else 0
 
+    def quota_base(self, n: int, valid_at_us: int) -> int:
+        """The latest position <= ``n`` whose quota totals are kept and count only rows that
+        occurred by ``valid_at_us`` (0: none; answer from the rows alone)."""
+        rows = self.execute(f"SELECT MAX(position) FROM {P}quota_marks WHERE position <= ? "
+                            "AND (max_occurred_us IS NULL OR max_occurred_us <= ?)", (n, valid_at_us))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
     # --- following the log ---------------------------------------------------------------
     def _load_projector(self, reader: LogReader) -> Projector:
         """The rule state at the tracked position: the nearest snapshot, rolled forward."""
@@ -154,6 +230,8 @@ class ProjectionStore:
         rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
                             "ORDER BY position DESC LIMIT 1", (pos,))
         proj = pickle.loads(bytes(rows[0][1])) if rows else Projector()
+        if proj.quota_sums is None:  # a snapshot without the running quota totals: from the start
+            proj = Projector()
         for rec in reader.iter_records(proj.position, pos):
             _apply_record(proj, rec)  # state only: the rows exist
         self.projector = proj
@@ -166,11 +244,13 @@ class ProjectionStore:
             self._reader = LogReader(self.url)
         return self._reader
 
-    def catch_up(self, limit: int | None = None, on_findings: Callable[[list[Finding]], None] | None = None) -> int:
-        """Apply every entry not yet projected (at most ``limit``); returns how many."""
+    def catch_up(self, limit: int | None = None, on_findings: Callable[[list[Finding]], None] | None = None,
+                 page: int | None = None) -> int:
+        """Apply every entry not yet projected (at most ``limit``), ``page`` entries (default
+        PAGE) a transaction; returns how many."""
         with self._lock:
             try:
-                return self._catch_up(self._log_reader(), limit, on_findings)
+                return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
             except Exception:
                 reader, self._reader = self._reader, None  # a broken connection is not reused
                 if reader is not None:
@@ -180,14 +260,16 @@ class ProjectionStore:
                         pass
                 raise
 
-    def _catch_up(self, reader: LogReader, limit: int | None, on_findings) -> int:
+    def _catch_up(self, reader: LogReader, limit: int | None, on_findings, page_size: int) -> int:
         proj = self._load_projector(reader)
         size = reader.queries.size(reader.cursor())[0]
         stop = size if limit is None else min(size, proj.position + limit)
         done = 0
         while proj.position < stop:
             start = proj.position
-            page = reader.queries.records(reader.cursor(), start, min(stop, start + PAGE))
+            # pages end at every multiple of QUOTA_SUMS_EVERY, where the quota totals are kept
+            end = min(stop, start + page_size, (start // QUOTA_SUMS_EVERY + 1) * QUOTA_SUMS_EVERY)
+            page = reader.queries.records(reader.cursor(), start, end)
             if not page:
                 break
             try:
@@ -202,37 +284,36 @@ class ProjectionStore:
         return done
 
     def _apply_page(self, proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
-        rows: dict[str, list] = {t: [] for t in ("quota", "stock", "flow", "lots", "parties", "credit", "findings")}
+        quota: list[tuple] = []
+        stock: list[tuple] = []
+        flow: list[tuple] = []
+        lots: list[tuple] = []
+        parties: list[tuple] = []
+        credit: list[tuple] = []
+        found: list[tuple] = []
         findings: list[Finding] = []
         for rec in page:
-            d, signed = _apply_record(proj, rec)
-            occ = _occ(signed, rec.recorded_us) if signed is not None else rec.recorded_us
-            i = rec.index
-            rows["quota"] += [(i, occ, *r[:6]) for r in d.quota]
-            rows["stock"] += [(i, occ, *r) for r in d.stock]
-            rows["flow"] += [(i, occ, *r[:8], None if r[8] is None else str(r[8])) for r in d.flow]
-            rows["lots"] += [(lot, party, product, origin, idx) for lot, party, product, origin, idx in d.lots]
-            rows["parties"] += [(i, *r) for r in d.parties]
-            rows["credit"] += [(i, occ, *r) for r in d.credit]
-            for f in d.findings:
-                rows["findings"].append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
-                                         json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
-            findings += d.findings
-        return rows, findings
-
-    _INSERTS = {
-        "quota": "INSERT INTO {P}quota (idx, occurred_us, year, party, category, kind, g, grp) VALUES (?,?,?,?,?,?,?,?)",
-        "stock": "INSERT INTO {P}stock (idx, occurred_us, party, lot, product, g, reo_g) VALUES (?,?,?,?,?,?,?)",
-        "flow": "INSERT INTO {P}flow (idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g,"
-                " ref) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        "lots": "INSERT INTO {P}lots (lot, party, product, origin, idx) VALUES (?,?,?,?,?)",
-        "parties": "INSERT INTO {P}parties (idx, party, name, roles, province, grp, valid_from_us, valid_until_us)"
-                   " VALUES (?,?,?,?,?,?,?,?)",
-        "credit": "INSERT INTO {P}credit (idx, occurred_us, party, kind, article, fine, cut_g, detail)"
-                  " VALUES (?,?,?,?,?,?,?,?)",
-        "findings": "INSERT INTO {P}findings (idx, occurred_us, rule, code, party, message, evidence, params)"
-                    " VALUES (?,?,?,?,?,?,?,?)",
-    }
+            d = _apply_record(proj, rec)
+            i, occ = rec.index, d.occurred_us
+            if d.quota:
+                quota += [(i, occ, *r[:6]) for r in d.quota]
+            if d.stock:
+                stock += [(i, occ, *r) for r in d.stock]
+            if d.flow:
+                flow += [(i, occ, *r[:8], None if r[8] is None else str(r[8])) for r in d.flow]
+            if d.lots:
+                lots += d.lots  # (lot, party, product, origin, idx)
+            if d.parties:
+                parties += [(i, *r) for r in d.parties]
+            if d.credit:
+                credit += [(i, occ, *r) for r in d.credit]
+            if d.findings:
+                for f in d.findings:
+                    found.append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
+                                  json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
+                findings += d.findings
+        return ({"quota": quota, "stock": stock, "flow": flow, "lots": lots, "parties": parties, "credit": credit,
+                 "findings": found}, findings)
 
     def _write(self, start: int, stop: int, rows: dict[str, list], proj: Projector) -> None:
         """Rows and the new position in ONE transaction; refuses if the position moved."""
@@ -251,15 +332,30 @@ class ProjectionStore:
                 cur.execute("ROLLBACK")
                 raise
 
+    def _insert(self, cur, table: str, rows: list[tuple]) -> None:
+        cols = COLUMNS[table]
+        if self.pg:  # binary COPY: an order of magnitude cheaper than INSERTs, even pipelined
+            with cur.copy(f"COPY {P}{table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(PG_TYPES[table])
+                write = copy.write_row
+                for r in rows:
+                    write(r)
+        else:
+            cur.executemany(f"INSERT INTO {P}{table} ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})", rows)
+
     def _advance(self, cur, start: int, stop: int, rows: dict[str, list], proj: Projector) -> None:
         cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
         row = cur.fetchone()
         current = int(row[0]) if row else 0
         if current != start:
             raise TrackingError(f"projections are at {current}, expected {start}: another follower is running")
-        for table, sql in self._INSERTS.items():
+        for table in ROW_TABLES:
             if rows[table]:
-                cur.executemany(self.q(sql.format(P=P)), rows[table])
+                self._insert(cur, table, rows[table])
+        if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None:
+            self._insert(cur, "quota_sums", [(stop, *k, g) for k, g in proj.quota_sums.items()])
+            cur.execute(self.q(f"INSERT INTO {P}quota_marks (position, max_occurred_us) VALUES (?, ?)"),
+                        (stop, proj.quota_max_occ))
         if row is None:
             cur.execute(self.q(f"INSERT INTO {P}tracking (name, position) VALUES (?, ?)"), (self.name, stop))
         else:
@@ -275,10 +371,21 @@ class ProjectionStore:
                         (stop, pickle.dumps(proj, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def rebuild(self) -> int:
-        """Drop every projection table and rebuild from the log."""
-        self.drop()
-        self.create()
-        return self.catch_up()
+        """Drop every projection table and rebuild from the log: large pages, and the secondary
+        indexes built once at the end instead of row by row."""
+        with self._lock:
+            self.drop()
+            self.create(indexes=False)
+            try:
+                n = self.catch_up(page=REBUILD_PAGE)
+            except BaseException:
+                try:
+                    self._create_indexes()
+                except Exception:  # noqa: BLE001 - the first error is the one to report
+                    pass
+                raise
+            self._create_indexes()
+            return n
 
     def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
         """Keep up with the log until ``stop`` is set (subscription on PostgreSQL, polling on
@@ -295,20 +402,14 @@ class ProjectionStore:
             store.close()
 
 
-def _apply_record(proj: Projector, rec: Record) -> tuple[Deltas, SignedEntry | None]:
+def _apply_record(proj: Projector, rec: Record) -> Deltas:
     if rec.index != proj.position:
         raise TrackingError(f"the log has no entry at index {proj.position} (a gap: run reledger verify)")
     try:
         signed = SignedEntry.parse(rec.envelope) if rec.envelope is not None else None
     except EntryError as e:
-        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e)), None
+        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e))
     if signed is None:
         return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash,
-                               "the entry is missing from the events table"), None
-    return proj.apply(rec.index, rec.recorded_us, signed), signed
-
-
-def _occ(signed: SignedEntry, recorded_us: int) -> int:
-    from .model import time_us
-
-    return time_us(signed.entry.occurred_at) or recorded_us
+                               "the entry is missing from the events table")
+    return proj.apply(rec.index, rec.recorded_us, signed)
