@@ -96,7 +96,8 @@ def _log_ddl(t: Tables, backend: str) -> list[str]:
     log_name = t.log.split(".")[-1]
     stmts = [
         f"CREATE TABLE IF NOT EXISTS {t.log} ("
-        " idx BIGINT PRIMARY KEY,"
+        # on SQLite, INTEGER PRIMARY KEY makes idx the table's rowid: one b-tree less per row
+        + (" idx INTEGER PRIMARY KEY," if backend == "sqlite" else " idx BIGINT PRIMARY KEY,") +
         " chain TEXT NOT NULL,"
         " seq BIGINT NOT NULL,"
         " type TEXT NOT NULL,"
@@ -109,7 +110,6 @@ def _log_ddl(t: Tables, backend: str) -> list[str]:
         # as eventsourcing does for its events table: statistics early, so that the planner
         # uses the command id index (idempotency look-ups) long before autovacuum's defaults
         " WITH (autovacuum_analyze_threshold = 1000, autovacuum_analyze_scale_factor = 0.01)"),
-        f"CREATE INDEX IF NOT EXISTS {log_name}_recorded ON {t.log} (recorded_us)",
         f"CREATE TABLE IF NOT EXISTS {t.checkpoints} ("
         " size BIGINT PRIMARY KEY,"
         f" root {blob} NOT NULL,"

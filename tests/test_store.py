@@ -342,6 +342,9 @@ def test_index_at_time(led, mine):
         assert n > r.index
         assert all(x.recorded_us <= r.recorded_us for x in recs[:n])
         assert all(x.recorded_us > r.recorded_us for x in recs[n:])
+        for t in (r.recorded_us - 1, r.recorded_us + 1):  # between record times: the same partition
+            n = st.index_at_time(t)
+            assert n == sum(1 for x in recs if x.recorded_us <= t)
     times = [r.recorded_us for r in recs]
     assert times == sorted(times)  # record times never go backwards along the log
 

@@ -652,7 +652,6 @@ def test_absurd_recorded_time_is_reported_not_a_crash(ledger, value):
     ("UPDATE reledger_log SET recorded_us = 'x' WHERE idx = 5", 5),
     ("UPDATE reledger_log SET seq = 'x' WHERE idx = 5", 5),
     ("UPDATE reledger_checkpoints SET note = 'x'", 6),
-    ("UPDATE reledger_log SET idx = 'x' WHERE idx = 6", 6),
 ])
 def test_sqlite_values_of_the_wrong_type_are_reported(sqlite_url, statement, index):
     led = populated_ledger(sqlite_url, parties=1, per_party=2)
@@ -662,6 +661,19 @@ def test_sqlite_values_of_the_wrong_type_are_reported(sqlite_url, statement, ind
     sql(sqlite_url, statement)
     rep = verify_database(sqlite_url, workers=1)
     assert not rep.ok and rep.first.index == index, rep.problems
+
+
+def test_sqlite_log_index_cannot_hold_text(sqlite_url):
+    """On SQLite the log index is the table's rowid (INTEGER PRIMARY KEY): even with the
+    triggers dropped, the database itself refuses an index that is not an integer."""
+    import sqlite3
+
+    led = populated_ledger(sqlite_url, parties=1, per_party=2)
+    led.close()
+    drop_triggers(sqlite_url)
+    with pytest.raises(sqlite3.IntegrityError, match="datatype mismatch"):
+        sql(sqlite_url, "UPDATE reledger_log SET idx = 'x' WHERE idx = 6")
+    assert verify_database(sqlite_url, workers=1).ok
 
 
 @pytest.mark.parametrize("name", ["bad name", "a+b"])
