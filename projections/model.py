@@ -138,6 +138,17 @@ class Ref:
         return {"chain": self.chain, "seq": self.seq, "hash": self.hash, "index": self.index}
 
 
+# Inside the projector's state an entry is cited by a plain tuple (chain, seq, hash hex, index):
+# tens of thousands of them are kept (stock, lots, shipments), and a tuple costs a fraction of a
+# dataclass to make and to pickle in a snapshot. Findings carry Ref objects, made from these.
+RawRef = tuple  # (chain, seq, hash hex, index)
+
+
+def _as_ref(r: Any) -> Ref:
+    """A Ref from a raw ref (or a Ref, as snapshots of earlier versions hold)."""
+    return r if isinstance(r, Ref) else Ref(r[0], r[1], r[2], r[3])
+
+
 @dataclass
 class Finding:
     rule: str  # key of RULES
@@ -177,7 +188,7 @@ class LotInfo:
     party: str
     product: str | None
     origin: str  # MINE, IMPORT, SCRAP, SEPARATION, SMELTING
-    ref: Ref
+    ref: RawRef
     ore: str | None = None  # ROCK / IONIC for mined lots (dominant origin for derived lots)
     scrap_share: Decimal = D0  # share of REO that came from secondary feed
     ionic_share: Decimal = D0
@@ -209,7 +220,7 @@ class Projector:
         self.used_nation: dict[tuple, int] = {}
         self.issued_nation: dict[tuple, int] = {}
         self.basis: dict[tuple, str] = {}  # (year, holder) -> OUTPUT | INPUT
-        self.quota_refs: dict[tuple, list[Ref]] = {}
+        self.quota_refs: dict[tuple, list[RawRef]] = {}
         self.over: set[tuple] = set()
         # the sum of every quota row so far, keyed (year, party, category, kind, grp), and the
         # latest business time among them (None: no row yet)
@@ -217,7 +228,7 @@ class Projector:
         self.quota_max_occ: int | None = None
         # stock (grams) keyed (party, lot)
         self.stock: dict[tuple, list[int]] = {}
-        self.stock_refs: dict[tuple, list[Ref]] = {}
+        self.stock_refs: dict[tuple, list[RawRef]] = {}
         self.negative: set[tuple] = set()
         self.lots: dict[str, LotInfo] = {}
         # flows
@@ -228,9 +239,19 @@ class Projector:
         self.active_months: set[tuple[str, str]] = set()
         self.reports: dict[tuple[str, str], int] = {}
         self.due_reports: list[tuple[int, str, str]] = []
-        self.month_refs: dict[tuple[str, str], Ref] = {}
+        self.month_refs: dict[tuple[str, str], RawRef] = {}
+
+    # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["lots"] = {k: (v.party, v.product, v.origin, v.ref, v.ore, v.scrap_share, v.ionic_share)
+                         for k, v in self.lots.items()}
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        lots = state.get("lots")
+        if lots and type(next(iter(lots.values()))) is tuple:
+            state = {**state, "lots": {k: LotInfo(k, *v) for k, v in lots.items()}}
         self.__dict__.update(state)
         if "quota_sums" not in state:  # a snapshot taken before the running totals existed
             self.quota_sums = None
@@ -254,12 +275,12 @@ class Projector:
                 group, best = g, since
         return group
 
-    def _finding(self, d: Deltas, rule: str, code: str, party: str, message: str, evidence: list[Ref],
-                 ref: Ref, occurred_us: int, **params: Any) -> None:
-        d.findings.append(Finding(rule, code, party, message, _dedupe([ref, *evidence]), ref.index, occurred_us,
+    def _finding(self, d: Deltas, rule: str, code: str, party: str, message: str, evidence: list[RawRef],
+                 ref: RawRef, occurred_us: int, **params: Any) -> None:
+        d.findings.append(Finding(rule, code, party, message, _dedupe([ref, *evidence]), ref[3], occurred_us,
                                   params))
 
-    def _move(self, d: Deltas, party: str, lot: str, product: str | None, g: int, reo_g: int, ref: Ref,
+    def _move(self, d: Deltas, party: str, lot: str, product: str | None, g: int, reo_g: int, ref: RawRef,
               occurred_us: int) -> None:
         key = (party, lot)
         bal = self.stock.setdefault(key, [0, 0])
@@ -280,7 +301,7 @@ class Projector:
         else:
             self.negative.discard(key)
 
-    def _take(self, d: Deltas, party: str, lot: str, product: str | None, kg: Any, reo_kg: Any, ref: Ref,
+    def _take(self, d: Deltas, party: str, lot: str, product: str | None, kg: Any, reo_kg: Any, ref: RawRef,
               occurred_us: int) -> tuple[int, int]:
         """Take a lot out of a party's stock; REO or mass missing from the line is taken in
         proportion from the lot's book balance."""
@@ -301,11 +322,11 @@ class Projector:
                    occurred_us)
         return g or 0, reo or 0
 
-    def _new_lot(self, d: Deltas, lot: str, party: str, product: str | None, origin: str, ref: Ref,
+    def _new_lot(self, d: Deltas, lot: str, party: str, product: str | None, origin: str, ref: RawRef,
                  ore: str | None = None, scrap_share: Decimal = D0, ionic_share: Decimal = D0) -> None:
         if lot not in self.lots:
             self.lots[lot] = LotInfo(lot, party, product, origin, ref, ore, scrap_share, ionic_share)
-            d.lots.append((lot, party, product, origin, ref.index))
+            d.lots.append((lot, party, product, origin, ref[3]))
 
     def _recycler_only(self, party: str, t_us: int) -> bool:
         """A recycler at ``t_us`` that is not also a designated separation plant (whose mineral
@@ -323,7 +344,7 @@ class Projector:
         self.position = index + 1
         self.chain_hashes.setdefault(chain, []).append(entry_hash)
         d = Deltas(recorded_us)
-        ref = Ref(chain, seq, entry_hash.hex(), index)
+        ref = (chain, seq, entry_hash.hex(), index)
         self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
                       f"log index {index} ({chain}:{seq}) cannot be read: {reason}; run reledger verify", [], ref,
                       recorded_us)
@@ -334,7 +355,7 @@ class Projector:
             raise ValueError(f"projector at position {self.position} was given log index {index}")
         self.position = index + 1
         e = signed.entry
-        ref = Ref(e.chain, e.seq, signed.hash.hex(), index)
+        ref = (e.chain, e.seq, signed.hash.hex(), index)
         self.chain_hashes.setdefault(e.chain, []).append(signed.hash)
         occurred_us = time_us(e.occurred_at) or recorded_us
         d = Deltas(occurred_us)
@@ -433,11 +454,11 @@ class Projector:
         grp = holder if "GROUP" in self.roles_at(holder, occ) else None
         self._check_quota(d, year, holder, cat, ref, occ, grp)
 
-    def _quota(self, d: Deltas, year: int, party: str, cat: str, kind: str, g: int, grp: str | None, ref: Ref,
+    def _quota(self, d: Deltas, year: int, party: str, cat: str, kind: str, g: int, grp: str | None, ref: RawRef,
                occ: int) -> None:
         """A quota row, and the running totals of every quota row so far (what the store keeps at
         regular positions, so that a quota query as of any point rolls forward a bounded stretch)."""
-        d.quota.append((year, party, cat, kind, g, grp, ref.index))
+        d.quota.append((year, party, cat, kind, g, grp, ref[3]))
         sums = self.quota_sums
         if sums is not None:
             k = (year, party, cat, kind, grp)
@@ -449,7 +470,7 @@ class Projector:
         k = (year, party, cat)
         return self.issued.get(k, 0) + self.alloc_in.get(k, 0) - self.reduced.get(k, 0)
 
-    def _use(self, d: Deltas, party: str, cat: str, g: int, ref: Ref, occ: int) -> None:
+    def _use(self, d: Deltas, party: str, cat: str, g: int, ref: RawRef, occ: int) -> None:
         if g <= 0:
             return
         year = year_of(occ)
@@ -462,7 +483,7 @@ class Projector:
         self._quota(d, year, party, cat, "USED", g, grp, ref, occ)
         self._check_quota(d, year, party, cat, ref, occ, grp)
 
-    def _check_quota(self, d: Deltas, year: int, party: str, cat: str, ref: Ref, occ: int,
+    def _check_quota(self, d: Deltas, year: int, party: str, cat: str, ref: RawRef, occ: int,
                      grp: str | None = None) -> None:
         checks = [("enterprise", party, self.used.get((year, party, cat), 0), self.allocated(year, party, cat))]
         if grp:
@@ -633,7 +654,7 @@ class Projector:
             # past the command API) can record one: the goods would be on the books twice
             self._finding(d, "flow", "RECEIPT_DUPLICATE", chain,
                           f"transfer {tid} from {seller} was already received",
-                          [r for r in (ship["received"], ship["ref"]) if isinstance(r, Ref)], ref, occ)
+                          [r for r in (ship["received"], ship["ref"]) if r], ref, occ)
             return
         ship["received"] = ref
         shipped = sorted((x[0], x[1], x[2]) for x in ship["lines"])
@@ -667,7 +688,7 @@ class Projector:
     # reporting and enforcement ------------------------------------------------------------------
     def _on_MonthlyFlowReportSubmitted(self, d, chain, b, ref, occ, rec) -> None:
         month = b["month"]
-        self.reports[(chain, month)] = ref.index
+        self.reports[(chain, month)] = ref[3]
         due = report_due_us(month)
         if rec >= due:
             self._finding(d, "reporting", "REPORT_LATE", chain,
@@ -693,7 +714,7 @@ class Projector:
                          t_to_grams(b.get("next_year_cut_t_reo", "0")), b.get("decision_no")))
 
     # time-driven rules --------------------------------------------------------------------------
-    def _due_checks(self, d: Deltas, now_us: int, ref: Ref) -> None:
+    def _due_checks(self, d: Deltas, now_us: int, ref: RawRef) -> None:
         while self.due_shipments and self.due_shipments[0][0] <= now_us:
             due, seller, tid = heapq.heappop(self.due_shipments)
             ship = self.shipments.get((seller, tid))
@@ -701,7 +722,7 @@ class Projector:
                 d.findings.append(Finding(
                     "flow", "SHIPMENT_NOT_RECEIVED", seller,
                     f"transfer {tid} from {seller} to {ship['buyer']} was not received within "
-                    f"{RULE_PARAMETERS['receipt_within_days']} days", [ship["ref"]], ref.index, due,
+                    f"{RULE_PARAMETERS['receipt_within_days']} days", [_as_ref(ship["ref"])], ref[3], due,
                     {"buyer": ship["buyer"], "transfer_id": tid}))
         while self.due_reports and self.due_reports[0][0] <= now_us:
             due, party, month = heapq.heappop(self.due_reports)
@@ -709,9 +730,9 @@ class Projector:
                 d.findings.append(Finding(
                     "reporting", "REPORT_MISSING", party,
                     f"no flow report for {month} by the due date {encoding.micros_to_time_text(due)}",
-                    [self.month_refs[(party, month)]], ref.index, due, {"month": month}))
+                    [_as_ref(self.month_refs[(party, month)])], ref[3], due, {"month": month}))
 
-    def _timeliness(self, d: Deltas, party: str, type: str, ref: Ref, occ: int, rec: int) -> None:
+    def _timeliness(self, d: Deltas, party: str, type: str, ref: RawRef, occ: int, rec: int) -> None:
         limit = int(RULE_PARAMETERS["backdating_days"]) * DAY_US
         if rec - occ > limit:
             self._finding(d, "timeliness", "BACKDATED", party,
@@ -724,9 +745,10 @@ class Projector:
                           [], ref, occ)
 
 
-def _dedupe(refs: list[Ref]) -> list[Ref]:
+def _dedupe(refs: list[RawRef]) -> list[Ref]:
     seen, out = set(), []
     for r in refs:
+        r = _as_ref(r)
         if r.index not in seen:
             seen.add(r.index)
             out.append(r)
