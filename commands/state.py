@@ -9,7 +9,9 @@ any position and catch up; nothing here reads or writes storage by itself.
   membership is the projections' business: the write path checks nothing by it);
 * shipments by (seller, transfer id): buyer, and whether (and where) received;
 * quota batches by (year, batch no, holder);
-* lots by id (the entry that created each lot) and production batch ids per chain.
+* lots by id (the entry that created each lot) and production batch ids per chain;
+* the command ids of the log, as a :class:`MaybeRecorded` filter: "certainly not recorded"
+  (nothing to look up) or "maybe" (the caller asks the database).
 
 Changes made while validating a submission are journaled (:meth:`WriteState.begin`):
 :meth:`WriteState.mark` and :meth:`WriteState.rollback` undo a refused group,
@@ -17,7 +19,8 @@ Changes made while validating a submission are journaled (:meth:`WriteState.begi
 store directly) changes only what can be read from it.
 
 Memory grows with parties, keys, chains, lots, shipments and production batches (a few hundred
-bytes each: about 10^6 of them for a national year); catching up parses every entry once.
+bytes each: about 10^6 of them for a national year), and by 1.5 bytes per log entry for the
+command id filter; catching up parses every entry once.
 """
 
 from __future__ import annotations
@@ -131,6 +134,52 @@ class LotOrigin:
     index: int
 
 
+class MaybeRecorded:
+    """The (chain, command id) pairs of the log, as a Bloom filter that grows: ``maybe(...)``
+    is False only for a pair that was never added (no false negatives), and True for about 0.3%
+    of the others at each size step (12 bits and 8 probes a pair; a new filter of twice the
+    capacity when the last one is full). Pairs cannot be removed: one added for an entry that
+    was then refused only makes its look-up happen. Hashes are per process (``hash``)."""
+
+    BITS, PROBES = 12, 8
+
+    def __init__(self, capacity: int = 1 << 14) -> None:
+        self._filters: list[list] = []  # [bits, size in bits, capacity, count]
+        self._grow(capacity)
+
+    def _grow(self, capacity: int) -> None:
+        m = capacity * self.BITS
+        self._filters.append([bytearray(m // 8 + 1), m, capacity, 0])
+
+    def __len__(self) -> int:
+        return sum(f[3] for f in self._filters)
+
+    def add(self, chain: str, command_id: str) -> None:
+        f = self._filters[-1]
+        if f[3] >= f[2]:
+            self._grow(f[2] * 2)
+            f = self._filters[-1]
+        bits, m = f[0], f[1]
+        h = hash((chain, command_id))
+        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
+        for i in range(self.PROBES):
+            j = (a + i * b) % m
+            bits[j >> 3] |= 1 << (j & 7)
+        f[3] += 1
+
+    def maybe(self, chain: str, command_id: str) -> bool:
+        h = hash((chain, command_id))
+        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
+        for bits, m, _, _ in self._filters:
+            for i in range(self.PROBES):
+                j = (a + i * b) % m
+                if not bits[j >> 3] & (1 << (j & 7)):
+                    break
+            else:
+                return True
+        return False
+
+
 class WriteState:
     """See the module docstring. Not thread-safe: the command API holds its lock around it."""
 
@@ -143,6 +192,7 @@ class WriteState:
         self.quota_batches: dict[tuple[int, int, str], QuotaBatch] = {}
         self.lots: dict[str, LotOrigin] = {}
         self.batches: dict[tuple[str, str], int] = {}
+        self.commands = MaybeRecorded()  # never rolled back (see MaybeRecorded)
         # entries applied since the last commit: (chain, seq) -> (entry hash, type)
         self.pending: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._journal: list[Callable[[], None]] | None = None
@@ -218,10 +268,16 @@ class WriteState:
             if rec.index != self.size:
                 raise ValueError(f"state at {self.size} cannot apply log index {rec.index}")
             if rec.envelope is None:  # the events row is missing: the verifier reports it
+                if rec.command_id is not None:
+                    self.commands.add(rec.chain, rec.command_id)
                 self.size = rec.index + 1
                 self.registry.size = self.size
                 continue
-            self.apply(SignedEntry.parse(rec.envelope), rec.index, strict=False)
+            signed = SignedEntry.parse(rec.envelope)
+            self.apply(signed, rec.index, strict=False)
+            if rec.command_id is not None and (rec.chain, rec.command_id) != (signed.entry.chain,
+                                                                            signed.entry.command_id):
+                self.commands.add(rec.chain, rec.command_id)  # as the log row says (what a look-up finds)
             n += 1
         return n
 
@@ -246,6 +302,7 @@ class WriteState:
             key = (e.chain, e.seq)
             self._journal.append(lambda: self.pending.pop(key, None))
         self.size = index + 1
+        self.commands.add(e.chain, e.command_id)
         self._put(self.heads, e.chain, (e.seq, signed.hash))
         handler = _HANDLERS.get(e.type)
         if handler is not None:

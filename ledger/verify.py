@@ -411,9 +411,11 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
 
     with LogReader(url) as r:
         cur = r.cursor()
+        # the envelope by a correlated subquery: one primary-key look-up per log row whatever
+        # the planner's statistics say (a bulk-loaded PostgreSQL log may have none yet)
         cur.execute(r.tables.q("SELECT l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, "
-                               "e.state, l.command_id FROM {log} l LEFT JOIN {events} e ON "
-                               "e.originator_id = l.chain AND e.originator_version = l.seq "
+                               "(SELECT e.state FROM {events} e WHERE e.originator_id = l.chain "
+                               "AND e.originator_version = l.seq), l.command_id FROM {log} l "
                                "WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx"), (start, stop))
         rows = cur.fetchall()
     if len(rows) != stop - start:

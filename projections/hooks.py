@@ -1,8 +1,14 @@
 """The findings an append raised, for the command API's answer (``findings_hook``).
 
-After a group commit the command API asks, entry by entry, which findings each new entry
-raised; the first question brings the projections up to date (one catch-up for the whole
-commit) and the answers come from what that catch-up produced.
+After a group commit the command API asks, entry by entry and in log order, which findings
+each new entry raised; the first question brings the projections up to date (one catch-up for
+the whole commit, or for several commits when the questions come later, as the server's
+findings stage asks them) and the answers come from what that catch-up produced.
+
+Every catch-up of the projections in a process that answers appends must go through
+:meth:`ProjectionFindings.catch_up` (the server's follower and its queries do): a catch-up
+that bypassed the collector would project the new entries without keeping their findings, and
+the appends' answers would list none.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ class ProjectionFindings:
         self.projections = projections
         self.keep = keep
         self._by_index: dict[int, list[dict[str, Any]]] = {}
+        self._upto = -1  # the projections' position after this collector's last catch-up
         self._lock = threading.Lock()
 
     def _collect(self, findings: list[Finding]) -> None:
@@ -35,6 +42,8 @@ class ProjectionFindings:
 
     def _catch_up(self) -> int:
         n = self.projections.catch_up(on_findings=self._collect)
+        proj = self.projections.projector
+        self._upto = proj.position if proj is not None else self.projections.position()
         if len(self._by_index) > self.keep:
             for k in sorted(self._by_index)[: len(self._by_index) - self.keep]:
                 del self._by_index[k]
@@ -42,7 +51,9 @@ class ProjectionFindings:
 
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._lock:
-            if receipt.index >= self.projections.position():
+            # projected by one of this collector's catch-ups: its findings (if any) are kept;
+            # else (a first question, or an entry past the last catch-up) catch up now
+            if receipt.index >= self._upto and receipt.index >= self.projections.position():
                 self._catch_up()
             # only what concerns the submitter: a time-driven finding raised on the arrival of
             # this entry about another party (a shipment overdue elsewhere) is not theirs to see

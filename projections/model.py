@@ -51,8 +51,23 @@ REGISTRY_LIKE = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAut
                            "GroupMembershipChanged"})
 
 
+_GRAMS: dict[str, int] = {}  # kg texts already converted (a log repeats its masses a lot)
+
+
 def grams(text: Any) -> int:
     """kg (decimal text) -> integer grams; 0 for anything unreadable."""
+    if type(text) is str:
+        g = _GRAMS.get(text)
+        if g is None:
+            g = _grams(text)
+            if len(_GRAMS) >= 1 << 16:
+                _GRAMS.clear()
+            _GRAMS[text] = g
+        return g
+    return _grams(text)
+
+
+def _grams(text: Any) -> int:
     if type(text) is str and text.isascii():
         # the common case, plain digits with at most 3 decimals, without Decimal (exact alike)
         whole, dot, frac = text.partition(".")
@@ -360,11 +375,13 @@ class Projector:
         occurred_us = time_us(e.occurred_at) or recorded_us
         d = Deltas(occurred_us)
         body = e.body if isinstance(e.body, dict) else {}
-        self._due_checks(d, recorded_us, ref)
-        handler = getattr(self, "_on_" + e.type, None)
+        if ((self.due_shipments and self.due_shipments[0][0] <= recorded_us)
+                or (self.due_reports and self.due_reports[0][0] <= recorded_us)):
+            self._due_checks(d, recorded_us, ref)
+        handler = _HANDLERS.get(e.type)
         if handler is not None:
             try:
-                handler(d, e.chain, body, ref, occurred_us, recorded_us)
+                handler(self, d, e.chain, body, ref, occurred_us, recorded_us)
             except (KeyError, TypeError, AttributeError, ValueError, InvalidOperation) as err:
                 self._finding(d, "flow", "UNREADABLE_ENTRY", e.chain,
                               f"the projections could not read this {e.type} ({type(err).__name__}: {err})",
@@ -743,6 +760,10 @@ class Projector:
             self._finding(d, "timeliness", "FUTURE_DATED", party,
                           f"{type} has a business time {encoding.micros_to_time_text(occ)} after it was recorded",
                           [], ref, occ)
+
+
+# entry type -> Projector._on_<type>
+_HANDLERS = {name[4:]: fn for name, fn in vars(Projector).items() if name.startswith("_on_")}
 
 
 def _dedupe(refs: list[RawRef]) -> list[Ref]:

@@ -548,11 +548,11 @@ def test_database_trouble_is_503_not_500(tmp_path):
         real = app.state.api.submit_groups
         calls = []
 
-        def busy(groups):
+        def busy(groups, **kw):
             calls.append(len(groups))
             if len(calls) == 1:
                 raise sqlite3.OperationalError("database is locked")
-            return real(groups)
+            return real(groups, **kw)
 
         app.state.api.submit_groups = busy
         s = ChainSigner(cast.keys["MINE02"])
