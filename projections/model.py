@@ -30,6 +30,7 @@ from ledger.entry import SignedEntry
 from .reference import RULE_PARAMETERS, product_class
 
 DAY_US = 86_400 * 1_000_000
+_NO_STOCK = (0, 0)
 D0, D1 = Decimal(0), Decimal(1)  # shared: a lot's shares are mostly these, and a snapshot pickles each once
 RULES = {
     "designation": "1. Designation: only listed producers, at that time, may mine or separate; recyclers take no "
@@ -298,13 +299,18 @@ class Projector:
     def _move(self, d: Deltas, party: str, lot: str, product: str | None, g: int, reo_g: int, ref: RawRef,
               occurred_us: int) -> None:
         key = (party, lot)
-        bal = self.stock.setdefault(key, [0, 0])
+        bal = self.stock.get(key)
+        if bal is None:
+            bal = self.stock[key] = [0, 0]
         bal[0] += g
         bal[1] += reo_g
-        refs = self.stock_refs.setdefault(key, [])
-        refs.append(ref)
-        if len(refs) > 8:
-            del refs[:-8]
+        refs = self.stock_refs.get(key)
+        if refs is None:
+            self.stock_refs[key] = refs = [ref]
+        else:
+            refs.append(ref)
+            if len(refs) > 8:
+                del refs[:-8]
         d.stock.append((party, lot, product, g, reo_g))
         if bal[0] < 0 or bal[1] < 0:
             if key not in self.negative:
@@ -320,7 +326,7 @@ class Projector:
               occurred_us: int) -> tuple[int, int]:
         """Take a lot out of a party's stock; REO or mass missing from the line is taken in
         proportion from the lot's book balance."""
-        bal = self.stock.get((party, lot), [0, 0])
+        bal = self.stock.get((party, lot), _NO_STOCK)
         g = grams(kg) if kg is not None else None
         reo = grams(reo_kg) if reo_kg is not None else None
         if reo is None and g is not None:
@@ -502,22 +508,35 @@ class Projector:
 
     def _check_quota(self, d: Deltas, year: int, party: str, cat: str, ref: RawRef, occ: int,
                      grp: str | None = None) -> None:
-        checks = [("enterprise", party, self.used.get((year, party, cat), 0), self.allocated(year, party, cat))]
+        k = (year, party, cat)
+        used = self.used.get(k, 0)
+        limit = self.issued.get(k, 0) + self.alloc_in.get(k, 0) - self.reduced.get(k, 0)
+        if used > limit:
+            self._over(d, "enterprise", party, used, limit, year, party, cat, ref, occ)
         if grp:
-            checks.append(("group", grp, self.used_group.get((year, grp, cat), 0),
-                           self.issued.get((year, grp, cat), 0) - self.reduced.get((year, grp, cat), 0)))
-        checks.append(("nation", "", self.used_nation.get((year, cat), 0), self.issued_nation.get((year, cat), 0)))
-        for level, who, used, limit in checks:
-            key = (level, year, who, cat)
-            if used > limit and key not in self.over:
-                self.over.add(key)
-                target = party if level == "enterprise" else (who or "nation")
-                evidence = list(self.quota_refs.get((year, who or party, cat), []))[:10]
-                self._finding(d, "quota", "OVER_QUOTA", party,
-                              f"{cat} {year} at {level} level ({target}): used {kg_text(used)} kg REO against "
-                              f"{kg_text(limit)} kg REO issued so far", evidence, ref, occ,
-                              level=level, holder=target, year=year, category=cat, used_kg=kg_text(used),
-                              limit_kg=kg_text(limit))
+            k = (year, grp, cat)
+            used = self.used_group.get(k, 0)
+            limit = self.issued.get(k, 0) - self.reduced.get(k, 0)
+            if used > limit:
+                self._over(d, "group", grp, used, limit, year, party, cat, ref, occ)
+        k = (year, cat)
+        used = self.used_nation.get(k, 0)
+        limit = self.issued_nation.get(k, 0)
+        if used > limit:
+            self._over(d, "nation", "", used, limit, year, party, cat, ref, occ)
+
+    def _over(self, d: Deltas, level: str, who: str, used: int, limit: int, year: int, party: str, cat: str,
+              ref: RawRef, occ: int) -> None:
+        key = (level, year, who, cat)
+        if key not in self.over:
+            self.over.add(key)
+            target = party if level == "enterprise" else (who or "nation")
+            evidence = list(self.quota_refs.get((year, who or party, cat), []))[:10]
+            self._finding(d, "quota", "OVER_QUOTA", party,
+                          f"{cat} {year} at {level} level ({target}): used {kg_text(used)} kg REO against "
+                          f"{kg_text(limit)} kg REO issued so far", evidence, ref, occ,
+                          level=level, holder=target, year=year, category=cat, used_kg=kg_text(used),
+                          limit_kg=kg_text(limit))
 
     # material flow --------------------------------------------------------------------------
     def _on_MineralProductProduced(self, d, chain, b, ref, occ, rec) -> None:

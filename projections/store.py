@@ -299,15 +299,16 @@ class ProjectionStore:
         credit: list[tuple] = []
         found: list[tuple] = []
         findings: list[Finding] = []
+        apply = _apply_record
         for rec in page:
-            d = _apply_record(proj, rec)
+            d = apply(proj, rec)
             i, occ = rec.index, d.occurred_us
-            if d.quota:
-                quota += [(i, occ, *r[:6]) for r in d.quota]
-            if d.stock:
-                stock += [(i, occ, *r) for r in d.stock]
-            if d.flow:
-                flow += [(i, occ, *r[:8], None if r[8] is None else str(r[8])) for r in d.flow]
+            for r in d.stock:
+                stock.append((i, occ, *r))
+            for r in d.flow:
+                flow.append((i, occ, *r[:8], None if r[8] is None else str(r[8])))
+            for r in d.quota:
+                quota.append((i, occ, *r[:6]))
             if d.lots:
                 lots += d.lots  # (lot, party, product, origin, idx)
             if d.parties:
