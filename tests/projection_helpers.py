@@ -232,6 +232,9 @@ _DUMP = {
     "parties": "idx, party, name, roles, province, grp, valid_from_us, valid_until_us",
     "credit": "idx, occurred_us, party, kind, article, fine, cut_g, detail",
     "findings": "idx, occurred_us, rule, code, party, message, evidence, params",
+    # the quota totals kept at positions (multiples of QUOTA_SUMS_EVERY) up to n
+    "quota_sums": "position, year, party, category, kind, grp, g",
+    "quota_marks": "position, max_occurred_us",
 }
 
 
@@ -240,7 +243,8 @@ def dump(ps: ProjectionStore, n: int | None = None) -> dict[str, list[tuple]]:
     when their dumps are."""
     out = {}
     for table, cols in _DUMP.items():
-        sql = f"SELECT {cols} FROM {P}{table}" + ("" if n is None else " WHERE idx < ?")
+        where = " WHERE position <= ?" if table.startswith("quota_") else " WHERE idx < ?"
+        sql = f"SELECT {cols} FROM {P}{table}" + ("" if n is None else where)
         rows = ps.execute(sql, () if n is None else (n,))
         out[table] = sorted((tuple("" if v is None else (int(v) if isinstance(v, int) else str(v)) for v in r)
                              for r in rows), key=repr)

@@ -167,6 +167,103 @@ def test_restart_from_a_snapshot(w, monkeypatch):
     fresh.close()
 
 
+# --- quota totals kept at positions ---------------------------------------------------------------
+
+def _quota_from_rows(ps, monkeypatch, point):
+    """The quota answer from the delta rows alone (no kept totals)."""
+    with monkeypatch.context() as m:
+        m.setattr(ps, "quota_base", lambda n, t: 0)
+        return queries.quota(ps, Y, point)
+
+
+def test_quota_totals_kept_and_rolled_forward(w, monkeypatch):
+    """A quota answer as of any log size and valid at any time (kept totals at the nearest
+    position, rolled forward) equals the answer from the rows alone; the totals are kept at every
+    multiple of QUOTA_SUMS_EVERY, the same followed page by page or rebuilt."""
+    monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 3)
+    monkeypatch.setattr(pstore, "PAGE", 2)
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 4)
+    ps = ProjectionStore(w.url)
+    try:
+        ps.catch_up()
+        _activity(w, 3)
+        ps.catch_up()
+        w.now += 45 * DAY
+        w.produce("MINE01", "LATE", 400_000, at=w.now - 40 * DAY)  # backdated: an earlier business time
+        _activity(w, 3, start=10)
+        w.ok("MIIT", "QuotaBatchIssued", {"year": Y, "batch_no": 2, "document_no": "Q-2", "holder": "GRP01",
+                                          "mining_rock_t_reo": "1", "mining_ionic_t_reo": "0",
+                                          "separation_t_reo": "0"})
+        w.produce("MINE02", "I1", 500_000, ore="IONIC")
+        size = w.store.size()
+        ps.catch_up(limit=5)
+        ps.catch_up()
+        marks = [int(r[0]) for r in ps.execute(f"SELECT position FROM {P}quota_marks ORDER BY position")]
+        assert marks == list(range(3, size + 1, 3))
+        times = sorted({int(r[0]) for r in ps.execute(f"SELECT occurred_us FROM {P}quota")})
+        valid_ats = [None, times[0] - 1, *times, times[-1] + 1]
+        based = 0
+        for n in range(size + 1):
+            for t in valid_ats:
+                point = Point(n, t)
+                base = ps.quota_base(n, pstore_far(t))
+                assert base % 3 == 0 and base <= n
+                based += base > 0
+                assert queries.quota(ps, Y, point) == _quota_from_rows(ps, monkeypatch, point), (n, t)
+        assert based  # the kept totals were used
+        # the base: the latest kept position at or before n whose rows all occurred by t
+        rows = [(int(i), int(o)) for i, o in ps.execute(f"SELECT idx, occurred_us FROM {P}quota")]
+        for n in range(size + 1):
+            for t in valid_ats:
+                tt = pstore_far(t)
+                expected = max((p for p in marks if p <= n and all(o <= tt for i, o in rows if i < p)), default=0)
+                assert ps.quota_base(n, tt) == expected, (n, t)
+        assert ps.quota_base(size, pstore_far(None)) == size - size % 3
+        got = dump(ps)
+        assert got["quota_sums"] and got["quota_marks"]
+    finally:
+        ps.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got  # the same totals at the same positions
+    fresh.close()
+
+
+def pstore_far(t):
+    return queries.FAR_FUTURE if t is None else t
+
+
+def test_snapshot_without_running_totals_is_not_rolled_forward_from(w, monkeypatch):
+    """A snapshot of an earlier version (no running quota totals) is not used: the rule state is
+    rebuilt from the start of the log, and the totals kept afterwards are right."""
+    import pickle
+
+    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
+    monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 5)
+    _activity(w, 4)
+    a = ProjectionStore(w.url)
+    a.catch_up()
+    for pos, blob in a.execute(f"SELECT position, state FROM {P}snapshots"):
+        old = pickle.loads(bytes(blob))
+        del old.__dict__["quota_sums"], old.__dict__["quota_max_occ"]
+        a.execute(f"UPDATE {P}snapshots SET state = ? WHERE position = ?",
+                  (pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL), pos))
+    a.close()
+    _activity(w, 4, start=10)
+    b = ProjectionStore(w.url)
+    proj = b._load_projector(_reader(w.url))
+    assert proj.quota_sums is not None
+    b.catch_up()
+    got = dump(b)
+    for n in range(w.store.size() + 1):
+        assert queries.quota(b, Y, Point(n)) == _quota_from_rows(b, monkeypatch, Point(n))
+    b.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
 def _reader(url):
     from ledger.reader import LogReader
 

@@ -604,6 +604,8 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 def test_projections_match_reference(db_url, monkeypatch):
     monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
+    monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 3)  # quota answers from kept totals + a roll-forward
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 5)
 
     class Machine(ProjectionMachine):
         base_url = db_url
