@@ -257,6 +257,12 @@ class Queries:
 
     def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
         out: dict[tuple[str, str], tuple[int, bytes]] = {}
+        if self.t.backend == "postgres" and command_ids:  # one array parameter, in binary form
+            cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} "
+                                 "WHERE command_id = ANY(%b::text[])"), (list(command_ids),))
+            for r in map(_tuple, cur.fetchall()):
+                out[(r[0], r[1])] = (int(r[2]), bytes(r[3]))
+            return out
         for i in range(0, len(command_ids), 500):
             chunk = command_ids[i:i + 500]
             cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} WHERE command_id IN ("

@@ -227,6 +227,14 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         name = events_table_name[: -len("_events")] if events_table_name.endswith("_events") else NAME
         self.tables = Tables("postgres", datastore.schema, name)
         self.lock_key = int.from_bytes(hashlib.sha256(self.tables.log.encode()).digest()[:8], "big", signed=True)
+        # %b: the arrays go in binary form (psycopg's text form escapes every value in Python)
+        self._insert_events_sql = self.tables.q(
+            "INSERT INTO {events} (originator_id, originator_version, topic, state) "
+            "SELECT * FROM unnest(?::text[], ?::bigint[], ?::text[], ?::bytea[])").replace("%s", "%b")
+        self._insert_log_sql = self.tables.q(
+            "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
+            "SELECT * FROM unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[], ?::text[], "
+            "?::bytea[], ?::bigint[], ?::bytea[])").replace("%s", "%b")
         from psycopg.sql import SQL
 
         for stmt in _log_ddl(self.tables, "postgres"):
@@ -275,14 +283,14 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     event_rows, log_rows, result = plan(_PgCursor(cur))
                     if event_rows:
                         self._notify_channel(cur)
-                        # what the library's _insert_stored_events does, from plain tuples
-                        cur.execute(self.insert_events_statement,
-                                    ([self.construct_pg_stored_event(*row) for row in event_rows],))
-                        # the whole batch in one statement: one round trip, one gap check
-                        cur.execute(self.tables.q(
-                            "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
-                            "SELECT * FROM unnest(?::bigint[], ?::text[], ?::bigint[], ?::text[], ?::text[], "
-                            "?::bytea[], ?::bigint[], ?::bytea[])"), [list(col) for col in zip(*log_rows)])
+                        # The library's _insert_stored_events sends one array of its composite
+                        # type in text form, which psycopg escapes value by value in Python;
+                        # here each column is one array in binary form (no escaping), and the
+                        # rows take their notification ids in array order all the same. Each
+                        # table gets the whole batch in one statement: one round trip, one gap
+                        # check.
+                        cur.execute(self._insert_events_sql, [list(col) for col in zip(*event_rows)])
+                        cur.execute(self._insert_log_sql, [list(col) for col in zip(*log_rows)])
             return result
 
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
