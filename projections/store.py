@@ -18,6 +18,7 @@ On PostgreSQL :meth:`ProjectionStore.follow` wakes up on eventsourcing's subscri
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 import sqlite3
@@ -327,9 +328,19 @@ class ProjectionStore:
         """Rows and the new position in ONE transaction; refuses if the position moved."""
         conn = self.conn
         if self.pg:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(f"SELECT position FROM {P}tracking WHERE name = %s FOR UPDATE", (self.name,))
-                self._advance(cur, start, stop, rows, proj)
+            for copy in (True, False):
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        cur.execute(f"SELECT position FROM {P}tracking WHERE name = %s FOR UPDATE", (self.name,))
+                        self._advance(cur, start, stop, rows, proj, copy)
+                    return
+                except TypeError:
+                    # binary COPY takes only values of the column's type; an entry written past
+                    # the command API may put, say, a number where a name belongs: the page is
+                    # written again with INSERTs, which convert it as PostgreSQL's assignment
+                    # casts do (and as SQLite's text affinity does)
+                    if not copy:
+                        raise
         else:
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -340,18 +351,19 @@ class ProjectionStore:
                 cur.execute("ROLLBACK")
                 raise
 
-    def _insert(self, cur, table: str, rows: list[tuple]) -> None:
+    def _insert(self, cur, table: str, rows: list[tuple], copy: bool = True) -> None:
         cols = COLUMNS[table]
-        if self.pg:  # binary COPY: an order of magnitude cheaper than INSERTs, even pipelined
+        if self.pg and copy:  # binary COPY: an order of magnitude cheaper than INSERTs, even pipelined
             with cur.copy(f"COPY {P}{table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(PG_TYPES[table])
                 write = copy.write_row
                 for r in rows:
                     write(r)
         else:
-            cur.executemany(f"INSERT INTO {P}{table} ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})", rows)
+            cur.executemany(self.q(f"INSERT INTO {P}{table} ({', '.join(cols)}) VALUES ({','.join('?' * len(cols))})"),
+                            rows)
 
-    def _advance(self, cur, start: int, stop: int, rows: dict[str, list], proj: Projector) -> None:
+    def _advance(self, cur, start: int, stop: int, rows: dict[str, list], proj: Projector, copy: bool = True) -> None:
         cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
         row = cur.fetchone()
         current = int(row[0]) if row else 0
@@ -359,9 +371,9 @@ class ProjectionStore:
             raise TrackingError(f"projections are at {current}, expected {start}: another follower is running")
         for table in ROW_TABLES:
             if rows[table]:
-                self._insert(cur, table, rows[table])
+                self._insert(cur, table, rows[table], copy)
         if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None:
-            self._insert(cur, "quota_sums", [(stop, *k, g) for k, g in proj.quota_sums.items()])
+            self._insert(cur, "quota_sums", [(stop, *k, g) for k, g in proj.quota_sums.items()], copy)
             cur.execute(self.q(f"INSERT INTO {P}quota_marks (position, max_occurred_us) VALUES (?, ?)"),
                         (stop, proj.quota_max_occ))
         if row is None:
@@ -380,20 +392,32 @@ class ProjectionStore:
 
     def rebuild(self) -> int:
         """Drop every projection table and rebuild from the log: large pages, and the secondary
-        indexes built once at the end instead of row by row."""
+        indexes built once at the end instead of row by row.
+
+        The cyclic garbage collector is paused meanwhile (and restored after): the rule state
+        grows with the log and holds no reference cycles, but every full collection traverses
+        all of it, so that on a large log the collector alone would cost a good part of the
+        rebuild (objects without cycles are freed as usual, by reference counting)."""
         with self._lock:
-            self.drop()
-            self.create(indexes=False)
+            paused = gc.isenabled()
+            if paused:
+                gc.disable()
             try:
-                n = self.catch_up(page=REBUILD_PAGE)
-            except BaseException:
+                self.drop()
+                self.create(indexes=False)
                 try:
-                    self._create_indexes()
-                except Exception:  # noqa: BLE001 - the first error is the one to report
-                    pass
-                raise
-            self._create_indexes()
-            return n
+                    n = self.catch_up(page=REBUILD_PAGE)
+                except BaseException:
+                    try:
+                        self._create_indexes()
+                    except Exception:  # noqa: BLE001 - the first error is the one to report
+                        pass
+                    raise
+                self._create_indexes()
+                return n
+            finally:
+                if paused:
+                    gc.enable()
 
     def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
         """Keep up with the log until ``stop`` is set (subscription on PostgreSQL, polling on

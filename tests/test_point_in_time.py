@@ -264,6 +264,28 @@ def test_snapshot_without_running_totals_is_not_rolled_forward_from(w, monkeypat
     fresh.close()
 
 
+def test_values_of_another_type_in_text_columns(w):
+    """An entry written past the command API may put a number where a name belongs: it is
+    projected as text (PostgreSQL's binary COPY refuses it, the page is written with INSERTs),
+    the same on both backends, followed or rebuilt."""
+    w.raw("MINE01", "MineralProductProduced", {"lot": "N1", "ore_type": "ROCK", "wet_kg": "11", "dry_kg": "10",
+                                               "treo_pct": "50", "reo_kg": "5", "product": 123})
+    _activity(w, 1)
+    ps = ProjectionStore(w.url)
+    try:
+        ps.catch_up()
+        assert ps.position() == w.store.size()
+        got = dump(ps)
+        assert [r[4] for r in got["stock"] if r[3] == "N1"] == ["123"]
+        assert stock_of(ps, "MINE01")["N1"] == "10"
+    finally:
+        ps.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
 def _reader(url):
     from ledger.reader import LogReader
 
