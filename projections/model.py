@@ -377,7 +377,11 @@ class Projector:
         self.position = index + 1
         e = signed.entry
         ref = (e.chain, e.seq, signed.hash.hex(), index)
-        self.chain_hashes.setdefault(e.chain, []).append(signed.hash)
+        hashes = self.chain_hashes.get(e.chain)
+        if hashes is None:
+            self.chain_hashes[e.chain] = [signed.hash]
+        else:
+            hashes.append(signed.hash)
         occurred_us = time_us(e.occurred_at) or recorded_us
         d = Deltas(occurred_us)
         body = e.body if isinstance(e.body, dict) else {}

@@ -34,6 +34,7 @@ from .model import Deltas, Finding, Projector
 SNAPSHOT_EVERY = 20_000
 PAGE = 2_000  # entries per transaction when following the log
 REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary indexes built at the end)
+MAX_SNAPSHOT_BYTES = 512 << 20
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
@@ -387,8 +388,12 @@ class ProjectionStore:
         units = stop // SNAPSHOT_EVERY
         mark = SNAPSHOT_EVERY << (units.bit_length() - 1) if units else 0
         if mark and start < mark <= stop:
-            cur.execute(self.q(f"INSERT INTO {P}snapshots (position, state) VALUES (?, ?)"),
-                        (stop, pickle.dumps(proj, protocol=pickle.HIGHEST_PROTOCOL)))
+            state = pickle.dumps(proj, protocol=pickle.HIGHEST_PROTOCOL)
+            # a value above about 1 GB is refused by both databases, and would stop the
+            # projections for good: such a snapshot is left out (a restart rolls forward from
+            # the one before)
+            if len(state) <= MAX_SNAPSHOT_BYTES:
+                cur.execute(self.q(f"INSERT INTO {P}snapshots (position, state) VALUES (?, ?)"), (stop, state))
 
     def rebuild(self) -> int:
         """Drop every projection table and rebuild from the log: large pages, and the secondary

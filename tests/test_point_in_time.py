@@ -264,6 +264,28 @@ def test_snapshot_without_running_totals_is_not_rolled_forward_from(w, monkeypat
     fresh.close()
 
 
+def test_a_snapshot_too_large_is_left_out(w, monkeypatch):
+    """A snapshot above MAX_SNAPSHOT_BYTES is not written (the databases refuse values above
+    about 1 GB): the projections go on, and a restart rolls forward from the start."""
+    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
+    monkeypatch.setattr(pstore, "MAX_SNAPSHOT_BYTES", 100)
+    _activity(w, 4)
+    a = ProjectionStore(w.url)
+    a.catch_up()
+    assert a.execute(f"SELECT COUNT(*) FROM {P}snapshots")[0][0] == 0
+    a.close()
+    _activity(w, 2, start=10)
+    b = ProjectionStore(w.url)
+    b.catch_up()
+    assert b.position() == w.store.size()
+    got = dump(b)
+    b.close()
+    fresh = ProjectionStore(w.url)
+    fresh.rebuild()
+    assert dump(fresh) == got
+    fresh.close()
+
+
 def test_values_of_another_type_in_text_columns(w):
     """An entry written past the command API may put a number where a name belongs: it is
     projected as text (PostgreSQL's binary COPY refuses it, the page is written with INSERTs),
