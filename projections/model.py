@@ -154,15 +154,19 @@ class Ref:
         return {"chain": self.chain, "seq": self.seq, "hash": self.hash, "index": self.index}
 
 
-# Inside the projector's state an entry is cited by a plain tuple (chain, seq, hash hex, index):
-# tens of thousands of them are kept (stock, lots, shipments), and a tuple costs a fraction of a
-# dataclass to make and to pickle in a snapshot. Findings carry Ref objects, made from these.
-RawRef = tuple  # (chain, seq, hash hex, index)
+# Inside the projector's state an entry is cited by a plain tuple (chain, seq, hash, index), the
+# hash the very bytes object chain_hashes holds: tens of thousands of them are kept (stock, lots,
+# shipments), and a tuple costs a fraction of a dataclass to make and to pickle in a snapshot
+# (which stores each shared object once). Findings carry Ref objects, made from these.
+RawRef = tuple  # (chain, seq, hash bytes, index)
 
 
 def _as_ref(r: Any) -> Ref:
     """A Ref from a raw ref (or a Ref, as snapshots of earlier versions hold)."""
-    return r if isinstance(r, Ref) else Ref(r[0], r[1], r[2], r[3])
+    if isinstance(r, Ref):
+        return r
+    h = r[2]
+    return Ref(r[0], r[1], h.hex() if isinstance(h, bytes) else h, r[3])
 
 
 @dataclass
@@ -365,7 +369,7 @@ class Projector:
         self.position = index + 1
         self.chain_hashes.setdefault(chain, []).append(entry_hash)
         d = Deltas(recorded_us)
-        ref = (chain, seq, entry_hash.hex(), index)
+        ref = (chain, seq, entry_hash, index)
         self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
                       f"log index {index} ({chain}:{seq}) cannot be read: {reason}; run reledger verify", [], ref,
                       recorded_us)
@@ -376,7 +380,7 @@ class Projector:
             raise ValueError(f"projector at position {self.position} was given log index {index}")
         self.position = index + 1
         e = signed.entry
-        ref = (e.chain, e.seq, signed.hash.hex(), index)
+        ref = (e.chain, e.seq, signed.hash, index)
         hashes = self.chain_hashes.get(e.chain)
         if hashes is None:
             self.chain_hashes[e.chain] = [signed.hash]
