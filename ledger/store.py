@@ -386,6 +386,18 @@ def now_us() -> int:
 PROCESS_THRESHOLD = 256  # envelopes in one prepare() before the checking moves to worker processes
 
 
+def _main_importable() -> bool:
+    """Whether a forkserver or spawn child can import this program's main module as
+    multiprocessing does (not a script read from stdin, say); if not, threads check."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None:  # python -m ...
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.exists(path)
+
+
 class LedgerStore:
     """The writable ledger: append, read, prove, checkpoint."""
 
@@ -572,7 +584,7 @@ class LedgerStore:
         registry = self._registry
         groups = [list(g) for g in groups]
         procs = None
-        if self._use_processes and sum(map(len, groups)) >= PROCESS_THRESHOLD:
+        if self._use_processes and sum(map(len, groups)) >= PROCESS_THRESHOLD and _main_importable():
             procs = self._process_pool()
             keys = self._keys_of(registry)
         futures = []

@@ -311,6 +311,42 @@ def _check_range(url: str, start: int, stop: int, keys: dict[str, bytes]) -> lis
         return check_entries(r.iter_records(start, stop), keys)
 
 
+def _integrity(url: str, with_registry: bool = False) -> dict[str, Any]:
+    """The whole-table scans (one snapshot): row counts, events without a log row, duplicate
+    command ids, values of the wrong type. A clean ledger has none of these problems. With
+    ``with_registry``, the registry entries and stored checkpoints of the same snapshot too."""
+    from .reader import LogReader
+
+    with LogReader(url) as r:
+        r.begin_snapshot()
+        cur = r.cursor()
+        out: dict[str, Any] = {"size": r.queries.size(cur)[0], "max_index": _max_index(r)}
+        if with_registry:
+            span = max(out["size"], out["max_index"] + 1)
+            out["registry_records"] = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
+            out["checkpoints"] = r.queries.checkpoints(cur)
+        cur.execute(r.tables.q("SELECT COUNT(*), MIN(idx) FROM {log}"))
+        log_count, out["log_min"] = cur.fetchone()
+        out["log_count"] = int(log_count)
+        out["events"] = r.queries.events_count(cur)
+        out["unlogged"] = r.queries.unlogged_events(cur)
+        cur.execute(r.tables.q("SELECT chain, command_id FROM {log} GROUP BY chain, command_id "
+                               "HAVING COUNT(*) > 1 LIMIT 1"))
+        out["duplicate_commands"] = cur.fetchall()
+        damaged = []
+        for _what, sql in r.tables.damaged_rows():
+            cur.execute(r.tables.q(sql))
+            damaged += [(row[0], row[1]) for row in cur.fetchall()]
+        out["damaged"] = damaged
+        r.end_snapshot()
+    span = max(out["size"], out["max_index"] + 1)
+    out["span"] = span
+    out["clean"] = (not damaged and not out["unlogged"] and not out["duplicate_commands"]
+                    and out["log_min"] in (None, 0) and out["log_count"] == span == out["size"]
+                    and out["events"] == out["size"])
+    return out
+
+
 def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
                     trusted_genesis: str | None = None, trusted_checkpoint_keys: list[str] = (),
                     checkpoint_notes: list[bytes] = (), progress: Callable[[int, int], None] | None = None,
@@ -318,33 +354,39 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
     """Verify the ledger at ``url`` using ``workers`` processes for phase one.
 
     ``checkpoint_notes`` are extra signed checkpoints kept outside the database (by a witness
-    or an earlier audit): they must be consistent with the log too."""
+    or an earlier audit): they must be consistent with the log too.
+
+    A clean ledger takes the fast path (every check, range by range on every core), while the
+    whole-table integrity scans run beside it in a thread; anything unclean, or any doubt of the
+    fast path, runs the detailed path, which names every problem."""
     from .reader import LogReader
 
     workers = workers or os.cpu_count() or 1
+    cps = _external_checkpoints(checkpoint_notes)
     with LogReader(url) as r:
-        r.begin_snapshot()  # size, counts, registry and checkpoints from one consistent view
+        r.begin_snapshot()  # size, registry and checkpoints from one consistent view
         cur = r.cursor()
         size = r.queries.size(cur)[0]
         max_index = _max_index(r)
         span = max(size, max_index + 1)
         registry_records = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
-        keys = key_table(rec.envelope for rec in registry_records if rec.envelope is not None)
         stored_cps = r.queries.checkpoints(cur)
-        cur.execute(r.tables.q("SELECT COUNT(*), MIN(idx) FROM {log}"))
-        log_count, log_min = cur.fetchone()
-        events = r.queries.events_count(cur)
-        unlogged = r.queries.unlogged_events(cur)
-        cur.execute(r.tables.q("SELECT chain, command_id FROM {log} GROUP BY chain, command_id "
-                               "HAVING COUNT(*) > 1 LIMIT 1"))
-        duplicate_commands = cur.fetchall()
-        damaged = []
-        for _what, sql in r.tables.damaged_rows():
-            cur.execute(r.tables.q(sql))
-            damaged += [(row[0], row[1]) for row in cur.fetchall()]
         r.end_snapshot()
-    cps = list(stored_cps)
-    external = []
+    if size == span:
+        side_result: list = []  # the scans, run in the fast path's process pool beside the ranges
+        fast = _fast_verify(url, span, registry_records, sorted(list(stored_cps) + cps[0]), workers,
+                            trusted_genesis, list(trusted_checkpoint_keys), progress,
+                            side=(_integrity, (url,)), side_result=side_result)
+        if fast is not None:
+            scans = side_result[0] if side_result else _integrity(url)
+            # the scans saw a snapshot at least as recent: a clean one covers every entry verified
+            if scans["clean"] and scans["size"] >= span:
+                return fast
+    return _verify_detailed(url, workers, chunk, trusted_genesis, trusted_checkpoint_keys, cps, progress)
+
+
+def _external_checkpoints(checkpoint_notes: list[bytes]) -> tuple[list[tuple[int, bytes, bytes]], list[int]]:
+    cps, external = [], []
     for note in checkpoint_notes:
         try:
             text = note.split(b"\n\n", 1)[0] + b"\n"
@@ -353,13 +395,18 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
             external.append(cp.size)
         except (ValueError, IndexError) as e:
             raise ValueError(f"an external checkpoint is malformed: {e}") from e
-    clean = (not damaged and not unlogged and not duplicate_commands and log_min in (None, 0)
-             and int(log_count) == span == size and events == size)
-    if clean:
-        fast = _fast_verify(url, span, registry_records, sorted(cps), workers, trusted_genesis,
-                            list(trusted_checkpoint_keys), progress)
-        if fast is not None:
-            return fast
+    return cps, external
+
+
+def _verify_detailed(url: str, workers: int, chunk: int, trusted_genesis: str | None,
+                     trusted_checkpoint_keys: list[str], external_cps: tuple, progress) -> Report:
+    """Every check, entry by entry, naming every problem (one snapshot for the whole-table
+    scans, the registry and the checkpoints)."""
+    scans = _integrity(url, with_registry=True)
+    span, damaged, unlogged = scans["span"], scans["damaged"], scans["unlogged"]
+    log_min, log_count, events, max_index = scans["log_min"], scans["log_count"], scans["events"], scans["max_index"]
+    keys = key_table(rec.envelope for rec in scans["registry_records"] if rec.envelope is not None)
+    cps = list(scans["checkpoints"]) + external_cps[0]
     v = LogVerifier(cps, expected_size=span, trusted_genesis=trusted_genesis,
                     trusted_checkpoint_keys=trusted_checkpoint_keys)
     ranges = [(s, min(span, s + chunk)) for s in range(0, span, chunk)]
@@ -500,7 +547,8 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
 
 def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list, workers: int,
                  trusted_genesis: str | None, trusted_checkpoint_keys: list[str],
-                 progress: Callable[[int, int], None] | None) -> Report | None:
+                 progress: Callable[[int, int], None] | None, side: tuple | None = None,
+                 side_result: list | None = None) -> Report | None:
     rep = Report()
     # 1. the registry, in log order: its entries fully checked, and the key timeline
     registry = Registry()
@@ -539,7 +587,7 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
     roots: dict[int, bytes] = {}
     last_us = -1
     done = 0
-    for (a, b), result in zip(ranges, _map_jobs(_fast_range, jobs, workers)):
+    for (a, b), result in zip(ranges, _map_jobs(_fast_range, jobs, workers, side, side_result)):
         if result is None:
             return None
         first, last, first_us, end_us, local, extra, cp_local = result
@@ -590,8 +638,12 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
     return rep
 
 
-def _map_jobs(fn, jobs: list[tuple], workers: int) -> Iterator[Any]:
-    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead)."""
+def _map_jobs(fn, jobs: list[tuple], workers: int, side: tuple | None = None,
+              side_result: list | None = None) -> Iterator[Any]:
+    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead). ``side``
+    = (function, args) runs first in the same pool (in a process: forking a process that runs
+    threads can hand a child a lock held for ever); its answer is appended to ``side_result``
+    once the jobs are done. Without a pool (one worker or one job) the caller runs it."""
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             yield fn(*job)
@@ -600,6 +652,7 @@ def _map_jobs(fn, jobs: list[tuple], workers: int) -> Iterator[Any]:
 
     ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        side_future = pool.submit(side[0], *side[1]) if side is not None else None
         pending = [pool.submit(fn, *job) for job in jobs[: workers * 2]]
         nxt = len(pending)
         while pending:
@@ -608,6 +661,8 @@ def _map_jobs(fn, jobs: list[tuple], workers: int) -> Iterator[Any]:
                 pending.append(pool.submit(fn, *jobs[nxt]))
                 nxt += 1
             yield f.result()
+        if side_future is not None and side_result is not None:
+            side_result.append(side_future.result())
 
 
 def _max_index(r) -> int:
