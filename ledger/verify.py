@@ -587,7 +587,8 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
     roots: dict[int, bytes] = {}
     last_us = -1
     done = 0
-    for (a, b), result in zip(ranges, _map_jobs(_fast_range, jobs, workers, side, side_result)):
+    # the generator first: zip then runs it to its end (where it hands over the side job's answer)
+    for result, (a, b) in zip(_map_jobs(_fast_range, jobs, workers, side, side_result), ranges):
         if result is None:
             return None
         first, last, first_us, end_us, local, extra, cp_local = result
