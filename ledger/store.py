@@ -386,6 +386,23 @@ def now_us() -> int:
 PROCESS_THRESHOLD = 256  # envelopes in one prepare() before the checking moves to worker processes
 
 
+def _exit_with_parent(pid: int) -> None:
+    """In a worker process: exit when the store's process is gone (killed, say), rather than
+    wait on its queue for ever (a forkserver's child is not the store process's child)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:  # the pid is someone else's now: the parent is gone
+                os._exit(0)
+
+    threading.Thread(target=watch, name="reledger-parent-watch", daemon=True).start()
+
+
 def _main_importable() -> bool:
     """Whether a forkserver or spawn child can import this program's main module as
     multiprocessing does (not a script read from stdin, say); if not, threads check."""
@@ -610,7 +627,8 @@ class LedgerStore:
             # never fork this process: its threads (verifiers, database pools, a server) may
             # hold locks (OpenSSL's among them) that a forked child would inherit held
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._procs = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx)
+            self._procs = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx,
+                                              initializer=_exit_with_parent, initargs=(os.getpid(),))
         return self._procs
 
     def _keys_of(self, registry: Registry) -> dict[str, bytes]:

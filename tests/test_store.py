@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ledger import merkle
+from ledger import encoding, merkle
 from ledger.checkpoint import verify_checkpoint
 from ledger.entry import ZERO_HASH, SignedEntry, leaf_bytes
 from ledger.genesis import ChainSigner, key_authorized_body
@@ -1541,3 +1541,88 @@ def test_failed_write_leaves_no_trace_in_the_caches(led, mine, monkeypatch):
     r = st.append([m1])[0]  # the mine's seq 1 is still free
     assert (r.index, r.seq) == (n, 1)
     assert verify_database(led.url, workers=1).ok
+
+
+# --- large batches: parsed and verified in worker processes -----------------------------
+
+def _bad_sig(envelope: bytes) -> bytes:
+    s = SignedEntry.parse(envelope)
+    sig = bytes([s.signature[0] ^ 1]) + s.signature[1:]
+    return encoding.canonical({"entry": s.content, "sig": sig})
+
+
+@pytest.mark.parametrize("damage", ["malformed", "signature", "seq"])
+def test_large_batch_refusal_is_the_same_with_processes_and_threads(db_url, damage):
+    """A batch of PROCESS_THRESHOLD or more envelopes is checked in worker processes; its
+    refusal (code, position, chain, seq) is the one the thread path gives, and nothing of it
+    is written."""
+    from ledger.store import PROCESS_THRESHOLD
+
+    led = new_ledger(db_url)
+    try:
+        led.register(MINE, ["MINE"])
+        envs = [s.envelope for s in led.facts(MINE, PROCESS_THRESHOLD + 44)]
+        pos = PROCESS_THRESHOLD + 7  # in the second worker's chunk
+        if damage == "malformed":
+            envs[pos] = envs[pos][:-1]
+        elif damage == "signature":
+            envs[pos] = _bad_sig(envs[pos])
+        else:
+            envs[pos], envs[pos + 1] = envs[pos + 1], envs[pos]
+        size = led.store.size()
+        answers = []
+        for processes in (True, False):
+            led.store._use_processes = processes
+            with pytest.raises(AppendError) as ei:
+                led.store.append(envs)
+            answers.append(ei.value.to_dict())
+            assert led.store.size() == size
+        assert led.store._procs is not None  # the first attempt did use the worker processes
+        assert answers[0] == answers[1]
+        assert answers[0]["position"] == pos and answers[0]["code"] == {
+            "malformed": "malformed", "signature": "signature", "seq": "conflict"}[damage]
+    finally:
+        led.close()
+
+
+def test_large_batch_with_keys_authorized_in_it(db_url):
+    """Keys authorized inside a large batch are unknown to the workers (they check against the
+    registry known when the batch was handed to them): the writer checks those signatures
+    under the lock, and refuses a bad one."""
+    led = new_ledger(db_url)
+    try:
+        key = SigningKey.generate(MINE)
+        signer = ChainSigner(key)
+        head = [led.regulator.sign("PartyRegistered", {"party": MINE, "name": "m", "roles": ["MINE"],
+                                                        "valid_from": T0}, T0),
+                led.regulator.sign("KeyAuthorized", key_authorized_body(key, T0), T0)]
+        body = [signer.sign("MiningOutput", {"qty": f"{i}"}, T0) for i in range(1, 301)]
+        good = [s.envelope for s in head + body]
+        bad = list(good)
+        bad[200] = _bad_sig(bad[200])
+        size = led.store.size()
+        with pytest.raises(AppendError) as ei:
+            led.store.append(bad)
+        assert (ei.value.code, ei.value.position) == ("signature", 200)
+        assert led.store.size() == size
+        receipts = led.store.append(good)
+        assert [r.index for r in receipts] == list(range(size, size + len(good)))
+        assert led.store._procs is not None
+        assert verify_database(led.url).ok
+    finally:
+        led.close()
+
+
+def test_pipelined_batches_through_worker_processes(db_url):
+    led = new_ledger(db_url)
+    try:
+        led.register(MINE, ["MINE"])
+        envs = [s.envelope for s in led.facts(MINE, 1500)]
+        size = led.store.size()
+        out = list(led.store.append_pipelined([envs[i:i + 300] for i in range(0, 1500, 300)]))
+        assert [r.seq for batch in out for r in batch] == list(range(1, 1501))
+        assert led.store.size() == size + 1500
+        assert led.store.append(envs[:300])[0].duplicate  # idempotent: the same command ids
+        assert verify_database(led.url).ok
+    finally:
+        led.close()
