@@ -634,9 +634,9 @@ class LedgerStore:
     def _keys_of(self, registry: Registry) -> dict[str, bytes]:
         """Key id -> public key of every key the registry knows (a key id always names the same
         public key, so the table only grows; revocations and validity are finish's business)."""
-        n = len(registry.keys)
-        if self._key_table[0] != n:
-            self._key_table = (n, {k: r.public_key for k, r in registry.keys.items()})
+        keys = dict(registry.keys)  # one C-level copy: a writer may be adding keys meanwhile
+        if self._key_table[0] != len(keys):
+            self._key_table = (len(keys), {k: r.public_key for k, r in keys.items()})
         return self._key_table[1]
 
     def _checked_in_threads(self, group: list, registry: Registry):
