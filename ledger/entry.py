@@ -201,8 +201,7 @@ class SignedEntry:
 
 _sha256 = hashlib.sha256
 _packers = threading.local()
-_VALID_NAMES: dict[str, bool] = {}  # chains, types and key ids already checked (bounded)
-_NAME_CACHE_MAX = 1 << 16
+_NAME_CACHE_MAX = 1 << 16  # chains, types and key ids already checked, per kind (bounded)
 
 
 def _packer() -> msgpack.Packer:
@@ -212,18 +211,26 @@ def _packer() -> msgpack.Packer:
     return p
 
 
-def _valid_name(kind: str, value: Any, pattern: re.Pattern) -> bool:
-    key = kind + value if type(value) is str else None
-    if key is None:
-        return False
-    if key in _VALID_NAMES:
+def _name_check(pattern: re.Pattern):
+    """A check of ``pattern`` that remembers the (few, repeated) names it accepted."""
+    seen: set[str] = set()
+
+    def valid(value: Any) -> bool:
+        if type(value) is not str:
+            return False
+        if value in seen:
+            return True
+        if not pattern.match(value):
+            return False
+        if len(seen) >= _NAME_CACHE_MAX:
+            seen.clear()
+        seen.add(value)
         return True
-    if not pattern.match(value):
-        return False
-    if len(_VALID_NAMES) >= _NAME_CACHE_MAX:
-        _VALID_NAMES.clear()
-    _VALID_NAMES[key] = True
-    return True
+
+    return valid
+
+
+_valid_chain, _valid_type, _valid_key_id = _name_check(CHAIN_RE), _name_check(TYPE_RE), _name_check(KEY_ID_RE)
 
 
 def _fast_content(content: bytes) -> dict | None:
@@ -237,8 +244,7 @@ def _fast_content(content: bytes) -> dict | None:
     body, seq, prev = m["body"], m["seq"], m["prev"]
     if (type(body) is not dict or type(seq) is not int or seq < 1 or type(prev) is not bytes or len(prev) != 32
             or (seq == 1 and prev != ZERO_HASH) or type(m["v"]) is not int or m["v"] != FORMAT_VERSION
-            or not _valid_name("c", m["chain"], CHAIN_RE) or not _valid_name("t", m["type"], TYPE_RE)
-            or not _valid_name("k", m["key_id"], KEY_ID_RE)
+            or not _valid_chain(m["chain"]) or not _valid_type(m["type"]) or not _valid_key_id(m["key_id"])
             or type(m["command_id"]) is not str or not UUID_RE.match(m["command_id"])):
         return None
     if not encoding._plain_canonical_tree(body, 1):
