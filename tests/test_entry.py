@@ -7,7 +7,7 @@ import hashlib
 
 import msgpack
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 
 from ledger import encoding
 from ledger.encoding import canonical
@@ -302,6 +302,9 @@ field_values = st.one_of(
                                         "type", "v", "extra")), field_values, max_size=4),
        st.sets(st.sampled_from(("body", "chain", "command_id", "seq", "v")), max_size=2),
        st.integers(min_value=0, max_value=3))
+@example(over={"chain": []}, dropped=set(), packing=0)
+@example(over={"type": {}}, dropped=set(), packing=0)
+@example(over={"key_id": ["a"]}, dropped=set(), packing=0)
 def test_fast_content_path_agrees_with_the_strict_path(over, dropped, packing):
     """SignedEntry parsing takes a fast path for canonical, well-formed contents; whatever the
     bytes (valid, mutated fields, missing or extra keys, unsorted keys, longer forms, floats),
