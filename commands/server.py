@@ -186,17 +186,8 @@ class GroupCommitter:
             self._commit(batch)
 
     def _commit(self, batch: list) -> None:
-        import time as _t, os as _os
-        _t0 = _t.perf_counter()
         try:
-            if _os.environ.get("RELEDGER_FAKE"):
-                from commands.api import CommandReceipt
-                results = [[CommandReceipt(1, "X", 1, b"1" * 32, "2026-01-01T00:00:00Z") for _ in g] for g, _, _ in batch]
-            else:
-                results = self.api.submit_groups([g for g, _, _ in batch], defer_findings=True)
-            if _os.environ.get("RELEDGER_TRACE"):
-                with open(_os.environ["RELEDGER_TRACE"], "a") as _f:
-                    _f.write(f"{len(batch)} {sum(len(g) for g, _, _ in batch)} {(_t.perf_counter()-_t0)*1000:.2f} 0\n")
+            results = self.api.submit_groups([g for g, _, _ in batch], defer_findings=True)
         except Exception as e:  # noqa: BLE001 - the transaction failed: every waiter learns it
             results = e
         self.done.put((batch, results))
@@ -213,8 +204,7 @@ class GroupCommitter:
                     outcome = [(f, False, results) for _, _, f in batch]
                 else:
                     try:
-                        if not os.environ.get("RELEDGER_NOFIND"):
-                            self.api.add_findings(results)
+                        self.api.add_findings(results)
                     except Exception:  # noqa: BLE001 - (the hook's own errors are caught there)
                         log.exception("findings could not be added")
                     outcome = [(f, not isinstance(r, Exception), r) for (_, _, f), r in zip(batch, results)]
@@ -245,8 +235,10 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 
     from eventsourcing import persistence
 
+    from projections.follow import ProjectionsUnavailable
+
     errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
-                                         persistence.InterfaceError]
+                                         persistence.InterfaceError, ProjectionsUnavailable]
     try:
         import psycopg
         import psycopg_pool
@@ -261,33 +253,35 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
+def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True) -> FastAPI:
+    """The app. ``projections_process``: the projection tables are kept by a child process
+    (:class:`projections.follow.ProjectionProcess`, which also answers the appends' findings);
+    else by threads of this one (a Follower and :class:`projections.hooks.ProjectionFindings`)."""
     from projections import flowgraph, queries
-    from projections.follow import Follower
+    from projections.follow import Follower, ProjectionProcess
     from projections.hooks import ProjectionFindings
     from projections.store import ProjectionStore
 
-    import sys as _sys
-    if os.environ.get("RELEDGER_SWITCH"):
-        _sys.setswitchinterval(float(os.environ["RELEDGER_SWITCH"]))
     store = LedgerStore(url)
-    projections = ProjectionStore(url)
-    findings_hook = ProjectionFindings(projections)
+    projections = ProjectionStore(url)  # here for the queries; written by the follower (and the hook)
+    if projections_process:
+        # the tables follow the log (whoever appends) at most every FOLLOW_INTERVAL s, at once
+        # when an append's findings or a query needs them
+        findings_hook: Any = ProjectionProcess(url, min_interval=FOLLOW_INTERVAL)
+        follower: Any = findings_hook
+    else:
+        findings_hook = ProjectionFindings(projections)
+        follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
     api = CommandAPI(store, findings_hook=findings_hook)
     committer = GroupCommitter(api)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
-    # the tables follow the log in the background (whoever appends), at most every
-    # FOLLOW_INTERVAL s: the appends' own catch-ups (findings) and every query's keep them current
-    follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
-
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        if not os.environ.get("RELEDGER_NOFOLLOW"):
-            follower.start()
+        follower.start()
         yield
+        committer.close()  # the groups already queued are committed (and answered) first
         follower.stop()
-        committer.close()  # the groups already queued are committed first
         api.close()
         projections.close()
         store.close()
@@ -520,9 +514,9 @@ def create_app(url: str, *, auth_window: float = 300.0) -> FastAPI:
 
     def fresh() -> None:
         # The answer includes every entry appended before the question (the follower may lag).
-        # Through the findings hook's collector, under its lock: a query that runs between a
-        # commit and the hook's question would otherwise consume the new entries' findings and
-        # the append's answer would list none.
+        # Through the findings hook, which keeps the findings of what the catch-up projects: a
+        # query that ran between a commit and the hook's question would otherwise consume the
+        # new entries' findings and the append's answer would list none.
         findings_hook.catch_up()
 
     @app.get("/v1/quota", summary="Quota usage for a year (enterprise, group, nation), at any point in time")

@@ -1,9 +1,17 @@
-"""Following the log: run a catch-up whenever something may have been appended."""
+"""Following the log: run a catch-up whenever something may have been appended.
+
+:class:`Follower` does it in threads of the calling process; :class:`ProjectionProcess` in a
+child process of its own (the server's choice: the projections then cost the server's
+interpreter nothing but a few messages, and use another core), which also answers, for the
+command API's findings hook, which findings each new entry raised.
+"""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from ledger.store import LedgerStore
@@ -19,7 +27,7 @@ class Follower:
 
     ``min_interval`` spaces catch-ups at least that many seconds apart (one catch-up then covers
     every commit of the interval: under a stream of small commits the tables fall at most that
-    far behind, at a fraction of the cost; a reader that needs them current catches up itself).
+    far behind, at a fraction of the cost); :meth:`request` asks for a catch-up at once.
     """
 
     def __init__(self, store: LedgerStore, catch_up: Callable[[], Any], poll: float = 0.5,
@@ -28,6 +36,7 @@ class Follower:
         self.min_interval = min_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._requested = threading.Event()
         self._threads: list[threading.Thread] = []
         self._subscription = None
 
@@ -38,6 +47,11 @@ class Follower:
         self._threads.append(threading.Thread(target=self._run, name="reledger-follow", daemon=True))
         for t in self._threads:
             t.start()
+
+    def request(self) -> None:
+        """Catch up as soon as the current catch-up (if any) is done."""
+        self._requested.set()
+        self._wake.set()
 
     def _listen(self) -> None:
         try:
@@ -50,17 +64,20 @@ class Follower:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.clear()  # before the catch-up: a wake-up during it means another round
+            # cleared before the catch-up: a wake-up or a request during it means another round
+            self._wake.clear()
+            self._requested.clear()
             try:
                 self.catch_up()
             except Exception:  # noqa: BLE001 - retried on the next wake-up; queries catch up themselves
                 log.exception("projections could not catch up")
-            if self.min_interval > 0 and self._stop.wait(self.min_interval):
-                return
+            if self.min_interval > 0:
+                self._requested.wait(self.min_interval)  # a request (or stop) cuts it short
             self._wake.wait(self.poll if self._subscription is None else 5.0)
 
     def stop(self) -> None:
         self._stop.set()
+        self._requested.set()
         self._wake.set()
         if self._subscription is not None:
             self._subscription.stop()
@@ -74,3 +91,230 @@ class Follower:
             stop.wait()
         finally:
             self.stop()
+
+
+# --- the projections in a child process ------------------------------------------------------
+
+class ProjectionsUnavailable(RuntimeError):
+    """The projections could not be brought up to date (the database refused, or no answer)."""
+
+
+class ProjectionProcess:
+    """The projection tables of the ledger at ``url``, kept by a child process, and a findings
+    hook (``hook(signed_entry, receipt) -> [finding dicts]``, as
+    :class:`projections.hooks.ProjectionFindings`) answered from what it projects.
+
+    The child follows the log as :class:`Follower` does (at most every ``min_interval`` seconds)
+    and catches up at once when asked; after every catch-up it sends back the findings of the
+    entries it projected. :meth:`catch_up` asks and waits (the tables then hold every entry
+    appended before the call); the hook asks when the entry is past what came back, and waits.
+    It is the only writer of the tables while it runs: in this process, read them, never catch
+    them up. If the child dies, this process takes over in threads (a Follower and a
+    ProjectionFindings of its own) and says so in the log.
+    """
+
+    def __init__(self, url: str, *, poll: float = 0.5, min_interval: float = 0.0, keep: int = 100_000,
+                 timeout: float = 300.0):
+        self.url, self.poll, self.min_interval = url, poll, min_interval
+        self.keep, self.timeout = keep, timeout
+        self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
+        self._by_index: dict[int, list[dict[str, Any]]] = {}
+        self._upto = -1  # the child's position after its last catch-up that came back
+        self._answers: dict[int, str | None] = {}  # request id -> None (done) or the error
+        self._ids = itertools.count(1)
+        self._proc = None
+        self._conn = None
+        self._receiver: threading.Thread | None = None
+        self._dead = False
+        self._local = None  # (Follower, ProjectionFindings, ProjectionStore, LedgerStore) after a death
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_projections, args=(self.url, child, self.poll, self.min_interval),
+                                 name="reledger-projections", daemon=True)
+        self._proc.start()
+        child.close()
+        self._receiver = threading.Thread(target=self._receive, name="reledger-projections-answers", daemon=True)
+        self._receiver.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._proc is not None:
+            try:
+                self._send(("stop",))
+            except (OSError, ValueError):
+                pass
+            self._proc.join(timeout=10)
+            if self._proc.is_alive():
+                self._proc.terminate()
+                self._proc.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()
+        if self._receiver is not None:
+            self._receiver.join(timeout=5)
+        if self._local is not None:
+            follower, _, ps, store = self._local
+            follower.stop()
+            ps.close()
+            store.close()
+
+    # --- messages -------------------------------------------------------------------------
+    def _send(self, msg: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                kind, ids, position, payload = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._cond:
+                if kind == "done":
+                    for index, fs in payload.items():
+                        self._by_index.setdefault(index, []).extend(fs)
+                    if len(self._by_index) > self.keep:
+                        for k in sorted(self._by_index)[: len(self._by_index) - self.keep]:
+                            del self._by_index[k]
+                self._upto = max(self._upto, position)
+                for i in ids:
+                    self._answers[i] = None if kind == "done" else payload
+                self._cond.notify_all()
+        with self._cond:
+            self._dead = True
+            self._cond.notify_all()
+        if not self._stopping:
+            log.error("the projections process ended (exit code %s): projecting in this process instead",
+                      None if self._proc is None else self._proc.exitcode)
+
+    def _ask(self) -> int:
+        """Send a catch-up request (holding ``_cond``); its id."""
+        rid = next(self._ids)
+        self._answers.pop(rid, None)
+        try:
+            self._send(("catch_up", rid))
+        except (OSError, ValueError):  # the child is gone: the receiver says so
+            pass
+        return rid
+
+    def _wait(self, done: Callable[[], bool]) -> bool:
+        """Wait (holding ``_cond``) until ``done()`` or the child's death; False on time-out."""
+        deadline = time.monotonic() + self.timeout
+        while not done() and not self._dead:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._cond.wait(min(left, 1.0))
+            if self._proc is not None and not self._proc.is_alive() and not done():
+                self._cond.wait(0.5)  # its last answers may still be in the pipe
+                if not done():
+                    self._dead = True
+        return True
+
+    def _fallback(self):
+        """After the child's death: the projections in threads of this process."""
+        if self._local is None:
+            from .hooks import ProjectionFindings
+            from .store import ProjectionStore
+
+            store = LedgerStore(self.url, create=False)
+            ps = ProjectionStore(self.url)
+            hook = ProjectionFindings(ps)
+            follower = Follower(store, hook.catch_up, self.poll, self.min_interval)
+            follower.start()
+            self._local = (follower, hook, ps, store)
+        return self._local[1]
+
+    # --- the interface ------------------------------------------------------------------
+    def catch_up(self) -> None:
+        """Bring the tables up to date (every entry appended before this call), by the child."""
+        with self._cond:
+            if not self._dead:
+                rid = self._ask()
+                if not self._wait(lambda: rid in self._answers):
+                    raise ProjectionsUnavailable(f"the projections did not catch up within {self.timeout:g} s")
+                if not self._dead or rid in self._answers:
+                    error = self._answers.pop(rid, None)
+                    if error is not None:
+                        raise ProjectionsUnavailable(f"the projections could not catch up: {error}")
+                    return
+        self._fallback().catch_up()
+
+    def __call__(self, signed, receipt) -> list[dict[str, Any]]:
+        with self._cond:
+            if not self._dead:
+                if receipt.index >= self._upto:
+                    rid = self._ask()
+                    covered = self._wait(lambda: receipt.index < self._upto or rid in self._answers)
+                    self._answers.pop(rid, None)
+                    if not covered:
+                        log.warning("no findings for log index %s: the projections did not answer within %g s",
+                                    receipt.index, self.timeout)
+                if receipt.index < self._upto or not self._dead:
+                    found = self._by_index.pop(receipt.index, [])
+                    # only what concerns the submitter (see ProjectionFindings)
+                    return [f for f in found if f["party"] == receipt.chain]
+        return self._fallback()(signed, receipt)
+
+
+def _serve_projections(url: str, conn, poll: float, min_interval: float) -> None:
+    """The child: follow the log into the projection tables; answer catch-up requests; send
+    back every catch-up's findings. Ends on "stop" or when the parent goes away."""
+    import signal
+
+    from .store import ProjectionStore
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
+    logging.basicConfig(level=logging.WARNING)
+    ps = ProjectionStore(url)
+    store = LedgerStore(url, create=False)
+    stop = threading.Event()
+    pending: list[int] = []
+    lock = threading.Lock()
+
+    def one_round() -> None:
+        with lock:
+            ids = pending[:]
+            del pending[:]
+        found: dict[int, list[dict[str, Any]]] = {}
+
+        def collect(findings) -> None:
+            for f in findings:
+                found.setdefault(f.index, []).append(f.to_dict())
+
+        try:
+            ps.catch_up(on_findings=collect)
+        except Exception as e:  # noqa: BLE001 - the waiters learn it; the follower retries
+            conn.send(("failed", ids, ps.projector.position if ps.projector is not None else -1,
+                       f"{type(e).__name__}: {e}"))
+            raise
+        conn.send(("done", ids, ps.projector.position if ps.projector is not None else ps.position(), found))
+
+    follower = Follower(store, one_round, poll, min_interval)
+
+    def read() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg[0] != "catch_up":
+                break
+            with lock:
+                pending.append(msg[1])
+            follower.request()
+        stop.set()
+
+    threading.Thread(target=read, name="reledger-projections-requests", daemon=True).start()
+    try:
+        follower.run_until(stop)
+    finally:
+        ps.close()
+        store.close()
+        conn.close()
