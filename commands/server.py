@@ -290,6 +290,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
                   description="Signed, append-only rare earth traceability ledger: the command API. "
                               "Errors are RFC 9457 problem+json; reads need a signed request (docs/HTTP.md).")
     app.state.store, app.state.api, app.state.committer = store, api, committer
+    app.state.findings_hook = findings_hook
 
     # --- errors --------------------------------------------------------------------------
     @app.exception_handler(Problem)

@@ -134,6 +134,10 @@ class ProjectionProcess:
     def start(self) -> None:
         import multiprocessing
 
+        if not _main_importable():  # a spawned child could not start: threads of this process
+            self._dead = True
+            self._fallback()
+            return
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve_projections, args=(self.url, child, self.poll, self.min_interval),
@@ -261,6 +265,19 @@ class ProjectionProcess:
                     # only what concerns the submitter (see ProjectionFindings)
                     return [f for f in found if f["party"] == receipt.chain]
         return self._fallback()(signed, receipt)
+
+
+def _main_importable() -> bool:
+    """Whether a spawned child can import this program's main module as multiprocessing does
+    (not a script read from standard input, say)."""
+    import os
+    import sys
+
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None:  # python -m ...
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.exists(path)
 
 
 def _serve_projections(url: str, conn, poll: float, min_interval: float) -> None:

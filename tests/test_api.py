@@ -1001,3 +1001,105 @@ def test_designations_over_business_time(world):
     w.ok("PLANT7", "MetalSmelted", example(w, "MetalSmelted", "PLANT7"), at="2024-11-15T00:00:00Z")
     assert w.attempt("PLANT7", "MineralProductProduced", example(w, "MineralProductProduced", "PLANT7")).code == \
         "forbidden"
+
+
+def test_prepare_is_only_a_cache(mworld):
+    """CommandAPI.prepare parses and checks signatures ahead of submit: what does not parse comes
+    back as it was and submit refuses it with the same error; a forged signature is still
+    refused; an entry prepared against a key that then changes is checked again."""
+    w = mworld
+    size = w.store.size()
+    s = w.signers["SEP01"]
+    good = s.peek("StockCounted", {"product": "Nd2O3", "counted_kg": "7"}, T0)
+    forged = SignedEntry.from_parts(good.content, bytes(64))
+    junk = b"\x93\x01\x02"
+    prepared = w.api.prepare([good.envelope, junk, forged.envelope])
+    assert isinstance(prepared[0], SignedEntry) and prepared[0].hash == good.hash and prepared[1] is junk
+    for bad, code in (([prepared[0], prepared[1]], "malformed"), ([prepared[2]], "signature")):
+        r = _err(w, bad)
+        assert r.code == code
+        assert (r.code, r.message, r.field, r.position) == (lambda e: (e.code, e.message, e.field, e.position))(
+            _err(w, [good.envelope, junk] if code == "malformed" else [forged.envelope]))
+    assert w.store.size() == size
+    assert w.api.submit([prepared[0]])[0].index == size
+    s.advance(good)
+    # a key unknown when prepared (authorized by a later submission) is checked at submit
+    newcomer = SigningKey.generate("SEP01")
+    n = ChainSigner(newcomer, seq=s.seq, head=s.head)
+    e = n.peek("StockCounted", {"product": "Nd2O3", "counted_kg": "8"}, T0)
+    early = w.api.prepare([e.envelope])[0]
+    assert _err(w, [early]).code == "unknown_key"
+    w.ok("MIIT", "KeyAuthorized", key_authorized_body(newcomer, T0))
+    assert w.api.submit([early])[0].seq == e.entry.seq
+    s.seq, s.head = e.entry.seq, e.hash
+
+
+def test_deferred_findings(sqlite_url):
+    """submit_groups(defer_findings=True) answers at once with receipts listing no findings;
+    add_findings asks the hook (in log order, new entries only) and fills them in, once."""
+    w = World(sqlite_url)
+    try:
+        asked = []
+
+        def hook(signed, receipt):
+            asked.append(receipt.index)
+            return [{"rule": "TEST", "index": receipt.index}]
+
+        w.api.findings_hook = hook
+        s = w.signers["SEP01"]
+        a = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0)
+        b = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "2"}, T0)
+        answer = w.api.submit_groups([[a], [b, a], [b"junk"]], defer_findings=True)
+        assert asked == [] and all(r.findings == () for r in answer[0] + answer[1])
+        assert isinstance(answer[2], CommandError)
+        w.api.add_findings(answer)
+        i = answer[0][0].index
+        assert asked == [i, i + 1]  # the repeat of a (a duplicate) is not asked about
+        assert answer[0][0].findings == ({"rule": "TEST", "index": i},)
+        assert answer[1][0].findings == ({"rule": "TEST", "index": i + 1},) and answer[1][1].findings == ()
+        assert answer[1][1].duplicate and answer[1][1].index == i
+        w.api.add_findings(answer)
+        assert asked == [i, i + 1]
+        # without deferring, the answer lists them at once (the Python API's answer)
+        c = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "3"}, T0)
+        assert w.api.submit([c])[0].findings == ({"rule": "TEST", "index": i + 2},)
+    finally:
+        w.close()
+
+
+def test_command_id_filter_has_no_false_negatives():
+    """The write state's filter of (chain, command id) pairs never says "not recorded" for a
+    pair that was added, across its growth steps; and says it for nearly all others."""
+    from commands.state import MaybeRecorded
+
+    f = MaybeRecorded(capacity=64)
+    added = [(f"CHAIN{i % 7}", str(uuid.uuid4())) for i in range(5000)]
+    for i, (chain, cid) in enumerate(added):
+        f.add(chain, cid)
+        if i % 97 == 0:
+            assert all(f.maybe(c, d) for c, d in added[: i + 1])
+    assert all(f.maybe(c, d) for c, d in added) and len(f) == len(added)
+    others = [(f"CHAIN{i % 7}", str(uuid.uuid4())) for i in range(5000)]
+    assert sum(f.maybe(c, d) for c, d in others) < 5000 * 0.05
+    assert not f.maybe(added[0][0] + "X", added[0][1])  # the chain is part of the key
+
+
+def test_retry_after_restart_is_a_duplicate(mworld):
+    """A retry sent to a new CommandAPI (a restarted server: its state, and its command id
+    filter, rebuilt from the log) answers the original receipt; a reused command id with other
+    bytes is still a command_conflict."""
+    w = mworld
+    s = w.signers["SMELT01"]
+    e = s.peek("StockCounted", {"product": "Nd_METAL", "counted_kg": "9"}, T0)
+    first = w.api.submit([e])[0]
+    s.advance(e)
+    fresh = CommandAPI(w.store)
+    try:
+        again = fresh.submit([e])[0]
+        assert again.duplicate and (again.index, again.entry_hash) == (first.index, first.entry_hash)
+        other = s.peek("StockCounted", {"product": "Nd_METAL", "counted_kg": "10"}, T0, command_id=e.entry.command_id)
+        with pytest.raises(CommandError) as ei:
+            fresh.submit([other])
+        assert ei.value.code == "command_conflict" and f"log index {first.index}" in ei.value.message
+    finally:
+        fresh.close()

@@ -756,3 +756,42 @@ def test_schemathesis_finds_no_server_errors(live):
             run()
     assert sent[0] >= 40
     assert not failures, failures[:5]
+
+
+def test_projections_process_death_falls_back_in_process(tmp_path):
+    """The server keeps its projections in a child process; if that process dies, the server
+    projects in its own threads instead: appends still answer their findings, queries still
+    answer up to date."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    with TestClient(app) as tc:
+        pp = app.state.findings_hook
+        signer = ChainSigner(cast.keys["MINE02"])
+
+        def append():
+            env = signer.sign("MineralProductProduced", mineral(lot()), T0).envelope
+            r = tc.post(ENTRIES, content=msgpack.packb([env], use_bin_type=True),
+                        headers={"Content-Type": "application/msgpack"})
+            assert r.status_code == 201, r.text
+            return r.json()["receipts"][0]
+
+        def recorded(index):  # what the projection tables hold for that entry
+            path = "/v1/findings?party=MINE02"
+            r = tc.get(path, headers=sign_request(cast.keys["MINE02"], "GET", path))
+            assert r.status_code == 200, r.text
+            return sorted(f["code"] for f in r.json()["findings"] if f["index"] == index)
+
+        first = append()  # answered by the child process
+        assert "OVER_QUOTA" in {f["code"] for f in first["findings"]}
+        assert pp._proc is not None and pp._proc.is_alive()
+        pp._proc.kill()
+        pp._proc.join(timeout=10)
+        second = append()  # answered in this process now
+        assert second["findings"] and pp._local is not None
+        for r in (first, second):
+            assert sorted(f["code"] for f in r["findings"]) == recorded(r["index"])
