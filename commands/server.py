@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from commands.api import CommandAPI, CommandError
+from commands.api import CommandAPI, CommandError, _verify_pool
 from commands.auth import AuthError, RequestAuthenticator
 from ledger import encoding
 from ledger.entry import CHAIN_RE
@@ -78,6 +78,13 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 def problem_of(err: CommandError) -> Problem:
     return Problem(getattr(err, "status", 400), err.code, str(err), getattr(err, "field", None),
                    getattr(err, "position", None))
+
+
+PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
+
+
+def _verify_workers() -> int:
+    return os.cpu_count() or 2
 
 
 class GroupCommitter:
@@ -141,17 +148,31 @@ class GroupCommitter:
                 self.ready.put(None)
                 return
             items, stop = self._drain(self.inbox, first)
-            out = []
-            for group, loop, f in items:
-                try:
-                    group = self.api.prepare(group)
-                except Exception:  # noqa: BLE001 - only a cache: the writer checks everything anyway
-                    log.exception("preparing a request failed")
-                out.append((group, loop, f))
-            self.ready.put(out)
+            try:
+                prepared = self._prepared([group for group, _, _ in items])
+            except Exception:  # noqa: BLE001 - only a cache: the writer checks everything anyway
+                log.exception("preparing requests failed")
+                prepared = [group for group, _, _ in items]
+            self.ready.put([(group, loop, f) for group, (_, loop, f) in zip(prepared, items)])
             if stop:
                 self.ready.put(None)
                 return
+
+    def _prepared(self, groups: list[list]) -> list[list]:
+        """``api.prepare`` of every group; many entries are shared out over the verification
+        pool (signatures are checked without the GIL: every core takes a part)."""
+        flat = [x for g in groups for x in g]
+        if len(flat) < 2 * PREPARE_CHUNK:
+            done = self.api.prepare(flat)
+        else:
+            step = max(PREPARE_CHUNK, -(-len(flat) // (2 * _verify_workers())))
+            parts = _verify_pool().map(self.api.prepare, [flat[i:i + step] for i in range(0, len(flat), step)])
+            done = [x for part in parts for x in part]
+        out, k = [], 0
+        for g in groups:
+            out.append(done[k:k + len(g)])
+            k += len(g)
+        return out
 
     def _write(self) -> None:
         pending: deque = deque()
