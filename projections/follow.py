@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ledger.reader import LogReader
 from ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,10 @@ class ProjectionProcess:
             return
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_projections, args=(self.url, child, self.poll, self.min_interval),
+        with LogReader(self.url) as reader:  # the entries this process asks about come after it
+            since = reader.queries.size(reader.cursor())[0]
+        self._proc = ctx.Process(target=_serve_projections,
+                                 args=(self.url, child, self.poll, self.min_interval, since),
                                  name="reledger-projections", daemon=True)
         self._proc.start()
         child.close()
@@ -197,12 +201,13 @@ class ProjectionProcess:
             log.error("the projections process ended (exit code %s): projecting in this process instead",
                       None if self._proc is None else self._proc.exitcode)
 
-    def _ask(self) -> int:
-        """Send a catch-up request (holding ``_cond``); its id."""
+    def _ask(self, kind: str = "catch_up") -> int:
+        """Send a request (holding ``_cond``): "catch_up" (the tables, and the findings of what
+        they project) or "findings" (the findings of every entry in the log); its id."""
         rid = next(self._ids)
         self._answers.pop(rid, None)
         try:
-            self._send(("catch_up", rid))
+            self._send((kind, rid))
         except (OSError, ValueError):  # the child is gone: the receiver says so
             pass
         return rid
@@ -239,7 +244,7 @@ class ProjectionProcess:
     def catch_up(self) -> None:
         """Bring the tables up to date (every entry appended before this call), by the child."""
         with self._cond:
-            if not self._dead:
+            if self._proc is not None and not self._dead:
                 rid = self._ask()
                 if not self._wait(lambda: rid in self._answers):
                     raise ProjectionsUnavailable(f"the projections did not catch up within {self.timeout:g} s")
@@ -252,9 +257,9 @@ class ProjectionProcess:
 
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._cond:
-            if not self._dead:
+            if self._proc is not None and not self._dead:
                 if receipt.index >= self._upto:
-                    rid = self._ask()
+                    rid = self._ask("findings")
                     covered = self._wait(lambda: receipt.index < self._upto or rid in self._answers)
                     self._answers.pop(rid, None)
                     if not covered:
@@ -265,6 +270,23 @@ class ProjectionProcess:
                     # only what concerns the submitter (see ProjectionFindings)
                     return [f for f in found if f["party"] == receipt.chain]
         return self._fallback()(signed, receipt)
+
+
+def _fold(proj, rec):
+    """One log record into a Projector, as the projection tables fold it (an entry that cannot
+    be read is flagged where it stands)."""
+    from ledger.entry import EntryError, SignedEntry
+
+    if rec.index != proj.position:
+        raise LookupError(f"the log has no entry at index {proj.position} (a gap: run reledger verify)")
+    if rec.envelope is None:
+        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash,
+                               "the entry is missing from the events table")
+    try:
+        signed = SignedEntry.parse(rec.envelope)
+    except EntryError as e:
+        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e))
+    return proj.apply(rec.index, rec.recorded_us, signed)
 
 
 def _main_importable() -> bool:
@@ -280,9 +302,17 @@ def _main_importable() -> bool:
     return path is None or os.path.exists(path)
 
 
-def _serve_projections(url: str, conn, poll: float, min_interval: float) -> None:
-    """The child: follow the log into the projection tables; answer catch-up requests; send
-    back every catch-up's findings. Ends on "stop" or when the parent goes away."""
+def _serve_projections(url: str, conn, poll: float, min_interval: float, since: int = 0) -> None:
+    """The child: follow the log into the projection tables (at most every ``min_interval``
+    seconds, at once for a "catch_up" request); answer "findings" requests from a mirror of
+    the rule state; send back every answer. Ends on "stop" or when the parent goes away.
+
+    The mirror: once the tables have caught up, a copy of their rule state that folds in just
+    the entries past it, read from the log (:class:`projections.model.Projector` is a pure
+    function of the log: the same findings the tables record for those entries, without
+    waiting for their rows to be written). Until then, and after any doubt (the mirror is
+    dropped), a catch-up of the tables collects the findings instead."""
+    import pickle
     import signal
 
     from .store import ProjectionStore
@@ -291,29 +321,88 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float) -> None
     logging.basicConfig(level=logging.WARNING)
     ps = ProjectionStore(url)
     store = LedgerStore(url, create=False)
+    reader = LogReader(url)
     stop = threading.Event()
-    pending: list[int] = []
-    lock = threading.Lock()
+    send_lock = threading.Lock()
+    tables_asks: list[tuple[str, int]] = []  # for the follower thread (the tables)
+    findings_asks: list[int] = []  # for the findings thread (the mirror)
+    lock = threading.Condition()
+    state: dict[str, Any] = {"mirror": None, "tables_at": 0.0}
 
-    def one_round() -> None:
-        with lock:
-            ids = pending[:]
-            del pending[:]
-        found: dict[int, list[dict[str, Any]]] = {}
+    def send(msg: tuple) -> None:
+        with send_lock:
+            conn.send(msg)
 
-        def collect(findings) -> None:
-            for f in findings:
+    def collected(findings, found: dict) -> None:
+        for f in findings:
+            if f.index >= since:  # the parent asks about entries from ``since`` on
                 found.setdefault(f.index, []).append(f.to_dict())
 
-        try:
-            ps.catch_up(on_findings=collect)
-        except Exception as e:  # noqa: BLE001 - the waiters learn it; the follower retries
-            conn.send(("failed", ids, ps.projector.position if ps.projector is not None else -1,
-                       f"{type(e).__name__}: {e}"))
-            raise
-        conn.send(("done", ids, ps.projector.position if ps.projector is not None else ps.position(), found))
+    def tables_round() -> None:
+        """The follower's round: the tables; while there is no mirror, also the findings (what
+        the catch-up projects), and then the mirror."""
+        with lock:
+            asks = tables_asks[:]
+            del tables_asks[:]
+        ids = [rid for _, rid in asks]
+        if state["mirror"] is None:
+            found: dict[int, list[dict[str, Any]]] = {}
+            try:
+                ps.catch_up(on_findings=lambda fs: collected(fs, found))
+            except Exception as e:  # noqa: BLE001 - the waiters learn it; the follower retries
+                send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
+                raise
+            state["tables_at"] = time.monotonic()
+            proj = ps.projector
+            if proj is not None:
+                mirror = pickle.loads(pickle.dumps(proj, pickle.HIGHEST_PROTOCOL))
+                with lock:
+                    state["mirror"] = mirror
+                    lock.notify_all()
+            send(("done", ids, -1 if proj is None else proj.position, found))
+            return
+        late = [rid for kind, rid in asks if kind == "findings"]  # routed here before the mirror was made
+        if late:
+            with lock:
+                findings_asks.extend(late)
+                lock.notify_all()
+        ids = [rid for kind, rid in asks if kind == "catch_up"]
+        if ids or time.monotonic() - state["tables_at"] >= min_interval:
+            try:
+                ps.catch_up()
+            except Exception as e:  # noqa: BLE001
+                send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
+                raise
+            state["tables_at"] = time.monotonic()
+            send(("done", ids, -1, {}))  # findings come from the mirror
 
-    follower = Follower(store, one_round, poll, min_interval)
+    def findings_loop() -> None:
+        """Answer "findings" from the mirror: fold the log's new entries, send their findings."""
+        while not stop.is_set():
+            with lock:
+                while not findings_asks and not stop.is_set():
+                    lock.wait(1.0)
+                ids = findings_asks[:]
+                del findings_asks[:]
+                mirror = state["mirror"]
+                if mirror is None:  # the follower answers until there is a mirror
+                    tables_asks.extend(("findings", rid) for rid in ids)
+                    follower.request()
+                    continue
+            found: dict[int, list[dict[str, Any]]] = {}
+            try:
+                for rec in reader.iter_records(mirror.position):
+                    collected(_fold(mirror, rec).findings, found)
+            except Exception as e:  # noqa: BLE001 - a half-applied entry: never reuse that state
+                log.exception("the findings mirror failed: the tables' catch-ups collect them again")
+                with lock:
+                    state["mirror"] = None
+                send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
+                continue
+            send(("done", ids, mirror.position, found))
+
+    # the follower wakes on every commit (and on requests); tables_round spaces the catch-ups
+    follower = Follower(store, tables_round, poll)
 
     def read() -> None:
         while True:
@@ -321,17 +410,26 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float) -> None
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            if msg[0] != "catch_up":
+            if msg[0] == "findings":
+                with lock:
+                    findings_asks.append(msg[1])
+                    lock.notify_all()
+            elif msg[0] == "catch_up":
+                with lock:
+                    tables_asks.append(("catch_up", msg[1]))
+                follower.request()
+            else:
                 break
-            with lock:
-                pending.append(msg[1])
-            follower.request()
         stop.set()
+        with lock:
+            lock.notify_all()
 
     threading.Thread(target=read, name="reledger-projections-requests", daemon=True).start()
+    threading.Thread(target=findings_loop, name="reledger-projections-findings", daemon=True).start()
     try:
         follower.run_until(stop)
     finally:
         ps.close()
         store.close()
+        reader.close()
         conn.close()

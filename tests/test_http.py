@@ -795,3 +795,52 @@ def test_projections_process_death_falls_back_in_process(tmp_path):
         assert second["findings"] and pp._local is not None
         for r in (first, second):
             assert sorted(f["code"] for f in r["findings"]) == recorded(r["index"])
+
+
+def test_append_findings_equal_the_tables(tmp_path):
+    """The appends' findings (answered from the projections process's in-memory fold, before
+    the tables have their rows) are exactly what the projection tables record for each entry:
+    over quota, negative stock, backdating, in groups and alone, in one commit or several."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    with TestClient(app) as tc:
+        m3, sep = ChainSigner(cast.keys["MINE03"]), ChainSigner(cast.keys["SEP01"])
+
+        def post(envs):
+            r = tc.post(ENTRIES, content=msgpack.packb(envs, use_bin_type=True),
+                        headers={"Content-Type": "application/msgpack"})
+            assert r.status_code == 201, r.text
+            return r.json()["receipts"]
+
+        receipts = []
+        lots = [lot() for _ in range(3)]
+        receipts += post([m3.sign("MineralProductProduced", mineral(lots[0]), T0).envelope])
+        receipts += post([m3.sign("MineralProductProduced", mineral(x), "2024-02-01T00:00:00Z").envelope
+                          for x in lots[1:]])
+        for i, x in enumerate(lots):  # more than the lot holds: negative stock
+            line = {"lot": x, "product": "RE_CONCENTRATE", "kg": "20000", "reo_kg": "9000"}
+            receipts += post([m3.sign("TransferShipped", {"transfer_id": f"T-{x}", "buyer": "SEP01", "lines": [line],
+                                                          "vat_invoice_no": f"0447-{i}",
+                                                          "shipped_at": "2024-03-01T08:00:00Z"}, T0).envelope])
+        receipts += post([sep.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0).envelope])
+        path = "/v1/findings"
+        r = tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path))
+        assert r.status_code == 200, r.text
+        table: dict[int, list] = {}
+        for f in r.json()["findings"]:
+            table.setdefault(f["index"], []).append(f)
+        def norm(fs):
+            return sorted((f["rule"], f["code"], f["party"], f["message"], f["index"], f["occurred_at"],
+                           tuple((e["chain"], e["seq"], e["hash"]) for e in f["evidence"])) for f in fs)
+
+        codes = set()
+        for rec in receipts:
+            mine = [f for f in table.get(rec["index"], []) if f["party"] == rec["chain"]]
+            assert norm(rec["findings"]) == norm(mine), rec["index"]
+            codes |= {f["code"] for f in rec["findings"]}
+        assert {"OVER_QUOTA", "NEGATIVE_STOCK"} <= codes
