@@ -457,7 +457,7 @@ def _range_rows(r, start: int, stop: int) -> list | None:
         cur.execute(r.tables.q(log_sql.replace("{envelope}", "(SELECT e.state FROM {events} e WHERE "
                                                 "e.originator_id = l.chain AND e.originator_version = l.seq)")),
                     (start, stop))
-        return [_tuple(row) for row in cur.fetchall()]
+        return cur.fetchall()  # sqlite3 rows are tuples already
     # PostgreSQL: the server's work counts (it shares the cores). A batch's events are inserted
     # in log order in the transaction that writes its log rows, so the range's envelopes are
     # one range of notification ids: two look-ups and one index range scan instead of a
@@ -501,7 +501,7 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
 
     from .entry import ENTRY_TAG, _fast_content, _split_envelope
     from .keys import _public_key
-    from .reader import LogReader, _tuple
+    from .reader import LogReader
 
     with LogReader(url) as r:
         rows = _range_rows(r, start, stop)
@@ -519,8 +519,8 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
     first_us = None
     extra = b""
     n_rows = len(rows)
-    for i, row in enumerate(rows):
-        idx, chain, seq, type_, entry_hash, recorded_us, nodes, env, command_id = _tuple(row)
+    verifiers: dict[bytes, Any] = {}  # public key bytes -> key object, once per range
+    for i, (idx, chain, seq, type_, entry_hash, recorded_us, nodes, env, command_id) in enumerate(rows):
         if (idx != start + i or type(env) is not bytes or type(recorded_us) is not int or recorded_us < previous_us
                 or type(nodes) is not bytes):
             return None
@@ -551,7 +551,10 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
                     or registered.get(e_chain, idx) >= idx):
                 return None
             try:
-                _public_key(k[1]).verify(signature, ENTRY_TAG + content)
+                key = verifiers.get(k[1])
+                if key is None:
+                    key = verifiers[k[1]] = _public_key(k[1])
+                key.verify(signature, ENTRY_TAG + content)
             except (InvalidSignature, ValueError):
                 return None
         if e_chain in last:
