@@ -278,20 +278,27 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                     # heads are stable and commit order is notification order (what the
                     # library's LOCK TABLE ... EXCLUSIVE does). A transaction advisory lock needs
                     # no privilege, so the serving role can hold INSERT and SELECT only.
-                    cur.execute(f"SET LOCAL lock_timeout = '{self.datastore.lock_timeout}s'")
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.lock_key,))
+                    # (one round trip: both statements in one simple query, literal values)
+                    cur.execute(f"SET LOCAL lock_timeout = '{int(self.datastore.lock_timeout)}s'; "
+                                f"SELECT pg_advisory_xact_lock({int(self.lock_key)})")
                     event_rows, log_rows, result = plan(_PgCursor(cur))
                     if event_rows:
-                        self._notify_channel(cur)
-                        # The library's _insert_stored_events sends one array of its composite
-                        # type in text form, which psycopg escapes value by value in Python;
-                        # here each column is one array in binary form (no escaping), and the
-                        # rows take their notification ids in array order all the same. Each
-                        # table gets the whole batch in one statement: one round trip, one gap
-                        # check.
-                        cur.execute(self._insert_events_sql, [list(col) for col in zip(*event_rows)])
-                        cur.execute(self._insert_log_sql, [list(col) for col in zip(*log_rows)])
+                        self._write_rows(conn, cur, event_rows, log_rows)
             return result
+
+    def _write_rows(self, conn, cur, event_rows: list[tuple], log_rows: list[tuple]) -> None:
+        """NOTIFY and the two inserts in one round trip (psycopg's pipeline mode: nothing is
+        read back; an error surfaces when the pipeline syncs, still inside the transaction)."""
+        # The library's _insert_stored_events sends one array of its composite type in text
+        # form, which psycopg escapes value by value in Python; here each column is one array in
+        # binary form (no escaping), and the rows take their notification ids in array order all
+        # the same. Each table gets the whole batch in one statement: one gap check.
+        events = [list(col) for col in zip(*event_rows)]
+        log = [list(col) for col in zip(*log_rows)]
+        with conn.pipeline():
+            self._notify_channel(cur)
+            cur.execute(self._insert_events_sql, events)
+            cur.execute(self._insert_log_sql, log)
 
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -612,6 +619,11 @@ class LedgerStore:
                 futures.append(_Joined([procs.submit(check_envelopes, g[o:o + size], keys, REGISTRY_TYPES)
                                         for o in offsets], offsets, g, keys, self))
                 continue
+            if len(g) <= 64 and all(type(x) is SignedEntry and "_verified_with" in x.__dict__ for x in g):
+                # parsed and verified already (the command API's preparer did it): nothing for
+                # the pool to do but a round trip; the writer still checks the deciding key
+                futures.append(_Done(_precheck(g, registry)))
+                continue
             # split a large group over the pool: Ed25519 releases the GIL, so every core verifies;
             # chunks of at most 128 keep the threads evenly loaded
             size = max(32, min(128, -(-len(g) // self._workers)))
@@ -896,6 +908,21 @@ class _Joined:
             for t, env in zip(r, group[off:off + len(r)]):
                 out.append((new(_Checked, t + (env,)), keys[t[4]] if t[7] else None))
         return out
+
+
+class _Done:
+    """A precheck answered at once (as a _Joined would be)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+    def cancel(self) -> None:
+        pass
 
 
 class _Checked(tuple):
