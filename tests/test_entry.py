@@ -335,3 +335,31 @@ def test_fast_content_path_agrees_with_the_strict_path(over, dropped, packing):
             assert fast == strict
         parsed = SignedEntry.parse(canonical({"entry": content, "sig": bytes(64)}))
         assert parsed.entry.as_map() == strict
+
+
+@given(st.integers(min_value=0, max_value=len(SIGNED.envelope) - 1), st.integers(min_value=0, max_value=255),
+       st.booleans())
+def test_check_envelopes_judges_like_parse_and_signature_valid(pos, value, known_key):
+    """``check_envelopes`` (the work a store hands to worker processes) refuses exactly what
+    SignedEntry.parse refuses, or a bad signature when the key is known, and otherwise answers
+    the parsed fields."""
+    from ledger.entry import check_envelopes
+
+    env = bytearray(SIGNED.envelope)
+    env[pos] = value
+    env = bytes(env)
+    keys = {KEY.key_id: KEY.public_key} if known_key else {}
+    answer = check_envelopes([SIGNED.envelope, env], keys, frozenset({"MiningOutput"}))
+    try:
+        s = SignedEntry.parse(env)
+    except EntryError as e:
+        assert answer[0] == "error" and answer[1:4] == ("malformed", str(e), e.field) and answer[4] == 1
+        return
+    pub = keys.get(s.entry.key_id)
+    if pub is not None and not s.signature_valid(pub):
+        assert answer[0] == "error" and answer[1] == "signature" and answer[4:] == (1, s.entry.chain, s.entry.seq)
+        return
+    assert isinstance(answer, list) and len(answer) == 2
+    e = s.entry
+    assert answer[1] == (e.chain, e.seq, e.prev, e.type, e.key_id, e.command_id, s.hash, pub is not None,
+                         e.body if e.type == "MiningOutput" else None)
