@@ -311,10 +311,15 @@ def _check_range(url: str, start: int, stop: int, keys: dict[str, bytes]) -> lis
         return check_entries(r.iter_records(start, stop), keys)
 
 
-def _integrity(url: str, with_registry: bool = False) -> dict[str, Any]:
+def _integrity(url: str, with_registry: bool = False, unlogged: bool = True) -> dict[str, Any]:
     """The whole-table scans (one snapshot): row counts, events without a log row, duplicate
     command ids, values of the wrong type. A clean ledger has none of these problems. With
-    ``with_registry``, the registry entries and stored checkpoints of the same snapshot too."""
+    ``with_registry``, the registry entries and stored checkpoints of the same snapshot too.
+
+    ``unlogged=False`` skips the anti-join for events without a log row. The fast path may:
+    it finds the event of every log row, and checks each chain's seqs to be consecutive along
+    the log (so those events are distinct), so when the events table holds exactly as many
+    rows as the log, no event is left without a log row."""
     from .reader import LogReader
 
     with LogReader(url) as r:
@@ -329,7 +334,7 @@ def _integrity(url: str, with_registry: bool = False) -> dict[str, Any]:
         log_count, out["log_min"] = cur.fetchone()
         out["log_count"] = int(log_count)
         out["events"] = r.queries.events_count(cur)
-        out["unlogged"] = r.queries.unlogged_events(cur)
+        out["unlogged"] = r.queries.unlogged_events(cur) if unlogged else []
         cur.execute(r.tables.q("SELECT chain, command_id FROM {log} GROUP BY chain, command_id "
                                "HAVING COUNT(*) > 1 LIMIT 1"))
         out["duplicate_commands"] = cur.fetchall()
@@ -376,7 +381,7 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         side_result: list = []  # the scans, run in the fast path's process pool beside the ranges
         fast = _fast_verify(url, span, registry_records, sorted(list(stored_cps) + cps[0]), workers,
                             trusted_genesis, list(trusted_checkpoint_keys), progress,
-                            side=(_integrity, (url,)), side_result=side_result)
+                            side=(_integrity, (url, False, False)), side_result=side_result)
         if fast is not None:
             scans = side_result[0] if side_result else _integrity(url)
             # the scans saw a snapshot at least as recent: a clean one covers every entry verified
@@ -444,6 +449,26 @@ def _verify_detailed(url: str, workers: int, chunk: int, trusted_genesis: str | 
 FAST_BITS = 12
 
 
+_WORKER_READERS: dict[str, Any] = {}  # in a worker process: url -> its LogReader, for all its ranges
+
+
+def _read_range(url: str, start: int, stop: int) -> list | None:
+    """_range_rows with a reader opened once per worker process (a PostgreSQL connection costs
+    the server a backend process). The parent process never keeps one, so a forked child
+    never inherits a live connection."""
+    import multiprocessing
+
+    from .reader import LogReader
+
+    if multiprocessing.parent_process() is None:
+        with LogReader(url) as r:
+            return _range_rows(r, start, stop)
+    r = _WORKER_READERS.get(url)
+    if r is None:
+        r = _WORKER_READERS[url] = LogReader(url)
+    return _range_rows(r, start, stop)
+
+
 def _range_rows(r, start: int, stop: int) -> list | None:
     """The log rows [start, stop) with their envelopes: (idx, chain, seq, type, entry_hash,
     recorded_us, nodes, envelope, command_id) tuples in log order; None when in doubt."""
@@ -501,10 +526,7 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
 
     from .entry import ENTRY_TAG, _fast_content, _split_envelope
     from .keys import _public_key
-    from .reader import LogReader
-
-    with LogReader(url) as r:
-        rows = _range_rows(r, start, stop)
+    rows = _read_range(url, start, stop)
     if rows is None or len(rows) != stop - start:
         return None
     sha256 = hashlib.sha256
