@@ -737,6 +737,12 @@ class LedgerStore:
         sha256 = hashlib.sha256
 
         frontier, heads, registry = self._frontier, dict(self._heads), self._registry
+        # (key id, chain) -> the key that registry.key_for answered for an ordinary entry of
+        # this transaction. Record time is one for the whole transaction, and a key valid at
+        # one index stays valid at later ones until a registry entry changes the registry
+        # (a revocation is such an entry), so the cache is emptied whenever one is applied or
+        # a group is rolled back.
+        key_cache: dict[tuple[str, str], bytes] = {}
         events: list[tuple] = []
         rows: list[tuple] = []
         results: list = []
@@ -778,13 +784,19 @@ class LedgerStore:
                     if e.prev != head_hash:
                         raise AppendError("conflict", f"prev: does not match the hash of {chain} seq {head_seq} "
                                           f"({head_hash.hex()[:16]}...)", field="prev")
-                    try:
-                        public_key = registry.key_for(signed, g_index, recorded_us)
-                    except RegistryError as err:
-                        raise AppendError(err.code, str(err), field=err.field) from err
+                    registry_type = e.type in REGISTRY_TYPES
+                    public_key = None if registry_type else key_cache.get((e.key_id, chain))
+                    if public_key is None:
+                        try:
+                            public_key = registry.key_for(signed, g_index, recorded_us)
+                        except RegistryError as err:
+                            raise AppendError(err.code, str(err), field=err.field) from err
+                        if not registry_type:
+                            key_cache[(e.key_id, chain)] = public_key
                     if pre_key != public_key and not signed.signature_valid(public_key):
                         raise AppendError("signature", f"sig: not a valid signature by key {e.key_id}", field="sig")
-                    if e.type in REGISTRY_TYPES:
+                    if registry_type:
+                        key_cache.clear()
                         try:
                             registry.apply(signed, g_index)
                         except RegistryError as err:
@@ -810,6 +822,7 @@ class LedgerStore:
                     g_index += 1
             except AppendError as err:
                 registry.rollback(g_mark)
+                key_cache.clear()
                 e = group[pos][0].entry
                 err.position, err.chain, err.seq = pos, e.chain, e.seq
                 results.append(err)

@@ -1626,3 +1626,22 @@ def test_pipelined_batches_through_worker_processes(db_url):
         assert verify_database(led.url).ok
     finally:
         led.close()
+
+
+def test_key_revoked_inside_one_transaction(led, mine):
+    """A key used, then revoked, then used again within one append: the last use is refused
+    (the writer's per-transaction key cache is emptied by the registry entry)."""
+    st = led.store
+    key_id = mine.key.key_id
+    before = fact(mine)
+    revoke = led.regulator.sign("KeyRevoked", {"party": MINE, "key_id": key_id, "reason": "compromised"}, T0)
+    after = fact(mine)
+    size = st.size()
+    with pytest.raises(AppendError) as ei:
+        st.append([before, revoke, after])
+    assert (ei.value.code, ei.value.position) == ("revoked_key", 2)
+    assert st.size() == size
+    # the same three as separate groups of one transaction: the first two go in, the third not
+    results = st.append_groups([[before], [revoke], [after]])
+    assert isinstance(results[0], list) and isinstance(results[1], list)
+    assert isinstance(results[2], AppendError) and results[2].code == "revoked_key"
