@@ -26,7 +26,7 @@ import os
 import sqlite3
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -393,6 +393,161 @@ def now_us() -> int:
 PROCESS_THRESHOLD = 256  # envelopes in one prepare() before the checking moves to worker processes
 
 
+class _WorkersGone(RuntimeError):
+    """The checking processes are gone (killed, or could not start)."""
+
+
+class _Checkers:
+    """Worker processes that run ``entry.check_envelopes`` for a store.
+
+    Each worker has two one-way pipes of 1 MiB (tasks in, answers out) and no helper thread on
+    either side: a task (a few hundred envelopes) is written whole without waiting for the
+    worker, and an answer waits in its pipe until the writer needs it. Tasks go to the worker
+    with the least work in flight; answers come back in each worker's order and are matched
+    by ticket. (concurrent.futures' process pool moves every task and answer through two
+    threads of the calling process, which then compete with the writer for its GIL.)"""
+
+    PIPE_BYTES = 1 << 20
+
+    def __init__(self, n: int, ctx) -> None:
+        self.workers = []
+        for _ in range(n):
+            task_r, task_w = ctx.Pipe(duplex=False)
+            answer_r, answer_w = ctx.Pipe(duplex=False)
+            if not (_grow_pipe(task_w) and _grow_pipe(answer_r)):
+                # with small pipes, a worker blocked on a full answer pipe and a writer blocked
+                # on a full task pipe could wait for each other: use threads instead
+                for conn in (task_r, task_w, answer_r, answer_w):
+                    conn.close()
+                self.close()
+                raise _WorkersGone("pipes of 1 MiB are not available here")
+            proc = ctx.Process(target=_checker_main, args=(task_r, answer_w, os.getpid()), daemon=True,
+                               name="reledger-check")
+            proc.start()
+            task_r.close()
+            answer_w.close()
+            self.workers.append(_CheckerWorker(proc, task_w, answer_r))
+        self.next_ticket = 0
+        self.lock = threading.Lock()
+
+    def submit(self, envelopes: list[bytes], keys: dict[str, bytes]) -> "_CheckTicket":
+        import pickle
+
+        data = pickle.dumps((envelopes, keys), protocol=pickle.HIGHEST_PROTOCOL)
+        with self.lock:
+            worker = min(self.workers, key=lambda w: w.in_flight)
+            self._drain(worker)  # take what is ready, so that no answer pipe fills up
+            self.next_ticket += 1
+            ticket = _CheckTicket(self, worker, self.next_ticket)
+            try:
+                worker.tasks.send_bytes(data)
+            except (OSError, ValueError) as e:
+                raise _WorkersGone(f"a checking process is gone: {e}") from e
+            worker.in_flight += 1
+            worker.pending.append(ticket.number)
+        return ticket
+
+    def answer(self, ticket: "_CheckTicket"):
+        import pickle
+
+        worker = ticket.worker
+        with self.lock:
+            while ticket.number not in worker.answers:
+                self._receive(worker)
+            data = worker.answers.pop(ticket.number)
+        return pickle.loads(data)
+
+    def _receive(self, worker: "_CheckerWorker") -> None:
+        try:
+            data = worker.answers_in.recv_bytes()
+        except (EOFError, OSError) as e:
+            raise _WorkersGone(f"a checking process is gone: {e}") from e
+        number = worker.pending.pop(0)
+        worker.in_flight -= 1
+        if number in worker.forgotten:
+            worker.forgotten.discard(number)
+        else:
+            worker.answers[number] = data
+
+    def _drain(self, worker: "_CheckerWorker") -> None:
+        try:
+            while worker.pending and worker.answers_in.poll(0):
+                self._receive(worker)
+        except OSError as e:
+            raise _WorkersGone(f"a checking process is gone: {e}") from e
+
+    def forget(self, ticket: "_CheckTicket") -> None:
+        """A ticket nobody will ask for (a cancelled batch): drop its answer when it comes."""
+        with self.lock:
+            ticket.worker.answers.pop(ticket.number, None)
+            ticket.worker.forgotten.add(ticket.number)
+
+    def close(self) -> None:
+        for w in self.workers:
+            for conn in (w.tasks, w.answers_in):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+            w.proc.join(timeout=0.5)
+            if w.proc.is_alive():
+                w.proc.terminate()
+
+
+@dataclass
+class _CheckerWorker:
+    proc: Any
+    tasks: Any
+    answers_in: Any
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.pending: list[int] = []
+        self.answers: dict[int, bytes] = {}
+        self.forgotten: set[int] = set()
+
+
+class _CheckTicket:
+    """A task given to a worker; ``result()`` as a Future's."""
+
+    __slots__ = ("pool", "worker", "number")
+
+    def __init__(self, pool: _Checkers, worker: _CheckerWorker, number: int) -> None:
+        self.pool, self.worker, self.number = pool, worker, number
+
+    def result(self):
+        return self.pool.answer(self)
+
+    def cancel(self) -> None:
+        self.pool.forget(self)
+
+
+def _grow_pipe(conn) -> bool:
+    """Give a pipe 1 MiB of buffer (Linux); False where the system does not allow it."""
+    try:
+        import fcntl
+
+        return fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), _Checkers.PIPE_BYTES) \
+            >= _Checkers.PIPE_BYTES
+    except (ImportError, OSError):
+        return False
+
+
+def _checker_main(tasks, answers, parent: int) -> None:
+    """A worker process: check each task's envelopes, answer in order, until the pipe closes."""
+    import pickle
+
+    _exit_with_parent(parent)
+    while True:
+        try:
+            data = tasks.recv_bytes()
+        except (EOFError, OSError):
+            return
+        envelopes, keys = pickle.loads(data)
+        answers.send_bytes(pickle.dumps(check_envelopes(envelopes, keys, REGISTRY_TYPES),
+                                        protocol=pickle.HIGHEST_PROTOCOL))
+
+
 def _exit_with_parent(pid: int) -> None:
     """In a worker process: exit when the store's process is gone (killed, say), rather than
     wait on its queue for ever (a forkserver's child is not the store process's child)."""
@@ -448,7 +603,7 @@ class LedgerStore:
         self._pool = ThreadPoolExecutor(max_workers=self._workers,
                                         thread_name_prefix="reledger-verify")
         self._use_processes = self._workers > 1 if processes is None else processes
-        self._procs: ProcessPoolExecutor | None = None
+        self._procs: _Checkers | None = None
         self._key_table: tuple[int, dict[str, bytes]] = (-1, {})
         # Caches valid while the log size in the database equals self._size.
         self._size = -1
@@ -460,7 +615,7 @@ class LedgerStore:
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         if self._procs is not None:
-            self._procs.shutdown(wait=False, cancel_futures=True)
+            self._procs.close()
             self._procs = None
         self.app.close()
 
@@ -609,15 +764,22 @@ class LedgerStore:
         groups = [list(g) for g in groups]
         procs = None
         if self._use_processes and sum(map(len, groups)) >= PROCESS_THRESHOLD and _main_importable():
-            procs = self._process_pool()
-            keys = self._keys_of(registry)
+            try:
+                procs = self._process_pool()
+                keys = self._keys_of(registry)
+            except _WorkersGone:
+                self._use_processes = False
         futures = []
         for g in groups:
             if procs is not None and all(type(x) is bytes for x in g):
                 size = max(64, min(256, -(-len(g) // self._workers)))
                 offsets = list(range(0, len(g), size)) or [0]
-                futures.append(_Joined([procs.submit(check_envelopes, g[o:o + size], keys, REGISTRY_TYPES)
-                                        for o in offsets], offsets, g, keys, self))
+                try:
+                    tickets = [procs.submit(g[o:o + size], keys) for o in offsets]
+                except _WorkersGone:
+                    futures.append(_Done(self._checked_in_threads(g, registry)))
+                    continue
+                futures.append(_Joined(tickets, offsets, g, keys, self))
                 continue
             if len(g) <= 64 and all(type(x) is SignedEntry and "_verified_with" in x.__dict__ for x in g):
                 # parsed and verified already (the command API's preparer did it): nothing for
@@ -631,7 +793,7 @@ class LedgerStore:
             futures.append(_Joined([self._pool.submit(_precheck, g[o:o + size], registry) for o in offsets], offsets))
         return _Prepared(futures)
 
-    def _process_pool(self) -> ProcessPoolExecutor:
+    def _process_pool(self) -> "_Checkers":
         if self._procs is None:
             import multiprocessing
 
@@ -639,8 +801,7 @@ class LedgerStore:
             # never fork this process: its threads (verifiers, database pools, a server) may
             # hold locks (OpenSSL's among them) that a forked child would inherit held
             ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._procs = ProcessPoolExecutor(max_workers=self._workers, mp_context=ctx,
-                                              initializer=_exit_with_parent, initargs=(os.getpid(),))
+            self._procs = _Checkers(self._workers, ctx)
         return self._procs
 
     def _keys_of(self, registry: Registry) -> dict[str, bytes]:
@@ -653,6 +814,8 @@ class LedgerStore:
 
     def _checked_in_threads(self, group: list, registry: Registry):
         """The thread path for a group whose worker processes failed (a broken pool)."""
+        if self._procs is not None:
+            self._procs.close()
         self._procs = None
         self._use_processes = False
         return _precheck(group, registry)
@@ -905,15 +1068,13 @@ class _Joined:
         return out
 
     def _remote_result(self):
-        from concurrent.futures.process import BrokenProcessPool
-
         out: list = []
         keys, group = self.keys, self.group
         new = tuple.__new__
         for f, off in zip(self.futures, self.offsets):
             try:
                 r = f.result()
-            except BrokenProcessPool:  # e.g. a script whose main module cannot be re-imported
+            except _WorkersGone:  # e.g. killed, or a main module a child cannot import
                 return self.store._checked_in_threads(group, self.store._registry)
             if type(r) is tuple:
                 _, code, message, field, pos, chain, seq = r
