@@ -286,6 +286,24 @@ def _split_envelope(env: bytes) -> tuple[bytes, bytes] | None:
     return env[start:end], env[end + 6:]
 
 
+class LeafHasher:
+    """merkle.leaf_hash(leaf_bytes(entry_hash, index, recorded_at)) for many entries recorded
+    at one time: the leaf's bytes around the hash and the index are fixed, so they are built
+    once (the hot paths of append and verify). ``tests/test_entry.py`` checks it against
+    leaf_bytes and merkle.leaf_hash."""
+
+    # 0x00 (RFC 9162's leaf prefix), then the canonical map's head and first key, bin8 of 32
+    HEAD = b"\x00\x83\xaaentry_hash\xc4\x20"
+    INDEX_KEY = b"\xa5index"
+
+    def __init__(self, recorded_at: str) -> None:
+        self.tail = b"\xabrecorded_at" + msgpack.packb(recorded_at)
+        self._pack_int = msgpack.Packer().pack
+
+    def __call__(self, entry_hash: bytes, index: int) -> bytes:
+        return _sha256(self.HEAD + entry_hash + self.INDEX_KEY + self._pack_int(index) + self.tail).digest()
+
+
 def leaf_bytes(entry_hash: bytes, index: int, recorded_at: str) -> bytes:
     """The Merkle leaf the ledger records for an entry (outside the party's signature):
     canonical msgpack of {"entry_hash", "index", "recorded_at"} (keys already in order)."""

@@ -30,7 +30,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-import msgpack
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError as ESIntegrityError
 from eventsourcing.postgres import PostgresApplicationRecorder
@@ -39,7 +38,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
 from . import merkle
 from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from .encoding import micros_to_time_text
-from .entry import EntryError, SignedEntry, ZERO_HASH, check_envelopes
+from .entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
 from .keys import SigningKey
 from .reader import NAME, DatabaseURL, Queries, Record, Tables, _tuple
 from .registry import REGISTRY_TYPES, Registry, RegistryError
@@ -892,12 +891,8 @@ class LedgerStore:
             self._heads[chain] = self.queries.chain_head(cur, chain) or (0, ZERO_HASH)
         recorded_commands = self.queries.commands(cur, [s.entry.command_id for g in accepted for s, _ in g])
 
-        # The Merkle leaf of an entry is canonical msgpack {"entry_hash", "index", "recorded_at"}
-        # (ledger.entry.leaf_bytes); all but the index is fixed bytes within one transaction.
-        leaf_head = b"\x00\x83\xaaentry_hash\xc4\x20"  # 0x00: RFC 9162's leaf prefix
-        leaf_tail = b"\xabrecorded_at" + msgpack.packb(recorded_at)
-        pack_int = msgpack.Packer().pack
-        sha256 = hashlib.sha256
+        leaf_hash = LeafHasher(recorded_at)  # one record time for the whole transaction
+        append_leaf = merkle.append_leaf
 
         frontier, heads, registry = self._frontier, dict(self._heads), self._registry
         # (key id, chain) -> the key that registry.key_for answered for an ordinary entry of
@@ -964,16 +959,7 @@ class LedgerStore:
                             registry.apply(signed, g_index)
                         except RegistryError as err:
                             raise AppendError("body", str(err), field=err.field) from err
-                    # extend the Merkle tree (merkle.Frontier.append, inlined): the leaf, then one
-                    # node per trailing 1-bit of the old size
-                    h = sha256(leaf_head + entry_hash + b"\xa5index" + pack_int(g_index) + leaf_tail).digest()
-                    nodes = h
-                    n = tree_size
-                    while n & 1:
-                        h = sha256(b"\x01" + tree.pop() + h).digest()
-                        nodes += h
-                        n >>= 1
-                    tree.append(h)
+                    nodes = append_leaf(tree, tree_size, leaf_hash(entry_hash, g_index))
                     tree_size += 1
                     g_events.append((chain, seq, e.type, signed.envelope))
                     g_rows.append((g_index, chain, seq, e.type, e.command_id, entry_hash, recorded_us, nodes))

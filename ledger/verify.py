@@ -25,7 +25,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import merkle
@@ -524,15 +523,14 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
     leaf bytes (entry.leaf_bytes) and the Merkle frontier (merkle.Frontier.append)."""
     from cryptography.exceptions import InvalidSignature
 
-    from .entry import ENTRY_TAG, _fast_content, _split_envelope
+    from .entry import ENTRY_TAG, LeafHasher, _fast_content, _split_envelope
     from .keys import _public_key
+
     rows = _read_range(url, start, stop)
     if rows is None or len(rows) != stop - start:
         return None
     sha256 = hashlib.sha256
-    leaf_head = b"\x00\x83\xaaentry_hash\xc4\x20"  # RFC 9162 leaf prefix, then leaf_bytes's layout
-    pack_int = msgpack.Packer().pack
-    tail_us, leaf_tail = None, b""
+    hasher_us, leaf_hash = None, None
     tree: list[bytes] = []  # the range's frontier (the range is aligned: it starts a subtree)
     first: dict[str, tuple[int, bytes]] = {}
     last: dict[str, tuple[int, bytes]] = {}
@@ -586,20 +584,14 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
         else:
             first[e_chain] = (e_seq, m["prev"])
         last[e_chain] = (e_seq, h)
-        if recorded_us != tail_us:
+        if recorded_us != hasher_us:
             try:
-                leaf_tail = b"\xabrecorded_at" + msgpack.packb(micros_to_time_text(recorded_us))
+                leaf_hash = LeafHasher(micros_to_time_text(recorded_us))
             except (OverflowError, ValueError):
                 return None
-            tail_us = recorded_us
-        node = sha256(leaf_head + h + b"\xa5index" + pack_int(idx) + leaf_tail).digest()
-        completed = node
-        j = i  # the leaf's position in the range: its trailing 1-bits are the nodes it completes
-        while j & 1:
-            node = sha256(b"\x01" + tree.pop() + node).digest()
-            completed += node
-            j >>= 1
-        tree.append(node)
+            hasher_us = recorded_us
+        # the range is aligned, so the leaf's position in it decides the nodes it completes
+        completed = merkle.append_leaf(tree, i, leaf_hash(h, idx))
         if nodes != completed:
             # only the range's last leaf may complete nodes above the range (checked by the parent)
             if i != n_rows - 1 or not nodes.startswith(completed):

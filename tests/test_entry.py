@@ -363,3 +363,13 @@ def test_check_envelopes_judges_like_parse_and_signature_valid(pos, value, known
     e = s.entry
     assert answer[1] == (e.chain, e.seq, e.prev, e.type, e.key_id, e.command_id, s.hash, pub is not None,
                          e.body if e.type == "MiningOutput" else None)
+
+
+@given(st.binary(min_size=32, max_size=32), st.integers(min_value=0, max_value=2**63), times)
+def test_leaf_hasher_is_leaf_hash_of_leaf_bytes(entry_hash, index, recorded_at):
+    """The append and verify hot paths hash leaves with LeafHasher: the same hash as the
+    specified leaf_bytes (docs/FORMAT.md), whatever the index's msgpack width."""
+    from ledger import merkle
+    from ledger.entry import LeafHasher
+
+    assert LeafHasher(recorded_at)(entry_hash, index) == merkle.leaf_hash(leaf_bytes(entry_hash, index, recorded_at))

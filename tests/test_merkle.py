@@ -560,3 +560,16 @@ def test_proof_nodes_shapes():
     assert consistency_proof_nodes(4, 7) == [[(1, 2), (0, 6)]]
     assert consistency_proof_nodes(6, 7) == [[(1, 2)], [(0, 6)], [(2, 0)]]
     assert leaf_hash(b"x") == _sha(b"\x00x") and node_hash(b"a", b"b") == _sha(b"\x01ab")
+
+
+@given(st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=70))
+def test_append_leaf_is_frontier_append(leaves):
+    """merkle.append_leaf (the hot paths' bare-list form) completes the same nodes as
+    Frontier.append, leaf by leaf, and leaves the same frontier."""
+    from ledger.merkle import Frontier, append_leaf
+
+    frontier, hashes = Frontier(), []
+    for n, leaf in enumerate(leaves):
+        expected = b"".join(h for _, _, h in frontier.append(leaf))
+        assert append_leaf(hashes, n, leaf) == expected
+        assert hashes == frontier.hashes
