@@ -33,13 +33,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from eventsourcing.application import Application
 from eventsourcing.persistence import IntegrityError as ESIntegrityError
 from eventsourcing.postgres import PostgresApplicationRecorder
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from . import merkle
 from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from .encoding import micros_to_time_text
 from .entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
-from .keys import SigningKey
 from .reader import NAME, DatabaseURL, Queries, Record, Tables, _tuple
 from .registry import REGISTRY_TYPES, Registry, RegistryError
 
