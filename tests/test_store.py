@@ -1645,3 +1645,87 @@ def test_key_revoked_inside_one_transaction(led, mine):
     results = st.append_groups([[before], [revoke], [after]])
     assert isinstance(results[0], list) and isinstance(results[1], list)
     assert isinstance(results[2], AppendError) and results[2].code == "revoked_key"
+
+
+def test_a_dead_checking_process_falls_back_to_threads(db_url):
+    """A checking process that dies (killed) does not fail appends: the batch is checked in
+    threads, written whole, and later batches keep working."""
+    import os
+    import signal
+
+    led = new_ledger(db_url)
+    try:
+        led.register(MINE, ["MINE"])
+        envs = [s.envelope for s in led.facts(MINE, 900)]
+        led.store.append(envs[:300])
+        pool = led.store._procs
+        assert pool is not None
+        for w in pool.workers:
+            os.kill(w.proc.pid, signal.SIGKILL)
+            w.proc.join(5)
+        receipts = led.store.append(envs[300:600])
+        assert [r.seq for r in receipts] == list(range(301, 601))
+        assert led.store.append(envs[600:])[-1].seq == 900
+        assert verify_database(led.url).ok
+    finally:
+        led.close()
+
+
+_KILLED_PARENT_SCRIPT = '''
+import os, sys, tempfile
+sys.path[:0] = [{tests!r}, {root!r}]
+from helpers import new_ledger
+
+def main():
+    led = new_ledger("sqlite:///" + os.path.join(tempfile.mkdtemp(), "l.db"))
+    led.register("91110000MINE0001", ["MINE"])
+    led.store.append([s.envelope for s in led.facts("91110000MINE0001", 300)])
+    print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)
+    os.kill(os.getpid(), 9)
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_checking_processes_exit_when_their_store_process_is_killed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_PARENT_SCRIPT.format(tests=tests, root=str(Path(tests).parent)))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) >= 1, out.stderr
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids)
+
+
+def test_a_script_read_from_stdin_appends_large_batches_in_threads(tmp_path):
+    """A child process cannot import a main module read from stdin: such a program checks its
+    large batches in threads instead of failing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).parent)
+    code = _KILLED_PARENT_SCRIPT.format(tests=tests, root=str(Path(tests).parent)).replace(
+        'print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)\n    os.kill(os.getpid(), 9)',
+        'print(led.store.size(), led.store._procs is None, flush=True)')
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["305", "True"], out.stdout + out.stderr
