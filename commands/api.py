@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from ledger.entry import CHAIN_RE, EntryError, SignedEntry
 from ledger.reader import Record
 from ledger.registry import RegistryError
-from ledger.store import AppendError, LedgerStore, Receipt, now_us
+from ledger.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
 from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
                         UnknownReference, catalogue_json_schema)
@@ -99,6 +99,7 @@ class _Checked:
 
 
 _WORKERS = max(2, os.cpu_count() or 2)
+MAX_ATTEMPTS = 20  # checks against a state the log outran (another process appended), then 409
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -145,7 +146,21 @@ class CommandAPI:
         receipt, in place. The server does so in another thread while the next group commit
         is written."""
         with self._lock:
-            self._catch_up()
+            out = self._submit_locked(groups)
+        if not defer_findings:
+            self.add_findings(out)
+        return out
+
+    def _submit_locked(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list:
+        """Check against the write state and write, optimistically: the state is taken to be
+        up to date with the log, and the store writes only if the log holds exactly as many
+        entries as the state when its lock is taken (``expect_size``). Otherwise nothing is
+        written: the state catches up to the size the store found and the groups are checked
+        again. So the usual case costs no extra round trip, and every check ran against the
+        log as it was when the entries were written (another process may append too)."""
+        fresh = False  # whether the state is known to match the log now
+        for _ in range(MAX_ATTEMPTS):
+            base = self.state.size
             self.state.begin()
             try:
                 checked = self._check_groups(groups)
@@ -153,18 +168,35 @@ class CommandAPI:
                 self.state.abort()
                 raise
             passed = [c for c in checked if c.error is None and c.send]
+            if not passed:
+                if not fresh and any(c.error is not None for c in checked):
+                    # a refusal decided on the state alone: make sure it was the log's state
+                    self.state.abort()
+                    size = self.store.size()
+                    fresh = size == base
+                    if not fresh:
+                        self._catch_up(size)
+                        fresh = True
+                        continue
+                    self.state.begin()
+                    checked = self._check_groups(groups)  # the same answer, on a state known fresh
+                return self._finish(checked, [], [])
             try:
-                stored = self.store.append_groups([c.send for c in passed]) if passed else []
+                stored = self.store.append_groups([c.send for c in passed], expect_size=base)
+            except LogMoved as moved:
+                self.state.abort()
+                self._catch_up(moved.size)
+                fresh = True
+                continue
             except AppendError as err:
                 self.state.abort()
                 raise from_append_error(err) from None
             except BaseException:
                 self.state.abort()
                 raise
-            out = self._finish(checked, passed, stored)
-        if not defer_findings:
-            self.add_findings(out)
-        return out
+            return self._finish(checked, passed, stored)
+        raise Conflict("conflict", f"the log kept moving under appends from other writers ({MAX_ATTEMPTS} "
+                       "attempts): nothing was written, send the same request again")
 
     def add_findings(self, answer: list) -> None:
         """Ask the findings hook about each new entry of a :meth:`submit_groups` answer (see
@@ -222,8 +254,10 @@ class CommandAPI:
         with self._lock:
             self._catch_up()
 
-    def _catch_up(self) -> None:
-        size = self.store.size()
+    def _catch_up(self, size: int | None = None) -> None:
+        """The write state up to the log's ``size`` entries (asked of the store if not given)."""
+        if size is None:
+            size = self.store.size()
         if size < self.state.size:  # a different (e.g. restored) database: start again
             self.state = WriteState()
         if size > self.state.size:

@@ -256,13 +256,11 @@ class Queries:
         return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
 
     def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
+        """(chain, command id) -> (log index, entry hash) of each of these command ids recorded."""
         out: dict[tuple[str, str], tuple[int, bytes]] = {}
-        if self.t.backend == "postgres" and command_ids:  # one array parameter, in binary form
-            cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} "
-                                 "WHERE command_id = ANY(%b::text[])"), (list(command_ids),))
-            for r in map(_tuple, cur.fetchall()):
-                out[(r[0], r[1])] = (int(r[2]), bytes(r[3]))
-            return out
+        if self.t.backend == "postgres" and command_ids:
+            self.send_commands(cur, command_ids)
+            return self.fetch_commands(cur)
         for i in range(0, len(command_ids), 500):
             chunk = command_ids[i:i + 500]
             cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} WHERE command_id IN ("
@@ -270,6 +268,15 @@ class Queries:
             for r in map(_tuple, cur.fetchall()):
                 out[(r[0], r[1])] = (int(r[2]), bytes(r[3]))
         return out
+
+    def send_commands(self, cur, command_ids: list[str]) -> None:
+        """PostgreSQL: the query of :meth:`commands` (one array parameter, in binary form), to
+        be answered by :meth:`fetch_commands` (in pipeline mode, with the queries sent after it)."""
+        cur.execute(self.t.q("SELECT chain, command_id, idx, entry_hash FROM {log} "
+                             "WHERE command_id = ANY(%b::text[])"), (list(command_ids),))
+
+    def fetch_commands(self, cur) -> dict[tuple[str, str], tuple[int, bytes]]:
+        return {(r[0], r[1]): (int(r[2]), bytes(r[3])) for r in map(_tuple, cur.fetchall())}
 
     def records_of_types(self, cur, types: list[str], start: int, stop: int) -> list[Record]:
         cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? AND l.type IN ("

@@ -45,6 +45,15 @@ from .registry import REGISTRY_TYPES, Registry, RegistryError
 
 # --- errors and results --------------------------------------------------------------------
 
+class LogMoved(Exception):
+    """``append_groups(..., expect_size=n)`` found ``size`` entries in the log, not n: nothing
+    was written."""
+
+    def __init__(self, size: int):
+        super().__init__(f"the log holds {size} entries, not the expected number")
+        self.size = size
+
+
 class AppendError(ValueError):
     """An entry (and so its whole group) was refused; nothing of the group was written.
 
@@ -269,34 +278,42 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         return int(row["n"]) == len(names)
 
     def write(self, plan) -> Any:
+        """Run ``plan(cursor) -> (event_rows, log_rows, result)`` in one transaction under the
+        ledger's lock, insert what it returns, commit, and return ``result``.
+
+        Two round trips in the common case: in psycopg's pipeline mode BEGIN, the lock and the
+        plan's first reads (log head, command ids: :meth:`_PgCursor.side`) wait in the pipeline
+        until the plan fetches, and NOTIFY, the inserts and COMMIT go together at the end."""
         with self.datastore.get_connection() as conn:
-            with conn.transaction():
-                with conn.cursor() as cur:
-                    # Serialize writers before reading the log head, so that index and chain
-                    # heads are stable and commit order is notification order (what the
-                    # library's LOCK TABLE ... EXCLUSIVE does). A transaction advisory lock needs
-                    # no privilege, so the serving role can hold INSERT and SELECT only.
-                    # (one round trip: both statements in one simple query, literal values)
-                    cur.execute(f"SET LOCAL lock_timeout = '{int(self.datastore.lock_timeout)}s'; "
-                                f"SELECT pg_advisory_xact_lock({int(self.lock_key)})")
-                    event_rows, log_rows, result = plan(_PgCursor(cur))
-                    if event_rows:
-                        self._write_rows(conn, cur, event_rows, log_rows)
+            with conn.pipeline():
+                with conn.transaction():
+                    with conn.cursor() as cur:
+                        # Serialize writers before reading the log head, so that index and chain
+                        # heads are stable and commit order is notification order (what the
+                        # library's LOCK TABLE ... EXCLUSIVE does). A transaction advisory lock
+                        # needs no privilege, so the serving role can hold INSERT and SELECT only.
+                        # (its own cursor: in pipeline mode a cursor's later fetch may still
+                        # find this statement's row)
+                        conn.cursor().execute("SELECT set_config('lock_timeout', %s, true), "
+                                              "pg_advisory_xact_lock(%s)",
+                                              (f"{int(self.datastore.lock_timeout)}s", self.lock_key))
+                        event_rows, log_rows, result = plan(_PgCursor(cur, conn))
+                        if event_rows:
+                            self._write_rows(cur, event_rows, log_rows)
             return result
 
-    def _write_rows(self, conn, cur, event_rows: list[tuple], log_rows: list[tuple]) -> None:
-        """NOTIFY and the two inserts in one round trip (psycopg's pipeline mode: nothing is
-        read back; an error surfaces when the pipeline syncs, still inside the transaction)."""
+    def _write_rows(self, cur, event_rows: list[tuple], log_rows: list[tuple]) -> None:
+        """NOTIFY and the two inserts, queued in the pipeline (nothing is read back; an error
+        surfaces at COMMIT's sync, and the transaction is rolled back)."""
         # The library's _insert_stored_events sends one array of its composite type in text
         # form, which psycopg escapes value by value in Python; here each column is one array in
         # binary form (no escaping), and the rows take their notification ids in array order all
         # the same. Each table gets the whole batch in one statement: one gap check.
         events = [list(col) for col in zip(*event_rows)]
         log = [list(col) for col in zip(*log_rows)]
-        with conn.pipeline():
-            self._notify_channel(cur)
-            cur.execute(self._insert_events_sql, events)
-            cur.execute(self._insert_log_sql, log)
+        self._notify_channel(cur)
+        cur.execute(self._insert_events_sql, events)
+        cur.execute(self._insert_log_sql, log)
 
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -309,10 +326,15 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
 
 class _PgCursor:
-    """Adapts a psycopg dict-row cursor to positional rows."""
+    """Adapts a psycopg dict-row cursor to positional rows. In pipeline mode (the append
+    transaction), ``side()`` gives another cursor whose query waits in the pipeline with this
+    one's: both answered in one round trip, at the first fetch."""
 
-    def __init__(self, cur):
-        self.cur = cur
+    def __init__(self, cur, conn=None):
+        self.cur, self.conn = cur, conn
+
+    def side(self) -> "_PgCursor | None":
+        return None if self.conn is None else _PgCursor(self.conn.cursor())
 
     def execute(self, sql: str, params: Sequence = ()) -> None:
         self.cur.execute(sql, params)
@@ -747,10 +769,16 @@ class LedgerStore:
             raise result
         return result
 
-    def append_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list[list[Receipt] | AppendError]:
+    def append_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], *, expect_size: int | None = None
+                      ) -> list[list[Receipt] | AppendError]:
         """Append several independent groups in one transaction; each group is accepted whole
-        or refused whole (its AppendError takes its place in the answer)."""
-        return self.finish(self.prepare(groups))
+        or refused whole (its AppendError takes its place in the answer).
+
+        ``expect_size``: write only if the log holds exactly that many entries when the lock
+        is taken, else raise :class:`LogMoved` (nothing written). A caller that checked the
+        entries against its own view of the log (the command API) learns that the view was
+        stale, and how far the log is, in the same round trip as the write."""
+        return self.finish(self.prepare(groups), expect_size=expect_size)
 
     def prepare(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> "_Prepared":
         """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`.
@@ -818,16 +846,18 @@ class LedgerStore:
         self._use_processes = False
         return _precheck(group, registry)
 
-    def finish(self, prepared: "_Prepared") -> list[list[Receipt] | AppendError]:
+    def finish(self, prepared: "_Prepared", *, expect_size: int | None = None) -> list[list[Receipt] | AppendError]:
         checked = [f.result() for f in prepared.futures]
         with self._lock:
             try:
                 before = self._size
-                result = self.recorder.write(lambda cur: self._plan(cur, checked))
+                result = self.recorder.write(lambda cur: self._plan(cur, checked, expect_size))
                 result.on_commit()
                 if self.db.backend == "postgres" and before >= 0 and self._size // 50_000 > before // 50_000:
                     self._analyze()  # a bulk load outruns autovacuum: keep the planner's statistics fresh
                 return list(result)
+            except LogMoved:
+                raise  # read under the lock, nothing changed: the caches are still right
             except ESIntegrityError as e:
                 self._size = -1  # another writer got there first: reload caches next time
                 raise AppendError("conflict", f"conflict with a concurrent append: {e}") from e
@@ -877,18 +907,27 @@ class LedgerStore:
         if last_us is not None:
             self._last_us = last_us
 
-    def _plan(self, cur, checked: list) -> tuple[list[tuple], list[tuple], list]:
+    def _plan(self, cur, checked: list, expect_size: int | None = None) -> tuple[list[tuple], list[tuple], list]:
+        # The command ids already recorded and the log head: on PostgreSQL both queries wait in
+        # the pipeline and are answered together (with BEGIN and the lock) in one round trip.
+        accepted = [g for g in checked if not isinstance(g, AppendError)]
+        command_ids = [s.entry.command_id for g in accepted for s, _ in g]
+        side = cur.side() if command_ids and hasattr(cur, "side") else None
+        if side is not None:
+            self.queries.send_commands(side.cur, command_ids)
         size, last_us = self.queries.size(cur)
+        recorded_commands = (self.queries.fetch_commands(side.cur) if side is not None
+                             else self.queries.commands(cur, command_ids))
+        if expect_size is not None and size != expect_size:
+            raise LogMoved(size)
         self._sync_caches(cur, size, last_us)
         recorded_us = max(self.clock(), last_us)
         recorded_at = micros_to_time_text(recorded_us)
 
-        # Batch look-ups: chain heads not cached, and command ids already recorded.
-        accepted = [g for g in checked if not isinstance(g, AppendError)]
+        # Chain heads not cached (usually none: the caches follow this store's own commits).
         wanted_chains = {s.entry.chain for g in accepted for s, _ in g}
         for chain in wanted_chains - self._heads.keys():
             self._heads[chain] = self.queries.chain_head(cur, chain) or (0, ZERO_HASH)
-        recorded_commands = self.queries.commands(cur, [s.entry.command_id for g in accepted for s, _ in g])
 
         leaf_hash = LeafHasher(recorded_at)  # one record time for the whole transaction
         append_leaf = merkle.append_leaf

@@ -838,8 +838,10 @@ def test_property_only_receipts_or_command_errors(prop_world, plan):
 
 
 def test_writer_between_check_and_append(sqlite_url):
-    """Another writer appends between the API's checks and its append: the store still decides
-    chains and keys, and the API's state is rebuilt from the log, never left half-true."""
+    """Another writer appends between the API's checks and its append: the store finds the log
+    longer than the state the API checked against and writes nothing; the API catches up and
+    checks again (so the conflicting entry is refused against the log as it is), and its state
+    is never left half-true."""
     w = World(sqlite_url)
     other = LedgerStore(sqlite_url)
     try:
@@ -848,9 +850,13 @@ def test_writer_between_check_and_append(sqlite_url):
         sneaky = m.sign("MineralProductProduced", {**example(w, "MineralProductProduced", "MINE01"), "lot": "SNEAK"},
                         T0)
 
-        def interleaved(groups):
-            other.append([sneaky])  # same chain: the API's MINE01 entry now conflicts
-            return real(groups)
+        calls = []
+
+        def interleaved(groups, **kw):
+            if not calls:
+                other.append([sneaky])  # same chain: the API's MINE01 entry now conflicts
+            calls.append(kw)
+            return real(groups, **kw)
 
         w.store.append_groups = interleaved
         mine = ChainSigner(m.key, seq=sneaky.entry.seq - 1, head=sneaky.entry.prev).peek(
@@ -858,6 +864,7 @@ def test_writer_between_check_and_append(sqlite_url):
         sep = w.signers["SEP01"].peek("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0)
         r_mine, r_sep = w.api.submit_groups([[mine], [sep]])
         w.store.append_groups = real
+        assert len(calls) == 2 and calls[1]["expect_size"] == calls[0]["expect_size"] + 1  # the retry
         assert isinstance(r_mine, CommandError) and r_mine.code == "conflict" and r_mine.status == 409
         assert isinstance(r_sep, list) and r_sep[0].index == w.store.size() - 1
         st_ = w.api.state
