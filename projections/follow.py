@@ -8,6 +8,7 @@ command API's findings hook, which findings each new entry raised.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -258,6 +259,16 @@ class ProjectionProcess:
                     return
         self._fallback().catch_up()
 
+    def feed(self, entries: list[tuple[int, str, bytes]]) -> None:
+        """The entries this process has just committed, as (log index, record time, chain, seq,
+        entry hash, envelope), in log order: the child's findings mirror folds them without reading them back from
+        the database (it reads the log for anything between, appended by another writer)."""
+        if self._proc is not None and not self._dead and entries:
+            try:
+                self._send(("records", entries))
+            except (OSError, ValueError):  # the child is gone: the receiver says so
+                pass
+
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._cond:
             if self._proc is not None and not self._dead:
@@ -290,6 +301,21 @@ def _fold(proj, rec):
     except EntryError as e:
         return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e))
     return proj.apply(rec.index, rec.recorded_us, signed)
+
+
+@functools.lru_cache(maxsize=64)
+def _micros(recorded_at: str) -> int:
+    from ledger.encoding import parse_time, time_to_micros
+
+    return time_to_micros(parse_time(recorded_at))
+
+
+def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: bytes, envelope: bytes):
+    """A log record from what the parent fed: what ``_fold`` reads of it (index, record time,
+    chain, seq, entry hash, envelope); type and Merkle nodes are not needed to fold."""
+    from ledger.reader import Record
+
+    return Record(index, chain, seq, "", entry_hash, _micros(recorded_at), b"", envelope)
 
 
 def _main_importable() -> bool:
@@ -402,7 +428,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                     continue
             found: dict[int, list[dict[str, Any]]] = {}
             try:
-                for rec in reader.iter_records(mirror.position):
+                for rec in _new_records(mirror.position):
                     collected(_fold(mirror, rec).findings, found)
             except Exception as e:  # noqa: BLE001 - a half-applied entry: never reuse that state
                 log.exception("the findings mirror failed: the tables' catch-ups collect them again")
@@ -411,6 +437,31 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
                 continue
             send(("done", ids, mirror.position, found))
+
+    fed: dict[int, tuple] = {}  # log index -> (index, record time, chain, seq, entry hash, envelope)
+
+    def _new_records(position: int):
+        """The log's records from ``position``: those the parent fed (it committed them), and
+        whatever lies before or after them read from the log (another writer's entries). With
+        records fed, the log is not asked for its end: the parent asks about what it fed."""
+        with lock:
+            mine = sorted(k for k in fed if k >= position)
+            for k in [k for k in fed if k < position]:  # folded already (or by the tables)
+                del fed[k]
+        if not mine:
+            yield from reader.iter_records(position)
+            return
+        if mine[0] > position:  # another writer's entries first
+            yield from reader.iter_records(position, mine[0])
+            position = mine[0]
+        for k in mine:
+            if k != position:  # a hole in what was fed: the log decides from here
+                yield from reader.iter_records(position)
+                return
+            with lock:
+                item = fed.pop(k)
+            yield _fed_record(*item)
+            position += 1
 
     # the follower wakes on every commit (and on requests); tables_round spaces the catch-ups
     follower = Follower(store, tables_round, poll)
@@ -421,7 +472,14 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            if msg[0] == "findings":
+            if msg[0] == "records":
+                with lock:
+                    for item in msg[1]:
+                        fed[item[0]] = item
+                    if len(fed) > 1_000_000:  # never asked about (no mirror yet): forget the oldest
+                        for k in sorted(fed)[:len(fed) - 1_000_000]:
+                            del fed[k]
+            elif msg[0] == "findings":
                 with lock:
                     findings_asks.append(msg[1])
                     lock.notify_all()

@@ -844,3 +844,51 @@ def test_append_findings_equal_the_tables(tmp_path):
             assert norm(rec["findings"]) == norm(mine), rec["index"]
             codes |= {f["code"] for f in rec["findings"]}
         assert {"OVER_QUOTA", "NEGATIVE_STOCK"} <= codes
+
+
+def test_findings_and_checks_follow_another_writer(tmp_path):
+    """Another process appends to the same ledger between the server's appends: the server's
+    write state finds the log moved and checks again against it (nothing stale is written),
+    and the findings it answers, folded from the entries it fed its projections process plus
+    the other writer's entries read from the log, are what the tables record."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    with TestClient(app) as tc, LedgerStore(url) as other_store:
+        other = CommandAPI(other_store)
+        m3 = ChainSigner(cast.keys["MINE03"])
+
+        def post(envs):
+            r = tc.post(ENTRIES, content=msgpack.packb(envs, use_bin_type=True),
+                        headers={"Content-Type": "application/msgpack"})
+            assert r.status_code == 201, r.text
+            return r.json()["receipts"]
+
+        a, b = lot(), lot()
+        receipts = post([m3.sign("MineralProductProduced", mineral(a), T0).envelope])
+        other.submit([m3.sign("MineralProductProduced", mineral(b), T0).envelope])  # behind the server's back
+        line = {"lot": b, "product": "RE_CONCENTRATE", "kg": "20000", "reo_kg": "9000"}  # more than b holds
+        receipts += post([m3.sign("TransferShipped", {"transfer_id": f"T-{b}", "buyer": "SEP01", "lines": [line],
+                                                      "vat_invoice_no": "0447-9",
+                                                      "shipped_at": "2024-03-01T08:00:00Z"}, T0).envelope])
+        # the other writer's lot counts: the shipment is of a lot MINE03 made, short of stock
+        other.submit([m3.sign("MineralProductProduced", mineral(lot()), T0).envelope])
+        receipts += post([m3.sign("MineralProductProduced", mineral(lot()), T0).envelope])
+        assert [r["index"] for r in receipts] == [receipts[0]["index"], receipts[0]["index"] + 2,
+                                                  receipts[0]["index"] + 4]
+        path = "/v1/findings"
+        r = tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path))
+        assert r.status_code == 200, r.text
+        table: dict[int, list] = {}
+        for f in r.json()["findings"]:
+            table.setdefault(f["index"], []).append(f)
+        for rec in receipts:
+            mine = [f for f in table.get(rec["index"], []) if f["party"] == rec["chain"]]
+            assert sorted(f["code"] for f in rec["findings"]) == sorted(f["code"] for f in mine), rec["index"]
+        shipped = [f["code"] for f in receipts[1]["findings"]]
+        assert "NEGATIVE_STOCK" in shipped and "UNTRACEABLE_LOT" not in shipped, shipped
+    assert_log_sound(url)
