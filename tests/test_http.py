@@ -892,3 +892,33 @@ def test_findings_and_checks_follow_another_writer(tmp_path):
         shipped = [f["code"] for f in receipts[1]["findings"]]
         assert "NEGATIVE_STOCK" in shipped and "UNTRACEABLE_LOT" not in shipped, shipped
     assert_log_sound(url)
+
+
+def test_a_refusal_is_checked_against_the_log_as_it_is(tmp_path):
+    """A receipt for a shipment another process recorded after this API's last commit: the
+    API's state does not know the shipment, but before refusing it looks at the log's size,
+    catches up and checks again, so the receipt is accepted; a receipt for a shipment nobody
+    recorded is still refused, and nothing of it is written."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    with LedgerStore(url) as s1, LedgerStore(url) as s2:
+        api, other = CommandAPI(s1), CommandAPI(s2)
+        api.catch_up()
+        other.catch_up()
+        m4, sep = ChainSigner(cast.keys["MINE04"]), ChainSigner(cast.keys["SEP01"])
+        mlot, tid = lot(), "T-" + uuid.uuid4().hex[:8]
+        line = {"lot": mlot, "product": "RE_CONCENTRATE", "kg": "10500.5", "reo_kg": "5796.276"}
+        other.submit([m4.sign("MineralProductProduced", mineral(mlot), T0),
+                      m4.sign("TransferShipped", {"transfer_id": tid, "buyer": "SEP01", "lines": [line],
+                                                  "vat_invoice_no": "0447-9",
+                                                  "shipped_at": "2024-01-20T08:00:00Z"}, T0)])
+        size = s1.size()
+        received = sep.sign("TransferReceived", {"transfer_id": tid, "seller": "MINE04", "lines": [line],
+                                                 "received_at": "2024-01-21T10:30:00Z"}, T0)
+        assert api.submit([received])[0].index == size
+        other.submit([m4.sign("MineralProductProduced", mineral(lot()), T0)])  # the state is behind again
+        unknown = sep.peek("TransferReceived", {"transfer_id": "T-NOBODY", "seller": "MINE04", "lines": [line],
+                                                "received_at": "2024-01-21T10:30:00Z"}, T0)
+        with pytest.raises(CommandError) as err:
+            api.submit([unknown])
+        assert err.value.status == 404 and s1.size() == size + 2 and api.state.size == size + 2
