@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class Follower:
     """Calls ``catch_up`` whenever the log may have grown, whoever appends (another server, the
-    CLI): woken by eventsourcing's subscription (LISTEN/NOTIFY on the events table) on
+    CLI): woken by LISTEN/NOTIFY (the channel eventsourcing's recorder notifies) on
     PostgreSQL, by polling on SQLite (whose recorder cannot subscribe). One listener thread, one
     worker thread; ``stop`` ends both.
 
@@ -40,11 +40,11 @@ class Follower:
         self._wake = threading.Event()
         self._requested = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._subscription = None
+        self._listening = False
 
     def start(self) -> None:
         if self.store.db.backend == "postgres":
-            self._subscription = self.store.recorder.subscribe(gt=self.store.recorder.max_notification_id())
+            self._listening = True
             self._threads.append(threading.Thread(target=self._listen, name="reledger-listen", daemon=True))
         self._threads.append(threading.Thread(target=self._run, name="reledger-follow", daemon=True))
         for t in self._threads:
@@ -56,13 +56,25 @@ class Follower:
         self._wake.set()
 
     def _listen(self) -> None:
-        try:
-            for _ in self._subscription:
+        """LISTEN on the channel every append transaction NOTIFYs (the events table's, as
+        eventsourcing names it), on a connection of its own: a notification only wakes the
+        catch-up, which reads the log itself. (eventsourcing's own subscription would also read
+        every new event row for each notification.) A lost connection is opened again."""
+        import psycopg
+        from psycopg.sql import SQL, Identifier
+
+        channel = self.store.recorder.channel_name
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.store.db.conninfo(), autocommit=True) as conn:
+                    conn.execute(SQL("LISTEN {0}").format(Identifier(channel)))
+                    self._wake.set()  # whatever was committed before LISTEN took effect
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake.set()
+            except Exception:  # noqa: BLE001 - the database went away: wake, wait, listen again
                 self._wake.set()
-                if self._stop.is_set():
-                    return
-        except Exception:  # noqa: BLE001 - the subscription ended (stop, or the database went away)
-            self._wake.set()
+                self._stop.wait(1.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -75,14 +87,12 @@ class Follower:
                 log.exception("projections could not catch up")
             if self.min_interval > 0:
                 self._requested.wait(self.min_interval)  # a request (or stop) cuts it short
-            self._wake.wait(self.poll if self._subscription is None else 5.0)
+            self._wake.wait(5.0 if self._listening else self.poll)
 
     def stop(self) -> None:
         self._stop.set()
         self._requested.set()
         self._wake.set()
-        if self._subscription is not None:
-            self._subscription.stop()
         for t in self._threads:
             t.join(timeout=5)
 

@@ -12,8 +12,8 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
 ``snapshots`` the projector's rule state (pickled) at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries,
     so a restart rolls forward from the nearest snapshot instead of replaying the whole log.
 
-On PostgreSQL :meth:`ProjectionStore.follow` wakes up on eventsourcing's subscription
-(LISTEN/NOTIFY on the events table); on SQLite it polls.
+On PostgreSQL :meth:`ProjectionStore.follow` wakes up on each append's NOTIFY (LISTEN on the
+channel of eventsourcing's events table); on SQLite it polls.
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ class ProjectionStore:
                     gc.enable()
 
     def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
-        """Keep up with the log until ``stop`` is set (subscription on PostgreSQL, polling on
+        """Keep up with the log until ``stop`` is set (LISTEN/NOTIFY on PostgreSQL, polling on
         SQLite; see projections/follow.py)."""
         from ledger.store import LedgerStore
 

@@ -43,3 +43,34 @@ def test_server_projections_follow_appends_by_another_process(db_url):
         finally:
             ps.close()
         assert lots == {f"FOLLOW-{i}" for i in range(5)}
+
+
+def test_follower_is_woken_by_each_commit_on_postgresql(pg_url):
+    """On PostgreSQL the follower listens for the append transactions' NOTIFY: a commit by
+    another connection wakes it at once, well before its 5 s fallback wake-up."""
+    from projections.follow import Follower
+
+    cast = build_cast(pg_url)
+    calls: list[float] = []
+    with LedgerStore(pg_url) as store:
+        follower = Follower(store, lambda: calls.append(time.monotonic()))
+        follower.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not calls and time.monotonic() < deadline:  # the first round, at start
+                time.sleep(0.02)
+            time.sleep(0.5)  # the LISTEN is in place (its own wake-up came and went)
+            for i in range(3):
+                before = len(calls)
+                with LedgerStore(pg_url) as other:
+                    seq, head = other.chain_head("MINE01")
+                    signer = ChainSigner(cast.keys["MINE01"], seq=seq, head=head)
+                    CommandAPI(other).submit([signer.sign("MineralProductProduced", mineral(f"WAKE-{i}"), T1)])
+                    sent = time.monotonic()
+                deadline = sent + 4.0  # under the 5 s fallback: only the notification can do it
+                while len(calls) == before and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert len(calls) > before, f"commit {i}: the follower was not woken"
+        finally:
+            follower.stop()
+    assert not any(t.is_alive() for t in follower._threads)  # stop ends both threads
