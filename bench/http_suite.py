@@ -16,7 +16,9 @@ appends on the same backend, measured in the same run.
 * **inproc**: ``CommandAPI.submit`` of groups of ``batch`` entries with the server's findings
   hook (ProjectionFindings), in this process, on a fresh database of the same backend.
 
-Figures: entries/s (and requests/s) with p50/p99 latency per configuration. Ratios:
+Figures: entries/s (and requests/s) with p50/p99 latency per configuration, and the CPU per
+entry (per request for trivial) of the server process with its children, of a local PostgreSQL
+server and of the client, in microseconds (where to look when a ratio is low). Ratios:
 single/trivial (requests/s, same clients), batch/inproc (entries/s). Targets: at 16 clients
 single >= 0.4 x trivial with p99 < 100 ms; batched >= 5,000 entries/s.
 """
@@ -57,6 +59,14 @@ class HttpSizes:
     @classmethod
     def quick(cls) -> "HttpSizes":
         return cls(seconds=0.5, batch=20, single_budget=120, batch_budget=800, inproc_budget=400)
+
+
+def CPU_FIGURES() -> list[str]:
+    """CPU per entry (per request for trivial), microseconds: the server process with its
+    children, and the client; ``{kind}_c{n}_cpu_db_us`` too when PostgreSQL runs on this
+    machine. (Measured from /proc: may be 0 on other systems or in a very short run.)"""
+    return [f"{kind}_c{n}_cpu_{part}_us" for n in CLIENTS for kind in ("trivial", "http_single", "http_batch")
+            for part in ("server", "client")]
 
 
 def FIGURES() -> list[str]:
@@ -177,11 +187,46 @@ async def _client(port: int, requests: list[tuple[bytes, int]], deadline: float,
     return entries
 
 
-def drive(port: int, per_client: list[list[tuple[bytes, int]]], seconds: float, ok_status: int = 201
-          ) -> dict[str, Any]:
-    """Every client sends its requests in order on its own connection; all start together."""
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of process ``pid`` and its live descendants (Linux /proc; 0 elsewhere)."""
+    from .run import _TICKS, _live_descendants_cpu
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / _TICKS + _live_descendants_cpu(pid)
+
+
+def _postgres_cpu() -> float:
+    """CPU seconds of this machine's PostgreSQL processes (a local server: Linux /proc)."""
+    from .run import _TICKS
+
+    total = 0.0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return 0.0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                head, _, rest = f.read().rpartition(")")
+            if head.split("(", 1)[1].startswith("postgres"):
+                total += sum(int(x) for x in rest.split()[11:13]) / _TICKS
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def drive(port: int, per_client: list[list[tuple[bytes, int]]], seconds: float, ok_status: int = 201,
+          server_pid: int | None = None, local_db: bool = False) -> dict[str, Any]:
+    """Every client sends its requests in order on its own connection; all start together.
+    With ``server_pid``: the CPU the server (with its child processes), a local PostgreSQL
+    server and this client spent per entry, in microseconds."""
     lat: list[float] = []
     errors: list[str] = []
+    cpu0 = (_proc_cpu(server_pid) if server_pid else 0.0, _postgres_cpu() if local_db else 0.0, time.process_time())
 
     async def main() -> tuple[list[int], float]:
         t0 = time.perf_counter()
@@ -196,9 +241,15 @@ def drive(port: int, per_client: list[list[tuple[bytes, int]]], seconds: float, 
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else 0.0
 
-    return {"entries": n, "requests": len(lat), "seconds": round(wall, 4), "rate": n / wall if wall else 0.0,
-            "rps": len(lat) / wall if wall else 0.0, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "errors": errors[:3]}
+    out = {"entries": n, "requests": len(lat), "seconds": round(wall, 4), "rate": n / wall if wall else 0.0,
+           "rps": len(lat) / wall if wall else 0.0, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+           "errors": errors[:3]}
+    if server_pid and n:
+        out["cpu_server_us"] = (_proc_cpu(server_pid) - cpu0[0]) / n * 1e6
+        out["cpu_client_us"] = (time.process_time() - cpu0[2]) / n * 1e6
+        if local_db:
+            out["cpu_db_us"] = (_postgres_cpu() - cpu0[1]) / n * 1e6
+    return out
 
 
 # --- the workload ----------------------------------------------------------------------------
@@ -276,6 +327,10 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
         api.submit(setup_env[:len(gen)])
         api.submit(setup_env[len(gen):])
     results: dict[str, dict[str, Any]] = {}
+    # the database server's CPU is counted when it runs on this machine (a PostgreSQL on
+    # loopback; SQLite works inside the server process, counted there)
+    local_db = backend.name == "postgres" and getattr(getattr(backend, "db", None), "host", "") in (
+        "127.0.0.1", "localhost", "::1", "", None)
     server_port, trivial_port = free_port(), free_port()
     log(f"[{backend.name}] http: starting reledger serve and the trivial app")
     server = Proc(["-m", "commands.cli", "serve", "--db", url, "--port", str(server_port)], server_port)
@@ -285,10 +340,11 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
         for n in CLIENTS:
             single_reqs = [requests_of("single", c) for c in chain_of[("single", n)]]
             log(f"[{backend.name}] http: {n} client(s): trivial, single, batched")
-            results[f"trivial_c{n}"] = drive(trivial_port, single_reqs, sizes.seconds)
-            results[f"http_single_c{n}"] = drive(server_port, single_reqs, sizes.seconds)
+            results[f"trivial_c{n}"] = drive(trivial_port, single_reqs, sizes.seconds, server_pid=trivial.proc.pid)
+            results[f"http_single_c{n}"] = drive(server_port, single_reqs, sizes.seconds,
+                                                 server_pid=server.proc.pid, local_db=local_db)
             results[f"http_batch_c{n}"] = drive(server_port, [requests_of("batch", c) for c in chain_of[("batch", n)]],
-                                                sizes.seconds)
+                                                sizes.seconds, server_pid=server.proc.pid, local_db=local_db)
             if n == CLIENTS[1]:
                 results["inproc_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes, log)
                 results["inproc_store_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes,
@@ -314,6 +370,9 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
             f[f"{k}_rps"] = r["rps"]
             f[f"{k}_p50_ms"] = r["p50_ms"]
             f[f"{k}_p99_ms"] = r["p99_ms"]
+            for part in ("server", "db", "client"):
+                if f"cpu_{part}_us" in r:
+                    f[f"{k}_cpu_{part}_us"] = r[f"cpu_{part}_us"]
     ratios = {}
     for name in RATIOS():
         num, den = name.split("/")

@@ -38,12 +38,13 @@ def render_suites(doc: dict[str, Any], console) -> None:
                 console.print(tb)
 
 
-def _table(title: str):
+def _table(title: str, cpu: bool = False):
     from rich.table import Table
 
     t = Table(title=title)
     for col, justify in (("figure", "left"), ("value", "right"), ("unit", "left"), ("p50 ms", "right"),
-                         ("p99 ms", "right"), ("ratio", "right"), ("target", "right"), ("met", "left")):
+                         ("p99 ms", "right"), *((("CPU us/entry", "right"),) if cpu else ()), ("ratio", "right"),
+                         ("target", "right"), ("met", "left")):
         t.add_column(col, justify=justify)
     return t
 
@@ -52,7 +53,7 @@ def _http_table(b: dict[str, Any], name: str, console) -> None:
     f, r, lim = b["figures"], b["ratios"], b["limits"]
     if not f:
         return
-    t = _table(f"reledger bench http - {name} ({b['info'].get('where', '')})")
+    t = _table(f"reledger bench http - {name} ({b['info'].get('where', '')})", cpu=True)
     for n in (1, 4, 16):
         for kind, label in (("trivial", "trivial endpoint"), ("http_single", "server, 1 entry/request"),
                             ("http_batch", f"server, {b['sizes']['batch']} entries/request")):
@@ -76,18 +77,23 @@ def _http_table(b: dict[str, Any], name: str, console) -> None:
                     lm = lim["http_batch_c16"]
                     target, met = f">= {lm['target']:,.0f}/s", _met(lm["met"])
             unit = "req/s" if kind == "trivial" else "entries/s"
+            cpu = "" if f"{key}_cpu_server_us" not in f else (
+                f"{f[f'{key}_cpu_server_us']:,.0f}" + (f" + {f[f'{key}_cpu_db_us']:,.0f} db" if f"{key}_cpu_db_us" in f
+                                                      else ""))
             t.add_row(f"{label}, {n} client{'s' if n > 1 else ''}", _num(f[key], ""), unit,
-                      _num(f[f"{key}_p50_ms"], "ms"), _num(f[f"{key}_p99_ms"], "ms"), ratio, target, met)
+                      _num(f[f"{key}_p50_ms"], "ms"), _num(f[f"{key}_p99_ms"], "ms"), cpu, ratio, target, met)
     for key, label in (("inproc_batch", "in-process CommandAPI.submit + findings hook"),
                        ("inproc_store_batch", "in-process LedgerStore.append_pipelined")):
         if key in f:
             d = b["detail"][key]
             rr = r.get(f"http_batch_c16/{key}")
             t.add_row(f"{label}, {b['sizes']['batch']}/group", _num(f[key], ""), "entries/s", _num(d["p50_ms"], "ms"),
-                      _num(d["p99_ms"], "ms"), "" if rr is None else f"batched c16: {rr['value']:.2f} of it", "", "")
+                      _num(d["p99_ms"], "ms"), "", "" if rr is None else f"batched c16: {rr['value']:.2f} of it", "",
+                      "")
     console.print(t)
     console.print(f"each configuration at most {b['sizes']['seconds']} s; one chain per client; the server: "
-                  "`reledger serve` (uvicorn, one process) with group commit and the findings hook; log "
+                  "`reledger serve` (uvicorn, one process) with group commit and the findings hook; CPU: the server "
+                  "process with its children (+ the local PostgreSQL server's processes); log "
                   f"{b['sizes']['log_size']:,} entries at the end.")
 
 

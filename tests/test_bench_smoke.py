@@ -115,6 +115,11 @@ def _check_http(doc: dict, name: str) -> None:
             f[f"http_single_c{n}_rps"] / f[f"trivial_c{n}_rps"])
         assert b["ratios"][f"http_batch_c{n}/inproc_batch"]["value"] == pytest.approx(
             f[f"http_batch_c{n}"] / f["inproc_batch"])
+    for key in hs.CPU_FIGURES():
+        _finite(f[key], positive=False)
+    if name == "postgres":
+        for n in hs.CLIENTS:
+            _finite(f[f"http_single_c{n}_cpu_db_us"], positive=False)
     # every entry the clients were answered for is in the server's log, and nothing else
     sent = sum(d["entries"] for k, d in b["detail"].items() if k.startswith("http_"))
     assert sent > 0 and b["sizes"]["log_size"] > sent
