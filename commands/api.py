@@ -171,15 +171,12 @@ class CommandAPI:
             if not passed:
                 if not fresh and any(c.error is not None for c in checked):
                     # a refusal decided on the state alone: make sure it was the log's state
-                    self.state.abort()
                     size = self.store.size()
-                    fresh = size == base
-                    if not fresh:
+                    if size != base:
+                        self.state.abort()
                         self._catch_up(size)
                         fresh = True
                         continue
-                    self.state.begin()
-                    checked = self._check_groups(groups)  # the same answer, on a state known fresh
                 return self._finish(checked, [], [])
             try:
                 stored = self.store.append_groups([c.send for c in passed], expect_size=base)
