@@ -107,6 +107,7 @@ class Follower:
 
 # --- the projections in a child process ------------------------------------------------------
 
+FED_MAX = 100_000  # entries the parent fed that the projections process keeps until it folds them
 TABLE_SLICE = 256  # entries per transaction of the projections process's table catch-ups
 
 
@@ -402,6 +403,8 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 gc.freeze()
                 with lock:
                     state["mirror"] = mirror
+                    for k in [k for k in fed if k < mirror.position]:  # folded by the tables already
+                        del fed[k]
                     lock.notify_all()
             send(("done", ids, -1 if proj is None else proj.position, found))
             return
@@ -486,8 +489,8 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 with lock:
                     for item in msg[1]:
                         fed[item[0]] = item
-                    if len(fed) > 1_000_000:  # never asked about (no mirror yet): forget the oldest
-                        for k in sorted(fed)[:len(fed) - 1_000_000]:
+                    if len(fed) > FED_MAX:  # not folded (no mirror yet): forget the oldest, the log has them
+                        for k in sorted(fed)[:len(fed) - FED_MAX]:
                             del fed[k]
             elif msg[0] == "findings":
                 with lock:
