@@ -455,16 +455,22 @@ class _Checkers:
 
         data = pickle.dumps((envelopes, keys), protocol=pickle.HIGHEST_PROTOCOL)
         with self.lock:
+            # Take every answer that is ready first (so that no answer pipe fills up, and so
+            # that in_flight counts only the envelopes a worker has not checked yet), then give
+            # the task to the worker with the fewest of those. Counted before draining, a
+            # worker whose answers merely wait unread looked busy: at the end of a pipeline one
+            # worker could be given both halves of the last batch while the other sat idle.
+            for w in self.workers:
+                self._drain(w)
             worker = min(self.workers, key=lambda w: w.in_flight)
-            self._drain(worker)  # take what is ready, so that no answer pipe fills up
             self.next_ticket += 1
             ticket = _CheckTicket(self, worker, self.next_ticket)
             try:
                 worker.tasks.send_bytes(data)
             except (OSError, ValueError) as e:
                 raise _WorkersGone(f"a checking process is gone: {e}") from e
-            worker.in_flight += 1
-            worker.pending.append(ticket.number)
+            worker.in_flight += len(envelopes)
+            worker.pending.append((ticket.number, len(envelopes)))
         return ticket
 
     def answer(self, ticket: "_CheckTicket"):
@@ -482,8 +488,8 @@ class _Checkers:
             data = worker.answers_in.recv_bytes()
         except (EOFError, OSError) as e:
             raise _WorkersGone(f"a checking process is gone: {e}") from e
-        number = worker.pending.pop(0)
-        worker.in_flight -= 1
+        number, n = worker.pending.popleft()
+        worker.in_flight -= n
         if number in worker.forgotten:
             worker.forgotten.discard(number)
         else:
@@ -519,10 +525,10 @@ class _CheckerWorker:
     proc: Any
     tasks: Any
     answers_in: Any
-    in_flight: int = 0
+    in_flight: int = 0  # envelopes sent and not answered yet
 
     def __post_init__(self) -> None:
-        self.pending: list[int] = []
+        self.pending: collections.deque[tuple[int, int]] = collections.deque()  # (ticket, envelopes)
         self.answers: dict[int, bytes] = {}
         self.forgotten: set[int] = set()
 

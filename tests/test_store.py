@@ -1628,6 +1628,38 @@ def test_pipelined_batches_through_worker_processes(db_url):
         led.close()
 
 
+def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_url):
+    """Answers that are ready are taken before a task is placed, and a worker's load counts
+    envelopes: a worker whose answer merely waits unread is not busy, and a large task weighs
+    more than a small one."""
+    import multiprocessing
+
+    from ledger.store import _Checkers
+
+    led = new_ledger(db_url)
+    pool = _Checkers(2, multiprocessing.get_context("forkserver"))
+    try:
+        led.register(MINE, ["MINE"])
+        envs = [s.envelope for s in led.facts(MINE, 40)]
+        keys = led.store._keys_of(led.store.current_registry())
+        a, b = pool.workers
+        first = pool.submit(envs[:10], keys)
+        assert first.worker is a
+        assert a.answers_in.poll(30)  # answered, not read yet
+        second = pool.submit(envs[10:20], keys)
+        assert second.worker is a  # a's answer was taken first: a is idle, and first in line
+        assert first.result()[0][1] == 1 and second.result()[0][1] == 11
+        big = pool.submit(envs * 50, keys)  # 2,000 envelopes on one worker
+        small = pool.submit(envs[:5], keys)
+        third = pool.submit(envs[5:10], keys)
+        assert (big.worker, small.worker, third.worker) == (a, b, b)
+        assert [len(t.result()) for t in (big, small, third)] == [2000, 5, 5]
+        assert a.in_flight == b.in_flight == 0
+    finally:
+        pool.close()
+        led.close()
+
+
 def test_key_revoked_inside_one_transaction(led, mine):
     """A key used, then revoked, then used again within one append: the last use is refused
     (the writer's per-transaction key cache is emptied by the registry entry)."""
