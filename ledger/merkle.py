@@ -37,6 +37,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+_sha256 = hashlib.sha256
 
 
 class ProofError(ValueError):
@@ -72,7 +73,7 @@ def append_leaf(hashes: list[bytes], size: int, leaf: bytes) -> bytes:
     concatenated (what the log stores per entry)."""
     completed = h = leaf
     while size & 1:
-        h = hashlib.sha256(b"\x01" + hashes.pop() + h).digest()
+        h = _sha256(b"\x01" + hashes.pop() + h).digest()
         completed += h
         size >>= 1
     hashes.append(h)

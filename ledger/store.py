@@ -90,10 +90,18 @@ class Receipt:
 
 def _receipt(index: int, chain: str, seq: int, entry_hash: bytes, recorded_at: str, duplicate: bool) -> Receipt:
     """Receipt(...) without the frozen dataclass's per-field object.__setattr__ (hot path)."""
-    r = object.__new__(Receipt)
-    r.__dict__.update(index=index, chain=chain, seq=seq, entry_hash=entry_hash, recorded_at=recorded_at,
-                      duplicate=duplicate)
+    r = _new(Receipt)
+    d = r.__dict__
+    d["index"] = index
+    d["chain"] = chain
+    d["seq"] = seq
+    d["entry_hash"] = entry_hash
+    d["recorded_at"] = recorded_at
+    d["duplicate"] = duplicate
     return r
+
+
+_new = object.__new__
 
 
 # --- eventsourcing recorders with the log tables -------------------------------------------
@@ -171,6 +179,11 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     """eventsourcing's SQLite recorder, plus the log tables and an append transaction."""
 
     tables = Tables("sqlite")
+    # Binary columns of the rows that write() gets. Python's sqlite3 binds int, float, str and
+    # bytearray directly, but passes every other type (bytes too) through its adapter registry
+    # first (a tuple built, a dict look-up, two attribute look-ups, per value): a bytearray copy
+    # of a few hundred bytes costs less than that.
+    ROW_BLOB = bytearray
 
     def construct_create_table_statements(self) -> list[str]:
         return super().construct_create_table_statements() + _log_ddl(self.tables, "sqlite")
@@ -179,8 +192,8 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         """Run ``plan(cursor) -> (event_rows, log_rows, result)`` in one IMMEDIATE transaction,
         insert what it returns, commit, and return ``result``. An event row is the tuple
         (originator_id, originator_version, topic, state) of eventsourcing's StoredEvent."""
-        with self.datastore.get_connection(commit=True) as conn:
-            raw: sqlite3.Connection = conn._sqlite_conn
+        with self.datastore.get_connection(commit=True) as conn:  # the pool's writer lock
+            raw = self._writer_connection(conn._sqlite_conn)
             cur = raw.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -196,6 +209,30 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
                 if raw.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+
+    _own_writer: sqlite3.Connection | None = None
+
+    def _writer_connection(self, pooled: sqlite3.Connection) -> sqlite3.Connection:
+        """The connection the append transaction runs its statements on, while the pool's
+        writer connection is held (so that eventsourcing's writer lock still orders this
+        process's writers). eventsourcing opens its connections with a statement cache of one
+        statement, so each of a transaction's six or so statements was compiled again every
+        time (the log's INSERT, with its indexes and triggers, not cheaply); this connection
+        keeps them all. An in-memory database is only reachable through the pool's own."""
+        own = self._own_writer
+        if own is None:
+            pool = self.datastore.pool
+            if pool.is_sqlite_memory_mode:
+                return pooled
+            own = self._own_writer = sqlite3.connect(
+                pool.db_name, uri=True, check_same_thread=False, isolation_level=None, cached_statements=32,
+                timeout=pool.lock_timeout or 5.0)
+        return own
+
+    def close_writer(self) -> None:
+        own, self._own_writer = self._own_writer, None
+        if own is not None:
+            own.close()
 
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -228,6 +265,8 @@ class _SQLiteReadCursor:
 
 class PostgresLedgerRecorder(PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL recorder, plus the log tables and an append transaction."""
+
+    ROW_BLOB = None  # binary columns as they are (bytes)
 
     def __init__(self, datastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
@@ -643,6 +682,9 @@ class LedgerStore:
         if self._procs is not None:
             self._procs.close()
             self._procs = None
+        close_writer = getattr(self.recorder, "close_writer", None)
+        if close_writer is not None:
+            close_writer()
         self.app.close()
 
     def __enter__(self) -> "LedgerStore":
@@ -917,7 +959,7 @@ class LedgerStore:
         # The command ids already recorded and the log head: on PostgreSQL both queries wait in
         # the pipeline and are answered together (with BEGIN and the lock) in one round trip.
         accepted = [g for g in checked if not isinstance(g, AppendError)]
-        command_ids = [s.entry.command_id for g in accepted for s, _ in g]
+        command_ids = [s[5] if type(s) is _Checked else s.entry.command_id for g in accepted for s, _ in g]
         side = cur.side() if command_ids and hasattr(cur, "side") else None
         if side is not None:
             self.queries.send_commands(side.cur, command_ids)
@@ -931,12 +973,13 @@ class LedgerStore:
         recorded_at = micros_to_time_text(recorded_us)
 
         # Chain heads not cached (usually none: the caches follow this store's own commits).
-        wanted_chains = {s.entry.chain for g in accepted for s, _ in g}
+        wanted_chains = {s[0] if type(s) is _Checked else s.entry.chain for g in accepted for s, _ in g}
         for chain in wanted_chains - self._heads.keys():
             self._heads[chain] = self.queries.chain_head(cur, chain) or (0, ZERO_HASH)
 
-        leaf_hash = LeafHasher(recorded_at)  # one record time for the whole transaction
+        leaf_hash = LeafHasher(recorded_at).hash  # one record time for the whole transaction
         append_leaf = merkle.append_leaf
+        blob = self.recorder.ROW_BLOB  # the type the recorder binds binary columns fastest as
 
         frontier, heads, registry = self._frontier, dict(self._heads), self._registry
         # (key id, chain) -> the key that registry.key_for answered for an ordinary entry of
@@ -965,9 +1008,14 @@ class LedgerStore:
             pos = 0
             try:
                 for pos, (signed, pre_key) in enumerate(group):
-                    e = signed.entry
-                    chain, seq, entry_hash = e.chain, e.seq, signed.hash
-                    ckey = (chain, e.command_id)
+                    if type(signed) is _Checked:  # a worker process's answer: one unpacking
+                        chain, seq, prev, etype, key_id, command_id, entry_hash, _, _, envelope = signed
+                    else:
+                        e = signed.entry
+                        chain, seq, prev, etype, key_id, command_id = e.chain, e.seq, e.prev, e.type, e.key_id, \
+                            e.command_id
+                        entry_hash, envelope = signed.hash, signed.envelope
+                    ckey = (chain, command_id)
                     seen = g_commands.get(ckey) or batch_commands.get(ckey) or recorded_commands.get(ckey)
                     if seen is not None:
                         if seen[1] == entry_hash:
@@ -976,27 +1024,27 @@ class LedgerStore:
                                                      pending.recorded_at, True) if pending is not None
                                             else self._receipt_of(cur, seen[0], duplicate=True))
                             continue
-                        raise AppendError("command_conflict", f"command_id: {e.command_id} was already used on "
+                        raise AppendError("command_conflict", f"command_id: {command_id} was already used on "
                                           f"chain {chain} for another entry (log index {seen[0]})",
                                           field="command_id")
                     head_seq, head_hash = g_heads.get(chain) or heads.get(chain) or (0, ZERO_HASH)
                     if seq != head_seq + 1:
                         raise AppendError("conflict", f"seq: chain {chain} is at seq {head_seq}; "
                                           f"the next entry must have seq {head_seq + 1}, not {seq}", field="seq")
-                    if e.prev != head_hash:
+                    if prev != head_hash:
                         raise AppendError("conflict", f"prev: does not match the hash of {chain} seq {head_seq} "
                                           f"({head_hash.hex()[:16]}...)", field="prev")
-                    registry_type = e.type in REGISTRY_TYPES
-                    public_key = None if registry_type else key_cache.get((e.key_id, chain))
+                    registry_type = etype in REGISTRY_TYPES
+                    public_key = None if registry_type else key_cache.get((key_id, chain))
                     if public_key is None:
                         try:
                             public_key = registry.key_for(signed, g_index, recorded_us)
                         except RegistryError as err:
                             raise AppendError(err.code, str(err), field=err.field) from err
                         if not registry_type:
-                            key_cache[(e.key_id, chain)] = public_key
+                            key_cache[(key_id, chain)] = public_key
                     if pre_key != public_key and not signed.signature_valid(public_key):
-                        raise AppendError("signature", f"sig: not a valid signature by key {e.key_id}", field="sig")
+                        raise AppendError("signature", f"sig: not a valid signature by key {key_id}", field="sig")
                     if registry_type:
                         key_cache.clear()
                         try:
@@ -1005,8 +1053,13 @@ class LedgerStore:
                             raise AppendError("body", str(err), field=err.field) from err
                     nodes = append_leaf(tree, tree_size, leaf_hash(entry_hash, g_index))
                     tree_size += 1
-                    g_events.append((chain, seq, e.type, signed.envelope))
-                    g_rows.append((g_index, chain, seq, e.type, e.command_id, entry_hash, recorded_us, nodes))
+                    if blob is None:
+                        g_events.append((chain, seq, etype, envelope))
+                        g_rows.append((g_index, chain, seq, etype, command_id, entry_hash, recorded_us, nodes))
+                    else:
+                        g_events.append((chain, seq, etype, blob(envelope)))
+                        g_rows.append((g_index, chain, seq, etype, command_id, blob(entry_hash), recorded_us,
+                                       blob(nodes)))
                     g_heads[chain] = (seq, entry_hash)
                     g_commands[ckey] = (g_index, entry_hash)
                     receipt = _receipt(g_index, chain, seq, entry_hash, recorded_at, False)

@@ -1628,6 +1628,55 @@ def test_pipelined_batches_through_worker_processes(db_url):
         led.close()
 
 
+def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
+    """The writer reads the worker processes' compact answers (_Checked tuples) and the thread
+    path's SignedEntry objects through two branches of one plan: fed the same envelopes at the
+    same record time, two ledgers store the same rows and answer the same receipts."""
+    import sqlite3
+
+    from conftest import PG_URL, _with_schema, drop_schema
+
+    from ledger.store import PROCESS_THRESHOLD
+
+    at = 1_750_000_000_000_000  # after T0, when the keys became valid
+    led = new_ledger(db_url, clock=lambda: at)
+    schema = None
+    if db_url.startswith("sqlite"):
+        other_url = f"sqlite:///{tmp_path / 'threads.db'}"
+    else:
+        schema = "t_" + uuid.uuid4().hex[:12]
+        other_url = _with_schema(PG_URL, schema)
+    other = LedgerStore(other_url, clock=lambda: at, processes=False)
+    try:
+        led.register(MINE, ["MINE"])
+        setup = [r.envelope for r in led.store.records()]
+        other.append(setup[:3])
+        other.append(setup[3:])
+        envs = [s.envelope for s in led.facts(MINE, PROCESS_THRESHOLD + 61)]
+        # one registry entry among them: the writer parses it again to apply it
+        envs.insert(100, led.regulator.sign("PartyRegistered", {"party": "9111000000SMELT001", "name": "s",
+                                                                "roles": ["SMELTER"], "valid_from": T0}, T0).envelope)
+        by_processes = led.store.append(envs)
+        assert led.store._procs is not None  # this batch did go through the worker processes
+        by_threads = other.append(envs)
+        assert other._procs is None
+        assert by_processes == by_threads
+        assert list(led.store.records()) == list(other.records())
+        if db_url.startswith("sqlite"):  # the binary columns are bound as bytearray: still BLOBs
+            path = led.store.db.path
+            with sqlite3.connect(path) as conn:
+                t = led.store.tables
+                kinds = conn.execute(f"SELECT DISTINCT typeof(entry_hash), typeof(nodes) FROM {t.log}").fetchall()
+                states = conn.execute(f"SELECT DISTINCT typeof(state) FROM {t.events}").fetchall()
+            assert kinds == [("blob", "blob")] and states == [("blob",)]
+        assert verify_database(led.url).ok and verify_database(other_url).ok
+    finally:
+        led.close()
+        other.close()
+        if schema is not None:
+            drop_schema(schema)
+
+
 def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_url):
     """Answers that are ready are taken before a task is placed, and a worker's load counts
     envelopes: a worker whose answer merely waits unread is not busy, and a large task weighs
@@ -1658,6 +1707,33 @@ def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_
     finally:
         pool.close()
         led.close()
+
+
+def test_sqlite_appends_run_on_the_recorders_own_connection(sqlite_url):
+    """On SQLite the append transaction runs on a connection of the recorder's own (a cache for
+    all of its statements), under the pool's writer connection, and closes with the store."""
+    import sqlite3
+
+    led = new_ledger(sqlite_url)
+    rec = led.store.recorder
+    own = rec._own_writer
+    assert own is not None
+    led.register(MINE, ["MINE"])
+    assert rec._own_writer is own
+    size = led.store.size()
+    other = LedgerStore(sqlite_url)  # another store (process) sees the commits and appends too
+    try:
+        other.append(led.facts(MINE, 3))
+        led.add(MINE, 2)  # the caches follow the other writer's commits
+        assert led.store.size() == other.size() == size + 5
+        assert led.checkpoint()  # the pool's writer connection writes checkpoints meanwhile
+    finally:
+        other.close()
+    led.close()
+    assert rec._own_writer is None
+    with pytest.raises(sqlite3.ProgrammingError):
+        own.execute("SELECT 1")
+    assert verify_database(sqlite_url).ok
 
 
 def test_key_revoked_inside_one_transaction(led, mine):
