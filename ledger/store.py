@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import operator
 import os
 import sqlite3
@@ -467,6 +468,8 @@ class _Checkers:
     threads of the calling process, which then compete with the writer for its GIL.)"""
 
     PIPE_BYTES = 1 << 20
+    MAX_CHUNK = 256  # envelopes in one task (~120 kB): a few tasks in flight fit a pipe
+    MIN_CHUNK = 32  # a smaller share of a group goes to another worker (a task has its costs)
 
     def __init__(self, n: int, ctx) -> None:
         self.workers = []
@@ -480,12 +483,13 @@ class _Checkers:
                     conn.close()
                 self.close()
                 raise _WorkersGone("pipes of 1 MiB are not available here")
-            proc = ctx.Process(target=_checker_main, args=(task_r, answer_w, os.getpid()), daemon=True,
+            checked = ctx.RawValue("q", 0)  # envelopes this worker has checked, counted by it
+            proc = ctx.Process(target=_checker_main, args=(task_r, answer_w, os.getpid(), checked), daemon=True,
                                name="reledger-check")
             proc.start()
             task_r.close()
             answer_w.close()
-            self.workers.append(_CheckerWorker(proc, task_w, answer_r))
+            self.workers.append(_CheckerWorker(proc, task_w, answer_r, checked))
         self.next_ticket = 0
         self.lock = threading.Lock()
 
@@ -501,15 +505,60 @@ class _Checkers:
             # worker could be given both halves of the last batch while the other sat idle.
             for w in self.workers:
                 self._drain(w)
-            worker = min(self.workers, key=lambda w: w.in_flight)
-            self.next_ticket += 1
-            ticket = _CheckTicket(self, worker, self.next_ticket)
-            try:
-                worker.tasks.send_bytes(data)
-            except (OSError, ValueError) as e:
-                raise _WorkersGone(f"a checking process is gone: {e}") from e
-            worker.in_flight += len(envelopes)
-            worker.pending.append((ticket.number, len(envelopes)))
+            worker = min(self.workers, key=_CheckerWorker.unchecked)
+            return self._send(worker, data, len(envelopes))
+
+    def submit_group(self, envelopes: list[bytes], keys: dict[str, bytes]) -> tuple[list["_CheckTicket"], list[int]]:
+        """Hand a group's envelopes to the workers in chunks of at most MAX_CHUNK: (tickets,
+        offsets of their chunks in the group), in group order. The shares are chosen so that
+        every worker ends with about as many envelopes to check as the others (:func:`_shares`):
+        the group's answer waits for its last chunk, so equal halves given to unequally busy
+        workers leave one idle while the other finishes, at the end of a pipeline most of all."""
+        import pickle
+
+        dumps, protocol = pickle.dumps, pickle.HIGHEST_PROTOCOL
+        sent: list[tuple[int, _CheckTicket]] = []
+        with self.lock:
+            for w in self.workers:
+                self._drain(w)
+            shares = _shares([w.unchecked() for w in self.workers], len(envelopes), self.MIN_CHUNK)
+            chunks: list[list[tuple[_CheckerWorker, int, int]]] = []  # per worker: (worker, offset, n)
+            start = 0
+            for worker, share in zip(self.workers, shares):
+                if not share:
+                    continue
+                parts = -(-share // self.MAX_CHUNK)
+                mine = []
+                for j in range(parts):
+                    n = share * (j + 1) // parts - share * j // parts
+                    mine.append((worker, start, n))
+                    start += n
+                chunks.append(mine)
+            # Sent in turns, taking the answers that are ready before each task: a group larger
+            # than a pipe holds never leaves a worker blocked on a full answer pipe while this
+            # process is blocked on the worker's full task pipe.
+            for turn in itertools.zip_longest(*chunks):
+                for chunk in turn:
+                    if chunk is None:
+                        continue
+                    worker, offset, n = chunk
+                    for w in self.workers:
+                        self._drain(w)
+                    data = dumps((envelopes[offset:offset + n], keys), protocol=protocol)
+                    sent.append((offset, self._send(worker, data, n)))
+        sent.sort(key=operator.itemgetter(0))
+        return [t for _, t in sent], [o for o, _ in sent]
+
+    def _send(self, worker: "_CheckerWorker", data: bytes, n: int) -> "_CheckTicket":
+        self.next_ticket += 1
+        ticket = _CheckTicket(self, worker, self.next_ticket)
+        try:
+            worker.tasks.send_bytes(data)
+        except (OSError, ValueError) as e:
+            raise _WorkersGone(f"a checking process is gone: {e}") from e
+        worker.in_flight += n
+        worker.sent += n
+        worker.pending.append((ticket.number, n))
         return ticket
 
     def answer(self, ticket: "_CheckTicket"):
@@ -564,7 +613,14 @@ class _CheckerWorker:
     proc: Any
     tasks: Any
     answers_in: Any
+    checked: Any = None  # shared counter: envelopes the worker has checked (or skipped) so far
     in_flight: int = 0  # envelopes sent and not answered yet
+    sent: int = 0  # envelopes sent
+
+    def unchecked(self) -> int:
+        """Envelopes sent that the worker has not checked yet: its work ahead, also within the
+        task it is busy with (an answer counts a task whole until it is read)."""
+        return self.in_flight if self.checked is None else self.sent - self.checked.value
 
     def __post_init__(self) -> None:
         self.pending: collections.deque[tuple[int, int]] = collections.deque()  # (ticket, envelopes)
@@ -587,6 +643,35 @@ class _CheckTicket:
         self.pool.forget(self)
 
 
+def _shares(loads: list[int], n: int, least: int) -> list[int]:
+    """How many of ``n`` new envelopes each worker gets, given how many each has not checked
+    yet (``loads``): the least loaded are brought up to one common level, as far as the n go
+    (water filling), so that all finish about together. A share under ``least`` (when there
+    are other shares) goes to the largest share instead."""
+    k = len(loads)
+    shares = [0] * k
+    if n <= 0 or k == 0:
+        return shares
+    order = sorted(range(k), key=loads.__getitem__)
+    total, m = n, 0
+    for i, w in enumerate(order):
+        total += loads[w]
+        m = i + 1
+        if m == k or total <= loads[order[m]] * m:  # the level total/m stays below the next load
+            break
+    level, extra = divmod(total, m)  # the m least loaded end at level (the first `extra` at +1)
+    for i, w in enumerate(order[:m]):
+        shares[w] = level - loads[w] + (1 if i < extra else 0)
+    while True:
+        small = [w for w in range(k) if 0 < shares[w] < least]
+        if not small or sum(1 for x in shares if x) == 1:
+            return shares
+        w = min(small, key=shares.__getitem__)
+        big = max((x for x in range(k) if x != w), key=shares.__getitem__)
+        shares[big] += shares[w]
+        shares[w] = 0
+
+
 def _grow_pipe(conn) -> bool:
     """Give a pipe 1 MiB of buffer (Linux); False where the system does not allow it."""
     try:
@@ -598,7 +683,7 @@ def _grow_pipe(conn) -> bool:
         return False
 
 
-def _checker_main(tasks, answers, parent: int) -> None:
+def _checker_main(tasks, answers, parent: int, checked=None) -> None:
     """A worker process: check each task's envelopes, answer in order, until the pipe closes."""
     import pickle
 
@@ -609,8 +694,27 @@ def _checker_main(tasks, answers, parent: int) -> None:
         except (EOFError, OSError):
             return
         envelopes, keys = pickle.loads(data)
-        answers.send_bytes(pickle.dumps(check_envelopes(envelopes, keys, REGISTRY_TYPES),
-                                        protocol=pickle.HIGHEST_PROTOCOL))
+        answers.send_bytes(pickle.dumps(_check_counting(envelopes, keys, checked), protocol=pickle.HIGHEST_PROTOCOL))
+
+
+PROGRESS_STEP = 32  # envelopes a worker checks between two updates of its shared counter
+
+
+def _check_counting(envelopes: list[bytes], keys: dict[str, bytes], checked=None) -> list[tuple] | tuple:
+    """``check_envelopes(envelopes, keys, REGISTRY_TYPES)``, adding to the shared counter
+    ``checked`` every PROGRESS_STEP envelopes (the envelopes after a refused one count as
+    checked: the task is over), so that the store sees how far a worker is within a task."""
+    if checked is None:
+        return check_envelopes(envelopes, keys, REGISTRY_TYPES)
+    out: list[tuple] = []
+    for i in range(0, len(envelopes), PROGRESS_STEP):
+        part = check_envelopes(envelopes[i:i + PROGRESS_STEP], keys, REGISTRY_TYPES)
+        if type(part) is tuple:  # refused: the position within the whole task
+            checked.value += len(envelopes) - i
+            return part[:4] + (part[4] + i,) + part[5:]
+        out += part
+        checked.value += len(part)
+    return out
 
 
 def _exit_with_parent(pid: int) -> None:
@@ -846,10 +950,8 @@ class LedgerStore:
         futures = []
         for g in groups:
             if procs is not None and all(type(x) is bytes for x in g):
-                size = max(64, min(256, -(-len(g) // self._workers)))
-                offsets = list(range(0, len(g), size)) or [0]
                 try:
-                    tickets = [procs.submit(g[o:o + size], keys) for o in offsets]
+                    tickets, offsets = procs.submit_group(g, keys)
                 except _WorkersGone:
                     futures.append(_Done(self._checked_in_threads(g, registry)))
                     continue

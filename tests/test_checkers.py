@@ -1,0 +1,64 @@
+"""The store's checking processes: how a group is shared among them, and the counting a worker
+does while it checks (ledger/store.py ``_shares``, ``_check_counting``)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from hypothesis import given, settings, strategies as st
+
+from ledger.entry import check_envelopes
+from ledger.genesis import ChainSigner
+from ledger.registry import REGISTRY_TYPES
+from ledger.store import PROGRESS_STEP, _check_counting, _shares
+
+from helpers import T0, seeded_key
+
+KEY = seeded_key("91110000MINE0001", 11)
+SIGNER = ChainSigner(KEY)
+ENVELOPES = [SIGNER.sign("MiningOutput", {"qty": f"{i}.5", "lot": f"L{i}"}, T0).envelope for i in range(100)]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=6),
+       st.integers(min_value=0, max_value=3000), st.integers(min_value=1, max_value=64))
+def test_shares_fill_the_least_loaded_workers_to_one_level(loads, n, least):
+    shares = _shares(loads, n, least)
+    assert len(shares) == len(loads) and all(s >= 0 for s in shares)
+    assert sum(shares) == n
+    given_to = [i for i, s in enumerate(shares) if s]
+    if len(given_to) > 1:  # no small share beside others
+        assert all(shares[i] >= least for i in given_to)
+    final = [load + s for load, s in zip(loads, shares)]
+    # a worker given envelopes ends near the lowest final load, and a worker given none already
+    # had about as much as the others end with (off by the small shares moved, and rounding)
+    slack = len(loads) * least + 1
+    for i in given_to:
+        assert final[i] <= min(final) + slack
+    for i in range(len(loads)):
+        if not shares[i] and given_to:
+            assert loads[i] + slack >= min(final[j] for j in given_to)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(min_value=0, max_value=100), st.one_of(st.none(), st.integers(min_value=0, max_value=99)),
+       st.booleans())
+def test_check_counting_answers_as_check_envelopes(n, bad, known_key):
+    """A worker checks its task in steps of PROGRESS_STEP, counting as it goes: the answer is
+    check_envelopes' own (a refusal's position within the whole task), and the count ends at
+    the task's size, refused or not."""
+    envs = list(ENVELOPES[:n])
+    if bad is not None and bad < n:
+        env = bytearray(envs[bad])
+        env[-1] ^= 1  # a bad signature (refused only when the key is known)
+        envs[bad] = bytes(env)
+    if bad is not None and bad + 1 < n:
+        envs[bad + 1] = envs[bad + 1][:-3]  # malformed, after it
+    keys = {KEY.key_id: KEY.public_key} if known_key else {}
+    counter = ctypes.c_longlong(5)
+    assert _check_counting(envs, keys, counter) == check_envelopes(envs, keys, REGISTRY_TYPES)
+    assert counter.value == 5 + n
+    assert _check_counting(envs, keys) == check_envelopes(envs, keys, REGISTRY_TYPES)
+
+
+def test_progress_step_is_smaller_than_a_task():
+    assert 1 <= PROGRESS_STEP < 256
