@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -359,6 +360,7 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
 
     from .keys import _public_key
 
+    intern = sys.intern
     out = []
     append = out.append
     for pos, env in enumerate(envelopes):
@@ -372,7 +374,9 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
             content, signature, m = s.content, s.signature, s.entry.as_map()
         else:
             content, signature = parts
-        key_id, chain, seq, type_ = m["key_id"], m["chain"], m["seq"], m["type"]
+        # the few names repeated from entry to entry, as one object each: the answer pickles
+        # each once (then a reference), and the writer unpickles and hashes each once
+        key_id, chain, seq, type_ = intern(m["key_id"]), intern(m["chain"]), m["seq"], intern(m["type"])
         pub = keys.get(key_id)
         verified = False
         if pub is not None:

@@ -20,6 +20,7 @@ and the Merkle log are decided under the lock.
 from __future__ import annotations
 
 import collections
+import gc
 import hashlib
 import itertools
 import operator
@@ -196,20 +197,28 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
         with self.datastore.get_connection(commit=True) as conn:  # the pool's writer lock
             raw = self._writer_connection(conn._sqlite_conn)
             cur = raw.cursor()
-            cur.execute("BEGIN IMMEDIATE")
+            # The plan and the rows are a few short-lived tuples per entry and no cycles: the
+            # cyclic garbage collector, run every 700 allocations, would only walk them.
+            collecting = gc.isenabled()
+            gc.disable()
             try:
-                event_rows, log_rows, result = plan(cur)
-                if event_rows:
-                    cur.executemany(self.insert_events_statement, event_rows)
-                    cur.executemany(self.tables.q(
-                        "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
-                cur.execute("COMMIT")
-                return result
-            except BaseException:
-                if raw.in_transaction:
-                    cur.execute("ROLLBACK")
-                raise
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    event_rows, log_rows, result = plan(cur)
+                    if event_rows:
+                        cur.executemany(self.insert_events_statement, event_rows)
+                        cur.executemany(self.tables.q(
+                            "INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, recorded_us, nodes) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"), log_rows)
+                    cur.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if raw.in_transaction:
+                        cur.execute("ROLLBACK")
+                    raise
+            finally:
+                if collecting:
+                    gc.enable()
 
     _own_writer: sqlite3.Connection | None = None
 

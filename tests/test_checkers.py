@@ -62,3 +62,46 @@ def test_check_counting_answers_as_check_envelopes(n, bad, known_key):
 
 def test_progress_step_is_smaller_than_a_task():
     assert 1 <= PROGRESS_STEP < 256
+
+
+def test_repeated_names_are_one_object_in_an_answer():
+    """Chain, type and key id repeat from entry to entry: check_envelopes answers one object
+    for each, so the answer pickles each once and the writer hashes each once."""
+    a = check_envelopes(ENVELOPES[:3], {}, REGISTRY_TYPES)
+    for i in (0, 3, 4):  # chain, type, key id
+        assert a[0][i] is a[1][i] is a[2][i]
+
+
+def test_sqlite_write_leaves_the_garbage_collector_as_it_found_it(tmp_path):
+    """The SQLite append transaction pauses the cyclic garbage collector and restores it, also
+    when the transaction fails, and leaves it off when it was off."""
+    import gc
+
+    import pytest
+
+    from helpers import new_ledger
+    from ledger.store import AppendError
+
+    led = new_ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    try:
+        assert gc.isenabled()
+        led.register("91110000MINE0001", ["MINE"])
+        assert gc.isenabled()
+        with pytest.raises(AppendError):
+            led.store.append([ENVELOPES[1]])  # seq 2 first: refused
+        assert gc.isenabled()
+
+        def failing(cur):
+            raise RuntimeError("plan failed")
+
+        with pytest.raises(RuntimeError):
+            led.store.recorder.write(failing)
+        assert gc.isenabled()
+        gc.disable()
+        try:
+            led.add("91110000MINE0001", 1)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        led.close()
