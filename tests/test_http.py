@@ -797,6 +797,17 @@ def test_projections_process_death_falls_back_in_process(tmp_path):
             assert sorted(f["code"] for f in r["findings"]) == recorded(r["index"])
 
 
+def _findings_by_index(tc, cast) -> dict[int, list]:
+    """The regulator's GET /v1/findings, by log index."""
+    path = "/v1/findings"
+    r = tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path))
+    assert r.status_code == 200, r.text
+    table: dict[int, list] = {}
+    for f in r.json()["findings"]:
+        table.setdefault(f["index"], []).append(f)
+    return table
+
+
 def test_append_findings_equal_the_tables(tmp_path):
     """The appends' findings (answered from the projections process's in-memory fold, before
     the tables have their rows) are exactly what the projection tables record for each entry:
@@ -828,12 +839,7 @@ def test_append_findings_equal_the_tables(tmp_path):
                                                           "vat_invoice_no": f"0447-{i}",
                                                           "shipped_at": "2024-03-01T08:00:00Z"}, T0).envelope])
         receipts += post([sep.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0).envelope])
-        path = "/v1/findings"
-        r = tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path))
-        assert r.status_code == 200, r.text
-        table: dict[int, list] = {}
-        for f in r.json()["findings"]:
-            table.setdefault(f["index"], []).append(f)
+        table = _findings_by_index(tc, cast)
         def norm(fs):
             return sorted((f["rule"], f["code"], f["party"], f["message"], f["index"], f["occurred_at"],
                            tuple((e["chain"], e["seq"], e["hash"]) for e in f["evidence"])) for f in fs)
@@ -880,12 +886,7 @@ def test_findings_and_checks_follow_another_writer(tmp_path):
         receipts += post([m3.sign("MineralProductProduced", mineral(lot()), T0).envelope])
         assert [r["index"] for r in receipts] == [receipts[0]["index"], receipts[0]["index"] + 2,
                                                   receipts[0]["index"] + 4]
-        path = "/v1/findings"
-        r = tc.get(path, headers=sign_request(cast.keys["MIIT"], "GET", path))
-        assert r.status_code == 200, r.text
-        table: dict[int, list] = {}
-        for f in r.json()["findings"]:
-            table.setdefault(f["index"], []).append(f)
+        table = _findings_by_index(tc, cast)
         for rec in receipts:
             mine = [f for f in table.get(rec["index"], []) if f["party"] == rec["chain"]]
             assert sorted(f["code"] for f in rec["findings"]) == sorted(f["code"] for f in mine), rec["index"]
