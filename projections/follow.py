@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ledger.reader import LogReader
 from ledger.store import LedgerStore
@@ -329,6 +329,59 @@ def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: 
     return Record(index, chain, seq, "", entry_hash, _micros(recorded_at), b"", envelope)
 
 
+class _Fed:
+    """The entries the parent process fed the projections process (it committed them), by log
+    index, until the findings mirror folds them. Thread-safe. At most ``limit`` are kept: past
+    that the oldest are forgotten (the log has them)."""
+
+    def __init__(self, limit: int = FED_MAX):
+        self.limit = limit
+        self._items: dict[int, tuple] = {}  # index -> (index, record time, chain, seq, entry hash, envelope)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, items: list[tuple]) -> None:
+        with self._lock:
+            for item in items:
+                self._items[item[0]] = item
+            if len(self._items) > self.limit:
+                for k in sorted(self._items)[:len(self._items) - self.limit]:
+                    del self._items[k]
+
+    def forget_before(self, position: int) -> None:
+        """Drop what lies before ``position`` (folded already, by the mirror or the tables)."""
+        with self._lock:
+            for k in [k for k in self._items if k < position]:
+                del self._items[k]
+
+    def records(self, position: int, read: Callable[..., Iterator]) -> Iterator:
+        """The log's records from ``position``: those fed, and whatever lies before or between
+        them read from the log with ``read(start[, stop])`` (another writer's entries). With
+        entries fed, the log is not asked for its end: the parent asks about what it fed."""
+        self.forget_before(position)
+        with self._lock:
+            mine = sorted(self._items)
+        if not mine:
+            yield from read(position)
+            return
+        if mine[0] > position:  # another writer's entries first
+            yield from read(position, mine[0])
+            position = mine[0]
+        for k in mine:
+            if k != position:  # a hole in what was fed: the log decides from here
+                yield from read(position)
+                return
+            with self._lock:
+                item = self._items.pop(k, None)
+            if item is None:  # forgotten meanwhile (over the limit): the log has it
+                yield from read(position)
+                return
+            yield _fed_record(*item)
+            position += 1
+
+
 def _main_importable() -> bool:
     """Whether a spawned child can import this program's main module as multiprocessing does
     (not a script read from standard input, say)."""
@@ -369,6 +422,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
     findings_asks: list[int] = []  # for the findings thread (the mirror)
     lock = threading.Condition()
     state: dict[str, Any] = {"mirror": None, "tables_at": 0.0}
+    fed = _Fed()  # the entries the parent committed, until the mirror folds them
 
     def send(msg: tuple) -> None:
         with send_lock:
@@ -403,8 +457,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 gc.freeze()
                 with lock:
                     state["mirror"] = mirror
-                    for k in [k for k in fed if k < mirror.position]:  # folded by the tables already
-                        del fed[k]
+                    fed.forget_before(mirror.position)  # folded by the tables already
                     lock.notify_all()
             send(("done", ids, -1 if proj is None else proj.position, found))
             return
@@ -441,7 +494,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                     continue
             found: dict[int, list[dict[str, Any]]] = {}
             try:
-                for rec in _new_records(mirror.position):
+                for rec in fed.records(mirror.position, reader.iter_records):
                     collected(_fold(mirror, rec).findings, found)
             except Exception as e:  # noqa: BLE001 - a half-applied entry: never reuse that state
                 log.exception("the findings mirror failed: the tables' catch-ups collect them again")
@@ -450,31 +503,6 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 send(("failed", ids, -1, f"{type(e).__name__}: {e}"))
                 continue
             send(("done", ids, mirror.position, found))
-
-    fed: dict[int, tuple] = {}  # log index -> (index, record time, chain, seq, entry hash, envelope)
-
-    def _new_records(position: int):
-        """The log's records from ``position``: those the parent fed (it committed them), and
-        whatever lies before or after them read from the log (another writer's entries). With
-        records fed, the log is not asked for its end: the parent asks about what it fed."""
-        with lock:
-            mine = sorted(k for k in fed if k >= position)
-            for k in [k for k in fed if k < position]:  # folded already (or by the tables)
-                del fed[k]
-        if not mine:
-            yield from reader.iter_records(position)
-            return
-        if mine[0] > position:  # another writer's entries first
-            yield from reader.iter_records(position, mine[0])
-            position = mine[0]
-        for k in mine:
-            if k != position:  # a hole in what was fed: the log decides from here
-                yield from reader.iter_records(position)
-                return
-            with lock:
-                item = fed.pop(k)
-            yield _fed_record(*item)
-            position += 1
 
     # the follower wakes on every commit (and on requests); tables_round spaces the catch-ups
     follower = Follower(store, tables_round, poll)
@@ -486,12 +514,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
             except (EOFError, OSError):
                 break
             if msg[0] == "records":
-                with lock:
-                    for item in msg[1]:
-                        fed[item[0]] = item
-                    if len(fed) > FED_MAX:  # not folded (no mirror yet): forget the oldest, the log has them
-                        for k in sorted(fed)[:len(fed) - FED_MAX]:
-                            del fed[k]
+                fed.add(msg[1])
             elif msg[0] == "findings":
                 with lock:
                     findings_asks.append(msg[1])

@@ -74,3 +74,39 @@ def test_follower_is_woken_by_each_commit_on_postgresql(pg_url):
         finally:
             follower.stop()
     assert not any(t.is_alive() for t in follower._threads)  # stop ends both threads
+
+
+def test_fed_entries_fill_in_from_the_log():
+    """The projections process's store of the entries the server fed it: it yields them in log
+    order, reads from the log what another writer put before or between them, and keeps at
+    most its limit (the log has the rest)."""
+    from projections.follow import _Fed
+
+    log_reads: list[tuple] = []
+
+    def read(start, stop=None):
+        log_reads.append((start, stop))
+        end = 20 if stop is None else stop
+        return [("log", i) for i in range(start, end)]
+
+    def fed_item(i):
+        return (i, "2024-03-01T08:00:00Z", "MINE01", i + 1, bytes(32), b"envelope")
+
+    def indexes(recs):
+        return [r[1] if isinstance(r, tuple) else r.index for r in recs]
+
+    fed = _Fed(limit=5)
+    assert indexes(fed.records(3, read)) == list(range(3, 20)) and log_reads == [(3, None)]  # nothing fed
+    fed.add([fed_item(i) for i in (5, 6, 7)])
+    log_reads.clear()
+    recs = list(fed.records(3, read))
+    assert indexes(recs) == [3, 4, 5, 6, 7] and log_reads == [(3, 5)]  # another writer's 3 and 4 first
+    assert [type(r).__name__ for r in recs[2:]] == ["Record"] * 3 and recs[2].recorded_us > 0
+    assert len(fed) == 0
+    fed.add([fed_item(i) for i in (8, 10)])  # 9 is another writer's
+    log_reads.clear()
+    assert indexes(fed.records(8, read)) == [8] + list(range(9, 20)) and log_reads == [(9, None)]
+    fed.add([fed_item(i) for i in range(30, 40)])  # over the limit: the oldest are forgotten
+    assert len(fed) == 5
+    fed.forget_before(38)
+    assert len(fed) == 2
