@@ -238,6 +238,17 @@ _DUMP = {
 }
 
 
+def assert_rebuild_equals(w, got: dict[str, list[tuple]]) -> None:
+    """A fresh rebuild of the ledger ``w`` writes exactly the rows ``got`` (a :func:`dump`):
+    no row twice, none missing."""
+    fresh = ProjectionStore(w.url)
+    try:
+        fresh.rebuild()
+        assert dump(fresh) == got
+    finally:
+        fresh.close()
+
+
 def dump(ps: ProjectionStore, n: int | None = None) -> dict[str, list[tuple]]:
     """Every projection row (of entries below log size ``n``), sorted: two projections are equal
     when their dumps are."""

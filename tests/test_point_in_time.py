@@ -13,7 +13,7 @@ import pytest
 
 import projections.model as pmodel
 import projections.store as pstore
-from projection_helpers import DAY, HOUR, World, dt_us, dump, ev, kg, summary, ts
+from projection_helpers import DAY, HOUR, World, assert_rebuild_equals, dt_us, dump, ev, summary, ts
 from projections import flowgraph, queries
 from projections.queries import Point, parse_point
 from projections.store import P, ProjectionStore, TrackingError
@@ -120,10 +120,7 @@ def test_restart_resumes_from_tracking(w):
     assert b.catch_up() == 0
     got = dump(b)
     b.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got  # no row twice, none missing
-    fresh.close()
+    assert_rebuild_equals(w, got)  # no row twice, none missing
 
 
 def test_restart_from_a_snapshot(w, monkeypatch):
@@ -161,10 +158,7 @@ def test_restart_from_a_snapshot(w, monkeypatch):
     assert "OVER_QUOTA" in codes and "STOCK_COUNT_DIFFERENCE" in codes
     b.close()
     monkeypatch.setattr(pmodel.Projector, "apply", real_apply)
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 # --- quota totals kept at positions ---------------------------------------------------------------
@@ -223,10 +217,7 @@ def test_quota_totals_kept_and_rolled_forward(w, monkeypatch):
         assert got["quota_sums"] and got["quota_marks"]
     finally:
         ps.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got  # the same totals at the same positions
-    fresh.close()
+    assert_rebuild_equals(w, got)  # the same totals at the same positions
 
 
 def pstore_far(t):
@@ -258,10 +249,7 @@ def test_snapshot_without_running_totals_is_not_rolled_forward_from(w, monkeypat
     for n in range(w.store.size() + 1):
         assert queries.quota(b, Y, Point(n)) == _quota_from_rows(b, monkeypatch, Point(n))
     b.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 def test_a_snapshot_too_large_is_left_out(w, monkeypatch):
@@ -280,10 +268,7 @@ def test_a_snapshot_too_large_is_left_out(w, monkeypatch):
     assert b.position() == w.store.size()
     got = dump(b)
     b.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 def test_values_of_another_type_in_text_columns(w):
@@ -302,10 +287,7 @@ def test_values_of_another_type_in_text_columns(w):
         assert stock_of(ps, "MINE01")["N1"] == "10"
     finally:
         ps.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 def _reader(url):
@@ -340,10 +322,7 @@ def test_racing_followers_are_refused_by_tracking(w):
     finally:
         a.close()
         b.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 def test_concurrent_followers_end_consistent(w, monkeypatch):
@@ -374,10 +353,7 @@ def test_concurrent_followers_end_consistent(w, monkeypatch):
     got = dump(stores[0])
     for ps in stores:
         ps.close()
-    fresh = ProjectionStore(w.url)
-    fresh.rebuild()
-    assert dump(fresh) == got
-    fresh.close()
+    assert_rebuild_equals(w, got)
 
 
 # --- the flow graph ----------------------------------------------------------------------------
