@@ -343,7 +343,13 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                         # needs no privilege, so the serving role can hold INSERT and SELECT only.
                         # (its own cursor: in pipeline mode a cursor's later fetch may still
                         # find this statement's row)
+                        # enable_seqscan off (this transaction only): its reads are index look-ups,
+                        # but psycopg prepares a statement after a few uses and PostgreSQL keeps the
+                        # plan it chose then; on a young log (or one not analyzed yet) that plan
+                        # was a sequential scan for the command ids, kept while the log grew: one
+                        # full read of the log per commit until autovacuum's next ANALYZE.
                         conn.cursor().execute("SELECT set_config('lock_timeout', %s, true), "
+                                              "set_config('enable_seqscan', 'off', true), "
                                               "pg_advisory_xact_lock(%s)",
                                               (f"{int(self.datastore.lock_timeout)}s", self.lock_key))
                         event_rows, log_rows, result = plan(_PgCursor(cur, conn))
