@@ -54,12 +54,14 @@ PROBLEM = "application/problem+json"
 
 class Problem(Exception):
     def __init__(self, status: int, code: str, detail: str, field: str | None = None,
-                 position: int | None = None, title: str | None = None):
+                 position: int | None = None, title: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.field, self.position, self.title = field, position, title
+        self.headers = headers
 
     def response(self, instance: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+        headers = headers if headers is not None else self.headers
         body = {"type": f"https://reledger.example/problems/{self.code}", "title": self.title or _TITLES.get(
             self.status, "Error"), "status": self.status, "detail": self.detail, "code": self.code}
         if self.field is not None:
@@ -82,6 +84,10 @@ def problem_of(err: CommandError) -> Problem:
 
 
 PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
+# Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
+# append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
+MAX_QUEUED_ENTRIES = 50_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 
 
 def _verify_workers() -> int:
@@ -104,11 +110,21 @@ class GroupCommitter:
 
     ``submit`` (from the event loop) returns an asyncio future. ``close`` commits and answers
     what was submitted before it, then stops the threads.
+
+    **Admission**: ``submit`` refuses a group (503 ``overloaded``, nothing queued, nothing
+    written) when the entries or bytes waiting for their answer would pass ``max_queued_entries``
+    or ``max_queued_bytes``, so that a flood of appends meets a fast "retry later" instead of
+    ever longer waits and unbounded memory. A group is always taken when nothing waits, however
+    large. The counts live on the event loop's thread (``submit`` adds, ``_answer`` removes).
     """
 
-    def __init__(self, api: CommandAPI, max_groups: int = 256, max_entries: int = 5000):
+    def __init__(self, api: CommandAPI, max_groups: int = 256, max_entries: int = 5000,
+                 max_queued_entries: int = MAX_QUEUED_ENTRIES, max_queued_bytes: int = MAX_QUEUED_BYTES):
         self.api = api
         self.max_groups, self.max_entries = max_groups, max_entries
+        self.max_queued_entries, self.max_queued_bytes = max_queued_entries, max_queued_bytes
+        self.queued_entries = self.queued_bytes = 0
+        self._queued: dict[asyncio.Future, tuple[int, int]] = {}
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.ready: queue.SimpleQueue = queue.SimpleQueue()
         self.done: queue.SimpleQueue = queue.SimpleQueue()
@@ -119,8 +135,16 @@ class GroupCommitter:
             t.start()
 
     def submit(self, group: list) -> asyncio.Future:
+        n, size = len(group), sum(map(len, group))
+        if self.queued_entries and (self.queued_entries + n > self.max_queued_entries
+                                    or self.queued_bytes + size > self.max_queued_bytes):
+            raise Problem(503, "overloaded", f"the server is busy: {self.queued_entries} entries are waiting to be "
+                          "committed; nothing was written: retry the same request", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         f = loop.create_future()
+        self._queued[f] = (n, size)
+        self.queued_entries += n
+        self.queued_bytes += size
         self.inbox.put((group, loop, f))
         return f
 
@@ -240,9 +264,11 @@ class GroupCommitter:
             if stop:
                 return
 
-    @staticmethod
-    def _answer(answers: list) -> None:
+    def _answer(self, answers: list) -> None:
         for f, ok, value in answers:
+            n, size = self._queued.pop(f, (0, 0))
+            self.queued_entries -= n
+            self.queued_bytes -= size
             if f.done():  # the request went away (client disconnected): nobody to tell
                 continue
             if ok:
@@ -275,10 +301,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True) -> FastAPI:
+def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True,
+               max_queued_entries: int = MAX_QUEUED_ENTRIES, max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
     """The app. ``projections_process``: the projection tables are kept by a child process
     (:class:`projections.follow.ProjectionProcess`, which also answers the appends' findings);
-    else by threads of this one (a Follower and :class:`projections.hooks.ProjectionFindings`)."""
+    else by threads of this one (a Follower and :class:`projections.hooks.ProjectionFindings`).
+    ``max_queued_*``: the admission limits of :class:`GroupCommitter`."""
     from projections import flowgraph, queries
     from projections.follow import Follower, ProjectionProcess
     from projections.hooks import ProjectionFindings
@@ -295,7 +323,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         findings_hook = ProjectionFindings(projections)
         follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
     api = CommandAPI(store, findings_hook=findings_hook)
-    committer = GroupCommitter(api)
+    committer = GroupCommitter(api, max_queued_entries=max_queued_entries, max_queued_bytes=max_queued_bytes)
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
     @asynccontextmanager
@@ -439,7 +467,9 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
               responses={400: {"description": "malformed or invalid entry (problem+json)"},
                          403: {"description": "key or role not allowed"},
                          409: {"description": "seq/prev conflict or command id reused"},
-                         413: {"description": "body too large"}, 415: {"description": "wrong content type"}},
+                         413: {"description": "body too large"}, 415: {"description": "wrong content type"},
+                         503: {"description": "busy (`overloaded`) or the database unavailable (`unavailable`): "
+                                              "nothing was written, send the same bytes again (Retry-After)"}},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/msgpack": {"schema": {"type": "string", "format": "binary"},
                                           "description": "a canonical msgpack array of bin envelopes, or one"},
@@ -611,9 +641,9 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
             return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
         return graph
 
-    @app.get("/v1/health", summary="Liveness and log size (no authentication)")
+    @app.get("/v1/health", summary="Liveness, log size and appends waiting to be committed (no authentication)")
     def health():
-        return {"ok": True, "size": store.size()}
+        return {"ok": True, "size": store.size(), "queued_entries": committer.queued_entries}
 
     return app
 

@@ -79,7 +79,7 @@ def assert_same_refusal(resp: httpx.Response, err: CommandError) -> dict:
 
 def test_health_and_openapi(live):
     r = httpx.get(live.base + "/v1/health")
-    assert r.status_code == 200 and r.json() == {"ok": True, "size": live.cast.genesis_size}
+    assert r.status_code == 200 and r.json() == {"ok": True, "size": live.cast.genesis_size, "queued_entries": 0}
     r = httpx.get(live.base + "/openapi.json")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
     doc = json.loads(r.content)
@@ -88,7 +88,7 @@ def test_health_and_openapi(live):
             "/v1/proofs/inclusion", "/v1/proofs/consistency", "/v1/quota", "/v1/stock", "/v1/findings",
             "/v1/flow", "/v1/health"} <= set(doc["paths"])
     assert "post" in doc["paths"]["/v1/entries"]
-    for code in ("400", "403", "409", "413", "415"):
+    for code in ("400", "403", "409", "413", "415", "503"):
         assert code in doc["paths"]["/v1/entries"]["post"]["responses"]
 
 
@@ -564,6 +564,66 @@ def test_database_trouble_is_503_not_500(tmp_path):
         r = tc.post(ENTRIES, content=msgpack.packb([env], use_bin_type=True),
                     headers={"Content-Type": "application/msgpack"})
         assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False
+
+
+def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
+    """Admission: while more entries wait for their answer than the server takes
+    (``max_queued_entries``), a further append is answered 503 ``overloaded`` at once, with
+    Retry-After, and nothing of it is written; what was admitted is committed and answered,
+    and the refused request sent again is recorded. A group is taken whatever its size when
+    nothing waits."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url, max_queued_entries=2)
+    signers = {m: ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")}
+
+    def body(*envs):
+        return msgpack.packb(list(envs), use_bin_type=True)
+
+    headers = {"Content-Type": "application/msgpack"}
+    with TestClient(app) as tc:
+        real, gate, entered = app.state.api.submit_groups, threading.Event(), threading.Event()
+
+        def slow(groups, **kw):  # the database is slow: commits wait for the gate
+            entered.set()
+            assert gate.wait(30)
+            return real(groups, **kw)
+
+        app.state.api.submit_groups = slow
+        with LedgerStore(url) as st:
+            size0 = st.size()
+        waiting = [signers["MINE02"].sign("MineralProductProduced", mineral(lot()), T0).envelope,
+                   signers["MINE03"].sign("MineralProductProduced", mineral(lot()), T0).envelope]
+        answers: list = []
+        threads = [threading.Thread(target=lambda e=e: answers.append(tc.post(ENTRIES, content=body(e), headers=headers)))
+                   for e in waiting]
+        threads[0].start()
+        assert entered.wait(10)  # the first is in the (blocked) commit
+        threads[1].start()
+        deadline = datetime.now() + timedelta(seconds=10)
+        while tc.get("/v1/health").json()["queued_entries"] < 2:
+            assert datetime.now() < deadline
+        third = signers["MINE04"].sign("MineralProductProduced", mineral(lot()), T0).envelope
+        r = tc.post(ENTRIES, content=body(third), headers=headers)
+        p = assert_problem(r, 503, "overloaded")
+        assert r.headers["retry-after"] == "1" and "2 entries are waiting" in p["detail"]
+        gate.set()
+        for t in threads:
+            t.join(30)
+        assert sorted(a.status_code for a in answers) == [201, 201]
+        with LedgerStore(url) as st:
+            assert st.size() == size0 + 2  # the refused entry was not written
+        assert tc.get("/v1/health").json()["queued_entries"] == 0
+        r = tc.post(ENTRIES, content=body(third), headers=headers)  # sent again: recorded
+        assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False
+        # nothing waits: a group larger than the limit is taken
+        big = [signers["MINE04"].sign("MineralProductProduced", mineral(lot()), T0).envelope for _ in range(5)]
+        assert tc.post(ENTRIES, content=body(*big), headers=headers).status_code == 201
+    assert_log_sound(url)
 
 
 def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
