@@ -23,6 +23,8 @@ import httpx
 import msgpack
 
 from commands.auth import sign_request
+
+MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 from ledger.encoding import time_text
@@ -100,11 +102,13 @@ class LedgerClient:
                 resp = self.http.send(request)
             except httpx.TransportError as e:  # connection refused/reset, timeout: retry same bytes
                 last = e
-                time.sleep(min(2.0, 0.05 * 2**attempt))
+                if attempt < self.retries:
+                    time.sleep(min(2.0, 0.05 * 2**attempt))
                 continue
             if resp.status_code in (502, 503, 504):
                 last = ClientError(f"server answered {resp.status_code}")
-                time.sleep(min(2.0, 0.05 * 2**attempt))
+                if attempt < self.retries:
+                    time.sleep(max(min(2.0, 0.05 * 2**attempt), _retry_after(resp)))
                 continue
             if resp.status_code >= 400:
                 try:
@@ -200,3 +204,10 @@ class LedgerClient:
         leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
         merkle.verify_inclusion(leaf, proof["index"], cp.size, [bytes.fromhex(h) for h in proof["proof"]], cp.root)
         return cp
+
+
+def _retry_after(resp: httpx.Response) -> float:
+    """The server's Retry-After in seconds (the delay form; 0 when absent or not a number),
+    at most MAX_RETRY_AFTER."""
+    value = resp.headers.get("retry-after", "").strip()
+    return min(float(value), MAX_RETRY_AFTER) if value.isdigit() else 0.0

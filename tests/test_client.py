@@ -37,7 +37,7 @@ class Faulty(httpx.BaseTransport):
     - ``"drop_after"``: send the request, let the server answer, then raise ReadError (the
       connection broke after the server committed: the client never sees the answer)
     - ``"drop_before"``: raise ConnectError without sending
-    - ``"503"``: answer 503 without sending
+    - ``"503"``: answer 503 without sending; ``"503 retry-after"``: the same with ``Retry-After: 1``
     - a callable: send, and return ``action(response, request)`` instead of the response
     """
 
@@ -54,6 +54,8 @@ class Faulty(httpx.BaseTransport):
             raise httpx.ConnectError("connection refused (injected)", request=request)
         if action == "503":
             return httpx.Response(503, text="busy", request=request)
+        if action == "503 retry-after":
+            return httpx.Response(503, text="busy", headers={"Retry-After": "1"}, request=request)
         self.sent.append(request)
         resp = self.inner.handle_request(request)
         resp.read()
@@ -189,6 +191,22 @@ def test_retry_after_the_connection_dropped_once_committed(live):
     assert max(commands.values()) == 1
 
 
+def test_retry_waits_as_long_as_the_server_asks(live, monkeypatch):
+    """A 503 with Retry-After (the server's admission, docs/HTTP.md) is retried after that many
+    seconds, not after the short backoff; without it, after the backoff; the entry once."""
+    import commands.client as client_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    before = log_facts(live.url)[0]
+    t = Faulty(["503 retry-after", "503"], match=is_post)
+    with LedgerClient(live.base, live.key("MINE04"), transport=t) as c:
+        r = c.append("MineralProductProduced", mineral(lot()), occurred_at=T0)
+        assert r["duplicate"] is False
+    assert slept == [1.0, 0.1]  # Retry-After: 1 s; then the backoff of the second attempt
+    assert log_facts(live.url)[0] == before + 1
+
+
 def test_signed_reads_are_signed_anew_on_retry(live):
     """A read whose answer was lost is sent again with a new nonce (not refused as a replay)."""
     t = Faulty(["drop_after", "drop_after"], match=lambda q: q.method == "GET")
@@ -226,7 +244,7 @@ def test_giving_up_leaves_a_safe_retry(live):
 def test_verify_inclusion_against_the_checkpoint(live):
     verifier = live.cast.note_signer.verifier()
     with client(live, "SEP01") as c:
-        first = c.append("StockCounted", {"product": "Nd2O3", "counted_kg": "4"}, occurred_at=T0)
+        c.append("StockCounted", {"product": "Nd2O3", "counted_kg": "4"}, occurred_at=T0)
         r = c.append("StockCounted", {"product": "Nd2O3", "counted_kg": "5"}, occurred_at=T0)
         with pytest.raises(Refused) as info:  # not under any checkpoint yet
             c.verify_inclusion("SEP01", r["seq"], verifier)
