@@ -517,8 +517,8 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(str(e)) from e
     except BundleError as e:
-        data = {"ok": False, "problems": [str(e)]}
-        emit(args, data, lambda: console().print(f"[red]FAILED[/red]: {e}"))
+        why = str(e)
+        emit(args, {"ok": False, "problems": [why]}, lambda: console().print(f"[red]FAILED[/red]: {why}"))
         return EXIT_FAILED
 
     def text() -> None:

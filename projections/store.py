@@ -23,7 +23,6 @@ import json
 import pickle
 import sqlite3
 import threading
-import time
 from typing import Any, Callable, Iterable
 
 from ledger.entry import EntryError, SignedEntry

@@ -17,7 +17,6 @@ import hashlib
 from datetime import datetime, timezone
 from decimal import Decimal
 
-import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 

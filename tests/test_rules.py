@@ -10,7 +10,6 @@ import pytest
 from commands.api import CommandError
 from projection_helpers import DAY, HOUR, World, all_findings, dt_us, ev, kg, summary, ts
 from projections import queries
-from projections.queries import Point
 from projections.store import ProjectionStore
 
 Y = 2024
@@ -295,7 +294,7 @@ def test_mass_balance_and_yield(w, ore, yield_pm, losses_pm, expected):
 # --- 5. flow completeness ----------------------------------------------------------------------
 
 def test_shipment_not_received_within_n_days(w):
-    p = w.produce("MINE01", "L1", 500_000)
+    w.produce("MINE01", "L1", 500_000)
     line = ("L1", "BASTNAESITE_CONCENTRATE", 1_000_000, 500_000)
     s = w.ship("MINE01", "SEP01", "T1", [line])
     w.now += 29 * DAY

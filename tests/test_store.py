@@ -1797,7 +1797,6 @@ if __name__ == "__main__":
 
 
 def test_checking_processes_exit_when_their_store_process_is_killed(tmp_path):
-    import os
     import subprocess
     import sys
     import time

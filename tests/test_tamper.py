@@ -716,7 +716,7 @@ def test_chain_break_at_a_fast_verification_range_boundary(db_url):
     t = tables(db_url)
     with raw_connection(db_url) as conn:
         cur = conn.cursor()
-        cur.execute(t.q(f"SELECT l.idx, l.seq, l.recorded_us, l.nodes, e.state FROM {{log}} l JOIN {{events}} e "
+        cur.execute(t.q("SELECT l.idx, l.seq, l.recorded_us, l.nodes, e.state FROM {log} l JOIN {events} e "
                         "ON e.originator_id = l.chain AND e.originator_version = l.seq ORDER BY l.idx"))
         rows = cur.fetchall()
         f = merkle.Frontier()

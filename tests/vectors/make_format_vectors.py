@@ -21,7 +21,7 @@ import base64
 import hashlib
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ledger import encoding, merkle  # noqa: E402
-from ledger.checkpoint import Checkpoint, NoteSigner, key_id as note_key_id, sign_checkpoint  # noqa: E402
-from ledger.entry import ENTRY_TAG, ZERO_HASH, SignedEntry, leaf_bytes  # noqa: E402
+from ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint  # noqa: E402
+from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes  # noqa: E402
 from ledger.genesis import ChainSigner, key_authorized_body  # noqa: E402
 from ledger.keys import SigningKey  # noqa: E402
 
