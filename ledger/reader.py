@@ -184,6 +184,14 @@ class Queries:
         row = cur.fetchone()
         return None if row is None else (int(_col(row, 0)), bytes(_col(row, 1)))
 
+    def chain_heads(self, cur, size: int) -> dict[str, tuple[int, bytes]]:
+        """chain -> (seq, entry hash) of its last entry among the first ``size`` of the log
+        (what a checkpoint of that size commits to: ledger/heads.py)."""
+        cur.execute(self.t.q("SELECT l.chain, l.seq, l.entry_hash FROM {log} l JOIN (SELECT chain, MAX(seq) AS seq "
+                             "FROM {log} WHERE idx < ? GROUP BY chain) h ON h.chain = l.chain AND h.seq = l.seq"),
+                    (size,))
+        return {r[0]: (int(r[1]), bytes(r[2])) for r in map(_tuple, cur.fetchall())}
+
     def chains(self, cur) -> list[tuple[str, int]]:
         cur.execute(self.t.q("SELECT chain, MAX(seq) FROM {log} GROUP BY chain ORDER BY chain"))
         return [(r[0], int(r[1])) for r in map(_tuple, cur.fetchall())]

@@ -37,7 +37,7 @@ from eventsourcing.persistence import IntegrityError as ESIntegrityError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
-from . import merkle
+from . import heads as chain_heads, merkle
 from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from .encoding import micros_to_time_text
 from .entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
@@ -911,7 +911,10 @@ class LedgerStore:
             raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
                              "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
         root = self.root(size)
-        note = sign_checkpoint(Checkpoint(signer.name, size, root), signer)
+        # and the head of every chain at that size (ledger/heads.py): what lets a bundle prove
+        # that it holds the end of its party's chain
+        line = chain_heads.line(self.queries.chain_heads(self._cur(), size))
+        note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer)
         try:
             self.recorder.write_checkpoint(size, root, note, self.clock())
         except ESIntegrityError:

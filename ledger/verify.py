@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import merkle
+from . import heads as chain_heads, merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from .encoding import micros_to_time_text
 from .encoding import EncodingError
@@ -272,6 +272,16 @@ class LogVerifier:
         if cp.root != computed:
             self.problem("checkpoint", f"checkpoint of size {size}: the log's Merkle root {computed.hex()[:16]}... "
                          f"is not the signed root {cp.root.hex()[:16]}...", index=max(size - 1, 0))
+        try:
+            signed_heads = chain_heads.of_extensions(cp.extensions)
+        except chain_heads.HeadsError as e:
+            self.problem("checkpoint", f"checkpoint of size {size}: {e}", index=max(size - 1, 0))
+            return
+        if signed_heads is not None and signed_heads != chain_heads.commitment(self.heads):
+            count, root = chain_heads.commitment(self.heads)
+            self.problem("checkpoint", f"checkpoint of size {size}: the chain heads it signs ({signed_heads[0]} chains, "
+                         f"root {signed_heads[1].hex()[:16]}...) are not the log's ({count} chains, root "
+                         f"{root.hex()[:16]}...)", index=max(size - 1, 0))
 
     def finish(self) -> Report:
         rep = self.report
@@ -598,7 +608,7 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
                 return None
             extra = nodes[len(completed):]
         if idx + 1 in cp_sizes:
-            cp_local[idx + 1] = list(tree)
+            cp_local[idx + 1] = (list(tree), dict(last))  # the subtree and the range's chain heads there
     return (first, last, first_us, previous_us, tree, extra, cp_local)
 
 
@@ -642,6 +652,7 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
     chunks = merkle.Frontier()  # the tree above the ranges: one leaf per full range
     heads: dict[str, tuple[int, bytes]] = {}
     roots: dict[int, bytes] = {}
+    heads_at: dict[int, tuple[int, bytes]] = {0: chain_heads.commitment({})}  # checkpoint size -> heads committed
     last_us = -1
     done = 0
     # the generator first: zip then runs it to its end (where it hands over the side job's answer)
@@ -656,9 +667,10 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
             head_seq, head_hash = heads.get(chain, (0, ZERO_HASH))
             if seq != head_seq + 1 or prev != head_hash:
                 return None
-        heads.update(last)
-        for size, hashes in cp_local.items():
+        for size, (hashes, heads_here) in cp_local.items():
             roots[size] = merkle._fold(chunks.hashes + hashes)
+            heads_at[size] = chain_heads.commitment({**heads, **heads_here})
+        heads.update(last)
         if b - a == size_unit:
             above = chunks.append(local[0])[1:]
             if extra != b"".join(h for _, _, h in above):
@@ -682,10 +694,13 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
         try:
             text, signed_by = open_note(note, verifiers_for(size))
             cp = Checkpoint.parse(text)
-        except (NoteError, ValueError):
+            signed_heads = chain_heads.of_extensions(cp.extensions)
+        except (NoteError, ValueError):  # (HeadsError is a ValueError)
             return None
         if expected is None or cp.size != size or cp.root != root or root != expected or \
                 all(cp.origin != v.name for v in signed_by):
+            return None
+        if signed_heads is not None and signed_heads != heads_at.get(size):
             return None
         rep.checkpoints += 1
     rep.entries = span

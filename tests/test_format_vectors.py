@@ -542,8 +542,24 @@ def test_checkpoint():
     c = V["checkpoint"]
     k = KEYS["checkpoint"]
     priv = Ed25519PrivateKey.from_private_bytes(H(k["seed"]))
-    body = f"{c['origin']}\n{c['size']}\n{base64.b64encode(H(c['root'])).decode()}\n".encode()
-    assert body == c["body"].encode() == H(c["body_hex"]) == Checkpoint(c["origin"], c["size"], H(c["root"])).body()
+    # the chain heads (5.3), from FORMAT.md alone: the last entry of each chain of the sample log,
+    # leaves [chain, seq, entry hash] in canonical msgpack, in chain order, their RFC 9162 root
+    last = {}
+    for e in V["entries"]:
+        last[e["chain"]] = (e["seq"], H(e["entry_hash"]))
+    order = sorted(last, key=lambda chain: chain.encode())
+    leaves = [spec_encode([chain, *last[chain]]) for chain in order]
+    assert [h["chain"] for h in c["heads"]] == order and [H(h["leaf"]) for h in c["heads"]] == leaves
+    assert [H(h["leaf_hash"]) for h in c["heads"]] == [hashlib.sha256(b"\x00" + x).digest() for x in leaves]
+    assert (c["heads_count"], H(c["heads_root"])) == (len(leaves), mth(leaves))
+    assert c["heads_line"] == f"reledger-heads-v1 {len(leaves)} {base64.b64encode(mth(leaves)).decode()}"
+    hp = c["heads_proof"]
+    assert [H(x) for x in hp["proof"]] == path(hp["position"], leaves) and order[hp["position"]] == hp["chain"]
+    assert doc_inclusion_ok(hashlib.sha256(b"\x00" + leaves[hp["position"]]).digest(), hp["position"], len(leaves),
+                            [H(x) for x in hp["proof"]], mth(leaves))
+    body = (f"{c['origin']}\n{c['size']}\n{base64.b64encode(H(c['root'])).decode()}\n{c['heads_line']}\n").encode()
+    assert body == c["body"].encode() == H(c["body_hex"]) == Checkpoint(c["origin"], c["size"], H(c["root"]),
+                                                                          (c["heads_line"],)).body()
     assert base64.b64encode(H(c["root"])).decode() == c["root_base64"]
     assert H(c["note_key_id_input"]) == c["origin"].encode() + b"\n\x01" + H(k["public_key"])
     assert hashlib.sha256(H(c["note_key_id_input"])).digest()[:4].hex() == c["note_key_id"] == k["note_key_id"]
@@ -552,9 +568,10 @@ def test_checkpoint():
     assert line == c["signature_line"]
     note = body + b"\n" + line.encode()
     assert note == c["note"].encode() == H(c["note_hex"])
-    assert sign_checkpoint(Checkpoint(c["origin"], c["size"], H(c["root"])), NoteSigner(c["origin"], priv)) == note
+    assert sign_checkpoint(Checkpoint(c["origin"], c["size"], H(c["root"]), (c["heads_line"],)),
+                           NoteSigner(c["origin"], priv)) == note
     cp = verify_checkpoint(note, NoteVerifier.from_vkey(c["vkey"]), c["origin"])
-    assert (cp.origin, cp.size, cp.root.hex()) == (c["origin"], c["size"], c["root"])
+    assert (cp.origin, cp.size, cp.root.hex(), cp.extensions) == (c["origin"], c["size"], c["root"], (c["heads_line"],))
     assert c["vkey"] == k["vkey"]
 
 

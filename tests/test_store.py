@@ -327,6 +327,48 @@ def test_checkpoint(led, mine):
     assert rep.ok and rep.checkpoints == 2
 
 
+def test_checkpoint_commits_to_every_chain_head(led, mine, monkeypatch):
+    """Each checkpoint signs the head of every chain at its size (ledger/heads.py); verify
+    rebuilds them from the log, on the fast path and the detailed one. A checkpoint signed by
+    the log's own key whose heads hide the end of a chain is a problem; a checkpoint without
+    heads (written before they existed) still verifies."""
+    import ledger.verify as verify_module
+    from ledger import heads
+    from ledger.checkpoint import Checkpoint, sign_checkpoint
+
+    st = led.store
+    plant = led.register(PLANT, ["SEPARATION"])
+    st.append([fact(mine) for _ in range(3)] + [fact(plant)])
+    cp = verify_checkpoint(led.checkpoint(), led.note_signer.verifier(), ORIGIN)
+    expected = {}
+    for r in st.records():
+        expected[r.chain] = (r.seq, r.entry_hash)
+    assert len(expected) == 3 and heads.of_extensions(cp.extensions) == heads.commitment(expected)
+    st.append([fact(mine)])  # after the checkpoint: not in its heads
+    size = st.size()
+    st.recorder.write_checkpoint(size, st.root(size), sign_checkpoint(Checkpoint(ORIGIN, size, st.root(size)),
+                                                                      led.note_signer), 0)  # no heads line
+    real, used = verify_module._fast_verify, []
+    monkeypatch.setattr(verify_module, "_fast_verify", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    for workers in (1, 2):
+        rep = verify_database(led.url, workers=workers)
+        assert rep.ok and rep.checkpoints == 2, rep.problems
+    assert all(r is not None for r in used)  # the fast path took it
+    # the operator signs a checkpoint whose heads leave out the mine's last entry
+    st.append([fact(mine)])
+    size, root = st.size(), st.root()
+    stale = dict(expected, **{MINE: (expected[MINE][0] + 1, [r.entry_hash for r in st.records()][-2])})
+    assert stale != {r.chain: (r.seq, r.entry_hash) for r in st.records()}
+    st.recorder.write_checkpoint(size, root, sign_checkpoint(Checkpoint(ORIGIN, size, root, (heads.line(stale),)),
+                                                             led.note_signer), 0)
+    used.clear()
+    for workers in (1, 2):
+        rep = verify_database(led.url, workers=workers)
+        assert [p.code for p in rep.problems] == ["checkpoint"], rep.problems
+        assert f"checkpoint of size {size}: the chain heads it signs (3 chains" in rep.problems[0].message
+    assert used and all(r is None for r in used)  # the fast path doubted, the detailed path named it
+
+
 def test_index_at_time(led, mine):
     st = led.store
     rs = []

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ledger import encoding, merkle  # noqa: E402
+from ledger import encoding, heads as chain_heads, merkle  # noqa: E402
 from ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint  # noqa: E402
 from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes  # noqa: E402
 from ledger.genesis import ChainSigner, key_authorized_body  # noqa: E402
@@ -496,10 +496,18 @@ def build() -> dict[str, Any]:
                                    "root2": merkle.range_root(0, s2, get).hex(),
                                    "proof": [h.hex() for h in merkle.consistency_proof(s1, s2, get)]})
 
-    # 5. a signed checkpoint
+    # 5. a signed checkpoint, with the chain heads at its size
     signer = NoteSigner(ORIGIN, k["checkpoint"].private_key)
     root = merkle.range_root(0, size, get)
-    cp = Checkpoint(ORIGIN, size, root)
+    heads: dict[str, tuple[int, bytes]] = {}
+    for e in entries:
+        heads[e["chain"]] = (e["seq"], bytes.fromhex(e["entry_hash"]))
+    order = sorted(heads, key=lambda c: c.encode("utf-8"))
+    heads_count, heads_root = chain_heads.commitment(heads)
+    heads_line = chain_heads.line(heads)
+    proof_chain = order[-1]
+    position, _, heads_path = chain_heads.proof(heads, proof_chain)
+    cp = Checkpoint(ORIGIN, size, root, (heads_line,))
     note = sign_checkpoint(cp, signer)
     body = cp.body()
     sig_line = note[len(body) + 1:]
@@ -512,6 +520,12 @@ def build() -> dict[str, Any]:
         "signature": raw[4:].hex(), "signature_line": sig_line.decode(),
         "note": note.decode(), "note_hex": note.hex(),
         "vkey": signer.verifier().vkey(),
+        "heads": [{"chain": c, "seq": heads[c][0], "entry_hash": heads[c][1].hex(),
+                   "leaf": chain_heads.leaf(c, *heads[c]).hex(),
+                   "leaf_hash": merkle.leaf_hash(chain_heads.leaf(c, *heads[c])).hex()} for c in order],
+        "heads_count": heads_count, "heads_root": heads_root.hex(), "heads_line": heads_line,
+        "heads_proof": {"chain": proof_chain, "position": position, "count": heads_count,
+                        "proof": [h.hex() for h in heads_path]},
     }
     return out
 
@@ -783,6 +797,27 @@ def render_markdown(v: dict[str, Any]) -> str:
     a("")
     a(f"Origin `{c['origin']}`, size {c['size']}, root `{c['root']}` (base64 `{c['root_base64']}`).")
     a(f"Signed by the checkpoint key of V.4 under the note name `{c['origin']}`.")
+    a("")
+    a(f"The chain heads at size {c['size']} (5.3), in chain order: {c['heads_count']} leaves.")
+    a("")
+    a("| chain | seq | entry hash | leaf (canonical msgpack) | leaf hash |")
+    a("|---|---|---|---|---|")
+    for h in c["heads"]:
+        a(f"| {h['chain']} | {h['seq']} | `{h['entry_hash']}` | `{h['leaf']}` | `{h['leaf_hash']}` |")
+    a("")
+    a(f"Heads root `{c['heads_root']}`; the extension line:")
+    a("")
+    a("```")
+    a(c["heads_line"])
+    a("```")
+    a("")
+    hp = c["heads_proof"]
+    a(f"The proof of {hp['chain']}'s head (what a bundle of that party carries, 7b): position "
+      f"{hp['position']} of {hp['count']}, path:")
+    a("")
+    a("```")
+    L.extend(hp["proof"] or ["(empty)"])
+    a("```")
     a("")
     a("Note key id = SHA-256(name || 0a || 01 || public key)[:4]; the hashed input:")
     a("")
