@@ -480,8 +480,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     emit(args, summary, lambda: console().print(
         f"wrote {summary['file']}: {summary['chain_length']} entries of {args.party} and "
         f"{summary['registry_entries']} registry entries, each with its inclusion proof against the checkpoint "
-        f"of size {summary['checkpoint_size']}; consistency proofs from {summary['earlier_checkpoints']} earlier "
-        f"checkpoints ({summary['bytes']} bytes)"))
+        f"of size {summary['checkpoint_size']}"
+        + (", and the proof that the last is the chain's head" if summary["chain_end_proven"] else "")
+        + f"; consistency proofs from {summary['earlier_checkpoints']} earlier checkpoints ({summary['bytes']} bytes)"))
     return EXIT_OK
 
 
@@ -527,6 +528,11 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
         c.print(f"verify-bundle {status}: party {rep.party}, {rep.chain_length} chain entries and "
                 f"{rep.registry_entries} registry entries, {rep.proofs} inclusion proofs against the checkpoint "
                 f"{rep.origin} size {rep.size} root {rep.root.hex()}")
+        if rep.complete:
+            c.print(f"the chain is complete: seq {rep.chain_length} is the head of {rep.party} the checkpoint signs")
+        elif rep.ok:
+            c.print("[yellow]the end of the chain is not proven[/yellow]: the checkpoint (written before chain heads "
+                    "were committed) signs no chain heads, so later entries could have been left out")
         if rep.consistency_checked:
             c.print(f"consistent with earlier checkpoints of sizes {', '.join(map(str, rep.consistency_checked))}")
         c.print(f"trust anchor: genesis {rep.genesis}" + ("" if args.genesis else " (pin with --genesis)"))

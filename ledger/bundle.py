@@ -7,12 +7,15 @@ tlog-proof:
      "party": text,
      "checkpoint": bin (a signed checkpoint note of tree size N),
      "entries": [{"index", "recorded_at", "envelope", "proof": [bin32...]}, ...],
-     "consistency": [{"note": bin (an earlier checkpoint), "proof": [bin32...]}, ...]}
+     "consistency": [{"note": bin (an earlier checkpoint), "proof": [bin32...]}, ...],
+     "heads": {"position": int, "count": int, "proof": [bin32...]}}
 
 ``entries`` holds every entry of the party's chain in the tree, and every registry entry of the
 log (so that the key valid for each entry at its log position, and the checkpoint key, can be
 worked out), each with its RFC 9162 inclusion proof against the checkpoint. ``consistency``
-proves every earlier checkpoint the operator stored to be a prefix of this one.
+proves every earlier checkpoint the operator stored to be a prefix of this one. ``heads`` (when
+the checkpoint commits to chain heads, ledger/heads.py) proves that the party's last entry in
+the bundle is the head of its chain at the checkpoint: nothing of the chain was left out.
 
 :func:`verify_bundle` needs nothing but ``ledger/``: no database, no network. Every byte of a
 bundle is covered by a check (canonical decoding, signatures, proofs), so any alteration fails.
@@ -27,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import encoding, merkle
+from . import encoding, heads as chain_heads, merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from .encoding import EncodingError
 from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
@@ -35,6 +38,7 @@ from .registry import REGISTRY_TYPES, Registry, RegistryError
 
 FORMAT = "reledger-bundle-v1"
 BUNDLE_KEYS = ["checkpoint", "consistency", "entries", "format", "party"]
+HEADS_KEYS = ["count", "position", "proof"]
 
 
 class BundleError(ValueError):
@@ -53,6 +57,7 @@ class BundleReport:
     proofs: int = 0
     consistency_checked: list[int] = field(default_factory=list)
     genesis: str | None = None
+    complete: bool = False  # the chain's end is proven (the checkpoint's chain heads)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -63,12 +68,18 @@ class BundleReport:
         return {"ok": self.ok, "party": self.party, "size": self.size, "root": self.root.hex(), "origin": self.origin,
                 "entries": self.entries, "chain_length": self.chain_length, "registry_entries": self.registry_entries,
                 "inclusion_proofs": self.proofs, "consistent_with_sizes": self.consistency_checked,
-                "genesis": self.genesis, "problems": self.problems}
+                "genesis": self.genesis, "chain_complete": self.complete, "problems": self.problems}
 
 
-def encode_bundle(party: str, checkpoint_note: bytes, entries: list[dict], consistency: list[dict]) -> bytes:
-    return encoding.canonical({"format": FORMAT, "party": party, "checkpoint": checkpoint_note,
-                               "entries": entries, "consistency": consistency})
+def encode_bundle(party: str, checkpoint_note: bytes, entries: list[dict], consistency: list[dict],
+                  heads: dict | None = None) -> bytes:
+    """The bundle's bytes; ``heads`` = {"position", "count", "proof"} when the checkpoint
+    commits to chain heads (left out otherwise)."""
+    b = {"format": FORMAT, "party": party, "checkpoint": checkpoint_note, "entries": entries,
+         "consistency": consistency}
+    if heads is not None:
+        b["heads"] = heads
+    return encoding.canonical(b)
 
 
 def decode_bundle(data: bytes) -> dict[str, Any]:
@@ -76,8 +87,12 @@ def decode_bundle(data: bytes) -> dict[str, Any]:
         b = encoding.decode(data)
     except EncodingError as e:
         raise BundleError(f"not a bundle: {e}") from e
-    if not isinstance(b, dict) or sorted(b) != BUNDLE_KEYS or b["format"] != FORMAT:
-        raise BundleError(f"not a {FORMAT} bundle (a map of exactly {', '.join(BUNDLE_KEYS)})")
+    if not isinstance(b, dict) or sorted(set(b) - {"heads"}) != BUNDLE_KEYS or b.get("format") != FORMAT:
+        raise BundleError(f"not a {FORMAT} bundle (a map of exactly {', '.join(BUNDLE_KEYS)}, and heads)")
+    if "heads" in b:
+        h = b["heads"]
+        if not isinstance(h, dict) or sorted(h) != HEADS_KEYS or not isinstance(h["proof"], list):
+            raise BundleError("heads: a map of exactly count, position, proof (a list)")
     if not isinstance(b["party"], str) or not isinstance(b["checkpoint"], bytes):
         raise BundleError("party must be text and checkpoint binary")
     if not isinstance(b["entries"], list) or not isinstance(b["consistency"], list):
@@ -178,6 +193,27 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
     if head_seq == 0 and not any(s.entry.chain == rep.party for _, _, s in parsed):
         rep.problems.append(f"the bundle holds no entry of party {rep.party}")
 
+    # 2b. the end of the chain: the checkpoint's chain heads name the bundle's last entry
+    try:
+        signed_heads = chain_heads.of_extensions(cp.extensions)
+    except chain_heads.HeadsError as e:
+        rep.problems.append(f"the checkpoint of size {cp.size}: {e}")
+        signed_heads = None
+    if signed_heads is not None:
+        h = b.get("heads")
+        if h is None:
+            rep.problems.append(f"the checkpoint commits to every chain's head but the bundle has no proof of "
+                                f"{rep.party}'s: it may not hold the end of the chain")
+        elif head_seq:
+            try:
+                chain_heads.verify(rep.party, head_seq, head_hash, h["position"], h["count"], h["proof"], signed_heads)
+                rep.complete = True
+            except (chain_heads.HeadsError, merkle.ProofError) as e:
+                rep.problems.append(f"the end of the chain: {e}; entries of {rep.party} after seq {head_seq} "
+                                    "may have been left out")
+    elif "heads" in b:
+        rep.problems.append("the bundle has a heads proof but its checkpoint commits to no chain heads")
+
     # 3. the checkpoint signature
     verifiers = [NoteVerifier.from_vkey(v) for v in trusted_checkpoint_keys] or [
         NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key))
@@ -236,7 +272,7 @@ def _consistent(old: Checkpoint, new: Checkpoint, proof: list) -> None:
 
 def _check_older(other: bytes, cp: Checkpoint, proofs: dict, verifiers: list, rep: BundleReport) -> None:
     """``other`` is a checkpoint note or a bundle; it must be consistent with ``cp``."""
-    if other[:1] in (b"\x85",):  # a map of five: another bundle
+    if other[:1] in (b"\x85", b"\x86"):  # a map of five (or six, with heads): another bundle
         ob = decode_bundle(other)
         other_note = ob["checkpoint"]
         other_cp = checkpoint_of(other_note)

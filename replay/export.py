@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger.bundle import encode_bundle
+from ledger import heads as chain_heads
+from ledger.bundle import checkpoint_of, encode_bundle
 from ledger.registry import REGISTRY_TYPES
 from ledger.store import LedgerStore
 
@@ -38,7 +39,12 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
                        for s, _, n in store.checkpoints() if s < size]
         after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
-    data = encode_bundle(party, note, entries, consistency)
+        heads = None
+        if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:
+            position, count, proof = chain_heads.proof(store.queries.chain_heads(store._cur(), size), party)
+            heads = {"position": position, "count": count, "proof": proof}
+    data = encode_bundle(party, note, entries, consistency, heads)
     return data, {"party": party, "checkpoint_size": size, "entries": len(entries),
                   "chain_length": len(chain), "registry_entries": len(registry),
-                  "earlier_checkpoints": len(consistency), "after_checkpoint": after, "bytes": len(data)}
+                  "earlier_checkpoints": len(consistency), "after_checkpoint": after,
+                  "chain_end_proven": heads is not None, "bytes": len(data)}

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import T0, drop_triggers, new_ledger, sql
+from helpers import ORIGIN, T0, drop_triggers, new_ledger, sql
 from ledger import encoding
 from ledger.bundle import BundleError, decode_bundle, encode_bundle, verify_bundle
 from ledger.entry import SignedEntry
@@ -59,12 +59,17 @@ def failure(data: bytes, **kw) -> str:
     return "; ".join(rep.problems)
 
 
-def rebuild(data: bytes, *, entries=None, consistency=None, checkpoint=None, party=None) -> bytes:
+_KEEP = object()
+
+
+def rebuild(data: bytes, *, entries=None, consistency=None, checkpoint=None, party=None, heads=_KEEP) -> bytes:
+    """``data`` with the parts given replaced (``heads=None`` leaves the heads proof out)."""
     b = decode_bundle(data)
     return encode_bundle(party if party is not None else b["party"],
                          checkpoint if checkpoint is not None else b["checkpoint"],
                          entries if entries is not None else b["entries"],
-                         consistency if consistency is not None else b["consistency"])
+                         consistency if consistency is not None else b["consistency"],
+                         b.get("heads") if heads is _KEEP else heads)
 
 
 def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess:
@@ -271,16 +276,51 @@ def test_dropped_entries(db_url, tmp_path):
     assert "no entry of party" in failure(rebuild(data, entries=[x for i, x in enumerate(entries) if i not in chain]))
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation, reported: a bundle cannot prove that it holds the END of "
-                   "the party's chain (or every registry entry): the checkpoint commits to the log, not to "
-                   "per-chain heads; dropping the party's latest entries goes unnoticed offline")
-def test_dropping_the_last_chain_entry_is_caught(tmp_path):
-    url = f"sqlite:///{tmp_path / 'l.db'}"
-    small_ledger(url).close()
-    export_bundle(url, M0, tmp_path / "b")
+def test_dropping_the_end_of_the_chain_is_caught(db_url, tmp_path):
+    """The checkpoint commits to every chain's head (ledger/heads.py), and the bundle proves
+    its party's: a bundle that leaves out the last entries of the chain, or the proof, or
+    bends the proof, is refused; the whole bundle says the chain is complete."""
+    small_ledger(db_url, per_party=3).close()
+    export_bundle(db_url, M0, tmp_path / "b")
     data = (tmp_path / "b").read_bytes()
-    entries = decode_bundle(data)["entries"]
-    failure(rebuild(data, entries=entries[:-1]))
+    rep = verify_bundle(data)
+    assert rep.ok and rep.complete and rep.chain_length == 3 and rep.to_dict()["chain_complete"] is True
+    b = decode_bundle(data)
+    entries, h = b["entries"], b["heads"]
+    mine = [i for i, e in enumerate(entries) if SignedEntry.parse(e["envelope"]).entry.chain == M0]
+    assert len(mine) == 3 and mine[-1] == len(entries) - 1
+    for cut in (1, 2):  # the last entry, the last two: the chain still links up, its end is a lie
+        assert "the end of the chain" in failure(rebuild(data, entries=entries[:-cut]))
+    assert "no proof of" in failure(rebuild(data, heads=None))
+    for bent in ({**h, "position": h["position"] ^ 1}, {**h, "count": h["count"] + 1},
+                 {**h, "proof": h["proof"][:-1]}, {**h, "proof": [bytes(32)] + h["proof"][1:]}):
+        assert "the end of the chain" in failure(rebuild(data, heads=bent))
+    for malformed in ({**h, "extra": 1}, {"position": 0, "count": 1}, {**h, "proof": "x"}):
+        with pytest.raises(BundleError, match="heads"):
+            decode_bundle(rebuild(data, heads=malformed))
+
+
+def test_a_checkpoint_without_chain_heads_verifies_but_proves_no_end(tmp_path):
+    """A checkpoint written before chain heads were committed (no heads line): its bundle
+    verifies, says the chain's end is not proven, and may not carry a heads proof."""
+    from ledger.checkpoint import Checkpoint, sign_checkpoint
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    led = small_ledger(url)
+    st = led.store
+    st.append([led.parties[M0].sign("MiningOutput", {"qty": "1"}, T0)])
+    size = st.size()
+    st.recorder.write_checkpoint(size, st.root(size), sign_checkpoint(Checkpoint(ORIGIN, size, st.root(size)),
+                                                                      led.note_signer), 0)
+    led.close()
+    summary = export_bundle(url, M0, tmp_path / "b")
+    assert summary["chain_end_proven"] is False
+    data = (tmp_path / "b").read_bytes()
+    assert "heads" not in decode_bundle(data)
+    rep = verify_bundle(data)
+    assert rep.ok and not rep.complete and rep.chain_length == 3
+    proof = {"position": 0, "count": 1, "proof": []}
+    assert "commits to no chain heads" in failure(rebuild(data, heads=proof))
 
 
 def test_swapped_moved_and_retimed_entries(db_url, tmp_path):
