@@ -25,6 +25,17 @@ class UsageError(Exception):
     """Bad usage or input: exit 2 with the message."""
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse prints the message and exits 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
+    return value
+
+
 def default_db() -> str:
     return os.environ.get("RELEDGER_DB", DEFAULT_URL)
 
@@ -678,7 +689,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from commands.server import serve
 
     open_store(args).close()  # refuse a missing SQLite file with a clear message
-    serve(args.db, host=args.host, port=args.port, log_level=args.log_level)
+    serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
     return EXIT_OK
 
 
@@ -834,6 +845,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--log-level", default="warning")
+    s.add_argument("--max-queued-entries", type=_positive_int, default=50_000, metavar="N",
+                   help="appended entries that may wait for their answer before an append is answered 503 "
+                        "overloaded (default %(default)s; docs/HTTP.md, Admission)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("bench", help="run the benchmarks (see bench/)", add_help=False)

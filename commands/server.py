@@ -648,10 +648,12 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
     return app
 
 
-def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning") -> None:
+def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
+          max_queued_entries: int = MAX_QUEUED_ENTRIES) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(url), host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port, log_level=log_level,
+                access_log=False)
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:

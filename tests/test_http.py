@@ -626,6 +626,25 @@ def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
     assert_log_sound(url)
 
 
+def test_serve_takes_the_admission_limit_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``reledger serve --max-queued-entries N`` reaches the app (default: the server's own
+    MAX_QUEUED_ENTRIES); a limit that is not a whole number >= 1 is a usage error."""
+    import commands.server as server_module
+    from commands import cli
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    build_cast(url)
+    seen = []
+    monkeypatch.setattr(server_module, "serve", lambda db, **kw: seen.append(kw))
+    assert cli.main(["serve", "--db", url, "--max-queued-entries", "7"]) == 0
+    assert cli.main(["serve", "--db", url]) == 0
+    assert [kw["max_queued_entries"] for kw in seen] == [7, server_module.MAX_QUEUED_ENTRIES]
+    for bad in ("0", "-3", "many"):
+        assert cli.main(["serve", "--db", url, "--max-queued-entries", bad]) == 2
+        assert "--max-queued-entries" in capsys.readouterr().err
+    assert len(seen) == 2
+
+
 def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
     """A query that brings the projections up to date between the commit and the findings hook
     (any GET /v1/quota, stock, findings, flow) must not swallow the findings of the append's
