@@ -3,6 +3,8 @@
     from commands.client import LedgerClient
     from ledger.keys import SigningKey
 
+MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
+
     client = LedgerClient("http://127.0.0.1:8080", SigningKey.read("MINE01.key"))
     receipt = client.append("MineralProductProduced", {...}, occurred_at="2024-03-01T08:00:00Z")
 
@@ -23,14 +25,14 @@ import httpx
 import msgpack
 
 from commands.auth import sign_request
-
-MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
 from ledger import merkle
 from ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 from ledger.encoding import time_text
 from ledger.entry import SignedEntry
 from ledger.genesis import ChainSigner
 from ledger.keys import SigningKey
+
+MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
 
 
 class ClientError(Exception):
