@@ -3,8 +3,6 @@
     from commands.client import LedgerClient
     from ledger.keys import SigningKey
 
-MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
-
     client = LedgerClient("http://127.0.0.1:8080", SigningKey.read("MINE01.key"))
     receipt = client.append("MineralProductProduced", {...}, occurred_at="2024-03-01T08:00:00Z")
 
