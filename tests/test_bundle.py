@@ -281,7 +281,7 @@ def test_dropping_the_end_of_the_chain_is_caught(db_url, tmp_path):
     its party's: a bundle that leaves out the last entries of the chain, or the proof, or
     bends the proof, is refused; the whole bundle says the chain is complete."""
     small_ledger(db_url, per_party=3).close()
-    export_bundle(db_url, M0, tmp_path / "b")
+    assert export_bundle(db_url, M0, tmp_path / "b")["chain_end_proven"] is True
     data = (tmp_path / "b").read_bytes()
     rep = verify_bundle(data)
     assert rep.ok and rep.complete and rep.chain_length == 3 and rep.to_dict()["chain_complete"] is True
@@ -315,6 +315,8 @@ def test_a_checkpoint_without_chain_heads_verifies_but_proves_no_end(tmp_path):
     led.close()
     summary = export_bundle(url, M0, tmp_path / "b")
     assert summary["chain_end_proven"] is False
+    proc = cli("verify-bundle", str(tmp_path / "b"))
+    assert proc.returncode == 0 and "the end of the chain is not proven" in proc.stdout, proc.stdout + proc.stderr
     data = (tmp_path / "b").read_bytes()
     assert "heads" not in decode_bundle(data)
     rep = verify_bundle(data)
@@ -465,6 +467,9 @@ def test_cli_exit_codes(tmp_path, tiny_bundle):
     nowhere = tmp_path / "nowhere.db"
     proc = cli("verify-bundle", str(good), db=f"sqlite:///{nowhere}")
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+    assert "the chain is complete" in proc.stdout  # its checkpoint signs the chain heads
+    proc = cli("verify-bundle", "--json", str(good), db=f"sqlite:///{nowhere}")
+    assert json.loads(proc.stdout)["chain_complete"] is True
     proc = cli("verify-bundle", "--json", str(bad), db=f"sqlite:///{nowhere}")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
