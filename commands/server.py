@@ -19,10 +19,6 @@ import asyncio
 import base64
 import gc
 import logging
-import os
-import queue
-import threading
-from collections import deque
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -32,8 +28,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from commands.api import CommandAPI, CommandError, _verify_pool
+from commands.api import CommandAPI, CommandError
 from commands.auth import AuthError, RequestAuthenticator
+from commands.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
+                                WriterProcess, transient_errors)
 from ledger import encoding
 from ledger.entry import CHAIN_RE
 from ledger.store import LedgerStore
@@ -83,230 +81,20 @@ def problem_of(err: CommandError) -> Problem:
                    getattr(err, "position", None))
 
 
-PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
-# Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
-# append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
-MAX_QUEUED_ENTRIES = 50_000
-MAX_QUEUED_BYTES = 64 * 1024 * 1024
-
-
-def _verify_workers() -> int:
-    return os.cpu_count() or 2
-
-
-class GroupCommitter:
-    """Group commit in a two-thread pipeline fed by the event loop.
-
-    * the **preparer** takes every request waiting, parses its envelopes and checks their
-      signatures (:meth:`CommandAPI.prepare`: Ed25519 releases the GIL, so this runs on another
-      core while the writer waits for the database), and passes them on together;
-    * the **writer** takes every prepared request waiting (up to ``max_groups`` groups and
-      ``max_entries`` entries) and commits them in one transaction
-      (:meth:`CommandAPI.submit_groups`: every check, each group accepted or refused whole);
-    * the **answerer** asks the findings hook about the new entries of every commit waiting
-      (:meth:`CommandAPI.add_findings`: one projection catch-up for all of them) while the
-      writer goes on with the next commit, then answers their requests with one call into the
-      event loop (one wake-up, not one per request).
-
-    ``submit`` (from the event loop) returns an asyncio future. ``close`` commits and answers
-    what was submitted before it, then stops the threads.
-
-    **Admission**: ``submit`` refuses a group (503 ``overloaded``, nothing queued, nothing
-    written) when the entries or bytes waiting for their answer would pass ``max_queued_entries``
-    or ``max_queued_bytes``, so that a flood of appends meets a fast "retry later" instead of
-    ever longer waits and unbounded memory. A group is always taken when nothing waits, however
-    large. The counts live on the event loop's thread (``submit`` adds, ``_answer`` removes).
-    """
-
-    def __init__(self, api: CommandAPI, max_groups: int = 256, max_entries: int = 5000,
-                 max_queued_entries: int = MAX_QUEUED_ENTRIES, max_queued_bytes: int = MAX_QUEUED_BYTES):
-        self.api = api
-        self.max_groups, self.max_entries = max_groups, max_entries
-        self.max_queued_entries, self.max_queued_bytes = max_queued_entries, max_queued_bytes
-        self.queued_entries = self.queued_bytes = 0
-        self._queued: dict[asyncio.Future, tuple[int, int]] = {}
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.ready: queue.SimpleQueue = queue.SimpleQueue()
-        self.done: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._prepare, name="reledger-prepare", daemon=True),
-                        threading.Thread(target=self._write, name="reledger-group-commit", daemon=True),
-                        threading.Thread(target=self._answer_all, name="reledger-answer", daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    def submit(self, group: list) -> asyncio.Future:
-        n, size = len(group), sum(map(len, group))
-        if self.queued_entries and (self.queued_entries + n > self.max_queued_entries
-                                    or self.queued_bytes + size > self.max_queued_bytes):
-            raise Problem(503, "overloaded", f"the server is busy: {self.queued_entries} entries are waiting to be "
-                          "committed; nothing was written: retry the same request", headers={"Retry-After": "1"})
-        loop = asyncio.get_running_loop()
-        f = loop.create_future()
-        self._queued[f] = (n, size)
-        self.queued_entries += n
-        self.queued_bytes += size
-        self.inbox.put((group, loop, f))
-        return f
-
-    def close(self) -> None:
-        self.inbox.put(None)
-        for t in self.threads:
-            t.join(timeout=10)
-
-    @staticmethod
-    def _drain(q: queue.SimpleQueue, first) -> tuple[list, bool]:
-        """``first`` and everything waiting behind it; True when the end mark was met."""
-        items = [first]
-        while True:
-            try:
-                nxt = q.get_nowait()
-            except queue.Empty:
-                return items, False
-            if nxt is None:
-                return items, True
-            items.append(nxt)
-
-    def _prepare(self) -> None:
-        while True:
-            first = self.inbox.get()
-            if first is None:
-                self.ready.put(None)
-                return
-            items, stop = self._drain(self.inbox, first)
-            try:
-                prepared = self._prepared([group for group, _, _ in items])
-            except Exception:  # noqa: BLE001 - only a cache: the writer checks everything anyway
-                log.exception("preparing requests failed")
-                prepared = [group for group, _, _ in items]
-            self.ready.put([(group, loop, f) for group, (_, loop, f) in zip(prepared, items)])
-            if stop:
-                self.ready.put(None)
-                return
-
-    def _prepared(self, groups: list[list]) -> list[list]:
-        """``api.prepare`` of every group; many entries are shared out over the verification
-        pool (signatures are checked without the GIL: every core takes a part)."""
-        flat = [x for g in groups for x in g]
-        if len(flat) < 2 * PREPARE_CHUNK:
-            done = self.api.prepare(flat)
-        else:
-            step = max(PREPARE_CHUNK, -(-len(flat) // (2 * _verify_workers())))
-            parts = _verify_pool().map(self.api.prepare, [flat[i:i + step] for i in range(0, len(flat), step)])
-            done = [x for part in parts for x in part]
-        out, k = [], 0
-        for g in groups:
-            out.append(done[k:k + len(g)])
-            k += len(g)
-        return out
-
-    def _write(self) -> None:
-        pending: deque = deque()
-        stop = False
-        while True:
-            if not pending:
-                if stop:
-                    self.done.put(None)
-                    return
-                first = self.ready.get()
-                if first is None:
-                    self.done.put(None)
-                    return
-                parts, stop = self._drain(self.ready, first)
-                for part in parts:
-                    pending.extend(part)
-            else:
-                try:
-                    while not stop:
-                        nxt = self.ready.get_nowait()
-                        if nxt is None:
-                            stop = True
-                        else:
-                            pending.extend(nxt)
-                except queue.Empty:
-                    pass
-            batch = [pending.popleft()]
-            n = len(batch[0][0])
-            while pending and len(batch) < self.max_groups and n + len(pending[0][0]) <= self.max_entries:
-                batch.append(pending.popleft())
-                n += len(batch[-1][0])
-            self._commit(batch)
-
-    def _commit(self, batch: list) -> None:
-        try:
-            results = self.api.submit_groups([g for g, _, _ in batch], defer_findings=True)
-        except Exception as e:  # noqa: BLE001 - the transaction failed: every waiter learns it
-            results = e
-        self.done.put((batch, results))
-
-    def _answer_all(self) -> None:
-        while True:
-            first = self.done.get()
-            if first is None:
-                return
-            commits, stop = self._drain(self.done, first)
-            by_loop: dict[Any, list] = {}
-            for batch, results in commits:
-                if isinstance(results, Exception):
-                    outcome = [(f, False, results) for _, _, f in batch]
-                else:
-                    try:
-                        self.api.add_findings(results)
-                    except Exception:  # noqa: BLE001 - (the hook's own errors are caught there)
-                        log.exception("findings could not be added")
-                    outcome = [(f, not isinstance(r, Exception), r) for (_, _, f), r in zip(batch, results)]
-                for (_, loop, _), answer in zip(batch, outcome):
-                    by_loop.setdefault(loop, []).append(answer)
-            for loop, answers in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(self._answer, answers)
-                except RuntimeError:  # the loop is closed (shutdown): nobody waits any more
-                    pass
-            if stop:
-                return
-
-    def _answer(self, answers: list) -> None:
-        for f, ok, value in answers:
-            n, size = self._queued.pop(f, (0, 0))
-            self.queued_entries -= n
-            self.queued_bytes -= size
-            if f.done():  # the request went away (client disconnected): nobody to tell
-                continue
-            if ok:
-                f.set_result(value)
-            else:
-                f.set_exception(value)
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
-    import sqlite3
-
-    from eventsourcing import persistence
-
-    from projections.follow import ProjectionsUnavailable
-
-    errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
-                                         persistence.InterfaceError, ProjectionsUnavailable]
-    try:
-        import psycopg
-        import psycopg_pool
-
-        errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout]
-    except ImportError:  # SQLite only
-        pass
-    return tuple(errors)
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
 def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True,
-               max_queued_entries: int = MAX_QUEUED_ENTRIES, max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
+               writer_process: bool = True, max_queued_entries: int = MAX_QUEUED_ENTRIES,
+               max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
     """The app. ``projections_process``: the projection tables are kept by a child process
     (:class:`projections.follow.ProjectionProcess`, which also answers the appends' findings);
     else by threads of this one (a Follower and :class:`projections.hooks.ProjectionFindings`).
-    ``max_queued_*``: the admission limits of :class:`GroupCommitter`."""
+    ``writer_process``: appends are checked and committed by a writer process
+    (:class:`commands.committer.WriterProcess`); else by threads of this one
+    (:class:`commands.committer.GroupCommitter`, also when no process can be spawned).
+    ``max_queued_*``: the admission limits of either."""
     from projections import flowgraph, queries
     from projections.follow import Follower, ProjectionProcess
     from projections.hooks import ProjectionFindings
@@ -323,16 +111,21 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         findings_hook = ProjectionFindings(projections)
         follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
     api = CommandAPI(store, findings_hook=findings_hook)
-    committer = GroupCommitter(api, max_queued_entries=max_queued_entries, max_queued_bytes=max_queued_bytes)
+    limits = {"max_queued_entries": max_queued_entries, "max_queued_bytes": max_queued_bytes}
+    committer: Any = (WriterProcess(url, api, **limits) if writer_process and WriterProcess.available()
+                      else GroupCommitter(api, **limits))
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         follower.start()
-        try:
-            await asyncio.to_thread(api.catch_up)  # the write state, from the log (else the first append does it)
-        except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
-            log.exception("the write state could not be built at startup")
+        if isinstance(committer, WriterProcess):
+            await asyncio.to_thread(committer.start)  # it builds its write state from the log
+        else:
+            try:
+                await asyncio.to_thread(api.catch_up)  # the write state (else the first append does it)
+            except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
+                log.exception("the write state could not be built at startup")
         # What exists now (the app, the write state) lives as long as the server: exempt it from
         # the cyclic GC's full passes, which otherwise stall every thread for tens of ms (at 16
         # clients, p99 55 -> 20 ms, one entry a request).
@@ -376,9 +169,19 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return Problem(exc.status_code, code, str(exc.detail)).response(request.url.path, getattr(exc, "headers", None))
 
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded):
+        return Problem(503, "overloaded", str(exc)).response(request.url.path, {"Retry-After": "1"})
+
+    @app.exception_handler(WriterFailed)
+    async def _writer_failed(request: Request, exc: WriterFailed):
+        if exc.transient:  # nothing was acknowledged; the same request may be sent again
+            return Problem(503, "unavailable", str(exc)).response(request.url.path, {"Retry-After": "1"})
+        return Problem(500, "internal", str(exc)).response(request.url.path)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        if isinstance(exc, _transient_errors()):  # nothing was written; the same request may be sent again
+        if isinstance(exc, transient_errors()):  # nothing was written; the same request may be sent again
             return Problem(503, "unavailable", f"the database is unavailable or busy ({type(exc).__name__}): retry "
                                                "the same request").response(request.url.path, {"Retry-After": "1"})
         return Problem(500, "internal", f"internal error: {type(exc).__name__}").response(request.url.path)

@@ -536,14 +536,15 @@ def test_key_lifecycle_applies_to_reads(live):
 
 def test_database_trouble_is_503_not_500(tmp_path):
     """A database that is busy or gone answers 503 problem+json with Retry-After (the client
-    retries the same bytes), in-process with the same app the server runs."""
+    retries the same bytes), in-process with the same app the server runs (group commit in
+    threads of the process: the writer process's transient failures are tested below)."""
     from fastapi.testclient import TestClient
 
     from commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
-    app = create_app(url)
+    app = create_app(url, writer_process=False)
     with TestClient(app, raise_server_exceptions=False) as tc:
         real = app.state.api.submit_groups
         calls = []
@@ -578,7 +579,7 @@ def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
-    app = create_app(url, max_queued_entries=2)
+    app = create_app(url, max_queued_entries=2, writer_process=False)  # (the writer process's: below)
     signers = {m: ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")}
 
     def body(*envs):
@@ -624,6 +625,153 @@ def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
         big = [signers["MINE04"].sign("MineralProductProduced", mineral(lot()), T0).envelope for _ in range(5)]
         assert tc.post(ENTRIES, content=body(*big), headers=headers).status_code == 201
     assert_log_sound(url)
+
+
+class _HeldWrites:
+    """Another connection holds SQLite's write lock: every commit waits (up to the store's
+    lock timeout) until ``release``."""
+
+    def __init__(self, url: str):
+        self.conn = sqlite3.connect(url[len("sqlite:///"):], isolation_level=None, timeout=10)
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def release(self) -> None:
+        self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+
+def _wait_for(predicate, seconds: float = 20.0) -> None:
+    deadline = datetime.now() + timedelta(seconds=seconds)
+    while not predicate():
+        assert datetime.now() < deadline, "timed out"
+        threading.Event().wait(0.02)
+
+
+def test_the_writer_process_dying_mid_commit_answers_503_and_a_new_one_takes_over(tmp_path):
+    """``reledger serve`` commits in a writer process. Killed while a commit waits for the
+    database, its requests are answered 503 ``unavailable`` with Retry-After (nothing was
+    acknowledged); the next append starts a new writer process, and the same request sent
+    again is recorded once."""
+    import os
+    import signal
+
+    from fastapi.testclient import TestClient
+
+    from commands.committer import WriterProcess
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    headers = {"Content-Type": "application/msgpack"}
+    signer = ChainSigner(cast.keys["MINE02"])
+    with TestClient(app) as tc:
+        committer = app.state.committer
+        assert isinstance(committer, WriterProcess) and committer.alive() and committer.starts == 1
+        first = signer.sign("MineralProductProduced", mineral(lot()), T0).envelope
+        assert tc.post(ENTRIES, content=msgpack.packb([first], use_bin_type=True), headers=headers).status_code == 201
+        with LedgerStore(url) as st:
+            size0 = st.size()
+        env = signer.sign("MineralProductProduced", mineral(lot()), T0).envelope
+        body = msgpack.packb([env], use_bin_type=True)
+        held = _HeldWrites(url)
+        answers: list = []
+        t = threading.Thread(target=lambda: answers.append(tc.post(ENTRIES, content=body, headers=headers)))
+        t.start()
+        try:
+            _wait_for(lambda: tc.get("/v1/health").json()["queued_entries"] == 1)
+            os.kill(committer._proc.pid, signal.SIGKILL)  # while its commit waits for the lock
+            t.join(30)
+        finally:
+            held.release()
+        p = assert_problem(answers[0], 503, "unavailable")
+        assert answers[0].headers["retry-after"] == "1" and "writer process ended" in p["detail"]
+        with LedgerStore(url) as st:
+            assert st.size() == size0  # nothing of it was written
+        r = tc.post(ENTRIES, content=body, headers=headers)  # sent again: a new writer process
+        assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False, r.text
+        assert committer.starts == 2 and committer.alive()
+        assert tc.get("/v1/health").json()["queued_entries"] == 0
+        r = tc.post(ENTRIES, content=body, headers=headers)  # and once more: the original receipt
+        assert r.status_code == 200 and r.json()["receipts"][0]["duplicate"] is True
+    assert_log_sound(url)
+
+
+def test_the_writer_process_admits_as_the_threads_do(tmp_path):
+    """Admission with the writer process: while its commit waits for the database and the
+    queue is full, a further append is answered 503 ``overloaded`` at once and nothing of it
+    is written; once the database lets go, what was admitted is committed and answered, with
+    the findings of the projections, and the refused request sent again is recorded."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url, max_queued_entries=2)
+    signers = {m: ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")}
+    headers = {"Content-Type": "application/msgpack"}
+
+    def body(*envs):
+        return msgpack.packb(list(envs), use_bin_type=True)
+
+    with TestClient(app) as tc:
+        with LedgerStore(url) as st:
+            size0 = st.size()
+        held = _HeldWrites(url)
+        answers: list = []
+        try:
+            waiting = [signers[m].sign("MineralProductProduced", mineral(lot()), T0).envelope
+                       for m in ("MINE02", "MINE03")]
+            threads = [threading.Thread(target=lambda e=e: answers.append(tc.post(ENTRIES, content=body(e),
+                                                                                  headers=headers)))
+                       for e in waiting]
+            for t in threads:
+                t.start()
+            _wait_for(lambda: tc.get("/v1/health").json()["queued_entries"] == 2)
+            third = signers["MINE04"].sign("MineralProductProduced", mineral(lot()), T0).envelope
+            r = tc.post(ENTRIES, content=body(third), headers=headers)
+            p = assert_problem(r, 503, "overloaded")
+            assert r.headers["retry-after"] == "1" and "2 entries are waiting" in p["detail"]
+        finally:
+            held.release()
+        for t in threads:
+            t.join(30)
+        assert sorted(a.status_code for a in answers) == [201, 201]
+        assert all("OVER_QUOTA" in {f["code"] for f in a.json()["receipts"][0]["findings"]} for a in answers)
+        with LedgerStore(url) as st:
+            assert st.size() == size0 + 2
+        assert tc.get("/v1/health").json()["queued_entries"] == 0
+        r = tc.post(ENTRIES, content=body(third), headers=headers)
+        assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False
+    assert_log_sound(url)
+
+
+def test_writer_process_answers_keep_every_detail():
+    """What the writer process sends back for a group is what the API answered in-process:
+    receipts field by field, a refusal with its code, status, message, field, position,
+    chain, seq and group, and a failed transaction as 503 (transient) or 500."""
+    from commands.api import CommandReceipt
+    from commands.catalogue import Conflict as ConflictError
+    from commands.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
+
+    def round_trip(ok, value):
+        rid, kind, payload = msgpack.unpackb(msgpack.packb(_encode_answer(7, ok, value, transient_errors()),
+                                                           use_bin_type=True), raw=False)
+        assert rid == 7
+        return _decode_answer(kind, payload)
+
+    receipts = [CommandReceipt(12, "MINE02", 3, b"\x01" * 32, "2024-01-01T00:00:00Z", False),
+                CommandReceipt(9, "MINE02", 2, b"\x02" * 32, "2024-01-01T00:00:00Z", True)]
+    assert round_trip(True, receipts) == (True, receipts)
+    err = ConflictError("conflict", "seq: chain MINE02 is at seq 3; the next entry must have seq 4, not 9",
+                        field="seq", position=1, chain="MINE02", seq=9, group=4)
+    ok, back = round_trip(False, err)
+    assert not ok and type(back) is type(err) and back.to_dict() == err.to_dict() and str(back) == str(err)
+    ok, back = round_trip(False, sqlite3.OperationalError("database is locked"))
+    assert not ok and isinstance(back, WriterFailed) and back.transient and "database is locked" not in str(back)
+    ok, back = round_trip(False, KeyError("x"))
+    assert not ok and isinstance(back, WriterFailed) and not back.transient and str(back) == "internal error: KeyError"
 
 
 def test_serve_takes_the_admission_limit_from_the_command_line(tmp_path, monkeypatch, capsys):
