@@ -23,7 +23,9 @@ Findings: each receipt has a ``findings`` list. The command API computes none it
 ``findings_hook(signed_entry, receipt) -> list[dict]`` (the rule engine's
 ``projections.hooks.ProjectionFindings``) and its answer for each newly accepted entry (not for
 a duplicate) is put there (an exception of the hook is logged and
-gives an empty list: the entry is already recorded).
+gives an empty list: the entry is already recorded). A hook that also has
+``findings_of([(index, recorded_at, chain, seq, entry_hash, envelope), ...]) -> {index: [...]}``
+is asked that way instead, once for all the new entries of an answer.
 """
 
 from __future__ import annotations
@@ -203,16 +205,26 @@ class CommandAPI:
             return
         answer.findings_asks = []
         hook = self.findings_hook
-        feed = getattr(hook, "feed", None)
-        if feed is not None:  # the new entries themselves, so the hook need not read them back
+        batch = getattr(hook, "findings_of", None)
+        if batch is not None:  # one question for all, with the entries (the hook need not read them back)
             try:
-                feed([(r.index, r.recorded_at, r.chain, r.seq, r.entry_hash, signed.envelope)
-                      for r, signed in ((receipts[pos], signed) for receipts, pos, signed in asks)])
-            except Exception:  # noqa: BLE001 - only a shortcut: the hook reads the log otherwise
-                log.exception("feeding the findings hook failed")
+                found = batch([(r.index, r.recorded_at, r.chain, r.seq, r.entry_hash,
+                                signed if isinstance(signed, bytes) else signed.envelope)
+                               for r, signed in ((receipts[pos], signed) for receipts, pos, signed in asks)])
+            except Exception:  # noqa: BLE001 - the entries are recorded whatever the hook does
+                log.exception("findings hook failed for log indexes %s-%s", asks[0][0][asks[0][1]].index,
+                              asks[-1][0][asks[-1][1]].index)
+                return
+            for receipts, pos, _ in asks:
+                findings = found.get(receipts[pos].index)
+                if findings:
+                    receipts[pos] = replace(receipts[pos], findings=tuple(findings))
+            return
         for receipts, pos, signed in asks:
             r = receipts[pos]
             try:
+                if isinstance(signed, bytes):  # (the writer process sends envelopes, not parsed entries)
+                    signed = SignedEntry.parse(signed)
                 findings = list(hook(signed, r) or ())
             except Exception:  # noqa: BLE001 - the entry is recorded whatever the hook does
                 log.exception("findings hook failed for %s:%s", r.chain, r.seq)

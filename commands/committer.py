@@ -25,7 +25,6 @@ from typing import Any
 import msgpack
 
 from commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
-from ledger.entry import SignedEntry
 from ledger.store import LedgerStore, _exit_with_parent, _main_importable
 
 log = logging.getLogger(__name__)
@@ -546,7 +545,7 @@ class WriterProcess(_Admission):
                 if ok and want_findings:
                     for pos, r in enumerate(value):
                         if not r.duplicate:
-                            answer.findings_asks.append((value, pos, SignedEntry.parse(group[pos])))
+                            answer.findings_asks.append((value, pos, group[pos]))  # (the envelope)
                 out.append((loop, f, ok, value))
             try:
                 self.api.add_findings(answer)

@@ -270,15 +270,32 @@ class ProjectionProcess:
                     return
         self._fallback().catch_up()
 
-    def feed(self, entries: list[tuple[int, str, bytes]]) -> None:
-        """The entries this process has just committed, as (log index, record time, chain, seq,
-        entry hash, envelope), in log order: the child's findings mirror folds them without reading them back from
-        the database (it reads the log for anything between, appended by another writer)."""
-        if self._proc is not None and not self._dead and entries:
-            try:
-                self._send(("records", entries))
-            except (OSError, ValueError):  # the child is gone: the receiver says so
-                pass
+    def findings_of(self, entries: list[tuple]) -> dict[int, list[dict[str, Any]]]:
+        """The findings of entries just committed, given as (log index, record time, chain, seq,
+        entry hash, envelope) in log order: log index -> the findings that concern the entry's
+        own party (see ProjectionFindings). One message to the child, with the entries (its
+        findings mirror folds them without reading them back; it reads the log for anything
+        between, appended by another writer), and one answer for all of them."""
+        if not entries:
+            return {}
+        last = entries[-1][0]
+        with self._cond:
+            if self._proc is not None and not self._dead:
+                if last >= self._upto:
+                    rid = next(self._ids)
+                    self._answers.pop(rid, None)
+                    try:
+                        self._send(("fold", rid, entries))
+                    except (OSError, ValueError):  # the child is gone: the receiver says so
+                        pass
+                    covered = self._wait(lambda: last < self._upto or rid in self._answers)
+                    self._answers.pop(rid, None)
+                    if not covered:
+                        log.warning("no findings for log indexes %s-%s: the projections did not answer within %g s",
+                                    entries[0][0], last, self.timeout)
+                if last < self._upto or not self._dead:
+                    return {e[0]: [f for f in self._by_index.pop(e[0], []) if f["party"] == e[2]] for e in entries}
+        return self._fallback().findings_of(entries)
 
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._cond:
@@ -513,8 +530,11 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
                 msg = conn.recv()
             except (EOFError, OSError):
                 break
-            if msg[0] == "records":
-                fed.add(msg[1])
+            if msg[0] == "fold":  # entries the parent committed, and a findings request about them
+                fed.add(msg[2])
+                with lock:
+                    findings_asks.append(msg[1])
+                    lock.notify_all()
             elif msg[0] == "findings":
                 with lock:
                     findings_asks.append(msg[1])

@@ -49,6 +49,17 @@ class ProjectionFindings:
                 del self._by_index[k]
         return n
 
+    def findings_of(self, entries: list[tuple]) -> dict[int, list[dict[str, Any]]]:
+        """The batch form of the hook (as ProjectionProcess.findings_of): entries as (log index,
+        record time, chain, seq, entry hash, envelope), in log order; one catch-up at most."""
+        if not entries:
+            return {}
+        with self._lock:
+            last = entries[-1][0]
+            if last >= self._upto and last >= self.projections.position():
+                self._catch_up()
+            return {e[0]: [f for f in self._by_index.pop(e[0], []) if f["party"] == e[2]] for e in entries}
+
     def __call__(self, signed, receipt) -> list[dict[str, Any]]:
         with self._lock:
             # projected by one of this collector's catch-ups: its findings (if any) are kept;

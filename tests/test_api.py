@@ -1074,6 +1074,37 @@ def test_deferred_findings(sqlite_url):
         w.close()
 
 
+def test_a_batch_findings_hook_is_asked_once_per_answer(sqlite_url):
+    """A hook with ``findings_of`` (the projections' hooks) is asked once for all the new
+    entries of an answer, with the entries themselves (log order, duplicates left out), and
+    each finding lands in its entry's receipt."""
+    w = World(sqlite_url)
+    try:
+        calls = []
+
+        class Batch:
+            def __call__(self, signed, receipt):  # never used when findings_of exists
+                raise AssertionError("asked entry by entry")
+
+            def findings_of(self, entries):
+                calls.append(entries)
+                return {e[0]: [{"rule": "TEST", "index": e[0]}] for e in entries[1:]}
+
+        w.api.findings_hook = Batch()
+        s = w.signers["SEP01"]
+        a = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "1"}, T0)
+        b = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "2"}, T0)
+        answer = w.api.submit_groups([[a], [b, a]])
+        i = answer[0][0].index
+        assert len(calls) == 1
+        assert calls[0] == [(i, answer[0][0].recorded_at, "SEP01", a.entry.seq, a.hash, a.envelope),
+                            (i + 1, answer[1][0].recorded_at, "SEP01", b.entry.seq, b.hash, b.envelope)]
+        assert answer[0][0].findings == () and answer[1][0].findings == ({"rule": "TEST", "index": i + 1},)
+        assert answer[1][1].duplicate and answer[1][1].findings == ()
+    finally:
+        w.close()
+
+
 def test_command_id_filter_has_no_false_negatives():
     """The write state's filter of (chain, command id) pairs never says "not recorded" for a
     pair that was added, across its growth steps; and says it for nearly all others."""
