@@ -29,9 +29,10 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from .keys import ed25519_verify, usable_public_key
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # EM DASH, space
@@ -136,7 +137,10 @@ class NoteVerifier:
             raise NoteError("public_key must be an Ed25519PublicKey")
         self.name = name
         self.public_key = public_key
-        self.key_id = key_id(name, _raw_public(public_key))
+        self.raw = _raw_public(public_key)
+        if not usable_public_key(self.raw):  # no signature would verify under it
+            raise NoteError("public key is not a usable Ed25519 key (small order or not in the prime-order subgroup)")
+        self.key_id = key_id(name, self.raw)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
@@ -155,11 +159,8 @@ class NoteVerifier:
         return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(raw).decode('ascii')}"
 
     def verify(self, text: bytes, signature: bytes) -> bool:
-        try:
-            self.public_key.verify(signature, text)
-            return True
-        except InvalidSignature:
-            return False
+        """Ed25519 by the ledger's strict rules (:func:`ledger.keys.ed25519_verify`)."""
+        return ed25519_verify(self.raw, signature, text)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NoteVerifier) and self.vkey() == other.vkey()

@@ -19,7 +19,7 @@ from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from ledger import encoding
 from ledger.entry import ENTRY_TAG, SignedEntry, make_entry
 from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
+from ledger.keys import SigningKey, key_id
 from ledger.store import LedgerStore
 
 T0 = "2024-01-01T00:00:00Z"
@@ -389,6 +389,9 @@ INVALID = [
     _mut("KeyAuthorized", "MIIT", _set(["key_id"], "0123456789abcdef"), "inconsistent", "body.key_id",
          "does not match the public key"),
     _mut("KeyAuthorized", "MIIT", _set(["public_key"], b"\x01" * 33), "bad_value", "body.public_key", "32 bytes"),
+    _mut("KeyAuthorized", "MIIT", lambda b: b.update(public_key=bytes([1]) + bytes(31),  # the identity point
+                                                      key_id=key_id(bytes([1]) + bytes(31))),
+         "body", "body.public_key", "small order"),
     _mut("KeyRevoked", "MIIT", _set(["key_id"], "0123456789abcdef"), "unknown_reference", "body.key_id",
          "has no key"),
     _mut("PartyDesignationChanged", "MIIT", lambda b: b.update(party="MIIT", roles=["AUDITOR"]), "body",
