@@ -29,10 +29,11 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from .keys import ed25519_verify, usable_public_key
+from .keys import usable_public_key
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # EM DASH, space
@@ -139,7 +140,7 @@ class NoteVerifier:
         self.public_key = public_key
         self.raw = _raw_public(public_key)
         if not usable_public_key(self.raw):  # no signature would verify under it
-            raise NoteError("public key is not a usable Ed25519 key (small order or not in the prime-order subgroup)")
+            raise NoteError("public key is not a usable Ed25519 key (not a canonical curve point, or of small order)")
         self.key_id = key_id(name, self.raw)
 
     @classmethod
@@ -159,8 +160,11 @@ class NoteVerifier:
         return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(raw).decode('ascii')}"
 
     def verify(self, text: bytes, signature: bytes) -> bool:
-        """Ed25519 by the ledger's strict rules (:func:`ledger.keys.ed25519_verify`)."""
-        return ed25519_verify(self.raw, signature, text)
+        try:
+            self.public_key.verify(signature, text)
+            return True
+        except InvalidSignature:
+            return False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, NoteVerifier) and self.vkey() == other.vkey()

@@ -356,7 +356,9 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
 
     It judges exactly as ``SignedEntry.parse`` and ``signature_valid``: the common canonical
     shape takes their fast paths inline (no objects built), anything else goes through them."""
-    from .keys import ed25519_verify
+    from cryptography.exceptions import InvalidSignature
+
+    from .keys import _public_key
 
     intern = sys.intern
     out = []
@@ -378,7 +380,9 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
         pub = keys.get(key_id)
         verified = False
         if pub is not None:
-            if not ed25519_verify(pub, signature, ENTRY_TAG + content):
+            try:
+                _public_key(pub).verify(signature, ENTRY_TAG + content)
+            except (InvalidSignature, ValueError):
                 return ("error", "signature", f"sig: not a valid signature by key {key_id}", "sig", pos, chain, seq)
             verified = True
         append((chain, seq, m["prev"], type_, key_id, m["command_id"], _sha256(env).digest(), verified,

@@ -1,17 +1,16 @@
-"""Ed25519 keys: key ids, signing with a domain-separation tag, strict verification, key files.
+"""Ed25519 keys: key ids, signing with a domain-separation tag, key files.
 
 * A key id is the first 8 bytes of SHA-256(raw 32-byte public key), as 16 lowercase hex digits.
 * Every signature is Ed25519 over ``tag || message``; the tag names what is signed
   (see :data:`ledger.entry.ENTRY_TAG`), so that a signature over one kind of message can never
   be presented as a signature over another.
-* Every signature the ledger checks is checked by :func:`ed25519_verify` (libsodium's strict
-  rules, FORMAT.md 2.7); keys are made and signatures made with ``cryptography``.
 * A key file is JSON (format ``reledger-key-v1``) written with mode 0600.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -19,9 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from nacl.bindings import crypto_core_ed25519_is_valid_point, crypto_sign_open
-from nacl.exceptions import CryptoError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FILE_FORMAT = "reledger-key-v1"
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
@@ -38,38 +36,52 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def ed25519_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature by ``public_key`` over ``message``,
-    by libsodium's strict rules (RFC 8032 verification, plus: S below the group order, and the
-    public key A and the point R canonically encoded and not of small order).
+@functools.lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
 
-    The one place where the ledger checks a signature (entries, requests, checkpoint notes).
-    Why not ``cryptography`` (OpenSSL), which makes the keys and the signatures: OpenSSL accepts
-    a signature (R, S) = (identity, 0) for *any* message under a small-order public key such
-    as the identity point, so a party that got such a key registered could "sign" anything, or
-    disown what it signed; libsodium refuses both (tests/test_keys_strict.py). It is also
-    twice as fast (~40 against ~80 us on the benchmark machine). Every honest signature
-    verifies under both. The call releases the GIL (cffi), as OpenSSL's does."""
-    if len(signature) != 64 or len(public_key) != 32:
-        return False
-    try:
-        crypto_sign_open(bytes(signature) + message, bytes(public_key))
-        return True
-    except (CryptoError, ValueError, TypeError):
-        return False
+
+# Ed25519's curve (RFC 8032, 5.1): -x^2 + y^2 = 1 + d x^2 y^2 over GF(p)
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+# the y coordinates of the eight points of small order (RFC 8032's identity, its point of order
+# 2, the two of order 4, the four of order 8), as in libsodium's blocklist
+_SMALL_ORDER_Y = frozenset({
+    1, _P - 1, 0,
+    int.from_bytes(bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"), "little"),
+    int.from_bytes(bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"), "little"),
+})
 
 
 def usable_public_key(public_key: bytes) -> bool:
-    """Whether ``public_key`` is a 32-byte Ed25519 key a signature can verify under: a point of
-    the curve in canonical form, in the prime-order subgroup, not of small order (every key
-    made by the Ed25519 key generation is)."""
-    return len(public_key) == 32 and bool(crypto_core_ed25519_is_valid_point(bytes(public_key)))
+    """Whether ``public_key`` is 32 bytes that encode a point of the curve canonically (y below
+    p, an x for it, not "-0") that is not of small order. Every key from Ed25519's key
+    generation is one. A key of small order must never be registered: under the identity point
+    the signature (R, S) = (identity, 0) satisfies RFC 8032's verification equation for *every*
+    message (OpenSSL, behind ``cryptography``, accepts it; tests/test_keys_strict.py), so anyone
+    could sign for its party, and the party could disown what it signed. FORMAT.md 4.1."""
+    if len(public_key) != 32:
+        return False
+    n = int.from_bytes(public_key, "little")
+    y, x_odd = n & ((1 << 255) - 1), n >> 255
+    if y >= _P or y in _SMALL_ORDER_Y:
+        return False
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x2 = u * pow(v, _P - 2, _P) % _P
+    if x2 == 0:
+        return not x_odd  # x = 0 has no negative
+    return pow(x2, (_P - 1) // 2, _P) == 1  # x^2 has a square root: a point of the curve
 
 
 def verify_signature(public_key: bytes, tag: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature by ``public_key`` over tag || message
-    (:func:`ed25519_verify`)."""
-    return ed25519_verify(public_key, signature, tag + message)
+    """True when ``signature`` is a valid Ed25519 signature by ``public_key`` over tag || message."""
+    if len(signature) != 64 or len(public_key) != 32:
+        return False
+    try:
+        _public_key(bytes(public_key)).verify(signature, tag + message)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
 
 
 @dataclass(frozen=True)

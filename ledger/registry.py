@@ -212,9 +212,9 @@ def _key_authorized_body(body: dict) -> dict:
     pub = body.get("public_key")
     if not isinstance(pub, bytes) or len(pub) != 32:
         raise RegistryError("body.public_key: must be 32 bytes (Ed25519)", "body.public_key", "body")
-    if not usable_public_key(pub):  # nothing would verify under it (FORMAT.md 2.7): say so now
-        raise RegistryError("body.public_key: not a usable Ed25519 public key (not a canonical point of the "
-                            "curve's prime-order subgroup, or of small order)", "body.public_key", "body")
+    if not usable_public_key(pub):  # anyone could sign under a small-order key (FORMAT.md 2.3)
+        raise RegistryError("body.public_key: not a usable Ed25519 public key (not the canonical encoding of a "
+                            "point of the curve, or a point of small order: FORMAT.md 4.1)", "body.public_key", "body")
     if compute_key_id(pub) != kid:
         raise RegistryError("body.key_id: does not match the public key", "body.key_id", "body")
     purpose = body.get("purpose", "entries")

@@ -531,8 +531,10 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
     of an audit, so it works on raw rows and inlines what it can: the entry's fast parse
     (entry._split_envelope and entry._fast_content, falling back to SignedEntry.parse), the
     leaf bytes (entry.leaf_bytes) and the Merkle frontier (merkle.Frontier.append)."""
+    from cryptography.exceptions import InvalidSignature
+
     from .entry import ENTRY_TAG, LeafHasher, _fast_content, _split_envelope
-    from .keys import ed25519_verify
+    from .keys import _public_key
 
     rows = _read_range(url, start, stop)
     if rows is None or len(rows) != stop - start:
@@ -547,6 +549,7 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
     first_us = None
     extra = b""
     n_rows = len(rows)
+    verifiers: dict[bytes, Any] = {}  # public key bytes -> key object, once per range
     for i, (idx, chain, seq, type_, entry_hash, recorded_us, nodes, env, command_id) in enumerate(rows):
         if (idx != start + i or type(env) is not bytes or type(recorded_us) is not int or recorded_us < previous_us
                 or type(nodes) is not bytes):
@@ -577,7 +580,12 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
                     or recorded_us < k[4] or (k[5] is not None and recorded_us >= k[5])
                     or registered.get(e_chain, idx) >= idx):
                 return None
-            if not ed25519_verify(k[1], signature, ENTRY_TAG + content):
+            try:
+                key = verifiers.get(k[1])
+                if key is None:
+                    key = verifiers[k[1]] = _public_key(k[1])
+                key.verify(signature, ENTRY_TAG + content)
+            except (InvalidSignature, ValueError):
                 return None
         if e_chain in last:
             head_seq, head = last[e_chain]
