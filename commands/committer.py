@@ -8,7 +8,7 @@ apply the same admission limits. Why a process: the event loop (HTTP parsing, an
 writer (psycopg, the checks) would otherwise share one interpreter lock, and a thread that
 waits on the database gets the lock back only when the event loop lets go of it. Measured at
 16 clients sending one entry a request: a commit of eight entries took 4.3 ms inside the
-server against 1.6 ms alone (docs/OPERATIONS.md, "The writer process").
+server against 1.6 ms alone (docs/OPERATIONS.md, "Serving one entry a request").
 """
 
 from __future__ import annotations
@@ -427,8 +427,13 @@ class WriterProcess(_Admission):
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the writer process (if it cannot start now, say so in the log: the first
+        append tries again, and its requests get 503 if that fails too)."""
         with self._lock:
-            self._spawn()
+            try:
+                self._spawn()
+            except Exception:  # noqa: BLE001 - the database may come up later
+                log.exception("the writer process could not be started: the first append tries again")
         self._sender.start()
 
     def _spawn(self) -> None:

@@ -697,6 +697,37 @@ def test_the_writer_process_dying_mid_commit_answers_503_and_a_new_one_takes_ove
     assert_log_sound(url)
 
 
+def test_a_writer_process_that_cannot_start_answers_503_until_one_can(tmp_path):
+    """The server starts even if its writer process cannot (it says so in the log); an
+    append meanwhile is answered 503 ``unavailable`` and nothing is written; once a writer
+    process can start, the same request is recorded."""
+    from fastapi.testclient import TestClient
+
+    from commands.server import create_app
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    app = create_app(url)
+    committer = app.state.committer
+    committer.start_timeout = 0.0  # no process is ever ready in time
+    headers = {"Content-Type": "application/msgpack"}
+    body = msgpack.packb([ChainSigner(cast.keys["MINE02"]).sign("MineralProductProduced", mineral(lot()), T0).envelope],
+                         use_bin_type=True)
+    with TestClient(app) as tc:
+        assert committer.starts == 0 and not committer.alive()
+        with LedgerStore(url) as st:
+            size0 = st.size()
+        r = tc.post(ENTRIES, content=body, headers=headers)
+        p = assert_problem(r, 503, "unavailable")
+        assert r.headers["retry-after"] == "1" and "writer is unavailable" in p["detail"]
+        with LedgerStore(url) as st:
+            assert st.size() == size0
+        committer.start_timeout = 60.0
+        r = tc.post(ENTRIES, content=body, headers=headers)
+        assert r.status_code == 201 and r.json()["receipts"][0]["duplicate"] is False, r.text
+        assert committer.starts == 1 and tc.get("/v1/health").json()["queued_entries"] == 0
+
+
 def test_the_writer_process_admits_as_the_threads_do(tmp_path):
     """Admission with the writer process: while its commit waits for the database and the
     queue is full, a further append is answered 503 ``overloaded`` at once and nothing of it
