@@ -337,18 +337,22 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
     trivial = None
     try:
         trivial = Proc(["-m", "bench.trivial_app", str(trivial_port)], trivial_port)
+        # every single-entry configuration before the batched ones: a batched run leaves the
+        # server folding its tens of thousands of entries into the projections (and PostgreSQL
+        # vacuuming) for a second or two, which the next configuration would be measured in
         for n in CLIENTS:
             single_reqs = [requests_of("single", c) for c in chain_of[("single", n)]]
-            log(f"[{backend.name}] http: {n} client(s): trivial, single, batched")
+            log(f"[{backend.name}] http: {n} client(s): trivial, single")
             results[f"trivial_c{n}"] = drive(trivial_port, single_reqs, sizes.seconds, server_pid=trivial.proc.pid)
             results[f"http_single_c{n}"] = drive(server_port, single_reqs, sizes.seconds,
                                                  server_pid=server.proc.pid, local_db=local_db)
+        results["inproc_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes, log)
+        results["inproc_store_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes,
+                                                log, store_only=True)
+        for n in CLIENTS:
+            log(f"[{backend.name}] http: {n} client(s): batched")
             results[f"http_batch_c{n}"] = drive(server_port, [requests_of("batch", c) for c in chain_of[("batch", n)]],
                                                 sizes.seconds, server_pid=server.proc.pid, local_db=local_db)
-            if n == CLIENTS[1]:
-                results["inproc_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes, log)
-                results["inproc_store_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes,
-                                                        log, store_only=True)
     finally:
         server.stop()
         if trivial is not None:
