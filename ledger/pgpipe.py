@@ -23,6 +23,7 @@ still open), or raises if it cannot, so that the pool drops the connection.
 
 from __future__ import annotations
 
+import itertools
 import re
 import select
 import struct
@@ -44,8 +45,10 @@ _q = struct.Struct(">q")
 _i = struct.Struct(">i")
 _h = struct.Struct(">h")
 
-# prepared statements of each connection: SQL -> name (a connection's own; gone with it)
+# prepared statements of each connection: SQL -> name (a connection's own; gone with it). Names
+# are never reused, so that one prepared again never meets a leftover of the same name.
 _prepared: "weakref.WeakKeyDictionary[Any, dict[bytes, bytes]]" = weakref.WeakKeyDictionary()
+_names = itertools.count()
 
 
 def _scalar(v: Any) -> tuple[int, bytes]:
@@ -174,7 +177,7 @@ class Pipeline:
             values.append(v)
         name = self._names.get(query)
         if name is None and params and len(self._names) < MAX_PREPARED:  # (BEGIN, COMMIT: not worth it)
-            name = f"reledger_{len(self._names)}".encode()
+            name = f"reledger_{next(_names)}".encode()
             self.pg.send_prepare(name, query, types)
             self._names[query] = name  # (forgotten again if the PREPARE fails: see _read_one)
             self._slots.append(_Slot(prepares=query))  # the PREPARE's own result
@@ -226,6 +229,8 @@ class Pipeline:
                 self._names.pop(slot.prepares, None)
             if self._error is None:
                 self._error = pg_errors.error_from_result(res, encoding="utf-8")
+                if isinstance(self._error, pg_errors.InvalidSqlStatementName):
+                    self._names.clear()  # someone deallocated them (DISCARD ALL): prepared again next time
         elif status == pq.ExecStatus.PIPELINE_ABORTED and slot.prepares is not None:
             self._names.pop(slot.prepares, None)  # skipped after an error: not prepared
         if self._next_result(end=True) is not None:  # each statement's results end with a NULL

@@ -146,3 +146,18 @@ def test_a_lost_connection_raises_operational_error_without_hanging(conn):
                 p.send("INSERT INTO pp (i) VALUES (%s)", (1,))
                 p.rows(p.send("SELECT count(*) FROM pp"))
     assert conn.pgconn.status == pq.ConnStatus.BAD
+
+
+def test_statements_deallocated_behind_its_back_are_prepared_again(conn):
+    """Someone runs DEALLOCATE ALL (or DISCARD ALL) on the connection: the next statement
+    fails with psycopg's error for it, and the one after is prepared again and succeeds."""
+    sql = "SELECT %s::bigint * 2"
+    with Pipeline(conn) as p:
+        assert p.rows(p.send(sql, (2,))) == [(4,)]
+    conn.execute("DEALLOCATE ALL")
+    with pytest.raises(errors.InvalidSqlStatementName):
+        with Pipeline(conn) as p:
+            p.rows(p.send(sql, (3,)))
+    assert idle(conn)
+    with Pipeline(conn) as p:
+        assert p.rows(p.send(sql, (5,))) == [(10,)]
