@@ -738,7 +738,8 @@ _SCHEMAS: list[EntrySchema] = [
                     "party": PartyId("the key's party"),
                     "key_id": Text("key id: first 8 bytes of SHA-256(public_key), hex", pattern=KEY_ID_RE,
                                    example="0123456789abcdef"),
-                    "public_key": Binary(32, "Ed25519 public key"),
+                    "public_key": Binary(32, "Ed25519 public key: a point of the curve, not of small order "
+                                                 "(FORMAT.md 4.1)"),
                     "purpose": Enum(PURPOSES, "what the key signs", optional=True, default="entries"),
                     "name": Text("key name (for checkpoint keys: the log's origin)", optional=True),
                     "reason": Text("why (registration, rotation...)"),

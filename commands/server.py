@@ -52,14 +52,12 @@ PROBLEM = "application/problem+json"
 
 class Problem(Exception):
     def __init__(self, status: int, code: str, detail: str, field: str | None = None,
-                 position: int | None = None, title: str | None = None, headers: dict[str, str] | None = None):
+                 position: int | None = None, title: str | None = None):
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
         self.field, self.position, self.title = field, position, title
-        self.headers = headers
 
     def response(self, instance: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-        headers = headers if headers is not None else self.headers
         body = {"type": f"https://reledger.example/problems/{self.code}", "title": self.title or _TITLES.get(
             self.status, "Error"), "status": self.status, "detail": self.detail, "code": self.code}
         if self.field is not None:

@@ -778,6 +778,37 @@ def test_the_writer_process_admits_as_the_threads_do(tmp_path):
     assert_log_sound(url)
 
 
+def test_closing_the_writer_process_commits_and_answers_what_was_submitted(tmp_path):
+    """WriterProcess.close (the server's shutdown) commits and answers every group submitted
+    before it, then the process ends: nothing acknowledged is lost, nothing left waiting."""
+    import asyncio
+
+    from commands.api import CommandAPI
+    from commands.committer import WriterProcess
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    cast = build_cast(url)
+    signers = [ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")]
+    envs = [s.sign("MineralProductProduced", mineral(lot()), T0).envelope for s in signers for _ in range(4)]
+    with LedgerStore(url) as st:
+        size0 = st.size()
+        committer = WriterProcess(url, CommandAPI(st))
+        committer.start()
+        proc = committer._proc
+
+        async def main():
+            futures = [committer.submit([e]) for e in envs]
+            await asyncio.to_thread(committer.close)  # (the loop stays free to take the answers)
+            return await asyncio.gather(*futures, return_exceptions=True)
+
+        answers = asyncio.run(main())
+        assert all(isinstance(a, list) and not a[0].duplicate for a in answers), answers
+        assert sorted(a[0].index for a in answers) == list(range(size0, size0 + len(envs)))
+        assert not proc.is_alive() and committer.queued_entries == 0
+        assert st.size() == size0 + len(envs)
+    assert_log_sound(url)
+
+
 def test_writer_process_answers_keep_every_detail():
     """What the writer process sends back for a group is what the API answered in-process:
     receipts field by field, a refusal with its code, status, message, field, position,
