@@ -24,8 +24,10 @@ Findings: each receipt has a ``findings`` list. The command API computes none it
 ``projections.hooks.ProjectionFindings``) and its answer for each newly accepted entry (not for
 a duplicate) is put there (an exception of the hook is logged and
 gives an empty list: the entry is already recorded). A hook that also has
-``findings_of([(index, recorded_at, chain, seq, entry_hash, envelope), ...]) -> {index: [...]}``
-is asked that way instead, once for all the new entries of an answer.
+``findings_of([(index, recorded_at, chain, seq, entry_hash, signed), ...]) -> {index: [...]}``
+(``signed``: the SignedEntry, or its envelope bytes as the writer process sends them) is asked
+that way instead, once for all the new entries of an answer; it may answer ``None`` (it cannot
+say: the questions stay on the answer, for another hook).
 """
 
 from __future__ import annotations
@@ -197,29 +199,32 @@ class CommandAPI:
         raise Conflict("conflict", f"the log kept moving under appends from other writers ({MAX_ATTEMPTS} "
                        "attempts): nothing was written, send the same request again")
 
-    def add_findings(self, answer: list) -> None:
+    def add_findings(self, answer: list) -> bool:
         """Ask the findings hook about each new entry of a :meth:`submit_groups` answer (see
-        there); a second call does nothing."""
+        there); a second call does nothing. False when a batch hook could not say (it answered
+        ``None``) or failed: the questions then stay on the answer, for another hook."""
         asks: list = getattr(answer, "findings_asks", ())
         if not asks:
-            return
+            return True
         answer.findings_asks = []
         hook = self.findings_hook
         batch = getattr(hook, "findings_of", None)
         if batch is not None:  # one question for all, with the entries (the hook need not read them back)
             try:
-                found = batch([(r.index, r.recorded_at, r.chain, r.seq, r.entry_hash,
-                                signed if isinstance(signed, bytes) else signed.envelope)
+                found = batch([(r.index, r.recorded_at, r.chain, r.seq, r.entry_hash, signed)
                                for r, signed in ((receipts[pos], signed) for receipts, pos, signed in asks)])
             except Exception:  # noqa: BLE001 - the entries are recorded whatever the hook does
                 log.exception("findings hook failed for log indexes %s-%s", asks[0][0][asks[0][1]].index,
                               asks[-1][0][asks[-1][1]].index)
-                return
+                found = None
+            if found is None:
+                answer.findings_asks = asks
+                return False
             for receipts, pos, _ in asks:
                 findings = found.get(receipts[pos].index)
                 if findings:
                     receipts[pos] = replace(receipts[pos], findings=tuple(findings))
-            return
+            return True
         for receipts, pos, signed in asks:
             r = receipts[pos]
             try:
@@ -231,6 +236,7 @@ class CommandAPI:
                 continue
             if findings:
                 receipts[pos] = replace(r, findings=tuple(findings))
+        return True
 
     def prepare(self, envelopes: Sequence[bytes | SignedEntry]) -> list[bytes | SignedEntry]:
         """Parse and check signatures ahead of :meth:`submit`, without the API's lock (a server

@@ -20,6 +20,7 @@ import os
 import queue
 import threading
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -288,24 +289,29 @@ class GroupCommitter(_Admission):
 #   parent -> child  [[rid, [envelope, ...]], ...]     groups to commit, in order
 #                    b""                                stop: commit and answer what came, then exit
 #   child -> parent  b"ready"                           the write state is built: send groups
-#                    [[rid, 0, [[index, chain, seq, entry_hash, recorded_at, duplicate], ...]], ...]
+#                    [[rid, 0, [[index, chain, seq, entry_hash, recorded_at, duplicate, findings], ...]], ...]
+#                                                       findings: a list of finding dicts, or None where the
+#                                                       child could not say (the parent asks its projections)
 #                    [[rid, 1, {CommandError.to_dict()}]]       the group was refused
 #                    [[rid, 2, [type name, message, transient]]] the transaction failed
 
 _RECEIPTS, _REFUSED, _FAILED = 0, 1, 2
 
 
-def _encode_answer(rid: int, ok: bool, value: Any, transient: tuple) -> list:
+def _encode_answer(rid: int, ok: bool, value: Any, transient: tuple, findings_known: bool = False) -> list:
     if ok:
-        return [rid, _RECEIPTS, [[r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate] for r in value]]
+        return [rid, _RECEIPTS, [[r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate,
+                                  list(r.findings) if findings_known or r.duplicate else None] for r in value]]
     if isinstance(value, CommandError):
         return [rid, _REFUSED, value.to_dict()]
     return [rid, _FAILED, [type(value).__name__, str(value), isinstance(value, transient)]]
 
 
 def _decode_answer(kind: int, payload: Any) -> tuple[bool, Any]:
+    """(ok, receipts | error); a receipt whose findings the writer could not say has
+    ``findings`` None (a CommandReceipt's is otherwise a tuple)."""
     if kind == _RECEIPTS:
-        return True, [CommandReceipt(*r) for r in payload]
+        return True, [CommandReceipt(*r[:6], None if r[6] is None else tuple(r[6])) for r in payload]
     if kind == _REFUSED:
         d = dict(payload)
         d.pop("status", None)
@@ -317,11 +323,13 @@ def _decode_answer(kind: int, payload: Any) -> tuple[bool, Any]:
     return False, WriterFailed(name, f"internal error: {name}", False)
 
 
-def _serve_writer(url: str, conn, parent: int) -> None:
-    """The writer process: its own store and command API (no findings hook: the parent asks
-    its projections about what was committed), fed groups by the parent, answering a frame
-    per commit. Ends on the stop frame (after committing and answering what came before it)
-    or when the parent goes away."""
+def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
+    """The writer process: its own store and command API, fed groups by the parent, answering
+    a frame per commit. With ``findings``, the API's findings hook is a
+    :class:`projections.hooks.MirrorFindings` (the rule state in this process: each answer
+    carries the findings of what it committed, without a round trip to the projections; the
+    parent asks its projections about the rest). Ends on the stop frame (after committing and
+    answering what came before it) or when the parent goes away."""
     import gc
     import signal
 
@@ -331,18 +339,27 @@ def _serve_writer(url: str, conn, parent: int) -> None:
     # signatures are checked here before the store sees them (prepare_groups, over threads);
     # a daemon process may not start the store's checking processes anyway
     store = LedgerStore(url, create=False, processes=False)
+    mirror = None
     try:
-        api = CommandAPI(store)
+        if findings:
+            from projections.hooks import MirrorFindings
+
+            mirror = MirrorFindings(url)
+        api = CommandAPI(store, findings_hook=mirror)
         try:
             api.catch_up()
         except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
             log.exception("the write state could not be built at startup")
         gc.collect()  # the write state lives as long as the process: out of the cyclic GC's full passes
         gc.freeze()
+        if mirror is not None:
+            mirror.start()  # in the background: until it is built, the parent asks its projections
         conn.send_bytes(b"ready")
         _commit_loop(api, conn)
     finally:
         conn.close()
+        if mirror is not None:
+            mirror.close()
         store.close()
 
 
@@ -386,7 +403,8 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
             groups = [group for _, group in batch]
         try:
             results = api.submit_groups(groups, defer_findings=True)
-            answers = [_encode_answer(rid, not isinstance(r, Exception), r, transient)
+            known = api.findings_hook is not None and api.add_findings(results)
+            answers = [_encode_answer(rid, not isinstance(r, Exception), r, transient, known)
                        for (rid, _), r in zip(batch, results)]
         except Exception as e:  # noqa: BLE001 - the transaction failed: every group learns it
             if not isinstance(e, transient):
@@ -396,9 +414,11 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
 
 
 class WriterProcess(_Admission):
-    """The group commit in a writer process of its own (see the module docstring); the
-    findings of what it commits are asked here, of ``api``'s findings hook (the projections),
-    before the answers go back to the event loop.
+    """The group commit in a writer process of its own (see the module docstring). When
+    ``api`` has a findings hook (the projections), the process answers the findings of what it
+    commits from a mirror of the rule state it keeps (:class:`projections.hooks.MirrorFindings`;
+    not with ``findings_mirror=False``); those it cannot say (while its mirror is being built)
+    are asked here, of ``api``'s hook, before the answers go back to the event loop.
 
     ``start`` spawns the process and waits until it has built its write state. If the process
     dies, the groups it was given fail with 503 ``unavailable`` (their entries may or may not
@@ -407,9 +427,12 @@ class WriterProcess(_Admission):
     """
 
     def __init__(self, url: str, api: CommandAPI, *, max_queued_entries: int = MAX_QUEUED_ENTRIES,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES, start_timeout: float = WRITER_START_TIMEOUT):
+                 max_queued_bytes: int = MAX_QUEUED_BYTES, start_timeout: float = WRITER_START_TIMEOUT,
+                 findings_mirror: bool = True):
         super().__init__(max_queued_entries, max_queued_bytes)
         self.url, self.api = url, api
+        # the process answers findings itself (when there is a hook to answer for)
+        self.findings_mirror = findings_mirror and api.findings_hook is not None
         self.start_timeout = start_timeout
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -442,7 +465,7 @@ class WriterProcess(_Admission):
 
         ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve_writer, args=(self.url, child, os.getpid()),
+        proc = ctx.Process(target=_serve_writer, args=(self.url, child, os.getpid(), self.findings_mirror),
                            name="reledger-writer", daemon=True)
         proc.start()
         child.close()
@@ -529,8 +552,8 @@ class WriterProcess(_Admission):
                 pass
 
     def _receive(self, proc, conn, pending: dict) -> None:
-        """The answers of one process: findings asked here, then to the event loops. When the
-        process ends, whatever it still held fails (503)."""
+        """The answers of one process (findings the process could not say asked here), to the
+        event loops. When the process ends, whatever it still held fails (503)."""
         want_findings = self.api.findings_hook is not None
         while True:
             try:
@@ -547,10 +570,12 @@ class WriterProcess(_Admission):
                     continue
                 group, loop, f = item
                 ok, value = _decode_answer(kind, payload)
-                if ok and want_findings:
+                if ok:
                     for pos, r in enumerate(value):
-                        if not r.duplicate:
-                            answer.findings_asks.append((value, pos, group[pos]))  # (the envelope)
+                        if r.findings is None:
+                            value[pos] = r = replace(r, findings=())
+                            if want_findings and not r.duplicate:
+                                answer.findings_asks.append((value, pos, group[pos]))  # (the envelope)
                 out.append((loop, f, ok, value))
             try:
                 self.api.add_findings(answer)

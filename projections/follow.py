@@ -277,12 +277,13 @@ class ProjectionProcess:
 
     def findings_of(self, entries: list[tuple]) -> dict[int, list[dict[str, Any]]]:
         """The findings of entries just committed, given as (log index, record time, chain, seq,
-        entry hash, envelope) in log order: log index -> the findings that concern the entry's
-        own party (see ProjectionFindings). One message to the child, with the entries (its
-        findings mirror folds them without reading them back; it reads the log for anything
-        between, appended by another writer), and one answer for all of them."""
+        entry hash, signed entry or its envelope) in log order: log index -> the findings that
+        concern the entry's own party (see ProjectionFindings). One message to the child, with
+        the entries (its findings mirror folds them without reading them back; it reads the log
+        for anything between, appended by another writer), and one answer for all of them."""
         if not entries:
             return {}
+        entries = [e if isinstance(e[5], bytes) else (*e[:5], e[5].envelope) for e in entries]
         last = entries[-1][0]
         with self._cond:
             if self._proc is not None and not self._dead:
@@ -319,23 +320,6 @@ class ProjectionProcess:
         return self._fallback()(signed, receipt)
 
 
-def _fold(proj, rec):
-    """One log record into a Projector, as the projection tables fold it (an entry that cannot
-    be read is flagged where it stands)."""
-    from ledger.entry import EntryError, SignedEntry
-
-    if rec.index != proj.position:
-        raise LookupError(f"the log has no entry at index {proj.position} (a gap: run reledger verify)")
-    if rec.envelope is None:
-        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash,
-                               "the entry is missing from the events table")
-    try:
-        signed = SignedEntry.parse(rec.envelope)
-    except EntryError as e:
-        return proj.unreadable(rec.index, rec.recorded_us, rec.chain, rec.seq, rec.entry_hash, str(e))
-    return proj.apply(rec.index, rec.recorded_us, signed)
-
-
 @functools.lru_cache(maxsize=64)
 def _micros(recorded_at: str) -> int:
     from ledger.encoding import parse_time, time_to_micros
@@ -344,7 +328,7 @@ def _micros(recorded_at: str) -> int:
 
 
 def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: bytes, envelope: bytes):
-    """A log record from what the parent fed: what ``_fold`` reads of it (index, record time,
+    """A log record from what the parent fed: what ``apply_record`` reads of it (index, record time,
     chain, seq, entry hash, envelope); type and Merkle nodes are not needed to fold."""
     from ledger.reader import Record
 
@@ -423,15 +407,17 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
     the rule state; send back every answer. Ends on "stop" or when the parent goes away.
 
     The mirror: once the tables have caught up, a copy of their rule state that folds in just
-    the entries past it, read from the log (:class:`projections.model.Projector` is a pure
-    function of the log: the same findings the tables record for those entries, without
-    waiting for their rows to be written). Until then, and after any doubt (the mirror is
-    dropped), a catch-up of the tables collects the findings instead."""
+    the entries past it, fed by the parent or read from the log
+    (:class:`projections.model.Projector` is a pure function of the log: the same findings the
+    tables record for those entries, without waiting for their rows to be written). Until
+    then, and after any doubt (the mirror is dropped), a catch-up of the tables collects the
+    findings instead. (The server's writer process keeps a mirror of its own and asks here
+    only for what it cannot say: while it builds its mirror, or after a failure.)"""
     import gc
     import pickle
     import signal
 
-    from .store import ProjectionStore
+    from .store import ProjectionStore, apply_record
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
     logging.basicConfig(level=logging.WARNING)
@@ -520,7 +506,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
             found: dict[int, list[dict[str, Any]]] = {}
             try:
                 for rec in fed.records(mirror.position, reader.iter_records):
-                    collected(_fold(mirror, rec).findings, found)
+                    collected(apply_record(mirror, rec).findings, found)
             except Exception as e:  # noqa: BLE001 - a half-applied entry: never reuse that state
                 log.exception("the findings mirror failed: the tables' catch-ups collect them again")
                 with lock:

@@ -234,14 +234,9 @@ class ProjectionStore:
             return self.projector
         rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
                             "ORDER BY position DESC LIMIT 1", (pos,))
-        try:
-            proj = pickle.loads(bytes(rows[0][1])) if rows else Projector()
-        except Exception:  # noqa: BLE001 - a snapshot this version cannot read: from the start
-            proj = Projector()
-        if proj.quota_sums is None:  # a snapshot without the running quota totals: from the start
-            proj = Projector()
+        proj = _unpickle_snapshot(rows[0][1]) if rows else Projector()
         for rec in reader.iter_records(proj.position, pos):
-            _apply_record(proj, rec)  # state only: the rows exist
+            apply_record(proj, rec)  # state only: the rows exist
         self.projector = proj
         return proj
 
@@ -300,7 +295,7 @@ class ProjectionStore:
         credit: list[tuple] = []
         found: list[tuple] = []
         findings: list[Finding] = []
-        apply = _apply_record
+        apply = apply_record
         for rec in page:
             d = apply(proj, rec)
             i, occ = rec.index, d.occurred_us
@@ -438,7 +433,38 @@ class ProjectionStore:
             store.close()
 
 
-def _apply_record(proj: Projector, rec: Record) -> Deltas:
+def _unpickle_snapshot(state: bytes) -> Projector:
+    """A snapshot's rule state; a fresh Projector (roll forward from the start) when this
+    version cannot read it or it lacks the running quota totals."""
+    try:
+        proj = pickle.loads(bytes(state))
+    except Exception:  # noqa: BLE001
+        return Projector()
+    if not isinstance(proj, Projector) or proj.quota_sums is None:
+        return Projector()
+    return proj
+
+
+def read_snapshot(reader: LogReader) -> Projector:
+    """The rule state of the latest snapshot the projection tables hold, read through a log
+    reader's read-only connection (nothing is created or written): a fresh Projector when
+    there is none, the tables do not exist yet, or the snapshot lies past the log's end. Roll
+    it forward over the log from its ``position`` (the state is a pure function of the log)."""
+    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
+    cur = reader.cursor()
+    try:
+        cur.execute(f"SELECT position, state FROM {table} ORDER BY position DESC LIMIT 1")
+        row = cur.fetchone()
+    except Exception:  # noqa: BLE001 - no projection tables yet (autocommit: nothing to roll back)
+        return Projector()
+    if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
+        return Projector()
+    return _unpickle_snapshot(row[1])
+
+
+def apply_record(proj: Projector, rec: Record) -> Deltas:
+    """One log record folded into ``proj`` (an entry that cannot be read is flagged where it
+    stands)."""
     if rec.index != proj.position:
         raise TrackingError(f"the log has no entry at index {proj.position} (a gap: run reledger verify)")
     try:

@@ -1080,7 +1080,8 @@ def test_deferred_findings(sqlite_url):
 def test_a_batch_findings_hook_is_asked_once_per_answer(sqlite_url):
     """A hook with ``findings_of`` (the projections' hooks) is asked once for all the new
     entries of an answer, with the entries themselves (log order, duplicates left out), and
-    each finding lands in its entry's receipt."""
+    each finding lands in its entry's receipt. A hook that cannot say (``None``) leaves the
+    questions on the answer, for another hook."""
     w = World(sqlite_url)
     try:
         calls = []
@@ -1100,10 +1101,28 @@ def test_a_batch_findings_hook_is_asked_once_per_answer(sqlite_url):
         answer = w.api.submit_groups([[a], [b, a]])
         i = answer[0][0].index
         assert len(calls) == 1
-        assert calls[0] == [(i, answer[0][0].recorded_at, "SEP01", a.entry.seq, a.hash, a.envelope),
-                            (i + 1, answer[1][0].recorded_at, "SEP01", b.entry.seq, b.hash, b.envelope)]
+        assert calls[0] == [(i, answer[0][0].recorded_at, "SEP01", a.entry.seq, a.hash, a),
+                            (i + 1, answer[1][0].recorded_at, "SEP01", b.entry.seq, b.hash, b)]
         assert answer[0][0].findings == () and answer[1][0].findings == ({"rule": "TEST", "index": i + 1},)
         assert answer[1][1].duplicate and answer[1][1].findings == ()
+
+        class CannotSay(Batch):
+            def findings_of(self, entries):
+                calls.append(entries)
+                return None
+
+        w.api.findings_hook = CannotSay()
+        c = s.sign("StockCounted", {"product": "Nd2O3", "counted_kg": "3"}, T0)
+        answer = w.api.submit_groups([[c]], defer_findings=True)
+        assert not w.api.add_findings(answer) and len(calls) == 2
+        assert [(r[pos].index, signed) for r, pos, signed in answer.findings_asks] == [(i + 2, c)]
+        class Every(Batch):
+            def findings_of(self, entries):
+                return {e[0]: [{"rule": "TEST", "index": e[0]}] for e in entries}
+
+        w.api.findings_hook = Every()  # another hook answers what the first could not
+        assert w.api.add_findings(answer) and answer[0][0].findings == ({"rule": "TEST", "index": i + 2},)
+        assert answer.findings_asks == [] and w.api.add_findings(answer)  # a second call: nothing to ask
     finally:
         w.close()
 

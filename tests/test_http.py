@@ -809,10 +809,78 @@ def test_closing_the_writer_process_commits_and_answers_what_was_submitted(tmp_p
     assert_log_sound(url)
 
 
+@pytest.mark.parametrize("mirror", [True, False], ids=["writer-mirror", "parent-asks"])
+def test_writer_process_answers_findings_itself(db_url, mirror):
+    """The writer process answers the findings of what it commits from its own mirror of the
+    rule state (the server's projections are not asked) once the mirror is built; until then,
+    or with ``findings_mirror=False``, the server asks its projections. Either way each
+    answer lists exactly the findings the projection tables record for the entry and its
+    party."""
+    import asyncio
+    import time
+
+    from commands.committer import WriterProcess
+    from projections import queries
+    from projections.hooks import ProjectionFindings
+    from projections.store import ProjectionStore
+
+    cast = build_cast(db_url)
+    signer = ChainSigner(cast.keys["MINE02"])
+    asked: list[int] = []
+
+    class Recording(ProjectionFindings):
+        def findings_of(self, entries):
+            asked.extend(e[0] for e in entries)
+            return super().findings_of(entries)
+
+    ps = ProjectionStore(db_url)
+    with LedgerStore(db_url) as st:
+        committer = WriterProcess(db_url, CommandAPI(st, findings_hook=Recording(ps)), findings_mirror=mirror)
+        committer.start()
+        answers: list = []
+        try:
+            async def append(n):
+                envs = [signer.sign("MineralProductProduced", mineral(lot()), T0).envelope for _ in range(n)]
+                return [r for group in await asyncio.gather(*[committer.submit([e]) for e in envs]) for r in group]
+
+            deadline = time.monotonic() + 60
+            while True:  # until the writer's mirror is built (the server asks meanwhile)
+                got = asyncio.run(append(1))
+                answers += got
+                if got[0].index not in asked or not mirror or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            before = len(asked)
+            answers += asyncio.run(append(6))
+            if mirror:
+                assert len(asked) == before, "the server asked its projections although the writer could say"
+            else:
+                assert asked[before:] == [r.index for r in answers[-6:]]
+        finally:
+            committer.close()
+    try:
+        ps.catch_up()
+        tables: dict[int, list] = {}
+        for f in queries.findings(ps)["findings"]:
+            f.pop("rule_text")
+            tables.setdefault(f["index"], []).append(f)
+    finally:
+        ps.close()
+    # over a quota never issued (the first), recorded long after its business time (all)
+    assert "OVER_QUOTA" in [f["code"] for f in answers[0].findings]
+    assert all("BACKDATED" in [f["code"] for f in r.findings] for r in answers)
+    for r in answers:
+        want = [f for f in tables[r.index] if f["party"] == r.chain]
+        assert sorted(json.dumps(f, sort_keys=True) for f in json.loads(json.dumps(list(r.findings)))) == \
+            sorted(json.dumps(f, sort_keys=True) for f in want), r.index
+
+
 def test_writer_process_answers_keep_every_detail():
     """What the writer process sends back for a group is what the API answered in-process:
     receipts field by field, a refusal with its code, status, message, field, position,
     chain, seq and group, and a failed transaction as 503 (transient) or 500."""
+    from dataclasses import replace
+
     from commands.api import CommandReceipt
     from commands.catalogue import Conflict as ConflictError
     from commands.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
@@ -826,6 +894,16 @@ def test_writer_process_answers_keep_every_detail():
     receipts = [CommandReceipt(12, "MINE02", 3, b"\x01" * 32, "2024-01-01T00:00:00Z", False),
                 CommandReceipt(9, "MINE02", 2, b"\x02" * 32, "2024-01-01T00:00:00Z", True)]
     assert round_trip(True, receipts) == (True, receipts)
+    # findings: None where the writer could not say (the server asks its projections), never
+    # for a duplicate; those it found, field by field
+    assert [r.findings for r in round_trip(True, receipts)[1]] == [None, ()]
+    found = {"rule": "R1", "code": "OVER_QUOTA", "party": "MINE02", "message": "over", "index": 12,
+             "occurred_at": "2024-01-01T00:00:00Z", "evidence": [{"chain": "MINE02", "seq": 3, "hash": "01" * 32,
+                                                                 "index": 12}], "params": {"over_g": 5}}
+    with_findings = [replace(receipts[0], findings=(found,)), receipts[1]]
+    rid, kind, payload = msgpack.unpackb(msgpack.packb(_encode_answer(7, True, with_findings, transient_errors(),
+                                                                      True), use_bin_type=True), raw=False)
+    assert [r.findings for r in _decode_answer(kind, payload)[1]] == [(found,), ()]
     err = ConflictError("conflict", "seq: chain MINE02 is at seq 3; the next entry must have seq 4, not 9",
                         field="seq", position=1, chain="MINE02", seq=9, group=4)
     ok, back = round_trip(False, err)
@@ -858,14 +936,16 @@ def test_serve_takes_the_admission_limit_from_the_command_line(tmp_path, monkeyp
 def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
     """A query that brings the projections up to date between the commit and the findings hook
     (any GET /v1/quota, stock, findings, flow) must not swallow the findings of the append's
-    answer. In-process, with the read injected at exactly that moment."""
+    answer. In-process, with the read injected at exactly that moment, on the path where the
+    server process asks its projections (group commit in threads; the writer process answers
+    findings itself, see test_writer_process_answers_findings_itself)."""
     from fastapi.testclient import TestClient
 
     from commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
-    app = create_app(url)
+    app = create_app(url, writer_process=False)
     with TestClient(app) as tc:
         api_ = app.state.api
         hook, reads = api_.findings_hook, []
@@ -1047,17 +1127,19 @@ def test_schemathesis_finds_no_server_errors(live):
     assert not failures, failures[:5]
 
 
-def test_projections_process_death_falls_back_in_process(tmp_path):
+@pytest.mark.parametrize("writer_process", [True, False], ids=["writer-process", "threads"])
+def test_projections_process_death_falls_back_in_process(tmp_path, writer_process):
     """The server keeps its projections in a child process; if that process dies, the server
-    projects in its own threads instead: appends still answer their findings, queries still
-    answer up to date."""
+    projects in its own threads instead: appends still answer their findings (from the writer
+    process's own mirror, or asked of the projections in this process), queries still answer
+    up to date."""
     from fastapi.testclient import TestClient
 
     from commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
-    app = create_app(url)
+    app = create_app(url, writer_process=writer_process)
     with TestClient(app) as tc:
         pp = app.state.findings_hook
         signer = ChainSigner(cast.keys["MINE02"])
@@ -1075,15 +1157,16 @@ def test_projections_process_death_falls_back_in_process(tmp_path):
             assert r.status_code == 200, r.text
             return sorted(f["code"] for f in r.json()["findings"] if f["index"] == index)
 
-        first = append()  # answered by the child process
+        first = append()  # findings by the writer process or the projections process
         assert "OVER_QUOTA" in {f["code"] for f in first["findings"]}
         assert pp._proc is not None and pp._proc.is_alive()
         pp._proc.kill()
         pp._proc.join(timeout=10)
-        second = append()  # answered in this process now
-        assert second["findings"] and pp._local is not None
+        second = append()  # by the writer process, or by the projections in this process now
+        assert second["findings"]
         for r in (first, second):
             assert sorted(f["code"] for f in r["findings"]) == recorded(r["index"])
+        assert pp._local is not None  # (the queries caught up in this process)
 
 
 def _findings_by_index(tc, cast) -> dict[int, list]:

@@ -14,6 +14,8 @@ the log cut at a point.
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -25,6 +27,7 @@ from commands.catalogue import PRODUCTS
 from ledger.entry import SignedEntry
 from projection_helpers import (CAST, DAY, HOUR, Databases, World, copy_cut, dt_us, dump, kg, ts, us)
 from projections import queries
+from projections.hooks import MirrorFindings
 from projections.queries import Point
 from projections.store import ProjectionStore
 
@@ -369,13 +372,38 @@ class ProjectionMachine(RuleBasedStateMachine):
                                                "separation_t_reo": "2"})
         self.sizes = [self.w.store.size()]
         self.log: list[tuple[int, int, SignedEntry]] = []
+        # the writer process's findings hook: every answer through the command API carries the
+        # findings of a MirrorFindings (checked against the tables' by an invariant)
+        self.answered: dict[int, tuple[str, list[dict]]] = {}
+        self.unanswered: list[list[int]] = []  # a built mirror answers every commit
+        self.mirror = self.start_mirror()
+        self.w.api.findings_hook = self
         self.refresh()
+
+    def start_mirror(self) -> MirrorFindings:
+        mirror = MirrorFindings(self.w.url)
+        mirror.start()
+        deadline = time.monotonic() + 60
+        while not mirror.ready():
+            assert time.monotonic() < deadline, "the findings mirror was not built"
+            time.sleep(0.005)
+        return mirror
+
+    def findings_of(self, entries):
+        found = self.mirror.findings_of(entries)
+        if found is None:  # (an assertion here would be caught and logged by the command API)
+            self.unanswered.append([e[0] for e in entries])
+            return None
+        for index, _, chain, *_ in entries:
+            self.answered[index] = (chain, found.get(index, []))
+        return found
 
     def teardown(self):
         try:
             if self.sizes[-1] > 0:
                 self.final_checks()
         finally:
+            self.mirror.close()
             self.ps.close()
             self.w.close()
             self.dbs.cleanup()
@@ -589,6 +617,17 @@ class ProjectionMachine(RuleBasedStateMachine):
         assert_matches(self.ps, self.ref, n, t)
         assert_matches(self.ps, Reference(self.log[:n]), n)
 
+    @rule(mine=st.sampled_from(["MINE01", "MINE02"]), reo=st.integers(100, 900))
+    def another_writer(self, mine, reo):
+        """An entry appended past this command API (another server, the CLI): the findings
+        mirror reads it from the log before the next commit's entries."""
+        ore = "ROCK" if mine == "MINE01" else "IONIC"
+        self.w.raw(mine, "MineralProductProduced", {
+            "lot": f"{mine}-R{self.uid()}", "ore_type": ore, "product": PRODUCT_OF_ORE[ore], "wet_kg": kg(reo * 2200),
+            "dry_kg": kg(reo * 2000), "treo_pct": "50", "reo_kg": kg(reo * 1000)})
+        self.sizes.append(self.w.store.size())
+        self.refresh()
+
     @invariant()
     def projections_equal_reference(self):
         self.restarts += 1
@@ -599,6 +638,27 @@ class ProjectionMachine(RuleBasedStateMachine):
         size = self.w.store.size()
         assert self.ps.position() == size
         assert_matches(self.ps, self.ref, size)
+        if self.restarts % 4 == 0:  # a new mirror: from the tables' latest snapshot, rolled forward
+            self.mirror.close()
+            self.mirror = self.start_mirror()
+
+    @invariant()
+    def answers_carry_the_tables_findings(self):
+        """Each entry's answer listed exactly the findings the tables record for it that
+        concern its own party."""
+        self.ps.catch_up()
+        tables: dict[int, list[dict]] = {}
+        for f in queries.findings(self.ps)["findings"]:
+            f.pop("rule_text")
+            tables.setdefault(f["index"], []).append(f)
+
+        def norm(fs):
+            return sorted(json.dumps(f, sort_keys=True) for f in fs)
+
+        assert not self.unanswered, f"the mirror could not say for log indexes {self.unanswered}"
+        for index, (chain, got) in self.answered.items():
+            want = [f for f in tables.get(index, []) if f["party"] == chain]
+            assert norm(got) == norm(want), index
 
 
 def test_projections_match_reference(db_url, monkeypatch):
