@@ -21,7 +21,7 @@ import queue
 import threading
 from collections import deque
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -31,6 +31,8 @@ from ledger.store import LedgerStore, _exit_with_parent, _main_importable
 log = logging.getLogger(__name__)
 
 PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
+# entries waiting behind a batch from which the writer process checks them during its commit
+PIPELINE_ENTRIES = 2 * PREPARE_CHUNK
 # Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
 # append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
 MAX_QUEUED_ENTRIES = 50_000
@@ -150,13 +152,24 @@ class _Admission:
 def prepare_groups(api: CommandAPI, groups: list[list], chunk: int = PREPARE_CHUNK) -> list[list]:
     """``api.prepare`` of every group; many entries are shared out over the verification pool
     (signatures are checked without the GIL: every core takes a part)."""
+    if sum(map(len, groups)) < 2 * chunk:
+        done = api.prepare([x for g in groups for x in g])
+        return _regroup(groups, done)
+    return start_prepare(api, groups, chunk)()
+
+
+def start_prepare(api: CommandAPI, groups: list[list], chunk: int = PREPARE_CHUNK) -> Callable[[], list[list]]:
+    """:func:`prepare_groups` started in the verification pool and left to run: the function
+    returned waits for it and gives the prepared groups (the writer process commits one batch
+    while the next is checked so)."""
     flat = [x for g in groups for x in g]
-    if len(flat) < 2 * chunk:
-        done = api.prepare(flat)
-    else:
-        step = max(chunk, -(-len(flat) // (2 * _verify_workers())))
-        parts = _verify_pool().map(api.prepare, [flat[i:i + step] for i in range(0, len(flat), step)])
-        done = [x for part in parts for x in part]
+    step = max(chunk, -(-len(flat) // (2 * _verify_workers())))
+    pool = _verify_pool()
+    parts = [pool.submit(api.prepare, flat[i:i + step]) for i in range(0, len(flat), step)]
+    return lambda: _regroup(groups, [x for part in parts for x in part.result()])
+
+
+def _regroup(groups: list[list], done: list) -> list[list]:
     out, k = [], 0
     for g in groups:
         out.append(done[k:k + len(g)])
@@ -368,39 +381,66 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
     its signatures (:func:`prepare_groups`), commit them in one transaction
     (:meth:`CommandAPI.submit_groups`) and send their answers; again, until the stop frame.
 
-    One thread on purpose. A preparer thread beside the writer (as :class:`GroupCommitter`
-    has) made commits slower here, not faster: each time the writer's database round trip
-    returns it waits for the interpreter lock the preparer holds, and the other way round
-    (at 16 clients, one entry a request: 1,700-1,750 entries/s with the two threads against
-    1,850-1,930 with this one)."""
+    The Python work is in one thread on purpose. A preparer thread beside the writer (as
+    :class:`GroupCommitter` has) made small commits slower here, not faster: each time the
+    writer's database round trip returns it waits for the interpreter lock the preparer holds,
+    and the other way round (at 16 clients, one entry a request: 1,700-1,750 entries/s with
+    the two threads against 1,850-1,930 with this one). Large batches are different: their
+    signatures are checked in the verification pool anyway, so when at least
+    ``PIPELINE_ENTRIES`` entries wait behind a batch, their checks start in the pool before the
+    batch is committed (:func:`start_prepare`), and run on the other core meanwhile."""
     transient = transient_errors()
     pending: deque = deque()
     stop = False
-    while not (stop and not pending):
-        if not pending or conn.poll(0):  # everything that has come (waiting for it when idle)
-            while True:
-                try:
-                    frame = conn.recv_bytes()
-                except (EOFError, OSError):
-                    frame = b""
-                if not frame:
-                    stop = True
-                    break
-                pending.extend(msgpack.unpackb(frame, raw=False))
-                if not conn.poll(0):
-                    break
-            if not pending:
-                continue
+    ahead = None  # (batch, join): the next batch, its checks under way in the pool
+
+    def receive(block: bool) -> None:
+        """Every frame that has come (with ``block``, waiting for one)."""
+        nonlocal stop
+        while not stop and (block or conn.poll(0)):
+            block = False
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                frame = b""
+            if not frame:
+                stop = True
+                break
+            pending.extend(msgpack.unpackb(frame, raw=False))
+
+    def take() -> list:
         batch = [pending.popleft()]
         n = len(batch[0][1])
         while pending and len(batch) < max_groups and n + len(pending[0][1]) <= max_entries:
             batch.append(pending.popleft())
             n += len(batch[-1][1])
+        return batch
+
+    while not (stop and not pending and ahead is None):
+        if not pending and ahead is None and not stop:
+            receive(block=True)  # idle: wait for work
+            if not pending:
+                continue
+        receive(block=False)
         try:
-            groups = prepare_groups(api, [group for _, group in batch])
+            if ahead is not None:
+                batch, join = ahead
+                ahead = None
+                groups = join()
+            else:
+                batch = take()
+                groups = prepare_groups(api, [group for _, group in batch])
         except Exception:  # noqa: BLE001 - only a cache: submit_groups checks everything anyway
             log.exception("preparing groups failed")
             groups = [group for _, group in batch]
+        receive(block=False)  # what came while this batch was checked
+        if sum(len(group) for _, group in itertools.islice(pending, max_groups)) >= PIPELINE_ENTRIES:
+            nxt = take()
+            try:
+                ahead = (nxt, start_prepare(api, [group for _, group in nxt]))
+            except Exception:  # noqa: BLE001 - (a pool that cannot start work: prepared in turn)
+                log.exception("preparing groups failed")
+                ahead = (nxt, lambda nxt=nxt: [group for _, group in nxt])
         try:
             results = api.submit_groups(groups, defer_findings=True)
             known = api.findings_hook is not None and api.add_findings(results)

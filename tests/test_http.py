@@ -27,7 +27,7 @@ from http_helpers import (ENTRIES, MINES, T0, assert_log_sound, assert_problem, 
                           open_live)
 from ledger import merkle
 from ledger.checkpoint import verify_checkpoint
-from ledger.entry import ENTRY_TAG, leaf_bytes, make_entry
+from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes, make_entry
 from ledger.genesis import ChainSigner, key_authorized_body
 from ledger.keys import SigningKey
 from ledger.store import LedgerStore
@@ -807,6 +807,62 @@ def test_closing_the_writer_process_commits_and_answers_what_was_submitted(tmp_p
         assert not proc.is_alive() and committer.queued_entries == 0
         assert st.size() == size0 + len(envs)
     assert_log_sound(url)
+
+
+def test_the_writer_checks_the_next_large_batch_while_it_commits(db_url, monkeypatch):
+    """When large groups pile up in the writer process, the next batch's signatures are
+    checked in the pool while the current batch commits (start_prepare). Batches still commit
+    in the order the groups came, each group is answered once, accepted or refused whole (a
+    bad signature in a batch checked ahead is refused with its own message; its neighbours go
+    in), and the log is sound. The commit loop runs in a thread here, fed through a real pipe."""
+    import multiprocessing
+
+    from commands import committer as cm
+
+    cast = build_cast(db_url)
+    signers = [ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")]
+    groups = []
+    for k in range(8):  # 8 groups of 40: batches of at most 100 entries (two groups)
+        s = signers[2 if k == 5 else k % 2]  # (the refused group on a chain of its own)
+        groups.append([s.sign("MineralProductProduced", mineral(lot()), T0).envelope for _ in range(40)])
+    bad = SignedEntry.parse(groups[5][7])  # (group 5 lies in a batch checked ahead)
+    groups[5][7] = msgpack.packb({"entry": bad.content, "sig": bytes(64)}, use_bin_type=True)
+    started = []
+    real = cm.start_prepare
+
+    def spy(api, gs, *a, **kw):
+        started.append(sum(map(len, gs)))
+        return real(api, gs, *a, **kw)
+
+    monkeypatch.setattr(cm, "start_prepare", spy)
+    parent, child = multiprocessing.Pipe()
+    with LedgerStore(db_url) as st:
+        size0 = st.size()
+        api = CommandAPI(st)
+        # everything waits before the loop starts: one frame per group, then the stop frame
+        for rid, g in enumerate(groups):
+            parent.send_bytes(msgpack.packb([[rid, g]], use_bin_type=True))
+        parent.send_bytes(b"")
+        loop = threading.Thread(target=cm._commit_loop, args=(api, child), kwargs={"max_entries": 100})
+        loop.start()
+        loop.join(timeout=120)
+        assert not loop.is_alive()
+        answers = []
+        while parent.poll(0):
+            answers += msgpack.unpackb(parent.recv_bytes(), raw=False)
+        assert started, "no batch was checked ahead"
+        assert [rid for rid, _, _ in answers] == list(range(8))
+        refused = [(rid, payload) for rid, kind, payload in answers if kind != cm._RECEIPTS]
+        assert [rid for rid, _ in refused] == [5] and refused[0][1]["position"] == 7, refused
+        assert "signature" in refused[0][1]["message"]
+        # the accepted groups, in the order they came, each whole and contiguous in the log
+        indexes = [[r[0] for r in payload] for _, kind, payload in answers if kind == cm._RECEIPTS]
+        flat = [i for g in indexes for i in g]
+        assert flat == list(range(size0, size0 + 7 * 40))
+        assert st.size() == size0 + 7 * 40
+    parent.close()
+    child.close()
+    assert_log_sound(db_url)
 
 
 @pytest.mark.parametrize("mirror", [True, False], ids=["writer-mirror", "parent-asks"])
