@@ -9,7 +9,9 @@ appends on the same backend, measured in the same run.
   HTTP/1.1 client, so that the client costs little next to the server), each appending to its
   own chain (clients never conflict): one entry per request (``single``) and ``batch`` entries
   per request (``batch``). Each configuration runs for at most ``seconds`` or until its
-  pre-signed entries are used up.
+  pre-signed entries are used up; ``single`` and ``trivial`` alternate in ``rounds`` slices
+  of ``seconds / rounds`` (each one's figures summed over its slices), so that a shared
+  machine that slows down for a while weighs on both alike.
 * **trivial**: a FastAPI app with one POST that reads the body and answers ``{}``
   (bench/trivial_app.py) in its own uvicorn process, same settings, same request bytes as
   ``single``, same client counts.
@@ -50,7 +52,8 @@ LIMITS = {"http_single_c16_p99_ms": ("<", 100.0), "http_batch_c16": (">=", 5000.
 
 @dataclass(frozen=True)
 class HttpSizes:
-    seconds: float = 3.0  # at most, per configuration
+    seconds: float = 3.0  # at most, per configuration (single and trivial: in all its rounds)
+    rounds: int = 3  # single and trivial alternate in this many slices of seconds/rounds each
     batch: int = 100  # entries per request in the batched mode
     single_budget: int = 12_000  # pre-signed entries per single configuration (more than `seconds` takes)
     batch_budget: int = 40_000  # pre-signed entries per batched configuration
@@ -58,7 +61,7 @@ class HttpSizes:
 
     @classmethod
     def quick(cls) -> "HttpSizes":
-        return cls(seconds=0.5, batch=20, single_budget=120, batch_budget=800, inproc_budget=400)
+        return cls(seconds=0.5, rounds=2, batch=20, single_budget=120, batch_budget=800, inproc_budget=400)
 
 
 def CPU_FIGURES() -> list[str]:
@@ -163,9 +166,10 @@ async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def _client(port: int, requests: list[tuple[bytes, int]], deadline: float, lat: list[float],
-                  errors: list[str], ok_status: int) -> int:
+                  errors: list[str], ok_status: int) -> tuple[int, int]:
+    """(entries, requests) this client had answered before ``deadline``."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    entries = 0
+    entries = sent = 0
     try:
         for req, n in requests:
             if time.perf_counter() >= deadline:
@@ -178,13 +182,14 @@ async def _client(port: int, requests: list[tuple[bytes, int]], deadline: float,
                 errors.append(f"HTTP {status}: {body[:300]!r}")
                 break
             entries += n
+            sent += 1
     finally:
         writer.close()
         try:
             await writer.wait_closed()
         except OSError:
             pass
-    return entries
+    return entries, sent
 
 
 def _proc_cpu(pid: int) -> float:
@@ -219,37 +224,82 @@ def _postgres_cpu() -> float:
     return total
 
 
+class Meter:
+    """One configuration's figures, summed over the slices it is driven in: entries and
+    requests over the time they took, latencies pooled, CPU counters (see :func:`drive`)."""
+
+    def __init__(self) -> None:
+        self.entries = self.requests = 0
+        self.wall = 0.0
+        self.lat: list[float] = []
+        self.errors: list[str] = []
+        self.cpu = [0.0, 0.0, 0.0]  # server (with children), local PostgreSQL, this client
+        self.has_server = self.has_db = False
+
+    def result(self) -> dict[str, Any]:
+        lat = sorted(self.lat)
+        n, wall = self.entries, self.wall
+
+        def pct(p: float) -> float:
+            return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else 0.0
+
+        out = {"entries": n, "requests": self.requests, "seconds": round(wall, 4), "rate": n / wall if wall else 0.0,
+               "rps": self.requests / wall if wall else 0.0, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+               "errors": self.errors[:3]}
+        if self.has_server and n:
+            out["cpu_server_us"] = self.cpu[0] / n * 1e6
+            out["cpu_client_us"] = self.cpu[2] / n * 1e6
+            if self.has_db:
+                out["cpu_db_us"] = self.cpu[1] / n * 1e6
+        return out
+
+
 def drive(port: int, per_client: list[list[tuple[bytes, int]]], seconds: float, ok_status: int = 201,
-          server_pid: int | None = None, local_db: bool = False) -> dict[str, Any]:
+          server_pid: int | None = None, local_db: bool = False, meter: Meter | None = None) -> dict[str, Any]:
     """Every client sends its requests in order on its own connection; all start together.
     With ``server_pid``: the CPU the server (with its child processes), a local PostgreSQL
-    server and this client spent per entry, in microseconds."""
+    server and this client spent per entry, in microseconds. With ``meter``, the slice's
+    figures are added to it (the result is then the meter's, over all its slices) and
+    ``per_client`` loses the requests answered, so that the next slice goes on from there."""
+    meter = meter if meter is not None else Meter()
     lat: list[float] = []
     errors: list[str] = []
     cpu0 = (_proc_cpu(server_pid) if server_pid else 0.0, _postgres_cpu() if local_db else 0.0, time.process_time())
 
-    async def main() -> tuple[list[int], float]:
+    async def main() -> tuple[list[tuple[int, int]], float]:
         t0 = time.perf_counter()
         done = await asyncio.gather(*[_client(port, reqs, t0 + seconds, lat, errors, ok_status)
                                       for reqs in per_client])
         return done, time.perf_counter() - t0
 
     done, wall = asyncio.run(main())
-    lat.sort()
-    n = sum(done)
+    meter.entries += sum(e for e, _ in done)
+    meter.requests += len(lat)
+    meter.wall += wall
+    meter.lat += lat
+    meter.errors += errors
+    if server_pid:
+        meter.has_server, meter.has_db = True, meter.has_db or local_db
+        meter.cpu[0] += _proc_cpu(server_pid) - cpu0[0]
+        meter.cpu[1] += (_postgres_cpu() - cpu0[1]) if local_db else 0.0
+        meter.cpu[2] += time.process_time() - cpu0[2]
+    for reqs, (_, sent) in zip(per_client, done):
+        del reqs[:sent]
+    return meter.result()
 
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else 0.0
 
-    out = {"entries": n, "requests": len(lat), "seconds": round(wall, 4), "rate": n / wall if wall else 0.0,
-           "rps": len(lat) / wall if wall else 0.0, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-           "errors": errors[:3]}
-    if server_pid and n:
-        out["cpu_server_us"] = (_proc_cpu(server_pid) - cpu0[0]) / n * 1e6
-        out["cpu_client_us"] = (time.process_time() - cpu0[2]) / n * 1e6
-        if local_db:
-            out["cpu_db_us"] = (_postgres_cpu() - cpu0[1]) / n * 1e6
-    return out
+def drive_alternating(configs: list[tuple[int, list[list[tuple[bytes, int]]], int, bool]], seconds: float,
+                      rounds: int) -> list[dict[str, Any]]:
+    """Configurations measured in turns, ``rounds`` slices of ``seconds / rounds`` each, each
+    one's figures summed over its slices: so that a machine that slows down or speeds up
+    for a while (a shared host) weighs on all of them alike. ``configs``: (port, requests
+    per client, server pid, local database) each; the request lists are used up in order
+    over the rounds."""
+    meters = [Meter() for _ in configs]
+    for _ in range(rounds):
+        for (port, reqs, pid, local_db), meter in zip(configs, meters):
+            drive(port, reqs, seconds / rounds, server_pid=pid, local_db=local_db, meter=meter)
+    return [m.result() for m in meters]
 
 
 # --- the workload ----------------------------------------------------------------------------
@@ -340,12 +390,15 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
         # every single-entry configuration before the batched ones: a batched run leaves the
         # server folding its tens of thousands of entries into the projections (and PostgreSQL
         # vacuuming) for a second or two, which the next configuration would be measured in
+        # trivial and single alternate in rounds (drive_alternating): the two are compared
         for n in CLIENTS:
             single_reqs = [requests_of("single", c) for c in chain_of[("single", n)]]
-            log(f"[{backend.name}] http: {n} client(s): trivial, single")
-            results[f"trivial_c{n}"] = drive(trivial_port, single_reqs, sizes.seconds, server_pid=trivial.proc.pid)
-            results[f"http_single_c{n}"] = drive(server_port, single_reqs, sizes.seconds,
-                                                 server_pid=server.proc.pid, local_db=local_db)
+            # the same bytes (answered {} and dropped), enough of them for the fastest endpoint
+            trivial_reqs = [reqs * 4 for reqs in single_reqs]
+            log(f"[{backend.name}] http: {n} client(s): trivial and single, {sizes.rounds} rounds")
+            results[f"trivial_c{n}"], results[f"http_single_c{n}"] = drive_alternating(
+                [(trivial_port, trivial_reqs, trivial.proc.pid, False),
+                 (server_port, single_reqs, server.proc.pid, local_db)], sizes.seconds, sizes.rounds)
         results["inproc_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes, log)
         results["inproc_store_batch"] = _inproc(backend, setup_env, len(gen), by_chain[inproc_chain], sizes,
                                                 log, store_only=True)

@@ -128,6 +128,13 @@ def _check_http(doc: dict, name: str) -> None:
     # every entry the clients were answered for is in the server's log, and nothing else
     sent = sum(d["entries"] for k, d in b["detail"].items() if k.startswith("http_"))
     assert sent > 0 and b["sizes"]["log_size"] > sent
+    # single and trivial alternate in rounds, each one's figures summed over its slices (a
+    # request sent twice would be a duplicate: answered 200, a problem above)
+    assert b["sizes"]["rounds"] == 2
+    for n in hs.CLIENTS:
+        for kind in ("trivial", "http_single"):
+            d = b["detail"][f"{kind}_c{n}"]
+            assert d["requests"] == d["entries"] > 0 and d["seconds"] > 0
 
 
 def _check_projections(doc: dict, name: str) -> None:
@@ -183,3 +190,63 @@ def test_bench_suites_table_output(capsys):
     assert run.main(["--quick", "--suite", "http", "--backend", "sqlite"]) == 0
     out = capsys.readouterr().out
     assert "trivial endpoint" in out and "entries/request" in out and "of trivial" in out
+
+
+def test_alternating_rounds_go_on_where_they_stopped():
+    """drive_alternating: two endpoints measured in turns; each one's requests are sent once
+    each, in order, over the rounds (never again from the start), and each meter sums its own
+    slices."""
+    import asyncio
+    import threading
+
+    from bench import http_suite as hs
+
+    seen: dict[int, list[bytes]] = {}
+
+    def serve(port_box: list, ready: threading.Event, stop: threading.Event) -> None:
+        async def handle(reader, writer):
+            port = writer.get_extra_info("sockname")[1]
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    seen.setdefault(port, []).append(await reader.readexactly(length))
+                    writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}")
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+
+        async def main():
+            servers = [await asyncio.start_server(handle, "127.0.0.1", 0) for _ in range(2)]
+            port_box.extend(s.sockets[0].getsockname()[1] for s in servers)
+            ready.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+            for s in servers:
+                s.close()
+
+        asyncio.run(main())
+
+    ports: list[int] = []
+    ready, stop = threading.Event(), threading.Event()
+    t = threading.Thread(target=serve, args=(ports, ready, stop), daemon=True)
+    t.start()
+    assert ready.wait(10)
+    try:
+        def reqs(tag: str) -> list[list[tuple[bytes, int]]]:
+            return [[(hs.request_bytes(f"{tag}{c}-{k}".encode()), 1) for k in range(100_000)] for c in range(3)]
+
+        a, b = reqs("a"), reqs("b")
+        ra, rb = hs.drive_alternating([(ports[0], a, None, False), (ports[1], b, None, False)], 0.3, 3)
+    finally:
+        stop.set()
+        t.join(10)
+    for port, r, left in ((ports[0], ra, a), (ports[1], rb, b)):
+        bodies = seen[port]
+        assert r["requests"] == r["entries"] == len(bodies) > 0 and not r["errors"]
+        assert len(set(bodies)) == len(bodies)  # nothing sent twice
+        for c in range(3):  # each client's in order, and the lists lost exactly what was sent
+            mine = [x for x in bodies if x.split(b"-")[0].endswith(str(c).encode())]
+            assert mine == [x.split(b"\r\n\r\n")[1] for x, _ in reqs(chr(mine[0][0]))[c][:len(mine)]]
+            assert len(left[c]) == 100_000 - len(mine)
+        assert r["seconds"] >= 0.29  # three slices, each sending until its 0.1 s were up
