@@ -92,9 +92,10 @@ class _Checked:
     """One group after validation: its entries, those to hand to the store (``send``: all but
     repeats of an entry of an earlier group of the same call), or the group's error."""
 
-    __slots__ = ("entries", "send", "repeats", "new", "error")
+    __slots__ = ("entries", "send", "repeats", "new", "error", "maybe_recorded")
 
     def __init__(self) -> None:
+        self.maybe_recorded = False  # a command id of the group may be in the log (a look-up was needed)
         self.entries: list[SignedEntry] = []
         self.send: list[SignedEntry] = []
         self.repeats: dict[int, tuple[int, int]] = {}  # position -> (group, position) of the first
@@ -183,7 +184,10 @@ class CommandAPI:
                         continue
                 return self._finish(checked, [], [])
             try:
-                stored = self.store.append_groups([c.send for c in passed], expect_size=base)
+                # new_commands: the state's filter (no false negatives) said no command id of
+                # these groups is in the log of ``base`` entries: the store need not look
+                stored = self.store.append_groups([c.send for c in passed], expect_size=base,
+                                                  new_commands=not any(c.maybe_recorded for c in passed))
             except LogMoved as moved:
                 self.state.abort()
                 self._catch_up(moved.size)
@@ -319,7 +323,9 @@ class CommandAPI:
                 # only the command ids the log may hold are looked up (the state's filter has
                 # no false negatives): usually none, and no round trip
                 maybe = self.state.commands.maybe
-                ids += [s.entry.command_id for s in c.entries if maybe(s.entry.chain, s.entry.command_id)]
+                mine = [s.entry.command_id for s in c.entries if maybe(s.entry.chain, s.entry.command_id)]
+                c.maybe_recorded = bool(mine)
+                ids += mine
         recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
         signature_valid = self._verify_in_parallel([s for c in parsed if c.error is None for s in c.entries])
 

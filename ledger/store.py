@@ -57,6 +57,11 @@ class LogMoved(Exception):
         self.size = size
 
 
+class _ReadFirst(Exception):
+    """A write without reading first (LedgerStore.finish) met a refusal its caches decided:
+    rolled back, and run again the usual way."""
+
+
 class AppendError(ValueError):
     """An entry (and so its whole group) was refused; nothing of the group was written.
 
@@ -187,6 +192,7 @@ class SQLiteLedgerRecorder(SQLiteApplicationRecorder):
     # first (a tuple built, a dict look-up, two attribute look-ups, per value): a bytearray copy
     # of a few hundred bytes costs less than that.
     ROW_BLOB = bytearray
+    WRITE_BLIND = False  # (in-process: reading the log's head first costs no round trip)
 
     def construct_create_table_statements(self) -> list[str]:
         return super().construct_create_table_statements() + _log_ddl(self.tables, "sqlite")
@@ -278,6 +284,9 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
     """eventsourcing's PostgreSQL recorder, plus the log tables and an append transaction."""
 
     ROW_BLOB = None  # binary columns as they are (bytes)
+    # LedgerStore.finish may write without reading first (a round trip saved: the log's
+    # constraints refuse the rows, as an IntegrityError, if it moved)
+    WRITE_BLIND = True
 
     def __init__(self, datastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
@@ -856,7 +865,7 @@ class LedgerStore:
     def current_registry(self) -> Registry:
         """The live key registry (do not mutate): synced with the database, not copied."""
         with self._lock:
-            self._sync_caches(self._cur(), self.queries.size(self._cur())[0])
+            self._sync_caches(self._cur(), *self.queries.size(self._cur()))
             return self._registry
 
     def registry(self, size: int | None = None) -> Registry:
@@ -944,16 +953,23 @@ class LedgerStore:
             raise result
         return result
 
-    def append_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], *, expect_size: int | None = None
-                      ) -> list[list[Receipt] | AppendError]:
+    def append_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], *, expect_size: int | None = None,
+                      new_commands: bool = False) -> list[list[Receipt] | AppendError]:
         """Append several independent groups in one transaction; each group is accepted whole
         or refused whole (its AppendError takes its place in the answer).
 
         ``expect_size``: write only if the log holds exactly that many entries when the lock
         is taken, else raise :class:`LogMoved` (nothing written). A caller that checked the
         entries against its own view of the log (the command API) learns that the view was
-        stale, and how far the log is, in the same round trip as the write."""
-        return self.finish(self.prepare(groups), expect_size=expect_size)
+        stale, and how far the log is, in the same round trip as the write.
+
+        ``new_commands`` (with ``expect_size``): the caller knows that no entry of the log's
+        first ``expect_size`` holds any of these command ids. On PostgreSQL, when this store's
+        caches are of that size too, the transaction then reads nothing before it writes: one
+        round trip instead of two. The log's own constraints (its gap-free index, the unique
+        command ids and chain positions) refuse the rows if the log has moved meanwhile; the
+        transaction is then rolled back and run again the usual way (which raises LogMoved)."""
+        return self.finish(self.prepare(groups), expect_size=expect_size, new_commands=new_commands)
 
     def prepare(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> "_Prepared":
         """Parse and check signatures in the pool (no lock held). Pass to :meth:`finish`.
@@ -1019,12 +1035,24 @@ class LedgerStore:
         self._use_processes = False
         return _precheck(group, registry)
 
-    def finish(self, prepared: "_Prepared", *, expect_size: int | None = None) -> list[list[Receipt] | AppendError]:
+    def finish(self, prepared: "_Prepared", *, expect_size: int | None = None,
+               new_commands: bool = False) -> list[list[Receipt] | AppendError]:
         checked = [f.result() for f in prepared.futures]
         with self._lock:
             try:
                 before = self._size
-                result = self.recorder.write(lambda cur: self._plan(cur, checked, expect_size))
+                blind = (new_commands and self.recorder.WRITE_BLIND and expect_size is not None
+                         and expect_size == self._size)
+                try:
+                    result = self.recorder.write(lambda cur: self._plan(cur, checked, expect_size, blind))
+                except (ESIntegrityError, _ReadFirst):
+                    if not blind:
+                        raise
+                    # the log's constraints refused the rows (it moved under the caches: another
+                    # writer), or the plan refused a group: nothing was written; the caches are
+                    # reloaded and the log read under the lock first, as usual
+                    self._size = -1
+                    result = self.recorder.write(lambda cur: self._plan(cur, checked, expect_size))
                 result.on_commit()
                 if self.db.backend == "postgres" and before >= 0 and self._size // 50_000 > before // 50_000:
                     self._analyze()  # a bulk load outruns autovacuum: keep the planner's statistics fresh
@@ -1061,7 +1089,9 @@ class LedgerStore:
                 raise result
             yield result
 
-    def _sync_caches(self, cur, size: int, last_us: int | None = None) -> None:
+    def _sync_caches(self, cur, size: int, last_us: int) -> None:
+        """The caches (registry, Merkle frontier, chain heads, record time of the last entry)
+        for a log of ``size`` entries whose last was recorded at ``last_us``."""
         if size == self._size:
             return
         if size < self._size or self._size < 0:
@@ -1077,23 +1107,26 @@ class LedgerStore:
         self._frontier = merkle.Frontier.from_nodes(size, lambda level, index: nodes[(level, index)])
         self._heads = {}
         self._size = size
-        if last_us is not None:
-            self._last_us = last_us
+        self._last_us = last_us
 
-    def _plan(self, cur, checked: list, expect_size: int | None = None) -> tuple[list[tuple], list[tuple], list]:
-        # The command ids already recorded and the log head: on PostgreSQL both queries wait in
-        # the pipeline and are answered together (with BEGIN and the lock) in one round trip.
+    def _plan(self, cur, checked: list, expect_size: int | None = None,
+              blind: bool = False) -> tuple[list[tuple], list[tuple], list]:
         accepted = [g for g in checked if not isinstance(g, AppendError)]
-        command_ids = [s[5] if type(s) is _Checked else s.entry.command_id for g in accepted for s, _ in g]
-        side = cur.side() if command_ids and hasattr(cur, "side") else None
-        if side is not None:
-            self.queries.send_commands(side.cur, command_ids)
-        size, last_us = self.queries.size(cur)
-        recorded_commands = (self.queries.fetch_commands(side.cur) if side is not None
-                             else self.queries.commands(cur, command_ids))
-        if expect_size is not None and size != expect_size:
-            raise LogMoved(size)
-        self._sync_caches(cur, size, last_us)
+        if blind:  # (finish: the caller vouches for the log's size and its command ids)
+            size, last_us, recorded_commands = self._size, self._last_us, {}
+        else:
+            # The command ids already recorded and the log head: on PostgreSQL both queries wait
+            # in the pipeline and are answered together (with BEGIN and the lock) in one round trip.
+            command_ids = [s[5] if type(s) is _Checked else s.entry.command_id for g in accepted for s, _ in g]
+            side = cur.side() if command_ids and hasattr(cur, "side") else None
+            if side is not None:
+                self.queries.send_commands(side.cur, command_ids)
+            size, last_us = self.queries.size(cur)
+            recorded_commands = (self.queries.fetch_commands(side.cur) if side is not None
+                                 else self.queries.commands(cur, command_ids))
+            if expect_size is not None and size != expect_size:
+                raise LogMoved(size)
+            self._sync_caches(cur, size, last_us)
         recorded_us = max(self.clock(), last_us)
         recorded_at = micros_to_time_text(recorded_us)
 
@@ -1192,6 +1225,8 @@ class LedgerStore:
                     g_receipts[g_index] = receipt
                     g_index += 1
             except AppendError as err:
+                if blind:  # decided on caches the log may have outrun: decide it the usual way
+                    raise _ReadFirst() from err
                 registry.rollback(g_mark)
                 key_cache.clear()
                 e = group[pos][0].entry

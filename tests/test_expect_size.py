@@ -41,3 +41,45 @@ def test_expect_size(db_url):
         assert verify_database(db_url, workers=1).ok
     finally:
         led.close()
+
+
+def test_new_commands_write_without_reading_first(db_url, monkeypatch):
+    """``new_commands=True`` (the caller vouches that the log of ``expect_size`` entries holds
+    none of the command ids): on PostgreSQL, with the store's caches of that size, the
+    transaction reads nothing before it writes. If the caller's view was wrong (another writer
+    moved the log, or a command id was recorded after all), the log's constraints refuse the
+    rows, nothing is written, and the usual way answers: LogMoved with the size found, or the
+    original receipt of a recorded command. Same answers on SQLite (which always reads first)."""
+    from helpers import is_pg
+
+    led = new_ledger(db_url)
+    try:
+        mine = led.register(MINE, ["MINE"])
+        st = led.store
+        n = st.size()
+        st.append_groups([[fact(mine)]], expect_size=n)  # (the caches now follow this store)
+        reads = []
+        real_size = st.queries.size
+        monkeypatch.setattr(st.queries, "size", lambda cur: reads.append(1) or real_size(cur))
+        a = fact(mine)
+        assert st.append_groups([[a]], expect_size=n + 1, new_commands=True)[0][0].index == n + 1
+        assert len(reads) == (0 if is_pg(db_url) else 1)
+        # another writer moves the log behind this store's back
+        with LedgerStore(db_url) as other:
+            other.append([fact(mine)])
+        b = fact(mine)
+        with pytest.raises(LogMoved) as moved:
+            st.append_groups([[b]], expect_size=n + 2, new_commands=True)
+        assert moved.value.size == n + 3 and st.size() == n + 3
+        assert st.append_groups([[b]], expect_size=n + 3, new_commands=True)[0][0].index == n + 3
+        # a caller wrong about its command ids: the constraint refuses, the usual way answers
+        # the recorded entry's receipt (a retry), and nothing is written twice
+        again = st.append_groups([[b]], expect_size=n + 4, new_commands=True)[0][0]
+        assert again.duplicate and again.index == n + 3 and st.size() == n + 4
+        c = fact(mine)
+        reads.clear()
+        assert st.append_groups([[c]], expect_size=n + 4, new_commands=True)[0][0].index == n + 4
+        assert st.append_groups([[fact(mine)]])[0][0].index == n + 5
+        assert verify_database(db_url, workers=1).ok
+    finally:
+        led.close()
