@@ -8,7 +8,6 @@ command API's findings hook, which findings each new entry raised.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import sys
@@ -320,19 +319,14 @@ class ProjectionProcess:
         return self._fallback()(signed, receipt)
 
 
-@functools.lru_cache(maxsize=64)
-def _micros(recorded_at: str) -> int:
-    from ledger.encoding import parse_time, time_to_micros
-
-    return time_to_micros(parse_time(recorded_at))
-
-
 def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: bytes, envelope: bytes):
     """A log record from what the parent fed: what ``apply_record`` reads of it (index, record time,
     chain, seq, entry hash, envelope); type and Merkle nodes are not needed to fold."""
     from ledger.reader import Record
 
-    return Record(index, chain, seq, "", entry_hash, _micros(recorded_at), b"", envelope)
+    from .store import record_micros
+
+    return Record(index, chain, seq, "", entry_hash, record_micros(recorded_at), b"", envelope)
 
 
 class _Fed:

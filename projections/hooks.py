@@ -22,9 +22,8 @@ from typing import Any
 from ledger.entry import SignedEntry
 from ledger.reader import LogReader
 
-from .follow import _micros
 from .model import Finding
-from .store import ProjectionStore, apply_record, read_snapshot
+from .store import ProjectionStore, apply_record, read_snapshot, record_micros
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ class MirrorFindings:
                             apply_record(proj, rec)
                     if isinstance(signed, (bytes, bytearray)):
                         signed = SignedEntry.parse(bytes(signed))
-                    mine = [f.to_dict() for f in proj.apply(index, _micros(recorded_at), signed).findings
+                    mine = [f.to_dict() for f in proj.apply(index, record_micros(recorded_at), signed).findings
                             if f.index == index and f.party == chain]
                     if mine:
                         found[index] = mine

@@ -18,6 +18,7 @@ channel of eventsourcing's events table); on SQLite it polls.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import pickle
@@ -25,6 +26,7 @@ import sqlite3
 import threading
 from typing import Any, Callable, Iterable
 
+from ledger.encoding import parse_time, time_to_micros
 from ledger.entry import EntryError, SignedEntry
 from ledger.reader import DatabaseURL, LogReader, Record
 
@@ -460,6 +462,13 @@ def read_snapshot(reader: LogReader) -> Projector:
     if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
         return Projector()
     return _unpickle_snapshot(row[1])
+
+
+@functools.lru_cache(maxsize=64)
+def record_micros(recorded_at: str) -> int:
+    """A receipt's record time (RFC 3339 text) in microseconds, as the log stores it (the
+    entries of one commit share one record time: cached)."""
+    return time_to_micros(parse_time(recorded_at))
 
 
 def apply_record(proj: Projector, rec: Record) -> Deltas:
