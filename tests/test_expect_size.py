@@ -83,3 +83,31 @@ def test_new_commands_write_without_reading_first(db_url, monkeypatch):
         assert verify_database(db_url, workers=1).ok
     finally:
         led.close()
+
+
+def test_a_write_without_reading_keeps_record_times_in_order(db_url):
+    """Record times never go backwards, also when the transaction reads nothing first: a
+    store whose clock lags another writer's learns the log's last record time whenever it
+    learns its size (here through current_registry, as the server's authentication does), so
+    its next entry is recorded no earlier than the other writer's."""
+    from helpers import raw_connection, tables
+
+    slow = 1_735_689_600_000_000  # 2025-01-01: this store's clock, behind the other writer's (the wall clock)
+    led = new_ledger(db_url, clock=lambda: slow)
+    try:
+        mine = led.register(MINE, ["MINE"])
+        st = led.store
+        n = st.size()
+        st.append_groups([[fact(mine)]], expect_size=n)
+        with LedgerStore(db_url) as other:
+            ahead = other.append([fact(mine)])[0]
+        st.current_registry()  # the caches follow the log to n + 2
+        r = st.append_groups([[fact(mine)]], expect_size=n + 2, new_commands=True)[0][0]
+        assert r.index == n + 2 and r.recorded_at >= ahead.recorded_at
+        with raw_connection(db_url) as conn:
+            times = [row[0] for row in conn.execute(
+                tables(db_url).q("SELECT recorded_us FROM {log} ORDER BY idx")).fetchall()]
+        assert times == sorted(times)
+        assert verify_database(db_url, workers=1).ok
+    finally:
+        led.close()
