@@ -111,3 +111,41 @@ def test_a_write_without_reading_keeps_record_times_in_order(db_url):
         assert verify_database(db_url, workers=1).ok
     finally:
         led.close()
+
+
+def test_a_write_without_reading_meets_the_log_constraints(db_url, monkeypatch):
+    """Another writer appends to another chain: the caches still accept this store's entry (its
+    own chain is where they say), so on PostgreSQL the rows go out without a read and the log's
+    unique index refuses them. Nothing of them is written; the usual way then answers
+    LogMoved, and the entry goes in at the right size."""
+    from helpers import is_pg
+    from ledger import store as store_module
+
+    led = new_ledger(db_url)
+    try:
+        mine, other_mine = led.register(MINE, ["MINE"]), led.register("91110000MINE0002", ["MINE"])
+        st = led.store
+        n = st.size()
+        st.append_groups([[fact(mine)]], expect_size=n)
+        with LedgerStore(db_url) as other:
+            other.append([fact(other_mine)])
+        refused = []
+        real_write = st.recorder.write
+
+        def write(plan):
+            try:
+                return real_write(plan)
+            except store_module.ESIntegrityError as e:
+                refused.append(e)
+                raise
+
+        monkeypatch.setattr(st.recorder, "write", write)
+        a = fact(mine)
+        with pytest.raises(LogMoved) as moved:
+            st.append_groups([[a]], expect_size=n + 1, new_commands=True)
+        assert moved.value.size == n + 2 and st.size() == n + 2
+        assert len(refused) == (1 if is_pg(db_url) else 0)  # the constraint, not a read, caught it
+        assert st.append_groups([[a]], expect_size=n + 2, new_commands=True)[0][0].index == n + 2
+        assert verify_database(db_url, workers=1).ok
+    finally:
+        led.close()
