@@ -47,9 +47,10 @@ def test_new_commands_write_without_reading_first(db_url, monkeypatch):
     """``new_commands=True`` (the caller vouches that the log of ``expect_size`` entries holds
     none of the command ids): on PostgreSQL, with the store's caches of that size, the
     transaction reads nothing before it writes. If the caller's view was wrong (another writer
-    moved the log, or a command id was recorded after all), the log's constraints refuse the
-    rows, nothing is written, and the usual way answers: LogMoved with the size found, or the
-    original receipt of a recorded command. Same answers on SQLite (which always reads first)."""
+    moved the log, or a command id was recorded after all), the plan's refusal on its caches or
+    the log's constraints stop it, nothing is written, and the usual way answers: LogMoved with the size found, or the
+    original receipt of a recorded command. Same answers on SQLite (which always reads first).
+    (The constraint path itself: test_a_write_without_reading_meets_the_log_constraints.)"""
     from helpers import is_pg
 
     led = new_ledger(db_url)
@@ -72,8 +73,9 @@ def test_new_commands_write_without_reading_first(db_url, monkeypatch):
             st.append_groups([[b]], expect_size=n + 2, new_commands=True)
         assert moved.value.size == n + 3 and st.size() == n + 3
         assert st.append_groups([[b]], expect_size=n + 3, new_commands=True)[0][0].index == n + 3
-        # a caller wrong about its command ids: the constraint refuses, the usual way answers
-        # the recorded entry's receipt (a retry), and nothing is written twice
+        # a caller wrong about its command ids: the plan refuses the entry on its caches (its
+        # seq is taken), the usual way answers the recorded entry's receipt (a retry), and
+        # nothing is written twice
         again = st.append_groups([[b]], expect_size=n + 4, new_commands=True)[0][0]
         assert again.duplicate and again.index == n + 3 and st.size() == n + 4
         c = fact(mine)
