@@ -258,9 +258,9 @@ def drive(port: int, per_client: list[list[tuple[bytes, int]]], seconds: float, 
           server_pid: int | None = None, local_db: bool = False, meter: Meter | None = None) -> dict[str, Any]:
     """Every client sends its requests in order on its own connection; all start together.
     With ``server_pid``: the CPU the server (with its child processes), a local PostgreSQL
-    server and this client spent per entry, in microseconds. With ``meter``, the slice's
-    figures are added to it (the result is then the meter's, over all its slices) and
-    ``per_client`` loses the requests answered, so that the next slice goes on from there."""
+    server and this client spent per entry, in microseconds. ``per_client`` loses the requests
+    answered, so that a next slice goes on from there; with ``meter``, the slice's figures are
+    added to it (the result is then the meter's, over all its slices)."""
     meter = meter if meter is not None else Meter()
     lat: list[float] = []
     errors: list[str] = []
