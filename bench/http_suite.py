@@ -2,7 +2,7 @@
 pre-signed entries, against the same framework's trivial endpoint and against in-process
 appends on the same backend, measured in the same run.
 
-* **server**: ``python -m commands.cli serve --db URL --port P`` on a fresh database (a
+* **server**: ``python -m reledger serve --db URL --port P`` on a fresh database (a
   PostgreSQL schema or a SQLite file, dropped afterwards) whose registry (genesis, one mine per
   client chain, quota) was written in-process first.
 * **clients**: 1, 4 and 16 concurrent keep-alive connections (one asyncio loop, a minimal
@@ -328,8 +328,8 @@ def _entries_plan(chains: dict[str, int], occ: int, tag: str) -> rl.Plan:
 
 
 def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from commands.api import CommandAPI
-    from ledger.store import LedgerStore
+    from reledger.commands.api import CommandAPI
+    from reledger.ledger.store import LedgerStore
 
     problems: list[str] = []
     now = int(time.time()) * 1_000_000
@@ -383,10 +383,10 @@ def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str,
         "127.0.0.1", "localhost", "::1", "", None)
     server_port, trivial_port = free_port(), free_port()
     log(f"[{backend.name}] http: starting reledger serve and the trivial app")
-    server = Proc(["-m", "commands.cli", "serve", "--db", url, "--port", str(server_port)], server_port)
+    server = Proc(["-m", "reledger", "serve", "--db", url, "--port", str(server_port)], server_port)
     trivial = None
     try:
-        trivial = Proc(["-m", "bench.trivial_app", str(trivial_port)], trivial_port)
+        trivial = Proc(["-m", "reledger.bench.trivial_app", str(trivial_port)], trivial_port)
         # every single-entry configuration before the batched ones: a batched run leaves the
         # server folding its tens of thousands of entries into the projections (and PostgreSQL
         # vacuuming) for a second or two, which the next configuration would be measured in
@@ -452,10 +452,10 @@ def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], si
     """CommandAPI.submit of ``batch``-entry groups with the server's findings hook, in-process;
     with ``store_only``, LedgerStore.append_pipelined of the same batches (no catalogue checks,
     no projections: the ledger core alone)."""
-    from commands.api import CommandAPI
-    from ledger.store import LedgerStore
-    from projections.hooks import ProjectionFindings
-    from projections.store import ProjectionStore
+    from reledger.commands.api import CommandAPI
+    from reledger.ledger.store import LedgerStore
+    from reledger.projections.hooks import ProjectionFindings
+    from reledger.projections.store import ProjectionStore
 
     log(f"[{backend.name}] http: in-process {'LedgerStore.append_pipelined' if store_only else 'CommandAPI.submit'}, "
         f"{sizes.batch} per group")

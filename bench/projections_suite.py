@@ -59,8 +59,8 @@ class ProjSizes:
 
 
 def _read_raw(url: str) -> int:
-    from ledger.entry import SignedEntry
-    from ledger.reader import LogReader
+    from reledger.ledger.entry import SignedEntry
+    from reledger.ledger.reader import LogReader
 
     n = 0
     with LogReader(url) as r:
@@ -92,11 +92,11 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from commands.api import CommandAPI
-    from ledger.store import LedgerStore
-    import projections.store
-    from projections import queries
-    from projections.store import ProjectionStore
+    from reledger.commands.api import CommandAPI
+    from reledger.ledger.store import LedgerStore
+    import reledger.projections.store
+    from reledger.projections import queries
+    from reledger.projections.store import ProjectionStore
 
     from .run import Acc, timed
 
@@ -179,7 +179,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
             if not q.get("enterprises"):
                 problems.append("the quota query at N/2 answered no enterprise")
             # the longest roll-forward from kept totals: as of just before the next kept position
-            every = projections.store.QUOTA_SUMS_EVERY
+            every = reledger.projections.store.QUOTA_SUMS_EVERY
             worst = queries.Point(as_of=min(n_big, (n_big // 2 // every + 1) * every - 1))
             for _ in range(sizes.query_reps):
                 timed(accs["quota_query_worst"], 1, lambda: queries.quota(ps, work.year, worst))
@@ -221,7 +221,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
 def _lag(url: str, store, clock: list[int], work: rl.Log, start: int, sizes: ProjSizes) -> dict[str, Any]:
     """A writer appends work[start:] at sizes.lag_rate while ProjectionStore.follow runs in
     another thread; this thread samples the projections' position every few milliseconds."""
-    from projections.store import ProjectionStore
+    from reledger.projections.store import ProjectionStore
 
     follower_ps = ProjectionStore(url)
     sampler = ProjectionStore(url)

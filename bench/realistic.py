@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, Iterator
 
-from ledger import encoding
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
+from reledger.ledger import encoding
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
 
 ORIGIN = "bench.reledger.example/realistic"
 REGULATOR = "MIIT"

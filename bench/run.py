@@ -14,7 +14,7 @@ Figures (entries per second unless said otherwise), per backend (SQLite file, Po
   (batches of ``--batch``) of pre-signed envelopes (bytes, as clients send them): parse,
   verify every signature, check chain and key registry, extend the Merkle log, store;
 * **growth** - batched append with 10^5 entries already in the log against 10^3;
-* **verify** - ``ledger.verify.verify_database`` over the large log (10^5 + entries).
+* **verify** - ``reledger.ledger.verify.verify_database`` over the large log (10^5 + entries).
 
 To keep ratios meaningful on a noisy shared machine, the measurements are interleaved in
 rounds (P, append, V, small log and large log alternate) and each rate is total entries over
@@ -33,7 +33,7 @@ their figures and ratios are under ``suites`` in the JSON document):
   (``--large-projections N``, default 10^6, 2*10^4 with --quick) against its full replay, and
   the projections' lag behind a writer appending at a fixed rate.
 
-Run: ``python -m bench.run [--quick] [--json] [--suite core|http|projections|all]
+Run: ``python -m reledger.bench.run [--quick] [--json] [--suite core|http|projections|all]
 [--backend sqlite|postgres|both] [--pg URL] [--large-projections N]``.
 """
 
@@ -171,7 +171,7 @@ class VerifySample:
     def __init__(self, work: wl.Workload, n: int):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-        from ledger.entry import ENTRY_TAG, SignedEntry
+        from reledger.ledger.entry import ENTRY_TAG, SignedEntry
 
         pubs = {}
         for i in range(work.parties):
@@ -198,7 +198,7 @@ def stored_events(envelopes: Sequence[bytes]) -> list:
     """StoredEvents carrying exactly the envelopes (same ids, versions, topics, bytes)."""
     from eventsourcing.persistence import StoredEvent
 
-    from ledger.entry import SignedEntry
+    from reledger.ledger.entry import SignedEntry
 
     out = []
     for env in envelopes:
@@ -279,9 +279,9 @@ class BackendResult:
 
 
 def run_backend(backend: Backend, work: wl.Workload, sizes: Sizes, log: Callable[[str], None]) -> BackendResult:
-    from ledger.checkpoint import NoteSigner
-    from ledger.store import LedgerStore
-    from ledger.verify import verify_database
+    from reledger.ledger.checkpoint import NoteSigner
+    from reledger.ledger.store import LedgerStore
+    from reledger.ledger.verify import verify_database
 
     res = BackendResult(backend.name, backend.describe())
     accs = res.accs

@@ -1,9 +1,9 @@
 """The trivial endpoint the HTTP benchmark compares the ledger's server with: the same
 framework (FastAPI on uvicorn), the same process settings as ``reledger serve``
-(``commands.server.serve``: one process, log level warning, no access log), and a POST that
+(``reledger.commands.server.serve``: one process, log level warning, no access log), and a POST that
 reads the body and answers ``{}``.
 
-Run: ``python -m bench.trivial_app PORT``.
+Run: ``python -m reledger.bench.trivial_app PORT``.
 """
 
 from __future__ import annotations

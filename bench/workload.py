@@ -5,14 +5,14 @@ byte-identical envelopes can be appended to every backend and every database of 
 
 The log it builds, in order:
 
-* log index 0-2: the genesis (``ledger.genesis.genesis_entries``) on the regulator's chain;
+* log index 0-2: the genesis (``reledger.ledger.genesis.genesis_entries``) on the regulator's chain;
 * then, for each of ``parties`` enterprises, ``PartyRegistered`` + ``KeyAuthorized`` from the
   regulator's chain (so every later entry is valid: registered party, authorized key);
 * then business entries (``TransferShipped``, ``MineralProductProduced``, ``StockCounted``)
   spread round-robin over the enterprises' chains.
 
 Signing is the slow part of building a run (every entry is built, encoded and signed by
-``ledger.entry.make_entry``), so business entries are signed one chain per task in a pool of
+``reledger.ledger.entry.make_entry``), so business entries are signed one chain per task in a pool of
 forked processes: a chain's entries depend only on its own key and previous hash.
 """
 
@@ -24,8 +24,8 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
 
 REGULATOR = "MIIT"
 ORIGIN = "bench.reledger.example/log"

@@ -1,6 +1,6 @@
 """The in-process command API: validate, authorize, reference-check, append.
 
-    from commands.api import CommandAPI, CommandError
+    from reledger.commands.api import CommandAPI, CommandError
     api = CommandAPI(LedgerStore("sqlite:///./reledger.db"))
     receipts = api.submit([signed_entry, ...])          # one all-or-nothing group
     results = api.submit_groups([[...], [...]])          # group commit: receipts or CommandError each
@@ -13,7 +13,7 @@ Then ``store.append`` / ``store.append_groups`` writes it; the store checks keys
 chains and idempotency again under its own lock, and any refusal of the store is translated into
 a :class:`CommandError` with the store's code and message.
 
-The write state (:mod:`commands.state`) catches up from the log before each submission (so other
+The write state (:mod:`reledger.commands.state`) catches up from the log before each submission (so other
 writers are seen) and keeps only what the store accepted. One lock serializes validate+append in
 this process. Another process appending to the same database between the catch-up and the
 append is still stopped by the store for chains, keys and command ids; its effect on reference
@@ -21,7 +21,7 @@ checks (a shipment received twice by two processes at once) is left to the proje
 
 Findings: each receipt has a ``findings`` list. The command API computes none itself; pass
 ``findings_hook(signed_entry, receipt) -> list[dict]`` (the rule engine's
-``projections.hooks.ProjectionFindings``) and its answer for each newly accepted entry (not for
+``reledger.projections.hooks.ProjectionFindings``) and its answer for each newly accepted entry (not for
 a duplicate) is put there (an exception of the hook is logged and
 gives an empty list: the entry is already recorded). A hook that also has
 ``findings_of([(index, recorded_at, chain, seq, entry_hash, signed), ...]) -> {index: [...]}``
@@ -39,10 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from ledger.entry import CHAIN_RE, EntryError, SignedEntry
-from ledger.reader import Record
-from ledger.registry import RegistryError
-from ledger.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
+from reledger.ledger.entry import CHAIN_RE, EntryError, SignedEntry
+from reledger.ledger.reader import Record
+from reledger.ledger.registry import RegistryError
+from reledger.ledger.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
 from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
                         UnknownReference, catalogue_json_schema)

@@ -25,9 +25,9 @@ import time
 from collections import OrderedDict
 from datetime import datetime, timezone
 
-from ledger import encoding
-from ledger.encoding import EncodingError
-from ledger.keys import SigningKey, verify_signature
+from reledger.ledger import encoding
+from reledger.ledger.encoding import EncodingError
+from reledger.ledger.keys import SigningKey, verify_signature
 
 REQUEST_TAG = b"reledger/v1/request\n"
 NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")

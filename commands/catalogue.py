@@ -8,17 +8,17 @@ and its limits. The same schema
   (``body.lines[0].kg``) and why;
 * describes itself as JSON Schema (:meth:`EntrySchema.json_schema`, for the OpenAPI description);
 * writes its markdown table (:func:`catalogue_markdown`, which is docs/CATALOGUE.md:
-  ``python -m commands.catalogue > docs/CATALOGUE.md``).
+  ``python -m reledger.commands.catalogue > docs/CATALOGUE.md``).
 
 Value conventions (docs/FORMAT.md): quantities are decimal *text* in the normal form of
-:func:`ledger.encoding.decimal_text` (``"12.5"``, never ``12.5`` nor ``"12.50"``); times are
-RFC 3339 UTC text in the normal form of :func:`ledger.encoding.time_text`; party ids match
-:data:`ledger.entry.CHAIN_RE`; binary (msgpack bin) only for public keys and digests (32 bytes).
+:func:`reledger.ledger.encoding.decimal_text` (``"12.5"``, never ``12.5`` nor ``"12.50"``); times are
+RFC 3339 UTC text in the normal form of :func:`reledger.ledger.encoding.time_text`; party ids match
+:data:`reledger.ledger.entry.CHAIN_RE`; binary (msgpack bin) only for public keys and digests (32 bytes).
 Floats never appear. Absurd quantities (above the field's maximum) and negative ones are refused.
 
 Reference data (products, REO factors, recovery bands) is versioned in one place,
-:data:`projections.reference.REFERENCE_DATA` (re-exported here), shared with the rule engine.
-Error classes live here too (the lowest module of the command API); ``commands.api`` re-exports
+:data:`reledger.projections.reference.REFERENCE_DATA` (re-exported here), shared with the rule engine.
+Error classes live here too (the lowest module of the command API); ``reledger.commands.api`` re-exports
 them.
 """
 
@@ -30,10 +30,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Callable, Iterable
 
-from ledger.encoding import EncodingError, parse_decimal, parse_time
-from ledger.entry import CHAIN_RE
-from ledger.keys import KEY_ID_RE, PURPOSES, key_id as compute_key_id
-from projections.reference import REFERENCE_DATA
+from reledger.ledger.encoding import EncodingError, parse_decimal, parse_time
+from reledger.ledger.entry import CHAIN_RE
+from reledger.ledger.keys import KEY_ID_RE, PURPOSES, key_id as compute_key_id
+from reledger.projections.reference import REFERENCE_DATA
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -901,7 +901,7 @@ _SCHEMAS: list[EntrySchema] = [
     EntrySchema("MonthlyFlowReportSubmitted", "reporting", "The previous month's flow report (Decree 71 "
                 "Art. 10: due before the 10th). It covers seqs first_seq..last_seq of the reporter's own "
                 "chain (both absent: no entries that month); digest = SHA-256 of the concatenated entry "
-                "hashes of those seqs, in order (`commands.catalogue.report_digest`).", Struct({
+                "hashes of those seqs, in order (`reledger.commands.catalogue.report_digest`).", Struct({
                     "month": Month("the month reported"),
                     "first_seq": Int("first seq covered", minimum=1, optional=True),
                     "last_seq": Int("last seq covered (below the report's own seq)", minimum=1, optional=True),
@@ -979,7 +979,7 @@ def check_body(type_name: str, body: Any) -> dict:
     return schema_of(type_name).check(body)
 
 
-from projections.model import report_digest  # noqa: E402 - one definition, re-exported here
+from reledger.projections.model import report_digest  # noqa: E402 - one definition, re-exported here
 
 
 # --- JSON <-> body (binary as base64 in JSON) -----------------------------------------------
@@ -1053,7 +1053,7 @@ def catalogue_markdown() -> str:
     from .validate import AUTHORIZATION_DOC, WRITE_PATH_DOC, role_rule_text
 
     out = ["# Entry catalogue", "",
-           "Generated from `commands/catalogue.py` by `python -m commands.catalogue > docs/CATALOGUE.md`;",
+           "Generated from `commands/catalogue.py` by `python -m reledger.commands.catalogue > docs/CATALOGUE.md`;",
            "do not edit by hand (tests/test_catalogue.py checks that this file is in step).", "",
            "Every entry's `body` is a map with exactly the fields below. Quantities are decimal **text** in",
            "normal form (`\"12.5\"`: no exponent, no leading or trailing zeros, never a float), at most 3",

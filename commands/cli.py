@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from ledger.reader import DEFAULT_URL
+from reledger.ledger.reader import DEFAULT_URL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -55,14 +55,14 @@ def console():
 
 
 def now_text() -> str:
-    from ledger.encoding import time_text
+    from reledger.ledger.encoding import time_text
 
     return time_text(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
-    from ledger.reader import DatabaseURL, DatabaseURLError
-    from ledger.store import LedgerStore
+    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
+    from reledger.ledger.store import LedgerStore
 
     try:
         u = DatabaseURL.parse(args.db)
@@ -78,9 +78,9 @@ def open_store(args: argparse.Namespace, create: bool = False):
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ledger.checkpoint import NoteSigner
-    from ledger.genesis import ChainSigner, genesis_entries
-    from ledger.keys import SigningKey
+    from reledger.ledger.checkpoint import NoteSigner
+    from reledger.ledger.genesis import ChainSigner, genesis_entries
+    from reledger.ledger.keys import SigningKey
 
     keys_dir = Path(args.keys)
     keys_dir.mkdir(parents=True, exist_ok=True)
@@ -119,8 +119,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from ledger.entry import CHAIN_RE
-    from ledger.keys import SigningKey
+    from reledger.ledger.entry import CHAIN_RE
+    from reledger.ledger.keys import SigningKey
 
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
@@ -144,8 +144,8 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     """One party's chain: its bundle built from the database and checked as an auditor would
     offline (signatures with the key valid at each position, the chain, every inclusion proof,
     the checkpoint signature, consistency with every earlier checkpoint)."""
-    from ledger.bundle import verify_bundle
-    from replay.export import ExportError, build_bundle
+    from reledger.ledger.bundle import verify_bundle
+    from reledger.replay.export import ExportError, build_bundle
 
     open_store(args).close()
     notes = [Path(p).read_bytes() for p in args.checkpoint]
@@ -172,8 +172,8 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ledger.reader import DatabaseURL
-    from ledger.verify import verify_database
+    from reledger.ledger.reader import DatabaseURL
+    from reledger.ledger.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)
@@ -218,8 +218,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def load_checkpoint_signer(args: argparse.Namespace):
-    from ledger.checkpoint import NoteSigner
-    from ledger.keys import KeyError_, SigningKey
+    from reledger.ledger.checkpoint import NoteSigner
+    from reledger.ledger.keys import KeyError_, SigningKey
 
     path = Path(args.key)
     try:
@@ -235,7 +235,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     signer = load_checkpoint_signer(args)
     with open_store(args) as store:
         note = store.checkpoint(signer)
-    from ledger.checkpoint import Checkpoint
+    from reledger.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode()}
@@ -244,7 +244,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from ledger import merkle
+    from reledger.ledger import merkle
 
     with open_store(args) as store:
         latest = store.latest_checkpoint()
@@ -299,8 +299,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def open_projections(args: argparse.Namespace):
     """The projections of the ledger, brought up to date, and the point in time asked for."""
-    from projections.queries import parse_point
-    from projections.store import ProjectionStore
+    from reledger.projections.queries import parse_point
+    from reledger.projections.store import ProjectionStore
 
     open_store(args).close()  # a missing ledger is a usage error
     ps = ProjectionStore(args.db)
@@ -325,7 +325,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 
 def cmd_quota(args: argparse.Namespace) -> int:
-    from projections import queries
+    from reledger.projections import queries
 
     ps, point = open_projections(args)
     try:
@@ -356,7 +356,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 
 def cmd_stock(args: argparse.Namespace) -> int:
-    from projections import queries
+    from reledger.projections import queries
 
     ps, point = open_projections(args)
     try:
@@ -376,7 +376,7 @@ def cmd_stock(args: argparse.Namespace) -> int:
 
 
 def cmd_findings(args: argparse.Namespace) -> int:
-    from projections import queries
+    from reledger.projections import queries
 
     ps, point = open_projections(args)
     try:
@@ -395,7 +395,7 @@ def cmd_findings(args: argparse.Namespace) -> int:
 
 
 def cmd_flow(args: argparse.Namespace) -> int:
-    from projections import flowgraph
+    from reledger.projections import flowgraph
 
     ps, point = open_projections(args)
     try:
@@ -425,7 +425,7 @@ def cmd_flow(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     import time as _time
 
-    from projections.store import ProjectionStore
+    from reledger.projections.store import ProjectionStore
 
     open_store(args).close()
     t = _time.perf_counter()
@@ -443,8 +443,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 # --- replay and audit -----------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from projections.queries import _parse_when, parse_point
-    from replay.history import iter_text, replay_party
+    from reledger.projections.queries import _parse_when, parse_point
+    from reledger.replay.history import iter_text, replay_party
 
     open_store(args).close()
     try:
@@ -481,7 +481,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from replay.export import ExportError, export_bundle
+    from reledger.replay.export import ExportError, export_bundle
 
     open_store(args).close()
     try:
@@ -498,8 +498,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_investigate(args: argparse.Namespace) -> int:
-    from projections.queries import parse_point
-    from replay.report import ReportError, write_report
+    from reledger.projections.queries import parse_point
+    from reledger.replay.report import ReportError, write_report
 
     open_store(args).close()
     try:
@@ -519,7 +519,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
     """Offline: needs only ledger/ (no database, no network)."""
-    from ledger.bundle import BundleError, verify_bundle
+    from reledger.ledger.bundle import BundleError, verify_bundle
 
     try:
         data = Path(args.bundle).read_bytes()
@@ -554,7 +554,7 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from replay.monthly import ReportError, build_monthly_report
+    from reledger.replay.monthly import ReportError, build_monthly_report
 
     open_store(args).close()
     try:
@@ -589,9 +589,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
-    from commands.api import CommandAPI, CommandError
-    from ledger.genesis import ChainSigner
-    from ledger.keys import KeyError_, SigningKey
+    from reledger.commands.api import CommandAPI, CommandError
+    from reledger.ledger.genesis import ChainSigner
+    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.sign_with)
@@ -615,8 +615,8 @@ def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
 def cmd_append(args: argparse.Namespace) -> int:
     """Sign one entry with a key file and append it: over HTTP (--server) with the client, or
     in-process through the command API on --db."""
-    from commands.catalogue import body_from_json
-    from ledger.keys import KeyError_, SigningKey
+    from reledger.commands.catalogue import body_from_json
+    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.key)
@@ -629,7 +629,7 @@ def cmd_append(args: argparse.Namespace) -> int:
         pass
     occurred = args.occurred_at or now_text()
     if args.server:
-        from commands.client import ClientError, LedgerClient, Refused
+        from reledger.commands.client import ClientError, LedgerClient, Refused
 
         with LedgerClient(args.server, key) as client:
             try:
@@ -644,10 +644,10 @@ def cmd_append(args: argparse.Namespace) -> int:
                 raise UsageError(str(e)) from e
         data = {"receipts": result.receipts, "findings": result.findings}
     else:
-        from commands.api import CommandAPI, CommandError
-        from ledger.genesis import ChainSigner
-        from projections.hooks import ProjectionFindings
-        from projections.store import ProjectionStore
+        from reledger.commands.api import CommandAPI, CommandError
+        from reledger.ledger.genesis import ChainSigner
+        from reledger.projections.hooks import ProjectionFindings
+        from reledger.projections.store import ProjectionStore
 
         with open_store(args) as store:
             ps = ProjectionStore(args.db)
@@ -680,13 +680,13 @@ def cmd_append(args: argparse.Namespace) -> int:
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from commands.demo import run_demo
+    from reledger.commands.demo import run_demo
 
     return run_demo(args)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from commands.server import serve
+    from reledger.commands.server import serve
 
     open_store(args).close()  # refuse a missing SQLite file with a clear message
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
@@ -694,7 +694,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.run import main as bench_main
+    from reledger.bench.run import main as bench_main
 
     argv = list(args.rest)
     if args.json:
@@ -862,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         # bench owns its own options
-        from bench.run import main as bench_main
+        from reledger.bench.run import main as bench_main
 
         return bench_main(argv[1:])
     try:

@@ -1,7 +1,7 @@
 """An enterprise's client: holds its key, builds and signs entries, submits them over HTTP.
 
-    from commands.client import LedgerClient
-    from ledger.keys import SigningKey
+    from reledger.commands.client import LedgerClient
+    from reledger.ledger.keys import SigningKey
 
     client = LedgerClient("http://127.0.0.1:8080", SigningKey.read("MINE01.key"))
     receipt = client.append("MineralProductProduced", {...}, occurred_at="2024-03-01T08:00:00Z")
@@ -22,13 +22,13 @@ from typing import Any
 import httpx
 import msgpack
 
-from commands.auth import sign_request
-from ledger import merkle
-from ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
-from ledger.encoding import time_text
-from ledger.entry import SignedEntry
-from ledger.genesis import ChainSigner
-from ledger.keys import SigningKey
+from reledger.commands.auth import sign_request
+from reledger.ledger import merkle
+from reledger.ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
+from reledger.ledger.encoding import time_text
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.keys import SigningKey
 
 MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
 
@@ -199,7 +199,7 @@ class LedgerClient:
         s = SignedEntry.parse(env)
         if (s.entry.chain, s.entry.seq) != (chain, seq):
             raise ClientError(f"the server answered entry {s.entry.chain}:{s.entry.seq} for {chain}:{seq}")
-        from ledger.entry import leaf_bytes
+        from reledger.ledger.entry import leaf_bytes
 
         leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
         merkle.verify_inclusion(leaf, proof["index"], cp.size, [bytes.fromhex(h) for h in proof["proof"]], cp.root)

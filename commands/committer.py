@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 import msgpack
 
-from commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
-from ledger.store import LedgerStore, _exit_with_parent, _main_importable
+from reledger.commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
+from reledger.ledger.store import LedgerStore, _exit_with_parent, _main_importable
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def transient_errors() -> tuple[type[BaseException], ...]:
 
     from eventsourcing import persistence
 
-    from projections.follow import ProjectionsUnavailable
+    from reledger.projections.follow import ProjectionsUnavailable
 
     errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
                                          persistence.InterfaceError, ProjectionsUnavailable]
@@ -339,7 +339,7 @@ def _decode_answer(kind: int, payload: Any) -> tuple[bool, Any]:
 def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
     """The writer process: its own store and command API, fed groups by the parent, answering
     a frame per commit. With ``findings``, the API's findings hook is a
-    :class:`projections.hooks.MirrorFindings` (the rule state in this process: each answer
+    :class:`reledger.projections.hooks.MirrorFindings` (the rule state in this process: each answer
     carries the findings of what it committed, without a round trip to the projections; the
     parent asks its projections about the rest). Ends on the stop frame (after committing and
     answering what came before it) or when the parent goes away."""
@@ -355,7 +355,7 @@ def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
     mirror = None
     try:
         if findings:
-            from projections.hooks import MirrorFindings
+            from reledger.projections.hooks import MirrorFindings
 
             mirror = MirrorFindings(url)
         api = CommandAPI(store, findings_hook=mirror)
@@ -456,7 +456,7 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
 class WriterProcess(_Admission):
     """The group commit in a writer process of its own (see the module docstring). When
     ``api`` has a findings hook (the projections), the process answers the findings of what it
-    commits from a mirror of the rule state it keeps (:class:`projections.hooks.MirrorFindings`;
+    commits from a mirror of the rule state it keeps (:class:`reledger.projections.hooks.MirrorFindings`;
     not with ``findings_mirror=False``); those it cannot say (while its mirror is being built)
     are asked here, of ``api``'s hook, before the answers go back to the event loop.
 

@@ -7,7 +7,7 @@ types produce lots and ship them; separation plants receive, separate (yields in
 recovery bands) and ship oxides; a plant imports monazite; a smelter makes metal; an exporter
 exports with customs declarations; a recycler takes scrap; everyone counts stock and reports
 monthly. Every entry is signed with the party's own key and goes through
-:class:`commands.api.CommandAPI`; record times follow the simulated calendar (the store's clock).
+:class:`reledger.commands.api.CommandAPI`; record times follow the simulated calendar (the store's clock).
 
 A handful of violations are seeded (see :data:`SEEDED`); the projections must find each of them
 with its evidence, and nothing else.
@@ -28,12 +28,12 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from ledger import encoding
-from ledger.checkpoint import NoteSigner
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.reader import DatabaseURL
-from ledger.store import LedgerStore
+from reledger.ledger import encoding
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.reader import DatabaseURL
+from reledger.ledger.store import LedgerStore
 
 YEAR = 2024
 UTC = timezone.utc
@@ -87,9 +87,9 @@ class Party:
 
 class Demo:
     def __init__(self, url: str, out: Path, seed: int, scale: str, log: Callable[[str], None]):
-        from commands.api import CommandAPI
-        from projections.hooks import ProjectionFindings
-        from projections.store import ProjectionStore
+        from reledger.commands.api import CommandAPI
+        from reledger.projections.hooks import ProjectionFindings
+        from reledger.projections.store import ProjectionStore
 
         self.url, self.out, self.seed, self.scale, self.log = url, out, seed, scale, log
         self.rng = random.Random(seed)
@@ -388,7 +388,7 @@ class Demo:
         """The regulator closes the loop on the over-quota plant: inspection, violation citing the
         ledger's evidence, penalty (Decree 785 Art. 21) and the cut of next year's indicator
         (Decree 71 Art. 14)."""
-        from projections import queries
+        from reledger.projections import queries
 
         self.flush()
         where = self.seeded_where.get("over_separation_quota", {})
@@ -604,7 +604,7 @@ class Demo:
                                         "location": "main warehouse"}, self.now)
 
     def report(self, p: Party, month: str) -> None:
-        from commands.catalogue import report_digest
+        from reledger.commands.catalogue import report_digest
 
         first, last = p.reported_seq + 1, p.signer.seq
         if last < first:
@@ -665,7 +665,7 @@ def _fresh_database(url: str) -> None:
             Path(u.path + suffix).unlink(missing_ok=True)
         Path(u.path).parent.mkdir(parents=True, exist_ok=True)
     else:
-        from ledger.reader import LogReader
+        from reledger.ledger.reader import LogReader
 
         try:
             with LogReader(url) as r:
@@ -696,7 +696,7 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
     demo = Demo(url, out, args.seed, args.scale, say)
     stats = demo.run()
-    from commands.demo_report import summarize
+    from reledger.commands.demo_report import summarize
 
     result = summarize(demo, url, out, stats)
     demo.projections.close()
@@ -705,7 +705,7 @@ def run_demo(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        from commands.demo_report import print_summary
+        from reledger.commands.demo_report import print_summary
 
         print_summary(con, result)
     ok = result["verified"] and result["seeded_all_found"] and not result["unexpected_findings"]

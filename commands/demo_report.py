@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger.verify import verify_database
-from projections import flowgraph, queries
+from reledger.ledger.verify import verify_database
+from reledger.projections import flowgraph, queries
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     reports = {}
     plant = demo.seeded_where.get("over_separation_quota", {}).get("party")
     if plant:
-        from replay.report import write_report
+        from reledger.replay.report import write_report
 
         path = out / f"investigation-{plant}.html"
         write_report(url, plant, str(path))

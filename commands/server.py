@@ -1,6 +1,6 @@
 """The HTTP surface of the command API (``reledger serve``); see docs/HTTP.md.
 
-FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`commands.api.CommandAPI`:
+FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`reledger.commands.api.CommandAPI`:
 
 * ``POST /v1/entries``  append one all-or-nothing group of signed envelopes
   (``application/msgpack``: a canonical msgpack array of bin envelopes, or one bin envelope;
@@ -28,13 +28,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from commands.api import CommandAPI, CommandError
-from commands.auth import AuthError, RequestAuthenticator
-from commands.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
+from reledger.commands.api import CommandAPI, CommandError
+from reledger.commands.auth import AuthError, RequestAuthenticator
+from reledger.commands.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
                                 WriterProcess, transient_errors)
-from ledger import encoding
-from ledger.entry import CHAIN_RE
-from ledger.store import LedgerStore
+from reledger.ledger import encoding
+from reledger.ledger.entry import CHAIN_RE
+from reledger.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024
@@ -87,16 +87,16 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
                writer_process: bool = True, max_queued_entries: int = MAX_QUEUED_ENTRIES,
                max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
     """The app. ``projections_process``: the projection tables are kept by a child process
-    (:class:`projections.follow.ProjectionProcess`, which also answers the appends' findings);
-    else by threads of this one (a Follower and :class:`projections.hooks.ProjectionFindings`).
+    (:class:`reledger.projections.follow.ProjectionProcess`, which also answers the appends' findings);
+    else by threads of this one (a Follower and :class:`reledger.projections.hooks.ProjectionFindings`).
     ``writer_process``: appends are checked and committed by a writer process
-    (:class:`commands.committer.WriterProcess`); else by threads of this one
-    (:class:`commands.committer.GroupCommitter`, also when no process can be spawned).
+    (:class:`reledger.commands.committer.WriterProcess`); else by threads of this one
+    (:class:`reledger.commands.committer.GroupCommitter`, also when no process can be spawned).
     ``max_queued_*``: the admission limits of either."""
-    from projections import flowgraph, queries
-    from projections.follow import Follower, ProjectionProcess
-    from projections.hooks import ProjectionFindings
-    from projections.store import ProjectionStore
+    from reledger.projections import flowgraph, queries
+    from reledger.projections.follow import Follower, ProjectionProcess
+    from reledger.projections.hooks import ProjectionFindings
+    from reledger.projections.store import ProjectionStore
 
     store = LedgerStore(url)
     projections = ProjectionStore(url)  # here for the queries; written by the follower (and the hook)
@@ -238,7 +238,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         if may_read_all(roles) or rec.chain == party:
             return True
         if rec.type in ("TransferShipped", "TransferReceived") and rec.envelope is not None:
-            from ledger.entry import SignedEntry
+            from reledger.ledger.entry import SignedEntry
 
             body = SignedEntry.parse(rec.envelope).entry.body
             return party in (body.get("buyer"), body.get("seller"))

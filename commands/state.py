@@ -3,7 +3,7 @@
 Built from the ledger's records in log order (``store.records(start)``), so it can start from
 any position and catch up; nothing here reads or writes storage by itself.
 
-* the key registry (a replica of :class:`ledger.registry.Registry`: keys, current roles);
+* the key registry (a replica of :class:`reledger.ledger.registry.Registry`: keys, current roles);
 * chain heads (seq, entry hash);
 * parties and their designations over business time (roles, valid from/until; group
   membership is the projections' business: the write path checks nothing by it);
@@ -29,10 +29,10 @@ from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable
 
-from ledger import encoding
-from ledger.encoding import EncodingError
-from ledger.entry import SignedEntry, ZERO_HASH
-from ledger.registry import REGISTRY_TYPES, Registry, RegistryError
+from reledger.ledger import encoding
+from reledger.ledger.encoding import EncodingError
+from reledger.ledger.entry import SignedEntry, ZERO_HASH
+from reledger.ledger.registry import REGISTRY_TYPES, Registry, RegistryError
 
 _MISSING = object()
 LOT_CREATORS = {"MineralProductProduced": "lot", "ImportReceived": "lot", "SecondaryFeedReceived": "lot"}
@@ -259,7 +259,7 @@ class WriteState:
 
     # --- applying ------------------------------------------------------------------------
     def catch_up(self, records: Iterable[Any]) -> int:
-        """Apply stored records (``ledger.reader.Record``) from position ``self.size`` on, in
+        """Apply stored records (``reledger.ledger.reader.Record``) from position ``self.size`` on, in
         order. Returns how many were applied."""
         n = 0
         for rec in records:

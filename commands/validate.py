@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ledger.entry import SignedEntry
-from ledger.registry import RegistryError
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.registry import RegistryError
 
 from .catalogue import ENTERPRISE_ROLES, SCHEMAS, CommandError, MAX_YEAR, MIN_YEAR, check_body, fail
 from .state import WriteState
@@ -75,7 +75,7 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
 
 
 WRITE_PATH_DOC = """
-`commands.api.CommandAPI(store)` checks each entry of a submission in this order and stops at
+`reledger.commands.api.CommandAPI(store)` checks each entry of a submission in this order and stops at
 the first refusal (the whole group is refused, nothing is written):
 
 1. parsing: canonical msgpack envelope and content (`malformed`, 400; floats, non-canonical bytes);

@@ -1,6 +1,6 @@
 """The entry: what a party signs, how it is chained, and how the log covers it.
 
-Three byte strings, all canonical msgpack (``ledger.encoding``), specified in docs/FORMAT.md:
+Three byte strings, all canonical msgpack (``reledger.ledger.encoding``), specified in docs/FORMAT.md:
 
 ``content``   a map of exactly these keys (sorted):
               body, chain, command_id, key_id, occurred_at, prev, seq, type, v

@@ -2,7 +2,7 @@
 
 * A key id is the first 8 bytes of SHA-256(raw 32-byte public key), as 16 lowercase hex digits.
 * Every signature is Ed25519 over ``tag || message``; the tag names what is signed
-  (see :data:`ledger.entry.ENTRY_TAG`), so that a signature over one kind of message can never
+  (see :data:`reledger.ledger.entry.ENTRY_TAG`), so that a signature over one kind of message can never
   be presented as a signature over another.
 * A key file is JSON (format ``reledger-key-v1``) written with mode 0600.
 """

@@ -1,7 +1,7 @@
 """Read-only access to a stored ledger, for verifiers and queries.
 
 Opens SQLite with ``mode=ro`` and PostgreSQL with read-only transactions, and only ever runs
-SELECT. The SQL here is shared with ``ledger.store`` (which writes), so there is one
+SELECT. The SQL here is shared with ``reledger.ledger.store`` (which writes), so there is one
 definition of the tables' shape; this module imports nothing that writes.
 
 Database URLs: ``sqlite:///relative/or/absolute/path.db`` and

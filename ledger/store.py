@@ -392,7 +392,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
 class _PipeCursor:
     """The append transaction's cursor for the plan and :class:`Queries` (positional rows) on
-    a :class:`ledger.pgpipe.Pipeline`. ``side()`` gives another cursor whose query waits in the
+    a :class:`reledger.ledger.pgpipe.Pipeline`. ``side()`` gives another cursor whose query waits in the
     pipeline with this one's: both answered in one round trip, at the first fetch."""
 
     def __init__(self, pipe: Pipeline):
@@ -444,7 +444,7 @@ def application_env(url: str, create: bool = True) -> dict[str, str]:
     if u.backend == "sqlite":
         env.update({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": u.path,
                     "SQLITE_LOCK_TIMEOUT": "30",
-                    "APPLICATION_RECORDER_TOPIC": "ledger.store:SQLiteLedgerRecorder"})
+                    "APPLICATION_RECORDER_TOPIC": "reledger.ledger.store:SQLiteLedgerRecorder"})
     else:
         env.update({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": u.dbname,
                     "POSTGRES_HOST": u.host, "POSTGRES_PORT": str(u.port), "POSTGRES_USER": u.user,
@@ -455,7 +455,7 @@ def application_env(url: str, create: bool = True) -> dict[str, str]:
                     "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "8",
                     # a large batch is planned (chains, keys, Merkle) inside its transaction
                     "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "120",
-                    "APPLICATION_RECORDER_TOPIC": "ledger.store:PostgresLedgerRecorder"})
+                    "APPLICATION_RECORDER_TOPIC": "reledger.ledger.store:PostgresLedgerRecorder"})
     return env
 
 

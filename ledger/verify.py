@@ -1,7 +1,7 @@
 """Verification of a whole log: signatures, keys, chains, the Merkle log and checkpoints.
 
 This module checks; it never writes. It needs only ``ledger/`` (and, to read a database, the
-read-only ``ledger.reader``), so an auditor can run it alone.
+read-only ``reledger.ledger.reader``), so an auditor can run it alone.
 
 Two phases, so that the expensive part runs on every core:
 

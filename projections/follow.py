@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from ledger.reader import LogReader
-from ledger.store import LedgerStore
+from reledger.ledger.reader import LogReader
+from reledger.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class ProjectionsUnavailable(RuntimeError):
 class ProjectionProcess:
     """The projection tables of the ledger at ``url``, kept by a child process, and a findings
     hook (``hook(signed_entry, receipt) -> [finding dicts]``, as
-    :class:`projections.hooks.ProjectionFindings`) answered from what it projects.
+    :class:`reledger.projections.hooks.ProjectionFindings`) answered from what it projects.
 
     The child follows the log as :class:`Follower` does (at most every ``min_interval`` seconds)
     and catches up at once when asked; after every catch-up it sends back the findings of the
@@ -322,7 +322,7 @@ class ProjectionProcess:
 def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: bytes, envelope: bytes):
     """A log record from what the parent fed: what ``apply_record`` reads of it (index, record time,
     chain, seq, entry hash, envelope); type and Merkle nodes are not needed to fold."""
-    from ledger.reader import Record
+    from reledger.ledger.reader import Record
 
     from .store import record_micros
 
@@ -402,7 +402,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
 
     The mirror: once the tables have caught up, a copy of their rule state that folds in just
     the entries past it, fed by the parent or read from the log
-    (:class:`projections.model.Projector` is a pure function of the log: the same findings the
+    (:class:`reledger.projections.model.Projector` is a pure function of the log: the same findings the
     tables record for those entries, without waiting for their rows to be written). Until
     then, and after any doubt (the mirror is dropped), a catch-up of the tables collects the
     findings instead. (The server's writer process keeps a mirror of its own and asks here

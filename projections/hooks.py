@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any
 
-from ledger.entry import SignedEntry
-from ledger.reader import LogReader
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.reader import LogReader
 
 from .model import Finding
 from .store import ProjectionStore, apply_record, read_snapshot, record_micros
@@ -86,7 +86,7 @@ class MirrorFindings:
     commit's new entries are folded as they are given (parsed and checked already), so that
     the append's answer carries its findings without asking the projections.
 
-    The state is the projection tables' own fold (:class:`projections.model.Projector`, a pure
+    The state is the projection tables' own fold (:class:`reledger.projections.model.Projector`, a pure
     function of the log), started from their latest snapshot (read only) and rolled forward
     over the log, so each entry raises exactly the findings the tables record for it. Entries
     another writer appended in between are read from the log and folded first.
@@ -94,7 +94,7 @@ class MirrorFindings:
     :meth:`start` builds the state in a background thread (a long log takes a while). Until it
     is built, for an entry it had folded already, and after a failure (the state is dropped and
     built again, at most every ``retry`` seconds), :meth:`findings_of` answers ``None``: the
-    caller asks the projections instead (:meth:`commands.api.CommandAPI.add_findings` leaves
+    caller asks the projections instead (:meth:`reledger.commands.api.CommandAPI.add_findings` leaves
     the question for them).
     """
 

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ledger import encoding
-from ledger.entry import SignedEntry
+from reledger.ledger import encoding
+from reledger.ledger.entry import SignedEntry
 
 from .reference import RULE_PARAMETERS, product_class
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ledger import encoding
-from ledger.reader import LogReader
+from reledger.ledger import encoding
+from reledger.ledger.reader import LogReader
 
 from .model import RULES, kg_text
 from .store import P, ProjectionStore

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ledger import heads as chain_heads
-from ledger.bundle import checkpoint_of, encode_bundle
-from ledger.registry import REGISTRY_TYPES
-from ledger.store import LedgerStore
+from reledger.ledger import heads as chain_heads
+from reledger.ledger.bundle import checkpoint_of, encode_bundle
+from reledger.ledger.registry import REGISTRY_TYPES
+from reledger.ledger.store import LedgerStore
 
 
 class ExportError(ValueError):

@@ -2,7 +2,7 @@
 
 The replay is independent of the projection tables: it folds the log from scratch (or from a
 projection snapshot, whose state is itself a pure function of the log) with a fresh
-:class:`projections.model.Projector`, checks every signature of the party's entries with the
+:class:`reledger.projections.model.Projector`, checks every signature of the party's entries with the
 key that was valid when each was recorded, and keeps, after each of the party's entries, the
 party's stock (by lot) and quota usage, and the findings the entry raised. Findings about the
 party raised by other entries' arrival (a shipment overdue, a report missing) appear as their
@@ -17,12 +17,12 @@ from decimal import Decimal
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ledger import encoding
-from ledger.encoding import EncodingError
-from ledger.entry import EntryError, SignedEntry
-from ledger.reader import LogReader
-from ledger.registry import Registry, RegistryError
-from projections.model import Projector, kg_text, time_us
+from reledger.ledger import encoding
+from reledger.ledger.encoding import EncodingError
+from reledger.ledger.entry import EntryError, SignedEntry
+from reledger.ledger.reader import LogReader
+from reledger.ledger.registry import Registry, RegistryError
+from reledger.projections.model import Projector, kg_text, time_us
 
 FAR = 2**62
 
@@ -103,7 +103,7 @@ def _load_start(url: str, as_of: int) -> Projector:
     """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), or a
     fresh projector."""
     try:
-        from projections.store import P, ProjectionStore
+        from reledger.projections.store import P, ProjectionStore
 
         ps = ProjectionStore(url)
         try:

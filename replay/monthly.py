@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-from ledger import encoding
-from ledger.entry import SignedEntry
-from ledger.store import LedgerStore
-from projections import queries
-from projections.model import grams, kg_text, report_digest, time_us
-from projections.store import ProjectionStore
+from reledger.ledger import encoding
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.store import LedgerStore
+from reledger.projections import queries
+from reledger.projections.model import grams, kg_text, report_digest, time_us
+from reledger.projections.store import ProjectionStore
 
 
 class ReportError(ValueError):
@@ -107,6 +107,6 @@ def _t3(tonnes: str, rounding: str) -> str:
 
 
 def _due(month: str) -> int:
-    from projections.model import report_due_us
+    from reledger.projections.model import report_due_us
 
     return report_due_us(month)

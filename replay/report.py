@@ -4,7 +4,7 @@
 violation is suspected, as of a log size:
 
 * who the party is, and the signed checkpoint every proof in the report is checked against;
-* the party's timeline from a fresh replay (:func:`replay.history.replay_party`): every entry of
+* the party's timeline from a fresh replay (:func:`reledger.replay.history.replay_party`): every entry of
   its chain with its signature status, and the findings each step raised;
 * quota burn-down (cumulative use against cumulative allocation, per year and category, over
   business time) and stock over time (kg REO by product), drawn as inline SVG;
@@ -29,16 +29,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ledger import encoding, merkle
-from ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
-from ledger.entry import SignedEntry, leaf_bytes
-from ledger.registry import RegistryError
-from ledger.store import LedgerStore
-from projections import flowgraph
-from projections.model import RULES, kg_text
-from projections.queries import Point, parties
-from projections.store import P, ProjectionStore
-from replay.history import Replay, replay_party
+from reledger.ledger import encoding, merkle
+from reledger.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from reledger.ledger.entry import SignedEntry, leaf_bytes
+from reledger.ledger.registry import RegistryError
+from reledger.ledger.store import LedgerStore
+from reledger.projections import flowgraph
+from reledger.projections.model import RULES, kg_text
+from reledger.projections.queries import Point, parties
+from reledger.projections.store import P, ProjectionStore
+from reledger.replay.history import Replay, replay_party
 
 
 class ReportError(ValueError):

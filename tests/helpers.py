@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Sequence
 
-from ledger.checkpoint import NoteSigner
-from ledger.encoding import time_text
-from ledger.entry import SignedEntry, make_entry
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.reader import DatabaseURL, Tables
-from ledger.store import LedgerStore
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.encoding import time_text
+from reledger.ledger.entry import SignedEntry, make_entry
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.reader import DatabaseURL, Tables
+from reledger.ledger.store import LedgerStore
 
 T0 = "2024-01-01T00:00:00Z"
 ORIGIN = "reledger.test/log"

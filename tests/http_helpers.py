@@ -23,15 +23,15 @@ import uuid
 import httpx
 import msgpack
 
-from commands.api import CommandAPI
-from commands.auth import sign_request
+from reledger.commands.api import CommandAPI
+from reledger.commands.auth import sign_request
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
-from ledger.checkpoint import NoteSigner
-from ledger.entry import SignedEntry
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.store import LedgerStore
-from ledger.verify import verify_database
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.store import LedgerStore
+from reledger.ledger.verify import verify_database
 
 T0 = "2024-01-01T00:00:00Z"
 ORIGIN = "reledger.test/http"
@@ -102,7 +102,7 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m commands.cli serve --db URL --port P`` in a subprocess on 127.0.0.1."""
+    """``python -m reledger serve --db URL --port P`` in a subprocess on 127.0.0.1."""
 
     def __init__(self, url: str, *, startup: float = 30.0):
         self.url = url
@@ -113,7 +113,7 @@ class Server:
         self.errfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"reledger-serve-{self.port}.log"
         self.err = open(self.errfile, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "commands.cli", "serve", "--db", url, "--port", str(self.port)],
+            [sys.executable, "-m", "reledger", "serve", "--db", url, "--port", str(self.port)],
             cwd=REPO, env=env, stdout=self.log, stderr=self.err)
         deadline = time.monotonic() + startup
         while True:

@@ -14,15 +14,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
-from commands.api import CommandAPI, CommandError, CommandReceipt
-from commands.catalogue import report_digest
+from reledger.commands.api import CommandAPI, CommandError, CommandReceipt
+from reledger.commands.catalogue import report_digest
 from conftest import PG_URL, _with_schema, drop_schema
-from ledger import encoding
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.reader import DatabaseURL
-from ledger.store import LedgerStore
-from projections.store import P, ProjectionStore
+from reledger.ledger import encoding
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.reader import DatabaseURL
+from reledger.ledger.store import LedgerStore
+from reledger.projections.store import P, ProjectionStore
 
 T0 = "2024-01-01T00:00:00Z"
 HOUR = 3600 * 1_000_000
@@ -287,7 +287,7 @@ def project(url: str) -> ProjectionStore:
 
 
 def all_findings(url: str) -> list[dict]:
-    from projections import queries
+    from reledger.projections import queries
 
     ps = project(url)
     try:

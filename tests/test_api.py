@@ -12,15 +12,15 @@ import msgpack
 import pytest
 from hypothesis import event, given, settings, strategies as st
 
-from commands.api import CommandAPI, CommandError, CommandReceipt
-from commands.catalogue import ERROR_CODES, SCHEMAS, report_digest
-from commands.validate import AUTHORITY_TYPES, AUTHORIZED_ROLES
+from reledger.commands.api import CommandAPI, CommandError, CommandReceipt
+from reledger.commands.catalogue import ERROR_CODES, SCHEMAS, report_digest
+from reledger.commands.validate import AUTHORITY_TYPES, AUTHORIZED_ROLES
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
-from ledger import encoding
-from ledger.entry import ENTRY_TAG, SignedEntry, make_entry
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey, key_id
-from ledger.store import LedgerStore
+from reledger.ledger import encoding
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry, make_entry
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey, key_id
+from reledger.ledger.store import LedgerStore
 
 T0 = "2024-01-01T00:00:00Z"
 CAST = {"CREG": ["GROUP"], "MINE01": ["MINE"], "SEP01": ["SEPARATION"], "SMELT01": ["SMELTER"],
@@ -254,7 +254,7 @@ def test_every_entry_type_accepted(world):
     size = world.store.size()
     assert all(0 < r.index < size and not r.duplicate and r.findings == () for r in got.values())
     # the log verifies, and a fresh API over the same store rebuilds the same write state
-    from ledger.verify import verify_database
+    from reledger.ledger.verify import verify_database
 
     assert verify_database(world.store.url, workers=1).ok
     fresh = CommandAPI(world.store)
@@ -665,8 +665,8 @@ def test_regulator_role_removed_is_current(world):
 # --- store refusals translated, reads, hooks --------------------------------------------------------
 
 def test_store_refusal_is_translated(mworld):
-    from commands.api import from_append_error
-    from ledger.store import AppendError
+    from reledger.commands.api import from_append_error
+    from reledger.ledger.store import AppendError
 
     e = from_append_error(AppendError("revoked_key", "key_id: key k was revoked", field="key_id", position=2,
                                       chain="X1", seq=3))
@@ -830,7 +830,7 @@ def test_property_only_receipts_or_command_errors(prop_world, plan):
         w.signers[party].advance(item)
         assert w.store.size() == size + 1
     # the incremental write state is the state folded from the log
-    from commands.state import WriteState
+    from reledger.commands.state import WriteState
 
     fresh = WriteState()
     fresh.catch_up(w.store.records(0))
@@ -1130,7 +1130,7 @@ def test_a_batch_findings_hook_is_asked_once_per_answer(sqlite_url):
 def test_command_id_filter_has_no_false_negatives():
     """The write state's filter of (chain, command id) pairs never says "not recorded" for a
     pair that was added, across its growth steps; and says it for nearly all others."""
-    from commands.state import MaybeRecorded
+    from reledger.commands.state import MaybeRecorded
 
     f = MaybeRecorded(capacity=64)
     added = [(f"CHAIN{i % 7}", str(uuid.uuid4())) for i in range(5000)]

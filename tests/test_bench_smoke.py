@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from bench import run
+from reledger.bench import run
 
 
 def _run(capsys, *args: str) -> dict:
@@ -61,7 +61,7 @@ def test_bench_quick_postgres_json(capsys, pg_url):
     # its temporary schemas are gone
     import psycopg
 
-    from ledger.reader import DatabaseURL
+    from reledger.ledger.reader import DatabaseURL
 
     with psycopg.connect(DatabaseURL.parse(pg_url).conninfo()) as conn:
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
@@ -108,7 +108,7 @@ def _check_suite(doc: dict, suite: str, name: str, figures, ratios, targets: dic
 
 
 def _check_http(doc: dict, name: str) -> None:
-    from bench import http_suite as hs
+    from reledger.bench import http_suite as hs
 
     b = _check_suite(doc, "http", name, hs.FIGURES(), hs.RATIOS(), hs.TARGETS, hs.LIMITS)
     f = b["figures"]
@@ -138,7 +138,7 @@ def _check_http(doc: dict, name: str) -> None:
 
 
 def _check_projections(doc: dict, name: str) -> None:
-    from bench import projections_suite as ps
+    from reledger.bench import projections_suite as ps
 
     b = _check_suite(doc, "projections", name, ps.FIGURES, ps.RATIOS, ps.TARGETS, ps.LIMITS,
                      may_be_zero=("lag_entries_p50", "lag_entries_p99", "lag_seconds_p50", "lag_seconds_p99"))
@@ -165,7 +165,7 @@ def test_bench_projections_quick_sqlite_json(capsys):
 def _left_schemas(pg_url: str, pattern: str) -> list:
     import psycopg
 
-    from ledger.reader import DatabaseURL
+    from reledger.ledger.reader import DatabaseURL
 
     with psycopg.connect(DatabaseURL.parse(pg_url).conninfo()) as conn:
         return conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
@@ -199,7 +199,7 @@ def test_alternating_rounds_go_on_where_they_stopped():
     import asyncio
     import threading
 
-    from bench import http_suite as hs
+    from reledger.bench import http_suite as hs
 
     seen: dict[int, list[bytes]] = {}
 

@@ -1,5 +1,5 @@
-"""Evidence bundles: ``replay.export`` writes them from a ledger (SQLite and PostgreSQL);
-``ledger.bundle.verify_bundle`` checks them offline, with nothing but ``ledger/``.
+"""Evidence bundles: ``reledger.replay.export`` writes them from a ledger (SQLite and PostgreSQL);
+``reledger.ledger.bundle.verify_bundle`` checks them offline, with nothing but ``ledger/``.
 
 A good bundle verifies with the database gone; any changed byte, a dropped, swapped or moved
 entry, swapped proofs, a changed record time, or a checkpoint that contradicts an earlier one
@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import ORIGIN, T0, drop_triggers, new_ledger, sql
-from ledger import encoding
-from ledger.bundle import BundleError, decode_bundle, encode_bundle, verify_bundle
-from ledger.entry import SignedEntry
-from ledger.reader import DatabaseURL
-from ledger.store import LedgerStore
-from replay.export import ExportError, export_bundle
+from reledger.ledger import encoding
+from reledger.ledger.bundle import BundleError, decode_bundle, encode_bundle, verify_bundle
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.reader import DatabaseURL
+from reledger.ledger.store import LedgerStore
+from reledger.replay.export import ExportError, export_bundle
 
 M0, M1 = "9111000000MINE0000", "9111000000MINE0001"
 SEED = 41  # the regulator's and the operator's keys (helpers.seeded_key): two ledgers can share them
@@ -76,7 +76,7 @@ def cli(*args: str, db: str | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RELEDGER_DB"}
     if db:
         env["RELEDGER_DB"] = db
-    return subprocess.run([sys.executable, "-m", "commands.cli", *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "reledger", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -303,7 +303,7 @@ def test_dropping_the_end_of_the_chain_is_caught(db_url, tmp_path):
 def test_a_checkpoint_without_chain_heads_verifies_but_proves_no_end(tmp_path):
     """A checkpoint written before chain heads were committed (no heads line): its bundle
     verifies, says the chain's end is not proven, and may not carry a heads proof."""
-    from ledger.checkpoint import Checkpoint, sign_checkpoint
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
     url = f"sqlite:///{tmp_path / 'l.db'}"
     led = small_ledger(url)

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from commands.catalogue import (ENTRY_TYPES, ERROR_CODES, REFERENCE_DATA, SCHEMAS, CommandError, Conflict,
+from reledger.commands.catalogue import (ENTRY_TYPES, ERROR_CODES, REFERENCE_DATA, SCHEMAS, CommandError, Conflict,
                                 Forbidden, InvalidCommand, Kg, Pct, TReo, UnknownReference, body_from_json,
                                 body_to_json, catalogue_json_schema, catalogue_markdown, check_body,
                                 report_digest)
-from commands.validate import AUTHORITY_TYPES, AUTHORIZED_ROLES
-from ledger.encoding import decimal_text
-from ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
-from ledger.keys import SigningKey
+from reledger.commands.validate import AUTHORITY_TYPES, AUTHORIZED_ROLES
+from reledger.ledger.encoding import decimal_text
+from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
+from reledger.ledger.keys import SigningKey
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = "2024-01-01T00:00:00Z"
@@ -38,7 +38,7 @@ def test_catalogue_covers_domain():
 
 
 def test_docs_catalogue_in_step():
-    """docs/CATALOGUE.md is generated; regenerate with python -m commands.catalogue."""
+    """docs/CATALOGUE.md is generated; regenerate with python -m reledger.commands.catalogue."""
     assert (ROOT / "docs" / "CATALOGUE.md").read_text(encoding="utf-8") == catalogue_markdown()
     md = catalogue_markdown()
     for t in SCHEMAS:
@@ -98,7 +98,7 @@ def test_kg(value, code, text):
 @pytest.mark.parametrize("value", ["2024-01-01T00:00:00.5Z\n", "2024-01-01T00:00:00Z\n", "2024-01-01T00:00:00+08:00",
                                    "2024-02-30T00:00:00Z", "2024-01-01T00:00:00.50Z"])
 def test_time_refused(value):
-    from commands.catalogue import Time
+    from reledger.commands.catalogue import Time
 
     with pytest.raises(CommandError) as ei:
         Time().check(value, "body.t")
@@ -106,7 +106,7 @@ def test_time_refused(value):
 
 
 def test_text_refuses_trailing_newline_and_control_characters():
-    from commands.catalogue import Ident, PartyId
+    from reledger.commands.catalogue import Ident, PartyId
 
     for f, v in ((PartyId(), "MIIT\n"), (Ident(), "L-1\n"), (PartyId(), "MI\x00IT")):
         with pytest.raises(CommandError) as ei:

@@ -7,10 +7,10 @@ import ctypes
 
 from hypothesis import given, settings, strategies as st
 
-from ledger.entry import check_envelopes
-from ledger.genesis import ChainSigner
-from ledger.registry import REGISTRY_TYPES
-from ledger.store import PROGRESS_STEP, _check_counting, _shares
+from reledger.ledger.entry import check_envelopes
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.registry import REGISTRY_TYPES
+from reledger.ledger.store import PROGRESS_STEP, _check_counting, _shares
 
 from helpers import T0, seeded_key
 
@@ -80,7 +80,7 @@ def test_sqlite_write_leaves_the_garbage_collector_as_it_found_it(tmp_path):
     import pytest
 
     from helpers import new_ledger
-    from ledger.store import AppendError
+    from reledger.ledger.store import AppendError
 
     led = new_ledger(f"sqlite:///{tmp_path / 'l.db'}")
     try:

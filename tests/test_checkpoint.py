@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger.checkpoint import (
+from reledger.ledger.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoteError,

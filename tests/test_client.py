@@ -14,11 +14,11 @@ import uuid
 import httpx
 import pytest
 
-from commands.client import ClientError, Conflict, LedgerClient, Refused, Unauthorized
+from reledger.commands.client import ClientError, Conflict, LedgerClient, Refused, Unauthorized
 from http_helpers import ORIGIN, T0, assert_log_sound, log_facts, mineral, open_live
-from ledger.checkpoint import NoteError, NoteSigner
-from ledger.keys import SigningKey
-from ledger.merkle import ProofError
+from reledger.ledger.checkpoint import NoteError, NoteSigner
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.merkle import ProofError
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -194,7 +194,7 @@ def test_retry_after_the_connection_dropped_once_committed(live):
 def test_retry_waits_as_long_as_the_server_asks(live, monkeypatch):
     """A 503 with Retry-After (the server's admission, docs/HTTP.md) is retried after that many
     seconds, not after the short backoff; without it, after the backoff; the entry once."""
-    import commands.client as client_module
+    import reledger.commands.client as client_module
 
     slept: list[float] = []
     monkeypatch.setattr(client_module.time, "sleep", slept.append)

@@ -13,11 +13,11 @@ import uuid
 
 import pytest
 
-from ledger.encoding import canonical
-from ledger.genesis import ChainSigner
-from ledger.reader import DatabaseURL
-from ledger.store import LedgerStore
-from ledger.verify import verify_database
+from reledger.ledger.encoding import canonical
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.reader import DatabaseURL
+from reledger.ledger.store import LedgerStore
+from reledger.ledger.verify import verify_database
 
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from helpers import T0, new_ledger, seeded_key, sql
@@ -29,8 +29,8 @@ MINE = "91110000MINE0001"
 
 CHILD = textwrap.dedent("""
     import sys
-    from ledger.encoding import decode
-    from ledger.store import LedgerStore
+    from reledger.ledger.encoding import decode
+    from reledger.ledger.store import LedgerStore
 
     url, path = sys.argv[1], sys.argv[2]
     with open(path, "rb") as f:

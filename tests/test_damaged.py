@@ -4,8 +4,8 @@ the unreadable entry is flagged where it stands and everything else is still sho
 from __future__ import annotations
 
 from helpers import drop_triggers, populated_ledger, sql
-from projections import queries
-from projections.store import ProjectionStore
+from reledger.projections import queries
+from reledger.projections.store import ProjectionStore
 
 
 def test_projections_flag_an_unreadable_entry_and_go_on(db_url):

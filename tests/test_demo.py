@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from commands.demo import SEEDED, Demo
-from commands.demo_report import summarize
-from ledger.verify import verify_database
+from reledger.commands.demo import SEEDED, Demo
+from reledger.commands.demo_report import summarize
+from reledger.ledger.verify import verify_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,8 +36,8 @@ def test_demo_small_finds_the_seeded_violations_and_nothing_else(db_url, tmp_pat
     assert result["verified"] is True
     assert verify_database(db_url).ok
     # the enforcement loop: the penalty's cut shows in the next year's quota
-    from projections import queries
-    from projections.store import ProjectionStore
+    from reledger.projections import queries
+    from reledger.projections.store import ProjectionStore
 
     plant = result["seeded"]["over_separation_quota"]["where"]["party"]
     ps = ProjectionStore(db_url)
@@ -52,7 +52,7 @@ def test_demo_small_finds_the_seeded_violations_and_nothing_else(db_url, tmp_pat
 
 
 def test_demo_json_for_scripts(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "commands.cli", "demo", "--json", "--seed", "7"], cwd=tmp_path,
+    out = subprocess.run([sys.executable, "-m", "reledger", "demo", "--json", "--seed", "7"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads(out.stdout)

@@ -12,8 +12,8 @@ import msgpack
 import pytest
 from hypothesis import assume, given, strategies as st
 
-from ledger import encoding
-from ledger.encoding import (MAX_DEPTH, MAX_INT, MIN_INT, EncodingError, canonical, decimal_text, decode,
+from reledger.ledger import encoding
+from reledger.ledger.encoding import (MAX_DEPTH, MAX_INT, MIN_INT, EncodingError, canonical, decimal_text, decode,
                              is_decimal_text, parse_decimal, parse_time, time_text)
 
 # --- strategies ------------------------------------------------------------------------
@@ -517,7 +517,7 @@ def test_parse_time_calendar_edges(text, ok):
 def test_fast_decode_judges_like_the_strict_decoder(value, sort_keys):
     """decode() takes a fast path for canonical input; it must accept and refuse exactly what
     the strict decoder does, with the same value."""
-    from ledger.encoding import _decode_strict
+    from reledger.ledger.encoding import _decode_strict
 
     def order(v):
         if isinstance(v, dict):

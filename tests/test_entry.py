@@ -9,13 +9,13 @@ import msgpack
 import pytest
 from hypothesis import example, given, strategies as st
 
-from ledger import encoding
-from ledger.encoding import canonical
-from ledger.encoding import EncodingError
-from ledger.entry import (ENTRY_TAG, MAX_ENVELOPE, ZERO_HASH, Entry, EntryError, SignedEntry, leaf_bytes,
+from reledger.ledger import encoding
+from reledger.ledger.encoding import canonical
+from reledger.ledger.encoding import EncodingError
+from reledger.ledger.entry import (ENTRY_TAG, MAX_ENVELOPE, ZERO_HASH, Entry, EntryError, SignedEntry, leaf_bytes,
                           make_entry, new_command_id, validate_content)
-from ledger.genesis import ChainSigner, genesis_entries
-from ledger.keys import KeyError_, SigningKey, key_id, verify_signature
+from reledger.ledger.genesis import ChainSigner, genesis_entries
+from reledger.ledger.keys import KeyError_, SigningKey, key_id, verify_signature
 
 from helpers import T0, seeded_key
 
@@ -309,7 +309,7 @@ def test_fast_content_path_agrees_with_the_strict_path(over, dropped, packing):
     """SignedEntry parsing takes a fast path for canonical, well-formed contents; whatever the
     bytes (valid, mutated fields, missing or extra keys, unsorted keys, longer forms, floats),
     it must accept exactly what the strict path accepts and decode to the same value."""
-    from ledger.entry import _fast_content
+    from reledger.ledger.entry import _fast_content
 
     m = content_map(**over)
     for k in dropped:
@@ -343,7 +343,7 @@ def test_check_envelopes_judges_like_parse_and_signature_valid(pos, value, known
     """``check_envelopes`` (the work a store hands to worker processes) refuses exactly what
     SignedEntry.parse refuses, or a bad signature when the key is known, and otherwise answers
     the parsed fields."""
-    from ledger.entry import check_envelopes
+    from reledger.ledger.entry import check_envelopes
 
     env = bytearray(SIGNED.envelope)
     env[pos] = value
@@ -369,7 +369,7 @@ def test_check_envelopes_judges_like_parse_and_signature_valid(pos, value, known
 def test_leaf_hasher_is_leaf_hash_of_leaf_bytes(entry_hash, index, recorded_at):
     """The append and verify hot paths hash leaves with LeafHasher: the same hash as the
     specified leaf_bytes (docs/FORMAT.md), whatever the index's msgpack width."""
-    from ledger import merkle
-    from ledger.entry import LeafHasher
+    from reledger.ledger import merkle
+    from reledger.ledger.entry import LeafHasher
 
     assert LeafHasher(recorded_at)(entry_hash, index) == merkle.leaf_hash(leaf_bytes(entry_hash, index, recorded_at))

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from helpers import fact, new_ledger
-from ledger.store import LedgerStore, LogMoved
-from ledger.verify import verify_database
+from reledger.ledger.store import LedgerStore, LogMoved
+from reledger.ledger.verify import verify_database
 
 MINE = "91110000MINE0001"
 
@@ -121,7 +121,7 @@ def test_a_write_without_reading_meets_the_log_constraints(db_url, monkeypatch):
     unique index refuses them. Nothing of them is written; the usual way then answers
     LogMoved, and the entry goes in at the right size."""
     from helpers import is_pg
-    from ledger import store as store_module
+    from reledger.ledger import store as store_module
 
     led = new_ledger(db_url)
     try:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import time
 
-from commands.api import CommandAPI
-from ledger.genesis import ChainSigner
-from ledger.store import LedgerStore
-from projections.store import P, ProjectionStore
+from reledger.commands.api import CommandAPI
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.store import LedgerStore
+from reledger.projections.store import P, ProjectionStore
 from tests.http_helpers import Server, build_cast, mineral
 
 T1 = "2024-03-01T08:00:00Z"
@@ -48,7 +48,7 @@ def test_server_projections_follow_appends_by_another_process(db_url):
 def test_follower_is_woken_by_each_commit_on_postgresql(pg_url):
     """On PostgreSQL the follower listens for the append transactions' NOTIFY: a commit by
     another connection wakes it at once, well before its 5 s fallback wake-up."""
-    from projections.follow import Follower
+    from reledger.projections.follow import Follower
 
     cast = build_cast(pg_url)
     calls: list[float] = []
@@ -80,7 +80,7 @@ def test_fed_entries_fill_in_from_the_log():
     """The projections process's store of the entries the server fed it: it yields them in log
     order, reads from the log what another writer put before or between them, and keeps at
     most its limit (the log has the rest)."""
-    from projections.follow import _Fed
+    from reledger.projections.follow import _Fed
 
     log_reads: list[tuple] = []
 

@@ -24,13 +24,13 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger import encoding, merkle
-from ledger.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint, verify_checkpoint
-from ledger.encoding import EncodingError
-from ledger.entry import ENTRY_TAG, ZERO_HASH, EntryError, SignedEntry, leaf_bytes, validate_content
-from ledger.genesis import ChainSigner, genesis_entries
-from ledger.keys import SigningKey, key_id
-from ledger.verify import LogVerifier, check_entries, key_table
+from reledger.ledger import encoding, merkle
+from reledger.ledger.checkpoint import Checkpoint, NoteSigner, NoteVerifier, sign_checkpoint, verify_checkpoint
+from reledger.ledger.encoding import EncodingError
+from reledger.ledger.entry import ENTRY_TAG, ZERO_HASH, EntryError, SignedEntry, leaf_bytes, validate_content
+from reledger.ledger.genesis import ChainSigner, genesis_entries
+from reledger.ledger.keys import SigningKey, key_id
+from reledger.ledger.verify import LogVerifier, check_entries, key_table
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("make_format_vectors", ROOT / "tests/vectors/make_format_vectors.py")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ledger import encoding, heads
+from reledger.ledger import encoding, heads
 from test_merkle import ref_mth, ref_path
 
 chain_ids = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=2, max_size=12)

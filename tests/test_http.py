@@ -20,17 +20,17 @@ import httpx
 import msgpack
 import pytest
 
-from commands.api import CommandAPI, CommandError
-from commands.auth import AuthError, RequestAuthenticator, sign_request
-from commands.client import Conflict, LedgerClient
+from reledger.commands.api import CommandAPI, CommandError
+from reledger.commands.auth import AuthError, RequestAuthenticator, sign_request
+from reledger.commands.client import Conflict, LedgerClient
 from http_helpers import (ENTRIES, MINES, T0, assert_log_sound, assert_problem, build_cast, log_facts, mineral,
                           open_live)
-from ledger import merkle
-from ledger.checkpoint import verify_checkpoint
-from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes, make_entry
-from ledger.genesis import ChainSigner, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.store import LedgerStore
+from reledger.ledger import merkle
+from reledger.ledger.checkpoint import verify_checkpoint
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes, make_entry
+from reledger.ledger.genesis import ChainSigner, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.store import LedgerStore
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -540,7 +540,7 @@ def test_database_trouble_is_503_not_500(tmp_path):
     threads of the process: the writer process's transient failures are tested below)."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -575,7 +575,7 @@ def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
     nothing waits."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -657,8 +657,8 @@ def test_the_writer_process_dying_mid_commit_answers_503_and_a_new_one_takes_ove
 
     from fastapi.testclient import TestClient
 
-    from commands.committer import WriterProcess
-    from commands.server import create_app
+    from reledger.commands.committer import WriterProcess
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -703,7 +703,7 @@ def test_a_writer_process_that_cannot_start_answers_503_until_one_can(tmp_path):
     process can start, the same request is recorded."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -735,7 +735,7 @@ def test_the_writer_process_admits_as_the_threads_do(tmp_path):
     the findings of the projections, and the refused request sent again is recorded."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -783,8 +783,8 @@ def test_closing_the_writer_process_commits_and_answers_what_was_submitted(tmp_p
     before it, then the process ends: nothing acknowledged is lost, nothing left waiting."""
     import asyncio
 
-    from commands.api import CommandAPI
-    from commands.committer import WriterProcess
+    from reledger.commands.api import CommandAPI
+    from reledger.commands.committer import WriterProcess
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -817,7 +817,7 @@ def test_the_writer_checks_the_next_large_batch_while_it_commits(db_url, monkeyp
     in), and the log is sound. The commit loop runs in a thread here, fed through a real pipe."""
     import multiprocessing
 
-    from commands import committer as cm
+    from reledger.commands import committer as cm
 
     cast = build_cast(db_url)
     signers = [ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")]
@@ -875,10 +875,10 @@ def test_writer_process_answers_findings_itself(db_url, mirror):
     import asyncio
     import time
 
-    from commands.committer import WriterProcess
-    from projections import queries
-    from projections.hooks import ProjectionFindings
-    from projections.store import ProjectionStore
+    from reledger.commands.committer import WriterProcess
+    from reledger.projections import queries
+    from reledger.projections.hooks import ProjectionFindings
+    from reledger.projections.store import ProjectionStore
 
     cast = build_cast(db_url)
     signer = ChainSigner(cast.keys["MINE02"])
@@ -937,9 +937,9 @@ def test_writer_process_answers_keep_every_detail():
     chain, seq and group, and a failed transaction as 503 (transient) or 500."""
     from dataclasses import replace
 
-    from commands.api import CommandReceipt
-    from commands.catalogue import Conflict as ConflictError
-    from commands.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
+    from reledger.commands.api import CommandReceipt
+    from reledger.commands.catalogue import Conflict as ConflictError
+    from reledger.commands.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
 
     def round_trip(ok, value):
         rid, kind, payload = msgpack.unpackb(msgpack.packb(_encode_answer(7, ok, value, transient_errors()),
@@ -973,8 +973,8 @@ def test_writer_process_answers_keep_every_detail():
 def test_serve_takes_the_admission_limit_from_the_command_line(tmp_path, monkeypatch, capsys):
     """``reledger serve --max-queued-entries N`` reaches the app (default: the server's own
     MAX_QUEUED_ENTRIES); a limit that is not a whole number >= 1 is a usage error."""
-    import commands.server as server_module
-    from commands import cli
+    import reledger.commands.server as server_module
+    from reledger.commands import cli
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     build_cast(url)
@@ -997,7 +997,7 @@ def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
     findings itself, see test_writer_process_answers_findings_itself)."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1191,7 +1191,7 @@ def test_projections_process_death_falls_back_in_process(tmp_path, writer_proces
     up to date."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1242,7 +1242,7 @@ def test_append_findings_equal_the_tables(tmp_path):
     over quota, negative stock, backdating, in groups and alone, in one commit or several."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1287,7 +1287,7 @@ def test_findings_and_checks_follow_another_writer(tmp_path):
     the other writer's entries read from the log, are what the tables record."""
     from fastapi.testclient import TestClient
 
-    from commands.server import create_app
+    from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)

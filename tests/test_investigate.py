@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from commands.cli import EXIT_OK, EXIT_USAGE, main
-from ledger import merkle
-from ledger.entry import leaf_bytes
-from ledger.store import LedgerStore
-from projections import queries
-from projections.store import ProjectionStore
-from replay.report import REGULATIONS, gather, render_html, write_report
+from reledger.commands.cli import EXIT_OK, EXIT_USAGE, main
+from reledger.ledger import merkle
+from reledger.ledger.entry import leaf_bytes
+from reledger.ledger.store import LedgerStore
+from reledger.projections import queries
+from reledger.projections.store import ProjectionStore
+from reledger.replay.report import REGULATIONS, gather, render_html, write_report
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def demo(tmp_path_factory) -> dict:
     """A small demo ledger, the parties with findings, and the party that went over quota."""
     out = tmp_path_factory.mktemp("investigate") / "demo"
     env = {k: v for k, v in os.environ.items() if k != "RELEDGER_DB"}
-    proc = subprocess.run([sys.executable, "-m", "commands.cli", "demo", "--out", str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "reledger", "demo", "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     db = out / "ledger.db"
     assert db.exists(), proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import T0, new_ledger
-from ledger.checkpoint import NoteError, NoteVerifier
-from ledger.genesis import key_authorized_body
-from ledger.keys import SigningKey, key_id, usable_public_key
-from ledger.registry import RegistryError, _key_authorized_body
+from reledger.ledger.checkpoint import NoteError, NoteVerifier
+from reledger.ledger.genesis import key_authorized_body
+from reledger.ledger.keys import SigningKey, key_id, usable_public_key
+from reledger.ledger.registry import RegistryError, _key_authorized_body
 
 nacl = pytest.importorskip("nacl.bindings", reason="PyNaCl (a test extra) is libsodium's reference point check")
 
@@ -119,7 +119,7 @@ def test_the_registry_refuses_a_small_order_key():
 def test_a_small_order_key_never_enters_a_ledger(db_url):
     """End to end: the regulator's signed KeyAuthorized for the identity point is refused by
     the store with its reason, nothing is written."""
-    from ledger.store import AppendError
+    from reledger.ledger.store import AppendError
 
     led = new_ledger(db_url)
     try:

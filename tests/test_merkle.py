@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from ledger.merkle import (
+from reledger.ledger.merkle import (
     EMPTY_ROOT,
     Frontier,
     ProofError,
@@ -566,7 +566,7 @@ def test_proof_nodes_shapes():
 def test_append_leaf_is_frontier_append(leaves):
     """merkle.append_leaf (the hot paths' bare-list form) completes the same nodes as
     Frontier.append, leaf by leaf, and leaves the same frontier."""
-    from ledger.merkle import Frontier, append_leaf
+    from reledger.ledger.merkle import Frontier, append_leaf
 
     frontier, hashes = Frontier(), []
     for n, leaf in enumerate(leaves):

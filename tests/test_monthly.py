@@ -1,4 +1,4 @@
-"""The monthly flow report (``replay.monthly.build_monthly_report``) on a copy of the demo ledger,
+"""The monthly flow report (``reledger.replay.monthly.build_monthly_report``) on a copy of the demo ledger,
 on SQLite and PostgreSQL: its totals equal a hand computation from the party's entries of the
 month, its digest is SHA-256 of the covered entry hashes, signed and appended through the
 command API it is accepted without a REPORT_DIGEST_MISMATCH, and a report with a wrong digest
@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from commands.api import CommandAPI
-from ledger import encoding
-from ledger.entry import SignedEntry
-from ledger.genesis import ChainSigner
-from ledger.keys import SigningKey
-from ledger.store import LedgerStore
-from projections import queries
-from projections.hooks import ProjectionFindings
-from projections.store import ProjectionStore
-from replay.monthly import ReportError, build_monthly_report, month_bounds
+from reledger.commands.api import CommandAPI
+from reledger.ledger import encoding
+from reledger.ledger.entry import SignedEntry
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.store import LedgerStore
+from reledger.projections import queries
+from reledger.projections.hooks import ProjectionFindings
+from reledger.projections.store import ProjectionStore
+from reledger.replay.monthly import ReportError, build_monthly_report, month_bounds
 from test_replay import private_copy
 
 

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from psycopg import errors, pq
 
 from conftest import PG_URL, require_pg
-from ledger.pgpipe import MAX_PREPARED, Pipeline, _prepared, encode_array
-from ledger.reader import DatabaseURL
+from reledger.ledger.pgpipe import MAX_PREPARED, Pipeline, _prepared, encode_array
+from reledger.ledger.reader import DatabaseURL
 
 pytestmark = pytest.mark.postgres
 

@@ -11,12 +11,12 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-import projections.model as pmodel
-import projections.store as pstore
+import reledger.projections.model as pmodel
+import reledger.projections.store as pstore
 from projection_helpers import DAY, HOUR, World, assert_rebuild_equals, dt_us, dump, ev, summary, ts
-from projections import flowgraph, queries
-from projections.queries import Point, parse_point
-from projections.store import P, ProjectionStore, TrackingError
+from reledger.projections import flowgraph, queries
+from reledger.projections.queries import Point, parse_point
+from reledger.projections.store import P, ProjectionStore, TrackingError
 
 Y = 2024
 
@@ -291,7 +291,7 @@ def test_values_of_another_type_in_text_columns(w):
 
 
 def _reader(url):
-    from ledger.reader import LogReader
+    from reledger.ledger.reader import LogReader
 
     return LogReader(url)
 

@@ -22,14 +22,14 @@ from decimal import Decimal
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-import projections.store as pstore
-from commands.catalogue import PRODUCTS
-from ledger.entry import SignedEntry
+import reledger.projections.store as pstore
+from reledger.commands.catalogue import PRODUCTS
+from reledger.ledger.entry import SignedEntry
 from projection_helpers import (CAST, DAY, HOUR, Databases, World, copy_cut, dt_us, dump, kg, ts, us)
-from projections import queries
-from projections.hooks import MirrorFindings
-from projections.queries import Point
-from projections.store import ProjectionStore
+from reledger.projections import queries
+from reledger.projections.hooks import MirrorFindings
+from reledger.projections.queries import Point
+from reledger.projections.store import ProjectionStore
 
 # --- the reference model ---------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
-"""Replay and audit: ``replay.history.replay_party`` against the projections, the demo's seeded
+"""Replay and audit: ``reledger.replay.history.replay_party`` against the projections, the demo's seeded
 violations, filters, and tampered signatures. On SQLite and PostgreSQL.
 
 The ledger is the demo at small scale (about a thousand entries with real signatures, every
-entry type, and the seeded violations of ``commands.demo.SEEDED``). The demo runs once per
+entry type, and the seeded violations of ``reledger.commands.demo.SEEDED``). The demo runs once per
 session on SQLite; the PostgreSQL ledger is the same log appended entry for entry into a fresh
 schema with the same record times (the demo itself takes about 30 s on PostgreSQL, as every
 small-scale append is its own transaction followed by a projection catch-up); the clone is
@@ -25,15 +25,15 @@ from hypothesis import strategies as st
 
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from helpers import drop_triggers, populated_ledger, sql
-from ledger import encoding
-from ledger.checkpoint import NoteSigner
-from ledger.entry import ENTRY_TAG, SignedEntry
-from ledger.keys import SigningKey
-from ledger.store import LedgerStore
-from projections import queries
-from projections.model import FLOW_TYPES, RULE_PARAMETERS, report_due_us
-from projections.store import ProjectionStore
-from replay.history import replay_party
+from reledger.ledger import encoding
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.store import LedgerStore
+from reledger.projections import queries
+from reledger.projections.model import FLOW_TYPES, RULE_PARAMETERS, report_due_us
+from reledger.projections.store import ProjectionStore
+from reledger.replay.history import replay_party
 
 YEAR = 2024
 DAY = 86_400_000_000
@@ -44,8 +44,8 @@ _DEMOS: dict[str, dict[str, Any]] = {}
 
 
 def _build_sqlite_demo(tmp: Path) -> dict[str, Any]:
-    import projections.store as pstore
-    from commands.demo import Demo
+    import reledger.projections.store as pstore
+    from reledger.commands.demo import Demo
 
     url = f"sqlite:///{tmp / 'ledger.db'}"
     old = pstore.SNAPSHOT_EVERY
@@ -69,7 +69,7 @@ def _build_sqlite_demo(tmp: Path) -> dict[str, Any]:
 def clone_ledger(src: dict[str, Any], dst_url: str, *, projections: bool = True) -> str:
     """Append the demo's log, entry for entry with the same record times, into ``dst_url``, and
     sign the same checkpoints: the copy is byte-identical (same notes, same roots)."""
-    import projections.store as pstore
+    import reledger.projections.store as pstore
 
     with LedgerStore(src["url"], create=False) as s:
         records = list(s.records())
@@ -280,7 +280,7 @@ def _expected_over_quota(url: str, party: str) -> tuple[tuple, list[dict]]:
 
 
 def test_each_seeded_violation_is_found_with_its_first_entry(demo):
-    from commands.demo import SEEDED
+    from reledger.commands.demo import SEEDED
 
     url, where = demo["url"], demo["seeded"]
     assert set(where) >= set(SEEDED)
@@ -522,7 +522,7 @@ def test_signatures_are_checked_with_the_key_valid_at_each_position(db_url, caps
     """M0 rotates its key (a new one authorized, the old one revoked): every entry is valid
     with the key of its time. An entry rewritten with the revoked key (log row updated to
     match, as an attacker with DB access would) is INVALID because that key was revoked."""
-    from ledger.genesis import ChainSigner
+    from reledger.ledger.genesis import ChainSigner
 
     led = populated_ledger(db_url, parties=2, per_party=2)
     old = led.parties[M0]
@@ -548,7 +548,7 @@ def test_signatures_are_checked_with_the_key_valid_at_each_position(db_url, caps
     assert sig[4].startswith("INVALID") and "revoked" in sig[4], sig
     assert (r.signatures_valid, r.signatures_invalid) == (3, 1)
     # the command line reports it: exit 1, the invalid step in the JSON
-    from commands.cli import EXIT_FAILED, EXIT_OK, main
+    from reledger.commands.cli import EXIT_FAILED, EXIT_OK, main
 
     assert main(["replay", "--db", db_url, "--party", M1, "--json"]) == EXIT_OK
     capsys.readouterr()

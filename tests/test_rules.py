@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from commands.api import CommandError
+from reledger.commands.api import CommandError
 from projection_helpers import DAY, HOUR, World, all_findings, dt_us, ev, kg, summary, ts
-from projections import queries
-from projections.store import ProjectionStore
+from reledger.projections import queries
+from reledger.projections.store import ProjectionStore
 
 Y = 2024
 
@@ -359,7 +359,7 @@ def test_untraceable_lot(w):
     assert sorted(codes(w)) == [("NEGATIVE_STOCK", "MINE01", ev(s)), ("UNTRACEABLE_LOT", "MINE01", ev(s))]
     ps = ProjectionStore(w.url)
     try:
-        from projections import flowgraph
+        from reledger.projections import flowgraph
 
         assert flowgraph.trace(ps, "NEVER-MADE", "up")["traceable"] is False
     finally:
@@ -505,8 +505,8 @@ def test_input_basis_and_group_membership(bare):
 def test_findings_in_the_submitters_receipt(w):
     """Through the command API's findings hook, a receipt lists the findings its entry raised
     about the submitter (and not a time-driven finding about another party)."""
-    from commands.api import CommandAPI
-    from projections.hooks import ProjectionFindings
+    from reledger.commands.api import CommandAPI
+    from reledger.projections.hooks import ProjectionFindings
 
     ps = ProjectionStore(w.url)
     w.api.close()

@@ -9,14 +9,14 @@ import uuid
 
 import pytest
 
-from ledger import encoding, merkle
-from ledger.checkpoint import verify_checkpoint
-from ledger.entry import ZERO_HASH, SignedEntry, leaf_bytes
-from ledger.genesis import ChainSigner, key_authorized_body
-from ledger.keys import SigningKey
-from ledger.registry import REGULATOR
-from ledger.store import AppendError, LedgerStore, Receipt
-from ledger.verify import verify_database
+from reledger.ledger import encoding, merkle
+from reledger.ledger.checkpoint import verify_checkpoint
+from reledger.ledger.entry import ZERO_HASH, SignedEntry, leaf_bytes
+from reledger.ledger.genesis import ChainSigner, key_authorized_body
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.registry import REGULATOR
+from reledger.ledger.store import AppendError, LedgerStore, Receipt
+from reledger.ledger.verify import verify_database
 
 from helpers import (ORIGIN, REGULATOR_ID, T0, count, entry_with, fact, future_time, is_pg, new_ledger,
                      past_time, raw_connection, tables)
@@ -332,9 +332,9 @@ def test_checkpoint_commits_to_every_chain_head(led, mine, monkeypatch):
     rebuilds them from the log, on the fast path and the detailed one. A checkpoint signed by
     the log's own key whose heads hide the end of a chain is a problem; a checkpoint without
     heads (written before they existed) still verifies."""
-    import ledger.verify as verify_module
-    from ledger import heads
-    from ledger.checkpoint import Checkpoint, sign_checkpoint
+    import reledger.ledger.verify as verify_module
+    from reledger.ledger import heads
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
     st = led.store
     plant = led.register(PLANT, ["SEPARATION"])
@@ -797,7 +797,7 @@ def test_concurrent_writers_two_stores(led):
 
 
 def test_checkpoint_with_unregistered_key_refused(led):
-    from ledger.checkpoint import NoteSigner
+    from reledger.ledger.checkpoint import NoteSigner
 
     rogue = NoteSigner(ORIGIN, SigningKey.generate(REGULATOR_ID).private_key)
     try:
@@ -809,7 +809,7 @@ def test_checkpoint_with_unregistered_key_refused(led):
 
 
 def test_schema_with_upper_case(pg_url):
-    from ledger.reader import DatabaseURL, DatabaseURLError
+    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
 
     schema = "Ledger_" + uuid.uuid4().hex[:6]
     url = pg_url.split("?")[0] + "?schema=" + schema
@@ -990,7 +990,7 @@ class _Clock:
 
 
 def _us(text: str) -> int:
-    from ledger.encoding import parse_time, time_to_micros
+    from reledger.ledger.encoding import parse_time, time_to_micros
 
     return time_to_micros(parse_time(text))
 
@@ -1023,7 +1023,7 @@ def test_key_validity_window_follows_the_record_clock(db_url):
 
 
 def test_checkpoint_key_rotation(led, mine):
-    from ledger.checkpoint import NoteSigner
+    from reledger.ledger.checkpoint import NoteSigner
 
     first = led.checkpoint()
     led.revoke(REGULATOR_ID, led.checkpoint_key.key_id)
@@ -1068,9 +1068,9 @@ def test_sqlite_two_processes_append_at_once(sqlite_url):
     led.close()
     child = (
         "import sys\n"
-        "from ledger.genesis import ChainSigner\n"
-        "from ledger.keys import SigningKey\n"
-        "from ledger.store import LedgerStore\n"
+        "from reledger.ledger.genesis import ChainSigner\n"
+        "from reledger.ledger.keys import SigningKey\n"
+        "from reledger.ledger.store import LedgerStore\n"
         "url, party, seed = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])\n"
         "s = ChainSigner(SigningKey.from_seed(party, seed))\n"
         "with LedgerStore(url) as st:\n"
@@ -1095,7 +1095,7 @@ def test_sqlite_two_processes_append_at_once(sqlite_url):
 def test_database_url_conninfo(url, expected):
     from psycopg.conninfo import conninfo_to_dict
 
-    from ledger.reader import DatabaseURL
+    from reledger.ledger.reader import DatabaseURL
 
     assert conninfo_to_dict(DatabaseURL.parse(url).conninfo()) == expected
 
@@ -1109,7 +1109,7 @@ def test_database_url_conninfo(url, expected):
 def test_database_url_conninfo_quoting(url, key, value):
     from psycopg.conninfo import conninfo_to_dict
 
-    from ledger.reader import DatabaseURL
+    from reledger.ledger.reader import DatabaseURL
 
     assert conninfo_to_dict(DatabaseURL.parse(url).conninfo())[key] == value
 
@@ -1118,7 +1118,7 @@ def test_database_url_conninfo_quoting(url, key, value):
                                  "postgresql://postgres@h/db?schema=Upper", "postgresql://p@h/db?schema=a;drop",
                                  "postgresql://p@h/db?schema=a.b"])
 def test_database_url_refused(url):
-    from ledger.reader import DatabaseURL, DatabaseURLError
+    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
 
     with pytest.raises(DatabaseURLError):
         DatabaseURL.parse(url)
@@ -1167,7 +1167,7 @@ def test_registry_body_rules(led, mine, case):
 # --- O(log n): appends and proofs never re-read the log -------------------------------------
 
 def test_append_and_proofs_read_o_log_n_rows(led, mine, monkeypatch):
-    from ledger.reader import Queries
+    from reledger.ledger.reader import Queries
 
     st = led.store
     for _ in range(4):
@@ -1222,7 +1222,7 @@ def test_reopening_restores_dropped_triggers(led, mine):
 
 
 def test_registration_groups_do_not_copy_the_whole_registry(led, monkeypatch):
-    from ledger.registry import Registry
+    from reledger.ledger.registry import Registry
 
     reg = led.regulator
     bulk = []
@@ -1254,7 +1254,7 @@ def test_registration_groups_do_not_copy_the_whole_registry(led, monkeypatch):
 def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
     import time
 
-    from ledger.reader import LogReader
+    from reledger.ledger.reader import LogReader
 
     led = new_ledger(pg_url)
     m = led.register(MINE)
@@ -1292,7 +1292,7 @@ def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
 def test_checkpoint_with_a_foreign_origin(led):
     """The store signs only with the log's origin (the key's name); a note with another origin
     written into the table (by an operator's tool) is reported by verify."""
-    from ledger.checkpoint import Checkpoint, sign_checkpoint
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
     size = led.store.size()
     note = sign_checkpoint(Checkpoint("someone.else/log", size, led.store.root(size)), led.note_signer)
@@ -1352,8 +1352,8 @@ _fuzz_values = st.recursive(
           deadline=None)
 @given(data=st.data())
 def test_fuzzed_signed_entries(led, mine, data):
-    from ledger.entry import ENTRY_TAG
-    from ledger.encoding import canonical
+    from reledger.ledger.entry import ENTRY_TAG
+    from reledger.ledger.encoding import canonical
 
     st_ = led.store
     head_seq, head = st_.chain_head(MINE)
@@ -1598,7 +1598,7 @@ def test_large_batch_refusal_is_the_same_with_processes_and_threads(db_url, dama
     """A batch of PROCESS_THRESHOLD or more envelopes is checked in worker processes; its
     refusal (code, position, chain, seq) is the one the thread path gives, and nothing of it
     is written."""
-    from ledger.store import PROCESS_THRESHOLD
+    from reledger.ledger.store import PROCESS_THRESHOLD
 
     led = new_ledger(db_url)
     try:
@@ -1678,7 +1678,7 @@ def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
 
     from conftest import PG_URL, _with_schema, drop_schema
 
-    from ledger.store import PROCESS_THRESHOLD
+    from reledger.ledger.store import PROCESS_THRESHOLD
 
     at = 1_750_000_000_000_000  # after T0, when the keys became valid
     led = new_ledger(db_url, clock=lambda: at)
@@ -1725,7 +1725,7 @@ def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_
     more than a small one."""
     import multiprocessing
 
-    from ledger.store import _Checkers
+    from reledger.ledger.store import _Checkers
 
     led = new_ledger(db_url)
     pool = _Checkers(2, multiprocessing.get_context("forkserver"))

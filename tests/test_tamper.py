@@ -1,18 +1,18 @@
 """Tampering with the database as an attacker (or the operator) with raw SQL access would:
 drop the append-only triggers, then change, delete, swap, truncate or replace rows.
-``ledger.verify.verify_database`` must notice, and its first problem must name the entry."""
+``reledger.ledger.verify.verify_database`` must notice, and its first problem must name the entry."""
 
 from __future__ import annotations
 
 import pytest
 
-from ledger import encoding, merkle
-from ledger.checkpoint import NoteSigner
-from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
-from ledger.genesis import ChainSigner
-from ledger.keys import SigningKey
-from ledger.store import AppendError, LedgerStore
-from ledger.verify import verify_database
+from reledger.ledger import encoding, merkle
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
+from reledger.ledger.genesis import ChainSigner
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.store import AppendError, LedgerStore
+from reledger.ledger.verify import verify_database
 
 from helpers import ORIGIN, REGULATOR_ID, T0, count, drop_triggers, new_ledger, populated_ledger, sql
 
@@ -402,7 +402,7 @@ def test_operator_cannot_forge_earlier_note(ledger):
     """A note signed by a key that is not the registered checkpoint key is refused."""
     url = ledger.url
     rogue = NoteSigner("reledger.test/log", SigningKey.generate(REGULATOR_ID).private_key)
-    from ledger.checkpoint import Checkpoint, sign_checkpoint
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
     note = sign_checkpoint(Checkpoint("reledger.test/log", 5, bytes(32)), rogue)
     rep = verify_database(url, workers=1, checkpoint_notes=[note])
@@ -424,7 +424,7 @@ def test_phantom_log_row_with_negative_index(ledger):
 def _during(monkeypatch, method: str, action) -> None:
     """Run ``action`` once, just before verify_database's read of ``Queries.<method>``: a
     deterministic stand-in for a writer committing while the verifier runs."""
-    from ledger.reader import Queries
+    from reledger.ledger.reader import Queries
 
     original = getattr(Queries, method)
     done = []
@@ -511,7 +511,7 @@ def test_any_changed_value_is_caught(ledger, column, row, pos, delta):
 # --- checkpoint notes signed by the wrong key or under the wrong name -----------------------
 
 def _note(led, signer: NoteSigner, size: int | None = None) -> bytes:
-    from ledger.checkpoint import Checkpoint, sign_checkpoint
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
     with LedgerStore(led.url, create=False) as st:
         size = st.size() if size is None else size
@@ -678,8 +678,8 @@ def test_sqlite_log_index_cannot_hold_text(sqlite_url):
 
 @pytest.mark.parametrize("name", ["bad name", "a+b"])
 def test_checkpoint_key_with_an_invalid_note_name(db_url, name):
-    from ledger.genesis import key_authorized_body
-    from ledger.store import AppendError
+    from reledger.ledger.genesis import key_authorized_body
+    from reledger.ledger.store import AppendError
 
     led = new_ledger(db_url)
     try:
@@ -700,7 +700,7 @@ def test_chain_break_at_a_fast_verification_range_boundary(db_url):
     """A colluding party and DB access re-sign the entry that opens the second range of the
     fast verification path with a wrong prev, then re-sign every later entry and rebuild all
     hashes and Merkle nodes (no checkpoint covers it): only the join of the ranges can see it."""
-    import ledger.verify as verify_module
+    import reledger.ledger.verify as verify_module
     from helpers import raw_connection, tables
 
     unit = 1 << verify_module.FAST_BITS

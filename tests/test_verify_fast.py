@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-import ledger.verify as verify_module
+import reledger.ledger.verify as verify_module
 from helpers import drop_triggers, new_ledger, sql
-from ledger.keys import SigningKey
-from ledger.verify import verify_database
+from reledger.ledger.keys import SigningKey
+from reledger.ledger.verify import verify_database
 
 
 @pytest.fixture

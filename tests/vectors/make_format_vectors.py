@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ledger import encoding, heads as chain_heads, merkle  # noqa: E402
-from ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint  # noqa: E402
-from ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes  # noqa: E402
-from ledger.genesis import ChainSigner, key_authorized_body  # noqa: E402
-from ledger.keys import SigningKey  # noqa: E402
+from reledger.ledger import encoding, heads as chain_heads, merkle  # noqa: E402
+from reledger.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint  # noqa: E402
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes  # noqa: E402
+from reledger.ledger.genesis import ChainSigner, key_authorized_body  # noqa: E402
+from reledger.ledger.keys import SigningKey  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "vectors" / "format-v1.json"
 DOC_PATH = ROOT / "docs" / "FORMAT.md"
