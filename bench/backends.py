@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from eventsourcing.application import Application
 
-from reledger.ledger.reader import DatabaseURL
-from reledger.ledger.store import application_env
+from reledger.storage.reader import DatabaseURL
+from reledger.storage.store import application_env
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
 

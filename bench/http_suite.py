@@ -329,7 +329,7 @@ def _entries_plan(chains: dict[str, int], occ: int, tag: str) -> rl.Plan:
 
 def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str, Any]:
     from reledger.commands.api import CommandAPI
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.store import LedgerStore
 
     problems: list[str] = []
     now = int(time.time()) * 1_000_000
@@ -453,7 +453,7 @@ def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], si
     with ``store_only``, LedgerStore.append_pipelined of the same batches (no catalogue checks,
     no projections: the ledger core alone)."""
     from reledger.commands.api import CommandAPI
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.store import LedgerStore
     from reledger.projections.hooks import ProjectionFindings
     from reledger.projections.store import ProjectionStore
 

@@ -60,7 +60,7 @@ class ProjSizes:
 
 def _read_raw(url: str) -> int:
     from reledger.ledger.entry import SignedEntry
-    from reledger.ledger.reader import LogReader
+    from reledger.storage.reader import LogReader
 
     n = 0
     with LogReader(url) as r:
@@ -93,7 +93,7 @@ def _pct(values: list[float], p: float) -> float:
 
 def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> dict[str, Any]:
     from reledger.commands.api import CommandAPI
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.store import LedgerStore
     import reledger.projections.store
     from reledger.projections import queries
     from reledger.projections.store import ProjectionStore

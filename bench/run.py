@@ -280,7 +280,7 @@ class BackendResult:
 
 def run_backend(backend: Backend, work: wl.Workload, sizes: Sizes, log: Callable[[str], None]) -> BackendResult:
     from reledger.ledger.checkpoint import NoteSigner
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.store import LedgerStore
     from reledger.ledger.verify import verify_database
 
     res = BackendResult(backend.name, backend.describe())

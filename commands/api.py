@@ -40,9 +40,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from reledger.ledger.entry import CHAIN_RE, EntryError, SignedEntry
-from reledger.ledger.reader import Record
+from reledger.storage.reader import Record
 from reledger.ledger.registry import RegistryError
-from reledger.ledger.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
+from reledger.storage.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
 from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
                         UnknownReference, catalogue_json_schema)

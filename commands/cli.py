@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from reledger.ledger.reader import DEFAULT_URL
+from reledger.storage.reader import DEFAULT_URL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -61,8 +61,8 @@ def now_text() -> str:
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
-    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError
+    from reledger.storage.store import LedgerStore
 
     try:
         u = DatabaseURL.parse(args.db)
@@ -172,7 +172,7 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
     from reledger.ledger.verify import verify_database
 
     if args.party:
@@ -680,7 +680,7 @@ def cmd_append(args: argparse.Namespace) -> int:
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reledger.commands.demo import run_demo
+    from reledger.demo.run import run_demo
 
     return run_demo(args)
 

@@ -30,11 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reledger.commands.api import CommandAPI, CommandError
 from reledger.commands.auth import AuthError, RequestAuthenticator
-from reledger.commands.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
+from reledger.processes.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
                                 WriterProcess, transient_errors)
 from reledger.ledger import encoding
 from reledger.ledger.entry import CHAIN_RE
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
 MAX_BODY = 4 * 1024 * 1024
@@ -90,8 +90,8 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
     (:class:`reledger.projections.follow.ProjectionProcess`, which also answers the appends' findings);
     else by threads of this one (a Follower and :class:`reledger.projections.hooks.ProjectionFindings`).
     ``writer_process``: appends are checked and committed by a writer process
-    (:class:`reledger.commands.committer.WriterProcess`); else by threads of this one
-    (:class:`reledger.commands.committer.GroupCommitter`, also when no process can be spawned).
+    (:class:`reledger.processes.committer.WriterProcess`); else by threads of this one
+    (:class:`reledger.processes.committer.GroupCommitter`, also when no process can be spawned).
     ``max_queued_*``: the admission limits of either."""
     from reledger.projections import flowgraph, queries
     from reledger.projections.follow import Follower, ProjectionProcess

@@ -259,7 +259,7 @@ class WriteState:
 
     # --- applying ------------------------------------------------------------------------
     def catch_up(self, records: Iterable[Any]) -> int:
-        """Apply stored records (``reledger.ledger.reader.Record``) from position ``self.size`` on, in
+        """Apply stored records (``reledger.storage.reader.Record``) from position ``self.size`` on, in
         order. Returns how many were applied."""
         n = 0
         for rec in records:

@@ -1,7 +1,7 @@
 """Verification of a whole log: signatures, keys, chains, the Merkle log and checkpoints.
 
 This module checks; it never writes. It needs only ``ledger/`` (and, to read a database, the
-read-only ``reledger.ledger.reader``), so an auditor can run it alone.
+read-only ``reledger.storage.reader``), so an auditor can run it alone.
 
 Two phases, so that the expensive part runs on every core:
 
@@ -314,7 +314,7 @@ class _Stub:
 # --- driving it over a database ----------------------------------------------------------
 
 def _check_range(url: str, start: int, stop: int, keys: dict[str, bytes]) -> list[Checked]:
-    from .reader import LogReader
+    from reledger.storage.reader import LogReader
 
     with LogReader(url) as r:
         return check_entries(r.iter_records(start, stop), keys)
@@ -329,7 +329,7 @@ def _integrity(url: str, with_registry: bool = False, unlogged: bool = True) -> 
     it finds the event of every log row, and checks each chain's seqs to be consecutive along
     the log (so those events are distinct), so when the events table holds exactly as many
     rows as the log, no event is left without a log row."""
-    from .reader import LogReader
+    from reledger.storage.reader import LogReader
 
     with LogReader(url) as r:
         r.begin_snapshot()
@@ -373,7 +373,7 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
     A clean ledger takes the fast path (every check, range by range on every core), while the
     whole-table integrity scans run beside it in a thread; anything unclean, or any doubt of the
     fast path, runs the detailed path, which names every problem."""
-    from .reader import LogReader
+    from reledger.storage.reader import LogReader
 
     workers = workers or os.cpu_count() or 1
     cps = _external_checkpoints(checkpoint_notes)
@@ -467,7 +467,7 @@ def _read_range(url: str, start: int, stop: int) -> list | None:
     never inherits a live connection."""
     import multiprocessing
 
-    from .reader import LogReader
+    from reledger.storage.reader import LogReader
 
     if multiprocessing.parent_process() is None:
         with LogReader(url) as r:
@@ -481,7 +481,7 @@ def _read_range(url: str, start: int, stop: int) -> list | None:
 def _range_rows(r, start: int, stop: int) -> list | None:
     """The log rows [start, stop) with their envelopes: (idx, chain, seq, type, entry_hash,
     recorded_us, nodes, envelope, command_id) tuples in log order; None when in doubt."""
-    from .reader import _tuple
+    from reledger.storage.reader import _tuple
 
     cur = r.cursor()
     log_sql = ("SELECT l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, {envelope}, "

@@ -15,8 +15,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from reledger.ledger.reader import LogReader
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import LogReader
+from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class ProjectionProcess:
 def _fed_record(index: int, recorded_at: str, chain: str, seq: int, entry_hash: bytes, envelope: bytes):
     """A log record from what the parent fed: what ``apply_record`` reads of it (index, record time,
     chain, seq, entry hash, envelope); type and Merkle nodes are not needed to fold."""
-    from reledger.ledger.reader import Record
+    from reledger.storage.reader import Record
 
     from .store import record_micros
 

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from reledger.ledger.entry import SignedEntry
-from reledger.ledger.reader import LogReader
+from reledger.storage.reader import LogReader
 
 from .model import Finding
 from .store import ProjectionStore, apply_record, read_snapshot, record_micros

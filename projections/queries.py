@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from reledger.ledger import encoding
-from reledger.ledger.reader import LogReader
+from reledger.storage.reader import LogReader
 
 from .model import RULES, kg_text
 from .store import P, ProjectionStore

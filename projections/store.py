@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 from reledger.ledger.encoding import parse_time, time_to_micros
 from reledger.ledger.entry import EntryError, SignedEntry
-from reledger.ledger.reader import DatabaseURL, LogReader, Record
+from reledger.storage.reader import DatabaseURL, LogReader, Record
 
 from .model import Deltas, Finding, Projector
 
@@ -423,7 +423,7 @@ class ProjectionStore:
     def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
         """Keep up with the log until ``stop`` is set (LISTEN/NOTIFY on PostgreSQL, polling on
         SQLite; see projections/follow.py)."""
-        from reledger.ledger.store import LedgerStore
+        from reledger.storage.store import LedgerStore
 
         from .follow import Follower
 

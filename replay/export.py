@@ -8,7 +8,7 @@ from typing import Any
 from reledger.ledger import heads as chain_heads
 from reledger.ledger.bundle import checkpoint_of, encode_bundle
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 
 
 class ExportError(ValueError):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 from reledger.ledger import encoding
 from reledger.ledger.encoding import EncodingError
 from reledger.ledger.entry import EntryError, SignedEntry
-from reledger.ledger.reader import LogReader
+from reledger.storage.reader import LogReader
 from reledger.ledger.registry import Registry, RegistryError
 from reledger.projections.model import Projector, kg_text, time_us
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections import queries
 from reledger.projections.model import grams, kg_text, report_digest, time_us
 from reledger.projections.store import ProjectionStore

@@ -33,7 +33,7 @@ from reledger.ledger import encoding, merkle
 from reledger.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.registry import RegistryError
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections import flowgraph
 from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties

@@ -32,7 +32,7 @@ def pg_available() -> str | None:
         try:
             import psycopg
 
-            from reledger.ledger.reader import DatabaseURL
+            from reledger.storage.reader import DatabaseURL
 
             with psycopg.connect(DatabaseURL.parse(PG_URL).conninfo(), connect_timeout=3) as conn:
                 conn.execute("SELECT 1")
@@ -58,7 +58,7 @@ def _with_schema(url: str, schema: str) -> str:
 def drop_schema(schema: str) -> None:
     import psycopg
 
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
 
     with psycopg.connect(DatabaseURL.parse(PG_URL).conninfo(), autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

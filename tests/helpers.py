@@ -17,8 +17,8 @@ from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import SignedEntry, make_entry
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.reader import DatabaseURL, Tables
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import DatabaseURL, Tables
+from reledger.storage.store import LedgerStore
 
 T0 = "2024-01-01T00:00:00Z"
 ORIGIN = "reledger.test/log"

@@ -30,7 +30,7 @@ from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.entry import SignedEntry
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.ledger.verify import verify_database
 
 T0 = "2024-01-01T00:00:00Z"

@@ -20,8 +20,8 @@ from conftest import PG_URL, _with_schema, drop_schema
 from reledger.ledger import encoding
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.reader import DatabaseURL
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import DatabaseURL
+from reledger.storage.store import LedgerStore
 from reledger.projections.store import P, ProjectionStore
 
 T0 = "2024-01-01T00:00:00Z"

@@ -20,7 +20,7 @@ from reledger.ledger import encoding
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry, make_entry
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey, key_id
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 
 T0 = "2024-01-01T00:00:00Z"
 CAST = {"CREG": ["GROUP"], "MINE01": ["MINE"], "SEP01": ["SEPARATION"], "SMELT01": ["SMELTER"],
@@ -666,7 +666,7 @@ def test_regulator_role_removed_is_current(world):
 
 def test_store_refusal_is_translated(mworld):
     from reledger.commands.api import from_append_error
-    from reledger.ledger.store import AppendError
+    from reledger.storage.store import AppendError
 
     e = from_append_error(AppendError("revoked_key", "key_id: key k was revoked", field="key_id", position=2,
                                       chain="X1", seq=3))

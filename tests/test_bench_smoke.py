@@ -61,7 +61,7 @@ def test_bench_quick_postgres_json(capsys, pg_url):
     # its temporary schemas are gone
     import psycopg
 
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
 
     with psycopg.connect(DatabaseURL.parse(pg_url).conninfo()) as conn:
         left = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
@@ -165,7 +165,7 @@ def test_bench_projections_quick_sqlite_json(capsys):
 def _left_schemas(pg_url: str, pattern: str) -> list:
     import psycopg
 
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
 
     with psycopg.connect(DatabaseURL.parse(pg_url).conninfo()) as conn:
         return conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",

@@ -24,8 +24,8 @@ from helpers import ORIGIN, T0, drop_triggers, new_ledger, sql
 from reledger.ledger import encoding
 from reledger.ledger.bundle import BundleError, decode_bundle, encode_bundle, verify_bundle
 from reledger.ledger.entry import SignedEntry
-from reledger.ledger.reader import DatabaseURL
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import DatabaseURL
+from reledger.storage.store import LedgerStore
 from reledger.replay.export import ExportError, export_bundle
 
 M0, M1 = "9111000000MINE0000", "9111000000MINE0001"

@@ -1,5 +1,5 @@
 """The store's checking processes: how a group is shared among them, and the counting a worker
-does while it checks (ledger/store.py ``_shares``, ``_check_counting``)."""
+does while it checks (storage/store.py ``_shares``, ``_check_counting``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from reledger.ledger.entry import check_envelopes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.ledger.store import PROGRESS_STEP, _check_counting, _shares
+from reledger.storage.store import PROGRESS_STEP, _check_counting, _shares
 
 from helpers import T0, seeded_key
 
@@ -80,7 +80,7 @@ def test_sqlite_write_leaves_the_garbage_collector_as_it_found_it(tmp_path):
     import pytest
 
     from helpers import new_ledger
-    from reledger.ledger.store import AppendError
+    from reledger.storage.store import AppendError
 
     led = new_ledger(f"sqlite:///{tmp_path / 'l.db'}")
     try:

@@ -15,8 +15,8 @@ import pytest
 
 from reledger.ledger.encoding import canonical
 from reledger.ledger.genesis import ChainSigner
-from reledger.ledger.reader import DatabaseURL
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import DatabaseURL
+from reledger.storage.store import LedgerStore
 from reledger.ledger.verify import verify_database
 
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
@@ -30,7 +30,7 @@ MINE = "91110000MINE0001"
 CHILD = textwrap.dedent("""
     import sys
     from reledger.ledger.encoding import decode
-    from reledger.ledger.store import LedgerStore
+    from reledger.storage.store import LedgerStore
 
     url, path = sys.argv[1], sys.argv[2]
     with open(path, "rb") as f:
@@ -59,7 +59,7 @@ def batch_file(tmp_path_factory):
 
 def _write_lock_held(url: str) -> bool:
     """True while some session holds this ledger's writer lock (a transaction advisory lock
-    keyed by the log table's name, see ledger/store.py): the append's write transaction runs."""
+    keyed by the log table's name, see storage/store.py): the append's write transaction runs."""
     import hashlib
 
     schema = DatabaseURL.parse(url).schema

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reledger.commands.demo import SEEDED, Demo
-from reledger.commands.demo_report import summarize
+from reledger.demo.run import SEEDED, Demo
+from reledger.demo.summary import summarize
 from reledger.ledger.verify import verify_database
 
 ROOT = Path(__file__).resolve().parents[1]

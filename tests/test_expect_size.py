@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import fact, new_ledger
-from reledger.ledger.store import LedgerStore, LogMoved
+from reledger.storage.store import LedgerStore, LogMoved
 from reledger.ledger.verify import verify_database
 
 MINE = "91110000MINE0001"

@@ -7,7 +7,7 @@ import time
 
 from reledger.commands.api import CommandAPI
 from reledger.ledger.genesis import ChainSigner
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections.store import P, ProjectionStore
 from tests.http_helpers import Server, build_cast, mineral
 

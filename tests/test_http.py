@@ -30,7 +30,7 @@ from reledger.ledger.checkpoint import verify_checkpoint
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes, make_entry
 from reledger.ledger.genesis import ChainSigner, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -657,7 +657,7 @@ def test_the_writer_process_dying_mid_commit_answers_503_and_a_new_one_takes_ove
 
     from fastapi.testclient import TestClient
 
-    from reledger.commands.committer import WriterProcess
+    from reledger.processes.committer import WriterProcess
     from reledger.commands.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -784,7 +784,7 @@ def test_closing_the_writer_process_commits_and_answers_what_was_submitted(tmp_p
     import asyncio
 
     from reledger.commands.api import CommandAPI
-    from reledger.commands.committer import WriterProcess
+    from reledger.processes.committer import WriterProcess
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -875,7 +875,7 @@ def test_writer_process_answers_findings_itself(db_url, mirror):
     import asyncio
     import time
 
-    from reledger.commands.committer import WriterProcess
+    from reledger.processes.committer import WriterProcess
     from reledger.projections import queries
     from reledger.projections.hooks import ProjectionFindings
     from reledger.projections.store import ProjectionStore
@@ -939,7 +939,7 @@ def test_writer_process_answers_keep_every_detail():
 
     from reledger.commands.api import CommandReceipt
     from reledger.commands.catalogue import Conflict as ConflictError
-    from reledger.commands.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
+    from reledger.processes.committer import WriterFailed, _decode_answer, _encode_answer, transient_errors
 
     def round_trip(ok, value):
         rid, kind, payload = msgpack.unpackb(msgpack.packb(_encode_answer(7, ok, value, transient_errors()),

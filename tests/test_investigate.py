@@ -25,7 +25,7 @@ import pytest
 from reledger.commands.cli import EXIT_OK, EXIT_USAGE, main
 from reledger.ledger import merkle
 from reledger.ledger.entry import leaf_bytes
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections import queries
 from reledger.projections.store import ProjectionStore
 from reledger.replay.report import REGULATIONS, gather, render_html, write_report

@@ -119,7 +119,7 @@ def test_the_registry_refuses_a_small_order_key():
 def test_a_small_order_key_never_enters_a_ledger(db_url):
     """End to end: the regulator's signed KeyAuthorized for the identity point is refused by
     the store with its reason, nothing is written."""
-    from reledger.ledger.store import AppendError
+    from reledger.storage.store import AppendError
 
     led = new_ledger(db_url)
     try:

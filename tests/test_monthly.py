@@ -18,7 +18,7 @@ from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections import queries
 from reledger.projections.hooks import ProjectionFindings
 from reledger.projections.store import ProjectionStore

@@ -1,4 +1,4 @@
-"""ledger/pgpipe.py: the append transaction's libpq pipeline, against a real PostgreSQL.
+"""storage/pgpipe.py: the append transaction's libpq pipeline, against a real PostgreSQL.
 
 Values round-trip in binary form (hypothesis), errors raise psycopg's exception for their
 SQLSTATE and roll back, the connection is always left idle outside pipeline mode, and large
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from psycopg import errors, pq
 
 from conftest import PG_URL, require_pg
-from reledger.ledger.pgpipe import MAX_PREPARED, Pipeline, _prepared, encode_array
-from reledger.ledger.reader import DatabaseURL
+from reledger.storage.pgpipe import MAX_PREPARED, Pipeline, _prepared, encode_array
+from reledger.storage.reader import DatabaseURL
 
 pytestmark = pytest.mark.postgres
 

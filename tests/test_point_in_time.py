@@ -291,7 +291,7 @@ def test_values_of_another_type_in_text_columns(w):
 
 
 def _reader(url):
-    from reledger.ledger.reader import LogReader
+    from reledger.storage.reader import LogReader
 
     return LogReader(url)
 

@@ -2,7 +2,7 @@
 violations, filters, and tampered signatures. On SQLite and PostgreSQL.
 
 The ledger is the demo at small scale (about a thousand entries with real signatures, every
-entry type, and the seeded violations of ``reledger.commands.demo.SEEDED``). The demo runs once per
+entry type, and the seeded violations of ``reledger.demo.run.SEEDED``). The demo runs once per
 session on SQLite; the PostgreSQL ledger is the same log appended entry for entry into a fresh
 schema with the same record times (the demo itself takes about 30 s on PostgreSQL, as every
 small-scale append is its own transaction followed by a projection catch-up); the clone is
@@ -29,7 +29,7 @@ from reledger.ledger import encoding
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.store import LedgerStore
+from reledger.storage.store import LedgerStore
 from reledger.projections import queries
 from reledger.projections.model import FLOW_TYPES, RULE_PARAMETERS, report_due_us
 from reledger.projections.store import ProjectionStore
@@ -45,7 +45,7 @@ _DEMOS: dict[str, dict[str, Any]] = {}
 
 def _build_sqlite_demo(tmp: Path) -> dict[str, Any]:
     import reledger.projections.store as pstore
-    from reledger.commands.demo import Demo
+    from reledger.demo.run import Demo
 
     url = f"sqlite:///{tmp / 'ledger.db'}"
     old = pstore.SNAPSHOT_EVERY
@@ -280,7 +280,7 @@ def _expected_over_quota(url: str, party: str) -> tuple[tuple, list[dict]]:
 
 
 def test_each_seeded_violation_is_found_with_its_first_entry(demo):
-    from reledger.commands.demo import SEEDED
+    from reledger.demo.run import SEEDED
 
     url, where = demo["url"], demo["seeded"]
     assert set(where) >= set(SEEDED)

@@ -15,7 +15,7 @@ from reledger.ledger.entry import ZERO_HASH, SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner, key_authorized_body
 from reledger.ledger.keys import SigningKey
 from reledger.ledger.registry import REGULATOR
-from reledger.ledger.store import AppendError, LedgerStore, Receipt
+from reledger.storage.store import AppendError, LedgerStore, Receipt
 from reledger.ledger.verify import verify_database
 
 from helpers import (ORIGIN, REGULATOR_ID, T0, count, entry_with, fact, future_time, is_pg, new_ledger,
@@ -809,7 +809,7 @@ def test_checkpoint_with_unregistered_key_refused(led):
 
 
 def test_schema_with_upper_case(pg_url):
-    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError
 
     schema = "Ledger_" + uuid.uuid4().hex[:6]
     url = pg_url.split("?")[0] + "?schema=" + schema
@@ -1070,7 +1070,7 @@ def test_sqlite_two_processes_append_at_once(sqlite_url):
         "import sys\n"
         "from reledger.ledger.genesis import ChainSigner\n"
         "from reledger.ledger.keys import SigningKey\n"
-        "from reledger.ledger.store import LedgerStore\n"
+        "from reledger.storage.store import LedgerStore\n"
         "url, party, seed = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])\n"
         "s = ChainSigner(SigningKey.from_seed(party, seed))\n"
         "with LedgerStore(url) as st:\n"
@@ -1095,7 +1095,7 @@ def test_sqlite_two_processes_append_at_once(sqlite_url):
 def test_database_url_conninfo(url, expected):
     from psycopg.conninfo import conninfo_to_dict
 
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
 
     assert conninfo_to_dict(DatabaseURL.parse(url).conninfo()) == expected
 
@@ -1109,7 +1109,7 @@ def test_database_url_conninfo(url, expected):
 def test_database_url_conninfo_quoting(url, key, value):
     from psycopg.conninfo import conninfo_to_dict
 
-    from reledger.ledger.reader import DatabaseURL
+    from reledger.storage.reader import DatabaseURL
 
     assert conninfo_to_dict(DatabaseURL.parse(url).conninfo())[key] == value
 
@@ -1118,7 +1118,7 @@ def test_database_url_conninfo_quoting(url, key, value):
                                  "postgresql://postgres@h/db?schema=Upper", "postgresql://p@h/db?schema=a;drop",
                                  "postgresql://p@h/db?schema=a.b"])
 def test_database_url_refused(url):
-    from reledger.ledger.reader import DatabaseURL, DatabaseURLError
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError
 
     with pytest.raises(DatabaseURLError):
         DatabaseURL.parse(url)
@@ -1167,7 +1167,7 @@ def test_registry_body_rules(led, mine, case):
 # --- O(log n): appends and proofs never re-read the log -------------------------------------
 
 def test_append_and_proofs_read_o_log_n_rows(led, mine, monkeypatch):
-    from reledger.ledger.reader import Queries
+    from reledger.storage.reader import Queries
 
     st = led.store
     for _ in range(4):
@@ -1254,7 +1254,7 @@ def test_registration_groups_do_not_copy_the_whole_registry(led, monkeypatch):
 def test_opening_a_store_does_not_stall_appends_during_verification(pg_url):
     import time
 
-    from reledger.ledger.reader import LogReader
+    from reledger.storage.reader import LogReader
 
     led = new_ledger(pg_url)
     m = led.register(MINE)
@@ -1598,7 +1598,7 @@ def test_large_batch_refusal_is_the_same_with_processes_and_threads(db_url, dama
     """A batch of PROCESS_THRESHOLD or more envelopes is checked in worker processes; its
     refusal (code, position, chain, seq) is the one the thread path gives, and nothing of it
     is written."""
-    from reledger.ledger.store import PROCESS_THRESHOLD
+    from reledger.storage.store import PROCESS_THRESHOLD
 
     led = new_ledger(db_url)
     try:
@@ -1678,7 +1678,7 @@ def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
 
     from conftest import PG_URL, _with_schema, drop_schema
 
-    from reledger.ledger.store import PROCESS_THRESHOLD
+    from reledger.storage.store import PROCESS_THRESHOLD
 
     at = 1_750_000_000_000_000  # after T0, when the keys became valid
     led = new_ledger(db_url, clock=lambda: at)
@@ -1725,7 +1725,7 @@ def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_
     more than a small one."""
     import multiprocessing
 
-    from reledger.ledger.store import _Checkers
+    from reledger.storage.store import _Checkers
 
     led = new_ledger(db_url)
     pool = _Checkers(2, multiprocessing.get_context("forkserver"))

@@ -11,7 +11,7 @@ from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.store import AppendError, LedgerStore
+from reledger.storage.store import AppendError, LedgerStore
 from reledger.ledger.verify import verify_database
 
 from helpers import ORIGIN, REGULATOR_ID, T0, count, drop_triggers, new_ledger, populated_ledger, sql
@@ -424,7 +424,7 @@ def test_phantom_log_row_with_negative_index(ledger):
 def _during(monkeypatch, method: str, action) -> None:
     """Run ``action`` once, just before verify_database's read of ``Queries.<method>``: a
     deterministic stand-in for a writer committing while the verifier runs."""
-    from reledger.ledger.reader import Queries
+    from reledger.storage.reader import Queries
 
     original = getattr(Queries, method)
     done = []
@@ -679,7 +679,7 @@ def test_sqlite_log_index_cannot_hold_text(sqlite_url):
 @pytest.mark.parametrize("name", ["bad name", "a+b"])
 def test_checkpoint_key_with_an_invalid_note_name(db_url, name):
     from reledger.ledger.genesis import key_authorized_body
-    from reledger.ledger.store import AppendError
+    from reledger.storage.store import AppendError
 
     led = new_ledger(db_url)
     try:

@@ -11,7 +11,7 @@ from reledger.projections import flowgraph, queries
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
-    from .demo import SEEDED, YEAR
+    from .run import SEEDED, YEAR
 
     ps = demo.projections
     ps.catch_up()

@@ -37,13 +37,13 @@ from eventsourcing.persistence import IntegrityError as ESIntegrityError
 from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
-from . import heads as chain_heads, merkle
-from .checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from .encoding import micros_to_time_text
-from .entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
+from reledger.ledger import heads as chain_heads, merkle
+from reledger.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from reledger.ledger.encoding import micros_to_time_text
+from reledger.ledger.entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
 from .pgpipe import Pipeline
 from .reader import NAME, DatabaseURL, Queries, Record, Tables, _tuple
-from .registry import REGISTRY_TYPES, Registry, RegistryError
+from reledger.ledger.registry import REGISTRY_TYPES, Registry, RegistryError
 
 
 # --- errors and results --------------------------------------------------------------------
@@ -341,7 +341,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         """Run ``plan(cursor) -> (event_rows, log_rows, result)`` in one transaction under the
         ledger's lock, insert what it returns, commit, and return ``result``.
 
-        Two round trips in the common case, on libpq in pipeline mode (ledger/pgpipe.py: what
+        Two round trips in the common case, on libpq in pipeline mode (storage/pgpipe.py: what
         psycopg's pipeline mode does, at a tenth of its CPU): BEGIN, the lock and the plan's
         first reads (log head, command ids: ``side()``) wait in the pipeline until the plan
         reads, and NOTIFY, the inserts and COMMIT go together at the end. Any error rolls the
@@ -392,7 +392,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
 
 class _PipeCursor:
     """The append transaction's cursor for the plan and :class:`Queries` (positional rows) on
-    a :class:`reledger.ledger.pgpipe.Pipeline`. ``side()`` gives another cursor whose query waits in the
+    a :class:`reledger.storage.pgpipe.Pipeline`. ``side()`` gives another cursor whose query waits in the
     pipeline with this one's: both answered in one round trip, at the first fetch."""
 
     def __init__(self, pipe: Pipeline):
@@ -444,7 +444,7 @@ def application_env(url: str, create: bool = True) -> dict[str, str]:
     if u.backend == "sqlite":
         env.update({"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": u.path,
                     "SQLITE_LOCK_TIMEOUT": "30",
-                    "APPLICATION_RECORDER_TOPIC": "reledger.ledger.store:SQLiteLedgerRecorder"})
+                    "APPLICATION_RECORDER_TOPIC": "reledger.storage.store:SQLiteLedgerRecorder"})
     else:
         env.update({"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": u.dbname,
                     "POSTGRES_HOST": u.host, "POSTGRES_PORT": str(u.port), "POSTGRES_USER": u.user,
@@ -455,7 +455,7 @@ def application_env(url: str, create: bool = True) -> dict[str, str]:
                     "POSTGRES_POOL_SIZE": "4", "POSTGRES_MAX_OVERFLOW": "8",
                     # a large batch is planned (chains, keys, Merkle) inside its transaction
                     "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "120",
-                    "APPLICATION_RECORDER_TOPIC": "reledger.ledger.store:PostgresLedgerRecorder"})
+                    "APPLICATION_RECORDER_TOPIC": "reledger.storage.store:PostgresLedgerRecorder"})
     return env
 
 

@@ -1,7 +1,7 @@
 """Read-only access to a stored ledger, for verifiers and queries.
 
 Opens SQLite with ``mode=ro`` and PostgreSQL with read-only transactions, and only ever runs
-SELECT. The SQL here is shared with ``reledger.ledger.store`` (which writes), so there is one
+SELECT. The SQL here is shared with ``reledger.storage.store`` (which writes), so there is one
 definition of the tables' shape; this module imports nothing that writes.
 
 Database URLs: ``sqlite:///relative/or/absolute/path.db`` and
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
-from .encoding import micros_to_time_text
+from reledger.ledger.encoding import micros_to_time_text
 
 DEFAULT_URL = "sqlite:///./reledger.db"
 NAME = "reledger"

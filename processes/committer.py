@@ -26,7 +26,7 @@ from typing import Any, Callable
 import msgpack
 
 from reledger.commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
-from reledger.ledger.store import LedgerStore, _exit_with_parent, _main_importable
+from reledger.storage.store import LedgerStore, _exit_with_parent, _main_importable
 
 log = logging.getLogger(__name__)
 

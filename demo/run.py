@@ -32,8 +32,8 @@ from reledger.ledger import encoding
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.reader import DatabaseURL
-from reledger.ledger.store import LedgerStore
+from reledger.storage.reader import DatabaseURL
+from reledger.storage.store import LedgerStore
 
 YEAR = 2024
 UTC = timezone.utc
@@ -665,7 +665,7 @@ def _fresh_database(url: str) -> None:
             Path(u.path + suffix).unlink(missing_ok=True)
         Path(u.path).parent.mkdir(parents=True, exist_ok=True)
     else:
-        from reledger.ledger.reader import LogReader
+        from reledger.storage.reader import LogReader
 
         try:
             with LogReader(url) as r:
@@ -696,7 +696,7 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
     demo = Demo(url, out, args.seed, args.scale, say)
     stats = demo.run()
-    from reledger.commands.demo_report import summarize
+    from reledger.demo.summary import summarize
 
     result = summarize(demo, url, out, stats)
     demo.projections.close()
@@ -705,7 +705,7 @@ def run_demo(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        from reledger.commands.demo_report import print_summary
+        from reledger.demo.summary import print_summary
 
         print_summary(con, result)
     ok = result["verified"] and result["seeded_all_found"] and not result["unexpected_findings"]
