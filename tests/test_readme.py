@@ -37,8 +37,10 @@ def free_port() -> int:
 def test_readme_starts_with_the_two_commands():
     first = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
     assert first[0].endswith("reledger demo") and "pip install -e '.[dev]'" in first[0]
-    assert "pytest" in first[1]
-    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+    test_command = first[1].split("&&")[-1].strip()
+    assert test_command.startswith("python -m pytest") and "-n auto" in test_command  # in parallel
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci  # CI runs exactly the README's test command
 
 
 @pytest.mark.slow
