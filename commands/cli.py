@@ -233,14 +233,96 @@ def load_checkpoint_signer(args: argparse.Namespace):
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     signer = load_checkpoint_signer(args)
+    policy = load_policy(args.policy) if args.policy else None
+    report: list = []
     with open_store(args) as store:
-        note = store.checkpoint(signer)
+        cosign = None
+        if policy is not None:
+            from reledger.commands import witness
+            from reledger.ledger.cosignature import CosignatureError
+
+            if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
+                raise UsageError(f"the policy {args.policy} does not list this log's checkpoint key ({signer.name})")
+            latest = store.latest_checkpoint()
+            guess = latest[0] if latest else 0
+
+            def cosign(note: bytes, size: int) -> bytes:
+                cosigned, answers = witness.cosign(note, policy, lambda old: store.consistency_proof(old, size),
+                                                   guess, timeout=args.witness_timeout)
+                report.extend(answers)
+                return cosigned
+
+            try:
+                note = store.checkpoint(signer, cosign=cosign)
+            except CosignatureError as e:
+                for r in report:
+                    print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
+                print(f"reledger: checkpoint not published: {e}", file=sys.stderr)
+                return EXIT_FAILED
+        else:
+            note = store.checkpoint(signer)
     from reledger.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
-    data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode()}
+    data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),
+            "witnesses": [{"witness": r.witness, "cosigned": r.ok, "detail": r.detail} for r in report]}
     emit(args, data, lambda: sys.stdout.write(note.decode()))
     return EXIT_OK
+
+
+def load_policy(path: str):
+    from reledger.ledger.cosignature import CosignatureError, Policy
+
+    try:
+        return Policy.parse(Path(path).read_bytes())
+    except OSError as e:
+        raise UsageError(f"cannot read the witness policy {path}: {e.strerror or e}") from None
+    except CosignatureError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+# --- witness ------------------------------------------------------------------------------------
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from reledger.commands import witness
+    from reledger.ledger.checkpoint import NoteError, NoteVerifier
+    from reledger.ledger.cosignature import COSIG_ED25519, COSIG_MLDSA44, CosignatureSigner
+
+    try:
+        if args.action == "keygen":
+            signers = [CosignatureSigner.generate(args.name, COSIG_ED25519)]
+            if not args.no_ml_dsa:
+                signers.append(CosignatureSigner.generate(args.name, COSIG_MLDSA44))
+            witness.write_key_file(args.key, signers, force=args.force)
+            emit(args, {"key": args.key, "vkeys": [s.verifier().vkey() for s in signers]},
+                 lambda: print("\n".join([f"wrote {args.key}"] + [s.verifier().vkey() for s in signers])))
+            return EXIT_OK
+        signers = witness.read_key_file(args.key)
+        if args.action == "vkey":
+            vkeys = [s.verifier().vkey() for s in signers]
+            emit(args, {"name": signers[0].name, "vkeys": vkeys}, lambda: print("\n".join(vkeys)))
+            return EXIT_OK
+        try:
+            logs = [NoteVerifier.from_vkey(v) for v in args.log]
+        except NoteError as e:
+            raise UsageError(f"--log: {e}") from None
+        state = witness.WitnessState(args.state)
+        try:
+            server = witness.make_server(witness.Witness(signers, logs, state), args.host, args.port)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        print(f"witness {signers[0].name} listening on http://{args.host}:{server.server_address[1]} "
+              f"for {', '.join(v.name for v in logs)}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            state.close()
+        return EXIT_OK
+    except witness.WitnessError as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
@@ -744,7 +826,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log")
     s.add_argument("--key", default="reledger-keys/operator.key", help="checkpoint key file (default %(default)s)")
+    s.add_argument("--policy", help="a C2SP tlog-policy file: publish only once its witnesses' quorum cosigned "
+                                    "(default: no witnesses)")
+    s.add_argument("--witness-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for each witness (default %(default)s)")
     s.set_defaults(func=cmd_checkpoint)
+
+    s = sub.add_parser("witness", help="run a transparency-log witness (C2SP tlog-witness), or make its key")
+    s.add_argument("action", choices=["keygen", "vkey", "serve"],
+                   help="keygen: write a witness key file; vkey: print its verifier keys; serve: run the witness")
+    s.add_argument("--key", required=True, help="the witness key file")
+    s.add_argument("--name", help="keygen: the witness's key name (a schema-less URL, e.g. witness.example/w1)")
+    s.add_argument("--no-ml-dsa", action="store_true", help="keygen: an Ed25519 key only, no ML-DSA-44 key")
+    s.add_argument("--force", action="store_true", help="keygen: overwrite an existing key file")
+    s.add_argument("--state", default="witness.db", help="serve: the witness's SQLite state (default %(default)s)")
+    s.add_argument("--log", action="append", default=[], metavar="VKEY",
+                   help="serve: the checkpoint vkey of a log to witness (repeatable; its name is the origin)")
+    s.add_argument("--host", default="127.0.0.1", help="serve: address (default %(default)s)")
+    s.add_argument("--port", type=int, default=8090, help="serve: port, 0 for any free one (default %(default)s)")
+    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.set_defaults(func=cmd_witness)
 
     s = sub.add_parser("prove", parents=[common], help="inclusion proof of an entry, or consistency proof")
     s.add_argument("--entry", help="CHAIN:SEQ")
