@@ -446,5 +446,7 @@ _COMMENT = re.compile(r"<!--.*?-->\n?", re.S)
 def to_svg(graph: dict[str, Any], title: str = "reledger flow") -> str:
     """The graph laid out by Graphviz's dot, as a standalone SVG document (no XML prologue or
     DOCTYPE, so that it can also be put inline in HTML)."""
-    svg = render(to_dot(graph, title), "svg")
-    return _COMMENT.sub("", _PROLOGUE.sub("", svg, count=1))
+    svg = _COMMENT.sub("", _PROLOGUE.sub("", render(to_dot(graph, title), "svg"), count=1))
+    if "xlink:" not in svg.replace("xmlns:xlink=", ""):  # no links are drawn: the namespace is unused
+        svg = svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "")
+    return svg
