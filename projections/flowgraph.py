@@ -248,22 +248,40 @@ def _edge(src: str, dst: str, e: dict, lot: str | None = None) -> dict[str, Any]
 
 # --- year scale: fold lots by holder, product and month; the detail one level down ------------
 
+def _period(month: str | None, level: str) -> str | None:
+    if month is None or level == "month":
+        return month
+    if level == "quarter":
+        return f"{month[:4]}-Q{(int(month[5:7]) - 1) // 3 + 1}"
+    return month[:4]
+
+
 def aggregate(graph: dict[str, Any], max_edges: int = MAX_EDGES) -> dict[str, Any]:
     """A trace folded for a screen: the lots of one holder, product and month (CST) become one
-    node, edges between folded nodes are summed (kg, kg REO, movements). The traced lot itself
-    stays on its own. A graph with at most ``max_edges`` edges comes back unchanged."""
+    node, edges between folded nodes are summed (kg, kg REO, movements); where that still leaves
+    more than ``max_edges`` edges, by quarter, then by year. The traced lot itself stays on its
+    own. A graph with at most ``max_edges`` edges comes back unchanged."""
     if len(graph["edges"]) <= max_edges or "lot" not in graph:
         return graph
+    for level in ("month", "quarter", "year"):
+        folded = _fold(graph, level)
+        if len(folded["edges"]) <= max_edges:
+            break
+    return folded
+
+
+def _fold(graph: dict[str, Any], level: str) -> dict[str, Any]:
     root = _lot(graph["lot"])
     group_of: dict[str, str] = {}
     groups: dict[str, dict[str, Any]] = {}
     for n in graph["nodes"]:
         if n["kind"] != "lot" or n["id"] == root:
             continue
-        gid = f"lots:{n.get('party')}|{n.get('product')}|{n.get('month')}"
+        period = _period(n.get("month"), level)
+        gid = f"lots:{n.get('party')}|{n.get('product')}|{period}"
         group_of[n["id"]] = gid
         g = groups.setdefault(gid, {"id": gid, "kind": "lots", "party": n.get("party"), "product": n.get("product"),
-                                    "month": n.get("month"), "members": []})
+                                    "month": period, "members": []})
         g["members"].append(n["lot"])
     single = {gid for gid, g in groups.items() if len(g["members"]) == 1}
     nodes = [n for n in graph["nodes"] if n["id"] not in group_of or group_of[n["id"]] in single]
@@ -296,7 +314,7 @@ def aggregate(graph: dict[str, Any], max_edges: int = MAX_EDGES) -> dict[str, An
         date = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else None
         edges.append({"src": a["src"], "dst": a["dst"], "kind": a["kind"], "kg": kg_text(a["g"]),
                       "reo_kg": kg_text(a["reo_g"]), "count": a["count"], "date": date, "indexes": a["indexes"]})
-    return {**graph, "nodes": nodes, "edges": edges, "aggregated": True,
+    return {**graph, "nodes": nodes, "edges": edges, "aggregated": level,
             "detail_edges": len(graph["edges"]), "detail_nodes": len(graph["nodes"])}
 
 
@@ -362,13 +380,13 @@ def _edge_label(e: dict[str, Any]) -> str:
     head = e["kind"].lower()
     if e.get("count", 1) > 1:
         head += f" ×{e['count']:,}"
-    lines = [head]
-    if e.get("month"):
-        lines.append(e["month"])
-    elif e.get("date"):
-        lines.append(e["date"])
-    lines += [f"{thousands(e['kg'])} kg", f"{thousands(e['reo_kg'])} kg REO"]
-    return "\n".join(lines)
+    when = e.get("month") or e.get("date")
+    if when:
+        a, sep, b = when.partition(" to ")
+        if sep and a[:5] == b[:5]:  # one year: "2024-01-03 to 12-10"
+            when = f"{a} to {b[5:]}"
+        head += f", {when}"
+    return "\n".join([head, f"{thousands(e['kg'])} kg", f"{thousands(e['reo_kg'])} kg REO"])
 
 
 def to_dot(graph: dict[str, Any], title: str = "reledger flow") -> str:
@@ -380,19 +398,21 @@ def to_dot(graph: dict[str, Any], title: str = "reledger flow") -> str:
             names.setdefault(n["label"], n["name"])
     note = ""
     if graph.get("aggregated"):
-        note = (f"\n{graph['detail_edges']:,} movements folded by holder, product and month (CST); "
-                "lot by lot: reledger flow --party P")
+        note = (f"\n{graph['detail_edges']:,} movements folded by holder, product and {graph['aggregated']} (CST); "
+                "lot by lot: reledger flow --lot L --party P")
     elif graph.get("drill_down"):
         note = f"\nlot by lot at {graph['drill_down']}"
     lines = [f"digraph {_q(title)} {{",
              f"  graph [rankdir=LR, fontname={_q(FONT)}, fontsize=13, label={_q(title + note)}, labelloc=t, "
-             "labeljust=l, nodesep=0.25, ranksep=0.9, newrank=true, compound=true];",
+             "labeljust=l, nodesep=0.18, ranksep=0.8];",
              f"  node [fontname={_q(FONT)}, fontsize=10, style=filled, penwidth=0.8];",
              f"  edge [fontname={_q(FONT)}, fontsize=9, arrowsize=0.7];"]
     clusters: dict[str, list[dict]] = {}
     loose: list[dict] = []
     for n in graph["nodes"]:
-        holder = n.get("party") if n["kind"] in ("lot", "lots", "mine") else None
+        # the mine (an origin) stands outside its party's box, like customs and scrap: edges with
+        # labels inside a box can meet the box's own label in Graphviz's layout
+        holder = n.get("party") if n["kind"] in ("lot", "lots") else None
         (clusters.setdefault(holder, []) if holder else loose).append(n)
 
     def node_line(n: dict[str, Any], indent: str) -> str:
