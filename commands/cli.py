@@ -796,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--party", help="drill down: with --lot, the lots this party held, lot by lot; without, "
                                    "this party's flows month by month")
     s.add_argument("--detail", choices=["auto", "lot"], default="auto",
-                   help=f"with --lot: auto folds a trace of more than {60} movements by holder, product and "
+                   help="with --lot: auto folds a trace of more than 60 movements by holder, product and "
                         "month; lot keeps every lot (default auto)")
     s.add_argument("--out", help="write to a file instead of stdout")
     point_options(s)
