@@ -485,15 +485,28 @@ def cmd_flow(args: argparse.Namespace) -> int:
             g = flowgraph.trace(ps, args.lot, args.direction, point)
             if len(g["nodes"]) <= 1 and not g["edges"]:
                 raise UsageError(f"no lot {args.lot} in the flow graph")
+            if args.party:
+                if not any(n.get("party") == args.party for n in g["nodes"]):
+                    raise UsageError(f"party {args.party} held no lot of this trace")
+                g = flowgraph.drill_down(g, args.party)
+            elif args.detail == "auto":
+                g = flowgraph.aggregate(g)
         else:
-            g = flowgraph.party_graph(ps, point)
+            g = flowgraph.party_graph(ps, point, party=args.party)
+            if args.party and not g["edges"]:
+                raise UsageError(f"no flows touch party {args.party}")
     finally:
         ps.close()
     title = f"lot {args.lot} {'upstream' if args.direction == 'up' else 'downstream'}" if args.lot else "flows"
+    if args.party:
+        title += f" at {args.party}" if args.lot else f" of {args.party}, by month"
     if args.format == "dot":
         text = flowgraph.to_dot(g, title)
     elif args.format == "svg":
-        text = flowgraph.to_svg(g, title)
+        try:
+            text = flowgraph.to_svg(g, title)
+        except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:
+            raise UsageError(str(e)) from e
     else:
         text = json.dumps(g, indent=2)
     if args.out:
@@ -879,7 +892,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("flow", parents=[common], help="the flow graph, or a lot traced up or down")
     s.add_argument("--lot")
     s.add_argument("--direction", choices=["up", "down"], default="up")
-    s.add_argument("--format", choices=["json", "dot", "svg"], default="json")
+    s.add_argument("--format", choices=["json", "dot", "svg"], default="json",
+                   help="json, Graphviz dot, or svg laid out by Graphviz's dot (needs graphviz installed)")
+    s.add_argument("--party", help="drill down: with --lot, the lots this party held, lot by lot; without, "
+                                   "this party's flows month by month")
+    s.add_argument("--detail", choices=["auto", "lot"], default="auto",
+                   help="with --lot: auto folds a trace of more than 60 movements by holder, product and "
+                        "month; lot keeps every lot (default auto)")
     s.add_argument("--out", help="write to a file instead of stdout")
     point_options(s)
     s.set_defaults(func=cmd_flow)

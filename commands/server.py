@@ -439,7 +439,10 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         if format == "dot":
             return PlainTextResponse(flowgraph.to_dot(graph), media_type="text/vnd.graphviz")
         if format == "svg":
-            return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
+            try:
+                return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
+            except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:  # SVG is drawn by Graphviz
+                raise Problem(503, "unavailable", str(e)) from e
         return graph
 
     @app.get("/v1/health", summary="Liveness, log size and appends waiting to be committed (no authentication)")

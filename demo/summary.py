@@ -35,7 +35,13 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     if exported:
         lot = exported[-1]["src_lot"]
         g = flowgraph.trace(ps, lot, "up")
-        for ext, text in (("svg", flowgraph.to_svg(g, f"lot {lot} upstream")), ("dot", flowgraph.to_dot(g))):
+        g = flowgraph.aggregate(g)
+        drawings = [("dot", flowgraph.to_dot(g, f"lot {lot} upstream"))]
+        try:  # SVG is laid out by Graphviz's dot; without it, the DOT file alone
+            drawings.append(("svg", flowgraph.to_svg(g, f"lot {lot} upstream")))
+        except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:
+            graph_files["svg_error"] = str(e)
+        for ext, text in drawings:
             path = out / f"flow-{lot}.{ext}"
             path.write_text(text)
             graph_files[ext] = str(path)
