@@ -464,8 +464,18 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     # clients, one entry a request: 2,050-2,080 entries/s with the default, 2,140-2,160 with
     # 0.5 ms (paired runs, docs/OPERATIONS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    uvicorn.run(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port, log_level=log_level,
-                access_log=False)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:  # says where it listens once it does (the app has started)
+                shown = f"[{host}]" if ":" in host else host
+                print(f"reledger serve: listening on http://{shown}:{port} (API docs at /docs; Ctrl-C stops)",
+                      file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port,
+                            log_level=log_level, access_log=False)
+    Server(config).run()
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:
