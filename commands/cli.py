@@ -1,4 +1,4 @@
-"""The ``reledger`` command line (DESIGN.md, "Command line").
+"""The ``reledger`` command line (README.md, "Commands"; `reledger --help`).
 
 Every command takes ``--db URL`` (default: $RELEDGER_DB or sqlite:///./reledger.db) and
 ``--json`` (one JSON document on stdout). Exit codes: 0 success, 1 a verification failure or
