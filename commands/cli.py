@@ -176,6 +176,33 @@ class Ledger:
                          f"{suggest(party, self.parties())}")
 
 
+def reachable(args: argparse.Namespace) -> None:
+    """Where a new ledger is to be made, --db can be reached (exit 2 in seconds otherwise, not
+    after the connection pool's 30 s): a SQLite path that is not a directory and whose folder
+    exists or can be made; a PostgreSQL server that answers."""
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError
+
+    try:
+        u = DatabaseURL.parse(args.db)
+    except DatabaseURLError as e:
+        raise UsageError(str(e)) from e
+    if u.backend == "sqlite":
+        p = Path(u.path)
+        if p.is_dir():
+            raise UsageError(f"--db {args.db}: {u.path} is a directory; name the ledger's database file")
+        if p.exists() and p.stat().st_size and open(p, "rb").read(16) != b"SQLite format 3\x00":
+            raise UsageError(f"--db {args.db}: {u.path} is not a reledger ledger (not a SQLite database)")
+        return
+    try:
+        import psycopg
+
+        with psycopg.connect(u.conninfo(), connect_timeout=PG_CONNECT_TIMEOUT_S, autocommit=True):
+            pass
+    except psycopg.Error as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot reach the database at {args.db}: {first}") from e
+
+
 def check_ledger(args: argparse.Namespace, *, allow_empty: bool = False) -> Ledger:
     """The ledger at ``args.db`` exists and is one (exit 2 otherwise): a SQLite file that is a
     reledger database, or a PostgreSQL database and schema (connect timeout 5 s) that holds
@@ -253,6 +280,33 @@ class Ticker:
         print(f"reledger: {self.label}: {done:,}{of} {what}{pct}, {now - self.start:.0f} s", file=sys.stderr, flush=True)
 
 
+class heartbeat:
+    """``with heartbeat("rebuilding the projections"):`` a line on stderr every ``every``
+    seconds while the block runs (for work that cannot report how far it is)."""
+
+    def __init__(self, label: str, every: float = 5.0):
+        import threading
+
+        self.label, self.every = label, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every):
+            print(f"reledger: {self.label}: still working, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
 def catch_up(ps, size: int) -> None:
     """Bring projections up to date in pages, with progress lines when it takes a while."""
     start = ps.position()
@@ -291,7 +345,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from reledger.ledger.genesis import ChainSigner, genesis_entries
     from reledger.ledger.keys import SigningKey
 
+    reachable(args)
     keys_dir = Path(args.keys)
+    if keys_dir.exists() and not keys_dir.is_dir():
+        raise UsageError(f"--keys {args.keys} is a file, not a directory")
     keys_dir.mkdir(parents=True, exist_ok=True)
     reg_path, op_path = keys_dir / f"{args.regulator}.key", keys_dir / "operator.key"
     for p in (reg_path, op_path):
@@ -334,7 +391,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
     key = SigningKey.generate(args.party, args.purpose, name=args.name)
-    out = Path(args.out or f"{args.party}.key")
+    out = writable(args.out or f"{args.party}.key")
     try:
         key.write(out, overwrite=args.force)
     except FileExistsError as e:
@@ -676,6 +733,8 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
     if args.out:
         writable(args.out)
+    if args.lot:
+        require_lot(args, args.lot)
     ps, point = open_projections(args, parties=())
     try:
         if args.lot:
@@ -714,7 +773,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     t = _time.perf_counter()
     ps = ProjectionStore(args.db)
     try:
-        n = ps.rebuild()
+        with heartbeat("rebuilding the projections"):
+            n = ps.rebuild()
     finally:
         ps.close()
     dt = _time.perf_counter() - t
@@ -818,7 +878,8 @@ def cmd_investigate(args: argparse.Namespace) -> int:
     print(f"reledger: investigating {args.party}: replaying {point.as_of or ledger.size:,} entries and proving the "
           "evidence (this can take a while on a large ledger) ...", file=sys.stderr, flush=True)
     try:
-        summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
+        with heartbeat(f"investigating {args.party}"):
+            summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
     except (ReportError, ValueError) as e:
         raise UsageError(str(e)) from e
     except OSError as e:

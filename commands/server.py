@@ -499,7 +499,22 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:
-            await super().startup(sockets=sockets)
+            import threading
+            import time
+
+            done = threading.Event()
+
+            def progress() -> None:  # starting reads the log (the write state): say so every few seconds
+                t0 = time.monotonic()
+                while not done.wait(5):
+                    print(f"reledger serve: still starting ({time.monotonic() - t0:.0f} s: building the write state "
+                          "from the log) ...", file=sys.stderr, flush=True)
+
+            threading.Thread(target=progress, daemon=True).start()
+            try:
+                await super().startup(sockets=sockets)
+            finally:
+                done.set()
             if not self.should_exit:  # says where it listens once it does (the app has started)
                 shown = f"[{host}]" if ":" in host else host
                 print(f"reledger serve: listening on http://{shown}:{port} (API docs at /docs; Ctrl-C stops)",

@@ -666,14 +666,14 @@ class Demo:
             start = self.now
             bar.start()
             progress = lambda now: bar.update(task, completed=now - start)  # noqa: E731
-        elif self.scale == "year":
+        else:  # not a terminal (a log), or the small scale: a line a simulated month
             last = [0]
 
             def progress(now: int) -> None:
                 month = datetime.fromtimestamp(now / 1e6, tz=UTC).strftime("%Y-%m")
                 if month != last[0]:
                     last[0] = month
-                    self.log(f"  simulating {month}: {self.entries} entries so far")
+                    self.log(f"  simulating {month}: {self.entries:,} entries so far")
         try:
             self.run_until(end, progress)
         finally:
@@ -757,8 +757,9 @@ def run_demo(args: argparse.Namespace) -> int:
     con = Console(highlight=False, soft_wrap=True, stderr=args.json,
                   width=None if sys.stdout.isatty() else 150)
     say = con.print  # on stderr under --json
+    progress = Console(highlight=False, soft_wrap=True, stderr=True).print  # progress lines: always stderr
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
-    demo = Demo(url, out, args.seed, args.scale, say)
+    demo = Demo(url, out, args.seed, args.scale, progress)
     stats = demo.run()
     from reledger.demo.summary import summarize
 
