@@ -319,6 +319,23 @@ def test_replay_shows_what_each_entry_says_with_units(capsys, demo):
     assert "t REO" in out
 
 
+def test_progress_lines_on_stderr_whether_or_not_a_terminal(capsys):
+    """Long work prints a line every few seconds on stderr (none in its first two seconds)."""
+    from reledger.commands.cli import Ticker
+
+    now = [0.0]
+    tick = Ticker("verifying", total=1000)
+    tick._clock = lambda: now[0]
+    tick.start, tick.next = 0.0, 2.0
+    for t, done in ((0.5, 10), (2.5, 500), (3.0, 600), (6.0, 900)):
+        now[0] = t
+        tick(done)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and "500 of 1,000 entries (50 %)" in lines[0] and "900 of 1,000" in lines[1]
+
+
 # --- as a user runs it -------------------------------------------------------------------------
 
 def test_no_traceback_from_the_real_command_line(demo, tmp_path):
@@ -334,7 +351,7 @@ def test_no_traceback_from_the_real_command_line(demo, tmp_path):
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
-def test_postgres_missing_schema_database_and_server(capsys):
+def test_postgres_missing_schema_database_and_server(capsys, tmp_path):
     require_pg()
     schema = "missing_" + uuid.uuid4().hex[:10]
     url = PG_URL + ("&" if "?" in PG_URL else "?") + f"schema={schema}"
@@ -352,8 +369,13 @@ def test_postgres_missing_schema_database_and_server(capsys):
     with socket.socket() as s:  # a port where nothing listens
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    refused(capsys, "quota", "--year", "2024", "--db", f"postgresql://postgres@127.0.0.1:{port}/test",
-            says="cannot reach")
+    assert main(["keygen", "--party", "SOMEONE", "--out", str(tmp_path / "x.key")]) == 0
+    capsys.readouterr()
+    for argv in (["quota", "--year", "2024"], ["init", "--keys", "{tmp}"], ["append", "--key", str(tmp_path / "x.key"), "--type",
+                 "StockCounted", "--body", "{}"], ["serve"], ["demo", "--out", "{tmp}"]):
+        argv = [a.replace("{tmp}", str(tmp_path / "k")) for a in argv]
+        refused(capsys, *argv, "--db", f"postgresql://postgres@127.0.0.1:{port}/test", says="cannot reach")
+    assert not (tmp_path / "k" / "keys").exists()
     refused(capsys, "verify", "--db", PG_URL.split("?")[0].rsplit("/", 1)[0] + "/no_such_db_" + uuid.uuid4().hex[:6],
             says="does not exist")
 
