@@ -621,10 +621,10 @@ def grouped(value: Any) -> str:
     import re
 
     text = "" if value is None else str(value)
-    m = re.fullmatch(r"(-?)(\d+)(\.\d+)?", text)
+    m = re.fullmatch(r"(-?)(\d+)(\.\d+)?( [A-Z]+)?", text)  # a flag may follow: "-12.5 NEGATIVE"
     if not m:
         return text
-    return f"{m.group(1)}{int(m.group(2)):,}{m.group(3) or ''}"
+    return f"{m.group(1)}{int(m.group(2)):,}{m.group(3) or ''}{m.group(4) or ''}"
 
 
 def _table(args: argparse.Namespace, title: str, columns: list[str], rows: list[list[Any]],
