@@ -70,3 +70,16 @@ def test_walkthrough_runs_as_written(tmp_path):
     assert "verify-bundle OK" in out or "verify-bundle" in out
     assert (tmp_path / "reledger-demo" / "ganzhou.html").exists()
     assert (tmp_path / "reledger-demo" / "ganzhou.bundle").exists()
+
+
+def test_docs_cite_only_documents_in_the_repository():
+    """Every *.md that README.md and docs/*.md name is a file of the repository (at the root or
+    in docs/): no citation of a spec that a reader of the repository cannot open."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for doc in docs:
+        for name in set(re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b", doc.read_text())):
+            if not any((base / name).exists() for base in (ROOT, ROOT / "docs", doc.parent)):
+                missing.append(f"{doc.name} cites {name}")
+    assert not missing, missing
+    assert len(docs) > 3
