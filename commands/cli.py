@@ -19,6 +19,7 @@ from typing import Any, Callable
 from reledger.storage.reader import DEFAULT_URL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_UNANCHORED = 3  # verified, but not anchored to a pinned trust root (docs/AUDIT.md)
 
 
 class UsageError(Exception):
@@ -446,6 +447,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     check_ledger(args)  # a missing or empty ledger is exit 2, never "verify OK: 0 entries"
     notes = read_files(args.checkpoint, "--checkpoint")
+    trust_path, trust = load_trust(args)
+    genesis, keys = pinned_roots(args, trust, notes)
     progress = Ticker("verifying")
     bar = None
     if not args.json and sys.stderr.isatty():
@@ -456,8 +459,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bar.start()
         progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
     try:
-        rep = verify_database(args.db, workers=args.workers, trusted_genesis=args.genesis,
-                              trusted_checkpoint_keys=args.checkpoint_key, checkpoint_notes=notes,
+        rep = verify_database(args.db, workers=args.workers, trusted_genesis=genesis,
+                              trusted_checkpoint_keys=keys, checkpoint_notes=notes,
                               progress=progress)
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -465,20 +468,139 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if bar:
             bar.stop()
 
+    latest = None
+    if rep.ok and trust is not None:
+        with open_store(args) as store:
+            stored = store.latest_checkpoint()
+        latest = stored[2] if stored else None
+    anchor = anchored(trust_path, trust, genesis, rep.ok, latest)
+
     def text() -> None:
         c = console()
-        status = "[green]OK[/green]" if rep.ok else "[red]FAILED[/red]"
+        status = "[green]OK[/green]" if rep.ok and anchor["anchored"] else (
+            "[yellow]OK, NOT ANCHORED[/yellow]" if rep.ok else "[red]FAILED[/red]")
         c.print(f"verify {status}: {rep.entries} entries, {rep.chains} chains, {rep.keys} keys, "
                 f"{rep.checkpoints} checkpoints; log size {rep.size}, root {rep.root.hex()}")
-        c.print(f"trust anchor: genesis {rep.genesis}" + ("" if args.genesis else " (the log's own; pin with --genesis)"))
+        print_anchor(c, anchor, rep.genesis)
         if not rep.ok:
             c.print(f"[red]first bad entry:[/red] {rep.first}")
             for p in rep.problems[1:10]:
                 c.print(f"  also: {p}")
             if len(rep.problems) > 10:
                 c.print(f"  ... {len(rep.problems) - 10} more")
-    emit(args, rep.to_dict(), text)
-    return EXIT_OK if rep.ok else EXIT_FAILED
+    emit(args, {**rep.to_dict(), **anchor}, text)
+    return anchor_exit(rep.ok, anchor)
+
+
+# --- pinned trust (ledger/trust.py, docs/AUDIT.md) ----------------------------------------------
+
+def load_trust(args: argparse.Namespace):
+    """(path, Trust) from --trust or $RELEDGER_TRUST, or (None, None)."""
+    from reledger.ledger.trust import Trust, TrustError
+
+    path = getattr(args, "trust", None) or os.environ.get("RELEDGER_TRUST")
+    if not path:
+        return None, None
+    try:
+        return path, Trust.read(path)
+    except TrustError as e:
+        raise UsageError(f"--trust: {e}") from None
+
+
+def pinned_roots(args: argparse.Namespace, trust, notes: list[bytes]) -> tuple[str | None, list[str]]:
+    """The genesis and checkpoint keys to verify against: the trust file's, or the options'. The
+    trust file's pinned checkpoint joins the notes the log must be consistent with."""
+    genesis, keys = args.genesis, list(args.checkpoint_key)
+    if trust is None:
+        return genesis, keys
+    if genesis and genesis != trust.genesis:
+        raise UsageError(f"--genesis {genesis} is not the trust file's pinned genesis {trust.genesis}")
+    if trust.checkpoint:
+        notes.append(trust.checkpoint.encode("utf-8"))
+    return trust.genesis, keys + [trust.log_vkey]
+
+
+def anchored(trust_path, trust, genesis: str | None, ok: bool, latest: bytes | None) -> dict:
+    """Whether a verification is anchored to a pinned root, and the trust file moved forward to
+    ``latest`` (the verified checkpoint) when it is. Nothing pinned: not anchored."""
+    from reledger.ledger.trust import TrustError
+
+    out = {"anchored": False, "trust": trust_path, "pinned_genesis": genesis, "pinned_checkpoint_size": None,
+           "anchor": "nothing pinned: the log vouches for itself (pin with `reledger trust init`, or --genesis)"}
+    if trust is None:
+        if genesis:
+            out.update(anchored=True, anchor=f"the genesis pinned with --genesis ({genesis})")
+        return out
+    pinned = trust.pinned
+    out["pinned_checkpoint_size"] = pinned.size if pinned else None
+    if not ok:
+        out["anchor"] = "verification failed: the trust file is left as it was"
+        return out
+    if latest is None:
+        out.update(anchored=True, anchor=f"the trust file {trust_path} (genesis pinned; no checkpoint to move to)")
+        return out
+    try:
+        moved = trust.advanced(latest)
+    except TrustError as e:
+        out["anchor"] = f"not anchored: {e}"
+        return out
+    try:
+        moved.write(trust_path)
+    except TrustError as e:
+        raise UsageError(str(e)) from None
+    size = moved.pinned.size
+    was = f"from size {pinned.size} " if pinned else ""
+    out.update(anchored=True, pinned_checkpoint_size=size,
+               anchor=f"the trust file {trust_path}: genesis pinned, checkpoint consistent and moved {was}to size {size}")
+    return out
+
+
+def print_anchor(c, anchor: dict, genesis: str | None) -> None:
+    if anchor["anchored"]:
+        c.print(f"anchored: {anchor['anchor']}")
+    else:
+        c.print(f"[yellow]NOT ANCHORED[/yellow]: {anchor['anchor']}; genesis of this log: {genesis}")
+
+
+def anchor_exit(ok: bool, anchor: dict) -> int:
+    if not ok:
+        return EXIT_FAILED
+    return EXIT_OK if anchor["anchored"] else EXIT_UNANCHORED
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from reledger.ledger.trust import Trust, TrustError
+
+    try:
+        if args.action == "init":
+            if not (args.genesis and args.log_vkey):
+                raise UsageError("trust init needs --genesis HASH and --log-vkey VKEY, from a source you trust "
+                                 "(the operator's publication, not the ledger itself)")
+            policy = Path(args.policy).read_text(encoding="utf-8") if args.policy else None
+            note = Path(args.checkpoint).read_text(encoding="utf-8") if args.checkpoint else None
+            trust = Trust(args.genesis.lower(), args.log_vkey, policy, note)
+            trust.write(writable(args.trust, "--trust"), new=True)
+        else:
+            trust = Trust.read(args.trust)
+    except OSError as e:
+        raise UsageError(f"{e.filename}: {e.strerror or e}") from None
+    except TrustError as e:
+        raise UsageError(str(e)) from None
+    pinned = trust.pinned
+    data = {"trust": args.trust, "genesis": trust.genesis, "log_vkey": trust.log_vkey,
+            "policy": trust.policy, "checkpoint_size": pinned.size if pinned else None}
+    emit(args, data, lambda: print(f"trust file {args.trust}\n  genesis    {trust.genesis}\n  log vkey   "
+                                   f"{trust.log_vkey}\n  witnesses  "
+                                   f"{'a policy of ' + str(len(trust.policy.splitlines())) + ' lines' if trust.policy else 'none pinned'}"
+                                   f"\n  checkpoint {('size ' + str(pinned.size)) if pinned else 'none yet'}"))
+    return EXIT_OK
+
+
+def cmd_vkey(args: argparse.Namespace) -> int:
+    signer = load_checkpoint_signer(args)
+    vkey = signer.verifier().vkey()
+    emit(args, {"vkey": vkey, "origin": signer.name}, lambda: print(vkey))
+    return EXIT_OK
 
 
 def read_files(paths: list[str], option: str) -> list[bytes]:
@@ -991,11 +1113,12 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
     """Offline: needs only ledger/ (no database, no network)."""
     from reledger.ledger.bundle import BundleError, verify_bundle
 
+    trust_path, trust = load_trust(args)
     try:
         data = Path(args.bundle).read_bytes()
         older = [Path(p).read_bytes() for p in (args.older or [])] + [Path(p).read_bytes() for p in args.checkpoint]
-        rep = verify_bundle(data, trusted_checkpoint_keys=args.checkpoint_key, trusted_genesis=args.genesis,
-                            older=older)
+        genesis, keys = pinned_roots(args, trust, older)
+        rep = verify_bundle(data, trusted_checkpoint_keys=keys, trusted_genesis=genesis, older=older)
     except OSError as e:
         raise UsageError(str(e)) from e
     except BundleError as e:
@@ -1003,9 +1126,14 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
         emit(args, {"ok": False, "problems": [why]}, lambda: console().print(f"[red]FAILED[/red]: {why}"))
         return EXIT_FAILED
 
+    from reledger.ledger.bundle import decode_bundle
+
+    anchor = anchored(trust_path, trust, genesis, rep.ok, decode_bundle(data)["checkpoint"] if rep.ok else None)
+
     def text() -> None:
         c = console()
-        status = "[green]OK[/green]" if rep.ok else "[red]FAILED[/red]"
+        status = "[green]OK[/green]" if rep.ok and anchor["anchored"] else (
+            "[yellow]OK, NOT ANCHORED[/yellow]" if rep.ok else "[red]FAILED[/red]")
         c.print(f"verify-bundle {status}: party {rep.party}, {rep.chain_length} chain entries and "
                 f"{rep.registry_entries} registry entries, {rep.proofs} inclusion proofs against the checkpoint "
                 f"{rep.origin} size {rep.size} root {rep.root.hex()}")
@@ -1016,11 +1144,11 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
                     "were committed) signs no chain heads, so later entries could have been left out")
         if rep.consistency_checked:
             c.print(f"consistent with earlier checkpoints of sizes {', '.join(map(str, rep.consistency_checked))}")
-        c.print(f"trust anchor: genesis {rep.genesis}" + ("" if args.genesis else " (pin with --genesis)"))
+        print_anchor(c, anchor, rep.genesis)
         for p in rep.problems[:20]:
             c.print(f"[red]problem:[/red] {p}")
-    emit(args, rep.to_dict(), text)
-    return EXIT_OK if rep.ok else EXIT_FAILED
+    emit(args, {**rep.to_dict(), **anchor}, text)
+    return anchor_exit(rep.ok, anchor)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -1362,7 +1490,8 @@ def _epilog(examples: list[str], one: str = "-", times: bool = False) -> str:
     out = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n"
     if times:
         out += TIMES_HELP + "\n\n"
-    return out + EXIT_CODES_HELP.format(one=one if one != "-" else "(not used by this command)")
+    one, _, three = (one if one != "-" else "(not used by this command)").partition("\n  3  ")
+    return out + EXIT_CODES_HELP.format(one=one) + (f"\n  3  {three}" if three else "")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1436,7 +1565,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "an error (exit 2), never \"OK\".",
                        examples=["reledger verify", "reledger verify --genesis HASH --checkpoint-key VKEY",
                                  "reledger verify --party 9136070022GANZHOUS --checkpoint checkpoint.txt"],
-                       one="the ledger fails verification (the first bad entry is named)")
+                       one="the ledger fails verification (the first bad entry is named)"
+                           "\n  3  verified, but not anchored to a pinned trust root (nothing pinned, or the log moved off it)")
     s.add_argument("--party", help="verify one party's chain (with inclusion proofs), not the whole log")
     s.add_argument("--workers", type=_positive_int, default=None, help="processes for signatures (default: all cores)")
     s.add_argument("--genesis", metavar="HASH", help="trusted genesis entry hash (hex)")
@@ -1444,7 +1574,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="trusted checkpoint vkey (repeatable)")
     s.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                    help="a checkpoint note kept outside the database (repeatable)")
+    s.add_argument("--trust", metavar="FILE", help="the auditor's trust file (`reledger trust init`): pinned genesis, "
+                                                   "log key, witness policy and last checkpoint, moved forward when "
+                                                   "the log verifies (default: $RELEDGER_TRUST)")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("trust", help="pin an auditor's trust roots, or show them",
+                       description="An auditor pins, once, from a source it trusts (the operator's publication, not "
+                                   "the ledger): the ledger's genesis entry hash, the log's checkpoint vkey and "
+                                   "optionally a C2SP tlog-policy of witnesses. verify and verify-bundle --trust then "
+                                   "check every checkpoint against them and keep the last one verified "
+                                   "(docs/AUDIT.md).",
+                       examples=["reledger trust init --trust audit.trust --genesis HASH --log-vkey VKEY",
+                                 "reledger trust init --trust audit.trust --genesis HASH --log-vkey VKEY "
+                                 "--policy witnesses.policy",
+                                 "reledger trust show --trust audit.trust"])
+    s.add_argument("action", choices=["init", "show"], help="init: write a new trust file; show: print one")
+    s.add_argument("--trust", required=True, metavar="FILE", help="the trust file (init never overwrites one)")
+    s.add_argument("--genesis", metavar="HASH", help="init: the genesis entry hash (64 hex)")
+    s.add_argument("--log-vkey", metavar="VKEY", help="init: the log's checkpoint vkey (`reledger vkey`)")
+    s.add_argument("--policy", metavar="FILE", help="init: a C2SP tlog-policy file every checkpoint must meet")
+    s.add_argument("--checkpoint", metavar="FILE", help="init: a checkpoint note already verified")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.set_defaults(func=cmd_trust)
+
+    s = sub.add_parser("vkey", help="print the C2SP verifier key (vkey) of a checkpoint key file",
+                       description="Print the signed-note verifier key of the operator's checkpoint key: what an "
+                                   "auditor pins (`reledger trust init --log-vkey`) and witnesses trust "
+                                   "(`reledger witness serve --log`).",
+                       examples=["reledger vkey --key reledger-demo/keys/operator.key"])
+    s.add_argument("--key", required=True, metavar="FILE", help="the checkpoint key file")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.set_defaults(func=cmd_vkey)
 
     s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log",
                        description="Sign the current tree head with the operator's checkpoint key (C2SP "
@@ -1621,14 +1782,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Check a bundle written by `reledger export` with no database and no network: "
                                    "every signature, the chain, every inclusion proof, the checkpoint signature, "
                                    "consistency with earlier checkpoints or bundles given.",
-                       examples=["reledger verify-bundle ganzhou.bundle --checkpoint checkpoint.txt"],
-                       one="the bundle fails verification")
+                       examples=["reledger verify-bundle ganzhou.bundle --trust audit.trust",
+                                 "reledger verify-bundle ganzhou.bundle --checkpoint checkpoint.txt --genesis HASH"],
+                       one="the bundle fails verification"
+                           "\n  3  verified, but not anchored to a pinned trust root (nothing pinned, or the log moved off it)")
     s.add_argument("bundle", metavar="BUNDLE", help="the bundle file")
     s.add_argument("older", nargs="*", metavar="OLDER", help="earlier bundles or checkpoint notes it must be consistent with")
     s.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
                    help="an earlier checkpoint note (repeatable)")
     s.add_argument("--checkpoint-key", action="append", default=[], metavar="VKEY", help="trusted checkpoint vkey")
     s.add_argument("--genesis", metavar="HASH", help="trusted genesis entry hash")
+    s.add_argument("--trust", metavar="FILE", help="the auditor's trust file (`reledger trust init`), moved forward "
+                                                   "to the bundle's checkpoint when it verifies (default: "
+                                                   "$RELEDGER_TRUST)")
     s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     s.set_defaults(func=cmd_verify_bundle)
 

@@ -207,7 +207,7 @@ def test_any_changed_byte_of_a_large_bundle_is_caught(demo_bundles, data):
 
 
 def test_demo_bundles_verify(demo_bundles):
-    assert len(demo_bundles) >= 3  # the loop below must judge real bundles
+    assert len(demo_bundles) >= 2  # the loop below must judge real bundles (the fixture exports two)
     for party, data in demo_bundles.items():
         rep = verify_bundle(data)
         assert rep.ok and rep.party == party and rep.chain_length > 20 and len(rep.consistency_checked) >= 10
@@ -317,7 +317,7 @@ def test_a_checkpoint_without_chain_heads_verifies_but_proves_no_end(tmp_path):
     summary = export_bundle(url, M0, tmp_path / "b")
     assert summary["chain_end_proven"] is False
     proc = cli("verify-bundle", str(tmp_path / "b"))
-    assert proc.returncode == 0 and "the end of the chain is not proven" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 3 and "the end of the chain is not proven" in proc.stdout, proc.stdout + proc.stderr
     data = (tmp_path / "b").read_bytes()
     assert "heads" not in decode_bundle(data)
     rep = verify_bundle(data)
@@ -395,9 +395,9 @@ def test_bundles_of_one_ledger_at_two_times_are_consistent_both_ways(db_url, tmp
     # the CLI: exit 0 both ways, with bundles or a kept note
     (tmp_path / "note").write_bytes(older_note)
     proc = cli("verify-bundle", str(tmp_path / "new"), str(tmp_path / "old"), "--checkpoint", str(tmp_path / "note"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # consistent, but nothing pinned: not anchored
     proc = cli("verify-bundle", "--json", str(tmp_path / "old"), str(tmp_path / "new"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 3 and json.loads(proc.stdout)["anchored"] is False, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
 
 
@@ -467,10 +467,16 @@ def test_cli_exit_codes(tmp_path, tiny_bundle):
     # no database anywhere: RELEDGER_DB points at a file that does not exist, and stays so
     nowhere = tmp_path / "nowhere.db"
     proc = cli("verify-bundle", str(good), db=f"sqlite:///{nowhere}")
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+    # valid, but it vouches for itself: its own exit status and a warning, never a green OK
+    assert proc.returncode == 3 and "NOT ANCHORED" in proc.stdout, proc.stdout + proc.stderr
     assert "the chain is complete" in proc.stdout  # its checkpoint signs the chain heads
+    genesis = verify_bundle(tiny_bundle).genesis
+    proc = cli("verify-bundle", str(good), "--genesis", genesis, db=f"sqlite:///{nowhere}")
+    assert proc.returncode == 0 and "OK" in proc.stdout and "anchored" in proc.stdout, proc.stdout + proc.stderr
+    proc = cli("verify-bundle", str(good), "--genesis", "ab" * 32, db=f"sqlite:///{nowhere}")
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # another ledger's genesis pinned
     proc = cli("verify-bundle", "--json", str(good), db=f"sqlite:///{nowhere}")
-    assert json.loads(proc.stdout)["chain_complete"] is True
+    assert json.loads(proc.stdout)["chain_complete"] is True and json.loads(proc.stdout)["anchored"] is False
     proc = cli("verify-bundle", "--json", str(bad), db=f"sqlite:///{nowhere}")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)

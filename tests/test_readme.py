@@ -67,7 +67,8 @@ def test_walkthrough_runs_as_written(tmp_path):
     out = proc.stdout
     assert "recorded 9115020011BAYANOBO" in out
     assert "refused, as it should be" in out
-    assert "verify-bundle OK" in out or "verify-bundle" in out
+    assert "verify-bundle OK" in out and "verify OK" in out  # anchored to the pinned trust, not just valid
+    assert "NOT ANCHORED" not in out
     assert (tmp_path / "reledger-demo" / "ganzhou.html").exists()
     assert (tmp_path / "reledger-demo" / "ganzhou.bundle").exists()
 

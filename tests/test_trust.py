@@ -83,3 +83,74 @@ def test_the_pinned_checkpoint_only_moves_forward():
         t.advanced(note(10, root=hashlib.sha256(b"fork").digest()))
     with pytest.raises(TrustError, match="does not list"):
         Trust(GENESIS, NoteSigner("x.example/log", Ed25519PrivateKey.generate()).verifier().vkey(), policy())
+
+
+# --- end to end: verify and verify-bundle --trust ----------------------------------------------------
+
+def reledger(*args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "reledger", *args], capture_output=True, text=True, timeout=180)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def test_an_auditor_pins_once_and_every_verification_moves_the_pin(db_url, tmp_path):
+    from helpers import new_ledger
+
+    from reledger.replay.export import export_bundle
+
+    mine = "91110000MINE0001"
+    led = new_ledger(db_url)
+    try:
+        led.register(mine)
+        led.add(mine, 3)
+        led.checkpoint()
+        export_bundle(db_url, mine, tmp_path / "first.bundle")
+        genesis = led.store.record(0).entry_hash.hex()
+        vkey = led.note_signer.verifier().vkey()
+        trust = tmp_path / "audit.trust"
+        assert reledger("trust", "init", "--trust", str(trust), "--genesis", genesis, "--log-vkey", vkey).returncode == 0
+        assert reledger("trust", "init", "--trust", str(trust), "--genesis", genesis,
+                        "--log-vkey", vkey).returncode == 2  # pinned once, never overwritten
+
+        out = reledger("verify-bundle", str(tmp_path / "first.bundle"), "--trust", str(trust), "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        first = json.loads(out.stdout)
+        assert first["anchored"] and first["pinned_checkpoint_size"] == led.store.size()
+        assert Trust.read(trust).pinned.size == led.store.size()
+
+        led.add(mine, 2)
+        led.checkpoint()
+        export_bundle(db_url, mine, tmp_path / "second.bundle")
+        out = reledger("verify-bundle", str(tmp_path / "second.bundle"), "--trust", str(trust))
+        assert out.returncode == 0 and "moved from size" in out.stdout, out.stdout + out.stderr
+        assert Trust.read(trust).pinned.size == led.store.size()
+
+        # the older bundle shows less than the auditor has seen: not accepted as the current view
+        out = reledger("verify-bundle", str(tmp_path / "first.bundle"), "--trust", str(trust))
+        assert out.returncode != 0, out.stdout
+        assert Trust.read(trust).pinned.size == led.store.size()  # the pin did not move back
+
+        # the whole log, against the same trust file
+        out = reledger("verify", "--db", db_url, "--trust", str(trust), "--json")
+        assert out.returncode == 0 and json.loads(out.stdout)["anchored"], out.stdout + out.stderr
+        out = reledger("verify", "--db", db_url)
+        assert out.returncode == 3 and "NOT ANCHORED" in out.stdout, out.stdout  # nothing pinned
+
+        # another ledger's bundle against this trust: refused
+        other_db = f"sqlite:///{tmp_path / 'other.db'}"
+        other = new_ledger(other_db)
+        try:
+            other.register(mine)
+            other.add(mine, 1)
+            other.checkpoint()
+            export_bundle(other_db, mine, tmp_path / "other.bundle")
+        finally:
+            other.close()
+        out = reledger("verify-bundle", str(tmp_path / "other.bundle"), "--trust", str(trust))
+        assert out.returncode == 1, out.stdout
+        assert Trust.read(trust).pinned.size == led.store.size()
+    finally:
+        led.close()
