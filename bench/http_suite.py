@@ -42,6 +42,7 @@ from typing import Any, Callable
 import msgpack
 
 from . import realistic as rl
+from .measure import TICKS, live_descendants_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = (1, 4, 16)
@@ -194,20 +195,16 @@ async def _client(port: int, requests: list[tuple[bytes, int]], deadline: float,
 
 def _proc_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and its live descendants (Linux /proc; 0 elsewhere)."""
-    from .run import _TICKS, _live_descendants_cpu
-
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return sum(int(x) for x in fields[11:15]) / _TICKS + _live_descendants_cpu(pid)
+    return sum(int(x) for x in fields[11:15]) / TICKS + live_descendants_cpu(pid)
 
 
 def _postgres_cpu() -> float:
     """CPU seconds of this machine's PostgreSQL processes (a local server: Linux /proc)."""
-    from .run import _TICKS
-
     total = 0.0
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -218,7 +215,7 @@ def _postgres_cpu() -> float:
             with open(f"/proc/{p}/stat") as f:
                 head, _, rest = f.read().rpartition(")")
             if head.split("(", 1)[1].startswith("postgres"):
-                total += sum(int(x) for x in rest.split()[11:13]) / _TICKS
+                total += sum(int(x) for x in rest.split()[11:13]) / TICKS
         except (OSError, IndexError):
             continue
     return total

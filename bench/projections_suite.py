@@ -98,7 +98,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
     from reledger.projections import queries
     from reledger.projections.store import ProjectionStore
 
-    from .run import Acc, timed
+    from .measure import Acc, timed
 
     problems: list[str] = []
     accs = {k: Acc() for k in ("read_raw", "rebuild", "append_api", "large_append", "large_read_raw", "large_replay",

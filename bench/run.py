@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from . import workload as wl
+from .measure import Acc, cpu_seconds, timed
 from .backends import DEFAULT_PG, Backend, PostgresBackend, SQLiteBackend, pg_reachable
 
 SCHEMA_VERSION = 2
@@ -86,77 +87,6 @@ class Sizes:
         small_needs = self.small_log + self.single + self.window
         large_needs = self.large_log + self.rounds * self.window + self.rounds * self.single
         return max(small_needs, large_needs) - setup
-
-
-class Acc:
-    """Samples of one figure: count, wall and CPU seconds (CPU includes threads and reaped
-    child processes, so cpu/wall shows how many cores the work used)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.wall = 0.0
-        self.cpu = 0.0
-        self.samples: list[float] = []
-
-    def add(self, n: int, wall: float, cpu: float) -> None:
-        self.n += n
-        self.wall += wall
-        self.cpu += cpu
-        self.samples.append(n / wall if wall > 0 else 0.0)
-
-    @property
-    def rate(self) -> float:
-        return self.n / self.wall if self.wall > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "n": self.n, "seconds": round(self.wall, 4),
-                "cores_used": round(self.cpu / self.wall, 2) if self.wall > 0 else None,
-                "cpu_us_per_entry": round(self.cpu / self.n * 1e6, 1) if self.n else None,
-                "samples": [round(s, 1) for s in self.samples]}
-
-
-def _cpu() -> float:
-    """CPU seconds of this process, of its reaped children, and of its live descendants (the
-    ledger's worker processes live as long as their store, under a forkserver)."""
-    t = os.times()
-    return time.process_time() + t.children_user + t.children_system + _live_descendants_cpu(os.getpid())
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _live_descendants_cpu(pid: int) -> float:
-    """utime + stime + cutime + cstime of every live descendant of ``pid`` (Linux /proc;
-    0 elsewhere)."""
-    total = 0.0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += sum(int(x) for x in fields[11:15]) / _TICKS
-            total += _live_descendants_cpu(int(child))
-    return total
-
-
-def timed(acc: Acc, n: int, fn: Callable[[], Any]) -> Any:
-    gc.collect()
-    c0, t0 = _cpu(), time.perf_counter()
-    result = fn()
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    acc.add(n, wall, cpu)
-    return result
 
 
 def batches(items: Sequence, size: int) -> list[Sequence]:
@@ -219,14 +149,14 @@ def _fill_timed(steady: Acc, cold: Acc, store, envelopes: Sequence[bytes], batch
     yet (the pipeline fills): over a window of ten batches that start-up is ~10% of the cold
     time, and L models a sustained rate, so the batched append ratio takes the steady one."""
     gc.collect()
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     it = store.append_pipelined(batches(envelopes, batch))
     first = len(next(it))
-    c1, t1 = _cpu(), time.perf_counter()
+    c1, t1 = cpu_seconds(), time.perf_counter()
     n = 0
     for receipts in it:
         n += len(receipts)
-    c2, t2 = _cpu(), time.perf_counter()
+    c2, t2 = cpu_seconds(), time.perf_counter()
     cold.add(first + n, t2 - t0, c2 - c0)
     steady.add(n, t2 - t1, c2 - c1)
 

@@ -79,7 +79,7 @@ def _receipt(r: Receipt, findings: Sequence = ()) -> CommandReceipt:
     return CommandReceipt(r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate, tuple(findings))
 
 
-class _Answer(list):
+class Answer(list):
     """What submit_groups answers (receipts or an error per group), and the entries whose
     findings the hook has yet to be asked about: (receipts, position, signed entry)."""
 
@@ -109,7 +109,7 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _verify_pool() -> ThreadPoolExecutor:
+def verify_pool() -> ThreadPoolExecutor:
     """One pool per process: Ed25519 verification releases the GIL, so the signatures of a
     submission are checked in parallel before the (sequential) checks that need the state."""
     global _pool
@@ -392,7 +392,7 @@ class CommandAPI:
         step = max(16, len(jobs) // (4 * _WORKERS))
         chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
         results: dict[int, tuple[bytes, bool]] = {}
-        for chunk, oks in zip(chunks, _verify_pool().map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
+        for chunk, oks in zip(chunks, verify_pool().map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
             for (s, k), ok in zip(chunk, oks):
                 results[id(s)] = (k, ok)
 
@@ -429,7 +429,7 @@ class CommandAPI:
             self.state.abort()
             self._catch_up()
 
-        out: _Answer = _Answer()
+        out: Answer = Answer()
         for gi, c in enumerate(checked):
             res = c.error or by_group.get(gi, [])
             if isinstance(res, CommandError):
@@ -492,3 +492,44 @@ class CommandAPI:
         """JSON Schema of every body (for the OpenAPI components)."""
         return catalogue_json_schema()
 
+
+# --- the commit pipeline's answers (a group commit in threads or in the writer process) --------
+
+# Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
+# append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
+MAX_QUEUED_ENTRIES = 50_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+
+
+class Overloaded(Exception):
+    """Admission refused a group (503 ``overloaded``): nothing was queued or written."""
+
+
+class WriterFailed(Exception):
+    """The transaction of a group commit failed, or the writer process ended, before the
+    group's answer: nothing of it was acknowledged. ``transient`` (503: send the same request
+    again; a command id makes that safe) or not (500). ``name``: the error's type."""
+
+    def __init__(self, name: str, message: str, transient: bool):
+        super().__init__(message)
+        self.name, self.transient = name, transient
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
+    import sqlite3
+
+    from eventsourcing import persistence
+
+    from reledger.projections.follow import ProjectionsUnavailable
+
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
+                                         persistence.InterfaceError, ProjectionsUnavailable]
+    try:
+        import psycopg
+        import psycopg_pool
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout]
+    except ImportError:  # SQLite only
+        pass
+    return tuple(errors)

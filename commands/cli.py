@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,9 +49,21 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None
         text()
 
 
-def console():
-    from rich.console import Console
+class PlainConsole:
+    """What the commands print with when rich (the server extra) is not installed: the text,
+    without rich's markup."""
 
+    MARKUP = re.compile(r"\[/?(?:bold|dim|italic|red|green|yellow|blue|cyan|magenta)(?: [a-z]+)*\]")
+
+    def print(self, text: Any = "", *_, **__) -> None:
+        print(self.MARKUP.sub("", str(text)))
+
+
+def console():
+    try:
+        from rich.console import Console
+    except ModuleNotFoundError:  # the base install (reledger verify-bundle): plain text
+        return PlainConsole()
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
@@ -443,15 +456,15 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 # --- replay and audit -----------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from reledger.projections.queries import _parse_when, parse_point
+    from reledger.projections.queries import parse_point, parse_when
     from reledger.replay.history import iter_text, replay_party
 
     open_store(args).close()
     try:
         point = parse_point(args.db, args.as_of, None)
-        since = _parse_when(args.from_, "--from") if args.from_ else None
-        until = _parse_when(args.until, "--until") if args.until else None
-        valid_at = _parse_when(args.valid_at, "--valid-at") if args.valid_at else None
+        since = parse_when(args.from_, "--from") if args.from_ else None
+        until = parse_when(args.until, "--until") if args.until else None
+        valid_at = parse_when(args.valid_at, "--valid-at") if args.valid_at else None
     except ValueError as e:
         raise UsageError(str(e)) from e
     if valid_at is not None:
@@ -679,27 +692,19 @@ def cmd_append(args: argparse.Namespace) -> int:
 
 # --- the rest -------------------------------------------------------------------------------
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from reledger.demo.run import run_demo
+# demo and serve run above this room (the demo, the server's processes): the top-level
+# dispatcher, reledger.cli, passes their implementations to main (``upper``)
+UPPER = ("demo", "serve")
 
+
+def cmd_demo(args: argparse.Namespace, run_demo: Callable[[argparse.Namespace], int]) -> int:
     return run_demo(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from reledger.commands.server import serve
-
+def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
     open_store(args).close()  # refuse a missing SQLite file with a clear message
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
     return EXIT_OK
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from reledger.bench.run import main as bench_main
-
-    argv = list(args.rest)
-    if args.json:
-        argv.append("--json")
-    return bench_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -850,26 +855,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "overloaded (default %(default)s; docs/HTTP.md, Admission)")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("bench", help="run the benchmarks (see bench/)", add_help=False)
-    s.add_argument("--json", action="store_true")
+    # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)
+    s = sub.add_parser("bench", help="run the benchmarks (see bench/; also reledger-bench)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_bench)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, upper: dict[str, Callable] | None = None) -> int:
+    """The command line. ``upper``: the implementations of the commands that live above this
+    room (:data:`UPPER`), given by the top-level dispatcher (:func:`reledger.cli.main`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        # bench owns its own options
-        from reledger.bench.run import main as bench_main
-
-        return bench_main(argv[1:])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    if args.command == "bench" or (args.command in UPPER and args.command not in (upper or {})):
+        print(f"reledger {args.command}: run it through the reledger command (reledger.cli)", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        if args.command in UPPER:
+            return args.func(args, upper[args.command])
         return args.func(args)
     except UsageError as e:
         print(f"reledger {args.command}: {e}", file=sys.stderr)

@@ -35,6 +35,8 @@ from reledger.ledger.keys import SigningKey
 from reledger.storage.reader import DatabaseURL
 from reledger.storage.store import LedgerStore
 
+from .summary import print_summary, summarize
+
 YEAR = 2024
 UTC = timezone.utc
 HOUR = 3600 * 1_000_000
@@ -86,6 +88,9 @@ class Party:
 
 
 class Demo:
+    year = YEAR  # the control year simulated
+    seeded = SEEDED  # the seeded violations (what the summary checks the findings against)
+
     def __init__(self, url: str, out: Path, seed: int, scale: str, log: Callable[[str], None]):
         from reledger.commands.api import CommandAPI
         from reledger.projections.hooks import ProjectionFindings
@@ -696,8 +701,6 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
     demo = Demo(url, out, args.seed, args.scale, say)
     stats = demo.run()
-    from reledger.demo.summary import summarize
-
     result = summarize(demo, url, out, stats)
     demo.projections.close()
     demo.store.close()
@@ -705,8 +708,6 @@ def run_demo(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        from reledger.demo.summary import print_summary
-
         print_summary(con, result)
     ok = result["verified"] and result["seeded_all_found"] and not result["unexpected_findings"]
     return 0 if ok else 1

@@ -11,16 +11,16 @@ from reledger.projections import flowgraph, queries
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
-    from .run import SEEDED, YEAR
-
+    """The demo's result: ``demo`` (a :class:`reledger.demo.run.Demo` that has run) gives the
+    year, the seeded violations and where it seeded them."""
     ps = demo.projections
     ps.catch_up()
     report = verify_database(url)
-    quota = queries.quota(ps, YEAR)
+    quota = queries.quota(ps, demo.year)
     stock = queries.stock(ps)
     found = queries.findings(ps)["findings"]
     seeded, matched = {}, set()
-    for key, spec in SEEDED.items():
+    for key, spec in demo.seeded.items():
         where = demo.seeded_where.get(key, {})
         hits = [f for f in found if f["code"] in spec["codes"] and f["party"] == where.get("party")]
         for f in hits:
@@ -50,7 +50,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     parties = [{"id": p.id, "name": p.name, "roles": p.roles, "province": p.province, "group": p.group}
                for p in [demo.reg] + demo.cast_list]
     return {
-        "db": url, "year": YEAR, "scale": demo.scale, "seed": demo.seed, "entries": stats["entries"],
+        "db": url, "year": demo.year, "scale": demo.scale, "seed": demo.seed, "entries": stats["entries"],
         "seconds": stats["seconds"], "parties": parties,
         "findings": [{"rule": f["rule"], "code": f["code"], "party": f["party"], "message": f["message"],
                       "index": f["index"], "evidence": f["evidence"]} for f in found],

@@ -43,14 +43,14 @@ def parse_point(url: str, as_of: str | None, valid_at: str | None) -> Point:
         if as_of.isdigit():
             n = int(as_of)
         else:
-            t = _parse_when(as_of, "--as-of")
+            t = parse_when(as_of, "--as-of")
             with LogReader(url) as r:
                 n = r.queries.index_at_time(r.cursor(), t)
-    v = _parse_when(valid_at, "--valid-at") if valid_at else None
+    v = parse_when(valid_at, "--valid-at") if valid_at else None
     return Point(n, v)
 
 
-def _parse_when(text: str, what: str) -> int:
+def parse_when(text: str, what: str) -> int:
     from datetime import datetime, timedelta, timezone
 
     try:

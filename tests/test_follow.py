@@ -80,7 +80,7 @@ def test_fed_entries_fill_in_from_the_log():
     """The projections process's store of the entries the server fed it: it yields them in log
     order, reads from the log what another writer put before or between them, and keeps at
     most its limit (the log has the rest)."""
-    from reledger.projections.follow import _Fed
+    from reledger.processes.projections import FedEntries
 
     log_reads: list[tuple] = []
 
@@ -95,7 +95,7 @@ def test_fed_entries_fill_in_from_the_log():
     def indexes(recs):
         return [r[1] if isinstance(r, tuple) else r.index for r in recs]
 
-    fed = _Fed(limit=5)
+    fed = FedEntries(limit=5)
     assert indexes(fed.records(3, read)) == list(range(3, 20)) and log_reads == [(3, None)]  # nothing fed
     fed.add([fed_item(i) for i in (5, 6, 7)])
     log_reads.clear()

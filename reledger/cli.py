@@ -1,0 +1,70 @@
+"""``reledger``: the top-level dispatcher of the command line.
+
+This module sits at the top of the import graph (docs/ARCHITECTURE.md): it alone knows every
+room. ``reledger bench ...`` goes to the benchmark (:mod:`reledger.bench.run`, which owns its
+options; also installed as ``reledger-bench``); ``reledger demo`` and ``reledger serve`` are
+parsed by :mod:`reledger.commands.cli` and run here (the demo, and the server's processes, live
+above the commands); everything else is :mod:`reledger.commands.cli`'s.
+
+What a command needs beyond the base install (msgpack and cryptography: enough for
+``reledger verify-bundle``) is imported when the command runs; when it is missing the command
+exits 2 and says which extra to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reledger.commands import cli as commands_cli
+
+EXIT_USAGE = 2
+# the distributions of each extra (pyproject.toml), by the top-level module they install
+EXTRAS = {"fastapi": "server", "starlette": "server", "uvicorn": "server", "httpx": "server", "rich": "server",
+          "eventsourcing": "server", "pydantic": "server", "psycopg": "postgres", "psycopg_pool": "postgres"}
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from reledger.demo.run import run_demo as demo  # (the demo needs the server extra)
+
+    return demo(args)
+
+
+def serve(url: str, **options) -> None:
+    from reledger.processes import server  # (fastapi, uvicorn: the server extra)
+
+    server.serve(url, **options)
+
+
+def bench(argv: list[str]) -> int:
+    from reledger.bench.run import main as bench_main  # (the benchmark needs the dev extra)
+
+    return bench_main(argv)
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The message for a command that needs a module of an extra that is not installed."""
+    top = (e.name or "").split(".")[0]
+    extra = EXTRAS.get(top)
+    if extra is None:
+        return None
+    return (f"reledger: this command needs {top}, which the base install leaves out: "
+            f"install reledger[{extra}] (pip install 'reledger[{extra}]')")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            return bench(argv[1:])
+        return commands_cli.main(argv, upper={"demo": run_demo, "serve": serve})
+    except ModuleNotFoundError as e:
+        message = missing_extra(e)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
