@@ -463,12 +463,12 @@ class CommandAPI:
 
     def head(self, chain: str) -> tuple[int, bytes]:
         """(seq, entry hash) of the chain's last entry; (0, 32 zero bytes) for a new chain."""
-        self._check_chain_id(chain)
+        self.check_chain_id(chain)
         return self.store.chain_head(chain)
 
     def entry(self, chain: str, seq: int) -> Record:
         """The stored record of chain:seq (envelope, index, record time); 404 ``not_found``."""
-        self._check_chain_id(chain)
+        self.check_chain_id(chain)
         if type(seq) is not int or seq < 1:
             raise InvalidCommand("wrong_type", "seq: must be an integer >= 1", field="seq")
         rec = self.store.entry(chain, seq)
@@ -477,7 +477,7 @@ class CommandAPI:
         return rec
 
     @staticmethod
-    def _check_chain_id(chain: str) -> None:
+    def check_chain_id(chain: str) -> None:
         if not isinstance(chain, str) or not CHAIN_RE.fullmatch(chain):
             raise InvalidCommand("bad_value", "chain: must be a party id of 2-64 characters A-Z 0-9 . _ -",
                                  field="chain")

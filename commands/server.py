@@ -187,7 +187,7 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
 
     def chain_id(chain: str) -> str:
         """``chain`` if it is a party id; else the API's 400 (never a query with it)."""
-        CommandAPI._check_chain_id(chain)  # raises the API's own CommandError
+        CommandAPI.check_chain_id(chain)  # raises the API's own CommandError
         return chain
 
     def text_param(name: str, value: str | None) -> str | None:
