@@ -41,6 +41,11 @@ from typing import Any, Callable
 
 import msgpack
 
+from reledger.commands.api import CommandAPI
+from reledger.projections.hooks import ProjectionFindings
+from reledger.projections.store import ProjectionStore
+from reledger.storage.store import LedgerStore
+
 from . import realistic as rl
 from .measure import TICKS, live_descendants_cpu
 
@@ -325,9 +330,6 @@ def _entries_plan(chains: dict[str, int], occ: int, tag: str) -> rl.Plan:
 
 
 def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-
     problems: list[str] = []
     now = int(time.time()) * 1_000_000
     t0 = now - rl.DAY
@@ -449,11 +451,6 @@ def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], si
     """CommandAPI.submit of ``batch``-entry groups with the server's findings hook, in-process;
     with ``store_only``, LedgerStore.append_pipelined of the same batches (no catalogue checks,
     no projections: the ledger core alone)."""
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-    from reledger.projections.hooks import ProjectionFindings
-    from reledger.projections.store import ProjectionStore
-
     log(f"[{backend.name}] http: in-process {'LedgerStore.append_pipelined' if store_only else 'CommandAPI.submit'}, "
         f"{sizes.batch} per group")
     url = backend.ledger_url("http_inproc")

@@ -32,7 +32,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import reledger.projections.store
+from reledger.commands.api import CommandAPI
+from reledger.ledger.entry import SignedEntry
+from reledger.projections import queries
+from reledger.projections.store import ProjectionStore
+from reledger.storage.reader import LogReader
+from reledger.storage.store import LedgerStore
+
 from . import realistic as rl
+from .measure import Acc, timed
 
 TARGETS = {"rebuild/read_raw": 0.3}
 LIMITS = {"quota_query_ms": ("<", 100.0)}
@@ -59,9 +68,6 @@ class ProjSizes:
 
 
 def _read_raw(url: str) -> int:
-    from reledger.ledger.entry import SignedEntry
-    from reledger.storage.reader import LogReader
-
     n = 0
     with LogReader(url) as r:
         for rec in r.iter_records():
@@ -92,14 +98,6 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-    import reledger.projections.store
-    from reledger.projections import queries
-    from reledger.projections.store import ProjectionStore
-
-    from .measure import Acc, timed
-
     problems: list[str] = []
     accs = {k: Acc() for k in ("read_raw", "rebuild", "append_api", "large_append", "large_read_raw", "large_replay",
                                "quota_query", "quota_query_worst")}
@@ -221,8 +219,6 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
 def _lag(url: str, store, clock: list[int], work: rl.Log, start: int, sizes: ProjSizes) -> dict[str, Any]:
     """A writer appends work[start:] at sizes.lag_rate while ProjectionStore.follow runs in
     another thread; this thread samples the projections' position every few milliseconds."""
-    from reledger.projections.store import ProjectionStore
-
     follower_ps = ProjectionStore(url)
     sampler = ProjectionStore(url)
     stop_follow = threading.Event()

@@ -46,12 +46,27 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any, Callable, Sequence
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from eventsourcing.persistence import StoredEvent
+from rich.console import Console
+from rich.table import Table
+
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry
+from reledger.ledger.verify import verify_database
+from reledger.storage.store import LedgerStore
+
 from . import workload as wl
-from .measure import Acc, cpu_seconds, timed
 from .backends import DEFAULT_PG, Backend, PostgresBackend, SQLiteBackend, pg_reachable
+from .http_suite import HttpSizes, run_http
+from .measure import Acc, cpu_seconds, timed
+from .projections_suite import ProjSizes, run_projections
+from .report import render_suites
 
 SCHEMA_VERSION = 2
 SUITES = ("core", "http", "projections")
@@ -99,10 +114,6 @@ class VerifySample:
     """Raw Ed25519 verification over the messages the ledger verifies (tag || content)."""
 
     def __init__(self, work: wl.Workload, n: int):
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        from reledger.ledger.entry import ENTRY_TAG, SignedEntry
-
         pubs = {}
         for i in range(work.parties):
             k = wl.party_key(i)
@@ -118,17 +129,12 @@ class VerifySample:
             key.verify(sig, msg)
 
     def run_keyload(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
         for _, raw, sig, msg in self.items:
             Ed25519PublicKey.from_public_bytes(raw).verify(sig, msg)
 
 
 def stored_events(envelopes: Sequence[bytes]) -> list:
     """StoredEvents carrying exactly the envelopes (same ids, versions, topics, bytes)."""
-    from eventsourcing.persistence import StoredEvent
-
-    from reledger.ledger.entry import SignedEntry
 
     out = []
     for env in envelopes:
@@ -209,10 +215,6 @@ class BackendResult:
 
 
 def run_backend(backend: Backend, work: wl.Workload, sizes: Sizes, log: Callable[[str], None]) -> BackendResult:
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.storage.store import LedgerStore
-    from reledger.ledger.verify import verify_database
-
     res = BackendResult(backend.name, backend.describe())
     accs = res.accs
     for k in ("P_single", "P_batch", "V", "V_keyload", "append_single", "append_small", "append_large",
@@ -298,14 +300,11 @@ def _fmt_rate(x: float) -> str:
 
 def render(doc: dict[str, Any], console) -> None:
     render_core(doc, console)
-    from .report import render_suites
 
     render_suites(doc, console)
 
 
 def render_core(doc: dict[str, Any], console) -> None:
-    from rich.table import Table
-
     labels = {
         "P_single": "P singly (eventsourcing, 1/txn)",
         "P_batch": "P batched (eventsourcing, {batch}/txn)",
@@ -412,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    from rich.console import Console
 
     err = Console(stderr=True)
     out = Console()
@@ -486,8 +484,6 @@ def main(argv: list[str] | None = None) -> int:
     for suite in suites:
         if suite == "core":
             continue
-        from .http_suite import HttpSizes, run_http
-        from .projections_suite import ProjSizes, run_projections
 
         if suite == "http":
             ssizes: Any = HttpSizes.quick() if args.quick else HttpSizes()
@@ -504,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 sdoc[name] = runner(backend, ssizes, log)
             except Exception as e:  # noqa: BLE001 - reported in the document; exit status 1
-                import traceback
 
                 sdoc[name] = {"info": backend.describe(), "figures": {}, "ratios": {}, "limits": {}, "sizes": {},
                               "detail": {"traceback": traceback.format_exc()[-4000:]},
@@ -547,8 +542,6 @@ def _loadavg() -> list[float] | None:
 
 def _version(dist: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(dist)
     except Exception:  # noqa: BLE001
         return None

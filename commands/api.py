@@ -34,18 +34,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from eventsourcing import persistence
+
 from reledger.ledger.entry import CHAIN_RE, EntryError, SignedEntry
-from reledger.storage.reader import Record
 from reledger.ledger.registry import RegistryError
+from reledger.projections.follow import ProjectionsUnavailable
+from reledger.storage.reader import Record
 from reledger.storage.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
-from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
-                        UnknownReference, catalogue_json_schema)
+from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand, UnknownReference,
+                        catalogue_json_schema)
 from .state import WriteState
 from .validate import validate_entry
 
@@ -517,12 +521,6 @@ class WriterFailed(Exception):
 
 def transient_errors() -> tuple[type[BaseException], ...]:
     """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
-    import sqlite3
-
-    from eventsourcing import persistence
-
-    from reledger.projections.follow import ProjectionsUnavailable
-
     errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
                                          persistence.InterfaceError, ProjectionsUnavailable]
     try:

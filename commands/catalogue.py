@@ -24,6 +24,8 @@ them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -981,7 +983,6 @@ def check_body(type_name: str, body: Any) -> dict:
 
 from reledger.projections.model import report_digest  # noqa: E402 - one definition, re-exported here
 
-
 # --- JSON <-> body (binary as base64 in JSON) -----------------------------------------------
 
 def _walk_binary(f: Field, value: Any, conv: Callable[[Any], Any]) -> Any:
@@ -996,8 +997,6 @@ def _walk_binary(f: Field, value: Any, conv: Callable[[Any], Any]) -> Any:
 
 def body_to_json(type_name: str, body: dict) -> dict:
     """A body with its binary fields as base64 text (the JSON form)."""
-    import base64
-
     return _walk_binary(schema_of(type_name).body, body,
                         lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
 
@@ -1005,9 +1004,6 @@ def body_to_json(type_name: str, body: dict) -> dict:
 def body_from_json(type_name: str, obj: Any) -> Any:
     """The msgpack form of a JSON body: base64 text of binary fields becomes bytes (anything
     else is left for :func:`check_body` to judge)."""
-    import base64
-    import binascii
-
     def conv(v: Any) -> Any:
         if isinstance(v, str):
             try:

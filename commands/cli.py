@@ -13,11 +13,20 @@ import json
 import os
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from reledger.storage.reader import DEFAULT_URL
+from reledger.ledger import merkle
+from reledger.ledger.bundle import BundleError, verify_bundle
+from reledger.ledger.checkpoint import Checkpoint, NoteSigner
+from reledger.ledger.encoding import time_text
+from reledger.ledger.entry import CHAIN_RE
+from reledger.ledger.genesis import ChainSigner, genesis_entries
+from reledger.ledger.keys import KeyError_, SigningKey
+from reledger.ledger.verify import verify_database
+from reledger.storage.reader import DEFAULT_URL, DatabaseURL, DatabaseURLError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -68,13 +77,10 @@ def console():
 
 
 def now_text() -> str:
-    from reledger.ledger.encoding import time_text
-
     return time_text(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
-    from reledger.storage.reader import DatabaseURL, DatabaseURLError
     from reledger.storage.store import LedgerStore
 
     try:
@@ -91,10 +97,6 @@ def open_store(args: argparse.Namespace, create: bool = False):
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.ledger.genesis import ChainSigner, genesis_entries
-    from reledger.ledger.keys import SigningKey
-
     keys_dir = Path(args.keys)
     keys_dir.mkdir(parents=True, exist_ok=True)
     reg_path, op_path = keys_dir / f"{args.regulator}.key", keys_dir / "operator.key"
@@ -132,9 +134,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from reledger.ledger.entry import CHAIN_RE
-    from reledger.ledger.keys import SigningKey
-
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
     key = SigningKey.generate(args.party, args.purpose, name=args.name)
@@ -157,7 +156,6 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     """One party's chain: its bundle built from the database and checked as an auditor would
     offline (signatures with the key valid at each position, the chain, every inclusion proof,
     the checkpoint signature, consistency with every earlier checkpoint)."""
-    from reledger.ledger.bundle import verify_bundle
     from reledger.replay.export import ExportError, build_bundle
 
     open_store(args).close()
@@ -185,9 +183,6 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from reledger.storage.reader import DatabaseURL
-    from reledger.ledger.verify import verify_database
-
     if args.party:
         return cmd_verify_party(args)
 
@@ -231,9 +226,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def load_checkpoint_signer(args: argparse.Namespace):
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.ledger.keys import KeyError_, SigningKey
-
     path = Path(args.key)
     try:
         key = SigningKey.read(path)
@@ -248,7 +240,6 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     signer = load_checkpoint_signer(args)
     with open_store(args) as store:
         note = store.checkpoint(signer)
-    from reledger.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode()}
@@ -257,8 +248,6 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from reledger.ledger import merkle
-
     with open_store(args) as store:
         latest = store.latest_checkpoint()
         size = args.size or (latest[0] if latest else store.size())
@@ -436,18 +425,16 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    import time as _time
-
     from reledger.projections.store import ProjectionStore
 
     open_store(args).close()
-    t = _time.perf_counter()
+    t = time.perf_counter()
     ps = ProjectionStore(args.db)
     try:
         n = ps.rebuild()
     finally:
         ps.close()
-    dt = _time.perf_counter() - t
+    dt = time.perf_counter() - t
     data = {"entries": n, "seconds": round(dt, 3), "entries_per_second": round(n / dt) if dt else None}
     emit(args, data, lambda: console().print(f"rebuilt the projections from {n} entries in {dt:.2f} s"))
     return EXIT_OK
@@ -532,8 +519,6 @@ def cmd_investigate(args: argparse.Namespace) -> int:
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
     """Offline: needs only ledger/ (no database, no network)."""
-    from reledger.ledger.bundle import BundleError, verify_bundle
-
     try:
         data = Path(args.bundle).read_bytes()
         older = [Path(p).read_bytes() for p in (args.older or [])] + [Path(p).read_bytes() for p in args.checkpoint]
@@ -603,8 +588,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
     from reledger.commands.api import CommandAPI, CommandError
-    from reledger.ledger.genesis import ChainSigner
-    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.sign_with)
@@ -629,7 +612,6 @@ def cmd_append(args: argparse.Namespace) -> int:
     """Sign one entry with a key file and append it: over HTTP (--server) with the client, or
     in-process through the command API on --db."""
     from reledger.commands.catalogue import body_from_json
-    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.key)
@@ -658,7 +640,6 @@ def cmd_append(args: argparse.Namespace) -> int:
         data = {"receipts": result.receipts, "findings": result.findings}
     else:
         from reledger.commands.api import CommandAPI, CommandError
-        from reledger.ledger.genesis import ChainSigner
         from reledger.projections.hooks import ProjectionFindings
         from reledger.projections.store import ProjectionStore
 

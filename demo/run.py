@@ -28,11 +28,19 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.console import Console
+from rich.progress import Progress
+
+from reledger.commands.api import CommandAPI
+from reledger.commands.catalogue import report_digest
 from reledger.ledger import encoding
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.storage.reader import DatabaseURL
+from reledger.projections import queries
+from reledger.projections.hooks import ProjectionFindings
+from reledger.projections.store import ProjectionStore
+from reledger.storage.reader import DatabaseURL, LogReader
 from reledger.storage.store import LedgerStore
 
 from .summary import print_summary, summarize
@@ -92,10 +100,6 @@ class Demo:
     seeded = SEEDED  # the seeded violations (what the summary checks the findings against)
 
     def __init__(self, url: str, out: Path, seed: int, scale: str, log: Callable[[str], None]):
-        from reledger.commands.api import CommandAPI
-        from reledger.projections.hooks import ProjectionFindings
-        from reledger.projections.store import ProjectionStore
-
         self.url, self.out, self.seed, self.scale, self.log = url, out, seed, scale, log
         self.rng = random.Random(seed)
         self.now = us(datetime(YEAR, 1, 1, tzinfo=UTC))
@@ -393,8 +397,6 @@ class Demo:
         """The regulator closes the loop on the over-quota plant: inspection, violation citing the
         ledger's evidence, penalty (Decree 785 Art. 21) and the cut of next year's indicator
         (Decree 71 Art. 14)."""
-        from reledger.projections import queries
-
         self.flush()
         where = self.seeded_where.get("over_separation_quota", {})
         plant = where.get("party")
@@ -609,8 +611,6 @@ class Demo:
                                         "location": "main warehouse"}, self.now)
 
     def report(self, p: Party, month: str) -> None:
-        from reledger.commands.catalogue import report_digest
-
         first, last = p.reported_seq + 1, p.signer.seq
         if last < first:
             return
@@ -634,8 +634,6 @@ class Demo:
         bar = None
         progress = None
         if self.scale == "year" and sys.stderr.isatty():
-            from rich.progress import Progress
-
             bar = Progress(transient=True)
             task = bar.add_task("simulating 2024", total=end - self.now)
             start = self.now
@@ -670,8 +668,6 @@ def _fresh_database(url: str) -> None:
             Path(u.path + suffix).unlink(missing_ok=True)
         Path(u.path).parent.mkdir(parents=True, exist_ok=True)
     else:
-        from reledger.storage.reader import LogReader
-
         try:
             with LogReader(url) as r:
                 n = r.queries.size(r.cursor())[0]
@@ -683,8 +679,6 @@ def _fresh_database(url: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     out = Path(args.out)
     if out.exists() and args.db is None:
         shutil.rmtree(out / "keys", ignore_errors=True)

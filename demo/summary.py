@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from reledger.ledger.verify import verify_database
 from reledger.projections import flowgraph, queries
+from reledger.replay.report import write_report
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +45,6 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     reports = {}
     plant = demo.seeded_where.get("over_separation_quota", {}).get("party")
     if plant:
-        from reledger.replay.report import write_report
-
         path = out / f"investigation-{plant}.html"
         write_report(url, plant, str(path))
         reports[plant] = str(path)
@@ -65,8 +66,6 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
 
 
 def print_summary(con, r: dict[str, Any]) -> None:
-    from rich.table import Table
-
     con.print(f"\n[bold]What happened[/bold] ({r['seconds']} s): {r['entries']} signed entries from "
               f"{len(r['parties'])} parties in {r['year']}: the regulator registered the cast and their keys, "
               "approved the annual totals and issued two quota batches; the groups sub-allocated them; mines "

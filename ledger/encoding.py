@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -293,8 +293,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 @functools.lru_cache(maxsize=1024)
 def micros_to_time_text(micros: int) -> str:
     """The normal-form text of a time given in microseconds since the Unix epoch."""
-    from datetime import timedelta
-
     return time_text(_EPOCH + timedelta(microseconds=micros))
 
 

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from cryptography.exceptions import InvalidSignature
 
 from . import encoding
 from .encoding import EncodingError
-from .keys import KEY_ID_RE, SigningKey
+from .keys import KEY_ID_RE, SigningKey, ed25519_public_key, verify_signature
 
 FORMAT_VERSION = 1
 ENTRY_TAG = b"reledger/v1/entry\n"
@@ -182,7 +183,6 @@ class SignedEntry:
         never change), so the command API and the store do not both pay for one entry."""
         if self.__dict__.get("_verified_with") == public_key:
             return True
-        from .keys import verify_signature
 
         ok = verify_signature(public_key, ENTRY_TAG, self.content, self.signature)
         if ok:
@@ -352,9 +352,6 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
 
     It judges exactly as ``SignedEntry.parse`` and ``signature_valid``: the common canonical
     shape takes their fast paths inline (no objects built), anything else goes through them."""
-    from cryptography.exceptions import InvalidSignature
-
-    from .keys import ed25519_public_key
 
     intern = sys.intern
     out = []

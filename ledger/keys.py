@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FILE_FORMAT = "reledger-key-v1"
@@ -107,16 +108,12 @@ class SigningKey:
 
     @property
     def seed(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
         return self.private_key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
 
     @property
     def public_key(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
         return self.private_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )

@@ -11,6 +11,7 @@ import logging
 import sys
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 
 from reledger.commands.api import MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, CommandAPI
@@ -79,8 +80,6 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
 
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
           max_queued_entries: int = MAX_QUEUED_ENTRIES) -> None:
-    import uvicorn  # (imported when serving: the app alone does not need it)
-
     # The event loop runs Python for one request after another; the threads that hand appends
     # to the writer process and take its answers need the interpreter lock for a few
     # microseconds each, and by default wait up to 5 ms for the loop to let go of it. At 16

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -51,8 +52,6 @@ def parse_point(url: str, as_of: str | None, valid_at: str | None) -> Point:
 
 
 def parse_when(text: str, what: str) -> int:
-    from datetime import datetime, timedelta, timezone
-
     try:
         if len(text) == 10:
             d = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)

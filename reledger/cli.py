@@ -14,6 +14,8 @@ exits 2 and says which extra to install.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 
 from reledger.commands import cli as commands_cli
@@ -21,7 +23,41 @@ from reledger.commands import cli as commands_cli
 EXIT_USAGE = 2
 # the distributions of each extra (pyproject.toml), by the top-level module they install
 EXTRAS = {"fastapi": "server", "starlette": "server", "uvicorn": "server", "httpx": "server", "rich": "server",
-          "eventsourcing": "server", "pydantic": "server", "psycopg": "postgres", "psycopg_pool": "postgres"}
+          "eventsourcing": "server", "pydantic": "server", "psycopg": "postgres", "psycopg_pool": "postgres",
+          "pytest": "dev", "hypothesis": "dev"}
+# commands that run on the base install; every other needs the server extra (the event store,
+# the tables it prints), serve also the web framework, bench the dev extra
+BASE_COMMANDS = ("verify-bundle", "keygen")
+NEEDS = {"server": ("eventsourcing", "rich"), "serve": ("fastapi", "uvicorn"), "postgres": ("psycopg",)}
+
+
+def missing_for(argv: list[str]) -> str | None:
+    """The extra a command needs and this install lacks (checked before it runs: nothing is
+    written by a command that could not finish), or None."""
+    def absent(names: tuple[str, ...]) -> bool:
+        return any(importlib.util.find_spec(n) is None for n in names)
+
+    if not argv or argv[0] in BASE_COMMANDS or argv[0] not in command_names() or "-h" in argv or "--help" in argv:
+        return None  # (argparse answers help, and refuses what is not a command)
+    if argv[0] == "bench":
+        return "dev" if absent(NEEDS["server"] + NEEDS["serve"] + NEEDS["postgres"]) else None
+    if absent(NEEDS["server"]) or (argv[0] == "serve" and absent(NEEDS["serve"])):
+        return "server"
+    db = os.environ.get("RELEDGER_DB", "")
+    for i, a in enumerate(argv):
+        if a == "--db" and i + 1 < len(argv):
+            db = argv[i + 1]
+        elif a.startswith("--db="):
+            db = a[len("--db="):]
+    if db.startswith(("postgresql:", "postgres:")) and absent(NEEDS["postgres"]):
+        return "postgres"
+    return None
+
+
+def command_names() -> set[str]:
+    parser = commands_cli.build_parser()
+    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name in action.choices}
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -42,18 +78,25 @@ def bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def install_message(extra: str, what: str) -> str:
+    return f"reledger: {what}: install reledger[{extra}] (pip install 'reledger[{extra}]')"
+
+
 def missing_extra(e: ModuleNotFoundError) -> str | None:
     """The message for a command that needs a module of an extra that is not installed."""
     top = (e.name or "").split(".")[0]
     extra = EXTRAS.get(top)
     if extra is None:
         return None
-    return (f"reledger: this command needs {top}, which the base install leaves out: "
-            f"install reledger[{extra}] (pip install 'reledger[{extra}]')")
+    return install_message(extra, f"this command needs {top}, which the base install leaves out")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    extra = missing_for(argv)
+    if extra is not None:
+        print(install_message(extra, f"{argv[0]} needs what the base install leaves out"), file=sys.stderr)
+        return EXIT_USAGE
     try:
         if argv and argv[0] == "bench":
             return bench(argv[1:])

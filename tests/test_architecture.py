@@ -1,6 +1,6 @@
 """The import graph of the package: rooms, no cycles, no upward imports, no private names
 imported across modules, and an auditor's folder without databases, threads or processes
-(docs/ARCHITECTURE.md).
+(issue 14).
 
 Every module of the package is parsed with ``ast`` (nothing is imported): module-level and
 function-level imports alike, since an import hidden inside a function is still an edge of the
