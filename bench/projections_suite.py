@@ -12,8 +12,8 @@ the raw rate of reading the same log, measured in the same run.
   the ratio of that query's time to the full replay's; and the same query as of the position
   just before the next kept quota totals (**quota_query_worst_ms**: the longest roll-forward,
   ``QUOTA_SUMS_EVERY`` - 1 entries);
-* **lag**: a writer appends batches at a fixed rate while ``ProjectionStore.follow`` (another
-  thread, its own connections; LISTEN/NOTIFY on PostgreSQL, polling on SQLite) keeps the
+* **lag**: a writer appends batches at a fixed rate while ``reledger.projections.follow.follow``
+  (another thread, its own connections; LISTEN/NOTIFY on PostgreSQL, polling on SQLite) keeps the
   projections up: lag in entries (sampled) and seconds (commit of a batch -> projections past
   it), p50 and p99.
 
@@ -36,6 +36,7 @@ import reledger.projections.store
 from reledger.commands.api import CommandAPI
 from reledger.ledger.entry import SignedEntry
 from reledger.projections import queries
+from reledger.projections.follow import follow
 from reledger.projections.store import ProjectionStore
 from reledger.storage.reader import LogReader
 from reledger.storage.store import LedgerStore
@@ -217,12 +218,12 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
 
 
 def _lag(url: str, store, clock: list[int], work: rl.Log, start: int, sizes: ProjSizes) -> dict[str, Any]:
-    """A writer appends work[start:] at sizes.lag_rate while ProjectionStore.follow runs in
+    """A writer appends work[start:] at sizes.lag_rate while the projections follow the log (projections.follow.follow) in
     another thread; this thread samples the projections' position every few milliseconds."""
     follower_ps = ProjectionStore(url)
     sampler = ProjectionStore(url)
     stop_follow = threading.Event()
-    follower = threading.Thread(target=follower_ps.follow, args=(stop_follow,), name="bench-follow", daemon=True)
+    follower = threading.Thread(target=follow, args=(follower_ps, stop_follow), name="bench-follow", daemon=True)
     follower.start()
     commits: list[tuple[float, int]] = []  # (commit time, log size after it)
     errors: list[str] = []

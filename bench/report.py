@@ -127,5 +127,5 @@ def _projections_table(b: dict[str, Any], name: str, console) -> None:
     t.add_row("", _num(f["lag_seconds_p99"] * 1000, "ms"), "ms (p99)", "", "", "", "", "")
     console.print(t)
     console.print(f"realistic log (registry, quota, production, transfers, separation, stock counts, monthly "
-                  f"reports); the large log signed in {sz['large_sign_seconds']} s; lag: ProjectionStore.follow in a "
-                  f"thread, writer batches of {sz['lag_batch']}.")
+                  f"reports); the large log signed in {sz['large_sign_seconds']} s; lag: the projections following "
+                  f"the log in a thread, writer batches of {sz['lag_batch']}.")

@@ -4,11 +4,12 @@ The server's topology (``reledger serve``, :mod:`reledger.processes.server`): th
 
 * **The server process** (the parent): uvicorn's event loop (HTTP parsing, authentication, the
   reads and the projection queries, answers), admission (503 ``overloaded`` past the queue
-  limits), and two threads per child that hand it work and take its answers. It writes
-  nothing to the ledger itself.
-* **The writer process** (:mod:`reledger.processes.committer`, ``WriterProcess``): the only
-  writer of the ledger. It takes the groups of envelopes the event loop accepted, checks their
-  signatures (a thread pool: Ed25519 releases the GIL), commits them together (group commit:
+  limits), and the threads that hand the children their work and take their answers. It
+  writes nothing to the ledger itself.
+* **The writer process** (:mod:`reledger.processes.committer`, ``WriterProcess``): the
+  server's only writer of the ledger. It takes the groups of envelopes the event loop
+  accepted, checks their signatures (a thread pool: Ed25519 releases the GIL), commits them
+  together (group commit:
   one transaction, each group accepted or refused whole) and answers each group with its
   receipts or its error, and the findings it can say from its own mirror of the rule state.
   If it dies, the groups it held fail with 503 and the next group starts a new one.
