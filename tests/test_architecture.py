@@ -52,6 +52,8 @@ KNOWN: set[tuple[str, str, str]] = {
     # storage/store.py: its row reader, and its worker pool's own start method
     ("private", "reledger.storage.store", "reledger.storage.reader._tuple"),
     ("start", "reledger.storage.store", "multiprocessing.get_context"),
+    ("frames", "reledger.storage.store", "send_bytes"),
+    ("frames", "reledger.storage.store", "recv_bytes"),
 }
 
 
@@ -295,6 +297,23 @@ def start_method_problems(mods: dict[str, Path]) -> list[str]:
     return out
 
 
+def framing_problems(mods: dict[str, Path]) -> list[str]:
+    """One framing between processes: only reledger.processes.frames writes to or reads from a
+    pipe (``send_bytes``/``recv_bytes``; everything else sends through its Channel, as msgpack
+    frames), and no module sends objects over one (``Connection.send``/``recv`` pickle them:
+    the Channel has no such path)."""
+    out = []
+    for name, path in mods.items():
+        if name == f"{PACKAGE}.processes.frames":
+            continue
+        for node in ast.walk(_tree(path)):
+            if (isinstance(node, ast.Attribute) and node.attr in ("send_bytes", "recv_bytes")
+                    and _keep("frames", name, node.attr)):
+                out.append(f"{name}:{node.lineno} calls {node.attr}: messages between processes go through "
+                           "reledger.processes.frames")
+    return out
+
+
 # --- the tests ---------------------------------------------------------------------------------
 
 def test_every_module_is_parsed():
@@ -334,6 +353,12 @@ def test_every_child_process_starts_from_the_one_start_method():
     assert not problems, "\n".join(problems)
 
 
+def test_every_message_between_processes_is_a_frame():
+    mods, _, _ = graph()
+    problems = framing_problems(mods)
+    assert not problems, "\n".join(problems)
+
+
 def test_the_allow_list_names_only_edges_that_still_exist():
     """Each allow-listed edge is still there (else it must leave the list), and only in the
     two files whose owners are changing them."""
@@ -342,7 +367,8 @@ def test_the_allow_list_names_only_edges_that_still_exist():
     KNOWN.clear()
     try:
         found = "\n".join(cycle_problems(mods, edges) + upward_problems(edges) + private_problems(edges)
-                          + private_attribute_problems(mods) + ledger_problems(outside) + start_method_problems(mods))
+                          + private_attribute_problems(mods) + ledger_problems(outside) + start_method_problems(mods)
+                          + framing_problems(mods))
     finally:
         KNOWN.update(saved)
     for kind, src, what in sorted(KNOWN):
@@ -354,8 +380,10 @@ def test_the_checks_find_what_they_look_for(tmp_path):
     """Each check, on a made-up module set: a cycle, an upward import, a private name, a
     forbidden import in ledger/ (so a green run means the package has none, not a blind check)."""
     files = {
-        "reledger.ledger.a": "import threading\nfrom reledger.commands.b import run\n",
+        "reledger.ledger.a": "import threading\nfrom reledger.commands.b import run\n\n\ndef _hidden():\n    pass\n",
         "reledger.commands.b": "def run():\n    from reledger.ledger.a import _secret\n",
+        "reledger.processes.c": "import multiprocessing\n\n\ndef go(conn, store):\n"
+                                "    multiprocessing.get_context('fork')\n    conn.send_bytes(b'')\n    store._hidden()\n",
     }
     mods = {}
     for name, text in files.items():
@@ -376,6 +404,10 @@ def test_the_checks_find_what_they_look_for(tmp_path):
                                        "'_secret' is private to reledger.ledger.a"]
     assert ledger_problems(outside) == ["reledger.ledger.a:1 imports threading: the auditor's folder has no "
                                         "database, thread, process, pickle or server"]
+    assert private_attribute_problems(mods) == ["reledger.processes.c:7 uses ._hidden: '_hidden' is private to "
+                                                "reledger.ledger.a"]
+    assert [p.split(" calls ")[0] for p in start_method_problems(mods) + framing_problems(mods)] == \
+        ["reledger.processes.c:5", "reledger.processes.c:6"]
 
 
 def facts() -> dict[str, object]:
@@ -395,6 +427,7 @@ if __name__ == "__main__":
         print(f"{k}: {v}")
     mods, edges, outside = graph()
     for p in cycle_problems(mods, edges) + upward_problems(edges) + private_problems(edges) + \
-            private_attribute_problems(mods) + ledger_problems(outside) + start_method_problems(mods):
+            private_attribute_problems(mods) + ledger_problems(outside) + start_method_problems(mods) + \
+            framing_problems(mods):
         print(p)
     sys.exit(0)
