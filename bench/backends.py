@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from eventsourcing.application import Application
 
 from reledger.storage.reader import DatabaseURL
@@ -28,8 +30,6 @@ class PlainApplication(Application):
 def pg_reachable(url: str) -> str | None:
     """None when PostgreSQL at ``url`` answers, else why not."""
     try:
-        import psycopg
-
         with psycopg.connect(DatabaseURL.parse(url).conninfo(), connect_timeout=3) as conn:
             conn.execute("SELECT 1")
         return None
@@ -92,8 +92,6 @@ class SQLiteBackend(Backend):
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
-        import sqlite3
-
         return {"backend": "sqlite", "where": self.dir, "sqlite_version": sqlite3.sqlite_version}
 
 
@@ -113,8 +111,6 @@ class PostgresBackend(Backend):
         return f"bench_{self.run_id}_{tag}"
 
     def _create_schema(self, tag: str) -> str:
-        import psycopg
-
         schema = self.schema(tag)
         with psycopg.connect(self.db.conninfo(), autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
@@ -133,8 +129,6 @@ class PostgresBackend(Backend):
         return env
 
     def drop(self, tag: str) -> None:
-        import psycopg
-
         schema = self.schema(tag)
         with psycopg.connect(self.db.conninfo(), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -151,8 +145,6 @@ class PostgresBackend(Backend):
     def describe(self) -> dict[str, Any]:
         version = None
         try:
-            import psycopg
-
             with psycopg.connect(self.db.conninfo(), connect_timeout=3) as conn:
                 version = conn.execute("SHOW server_version").fetchone()[0]
         except Exception:  # noqa: BLE001

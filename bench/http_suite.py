@@ -41,7 +41,13 @@ from typing import Any, Callable
 
 import msgpack
 
+from reledger.commands.api import CommandAPI
+from reledger.projections.hooks import ProjectionFindings
+from reledger.projections.store import ProjectionStore
+from reledger.storage.store import LedgerStore
+
 from . import realistic as rl
+from .measure import TICKS, live_descendants_cpu
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS = (1, 4, 16)
@@ -194,20 +200,16 @@ async def _client(port: int, requests: list[tuple[bytes, int]], deadline: float,
 
 def _proc_cpu(pid: int) -> float:
     """CPU seconds of process ``pid`` and its live descendants (Linux /proc; 0 elsewhere)."""
-    from .run import _TICKS, _live_descendants_cpu
-
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return sum(int(x) for x in fields[11:15]) / _TICKS + _live_descendants_cpu(pid)
+    return sum(int(x) for x in fields[11:15]) / TICKS + live_descendants_cpu(pid)
 
 
 def _postgres_cpu() -> float:
     """CPU seconds of this machine's PostgreSQL processes (a local server: Linux /proc)."""
-    from .run import _TICKS
-
     total = 0.0
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
@@ -218,7 +220,7 @@ def _postgres_cpu() -> float:
             with open(f"/proc/{p}/stat") as f:
                 head, _, rest = f.read().rpartition(")")
             if head.split("(", 1)[1].startswith("postgres"):
-                total += sum(int(x) for x in rest.split()[11:13]) / _TICKS
+                total += sum(int(x) for x in rest.split()[11:13]) / TICKS
         except (OSError, IndexError):
             continue
     return total
@@ -328,9 +330,6 @@ def _entries_plan(chains: dict[str, int], occ: int, tag: str) -> rl.Plan:
 
 
 def run_http(backend, sizes: HttpSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-
     problems: list[str] = []
     now = int(time.time()) * 1_000_000
     t0 = now - rl.DAY
@@ -452,11 +451,6 @@ def _inproc(backend, setup_env: list[bytes], genesis: int, envs: list[bytes], si
     """CommandAPI.submit of ``batch``-entry groups with the server's findings hook, in-process;
     with ``store_only``, LedgerStore.append_pipelined of the same batches (no catalogue checks,
     no projections: the ledger core alone)."""
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-    from reledger.projections.hooks import ProjectionFindings
-    from reledger.projections.store import ProjectionStore
-
     log(f"[{backend.name}] http: in-process {'LedgerStore.append_pipelined' if store_only else 'CommandAPI.submit'}, "
         f"{sizes.batch} per group")
     url = backend.ledger_url("http_inproc")

@@ -12,8 +12,8 @@ the raw rate of reading the same log, measured in the same run.
   the ratio of that query's time to the full replay's; and the same query as of the position
   just before the next kept quota totals (**quota_query_worst_ms**: the longest roll-forward,
   ``QUOTA_SUMS_EVERY`` - 1 entries);
-* **lag**: a writer appends batches at a fixed rate while ``ProjectionStore.follow`` (another
-  thread, its own connections; LISTEN/NOTIFY on PostgreSQL, polling on SQLite) keeps the
+* **lag**: a writer appends batches at a fixed rate while ``reledger.projections.follow.follow``
+  (another thread, its own connections; LISTEN/NOTIFY on PostgreSQL, polling on SQLite) keeps the
   projections up: lag in entries (sampled) and seconds (commit of a batch -> projections past
   it), p50 and p99.
 
@@ -32,7 +32,17 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import reledger.projections.store
+from reledger.commands.api import CommandAPI
+from reledger.ledger.entry import SignedEntry
+from reledger.projections import queries
+from reledger.projections.follow import follow
+from reledger.projections.store import ProjectionStore
+from reledger.storage.reader import LogReader
+from reledger.storage.store import LedgerStore
+
 from . import realistic as rl
+from .measure import Acc, timed
 
 TARGETS = {"rebuild/read_raw": 0.3}
 LIMITS = {"quota_query_ms": ("<", 100.0)}
@@ -59,9 +69,6 @@ class ProjSizes:
 
 
 def _read_raw(url: str) -> int:
-    from reledger.ledger.entry import SignedEntry
-    from reledger.storage.reader import LogReader
-
     n = 0
     with LogReader(url) as r:
         for rec in r.iter_records():
@@ -92,14 +99,6 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> dict[str, Any]:
-    from reledger.commands.api import CommandAPI
-    from reledger.storage.store import LedgerStore
-    import reledger.projections.store
-    from reledger.projections import queries
-    from reledger.projections.store import ProjectionStore
-
-    from .run import Acc, timed
-
     problems: list[str] = []
     accs = {k: Acc() for k in ("read_raw", "rebuild", "append_api", "large_append", "large_read_raw", "large_replay",
                                "quota_query", "quota_query_worst")}
@@ -219,14 +218,12 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
 
 
 def _lag(url: str, store, clock: list[int], work: rl.Log, start: int, sizes: ProjSizes) -> dict[str, Any]:
-    """A writer appends work[start:] at sizes.lag_rate while ProjectionStore.follow runs in
+    """A writer appends work[start:] at sizes.lag_rate while the projections follow the log (projections.follow.follow) in
     another thread; this thread samples the projections' position every few milliseconds."""
-    from reledger.projections.store import ProjectionStore
-
     follower_ps = ProjectionStore(url)
     sampler = ProjectionStore(url)
     stop_follow = threading.Event()
-    follower = threading.Thread(target=follower_ps.follow, args=(stop_follow,), name="bench-follow", daemon=True)
+    follower = threading.Thread(target=follow, args=(follower_ps, stop_follow), name="bench-follow", daemon=True)
     follower.start()
     commits: list[tuple[float, int]] = []  # (commit time, log size after it)
     errors: list[str] = []

@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterator
 
 from reledger.ledger import encoding
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
+from reledger.processes.start import context, main_importable
 
 ORIGIN = "bench.reledger.example/realistic"
 REGULATOR = "MIIT"
@@ -175,18 +177,15 @@ def _separate(plan: Plan, plant: str, lots: list[tuple[str, int, int]], now: int
 
 # --- signing ---------------------------------------------------------------------------------
 
-_PLAN: Plan | None = None
-
-
-def _sign_chain(args: tuple[str, list[int]]) -> tuple[str, list[bytes]]:
-    chain, positions = args
-    assert _PLAN is not None
+def sign_chain(args: tuple[str, list[tuple]]) -> tuple[str, list[bytes]]:
+    """One chain's envelopes: ``args`` is (chain, its plan items in order); in a worker process
+    (spawned: everything it needs comes in ``args``)."""
+    chain, items = args
     signer = ChainSigner(key_of(chain))
     hashes: list[bytes] = []
     reported = 0
     out = []
-    for pos in positions:
-        _, type_, body, occ = _PLAN.items[pos]
+    for _, type_, body, occ in items:
         if isinstance(body, tuple) and body[0] == "__key__":
             body = key_authorized_body(key_of(body[1]), ts(occ - MINUTE), name=f"bench key {body[1]}")
         elif isinstance(body, dict) and "__report__" in body:
@@ -225,9 +224,7 @@ class Log:
 
 def sign_plan(plan: Plan, reg: ChainSigner, workers: int | None = None) -> list[bytes]:
     """The envelopes of ``plan`` in its order: the regulator's chain here (continuing ``reg``),
-    every other chain in a pool of forked processes."""
-    global _PLAN
-    _PLAN = plan
+    every other chain in a pool of worker processes."""
     by_chain: dict[str, list[int]] = {}
     for pos, item in enumerate(plan.items):
         by_chain.setdefault(item[0], []).append(pos)
@@ -238,19 +235,14 @@ def sign_plan(plan: Plan, reg: ChainSigner, workers: int | None = None) -> list[
         if isinstance(body, tuple):
             body = key_authorized_body(key_of(body[1]), ts(occ - MINUTE), name=f"bench key {body[1]}")
         envs[pos] = reg.sign(type_, body, ts(occ)).envelope
-    tasks = sorted(by_chain.items(), key=lambda kv: -len(kv[1]))
+    tasks = [(chain, [plan.items[pos] for pos in positions])
+             for chain, positions in sorted(by_chain.items(), key=lambda kv: -len(kv[1]))]
     workers = max(1, workers or os.cpu_count() or 1)
-    try:
-        if workers > 1 and len(plan.items) > 4000 and hasattr(os, "fork"):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                results = list(pool.map(_sign_chain, tasks))
-        else:
-            results = [_sign_chain(t) for t in tasks]
-    finally:
-        _PLAN = None
+    if workers > 1 and len(plan.items) > 4000 and main_importable():
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context()) as pool:
+            results = list(pool.map(sign_chain, tasks))
+    else:
+        results = [sign_chain(t) for t in tasks]
     for chain, out in results:
         for pos, env in zip(by_chain[chain], out):
             envs[pos] = env

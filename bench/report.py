@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 
 def _num(x: float, unit: str) -> str:
     if unit == "ms":
@@ -18,8 +21,6 @@ def _met(met: Any) -> str:
 
 
 def render_suites(doc: dict[str, Any], console) -> None:
-    from rich.console import Console
-
     if console.width < 140:
         console = Console(width=140, file=console.file)
     for suite, per_backend in doc.get("suites", {}).items():
@@ -39,8 +40,6 @@ def render_suites(doc: dict[str, Any], console) -> None:
 
 
 def _table(title: str, cpu: bool = False):
-    from rich.table import Table
-
     t = Table(title=title)
     for col, justify in (("figure", "left"), ("value", "right"), ("unit", "left"), ("p50 ms", "right"),
                          ("p99 ms", "right"), *((("CPU us/entry", "right"),) if cpu else ()), ("ratio", "right"),
@@ -128,5 +127,5 @@ def _projections_table(b: dict[str, Any], name: str, console) -> None:
     t.add_row("", _num(f["lag_seconds_p99"] * 1000, "ms"), "ms (p99)", "", "", "", "", "")
     console.print(t)
     console.print(f"realistic log (registry, quota, production, transfers, separation, stock counts, monthly "
-                  f"reports); the large log signed in {sz['large_sign_seconds']} s; lag: ProjectionStore.follow in a "
-                  f"thread, writer batches of {sz['lag_batch']}.")
+                  f"reports); the large log signed in {sz['large_sign_seconds']} s; lag: the projections following "
+                  f"the log in a thread, writer batches of {sz['lag_batch']}.")

@@ -46,11 +46,27 @@ import os
 import platform
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any, Callable, Sequence
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from eventsourcing.persistence import StoredEvent
+from rich.console import Console
+from rich.table import Table
+
+from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.entry import ENTRY_TAG, SignedEntry
+from reledger.ledger.verify import verify_database
+from reledger.storage.store import LedgerStore
 
 from . import workload as wl
 from .backends import DEFAULT_PG, Backend, PostgresBackend, SQLiteBackend, pg_reachable
+from .http_suite import HttpSizes, run_http
+from .measure import Acc, cpu_seconds, timed
+from .projections_suite import ProjSizes, run_projections
+from .report import render_suites
 
 SCHEMA_VERSION = 2
 SUITES = ("core", "http", "projections")
@@ -88,77 +104,6 @@ class Sizes:
         return max(small_needs, large_needs) - setup
 
 
-class Acc:
-    """Samples of one figure: count, wall and CPU seconds (CPU includes threads and reaped
-    child processes, so cpu/wall shows how many cores the work used)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.wall = 0.0
-        self.cpu = 0.0
-        self.samples: list[float] = []
-
-    def add(self, n: int, wall: float, cpu: float) -> None:
-        self.n += n
-        self.wall += wall
-        self.cpu += cpu
-        self.samples.append(n / wall if wall > 0 else 0.0)
-
-    @property
-    def rate(self) -> float:
-        return self.n / self.wall if self.wall > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"rate": self.rate, "n": self.n, "seconds": round(self.wall, 4),
-                "cores_used": round(self.cpu / self.wall, 2) if self.wall > 0 else None,
-                "cpu_us_per_entry": round(self.cpu / self.n * 1e6, 1) if self.n else None,
-                "samples": [round(s, 1) for s in self.samples]}
-
-
-def _cpu() -> float:
-    """CPU seconds of this process, of its reaped children, and of its live descendants (the
-    ledger's worker processes live as long as their store, under a forkserver)."""
-    t = os.times()
-    return time.process_time() + t.children_user + t.children_system + _live_descendants_cpu(os.getpid())
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _live_descendants_cpu(pid: int) -> float:
-    """utime + stime + cutime + cstime of every live descendant of ``pid`` (Linux /proc;
-    0 elsewhere)."""
-    total = 0.0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
-        except OSError:
-            continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += sum(int(x) for x in fields[11:15]) / _TICKS
-            total += _live_descendants_cpu(int(child))
-    return total
-
-
-def timed(acc: Acc, n: int, fn: Callable[[], Any]) -> Any:
-    gc.collect()
-    c0, t0 = _cpu(), time.perf_counter()
-    result = fn()
-    wall, cpu = time.perf_counter() - t0, _cpu() - c0
-    acc.add(n, wall, cpu)
-    return result
-
-
 def batches(items: Sequence, size: int) -> list[Sequence]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
@@ -169,10 +114,6 @@ class VerifySample:
     """Raw Ed25519 verification over the messages the ledger verifies (tag || content)."""
 
     def __init__(self, work: wl.Workload, n: int):
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-        from reledger.ledger.entry import ENTRY_TAG, SignedEntry
-
         pubs = {}
         for i in range(work.parties):
             k = wl.party_key(i)
@@ -188,17 +129,12 @@ class VerifySample:
             key.verify(sig, msg)
 
     def run_keyload(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
         for _, raw, sig, msg in self.items:
             Ed25519PublicKey.from_public_bytes(raw).verify(sig, msg)
 
 
 def stored_events(envelopes: Sequence[bytes]) -> list:
     """StoredEvents carrying exactly the envelopes (same ids, versions, topics, bytes)."""
-    from eventsourcing.persistence import StoredEvent
-
-    from reledger.ledger.entry import SignedEntry
 
     out = []
     for env in envelopes:
@@ -219,14 +155,14 @@ def _fill_timed(steady: Acc, cold: Acc, store, envelopes: Sequence[bytes], batch
     yet (the pipeline fills): over a window of ten batches that start-up is ~10% of the cold
     time, and L models a sustained rate, so the batched append ratio takes the steady one."""
     gc.collect()
-    c0, t0 = _cpu(), time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     it = store.append_pipelined(batches(envelopes, batch))
     first = len(next(it))
-    c1, t1 = _cpu(), time.perf_counter()
+    c1, t1 = cpu_seconds(), time.perf_counter()
     n = 0
     for receipts in it:
         n += len(receipts)
-    c2, t2 = _cpu(), time.perf_counter()
+    c2, t2 = cpu_seconds(), time.perf_counter()
     cold.add(first + n, t2 - t0, c2 - c0)
     steady.add(n, t2 - t1, c2 - c1)
 
@@ -279,10 +215,6 @@ class BackendResult:
 
 
 def run_backend(backend: Backend, work: wl.Workload, sizes: Sizes, log: Callable[[str], None]) -> BackendResult:
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.storage.store import LedgerStore
-    from reledger.ledger.verify import verify_database
-
     res = BackendResult(backend.name, backend.describe())
     accs = res.accs
     for k in ("P_single", "P_batch", "V", "V_keyload", "append_single", "append_small", "append_large",
@@ -368,14 +300,11 @@ def _fmt_rate(x: float) -> str:
 
 def render(doc: dict[str, Any], console) -> None:
     render_core(doc, console)
-    from .report import render_suites
 
     render_suites(doc, console)
 
 
 def render_core(doc: dict[str, Any], console) -> None:
-    from rich.table import Table
-
     labels = {
         "P_single": "P singly (eventsourcing, 1/txn)",
         "P_batch": "P batched (eventsourcing, {batch}/txn)",
@@ -482,7 +411,6 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    from rich.console import Console
 
     err = Console(stderr=True)
     out = Console()
@@ -556,8 +484,6 @@ def main(argv: list[str] | None = None) -> int:
     for suite in suites:
         if suite == "core":
             continue
-        from .http_suite import HttpSizes, run_http
-        from .projections_suite import ProjSizes, run_projections
 
         if suite == "http":
             ssizes: Any = HttpSizes.quick() if args.quick else HttpSizes()
@@ -574,7 +500,6 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 sdoc[name] = runner(backend, ssizes, log)
             except Exception as e:  # noqa: BLE001 - reported in the document; exit status 1
-                import traceback
 
                 sdoc[name] = {"info": backend.describe(), "figures": {}, "ratios": {}, "limits": {}, "sizes": {},
                               "detail": {"traceback": traceback.format_exc()[-4000:]},
@@ -617,8 +542,6 @@ def _loadavg() -> list[float] | None:
 
 def _version(dist: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(dist)
     except Exception:  # noqa: BLE001
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+import uvicorn
 from fastapi import FastAPI, Request
 
 app = FastAPI(title="trivial")
@@ -27,8 +28,6 @@ def health():
 
 
 def main(argv: list[str]) -> None:
-    import uvicorn
-
     uvicorn.run(app, host="127.0.0.1", port=int(argv[0]), log_level="warning", access_log=False)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
+from reledger.processes.start import context, main_importable
 
 REGULATOR = "MIIT"
 ORIGIN = "bench.reledger.example/log"
@@ -132,11 +133,8 @@ def build(count: int, parties: int = 8, workers: int | None = None) -> Workload:
     per_chain = [count // parties + (1 if j < count % parties else 0) for j in range(parties)]
     tasks = [(j, per_chain[j], j * 10_000_000) for j in range(parties)]
     workers = max(1, min(workers or os.cpu_count() or 1, parties))
-    if workers > 1 and count > 2000:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork") if hasattr(os, "fork") else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    if workers > 1 and count > 2000 and main_importable():
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context()) as pool:
             chains = list(pool.map(_sign_chain, tasks))
     else:
         chains = [_sign_chain(t) for t in tasks]

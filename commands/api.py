@@ -34,18 +34,22 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from eventsourcing import persistence
+
 from reledger.ledger.entry import CHAIN_RE, EntryError, SignedEntry
-from reledger.storage.reader import Record
 from reledger.ledger.registry import RegistryError
+from reledger.projections.follow import ProjectionsUnavailable
+from reledger.storage.reader import Record
 from reledger.storage.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
-from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand,
-                        UnknownReference, catalogue_json_schema)
+from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden, InvalidCommand, UnknownReference,
+                        catalogue_json_schema)
 from .state import WriteState
 from .validate import validate_entry
 
@@ -79,7 +83,7 @@ def _receipt(r: Receipt, findings: Sequence = ()) -> CommandReceipt:
     return CommandReceipt(r.index, r.chain, r.seq, r.entry_hash, r.recorded_at, r.duplicate, tuple(findings))
 
 
-class _Answer(list):
+class Answer(list):
     """What submit_groups answers (receipts or an error per group), and the entries whose
     findings the hook has yet to be asked about: (receipts, position, signed entry)."""
 
@@ -109,7 +113,7 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def _verify_pool() -> ThreadPoolExecutor:
+def verify_pool() -> ThreadPoolExecutor:
     """One pool per process: Ed25519 verification releases the GIL, so the signatures of a
     submission are checked in parallel before the (sequential) checks that need the state."""
     global _pool
@@ -392,7 +396,7 @@ class CommandAPI:
         step = max(16, len(jobs) // (4 * _WORKERS))
         chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
         results: dict[int, tuple[bytes, bool]] = {}
-        for chunk, oks in zip(chunks, _verify_pool().map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
+        for chunk, oks in zip(chunks, verify_pool().map(lambda ch: [s.signature_valid(k) for s, k in ch], chunks)):
             for (s, k), ok in zip(chunk, oks):
                 results[id(s)] = (k, ok)
 
@@ -429,7 +433,7 @@ class CommandAPI:
             self.state.abort()
             self._catch_up()
 
-        out: _Answer = _Answer()
+        out: Answer = Answer()
         for gi, c in enumerate(checked):
             res = c.error or by_group.get(gi, [])
             if isinstance(res, CommandError):
@@ -463,12 +467,12 @@ class CommandAPI:
 
     def head(self, chain: str) -> tuple[int, bytes]:
         """(seq, entry hash) of the chain's last entry; (0, 32 zero bytes) for a new chain."""
-        self._check_chain_id(chain)
+        self.check_chain_id(chain)
         return self.store.chain_head(chain)
 
     def entry(self, chain: str, seq: int) -> Record:
         """The stored record of chain:seq (envelope, index, record time); 404 ``not_found``."""
-        self._check_chain_id(chain)
+        self.check_chain_id(chain)
         if type(seq) is not int or seq < 1:
             raise InvalidCommand("wrong_type", "seq: must be an integer >= 1", field="seq")
         rec = self.store.entry(chain, seq)
@@ -477,7 +481,7 @@ class CommandAPI:
         return rec
 
     @staticmethod
-    def _check_chain_id(chain: str) -> None:
+    def check_chain_id(chain: str) -> None:
         if not isinstance(chain, str) or not CHAIN_RE.fullmatch(chain):
             raise InvalidCommand("bad_value", "chain: must be a party id of 2-64 characters A-Z 0-9 . _ -",
                                  field="chain")
@@ -492,3 +496,38 @@ class CommandAPI:
         """JSON Schema of every body (for the OpenAPI components)."""
         return catalogue_json_schema()
 
+
+# --- the commit pipeline's answers (a group commit in threads or in the writer process) --------
+
+# Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
+# append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
+MAX_QUEUED_ENTRIES = 50_000
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+
+
+class Overloaded(Exception):
+    """Admission refused a group (503 ``overloaded``): nothing was queued or written."""
+
+
+class WriterFailed(Exception):
+    """The transaction of a group commit failed, or the writer process ended, before the
+    group's answer: nothing of it was acknowledged. ``transient`` (503: send the same request
+    again; a command id makes that safe) or not (500). ``name``: the error's type."""
+
+    def __init__(self, name: str, message: str, transient: bool):
+        super().__init__(message)
+        self.name, self.transient = name, transient
+
+
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
+                                         persistence.InterfaceError, ProjectionsUnavailable]
+    try:
+        import psycopg
+        import psycopg_pool
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout]
+    except ImportError:  # SQLite only
+        pass
+    return tuple(errors)

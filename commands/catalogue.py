@@ -7,8 +7,8 @@ and its limits. The same schema
 * checks a body (:meth:`EntrySchema.check`), raising :class:`CommandError` with the field's path
   (``body.lines[0].kg``) and why;
 * describes itself as JSON Schema (:meth:`EntrySchema.json_schema`, for the OpenAPI description);
-* writes its markdown table (:func:`catalogue_markdown`, which is docs/CATALOGUE.md:
-  ``python -m reledger.commands.catalogue > docs/CATALOGUE.md``).
+* is written out as markdown by :mod:`reledger.commands.catalogue_doc` (docs/CATALOGUE.md:
+  ``python -m reledger.commands.catalogue_doc > docs/CATALOGUE.md``).
 
 Value conventions (docs/FORMAT.md): quantities are decimal *text* in the normal form of
 :func:`reledger.ledger.encoding.decimal_text` (``"12.5"``, never ``12.5`` nor ``"12.50"``); times are
@@ -24,6 +24,8 @@ them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -981,7 +983,6 @@ def check_body(type_name: str, body: Any) -> dict:
 
 from reledger.projections.model import report_digest  # noqa: E402 - one definition, re-exported here
 
-
 # --- JSON <-> body (binary as base64 in JSON) -----------------------------------------------
 
 def _walk_binary(f: Field, value: Any, conv: Callable[[Any], Any]) -> Any:
@@ -996,8 +997,6 @@ def _walk_binary(f: Field, value: Any, conv: Callable[[Any], Any]) -> Any:
 
 def body_to_json(type_name: str, body: dict) -> dict:
     """A body with its binary fields as base64 text (the JSON form)."""
-    import base64
-
     return _walk_binary(schema_of(type_name).body, body,
                         lambda v: base64.b64encode(v).decode() if isinstance(v, bytes) else v)
 
@@ -1005,9 +1004,6 @@ def body_to_json(type_name: str, body: dict) -> dict:
 def body_from_json(type_name: str, obj: Any) -> Any:
     """The msgpack form of a JSON body: base64 text of binary fields becomes bytes (anything
     else is left for :func:`check_body` to judge)."""
-    import base64
-    import binascii
-
     def conv(v: Any) -> Any:
         if isinstance(v, str):
             try:
@@ -1026,83 +1022,3 @@ def catalogue_json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": f"reledger entry bodies (reference data {REFERENCE_DATA['version']})",
             "$defs": {t: s.json_schema() for t, s in SCHEMAS.items()}}
-
-
-def _rows(prefix: str, f: Field, required: bool) -> list[str]:
-    req = "yes" if required else "no"
-    rows = [f"| `{prefix}` | {req} | {f.describe()} | {f.doc} |"]
-    if isinstance(f, (Struct, ListOf)):
-        for suffix, child in f.children():
-            rows += _rows(prefix + suffix, child, not child.optional)
-    return rows
-
-
-def _checks_of(f: Field, prefix: str) -> list[tuple[str, Check]]:
-    out: list[tuple[str, Check]] = []
-    if isinstance(f, Struct):
-        out += [(f"in `{prefix}`: " if prefix else "", c) for c in f.checks]
-        for name, child in f.fields.items():
-            out += _checks_of(child, f"{prefix}.{name}" if prefix else name)
-    elif isinstance(f, ListOf):
-        out += _checks_of(f.item, f"{prefix}[]")
-    return out
-
-
-def catalogue_markdown() -> str:
-    """docs/CATALOGUE.md, generated from the schemas (a test keeps the file in step)."""
-    from .validate import AUTHORIZATION_DOC, WRITE_PATH_DOC, role_rule_text
-
-    out = ["# Entry catalogue", "",
-           "Generated from `commands/catalogue.py` by `python -m reledger.commands.catalogue > docs/CATALOGUE.md`;",
-           "do not edit by hand (tests/test_catalogue.py checks that this file is in step).", "",
-           "Every entry's `body` is a map with exactly the fields below. Quantities are decimal **text** in",
-           "normal form (`\"12.5\"`: no exponent, no leading or trailing zeros, never a float), at most 3",
-           "decimals for kg, kg REO and t REO, 4 for % and factors, 2 for CNY; negative values and values",
-           "above the stated maximum (absurd) are refused. Times are RFC 3339 UTC in normal form. Binary",
-           "is msgpack bin (base64 text in JSON). Nested fields are written `lines[].kg`.", "",
-           "## Who may assert what", "",
-           "Refused (403 `forbidden`) when no role the party holds, or has held, allows the type;",
-           "accepted and flagged by projections when the party is outside its designation at the",
-           "entry's business time (see \"Authorization\" below, and commands/validate.py).", "",
-           "| type | may be asserted by |", "|---|---|"]
-    for t in SCHEMAS:
-        out.append(f"| {t} | {role_rule_text(t)} |")
-    out += ["", "## Reference data", "", f"Version `{REFERENCE_DATA['version']}` ({REFERENCE_DATA['sources']}; "
-            "kept in `projections/reference.py`, shared with the rule engine).", "",
-            "REO factors (kg REO per kg metal): " + ", ".join(
-                f"{el} {f}" + (f" ({REFERENCE_DATA['reo_oxides'][el]})" if el in REFERENCE_DATA["reo_oxides"] else "")
-                for el, f in REFERENCE_DATA["reo_factors"].items()) + ".", "",
-            "Recovery bands (minimum %, exclusive): concentrate to mixed RE "
-            f"{REFERENCE_DATA['recovery_bands']['concentrate_to_mixed']['min_pct']}; mixed to separated "
-            f"{REFERENCE_DATA['recovery_bands']['mixed_to_separated_rock']['min_pct']} (rock) / "
-            f"{REFERENCE_DATA['recovery_bands']['mixed_to_separated_ionic']['min_pct']} (ionic); above "
-            f"{REFERENCE_DATA['recovery_bands']['max_pct']} % of input REO means unrecorded feed.", "",
-            "| product | class | element |", "|---|---|---|"]
-    for code, p in REFERENCE_DATA["products"].items():
-        out.append(f"| `{code}` | {p['class']} | {p['element'] or ''} |")
-    for group, title in (("registry", "Registry"), ("quota", "Quota"), ("flow", "Material flow"),
-                         ("reporting", "Reporting"), ("enforcement", "Enforcement")):
-        out += ["", f"## {title}"]
-        for s in _SCHEMAS:
-            if s.group != group:
-                continue
-            out += ["", f"### {s.type}", "", s.doc, "", f"Asserted by: {role_rule_text(s.type)}.", "",
-                    "| field | required | type | meaning |", "|---|---|---|---|"]
-            for name, f in s.body.fields.items():
-                out += _rows(name, f, not f.optional)
-            refused = [f"{prefix}{c.doc}" for prefix, c in _checks_of(s.body, "")]
-            unique = [f"repeated {f.unique_what} in `{name}`" for name, f in s.body.fields.items()
-                      if isinstance(f, ListOf) and f.unique is not None]
-            if refused or unique:
-                out += ["", "Also refused (400): " + "; ".join(refused + unique) + "."]
-    out += ["", "## Authorization", "", AUTHORIZATION_DOC, "", "## Write path", "", WRITE_PATH_DOC]
-    out += ["", "## Error codes", "", "| code | HTTP status | meaning |", "|---|---|---|"]
-    for code, (status, meaning) in ERROR_CODES.items():
-        out.append(f"| `{code}` | {status} | {meaning} |")
-    return "\n".join(out) + "\n"
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-
-    sys.stdout.write(catalogue_markdown())

@@ -11,12 +11,22 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from reledger.storage.reader import DEFAULT_URL
+from reledger.ledger import merkle
+from reledger.ledger.bundle import BundleError, verify_bundle
+from reledger.ledger.checkpoint import Checkpoint, NoteSigner
+from reledger.ledger.encoding import time_text
+from reledger.ledger.entry import CHAIN_RE
+from reledger.ledger.genesis import ChainSigner, genesis_entries
+from reledger.ledger.keys import KeyError_, SigningKey
+from reledger.ledger.verify import verify_database
+from reledger.storage.reader import DEFAULT_URL, DatabaseURL, DatabaseURLError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_UNANCHORED = 3  # verified, but not anchored to a pinned trust root (docs/AUDIT.md)
@@ -49,20 +59,29 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], None
         text()
 
 
-def console():
-    from rich.console import Console
+class PlainConsole:
+    """What the commands print with when rich (the server extra) is not installed: the text,
+    without rich's markup."""
 
+    MARKUP = re.compile(r"\[/?(?:bold|dim|italic|red|green|yellow|blue|cyan|magenta)(?: [a-z]+)*\]")
+
+    def print(self, text: Any = "", *_, **__) -> None:
+        print(self.MARKUP.sub("", str(text)))
+
+
+def console():
+    try:
+        from rich.console import Console
+    except ModuleNotFoundError:  # the base install (reledger verify-bundle): plain text
+        return PlainConsole()
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def now_text() -> str:
-    from reledger.ledger.encoding import time_text
-
     return time_text(datetime.now(timezone.utc).replace(microsecond=0))
 
 
 def open_store(args: argparse.Namespace, create: bool = False):
-    from reledger.storage.reader import DatabaseURL, DatabaseURLError
     from reledger.storage.store import LedgerStore
 
     try:
@@ -342,10 +361,6 @@ def point_of(args: argparse.Namespace, ledger: Ledger):
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.ledger.genesis import ChainSigner, genesis_entries
-    from reledger.ledger.keys import SigningKey
-
     reachable(args)
     keys_dir = Path(args.keys)
     if keys_dir.exists() and not keys_dir.is_dir():
@@ -386,9 +401,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    from reledger.ledger.entry import CHAIN_RE
-    from reledger.ledger.keys import SigningKey
-
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
     key = SigningKey.generate(args.party, args.purpose, name=args.name)
@@ -411,7 +423,6 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     """One party's chain: its bundle built from the database and checked as an auditor would
     offline (signatures with the key valid at each position, the chain, every inclusion proof,
     the checkpoint signature, consistency with every earlier checkpoint)."""
-    from reledger.ledger.bundle import verify_bundle
     from reledger.replay.export import ExportError, build_bundle
 
     ledger = check_ledger(args)
@@ -440,8 +451,6 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from reledger.ledger.verify import verify_database
-
     if args.party:
         return cmd_verify_party(args)
 
@@ -624,9 +633,6 @@ def writable(path: str, option: str = "--out") -> Path:
 
 
 def load_checkpoint_signer(args: argparse.Namespace):
-    from reledger.ledger.checkpoint import NoteSigner
-    from reledger.ledger.keys import KeyError_, SigningKey
-
     path = Path(args.key)
     if not path.is_file():
         raise UsageError(f"--key {args.key}: no such key file (`reledger init` writes reledger-keys/operator.key, "
@@ -671,7 +677,6 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         else:
             note = store.checkpoint(signer)
-    from reledger.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),
@@ -743,8 +748,6 @@ def parse_entry_ref(text: str, option: str) -> tuple[str, int]:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    from reledger.ledger import merkle
-
     ledger = check_ledger(args)
     if args.size is not None and not 1 <= args.size <= ledger.size:
         raise UsageError(f"--size {args.size}: the log has {ledger.size} entries (1 <= N <= {ledger.size})")
@@ -981,20 +984,18 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    import time as _time
-
     from reledger.projections.store import ProjectionStore
 
     check_ledger(args)
     print("reledger: rebuilding the projections from the log (this reads every entry) ...", file=sys.stderr, flush=True)
-    t = _time.perf_counter()
+    t = time.perf_counter()
     ps = ProjectionStore(args.db)
     try:
         with heartbeat("rebuilding the projections"):
             n = ps.rebuild()
     finally:
         ps.close()
-    dt = _time.perf_counter() - t
+    dt = time.perf_counter() - t
     data = {"entries": n, "seconds": round(dt, 3), "entries_per_second": round(n / dt) if dt else None}
     emit(args, data, lambda: console().print(f"rebuilt the projections from {n} entries in {dt:.2f} s"))
     return EXIT_OK
@@ -1111,8 +1112,6 @@ def cmd_investigate(args: argparse.Namespace) -> int:
 
 def cmd_verify_bundle(args: argparse.Namespace) -> int:
     """Offline: needs only ledger/ (no database, no network)."""
-    from reledger.ledger.bundle import BundleError, verify_bundle
-
     trust_path, trust = load_trust(args)
     try:
         data = Path(args.bundle).read_bytes()
@@ -1193,8 +1192,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _sign_and_submit_report(args: argparse.Namespace, rep: dict) -> list[dict]:
     from reledger.commands.api import CommandAPI, CommandError
-    from reledger.ledger.genesis import ChainSigner
-    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.sign_with)
@@ -1219,7 +1216,6 @@ def cmd_append(args: argparse.Namespace) -> int:
     """Sign one entry with a key file and append it: over HTTP (--server) with the client, or
     in-process through the command API on --db."""
     from reledger.commands.catalogue import body_from_json
-    from reledger.ledger.keys import KeyError_, SigningKey
 
     try:
         key = SigningKey.read(args.key)
@@ -1248,7 +1244,6 @@ def cmd_append(args: argparse.Namespace) -> int:
         data = {"receipts": result.receipts, "findings": result.findings}
     else:
         from reledger.commands.api import CommandAPI, CommandError
-        from reledger.ledger.genesis import ChainSigner
         from reledger.projections.hooks import ProjectionFindings
         from reledger.projections.store import ProjectionStore
 
@@ -1430,16 +1425,17 @@ def cmd_types(args: argparse.Namespace) -> int:
 
 # --- the rest -------------------------------------------------------------------------------
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from reledger.demo.run import run_demo
+# demo and serve run above this room (the demo, the server's processes): the top-level
+# dispatcher, reledger.cli, passes their implementations to main (``upper``)
+UPPER = ("demo", "serve")
 
+
+def cmd_demo(args: argparse.Namespace, run_demo: Callable[[argparse.Namespace], int]) -> int:
     return run_demo(args)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
     import socket
-
-    from reledger.commands.server import serve
 
     check_ledger(args)  # a missing, empty or unreachable ledger: exit 2 before anything starts
     try:
@@ -1453,15 +1449,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
     return EXIT_OK
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from reledger.bench.run import main as bench_main
-
-    argv = list(args.rest)
-    if args.json:
-        argv.append("--json")
-    return bench_main(argv)
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -1857,21 +1844,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "overloaded (default %(default)s; docs/HTTP.md, Admission)")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("bench", help="run the benchmarks (see bench/; reledger bench --help)", add_help=False)
-    s.add_argument("--json", action="store_true")
+    # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)
+    s = sub.add_parser("bench", help="run the benchmarks (see bench/; also reledger-bench)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=cmd_bench)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, upper: dict[str, Callable] | None = None) -> int:
+    """The command line. ``upper``: the implementations of the commands that live above this
+    room (:data:`UPPER`), given by the top-level dispatcher (:func:`reledger.cli.main`)."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        # bench owns its own options
-        from reledger.bench.run import main as bench_main
-
-        return bench_main(argv[1:])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
@@ -1879,7 +1862,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "format", None) == "json" and args.command != "flow":
         args.json = True
     os.environ.setdefault("PGCONNECT_TIMEOUT", str(PG_CONNECT_TIMEOUT_S))  # libpq: no long hang on a dead host
+    if args.command == "bench" or (args.command in UPPER and args.command not in (upper or {})):
+        print(f"reledger {args.command}: run it through the reledger command (reledger.cli)", file=sys.stderr)
+        return EXIT_USAGE
     try:
+        if args.command in UPPER:
+            return args.func(args, upper[args.command])
         return args.func(args)
     except UsageError as e:
         print(f"reledger {args.command}: {e}", file=sys.stderr)

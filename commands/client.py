@@ -26,7 +26,7 @@ from reledger.commands.auth import sign_request
 from reledger.ledger import merkle
 from reledger.ledger.checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 from reledger.ledger.encoding import time_text
-from reledger.ledger.entry import SignedEntry
+from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
 
@@ -199,7 +199,6 @@ class LedgerClient:
         s = SignedEntry.parse(env)
         if (s.entry.chain, s.entry.seq) != (chain, seq):
             raise ClientError(f"the server answered entry {s.entry.chain}:{s.entry.seq} for {chain}:{seq}")
-        from reledger.ledger.entry import leaf_bytes
 
         leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
         merkle.verify_inclusion(leaf, proof["index"], cp.size, [bytes.fromhex(h) for h in proof["proof"]], cp.root)

@@ -5,12 +5,17 @@ FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`reledger.commands.a
 * ``POST /v1/entries``  append one all-or-nothing group of signed envelopes
   (``application/msgpack``: a canonical msgpack array of bin envelopes, or one bin envelope;
   ``application/json``: ``{"entries": [base64 envelope, ...]}``). Concurrent requests are
-  grouped into one transaction by :class:`GroupCommitter` (group commit).
+  grouped into one transaction by the committer the app is given (group commit: the writer
+  process, :mod:`reledger.processes.committer`).
 * reads (signed requests, see commands/auth.py): chain head, entry, checkpoint, inclusion and
   consistency proofs. Regulators and auditors read everything; an enterprise reads its own
   chain and the transfers it is party to; an anonymous request reads nothing.
 
 Every error is ``application/problem+json`` (RFC 9457) with the API's own message.
+
+This module is the HTTP surface only; which process does what (the writer process, the
+projections process) is :mod:`reledger.processes.server`'s, which builds the app with
+:func:`http_app` and serves it.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import json
 import logging
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 import msgpack
 from fastapi import FastAPI, Path, Query, Request
@@ -28,12 +34,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from reledger.commands.api import CommandAPI, CommandError
+from reledger.commands.api import CommandAPI, CommandError, Overloaded, WriterFailed, transient_errors
 from reledger.commands.auth import AuthError, RequestAuthenticator
-from reledger.processes.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
-                                WriterProcess, transient_errors)
 from reledger.ledger import encoding
-from reledger.ledger.entry import CHAIN_RE
+from reledger.ledger.entry import CHAIN_RE, SignedEntry
+from reledger.projections import flowgraph, queries
 from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,6 @@ Seq = Annotated[int, Path(le=MAX_INT, description="entry number in its chain (1,
 Size = Annotated[int, Query(ge=0, le=MAX_INT, description="a tree size (number of log entries)")]
 Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
 MAX_GROUP = 5000
-FOLLOW_INTERVAL = 0.2  # seconds between two background catch-ups of the projection tables
 PROBLEM = "application/problem+json"
 
 
@@ -83,58 +87,26 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True,
-               writer_process: bool = True, max_queued_entries: int = MAX_QUEUED_ENTRIES,
-               max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
-    """The app. ``projections_process``: the projection tables are kept by a child process
-    (:class:`reledger.projections.follow.ProjectionProcess`, which also answers the appends' findings);
-    else by threads of this one (a Follower and :class:`reledger.projections.hooks.ProjectionFindings`).
-    ``writer_process``: appends are checked and committed by a writer process
-    (:class:`reledger.processes.committer.WriterProcess`); else by threads of this one
-    (:class:`reledger.processes.committer.GroupCommitter`, also when no process can be spawned).
-    ``max_queued_*``: the admission limits of either."""
-    from reledger.projections import flowgraph, queries
-    from reledger.projections.follow import Follower, ProjectionProcess
-    from reledger.projections.hooks import ProjectionFindings
-    from reledger.projections.store import ProjectionStore
-
-    store = LedgerStore(url)
-    projections = ProjectionStore(url)  # here for the queries; written by the follower (and the hook)
-    if projections_process:
-        # the tables follow the log (whoever appends) at most every FOLLOW_INTERVAL s, at once
-        # when an append's findings or a query needs them
-        findings_hook: Any = ProjectionProcess(url, min_interval=FOLLOW_INTERVAL)
-        follower: Any = findings_hook
-    else:
-        findings_hook = ProjectionFindings(projections)
-        follower = Follower(store, findings_hook.catch_up, min_interval=FOLLOW_INTERVAL)
-    api = CommandAPI(store, findings_hook=findings_hook)
-    limits = {"max_queued_entries": max_queued_entries, "max_queued_bytes": max_queued_bytes}
-    committer: Any = (WriterProcess(url, api, **limits) if writer_process and WriterProcess.available()
-                      else GroupCommitter(api, **limits))
+def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook: Any, projections: Any, *,
+             url: str, start: Callable[[], None], stop: Callable[[], None], auth_window: float = 300.0) -> FastAPI:
+    """The HTTP surface over parts its caller made and wired
+    (:func:`reledger.processes.server.create_app`: which process does what). ``committer``
+    takes the appends (``submit(envelopes)``, awaitable; ``queued_entries``); ``findings_hook``
+    brings the projections up to date (``catch_up()``) before a query; ``projections`` (a
+    :class:`reledger.projections.store.ProjectionStore`) answers the queries. ``start()`` runs in
+    a thread before the first request, ``stop()`` at shutdown."""
     authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        follower.start()
-        if isinstance(committer, WriterProcess):
-            await asyncio.to_thread(committer.start)  # it builds its write state from the log
-        else:
-            try:
-                await asyncio.to_thread(api.catch_up)  # the write state (else the first append does it)
-            except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
-                log.exception("the write state could not be built at startup")
+        await asyncio.to_thread(start)
         # What exists now (the app, the write state) lives as long as the server: exempt it from
         # the cyclic GC's full passes, which otherwise stall every thread for tens of ms (at 16
         # clients, p99 55 -> 20 ms, one entry a request).
         gc.collect()
         gc.freeze()
         yield
-        committer.close()  # the groups already queued are committed (and answered) first
-        follower.stop()
-        api.close()
-        projections.close()
-        store.close()
+        stop()
 
     app = FastAPI(title="reledger", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Signed, append-only rare earth traceability ledger: the command API. "
@@ -215,7 +187,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
 
     def chain_id(chain: str) -> str:
         """``chain`` if it is a party id; else the API's 400 (never a query with it)."""
-        CommandAPI._check_chain_id(chain)  # raises the API's own CommandError
+        CommandAPI.check_chain_id(chain)  # raises the API's own CommandError
         return chain
 
     def text_param(name: str, value: str | None) -> str | None:
@@ -238,8 +210,6 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         if may_read_all(roles) or rec.chain == party:
             return True
         if rec.type in ("TransferShipped", "TransferReceived") and rec.envelope is not None:
-            from reledger.ledger.entry import SignedEntry
-
             body = SignedEntry.parse(rec.envelope).entry.body
             return party in (body.get("buyer"), body.get("seller"))
         return False
@@ -290,8 +260,6 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
             if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
                 raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
         elif ctype == "application/json":
-            import json
-
             try:
                 doc = json.loads(body)
                 raw = doc["entries"]
@@ -482,50 +450,6 @@ def add_offline_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=app.openapi_url, title="reledger: the command API",
                               redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
                               redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
-
-
-SWITCH_INTERVAL = 0.0005  # seconds: how long a thread may keep the interpreter lock from another (Python: 0.005)
-
-
-def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
-          max_queued_entries: int = MAX_QUEUED_ENTRIES) -> None:
-    import sys
-
-    import uvicorn
-
-    # The event loop runs Python for one request after another; the threads that hand appends
-    # to the writer process and take its answers need the interpreter lock for a few
-    # microseconds each, and by default wait up to 5 ms for the loop to let go of it. At 16
-    # clients, one entry a request: 2,050-2,080 entries/s with the default, 2,140-2,160 with
-    # 0.5 ms (paired runs, docs/OPERATIONS.md).
-    sys.setswitchinterval(SWITCH_INTERVAL)
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets=None) -> None:
-            import threading
-            import time
-
-            done = threading.Event()
-
-            def progress() -> None:  # starting reads the log (the write state): say so every few seconds
-                t0 = time.monotonic()
-                while not done.wait(5):
-                    print(f"reledger serve: still starting ({time.monotonic() - t0:.0f} s: building the write state "
-                          "from the log) ...", file=sys.stderr, flush=True)
-
-            threading.Thread(target=progress, daemon=True).start()
-            try:
-                await super().startup(sockets=sockets)
-            finally:
-                done.set()
-            if not self.should_exit:  # says where it listens once it does (the app has started)
-                shown = f"[{host}]" if ":" in host else host
-                print(f"reledger serve: listening on http://{shown}:{port} (API docs at /docs; Ctrl-C stops)",
-                      file=sys.stderr, flush=True)
-
-    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port,
-                            log_level=log_level, access_log=False)
-    Server(config).run()
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:

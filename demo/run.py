@@ -27,12 +27,22 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, Callable
 
+from rich.console import Console
+from rich.progress import Progress
+
+from reledger.commands.api import CommandAPI
+from reledger.commands.catalogue import report_digest
 from reledger.ledger import encoding
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
-from reledger.storage.reader import DatabaseURL
+from reledger.projections import queries
+from reledger.projections.hooks import ProjectionFindings
+from reledger.projections.store import ProjectionStore
+from reledger.storage.reader import DatabaseURL, LogReader
 from reledger.storage.store import LedgerStore
+
+from .summary import print_summary, summarize
 
 YEAR = 2024
 UTC = timezone.utc
@@ -114,11 +124,10 @@ class Party:
 
 
 class Demo:
-    def __init__(self, url: str, out: Path, seed: int, scale: str, log: Callable[[str], None]):
-        from reledger.commands.api import CommandAPI
-        from reledger.projections.hooks import ProjectionFindings
-        from reledger.projections.store import ProjectionStore
+    year = YEAR  # the control year simulated
+    seeded = SEEDED  # the seeded violations (what the summary checks the findings against)
 
+    def __init__(self, url: str, out: Path, seed: int, scale: str, log: Callable[[str], None]):
         self.url, self.out, self.seed, self.scale, self.log = url, out, seed, scale, log
         self.rng = random.Random(seed)
         self.now = us(datetime(YEAR, 1, 1, tzinfo=UTC))
@@ -418,8 +427,6 @@ class Demo:
         """The regulator closes the loop on the over-quota plant: inspection, violation citing the
         ledger's evidence, penalty (Decree 785 Art. 21) and the cut of next year's indicator
         (Decree 71 Art. 14)."""
-        from reledger.projections import queries
-
         self.flush()
         where = self.seeded_where.get("over_separation_quota", {})
         plant = where.get("party")
@@ -634,8 +641,6 @@ class Demo:
                                         "location": "main warehouse"}, self.now)
 
     def report(self, p: Party, month: str) -> None:
-        from reledger.commands.catalogue import report_digest
-
         first, last = p.reported_seq + 1, p.signer.seq
         if last < first:
             return
@@ -659,8 +664,6 @@ class Demo:
         bar = None
         progress = None
         if self.scale == "year" and sys.stderr.isatty():
-            from rich.progress import Progress
-
             bar = Progress(transient=True)
             task = bar.add_task("simulating 2024", total=end - self.now)
             start = self.now
@@ -741,8 +744,6 @@ def _check_database(url: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     out = Path(args.out)
     url = args.db or _default_db(out)
     try:
@@ -761,8 +762,6 @@ def run_demo(args: argparse.Namespace) -> int:
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
     demo = Demo(url, out, args.seed, args.scale, progress)
     stats = demo.run()
-    from reledger.demo.summary import summarize
-
     result = summarize(demo, url, out, stats)
     demo.projections.close()
     demo.store.close()
@@ -772,8 +771,6 @@ def run_demo(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        from reledger.demo.summary import print_summary
-
         print_summary(con, result)
     ok = result["verified"] and result["seeded_all_found"] and not result["unexpected_findings"]
     return 0 if ok else 1

@@ -6,24 +6,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from reledger.ledger.verify import verify_database
 from reledger.projections import flowgraph, queries
 from reledger.replay.history import grouped
+from reledger.replay.report import write_report
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
-    from .run import SEEDED, YEAR
-
+    """The demo's result: ``demo`` (a :class:`reledger.demo.run.Demo` that has run) gives the
+    year, the seeded violations and where it seeded them."""
     ps = demo.projections
     demo.log("  bringing the projections up to date ...")
     ps.catch_up()
     demo.log(f"  verifying the whole log ({demo.store.size():,} entries) ...")
     report = verify_database(url)
-    quota = queries.quota(ps, YEAR)
+    quota = queries.quota(ps, demo.year)
     stock = queries.stock(ps)
     found = queries.findings(ps)["findings"]
     seeded, matched = {}, set()
-    for key, spec in SEEDED.items():
+    for key, spec in demo.seeded.items():
         where = demo.seeded_where.get(key, {})
         hits = [f for f in found if f["code"] in spec["codes"] and f["party"] == where.get("party")]
         for f in hits:
@@ -51,8 +54,6 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     reports = {}
     plant = demo.seeded_where.get("over_separation_quota", {}).get("party")
     if plant:
-        from reledger.replay.report import write_report
-
         demo.log(f"  writing the investigation report on {plant} ...")
         path = out / f"investigation-{plant}.html"
         write_report(url, plant, str(path))
@@ -60,7 +61,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     parties = [{"id": p.id, "name": p.name, "roles": p.roles, "province": p.province, "group": p.group}
                for p in [demo.reg] + demo.cast_list]
     return {
-        "db": url, "year": YEAR, "scale": demo.scale, "seed": demo.seed, "entries": stats["entries"],
+        "db": url, "year": demo.year, "scale": demo.scale, "seed": demo.seed, "entries": stats["entries"],
         "seconds": stats["seconds"], "parties": parties,
         "findings": [{"rule": f["rule"], "code": f["code"], "party": f["party"], "message": f["message"],
                       "index": f["index"], "evidence": f["evidence"]} for f in found],
@@ -75,8 +76,6 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
 
 
 def print_summary(con, r: dict[str, Any]) -> None:
-    from rich.table import Table
-
     con.print(f"\n[bold]What happened[/bold] ({r['seconds']} s): {r['entries']} signed entries from "
               f"{len(r['parties'])} parties in {r['year']}: the regulator registered the cast and their keys, "
               "approved the annual totals and issued two quota batches; the groups sub-allocated them; mines "

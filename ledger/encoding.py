@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -74,7 +74,7 @@ def canonical(value: Any) -> bytes:
     return msgpack.packb(_normalise(value), use_bin_type=True)
 
 
-def _refuse_ext(code: int, data: bytes) -> Any:
+def refuse_ext(code: int, data: bytes) -> Any:
     raise EncodingError(f"extension type {code} is not allowed")
 
 
@@ -88,7 +88,7 @@ def _refuse_duplicates(pairs: list[tuple[Any, Any]]) -> dict:
 _SCALARS = frozenset({str, bytes, int, bool, type(None)})
 
 
-def _plain_canonical_tree(v: Any, depth: int = 0) -> bool:
+def plain_canonical_tree(v: Any, depth: int = 0) -> bool:
     """True when every map of a decoded value has text keys in strictly ascending order,
     nothing is a float or an extension (code point order is UTF-8 byte order), and no value sits
     deeper than MAX_DEPTH (a non-empty container's items are one level below it)."""
@@ -103,12 +103,12 @@ def _plain_canonical_tree(v: Any, depth: int = 0) -> bool:
         if keys != sorted(keys):
             return False
         for x in v.values():
-            if type(x) not in _SCALARS and not _plain_canonical_tree(x, depth + 1):
+            if type(x) not in _SCALARS and not plain_canonical_tree(x, depth + 1):
                 return False
         return True
     if t is list:
         for x in v:
-            if type(x) not in _SCALARS and not _plain_canonical_tree(x, depth + 1):
+            if type(x) not in _SCALARS and not plain_canonical_tree(x, depth + 1):
                 return False
         return True
     return t in _SCALARS
@@ -120,8 +120,8 @@ def decode(data: bytes) -> Any:
     the strict decoder, which names the problem."""
     if isinstance(data, bytes):
         try:
-            value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-            if _plain_canonical_tree(value) and msgpack.packb(value, use_bin_type=True) == data:
+            value = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=refuse_ext)
+            if plain_canonical_tree(value) and msgpack.packb(value, use_bin_type=True) == data:
                 return value
         except Exception:  # noqa: BLE001 - the strict path decides and explains
             pass
@@ -186,7 +186,7 @@ def _decode_strict(data: bytes) -> Any:
             raw=False,
             use_list=True,
             strict_map_key=True,
-            ext_hook=_refuse_ext,
+            ext_hook=refuse_ext,
             object_pairs_hook=pairs_hook,
             list_hook=list_hook,
         )
@@ -293,8 +293,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 @functools.lru_cache(maxsize=1024)
 def micros_to_time_text(micros: int) -> str:
     """The normal-form text of a time given in microseconds since the Unix epoch."""
-    from datetime import timedelta
-
     return time_text(_EPOCH + timedelta(microseconds=micros))
 
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from cryptography.exceptions import InvalidSignature
 
 from . import encoding
 from .encoding import EncodingError
-from .keys import KEY_ID_RE, SigningKey
+from .keys import KEY_ID_RE, SigningKey, ed25519_public_key, verify_signature
 
 FORMAT_VERSION = 1
 ENTRY_TAG = b"reledger/v1/entry\n"
@@ -183,7 +183,6 @@ class SignedEntry:
         never change), so the command API and the store do not both pay for one entry."""
         if self.__dict__.get("_verified_with") == public_key:
             return True
-        from .keys import verify_signature
 
         ok = verify_signature(public_key, ENTRY_TAG, self.content, self.signature)
         if ok:
@@ -201,15 +200,12 @@ class SignedEntry:
 # exactly the same bytes (tests/test_entry.py checks this with hypothesis).
 
 _sha256 = hashlib.sha256
-_packers = threading.local()
 _NAME_CACHE_MAX = 1 << 16  # chains, types and key ids already checked, per kind (bounded)
 
 
 def _packer() -> msgpack.Packer:
-    p = getattr(_packers, "p", None)
-    if p is None:
-        p = _packers.p = msgpack.Packer(use_bin_type=True)
-    return p
+    # a Packer of its own per call (no state shared between threads: ~0.6 us, where packb costs ~4 us more)
+    return msgpack.Packer(use_bin_type=True)
 
 
 def _name_check(pattern: re.Pattern):
@@ -237,7 +233,7 @@ _valid_chain, _valid_type, _valid_key_id = _name_check(CHAIN_RE), _name_check(TY
 def _fast_content(content: bytes) -> dict | None:
     """The decoded content when it is canonical and passes validate_content; None when in doubt."""
     try:
-        m = msgpack.unpackb(content, raw=False, strict_map_key=True, ext_hook=encoding._refuse_ext)
+        m = msgpack.unpackb(content, raw=False, strict_map_key=True, ext_hook=encoding.refuse_ext)
     except Exception:  # noqa: BLE001 - the strict path explains
         return None
     if type(m) is not dict or tuple(m) != CONTENT_KEYS:
@@ -248,7 +244,7 @@ def _fast_content(content: bytes) -> dict | None:
             or not _valid_chain(m["chain"]) or not _valid_type(m["type"]) or not _valid_key_id(m["key_id"])
             or type(m["command_id"]) is not str or not UUID_RE.match(m["command_id"])):
         return None
-    if not encoding._plain_canonical_tree(body, 1):
+    if not encoding.plain_canonical_tree(body, 1):
         return None
     try:
         encoding.parse_time(m["occurred_at"])
@@ -356,9 +352,6 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
 
     It judges exactly as ``SignedEntry.parse`` and ``signature_valid``: the common canonical
     shape takes their fast paths inline (no objects built), anything else goes through them."""
-    from cryptography.exceptions import InvalidSignature
-
-    from .keys import _public_key
 
     intern = sys.intern
     out = []
@@ -381,7 +374,7 @@ def check_envelopes(envelopes: list[bytes], keys: dict[str, bytes], full_types: 
         verified = False
         if pub is not None:
             try:
-                _public_key(pub).verify(signature, ENTRY_TAG + content)
+                ed25519_public_key(pub).verify(signature, ENTRY_TAG + content)
             except (InvalidSignature, ValueError):
                 return ("error", "signature", f"sig: not a valid signature by key {key_id}", "sig", pos, chain, seq)
             verified = True

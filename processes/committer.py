@@ -14,68 +14,35 @@ server against 1.6 ms alone (docs/OPERATIONS.md, "Serving one entry a request").
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import os
 import queue
+import signal
 import threading
 from collections import deque
 from dataclasses import replace
 from typing import Any, Callable
 
-import msgpack
+from reledger.commands.api import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, Answer, CommandAPI, CommandError,
+                                   CommandReceipt, Overloaded, WriterFailed, transient_errors, verify_pool)
+from reledger.projections.hooks import MirrorFindings
+from reledger.storage.store import LedgerStore
 
-from reledger.commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
-from reledger.storage.store import LedgerStore, _exit_with_parent, _main_importable
+from .frames import Channel, FrameError, pipe
+from .start import context, exit_with_parent, main_importable
 
 log = logging.getLogger(__name__)
 
 PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
 # entries waiting behind a batch from which the writer process checks them during its commit
 PIPELINE_ENTRIES = 2 * PREPARE_CHUNK
-# Admission: what may wait in the pipeline (accepted by HTTP, not answered yet) before an
-# append is turned away with 503 (some seconds of work at the measured rates; docs/HTTP.md)
-MAX_QUEUED_ENTRIES = 50_000
-MAX_QUEUED_BYTES = 64 * 1024 * 1024
 WRITER_START_TIMEOUT = 300.0  # seconds for a writer process to build its write state from the log
-
-
-class Overloaded(Exception):
-    """Admission refused a group (503 ``overloaded``): nothing was queued or written."""
-
-
-class WriterFailed(Exception):
-    """The transaction of a group commit failed, or the writer process ended, before the
-    group's answer: nothing of it was acknowledged. ``transient`` (503: send the same request
-    again; a command id makes that safe) or not (500). ``name``: the error's type."""
-
-    def __init__(self, name: str, message: str, transient: bool):
-        super().__init__(message)
-        self.name, self.transient = name, transient
 
 
 def _verify_workers() -> int:
     return os.cpu_count() or 2
-
-
-def transient_errors() -> tuple[type[BaseException], ...]:
-    """Database errors that say "not now" (lost connection, lock timeout, pool exhausted): 503."""
-    import sqlite3
-
-    from eventsourcing import persistence
-
-    from reledger.projections.follow import ProjectionsUnavailable
-
-    errors: list[type[BaseException]] = [sqlite3.OperationalError, persistence.OperationalError,
-                                         persistence.InterfaceError, ProjectionsUnavailable]
-    try:
-        import psycopg
-        import psycopg_pool
-
-        errors += [psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout]
-    except ImportError:  # SQLite only
-        pass
-    return tuple(errors)
 
 
 def _drain(q: queue.SimpleQueue, first) -> tuple[list, bool]:
@@ -164,7 +131,7 @@ def start_prepare(api: CommandAPI, groups: list[list], chunk: int = PREPARE_CHUN
     while the next is checked so)."""
     flat = [x for g in groups for x in g]
     step = max(chunk, -(-len(flat) // (2 * _verify_workers())))
-    pool = _verify_pool()
+    pool = verify_pool()
     parts = [pool.submit(api.prepare, flat[i:i + step]) for i in range(0, len(flat), step)]
     return lambda: _regroup(groups, [x for part in parts for x in part.result()])
 
@@ -298,10 +265,10 @@ class GroupCommitter(_Admission):
 
 # --- the writer process ------------------------------------------------------------------------
 #
-# Frames on a duplex pipe (multiprocessing Connection.send_bytes/recv_bytes), msgpack:
+# Messages (frames of reledger.processes.frames, one msgpack value each) on a duplex pipe:
 #   parent -> child  [[rid, [envelope, ...]], ...]     groups to commit, in order
-#                    b""                                stop: commit and answer what came, then exit
-#   child -> parent  b"ready"                           the write state is built: send groups
+#                    None                               stop: commit and answer what came, then exit
+#   child -> parent  "ready"                            the write state is built: send groups
 #                    [[rid, 0, [[index, chain, seq, entry_hash, recorded_at, duplicate, findings], ...]], ...]
 #                                                       findings: a list of finding dicts, or None where the
 #                                                       child could not say (the parent asks its projections)
@@ -336,27 +303,23 @@ def _decode_answer(kind: int, payload: Any) -> tuple[bool, Any]:
     return False, WriterFailed(name, f"internal error: {name}", False)
 
 
-def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
+def serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
     """The writer process: its own store and command API, fed groups by the parent, answering
     a frame per commit. With ``findings``, the API's findings hook is a
     :class:`reledger.projections.hooks.MirrorFindings` (the rule state in this process: each answer
     carries the findings of what it committed, without a round trip to the projections; the
     parent asks its projections about the rest). Ends on the stop frame (after committing and
     answering what came before it) or when the parent goes away."""
-    import gc
-    import signal
-
+    conn = Channel(conn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
     logging.basicConfig(level=logging.WARNING)
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     # signatures are checked here before the store sees them (prepare_groups, over threads);
     # a daemon process may not start the store's checking processes anyway
     store = LedgerStore(url, create=False, processes=False)
     mirror = None
     try:
         if findings:
-            from reledger.projections.hooks import MirrorFindings
-
             mirror = MirrorFindings(url)
         api = CommandAPI(store, findings_hook=mirror)
         try:
@@ -367,8 +330,8 @@ def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
         gc.freeze()
         if mirror is not None:
             mirror.start()  # in the background: until it is built, the parent asks its projections
-        conn.send_bytes(b"ready")
-        _commit_loop(api, conn)
+        conn.send("ready")
+        commit_loop(api, conn)
     finally:
         conn.close()
         if mirror is not None:
@@ -376,7 +339,7 @@ def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
         store.close()
 
 
-def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int = 5000) -> None:
+def commit_loop(api: CommandAPI, conn: Channel, max_groups: int = 256, max_entries: int = 5000) -> None:
     """Take every group waiting (up to ``max_groups`` groups, ``max_entries`` entries), check
     its signatures (:func:`prepare_groups`), commit them in one transaction
     (:meth:`CommandAPI.submit_groups`) and send their answers; again, until the stop frame.
@@ -400,13 +363,13 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
         while not stop and (block or conn.poll(0)):
             block = False
             try:
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
-                frame = b""
-            if not frame:
+                groups = conn.recv()
+            except (EOFError, OSError, FrameError):
+                groups = None
+            if groups is None:
                 stop = True
                 break
-            pending.extend(msgpack.unpackb(frame, raw=False))
+            pending.extend(groups)
 
     def take() -> list:
         batch = [pending.popleft()]
@@ -450,7 +413,7 @@ def _commit_loop(api: CommandAPI, conn, max_groups: int = 256, max_entries: int 
             if not isinstance(e, transient):
                 log.exception("a group commit failed")
             answers = [_encode_answer(rid, False, e, transient) for rid, _ in batch]
-        conn.send_bytes(msgpack.packb(answers, use_bin_type=True))
+        conn.send(answers)
 
 
 class WriterProcess(_Admission):
@@ -486,7 +449,7 @@ class WriterProcess(_Admission):
     @staticmethod
     def available() -> bool:
         """Whether a spawned process can import this program (not a script read from stdin)."""
-        return _main_importable()
+        return main_importable()
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -501,18 +464,16 @@ class WriterProcess(_Admission):
 
     def _spawn(self) -> None:
         """A new writer process, ready (holding ``_lock``)."""
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_serve_writer, args=(self.url, child, os.getpid(), self.findings_mirror),
+        ctx = context()
+        parent, child = pipe(ctx)
+        proc = ctx.Process(target=serve_writer, args=(self.url, child, os.getpid(), self.findings_mirror),
                            name="reledger-writer", daemon=True)
         proc.start()
         child.close()
         try:
             if not parent.poll(self.start_timeout):
                 raise TimeoutError(f"the writer process did not start within {self.start_timeout:g} s")
-            if parent.recv_bytes() != b"ready":
+            if parent.recv() != "ready":
                 raise RuntimeError("the writer process sent something else than ready")
         except BaseException:
             proc.kill()
@@ -566,10 +527,8 @@ class WriterProcess(_Admission):
                     rids = [next(self._ids) for _ in items]
                     for rid, item in zip(rids, items):
                         self._pending[rid] = item
-                    frame = msgpack.packb([[rid, group] for rid, (group, _, _) in zip(rids, items)],
-                                          use_bin_type=True)
                     try:
-                        self._conn.send_bytes(frame)
+                        self._conn.send([[rid, group] for rid, (group, _, _) in zip(rids, items)])
                     except OSError:  # the process is gone: its receiver fails what it held
                         pass
                 except Exception as e:  # noqa: BLE001 - no process could be started
@@ -587,7 +546,7 @@ class WriterProcess(_Admission):
             conn = self._conn
         if conn is not None:
             try:
-                conn.send_bytes(b"")
+                conn.send(None)
             except OSError:
                 pass
 
@@ -597,13 +556,12 @@ class WriterProcess(_Admission):
         want_findings = self.api.findings_hook is not None
         while True:
             try:
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
+                rows = conn.recv()
+            except (EOFError, OSError, FrameError):
                 break
-            rows = msgpack.unpackb(frame, raw=False)
             with self._lock:
                 items = [pending.pop(rid, None) for rid, _, _ in rows]
-            answer = _Answer()
+            answer = Answer()
             out = []
             for item, (_, kind, payload) in zip(items, rows):
                 if item is None:

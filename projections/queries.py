@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -43,16 +44,14 @@ def parse_point(url: str, as_of: str | None, valid_at: str | None) -> Point:
         if as_of.isdigit():
             n = int(as_of)
         else:
-            t = _parse_when(as_of, "--as-of")
+            t = parse_when(as_of, "--as-of")
             with LogReader(url) as r:
                 n = r.queries.index_at_time(r.cursor(), t)
-    v = _parse_when(valid_at, "--valid-at") if valid_at else None
+    v = parse_when(valid_at, "--valid-at") if valid_at else None
     return Point(n, v)
 
 
-def _parse_when(text: str, what: str) -> int:
-    from datetime import datetime, timedelta, timezone
-
+def parse_when(text: str, what: str) -> int:
     try:
         if len(text) == 10:
             d = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)

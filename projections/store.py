@@ -12,7 +12,7 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
 ``snapshots`` the projector's rule state (pickled) at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries,
     so a restart rolls forward from the nearest snapshot instead of replaying the whole log.
 
-On PostgreSQL :meth:`ProjectionStore.follow` wakes up on each append's NOTIFY (LISTEN on the
+On PostgreSQL :func:`reledger.projections.follow.follow` wakes up on each append's NOTIFY (LISTEN on the
 channel of eventsourcing's events table); on SQLite it polls.
 """
 
@@ -419,20 +419,6 @@ class ProjectionStore:
             finally:
                 if paused:
                     gc.enable()
-
-    def follow(self, stop: threading.Event, poll: float = 0.2, on_findings=None) -> None:
-        """Keep up with the log until ``stop`` is set (LISTEN/NOTIFY on PostgreSQL, polling on
-        SQLite; see projections/follow.py)."""
-        from reledger.storage.store import LedgerStore
-
-        from .follow import Follower
-
-        store = LedgerStore(self.url, create=False)
-        try:
-            self.catch_up(on_findings=on_findings)
-            Follower(store, lambda: self.catch_up(on_findings=on_findings), poll=poll).run_until(stop)
-        finally:
-            store.close()
 
 
 def _unpickle_snapshot(state: bytes) -> Projector:

@@ -1,6 +1,6 @@
 """``python -m reledger``: the command line."""
 
-from reledger.commands.cli import main
+from reledger.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

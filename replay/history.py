@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import base64
 import pickle
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Callable, Iterator
 
 from reledger.ledger import encoding
 from reledger.ledger.encoding import EncodingError
 from reledger.ledger.entry import EntryError, SignedEntry
-from reledger.storage.reader import LogReader
 from reledger.ledger.registry import Registry, RegistryError
 from reledger.projections.model import Projector, kg_text, time_us
+from reledger.projections.store import P, ProjectionStore
+from reledger.storage.reader import LogReader
 
 FAR = 2**62
 
@@ -103,8 +104,6 @@ def _load_start(url: str, as_of: int) -> Projector:
     """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), or a
     fresh projector."""
     try:
-        from reledger.projections.store import P, ProjectionStore
-
         ps = ProjectionStore(url)
         try:
             rows = ps.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "

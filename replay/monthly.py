@@ -16,10 +16,10 @@ from typing import Any
 
 from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
-from reledger.storage.store import LedgerStore
 from reledger.projections import queries
-from reledger.projections.model import grams, kg_text, report_digest, time_us
+from reledger.projections.model import grams, kg_text, report_digest, report_due_us, time_us
 from reledger.projections.store import ProjectionStore
+from reledger.storage.store import LedgerStore
 
 
 class ReportError(ValueError):
@@ -107,6 +107,4 @@ def _t3(tonnes: str, rounding: str) -> str:
 
 
 def _due(month: str) -> int:
-    from reledger.projections.model import report_due_us
-
     return report_due_us(month)

@@ -25,21 +25,23 @@ import html
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from reledger.ledger import encoding, merkle
 from reledger.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
 from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.registry import RegistryError
-from reledger.storage.store import LedgerStore
 from reledger.projections import flowgraph
 from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties
 from reledger.projections.store import P, ProjectionStore
 from reledger.replay.history import Replay, replay_party
+from reledger.storage.store import LedgerStore
 
 
 class ReportError(ValueError):
@@ -310,8 +312,6 @@ def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
     verifiers = []
     for k in reg.checkpoint_keys(size):
         if k.name:
-            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
             verifiers.append(NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key)))
     try:
         text, by = open_note(note, verifiers)
@@ -575,7 +575,6 @@ def _time_ticks(t0: int, t1: int, max_ticks: int = 14) -> list[tuple[int, str]]:
     their labels never touch)."""
     span_days = (t1 - t0) / 86_400e6
     ticks: list[tuple[int, str]] = []
-    from datetime import timedelta
 
     if span_days <= 3:
         hours = next((h for h in (1, 2, 3, 6, 12) if span_days * 24 / h <= max_ticks), 24)

@@ -12,8 +12,9 @@ from hypothesis import given, strategies as st
 
 from reledger.commands.catalogue import (ENTRY_TYPES, ERROR_CODES, REFERENCE_DATA, SCHEMAS, CommandError, Conflict,
                                 Forbidden, InvalidCommand, Kg, Pct, TReo, UnknownReference, body_from_json,
-                                body_to_json, catalogue_json_schema, catalogue_markdown, check_body,
+                                body_to_json, catalogue_json_schema, check_body,
                                 report_digest)
+from reledger.commands.catalogue_doc import catalogue_markdown
 from reledger.commands.validate import AUTHORITY_TYPES, AUTHORIZED_ROLES
 from reledger.ledger.encoding import decimal_text
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body

@@ -80,7 +80,7 @@ def test_fed_entries_fill_in_from_the_log():
     """The projections process's store of the entries the server fed it: it yields them in log
     order, reads from the log what another writer put before or between them, and keeps at
     most its limit (the log has the rest)."""
-    from reledger.projections.follow import _Fed
+    from reledger.processes.projections import FedEntries
 
     log_reads: list[tuple] = []
 
@@ -95,7 +95,7 @@ def test_fed_entries_fill_in_from_the_log():
     def indexes(recs):
         return [r[1] if isinstance(r, tuple) else r.index for r in recs]
 
-    fed = _Fed(limit=5)
+    fed = FedEntries(limit=5)
     assert indexes(fed.records(3, read)) == list(range(3, 20)) and log_reads == [(3, None)]  # nothing fed
     fed.add([fed_item(i) for i in (5, 6, 7)])
     log_reads.clear()
@@ -110,3 +110,35 @@ def test_fed_entries_fill_in_from_the_log():
     assert len(fed) == 5
     fed.forget_before(38)
     assert len(fed) == 2
+
+
+def test_frames_carry_plain_values_and_refuse_anything_else():
+    """The one framing between reledger's processes (processes/frames.py): a msgpack value per
+    frame, over a real pipe; integer map keys stay integers, bytes stay bytes, a tuple comes back
+    a list. A pickle, an extension type or trailing bytes are refused (FrameError), never
+    loaded; a closed peer is EOFError."""
+    import pickle
+
+    import msgpack
+    import pytest
+
+    from reledger.processes import start
+    from reledger.processes.frames import Channel, FrameError, pipe
+
+    mine, raw = pipe(start.context())
+    theirs = Channel(raw)
+    msg = ["done", [1, 2], 41, {7: [{"code": "OVER_QUOTA", "hash": b"\x01" * 32}]}]
+    mine.send(msg)
+    assert theirs.recv() == msg
+    mine.send(("fold", 3, [(5, "2024-03-01T08:00:00Z", "MINE01", 2, bytes(32), b"env")]))
+    assert theirs.recv() == ["fold", 3, [[5, "2024-03-01T08:00:00Z", "MINE01", 2, bytes(32), b"env"]]]
+    mine.send(None)  # the writer process's stop frame
+    assert theirs.recv() is None and not theirs.poll(0)
+    for bad in (pickle.dumps({"x": 1}), msgpack.packb(msgpack.ExtType(1, b"x")), msgpack.packb(1) + b"\x01", b""):
+        mine.send_frame(bad)
+        with pytest.raises(FrameError):
+            theirs.recv()
+    mine.close()
+    with pytest.raises(EOFError):
+        theirs.recv()
+    theirs.close()

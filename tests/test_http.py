@@ -540,7 +540,7 @@ def test_database_trouble_is_503_not_500(tmp_path):
     threads of the process: the writer process's transient failures are tested below)."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -575,7 +575,7 @@ def test_a_full_pipeline_turns_appends_away_with_503(tmp_path):
     nothing waits."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -658,7 +658,7 @@ def test_the_writer_process_dying_mid_commit_answers_503_and_a_new_one_takes_ove
     from fastapi.testclient import TestClient
 
     from reledger.processes.committer import WriterProcess
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -703,7 +703,7 @@ def test_a_writer_process_that_cannot_start_answers_503_until_one_can(tmp_path):
     process can start, the same request is recorded."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -735,7 +735,7 @@ def test_the_writer_process_admits_as_the_threads_do(tmp_path):
     the findings of the projections, and the refused request sent again is recorded."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -818,6 +818,7 @@ def test_the_writer_checks_the_next_large_batch_while_it_commits(db_url, monkeyp
     import multiprocessing
 
     from reledger.processes import committer as cm
+    from reledger.processes.frames import Channel
 
     cast = build_cast(db_url)
     signers = [ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")]
@@ -842,8 +843,8 @@ def test_the_writer_checks_the_next_large_batch_while_it_commits(db_url, monkeyp
         # everything waits before the loop starts: one frame per group, then the stop frame
         for rid, g in enumerate(groups):
             parent.send_bytes(msgpack.packb([[rid, g]], use_bin_type=True))
-        parent.send_bytes(b"")
-        loop = threading.Thread(target=cm._commit_loop, args=(api, child), kwargs={"max_entries": 100})
+        parent.send_bytes(msgpack.packb(None))  # the stop frame
+        loop = threading.Thread(target=cm.commit_loop, args=(api, Channel(child)), kwargs={"max_entries": 100})
         loop.start()
         loop.join(timeout=120)
         assert not loop.is_alive()
@@ -973,8 +974,8 @@ def test_writer_process_answers_keep_every_detail():
 def test_serve_takes_the_admission_limit_from_the_command_line(tmp_path, monkeypatch, capsys):
     """``reledger serve --max-queued-entries N`` reaches the app (default: the server's own
     MAX_QUEUED_ENTRIES); a limit that is not a whole number >= 1 is a usage error."""
-    import reledger.commands.server as server_module
-    from reledger.commands import cli
+    import reledger.processes.server as server_module
+    from reledger import cli
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     build_cast(url)
@@ -997,7 +998,7 @@ def test_a_read_between_commit_and_findings_loses_no_findings(tmp_path):
     findings itself, see test_writer_process_answers_findings_itself)."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1191,7 +1192,7 @@ def test_projections_process_death_falls_back_in_process(tmp_path, writer_proces
     up to date."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1242,7 +1243,7 @@ def test_append_findings_equal_the_tables(tmp_path):
     over quota, negative stock, backdating, in groups and alone, in one commit or several."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)
@@ -1287,7 +1288,7 @@ def test_findings_and_checks_follow_another_writer(tmp_path):
     the other writer's entries read from the log, are what the tables record."""
     from fastapi.testclient import TestClient
 
-    from reledger.commands.server import create_app
+    from reledger.processes.server import create_app
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     cast = build_cast(url)

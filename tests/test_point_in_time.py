@@ -16,6 +16,7 @@ import reledger.projections.model as pmodel
 import reledger.projections.store as pstore
 from projection_helpers import DAY, HOUR, World, assert_rebuild_equals, dt_us, dump, ev, summary, ts
 from reledger.projections import flowgraph, queries
+from reledger.projections.follow import follow
 from reledger.projections.queries import Point, parse_point
 from reledger.projections.store import P, ProjectionStore, TrackingError
 
@@ -463,7 +464,7 @@ def test_follow_keeps_up_and_stops(w):
     ps = ProjectionStore(w.url)
     stop = threading.Event()
     seen: list = []
-    t = threading.Thread(target=ps.follow, args=(stop,), kwargs={"poll": 0.05, "on_findings": seen.extend})
+    t = threading.Thread(target=follow, args=(ps, stop), kwargs={"poll": 0.05, "on_findings": seen.extend})
     t.start()
     try:
         for i in range(3):
