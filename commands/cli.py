@@ -1482,7 +1482,12 @@ def _epilog(examples: list[str], one: str = "-", times: bool = False) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from reledger import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        __version__ = version("reledger")
+    except PackageNotFoundError:  # a source tree that was not installed
+        __version__ = "0+unknown"
 
     p = argparse.ArgumentParser(
         prog="reledger", formatter_class=HelpFormatter,

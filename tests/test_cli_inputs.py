@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from reledger.commands.cli import main
+from reledger.cli import main  # the whole command line, demo and serve included
 from reledger.storage.reader import LogReader
 from tests.conftest import PG_URL, drop_schema, require_pg
 

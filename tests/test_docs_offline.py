@@ -7,8 +7,8 @@ import re
 
 from fastapi.testclient import TestClient
 
-from reledger.commands.cli import main
-from reledger.commands.server import create_app
+from reledger.cli import main  # the whole command line, demo and serve included
+from reledger.processes.server import create_app
 
 
 def test_docs_pages_load_only_local_assets(tmp_path, capsys):
