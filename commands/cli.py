@@ -173,7 +173,7 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from reledger.storage.reader import DatabaseURL
-    from reledger.ledger.verify import verify_database
+    from reledger.storage.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)

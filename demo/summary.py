@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 from reledger.projections import flowgraph, queries
 
 

@@ -1,6 +1,6 @@
 """Tampering with the database as an attacker (or the operator) with raw SQL access would:
 drop the append-only triggers, then change, delete, swap, truncate or replace rows.
-``reledger.ledger.verify.verify_database`` must notice, and its first problem must name the entry."""
+``reledger.storage.verify.verify_database`` must notice, and its first problem must name the entry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
 from reledger.storage.store import AppendError, LedgerStore
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 from helpers import ORIGIN, REGULATOR_ID, T0, count, drop_triggers, new_ledger, populated_ledger, sql
 
@@ -700,7 +700,7 @@ def test_chain_break_at_a_fast_verification_range_boundary(db_url):
     """A colluding party and DB access re-sign the entry that opens the second range of the
     fast verification path with a wrong prev, then re-sign every later entry and rebuild all
     hashes and Merkle nodes (no checkpoint covers it): only the join of the ranges can see it."""
-    import reledger.ledger.verify as verify_module
+    import reledger.storage.verify as verify_module
     from helpers import raw_connection, tables
 
     unit = 1 << verify_module.FAST_BITS

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-import reledger.ledger.verify as verify_module
+import reledger.storage.verify as verify_module
 from helpers import drop_triggers, new_ledger, sql
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 
 @pytest.fixture
