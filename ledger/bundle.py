@@ -237,9 +237,10 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
         rules.checkpoint(note, verifiers(cp.size))
     except rules.Invalid as e:
         rest = e.message.partition(": ")[2] or e.message
-        if "signature" in rest or "key" in rest:
+        if rest.startswith(("note", "invalid signature", "no checkpoint key")):
             rest = f"not signed by a checkpoint key of this log: {rest}"
         rep.problems.append(f"the checkpoint of size {cp.size}: {rest}")
+        return rep  # nothing is consistent with a checkpoint that is not the log's
 
     # 4. consistency: the operator's earlier checkpoints, each judged with the keys valid at its
     # own size, and any the caller kept

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,15 +200,7 @@ class SignedEntry:
 # exactly the same bytes (tests/test_entry.py checks this with hypothesis).
 
 _sha256 = hashlib.sha256
-_packers = threading.local()
 _NAME_CACHE_MAX = 1 << 16  # chains, types and key ids already checked, per kind (bounded)
-
-
-def _packer() -> msgpack.Packer:
-    p = getattr(_packers, "p", None)
-    if p is None:
-        p = _packers.p = msgpack.Packer(use_bin_type=True)
-    return p
 
 
 def _name_check(pattern: re.Pattern):
@@ -252,7 +243,7 @@ def _fast_content(content: bytes) -> dict | None:
         return None
     try:
         encoding.parse_time(m["occurred_at"])
-        if _packer().pack(m) != content:
+        if msgpack.packb(m, use_bin_type=True) != content:
             return None
     except Exception:  # noqa: BLE001
         return None
