@@ -246,8 +246,11 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_prove(args: argparse.Namespace) -> int:
     from reledger.ledger import merkle
 
+    from reledger.storage.verify import signed_checkpoints
+
     with open_store(args) as store:
-        latest = store.latest_checkpoint()
+        signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
+        latest = signed[-1] if signed else None
         size = args.size or (latest[0] if latest else store.size())
         note = latest[2].decode() if latest and latest[0] == size else None
         root = store.root(size)

@@ -172,10 +172,9 @@ class LogVerifier:
         self.checkpoints: list[tuple[int, Any, Any, bytes]] = []  # (the note's size, row size, row root, note)
         for row_size, row_root, note in checkpoints:
             size = note_size(note)
-            if size is None:
-                where = row_size - 1 if type(row_size) is int and row_size > 0 else None
+            if size is None:  # (its size column is no log position: it names nothing signed)
                 self.problem("checkpoint", f"a stored checkpoint row (size column {row_size!r}) holds no "
-                             "checkpoint note", index=where)
+                             "checkpoint note")
                 continue
             self.checkpoints.append((size, row_size, row_root, note))
         self.checkpoints.sort(key=lambda c: c[0])

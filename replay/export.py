@@ -9,6 +9,7 @@ from reledger.ledger import heads as chain_heads
 from reledger.ledger.bundle import checkpoint_of, encode_bundle
 from reledger.ledger.registry import REGISTRY_TYPES
 from reledger.storage.store import LedgerStore
+from reledger.storage.verify import signed_checkpoints
 
 
 class ExportError(ValueError):
@@ -25,10 +26,10 @@ def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
 def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
     """The party's bundle (bytes) against the latest stored checkpoint, and a summary."""
     with LedgerStore(url, create=False) as store:
-        latest = store.latest_checkpoint()
-        if latest is None or latest[0] == 0:
+        signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
+        if not signed or signed[-1][0] == 0:
             raise ExportError("no checkpoint yet: run `reledger checkpoint` first")
-        size, _root, note = latest
+        size, _root, note = signed[-1]
         chain = [r for r in store.chain_records(party) if r.index < size]
         if not chain:
             raise ExportError(f"party {party} has no entry in the checkpointed log (size {size})")
@@ -37,7 +38,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         entries = [{"index": r.index, "recorded_at": r.recorded_at, "envelope": r.envelope,
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
         consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
-                       for s, _, n in store.checkpoints() if s < size]
+                       for s, _, n in signed if s < size]
         after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
         heads = None
         if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:

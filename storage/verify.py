@@ -455,3 +455,26 @@ def _map_jobs(fn, jobs: list[tuple], workers: int, side: tuple | None = None,
             yield f.result()
         if side_future is not None and side_result is not None:
             side_result.append(side_future.result())
+
+
+# --- the stored checkpoints a command may hand out -------------------------------------------
+
+def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
+    """The stored checkpoints of ``store`` (a LedgerStore) that are the log's, judged by their
+    signed notes (never by the size column): each note verifies with a checkpoint key of the
+    log valid at its size (ledger/rules.py), and its size and root are the log's. Returned as
+    (size, root, note) from the notes, in increasing size; a junk or altered row is left out
+    (``reledger verify`` names it)."""
+    size = store.size()
+    registry = store.registry()  # key records carry their authorization and revocation indices
+    out = {}
+    for _row_size, _row_root, note in store.checkpoints():
+        n = note_size(note)
+        if n is None or n > size or n in out:
+            continue
+        try:
+            cp = rules.checkpoint(note, rules.checkpoint_verifiers(registry, n), size=n, root=store.root(n))
+        except rules.Invalid:
+            continue
+        out[n] = (n, cp.root, note)
+    return [out[n] for n in sorted(out)]
