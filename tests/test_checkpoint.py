@@ -272,6 +272,20 @@ def test_open_note_refusals():
             open_note(note, [v])
 
 
+def test_two_lines_of_one_key_refuse_the_note():
+    """A key signs a note once (FORMAT.md 5.2; golang.org/x/mod/sumdb/note refuses it too): a
+    repeated line, known or not, refuses the note; an unknown key's single line is ignored."""
+    other = _signer("witness.example/w", 9)
+    good = sign_note(b"hello\n", [LOG])
+    line = good.split(b"\n\n")[1]
+    with pytest.raises(NoteError, match="two signature lines"):
+        open_note(good + line, [LOG.verifier()])
+    cosigned = sign_note(b"hello\n", [LOG, other])
+    assert open_note(cosigned, [LOG.verifier()]) == (b"hello\n", [LOG.verifier()])
+    with pytest.raises(NoteError, match="two signature lines"):
+        open_note(cosigned + cosigned.split(b"\n\n")[1].split(b"\n")[1] + b"\n", [LOG.verifier()])
+
+
 def _respell(b64: str) -> str:
     """The same bytes in non-canonical base64: set an unused low bit of the last character."""
     data = b64.rstrip("=")
