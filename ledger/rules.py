@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import heads as chain_heads, merkle
-from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note, signature_keys
 from .entry import ENTRY_TAG, ZERO_HASH, leaf_bytes
 from .keys import verify_signature
 
@@ -159,8 +159,9 @@ def checkpoint_verifiers(registry: Any, size: int, trusted_vkeys: Iterable[str] 
 
 def checkpoint(note: bytes, verifiers: list[NoteVerifier], *, size: int | None = None, root: bytes | None = None,
                heads: tuple[int, bytes] | None = None) -> Checkpoint:
-    """5: ``note`` is a checkpoint signed (5.2) by one of ``verifiers`` (4.4), its body parses
-    strictly (5.1), its origin is the name of a key that signed it (4.4), a checkpoint of size 0
+    """5: ``note`` is a checkpoint signed (5.2) by one of ``verifiers`` (4.4), with no two
+    signature lines of one key (5.2; lines of keys not in ``verifiers`` are otherwise ignored,
+    as c2sp.org/signed-note says), its body parses strictly (5.1), its origin is the name of a key that signed it (4.4), a checkpoint of size 0
     has the empty tree's root, and, when given, its size and root are ``size`` and ``root`` and
     its chain heads line (5.3, if present) commits to ``heads`` (count, root). Returns the
     checkpoint; raises Invalid("checkpoint", ...) naming the first rule broken."""
@@ -171,8 +172,12 @@ def checkpoint(note: bytes, verifiers: list[NoteVerifier], *, size: int | None =
     try:
         text, signed_by = open_note(note, verifiers)
         cp = Checkpoint.parse(text)
+        lines = signature_keys(note)
     except (NoteError, ValueError) as e:
         raise Invalid("checkpoint", f"{at}: {e}") from None
+    if len(set(lines)) != len(lines):  # 5.2: a key signs a checkpoint once; every line counts (7b)
+        name, kid = next(k for i, k in enumerate(lines) if k in lines[:i])
+        raise Invalid("checkpoint", f"{at}: two signature lines of key {name}+{kid.hex()}")
     if all(cp.origin != v.name for v in signed_by):
         raise Invalid("checkpoint", f"{at}: origin {cp.origin!r} is not the name of the key that signed it "
                       "(the log's origin)")

@@ -272,18 +272,23 @@ def test_open_note_refusals():
             open_note(note, [v])
 
 
-def test_two_lines_of_one_key_refuse_the_note():
-    """A key signs a note once (FORMAT.md 5.2; golang.org/x/mod/sumdb/note refuses it too): a
-    repeated line, known or not, refuses the note; an unknown key's single line is ignored."""
+def test_a_reledger_checkpoint_has_one_signature_line_per_key():
+    """open_note accepts a repeated line as Go's note.Open does (test_go_vector_open); the
+    checkpoint rule of ledger/rules.py refuses it (FORMAT.md 5.2), and ignores a single line
+    of an unknown key (a witness's cosignature)."""
+    from reledger.ledger import rules
+
+    cp = Checkpoint(ORIGIN, 3, ROOT)
     other = _signer("witness.example/w", 9)
-    good = sign_note(b"hello\n", [LOG])
+    good = sign_checkpoint(cp, LOG)
     line = good.split(b"\n\n")[1]
-    with pytest.raises(NoteError, match="two signature lines"):
-        open_note(good + line, [LOG.verifier()])
-    cosigned = sign_note(b"hello\n", [LOG, other])
-    assert open_note(cosigned, [LOG.verifier()]) == (b"hello\n", [LOG.verifier()])
-    with pytest.raises(NoteError, match="two signature lines"):
-        open_note(cosigned + cosigned.split(b"\n\n")[1].split(b"\n")[1] + b"\n", [LOG.verifier()])
+    assert rules.checkpoint(good, [LOG.verifier()]) == cp
+    with pytest.raises(rules.Invalid, match="two signature lines of key"):
+        rules.checkpoint(good + line, [LOG.verifier()])
+    cosigned = sign_note(cp.body(), [LOG, other])
+    assert rules.checkpoint(cosigned, [LOG.verifier()]) == cp
+    with pytest.raises(rules.Invalid, match="two signature lines of key witness.example/w"):
+        rules.checkpoint(cosigned + cosigned.split(b"\n\n")[1].split(b"\n")[1] + b"\n", [LOG.verifier()])
 
 
 def _respell(b64: str) -> str:
