@@ -121,7 +121,7 @@ def test_a_write_without_reading_meets_the_log_constraints(db_url, monkeypatch):
     unique index refuses them. Nothing of them is written; the usual way then answers
     LogMoved, and the entry goes in at the right size."""
     from helpers import is_pg
-    from reledger.ledger import store as store_module
+    from reledger.storage import store as store_module
 
     led = new_ledger(db_url)
     try:
