@@ -104,3 +104,27 @@ def test_the_append_plan_refuses_the_probe(name, db_url):
         assert store.size() == bad
     clean = verify_log(log.records[:bad], [])
     assert clean.ok  # the prefix is valid: the refusal is the probe's
+
+
+def test_the_auditors_folder_has_no_driver_thread_or_process():
+    """ledger/ (what an auditor reads) imports no database driver, no threads, no processes,
+    no pickle, and nothing of the rooms above it."""
+    import ast
+    from pathlib import Path
+
+    forbidden = {"multiprocessing", "threading", "concurrent", "subprocess", "sqlite3", "psycopg", "pickle",
+                 "signal", "asyncio"}
+    folder = Path(__file__).resolve().parent.parent / "ledger"
+    files = sorted(folder.glob("*.py"))
+    assert len(files) >= 10 and (folder / "rules.py") in files
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] if node.level == 0 else []
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in forbidden, f"{f.name} imports {name}"
+                assert not name.startswith("reledger.") or name.startswith("reledger.ledger"), f"{f.name} imports {name}"
