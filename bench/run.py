@@ -14,7 +14,7 @@ Figures (entries per second unless said otherwise), per backend (SQLite file, Po
   (batches of ``--batch``) of pre-signed envelopes (bytes, as clients send them): parse,
   verify every signature, check chain and key registry, extend the Merkle log, store;
 * **growth** - batched append with 10^5 entries already in the log against 10^3;
-* **verify** - ``reledger.ledger.verify.verify_database`` over the large log (10^5 + entries).
+* **verify** - ``reledger.storage.verify.verify_database`` over the large log (10^5 + entries).
 
 To keep ratios meaningful on a noisy shared machine, the measurements are interleaved in
 rounds (P, append, V, small log and large log alternate) and each rate is total entries over
@@ -58,7 +58,7 @@ from rich.table import Table
 
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 from reledger.storage.store import LedgerStore
 
 from . import workload as wl

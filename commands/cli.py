@@ -25,7 +25,6 @@ from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import CHAIN_RE
 from reledger.ledger.genesis import ChainSigner, genesis_entries
 from reledger.ledger.keys import KeyError_, SigningKey
-from reledger.ledger.verify import verify_database
 from reledger.storage.reader import DEFAULT_URL, DatabaseURL, DatabaseURLError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -451,6 +450,8 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from reledger.storage.verify import verify_database
+
     if args.party:
         return cmd_verify_party(args)
 
@@ -755,8 +756,12 @@ def cmd_prove(args: argparse.Namespace) -> int:
         chain, seq = parse_entry_ref(args.entry, "--entry")
         if not ledger.has_chain(chain):
             raise UsageError(f"--entry {args.entry}: no chain {chain} in the ledger{suggest(chain, ledger.parties())}")
+
+    from reledger.storage.verify import signed_checkpoints
+
     with open_store(args) as store:
-        latest = store.latest_checkpoint()
+        signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
+        latest = signed[-1] if signed else None
         size = args.size or (latest[0] if latest else store.size())
         note = latest[2].decode() if latest and latest[0] == size else None
         root = store.root(size)

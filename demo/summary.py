@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.table import Table
 
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 from reledger.projections import flowgraph, queries
 from reledger.replay.history import grouped
 from reledger.replay.report import write_report

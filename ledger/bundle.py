@@ -28,10 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from . import encoding, heads as chain_heads, merkle
-from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from . import encoding, heads as chain_heads, merkle, rules
+from .checkpoint import Checkpoint, NoteError
 from .encoding import EncodingError
 from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
 from .registry import REGISTRY_TYPES, Registry, RegistryError
@@ -158,11 +156,15 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
         parsed.append((idx, recorded_us, signed))
     rep.entries = len(parsed)
 
-    # 2. keys and signatures, in log order; the party's chain complete and linked
+    # 2. keys and signatures, in log order (the rules of ledger/rules.py, as whole-log verify
+    # applies them): record times, command ids, the party's chain complete and linked
     registry = Registry()
-    head_seq, head_hash = 0, ZERO_HASH
+    head: tuple[int, bytes] | None = None
+    previous_us: int | None = None
+    commands: set[tuple[str, str]] = set()
     for idx, recorded_us, signed in parsed:
         e = signed.entry
+        at = f"log index {idx} ({e.chain}:{e.seq})"
         if idx == 0:
             rep.genesis = signed.hash.hex()
         if e.type in REGISTRY_TYPES:
@@ -170,27 +172,37 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
         elif e.chain != rep.party:
             rep.problems.append(f"log index {idx}: {e.chain}:{e.seq} is neither the party's nor a registry entry")
         try:
+            rules.record_time(previous_us, recorded_us)
+        except rules.Invalid as err:
+            rep.problems.append(f"{at}: {err}")
+        previous_us = recorded_us if previous_us is None else max(previous_us, recorded_us)
+        try:
+            rules.command_new(commands, e.chain, e.command_id)
+        except rules.Invalid as err:
+            rep.problems.append(f"{at}: {err}")
+        commands.add((e.chain, e.command_id))
+        try:
             pub = registry.key_for(signed, idx, recorded_us)
-            if not signed.signature_valid(pub):
-                rep.problems.append(f"log index {idx} ({e.chain}:{e.seq}): the signature is not valid for key {e.key_id}")
-        except RegistryError as err:
-            rep.problems.append(f"log index {idx} ({e.chain}:{e.seq}): {err}")
+            rules.signature(pub, signed.content, signed.signature, e.key_id, e.chain)
+        except (RegistryError, rules.Invalid) as err:
+            rep.problems.append(f"{at}: {err}")
         try:
             registry.apply(signed, idx)
         except RegistryError as err:
-            rep.problems.append(f"log index {idx} ({e.chain}:{e.seq}): {err}")
+            rep.problems.append(f"{at}: {err}")
         if e.chain == rep.party:
-            if e.seq != head_seq + 1:
-                rep.problems.append(f"{e.chain}: seq {e.seq} follows seq {head_seq}: the chain is incomplete")
-            elif e.prev != head_hash:
-                rep.problems.append(f"{e.chain}:{e.seq}: prev does not match the hash of seq {head_seq}")
-            head_seq, head_hash = e.seq, signed.hash
+            try:
+                rules.chain_link(head, e.chain, e.seq, e.prev)
+            except rules.Invalid as err:
+                rep.problems.append(f"{e.chain}:{e.seq}: {err}: the chain is incomplete or altered")
+            head = (e.seq, signed.hash)
+    head_seq, head_hash = head if head is not None else (0, ZERO_HASH)
     rep.chain_length = head_seq
     if rep.genesis is None:
         rep.problems.append("the genesis entry (log index 0) is missing: no trust anchor")
     elif trusted_genesis and trusted_genesis != rep.genesis:
         rep.problems.append(f"the genesis entry hash {rep.genesis} is not the trusted {trusted_genesis}")
-    if head_seq == 0 and not any(s.entry.chain == rep.party for _, _, s in parsed):
+    if head is None:
         rep.problems.append(f"the bundle holds no entry of party {rep.party}")
 
     # 2b. the end of the chain: the checkpoint's chain heads name the bundle's last entry
@@ -214,16 +226,24 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
     elif "heads" in b:
         rep.problems.append("the bundle has a heads proof but its checkpoint commits to no chain heads")
 
-    # 3. the checkpoint signature
-    verifiers = [NoteVerifier.from_vkey(v) for v in trusted_checkpoint_keys] or [
-        NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key))
-        for k in registry.checkpoint_keys(cp.size) if k.name]
-    try:
-        open_note(note, verifiers)
-    except NoteError as e:
-        rep.problems.append(f"the checkpoint of size {cp.size} is not signed by a checkpoint key of this log: {e}")
+    # 3. the checkpoint: signed by a checkpoint key valid at its size, under the key's name as origin
+    def verifiers(size: int) -> list:
+        try:
+            return rules.checkpoint_verifiers(registry, size, trusted_checkpoint_keys)
+        except NoteError as e:
+            raise BundleError(f"a trusted checkpoint key is malformed: {e}") from None
 
-    # 4. consistency: the operator's earlier checkpoints, and any the caller kept
+    try:
+        rules.checkpoint(note, verifiers(cp.size))
+    except rules.Invalid as e:
+        rest = e.message.partition(": ")[2] or e.message
+        if rest.startswith(("note", "invalid signature", "no checkpoint key")):
+            rest = f"not signed by a checkpoint key of this log: {rest}"
+        rep.problems.append(f"the checkpoint of size {cp.size}: {rest}")
+        return rep  # nothing is consistent with a checkpoint that is not the log's
+
+    # 4. consistency: the operator's earlier checkpoints, each judged with the keys valid at its
+    # own size, and any the caller kept
     proofs = {}
     last_size = -1
     for i, c in enumerate(b["consistency"]):
@@ -235,7 +255,7 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
             if old.size >= cp.size:
                 raise ValueError(f"the checkpoint of size {old.size} is not earlier than this bundle's ({cp.size})")
             last_size = old.size
-            open_note(c["note"], verifiers)
+            rules.checkpoint(c["note"], verifiers(old.size))
             _consistent(old, cp, c["proof"])
             proofs[old.size] = c["proof"]
             rep.consistency_checked.append(old.size)
@@ -243,7 +263,7 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
             rep.problems.append(f"consistency[{i}]: {e}")
     for j, other in enumerate(older):
         try:
-            _check_older(other, cp, proofs, verifiers, rep)
+            _check_older(other, cp, proofs, verifiers, rep, trusted_checkpoint_keys, trusted_genesis)
         except (BundleError, NoteError, merkle.ProofError, ValueError) as e:
             rep.problems.append(f"earlier checkpoint #{j + 1}: {e}")
     return rep
@@ -259,6 +279,8 @@ def _consistent(old: Checkpoint, new: Checkpoint, proof: list) -> None:
             raise merkle.ProofError(f"two different roots for size {old.size}: the log was rewritten")
         return
     if old.size == 0:
+        if old.root != merkle.EMPTY_ROOT:
+            raise merkle.ProofError("a checkpoint of size 0 must sign the empty tree's root")
         if proof:
             raise merkle.ProofError("a consistency proof from size 0 must be empty")
         return
@@ -270,25 +292,34 @@ def _consistent(old: Checkpoint, new: Checkpoint, proof: list) -> None:
                                 f"or the proof is not the log's ({e})") from None
 
 
-def _check_older(other: bytes, cp: Checkpoint, proofs: dict, verifiers: list, rep: BundleReport) -> None:
-    """``other`` is a checkpoint note or a bundle; it must be consistent with ``cp``."""
+def _check_older(other: bytes, cp: Checkpoint, proofs: dict, verifiers, rep: BundleReport,
+                 trusted_checkpoint_keys: list[str], trusted_genesis: str | None) -> None:
+    """``other`` is a checkpoint note or a bundle; it must be consistent with ``cp``.
+    ``verifiers(size)`` gives the checkpoint keys valid at a size of this bundle's log."""
     if other[:1] in (b"\x85", b"\x86"):  # a map of five (or six, with heads): another bundle
         ob = decode_bundle(other)
         other_note = ob["checkpoint"]
         other_cp = checkpoint_of(other_note)
-        open_note(other_note, verifiers)
-        if other_cp.size > cp.size:  # the other bundle is the newer one: it must prove us
-            theirs = {checkpoint_of(c["note"]).size: c["proof"] for c in ob["consistency"]}
-            if cp.size not in theirs and cp.size != other_cp.size:
+        if other_cp.size > cp.size:  # the other bundle is the newer one: it vouches for its keys, and proves us
+            theirs = verify_bundle(other, trusted_checkpoint_keys=trusted_checkpoint_keys,
+                                   trusted_genesis=trusted_genesis)
+            if not theirs.ok:
+                raise ValueError(f"the newer bundle (size {other_cp.size}) does not verify: {theirs.problems[0]}")
+            proofs_theirs = {checkpoint_of(c["note"]).size: c["proof"] for c in ob["consistency"]}
+            if cp.size not in proofs_theirs:
                 raise ValueError(f"the newer bundle (size {other_cp.size}) has no consistency proof from size "
                                  f"{cp.size}")
-            _consistent(cp, other_cp, theirs.get(cp.size, []))
+            _consistent(cp, other_cp, proofs_theirs[cp.size])
             rep.consistency_checked.append(other_cp.size)
             return
-        old = other_cp
+        old_note = other_note
     else:
-        old = checkpoint_of(other)
-        open_note(other, verifiers)
+        old_note = other
+    old = checkpoint_of(old_note)
+    if old.size > cp.size:
+        raise ValueError(f"the checkpoint of size {old.size} is newer than this bundle's ({cp.size}): give this "
+                         "bundle to a check of the newer one's bundle instead")
+    rules.checkpoint(old_note, verifiers(old.size))
     if old.size not in proofs and old.size not in (cp.size, 0):
         raise ValueError(f"no consistency proof from size {old.size} in this bundle (export it again from a ledger "
                          "that stored that checkpoint)")

@@ -232,12 +232,25 @@ def sign_note(text: bytes, signers: Iterable[NoteSigner]) -> bytes:
     return text + b"\n" + "".join(lines).encode("utf-8")
 
 
+def signature_keys(note: bytes) -> list[tuple[str, bytes]]:
+    """(key name, key ID) of each signature line of a note that :func:`open_note` accepted,
+    in order."""
+    block = note[note.rfind(b"\n\n") + 2:].decode("utf-8")
+    out = []
+    for line in block[:-1].split("\n"):
+        name, _, b64 = line[len(SIG_PREFIX):].partition(" ")
+        out.append((name, _b64decode(b64, f"signature of {name}")[:4]))
+    return out
+
+
 def open_note(note: bytes, verifiers: Iterable[NoteVerifier]) -> tuple[bytes, list[NoteVerifier]]:
     """Verify a signed note; return (text, the known verifiers whose signature verified).
 
     Signatures whose (name, key ID) match no given verifier are ignored, as the spec
-    requires. A known key whose signature fails rejects the whole note, and so does a
-    note without any verified signature.
+    requires (each must still be a well-formed line). A known key whose signature fails
+    rejects the whole note, and so does a note without any verified signature. A repeated
+    line is accepted here, as golang.org/x/mod/sumdb/note does (reledger's checkpoints refuse
+    it: ledger/rules.py ``checkpoint``).
     """
     known: dict[tuple[str, bytes], NoteVerifier] = {}
     for v in verifiers:
@@ -268,7 +281,7 @@ def open_note(note: bytes, verifiers: Iterable[NoteVerifier]) -> tuple[bytes, li
             raise NoteError(f"signature of {name} is too short")
         verifier = known.get((name, raw[:4]))
         if verifier is None:
-            continue  # an unknown key: ignore
+            continue  # an unknown key: ignore (c2sp.org/signed-note), its line well formed
         if not verifier.verify(text, raw[4:]):
             raise NoteError(f"invalid signature for key {name}+{raw[:4].hex()}")
         if verifier not in verified:

@@ -52,6 +52,12 @@ def _fold(hashes: Sequence[bytes]) -> bytes:
     return result
 
 
+def fold(hashes: Sequence[bytes]) -> bytes:
+    """The root of a tree given as the roots of its perfect subtrees, largest (leftmost) first
+    (EMPTY_ROOT for none)."""
+    return _fold(hashes) if hashes else EMPTY_ROOT
+
+
 def _nodes(begin: int, end: int) -> list[NodeId]:
     """Perfect nodes covering the subtree [begin, end), largest (leftmost) first."""
     nodes = []

@@ -21,24 +21,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import encoding
+from . import encoding, rules
 from .encoding import EncodingError
 from .entry import SignedEntry
 from .checkpoint import valid_key_name
 from .keys import PURPOSES, key_id as compute_key_id, usable_public_key
+from .rules import REGISTRY_TYPES, REGULATOR, RegistryError
+
+__all__ = ["REGISTRY_TYPES", "REGULATOR", "KeyRecord", "Registry", "RegistryError"]
 
 _MISSING = object()
-REGISTRY_TYPES = frozenset({"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"})
-REGULATOR = "REGULATOR"
-
-
-class RegistryError(ValueError):
-    """An entry the key registry refuses (unknown, revoked, expired or foreign key...)."""
-
-    def __init__(self, message: str, field: str | None = None, code: str = "key"):
-        super().__init__(message)
-        self.field = field
-        self.code = code
 
 
 @dataclass
@@ -58,6 +50,7 @@ class KeyRecord:
 class Registry:
     keys: dict[str, KeyRecord] = field(default_factory=dict)
     roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    registered: dict[str, int] = field(default_factory=dict)  # party -> log index of its registration
     size: int = 0  # how many log entries have been applied
     root: str | None = None  # the genesis regulator
 
@@ -98,47 +91,24 @@ class Registry:
     def copy(self) -> "Registry":
         """A copy that shares the (never mutated) key records: O(keys) dictionary copies, no
         deep copy (a revocation replaces its record)."""
-        return Registry(dict(self.keys), dict(self.roles), self.size, self.root)
+        return Registry(dict(self.keys), dict(self.roles), dict(self.registered), self.size, self.root)
 
     # --- checking ----------------------------------------------------------------------
     def key_for(self, signed: SignedEntry, index: int, recorded_us: int) -> bytes:
-        """The public key that must have signed ``signed`` recorded at ``index``; raises
-        RegistryError when no valid key exists. Does not check the signature itself."""
-        e = signed.entry
-        if index == 0:
-            return self._genesis_key(signed)
-        if e.chain not in self.roles:
-            raise RegistryError(f"chain: party {e.chain} is not registered", "chain", "unregistered")
-        rec = self.keys.get(e.key_id)
-        if rec is None or rec.purpose != "entries":
-            raise RegistryError(f"key_id: key {e.key_id} is not authorized for any party", "key_id", "unknown_key")
-        if rec.party != e.chain:
-            raise RegistryError(
-                f"key_id: key {e.key_id} belongs to party {rec.party}, not to {e.chain}", "key_id", "foreign_key")
-        if rec.authorized_at >= index:
-            raise RegistryError(f"key_id: key {e.key_id} was not yet authorized", "key_id", "unknown_key")
-        if rec.revoked_at is not None and rec.revoked_at < index:
-            raise RegistryError(
-                f"key_id: key {e.key_id} was revoked (log index {rec.revoked_at})", "key_id", "revoked_key")
-        if recorded_us < rec.valid_from_us:
-            raise RegistryError(f"key_id: key {e.key_id} is not valid yet", "key_id", "expired_key")
-        if rec.valid_until_us is not None and recorded_us >= rec.valid_until_us:
-            raise RegistryError(f"key_id: key {e.key_id} has expired", "key_id", "expired_key")
-        if e.type in REGISTRY_TYPES and REGULATOR not in self.roles.get(e.chain, ()):
-            raise RegistryError(
-                f"type: only a regulator may record {e.type}; {e.chain} is not one", "type", "forbidden")
-        return rec.public_key
+        """The public key that must have signed ``signed`` recorded at ``index`` (the rules of
+        FORMAT.md 4.2 and 4.3, ledger/rules.py); raises RegistryError when no valid key exists.
+        Does not check the signature itself."""
+        return self.key_at(signed.entry, index, recorded_us)
 
-    def _genesis_key(self, signed: SignedEntry) -> bytes:
-        e = signed.entry
-        if e.type != "KeyAuthorized" or e.seq != 1:
-            raise RegistryError("genesis: log index 0 must be KeyAuthorized, seq 1 of the regulator's chain",
-                                "type", "genesis")
-        body = _key_authorized_body(e.body)
-        if body["party"] != e.chain or body["key_id"] != e.key_id or body["purpose"] != "entries":
-            raise RegistryError("genesis: the first entry must authorize, for its own chain, the key that signs it",
-                                "body", "genesis")
-        return body["public_key"]
+    def key_at(self, e: Any, index: int, recorded_us: int) -> bytes:
+        """:meth:`key_for` of an entry's content (anything with chain, seq, type, key_id, and
+        body for a KeyAuthorized entry)."""
+        if index == 0:
+            return rules.genesis_key(e, _key_authorized_body(e.body) if e.type == "KeyAuthorized" else {})
+        rules.party_registered(self.registered.get(e.chain), e.chain, index)
+        pub = rules.key_valid(self.keys.get(e.key_id), e.chain, e.key_id, index, recorded_us)
+        rules.may_record(e.type, e.chain, self.roles.get(e.chain, ()))
+        return pub
 
     # --- applying ----------------------------------------------------------------------
     def apply(self, signed: SignedEntry, index: int) -> None:
@@ -157,6 +127,7 @@ class Registry:
             if index == 0:
                 self._set_root(e.chain)
                 self._set(self.roles, e.chain, frozenset({REGULATOR}))
+                self._set(self.registered, e.chain, 0)
         elif e.type == "KeyRevoked":
             party, kid = _text(e.body, "party"), _text(e.body, "key_id")
             rec = self.keys.get(kid)
@@ -180,6 +151,8 @@ class Registry:
                 self._set(self.roles, party, frozenset(roles))
             elif e.type == "PartyRegistered":
                 raise RegistryError("body.roles: missing", "body.roles", "body")
+            if party not in self.registered:
+                self._set(self.registered, party, index)
         self.size = index + 1
 
     def checkpoint_keys(self, before_index: int) -> list[KeyRecord]:

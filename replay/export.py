@@ -10,6 +10,7 @@ from reledger.ledger.bundle import checkpoint_of, encode_bundle
 from reledger.ledger.registry import REGISTRY_TYPES
 from reledger.storage.reader import LogReader
 from reledger.storage.store import LedgerStore
+from reledger.storage.verify import signed_checkpoints
 
 
 class ExportError(ValueError):
@@ -28,10 +29,10 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
     # the proofs from the store; the registry and the chain heads below the checkpoint (which
     # never change) from a reader of the same log
     with LedgerStore(url, create=False) as store, LogReader(url) as reader:
-        latest = store.latest_checkpoint()
-        if latest is None or latest[0] == 0:
+        signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
+        if not signed or signed[-1][0] == 0:
             raise ExportError("no checkpoint yet: run `reledger checkpoint` first")
-        size, _root, note = latest
+        size, _root, note = signed[-1]
         chain = [r for r in store.chain_records(party) if r.index < size]
         if not chain:
             raise ExportError(f"party {party} has no entry in the checkpointed log (size {size})")
@@ -40,7 +41,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         entries = [{"index": r.index, "recorded_at": r.recorded_at, "envelope": r.envelope,
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
         consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
-                       for s, _, n in store.checkpoints() if s < size]
+                       for s, _, n in signed if s < size]
         after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
         heads = None
         if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:

@@ -33,7 +33,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from reledger.ledger import encoding, merkle
-from reledger.ledger.checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
+from reledger.ledger import rules
+from reledger.ledger.checkpoint import Checkpoint
 from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.registry import RegistryError
 from reledger.projections import flowgraph
@@ -308,17 +309,12 @@ def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
     if not cps:
         return None
     size, root, note = max(cps, key=lambda c: c[0])
-    reg = store.registry(size)
-    verifiers = []
-    for k in reg.checkpoint_keys(size):
-        if k.name:
-            verifiers.append(NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key)))
+    verifiers = rules.checkpoint_verifiers(store.registry(size), size)
     try:
-        text, by = open_note(note, verifiers)
-        cp = Checkpoint.parse(text)
-        sig = "signature valid (" + ", ".join(v.name for v in by) + ")"
+        cp = rules.checkpoint(note, verifiers, size=size)
+        sig = "signature valid (" + cp.origin + ")"
         sig_ok = True
-    except (NoteError, ValueError) as e:
+    except rules.Invalid as e:
         cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
         sig, sig_ok = f"signature NOT verified: {e}", False
     computed = store.root(size)

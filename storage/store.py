@@ -38,6 +38,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 
 from reledger.ledger import heads as chain_heads, merkle
+from reledger.ledger import rules
 from reledger.ledger.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from reledger.ledger.encoding import micros_to_time_text
 from reledger.ledger.entry import EntryError, LeafHasher, SignedEntry, ZERO_HASH, check_envelopes
@@ -920,9 +921,7 @@ class LedgerStore:
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
             return latest[2]
-        registered = [k for k in self.registry(size).checkpoint_keys(size)
-                      if k.public_key == signer.public_key_bytes and k.name == signer.name]
-        if not registered:
+        if signer.verifier() not in rules.checkpoint_verifiers(self.registry(size), size):
             raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
                              "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
         root = self.root(size)

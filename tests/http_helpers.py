@@ -31,7 +31,7 @@ from reledger.ledger.entry import SignedEntry
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
 from reledger.storage.store import LedgerStore
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 T0 = "2024-01-01T00:00:00Z"
 ORIGIN = "reledger.test/http"

@@ -254,7 +254,7 @@ def test_every_entry_type_accepted(world):
     size = world.store.size()
     assert all(0 < r.index < size and not r.duplicate and r.findings == () for r in got.values())
     # the log verifies, and a fresh API over the same store rebuilds the same write state
-    from reledger.ledger.verify import verify_database
+    from reledger.storage.verify import verify_database
 
     assert verify_database(world.store.url, workers=1).ok
     fresh = CommandAPI(world.store)

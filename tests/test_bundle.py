@@ -486,3 +486,92 @@ def test_cli_exit_codes(tmp_path, tiny_bundle):
     proc = cli("verify-bundle", str(tmp_path / "missing.bundle"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert not nowhere.exists()
+
+
+# --- FORMAT.md 4.4, 5, 7b: the departures an independent verifier found (issue 17) --------------
+
+def test_bundles_exported_after_a_checkpoint_key_rotation_verify(db_url, tmp_path):
+    """KeyAuthorized a new checkpoint key, KeyRevoked the old one, checkpoint with the new: the
+    earlier notes (signed by the old key) are judged with the keys valid at their own sizes."""
+    from helpers import seeded_key
+    from reledger.ledger.checkpoint import NoteSigner
+    from reledger.ledger.genesis import key_authorized_body
+    from reledger.storage.verify import verify_database
+
+    led = small_ledger(db_url)
+    new = seeded_key("MIIT", SEED + 7, "checkpoint")
+    led.store.append([led.regulator.sign("KeyAuthorized", key_authorized_body(new, T0, name=ORIGIN), T0)])
+    led.store.append([led.regulator.sign("KeyRevoked", {"party": "MIIT", "key_id": led.checkpoint_key.key_id,
+                                                        "reason": "rotation"}, T0)])
+    with pytest.raises(ValueError):
+        led.checkpoint()  # the old key is revoked now
+    led.note_signer = NoteSigner(ORIGIN, new.private_key)
+    led.add(M0)
+    led.checkpoint()
+    out = tmp_path / "m0.bundle"
+    export_bundle(db_url, M0, out)
+    led.close()
+    rep = verify_bundle(out.read_bytes())
+    assert rep.ok and rep.complete, rep.problems
+    assert len(rep.consistency_checked) == 2  # both notes of the old key
+    assert verify_database(db_url, workers=1).ok
+
+
+def _note(led, size: int, signer=None) -> bytes:
+    from reledger.ledger import heads as chain_heads
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
+
+    line = chain_heads.line(led.store.queries.chain_heads(led.store._cur(), size))
+    return sign_checkpoint(Checkpoint(ORIGIN, size, led.store.root(size), (line,)), signer or led.note_signer)
+
+
+def test_an_earlier_note_signed_before_its_key_was_authorized_is_refused(db_url, tmp_path):
+    """The checkpoint key is authorized at log index 2: a note of size 2 cannot be its."""
+    led = small_ledger(db_url)
+    out = tmp_path / "m0.bundle"
+    export_bundle(db_url, M0, out)
+    data = out.read_bytes()
+    early = _note(led, 2)
+    proof = led.store.consistency_proof(2, led.store.size())
+    led.close()
+    b = decode_bundle(data)
+    bad = rebuild(data, consistency=[{"note": early, "proof": proof}] + b["consistency"])
+    assert "consistency[0]" in failure(bad) and "no checkpoint key" in failure(bad)
+
+
+def test_recorded_at_backwards_and_a_repeated_command_id_are_refused():
+    """As whole-log verify refuses them (the tamper corpus builds the logs)."""
+    from tamper_corpus import MINE, p_duplicate_command_id, p_recorded_at_backwards
+
+    assert "record times go backwards" in failure(p_recorded_at_backwards().bundle(MINE))
+    assert "already used on chain" in failure(p_duplicate_command_id().bundle(MINE))
+
+
+def test_a_size_0_note_must_sign_the_empty_root():
+    from tamper_corpus import MINE, p_checkpoint_size0_nonempty_root, p_clean, vkey
+    from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
+    from reledger.ledger import merkle
+    from tamper_corpus import ORIGIN as CORPUS_ORIGIN, note_signer
+
+    msg = failure(p_checkpoint_size0_nonempty_root().bundle(MINE), trusted_checkpoint_keys=[vkey()])
+    assert "consistency[0]" in msg and "empty tree's root" in msg
+    # and an empty one with the empty root is a fine (if useless) earlier checkpoint
+    data = p_clean().bundle(MINE)
+    empty = sign_checkpoint(Checkpoint(CORPUS_ORIGIN, 0, merkle.EMPTY_ROOT), note_signer())
+    good = rebuild(data, consistency=[{"note": empty, "proof": []}] + decode_bundle(data)["consistency"])
+    assert verify_bundle(good, trusted_checkpoint_keys=[vkey()]).ok
+
+
+def test_the_checkpoint_origin_must_be_its_key_name():
+    from tamper_corpus import MINE, p_checkpoint_origin_mismatch
+
+    assert "is not the name of the key that signed it" in failure(p_checkpoint_origin_mismatch().bundle(MINE))
+
+
+def test_signature_lines_unknown_are_ignored_repeated_are_refused():
+    """c2sp.org/signed-note: a line of a key the verifier does not know is ignored (a witness's
+    cosignature, a post-quantum signature); two lines of one key refuse the note (FORMAT.md 5.2)."""
+    from tamper_corpus import MINE, p_note_repeated_signature_line, p_note_unknown_signature_line
+
+    assert verify_bundle(p_note_unknown_signature_line().bundle(MINE)).ok
+    assert "two signature lines of key" in failure(p_note_repeated_signature_line().bundle(MINE))

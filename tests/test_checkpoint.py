@@ -272,6 +272,25 @@ def test_open_note_refusals():
             open_note(note, [v])
 
 
+def test_a_reledger_checkpoint_has_one_signature_line_per_key():
+    """open_note accepts a repeated line as Go's note.Open does (test_go_vector_open); the
+    checkpoint rule of ledger/rules.py refuses it (FORMAT.md 5.2), and ignores a single line
+    of an unknown key (a witness's cosignature)."""
+    from reledger.ledger import rules
+
+    cp = Checkpoint(ORIGIN, 3, ROOT)
+    other = _signer("witness.example/w", 9)
+    good = sign_checkpoint(cp, LOG)
+    line = good.split(b"\n\n")[1]
+    assert rules.checkpoint(good, [LOG.verifier()]) == cp
+    with pytest.raises(rules.Invalid, match="two signature lines of key"):
+        rules.checkpoint(good + line, [LOG.verifier()])
+    cosigned = sign_note(cp.body(), [LOG, other])
+    assert rules.checkpoint(cosigned, [LOG.verifier()]) == cp
+    with pytest.raises(rules.Invalid, match="two signature lines of key witness.example/w"):
+        rules.checkpoint(cosigned + cosigned.split(b"\n\n")[1].split(b"\n")[1] + b"\n", [LOG.verifier()])
+
+
 def _respell(b64: str) -> str:
     """The same bytes in non-canonical base64: set an unused low bit of the last character."""
     data = b64.rstrip("=")

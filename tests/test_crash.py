@@ -17,7 +17,7 @@ from reledger.ledger.encoding import canonical
 from reledger.ledger.genesis import ChainSigner
 from reledger.storage.reader import DatabaseURL
 from reledger.storage.store import LedgerStore
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from helpers import T0, new_ledger, seeded_key, sql

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from reledger.demo.run import SEEDED, Demo
 from reledger.demo.summary import summarize
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import fact, new_ledger
 from reledger.storage.store import LedgerStore, LogMoved
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 MINE = "91110000MINE0001"
 

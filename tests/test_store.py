@@ -16,7 +16,7 @@ from reledger.ledger.genesis import ChainSigner, key_authorized_body
 from reledger.ledger.keys import SigningKey
 from reledger.ledger.registry import REGULATOR
 from reledger.storage.store import AppendError, LedgerStore, Receipt
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 from helpers import (ORIGIN, REGULATOR_ID, T0, count, entry_with, fact, future_time, is_pg, new_ledger,
                      past_time, raw_connection, tables)
@@ -332,7 +332,7 @@ def test_checkpoint_commits_to_every_chain_head(led, mine, monkeypatch):
     rebuilds them from the log, on the fast path and the detailed one. A checkpoint signed by
     the log's own key whose heads hide the end of a chain is a problem; a checkpoint without
     heads (written before they existed) still verifies."""
-    import reledger.ledger.verify as verify_module
+    import reledger.storage.verify as verify_module
     from reledger.ledger import heads
     from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 

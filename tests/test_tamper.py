@@ -1,6 +1,6 @@
 """Tampering with the database as an attacker (or the operator) with raw SQL access would:
 drop the append-only triggers, then change, delete, swap, truncate or replace rows.
-``reledger.ledger.verify.verify_database`` must notice, and its first problem must name the entry."""
+``reledger.storage.verify.verify_database`` must notice, and its first problem must name the entry."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from reledger.ledger.entry import ENTRY_TAG, SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
 from reledger.storage.store import AppendError, LedgerStore
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 from helpers import ORIGIN, REGULATOR_ID, T0, count, drop_triggers, new_ledger, populated_ledger, sql
 
@@ -370,6 +370,50 @@ def test_forged_checkpoint_note(ledger):
     assert not rep.ok and rep.first.code == "checkpoint"
 
 
+@pytest.mark.parametrize("column,value", [("chain", "'9111000000MINE0009'"), ("seq", "seq + 10")])
+def test_altered_chain_or_seq_of_a_log_row_is_a_mismatch_not_a_loss(ledger, column, value):
+    """The row no longer names its event, but the event is still there (found by its hash):
+    the verdict names the altered row, not an entry gone from the events table."""
+    url = ledger.url
+    sql(url, f"UPDATE {{log}} SET {column} = {value} WHERE idx = 12")
+    rep = assert_caught(url, 12, *where(12), codes=("mismatch",))
+    assert "the log row says" in rep.first.message
+    assert not [p for p in rep.problems if p.code in ("missing", "unlogged")], rep.problems
+
+
+def test_altered_checkpoint_size_column_is_not_a_truncation(ledger):
+    """Checkpoints are judged by their signed notes: a row whose size column was changed is an
+    altered row (its note still verifies at its own size), not a log shorter than signed."""
+    url = ledger.url
+    sql(url, "UPDATE {checkpoints} SET size = size + 5")
+    rep = verify_database(url, workers=1)
+    assert [(p.code, p.index) for p in rep.problems] == [("checkpoint", SIZE - 1)], rep.problems
+    assert "the stored row says size 22" in rep.first.message
+
+
+@pytest.mark.parametrize("size,note", [(3, b"junk"), (99, b"\xff\xfenot even text"), (SIZE, b"")])
+def test_junk_checkpoint_row_is_named_and_prove_and_export_go_on(ledger, size, note, tmp_path):
+    url = ledger.url
+    if size == SIZE:  # a row of the size of the real checkpoint cannot be added: replace the real one's note
+        sql(url, "UPDATE {checkpoints} SET note = ?", (note,))
+    else:
+        sql(url, "INSERT INTO {checkpoints} (size, root, note, created_us) VALUES (?, ?, ?, 0)", (size, bytes(32), note))
+    rep = verify_database(url, workers=1)
+    assert [(p.code, p.index) for p in rep.problems] == [("checkpoint", None)], rep.problems
+    assert "holds no checkpoint note" in rep.problems[0].message
+    from reledger.commands.cli import main
+
+    out = tmp_path / "m0.bundle"
+    assert main(["prove", "--entry", f"{M0}:1", "--db", url, "--json"]) == 0
+    if size == SIZE:  # no valid checkpoint is left: export says so (a usage error), no traceback
+        assert main(["export", "--party", M0, "--out", str(out), "--db", url]) == 2
+    else:
+        assert main(["export", "--party", M0, "--out", str(out), "--db", url]) == 0
+        from reledger.ledger.bundle import verify_bundle
+
+        assert verify_bundle(out.read_bytes()).ok
+
+
 # --- the operator rewrites history ------------------------------------------------------
 
 def test_operator_rewrite_caught_by_earlier_note(ledger):
@@ -700,7 +744,7 @@ def test_chain_break_at_a_fast_verification_range_boundary(db_url):
     """A colluding party and DB access re-sign the entry that opens the second range of the
     fast verification path with a wrong prev, then re-sign every later entry and rebuild all
     hashes and Merkle nodes (no checkpoint covers it): only the join of the ranges can see it."""
-    import reledger.ledger.verify as verify_module
+    import reledger.storage.verify as verify_module
     from helpers import raw_connection, tables
 
     unit = 1 << verify_module.FAST_BITS

@@ -1,4 +1,5 @@
-"""verify_database's fast path (ranges checked on every core, joined by the parent) gives the
+"""verify_database's fast path (storage/verify.py: ranges checked on every core by the rules of
+ledger/rules.py, in spawned worker processes, joined by the parent) gives the
 same answer as the detailed path on a clean log, and hands any doubt to the detailed path,
 which names the problem. The log spans several ranges: full ones, a partial last one, a key
 rotation and checkpoints inside a range and on a range boundary."""
@@ -7,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-import reledger.ledger.verify as verify_module
+import reledger.storage.verify as verify_module
 from helpers import drop_triggers, new_ledger, sql
 from reledger.ledger.keys import SigningKey
-from reledger.ledger.verify import verify_database
+from reledger.storage.verify import verify_database
 
 
 @pytest.fixture
@@ -47,12 +48,15 @@ def _detailed(monkeypatch, url, **kw):
 
 
 def test_fast_path_equals_the_detailed_path_on_a_clean_log(big, monkeypatch):
-    used = []
+    used, started = [], []
     real = verify_module._fast_verify
     monkeypatch.setattr(verify_module, "_fast_verify", lambda *a, **k: used.append(1) or real(*a, **k))
+    real_context = verify_module.context  # the workers start as every reledger child does (spawn)
+    monkeypatch.setattr(verify_module, "context", lambda: started.append(real_context()) or started[-1])
     fast = verify_database(big.url, workers=2)
     monkeypatch.undo()
     assert used and fast.ok, fast.problems
+    assert [c.get_start_method() for c in started] == ["spawn"]
     slow = _detailed(monkeypatch, big.url, workers=1)
     assert slow.ok
     for attr in ("entries", "chains", "keys", "checkpoints", "size", "root", "genesis"):

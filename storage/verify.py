@@ -1,0 +1,480 @@
+"""``reledger verify`` over a database: the readable verifier of ``ledger/verify.py`` fed from
+the log's tables, and a fast path that checks a clean log range by range on every core.
+
+What is valid is decided by ``reledger.ledger.rules`` alone: the detailed path feeds every row
+to :class:`~reledger.ledger.verify.LogVerifier`; the fast path calls the same rule functions on
+whole aligned ranges in worker processes (started as every reledger child process is, from
+``reledger.processes.start.context()``) and joins them. The fast path only ever says "all
+good": on any doubt it returns None and the detailed path runs and names every problem.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from reledger.ledger import heads as chain_heads, merkle, rules
+from reledger.ledger.checkpoint import Checkpoint
+from reledger.ledger.encoding import micros_to_time_text
+from reledger.ledger.entry import EntryError, SignedEntry
+from reledger.ledger.registry import REGISTRY_TYPES, Registry, RegistryError
+from reledger.ledger.verify import Checked, LogVerifier, Problem, Report, check_entries, key_table, note_size
+from reledger.processes.start import context
+from reledger.storage.reader import LogReader
+
+__all__ = ["verify_database", "FAST_BITS", "Problem", "Report"]
+
+
+def _plain(row: Any) -> tuple:
+    return tuple(row.values()) if isinstance(row, dict) else tuple(row)
+
+
+def _check_range(url: str, start: int, stop: int, keys: dict[str, bytes]) -> list[Checked]:
+    with LogReader(url) as r:
+        return check_entries(r.iter_records(start, stop), keys)
+
+
+def _max_index(r: LogReader) -> int:
+    cur = r.cursor()
+    cur.execute(r.tables.q("SELECT MAX(idx) FROM {log} WHERE {int_idx}"))
+    row = cur.fetchone()
+    return -1 if row is None or row[0] is None else int(row[0])
+
+
+def _integrity(url: str, with_registry: bool = False, unlogged: bool = True) -> dict[str, Any]:
+    """The whole-table scans (one snapshot): row counts, events without a log row, duplicate
+    command ids, values of the wrong type. A clean ledger has none of these problems. With
+    ``with_registry``, the registry entries and stored checkpoints of the same snapshot too.
+
+    ``unlogged=False`` skips the anti-join for events without a log row. The fast path may:
+    it finds the event of every log row, and checks each chain's seqs to be consecutive along
+    the log (so those events are distinct), so when the events table holds exactly as many
+    rows as the log, no event is left without a log row.
+
+    Duplicate command ids (FORMAT.md 2.6, ``rules.command_new``) are found here for the fast
+    path, as one query over the log rows (whose command ids the ranges check to be the
+    entries'), instead of one set of every command id of the log."""
+    with LogReader(url) as r:
+        r.begin_snapshot()
+        cur = r.cursor()
+        out: dict[str, Any] = {"size": r.queries.size(cur)[0], "max_index": _max_index(r)}
+        if with_registry:
+            span = max(out["size"], out["max_index"] + 1)
+            out["registry_records"] = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
+            out["checkpoints"] = r.queries.checkpoints(cur)
+        cur.execute(r.tables.q("SELECT COUNT(*), MIN(idx) FROM {log}"))
+        log_count, out["log_min"] = cur.fetchone()
+        out["log_count"] = int(log_count)
+        out["events"] = r.queries.events_count(cur)
+        out["unlogged"] = r.queries.unlogged_events(cur) if unlogged else []
+        cur.execute(r.tables.q("SELECT chain, command_id FROM {log} GROUP BY chain, command_id "
+                               "HAVING COUNT(*) > 1 LIMIT 1"))
+        out["duplicate_commands"] = cur.fetchall()
+        damaged = []
+        for _what, sql in r.tables.damaged_rows():
+            cur.execute(r.tables.q(sql))
+            damaged += [(row[0], row[1]) for row in cur.fetchall()]
+        out["damaged"] = damaged
+        r.end_snapshot()
+    span = max(out["size"], out["max_index"] + 1)
+    out["span"] = span
+    out["clean"] = (not damaged and not out["unlogged"] and not out["duplicate_commands"]
+                    and out["log_min"] in (None, 0) and out["log_count"] == span == out["size"]
+                    and out["events"] == out["size"])
+    return out
+
+
+def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
+                    trusted_genesis: str | None = None, trusted_checkpoint_keys: list[str] = (),
+                    checkpoint_notes: list[bytes] = (), progress: Callable[[int, int], None] | None = None,
+                    ) -> Report:
+    """Verify the ledger at ``url`` using ``workers`` processes.
+
+    ``checkpoint_notes`` are extra signed checkpoints kept outside the database (by a witness
+    or an earlier audit): they must be consistent with the log too.
+
+    A clean ledger takes the fast path (every check, range by range on every core), while the
+    whole-table integrity scans run beside it in the same process pool; anything unclean, or
+    any doubt of the fast path, runs the detailed path, which names every problem."""
+    workers = workers or os.cpu_count() or 1
+    rules.checkpoint_verifiers(Registry(), 0, trusted_checkpoint_keys)  # a malformed trusted key: NoteError
+    external = _external_checkpoints(checkpoint_notes)
+    with LogReader(url) as r:
+        r.begin_snapshot()  # size, registry and checkpoints from one consistent view
+        cur = r.cursor()
+        size = r.queries.size(cur)[0]
+        max_index = _max_index(r)
+        span = max(size, max_index + 1)
+        registry_records = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
+        stored_cps = r.queries.checkpoints(cur)
+        r.end_snapshot()
+    if size == span:
+        side_result: list = []  # the scans, run in the fast path's process pool beside the ranges
+        fast = _fast_verify(url, span, registry_records, list(stored_cps) + external, workers,
+                            trusted_genesis, list(trusted_checkpoint_keys), progress,
+                            side=(_integrity, (url, False, False)), side_result=side_result)
+        if fast is not None:
+            scans = side_result[0] if side_result else _integrity(url)
+            # the scans saw a snapshot at least as recent: a clean one covers every entry verified
+            if scans["clean"] and scans["size"] >= span:
+                return fast
+    return _verify_detailed(url, workers, chunk, trusted_genesis, trusted_checkpoint_keys, external, progress)
+
+
+def _external_checkpoints(checkpoint_notes: list[bytes]) -> list[tuple[int, bytes, bytes]]:
+    """Notes kept outside the database, as checkpoint rows (size, root, note) of their own."""
+    out = []
+    for note in checkpoint_notes:
+        size = note_size(note)
+        if size is None:
+            raise ValueError("an external checkpoint is malformed: not a checkpoint note")
+        out.append((size, Checkpoint.parse(note[:note.rfind(b"\n\n") + 1]).root, note))
+    return out
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A log row with the envelope found for it elsewhere than under its own (chain, seq)."""
+
+    index: int
+    recorded_us: int
+    chain: Any
+    seq: Any
+    type: Any
+    entry_hash: Any
+    nodes: Any
+    envelope: bytes
+    command_id: Any
+
+
+def _unlogged_envelopes(url: str, limit: int = 10_000) -> dict[bytes, tuple[str, int, bytes]]:
+    """entry hash -> (chain, seq, envelope) of events that no log row names (at most ``limit``):
+    where the entry of a log row whose chain or seq was altered is."""
+    import hashlib
+
+    with LogReader(url) as r:
+        cur = r.cursor()
+        cur.execute(r.tables.q("SELECT e.originator_id, e.originator_version, e.state FROM {events} e LEFT JOIN {log} l "
+                               "ON e.originator_id = l.chain AND e.originator_version = l.seq "
+                               "WHERE l.idx IS NULL LIMIT ?"), (limit,))
+        out = {}
+        for chain, seq, state in map(_plain, cur.fetchall()):
+            if isinstance(state, (bytes, memoryview)):
+                state = bytes(state)
+                out[hashlib.sha256(state).digest()] = (chain, int(seq), state)
+        return out
+
+
+def _verify_detailed(url: str, workers: int, chunk: int, trusted_genesis: str | None,
+                     trusted_checkpoint_keys: list[str], external_cps: list, progress) -> Report:
+    """Every check, entry by entry, naming every problem (one snapshot for the whole-table
+    scans, the registry and the checkpoints)."""
+    scans = _integrity(url, with_registry=True)
+    span, damaged, unlogged = scans["span"], scans["damaged"], scans["unlogged"]
+    log_min, log_count, events, max_index = scans["log_min"], scans["log_count"], scans["events"], scans["max_index"]
+    keys = key_table(rec.envelope for rec in scans["registry_records"] if rec.envelope is not None)
+    cps = list(scans["checkpoints"]) + external_cps
+    v = LogVerifier(cps, expected_size=span, trusted_genesis=trusted_genesis,
+                    trusted_checkpoint_keys=trusted_checkpoint_keys)
+    # a log row whose chain or seq was altered names no event, and its event names no log row:
+    # found by its entry hash, the row is judged against its entry (a mismatch, not a loss)
+    elsewhere = _unlogged_envelopes(url) if unlogged else {}
+    found: set[tuple[str, int]] = set()
+    ranges = [(s, min(span, s + chunk)) for s in range(0, span, chunk)]
+    done = 0
+    for batch in _map_ranges(url, ranges, keys, workers):
+        for c in batch:
+            if c.error and c.error.startswith("missing") and c.stored[3] in elsewhere:
+                chain, seq, env = elsewhere[c.stored[3]]
+                s_chain, s_seq, s_type, s_hash, s_nodes, s_command = c.stored
+                c = check_entries([_Row(c.index, c.recorded_us, s_chain, s_seq, s_type, s_hash, s_nodes, env,
+                                        s_command)], keys)[0]
+                found.add((chain, seq))
+            v.feed(c)
+        done += len(batch)
+        if progress:
+            progress(done, span)
+    rep = v.finish()
+    for where, what in damaged:
+        rep.problems.append(Problem("damaged", what, where if type(where) is int else None))
+    if log_min is not None and int(log_min) < 0:
+        rep.problems.append(Problem("phantom", f"the log holds {int(log_count) - rep.entries} rows outside "
+                                    f"0..{max_index} (from index {log_min})", int(log_min)))
+    unlogged = [u for u in unlogged if tuple(u) not in found]
+    if unlogged:
+        for chain, seq in unlogged:
+            rep.problems.append(Problem("unlogged", f"entry {chain}:{seq} is in the events table but not in the log",
+                                        None, chain, seq))
+    elif events != rep.entries - sum(1 for p in rep.problems if p.code == "missing"):
+        rep.problems.append(Problem("unlogged", f"the events table holds {events} entries, the log {rep.entries}"))
+    return rep
+
+
+def _map_ranges(url: str, ranges, keys, workers: int) -> Iterator[list[Checked]]:
+    jobs = [(url, start, stop, keys) for start, stop in ranges]
+    yield from _map_jobs(_check_range, jobs, workers)
+
+
+# --- the fast path: a clean log checked range by range on every core --------------------------
+#
+# Every rule LogVerifier applies is applied here too, by the same functions of ledger/rules.py,
+# but each worker process checks a whole aligned range of 2**FAST_BITS entries on its own
+# (signatures, key validity from the registry's key records, chain links and record times inside
+# the range, the Merkle subtree of the range against the stored nodes) and returns a summary;
+# the parent joins the ranges (chain links and record times across them, the tree above them,
+# every checkpoint). Any broken rule or doubt returns None, and verify_database then runs the
+# detailed path, which names every problem.
+
+FAST_BITS = 12
+
+_WORKER_READERS: dict[str, LogReader] = {}  # in a worker process: url -> its LogReader, for all its ranges
+_IN_WORKER = False
+
+
+def _worker_started() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
+
+
+def _read_range(url: str, start: int, stop: int) -> list | None:
+    """_range_rows with a reader opened once per worker process (a PostgreSQL connection costs
+    the server a backend process); the parent process opens one per range and closes it."""
+    if not _IN_WORKER:
+        with LogReader(url) as r:
+            return _range_rows(r, start, stop)
+    r = _WORKER_READERS.get(url)
+    if r is None:
+        r = _WORKER_READERS[url] = LogReader(url)
+    return _range_rows(r, start, stop)
+
+
+def _range_rows(r: LogReader, start: int, stop: int) -> list | None:
+    """The log rows [start, stop) with their envelopes: (idx, chain, seq, type, entry_hash,
+    recorded_us, nodes, envelope, command_id) tuples in log order; None when in doubt."""
+    cur = r.cursor()
+    log_sql = ("SELECT l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, {envelope}, "
+               "l.command_id FROM {log} l WHERE l.idx >= ? AND l.idx < ? ORDER BY l.idx")
+    by_row = log_sql.replace("{envelope}", "(SELECT e.state FROM {events} e WHERE "
+                             "e.originator_id = l.chain AND e.originator_version = l.seq)")
+    if r.tables.backend == "sqlite":
+        # in-process: a correlated primary-key look-up per row is cheap
+        cur.execute(r.tables.q(by_row), (start, stop))
+        return cur.fetchall()  # sqlite3 rows are tuples already
+    # PostgreSQL: the server's work counts (it shares the cores). A batch's events are inserted
+    # in log order in the transaction that writes its log rows, so the range's envelopes are
+    # one range of notification ids: two look-ups and one index range scan instead of a
+    # look-up per row. Rows are matched by (chain, seq); anything else is doubt.
+    cur.execute(r.tables.q(log_sql.replace("{envelope}", "NULL")), (start, stop))
+    rows = [_plain(row) for row in cur.fetchall()]
+    if len(rows) != stop - start:
+        return None
+    ends = []
+    for row in (rows[0], rows[-1]):
+        cur.execute(r.tables.q("SELECT notification_id FROM {events} WHERE originator_id = ? AND "
+                               "originator_version = ?"), (row[1], row[2]))
+        found = cur.fetchone()
+        if found is None:
+            return None
+        ends.append(_plain(found)[0])
+    if ends[1] - ends[0] + 1 > 2 * len(rows) + 1024:  # not one contiguous run: ask row by row
+        cur.execute(r.tables.q(by_row), (start, stop))
+        return [_plain(row) for row in cur.fetchall()]
+    cur.execute(r.tables.q("SELECT originator_id, originator_version, state FROM {events} "
+                           "WHERE notification_id >= ? AND notification_id <= ?"), (ends[0], ends[1]))
+    states = {(e[0], e[1]): e[2] for e in map(_plain, cur.fetchall())}
+    out = []
+    for row in rows:
+        env = states.get((row[1], row[2]))
+        if env is None:
+            return None
+        out.append(row[:7] + (env,) + row[8:])
+    return out
+
+
+def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, registry_indices: frozenset,
+                cp_sizes: tuple) -> tuple | None:
+    """Check the aligned range [start, stop) in one process with the rules of ledger/rules.py;
+    None when any rule is broken or anything is in doubt."""
+    rows = _read_range(url, start, stop)
+    if rows is None or len(rows) != stop - start:
+        return None
+    tree: list[bytes] = []  # the range's frontier (the range is aligned: it starts a subtree)
+    first: dict[str, tuple[int, bytes]] = {}
+    last: dict[str, tuple[int, bytes]] = {}
+    cp_local: dict[int, tuple[list[bytes], dict]] = {}
+    previous_us: int | None = None
+    first_us = None
+    extra = b""
+    n_rows = len(rows)
+    time_text: tuple[int, str] | None = None
+    try:
+        for i, (idx, chain, seq, type_, entry_hash, recorded_us, nodes, env, command_id) in enumerate(rows):
+            if idx != start + i or type(env) is not bytes or type(recorded_us) is not int or type(nodes) is not bytes:
+                return None
+            rules.record_time(previous_us, recorded_us)
+            if first_us is None:
+                first_us = recorded_us
+            previous_us = recorded_us
+            s = SignedEntry.parse(env)
+            e = s.entry
+            if (chain, seq, type_, entry_hash, command_id) != (e.chain, e.seq, e.type, s.hash, e.command_id):
+                return None
+            if e.type in REGISTRY_TYPES:
+                if idx not in registry_indices:  # checked, in order, with the registry before the ranges
+                    return None
+            else:
+                rules.party_registered(registered.get(e.chain), e.chain, idx)
+                pub = rules.key_valid(keys.get(e.key_id), e.chain, e.key_id, idx, recorded_us)
+                rules.signature(pub, s.content, s.signature, e.key_id, e.chain)
+            if e.chain in last:
+                rules.chain_link(last[e.chain], e.chain, e.seq, e.prev)
+            else:
+                first[e.chain] = (e.seq, e.prev)  # linked by the parent to the chain's head before the range
+            last[e.chain] = (e.seq, s.hash)
+            if time_text is None or time_text[0] != recorded_us:
+                time_text = (recorded_us, micros_to_time_text(recorded_us))
+            # the range is aligned, so the leaf's position in it decides the nodes it completes
+            completed = merkle.append_leaf(tree, i, rules.leaf_hash(s.hash, idx, time_text[1]))
+            if i == n_rows - 1 and len(nodes) > len(completed):
+                # the range's last leaf may complete nodes above the range (checked by the parent)
+                rules.stored_nodes(completed, nodes[:len(completed)])
+                extra = nodes[len(completed):]
+            else:
+                rules.stored_nodes(completed, nodes)
+            if idx + 1 in cp_sizes:
+                cp_local[idx + 1] = (list(tree), dict(last))  # the subtree and the range's chain heads there
+    except (rules.Invalid, RegistryError, EntryError, OverflowError, ValueError):
+        return None
+    return (first, last, first_us, previous_us, tree, extra, cp_local)
+
+
+def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list, workers: int,
+                 trusted_genesis: str | None, trusted_checkpoint_keys: list[str],
+                 progress: Callable[[int, int], None] | None, side: tuple | None = None,
+                 side_result: list | None = None) -> Report | None:
+    rep = Report()
+    # 1. the registry, in log order: its entries fully checked with the registry's rules
+    registry = Registry()
+    for rec in registry_records:
+        if rec.envelope is None:
+            return None
+        try:
+            s = SignedEntry.parse(rec.envelope)
+            pub = registry.key_for(s, rec.index, rec.recorded_us)
+            rules.signature(pub, s.content, s.signature, s.entry.key_id, s.entry.chain)
+            registry.apply(s, rec.index)
+        except (EntryError, RegistryError, rules.Invalid):
+            return None
+        if rec.index == 0:
+            rep.genesis = s.hash.hex()
+    if not registry_records or registry_records[0].index != 0:
+        return None
+    if trusted_genesis and trusted_genesis != rep.genesis:
+        return None
+    keys = {k.key_id: k for k in registry.keys.values() if k.purpose == "entries"}
+    indices = frozenset(r.index for r in registry_records)
+    # each checkpoint judged at the size its note states; a row that says otherwise is doubt
+    cps = []
+    for row_size, row_root, note in checkpoints:
+        size = note_size(note)
+        if size is None or size != row_size or size > span:
+            return None
+        cps.append((size, row_root, note))
+    size_unit = 1 << FAST_BITS
+    ranges = [(a, min(span, a + size_unit)) for a in range(0, span, size_unit)]
+    jobs = [(url, a, b, keys, dict(registry.registered), indices, tuple(sz for sz, _, _ in cps if a < sz <= b))
+            for a, b in ranges]
+    # 2. the ranges, joined in order
+    chunks = merkle.Frontier()  # the tree above the ranges: one leaf per full range
+    heads: dict[str, tuple[int, bytes]] = {}
+    roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
+    heads_at: dict[int, tuple[int, bytes]] = {0: chain_heads.commitment({})}  # checkpoint size -> heads committed
+    last_us: int | None = None
+    done = 0
+    try:
+        # the generator first: zip then runs it to its end (where it hands over the side job's answer)
+        for result, (a, b) in zip(_map_jobs(_fast_range, jobs, workers, side, side_result), ranges):
+            if result is None:
+                return None
+            first, last, first_us, end_us, local, extra, cp_local = result
+            rules.record_time(last_us, first_us)
+            last_us = end_us
+            for chain, (seq, prev) in first.items():
+                rules.chain_link(heads.get(chain), chain, seq, prev)
+            for size, (hashes, heads_here) in cp_local.items():
+                roots[size] = merkle.fold(chunks.hashes + hashes)
+                heads_at[size] = chain_heads.commitment({**heads, **heads_here})
+            heads.update(last)
+            if b - a == size_unit:
+                above = chunks.append(local[0])[1:]
+                rules.stored_nodes(b"".join(h for _, _, h in above), extra)
+            elif extra or b != span:
+                return None
+            else:
+                chunks = merkle.Frontier(b, chunks.hashes + local)  # the last, partial range (counted in leaves)
+            done += b - a
+            if progress:
+                progress(done, span)
+        # 3. the checkpoints: signature by a checkpoint key valid at their size, origin, root, heads
+        for size, row_root, note in cps:
+            if size not in roots or row_root != roots[size]:
+                return None
+            rules.checkpoint(note, rules.checkpoint_verifiers(registry, size, trusted_checkpoint_keys),
+                             size=size, root=roots[size], heads=heads_at[size])
+            rep.checkpoints += 1
+    except rules.Invalid:
+        return None
+    rep.entries = span
+    rep.size = span
+    rep.chains = len(heads)
+    rep.keys = len(registry.keys)
+    rep.root = merkle.fold(chunks.hashes)
+    return rep
+
+
+def _map_jobs(fn, jobs: list[tuple], workers: int, side: tuple | None = None,
+              side_result: list | None = None) -> Iterator[Any]:
+    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead). ``side``
+    = (function, args) runs first in the same pool; its answer is appended to ``side_result``
+    once the jobs are done. Without a pool (one worker or one job) the caller runs it."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context(), initializer=_worker_started) as pool:
+        side_future = pool.submit(side[0], *side[1]) if side is not None else None
+        pending = [pool.submit(fn, *job) for job in jobs[: workers * 2]]
+        nxt = len(pending)
+        while pending:
+            f = pending.pop(0)
+            if nxt < len(jobs):
+                pending.append(pool.submit(fn, *jobs[nxt]))
+                nxt += 1
+            yield f.result()
+        if side_future is not None and side_result is not None:
+            side_result.append(side_future.result())
+
+
+# --- the stored checkpoints a command may hand out -------------------------------------------
+
+def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
+    """The stored checkpoints of ``store`` (a LedgerStore) that are the log's, judged by their
+    signed notes (never by the size column): each note verifies with a checkpoint key of the
+    log valid at its size (ledger/rules.py), and its size and root are the log's. Returned as
+    (size, root, note) from the notes, in increasing size; a junk or altered row is left out
+    (``reledger verify`` names it)."""
+    size = store.size()
+    registry = store.registry()  # key records carry their authorization and revocation indices
+    out = {}
+    for _row_size, _row_root, note in store.checkpoints():
+        n = note_size(note)
+        if n is None or n > size or n in out:
+            continue
+        try:
+            cp = rules.checkpoint(note, rules.checkpoint_verifiers(registry, n), size=n, root=store.root(n))
+        except rules.Invalid:
+            continue
+        out[n] = (n, cp.root, note)
+    return [out[n] for n in sorted(out)]
