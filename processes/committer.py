@@ -26,7 +26,8 @@ from typing import Any, Callable
 import msgpack
 
 from reledger.commands.api import CommandAPI, CommandError, CommandReceipt, _Answer, _verify_pool
-from reledger.storage.store import LedgerStore, _exit_with_parent, _main_importable
+from reledger.storage.pool import exit_with_parent, main_importable
+from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def _serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
     logging.basicConfig(level=logging.WARNING)
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     # signatures are checked here before the store sees them (prepare_groups, over threads);
     # a daemon process may not start the store's checking processes anyway
     store = LedgerStore(url, create=False, processes=False)
@@ -486,7 +487,7 @@ class WriterProcess(_Admission):
     @staticmethod
     def available() -> bool:
         """Whether a spawned process can import this program (not a script read from stdin)."""
-        return _main_importable()
+        return main_importable()
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:

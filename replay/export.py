@@ -32,7 +32,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         chain = [r for r in store.chain_records(party) if r.index < size]
         if not chain:
             raise ExportError(f"party {party} has no entry in the checkpointed log (size {size})")
-        registry = store.queries.records_of_types(store._cur(), sorted(REGISTRY_TYPES), 0, size)
+        registry = store.queries.records_of_types(store.read_cursor(), sorted(REGISTRY_TYPES), 0, size)
         records = sorted({r.index: r for r in chain + registry}.values(), key=lambda r: r.index)
         entries = [{"index": r.index, "recorded_at": r.recorded_at, "envelope": r.envelope,
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
@@ -41,7 +41,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
         heads = None
         if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:
-            position, count, proof = chain_heads.proof(store.queries.chain_heads(store._cur(), size), party)
+            position, count, proof = chain_heads.proof(store.queries.chain_heads(store.read_cursor(), size), party)
             heads = {"position": position, "count": count, "proof": proof}
     data = encode_bundle(party, note, entries, consistency, heads)
     return data, {"party": party, "checkpoint_size": size, "entries": len(entries),

@@ -1614,12 +1614,12 @@ def test_large_batch_refusal_is_the_same_with_processes_and_threads(db_url, dama
         size = led.store.size()
         answers = []
         for processes in (True, False):
-            led.store._use_processes = processes
+            led.store.checks.use_processes = processes
             with pytest.raises(AppendError) as ei:
                 led.store.append(envs)
             answers.append(ei.value.to_dict())
             assert led.store.size() == size
-        assert led.store._procs is not None  # the first attempt did use the worker processes
+        assert led.store.checks.procs is not None  # the first attempt did use the worker processes
         assert answers[0] == answers[1]
         assert answers[0]["position"] == pos and answers[0]["code"] == {
             "malformed": "malformed", "signature": "signature", "seq": "conflict"}[damage]
@@ -1649,7 +1649,7 @@ def test_large_batch_with_keys_authorized_in_it(db_url):
         assert led.store.size() == size
         receipts = led.store.append(good)
         assert [r.index for r in receipts] == list(range(size, size + len(good)))
-        assert led.store._procs is not None
+        assert led.store.checks.procs is not None
         assert verify_database(led.url).ok
     finally:
         led.close()
@@ -1671,9 +1671,9 @@ def test_pipelined_batches_through_worker_processes(db_url):
 
 
 def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
-    """The writer reads the worker processes' compact answers (_Checked tuples) and the thread
-    path's SignedEntry objects through two branches of one plan: fed the same envelopes at the
-    same record time, two ledgers store the same rows and answer the same receipts."""
+    """The worker processes' compact answers and the thread path's SignedEntry objects reach the
+    plan as one checked-entry type: fed the same envelopes at the same record time, two ledgers
+    (one checking in processes, one in threads) store the same rows and answer the same receipts."""
     import sqlite3
 
     from conftest import PG_URL, _with_schema, drop_schema
@@ -1699,9 +1699,9 @@ def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
         envs.insert(100, led.regulator.sign("PartyRegistered", {"party": "9111000000SMELT001", "name": "s",
                                                                 "roles": ["SMELTER"], "valid_from": T0}, T0).envelope)
         by_processes = led.store.append(envs)
-        assert led.store._procs is not None  # this batch did go through the worker processes
+        assert led.store.checks.procs is not None  # this batch did go through the worker processes
         by_threads = other.append(envs)
-        assert other._procs is None
+        assert other.checks.procs is None
         assert by_processes == by_threads
         assert list(led.store.records()) == list(other.records())
         if db_url.startswith("sqlite"):  # the binary columns are bound as bytearray: still BLOBs
@@ -1723,16 +1723,15 @@ def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_
     """Answers that are ready are taken before a task is placed, and a worker's load counts
     envelopes: a worker whose answer merely waits unread is not busy, and a large task weighs
     more than a small one."""
-    import multiprocessing
-
-    from reledger.storage.store import _Checkers
+    from reledger.processes.start import context
+    from reledger.storage.pool import Checkers
 
     led = new_ledger(db_url)
-    pool = _Checkers(2, multiprocessing.get_context("forkserver"))
+    pool = Checkers(2, context())
     try:
         led.register(MINE, ["MINE"])
         envs = [s.envelope for s in led.facts(MINE, 40)]
-        keys = led.store._keys_of(led.store.current_registry())
+        keys = led.store.checks.keys_of(led.store.current_registry())
         a, b = pool.workers
         first = pool.submit(envs[:10], keys)
         assert first.worker is a
@@ -1758,10 +1757,10 @@ def test_sqlite_appends_run_on_the_recorders_own_connection(sqlite_url):
 
     led = new_ledger(sqlite_url)
     rec = led.store.recorder
-    own = rec._own_writer
+    own = rec.writer_connection()
     assert own is not None
     led.register(MINE, ["MINE"])
-    assert rec._own_writer is own
+    assert rec.writer_connection() is own
     size = led.store.size()
     other = LedgerStore(sqlite_url)  # another store (process) sees the commits and appends too
     try:
@@ -1772,7 +1771,6 @@ def test_sqlite_appends_run_on_the_recorders_own_connection(sqlite_url):
     finally:
         other.close()
     led.close()
-    assert rec._own_writer is None
     with pytest.raises(sqlite3.ProgrammingError):
         own.execute("SELECT 1")
     assert verify_database(sqlite_url).ok
@@ -1808,7 +1806,7 @@ def test_a_dead_checking_process_falls_back_to_threads(db_url):
         led.register(MINE, ["MINE"])
         envs = [s.envelope for s in led.facts(MINE, 900)]
         led.store.append(envs[:300])
-        pool = led.store._procs
+        pool = led.store.checks.procs
         assert pool is not None
         for w in pool.workers:
             os.kill(w.proc.pid, signal.SIGKILL)
@@ -1830,7 +1828,7 @@ def main():
     led = new_ledger("sqlite:///" + os.path.join(tempfile.mkdtemp(), "l.db"))
     led.register("91110000MINE0001", ["MINE"])
     led.store.append([s.envelope for s in led.facts("91110000MINE0001", 300)])
-    print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)
+    print(" ".join(str(w.proc.pid) for w in led.store.checks.procs.workers), flush=True)
     os.kill(os.getpid(), 9)
 
 if __name__ == "__main__":
@@ -1873,8 +1871,8 @@ def test_a_script_read_from_stdin_appends_large_batches_in_threads(tmp_path):
 
     tests = str(Path(__file__).parent)
     code = _KILLED_PARENT_SCRIPT.format(tests=tests, root=str(Path(tests).parent)).replace(
-        'print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)\n    os.kill(os.getpid(), 9)',
-        'print(led.store.size(), led.store._procs is None, flush=True)')
+        'print(" ".join(str(w.proc.pid) for w in led.store.checks.procs.workers), flush=True)\n    os.kill(os.getpid(), 9)',
+        'print(led.store.size(), led.store.checks.procs is None, flush=True)')
     out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["305", "True"], out.stdout + out.stderr
