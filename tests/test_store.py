@@ -19,7 +19,7 @@ from reledger.storage.store import AppendError, LedgerStore, Receipt
 from reledger.ledger.verify import verify_database
 
 from helpers import (ORIGIN, REGULATOR_ID, T0, count, entry_with, fact, future_time, is_pg, new_ledger,
-                     past_time, raw_connection, tables)
+                     past_time, raw_connection, sql, tables)
 
 MINE = "91110000MINE0001"
 PLANT = "91150000SEPA0002"
@@ -641,20 +641,98 @@ def _expect_db_refusal(url: str, statement: str) -> None:
     assert "append-only" in str(ei.value) or "denied" in str(ei.value), ei.value
 
 
+_COLUMNS = {"events": ("originator_id", "originator_version", "topic", "state"),
+            "log": ("idx", "chain", "seq", "type", "command_id", "entry_hash", "recorded_us", "nodes"),
+            "checkpoints": ("size", "root", "note", "created_us")}
+_ORDER = {"events": "originator_id, originator_version", "log": "idx", "checkpoints": "size"}
+# each table's unique keys, and a column outside them that a forged row changes
+_KEYS = {"events": [("originator_id", "originator_version")],
+         "log": [("idx",), ("chain", "seq"), ("command_id", "chain")],
+         "checkpoints": [("size",)]}
+_CHANGED = {"events": "state", "log": "entry_hash", "checkpoints": "note"}
+
+
+def _table_rows(url: str, table: str) -> list[tuple]:
+    """The whole table, in key order, binary values as bytes."""
+    rows = sql(url, f"SELECT {', '.join(_COLUMNS[table])} FROM {{{table}}} ORDER BY {_ORDER[table]}")
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+
+
+def _forgeries(url: str, table: str, row: tuple, size: int) -> list[tuple[str, str, tuple]]:
+    """(what, SQL, parameters) of each way to change or remove ``row`` (a stored row of
+    ``table``) with one statement: UPDATE, DELETE, and on each unique key an INSERT that meets
+    the row: REPLACE, INSERT OR REPLACE and upserts on SQLite, upserts (ON CONFLICT DO UPDATE)
+    and TRUNCATE on PostgreSQL. A forged row differs from ``row`` in one column outside its
+    keys; on the log it takes the next index (what the gap-free trigger admits) unless the
+    conflict is on the index itself."""
+    cols = _COLUMNS[table]
+    changed = _CHANGED[table]
+    names = ", ".join(cols)
+    marks = ", ".join("?" * len(cols))
+    out = [("UPDATE", f"UPDATE {{{table}}} SET {changed} = ?", (b"forged",)),
+           ("DELETE", f"DELETE FROM {{{table}}}", ())]
+    if is_pg(url):
+        out.append(("TRUNCATE", f"TRUNCATE {{{table}}}", ()))
+        out.append(("TRUNCATE CASCADE", f"TRUNCATE {{{table}}} CASCADE", ()))
+    for key in _KEYS[table]:
+        forged = dict(zip(cols, row))
+        forged[changed] = b"forged"
+        if table == "log" and key != ("idx",):
+            forged["idx"] = size
+        values = tuple(forged[c] for c in cols)
+        label = "(" + ", ".join(key) + ")"
+        upsert = (f"INSERT INTO {{{table}}} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(key)}) "
+                  f"DO UPDATE SET {changed} = excluded.{changed}")
+        out.append((f"upsert on {label}", upsert, values))
+        out.append((f"upsert on {label}, all columns", upsert.replace(
+            f"DO UPDATE SET {changed} = excluded.{changed}",
+            "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols)), values))
+        if not is_pg(url):
+            out.append((f"REPLACE on {label}", f"REPLACE INTO {{{table}}} ({names}) VALUES ({marks})", values))
+            out.append((f"INSERT OR REPLACE on {label}",
+                        f"INSERT OR REPLACE INTO {{{table}}} ({names}) VALUES ({marks})", values))
+    return out
+
+
 @pytest.mark.parametrize("table", ["events", "log", "checkpoints"])
-def test_update_and_delete_refused_by_triggers(led, mine, table):
+def test_every_change_to_a_stored_row_is_refused_by_the_database(led, mine, table):
+    """UPDATE, DELETE, REPLACE, INSERT OR REPLACE and upserts (ON CONFLICT DO UPDATE) on every
+    unique key of every ledger table, and TRUNCATE on PostgreSQL, run on the database itself
+    (not through the store): each is refused, and the table is unchanged, row for row. (SQLite
+    fires no DELETE trigger for the rows REPLACE removes: an INSERT that meets an existing row
+    is refused by a trigger of its own.)"""
     led.store.append([fact(mine)])
     led.checkpoint()
     url = led.url
-    before = count(url, table)
-    col = {"events": "topic = 'X'", "log": "seq = seq + 100", "checkpoints": "size = size + 1"}[table]
-    _expect_db_refusal(url, f"UPDATE {{{table}}} SET {col}")
-    _expect_db_refusal(url, f"DELETE FROM {{{table}}}")
-    if is_pg(url):
-        _expect_db_refusal(url, f"TRUNCATE {{{table}}}")
-        _expect_db_refusal(url, f"TRUNCATE {{{table}}} CASCADE")
-    assert count(url, table) == before
+    before = _table_rows(url, table)
+    size = led.store.size()
+    forgeries = _forgeries(url, table, before[-1], size)
+    assert len(forgeries) >= 4
+    t = tables(url)
+    for what, statement, params in forgeries:
+        with raw_connection(url) as conn:
+            with pytest.raises(Exception) as ei:
+                conn.execute(t.q(statement), params)
+        message = str(ei.value)
+        assert "append-only" in message or "gap-free" in message, (what, message)
+        assert _table_rows(url, table) == before, what
     assert verify_database(url, workers=1).ok
+    assert led.store.append([fact(mine)])[0].index == size  # and the store appends as before
+
+
+@pytest.mark.parametrize("table", ["events", "log", "checkpoints"])
+def test_an_insert_of_a_new_row_is_not_refused_by_the_replace_trigger(led, mine, table):
+    """The trigger that refuses an INSERT meeting an existing row lets a new row in (a raw
+    INSERT of a row no key of which exists passes it; the log's index must still be the next)."""
+    url = led.url
+    size = led.store.size()
+    values = {"events": ("NEWCHAIN", 1, "T", b"x"),
+              "log": (size, "NEWCHAIN", 1, "T", "c-new", b"h" * 32, 0, b"n" * 32),
+              "checkpoints": (10 ** 9, b"r", b"n", 0)}[table]
+    cols = _COLUMNS[table]
+    before = len(_table_rows(url, table))
+    sql(url, f"INSERT INTO {{{table}}} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
+    assert len(_table_rows(url, table)) == before + 1
 
 
 def test_sqlite_trigger_names(sqlite_url):
@@ -663,7 +741,7 @@ def test_sqlite_trigger_names(sqlite_url):
     with raw_connection(sqlite_url) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     for table in ("stored_events", "reledger_log", "reledger_checkpoints"):
-        assert {f"{table}_no_update", f"{table}_no_delete"} <= names
+        assert {f"{table}_no_update", f"{table}_no_delete", f"{table}_no_replace"} <= names
 
 
 def test_log_index_gap_refused_by_database(led, mine):
