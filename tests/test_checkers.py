@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from reledger.ledger.entry import check_envelopes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.storage.pool import PROGRESS_STEP, check_counting, shares
+from reledger.storage.pool import PROGRESS_STEP, check_counting, shares as shares_of
 
 from helpers import T0, seeded_key
 
@@ -22,7 +22,7 @@ ENVELOPES = [SIGNER.sign("MiningOutput", {"qty": f"{i}.5", "lot": f"L{i}"}, T0).
 @given(st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=6),
        st.integers(min_value=0, max_value=3000), st.integers(min_value=1, max_value=64))
 def test_shares_fill_the_least_loaded_workers_to_one_level(loads, n, least):
-    shares = shares(loads, n, least)
+    shares = shares_of(loads, n, least)
     assert len(shares) == len(loads) and all(s >= 0 for s in shares)
     assert sum(shares) == n
     given_to = [i for i, s in enumerate(shares) if s]
