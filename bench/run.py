@@ -117,7 +117,7 @@ class Acc:
 
 def _cpu() -> float:
     """CPU seconds of this process, of its reaped children, and of its live descendants (the
-    ledger's worker processes live as long as their store, under a forkserver)."""
+    ledger's worker processes live as long as their store: spawned children, reaped when it closes)."""
     t = os.times()
     return time.process_time() + t.children_user + t.children_system + _live_descendants_cpu(os.getpid())
 

@@ -19,11 +19,18 @@ import collections
 import itertools
 import operator
 import os
+import pickle
+import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+try:
+    import fcntl
+except ImportError:  # (not on Windows: threads check there)
+    fcntl = None
 
 from reledger.ledger.entry import EntryError, SignedEntry, check_envelopes
 from reledger.ledger.registry import REGISTRY_TYPES, Registry
@@ -75,8 +82,6 @@ class Checkers:
         self.lock = threading.Lock()
 
     def submit(self, envelopes: list[bytes], keys: dict[str, bytes]) -> "_CheckTicket":
-        import pickle
-
         data = pickle.dumps((envelopes, keys), protocol=pickle.HIGHEST_PROTOCOL)
         with self.lock:
             # Take every answer that is ready first (so that no answer pipe fills up, and so
@@ -95,8 +100,6 @@ class Checkers:
         every worker ends with about as many envelopes to check as the others (:func:`shares`):
         the group's answer waits for its last chunk, so equal halves given to unequally busy
         workers leave one idle while the other finishes, at the end of a pipeline most of all."""
-        import pickle
-
         dumps, protocol = pickle.dumps, pickle.HIGHEST_PROTOCOL
         sent: list[tuple[int, _CheckTicket]] = []
         with self.lock:
@@ -143,8 +146,6 @@ class Checkers:
         return ticket
 
     def answer(self, ticket: "_CheckTicket"):
-        import pickle
-
         worker = ticket.worker
         with self.lock:
             while ticket.number not in worker.answers:
@@ -255,19 +256,17 @@ def shares(loads: list[int], n: int, least: int) -> list[int]:
 
 def _grow_pipe(conn) -> bool:
     """Give a pipe 1 MiB of buffer (Linux); False where the system does not allow it."""
+    if fcntl is None:
+        return False
     try:
-        import fcntl
-
         return fcntl.fcntl(conn.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), Checkers.PIPE_BYTES) \
             >= Checkers.PIPE_BYTES
-    except (ImportError, OSError):
+    except OSError:
         return False
 
 
 def _checker_main(tasks, answers, parent: int, checked=None) -> None:
     """A worker process: check each task's envelopes, answer in order, until the pipe closes."""
-    import pickle
-
     exit_with_parent(parent)
     while True:
         try:
@@ -318,8 +317,6 @@ def exit_with_parent(pid: int) -> None:
 def main_importable() -> bool:
     """Whether a spawned child can import this program's main module as
     multiprocessing does (not a script read from stdin, say); if not, threads check."""
-    import sys
-
     main = sys.modules.get("__main__")
     if getattr(main, "__spec__", None) is not None:  # python -m ...
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Sequence
 
+import psycopg
 from eventsourcing.postgres import PostgresApplicationRecorder
 from psycopg.rows import tuple_row
 
@@ -139,8 +140,6 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         return PgReadCursor(self.datastore)
 
     def grant_serving_role(self, role: str) -> None:
-        import psycopg
-
         if self._db is None:
             raise RuntimeError("the recorder is not bound to its database (bind)")
         with psycopg.connect(self._db.conninfo(), autocommit=True) as conn:
@@ -209,8 +208,6 @@ def ensure_schema(u: DatabaseURL) -> None:
     """Create the URL's schema if it does not exist (concurrent first opens: one creates it)."""
     if u.schema == "public":
         return
-    import psycopg
-
     with psycopg.connect(u.conninfo(), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (u.schema,)).fetchone():
             return
