@@ -130,6 +130,9 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
         pipe.send(self._insert_events_sql, events)
         pipe.send(self._insert_log_sql, log)
 
+    def close_writer(self) -> None:
+        """(The append transaction runs on the pool's connections: nothing of its own to close.)"""
+
     def write_checkpoint(self, size: int, root: bytes, note: bytes, created_us: int) -> None:
         with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cur:
             cur.execute(self.tables.q("INSERT INTO {checkpoints} (size, root, note, created_us) VALUES (?, ?, ?, ?)"),

@@ -81,8 +81,8 @@ class LedgerStore:
 
         ``processes`` (default: when there is more than one worker): a :meth:`prepare` of at
         least PROCESS_THRESHOLD envelopes parses and verifies them in ``workers`` processes
-        (started once, by ``reledger.processes.start.context()``) instead of threads, so that the serial writer and the
-        verifiers do not share one GIL."""
+        (started once, from ``reledger.processes.start.context()``) instead of threads, so
+        that the serial writer and the verifiers do not share one GIL (storage/pool.py)."""
         self.url = url
         self.clock = clock or now_us
         self.db = DatabaseURL.parse(url)
@@ -101,9 +101,7 @@ class LedgerStore:
 
     def close(self) -> None:
         self.checks.close()
-        close_writer = getattr(self.recorder, "close_writer", None)
-        if close_writer is not None:
-            close_writer()
+        self.recorder.close_writer()
         self.app.close()
 
     def __enter__(self) -> "LedgerStore":
@@ -118,44 +116,42 @@ class LedgerStore:
         connection of its own)."""
         return self.recorder.read_cursor
 
-    _cur = read_cursor
-
     def size(self) -> int:
-        return self.queries.size(self._cur())[0]
+        return self.queries.size(self.read_cursor())[0]
 
     def records(self, start: int = 0, stop: int | None = None, page: int = 2000) -> Iterator[Record]:
         if stop is None:
             stop = self.size()
         i = start
         while i < stop:
-            batch = self.queries.records(self._cur(), i, min(stop, i + page))
+            batch = self.queries.records(self.read_cursor(), i, min(stop, i + page))
             yield from batch
             i = min(stop, i + page)
 
     def record(self, index: int) -> Record | None:
-        rs = self.queries.records(self._cur(), index, index + 1)
+        rs = self.queries.records(self.read_cursor(), index, index + 1)
         return rs[0] if rs else None
 
     def entry(self, chain: str, seq: int) -> Record | None:
-        return self.queries.record_of(self._cur(), chain, seq)
+        return self.queries.record_of(self.read_cursor(), chain, seq)
 
     def chain_records(self, chain: str, start_seq: int = 1, stop_seq: int = 2**62) -> list[Record]:
-        return self.queries.records_of_chain(self._cur(), chain, start_seq, stop_seq)
+        return self.queries.records_of_chain(self.read_cursor(), chain, start_seq, stop_seq)
 
     def chain_head(self, chain: str) -> tuple[int, bytes]:
         """(seq, entry hash) of the chain's last entry; (0, zero hash) for a new chain."""
-        return self.queries.chain_head(self._cur(), chain) or (0, ZERO_HASH)
+        return self.queries.chain_head(self.read_cursor(), chain) or (0, ZERO_HASH)
 
     def chains(self) -> list[tuple[str, int]]:
-        return self.queries.chains(self._cur())
+        return self.queries.chains(self.read_cursor())
 
     def index_at_time(self, recorded_us: int) -> int:
-        return self.queries.index_at_time(self._cur(), recorded_us)
+        return self.queries.index_at_time(self.read_cursor(), recorded_us)
 
     def current_registry(self) -> Registry:
         """The live key registry (do not mutate): synced with the database, not copied."""
         with self._lock:
-            self._sync_caches(self._cur(), *self.queries.size(self._cur()))
+            self._sync_caches(self.read_cursor(), *self.queries.size(self.read_cursor()))
             return self._caches.registry
 
     def registry(self, size: int | None = None) -> Registry:
@@ -163,14 +159,14 @@ class LedgerStore:
         if size is None:
             return self.current_registry().copy()
         reg = Registry()
-        for rec in self.queries.records_of_types(self._cur(), sorted(REGISTRY_TYPES), 0, size):
+        for rec in self.queries.records_of_types(self.read_cursor(), sorted(REGISTRY_TYPES), 0, size):
             reg.apply(SignedEntry.parse(rec.envelope), rec.index)
         reg.size = size
         return reg
 
     # --- Merkle ----------------------------------------------------------------------
     def _get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        return self.queries.nodes(self._cur(), coords)
+        return self.queries.nodes(self.read_cursor(), coords)
 
     def root(self, size: int | None = None) -> bytes:
         size = self.size() if size is None else size
@@ -217,7 +213,7 @@ class LedgerStore:
         root = self.root(size)
         # and the head of every chain at that size (ledger/heads.py): what lets a bundle prove
         # that it holds the end of its party's chain
-        line = chain_heads.line(self.queries.chain_heads(self._cur(), size))
+        line = chain_heads.line(self.queries.chain_heads(self.read_cursor(), size))
         note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer)
         try:
             self.recorder.write_checkpoint(size, root, note, self.clock())
@@ -230,10 +226,10 @@ class LedgerStore:
         return note
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
-        return self.queries.latest_checkpoint(self._cur())
+        return self.queries.latest_checkpoint(self.read_cursor())
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
-        return self.queries.checkpoints(self._cur())
+        return self.queries.checkpoints(self.read_cursor())
 
     # --- appending -----------------------------------------------------------------------
     def append(self, envelopes: Sequence[bytes | SignedEntry]) -> list[Receipt]:
@@ -324,9 +320,11 @@ class LedgerStore:
             if expect_size is not None and size != expect_size:
                 raise LogMoved(size)
             self._sync_caches(cur, size, last_us)
-            for key, (index, _) in commands.items():
-                rec = self.queries.records(cur, index, index + 1)[0]
-                recorded[key] = receipt(rec.index, rec.chain, rec.seq, rec.entry_hash, rec.recorded_at, True)
+            if commands:  # (a retry: the receipts of the entries its command ids recorded)
+                for key in {(c.chain, c.command_id) for c in accepted} & commands.keys():
+                    index = commands[key][0]
+                    rec = self.queries.records(cur, index, index + 1)[0]
+                    recorded[key] = receipt(rec.index, rec.chain, rec.seq, rec.entry_hash, rec.recorded_at, True)
         caches = self._caches
         # Chain heads not cached (usually none: the caches follow this store's own commits).
         heads = caches.heads

@@ -1991,3 +1991,41 @@ def test_postgres_appends_never_read_the_log_sequentially(pg_url):
     # commits themselves never do (before: one scan per commit, 34 in all)
     assert seq_scan < 8, seen
     assert verify_database(pg_url, workers=1).ok
+
+
+def test_the_plan_is_a_pure_function_of_the_caches_and_the_checked_entries(db_url):
+    """storage/plan.py's plan, given the caches of an empty log and the entries a ledger holds
+    (checked in a thread, or as a worker process answers them), answers the rows that ledger
+    stored, the same twice over, and leaves its inputs as they were."""
+    from reledger.ledger.entry import check_envelopes
+    from reledger.ledger.registry import REGISTRY_TYPES, Registry
+    from reledger.storage.plan import Caches, Checked, plan
+
+    at = 1_750_000_000_000_000
+    led = new_ledger(db_url, clock=lambda: at)
+    try:
+        mine = led.register(MINE, ["MINE"])
+        led.store.append([fact(mine), fact(mine)])
+        stored = list(led.store.records())
+        envelopes = [r.envelope for r in stored]
+        by_thread = [Checked.of(SignedEntry.parse(e), None) for e in envelopes]
+        by_worker = [tuple.__new__(Checked, t[:7] + (None, t[8], e))
+                     for t, e in zip(check_envelopes(envelopes, {}, REGISTRY_TYPES), envelopes)]
+        caches = Caches(0, 0, merkle.Frontier(), {}, Registry())
+        plans = [plan(caches, [group], {}, at) for group in (by_thread, by_worker, by_thread)]
+        assert caches.size == 0 and caches.heads == {} and caches.frontier.size == 0
+        assert caches.registry.keys == {} and caches.registry.roles == {} and caches.registry.size == 0
+        for p in plans:
+            assert not p.refused and isinstance(p.results[0], list)
+            assert [(r.index, r.chain, r.seq, r.entry_hash) for r in p.results[0]] == \
+                [(r.index, r.chain, r.seq, r.entry_hash) for r in stored]
+            assert [(i, c, s, t, h, us, n) for i, c, s, t, _, h, us, n in p.rows] == \
+                [(r.index, r.chain, r.seq, r.type, r.entry_hash, r.recorded_us, r.nodes) for r in stored]
+            assert [e[3] for e in p.events] == envelopes
+            assert p.caches.size == len(stored) and p.caches.registry.keys.keys() == led.store.registry().keys.keys()
+        assert plans[0].rows == plans[1].rows == plans[2].rows
+        # and a log that holds them refuses them again as conflicts, on the plan's own caches
+        again = plan(plans[0].caches, [by_worker[-1:]], {}, at)
+        assert again.refused and again.results[0].code == "conflict" and not again.rows
+    finally:
+        led.close()
