@@ -1,4 +1,4 @@
-"""The ``reledger`` command line (DESIGN.md, "Command line").
+"""The ``reledger`` command line (README.md, "Commands"; `reledger --help`).
 
 Every command takes ``--db URL`` (default: $RELEDGER_DB or sqlite:///./reledger.db) and
 ``--json`` (one JSON document on stdout). Exit codes: 0 success, 1 a verification failure or
@@ -12,7 +12,7 @@ import base64
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -75,6 +75,269 @@ def open_store(args: argparse.Namespace, create: bool = False):
     return LedgerStore(args.db, create=True)
 
 
+# --- what the user named: checked before anything is opened for writing ----------------------
+#
+# A typo must never give a clean answer: a database, schema, party, lot, year or time that the
+# ledger does not know is exit 2 with a message (and the closest known name, when one is close).
+# NOTE for the read-only opening of databases (storage/reader.py, another engineer's): the
+# helpers here only read, through LogReader (SQLite mode=ro; PostgreSQL read-only), and check
+# that the ledger exists before any command opens the store; they can be replaced by the
+# reader's own "open read-only or fail" when it lands.
+
+CST = timezone(timedelta(hours=8), "CST")
+PG_CONNECT_TIMEOUT_S = 5
+
+
+def suggest(name: str, known) -> str:
+    """' (did you mean X?)' for the closest known name (case-insensitive), or ''."""
+    import difflib
+
+    known = sorted(set(known))
+    same_case = [k for k in known if k.lower() == name.lower()]
+    if same_case:
+        return f" (did you mean {same_case[0]}?)"
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.6)
+    if close:
+        return " (did you mean " + " or ".join(lowered[c] for c in close) + "?)"
+    return ""
+
+
+def parse_when(text: str, option: str, *, end_of_day: bool) -> int:
+    """A time given on the command line, in microseconds since the epoch (UTC).
+
+    A date ``YYYY-MM-DD`` means that whole day in China Standard Time (UTC+8, DOMAIN.md's legal
+    time, docs/OPERATIONS.md): its first microsecond (``end_of_day=False``, as ``--from``) or its
+    last (as ``--until``, ``--valid-at``, ``--as-of``). Otherwise an RFC 3339 time with ``Z`` or
+    an offset (``2024-06-30T00:00:00Z``, ``2024-06-30T08:00:00+08:00``). The one parser of times
+    for every command."""
+    import re
+
+    from reledger.ledger.encoding import time_to_micros
+
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=CST)
+            start = time_to_micros(day)
+            return start + 86_400_000_000 - 1 if end_of_day else start
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?([Zz]|[+-]\d{2}:\d{2})", text):
+            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
+            return time_to_micros(dt)
+    except ValueError:
+        pass
+    raise UsageError(f"{option} {text!r} is not a date YYYY-MM-DD (a whole day in China Standard Time, UTC+8) "
+                     "or an RFC 3339 time with Z or an offset, like 2024-06-30T00:00:00Z")
+
+
+def when_text(micros: int) -> str:
+    from reledger.ledger.encoding import micros_to_time_text
+
+    return micros_to_time_text(micros)
+
+
+class Ledger:
+    """What the command line checked about the ledger at --db: it exists and is a ledger."""
+
+    def __init__(self, url: str, size: int, last_us: int):
+        self.url, self.size, self.last_us = url, size, last_us
+        self._parties: set[str] | None = None
+
+    def reader(self):
+        from reledger.storage.reader import LogReader
+
+        return LogReader(self.url)
+
+    def has_chain(self, party: str) -> bool:
+        with self.reader() as r:
+            return r.queries.chain_head(r.cursor(), party) is not None
+
+    def parties(self) -> set[str]:
+        """Every party id the ledger knows: its chains and the parties the registry names."""
+        if self._parties is None:
+            from reledger.ledger.entry import SignedEntry
+
+            with self.reader() as r:
+                known = {c for c, _ in r.queries.chains(r.cursor())}
+                for rec in r.queries.records_of_types(r.cursor(), ["PartyRegistered"], 0, self.size):
+                    try:
+                        body = SignedEntry.parse(rec.envelope).entry.body
+                    except Exception:  # noqa: BLE001 - an unreadable entry names nobody (verify reports it)
+                        continue
+                    if isinstance(body, dict) and isinstance(body.get("party"), str):
+                        known.add(body["party"])
+            self._parties = known
+        return self._parties
+
+    def require_party(self, party: str | None, option: str = "--party") -> None:
+        if party is None or self.has_chain(party) or party in self.parties():
+            return
+        raise UsageError(f"{option} {party}: no such party in the ledger at {self.url}"
+                         f"{suggest(party, self.parties())}")
+
+
+def reachable(args: argparse.Namespace) -> None:
+    """Where a new ledger is to be made, --db can be reached (exit 2 in seconds otherwise, not
+    after the connection pool's 30 s): a SQLite path that is not a directory and whose folder
+    exists or can be made; a PostgreSQL server that answers."""
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError
+
+    try:
+        u = DatabaseURL.parse(args.db)
+    except DatabaseURLError as e:
+        raise UsageError(str(e)) from e
+    if u.backend == "sqlite":
+        p = Path(u.path)
+        if p.is_dir():
+            raise UsageError(f"--db {args.db}: {u.path} is a directory; name the ledger's database file")
+        if p.exists() and p.stat().st_size and open(p, "rb").read(16) != b"SQLite format 3\x00":
+            raise UsageError(f"--db {args.db}: {u.path} is not a reledger ledger (not a SQLite database)")
+        return
+    try:
+        import psycopg
+
+        with psycopg.connect(u.conninfo(), connect_timeout=PG_CONNECT_TIMEOUT_S, autocommit=True):
+            pass
+    except psycopg.Error as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"cannot reach the database at {args.db}: {first}") from e
+
+
+def check_ledger(args: argparse.Namespace, *, allow_empty: bool = False) -> Ledger:
+    """The ledger at ``args.db`` exists and is one (exit 2 otherwise): a SQLite file that is a
+    reledger database, or a PostgreSQL database and schema (connect timeout 5 s) that holds
+    the ledger's tables. Only reads; writes nothing, creates nothing."""
+    import sqlite3
+
+    from reledger.storage.reader import DatabaseURL, DatabaseURLError, LogReader
+
+    try:
+        u = DatabaseURL.parse(args.db)
+    except DatabaseURLError as e:
+        raise UsageError(str(e)) from e
+    where = args.db
+    if u.backend == "sqlite":
+        p = Path(u.path)
+        if not p.exists():
+            raise UsageError(f"no ledger at {u.path}: run `reledger init` (or `reledger demo`) first, or pass --db")
+        if not p.is_file():
+            raise UsageError(f"--db {args.db}: {u.path} is not a file (a directory?); name the ledger's database file")
+        try:
+            with open(p, "rb") as f:
+                magic = f.read(16)
+        except OSError as e:
+            raise UsageError(f"--db {args.db}: cannot read {u.path}: {e.strerror}") from e
+        if magic != b"SQLite format 3\x00":
+            raise UsageError(f"--db {args.db}: {u.path} is not a reledger ledger (not a SQLite database)")
+    else:
+        os.environ.setdefault("PGCONNECT_TIMEOUT", str(PG_CONNECT_TIMEOUT_S))
+        try:
+            import psycopg
+
+            with psycopg.connect(u.conninfo(), connect_timeout=PG_CONNECT_TIMEOUT_S, autocommit=True) as conn:
+                row = conn.execute("SELECT to_regclass(%s), to_regnamespace(%s)",
+                                   (f"{u.schema}.reledger_log", u.schema)).fetchone()
+        except psycopg.Error as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"cannot reach the ledger at {args.db}: {first}") from e
+        if row[1] is None:
+            raise UsageError(f"--db {args.db}: no schema {u.schema!r} in database {u.dbname!r} "
+                             "(run `reledger init --db ...` to create a ledger there)")
+        if row[0] is None:
+            raise UsageError(f"--db {args.db}: schema {u.schema!r} holds no reledger ledger")
+    try:
+        with LogReader(args.db) as r:
+            size, last_us = r.queries.size(r.cursor())
+    except (sqlite3.Error, OSError) as e:
+        raise UsageError(f"--db {where} is not a reledger ledger ({e})") from e
+    except Exception as e:  # noqa: BLE001 - psycopg errors: the message, never a traceback
+        raise UsageError(f"cannot read the ledger at {where}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
+    if size == 0 and not allow_empty:
+        raise UsageError(f"the ledger at {where} is empty (no entries): run `reledger init` or `reledger demo` first")
+    return Ledger(args.db, size, last_us)
+
+
+class Ticker:
+    """Progress lines on stderr for work that can take more than two seconds, on a terminal or
+    not (a log keeps them): the first after 2 s, then one every ``every`` seconds."""
+
+    def __init__(self, label: str, total: int | None = None, every: float = 3.0, first: float = 2.0):
+        import time
+
+        self.label, self.total, self.every = label, total, every
+        self._clock = time.monotonic
+        self.start = self._clock()
+        self.next = self.start + first
+
+    def __call__(self, done: int, total: int | None = None, what: str = "entries") -> None:
+        now = self._clock()
+        if now < self.next:
+            return
+        self.next = now + self.every
+        total = total if total is not None else self.total
+        of = f" of {total:,}" if total else ""
+        pct = f" ({100 * done / total:.0f} %)" if total else ""
+        print(f"reledger: {self.label}: {done:,}{of} {what}{pct}, {now - self.start:.0f} s", file=sys.stderr, flush=True)
+
+
+class heartbeat:
+    """``with heartbeat("rebuilding the projections"):`` a line on stderr every ``every``
+    seconds while the block runs (for work that cannot report how far it is)."""
+
+    def __init__(self, label: str, every: float = 5.0):
+        import threading
+
+        self.label, self.every = label, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import time
+
+        t0 = time.monotonic()
+        while not self._stop.wait(self.every):
+            print(f"reledger: {self.label}: still working, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+
+def catch_up(ps, size: int) -> None:
+    """Bring projections up to date in pages, with progress lines when it takes a while."""
+    start = ps.position()
+    tick = Ticker("bringing the projections up to date", size - start)
+    while True:
+        n = ps.catch_up(limit=20_000)
+        if not n:
+            return
+        tick(ps.position() - start)
+
+
+def point_of(args: argparse.Namespace, ledger: Ledger):
+    """The point in time asked for (--as-of, --valid-at), checked against the ledger."""
+    from reledger.projections.queries import Point
+
+    n = valid = None
+    as_of = getattr(args, "as_of", None)
+    if as_of:
+        if as_of.strip().isdigit():
+            n = int(as_of)
+            if n > ledger.size:
+                raise UsageError(f"--as-of {n}: the log has only {ledger.size} entries (0 <= N <= {ledger.size})")
+        else:
+            t = parse_when(as_of, "--as-of", end_of_day=True)
+            with ledger.reader() as r:
+                n = r.queries.index_at_time(r.cursor(), t)
+    if getattr(args, "valid_at", None):
+        valid = parse_when(args.valid_at, "--valid-at", end_of_day=True)
+    return Point(n, valid)
+
+
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -82,7 +345,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     from reledger.ledger.genesis import ChainSigner, genesis_entries
     from reledger.ledger.keys import SigningKey
 
+    reachable(args)
     keys_dir = Path(args.keys)
+    if keys_dir.exists() and not keys_dir.is_dir():
+        raise UsageError(f"--keys {args.keys} is a file, not a directory")
     keys_dir.mkdir(parents=True, exist_ok=True)
     reg_path, op_path = keys_dir / f"{args.regulator}.key", keys_dir / "operator.key"
     for p in (reg_path, op_path):
@@ -125,7 +391,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
     key = SigningKey.generate(args.party, args.purpose, name=args.name)
-    out = Path(args.out or f"{args.party}.key")
+    out = writable(args.out or f"{args.party}.key")
     try:
         key.write(out, overwrite=args.force)
     except FileExistsError as e:
@@ -147,8 +413,9 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     from reledger.ledger.bundle import verify_bundle
     from reledger.replay.export import ExportError, build_bundle
 
-    open_store(args).close()
-    notes = [Path(p).read_bytes() for p in args.checkpoint]
+    ledger = check_ledger(args)
+    ledger.require_party(args.party)
+    notes = read_files(args.checkpoint, "--checkpoint")
     try:
         data, summary = build_bundle(args.db, args.party)
     except ExportError as e:
@@ -172,17 +439,14 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from reledger.storage.reader import DatabaseURL
     from reledger.ledger.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)
 
-    u = DatabaseURL.parse(args.db)
-    if u.backend == "sqlite" and not Path(u.path).exists():
-        raise UsageError(f"no ledger at {u.path}")
-    notes = [Path(p).read_bytes() for p in args.checkpoint]
-    progress = None
+    check_ledger(args)  # a missing or empty ledger is exit 2, never "verify OK: 0 entries"
+    notes = read_files(args.checkpoint, "--checkpoint")
+    progress = Ticker("verifying")
     bar = None
     if not args.json and sys.stderr.isatty():
         from rich.progress import Progress
@@ -217,47 +481,165 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def read_files(paths: list[str], option: str) -> list[bytes]:
+    out = []
+    for p in paths:
+        try:
+            out.append(Path(p).read_bytes())
+        except OSError as e:
+            raise UsageError(f"{option} {p}: {e.strerror or e}") from e
+    return out
+
+
+def writable(path: str, option: str = "--out") -> Path:
+    """A file the command may write: its folder exists and it is not a folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {path} is a directory: name a file")
+    if not p.parent.is_dir():
+        raise UsageError(f"{option} {path}: there is no directory {str(p.parent)!r}")
+    return p
+
+
 def load_checkpoint_signer(args: argparse.Namespace):
     from reledger.ledger.checkpoint import NoteSigner
     from reledger.ledger.keys import KeyError_, SigningKey
 
     path = Path(args.key)
+    if not path.is_file():
+        raise UsageError(f"--key {args.key}: no such key file (`reledger init` writes reledger-keys/operator.key, "
+                         "`reledger demo` reledger-demo/keys/operator.key)")
     try:
         key = SigningKey.read(path)
-    except KeyError_ as e:
-        raise UsageError(str(e)) from e
+    except (KeyError_, OSError, ValueError) as e:
+        raise UsageError(f"--key {args.key}: {e}") from e
     if key.purpose != "checkpoint" or not key.name:
         raise UsageError(f"{path} is not a checkpoint key (purpose 'checkpoint' with a name)")
     return NoteSigner(key.name, key.private_key)
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
+    check_ledger(args)
     signer = load_checkpoint_signer(args)
+    policy = load_policy(args.policy) if args.policy else None
+    report: list = []
     with open_store(args) as store:
-        note = store.checkpoint(signer)
+        cosign = None
+        if policy is not None:
+            from reledger.commands import witness
+            from reledger.ledger.cosignature import CosignatureError
+
+            if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
+                raise UsageError(f"the policy {args.policy} does not list this log's checkpoint key ({signer.name})")
+            latest = store.latest_checkpoint()
+            guess = latest[0] if latest else 0
+
+            def cosign(note: bytes, size: int) -> bytes:
+                cosigned, answers = witness.cosign(note, policy, lambda old: store.consistency_proof(old, size),
+                                                   guess, timeout=args.witness_timeout)
+                report.extend(answers)
+                return cosigned
+
+            try:
+                note = store.checkpoint(signer, cosign=cosign)
+            except CosignatureError as e:
+                for r in report:
+                    print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
+                print(f"reledger: checkpoint not published: {e}", file=sys.stderr)
+                return EXIT_FAILED
+        else:
+            note = store.checkpoint(signer)
     from reledger.ledger.checkpoint import Checkpoint
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
-    data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode()}
+    data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),
+            "witnesses": [{"witness": r.witness, "cosigned": r.ok, "detail": r.detail} for r in report]}
     emit(args, data, lambda: sys.stdout.write(note.decode()))
     return EXIT_OK
+
+
+def load_policy(path: str):
+    from reledger.ledger.cosignature import CosignatureError, Policy
+
+    try:
+        return Policy.parse(Path(path).read_bytes())
+    except OSError as e:
+        raise UsageError(f"cannot read the witness policy {path}: {e.strerror or e}") from None
+    except CosignatureError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+# --- witness ------------------------------------------------------------------------------------
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from reledger.commands import witness
+    from reledger.ledger.checkpoint import NoteError, NoteVerifier
+    from reledger.ledger.cosignature import COSIG_ED25519, COSIG_MLDSA44, CosignatureSigner
+
+    try:
+        if args.action == "keygen":
+            signers = [CosignatureSigner.generate(args.name, COSIG_ED25519)]
+            if not args.no_ml_dsa:
+                signers.append(CosignatureSigner.generate(args.name, COSIG_MLDSA44))
+            witness.write_key_file(args.key, signers, force=args.force)
+            emit(args, {"key": args.key, "vkeys": [s.verifier().vkey() for s in signers]},
+                 lambda: print("\n".join([f"wrote {args.key}"] + [s.verifier().vkey() for s in signers])))
+            return EXIT_OK
+        signers = witness.read_key_file(args.key)
+        if args.action == "vkey":
+            vkeys = [s.verifier().vkey() for s in signers]
+            emit(args, {"name": signers[0].name, "vkeys": vkeys}, lambda: print("\n".join(vkeys)))
+            return EXIT_OK
+        try:
+            logs = [NoteVerifier.from_vkey(v) for v in args.log]
+        except NoteError as e:
+            raise UsageError(f"--log: {e}") from None
+        state = witness.WitnessState(args.state)
+        try:
+            server = witness.make_server(witness.Witness(signers, logs, state), args.host, args.port)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+        print(f"witness {signers[0].name} listening on http://{args.host}:{server.server_address[1]} "
+              f"for {', '.join(v.name for v in logs)}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+            state.close()
+        return EXIT_OK
+    except witness.WitnessError as e:
+        raise UsageError(str(e)) from None
+
+
+def parse_entry_ref(text: str, option: str) -> tuple[str, int]:
+    chain, _, seq = text.rpartition(":")
+    if not chain or not seq.isdigit() or int(seq) < 1:
+        raise UsageError(f"{option} {text!r}: give CHAIN:SEQ, e.g. MIIT:1 (seq counts from 1)")
+    return chain, int(seq)
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
     from reledger.ledger import merkle
 
+    ledger = check_ledger(args)
+    if args.size is not None and not 1 <= args.size <= ledger.size:
+        raise UsageError(f"--size {args.size}: the log has {ledger.size} entries (1 <= N <= {ledger.size})")
+    if args.entry:
+        chain, seq = parse_entry_ref(args.entry, "--entry")
+        if not ledger.has_chain(chain):
+            raise UsageError(f"--entry {args.entry}: no chain {chain} in the ledger{suggest(chain, ledger.parties())}")
     with open_store(args) as store:
         latest = store.latest_checkpoint()
         size = args.size or (latest[0] if latest else store.size())
         note = latest[2].decode() if latest and latest[0] == size else None
         root = store.root(size)
         if args.entry:
-            chain, _, seq = args.entry.rpartition(":")
-            if not chain or not seq.isdigit():
-                raise UsageError("--entry takes CHAIN:SEQ, e.g. --entry MIIT:1")
-            rec = store.entry(chain, int(seq))
+            rec = store.entry(chain, seq)
             if rec is None:
-                raise UsageError(f"no entry {args.entry}")
+                head = store.chain_head(chain)[0]
+                raise UsageError(f"--entry {args.entry}: chain {chain} has entries 1..{head}")
             if rec.index >= size:
                 raise UsageError(f"entry {args.entry} (index {rec.index}) is not in a tree of size {size}; "
                                  "make a checkpoint first or pass --size")
@@ -297,38 +679,69 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 # --- projections ----------------------------------------------------------------------------
 
-def open_projections(args: argparse.Namespace):
-    """The projections of the ledger, brought up to date, and the point in time asked for."""
-    from reledger.projections.queries import parse_point
+def open_projections(args: argparse.Namespace, parties: tuple[str, ...] = ("party",)):
+    """The projections of the ledger, brought up to date, and the point in time asked for.
+    The ledger, the parties named (``args.<name>``) and the times are checked first (exit 2)."""
     from reledger.projections.store import ProjectionStore
 
-    open_store(args).close()  # a missing ledger is a usage error
+    ledger = check_ledger(args)
+    for name in parties:
+        ledger.require_party(getattr(args, name, None), "--" + name.replace("_", "-"))
+    point = point_of(args, ledger)
     ps = ProjectionStore(args.db)
-    ps.catch_up()
     try:
-        point = parse_point(args.db, getattr(args, "as_of", None), getattr(args, "valid_at", None))
-    except ValueError as e:
+        catch_up(ps, ledger.size)
+    except BaseException:
         ps.close()
-        raise UsageError(str(e)) from e
+        raise
     return ps, point
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def grouped(value: Any) -> str:
+    """A decimal quantity for people: thousands separators, its decimals kept ("1,325,500",
+    "2,501.82"); anything else as it is."""
+    import re
+
+    text = "" if value is None else str(value)
+    m = re.fullmatch(r"(-?)(\d+)(\.\d+)?( [A-Z]+)?", text)  # a flag may follow: "-12.5 NEGATIVE"
+    if not m:
+        return text
+    return f"{m.group(1)}{int(m.group(2)):,}{m.group(3) or ''}{m.group(4) or ''}"
+
+
+def _table(args: argparse.Namespace, title: str, columns: list[str], rows: list[list[Any]],
+           numeric: tuple[int, ...] = ()) -> None:
+    """A table on stdout: rich (numbers right-aligned with thousands separators), or CSV under
+    ``--format csv`` (a "# title" line before each table; numbers as recorded, no separators)."""
+    if getattr(args, "format", None) == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        sys.stdout.write(f"# {title}\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if v is None else v for v in r])
+        return
     from rich.table import Table
 
     t = Table(title=title)
-    for c in columns:
-        t.add_column(c)
+    for i, c in enumerate(columns):
+        t.add_column(c, justify="right" if i in numeric else "left", overflow="fold")
     for r in rows:
-        t.add_row(*[("" if v is None else str(v)) for v in r])
+        t.add_row(*[(grouped(v) if i in numeric else ("" if v is None else str(v))) for i, v in enumerate(r)])
     console().print(t)
 
 
 def cmd_quota(args: argparse.Namespace) -> int:
     from reledger.projections import queries
+    from reledger.projections.store import P
 
     ps, point = open_projections(args)
     try:
+        years = sorted({int(y) for (y,) in ps.execute(f"SELECT DISTINCT year FROM {P}quota")})
+        if args.year not in years:
+            raise UsageError(f"--year {args.year}: the ledger records no quota for that year"
+                             + (f" (years with quota: {', '.join(map(str, years))})" if years else " (nor any year)"))
         q = queries.quota(ps, args.year, point)
     finally:
         ps.close()
@@ -337,18 +750,20 @@ def cmd_quota(args: argparse.Namespace) -> int:
         q["groups"] = [g for g in q["groups"] if g["group"] == args.party]
 
     def text() -> None:
-        _table(f"Quota {args.year}: enterprises (t REO)", ["party", "category", "direct", "sub-allocated",
+        _table(args, f"Quota {args.year}: enterprises (t REO)", ["party", "category", "direct", "sub-allocated",
                "reduced", "allocated", "used", "remaining", "% used"],
                [[e["party"], e["category"], e["issued_direct_t"], e["sub_allocated_in_t"], e["reduced_t"],
                  e["allocated_t"], e["used_t"], e["remaining_t"], (e["percent_used"] or "-") + (" OVER" if e["over"] else "")]
-                for e in q["enterprises"]])
-        _table(f"Quota {args.year}: groups (t REO)", ["group", "category", "issued", "reduced", "sub-allocated", "used",
+                for e in q["enterprises"]], numeric=(2, 3, 4, 5, 6, 7, 8))
+        _table(args, f"Quota {args.year}: groups (t REO)", ["group", "category", "issued", "reduced", "sub-allocated", "used",
                "remaining", "% used"],
                [[g["group"], g["category"], g["issued_t"], g["reduced_t"], g["sub_allocated_t"], g["used_t"],
-                 g["remaining_t"], g["percent_used"] or "-"] for g in q["groups"]])
-        _table(f"Quota {args.year}: nation (t REO)", ["category", "issued", "reduced", "used", "remaining", "% used"],
+                 g["remaining_t"], g["percent_used"] or "-"] for g in q["groups"]], numeric=(2, 3, 4, 5, 6, 7))
+        _table(args, f"Quota {args.year}: nation (t REO)", ["category", "issued", "reduced", "used", "remaining", "% used"],
                [[n["category"], n["issued_t"], n["reduced_t"], n["used_t"], n["remaining_t"], n["percent_used"] or "-"]
-                for n in q["nation"]])
+                for n in q["nation"]], numeric=(1, 2, 3, 4, 5))
+        if args.format == "csv":
+            return
         console().print(f"as of log size {q['as_of_size']}" + (f", valid at {q['point']['valid_at']}"
                                                                   if q["point"]["valid_at"] else ""))
     emit(args, q, text)
@@ -365,12 +780,13 @@ def cmd_stock(args: argparse.Namespace) -> int:
         ps.close()
 
     def text() -> None:
-        _table(f"Stock of {args.party or 'every party'} by lot", ["party", "lot", "product", "kg", "kg REO",
+        _table(args, f"Stock of {args.party or 'every party'} by lot", ["party", "lot", "product", "kg", "kg REO",
                "moved by (log indices)"],
                [[x["party"], x["lot"], x["product"], x["kg"] + (" NEGATIVE" if x["negative"] else ""), x["reo_kg"],
-                 ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")] for x in st["lots"]])
-        _table("by product", ["party", "product", "kg", "kg REO"],
-               [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]])
+                 ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")] for x in st["lots"]],
+               numeric=(3, 4))
+        _table(args, "by product", ["party", "product", "kg", "kg REO"],
+               [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]], numeric=(2, 3))
     emit(args, st, text)
     return EXIT_OK
 
@@ -385,11 +801,11 @@ def cmd_findings(args: argparse.Namespace) -> int:
         ps.close()
 
     def text() -> None:
-        _table(f"Findings ({len(f['findings'])})", ["index", "occurred", "rule", "code", "party", "message",
+        _table(args, f"Findings ({len(f['findings'])})", ["index", "occurred", "rule", "code", "party", "message",
                "evidence"],
                [[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
                  "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
-                for x in f["findings"]])
+                for x in f["findings"]], numeric=(0,))
     emit(args, f, text)
     return EXIT_FAILED if f["findings"] else EXIT_OK
 
@@ -397,25 +813,45 @@ def cmd_findings(args: argparse.Namespace) -> int:
 def cmd_flow(args: argparse.Namespace) -> int:
     from reledger.projections import flowgraph
 
-    ps, point = open_projections(args)
+    if args.out:
+        writable(args.out)
+    if args.lot:
+        require_lot(args, args.lot)
+    ps, point = open_projections(args, parties=())
     try:
         if args.lot:
             g = flowgraph.trace(ps, args.lot, args.direction, point)
             if len(g["nodes"]) <= 1 and not g["edges"]:
                 raise UsageError(f"no lot {args.lot} in the flow graph")
+            if args.party:
+                if not any(n.get("party") == args.party for n in g["nodes"]):
+                    raise UsageError(f"party {args.party} held no lot of this trace")
+                g = flowgraph.drill_down(g, args.party)
+            elif args.detail == "auto":
+                g = flowgraph.aggregate(g)
         else:
-            g = flowgraph.party_graph(ps, point)
+            g = flowgraph.party_graph(ps, point, party=args.party)
+            if args.party and not g["edges"]:
+                raise UsageError(f"no flows touch party {args.party}")
     finally:
         ps.close()
     title = f"lot {args.lot} {'upstream' if args.direction == 'up' else 'downstream'}" if args.lot else "flows"
+    if args.party:
+        title += f" at {args.party}" if args.lot else f" of {args.party}, by month"
     if args.format == "dot":
         text = flowgraph.to_dot(g, title)
     elif args.format == "svg":
-        text = flowgraph.to_svg(g, title)
+        try:
+            text = flowgraph.to_svg(g, title)
+        except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:
+            raise UsageError(str(e)) from e
     else:
         text = json.dumps(g, indent=2)
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            writable(args.out).write_text(text)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from e
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -427,11 +863,13 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     from reledger.projections.store import ProjectionStore
 
-    open_store(args).close()
+    check_ledger(args)
+    print("reledger: rebuilding the projections from the log (this reads every entry) ...", file=sys.stderr, flush=True)
     t = _time.perf_counter()
     ps = ProjectionStore(args.db)
     try:
-        n = ps.rebuild()
+        with heartbeat("rebuilding the projections"):
+            n = ps.rebuild()
     finally:
         ps.close()
     dt = _time.perf_counter() - t
@@ -443,25 +881,33 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 # --- replay and audit -----------------------------------------------------------------------
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from reledger.projections.queries import _parse_when, parse_point
-    from reledger.replay.history import iter_text, replay_party
+    from reledger.commands.catalogue import ENTRY_TYPES
+    from reledger.replay.history import iter_csv, iter_text, replay_party
 
-    open_store(args).close()
-    try:
-        point = parse_point(args.db, args.as_of, None)
-        since = _parse_when(args.from_, "--from") if args.from_ else None
-        until = _parse_when(args.until, "--until") if args.until else None
-        valid_at = _parse_when(args.valid_at, "--valid-at") if args.valid_at else None
-    except ValueError as e:
-        raise UsageError(str(e)) from e
-    if valid_at is not None:
-        until = valid_at if until is None else min(until, valid_at)
+    ledger = check_ledger(args)
+    ledger.require_party(args.party)
+    ledger.require_party(args.counterparty, "--counterparty")
+    for t in args.type or []:
+        if t not in ENTRY_TYPES:
+            raise UsageError(f"--type {t}: no such entry type{suggest(t, ENTRY_TYPES)} (reledger types lists them)")
+    point = point_of(args, ledger)
+    since = parse_when(args.from_, "--from", end_of_day=False) if args.from_ else None
+    until = parse_when(args.until, "--until", end_of_day=True) if args.until else None
+    if since is not None and until is not None and since > until:
+        raise UsageError(f"--from {args.from_} is after --until {args.until}")
+    if point.valid_at_us is not None:
+        until = point.valid_at_us if until is None else min(until, point.valid_at_us)
+    if args.lot:
+        require_lot(args, args.lot)
+    tick = Ticker(f"replaying the log for {args.party}")
     r = replay_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
-                     types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty)
-    if not r.steps and r.name is None:
-        raise UsageError(f"party {args.party} has no history in this ledger")
+                     types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
+                     progress=lambda done, total: tick(done, total))
     if args.json:
         emit(args, r.to_dict(), lambda: None)
+    elif args.format == "csv":
+        for line in iter_csv(r):
+            sys.stdout.write(line)
     elif args.step and sys.stdin.isatty():
         lines = list(iter_text(r))
         print(lines[0])
@@ -480,14 +926,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_FAILED if r.signatures_invalid else EXIT_OK
 
 
+def require_lot(args: argparse.Namespace, lot: str) -> None:
+    """The lot is in the ledger's lots (the projections, brought up to date)."""
+    from reledger.projections.store import P, ProjectionStore
+
+    ps = ProjectionStore(args.db)
+    try:
+        catch_up(ps, check_ledger(args).size)
+        if ps.execute(f"SELECT 1 FROM {P}lots WHERE lot = ? LIMIT 1", (lot,)):
+            return
+        same = ps.execute(f"SELECT lot FROM {P}lots WHERE lower(lot) = lower(?) LIMIT 3", (lot,))
+    finally:
+        ps.close()
+    hint = f" (did you mean {' or '.join(r[0] for r in same)}?)" if same else ""
+    raise UsageError(f"--lot {lot}: no such lot in the ledger{hint}")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from reledger.replay.export import ExportError, export_bundle
 
-    open_store(args).close()
+    ledger = check_ledger(args)
+    ledger.require_party(args.party)
+    writable(args.out)
     try:
         summary = export_bundle(args.db, args.party, args.out)
     except ExportError as e:
         raise UsageError(str(e)) from e
+    except OSError as e:
+        raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from e
     emit(args, summary, lambda: console().print(
         f"wrote {summary['file']}: {summary['chain_length']} entries of {args.party} and "
         f"{summary['registry_entries']} registry entries, each with its inclusion proof against the checkpoint "
@@ -498,13 +964,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_investigate(args: argparse.Namespace) -> int:
-    from reledger.projections.queries import parse_point
     from reledger.replay.report import ReportError, write_report
 
-    open_store(args).close()
+    ledger = check_ledger(args)
+    ledger.require_party(args.party)
+    point = point_of(args, ledger)
+    writable(args.out)
+    print(f"reledger: investigating {args.party}: replaying {point.as_of or ledger.size:,} entries and proving the "
+          "evidence (this can take a while on a large ledger) ...", file=sys.stderr, flush=True)
     try:
-        point = parse_point(args.db, args.as_of, None)
-        summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
+        with heartbeat(f"investigating {args.party}"):
+            summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
     except (ReportError, ValueError) as e:
         raise UsageError(str(e)) from e
     except OSError as e:
@@ -554,9 +1024,14 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import re
+
     from reledger.replay.monthly import ReportError, build_monthly_report
 
-    open_store(args).close()
+    ledger = check_ledger(args)
+    ledger.require_party(args.party)
+    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", args.month):
+        raise UsageError(f"--month {args.month!r}: give YYYY-MM, e.g. 2024-11")
     try:
         rep = build_monthly_report(args.db, args.party, args.month)
     except ReportError as e:
@@ -649,6 +1124,7 @@ def cmd_append(args: argparse.Namespace) -> int:
         from reledger.projections.hooks import ProjectionFindings
         from reledger.projections.store import ProjectionStore
 
+        check_ledger(args)
         with open_store(args) as store:
             ps = ProjectionStore(args.db)
             try:
@@ -677,6 +1153,153 @@ def cmd_append(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- show one entry; the entry types -------------------------------------------------------
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """One entry as a person wants to see it: what it says (decoded body), who signed it with
+    which key and whether the signature holds, where it sits in the log, and its inclusion proof
+    against the latest checkpoint (verified before printing)."""
+    from reledger.ledger import merkle
+    from reledger.ledger.entry import EntryError, SignedEntry
+    from reledger.ledger.registry import Registry, RegistryError
+    from reledger.replay.history import json_body, says
+
+    ledger = check_ledger(args)
+    chain, seq = parse_entry_ref(args.entry, "entry")
+    if not ledger.has_chain(chain):
+        raise UsageError(f"{args.entry}: no chain {chain} in the ledger{suggest(chain, ledger.parties())}")
+    with ledger.reader() as r:
+        rec = r.queries.record_of(r.cursor(), chain, seq)
+        if rec is None:
+            head = r.queries.chain_head(r.cursor(), chain)
+            raise UsageError(f"{args.entry}: chain {chain} has entries 1..{head[0] if head else 0}")
+        problems: list[str] = []
+        signed = None
+        try:
+            if rec.envelope is None:
+                raise EntryError("the entry is missing from the events table")
+            signed = SignedEntry.parse(rec.envelope)
+        except Exception as e:  # noqa: BLE001 - a damaged entry is shown as damaged, never hidden
+            problems.append(f"unreadable entry: {e}")
+        signature = "not checked"
+        if signed is not None:
+            if (signed.entry.chain, signed.entry.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash):
+                problems.append(f"the stored entry ({signed.entry.chain}:{signed.entry.seq}) is not the one the log "
+                                f"recorded at index {rec.index}")
+            registry = Registry()
+            for reg in r.queries.records_of_types(r.cursor(), ["PartyRegistered", "PartyDesignationChanged",
+                                                                "KeyAuthorized", "KeyRevoked"], 0, rec.index):
+                try:
+                    registry.apply(SignedEntry.parse(reg.envelope), reg.index)
+                except Exception:  # noqa: BLE001 - verify reports broken registry entries
+                    pass
+            try:
+                pub = registry.key_for(signed, rec.index, rec.recorded_us)
+                signature = "valid" if signed.signature_valid(pub) else "INVALID: not a signature by that key"
+            except RegistryError as e:
+                signature = f"INVALID: {e}"
+            if signature != "valid":
+                problems.append(f"signature {signature}")
+    with open_store(args) as store:
+        latest = store.latest_checkpoint()
+        proof_doc: dict[str, Any] | None = None
+        if latest and rec.index < latest[0]:
+            size = latest[0]
+            root = store.root(size)
+            proof = store.inclusion_proof(rec.index, size)
+            merkle.verify_inclusion(rec.nodes[:32], rec.index, size, proof, root)
+            proof_doc = {"checkpoint_size": size, "root": root.hex(), "path": [h.hex() for h in proof],
+                         "checkpoint": latest[2].decode(), "verified": True}
+    e = signed.entry if signed else None
+    data = {
+        "entry": f"{chain}:{seq}", "chain": chain, "seq": seq, "type": rec.type, "index": rec.index,
+        "recorded_at": rec.recorded_at, "occurred_at": e.occurred_at if e else None,
+        "entry_hash": rec.entry_hash.hex(), "leaf_hash": rec.nodes[:32].hex(),
+        "prev": e.prev.hex() if e else None, "key_id": e.key_id if e else None,
+        "command_id": e.command_id if e else None,
+        "signature": signed.signature.hex() if signed else None, "signature_check": signature,
+        "says": says(rec.type, e.body) if e else "", "body": json_body(e.body) if e else None,
+        "inclusion_proof": proof_doc, "problems": problems,
+    }
+
+    def text() -> None:
+        c = console()
+        c.print(f"[bold]{data['entry']}[/bold]  {data['type']}")
+        if data["says"]:
+            c.print(f"  says          {data['says']}")
+        c.print(f"  occurred at   {data['occurred_at']}   (business time)")
+        c.print(f"  recorded at   {data['recorded_at']}   (log index {rec.index:,} of {ledger.size:,})")
+        c.print(f"  signed with   key {data['key_id']}: signature {signature}")
+        c.print(f"  signature     {data['signature']}")
+        c.print(f"  entry hash    {data['entry_hash']}")
+        c.print(f"  previous      {data['prev']}")
+        c.print(f"  leaf hash     {data['leaf_hash']}")
+        c.print(f"  command id    {data['command_id']}")
+        c.print("  body:")
+        for line in json.dumps(data["body"], indent=2, ensure_ascii=False).splitlines():
+            c.print("    " + line, markup=False)
+        if proof_doc:
+            c.print(f"  inclusion proof against the latest checkpoint (size {proof_doc['checkpoint_size']:,}, root "
+                    f"{proof_doc['root']}), verified:")
+            for h in proof_doc["path"]:
+                c.print(f"    {h}")
+        else:
+            c.print("  [yellow]not yet covered by a checkpoint[/yellow] (reledger checkpoint signs one)")
+        for p in problems:
+            c.print(f"  [red]problem:[/red] {p}")
+    emit(args, data, text)
+    return EXIT_FAILED if problems else EXIT_OK
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    """The entry types of the catalogue; with a TYPE, its fields (type, unit, limits, meaning)
+    and who may assert it."""
+    from reledger.commands.catalogue import SCHEMAS
+    from reledger.commands.validate import role_rule_text
+
+    if not args.type:
+        data = {"types": [{"type": t, "group": s.group, "asserted_by": role_rule_text(t), "doc": s.doc}
+                          for t, s in SCHEMAS.items()]}
+
+        def text() -> None:
+            if args.format == "csv":
+                _table(args, "entry types", ["type", "group", "asserted by", "meaning"],
+                       [[x["type"], x["group"], x["asserted_by"], x["doc"]] for x in data["types"]])
+                return
+            _table(args, f"Entry types ({len(SCHEMAS)}): `reledger types TYPE` for a type's fields",
+                   ["type", "group", "asserted by"], [[x["type"], x["group"], x["asserted_by"]] for x in data["types"]])
+        emit(args, data, text)
+        return EXIT_OK
+    name = args.type
+    if name not in SCHEMAS:
+        same = [t for t in SCHEMAS if t.lower() == name.lower()]
+        if len(same) == 1:
+            name = same[0]
+        else:
+            raise UsageError(f"no entry type {args.type}{suggest(args.type, SCHEMAS)} (reledger types lists them)")
+    s = SCHEMAS[name]
+    fields: list[dict[str, Any]] = []
+
+    def walk(prefix: str, f: Any, required: bool) -> None:
+        fields.append({"field": prefix, "required": required, "type": f.describe(), "meaning": f.doc})
+        for suffix, child in f.children():
+            walk(prefix + suffix, child, not child.optional)
+
+    for fname, f in s.body.fields.items():
+        walk(fname, f, not f.optional)
+    data = {"type": name, "group": s.group, "doc": s.doc, "asserted_by": role_rule_text(name), "fields": fields}
+
+    def text() -> None:
+        if args.format != "csv":
+            c = console()
+            c.print(f"[bold]{name}[/bold] ({s.group}): {s.doc}")
+            c.print(f"asserted by: {data['asserted_by']}")
+        _table(args, f"{name}: body fields", ["field", "required", "type, unit and limits", "meaning"],
+               [[x["field"], "yes" if x["required"] else "no", x["type"], x["meaning"]] for x in fields])
+    emit(args, data, text)
+    return EXIT_OK
+
+
 # --- the rest -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -686,9 +1309,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import socket
+
     from reledger.commands.server import serve
 
-    open_store(args).close()  # refuse a missing SQLite file with a clear message
+    check_ledger(args)  # a missing, empty or unreachable ledger: exit 2 before anything starts
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((args.host, args.port))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
+                         "(is another server using that port? pass --port)") from e
+    print(f"reledger serve: starting on {args.host}:{args.port} (building the write state from the log) ...",
+          file=sys.stderr, flush=True)
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
     return EXIT_OK
 
@@ -702,155 +1336,362 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(argv)
 
 
+EXIT_CODES_HELP = """exit codes:
+  0  success
+  1  {one}
+  2  bad usage or input (an unknown party, lot, year, schema or database; a bad time; a missing file):
+     nothing is written, and the message says why"""
+
+TIMES_HELP = """times: a date YYYY-MM-DD is that whole day in China Standard Time (UTC+8): --from includes the
+day from 00:00 CST, --until, --valid-at and --as-of include it to 24:00 CST; or an RFC 3339 time with
+Z or an offset (2024-06-30T00:00:00Z). --as-of N is a log size (0..the log's size)."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's default shown (unless it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" not in text and action.default not in (None, False, [], argparse.SUPPRESS)
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _epilog(examples: list[str], one: str = "-", times: bool = False) -> str:
+    out = "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n"
+    if times:
+        out += TIMES_HELP + "\n\n"
+    return out + EXIT_CODES_HELP.format(one=one if one != "-" else "(not used by this command)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reledger", description="Signed, append-only rare earth traceability ledger")
+    from reledger import __version__
+
+    p = argparse.ArgumentParser(
+        prog="reledger", formatter_class=HelpFormatter,
+        description="reledger: a signed, append-only traceability ledger for rare earth total quantity control.\n"
+                    "`reledger COMMAND --help` describes each command, with examples and exit codes.",
+        epilog="start here:\n  reledger demo                      a simulated control year, end to end\n"
+               "  reledger findings --db sqlite:///reledger-demo/ledger.db\n"
+               "  reledger types                     the entry types (and `reledger types TYPE`)\n\n"
+               "every command takes --db URL (default: $RELEDGER_DB, else sqlite:///./reledger.db) and --json;\n"
+               "exit 0 success, 1 a verification failure or finding the command exists to report, 2 bad usage or input")
+    p.add_argument("--version", action="version", version=f"reledger {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = sub.add_parser
 
-    def sub_add_parser(name: str, parents=(), **kw) -> argparse.ArgumentParser:
-        s = add(name, **kw)
+    def sub_add_parser(name: str, parents=(), description: str = "", examples: list[str] = (), one: str = "-",
+                       times: bool = False, **kw) -> argparse.ArgumentParser:
+        import textwrap
+
+        s = add(name, formatter_class=HelpFormatter, description=textwrap.fill(description or kw.get("help", ""), 100),
+                epilog=_epilog(list(examples), one, times) if examples else None, **kw)
         if parents:  # every subcommand gets its own --db/--json actions (defaults differ)
-            s.add_argument("--db", default=default_db(), help="database URL (default: $RELEDGER_DB or %(default)s)")
-            s.add_argument("--json", action="store_true", help="print one JSON document")
+            s.add_argument("--db", default=default_db(), metavar="URL",
+                           help="the ledger: sqlite:///FILE or postgresql://USER@HOST:PORT/DB[?schema=NAME] "
+                                "(default: $RELEDGER_DB, else %(default)s)")
+            s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
         return s
 
     sub.add_parser = sub_add_parser  # type: ignore[method-assign]
     common = object()
 
-    s = sub.add_parser("init", parents=[common], help="create a ledger with its regulator genesis")
-    s.add_argument("--regulator", default="MIIT", help="the root regulator's party id (default %(default)s)")
-    s.add_argument("--name", default="Ministry of Industry and Information Technology")
+    def formats(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                       help="table for people, json (as --json) or csv for scripts")
+
+    s = sub.add_parser("init", parents=[common], help="create a ledger with its regulator genesis",
+                       description="Create a new, empty ledger at --db with its genesis (the root regulator's key "
+                                   "and registration, and the operator's checkpoint key), write both key files "
+                                   "(mode 0600) and sign the first checkpoint. Refuses a ledger that is not empty.",
+                       examples=["reledger init --db sqlite:///national.db --keys keys/",
+                                 "reledger init --db 'postgresql://postgres@127.0.0.1:5432/ledger?schema=national' "
+                                 "--serving-role reledger_server"])
+    s.add_argument("--regulator", default="MIIT", help="the root regulator's party id")
+    s.add_argument("--name", default="Ministry of Industry and Information Technology", help="the regulator's name")
     s.add_argument("--origin", default="reledger.example/national", help="checkpoint origin (signed-note key name)")
-    s.add_argument("--keys", default="reledger-keys", help="where to write the key files (default %(default)s)")
+    s.add_argument("--keys", default="reledger-keys", metavar="DIR", help="where to write the key files")
     s.add_argument("--force", action="store_true", help="overwrite existing key files")
-    s.add_argument("--serving-role", help="PostgreSQL: create this role with INSERT and SELECT only")
+    s.add_argument("--serving-role", metavar="ROLE", help="PostgreSQL: create this role with INSERT and SELECT only")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 key file (mode 0600)")
-    s.add_argument("--party", required=True)
-    s.add_argument("--purpose", choices=["entries", "checkpoint"], default="entries")
+    s = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 key file (mode 0600)",
+                       description="Write a new Ed25519 key for a party (its public half is registered by the "
+                                   "regulator with a KeyAuthorized entry). Never overwrites a file unless --force.",
+                       examples=["reledger keygen --party 9115020011BAYANOBO --out bayanobo.key"])
+    s.add_argument("--party", required=True, help="the party id the key signs for")
+    s.add_argument("--purpose", choices=["entries", "checkpoint"], default="entries",
+                   help="entries (a party's chain) or checkpoint (the operator's)")
     s.add_argument("--name", help="signed-note key name (checkpoint keys)")
-    s.add_argument("--out", help="key file (default PARTY.key)")
-    s.add_argument("--force", action="store_true")
+    s.add_argument("--out", metavar="FILE", help="key file (default: PARTY.key)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing key file")
     s.set_defaults(func=cmd_keygen)
 
-    s = sub.add_parser("verify", parents=[common], help="verify signatures, keys, chains, Merkle log, checkpoints")
+    s = sub.add_parser("verify", parents=[common], help="verify signatures, keys, chains, Merkle log, checkpoints",
+                       description="Verify the whole log: every signature with the key valid when it was recorded, "
+                                   "every chain's seq and prev links, the Merkle log and every stored checkpoint; "
+                                   "name the first bad entry. With --party, one party's chain as an auditor checks "
+                                   "it offline (its bundle, with inclusion proofs). An empty or missing ledger is "
+                                   "an error (exit 2), never \"OK\".",
+                       examples=["reledger verify", "reledger verify --genesis HASH --checkpoint-key VKEY",
+                                 "reledger verify --party 9136070022GANZHOUS --checkpoint checkpoint.txt"],
+                       one="the ledger fails verification (the first bad entry is named)")
     s.add_argument("--party", help="verify one party's chain (with inclusion proofs), not the whole log")
-    s.add_argument("--workers", type=int, default=None, help="processes for signatures (default: all cores)")
-    s.add_argument("--genesis", help="trusted genesis entry hash (hex)")
-    s.add_argument("--checkpoint-key", action="append", default=[], help="trusted checkpoint vkey (repeatable)")
-    s.add_argument("--checkpoint", action="append", default=[], help="a checkpoint note kept outside the database")
+    s.add_argument("--workers", type=_positive_int, default=None, help="processes for signatures (default: all cores)")
+    s.add_argument("--genesis", metavar="HASH", help="trusted genesis entry hash (hex)")
+    s.add_argument("--checkpoint-key", action="append", default=[], metavar="VKEY",
+                   help="trusted checkpoint vkey (repeatable)")
+    s.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                   help="a checkpoint note kept outside the database (repeatable)")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log")
-    s.add_argument("--key", default="reledger-keys/operator.key", help="checkpoint key file (default %(default)s)")
+    s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log",
+                       description="Sign the current tree head with the operator's checkpoint key (C2SP "
+                                   "tlog-checkpoint), store it and print the note. With --policy, the checkpoint "
+                                   "is first submitted to the witnesses of a C2SP tlog-policy file and published "
+                                   "only once their quorum cosigned it (docs/FORMAT.md 7a).",
+                       examples=["reledger checkpoint --key reledger-demo/keys/operator.key > checkpoint.txt",
+                                 "reledger checkpoint --key reledger-keys/operator.key --policy witnesses.policy"],
+                       one="the witnesses' quorum was not met: nothing was published")
+    s.add_argument("--key", required=True, metavar="FILE",
+                   help="the checkpoint key file: `reledger init` writes reledger-keys/operator.key, "
+                        "`reledger demo` reledger-demo/keys/operator.key")
+    s.add_argument("--policy", metavar="FILE", help="a C2SP tlog-policy file: publish only once its witnesses' "
+                                                    "quorum cosigned (default: no witnesses)")
+    s.add_argument("--witness-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for each witness (default %(default)s)")
     s.set_defaults(func=cmd_checkpoint)
 
-    s = sub.add_parser("prove", parents=[common], help="inclusion proof of an entry, or consistency proof")
-    s.add_argument("--entry", help="CHAIN:SEQ")
-    s.add_argument("--size", type=int, help="tree size (default: the latest checkpoint's)")
-    s.add_argument("--from", dest="from_", type=int)
-    s.add_argument("--to", type=int)
+    s = sub.add_parser("witness", help="run a transparency-log witness (C2SP tlog-witness), or make its key",
+                       description="A witness cosigns a log's checkpoints once it has checked that each is "
+                                   "consistent with the last one it cosigned (C2SP tlog-witness, tlog-cosignature; "
+                                   "docs/FORMAT.md 7a). keygen writes its key file (Ed25519 and ML-DSA-44), vkey "
+                                   "prints its verifier keys for a policy, serve runs it.",
+                       examples=["reledger witness keygen --key w1.key --name witness.example/w1",
+                                 "reledger witness vkey --key w1.key",
+                                 "reledger witness serve --key w1.key --state w1.db --log \"$LOG_VKEY\" --port 8090"])
+    s.add_argument("action", choices=["keygen", "vkey", "serve"],
+                   help="keygen: write a witness key file; vkey: print its verifier keys; serve: run the witness")
+    s.add_argument("--key", required=True, help="the witness key file")
+    s.add_argument("--name", help="keygen: the witness's key name (a schema-less URL, e.g. witness.example/w1)")
+    s.add_argument("--no-ml-dsa", action="store_true", help="keygen: an Ed25519 key only, no ML-DSA-44 key")
+    s.add_argument("--force", action="store_true", help="keygen: overwrite an existing key file")
+    s.add_argument("--state", default="witness.db", help="serve: the witness's SQLite state (default %(default)s)")
+    s.add_argument("--log", action="append", default=[], metavar="VKEY",
+                   help="serve: the checkpoint vkey of a log to witness (repeatable; its name is the origin)")
+    s.add_argument("--host", default="127.0.0.1", help="serve: address (default %(default)s)")
+    s.add_argument("--port", type=int, default=8090, help="serve: port, 0 for any free one (default %(default)s)")
+    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.set_defaults(func=cmd_witness)
+
+    s = sub.add_parser("prove", parents=[common], help="inclusion proof of an entry, or consistency proof",
+                       description="Print an inclusion proof of one entry (against the latest checkpoint, or a "
+                                   "tree of --size entries), or a consistency proof between two tree sizes. Every "
+                                   "proof is verified against the root before it is printed.",
+                       examples=["reledger prove --entry 9136070022GANZHOUS:1",
+                                 "reledger prove --from 100 --to 900"])
+    s.add_argument("--entry", metavar="CHAIN:SEQ", help="the entry to prove, e.g. MIIT:1")
+    s.add_argument("--size", type=_positive_int, metavar="N", help="tree size (default: the latest checkpoint's)")
+    s.add_argument("--from", dest="from_", type=int, metavar="N", help="consistency proof: the older tree size")
+    s.add_argument("--to", type=int, metavar="M", help="consistency proof: the newer tree size")
     s.set_defaults(func=cmd_prove)
 
-    def point_options(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--as-of", help="what the ledger knew: a log size N, or a record time (RFC 3339)")
-        s.add_argument("--valid-at", help="business time: YYYY-MM-DD (end of day) or RFC 3339")
+    s = sub.add_parser("show", parents=[common], help="one entry: what it says, its signature, its proof",
+                       description="Show one entry: its type and decoded body (quantities with their units), "
+                                   "business and record times, the key that signed it and whether the signature "
+                                   "holds, its log index, leaf and entry hashes, and its inclusion proof against "
+                                   "the latest checkpoint (verified).",
+                       examples=["reledger show 9136070022GANZHOUS:12", "reledger show MIIT:1 --json"],
+                       one="the entry is damaged (unreadable, not the one the log recorded, or a bad signature)")
+    s.add_argument("entry", metavar="CHAIN:SEQ", help="the entry, e.g. MIIT:1")
+    s.set_defaults(func=cmd_show)
 
-    s = sub.add_parser("quota", parents=[common], help="quota usage per enterprise, group and nation")
-    s.add_argument("--year", type=int, required=True)
+    s = sub.add_parser("types", help="the entry types; a type's fields, units and who may assert it",
+                       description="List the entry types of the catalogue, or with TYPE its body fields (type, "
+                                   "unit and limits, meaning) and which roles may assert it (docs/CATALOGUE.md).",
+                       examples=["reledger types", "reledger types SeparationBatchRecorded",
+                                 "reledger types QuotaBatchIssued --json"])
+    s.add_argument("type", nargs="?", metavar="TYPE", help="an entry type (case-insensitive)")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    formats(s)
+    s.set_defaults(func=cmd_types)
+
+    def point_options(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--as-of", metavar="N|TIME", help="what the ledger knew: a log size N, or a record time "
+                                                         "(a date: the end of that day, CST)")
+        s.add_argument("--valid-at", metavar="TIME", help="business time: a date (the end of that day, CST) or "
+                                                          "an RFC 3339 time")
+
+    s = sub.add_parser("quota", parents=[common], help="quota usage per enterprise, group and nation",
+                       description="Quota issued, sub-allocated, reduced and used (t REO) per enterprise, group "
+                                   "and for the nation, for one year, at any point in time.",
+                       examples=["reledger quota --year 2024", "reledger quota --year 2024 --as-of 2024-06-30",
+                                 "reledger quota --year 2025 --party 9136070022GANZHOUS --format csv"], times=True)
+    s.add_argument("--year", type=int, required=True, help="the quota year (one the ledger records quota for)")
     s.add_argument("--party", help="one enterprise or group")
     point_options(s)
+    formats(s)
     s.set_defaults(func=cmd_quota)
 
-    s = sub.add_parser("stock", parents=[common], help="stock per party, product and lot")
-    s.add_argument("--party")
+    s = sub.add_parser("stock", parents=[common], help="stock per party, product and lot",
+                       description="Stock (kg and kg REO) per party, product and lot, with the log indices that "
+                                   "moved it, at any point in time.",
+                       examples=["reledger stock --party 9136070022GANZHOUS --valid-at 2024-06-30",
+                                 "reledger stock --format csv > stock.csv"], times=True)
+    s.add_argument("--party", help="one party (default: every party)")
     point_options(s)
+    formats(s)
     s.set_defaults(func=cmd_stock)
 
-    s = sub.add_parser("findings", parents=[common], help="rule findings with evidence (exit 1 if any)")
-    s.add_argument("--party")
+    s = sub.add_parser("findings", parents=[common], help="rule findings with evidence (exit 1 if any)",
+                       description="What the rules found (over quota, negative stock, yields out of band, "
+                                   "shipments never received, late reports...), each with its evidence entries.",
+                       examples=["reledger findings", "reledger findings --party 9136070022GANZHOUS --rule quota",
+                                 "reledger findings --format csv"],
+                       one="there are findings (the command exists to report them)", times=True)
+    s.add_argument("--party", help="findings about one party")
     s.add_argument("--rule", choices=["designation", "quota", "stock", "mass_balance", "flow", "reporting",
-                                      "timeliness"])
+                                      "timeliness"], help="findings of one rule")
     point_options(s)
+    formats(s)
     s.set_defaults(func=cmd_findings)
 
-    s = sub.add_parser("flow", parents=[common], help="the flow graph, or a lot traced up or down")
-    s.add_argument("--lot")
-    s.add_argument("--direction", choices=["up", "down"], default="up")
-    s.add_argument("--format", choices=["json", "dot", "svg"], default="json")
-    s.add_argument("--out", help="write to a file instead of stdout")
+    s = sub.add_parser("flow", parents=[common], help="the flow graph, or a lot traced up or down",
+                       description="The flow graph between parties, or one lot traced upstream (to its mines) or "
+                                   "downstream (to its buyers), as JSON, Graphviz dot or SVG laid out by Graphviz.",
+                       examples=["reledger flow --lot LOT --direction up --format svg --out lot.svg",
+                                 "reledger flow --lot LOT --party PARTY --format svg --out detail.svg"], times=True)
+    s.add_argument("--lot", help="trace this lot (default: the whole flow graph between parties)")
+    s.add_argument("--direction", choices=["up", "down"], default="up", help="up to the sources, down to the buyers")
+    s.add_argument("--format", choices=["json", "dot", "svg"], default="json",
+                   help="json, Graphviz dot, or svg laid out by Graphviz's dot (needs graphviz installed)")
+    s.add_argument("--party", help="drill down: with --lot, the lots this party held, lot by lot; without, "
+                                   "this party's flows month by month")
+    s.add_argument("--detail", choices=["auto", "lot"], default="auto",
+                   help="with --lot: auto folds a trace of more than 60 movements by holder, product and "
+                        "month; lot keeps every lot (default auto)")
+    s.add_argument("--out", metavar="FILE", help="write to a file instead of stdout")
     point_options(s)
     s.set_defaults(func=cmd_flow)
 
-    s = sub.add_parser("rebuild", parents=[common], help="drop and rebuild the projections from the log")
+    s = sub.add_parser("rebuild", parents=[common], help="drop and rebuild the projections from the log",
+                       description="Drop the projection tables and rebuild them from the log (they are a pure "
+                                   "function of it).", examples=["reledger rebuild"])
     s.set_defaults(func=cmd_rebuild)
 
-    s = sub.add_parser("replay", parents=[common], help="a party's history, entry by entry, with state and findings")
-    s.add_argument("--party", required=True)
-    s.add_argument("--from", dest="from_", help="business time from (date or RFC 3339)")
-    s.add_argument("--until", help="business time until (date or RFC 3339)")
-    s.add_argument("--type", action="append", help="only these entry types (repeatable)")
+    s = sub.add_parser("replay", parents=[common], help="a party's history, entry by entry, with state and findings",
+                       description="Replay the log and show a party's history entry by entry: what each entry "
+                                   "says (quantities with units), its hash and signature check, the party's stock "
+                                   "and quota used after it, and the findings it raised.",
+                       examples=["reledger replay --party 9136070022GANZHOUS --from 2024-11-01",
+                                 "reledger replay --party 9136070022GANZHOUS --type SeparationBatchRecorded "
+                                 "--format csv"],
+                       one="a signature of the party's entries does not hold", times=True)
+    s.add_argument("--party", required=True, help="the party to replay")
+    s.add_argument("--from", dest="from_", metavar="TIME", help="business time from (a date: from 00:00 CST)")
+    s.add_argument("--until", metavar="TIME", help="business time until (a date: to 24:00 CST)")
+    s.add_argument("--type", action="append", metavar="TYPE", help="only these entry types (repeatable)")
     s.add_argument("--lot", help="only entries naming this lot")
-    s.add_argument("--counterparty", help="only entries with this counterparty")
+    s.add_argument("--counterparty", metavar="PARTY", help="only entries with this counterparty")
     s.add_argument("--step", action="store_true", help="step through it in the terminal")
     point_options(s)
+    formats(s)
     s.set_defaults(func=cmd_replay)
 
-    s = sub.add_parser("export", parents=[common], help="write a party's evidence bundle (one file)")
-    s.add_argument("--party", required=True)
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("export", parents=[common], help="write a party's evidence bundle (one file)",
+                       description="Write one file holding a party's chain, the registry entries its keys need, "
+                                   "an inclusion proof of each against the latest checkpoint and consistency "
+                                   "proofs from the earlier ones: `reledger verify-bundle` checks it offline.",
+                       examples=["reledger export --party 9136070022GANZHOUS --out ganzhou.bundle"])
+    s.add_argument("--party", required=True, help="the party whose chain to export")
+    s.add_argument("--out", required=True, metavar="FILE", help="the bundle file to write")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("investigate", parents=[common], help="one self-contained HTML report on a party")
-    s.add_argument("--party", required=True)
-    s.add_argument("--out", required=True, help="the HTML file to write")
-    s.add_argument("--as-of", help="what the ledger knew: a log size N, or a record time (RFC 3339)")
+    s = sub.add_parser("investigate", parents=[common], help="one self-contained HTML report on a party",
+                       description="Write one self-contained HTML investigation report on a party: its timeline, "
+                                   "findings with their evidence and proofs, quota burn-down and flows.",
+                       examples=["reledger investigate --party 9136070022GANZHOUS --out ganzhou.html"], times=True)
+    s.add_argument("--party", required=True, help="the party to investigate")
+    s.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
+    s.add_argument("--as-of", metavar="N|TIME", help="what the ledger knew: a log size N, or a record time")
     s.set_defaults(func=cmd_investigate)
 
-    s = sub.add_parser("verify-bundle", help="check a bundle offline (no database, no network)")
-    s.add_argument("bundle")
-    s.add_argument("older", nargs="*", help="earlier bundles or checkpoint notes it must be consistent with")
-    s.add_argument("--checkpoint", action="append", default=[], help="an earlier checkpoint note (repeatable)")
-    s.add_argument("--checkpoint-key", action="append", default=[], help="trusted checkpoint vkey")
-    s.add_argument("--genesis", help="trusted genesis entry hash")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("verify-bundle", help="check a bundle offline (no database, no network)",
+                       description="Check a bundle written by `reledger export` with no database and no network: "
+                                   "every signature, the chain, every inclusion proof, the checkpoint signature, "
+                                   "consistency with earlier checkpoints or bundles given.",
+                       examples=["reledger verify-bundle ganzhou.bundle --checkpoint checkpoint.txt"],
+                       one="the bundle fails verification")
+    s.add_argument("bundle", metavar="BUNDLE", help="the bundle file")
+    s.add_argument("older", nargs="*", metavar="OLDER", help="earlier bundles or checkpoint notes it must be consistent with")
+    s.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                   help="an earlier checkpoint note (repeatable)")
+    s.add_argument("--checkpoint-key", action="append", default=[], metavar="VKEY", help="trusted checkpoint vkey")
+    s.add_argument("--genesis", metavar="HASH", help="trusted genesis entry hash")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     s.set_defaults(func=cmd_verify_bundle)
 
-    s = sub.add_parser("report", parents=[common], help="build (and optionally sign and submit) a monthly report")
-    s.add_argument("--party", required=True)
-    s.add_argument("--month", required=True, help="YYYY-MM")
-    s.add_argument("--sign-with", help="the party's key file: sign and append the report")
+    s = sub.add_parser("report", parents=[common], help="build (and optionally sign and submit) a monthly report",
+                       description="Build a party's monthly flow report (and quota execution report) from the "
+                                   "ledger; with --sign-with, sign it with the party's key and append it.",
+                       examples=["reledger report --party 9115020011BAYANOBO --month 2025-01",
+                                 "reledger report --party 9115020011BAYANOBO --month 2025-01 --sign-with KEYFILE"])
+    s.add_argument("--party", required=True, help="the reporting party")
+    s.add_argument("--month", required=True, help="the month reported, YYYY-MM")
+    s.add_argument("--sign-with", metavar="KEYFILE", help="the party's key file: sign and append the report")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("append", parents=[common], help="sign one entry with a key file and append it")
-    s.add_argument("--key", required=True, help="the party's key file")
-    s.add_argument("--type", required=True, help="entry type (docs/CATALOGUE.md)")
+    s = sub.add_parser("append", parents=[common], help="sign one entry with a key file and append it",
+                       description="Sign one entry with a party's key file and append it, in-process through the "
+                                   "command API on --db, or over HTTP with --server. Refused input writes nothing.",
+                       examples=["reledger append --key bayanobo.key --type StockCounted --body "
+                                 "'{\"product\": \"BASTNAESITE_CONCENTRATE\", \"counted_kg\": \"0\"}'",
+                                 "reledger append --key bayanobo.key --type StockCounted --body @count.json "
+                                 "--server http://127.0.0.1:8080"])
+    s.add_argument("--key", required=True, metavar="FILE", help="the party's key file")
+    s.add_argument("--type", required=True, help="entry type (reledger types lists them)")
     s.add_argument("--body", required=True, help="the body as JSON, or @FILE")
-    s.add_argument("--occurred-at", help="business time (RFC 3339 UTC; default now)")
-    s.add_argument("--command-id", help="a UUID: a retry with the same id is recorded once")
-    s.add_argument("--server", help="append over HTTP to this server instead of --db")
+    s.add_argument("--occurred-at", metavar="TIME", help="business time (RFC 3339 UTC; default: now)")
+    s.add_argument("--command-id", metavar="UUID", help="a UUID: a retry with the same id is recorded once")
+    s.add_argument("--server", metavar="URL", help="append over HTTP to this server instead of --db")
     s.set_defaults(func=cmd_append)
 
-    s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end")
-    s.add_argument("--seed", type=int, default=2024)
-    s.add_argument("--scale", choices=["small", "year"], default="small")
-    s.add_argument("--out", default="reledger-demo", help="where keys and reports go (default %(default)s)")
+    s = sub.add_parser("demo", parents=[common], help="run a demonstration year end to end",
+                       description="Simulate the 2024 control year through the command API with real signatures "
+                                   "(six seeded violations), then print quota, stock, findings and verification. "
+                                   "The same --seed gives the same ledger (keys, times, root). It writes a NEW "
+                                   "ledger: it refuses a --db or --out that already holds a ledger or key files, "
+                                   "and never deletes anything.",
+                       examples=["reledger demo", "reledger demo --seed 7 --out demo7",
+                                 "reledger demo --db 'postgresql://postgres@127.0.0.1:5432/test?schema=demo' "
+                                 "--out demo-pg", "reledger demo --scale year --out year"],
+                       one="the demo's own checks failed (a seeded violation not found, or verification)")
+    s.add_argument("--seed", type=int, default=2024, help="the simulation's seed (keys and times derive from it)")
+    s.add_argument("--scale", choices=["small", "year"], default="small",
+                   help="small (about 1,000 entries, seconds) or year (a national year, minutes)")
+    s.add_argument("--out", default="reledger-demo", metavar="DIR",
+                   help="where the keys, reports, summary.json and (without --db) ledger.db go")
     s.set_defaults(func=cmd_demo)
     for action in s._actions:
         if action.dest == "db":
             action.default = os.environ.get("RELEDGER_DB")  # demo: its own ledger unless told
+            action.help = "the new ledger (default: $RELEDGER_DB, else sqlite:///OUT/ledger.db)"
 
-    s = sub.add_parser("serve", parents=[common], help="serve the command API over HTTP")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--log-level", default="warning")
+    s = sub.add_parser("serve", parents=[common], help="serve the command API over HTTP",
+                       description="Serve the command API and queries over HTTP (docs/HTTP.md); the OpenAPI "
+                                   "pages at /docs work offline. Prints its address when it listens.",
+                       examples=["reledger serve --port 8080", "reledger serve --host 0.0.0.0 --port 8443"])
+    s.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    s.add_argument("--port", type=int, default=8080, help="the port to listen on")
+    s.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                   help="the server's log level")
     s.add_argument("--max-queued-entries", type=_positive_int, default=50_000, metavar="N",
                    help="appended entries that may wait for their answer before an append is answered 503 "
                         "overloaded (default %(default)s; docs/HTTP.md, Admission)")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("bench", help="run the benchmarks (see bench/)", add_help=False)
+    s = sub.add_parser("bench", help="run the benchmarks (see bench/; reledger bench --help)", add_help=False)
     s.add_argument("--json", action="store_true")
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
@@ -869,6 +1710,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    if getattr(args, "format", None) == "json" and args.command != "flow":
+        args.json = True
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(PG_CONNECT_TIMEOUT_S))  # libpq: no long hang on a dead host
     try:
         return args.func(args)
     except UsageError as e:
@@ -882,6 +1726,20 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
         return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - never a traceback for the user: what failed, and how to see more
+        if os.environ.get("RELEDGER_DEBUG"):
+            raise
+        name = type(e).__module__.split(".")[0]
+        what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if name in ("psycopg", "sqlite3", "eventsourcing"):
+            print(f"reledger {args.command}: the database failed: {what}", file=sys.stderr)
+        elif isinstance(e, OSError):
+            print(f"reledger {args.command}: {e.strerror or what}" + (f": {e.filename}" if e.filename else ""),
+                  file=sys.stderr)
+        else:
+            print(f"reledger {args.command}: unexpected error ({type(e).__name__}: {what}); "
+                  "RELEDGER_DEBUG=1 shows where", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

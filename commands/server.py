@@ -136,7 +136,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         projections.close()
         store.close()
 
-    app = FastAPI(title="reledger", version="1", lifespan=lifespan,
+    app = FastAPI(title="reledger", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Signed, append-only rare earth traceability ledger: the command API. "
                               "Errors are RFC 9457 problem+json; reads need a signed request (docs/HTTP.md).")
     app.state.store, app.state.api, app.state.committer = store, api, committer
@@ -439,14 +439,49 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         if format == "dot":
             return PlainTextResponse(flowgraph.to_dot(graph), media_type="text/vnd.graphviz")
         if format == "svg":
-            return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
+            try:
+                return Response(flowgraph.to_svg(graph), media_type="image/svg+xml")
+            except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:  # SVG is drawn by Graphviz
+                raise Problem(503, "unavailable", str(e)) from e
         return graph
 
     @app.get("/v1/health", summary="Liveness, log size and appends waiting to be committed (no authentication)")
     def health():
         return {"ok": True, "size": store.size(), "queued_entries": committer.queued_entries}
 
+    add_offline_docs(app)
     return app
+
+
+#: where the OpenAPI pages' scripts and styles are served from: the package, never a CDN
+DOCS_ASSETS = "/docs-assets"
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with every script, style and icon served by this
+    server from the installed package ``fastapi_offline`` (its ``static`` folder holds
+    swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js and favicon.png): the pages work
+    with no network. No authentication (they describe the API, they read nothing)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    static = files("fastapi_offline") / "static"
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(static)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="reledger: the command API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc():
+        return get_redoc_html(openapi_url=app.openapi_url, title="reledger: the command API",
+                              redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 SWITCH_INTERVAL = 0.0005  # seconds: how long a thread may keep the interpreter lock from another (Python: 0.005)
@@ -464,8 +499,33 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     # clients, one entry a request: 2,050-2,080 entries/s with the default, 2,140-2,160 with
     # 0.5 ms (paired runs, docs/OPERATIONS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    uvicorn.run(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port, log_level=log_level,
-                access_log=False)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            import threading
+            import time
+
+            done = threading.Event()
+
+            def progress() -> None:  # starting reads the log (the write state): say so every few seconds
+                t0 = time.monotonic()
+                while not done.wait(5):
+                    print(f"reledger serve: still starting ({time.monotonic() - t0:.0f} s: building the write state "
+                          "from the log) ...", file=sys.stderr, flush=True)
+
+            threading.Thread(target=progress, daemon=True).start()
+            try:
+                await super().startup(sockets=sockets)
+            finally:
+                done.set()
+            if not self.should_exit:  # says where it listens once it does (the app has started)
+                shown = f"[{host}]" if ":" in host else host
+                print(f"reledger serve: listening on http://{shown}:{port} (API docs at /docs; Ctrl-C stops)",
+                      file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port,
+                            log_level=log_level, access_log=False)
+    Server(config).run()
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:

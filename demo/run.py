@@ -19,7 +19,6 @@ import argparse
 import heapq
 import json
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -67,6 +66,35 @@ def kg(g: int) -> str:
 
 def t_text(value: Decimal) -> str:
     return encoding.decimal_text(value.quantize(Decimal("0.001"), rounding=ROUND_DOWN))
+
+
+def seeded_bytes(seed: int, label: str, n: int = 32) -> bytes:
+    """``n`` bytes derived from the demo's seed and a label (HKDF-SHA256): a party's private
+    key, the command ids. The same seed gives the same keys, entries and so the same root, on
+    either backend; the keys of one party do not depend on who else is in the cast."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(algorithm=hashes.SHA256(), length=n, salt=b"reledger demo " + str(seed).encode(),
+                info=label.encode()).derive(b"reledger demo seed")
+
+
+class SeededSigner(ChainSigner):
+    """A chain signer whose command ids come from the seed (a random UUID would change every
+    entry hash, and so the root, from one run to the next)."""
+
+    def __init__(self, key: SigningKey, seed: int):
+        super().__init__(key)
+        self._seed, self._n = seed, 0
+
+    def sign(self, type: str, body: dict, occurred_at: str, command_id: str | None = None):
+        if command_id is None:
+            import uuid
+
+            self._n += 1
+            raw = seeded_bytes(self._seed, f"command {self.chain} {self._n}", 16)
+            command_id = str(uuid.UUID(bytes=raw, version=4))
+        return super().sign(type, body, occurred_at, command_id)
 
 
 @dataclass
@@ -173,10 +201,11 @@ class Demo:
     def cast(self) -> None:
         rng = self.rng
         reg = Party("MIIT", "Ministry of Industry and Information Technology", ["REGULATOR"], "Beijing", kind="regulator")
-        reg.key = SigningKey.from_seed("MIIT", rng.randbytes(32))
-        reg.signer = ChainSigner(reg.key)
+        rng.randbytes(64)  # (the keys once came from here: kept, so that the simulation draws as before)
+        reg.key = SigningKey.from_seed("MIIT", seeded_bytes(self.seed, "key MIIT"))
+        reg.signer = SeededSigner(reg.key, self.seed)
         self.reg = reg
-        self.operator = SigningKey.from_seed("MIIT", rng.randbytes(32), "checkpoint", name=ORIGIN)
+        self.operator = SigningKey.from_seed("MIIT", seeded_bytes(self.seed, "checkpoint key"), "checkpoint", name=ORIGIN)
         self.parties["MIIT"] = reg
         n_mines = {"small": (1, 1, 1, 1), "year": (10, 6, 8, 6)}[self.scale]
         n_plants = {"small": (1, 1, 1, 1), "year": (14, 10, 12, 4)}[self.scale]
@@ -215,13 +244,14 @@ class Demo:
             cast.append(Party(self.credit_code("360700", "recycler", i), f"Ganzhou magnet recycling co. no. {i + 1}", ["RECYCLER"],
                               "Jiangxi", None, "recycler", short=f"RC{i + 1:02d}"))
         for p in cast:
-            p.key = SigningKey.from_seed(p.id, rng.randbytes(32))
-            p.signer = ChainSigner(p.key)
+            rng.randbytes(32)
+            p.key = SigningKey.from_seed(p.id, seeded_bytes(self.seed, f"key {p.id}"))
+            p.signer = SeededSigner(p.key, self.seed)
             self.parties[p.id] = p
         self.cast_list = cast
         keys = self.out / "keys"
         keys.mkdir(parents=True, exist_ok=True)
-        for p in [reg] + cast:
+        for p in [reg] + cast:  # run_demo refused a folder that already held key files
             p.key.write(keys / f"{p.id}.key", overwrite=True)
         self.operator.write(keys / "operator.key", overwrite=True)
 
@@ -636,14 +666,14 @@ class Demo:
             start = self.now
             bar.start()
             progress = lambda now: bar.update(task, completed=now - start)  # noqa: E731
-        elif self.scale == "year":
+        else:  # not a terminal (a log), or the small scale: a line a simulated month
             last = [0]
 
             def progress(now: int) -> None:
                 month = datetime.fromtimestamp(now / 1e6, tz=UTC).strftime("%Y-%m")
                 if month != last[0]:
                     last[0] = month
-                    self.log(f"  simulating {month}: {self.entries} entries so far")
+                    self.log(f"  simulating {month}: {self.entries:,} entries so far")
         try:
             self.run_until(end, progress)
         finally:
@@ -658,49 +688,86 @@ def _default_db(out: Path) -> str:
     return f"sqlite:///{out / 'ledger.db'}"
 
 
-def _fresh_database(url: str) -> None:
-    u = DatabaseURL.parse(url)
-    if u.backend == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
-            Path(u.path + suffix).unlink(missing_ok=True)
-        Path(u.path).parent.mkdir(parents=True, exist_ok=True)
-    else:
-        from reledger.storage.reader import LogReader
+class Refused(Exception):
+    """The demo will not run here (exit 2): it never deletes or overwrites a ledger or keys."""
 
-        try:
-            with LogReader(url) as r:
-                n = r.queries.size(r.cursor())[0]
-        except Exception:  # noqa: BLE001 - no tables yet
+
+def _check_target(url: str, out: Path) -> None:
+    """The demo writes a new ledger: refuse a target that already holds one (or anything that
+    is not a ledger), and a key folder that already holds key files. Nothing is deleted."""
+    from reledger.storage.reader import DatabaseURLError
+
+    keys = out / "keys"
+    if out.exists() and not out.is_dir():
+        raise Refused(f"--out {out} is a file, not a directory")
+    _check_database(url)
+    if keys.is_dir() and any(keys.glob("*.key")):
+        raise Refused(f"{keys} already holds key files (of an earlier demo?): the demo never overwrites keys; "
+                      "pass another --out DIR, or remove that folder yourself")
+
+
+def _check_database(url: str) -> None:
+    from reledger.storage.reader import DatabaseURLError
+
+    try:
+        u = DatabaseURL.parse(url)
+    except DatabaseURLError as e:
+        raise Refused(str(e)) from e
+    if u.backend == "sqlite":
+        p = Path(u.path)
+        if p.is_dir():
+            raise Refused(f"--db {url}: {p} is a directory")
+        if p.exists() and p.stat().st_size > 0:
+            raise Refused(f"{p} already exists: the demo never deletes or overwrites a ledger; pass another "
+                          "--db (or --out DIR), or remove that file yourself")
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(u.conninfo(), connect_timeout=5, autocommit=True) as conn:
+            tables = conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
+                                  (f"{u.schema}.reledger_log", f"{u.schema}.reledger_events")).fetchone()
             n = 0
-        if n:
-            raise SystemExit(f"reledger demo: the ledger at {url} is not empty ({n} entries); use an empty "
-                             "database or schema (e.g. ...?schema=demo)")
+            if tables[0] is not None:
+                n = conn.execute(f'SELECT COUNT(*) FROM "{u.schema}".reledger_log').fetchone()[0]
+            if tables[1] is not None:
+                n = max(n, conn.execute(f'SELECT COUNT(*) FROM "{u.schema}".reledger_events').fetchone()[0])
+    except psycopg.Error as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Refused(f"cannot reach {url}: {first}") from e
+    if n:
+        raise Refused(f"the ledger at {url} is not empty ({n} entries): the demo never overwrites a ledger; use "
+                      "an empty database or schema (e.g. ...?schema=demo2)")
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     out = Path(args.out)
-    if out.exists() and args.db is None:
-        shutil.rmtree(out / "keys", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     url = args.db or _default_db(out)
     try:
-        _fresh_database(url)
-    except SystemExit as e:
-        print(e, file=sys.stderr)
+        _check_target(url, out)
+        out.mkdir(parents=True, exist_ok=True)
+        u = DatabaseURL.parse(url)
+        if u.backend == "sqlite":
+            Path(u.path).parent.mkdir(parents=True, exist_ok=True)
+    except (Refused, OSError) as e:
+        print(f"reledger demo: {e}", file=sys.stderr)
         return 2
     con = Console(highlight=False, soft_wrap=True, stderr=args.json,
                   width=None if sys.stdout.isatty() else 150)
     say = con.print  # on stderr under --json
+    progress = Console(highlight=False, soft_wrap=True, stderr=True).print  # progress lines: always stderr
     say(f"[bold]reledger demo[/bold]: the {YEAR} control year at {args.scale} scale (seed {args.seed}) -> {url}")
-    demo = Demo(url, out, args.seed, args.scale, say)
+    demo = Demo(url, out, args.seed, args.scale, progress)
     stats = demo.run()
     from reledger.demo.summary import summarize
 
     result = summarize(demo, url, out, stats)
     demo.projections.close()
     demo.store.close()
+    result["files"]["summary"] = str(out / "summary.json")
+    (out / "summary.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")

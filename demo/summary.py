@@ -8,13 +8,16 @@ from typing import Any
 
 from reledger.ledger.verify import verify_database
 from reledger.projections import flowgraph, queries
+from reledger.replay.history import grouped
 
 
 def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any]:
     from .run import SEEDED, YEAR
 
     ps = demo.projections
+    demo.log("  bringing the projections up to date ...")
     ps.catch_up()
+    demo.log(f"  verifying the whole log ({demo.store.size():,} entries) ...")
     report = verify_database(url)
     quota = queries.quota(ps, YEAR)
     stock = queries.stock(ps)
@@ -35,7 +38,13 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     if exported:
         lot = exported[-1]["src_lot"]
         g = flowgraph.trace(ps, lot, "up")
-        for ext, text in (("svg", flowgraph.to_svg(g, f"lot {lot} upstream")), ("dot", flowgraph.to_dot(g))):
+        g = flowgraph.aggregate(g)
+        drawings = [("dot", flowgraph.to_dot(g, f"lot {lot} upstream"))]
+        try:  # SVG is laid out by Graphviz's dot; without it, the DOT file alone
+            drawings.append(("svg", flowgraph.to_svg(g, f"lot {lot} upstream")))
+        except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:
+            graph_files["svg_error"] = str(e)
+        for ext, text in drawings:
             path = out / f"flow-{lot}.{ext}"
             path.write_text(text)
             graph_files[ext] = str(path)
@@ -44,6 +53,7 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
     if plant:
         from reledger.replay.report import write_report
 
+        demo.log(f"  writing the investigation report on {plant} ...")
         path = out / f"investigation-{plant}.html"
         write_report(url, plant, str(path))
         reports[plant] = str(path)
@@ -75,34 +85,37 @@ def print_summary(con, r: dict[str, Any]) -> None:
               f"The operator signed {r['checkpoints']} checkpoints.")
     t = Table(title=f"Quota {r['year']}: enterprises (t REO)")
     for c in ("party", "category", "allocated", "used", "remaining", "% used"):
-        t.add_column(c, justify="right" if c not in ("party", "category") else "left")
+        t.add_column(c, justify="right" if c not in ("party", "category") else "left",
+                     overflow="fold")
     names = {p["id"]: p["name"] for p in r["parties"]}
     for e in r["quota"]["enterprises"]:
         pct = e["percent_used"] or "-"
         style = "red" if e["over"] else None
-        t.add_row(names.get(e["party"], e["party"])[:40], e["category"], e["allocated_t"], e["used_t"],
-                  e["remaining_t"], pct, style=style)
+        t.add_row(names.get(e["party"], e["party"]), e["category"], grouped(e["allocated_t"]), grouped(e["used_t"]),
+                  grouped(e["remaining_t"]), pct, style=style)
     con.print(t)
     t = Table(title="Quota: groups and nation (t REO)")
     for c in ("holder", "category", "issued", "used", "remaining", "% used"):
-        t.add_column(c)
+        t.add_column(c, justify="right" if c not in ("holder", "category") else "left")
     for g in r["quota"]["groups"]:
-        t.add_row(g["group"], g["category"], g["issued_t"], g["used_t"], g["remaining_t"], g["percent_used"] or "-")
+        t.add_row(g["group"], g["category"], grouped(g["issued_t"]), grouped(g["used_t"]), grouped(g["remaining_t"]),
+                  g["percent_used"] or "-")
     for n in r["quota"]["nation"]:
-        t.add_row("nation", n["category"], n["issued_t"], n["used_t"], n["remaining_t"], n["percent_used"] or "-")
+        t.add_row("nation", n["category"], grouped(n["issued_t"]), grouped(n["used_t"]), grouped(n["remaining_t"]),
+                  n["percent_used"] or "-")
     con.print(t)
     t = Table(title="Stock at year end (by party and product)")
     for c in ("party", "product", "kg", "kg REO"):
-        t.add_column(c)
+        t.add_column(c, justify="right" if c.startswith("kg") else "left", overflow="fold")
     for s in r["stock_by_product"][:25]:
-        t.add_row(names.get(s["party"], s["party"])[:40], s["product"], s["kg"], s["reo_kg"])
+        t.add_row(names.get(s["party"], s["party"]), s["product"], grouped(s["kg"]), grouped(s["reo_kg"]))
     con.print(t)
     con.print("\n[bold]Seeded violations[/bold]")
     for key, s in r["seeded"].items():
         mark = "[green]found[/green]" if s["found"] else "[red]NOT FOUND[/red]"
         con.print(f"  {mark}  {s['what']}")
         for f in s["findings"]:
-            ev = ", ".join(f"{e['chain'][:18]}:{e['seq']} ({e['hash'][:12]}…)" for e in f["evidence"][:3])
+            ev = ", ".join(f"{e['chain']}:{e['seq']} ({e['hash'][:12]}…)" for e in f["evidence"][:3])
             con.print(f"         {f['code']}: {f['message']}\n         evidence: {ev}")
     if r["unexpected_findings"]:
         con.print(f"[red]{len(r['unexpected_findings'])} findings nobody seeded:[/red]")
@@ -117,4 +130,6 @@ def print_summary(con, r: dict[str, Any]) -> None:
     for party, path in r["files"]["investigation_reports"].items():
         con.print(f"investigation report on {names.get(party, party)}: {path}")
     con.print(f"key files of every party: {r['files']['keys']}")
-    con.print(f"ledger: {r['db']}   (try: reledger verify --db {r['db']})")
+    if r["files"].get("summary"):
+        con.print(f"this summary as JSON: {r['files']['summary']}")
+    con.print(f"ledger: {r['db']}   (try: reledger verify --db {r['db']}; reledger show MIIT:1 --db {r['db']})")

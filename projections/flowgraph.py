@@ -1,22 +1,76 @@
 """The flow graph: parties and lots as nodes, material movements as edges; tracing a lot
 upstream to its mines, customs declarations or scrap sources and downstream to where it went;
-output as JSON, Graphviz DOT and SVG (laid out here, no Graphviz needed)."""
+output as JSON, Graphviz DOT and SVG.
+
+One connected graph. A lot is drawn where it is held: a lot that moved from party A to party B
+is two nodes, ``lot:L`` at the party that made (or first held) it and ``lot:L@B`` at B, joined by
+the transfer edge; every lot node sits inside its holder's box (a Graphviz cluster labelled with
+the party's name), so the parties and the lots are one picture. Every edge says what moved and
+how much: the kind, the business day, kg and kg REO with thousands separators.
+
+Year scale: a national year's trace has hundreds of lots. :func:`aggregate` folds the lots of one
+holder, product and month (CST) into one node ("24 lots, 2024-03") and sums the edges between
+such groups (kg, kg REO, number of movements), so that the picture fits a screen; the detail is
+one level down, :func:`drill_down` (``reledger flow --party P``): the lots one party held, each
+with its own edges. :func:`party_graph` is the same idea for the whole ledger: one edge per
+pair of parties and kind, customs declarations and scrap sources folded per receiving party;
+``party=P`` gives P's flows month by month with each origin on its own.
+
+Layout is Graphviz's ``dot`` (a real layered layout engine: it places the edge labels so that no
+two overlap), called as a subprocess; :class:`GraphvizMissing` says so clearly when it is not
+installed. JSON and DOT need no Graphviz.
+"""
 
 from __future__ import annotations
 
-from html import escape
+import re
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 from .model import kg_text
-from .queries import Point, flow_edges
-from .store import ProjectionStore
+from .queries import Point, parties
+from .store import P, ProjectionStore
 
 ORIGIN_KINDS = ("PRODUCTION", "IMPORT", "SCRAP")
 TRANSFORM_KINDS = ("SEPARATION", "SMELTING")
 
+#: Above this many edges, ``reledger flow`` draws the aggregated graph (unless ``--detail lot``).
+MAX_EDGES = 60
 
-def _lot(lot: str) -> str:
-    return f"lot:{lot}"
+_CST = timezone(timedelta(hours=8))
+
+
+class GraphvizMissing(RuntimeError):
+    """Graphviz's ``dot`` is not installed: SVG needs it (JSON and DOT do not)."""
+
+
+class GraphvizFailed(RuntimeError):
+    """``dot`` refused the graph or did not finish."""
+
+
+def _month(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=_CST).strftime("%Y-%m")
+
+
+def _day(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, tz=_CST).strftime("%Y-%m-%d")
+
+
+def _flow_rows(ps: ProjectionStore, point: Point) -> list[dict[str, Any]]:
+    """The flow table with business times (what queries.flow_edges gives, plus ``occurred_us``)."""
+    n, t = point.bounds(ps)
+    rows = ps.execute(f"SELECT idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref "
+                      f"FROM {P}flow WHERE idx < ? AND occurred_us <= ? ORDER BY idx", (n, t))
+    return [{"index": int(i), "occurred_us": int(o), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp,
+             "dst_lot": dl, "product": pr, "g": int(g), "reo_g": int(r), "ref": ref}
+            for i, o, k, sp, sl, dp, dl, pr, g, r, ref in rows]
+
+
+def _names(ps: ProjectionStore, point: Point) -> dict[str, str]:
+    return {p["party"]: p["name"] or "" for p in parties(ps, point)}
 
 
 def _party(p: str) -> str:
@@ -25,167 +79,394 @@ def _party(p: str) -> str:
     return f"party:{p}"
 
 
-def party_graph(ps: ProjectionStore, point: Point = Point()) -> dict[str, Any]:
-    """All movements aggregated between parties (and origins/destinations)."""
-    agg: dict[tuple[str, str, str], list[int]] = {}
-    for e in flow_edges(ps, point):
-        if e["kind"] in TRANSFORM_KINDS:
-            continue
-        src = _party(e["src_party"])
-        dst = _party(e["dst_party"])
+def _lot(lot: str) -> str:
+    return f"lot:{lot}"
+
+
+def _node(n: str, **extra: Any) -> dict[str, Any]:
+    kind, _, label = n.partition(":")
+    return {"id": n, "kind": kind, "label": label, **extra}
+
+
+# --- the party graph ----------------------------------------------------------------------------
+
+def party_graph(ps: ProjectionStore, point: Point = Point(), party: str | None = None) -> dict[str, Any]:
+    """All movements between parties (and origins and destinations), one edge per (source,
+    destination, kind) with kg, kg REO and the number of movements. Customs declarations and
+    scrap sources are folded into one node per receiving party ("customs: 12 declarations").
+
+    ``party``: the drill-down, only the edges that touch that party, one per month (CST), with
+    every customs declaration and scrap source on its own."""
+    rows = [e for e in _flow_rows(ps, point) if e["kind"] not in TRANSFORM_KINDS]
+    if party is not None:
+        rows = [e for e in rows if party in (e["src_party"], e["dst_party"])]
+    agg: dict[tuple, list] = {}
+    folded: dict[str, set[str]] = {}
+    for e in rows:
+        src, dst = _party(e["src_party"]), _party(e["dst_party"])
         if e["kind"] == "PRODUCTION":
             src = f"mine-site:{e['src_party']}"
-        k = (src, dst, e["kind"])
-        v = agg.setdefault(k, [0, 0, 0])
+        elif party is None and e["kind"] in ("IMPORT", "SCRAP"):
+            kind = "customs" if e["kind"] == "IMPORT" else "scrap"
+            grouped = f"{kind}-all:{e['dst_party']}"
+            folded.setdefault(grouped, set()).add(src)
+            src = grouped
+        month = _month(e["occurred_us"]) if party is not None else None
+        v = agg.setdefault((src, dst, e["kind"], month), [0, 0, 0])
         v[0] += e["g"]
         v[1] += e["reo_g"]
         v[2] += 1
-    nodes = {n for s, d, _ in agg for n in (s, d)}
-    return {"point": point.to_dict(), "nodes": [_node(n) for n in sorted(nodes)],
-            "edges": [{"src": s, "dst": d, "kind": k, "kg": kg_text(v[0]), "reo_kg": kg_text(v[1]), "count": v[2]}
-                      for (s, d, k), v in sorted(agg.items())]}
+    names = _names(ps, point)
+    node_ids = sorted({n for s, d, _k, _m in agg for n in (s, d)})
+    nodes = []
+    for n in node_ids:
+        if n in folded:
+            kind = n.split("-all:", 1)[0]
+            members = sorted(m.partition(":")[2] for m in folded[n])
+            what = "customs declaration" if kind == "customs" else "scrap source"
+            label = members[0] if len(members) == 1 else f"{len(members)} {what}s"
+            nodes.append({"id": n, "kind": kind, "label": label, "members": members})
+        else:
+            nodes.append(_node(n))
+    for nd in nodes:
+        if nd["kind"] in ("party", "mine-site"):
+            nd["name"] = names.get(nd["label"], "")
+    edges = []
+    for (s, d, k, m), v in sorted(agg.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3] or "")):
+        e = {"src": s, "dst": d, "kind": k, "kg": kg_text(v[0]), "reo_kg": kg_text(v[1]), "count": v[2]}
+        if m is not None:
+            e["month"] = m
+        edges.append(e)
+    return {"point": point.to_dict(), "party": party, "nodes": nodes, "edges": edges, "parties": names}
 
+
+# --- tracing a lot ---------------------------------------------------------------------------
 
 def trace(ps: ProjectionStore, lot: str, direction: str = "up", point: Point = Point()) -> dict[str, Any]:
-    """The lot's history upstream (to mines, customs, scrap) or downstream (to exports, holders)."""
+    """The lot's history upstream (to mines, customs, scrap) or downstream (to exports,
+    holders), lot by lot, as one connected graph (see the module's docstring)."""
     if direction not in ("up", "down"):
         raise ValueError("direction must be 'up' or 'down'")
-    edges = flow_edges(ps, point)
+    g = trace_rows(_flow_rows(ps, point), lot, direction)
+    g["point"] = point.to_dict()
+    g["parties"] = _names(ps, point)
+    return g
+
+
+def trace_rows(rows: list[dict[str, Any]], lot: str, direction: str = "up") -> dict[str, Any]:
+    """:func:`trace` over flow rows (``_flow_rows``' dicts), without a database."""
+    if direction not in ("up", "down"):
+        raise ValueError("direction must be 'up' or 'down'")
     by_dst: dict[str, list[dict]] = {}
     by_src: dict[str, list[dict]] = {}
-    for e in edges:
+    maker: dict[str, str] = {}  # lot -> the party that made it (its first node is lot:L)
+    for e in rows:
         if e["dst_lot"]:
             by_dst.setdefault(e["dst_lot"], []).append(e)
+            if e["kind"] in ORIGIN_KINDS + TRANSFORM_KINDS:
+                maker.setdefault(e["dst_lot"], e["dst_party"])
         if e["src_lot"]:
             by_src.setdefault(e["src_lot"], []).append(e)
-    seen_lots, frontier = {lot}, [lot]
+    for e in rows:  # a lot whose making is not in view: its first holder seen
+        for lt, p in ((e["src_lot"], e["src_party"]), (e["dst_lot"], e["dst_party"])):
+            if lt:
+                maker.setdefault(lt, p)
+    nodes: dict[str, dict[str, Any]] = {}
+
+    def at(lt: str, holder: str | None, e: dict | None) -> str:
+        """The node of lot ``lt`` as held by ``holder``."""
+        holder = holder or maker.get(lt)
+        nid = _lot(lt) if holder is None or holder == maker.get(lt) else f"lot:{lt}@{holder}"
+        if nid not in nodes:
+            nodes[nid] = {"id": nid, "kind": "lot", "label": lt, "lot": lt, "party": holder,
+                          "product": None, "month": None}
+        n = nodes[nid]
+        if e is not None:
+            n["product"] = n["product"] or e.get("product")
+            if n["month"] is None or e["occurred_us"] < n["_t"]:
+                n["month"], n["_t"] = _month(e["occurred_us"]), e["occurred_us"]
+        return nid
+
+    def other(nid: str, party: str | None = None) -> str:
+        if nid not in nodes:
+            nodes[nid] = {**_node(nid), "party": party}
+        return nid
+
+    seen, frontier = {lot}, [lot]
     out_edges: list[dict[str, Any]] = []
-    origins: set[str] = set()
+    ends: set[str] = set()
+    done: set[tuple[int, str, str]] = set()
+
+    def add(src: str, dst: str, e: dict, lt: str | None = None) -> None:
+        key = (e["index"], src, dst)
+        if key not in done:
+            done.add(key)
+            out_edges.append(_edge(src, dst, e, lt))
+
+    at(lot, None, None)
     while frontier:
         cur = frontier.pop()
         if direction == "up":
             for e in by_dst.get(cur, []):
                 if e["kind"] in ORIGIN_KINDS:
-                    src = f"mine:{e['src_party']}" if e["kind"] == "PRODUCTION" else e["src_party"]
-                    origins.add(src)
-                    out_edges.append(_edge(src, _lot(cur), e))
+                    if e["kind"] == "PRODUCTION":
+                        src = other(f"mine:{e['src_party']}", e["src_party"])
+                    else:
+                        src = other(e["src_party"])
+                    ends.add(src)
+                    add(src, at(cur, e["dst_party"], e), e)
                 elif e["kind"] in TRANSFORM_KINDS:
-                    out_edges.append(_edge(_lot(e["src_lot"]), _lot(cur), e))
-                    if e["src_lot"] not in seen_lots:
-                        seen_lots.add(e["src_lot"])
+                    add(at(e["src_lot"], e["src_party"], None), at(cur, e["dst_party"], e), e)
+                    if e["src_lot"] not in seen:
+                        seen.add(e["src_lot"])
                         frontier.append(e["src_lot"])
                 elif e["kind"] == "TRANSFER":
-                    out_edges.append(_edge(_party(e["src_party"]), _party(e["dst_party"]), e, lot=cur))
+                    add(at(cur, e["src_party"], None), at(cur, e["dst_party"], e), e, cur)
         else:
             for e in by_src.get(cur, []):
                 if e["kind"] in TRANSFORM_KINDS:
-                    out_edges.append(_edge(_lot(cur), _lot(e["dst_lot"]), e))
-                    if e["dst_lot"] not in seen_lots:
-                        seen_lots.add(e["dst_lot"])
+                    add(at(cur, e["src_party"], None), at(e["dst_lot"], e["dst_party"], e), e)
+                    if e["dst_lot"] not in seen:
+                        seen.add(e["dst_lot"])
                         frontier.append(e["dst_lot"])
                 elif e["kind"] == "TRANSFER":
-                    out_edges.append(_edge(_party(e["src_party"]), _party(e["dst_party"]), e, lot=cur))
+                    add(at(cur, e["src_party"], None), at(cur, e["dst_party"], e), e, cur)
                 elif e["kind"] == "EXPORT":
-                    origins.add(e["dst_party"])
-                    out_edges.append(_edge(_lot(cur), e["dst_party"], e))
-    nodes = sorted({n for e in out_edges for n in (e["src"], e["dst"])} | {_lot(lot)})
-    return {"lot": lot, "direction": direction, "point": point.to_dict(), "nodes": [_node(n) for n in nodes],
-            "edges": out_edges, "ends": sorted(origins), "traceable": bool(origins) or direction == "down"}
+                    dst = other(e["dst_party"])
+                    ends.add(dst)
+                    add(at(cur, e["src_party"], None), dst, e)
+    for n in nodes.values():
+        n.pop("_t", None)
+    return {"lot": lot, "direction": direction, "nodes": [nodes[k] for k in sorted(nodes)],
+            "edges": out_edges, "ends": sorted(ends), "traceable": bool(ends) or direction == "down"}
 
 
 def _edge(src: str, dst: str, e: dict, lot: str | None = None) -> dict[str, Any]:
     return {"src": src, "dst": dst, "kind": e["kind"], "kg": kg_text(e["g"]), "reo_kg": kg_text(e["reo_g"]),
-            "index": e["index"], "lot": lot, "ref": e["ref"]}
+            "index": e["index"], "lot": lot, "ref": e["ref"], "date": _day(e["occurred_us"]), "count": 1}
 
 
-def _node(n: str) -> dict[str, str]:
-    kind, _, label = n.partition(":")
-    return {"id": n, "kind": kind, "label": label}
+# --- year scale: fold lots by holder, product and month; the detail one level down ------------
+
+def _period(month: str | None, level: str) -> str | None:
+    if month is None or level == "month":
+        return month
+    if level == "quarter":
+        return f"{month[:4]}-Q{(int(month[5:7]) - 1) // 3 + 1}"
+    return month[:4]
 
 
-# --- rendering -------------------------------------------------------------------------------
+def aggregate(graph: dict[str, Any], max_edges: int = MAX_EDGES) -> dict[str, Any]:
+    """A trace folded for a screen: the lots of one holder, product and month (CST) become one
+    node, edges between folded nodes are summed (kg, kg REO, movements); where that still leaves
+    more than ``max_edges`` edges, by quarter, then by year. The traced lot itself stays on its
+    own. A graph with at most ``max_edges`` edges comes back unchanged."""
+    if len(graph["edges"]) <= max_edges or "lot" not in graph:
+        return graph
+    for level in ("month", "quarter", "year"):
+        folded = _fold(graph, level)
+        if len(folded["edges"]) <= max_edges:
+            break
+    return folded
 
-_SHAPES = {"lot": "box", "party": "ellipse", "mine": "house", "mine-site": "house", "customs": "cds",
+
+def _fold(graph: dict[str, Any], level: str) -> dict[str, Any]:
+    root = _lot(graph["lot"])
+    group_of: dict[str, str] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for n in graph["nodes"]:
+        if n["kind"] != "lot" or n["id"] == root:
+            continue
+        period = _period(n.get("month"), level)
+        gid = f"lots:{n.get('party')}|{n.get('product')}|{period}"
+        group_of[n["id"]] = gid
+        g = groups.setdefault(gid, {"id": gid, "kind": "lots", "party": n.get("party"), "product": n.get("product"),
+                                    "month": period, "members": []})
+        g["members"].append(n["lot"])
+    single = {gid for gid, g in groups.items() if len(g["members"]) == 1}
+    nodes = [n for n in graph["nodes"] if n["id"] not in group_of or group_of[n["id"]] in single]
+    for gid, g in sorted(groups.items()):
+        if gid not in single:
+            g["label"] = f"{len(g['members'])} lots {g['product'] or ''}, {g['month']}".replace("  ", " ")
+            nodes.append(g)
+
+    def where(nid: str) -> str:
+        gid = group_of.get(nid)
+        return nid if gid is None or gid in single else gid
+
+    agg: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in graph["edges"]:
+        s, d = where(e["src"]), where(e["dst"])
+        k = (s, d, e["kind"])
+        a = agg.get(k)
+        if a is None:
+            agg[k] = {"src": s, "dst": d, "kind": e["kind"], "g": _grams(e["kg"]), "reo_g": _grams(e["reo_kg"]),
+                      "count": e.get("count", 1), "dates": [e.get("date")], "indexes": [e["index"]]}
+        else:
+            a["g"] += _grams(e["kg"])
+            a["reo_g"] += _grams(e["reo_kg"])
+            a["count"] += e.get("count", 1)
+            a["dates"].append(e.get("date"))
+            a["indexes"].append(e["index"])
+    edges = []
+    for a in agg.values():
+        dates = sorted(x for x in a["dates"] if x)
+        date = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else None
+        edges.append({"src": a["src"], "dst": a["dst"], "kind": a["kind"], "kg": kg_text(a["g"]),
+                      "reo_kg": kg_text(a["reo_g"]), "count": a["count"], "date": date, "indexes": a["indexes"]})
+    return {**graph, "nodes": nodes, "edges": edges, "aggregated": level,
+            "detail_edges": len(graph["edges"]), "detail_nodes": len(graph["nodes"])}
+
+
+def drill_down(graph: dict[str, Any], party: str) -> dict[str, Any]:
+    """One level down from :func:`aggregate`: the lots ``party`` held, lot by lot, with every edge
+    that touches them (and the nodes at the other end)."""
+    keep = {n["id"] for n in graph["nodes"] if n.get("party") == party}
+    edges = [e for e in graph["edges"] if e["src"] in keep or e["dst"] in keep]
+    ids = keep | {x for e in edges for x in (e["src"], e["dst"])}
+    return {**graph, "nodes": [n for n in graph["nodes"] if n["id"] in ids], "edges": edges, "drill_down": party}
+
+
+def _grams(kg: str) -> int:
+    return int(Decimal(kg) * 1000)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+def thousands(kg: str | Decimal) -> str:
+    """``"1234567.5"`` -> ``"1,234,567.5"``."""
+    return f"{Decimal(kg):,}"
+
+
+_SHAPES = {"lot": "box", "lots": "box3d", "party": "box", "mine": "house", "mine-site": "house", "customs": "cds",
            "scrap": "folder", "export": "invhouse"}
+_FILLS = {"lot": "#eef5ff", "lots": "#dde9fb", "party": "#fff7e6", "mine": "#e8f7e8", "mine-site": "#e8f7e8",
+          "customs": "#f3e8ff", "scrap": "#f0f0f0", "export": "#ffecec"}
+_EDGE_COLORS = {"TRANSFER": "#1f77b4", "PRODUCTION": "#2ca02c", "IMPORT": "#9467bd", "SCRAP": "#7f7f7f",
+                "EXPORT": "#d62728", "SEPARATION": "#8c564b", "SMELTING": "#e377c2"}
+_KIND_WORDS = {"mine": "mine", "mine-site": "mine site", "customs": "customs declaration", "scrap": "scrap source",
+               "export": "export to", "lot": "lot", "lots": "lots", "party": "party"}
+FONT = "DejaVu Sans"
 
 
 def _q(text: Any) -> str:
     """A DOT quoted string: ids and labels come from entries (a customs declaration number or a
     scrap source may hold quotes or backslashes)."""
-    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _party_title(pid: str, names: dict[str, str]) -> str:
+    name = names.get(pid) or ""
+    return f"{name}\n{pid}" if name else pid
+
+
+def _node_label(n: dict[str, Any], names: dict[str, str]) -> str:
+    k = n["kind"]
+    if n.get("members") and k in ("customs", "scrap"):
+        return n["label"] if len(n["members"]) > 1 else f"{_KIND_WORDS[k]}\n{n['label']}"
+    if k == "lots":
+        return f"{len(n['members'])} lots, {n['month']}\n{n.get('product') or ''}".rstrip()
+    if k == "lot":
+        return f"lot {n['label']}" + (f"\n{n['product']}" if n.get("product") else "")
+    if k in ("party", "mine-site"):
+        title = _party_title(n["label"], names)
+        return title if k == "party" else f"mine site\n{title}"
+    if k == "mine":
+        return f"mine\n{n['label']}"
+    return f"{_KIND_WORDS.get(k, k)}\n{n['label']}"
+
+
+def _edge_label(e: dict[str, Any]) -> str:
+    head = e["kind"].lower()
+    if e.get("count", 1) > 1:
+        head += f" ×{e['count']:,}"
+    when = e.get("month") or e.get("date")
+    if when:
+        a, sep, b = when.partition(" to ")
+        if sep and a[:5] == b[:5]:  # one year: "2024-01-03 to 12-10"
+            when = f"{a} to {b[5:]}"
+        head += f", {when}"
+    return "\n".join([head, f"{thousands(e['kg'])} kg", f"{thousands(e['reo_kg'])} kg REO"])
 
 
 def to_dot(graph: dict[str, Any], title: str = "reledger flow") -> str:
-    lines = [f'digraph {_q(title)} {{', "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];']
+    """Graphviz DOT: left to right, lots inside their holders' boxes (clusters), edges labelled
+    with kind, day or month, kg and kg REO."""
+    names = dict(graph.get("parties") or {})
     for n in graph["nodes"]:
-        lines.append(f'  {_q(n["id"])} [label={_q(n["label"])}, shape={_SHAPES.get(n["kind"], "ellipse")}];')
+        if n.get("name"):
+            names.setdefault(n["label"], n["name"])
+    note = ""
+    if graph.get("aggregated"):
+        note = (f"\n{graph['detail_edges']:,} movements folded by holder, product and {graph['aggregated']} (CST); "
+                "lot by lot: reledger flow --lot L --party P")
+    elif graph.get("drill_down"):
+        note = f"\nlot by lot at {graph['drill_down']}"
+    lines = [f"digraph {_q(title)} {{",
+             f"  graph [rankdir=LR, fontname={_q(FONT)}, fontsize=13, label={_q(title + note)}, labelloc=t, "
+             "labeljust=l, nodesep=0.18, ranksep=0.8];",
+             f"  node [fontname={_q(FONT)}, fontsize=10, style=filled, penwidth=0.8];",
+             f"  edge [fontname={_q(FONT)}, fontsize=9, arrowsize=0.7];"]
+    clusters: dict[str, list[dict]] = {}
+    loose: list[dict] = []
+    for n in graph["nodes"]:
+        # the mine (an origin) stands outside its party's box, like customs and scrap: edges with
+        # labels inside a box can meet the box's own label in Graphviz's layout
+        holder = n.get("party") if n["kind"] in ("lot", "lots") else None
+        (clusters.setdefault(holder, []) if holder else loose).append(n)
+
+    def node_line(n: dict[str, Any], indent: str) -> str:
+        return (f"{indent}{_q(n['id'])} [label={_q(_node_label(n, names))}, shape={_SHAPES.get(n['kind'], 'box')}, "
+                f"fillcolor={_q(_FILLS.get(n['kind'], '#ffffff'))}];")
+
+    for i, (holder, members) in enumerate(sorted(clusters.items())):
+        lines.append(f"  subgraph {_q(f'cluster_{i}')} {{")
+        lines.append(f"    label={_q(_party_title(holder, names))}; style=\"rounded,filled\"; fillcolor=\"#fffaf0\"; "
+                     "color=\"#c8b48a\"; fontsize=11;")
+        for n in members:
+            lines.append(node_line(n, "    "))
+        lines.append("  }")
+    for n in loose:
+        lines.append(node_line(n, "  "))
     for e in graph["edges"]:
-        label = f'{e["kind"]} {e["reo_kg"]} kg REO' + (f' ({e["lot"]})' if e.get("lot") else "")
-        lines.append(f'  {_q(e["src"])} -> {_q(e["dst"])} [label={_q(label)}];')
+        color = _EDGE_COLORS.get(e["kind"], "#555555")
+        lines.append(f"  {_q(e['src'])} -> {_q(e['dst'])} [label={_q(_edge_label(e))}, color={_q(color)}, "
+                     f"fontcolor={_q(color)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-_COLORS = {"lot": "#eef5ff", "party": "#fff7e6", "mine": "#e8f7e8", "mine-site": "#e8f7e8", "customs": "#f3e8ff",
-           "scrap": "#f0f0f0", "export": "#ffecec"}
+def dot_path() -> str:
+    path = shutil.which("dot")
+    if path is None:
+        raise GraphvizMissing("drawing a graph as SVG needs Graphviz's dot, which is not installed "
+                              "(Debian/Ubuntu: apt-get install graphviz); --format dot or json needs no Graphviz")
+    return path
+
+
+def render(dot_text: str, fmt: str = "svg", timeout: float = 300) -> str:
+    """Lay out and draw DOT text with Graphviz's ``dot``."""
+    try:
+        proc = subprocess.run([dot_path(), f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise GraphvizFailed(f"Graphviz's dot did not finish in {timeout:.0f} s") from e
+    except OSError as e:
+        raise GraphvizMissing(f"cannot run Graphviz's dot: {e}") from e
+    if proc.returncode != 0:
+        raise GraphvizFailed(f"Graphviz's dot failed (exit {proc.returncode}): "
+                             f"{proc.stderr.decode('utf-8', 'replace').strip()[:500]}")
+    return proc.stdout.decode("utf-8")
+
+
+_PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.S)
+_COMMENT = re.compile(r"<!--.*?-->\n?", re.S)
 
 
 def to_svg(graph: dict[str, Any], title: str = "reledger flow") -> str:
-    """A layered left-to-right drawing (longest path from the sources)."""
-    ids = [n["id"] for n in graph["nodes"]]
-    preds: dict[str, set[str]] = {i: set() for i in ids}
-    for e in graph["edges"]:
-        if e["src"] in preds and e["dst"] in preds and e["src"] != e["dst"]:
-            preds[e["dst"]].add(e["src"])
-    layer: dict[str, int] = {}
-
-    def depth(n: str, stack: frozenset = frozenset()) -> int:
-        if n in layer:
-            return layer[n]
-        if n in stack:
-            return 0
-        d = 1 + max((depth(p, stack | {n}) for p in preds[n]), default=-1)
-        layer[n] = d
-        return d
-
-    for i in ids:
-        depth(i)
-    cols: dict[int, list[str]] = {}
-    for i in ids:
-        cols.setdefault(layer[i], []).append(i)
-    w, h, gx, gy = 170, 34, 80, 18
-    pos = {}
-    for c, members in cols.items():
-        for r, i in enumerate(sorted(members)):
-            pos[i] = (20 + c * (w + gx), 50 + r * (h + gy))
-    width = 40 + (max(cols, default=0) + 1) * (w + gx)
-    height = 80 + max((len(m) for m in cols.values()), default=1) * (h + gy)
-    kinds = {n["id"]: n["kind"] for n in graph["nodes"]}
-    labels = {n["id"]: n["label"] for n in graph["nodes"]}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="11">',
-           f'<title>{escape(title)}</title>',
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
-           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
-           f'<text x="20" y="24" font-size="14" font-weight="bold">{escape(title)}</text>']
-    for e in graph["edges"]:
-        if e["src"] not in pos or e["dst"] not in pos:
-            continue
-        (x1, y1), (x2, y2) = pos[e["src"]], pos[e["dst"]]
-        sx, sy, tx, ty = x1 + w, y1 + h / 2, x2, y2 + h / 2
-        if x2 <= x1:
-            sx, tx = x1 + w / 2, x2 + w / 2
-        mx = (sx + tx) / 2
-        out.append(f'<path d="M {sx:.0f} {sy:.0f} C {mx:.0f} {sy:.0f}, {mx:.0f} {ty:.0f}, {tx:.0f} {ty:.0f}" '
-                   'fill="none" stroke="#777" stroke-width="1.2" marker-end="url(#arrow)">'
-                   f'<title>{escape(e["kind"])}: {escape(e["reo_kg"])} kg REO</title></path>')
-        out.append(f'<text x="{mx:.0f}" y="{(sy + ty) / 2 - 3:.0f}" text-anchor="middle" fill="#555" font-size="9">'
-                   f'{escape(e["kind"].lower())} {escape(e["reo_kg"])}</text>')
-    for i, (x, y) in pos.items():
-        k = kinds[i]
-        out.append(f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="{4 if k == "lot" else 14}" '
-                   f'fill="{_COLORS.get(k, "#fff")}" stroke="#444"/>')
-        out.append(f'<text x="{x + 8}" y="{y + 14}" font-size="9" fill="#666">{escape(k)}</text>')
-        out.append(f'<text x="{x + 8}" y="{y + 27}">{escape(labels[i][:26])}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    """The graph laid out by Graphviz's dot, as a standalone SVG document (no XML prologue or
+    DOCTYPE, so that it can also be put inline in HTML)."""
+    svg = _COMMENT.sub("", _PROLOGUE.sub("", render(to_dot(graph, title), "svg"), count=1))
+    if "xlink:" not in svg.replace("xmlns:xlink=", ""):  # no links are drawn: the namespace is unused
+        svg = svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "")
+    return svg

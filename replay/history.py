@@ -153,6 +153,8 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                     {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
 
         for rec in reader.iter_records(proj.position, n):
+            if progress and rec.index % 2000 == 0:
+                progress(rec.index, n)
             try:
                 if rec.envelope is None:
                     raise EntryError("the entry is missing from the events table")
@@ -236,9 +238,91 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                 _counterparty(party, e.chain, body) if e.chain == party else None,
                 _lots(body) if e.chain == party else [],
                 *state_now(), mine))
-            if progress and rec.index % 5000 == 0:
-                progress(rec.index, n)
     return Replay(party, name, n, steps, first, valid, invalid, credit)
+
+
+def grouped(text: Any) -> str:
+    """A decimal quantity with thousands separators, its decimals kept ("1,325,500.25")."""
+    import re
+
+    m = re.fullmatch(r"(-?)(\d+)(\.\d+)?", str(text))
+    if not m:
+        return str(text)
+    return f"{m.group(1)}{int(m.group(2)):,}{m.group(3) or ''}"
+
+
+#: body fields that are quantities, and their units (one unit per kind: t REO for quota, kg for mass)
+_UNITS = (("_t_reo", "t REO"), ("t_reo", "t REO"), ("reo_kg", "kg REO"), ("_kg", "kg"), ("kg", "kg"),
+          ("_pct", "%"), ("fine_cny", "CNY"))
+
+
+def _unit(name: str) -> str | None:
+    for suffix, unit in _UNITS:
+        if name == suffix or name.endswith(suffix):
+            return unit
+    return None
+
+
+def _sum(lines: Any, key: str) -> Decimal | None:
+    total = None
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, dict) and isinstance(line.get(key), str):
+            try:
+                total = (total or Decimal(0)) + Decimal(line[key])
+            except ArithmeticError:
+                pass
+    return total
+
+
+def says(type_: str | None, body: Any) -> str:
+    """What an entry says, in one line for a person: its quantities with their units (thousands
+    separators), its lots and parties; e.g. ``lot BO01-000001 BASTNAESITE_CONCENTRATE: dry_kg
+    351,219.4 kg, reo_kg 180,000 kg REO, treo_pct 51.25 %``."""
+    if not isinstance(body, dict):
+        return ""
+    parts: list[str] = []
+    for name in ("lot", "product", "transfer_id", "batch", "month", "holder", "enterprise", "buyer", "seller",
+                 "party", "category", "year", "batch_no"):
+        v = body.get(name)
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            parts.append(f"{name.replace('_', ' ')} {v}")
+        elif isinstance(v, dict) and {"year", "batch_no"} <= set(v):
+            parts.append(f"{name} {v['year']}/{v['batch_no']}")
+    for name, v in body.items():
+        unit = _unit(name)
+        if unit and isinstance(v, str):
+            parts.append(f"{name} {grouped(v)} {unit}")
+    for name in ("lines", "inputs", "outputs"):
+        lines = body.get(name)
+        if isinstance(lines, list) and lines:
+            kg, reo = _sum(lines, "kg"), _sum(lines, "reo_kg")
+            bit = f"{name} ({len(lines)} lot{'s' if len(lines) != 1 else ''})"
+            if kg is not None:
+                bit += f" {grouped(encoding.decimal_text(kg))} kg"
+            if reo is not None:
+                bit += f", {grouped(encoding.decimal_text(reo))} kg REO"
+            parts.append(bit)
+    return "; ".join(parts)
+
+
+def iter_csv(r: Replay) -> Iterator[str]:
+    """CSV lines, one a step: where it sits, what it says, its hash and signature, its findings."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "kind", "seq", "type", "occurred_at", "recorded_at", "counterparty", "says", "entry_hash",
+                "signature", "findings"])
+    for s in r.steps:
+        w.writerow([s.index, s.kind, s.seq or "", s.type or "", s.occurred_at or "", s.recorded_at,
+                    s.counterparty or "", says(s.type, s.body), s.entry_hash or "", s.signature,
+                    " ".join(f["code"] for f in s.findings)])
+        yield buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+    if buf.getvalue():
+        yield buf.getvalue()
 
 
 def iter_text(r: Replay) -> Iterator[str]:
@@ -249,16 +333,19 @@ def iter_text(r: Replay) -> Iterator[str]:
         if s.kind == "entry":
             cp = f" with {s.counterparty}" if s.counterparty else ""
             yield f"\n#{s.index} seq {s.seq} {s.type}{cp}  occurred {s.occurred_at}  recorded {s.recorded_at}"
+            said = says(s.type, s.body)
+            if said:
+                yield f"   says {said}"
             yield f"   hash {s.entry_hash}  signature {s.signature}"
             if s.lots:
                 yield f"   lots {', '.join(s.lots[:6])}" + (" …" if len(s.lots) > 6 else "")
         else:
             yield f"\n#{s.index} (another party's entry, recorded {s.recorded_at})"
-        held = [f"{lt} {v['kg']} kg" for lt, v in list(s.stock.items())[:4]]
+        held = [f"{lt} {grouped(v['kg'])} kg" for lt, v in list(s.stock.items())[:4]]
         if held:
             yield f"   stock after: {'; '.join(held)}" + (f" (+{len(s.stock) - 4} lots)" if len(s.stock) > 4 else "")
         if s.quota_used:
-            yield "   quota used: " + ", ".join(f"{k} {v} t" for k, v in s.quota_used.items())
+            yield "   quota used: " + ", ".join(f"{k} {grouped(v)} t REO" for k, v in s.quota_used.items())
         for f in s.findings:
             yield f"   FINDING {f['code']} ({f['rule']}): {f['message']}"
     if r.first_by_rule:

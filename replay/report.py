@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -154,6 +155,148 @@ class Proven:
     proof: list[str] | None  # None: not yet checkpointed (or missing)
     proof_status: str
     proof_ok: bool
+    facts: str = ""  # what the entry says, in words with units (entry_facts)
+
+
+# --- what an entry says ------------------------------------------------------------------------
+
+def qty(value: Any, unit: str) -> str:
+    """A quantity as a person reads it: thousands separators and its unit ("1,325,500 kg REO",
+    "2,501.82 t REO"). Text that is not a number is shown as it is."""
+    try:
+        d = Decimal(str(value))
+    except (ArithmeticError, ValueError, TypeError):
+        return f"{value} {unit}"
+    if not d.is_finite():
+        return f"{value} {unit}"
+    return f"{d:,} {unit}"
+
+
+def t_reo(value: float | Decimal | str) -> str:
+    """t REO to three decimals (the ledger's precision for quota), thousands separated."""
+    d = Decimal(str(value)).quantize(Decimal("0.001"))
+    text = f"{d:,}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} t REO"
+
+
+def _sum(lines: Any, key: str) -> Decimal | None:
+    total, seen = Decimal(0), False
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, dict) and line.get(key) is not None:
+            try:
+                total += Decimal(str(line[key]))
+                seen = True
+            except ArithmeticError:
+                pass
+    return total if seen else None
+
+
+def _lots_text(lines: Any, limit: int = 4) -> str:
+    lots = [str(x.get("lot")) for x in (lines if isinstance(lines, list) else []) if isinstance(x, dict)]
+    return ", ".join(lots[:limit]) + (f" and {len(lots) - limit} more" if len(lots) > limit else "")
+
+
+def _generic_facts(body: dict[str, Any]) -> str:
+    parts = []
+    for k, v in body.items():
+        if isinstance(v, (dict, list, bytes)) or v is None:
+            continue
+        if k.endswith("t_reo"):
+            parts.append(f"{k.replace('_t_reo', '').replace('_', ' ')} {t_reo(v)}" if k != "t_reo" else t_reo(v))
+        elif k.endswith("reo_kg"):
+            parts.append(f"{k.replace('reo_kg', '').replace('_', ' ').strip()} {qty(v, 'kg REO')}".strip())
+        elif k.endswith("kg"):
+            parts.append(f"{k.replace('kg', '').replace('_', ' ').strip()} {qty(v, 'kg')}".strip())
+        elif k.endswith("pct"):
+            parts.append(f"{k.replace('_pct', '').replace('_', ' ')} {v} %")
+        else:
+            parts.append(f"{k.replace('_', ' ')} {v}")
+    return "; ".join(parts)
+
+
+def entry_facts(etype: str | None, body: Any) -> str:
+    """What an entry says, in one line: the quantities with their units (t REO for quota, kg
+    and kg REO for material), the lots and the counterparty."""
+    if not isinstance(body, dict):
+        return ""
+    b = body
+    try:
+        if etype == "QuotaBatchIssued":
+            return (f"batch {b.get('batch_no')} of {b.get('year')} to {b.get('holder')}: mining rock "
+                    f"{t_reo(b.get('mining_rock_t_reo', 0))}, mining ionic {t_reo(b.get('mining_ionic_t_reo', 0))}, "
+                    f"separation {t_reo(b.get('separation_t_reo', 0))}"
+                    + (f" (basis {b['basis']})" if b.get("basis") else "") + f"; document {b.get('document_no')}")
+        if etype == "AnnualTotalApproved":
+            return (f"national totals {b.get('year')}: mining rock {t_reo(b.get('mining_rock_t_reo', 0))}, mining "
+                    f"ionic {t_reo(b.get('mining_ionic_t_reo', 0))}, separation {t_reo(b.get('separation_t_reo', 0))}")
+        if etype == "QuotaSubAllocated":
+            batch = b.get("batch") or {}
+            return (f"{t_reo(b.get('t_reo', 0))} of {b.get('category')} sub-allocated to {b.get('enterprise')} "
+                    f"from batch {batch.get('batch_no')} of {batch.get('year')}")
+        if etype == "QuotaReduced":
+            return (f"{b.get('holder')}'s {b.get('year')} {b.get('category')} indicator cut by "
+                    f"{t_reo(b.get('t_reo', 0))}" + (f": {b['reason']}" if b.get("reason") else ""))
+        if etype == "MineralProductProduced":
+            return (f"lot {b.get('lot')} ({b.get('product') or 'RE_CONCENTRATE'}, {b.get('ore_type')}) produced: "
+                    f"{qty(b.get('dry_kg'), 'kg')} dry ({qty(b.get('wet_kg'), 'kg')} wet) at {b.get('treo_pct')} % "
+                    f"TREO = {qty(b.get('reo_kg'), 'kg REO')}")
+        if etype == "ImportReceived":
+            return (f"lot {b.get('lot')} imported: {qty(b.get('dry_kg'), 'kg')} {b.get('form')} from "
+                    f"{b.get('origin_country')} at {b.get('treo_pct')} % TREO"
+                    + (f" = {qty(b['reo_kg'], 'kg REO')}" if b.get("reo_kg") else "")
+                    + f"; customs declaration {b.get('customs_declaration_no')}")
+        if etype == "SecondaryFeedReceived":
+            return (f"lot {b.get('lot')}: {qty(b.get('kg'), 'kg')} {b.get('scrap_type')} from {b.get('source')}"
+                    + (f" = {qty(b['reo_kg'], 'kg REO')}" if b.get("reo_kg") else ""))
+        if etype == "SeparationBatchRecorded":
+            ins, outs = b.get("inputs") or [], b.get("outputs") or []
+            in_reo, out_reo, out_kg = _sum(ins, "reo_kg"), _sum(outs, "reo_kg"), _sum(outs, "kg")
+            return (f"batch {b.get('batch')}: in {qty(in_reo, 'kg REO')} from {len(ins)} lot(s) ({_lots_text(ins)}); "
+                    f"out {qty(out_reo, 'kg REO')} ({qty(out_kg, 'kg')}) in {len(outs)} lot(s) ({_lots_text(outs)}); "
+                    f"losses {qty(b.get('losses_reo_kg'), 'kg REO')}")
+        if etype == "MetalSmelted":
+            ins, outs = b.get("inputs") or [], b.get("outputs") or []
+            in_kg, in_reo = _sum(ins, "kg"), _sum(ins, "reo_kg")
+            return (f"batch {b.get('batch')}: in {qty(in_kg, 'kg')}"
+                    + (f" ({qty(in_reo, 'kg REO')})" if in_reo is not None else "")
+                    + f" from {len(ins)} lot(s) ({_lots_text(ins)}); out {qty(_sum(outs, 'kg'), 'kg')} = "
+                    f"{qty(_sum(outs, 'reo_kg'), 'kg REO')} in {len(outs)} lot(s) ({_lots_text(outs)})")
+        if etype in ("TransferShipped", "TransferReceived"):
+            lines = b.get("lines") or []
+            reo = _sum(lines, "reo_kg")
+            who = f"to {b.get('buyer')}" if etype == "TransferShipped" else f"from {b.get('seller')}"
+            return (f"transfer {b.get('transfer_id')} {who}: {qty(_sum(lines, 'kg'), 'kg')}"
+                    + (f" ({qty(reo, 'kg REO')})" if reo is not None else "")
+                    + f" in {len(lines)} line(s) ({_lots_text(lines)})")
+        if etype == "ExportDeclared":
+            return (f"lot {b.get('lot')} ({b.get('product')}) exported to {b.get('destination_country')}: "
+                    f"{qty(b.get('kg'), 'kg')}" + (f" ({qty(b['reo_kg'], 'kg REO')})" if b.get("reo_kg") else "")
+                    + f"; licence {b.get('export_licence_no')}")
+        if etype == "StockCounted":
+            what = f"lot {b['lot']}" if b.get("lot") else f"product {b.get('product')}"
+            return (f"{what} counted: {qty(b.get('counted_kg'), 'kg')}"
+                    + (f" ({qty(b['counted_reo_kg'], 'kg REO')})" if b.get("counted_reo_kg") else ""))
+        if etype == "MonthlyFlowReportSubmitted":
+            totals = b.get("totals") or {}
+            return (f"flow report for {b.get('month')}: "
+                    + (", ".join(f"{k.replace('_reo_kg', '')} {qty(v, 'kg REO')}" for k, v in totals.items())
+                       or "no totals") + (f"; covers seqs {b['first_seq']} to {b['last_seq']}"
+                                          if b.get("first_seq") and b.get("last_seq") else ""))
+        if etype == "QuotaExecutionReported":
+            return (f"quota execution for {b.get('period')}: "
+                    + "; ".join(f"{x.get('category')} used {t_reo(x.get('used_t_reo', 0))} of "
+                                f"{t_reo(x.get('allocated_t_reo', 0))}" for x in b.get("lines") or []
+                                if isinstance(x, dict)))
+        if etype == "ViolationFound":
+            return f"violation by {b.get('party')} ({b.get('rule')}, {b.get('article')}): {b.get('description')}"
+        if etype == "PenaltyImposed":
+            return _generic_facts(b)
+    except (ArithmeticError, ValueError, TypeError, AttributeError):
+        pass
+    return _generic_facts(b)
+
 
 
 def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
@@ -191,6 +334,7 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
         return Proven(ref["chain"], int(ref["seq"]), index, ref["hash"], "", None, None, "entry missing from the log",
                       False, None, "entry missing from the log", False)
     signed = SignedEntry.parse(rec.envelope)
+    facts = entry_facts(signed.entry.type, signed.entry.body)
     entry_hash = signed.hash
     hash_ok = entry_hash == rec.entry_hash and entry_hash.hex() == ref["hash"]
     if index in sigs:
@@ -205,11 +349,11 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
     leaf = merkle.leaf_hash(leaf_bytes(entry_hash, index, rec.recorded_at))
     if cp is None:
         return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
-                      hash_ok, None, "not yet checkpointed (no checkpoint)", False)
+                      hash_ok, None, "not yet checkpointed (no checkpoint)", False, facts)
     if index >= cp["size"]:
         return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
                       hash_ok, None, f"not yet checkpointed (log index {index} is after the checkpoint of size "
-                      f"{cp['size']})", False)
+                      f"{cp['size']})", False, facts)
     proof = store.inclusion_proof(index, cp["size"])
     try:
         if leaf != rec.nodes[:32]:
@@ -219,7 +363,7 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
     except merkle.ProofError as e:
         status, ok = f"inclusion proof FAILED: {e}", False
     return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig, hash_ok,
-                  [h.hex() for h in proof], status, ok)
+                  [h.hex() for h in proof], status, ok, facts)
 
 
 def _quota_series(ps: ProjectionStore, party: str, n: int, is_group: bool) -> list[dict[str, Any]]:
@@ -306,10 +450,13 @@ def _flows(ps: ProjectionStore, party: str, point: Point, names: dict[str, str])
         else:
             v[1] += reo
             v[3] += e["count"]
+    labels = {nd["id"]: nd["label"] for nd in g["nodes"]}
     rows = []
     for (other, kind), v in sorted(counter.items()):
         pid = other.partition(":")[2] if other.startswith("party:") else None
-        rows.append({"node": other, "name": names.get(pid, "") if pid else "", "kind": kind,
+        name = names.get(pid, "") if pid else ("" if labels.get(other) == other.partition(":")[2] else
+                                               labels.get(other, ""))
+        rows.append({"node": other, "name": name, "kind": kind,
                      "in_reo_kg": encoding.decimal_text(v[0]), "out_reo_kg": encoding.decimal_text(v[1]),
                      "in_count": v[2], "out_count": v[3]})
     return {"graph": graph, "counterparties": rows}
@@ -365,8 +512,7 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
                 continue
             g = flowgraph.trace(ps, step.lots[0], "up", point)
             if g["edges"]:
-                svg = flowgraph.to_svg(g, f"lot {step.lots[0]} upstream")
-                svg = svg.replace('id="arrow"', f'id="arrow-f{i}"').replace("url(#arrow)", f"url(#arrow-f{i})")
+                svg = graph_svg(flowgraph.aggregate(g), f"lot {step.lots[0]} upstream", f"trace{i}")
                 f["trace"] = {"lot": step.lots[0], "svg": svg, "ends": g["ends"], "traceable": g["traceable"]}
     finally:
         ps.close()
@@ -415,18 +561,24 @@ def _fmt_num(v: float) -> str:
     return f"{v:g}"
 
 
+def _year_start(year: int) -> int:
+    """The control year starts at midnight China Standard Time (UTC+8)."""
+    return encoding.time_to_micros(datetime(year - 1, 12, 31, 16, tzinfo=timezone.utc))
+
+
 def _dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1e6, tz=timezone.utc)
 
 
-def _time_ticks(t0: int, t1: int) -> list[tuple[int, str]]:
-    """Tick positions and labels: days, weeks or months, about 6–14 of them."""
+def _time_ticks(t0: int, t1: int, max_ticks: int = 14) -> list[tuple[int, str]]:
+    """Tick positions and labels: hours, days or months, at most ``max_ticks`` of them (so that
+    their labels never touch)."""
     span_days = (t1 - t0) / 86_400e6
     ticks: list[tuple[int, str]] = []
     from datetime import timedelta
 
     if span_days <= 3:
-        hours = next(h for h in (1, 2, 3, 6, 12, 24) if span_days * 24 / h <= 12)
+        hours = next((h for h in (1, 2, 3, 6, 12) if span_days * 24 / h <= max_ticks), 24)
         d = _dt(t0).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         while encoding.time_to_micros(d) <= t1:
             if d.hour % hours == 0:
@@ -434,14 +586,14 @@ def _time_ticks(t0: int, t1: int) -> list[tuple[int, str]]:
             d += timedelta(hours=1)
         return ticks
     if span_days <= 70:
-        step = max(1, int(math.ceil(span_days / 10)))
+        step = max(1, int(math.ceil(span_days / max(max_ticks - 1, 1))))
         d = _dt(t0).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
         while encoding.time_to_micros(d) <= t1:
             ticks.append((encoding.time_to_micros(d), d.strftime("%m-%d")))
             d += timedelta(days=step)
         return ticks
     months = span_days / 30.4
-    step = next(s for s in (1, 2, 3, 6, 12, 24, 60) if months / s <= 14)
+    step = next((s for s in (1, 2, 3, 6, 12, 24, 60) if months / s <= max_ticks), 120)
     d = _dt(t0)
     y, m = d.year, d.month
     while True:
@@ -458,16 +610,20 @@ def _time_ticks(t0: int, t1: int) -> list[tuple[int, str]]:
 
 
 def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: int = 1080, height: int = 280,
-               marks: list[dict[str, Any]] = ()) -> str:
+               marks: list[dict[str, Any]] = (), span: tuple[int, int] | None = None, legend: bool = True) -> str:
     """An inline SVG step chart over business time. ``series``: {label, color, points [(us, y)],
-    dash?, width?}; ``marks``: {t, y, label, color} points to call out."""
+    dash?, width?}; ``marks``: {t, y, label, color} points to call out; ``span``: the time range
+    the axis covers at least (e.g. the control year), widened to hold every point."""
     pts = [p for s in series for p in s["points"]]
     if not pts:
         return f'<p class="muted">{esc(title)}: no data.</p>'
     t0 = min(p[0] for p in pts)
     t1 = max(p[0] for p in pts)
-    if t1 - t0 < 86_400_000_000:
-        t0, t1 = t0 - 43_200_000_000, t1 + 43_200_000_000
+    if span is not None:
+        t0, t1 = min(t0, span[0]), max(t1, span[1])
+    if t1 - t0 < 30 * 86_400_000_000:  # a month at least: one move is a step, not a 21-hour axis
+        mid = (t0 + t1) // 2
+        t0, t1 = min(t0, mid - 15 * 86_400_000_000), max(t1, mid + 15 * 86_400_000_000)
     pad = (t1 - t0) * 0.02
     t0, t1 = int(t0 - pad), int(t1 + pad)
     ymax = max(max(p[1] for p in pts), 0.0)
@@ -475,7 +631,7 @@ def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: in
     ystep = _nice_step((ymax - ymin) or 1.0)
     ymax = math.ceil(ymax / ystep) * ystep or ystep
     ymin = math.floor(ymin / ystep) * ystep
-    left, right, top, bottom = 70, 20, 30, 58
+    left, right, top, bottom = 70, 20, 30, 58 if legend else 34
     pw, ph = width - left - right, height - top - bottom
 
     def x(t: float) -> float:
@@ -495,7 +651,7 @@ def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: in
         out.append(f'<line x1="{left}" y1="{yy:.1f}" x2="{left + pw}" y2="{yy:.1f}" stroke="#e6e6e6"/>')
         out.append(f'<text x="{left - 6}" y="{yy + 4:.1f}" text-anchor="end" class="tk">{esc(_fmt_num(v))}</text>')
         v += ystep
-    for t, label in _time_ticks(t0, t1):
+    for t, label in _time_ticks(t0, t1, max(2, int(pw // 62))):
         xx = x(t)
         out.append(f'<line x1="{xx:.1f}" y1="{top}" x2="{xx:.1f}" y2="{top + ph}" stroke="#eee"/>')
         out.append(f'<text x="{xx:.1f}" y="{top + ph + 15}" text-anchor="middle" class="tk">{esc(label)}</text>')
@@ -524,7 +680,7 @@ def step_chart(series: list[dict[str, Any]], *, title: str, unit: str, width: in
                    f'class="mk" fill="{m["color"]}">{esc(m["label"])}</text>')
     # legend below the axis labels
     lx, ly = left, top + ph + 36
-    for s in series:
+    for s in series if legend else ():
         label = esc(s["label"])
         w = 30 + 7.4 * len(s["label"])
         if lx + w > width - right:
@@ -553,11 +709,17 @@ code,.mono{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11.
 .hash{font-family:"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:11px;word-break:break-all}
 table{border-collapse:collapse;width:100%;margin:4px 0 10px}
 th,td{border:1px solid #dde1e8;padding:3px 6px;text-align:left;vertical-align:top}
+td.num{text-align:right;white-space:nowrap}
 th{background:#eef1f6;font-weight:600}
 table.kv{width:auto}table.kv th{width:190px;background:#f5f7fa}
 table.tl{font-size:11.5px}
 table.tl td{padding:2px 5px;white-space:nowrap}
-table.tl td.lots{white-space:normal;max-width:260px}
+table.tl td.facts{white-space:normal;min-width:300px}
+table.tl td.who{white-space:normal;min-width:150px}
+.facts{margin:3px 0;padding:3px 6px;background:#f3f7fb;border-left:3px solid #1f77b4}
+table.tl td.facts{background:none;border-left:1px solid #dde1e8}
+.flow svg{max-width:100%;height:auto}
+.multiples{display:grid;grid-template-columns:1fr 1fr;gap:8px}
 table.tl tr.hit td{background:#fff1f0}
 table.tl tr.other td{background:#f7f7f7;color:#555}
 table.tl thead th{position:sticky;top:0}
@@ -636,23 +798,25 @@ def _header(d: dict[str, Any]) -> str:
 
 def _timeline(d: dict[str, Any]) -> str:
     r: Replay = d["replay"]
-    head = ("<tr><th>#</th><th>seq</th><th>type</th><th>occurred</th><th>recorded</th><th>counterparty</th>"
-            "<th>lots</th><th>signature</th><th>findings</th></tr>")
+    head = ("<tr><th>#</th><th>seq</th><th>type</th><th>occurred</th><th>recorded</th><th>what it says</th>"
+            "<th>counterparty</th><th>signature</th><th>findings</th></tr>")
     rows = []
     for s in r.steps:
         codes = " ".join(f'<span class="badge">{esc(f["code"])}</span>' for f in s.findings)
         if s.kind == "entry":
-            lots = ", ".join(s.lots[:2]) + (f" (+{len(s.lots) - 2})" if len(s.lots) > 2 else "")
             cp = s.counterparty or ""
             name = d["names"].get(cp, "")
+            who = (f'{esc(name)}<br><span class="mono">{esc(cp)}</span>' if name else f'<span class="mono">{esc(cp)}'
+                   '</span>')
             rows.append(f'<tr class="{"hit" if s.findings else ""}"><td>{s.index}</td><td>{esc(s.seq)}</td>'
                         f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}Z</td>'
-                        f'<td title="{esc(name)}" class="mono">{esc(cp)}</td>'
-                        f'<td class="mono" title="{esc(", ".join(s.lots))}">{esc(lots)}</td>'
-                        f'<td>{_sig_short(s.signature)}</td><td>{codes}</td></tr>')
+                        f'<td class="facts">{esc(entry_facts(s.type, s.body))}</td><td class="who">{who}</td>'
+                        f'<td>{_sig_short(s.signature)}<br><span class="hash" title="entry hash">'
+                        f'{esc((s.entry_hash or "")[:12])}…</span></td><td>{codes}</td></tr>')
         else:
             rows.append(f'<tr class="other hit"><td>{s.index}</td><td></td><td colspan="3"><i>raised by another '
-                        f'party\'s entry (recorded {esc(s.recorded_at[:19])})</i></td><td></td><td></td><td></td>'
+                        f'party\'s entry (recorded {esc(s.recorded_at[:19])}Z)</i></td><td class="facts">'
+                        + esc("; ".join(f["message"] for f in s.findings)) + '</td><td></td><td></td>'
                         f'<td>{codes}</td></tr>')
     types: dict[str, int] = {}
     for s in r.steps:
@@ -687,13 +851,15 @@ def _quota(d: dict[str, Any]) -> str:
         if c["over"]:
             marks.append({"t": c["over"][0], "y": c["over"][1], "color": "#b3261e",
                           "label": f"over quota from {encoding.micros_to_time_text(c['over'][0])[:10]}"})
-        parts.append(step_chart(series, title=f"{c['year']} {c['category']}", unit="t REO", marks=marks))
-        pct = f"{c['used_t'] / c['allocated_t'] * 100:.1f}%" if c["allocated_t"] else "—"
+        year_span = (_year_start(c["year"]), _year_start(c["year"] + 1))
+        parts.append(step_chart(series, title=f"{c['year']} {c['category']}", unit="t REO", marks=marks,
+                                span=year_span))
+        pct = f"{c['used_t'] / c['allocated_t'] * 100:.1f} %" if c["allocated_t"] else "—"
         over = c["used_t"] > c["allocated_t"] + 1e-9
-        rows.append(f"<tr><td>{c['year']}</td><td>{esc(c['category'])}</td><td>{c['allocated_t']:.6g}</td>"
-                    f"<td>{c['used_t']:.6g}</td><td>{esc(pct)}</td>"
+        rows.append(f"<tr><td>{c['year']}</td><td>{esc(c['category'])}</td><td class=num>{t_reo(c['allocated_t'])}"
+                    f"</td><td class=num>{t_reo(c['used_t'])}</td><td class=num>{esc(pct)}</td>"
                     f"<td>{'<span class=bad>OVER</span>' if over else '<span class=ok>within</span>'}</td></tr>")
-    parts.append("<table><tr><th>year</th><th>category</th><th>allocated t REO</th><th>used t REO</th><th>% used</th>"
+    parts.append("<table><tr><th>year</th><th>category</th><th>allocated</th><th>used</th><th>% used</th>"
                  f"<th>status</th></tr>{''.join(rows)}</table>")
     if not d["quota_agrees"]:
         parts.append('<p class="bad">The replay and the projection tables disagree on the quota used: rebuild the '
@@ -704,93 +870,52 @@ def _quota(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+STOCK_PANELS = 8
+
+
 def _stock(d: dict[str, Any]) -> str:
+    """One small chart per product (the largest by peak holding), each with its own axis, so that
+    a product of 2,000 kg REO is not a flat line under one of 2,000,000."""
     parts = ["<h2>Stock over time</h2>"]
     st = d["stock"]
     if not st:
         parts.append('<p class="muted">The party never held stock.</p>')
         return "".join(parts)
-    ranked = sorted(st.items(), key=lambda kv: -max(abs(v) for _, v in kv[1]))
-    series = [{"label": prod, "color": PALETTE[i % len(PALETTE)], "points": pts}
-              for i, (prod, pts) in enumerate(ranked[:10])]
-    parts.append('<p class="muted">kg REO held, by product, over business time (after each move). '
-                 + (f"Showing the 10 largest of {len(ranked)} products." if len(ranked) > 10 else "") + "</p>")
-    marks = []
-    for prod, pts in ranked:
+    ranked = sorted(st.items(), key=lambda kv: (-max(abs(v) for _, v in kv[1]), kv[0]))
+    shown = ranked[:STOCK_PANELS]
+    parts.append('<p class="muted">kg REO held, by product, over business time (after each move): one chart per '
+                 "product, each on its own scale"
+                 + (f"; the {len(shown)} largest of {len(ranked)} products (all are in the table)"
+                    if len(ranked) > len(shown) else "") + ".</p>")
+    all_t = [t for _p, pts in st.items() for t, _v in pts]
+    span = (min(all_t), max(all_t))
+    panels = []
+    for i, (prod, pts) in enumerate(shown):
+        marks = []
         neg = next(((t, v) for t, v in pts if v < 0), None)
         if neg:
-            marks.append({"t": neg[0], "y": neg[1], "color": "#b3261e", "label": f"{prod} below zero"})
-    parts.append(step_chart(series, title="Stock by product", unit="kg REO", height=320, marks=marks))
-    rows = "".join(f"<tr><td>{esc(prod)}</td><td>{kg_text(int(round(pts[-1][1] * 1000)))}</td>"
-                   f"<td>{kg_text(int(round(max(v for _, v in pts) * 1000)))}</td></tr>" for prod, pts in ranked)
-    parts.append(f"<table><tr><th>product</th><th>kg REO now</th><th>kg REO peak</th></tr>{rows}</table>")
+            marks.append({"t": neg[0], "y": neg[1], "color": "#b3261e", "label": "below zero"})
+        series = [{"label": prod, "color": PALETTE[i % len(PALETTE)], "points": pts, "width": 1.6}]
+        panels.append(step_chart(series, title=prod, unit="kg REO", width=540, height=200, marks=marks, span=span,
+                                 legend=False))
+    parts.append('<div class="multiples">' + "".join(f"<div>{p}</div>" for p in panels) + "</div>")
+    rows = "".join(f"<tr><td>{esc(prod)}</td><td class=num>{esc(qty(kg_text(int(round(pts[-1][1] * 1000))), 'kg REO'))}"
+                   f"</td><td class=num>{esc(qty(kg_text(int(round(max(v for _, v in pts) * 1000))), 'kg REO'))}"
+                   "</td></tr>" for prod, pts in ranked)
+    parts.append(f"<table><tr><th>product</th><th>held now</th><th>peak</th></tr>{rows}</table>")
     return "".join(parts)
 
 
-_KIND_COLORS = {"TRANSFER": "#1f77b4", "PRODUCTION": "#2ca02c", "IMPORT": "#9467bd", "SCRAP": "#7f7f7f",
-                "EXPORT": "#d62728"}
-
-
-def _node_text(node: str, names: dict[str, str]) -> tuple[str, str]:
-    kind, _, ident = node.partition(":")
-    if kind == "party":
-        return names.get(ident) or ident, ident
-    return {"mine-site": "mine site", "customs": "customs declaration", "scrap": "scrap source",
-            "export": "export to"}.get(kind, kind), ident
-
-
-def flow_star_svg(party: str, edges: list[dict[str, Any]], names: dict[str, str], width: int = 1100) -> str:
-    """The party in the middle, where material came from on the left, where it went on the
-    right; one edge per counterparty and kind, labelled with kg REO and the number of moves."""
-    mine = {f"party:{party}"}
-    left = [e for e in edges if e["dst"] in mine and e["src"] not in mine]
-    right = [e for e in edges if e["src"] in mine and e["dst"] not in mine]
-    left.sort(key=lambda e: -Decimal(e["reo_kg"]))
-    right.sort(key=lambda e: -Decimal(e["reo_kg"]))
-    bw, bh, gap = 330, 52, 12
-    rows = max(len(left), len(right), 1)
-    height = 50 + rows * (bh + gap)
-    cw = 300
-    cx = (width - cw) // 2
-    cy = 40 + (rows * (bh + gap) - gap) / 2 - bh / 2
-    top = max(max((float(Decimal(e["reo_kg"])) for e in edges), default=1.0), 1e-9)
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" '
-           f'viewBox="0 0 {width} {height:.0f}" role="img" aria-label="flows of {esc(party)}">',
-           f'<title>flows of {esc(party)}</title>',
-           '<text x="10" y="22" class="ct">came from</text>',
-           f'<text x="{width - 10}" y="22" class="ct" text-anchor="end">went to</text>']
-
-    def box(x: float, y: float, node: str, w: int, fill: str, note: str = "", color: str = "#333") -> None:
-        title, ident = _node_text(node, names)
-        out.append(f'<rect x="{x:.0f}" y="{y:.0f}" width="{w}" height="{bh}" rx="8" fill="{fill}" stroke="#666"/>')
-        fit = title[:int((w - 16) / 6.6)]
-        out.append(f'<text x="{x + 8:.0f}" y="{y + 15:.0f}" class="lg" font-weight="600">{esc(fit)}</text>')
-        out.append(f'<text x="{x + 8:.0f}" y="{y + 29:.0f}" class="tk">{esc(ident[:50])}</text>')
-        if note:
-            out.append(f'<text x="{x + 8:.0f}" y="{y + 44:.0f}" class="tk" fill="{color}">{esc(note)}</text>')
-
-    def label(e: dict[str, Any]) -> str:
-        return f'{e["kind"].lower()} {Decimal(e["reo_kg"]):,} kg REO in {e["count"]} moves'
-
-    for side, group in (("l", left), ("r", right)):
-        for i, e in enumerate(group):
-            y = 40 + i * (bh + gap)
-            node = e["src"] if side == "l" else e["dst"]
-            x = 10 if side == "l" else width - 10 - bw
-            color = _KIND_COLORS.get(e["kind"], "#555")
-            sw = 1.2 + 5 * float(Decimal(e["reo_kg"])) / top
-            if side == "l":
-                sx, sy, tx, ty = x + bw, y + bh / 2, cx, cy + bh / 2
-            else:
-                sx, sy, tx, ty = cx + cw, cy + bh / 2, x, y + bh / 2
-            mx = (sx + tx) / 2
-            out.append(f'<path d="M {sx:.0f} {sy:.0f} C {mx:.0f} {sy:.0f}, {mx:.0f} {ty:.0f}, {tx:.0f} {ty:.0f}" '
-                       f'fill="none" stroke="{color}" stroke-opacity="0.55" stroke-width="{sw:.1f}">'
-                       f'<title>{esc(label(e))}</title></path>')
-            box(x, y, node, bw, "#e8f7e8" if e["kind"] == "PRODUCTION" else "#fff7e6", label(e), color)
-    box(cx, cy, f"party:{party}", cw, "#eef5ff", "the party under investigation")
-    out.append("</svg>")
-    return "\n".join(out)
+def graph_svg(graph: dict[str, Any], title: str, prefix: str) -> str:
+    """A flow graph laid out by Graphviz (projections.flowgraph), ready to put inline: its ids
+    prefixed so that several graphs can share the page, scaled to the page's width. Without
+    Graphviz, a sentence that says so (the tables beside it hold the same figures)."""
+    try:
+        svg = flowgraph.to_svg(graph, title)
+    except (flowgraph.GraphvizMissing, flowgraph.GraphvizFailed) as e:
+        return f'<p class="warn">Graph not drawn: {esc(e)}</p>'
+    svg = re.sub(r'\bid="', f'id="{prefix}-', svg)
+    return f'<div class="flow">{svg}</div>'
 
 
 def _flows_html(d: dict[str, Any]) -> str:
@@ -799,17 +924,18 @@ def _flows_html(d: dict[str, Any]) -> str:
     if not fl["graph"]["edges"]:
         parts.append('<p class="muted">No material flows touch this party.</p>')
         return "".join(parts)
-    party = d["party"]["party"]
-    edges = fl["graph"]["edges"]
+    p = d["party"]
     parts.append('<p class="muted">Movements between this party and its counterparties, origins and destinations '
-                 "(projections.flowgraph party graph, cut to the edges that touch the party), aggregated per "
-                 "counterparty and kind: kg REO and the number of moves; line width by kg REO.</p>")
-    parts.append('<div class="scroll">' + flow_star_svg(party, edges, d["names"]) + "</div>")
-    rows = "".join(f"<tr><td class=mono>{esc(x['node'])}</td><td>{esc(x['name'])}</td><td>{esc(x['kind'])}</td>"
-                   f"<td>{esc(x['in_reo_kg'])} ({x['in_count']})</td><td>{esc(x['out_reo_kg'])} ({x['out_count']})</td>"
+                 "over the whole ledger, one arrow per counterparty and kind: the number of moves, kg and kg REO "
+                 "(laid out by Graphviz). Month by month: <span class=mono>reledger flow --party "
+                 f"{esc(p['party'])}</span>.</p>")
+    parts.append(graph_svg(fl["graph"], f"flows of {p.get('name') or p['party']}", "flows"))
+    rows = "".join(f"<tr><td>{esc(x['name'])}<br><span class=mono>{esc(x['node'])}</span></td><td>{esc(x['kind'])}</td>"
+                   f"<td class=num>{esc(qty(x['in_reo_kg'], 'kg REO'))} ({x['in_count']:,})</td>"
+                   f"<td class=num>{esc(qty(x['out_reo_kg'], 'kg REO'))} ({x['out_count']:,})</td>"
                    "</tr>" for x in fl["counterparties"])
-    parts.append("<table><tr><th>counterparty / origin / destination</th><th>name</th><th>kind</th>"
-                 f"<th>in: kg REO (moves)</th><th>out: kg REO (moves)</th></tr>{rows}</table>")
+    parts.append("<table><tr><th>counterparty / origin / destination</th><th>kind</th>"
+                 f"<th>in (moves)</th><th>out (moves)</th></tr>{rows}</table>")
     return "".join(parts)
 
 
@@ -820,7 +946,7 @@ def _trace_html(f: dict[str, Any]) -> str:
     ends = ", ".join(t["ends"]) or "none"
     return (f'<h3>Lot {esc(t["lot"])} traced upstream</h3><div class="muted">origins reached: {esc(ends)}'
             + ("" if t["traceable"] else ' <span class="bad">(does not trace back to a mine, customs declaration or '
-               "scrap source)</span>") + f'</div><div class="scroll">{t["svg"]}</div>')
+               "scrap source)</span>") + f'</div>{t["svg"]}')
 
 
 def _entries(n: int) -> str:
@@ -848,8 +974,9 @@ def _findings_html(d: dict[str, Any]) -> str:
                          if e.proof else '<div class="muted">(empty proof: the tree has one leaf)</div>')
             status_cls = "ok" if e.proof_ok else ("warn" if e.proof is None and "not yet" in e.proof_status else "bad")
             ev.append(f'<div class="ev"><b class="mono">{esc(e.chain)}:{esc(e.seq)}</b> '
-                      f'<span class="muted">log index {e.index}, {esc(e.type)}, recorded {esc(e.recorded_at)}'
-                      '</span><br>'
+                      f'{esc(d["names"].get(e.chain, ""))} <span class="muted">log index {e.index}, {esc(e.type)}, '
+                      f'recorded {esc(e.recorded_at)}</span>'
+                      f'<div class="facts">{esc(e.facts) or "<i>(no body)</i>"}</div>'
                       f'entry hash <span class="hash">{esc(e.entry_hash)}</span> '
                       f'<span class="{"ok" if e.hash_ok else "bad"}">'
                       f'{"(matches the stored envelope)" if e.hash_ok else "(DOES NOT match the stored envelope)"}'

@@ -197,10 +197,11 @@ class LedgerStore:
         return rec.nodes[:32]
 
     # --- checkpoints -------------------------------------------------------------------
-    def checkpoint(self, signer: NoteSigner) -> bytes:
+    def checkpoint(self, signer: NoteSigner, cosign=None) -> bytes:
         """Sign and store a checkpoint of the current log; returns the note. Its origin is the
         signer's key name (a registered checkpoint key). A checkpoint of the same size is
-        returned as stored."""
+        returned as stored. ``cosign(note, size)``, if given, returns the note with its witnesses'
+        cosignatures, or raises, and then nothing is stored (commands/witness.py, cosign)."""
         size = self.size()
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
@@ -215,6 +216,8 @@ class LedgerStore:
         # that it holds the end of its party's chain
         line = chain_heads.line(self.queries.chain_heads(self.read_cursor(), size))
         note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer)
+        if cosign is not None:
+            note = cosign(note, size)
         try:
             self.recorder.write_checkpoint(size, root, note, self.clock())
         except ESIntegrityError:

@@ -60,8 +60,29 @@ def test_check_counting_answers_as_check_envelopes(n, bad, known_key):
     assert check_counting(envs, keys) == check_envelopes(envs, keys, REGISTRY_TYPES)
 
 
-def test_progress_step_is_smaller_than_a_task():
-    assert 1 <= PROGRESS_STEP < 256
+def test_a_worker_reports_progress_within_a_task():
+    """A task longer than a step moves the shared counter several times as the worker goes, by
+    at most PROGRESS_STEP each time, and by the whole task in all (what the store reads to know
+    how far a worker is)."""
+
+    class Recording:  # a counter that remembers every value the worker gave it
+        def __init__(self) -> None:
+            self.seen = [0]
+
+        @property
+        def value(self) -> int:
+            return self.seen[-1]
+
+        @value.setter
+        def value(self, v: int) -> None:
+            self.seen.append(v)
+
+    counter = Recording()
+    check_counting(ENVELOPES, {KEY.key_id: KEY.public_key}, counter)
+    steps = [b - a for a, b in zip(counter.seen, counter.seen[1:])]
+    assert len(ENVELOPES) > 2 * PROGRESS_STEP  # the task really spans several steps
+    assert len(steps) >= 3 and all(0 < s <= PROGRESS_STEP for s in steps)
+    assert sum(steps) == len(ENVELOPES)
 
 
 def test_repeated_names_are_one_object_in_an_answer():

@@ -62,3 +62,42 @@ def test_demo_json_for_scripts(tmp_path):
     assert doc["seeded_all_found"] and not doc["unexpected_findings"]
     assert (tmp_path / "reledger-demo" / "ledger.db").exists()
     assert sorted(p.name for p in (tmp_path / "reledger-demo" / "keys").iterdir())[-1] == "operator.key"
+
+
+def test_the_same_seed_gives_the_same_ledger_on_both_backends(pg_url, tmp_path):
+    """Keys, command ids and record times derive from --seed: two runs with one seed, one on
+    SQLite and one on PostgreSQL, give the same entries, so the same Merkle root and checkpoints;
+    another seed gives other keys."""
+    from reledger.demo.run import seeded_bytes
+
+    runs = []
+    for url, out in ((f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a"), (pg_url, tmp_path / "b")):
+        demo = Demo(url, out, 11, "small", log=lambda m: None)
+        try:
+            demo.run()
+            n = demo.store.size()
+            runs.append((n, demo.store.root(n), [c[1:] for c in demo.store.checkpoints()]))
+        finally:
+            demo.projections.close()
+            demo.store.close()
+    assert runs[0][0] > 900
+    assert runs[0] == runs[1]
+    keys_a = {p.name: p.read_bytes() for p in (tmp_path / "a" / "keys").iterdir()}
+    keys_b = {p.name: p.read_bytes() for p in (tmp_path / "b" / "keys").iterdir()}
+    assert keys_a == keys_b and len(keys_a) > 10
+    assert seeded_bytes(11, "key MIIT") != seeded_bytes(12, "key MIIT")
+
+
+def test_demo_writes_its_summary_and_refuses_to_run_over_it(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "PATH": ""}
+    first = subprocess.run([sys.executable, "-m", "reledger", "demo", "--seed", "3"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = json.loads((tmp_path / "reledger-demo" / "summary.json").read_text())
+    assert summary["seed"] == 3 and summary["verified"] is True
+    db = tmp_path / "reledger-demo" / "ledger.db"
+    before = db.read_bytes()
+    again = subprocess.run([sys.executable, "-m", "reledger", "demo", "--seed", "4"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 2 and "never deletes or overwrites" in again.stderr
+    assert "Traceback" not in again.stderr and db.read_bytes() == before

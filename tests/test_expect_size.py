@@ -121,7 +121,7 @@ def test_a_write_without_reading_meets_the_log_constraints(db_url, monkeypatch):
     unique index refuses them. Nothing of them is written; the usual way then answers
     LogMoved, and the entry goes in at the right size."""
     from helpers import is_pg
-    from eventsourcing.persistence import IntegrityError
+    from reledger.storage import store as store_module
 
     led = new_ledger(db_url)
     try:
@@ -137,7 +137,7 @@ def test_a_write_without_reading_meets_the_log_constraints(db_url, monkeypatch):
         def write(plan):
             try:
                 return real_write(plan)
-            except IntegrityError as e:
+            except store_module.ESIntegrityError as e:
                 refused.append(e)
                 raise
 

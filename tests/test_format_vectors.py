@@ -363,8 +363,17 @@ def _deviation_refused(d) -> bool:
 def test_no_known_deviations():
     """FORMAT.md V.8 lists where ledger/ departs from the spec; there are none now. Should one be
     recorded again, it must really be a deviation (the code accepts what the spec refuses)."""
-    for dev in V["known_deviations"]:
+    assert V["known_deviations"] == [], "FORMAT.md V.8 says ledger/ departs from the spec nowhere"
+    for dev in V["known_deviations"]:  # pragma: no cover - only once one is recorded again
         assert not _deviation_refused(dev), f"{dev['input']!r} is refused now: empty KNOWN_DEVIATIONS"
+
+
+def test_the_deviation_check_can_tell_a_deviation():
+    """_deviation_refused, which would judge a recorded deviation, answers True for input the
+    code refuses and False for input it accepts: the check above is not vacuous should the list
+    fill again."""
+    assert _deviation_refused({"check": "decimal_not_normal", "input": "1.50"})
+    assert not _deviation_refused({"check": "decimal_not_normal", "input": "1.5"})
 
 
 # --- 2. keys and entries -----------------------------------------------------------------

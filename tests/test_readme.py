@@ -37,8 +37,10 @@ def free_port() -> int:
 def test_readme_starts_with_the_two_commands():
     first = re.search(r"```bash\n(.*?)```", README, re.S).group(1).strip().splitlines()
     assert first[0].endswith("reledger demo") and "pip install -e '.[dev]'" in first[0]
-    assert "pytest" in first[1]
-    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()
+    test_command = first[1].split("&&")[-1].strip()
+    assert test_command.startswith("python -m pytest") and "-n auto" in test_command  # in parallel
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci  # CI runs exactly the README's test command
 
 
 @pytest.mark.slow
@@ -68,3 +70,16 @@ def test_walkthrough_runs_as_written(tmp_path):
     assert "verify-bundle OK" in out or "verify-bundle" in out
     assert (tmp_path / "reledger-demo" / "ganzhou.html").exists()
     assert (tmp_path / "reledger-demo" / "ganzhou.bundle").exists()
+
+
+def test_docs_cite_only_documents_in_the_repository():
+    """Every *.md that README.md and docs/*.md name is a file of the repository (at the root or
+    in docs/): no citation of a spec that a reader of the repository cannot open."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for doc in docs:
+        for name in set(re.findall(r"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.md)\b", doc.read_text())):
+            if not any((base / name).exists() for base in (ROOT, ROOT / "docs", doc.parent)):
+                missing.append(f"{doc.name} cites {name}")
+    assert not missing, missing
+    assert len(docs) > 3
