@@ -60,7 +60,7 @@ class Follower:
         import psycopg
         from psycopg.sql import SQL, Identifier
 
-        channel = self.store.recorder.channel_name
+        channel = self.store.recorder.notify_channel
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.store.db.conninfo(), autocommit=True) as conn:

@@ -179,7 +179,7 @@ def count(url: str, table: str) -> int:
 
 
 SQLITE_TRIGGERS = [f"{t}_no_{op}" for t in ("stored_events", "reledger_log", "reledger_checkpoints")
-                   for op in ("update", "delete")] + ["reledger_log_gap_free"]
+                   for op in ("update", "delete", "replace")] + ["reledger_log_gap_free"]
 
 
 def drop_triggers(url: str) -> None:

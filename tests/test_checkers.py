@@ -1,5 +1,5 @@
 """The store's checking processes: how a group is shared among them, and the counting a worker
-does while it checks (storage/store.py ``_shares``, ``_check_counting``)."""
+does while it checks (storage/pool.py ``shares``, ``check_counting``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from reledger.ledger.entry import check_envelopes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.storage.store import PROGRESS_STEP, _check_counting, _shares
+from reledger.storage.pool import PROGRESS_STEP, check_counting, shares as shares_of
 
 from helpers import T0, seeded_key
 
@@ -22,7 +22,7 @@ ENVELOPES = [SIGNER.sign("MiningOutput", {"qty": f"{i}.5", "lot": f"L{i}"}, T0).
 @given(st.lists(st.integers(min_value=0, max_value=5000), min_size=1, max_size=6),
        st.integers(min_value=0, max_value=3000), st.integers(min_value=1, max_value=64))
 def test_shares_fill_the_least_loaded_workers_to_one_level(loads, n, least):
-    shares = _shares(loads, n, least)
+    shares = shares_of(loads, n, least)
     assert len(shares) == len(loads) and all(s >= 0 for s in shares)
     assert sum(shares) == n
     given_to = [i for i, s in enumerate(shares) if s]
@@ -55,9 +55,9 @@ def test_check_counting_answers_as_check_envelopes(n, bad, known_key):
         envs[bad + 1] = envs[bad + 1][:-3]  # malformed, after it
     keys = {KEY.key_id: KEY.public_key} if known_key else {}
     counter = ctypes.c_longlong(5)
-    assert _check_counting(envs, keys, counter) == check_envelopes(envs, keys, REGISTRY_TYPES)
+    assert check_counting(envs, keys, counter) == check_envelopes(envs, keys, REGISTRY_TYPES)
     assert counter.value == 5 + n
-    assert _check_counting(envs, keys) == check_envelopes(envs, keys, REGISTRY_TYPES)
+    assert check_counting(envs, keys) == check_envelopes(envs, keys, REGISTRY_TYPES)
 
 
 def test_a_worker_reports_progress_within_a_task():
@@ -78,7 +78,7 @@ def test_a_worker_reports_progress_within_a_task():
             self.seen.append(v)
 
     counter = Recording()
-    _check_counting(ENVELOPES, {KEY.key_id: KEY.public_key}, counter)
+    check_counting(ENVELOPES, {KEY.key_id: KEY.public_key}, counter)
     steps = [b - a for a, b in zip(counter.seen, counter.seen[1:])]
     assert len(ENVELOPES) > 2 * PROGRESS_STEP  # the task really spans several steps
     assert len(steps) >= 3 and all(0 < s <= PROGRESS_STEP for s in steps)

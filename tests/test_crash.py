@@ -59,7 +59,7 @@ def batch_file(tmp_path_factory):
 
 def _write_lock_held(url: str) -> bool:
     """True while some session holds this ledger's writer lock (a transaction advisory lock
-    keyed by the log table's name, see storage/store.py): the append's write transaction runs."""
+    keyed by the log table's name, see storage/postgres.py): the append's write transaction runs."""
     import hashlib
 
     schema = DatabaseURL.parse(url).schema

@@ -19,7 +19,7 @@ from reledger.storage.store import AppendError, LedgerStore, Receipt
 from reledger.storage.verify import verify_database
 
 from helpers import (ORIGIN, REGULATOR_ID, T0, count, entry_with, fact, future_time, is_pg, new_ledger,
-                     past_time, raw_connection, tables)
+                     past_time, raw_connection, sql, tables)
 
 MINE = "91110000MINE0001"
 PLANT = "91150000SEPA0002"
@@ -641,20 +641,98 @@ def _expect_db_refusal(url: str, statement: str) -> None:
     assert "append-only" in str(ei.value) or "denied" in str(ei.value), ei.value
 
 
+_COLUMNS = {"events": ("originator_id", "originator_version", "topic", "state"),
+            "log": ("idx", "chain", "seq", "type", "command_id", "entry_hash", "recorded_us", "nodes"),
+            "checkpoints": ("size", "root", "note", "created_us")}
+_ORDER = {"events": "originator_id, originator_version", "log": "idx", "checkpoints": "size"}
+# each table's unique keys, and a column outside them that a forged row changes
+_KEYS = {"events": [("originator_id", "originator_version")],
+         "log": [("idx",), ("chain", "seq"), ("command_id", "chain")],
+         "checkpoints": [("size",)]}
+_CHANGED = {"events": "state", "log": "entry_hash", "checkpoints": "note"}
+
+
+def _table_rows(url: str, table: str) -> list[tuple]:
+    """The whole table, in key order, binary values as bytes."""
+    rows = sql(url, f"SELECT {', '.join(_COLUMNS[table])} FROM {{{table}}} ORDER BY {_ORDER[table]}")
+    return [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r) for r in rows]
+
+
+def _forgeries(url: str, table: str, row: tuple, size: int) -> list[tuple[str, str, tuple]]:
+    """(what, SQL, parameters) of each way to change or remove ``row`` (a stored row of
+    ``table``) with one statement: UPDATE, DELETE, and on each unique key an INSERT that meets
+    the row: REPLACE, INSERT OR REPLACE and upserts on SQLite, upserts (ON CONFLICT DO UPDATE)
+    and TRUNCATE on PostgreSQL. A forged row differs from ``row`` in one column outside its
+    keys; on the log it takes the next index (what the gap-free trigger admits) unless the
+    conflict is on the index itself."""
+    cols = _COLUMNS[table]
+    changed = _CHANGED[table]
+    names = ", ".join(cols)
+    marks = ", ".join("?" * len(cols))
+    out = [("UPDATE", f"UPDATE {{{table}}} SET {changed} = ?", (b"forged",)),
+           ("DELETE", f"DELETE FROM {{{table}}}", ())]
+    if is_pg(url):
+        out.append(("TRUNCATE", f"TRUNCATE {{{table}}}", ()))
+        out.append(("TRUNCATE CASCADE", f"TRUNCATE {{{table}}} CASCADE", ()))
+    for key in _KEYS[table]:
+        forged = dict(zip(cols, row))
+        forged[changed] = b"forged"
+        if table == "log" and key != ("idx",):
+            forged["idx"] = size
+        values = tuple(forged[c] for c in cols)
+        label = "(" + ", ".join(key) + ")"
+        upsert = (f"INSERT INTO {{{table}}} ({names}) VALUES ({marks}) ON CONFLICT ({', '.join(key)}) "
+                  f"DO UPDATE SET {changed} = excluded.{changed}")
+        out.append((f"upsert on {label}", upsert, values))
+        out.append((f"upsert on {label}, all columns", upsert.replace(
+            f"DO UPDATE SET {changed} = excluded.{changed}",
+            "DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in cols)), values))
+        if not is_pg(url):
+            out.append((f"REPLACE on {label}", f"REPLACE INTO {{{table}}} ({names}) VALUES ({marks})", values))
+            out.append((f"INSERT OR REPLACE on {label}",
+                        f"INSERT OR REPLACE INTO {{{table}}} ({names}) VALUES ({marks})", values))
+    return out
+
+
 @pytest.mark.parametrize("table", ["events", "log", "checkpoints"])
-def test_update_and_delete_refused_by_triggers(led, mine, table):
+def test_every_change_to_a_stored_row_is_refused_by_the_database(led, mine, table):
+    """UPDATE, DELETE, REPLACE, INSERT OR REPLACE and upserts (ON CONFLICT DO UPDATE) on every
+    unique key of every ledger table, and TRUNCATE on PostgreSQL, run on the database itself
+    (not through the store): each is refused, and the table is unchanged, row for row. (SQLite
+    fires no DELETE trigger for the rows REPLACE removes: an INSERT that meets an existing row
+    is refused by a trigger of its own.)"""
     led.store.append([fact(mine)])
     led.checkpoint()
     url = led.url
-    before = count(url, table)
-    col = {"events": "topic = 'X'", "log": "seq = seq + 100", "checkpoints": "size = size + 1"}[table]
-    _expect_db_refusal(url, f"UPDATE {{{table}}} SET {col}")
-    _expect_db_refusal(url, f"DELETE FROM {{{table}}}")
-    if is_pg(url):
-        _expect_db_refusal(url, f"TRUNCATE {{{table}}}")
-        _expect_db_refusal(url, f"TRUNCATE {{{table}}} CASCADE")
-    assert count(url, table) == before
+    before = _table_rows(url, table)
+    size = led.store.size()
+    forgeries = _forgeries(url, table, before[-1], size)
+    assert len(forgeries) >= 4
+    t = tables(url)
+    for what, statement, params in forgeries:
+        with raw_connection(url) as conn:
+            with pytest.raises(Exception) as ei:
+                conn.execute(t.q(statement), params)
+        message = str(ei.value)
+        assert "append-only" in message or "gap-free" in message, (what, message)
+        assert _table_rows(url, table) == before, what
     assert verify_database(url, workers=1).ok
+    assert led.store.append([fact(mine)])[0].index == size  # and the store appends as before
+
+
+@pytest.mark.parametrize("table", ["events", "log", "checkpoints"])
+def test_an_insert_of_a_new_row_is_not_refused_by_the_replace_trigger(led, mine, table):
+    """The trigger that refuses an INSERT meeting an existing row lets a new row in (a raw
+    INSERT of a row no key of which exists passes it; the log's index must still be the next)."""
+    url = led.url
+    size = led.store.size()
+    values = {"events": ("NEWCHAIN", 1, "T", b"x"),
+              "log": (size, "NEWCHAIN", 1, "T", "c-new", b"h" * 32, 0, b"n" * 32),
+              "checkpoints": (10 ** 9, b"r", b"n", 0)}[table]
+    cols = _COLUMNS[table]
+    before = len(_table_rows(url, table))
+    sql(url, f"INSERT INTO {{{table}}} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
+    assert len(_table_rows(url, table)) == before + 1
 
 
 def test_sqlite_trigger_names(sqlite_url):
@@ -663,7 +741,7 @@ def test_sqlite_trigger_names(sqlite_url):
     with raw_connection(sqlite_url) as conn:
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     for table in ("stored_events", "reledger_log", "reledger_checkpoints"):
-        assert {f"{table}_no_update", f"{table}_no_delete"} <= names
+        assert {f"{table}_no_update", f"{table}_no_delete", f"{table}_no_replace"} <= names
 
 
 def test_log_index_gap_refused_by_database(led, mine):
@@ -1614,12 +1692,12 @@ def test_large_batch_refusal_is_the_same_with_processes_and_threads(db_url, dama
         size = led.store.size()
         answers = []
         for processes in (True, False):
-            led.store._use_processes = processes
+            led.store.checks.use_processes = processes
             with pytest.raises(AppendError) as ei:
                 led.store.append(envs)
             answers.append(ei.value.to_dict())
             assert led.store.size() == size
-        assert led.store._procs is not None  # the first attempt did use the worker processes
+        assert led.store.checks.procs is not None  # the first attempt did use the worker processes
         assert answers[0] == answers[1]
         assert answers[0]["position"] == pos and answers[0]["code"] == {
             "malformed": "malformed", "signature": "signature", "seq": "conflict"}[damage]
@@ -1649,7 +1727,7 @@ def test_large_batch_with_keys_authorized_in_it(db_url):
         assert led.store.size() == size
         receipts = led.store.append(good)
         assert [r.index for r in receipts] == list(range(size, size + len(good)))
-        assert led.store._procs is not None
+        assert led.store.checks.procs is not None
         assert verify_database(led.url).ok
     finally:
         led.close()
@@ -1671,9 +1749,9 @@ def test_pipelined_batches_through_worker_processes(db_url):
 
 
 def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
-    """The writer reads the worker processes' compact answers (_Checked tuples) and the thread
-    path's SignedEntry objects through two branches of one plan: fed the same envelopes at the
-    same record time, two ledgers store the same rows and answer the same receipts."""
+    """The worker processes' compact answers and the thread path's SignedEntry objects reach the
+    plan as one checked-entry type: fed the same envelopes at the same record time, two ledgers
+    (one checking in processes, one in threads) store the same rows and answer the same receipts."""
     import sqlite3
 
     from conftest import PG_URL, _with_schema, drop_schema
@@ -1699,9 +1777,9 @@ def test_worker_and_thread_paths_store_the_same_rows(db_url, tmp_path):
         envs.insert(100, led.regulator.sign("PartyRegistered", {"party": "9111000000SMELT001", "name": "s",
                                                                 "roles": ["SMELTER"], "valid_from": T0}, T0).envelope)
         by_processes = led.store.append(envs)
-        assert led.store._procs is not None  # this batch did go through the worker processes
+        assert led.store.checks.procs is not None  # this batch did go through the worker processes
         by_threads = other.append(envs)
-        assert other._procs is None
+        assert other.checks.procs is None
         assert by_processes == by_threads
         assert list(led.store.records()) == list(other.records())
         if db_url.startswith("sqlite"):  # the binary columns are bound as bytearray: still BLOBs
@@ -1723,16 +1801,15 @@ def test_checking_tasks_go_to_the_worker_with_the_fewest_unchecked_envelopes(db_
     """Answers that are ready are taken before a task is placed, and a worker's load counts
     envelopes: a worker whose answer merely waits unread is not busy, and a large task weighs
     more than a small one."""
-    import multiprocessing
-
-    from reledger.storage.store import _Checkers
+    from reledger.processes.start import context
+    from reledger.storage.pool import Checkers
 
     led = new_ledger(db_url)
-    pool = _Checkers(2, multiprocessing.get_context("forkserver"))
+    pool = Checkers(2, context())
     try:
         led.register(MINE, ["MINE"])
         envs = [s.envelope for s in led.facts(MINE, 40)]
-        keys = led.store._keys_of(led.store.current_registry())
+        keys = led.store.checks.keys_of(led.store.current_registry())
         a, b = pool.workers
         first = pool.submit(envs[:10], keys)
         assert first.worker is a
@@ -1758,10 +1835,10 @@ def test_sqlite_appends_run_on_the_recorders_own_connection(sqlite_url):
 
     led = new_ledger(sqlite_url)
     rec = led.store.recorder
-    own = rec._own_writer
+    own = rec.writer_connection()
     assert own is not None
     led.register(MINE, ["MINE"])
-    assert rec._own_writer is own
+    assert rec.writer_connection() is own
     size = led.store.size()
     other = LedgerStore(sqlite_url)  # another store (process) sees the commits and appends too
     try:
@@ -1772,7 +1849,6 @@ def test_sqlite_appends_run_on_the_recorders_own_connection(sqlite_url):
     finally:
         other.close()
     led.close()
-    assert rec._own_writer is None
     with pytest.raises(sqlite3.ProgrammingError):
         own.execute("SELECT 1")
     assert verify_database(sqlite_url).ok
@@ -1808,7 +1884,7 @@ def test_a_dead_checking_process_falls_back_to_threads(db_url):
         led.register(MINE, ["MINE"])
         envs = [s.envelope for s in led.facts(MINE, 900)]
         led.store.append(envs[:300])
-        pool = led.store._procs
+        pool = led.store.checks.procs
         assert pool is not None
         for w in pool.workers:
             os.kill(w.proc.pid, signal.SIGKILL)
@@ -1830,7 +1906,7 @@ def main():
     led = new_ledger("sqlite:///" + os.path.join(tempfile.mkdtemp(), "l.db"))
     led.register("91110000MINE0001", ["MINE"])
     led.store.append([s.envelope for s in led.facts("91110000MINE0001", 300)])
-    print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)
+    print(" ".join(str(w.proc.pid) for w in led.store.checks.procs.workers), flush=True)
     os.kill(os.getpid(), 9)
 
 if __name__ == "__main__":
@@ -1873,8 +1949,8 @@ def test_a_script_read_from_stdin_appends_large_batches_in_threads(tmp_path):
 
     tests = str(Path(__file__).parent)
     code = _KILLED_PARENT_SCRIPT.format(tests=tests, root=str(Path(tests).parent)).replace(
-        'print(" ".join(str(w.proc.pid) for w in led.store._procs.workers), flush=True)\n    os.kill(os.getpid(), 9)',
-        'print(led.store.size(), led.store._procs is None, flush=True)')
+        'print(" ".join(str(w.proc.pid) for w in led.store.checks.procs.workers), flush=True)\n    os.kill(os.getpid(), 9)',
+        'print(led.store.size(), led.store.checks.procs is None, flush=True)')
     out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["305", "True"], out.stdout + out.stderr
@@ -1915,3 +1991,41 @@ def test_postgres_appends_never_read_the_log_sequentially(pg_url):
     # commits themselves never do (before: one scan per commit, 34 in all)
     assert seq_scan < 8, seen
     assert verify_database(pg_url, workers=1).ok
+
+
+def test_the_plan_is_a_pure_function_of_the_caches_and_the_checked_entries(db_url):
+    """storage/plan.py's plan, given the caches of an empty log and the entries a ledger holds
+    (checked in a thread, or as a worker process answers them), answers the rows that ledger
+    stored, the same twice over, and leaves its inputs as they were."""
+    from reledger.ledger.entry import check_envelopes
+    from reledger.ledger.registry import REGISTRY_TYPES, Registry
+    from reledger.storage.plan import Caches, Checked, plan
+
+    at = 1_750_000_000_000_000
+    led = new_ledger(db_url, clock=lambda: at)
+    try:
+        mine = led.register(MINE, ["MINE"])
+        led.store.append([fact(mine), fact(mine)])
+        stored = list(led.store.records())
+        envelopes = [r.envelope for r in stored]
+        by_thread = [Checked.of(SignedEntry.parse(e), None) for e in envelopes]
+        by_worker = [tuple.__new__(Checked, t[:7] + (None, t[8], e))
+                     for t, e in zip(check_envelopes(envelopes, {}, REGISTRY_TYPES), envelopes)]
+        caches = Caches(0, 0, merkle.Frontier(), {}, Registry())
+        plans = [plan(caches, [group], {}, at) for group in (by_thread, by_worker, by_thread)]
+        assert caches.size == 0 and caches.heads == {} and caches.frontier.size == 0
+        assert caches.registry.keys == {} and caches.registry.roles == {} and caches.registry.size == 0
+        for p in plans:
+            assert not p.refused and isinstance(p.results[0], list)
+            assert [(r.index, r.chain, r.seq, r.entry_hash) for r in p.results[0]] == \
+                [(r.index, r.chain, r.seq, r.entry_hash) for r in stored]
+            assert [(i, c, s, t, h, us, n) for i, c, s, t, _, h, us, n in p.rows] == \
+                [(r.index, r.chain, r.seq, r.type, r.entry_hash, r.recorded_us, r.nodes) for r in stored]
+            assert [e[3] for e in p.events] == envelopes
+            assert p.caches.size == len(stored) and p.caches.registry.keys.keys() == led.store.registry().keys.keys()
+        assert plans[0].rows == plans[1].rows == plans[2].rows
+        # and a log that holds them refuses them again as conflicts, on the plan's own caches
+        again = plan(plans[0].caches, [by_worker[-1:]], {}, at)
+        assert again.refused and again.results[0].code == "conflict" and not again.rows
+    finally:
+        led.close()
