@@ -408,9 +408,9 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
     findings instead. (The server's writer process keeps a mirror of its own and asks here
     only for what it cannot say: while it builds its mirror, or after a failure.)"""
     import gc
-    import pickle
     import signal
 
+    from . import snapshot
     from .store import ProjectionStore, apply_record
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
@@ -455,7 +455,7 @@ def _serve_projections(url: str, conn, poll: float, min_interval: float, since: 
             state["tables_at"] = time.monotonic()
             proj = ps.projector
             if proj is not None:
-                mirror = pickle.loads(pickle.dumps(proj, pickle.HIGHEST_PROTOCOL))
+                mirror = snapshot.copy(proj)
                 # both rule states live as long as this process: keep them out of the cyclic
                 # GC's full passes (they would stall the answers for tens of ms each)
                 gc.collect()

@@ -9,8 +9,9 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
     ``occurred_us <= T``. An answer at a past point is therefore exactly what a rebuild of the
     log cut at that point gives, and costs a filtered aggregate, not a replay.
 ``tracking``  the number of log entries applied, written in the same transaction as the rows.
-``snapshots`` the projector's rule state (pickled) at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries,
-    so a restart rolls forward from the nearest snapshot instead of replaying the whole log.
+``snapshots`` the projector's rule state at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries, as
+    canonical msgpack (projections/snapshot.py: plain data anyone can read, never a pickle), so
+    a restart rolls forward from the nearest snapshot instead of replaying the whole log.
 
 On PostgreSQL :meth:`ProjectionStore.follow` wakes up on each append's NOTIFY (LISTEN on the
 channel of eventsourcing's events table); on SQLite it polls.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import functools
 import gc
 import json
-import pickle
+import logging
 import sqlite3
 import threading
 from typing import Any, Callable, Iterable
@@ -30,7 +31,10 @@ from reledger.ledger.encoding import parse_time, time_to_micros
 from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.storage.reader import DatabaseURL, LogReader, Record
 
+from . import snapshot
 from .model import Deltas, Finding, Projector
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 20_000
 PAGE = 2_000  # entries per transaction when following the log
@@ -92,7 +96,7 @@ def _tables_ddl(blob: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {P}tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}snapshots (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
     ] + ([
-        # a snapshot is a pickle of megabytes: stored as it is, without TOAST's compression (which
+        # a snapshot is megabytes of msgpack: stored as it is, without TOAST's compression (which
         # costs more than writing the bytes)
         f"ALTER TABLE {P}snapshots ALTER COLUMN state SET STORAGE EXTERNAL",
     ] if blob == "BYTEA" else [])
@@ -236,7 +240,7 @@ class ProjectionStore:
             return self.projector
         rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
                             "ORDER BY position DESC LIMIT 1", (pos,))
-        proj = _unpickle_snapshot(rows[0][1]) if rows else Projector()
+        proj = _load_snapshot(rows[0][1]) if rows else Projector()
         for rec in reader.iter_records(proj.position, pos):
             apply_record(proj, rec)  # state only: the rows exist
         self.projector = proj
@@ -384,7 +388,11 @@ class ProjectionStore:
         units = stop // SNAPSHOT_EVERY
         mark = SNAPSHOT_EVERY << (units.bit_length() - 1) if units else 0
         if mark and start < mark <= stop:
-            state = pickle.dumps(proj, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                state = snapshot.dumps(proj)
+            except snapshot.SnapshotError as e:  # a restart rolls forward from the one before
+                log.warning("no snapshot of the projections at %s: %s", stop, e)
+                return
             # a value above about 1 GB is refused by both databases, and would stop the
             # projections for good: such a snapshot is left out (a restart rolls forward from
             # the one before)
@@ -435,14 +443,15 @@ class ProjectionStore:
             store.close()
 
 
-def _unpickle_snapshot(state: bytes) -> Projector:
-    """A snapshot's rule state; a fresh Projector (roll forward from the start) when this
-    version cannot read it or it lacks the running quota totals."""
+def _load_snapshot(state: bytes) -> Projector:
+    """A snapshot's rule state (canonical msgpack, read as plain data: nothing in it runs); a
+    fresh Projector (roll forward from the start) when this version cannot read it: made by
+    other rules, an older format (a pickle is never unpickled), or damaged."""
     try:
-        proj = pickle.loads(bytes(state))
-    except Exception:  # noqa: BLE001
+        proj = snapshot.loads(bytes(state))
+    except snapshot.SnapshotError:
         return Projector()
-    if not isinstance(proj, Projector) or proj.quota_sums is None:
+    if proj.quota_sums is None:
         return Projector()
     return proj
 
@@ -461,7 +470,7 @@ def read_snapshot(reader: LogReader) -> Projector:
         return Projector()
     if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
         return Projector()
-    return _unpickle_snapshot(row[1])
+    return _load_snapshot(row[1])
 
 
 @functools.lru_cache(maxsize=64)
