@@ -75,6 +75,18 @@ def open_store(args: argparse.Namespace, create: bool = False):
     return LedgerStore(args.db, create=True)
 
 
+def open_readonly(args: argparse.Namespace):
+    """The ledger for a command that only reads: a read-only connection, no DDL (DESIGN.md
+    "Reads never write"); no ledger there (a missing file, a foreign file, a missing schema)
+    is a usage error."""
+    from reledger.storage.reader import DatabaseURLError, NoLedger, open_ledger_readonly
+
+    try:
+        return open_ledger_readonly(args.db)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
+
+
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -82,6 +94,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     from reledger.ledger.genesis import ChainSigner, genesis_entries
     from reledger.ledger.keys import SigningKey
 
+    if args.serving_role and not args.db.startswith(("postgresql:", "postgres:")):
+        raise UsageError("--serving-role needs a PostgreSQL --db")
     keys_dir = Path(args.keys)
     keys_dir.mkdir(parents=True, exist_ok=True)
     reg_path, op_path = keys_dir / f"{args.regulator}.key", keys_dir / "operator.key"
@@ -99,10 +113,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         op.write(op_path, overwrite=args.force)
         signer = NoteSigner(args.origin, op.private_key)
         note = store.checkpoint(signer)
-        if args.serving_role:
-            if store.db.backend != "postgres":
-                raise UsageError("--serving-role needs a PostgreSQL --db")
-            store.grant_serving_role(args.serving_role)
+        from reledger.projections.store import ProjectionStore
+
+        ps = ProjectionStore(args.db)  # the projection tables, made here by the owner (reads never make them)
+        try:
+            ps.catch_up()
+            if args.serving_role:
+                store.grant_serving_role(args.serving_role)
+                ps.grant_serving_role(args.serving_role)
+        finally:
+            ps.close()
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
             "regulator_key": str(reg_path), "checkpoint_key": str(op_path), "checkpoint_vkey": signer.verifier().vkey(),
             "origin": args.origin, "checkpoint": note.decode()}
@@ -147,7 +167,7 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     from reledger.ledger.bundle import verify_bundle
     from reledger.replay.export import ExportError, build_bundle
 
-    open_store(args).close()
+    open_readonly(args).close()
     notes = [Path(p).read_bytes() for p in args.checkpoint]
     try:
         data, summary = build_bundle(args.db, args.party)
@@ -172,15 +192,12 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from reledger.storage.reader import DatabaseURL
     from reledger.ledger.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)
 
-    u = DatabaseURL.parse(args.db)
-    if u.backend == "sqlite" and not Path(u.path).exists():
-        raise UsageError(f"no ledger at {u.path}")
+    open_readonly(args).close()
     notes = [Path(p).read_bytes() for p in args.checkpoint]
     progress = None
     bar = None
@@ -246,7 +263,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
 def cmd_prove(args: argparse.Namespace) -> int:
     from reledger.ledger import merkle
 
-    with open_store(args) as store:
+    with open_readonly(args) as store:
         latest = store.latest_checkpoint()
         size = args.size or (latest[0] if latest else store.size())
         note = latest[2].decode() if latest and latest[0] == size else None
@@ -298,19 +315,38 @@ def cmd_prove(args: argparse.Namespace) -> int:
 # --- projections ----------------------------------------------------------------------------
 
 def open_projections(args: argparse.Namespace):
-    """The projections of the ledger, brought up to date, and the point in time asked for."""
+    """The projections of the ledger, read-only (the tables as they stand: no catch-up, no DDL),
+    and the point in time asked for."""
     from reledger.projections.queries import parse_point
-    from reledger.projections.store import ProjectionStore
+    from reledger.projections.store import ProjectionReader
+    from reledger.storage.reader import DatabaseURLError, NoLedger
 
-    open_store(args).close()  # a missing ledger is a usage error
-    ps = ProjectionStore(args.db)
-    ps.catch_up()
+    try:
+        ps = ProjectionReader(args.db)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
     try:
         point = parse_point(args.db, getattr(args, "as_of", None), getattr(args, "valid_at", None))
     except ValueError as e:
         ps.close()
         raise UsageError(str(e)) from e
     return ps, point
+
+
+def reflects_text(r: dict | None) -> str:
+    """One line: what a projection answer reflects (log position, log size, checkpoint)."""
+    if not r:
+        return ""
+    cp = r["checkpoint"]
+    return (f"answer from the projections at log position {r['projections_position']} of {r['log_size']} entries"
+            + (f"; latest checkpoint: size {cp['size']}, root {cp['root'][:16]}…" if cp else "; no checkpoint yet"))
+
+
+def warn_behind(r: dict | None) -> None:
+    if r and r["behind"]:
+        print(f"reledger: warning: the projections reflect {r['projections_position']} of the log's "
+              f"{r['log_size']} entries ({r['behind']} not projected yet): keep `reledger serve` running "
+              "(it follows the log) or run `reledger rebuild`", file=sys.stderr)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -351,6 +387,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
                 for n in q["nation"]])
         console().print(f"as of log size {q['as_of_size']}" + (f", valid at {q['point']['valid_at']}"
                                                                   if q["point"]["valid_at"] else ""))
+        console().print(reflects_text(q["reflects"]))
+    warn_behind(q["reflects"])
     emit(args, q, text)
     return EXIT_OK
 
@@ -371,6 +409,8 @@ def cmd_stock(args: argparse.Namespace) -> int:
                  ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")] for x in st["lots"]])
         _table("by product", ["party", "product", "kg", "kg REO"],
                [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]])
+        console().print(reflects_text(st["reflects"]))
+    warn_behind(st["reflects"])
     emit(args, st, text)
     return EXIT_OK
 
@@ -390,6 +430,8 @@ def cmd_findings(args: argparse.Namespace) -> int:
                [[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
                  "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
                 for x in f["findings"]])
+        console().print(reflects_text(f["reflects"]))
+    warn_behind(f["reflects"])
     emit(args, f, text)
     return EXIT_FAILED if f["findings"] else EXIT_OK
 
@@ -446,7 +488,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from reledger.projections.queries import _parse_when, parse_point
     from reledger.replay.history import iter_text, replay_party
 
-    open_store(args).close()
+    open_readonly(args).close()
     try:
         point = parse_point(args.db, args.as_of, None)
         since = _parse_when(args.from_, "--from") if args.from_ else None
@@ -483,7 +525,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from reledger.replay.export import ExportError, export_bundle
 
-    open_store(args).close()
+    open_readonly(args).close()
     try:
         summary = export_bundle(args.db, args.party, args.out)
     except ExportError as e:
@@ -501,7 +543,7 @@ def cmd_investigate(args: argparse.Namespace) -> int:
     from reledger.projections.queries import parse_point
     from reledger.replay.report import ReportError, write_report
 
-    open_store(args).close()
+    open_readonly(args).close()
     try:
         point = parse_point(args.db, args.as_of, None)
         summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
@@ -556,7 +598,7 @@ def cmd_verify_bundle(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from reledger.replay.monthly import ReportError, build_monthly_report
 
-    open_store(args).close()
+    open_readonly(args).close()
     try:
         rep = build_monthly_report(args.db, args.party, args.month)
     except ReportError as e:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 
 from reledger.ledger.encoding import parse_time, time_to_micros
 from reledger.ledger.entry import EntryError, SignedEntry
-from reledger.storage.reader import DatabaseURL, LogReader, Record
+from reledger.storage.reader import DatabaseURL, LogReader, NoLedger, Record, ledger_tables_missing, open_ledger_readonly
 
 from . import snapshot
 from .model import Deltas, Finding, Projector
@@ -215,6 +215,22 @@ class ProjectionStore:
                 self.conn.execute(f"DROP TABLE IF EXISTS {P}{t}")
             self.projector = None
 
+    def grant_serving_role(self, role: str) -> None:
+        """PostgreSQL: what the server's role needs on the projection tables (the role itself is
+        made by LedgerStore.grant_serving_role): SELECT and INSERT on the rows, UPDATE of the
+        tracking position; no DELETE, no DDL (``reledger rebuild`` is the operator's)."""
+        if not self.pg:
+            raise ValueError("serving roles exist on PostgreSQL only")
+        from psycopg import sql
+
+        who = sql.Identifier(role)
+        with self._lock:
+            for t in TABLES:
+                table = sql.Identifier(P + t)
+                self.conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
+                rights = "SELECT, INSERT, UPDATE" if t == "tracking" else "SELECT, INSERT"
+                self.conn.execute(sql.SQL(f"GRANT {rights} ON {{}} TO {{}}").format(table, who))
+
     def close(self) -> None:
         if getattr(self, "_reader", None) is not None:
             self._reader.close()
@@ -224,6 +240,11 @@ class ProjectionStore:
     def position(self) -> int:
         rows = self.execute(f"SELECT position FROM {P}tracking WHERE name = ?", (self.name,))
         return int(rows[0][0]) if rows else 0
+
+    def reflects(self) -> dict[str, Any]:
+        """The projections' position, the log's size and latest checkpoint (see :func:`reflects`)."""
+        with self._lock:
+            return reflects(self._log_reader(), self.position())
 
     def quota_base(self, n: int, valid_at_us: int) -> int:
         """The latest position <= ``n`` whose quota totals are kept and count only rows that
@@ -441,6 +462,71 @@ class ProjectionStore:
             Follower(store, lambda: self.catch_up(on_findings=on_findings), poll=poll).run_until(stop)
         finally:
             store.close()
+
+
+class NoProjections(NoLedger):
+    """The ledger has no projection tables (they are made by ``reledger init``, ``rebuild``,
+    ``serve`` and ``demo``)."""
+
+
+class ProjectionReader:
+    """The projection tables for a command that only reads: the ledger's read-only connection
+    (:func:`reledger.storage.reader.open_ledger_readonly`), SELECTs only, no catch-up, no DDL.
+    The answers reflect the tables as they stand: :meth:`reflects` says at which log position,
+    against the log's size and latest checkpoint."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.reader = open_ledger_readonly(url)
+        self.db = self.reader.url
+        self.pg = self.db.backend == "postgres"
+        try:
+            if self.pg:  # the projection SQL names its tables without the schema
+                self.reader.cursor().execute(f'SET search_path TO "{self.db.schema}"')
+            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES))
+        except BaseException:
+            self.reader.close()
+            raise
+        if missing:
+            self.reader.close()
+            raise NoProjections(f"this ledger has no projections (missing tables: {', '.join(missing)}): run "
+                                "`reledger rebuild` once (or `reledger serve`, which keeps them up to date)")
+
+    def q(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.pg else sql
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        cur = self.reader.cursor()
+        cur.execute(self.q(sql), tuple(params))
+        return [tuple(r) for r in cur.fetchall()]
+
+    def position(self) -> int:
+        rows = self.execute(f"SELECT position FROM {P}tracking WHERE name = ?", (ProjectionStore.name,))
+        return int(rows[0][0]) if rows else 0
+
+    quota_base = ProjectionStore.quota_base
+
+    def reflects(self) -> dict[str, Any]:
+        return reflects(self.reader, self.position())
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "ProjectionReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def reflects(reader: LogReader, position: int) -> dict[str, Any]:
+    """What a projection answer reflects: the projections' log position, the log's size, and
+    the latest checkpoint (size and root) the operator signed."""
+    cur = reader.cursor()
+    size = reader.queries.size(cur)[0]
+    cp = reader.queries.latest_checkpoint(cur)
+    return {"projections_position": position, "log_size": size, "behind": max(size - position, 0),
+            "checkpoint": None if cp is None else {"size": cp[0], "root": cp[1].hex()}}
 
 
 def _load_snapshot(state: bytes) -> Projector:

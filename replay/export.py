@@ -8,7 +8,7 @@ from typing import Any
 from reledger.ledger import heads as chain_heads
 from reledger.ledger.bundle import checkpoint_of, encode_bundle
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.storage.store import LedgerStore
+from reledger.storage.reader import open_ledger_readonly
 
 
 class ExportError(ValueError):
@@ -24,7 +24,7 @@ def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
 
 def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
     """The party's bundle (bytes) against the latest stored checkpoint, and a summary."""
-    with LedgerStore(url, create=False) as store:
+    with open_ledger_readonly(url) as store:
         latest = store.latest_checkpoint()
         if latest is None or latest[0] == 0:
             raise ExportError("no checkpoint yet: run `reledger checkpoint` first")

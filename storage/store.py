@@ -1262,22 +1262,28 @@ class LedgerStore:
 
     # --- PostgreSQL roles ---------------------------------------------------------------
     def grant_serving_role(self, role: str = "reledger_serve") -> None:
-        """Create (if needed) a PostgreSQL role that may only INSERT and SELECT the ledger."""
+        """Create (if needed) the PostgreSQL role the server runs as: INSERT and SELECT on the
+        events and the log (and the notification sequence), SELECT only on the checkpoints
+        (checkpoints come from the operator's checkpoint key, never from the server), and
+        nothing that alters a ledger table (not the owner: it cannot drop or disable the
+        triggers). A role it creates may log in (set its password with ALTER ROLE)."""
         if self.db.backend != "postgres":
             raise ValueError("serving roles exist on PostgreSQL only")
         import psycopg
+        from psycopg import sql
 
         t = self.tables
         seq = f"{t.events}_notification_id_seq"
+        who = sql.Identifier(role)
         with psycopg.connect(self.db.conninfo(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
-            conn.execute(f'GRANT USAGE ON SCHEMA "{self.db.schema}" TO "{role}"')
-            for table in (t.events, t.log, t.checkpoints):
-                conn.execute(f'REVOKE ALL ON {table} FROM "{role}"')
-                conn.execute(f'GRANT SELECT, INSERT ON {table} TO "{role}"')
-            conn.execute(f'GRANT USAGE ON SEQUENCE {seq} TO "{role}"')
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(who))
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(self.db.schema), who))
+            for table, rights in ((t.events, "SELECT, INSERT"), (t.log, "SELECT, INSERT"), (t.checkpoints, "SELECT")):
+                conn.execute(sql.SQL(f"REVOKE ALL ON {table} FROM {{}}").format(who))
+                conn.execute(sql.SQL(f"GRANT {rights} ON {table} TO {{}}").format(who))
+            conn.execute(sql.SQL(f"GRANT USAGE ON SEQUENCE {seq} TO {{}}").format(who))
 
 
 class _AfterCommit(list):
