@@ -191,11 +191,49 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def cmd_verify_projections(args: argparse.Namespace) -> int:
+    """Recompute the derived rows from the log (streaming, read-only) and name every row of the
+    projection tables that differs."""
+    from reledger.projections.check import verify_projections
+    from reledger.storage.reader import DatabaseURLError, NoLedger
+
+    bar = progress = None
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("recomputing the projections", total=None)
+        bar.start()
+        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+    try:
+        check = verify_projections(args.db, progress=progress)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
+    finally:
+        if bar:
+            bar.stop()
+    out = check.to_dict()
+
+    def text() -> None:
+        c = console()
+        status = "[green]OK[/green]" if check.ok else "[red]FAILED[/red]"
+        c.print(f"verify --projections {status}: recomputed the derived rows of {check.entries} log entries "
+                f"(projections at {check.position} of the log's {check.log_size}); {check.count} rows differ")
+        for p in check.problems:
+            print(f"differs: {p}")
+        if out["problems_left_out"]:
+            c.print(f"... and {out['problems_left_out']} more")
+    emit(args, out, text)
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from reledger.ledger.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)
+    if args.projections:
+        return cmd_verify_projections(args)
 
     open_readonly(args).close()
     notes = [Path(p).read_bytes() for p in args.checkpoint]
@@ -782,6 +820,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--genesis", help="trusted genesis entry hash (hex)")
     s.add_argument("--checkpoint-key", action="append", default=[], help="trusted checkpoint vkey (repeatable)")
     s.add_argument("--checkpoint", action="append", default=[], help="a checkpoint note kept outside the database")
+    s.add_argument("--projections", action="store_true",
+                   help="recompute the projection tables from the log and name every row that differs")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("checkpoint", parents=[common], help="sign and store a checkpoint of the log")

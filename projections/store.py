@@ -314,37 +314,7 @@ class ProjectionStore:
         return done
 
     def _apply_page(self, proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
-        quota: list[tuple] = []
-        stock: list[tuple] = []
-        flow: list[tuple] = []
-        lots: list[tuple] = []
-        parties: list[tuple] = []
-        credit: list[tuple] = []
-        found: list[tuple] = []
-        findings: list[Finding] = []
-        apply = apply_record
-        for rec in page:
-            d = apply(proj, rec)
-            i, occ = rec.index, d.occurred_us
-            for r in d.stock:
-                stock.append((i, occ, *r))
-            for r in d.flow:
-                flow.append((i, occ, *r[:8], None if r[8] is None else str(r[8])))
-            for r in d.quota:
-                quota.append((i, occ, *r[:6]))
-            if d.lots:
-                lots += d.lots  # (lot, party, product, origin, idx)
-            if d.parties:
-                parties += [(i, *r) for r in d.parties]
-            if d.credit:
-                credit += [(i, occ, *r) for r in d.credit]
-            if d.findings:
-                for f in d.findings:
-                    found.append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
-                                  json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
-                findings += d.findings
-        return ({"quota": quota, "stock": stock, "flow": flow, "lots": lots, "parties": parties, "credit": credit,
-                 "findings": found}, findings)
+        return page_rows(proj, page)
 
     def _write(self, start: int, stop: int, rows: dict[str, list], proj: Projector) -> None:
         """Rows and the new position in ONE transaction; refuses if the position moved."""
@@ -557,6 +527,43 @@ def read_snapshot(reader: LogReader) -> Projector:
     if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
         return Projector()
     return _load_snapshot(row[1])
+
+
+def page_rows(proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
+    """A page of log records folded into ``proj``: the delta rows of each table (in COLUMNS
+    order) and the findings raised (what the follower writes, and ``verify --projections``
+    recomputes)."""
+    quota: list[tuple] = []
+    stock: list[tuple] = []
+    flow: list[tuple] = []
+    lots: list[tuple] = []
+    parties: list[tuple] = []
+    credit: list[tuple] = []
+    found: list[tuple] = []
+    findings: list[Finding] = []
+    apply = apply_record
+    for rec in page:
+        d = apply(proj, rec)
+        i, occ = rec.index, d.occurred_us
+        for r in d.stock:
+            stock.append((i, occ, *r))
+        for r in d.flow:
+            flow.append((i, occ, *r[:8], None if r[8] is None else str(r[8])))
+        for r in d.quota:
+            quota.append((i, occ, *r[:6]))
+        if d.lots:
+            lots += d.lots  # (lot, party, product, origin, idx)
+        if d.parties:
+            parties += [(i, *r) for r in d.parties]
+        if d.credit:
+            credit += [(i, occ, *r) for r in d.credit]
+        if d.findings:
+            for f in d.findings:
+                found.append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
+                              json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
+            findings += d.findings
+    return ({"quota": quota, "stock": stock, "flow": flow, "lots": lots, "parties": parties, "credit": credit,
+             "findings": found}, findings)
 
 
 @functools.lru_cache(maxsize=64)
