@@ -323,6 +323,21 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
             api.close()
             ps.close()
             store.close()
+        # the real server, as that role: it starts (its projections process included), appends, answers
+        from http_helpers import Server, signed_get
+
+        from reledger.commands.client import LedgerClient
+
+        with Server(role_url) as srv:
+            with LedgerClient(srv.base, mine) as client:
+                m2 = client.append_many([("MineralProductProduced", {
+                    "lot": "L10", "ore_type": "ROCK", "wet_kg": "300", "dry_kg": "250", "treo_pct": "80",
+                    "reo_kg": "200"}, "2024-01-04T00:00:00Z", None)])
+            assert m2.receipts
+            r = signed_get(srv.base, mine, "/v1/quota?year=2024")
+            assert r.status_code == 200, r.text
+            mine_row = [e for e in r.json()["enterprises"] if e["party"] == "MINE09"][0]
+            assert mine_row["used_t"] == "2.2"
         # as that role: nothing that alters a ledger table, no checkpoint, no projection rows removed
         with psycopg.connect(DatabaseURL.parse(role_url).conninfo(), autocommit=True) as conn:
             conn.execute(f'SET search_path TO "{schema}"')
