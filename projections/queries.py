@@ -157,13 +157,18 @@ def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
            + (" AND party = ?" if party else "") + " GROUP BY party, lot ORDER BY party, lot")
     params: tuple = (n, t, party) if party else (n, t)
     lots = []
+    # the first 20 moves of every lot, in one query (not one query a lot)
+    first: dict[tuple[str, str], list[int]] = {}
+    for p, lot, idx in ps.execute(
+            f"SELECT party, lot, idx FROM (SELECT party, lot, idx, ROW_NUMBER() OVER (PARTITION BY party, lot "
+            f"ORDER BY idx) AS rn FROM {P}stock WHERE idx < ? AND occurred_us <= ?" + (" AND party = ?" if party else "")
+            + ") m WHERE rn <= 20 ORDER BY party, lot, idx", params):
+        first.setdefault((p, lot), []).append(int(idx))
     for p, lot, product, g, reo, moves in ps.execute(sql, params):
         g, reo = int(g), int(reo)
         if g == 0 and reo == 0 and not include_empty:
             continue
-        moved_by = [int(r[0]) for r in ps.execute(
-            f"SELECT idx FROM {P}stock WHERE party = ? AND lot = ? AND idx < ? AND occurred_us <= ? ORDER BY idx "
-            "LIMIT 20", (p, lot, n, t))]
+        moved_by = first.get((p, lot), [])
         lots.append({"party": p, "lot": lot, "product": product, "kg": _kg(g), "reo_kg": _kg(reo),
                      "negative": g < 0 or reo < 0, "moved_by": moved_by, "moves": int(moves)})
     by_product: dict[tuple[str, str], list[int]] = {}
