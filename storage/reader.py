@@ -393,7 +393,7 @@ def open_ledger_readonly(url: str, name: str = NAME) -> "LedgerReader":
             reader = LedgerReader(url, name)
         except psycopg.OperationalError as e:
             raise NoLedger(f"cannot connect to PostgreSQL at {u.host}:{u.port} database {u.dbname!r} as "
-                           f"{u.user!r}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+                           f"{u.user!r}: {' '.join(str(e).split()) or type(e).__name__}") from e
         try:
             cur = reader.cursor()
             cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (u.schema,))
