@@ -20,7 +20,8 @@ from typing import Any, Callable, Iterator
 from reledger.ledger.encoding import micros_to_time_text
 
 from .model import Projector
-from .store import COLUMNS, P, PG_TYPES, QUOTA_SUMS_EVERY, REBUILD_PAGE, ROW_TABLES, ProjectionReader, page_rows
+from . import store as pstore
+from .store import COLUMNS, P, PG_TYPES, ROW_TABLES, ProjectionReader, page_rows
 
 MAX_NAMED = 1000  # differences named one by one (the rest are counted)
 
@@ -144,11 +145,13 @@ def _compare(check: ProjectionCheck, table: str, expected: list[tuple], actual: 
 
 
 def verify_projections(url: str, progress: Callable[[int, int], None] | None = None,
-                       page: int = REBUILD_PAGE) -> ProjectionCheck:
+                       page: int | None = None) -> ProjectionCheck:
     """Recompute every derived row from the log up to the projections' position and compare;
     raises :class:`reledger.storage.reader.NoLedger` (or NoProjections) when there is nothing
     to check."""
     check = ProjectionCheck()
+    page = page or pstore.REBUILD_PAGE
+    every = pstore.QUOTA_SUMS_EVERY  # where the follower keeps the running quota totals
     ps = ProjectionReader(url)
     try:
         ps.reader.begin_snapshot()  # the tables and the log as of one moment
@@ -165,7 +168,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         start = 0
         try:
             while start < n:
-                end = min(n, start + page, (start // QUOTA_SUMS_EVERY + 1) * QUOTA_SUMS_EVERY)
+                end = min(n, start + page, (start // every + 1) * every)
                 records = ps.reader.queries.records(ps.reader.cursor(), start, end)
                 if len(records) != end - start:
                     check.add("log", f"the log lacks entries in [{start}, {end}): run reledger verify")
@@ -174,7 +177,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
                 for t in ROW_TABLES:
                     norm = norms[t]
                     _compare(check, t, [norm(r) for r in rows[t]], streams[t].below(end))
-                if end % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None:
+                if end % every == 0 and proj.quota_sums is not None:
                     want = [sums_norm((end, *k, g)) for k, g in proj.quota_sums.items()]
                     have = [sums_norm(r) for r in ps.execute(
                         f"SELECT {', '.join(COLUMNS['quota_sums'])} FROM {P}quota_sums WHERE position = ?", (end,))]
