@@ -358,3 +358,106 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
         with _pg_conn(PG_URL) as conn:
             conn.execute(f'DROP OWNED BY "{role}"')
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+# --- a streaming standby --------------------------------------------------------------------
+
+class _Cluster:
+    """A throwaway PostgreSQL cluster on this machine (run as the postgres user when root)."""
+
+    def __init__(self, bindir: Path, datadir: Path, port: int, sockdir: Path):
+        self.bindir, self.datadir, self.port, self.sockdir = bindir, datadir, port, sockdir
+
+    @staticmethod
+    def run(bindir: Path, *argv: str) -> None:
+        import os
+        import subprocess
+
+        cmd = [str(bindir / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self.run(self.bindir, "pg_ctl", "-D", str(self.datadir), "-l", str(self.datadir / "log"), "-w", "-t", "60",
+                 "-o", f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                       "-c shared_buffers=16MB -c max_connections=40 -c wal_level=replica -c max_wal_senders=4",
+                 "start")
+
+    def stop(self) -> None:
+        try:
+            self.run(self.bindir, "pg_ctl", "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+        except Exception:  # noqa: BLE001 - already down
+            pass
+
+    def url(self, schema: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres?schema={schema}"
+
+
+def test_reads_run_on_a_streaming_standby(tmp_path, capsys):
+    """A primary and a hot standby (streaming replication) on this machine: the ledger is written
+    on the primary; verify, the queries, verify --projections, replay and investigate run on the
+    standby (read-only connections are all they need) and answer what the primary holds."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    require_pg()
+    pg_ctl = shutil.which("pg_ctl")
+    if pg_ctl is None or (os.geteuid() == 0 and shutil.which("runuser") is None):
+        pytest.skip("no PostgreSQL server binaries (pg_ctl) to start a primary and a standby")
+    bindir = Path(os.path.realpath(pg_ctl)).parent
+    from http_helpers import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="reledger-standby-"))
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+    primary = _Cluster(bindir, root / "primary", free_port(), root)
+    standby = _Cluster(bindir, root / "standby", free_port(), root)
+    try:
+        _Cluster.run(bindir, "initdb", "-D", str(primary.datadir), "-A", "trust", "-U", "postgres", "--no-sync")
+        primary.start()
+        _Cluster.run(bindir, "pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                     "-D", str(standby.datadir), "-R", "-X", "stream", "--no-sync")
+        standby.start()
+        p_url, s_url = primary.url("ledger"), standby.url("ledger")
+        w = World(p_url)
+        try:
+            w.ok("MIIT", "QuotaBatchIssued", {"year": 2024, "batch_no": 1, "document_no": "Q-1", "holder": "GRP01",
+                                              "mining_rock_t_reo": "10", "mining_ionic_t_reo": "0",
+                                              "separation_t_reo": "10"}, at="2024-01-02T00:00:00Z")
+            w.produce("MINE01", "L1", 20_000_000, at="2024-01-03T00:00:00Z")
+            w.store.checkpoint(NoteSigner("reledger.test/projections", w.ck.private_key))
+            ps = ProjectionStore(p_url)
+            ps.catch_up()
+            ps.close()
+            size = w.store.size()
+        finally:
+            w.close()
+        with _pg_conn(p_url) as conn:
+            lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        deadline = time.monotonic() + 60
+        with _pg_conn(s_url) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True  # a real standby
+            while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "the standby did not catch up within 60 s"
+                time.sleep(0.1)
+        for argv in (["verify"], ["verify", "--projections"], ["replay", "--party", "MINE01"],
+                     ["investigate", "--party", "MINE01", "--out", str(tmp_path / "r.html")]):
+            assert main([*argv, "--db", s_url]) == EXIT_OK, (argv, capsys.readouterr().err)
+        capsys.readouterr()
+        answers = {}
+        for name, url in (("primary", p_url), ("standby", s_url)):
+            assert main(["quota", "--year", "2024", "--db", url, "--json"]) == EXIT_OK
+            answers[name] = json.loads(capsys.readouterr().out)
+        assert answers["standby"] == answers["primary"]
+        assert answers["standby"]["reflects"]["log_size"] == size and answers["standby"]["reflects"]["behind"] == 0
+        assert [g["issued_t"] for g in answers["standby"]["groups"] if g["group"] == "GRP01"] == ["10"]
+        assert main(["quota", "--year", "2024", "--db", standby.url("nosuch")]) == EXIT_USAGE
+        assert "does not exist" in capsys.readouterr().err
+    finally:
+        standby.stop()
+        primary.stop()
+        subprocess.run(["rm", "-rf", str(root)], check=False)
