@@ -163,64 +163,64 @@ def dumps(proj: Projector) -> bytes:
     ``encoding.canonical(to_plain(proj))`` (the tests hold them equal), written piece by piece
     as the state is walked, so that no plain copy of the whole state is ever held (a snapshot
     of a large log costs its bytes, not two more copies of the state)."""
-    out: list[bytes] = []
-    packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    # autoreset=False: every pack appends to the packer's one buffer (no object per piece)
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     try:
-        out.append(packer.pack_map_header(3))
+        packer.pack_map_header(3)
         for k, v in (("format", FORMAT), ("rules", RULES)):
-            out.append(packer.pack(k))
-            out.append(packer.pack(v))
-        out.append(packer.pack("state"))
+            packer.pack(k)
+            packer.pack(v)
+        packer.pack("state")
         attrs = sorted(vars(proj).items(), key=lambda kv: kv[0].encode("utf-8"))
-        out.append(packer.pack_map_header(len(attrs)))
+        packer.pack_map_header(len(attrs))
         for k, v in attrs:
-            out.append(packer.pack(k))
-            _pack(v, packer, out.append)
+            packer.pack(k)
+            _pack(v, packer)
     except (OverflowError, ValueError, TypeError) as e:
         raise SnapshotError(f"the rule state cannot be encoded: {e}") from e
-    return b"".join(out)
+    return packer.bytes()
 
 
-def _pack(v: Any, packer: msgpack.Packer, put) -> None:
-    """``_plain(v)`` packed as it is made."""
+def _pack(v: Any, packer: msgpack.Packer) -> None:
+    """``_plain(v)`` packed as it is made (into the packer's buffer)."""
     t = type(v)
     if t is str or t is int or t is bytes or v is None or t is bool:
         if t is int and not encoding.MIN_INT <= v <= encoding.MAX_INT:
             raise SnapshotError(f"integer {v} out of range")
         if t is str:
             v.encode("utf-8")  # a lone surrogate is refused (UnicodeEncodeError is a ValueError)
-        put(packer.pack(v))
+        packer.pack(v)
         return
     if t is list or t is tuple or t is set or t is frozenset:
-        put(packer.pack_array_header(2))
-        put(packer.pack("l" if t is list else "t" if t is tuple else "s" if t is set else "f"))
-        put(packer.pack_array_header(len(v)))
+        packer.pack_array_header(2)
+        packer.pack("l" if t is list else "t" if t is tuple else "s" if t is set else "f")
+        packer.pack_array_header(len(v))
         for x in v:
-            _pack(x, packer, put)
+            _pack(x, packer)
         return
     if t is dict:
-        put(packer.pack_array_header(2))
-        put(packer.pack("d"))
-        put(packer.pack_array_header(len(v)))
+        packer.pack_array_header(2)
+        packer.pack("d")
+        packer.pack_array_header(len(v))
         for k, x in v.items():
-            put(packer.pack_array_header(2))
-            _pack(k, packer, put)
-            _pack(x, packer, put)
+            packer.pack_array_header(2)
+            _pack(k, packer)
+            _pack(x, packer)
         return
     if t is Decimal:
-        put(packer.pack(["D", str(v)]))
+        packer.pack(["D", str(v)])
         return
     name = _NAME_OF.get(t)
     if name is not None:
         fields = _FIELDS[name]
-        put(packer.pack_array_header(2))
-        put(packer.pack(name))
-        put(packer.pack_array_header(len(fields)))
+        packer.pack_array_header(2)
+        packer.pack(name)
+        packer.pack_array_header(len(fields))
         for f in fields:
-            _pack(getattr(v, f), packer, put)
+            _pack(getattr(v, f), packer)
         return
     if isinstance(v, (bytearray, memoryview)):
-        put(packer.pack(bytes(v)))
+        packer.pack(bytes(v))
         return
     raise SnapshotError(f"the rule state holds a {t.__name__}, which has no plain-data form "
                         "(add it to projections/snapshot.py)")
