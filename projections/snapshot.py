@@ -88,9 +88,13 @@ def _plain(v: Any) -> Any:
                         "(add it to projections/snapshot.py)")
 
 
+_LEAF = frozenset(_SCALARS)
+
+
 def _value(v: Any) -> Any:
+    """The value of one plain-data item (scalars inline: most of a state is leaves)."""
     if type(v) is not list:
-        if isinstance(v, _SCALARS):
+        if type(v) in _LEAF:
             return v
         raise SnapshotError(f"a snapshot holds a value of type {type(v).__name__}")
     if len(v) != 2 or type(v[0]) is not str:
@@ -105,21 +109,23 @@ def _value(v: Any) -> Any:
             raise SnapshotError(f"bad decimal {payload!r} in a snapshot") from e
     if type(payload) is not list:
         raise SnapshotError(f"the payload of {tag!r} is not an array")
-    if tag == "l":
-        return [_value(x) for x in payload]
+    leaf = _LEAF
     if tag == "t":
-        return tuple(_value(x) for x in payload)
+        return tuple([x if type(x) in leaf else _value(x) for x in payload])
+    if tag == "l":
+        return [x if type(x) in leaf else _value(x) for x in payload]
     if tag == "d":
         out = {}
         for pair in payload:
             if type(pair) is not list or len(pair) != 2:
                 raise SnapshotError("a map entry in a snapshot is not [key, value]")
-            out[_value(pair[0])] = _value(pair[1])
+            k, x = pair
+            out[k if type(k) in leaf else _value(k)] = x if type(x) in leaf else _value(x)
         return out
     if tag == "s":
-        return {_value(x) for x in payload}
+        return {x if type(x) in leaf else _value(x) for x in payload}
     if tag == "f":
-        return frozenset(_value(x) for x in payload)
+        return frozenset([x if type(x) in leaf else _value(x) for x in payload])
     cls = _RECORDS.get(tag)
     if cls is None:
         raise SnapshotError(f"unknown tag {tag!r} in a snapshot")
@@ -135,13 +141,15 @@ def to_plain(proj: Projector) -> dict[str, Any]:
             "state": {k: _plain(v) for k, v in sorted(vars(proj).items())}}
 
 
-def from_plain(data: Any) -> Projector:
+def from_plain(data: Any, check_only: bool = False) -> Projector | None:
     """A Projector from :func:`to_plain`'s form; SnapshotError for anything else (including
-    a snapshot made by other rules)."""
+    a snapshot made by other rules). ``check_only``: the format and rules only."""
     if type(data) is not dict or data.get("format") != FORMAT:
         raise SnapshotError("not a projector state of this format")
     if data.get("rules") != RULES:
         raise SnapshotError("a projector state made by other rules")
+    if check_only:
+        return None
     state = data.get("state")
     if type(state) is not dict:
         raise SnapshotError("a projector state without its attributes")
@@ -227,15 +235,44 @@ def _pack(v: Any, packer: msgpack.Packer) -> None:
 
 
 def loads(data: bytes) -> Projector:
-    """The projector a snapshot holds (plain data only: nothing named by the bytes runs)."""
+    """The projector a snapshot holds (plain data only: nothing named by the bytes runs). The
+    state is read one attribute at a time (the plain form of one attribute is held while it is
+    converted, never that of the whole state)."""
     try:
-        plain = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, use_list=True,
-                                ext_hook=_refuse_ext)
+        up = msgpack.Unpacker(None, raw=False, strict_map_key=True, use_list=True, ext_hook=_refuse_ext,
+                              max_buffer_size=max(len(data), 1))
+        up.feed(bytes(data))
+        if up.read_map_header() != 3:
+            raise SnapshotError("not a projector state of this format")
+        head: dict[str, Any] = {}
+        for _ in range(2):
+            k = up.unpack()
+            head[k] = up.unpack()
+        if up.unpack() != "state":
+            raise SnapshotError("not a projector state of this format")
+        from_plain({**head, "state": {"position": 0}}, check_only=True)
+        proj = Projector()
+        known = set(vars(proj))
+        seen = set()
+        for _ in range(up.read_map_header()):
+            k = up.unpack()
+            if type(k) is not str or (k not in known and not k.startswith("_")):
+                raise SnapshotError(f"a projector state with an unknown attribute {k!r}")
+            setattr(proj, k, _value(up.unpack()))
+            seen.add(k)
+        try:
+            up.unpack()
+        except msgpack.OutOfData:
+            pass
+        else:
+            raise SnapshotError("bytes after the projector state")
     except SnapshotError:
         raise
     except Exception as e:  # noqa: BLE001 - any malformed bytes
-        raise SnapshotError(f"not msgpack: {e}") from e
-    return from_plain(plain)
+        raise SnapshotError(f"not a readable projector state: {e}") from e
+    if not known <= seen or type(proj.position) is not int:
+        raise SnapshotError("a projector state that lacks attributes")
+    return proj
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
