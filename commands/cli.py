@@ -326,17 +326,6 @@ class heartbeat:
         self._thread.join(timeout=1)
 
 
-def catch_up(ps, size: int) -> None:
-    """Bring projections up to date in pages, with progress lines when it takes a while."""
-    start = ps.position()
-    tick = Ticker("bringing the projections up to date", size - start)
-    while True:
-        n = ps.catch_up(limit=20_000)
-        if not n:
-            return
-        tick(ps.position() - start)
-
-
 def point_of(args: argparse.Namespace, ledger: Ledger):
     """The point in time asked for (--as-of, --valid-at), checked against the ledger."""
     from reledger.projections.queries import Point
@@ -357,10 +346,24 @@ def point_of(args: argparse.Namespace, ledger: Ledger):
     return Point(n, valid)
 
 
+def open_readonly(args: argparse.Namespace):
+    """The ledger for a command that only reads: a read-only connection, no DDL (DESIGN.md
+    "Reads never write"); no ledger there (a missing file, a foreign file, a missing schema)
+    is a usage error."""
+    from reledger.storage.reader import DatabaseURLError, NoLedger, open_ledger_readonly
+
+    try:
+        return open_ledger_readonly(args.db)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
+
+
 # --- init / keygen -------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
     reachable(args)
+    if args.serving_role and not args.db.startswith(("postgresql:", "postgres:")):
+        raise UsageError("--serving-role needs a PostgreSQL --db")
     keys_dir = Path(args.keys)
     if keys_dir.exists() and not keys_dir.is_dir():
         raise UsageError(f"--keys {args.keys} is a file, not a directory")
@@ -380,10 +383,16 @@ def cmd_init(args: argparse.Namespace) -> int:
         op.write(op_path, overwrite=args.force)
         signer = NoteSigner(args.origin, op.private_key)
         note = store.checkpoint(signer)
-        if args.serving_role:
-            if store.db.backend != "postgres":
-                raise UsageError("--serving-role needs a PostgreSQL --db")
-            store.grant_serving_role(args.serving_role)
+        from reledger.projections.store import ProjectionStore
+
+        ps = ProjectionStore(args.db)  # the projection tables, made here by the owner (reads never make them)
+        try:
+            ps.catch_up()
+            if args.serving_role:
+                store.grant_serving_role(args.serving_role)
+                ps.grant_serving_role(args.serving_role)
+        finally:
+            ps.close()
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
             "regulator_key": str(reg_path), "checkpoint_key": str(op_path), "checkpoint_vkey": signer.verifier().vkey(),
             "origin": args.origin, "checkpoint": note.decode()}
@@ -449,11 +458,49 @@ def cmd_verify_party(args: argparse.Namespace) -> int:
     return EXIT_OK if rep.ok else EXIT_FAILED
 
 
+def cmd_verify_projections(args: argparse.Namespace) -> int:
+    """Recompute the derived rows from the log (streaming, read-only) and name every row of the
+    projection tables that differs."""
+    from reledger.projections.check import verify_projections
+    from reledger.storage.reader import DatabaseURLError, NoLedger
+
+    bar = progress = None
+    if not args.json and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        bar = Progress(transient=True)
+        task = bar.add_task("recomputing the projections", total=None)
+        bar.start()
+        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+    try:
+        check = verify_projections(args.db, progress=progress)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
+    finally:
+        if bar:
+            bar.stop()
+    out = check.to_dict()
+
+    def text() -> None:
+        c = console()
+        status = "[green]OK[/green]" if check.ok else "[red]FAILED[/red]"
+        c.print(f"verify --projections {status}: recomputed the derived rows of {check.entries} log entries "
+                f"(projections at {check.position} of the log's {check.log_size}); {check.count} rows differ")
+        for p in check.problems:
+            print(f"differs: {p}")
+        if out["problems_left_out"]:
+            c.print(f"... and {out['problems_left_out']} more")
+    emit(args, out, text)
+    return EXIT_OK if check.ok else EXIT_FAILED
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from reledger.storage.verify import verify_database
 
     if args.party:
         return cmd_verify_party(args)
+    if args.projections:
+        return cmd_verify_projections(args)
 
     check_ledger(args)  # a missing or empty ledger is exit 2, never "verify OK: 0 entries"
     notes = read_files(args.checkpoint, "--checkpoint")
@@ -480,9 +527,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     latest = None
     if rep.ok and trust is not None:
-        with open_store(args) as store:
-            stored = store.latest_checkpoint()
-        latest = stored[2] if stored else None
+        from reledger.storage.verify import signed_checkpoints
+
+        with open_readonly(args) as store:
+            signed = signed_checkpoints(store)  # judged by their notes, never by a size column
+        latest = signed[-1][2] if signed else None
     anchor = anchored(trust_path, trust, genesis, rep.ok, latest)
 
     def text() -> None:
@@ -759,7 +808,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
     from reledger.storage.verify import signed_checkpoints
 
-    with open_store(args) as store:
+    with open_readonly(args) as store:
         signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
         latest = signed[-1] if signed else None
         size = args.size or (latest[0] if latest else store.size())
@@ -810,21 +859,37 @@ def cmd_prove(args: argparse.Namespace) -> int:
 # --- projections ----------------------------------------------------------------------------
 
 def open_projections(args: argparse.Namespace, parties: tuple[str, ...] = ("party",)):
-    """The projections of the ledger, brought up to date, and the point in time asked for.
-    The ledger, the parties named (``args.<name>``) and the times are checked first (exit 2)."""
-    from reledger.projections.store import ProjectionStore
+    """The projections of the ledger, read-only (the tables as they stand: no catch-up, no DDL),
+    and the point in time asked for. The ledger, the parties named (``args.<name>``) and the
+    times are checked first (exit 2)."""
+    from reledger.projections.store import ProjectionReader
+    from reledger.storage.reader import DatabaseURLError, NoLedger
 
     ledger = check_ledger(args)
     for name in parties:
         ledger.require_party(getattr(args, name, None), "--" + name.replace("_", "-"))
     point = point_of(args, ledger)
-    ps = ProjectionStore(args.db)
     try:
-        catch_up(ps, ledger.size)
-    except BaseException:
-        ps.close()
-        raise
+        ps = ProjectionReader(args.db)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
     return ps, point
+
+
+def reflects_text(r: dict | None) -> str:
+    """One line: what a projection answer reflects (log position, log size, checkpoint)."""
+    if not r:
+        return ""
+    cp = r["checkpoint"]
+    return (f"answer from the projections at log position {r['projections_position']} of {r['log_size']} entries"
+            + (f"; latest checkpoint: size {cp['size']}, root {cp['root'][:16]}…" if cp else "; no checkpoint yet"))
+
+
+def warn_behind(r: dict | None) -> None:
+    if r and r["behind"]:
+        print(f"reledger: warning: the projections reflect {r['projections_position']} of the log's "
+              f"{r['log_size']} entries ({r['behind']} not projected yet): keep `reledger serve` running "
+              "(it follows the log) or run `reledger rebuild`", file=sys.stderr)
 
 
 def grouped(value: Any) -> str:
@@ -896,6 +961,8 @@ def cmd_quota(args: argparse.Namespace) -> int:
             return
         console().print(f"as of log size {q['as_of_size']}" + (f", valid at {q['point']['valid_at']}"
                                                                   if q["point"]["valid_at"] else ""))
+        console().print(reflects_text(q["reflects"]))
+    warn_behind(q["reflects"])
     emit(args, q, text)
     return EXIT_OK
 
@@ -917,6 +984,8 @@ def cmd_stock(args: argparse.Namespace) -> int:
                numeric=(3, 4))
         _table(args, "by product", ["party", "product", "kg", "kg REO"],
                [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]], numeric=(2, 3))
+        console().print(reflects_text(st["reflects"]))
+    warn_behind(st["reflects"])
     emit(args, st, text)
     return EXIT_OK
 
@@ -936,6 +1005,8 @@ def cmd_findings(args: argparse.Namespace) -> int:
                [[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
                  "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
                 for x in f["findings"]], numeric=(0,))
+        console().print(reflects_text(f["reflects"]))
+    warn_behind(f["reflects"])
     emit(args, f, text)
     return EXIT_FAILED if f["findings"] else EXIT_OK
 
@@ -1055,12 +1126,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def require_lot(args: argparse.Namespace, lot: str) -> None:
-    """The lot is in the ledger's lots (the projections, brought up to date)."""
-    from reledger.projections.store import P, ProjectionStore
+    """The lot is in the ledger's lots (the projection tables, read-only)."""
+    from reledger.projections.store import P, ProjectionReader
+    from reledger.storage.reader import DatabaseURLError, NoLedger
 
-    ps = ProjectionStore(args.db)
+    check_ledger(args)
     try:
-        catch_up(ps, check_ledger(args).size)
+        ps = ProjectionReader(args.db)
+    except (NoLedger, DatabaseURLError) as e:
+        raise UsageError(str(e)) from e
+    try:
         if ps.execute(f"SELECT 1 FROM {P}lots WHERE lot = ? LIMIT 1", (lot,)):
             return
         same = ps.execute(f"SELECT lot FROM {P}lots WHERE lower(lot) = lower(?) LIMIT 3", (lot,))
@@ -1328,7 +1403,7 @@ def cmd_show(args: argparse.Namespace) -> int:
                 signature = f"INVALID: {e}"
             if signature != "valid":
                 problems.append(f"signature {signature}")
-    with open_store(args) as store:
+    with open_readonly(args) as store:
         latest = store.latest_checkpoint()
         proof_doc: dict[str, Any] | None = None
         if latest and rec.index < latest[0]:
@@ -1574,6 +1649,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", metavar="FILE", help="the auditor's trust file (`reledger trust init`): pinned genesis, "
                                                    "log key, witness policy and last checkpoint, moved forward when "
                                                    "the log verifies (default: $RELEDGER_TRUST)")
+    s.add_argument("--projections", action="store_true",
+                   help="recompute the projection tables from the log and name every row that differs (exit 1 if any)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("trust", help="pin an auditor's trust roots, or show them",

@@ -17,7 +17,7 @@ from reledger.ledger import encoding
 from reledger.storage.reader import LogReader
 
 from .model import RULES, kg_text
-from .store import P, ProjectionStore
+from .store import P, ProjectionReader, ProjectionStore
 
 FAR_FUTURE = 2**62
 
@@ -34,6 +34,9 @@ class Point:
     def to_dict(self) -> dict[str, Any]:
         return {"as_of": self.as_of,
                 "valid_at": None if self.valid_at_us is None else encoding.micros_to_time_text(self.valid_at_us)}
+
+
+Projections = ProjectionStore | ProjectionReader  # what the queries read (the writer's store, or read-only)
 
 
 def parse_point(url: str, as_of: str | None, valid_at: str | None) -> Point:
@@ -68,6 +71,13 @@ def _kg(g: int) -> str:
 
 def _t(g: int) -> str:
     return encoding.decimal_text(Decimal(g) / 1_000_000)
+
+
+def reflects(ps) -> dict[str, Any] | None:
+    """What an answer reflects: the projections' log position, the log's size (``behind``: the
+    entries not projected yet) and its latest checkpoint."""
+    f = getattr(ps, "reflects", None)
+    return f() if f is not None else None
 
 
 def roles(ps: ProjectionStore, n: int) -> dict[str, str]:
@@ -127,8 +137,8 @@ def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, A
     nat_rows = [{"category": cat, "issued_t": _t(v["ISSUED"]), "reduced_t": _t(v["REDUCED"]), "used_t": _t(v["USED"]),
                  "remaining_t": _t(v["ISSUED"] - v["REDUCED"] - v["USED"]),
                  "percent_used": _pct(v["USED"], v["ISSUED"] - v["REDUCED"])} for cat, v in sorted(nation.items())]
-    return {"year": year, "point": point.to_dict(), "as_of_size": n, "enterprises": enterprises, "groups": groups,
-            "nation": nat_rows,
+    return {"year": year, "point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps),
+            "enterprises": enterprises, "groups": groups, "nation": nat_rows,
             "note": "separation counted on the indicator's basis; secondary feed's share recorded apart, "
                     "not counted; imports and monazite counted against separation"}
 
@@ -146,13 +156,18 @@ def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
            + (" AND party = ?" if party else "") + " GROUP BY party, lot ORDER BY party, lot")
     params: tuple = (n, t, party) if party else (n, t)
     lots = []
+    # the first 20 moves of every lot, in one query (not one query a lot)
+    first: dict[tuple[str, str], list[int]] = {}
+    for p, lot, idx in ps.execute(
+            f"SELECT party, lot, idx FROM (SELECT party, lot, idx, ROW_NUMBER() OVER (PARTITION BY party, lot "
+            f"ORDER BY idx) AS rn FROM {P}stock WHERE idx < ? AND occurred_us <= ?" + (" AND party = ?" if party else "")
+            + ") m WHERE rn <= 20 ORDER BY party, lot, idx", params):
+        first.setdefault((p, lot), []).append(int(idx))
     for p, lot, product, g, reo, moves in ps.execute(sql, params):
         g, reo = int(g), int(reo)
         if g == 0 and reo == 0 and not include_empty:
             continue
-        moved_by = [int(r[0]) for r in ps.execute(
-            f"SELECT idx FROM {P}stock WHERE party = ? AND lot = ? AND idx < ? AND occurred_us <= ? ORDER BY idx "
-            "LIMIT 20", (p, lot, n, t))]
+        moved_by = first.get((p, lot), [])
         lots.append({"party": p, "lot": lot, "product": product, "kg": _kg(g), "reo_kg": _kg(reo),
                      "negative": g < 0 or reo < 0, "moved_by": moved_by, "moves": int(moves)})
     by_product: dict[tuple[str, str], list[int]] = {}
@@ -161,7 +176,7 @@ def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
         v = by_product.setdefault(k, [0, 0])
         v[0] += int(Decimal(row["kg"]) * 1000)
         v[1] += int(Decimal(row["reo_kg"]) * 1000)
-    return {"party": party, "point": point.to_dict(), "as_of_size": n, "lots": lots,
+    return {"party": party, "point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "lots": lots,
             "by_product": [{"party": p, "product": pr, "kg": _kg(v[0]), "reo_kg": _kg(v[1])}
                            for (p, pr), v in sorted(by_product.items())]}
 
@@ -183,7 +198,7 @@ def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = N
         out.append({"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
                     "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
                     "evidence": json.loads(ev), "params": json.loads(prm)})
-    return {"point": point.to_dict(), "as_of_size": n, "findings": out}
+    return {"point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "findings": out}
 
 
 def credit(ps: ProjectionStore, party: str | None = None, point: Point = Point()) -> dict[str, Any]:

@@ -9,8 +9,9 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
     ``occurred_us <= T``. An answer at a past point is therefore exactly what a rebuild of the
     log cut at that point gives, and costs a filtered aggregate, not a replay.
 ``tracking``  the number of log entries applied, written in the same transaction as the rows.
-``snapshots`` the projector's rule state (pickled) at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries,
-    so a restart rolls forward from the nearest snapshot instead of replaying the whole log.
+``snapshots`` the projector's rule state at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries, as
+    canonical msgpack (projections/snapshot.py: plain data anyone can read, never a pickle), so
+    a restart rolls forward from the nearest snapshot instead of replaying the whole log.
 
 On PostgreSQL :func:`reledger.projections.follow.follow` wakes up on each append's NOTIFY (LISTEN on the
 channel of eventsourcing's events table); on SQLite it polls.
@@ -21,16 +22,19 @@ from __future__ import annotations
 import functools
 import gc
 import json
-import pickle
+import logging
 import sqlite3
 import threading
 from typing import Any, Callable, Iterable
 
 from reledger.ledger.encoding import parse_time, time_to_micros
 from reledger.ledger.entry import EntryError, SignedEntry
-from reledger.storage.reader import DatabaseURL, LogReader, Record
+from reledger.storage.reader import DatabaseURL, LogReader, NoLedger, Record, ledger_tables_missing, open_ledger_readonly
 
+from . import snapshot
 from .model import Deltas, Finding, Projector
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 20_000
 PAGE = 2_000  # entries per transaction when following the log
@@ -92,7 +96,7 @@ def _tables_ddl(blob: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {P}tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}snapshots (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
     ] + ([
-        # a snapshot is a pickle of megabytes: stored as it is, without TOAST's compression (which
+        # a snapshot is megabytes of msgpack: stored as it is, without TOAST's compression (which
         # costs more than writing the bytes)
         f"ALTER TABLE {P}snapshots ALTER COLUMN state SET STORAGE EXTERNAL",
     ] if blob == "BYTEA" else [])
@@ -211,6 +215,22 @@ class ProjectionStore:
                 self.conn.execute(f"DROP TABLE IF EXISTS {P}{t}")
             self.projector = None
 
+    def grant_serving_role(self, role: str) -> None:
+        """PostgreSQL: what the server's role needs on the projection tables (the role itself is
+        made by LedgerStore.grant_serving_role): SELECT and INSERT on the rows, UPDATE of the
+        tracking position; no DELETE, no DDL (``reledger rebuild`` is the operator's)."""
+        if not self.pg:
+            raise ValueError("serving roles exist on PostgreSQL only")
+        from psycopg import sql
+
+        who = sql.Identifier(role)
+        with self._lock:
+            for t in TABLES:
+                table = sql.Identifier(P + t)
+                self.conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
+                rights = "SELECT, INSERT, UPDATE" if t == "tracking" else "SELECT, INSERT"
+                self.conn.execute(sql.SQL(f"GRANT {rights} ON {{}} TO {{}}").format(table, who))
+
     def close(self) -> None:
         if getattr(self, "_reader", None) is not None:
             self._reader.close()
@@ -220,6 +240,11 @@ class ProjectionStore:
     def position(self) -> int:
         rows = self.execute(f"SELECT position FROM {P}tracking WHERE name = ?", (self.name,))
         return int(rows[0][0]) if rows else 0
+
+    def reflects(self) -> dict[str, Any]:
+        """The projections' position, the log's size and latest checkpoint (see :func:`reflects`)."""
+        with self._lock:
+            return reflects(self._log_reader(), self.position())
 
     def quota_base(self, n: int, valid_at_us: int) -> int:
         """The latest position <= ``n`` whose quota totals are kept and count only rows that
@@ -236,7 +261,7 @@ class ProjectionStore:
             return self.projector
         rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
                             "ORDER BY position DESC LIMIT 1", (pos,))
-        proj = _unpickle_snapshot(rows[0][1]) if rows else Projector()
+        proj = _load_snapshot(rows[0][1]) if rows else Projector()
         for rec in reader.iter_records(proj.position, pos):
             apply_record(proj, rec)  # state only: the rows exist
         self.projector = proj
@@ -289,37 +314,7 @@ class ProjectionStore:
         return done
 
     def _apply_page(self, proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
-        quota: list[tuple] = []
-        stock: list[tuple] = []
-        flow: list[tuple] = []
-        lots: list[tuple] = []
-        parties: list[tuple] = []
-        credit: list[tuple] = []
-        found: list[tuple] = []
-        findings: list[Finding] = []
-        apply = apply_record
-        for rec in page:
-            d = apply(proj, rec)
-            i, occ = rec.index, d.occurred_us
-            for r in d.stock:
-                stock.append((i, occ, *r))
-            for r in d.flow:
-                flow.append((i, occ, *r[:8], None if r[8] is None else str(r[8])))
-            for r in d.quota:
-                quota.append((i, occ, *r[:6]))
-            if d.lots:
-                lots += d.lots  # (lot, party, product, origin, idx)
-            if d.parties:
-                parties += [(i, *r) for r in d.parties]
-            if d.credit:
-                credit += [(i, occ, *r) for r in d.credit]
-            if d.findings:
-                for f in d.findings:
-                    found.append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
-                                  json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
-                findings += d.findings
-        return ({"quota": quota, "stock": stock, "flow": flow, "lots": lots, "parties": parties, "credit": credit,
-                 "findings": found}, findings)
+        return page_rows(proj, page)
 
     def _write(self, start: int, stop: int, rows: dict[str, list], proj: Projector) -> None:
         """Rows and the new position in ONE transaction; refuses if the position moved."""
@@ -384,7 +379,11 @@ class ProjectionStore:
         units = stop // SNAPSHOT_EVERY
         mark = SNAPSHOT_EVERY << (units.bit_length() - 1) if units else 0
         if mark and start < mark <= stop:
-            state = pickle.dumps(proj, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                state = snapshot.dumps(proj)
+            except snapshot.SnapshotError as e:  # a restart rolls forward from the one before
+                log.warning("no snapshot of the projections at %s: %s", stop, e)
+                return
             # a value above about 1 GB is refused by both databases, and would stop the
             # projections for good: such a snapshot is left out (a restart rolls forward from
             # the one before)
@@ -421,14 +420,80 @@ class ProjectionStore:
                     gc.enable()
 
 
-def _unpickle_snapshot(state: bytes) -> Projector:
-    """A snapshot's rule state; a fresh Projector (roll forward from the start) when this
-    version cannot read it or it lacks the running quota totals."""
+class NoProjections(NoLedger):
+    """The ledger has no projection tables (they are made by ``reledger init``, ``rebuild``,
+    ``serve`` and ``demo``)."""
+
+
+class ProjectionReader:
+    """The projection tables for a command that only reads: the ledger's read-only connection
+    (:func:`reledger.storage.reader.open_ledger_readonly`), SELECTs only, no catch-up, no DDL.
+    The answers reflect the tables as they stand: :meth:`reflects` says at which log position,
+    against the log's size and latest checkpoint."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.reader = open_ledger_readonly(url)
+        self.db = self.reader.url
+        self.pg = self.db.backend == "postgres"
+        try:
+            if self.pg:  # the projection SQL names its tables without the schema
+                self.reader.cursor().execute(f'SET search_path TO "{self.db.schema}"')
+            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES))
+        except BaseException:
+            self.reader.close()
+            raise
+        if missing:
+            self.reader.close()
+            raise NoProjections(f"this ledger has no projections (missing tables: {', '.join(missing)}): run "
+                                "`reledger rebuild` once (or `reledger serve`, which keeps them up to date)")
+
+    def q(self, sql: str) -> str:
+        return sql.replace("?", "%s") if self.pg else sql
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        cur = self.reader.cursor()
+        cur.execute(self.q(sql), tuple(params))
+        return [tuple(r) for r in cur.fetchall()]
+
+    def position(self) -> int:
+        rows = self.execute(f"SELECT position FROM {P}tracking WHERE name = ?", (ProjectionStore.name,))
+        return int(rows[0][0]) if rows else 0
+
+    quota_base = ProjectionStore.quota_base
+
+    def reflects(self) -> dict[str, Any]:
+        return reflects(self.reader, self.position())
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> "ProjectionReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def reflects(reader: LogReader, position: int) -> dict[str, Any]:
+    """What a projection answer reflects: the projections' log position, the log's size, and
+    the latest checkpoint (size and root) the operator signed."""
+    cur = reader.cursor()
+    size = reader.queries.size(cur)[0]
+    cp = reader.queries.latest_checkpoint(cur)
+    return {"projections_position": position, "log_size": size, "behind": max(size - position, 0),
+            "checkpoint": None if cp is None else {"size": cp[0], "root": cp[1].hex()}}
+
+
+def _load_snapshot(state: bytes) -> Projector:
+    """A snapshot's rule state (canonical msgpack, read as plain data: nothing in it runs); a
+    fresh Projector (roll forward from the start) when this version cannot read it: made by
+    other rules, an older format (a pickle is never unpickled), or damaged."""
     try:
-        proj = pickle.loads(bytes(state))
-    except Exception:  # noqa: BLE001
+        proj = snapshot.loads(bytes(state))
+    except snapshot.SnapshotError:
         return Projector()
-    if not isinstance(proj, Projector) or proj.quota_sums is None:
+    if proj.quota_sums is None:
         return Projector()
     return proj
 
@@ -447,7 +512,44 @@ def read_snapshot(reader: LogReader) -> Projector:
         return Projector()
     if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
         return Projector()
-    return _unpickle_snapshot(row[1])
+    return _load_snapshot(row[1])
+
+
+def page_rows(proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
+    """A page of log records folded into ``proj``: the delta rows of each table (in COLUMNS
+    order) and the findings raised (what the follower writes, and ``verify --projections``
+    recomputes)."""
+    quota: list[tuple] = []
+    stock: list[tuple] = []
+    flow: list[tuple] = []
+    lots: list[tuple] = []
+    parties: list[tuple] = []
+    credit: list[tuple] = []
+    found: list[tuple] = []
+    findings: list[Finding] = []
+    apply = apply_record
+    for rec in page:
+        d = apply(proj, rec)
+        i, occ = rec.index, d.occurred_us
+        for r in d.stock:
+            stock.append((i, occ, *r))
+        for r in d.flow:
+            flow.append((i, occ, *r[:8], None if r[8] is None else str(r[8])))
+        for r in d.quota:
+            quota.append((i, occ, *r[:6]))
+        if d.lots:
+            lots += d.lots  # (lot, party, product, origin, idx)
+        if d.parties:
+            parties += [(i, *r) for r in d.parties]
+        if d.credit:
+            credit += [(i, occ, *r) for r in d.credit]
+        if d.findings:
+            for f in d.findings:
+                found.append((f.index, f.occurred_us, f.rule, f.code, f.party, f.message,
+                              json.dumps([r.to_dict() for r in f.evidence]), json.dumps(f.params, default=str)))
+            findings += d.findings
+    return ({"quota": quota, "stock": stock, "flow": flow, "lots": lots, "parties": parties, "credit": credit,
+             "findings": found}, findings)
 
 
 @functools.lru_cache(maxsize=64)

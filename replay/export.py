@@ -8,8 +8,7 @@ from typing import Any
 from reledger.ledger import heads as chain_heads
 from reledger.ledger.bundle import checkpoint_of, encode_bundle
 from reledger.ledger.registry import REGISTRY_TYPES
-from reledger.storage.reader import LogReader
-from reledger.storage.store import LedgerStore
+from reledger.storage.reader import open_ledger_readonly
 from reledger.storage.verify import signed_checkpoints
 
 
@@ -26,9 +25,7 @@ def export_bundle(url: str, party: str, out: str | Path) -> dict[str, Any]:
 
 def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
     """The party's bundle (bytes) against the latest stored checkpoint, and a summary."""
-    # the proofs from the store; the registry and the chain heads below the checkpoint (which
-    # never change) from a reader of the same log
-    with LedgerStore(url, create=False) as store, LogReader(url) as reader:
+    with open_ledger_readonly(url) as store:
         signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
         if not signed or signed[-1][0] == 0:
             raise ExportError("no checkpoint yet: run `reledger checkpoint` first")
@@ -36,7 +33,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         chain = [r for r in store.chain_records(party) if r.index < size]
         if not chain:
             raise ExportError(f"party {party} has no entry in the checkpointed log (size {size})")
-        registry = reader.queries.records_of_types(reader.cursor(), sorted(REGISTRY_TYPES), 0, size)
+        registry = store.queries.records_of_types(store.cursor(), sorted(REGISTRY_TYPES), 0, size)
         records = sorted({r.index: r for r in chain + registry}.values(), key=lambda r: r.index)
         entries = [{"index": r.index, "recorded_at": r.recorded_at, "envelope": r.envelope,
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
@@ -45,7 +42,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
         after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
         heads = None
         if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:
-            position, count, proof = chain_heads.proof(reader.queries.chain_heads(reader.cursor(), size), party)
+            position, count, proof = chain_heads.proof(store.queries.chain_heads(store.cursor(), size), party)
             heads = {"position": position, "count": count, "proof": proof}
     data = encode_bundle(party, note, entries, consistency, heads)
     return data, {"party": party, "checkpoint_size": size, "entries": len(entries),

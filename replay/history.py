@@ -12,7 +12,7 @@ own steps. Tests check that the state after any step equals the projections at t
 from __future__ import annotations
 
 import base64
-import pickle
+from decimal import Decimal
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Iterator
@@ -100,21 +100,28 @@ def _lots(body: dict) -> list[str]:
     return out
 
 
-def _load_start(url: str, as_of: int) -> Projector:
-    """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), or a
-    fresh projector."""
+def _load_start(reader: LogReader, as_of: int) -> Projector:
+    """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), read
+    through the read-only connection as plain data (projections/snapshot.py), or a fresh
+    projector (no snapshot, no projection tables, or one this version cannot read)."""
+    from reledger.projections import snapshot
+    from reledger.projections.store import P
+
+    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
+    cur = reader.cursor()
     try:
-        ps = ProjectionStore(url)
-        try:
-            rows = ps.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
-                              "ORDER BY position DESC LIMIT 1", (as_of,))
-        finally:
-            ps.close()
-        if rows:
-            return pickle.loads(bytes(rows[0][1]))
-    except Exception:  # noqa: BLE001 - no projection tables: replay from the start
-        pass
-    return Projector()
+        cur.execute(reader.tables.q(f"SELECT state FROM {table} WHERE position <= ? ORDER BY position DESC LIMIT 1"),
+                    (as_of,))
+        row = cur.fetchone()
+    except Exception:  # noqa: BLE001 - no projection tables (autocommit: nothing to roll back)
+        return Projector()
+    if row is None:
+        return Projector()
+    try:
+        proj = snapshot.loads(bytes(row[0]))
+    except snapshot.SnapshotError:
+        return Projector()
+    return proj if proj.position <= as_of else Projector()
 
 
 def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: int | None = None,
@@ -126,7 +133,7 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
     with LogReader(url) as reader:
         size = reader.queries.size(reader.cursor())[0]
         n = size if as_of is None else min(as_of, size)
-        proj = _load_start(url, n) if use_snapshots else Projector()
+        proj = _load_start(reader, n) if use_snapshots else Projector()
         registry = Registry()
         for rec in reader.queries.records_of_types(reader.cursor(), sorted(
                 {"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"}), 0, proj.position):

@@ -16,10 +16,10 @@ from typing import Any
 
 from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
+from reledger.storage.reader import open_ledger_readonly
 from reledger.projections import queries
 from reledger.projections.model import grams, kg_text, report_digest, report_due_us, time_us
-from reledger.projections.store import ProjectionStore
-from reledger.storage.store import LedgerStore
+from reledger.projections.store import NoProjections, ProjectionReader
 
 
 class ReportError(ValueError):
@@ -40,8 +40,9 @@ def month_bounds(month: str) -> tuple[int, int]:
 
 def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
     start, end = month_bounds(month)
-    with LedgerStore(url, create=False) as store:
+    with open_ledger_readonly(url) as store:
         records = store.chain_records(party)
+        size = store.size()
     if not records:
         raise ReportError(f"party {party} has no entries in this ledger")
     signed = [(r, SignedEntry.parse(r.envelope)) for r in records]
@@ -76,9 +77,14 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
             totals["shipped_reo_kg"] += sum(grams(x.get("reo_kg", "0")) for x in b.get("lines", []))
         elif e.type == "ExportDeclared":
             totals["exported_reo_kg"] += grams(b.get("reo_kg", "0"))
-    ps = ProjectionStore(url)
     try:
-        ps.catch_up()
+        ps = ProjectionReader(url)  # read-only: the tables as they stand
+    except NoProjections as e:
+        raise ReportError(str(e)) from e
+    try:
+        if ps.position() < size:
+            raise ReportError(f"the projections reflect {ps.position()} of the log's {size} entries: keep "
+                              "`reledger serve` running (it follows the log) or run `reledger rebuild`")
         point = queries.Point(None, end - 1)
         stock = queries.stock(ps, party, point)
         closing = sum(int(Decimal(x["reo_kg"]) * 1000) for x in stock["lots"])

@@ -37,10 +37,11 @@ from reledger.ledger import rules
 from reledger.ledger.checkpoint import Checkpoint
 from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.registry import RegistryError
+from reledger.storage.reader import LedgerReader, open_ledger_readonly
 from reledger.projections import flowgraph
 from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties
-from reledger.projections.store import P, ProjectionStore
+from reledger.projections.store import P, NoProjections, ProjectionReader
 from reledger.replay.history import Replay, replay_party
 from reledger.storage.store import LedgerStore
 
@@ -302,7 +303,7 @@ def entry_facts(etype: str | None, body: Any) -> str:
 
 
 
-def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
+def _checkpoint(store: LedgerReader, n: int) -> dict[str, Any] | None:
     """The latest stored checkpoint covering at most the first ``n`` entries, its signature
     checked with the checkpoint keys the log had registered before it."""
     cps = [c for c in store.checkpoints() if 0 < c[0] <= n]
@@ -322,7 +323,7 @@ def _checkpoint(store: LedgerStore, n: int) -> dict[str, Any] | None:
             "signature": sig, "signature_ok": sig_ok, "root_matches": computed == cp.root == root and cp.size == size}
 
 
-def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, sigs: dict[int, str],
+def _prove(store: LedgerReader, ref: dict[str, Any], cp: dict[str, Any] | None, sigs: dict[int, str],
            registry) -> Proven:
     index = int(ref["index"])
     rec = store.record(index)
@@ -362,7 +363,7 @@ def _prove(store: LedgerStore, ref: dict[str, Any], cp: dict[str, Any] | None, s
                   [h.hex() for h in proof], status, ok, facts)
 
 
-def _quota_series(ps: ProjectionStore, party: str, n: int, is_group: bool) -> list[dict[str, Any]]:
+def _quota_series(ps: ProjectionReader, party: str, n: int, is_group: bool) -> list[dict[str, Any]]:
     """Per (year, category): allocation, use (and, for a group, sub-allocation out) as
     cumulative step series over business time, in t REO."""
     rows = ps.execute(f"SELECT idx, occurred_us, year, party, category, kind, g, grp FROM {P}quota "
@@ -410,7 +411,7 @@ def _first_over(alloc: list[tuple[int, float]], used: list[tuple[int, float]]) -
     return None
 
 
-def _stock_series(ps: ProjectionStore, party: str, n: int) -> dict[str, list[tuple[int, float]]]:
+def _stock_series(ps: ProjectionReader, party: str, n: int) -> dict[str, list[tuple[int, float]]]:
     """kg REO by product, after each move, over business time."""
     rows = ps.execute(f"SELECT occurred_us, product, reo_g FROM {P}stock WHERE party = ? AND idx < ? "
                       "ORDER BY occurred_us, idx", (party, n))
@@ -427,7 +428,7 @@ def _stock_series(ps: ProjectionStore, party: str, n: int) -> dict[str, list[tup
     return series
 
 
-def _flows(ps: ProjectionStore, party: str, point: Point, names: dict[str, str]) -> dict[str, Any]:
+def _flows(ps: ProjectionReader, party: str, point: Point, names: dict[str, str]) -> dict[str, Any]:
     g = flowgraph.party_graph(ps, point)
     mine = {f"party:{party}", f"mine-site:{party}"}
     edges = [e for e in g["edges"] if e["src"] in mine or e["dst"] in mine]
@@ -460,7 +461,7 @@ def _flows(ps: ProjectionStore, party: str, point: Point, names: dict[str, str])
 
 def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
     """Everything the report shows, as plain data."""
-    with LedgerStore(url, create=False) as store:
+    with open_ledger_readonly(url) as store:
         size = store.size()
         if size == 0:
             raise ReportError("the ledger is empty")
@@ -489,9 +490,14 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
             if rec is not None:
                 ref = {"chain": rec.chain, "seq": rec.seq, "hash": rec.entry_hash.hex(), "index": rec.index}
                 credit_proofs[c["index"]] = _prove(store, ref, cp, sigs, registry)
-    ps = ProjectionStore(url)
     try:
-        ps.catch_up()
+        ps = ProjectionReader(url)  # read-only: the tables as they stand
+    except NoProjections as e:
+        raise ReportError(str(e)) from e
+    try:
+        if ps.position() < n:
+            raise ReportError(f"the projections reflect {ps.position()} of the {n} log entries this report covers: "
+                              "keep `reledger serve` running (it follows the log) or run `reledger rebuild`")
         point = Point(as_of=n)
         everyone = parties(ps, point)
         names = {p["party"]: p["name"] for p in everyone}

@@ -27,6 +27,12 @@ class DatabaseURLError(ValueError):
     pass
 
 
+class NoLedger(ValueError):
+    """There is no ledger where the URL points: a missing file, a file or schema without the
+    ledger's tables, a missing PostgreSQL schema. Read commands report it (exit 2); nothing is
+    created."""
+
+
 @dataclass(frozen=True)
 class DatabaseURL:
     backend: str  # "sqlite" | "postgres"
@@ -311,8 +317,9 @@ class LogReader:
         self.queries = Queries(self.tables)
         if self.url.backend == "sqlite":
             path = Path(self.url.path)
-            if not path.exists():
-                raise FileNotFoundError(f"no ledger database at {path}")
+            if not path.is_file():
+                raise NoLedger(f"no ledger at {path}: the file does not exist (run `reledger init` or "
+                               "`reledger demo` first, or pass --db)")
             self._conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
         else:
             import psycopg
@@ -351,3 +358,141 @@ class LogReader:
             batch = self.queries.records(cur, i, min(stop, i + page))
             yield from batch
             i = min(stop, i + page)
+
+
+def ledger_tables_missing(reader: LogReader, extra: tuple[str, ...] = ()) -> list[str]:
+    """The ledger's tables (and ``extra`` table names) that the database lacks, looked up
+    through ``reader``'s read-only connection."""
+    t = reader.tables
+    want = [t.events.split(".")[-1], t.log.split(".")[-1], t.checkpoints.split(".")[-1], *extra]
+    cur = reader.cursor()
+    if t.backend == "sqlite":
+        try:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        except sqlite3.DatabaseError as e:  # not an SQLite database at all
+            raise NoLedger(f"{reader.url.path} is not a ledger database ({e})") from e
+    else:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (reader.url.schema,))
+    found = {_col(r, 0) for r in cur.fetchall()}
+    return [w for w in want if w not in found]
+
+
+def open_ledger_readonly(url: str, name: str = NAME) -> "LedgerReader":
+    """THE way a command that only reads opens a ledger: a read-only connection (SQLite
+    ``mode=ro``, PostgreSQL ``default_transaction_read_only``), no DDL, nothing written.
+
+    Raises :class:`NoLedger` with a message for a person when there is no ledger there: a
+    missing file, a file without the ledger's tables (a foreign SQLite file), a missing
+    PostgreSQL schema (a typo in ``?schema=``) or a schema without the tables; and
+    :class:`DatabaseURLError` for a URL it cannot read."""
+    u = DatabaseURL.parse(url)
+    if u.backend == "postgres":
+        import psycopg
+
+        try:
+            reader = LedgerReader(url, name)
+        except psycopg.OperationalError as e:
+            raise NoLedger(f"cannot connect to PostgreSQL at {u.host}:{u.port} database {u.dbname!r} as "
+                           f"{u.user!r}: {' '.join(str(e).split()) or type(e).__name__}") from e
+        try:
+            cur = reader.cursor()
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (u.schema,))
+            if cur.fetchone() is None:
+                raise NoLedger(f"no ledger in PostgreSQL database {u.dbname!r}: schema {u.schema!r} does not exist "
+                               "(check ?schema= in --db, or run `reledger init`)")
+            missing = ledger_tables_missing(reader)
+        except BaseException:
+            reader.close()
+            raise
+        if missing:
+            reader.close()
+            raise NoLedger(f"schema {u.schema!r} of PostgreSQL database {u.dbname!r} holds no ledger "
+                           f"(missing tables: {', '.join(missing)}); run `reledger init`, or check --db")
+        return reader
+    reader = LedgerReader(url, name)
+    try:
+        missing = ledger_tables_missing(reader)
+    except BaseException:
+        reader.close()
+        raise
+    if missing:
+        reader.close()
+        raise NoLedger(f"{u.path} is not a ledger (missing tables: {', '.join(missing)}): refusing to read it; "
+                       "check --db")
+    return reader
+
+
+class LedgerReader(LogReader):
+    """The read side of a stored ledger (what :class:`reledger.storage.store.LedgerStore`
+    answers about the log, proofs and checkpoints) over a read-only connection. Open it with
+    :func:`open_ledger_readonly`."""
+
+    def _cur(self):
+        return self.cursor()
+
+    def size(self) -> int:
+        return self.queries.size(self.cursor())[0]
+
+    def records(self, start: int = 0, stop: int | None = None, page: int = 2000) -> Iterator[Record]:
+        return self.iter_records(start, stop, page)
+
+    def record(self, index: int) -> Record | None:
+        rs = self.queries.records(self.cursor(), index, index + 1)
+        return rs[0] if rs else None
+
+    def entry(self, chain: str, seq: int) -> Record | None:
+        return self.queries.record_of(self.cursor(), chain, seq)
+
+    def chain_records(self, chain: str, start_seq: int = 1, stop_seq: int = 2**62) -> list[Record]:
+        return self.queries.records_of_chain(self.cursor(), chain, start_seq, stop_seq)
+
+    def chain_head(self, chain: str) -> tuple[int, bytes]:
+        from reledger.ledger.entry import ZERO_HASH
+
+        return self.queries.chain_head(self.cursor(), chain) or (0, ZERO_HASH)
+
+    def registry(self, size: int | None = None):
+        """The key registry after the first ``size`` entries (default: all)."""
+        from reledger.ledger.entry import SignedEntry
+        from reledger.ledger.registry import REGISTRY_TYPES, Registry
+
+        size = self.size() if size is None else size
+        reg = Registry()
+        for rec in self.queries.records_of_types(self.cursor(), sorted(REGISTRY_TYPES), 0, size):
+            reg.apply(SignedEntry.parse(rec.envelope), rec.index)
+        reg.size = size
+        return reg
+
+    def _node_getter(self, coords):
+        nodes = self.queries.nodes(self.cursor(), list(coords))
+        return lambda level, index: nodes[(level, index)]
+
+    def root(self, size: int | None = None) -> bytes:
+        from reledger.ledger import merkle
+
+        size = self.size() if size is None else size
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return merkle.range_root(0, size, self._node_getter(merkle.range_nodes(0, size)))
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        from reledger.ledger import merkle
+
+        if not 0 <= index < size <= self.size():
+            raise ValueError(f"no entry {index} in a tree of size {size} (log size {self.size()})")
+        coords = [c for group in merkle.inclusion_proof_nodes(index, size) for c in group]
+        return merkle.inclusion_proof(index, size, self._node_getter(coords))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        from reledger.ledger import merkle
+
+        if not 0 <= size1 <= size2 <= self.size():
+            raise ValueError(f"bad sizes {size1}, {size2} (log size {self.size()})")
+        coords = [c for group in merkle.consistency_proof_nodes(size1, size2) for c in group]
+        return merkle.consistency_proof(size1, size2, self._node_getter(coords))
+
+    def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
+        return self.queries.latest_checkpoint(self.cursor())
+
+    def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
+        return self.queries.checkpoints(self.cursor())

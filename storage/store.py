@@ -390,7 +390,11 @@ class LedgerStore:
 
     # --- PostgreSQL roles ---------------------------------------------------------------
     def grant_serving_role(self, role: str = "reledger_serve") -> None:
-        """Create (if needed) a PostgreSQL role that may only INSERT and SELECT the ledger."""
+        """Create (if needed) the PostgreSQL role the server runs as: INSERT and SELECT on the
+        events and the log (and the notification sequence), SELECT only on the checkpoints
+        (checkpoints come from the operator's checkpoint key, never from the server), and
+        nothing that alters a ledger table (not the owner: it cannot drop or disable the
+        triggers). A role it creates may log in (set its password with ALTER ROLE)."""
         if self.db.backend != "postgres":
             raise ValueError("serving roles exist on PostgreSQL only")
         self.recorder.grant_serving_role(role)

@@ -226,27 +226,54 @@ def pstore_far(t):
     return queries.FAR_FUTURE if t is None else t
 
 
-def test_snapshot_without_running_totals_is_not_rolled_forward_from(w, monkeypatch):
-    """A snapshot of an earlier version (no running quota totals) is not used: the rule state is
-    rebuilt from the start of the log, and the totals kept afterwards are right."""
+class _Touch:
+    """A pickle that, if unpickled, would create a file (what an attacker's row would run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_snapshots_are_plain_data_and_a_foreign_one_is_never_run_nor_used(w, monkeypatch, tmp_path):
+    """Snapshots are canonical msgpack (plain data); a row holding a pickle (an earlier version's
+    snapshot, or an attacker's) is never unpickled, and one made by other rules is not used: the
+    rule state is rebuilt from the start of the log, and the totals kept afterwards are right."""
     import pickle
+
+    from reledger.ledger import encoding
+    from reledger.projections import snapshot
 
     monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
     monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 5)
     _activity(w, 4)
     a = ProjectionStore(w.url)
     a.catch_up()
-    for pos, blob in a.execute(f"SELECT position, state FROM {P}snapshots"):
-        old = pickle.loads(bytes(blob))
-        del old.__dict__["quota_sums"], old.__dict__["quota_max_occ"]
-        a.execute(f"UPDATE {P}snapshots SET state = ? WHERE position = ?",
-                  (pickle.dumps(old, protocol=pickle.HIGHEST_PROTOCOL), pos))
+    blobs = a.execute(f"SELECT position, state FROM {P}snapshots ORDER BY position")
+    assert blobs
+    for pos, blob in blobs:
+        blob = bytes(blob)
+        plain = encoding.decode(blob)  # canonical msgpack anyone can read
+        assert plain["format"] == snapshot.FORMAT and plain["state"]["position"] == int(pos)
+        state = snapshot.loads(blob)
+        assert snapshot.dumps(state) == encoding.canonical(snapshot.to_plain(state))  # written piece by piece
+        assert vars(snapshot.loads(snapshot.dumps(state))) == vars(state)
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(_Touch(str(marker)))
+    other_rules = encoding.canonical({**encoding.decode(bytes(blobs[-1][1])), "rules": "0" * 32})
+    for k, (pos, _blob) in enumerate(blobs):
+        a.execute(f"UPDATE {P}snapshots SET state = ? WHERE position = ?", (evil if k % 2 == 0 else other_rules, pos))
     a.close()
     _activity(w, 4, start=10)
     b = ProjectionStore(w.url)
     proj = b._load_projector(_reader(w.url))
+    assert not marker.exists()
     assert proj.quota_sums is not None
     b.catch_up()
+    assert not marker.exists()
     got = dump(b)
     for n in range(w.store.size() + 1):
         assert queries.quota(b, Y, Point(n)) == _quota_from_rows(b, monkeypatch, Point(n))

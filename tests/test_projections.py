@@ -27,6 +27,7 @@ from reledger.commands.catalogue import PRODUCTS
 from reledger.ledger.entry import SignedEntry
 from projection_helpers import (CAST, DAY, HOUR, Databases, World, copy_cut, dt_us, dump, kg, ts, us)
 from reledger.projections import queries
+from reledger.projections.check import verify_projections
 from reledger.projections.hooks import MirrorFindings
 from reledger.projections.queries import Point
 from reledger.projections.store import ProjectionStore
@@ -638,6 +639,9 @@ class ProjectionMachine(RuleBasedStateMachine):
         size = self.w.store.size()
         assert self.ps.position() == size
         assert_matches(self.ps, self.ref, size)
+        if self.restarts % 5 == 0:  # the tables equal a fresh fold, row for row (verify --projections)
+            check = verify_projections(self.w.url)
+            assert check.ok and check.entries == size, check.problems[:5]
         if self.restarts % 4 == 0:  # a new mirror: from the tables' latest snapshot, rolled forward
             self.mirror.close()
             self.mirror = self.start_mirror()

@@ -775,12 +775,14 @@ def test_serving_role_insert_and_select_only(pg_url):
                 with conn.transaction():
                     conn.execute(f"INSERT INTO {t.events} (originator_id, originator_version, topic, state) "
                                  "VALUES ('ROLE1', 1, 'T', %s)", (b"x",))
-                    conn.execute(f"INSERT INTO {t.checkpoints} (size, root, note, created_us) "
-                                 "VALUES (999, %s, %s, 0)", (b"r", b"n"))
                     conn.execute(t.q("INSERT INTO {log} (idx, chain, seq, type, command_id, entry_hash, "
                                      "recorded_us, nodes) VALUES (3, 'ROLE1', 1, 'T', 'c', ?, 0, ?)"),
                                  (b"h", b"n"))
                     raise _Rollback
+            # checkpoints come from the operator's checkpoint key only: the serving role may not add one
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"INSERT INTO {t.checkpoints} (size, root, note, created_us) "
+                             "VALUES (999, %s, %s, 0)", (b"r", b"n"))
             for table in (t.events, t.log, t.checkpoints):
                 for stmt in (f"UPDATE {table} SET {'topic' if table == t.events else 'size' if table == t.checkpoints else 'seq'} "
                              f"= {'topic' if table == t.events else 'size' if table == t.checkpoints else 'seq'}",
@@ -926,8 +928,11 @@ def test_serving_role_can_append(pg_url):
             with pytest.raises(AppendError) as ei:  # refusals still answer cleanly
                 st.append([entry_with(m.key, seq=4, prev=s8.entry.prev, body={"qty": "5"})])
             assert ei.value.code == "conflict"
-            note = st.checkpoint(led.note_signer)
-            assert verify_checkpoint(note, led.note_signer.verifier(), ORIGIN).size == 9
+            with pytest.raises(Exception) as refused:  # the serving role writes no checkpoint (the operator does)
+                st.checkpoint(led.note_signer)
+            assert "permission denied" in str(refused.value)
+        note = led.store.checkpoint(led.note_signer)
+        assert verify_checkpoint(note, led.note_signer.verifier(), ORIGIN).size == 9
         rep = verify_database(u, workers=1)  # an auditor with the serving role's rights
         assert rep.ok and rep.entries == 9 and rep.checkpoints == 1, rep.problems
     finally:
