@@ -45,12 +45,7 @@ class _TableRows:
         self.idx_at = cols.index("idx")
         self.norm = _normaliser(table)
         sql = f"SELECT {', '.join(cols)} FROM {P}{table} ORDER BY idx"
-        conn = ps.reader._conn
-        if ps.pg:
-            self.cur = conn.cursor(name=f"reledger_check_{table}")  # server side: streamed, not fetched whole
-            self.cur.itersize = 2000
-        else:
-            self.cur = conn.cursor()
+        self.cur = ps.reader.streaming_cursor(f"reledger_check_{table}")  # streamed, not fetched whole
         self.cur.execute(sql)
         self.rows: Iterator[tuple] = iter(self.cur)
         self.peek: tuple | None = None

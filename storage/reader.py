@@ -330,6 +330,15 @@ class LogReader:
     def cursor(self):
         return self._conn.cursor()
 
+    def streaming_cursor(self, name: str):
+        """A cursor whose rows come a page at a time: a named (server-side) cursor on PostgreSQL,
+        SQLite's own cursor (which steps through its rows) otherwise."""
+        if self.url.backend == "sqlite":
+            return self._conn.cursor()
+        cur = self._conn.cursor(name=name)
+        cur.itersize = 2000
+        return cur
+
     def begin_snapshot(self) -> None:
         """Make the following reads one consistent snapshot (until :meth:`end_snapshot`)."""
         if self.url.backend == "sqlite":
@@ -370,7 +379,7 @@ def ledger_tables_missing(reader: LogReader, extra: tuple[str, ...] = ()) -> lis
         try:
             cur.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         except sqlite3.DatabaseError as e:  # not an SQLite database at all
-            raise NoLedger(f"{reader.url.path} is not a ledger database ({e})") from e
+            raise NoLedger(f"{reader.url.path} is not a reledger ledger database ({e})") from e
     else:
         cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (reader.url.schema,))
     found = {_col(r, 0) for r in cur.fetchall()}
@@ -417,7 +426,7 @@ def open_ledger_readonly(url: str, name: str = NAME) -> "LedgerReader":
         raise
     if missing:
         reader.close()
-        raise NoLedger(f"{u.path} is not a ledger (missing tables: {', '.join(missing)}): refusing to read it; "
+        raise NoLedger(f"{u.path} is not a reledger ledger (missing tables: {', '.join(missing)}): refusing to read it; "
                        "check --db")
     return reader
 

@@ -140,16 +140,17 @@ def postgres_ddl(t: Tables) -> list[str]:
 
 
 def postgres_grant_serving_role(conn, t: Tables, schema: str, role: str) -> None:
-    """Create (if needed) a role that may only INSERT and SELECT the ledger's three tables (and
-    draw notification ids from the events table's sequence, as the database names it), on an
-    autocommit psycopg connection."""
+    """Create (if needed) the login role ``reledger serve`` runs as, on an autocommit psycopg
+    connection: SELECT and INSERT on the events and log tables (and the events table's sequence,
+    as the database names it), SELECT only on the checkpoints (checkpoint rows come only from the
+    operator's checkpointing, as the table owner), nothing that alters a ledger table."""
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if not exists:
-        conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
     conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-    for table in (t.events, t.log, t.checkpoints):
+    for table, rights in ((t.events, "SELECT, INSERT"), (t.log, "SELECT, INSERT"), (t.checkpoints, "SELECT")):
         conn.execute(f'REVOKE ALL ON {table} FROM "{role}"')
-        conn.execute(f'GRANT SELECT, INSERT ON {table} TO "{role}"')
+        conn.execute(f'GRANT {rights} ON {table} TO "{role}"')
     seq = conn.execute("SELECT pg_get_serial_sequence(%s, 'notification_id')", (t.events,)).fetchone()[0]
     if seq is not None:
         conn.execute(f'GRANT USAGE ON SEQUENCE {seq} TO "{role}"')
