@@ -15,7 +15,7 @@ from typing import Any
 from reledger.ledger import encoding
 from reledger.storage.reader import LogReader
 
-from .model import RULES, kg_text
+from .model import RESOLVED, RULES, kg_text
 from .store import P, ProjectionStore
 
 FAR_FUTURE = 2**62
@@ -180,10 +180,21 @@ def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = N
         sql += " AND rule = ?"
         params.append(rule)
     out = []
+    resolutions = []
     for idx, occ, r, code, p, msg, ev, prm in ps.execute(sql + " ORDER BY idx", params):
-        out.append({"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
-                    "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
-                    "evidence": json.loads(ev), "params": json.loads(prm)})
+        f = {"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
+             "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
+             "evidence": json.loads(ev), "params": json.loads(prm)}
+        (resolutions if code == RESOLVED else out).append(f)
+    # a finding a later entry cured is marked resolved (by a row of its own), never deleted
+    for res in resolutions:
+        what = res["params"].get("resolves") or {}
+        for f in out:
+            if f["index"] == what.get("index") and "resolved" not in f and (
+                    what.get("code") == "*" or (f["code"] == what.get("code")
+                                                and f["params"].get("fact") == what.get("fact"))):
+                f["resolved"] = {"index": res["index"], "occurred_at": res["occurred_at"], "message": res["message"],
+                                 "evidence": res["evidence"]}
     return {"point": point.to_dict(), "as_of_size": n, "findings": out}
 
 

@@ -61,12 +61,77 @@ def product_class(code: str | None) -> str | None:
     return info["class"] if info else None
 
 
-#: Parameters of the rules (DOMAIN.md leaves them open: "N a parameter"). Each finding
-#: states the parameters it was judged with.
+#: Parameters of the rules, with DOMAIN.md's defaults ("The rules, precisely": each number is a
+#: parameter the regulator's entries set). A ``RuleParameterSet`` entry of the regulator changes
+#: one from its record time on; each finding states the parameters it was judged with.
 RULE_PARAMETERS: dict[str, Any] = {
-    "receipt_within_days": 30,        # rule 5: a shipment must be received within N days
-    "report_due_day": 10,             # rule 6: the previous month's report before the 10th
-    "backdating_days": 15,            # rule 7: recorded this long after its business time
+    "receipt_within_days": 30,        # rule 5: a shipment must be received within N days (business times)
+    "report_due_day": 10,             # rule 6: the previous month's flows by 24:00 legal time on this day
+    "backdating_days": 15,            # rule 7: recorded this long after its business time (outside the window)
     "mass_balance_tolerance_pct": "0.5",  # rule 4: |in - out - losses| above this % of input
     "stock_count_tolerance_pct": "0.5",   # rule 3: count vs book difference tolerated
+    "reo_tolerance_pct": "0.1",       # declared REO vs dry kg x TREO % (or metal kg x factor), % of the computed
+    "band_concentrate_to_mixed_pct": "92",   # rock-type concentrate -> mixed RE
+    "band_mixed_to_separated_rock_pct": "96",  # mixed RE (rock) -> separated products
+    "band_ionic_pct": "94",           # ion-adsorption concentrate (mixed RE) -> separated products
+    "band_max_pct": "100",            # above: unrecorded feed
+    "suballocation_working_days": 10,  # a group sub-allocates a batch within N working days
+    "export_control_since": "2025-01-01",  # MOFCOM Announcement 2025 No. 18 (legal date)
+    "controlled_elements": "Sm,Gd,Tb,Dy,Lu,Sc,Y",
+    "report_tolerance_pct": "0.1",    # a monthly report's total / a quota execution figure vs the ledger's
+}
+
+#: the parameters whose value is a whole number (days, a day of month, hours)
+INT_PARAMETERS = frozenset({"receipt_within_days", "report_due_day", "backdating_days",
+                            "suballocation_working_days"})
+
+#: Legal time is China Standard Time (UTC+8): days, months, years and deadlines (a fact of the
+#: law, not a parameter).
+LEGAL_UTC_OFFSET_HOURS = 8
+
+#: REO factor tables, versioned: (version, in force from (legal date), factors). The table in
+#: force at a business time is the last whose date is not after it.
+REO_FACTOR_TABLES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    (VERSION, "1990-01-01", dict(REFERENCE_DATA["reo_factors"])),
+)
+
+
+def reo_factor_table(day: str = "9999-12-31") -> tuple[str, dict[str, str]]:
+    """(version, factors) of the table in force on ``day`` (YYYY-MM-DD)."""
+    chosen = REO_FACTOR_TABLES[0]
+    for t in REO_FACTOR_TABLES:
+        if t[1] <= day:
+            chosen = t
+    return chosen[0], chosen[2]
+
+
+def element_of(code: str | None) -> str | None:
+    info = PRODUCTS.get(code or "")
+    return info["element"] if info else None
+
+
+#: Who may assert which entry type (the write path refuses the others; the projections count
+#: none of them, whoever wrote them into the database: DOMAIN.md "Authority").
+ENTERPRISE_ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER", "MAGNET")
+_ENT = frozenset(ENTERPRISE_ROLES)
+_REG = frozenset({"REGULATOR"})
+AUTHORITY_TYPES = frozenset({
+    "PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked", "GroupMembershipChanged",
+    "AnnualTotalApproved", "QuotaBatchIssued", "QuotaReduced", "InspectionRecorded", "ViolationFound",
+    "PenaltyImposed", "RuleParameterSet"})
+AUTHORIZED_ROLES: dict[str, frozenset[str]] = {
+    **{t: _REG for t in AUTHORITY_TYPES},
+    "QuotaSubAllocated": frozenset({"GROUP"}),
+    "MineralProductProduced": frozenset({"MINE"}),
+    "SeparationBatchRecorded": frozenset({"SEPARATION"}),
+    "MetalSmelted": frozenset({"SMELTER"}),
+    "SecondaryFeedReceived": frozenset({"RECYCLER"}),
+    "ExportDeclared": frozenset({"EXPORTER"}),
+    "ImportReceived": _ENT,
+    "TransferShipped": _ENT,
+    "TransferReceived": _ENT,
+    "StockCounted": _ENT,
+    "MonthlyFlowReportSubmitted": _ENT,
+    "QuotaExecutionReported": _ENT,
+    "CorrectionRecorded": _ENT | {"GROUP", "REGULATOR"},
 }
