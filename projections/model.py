@@ -807,19 +807,23 @@ class Projector:
 
     # material flow --------------------------------------------------------------------------
     def _declared(self, d: Deltas, chain: str, field: str, declared: Any, computed: int, ref: RawRef, occ: int,
-                  basis: str) -> None:
+                  basis: str) -> int:
         """Declared quantities are checked, not trusted: a declared REO off the computed one by more
-        than reo_tolerance_pct of it is a finding (the computed REO is what counts)."""
+        than reo_tolerance_pct of it is a finding, and the computed REO is what counts; within the
+        tolerance the declared figure stands (the lot's later lines state it). Returns what counts."""
         if declared is None:
-            return
+            return computed
         dg = grams(declared)
         tol = Decimal(self.p("reo_tolerance_pct"))
-        if Decimal(abs(dg - computed)) * 100 > tol * computed:
+        if Decimal(abs(dg - computed)) * 100 <= tol * computed:
+            return dg
+        if True:  # outside the tolerance
             self._finding(d, "quantities", "DECLARED_REO_MISMATCH", chain,
                           f"{field}: {kg_text(dg)} kg REO declared, {basis} = {kg_text(computed)} kg REO "
                           f"(tolerance {tol} % of the computed value); the computed REO counts",
                           [], ref, occ, field=field, declared_kg=kg_text(dg), computed_kg=kg_text(computed),
                           reo_tolerance_pct=str(tol))
+        return computed
 
     @staticmethod
     def _reo(mass_g: int, pct: Any) -> int:
@@ -837,8 +841,8 @@ class Projector:
                           "designation as a mine at that time", [], ref, occ)
             illegal = (D1, [ref], chain)
         dry = grams(b["dry_kg"])
-        reo = self._reo(dry, b["treo_pct"])
-        self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), reo, ref, occ, "dry_kg x treo_pct / 100")
+        reo = self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), self._reo(dry, b["treo_pct"]), ref, occ,
+                             "dry_kg x treo_pct / 100")
         product = b.get("product", "RE_CONCENTRATE")
         self._new_lot(d, lot, chain, product, "MINE", ref, ore=ore, ionic_share=D1 if ore == "IONIC" else D0,
                       conc_share=D0 if ore == "IONIC" or product in _MIXED else D1, illegal=illegal)
@@ -850,8 +854,8 @@ class Projector:
     def _on_ImportReceived(self, d, chain, b, ref, occ, rec) -> None:
         lot = b["lot"]
         g = grams(b["dry_kg"])
-        reo = self._reo(g, b["treo_pct"])
-        self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), reo, ref, occ, "dry_kg x treo_pct / 100")
+        reo = self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), self._reo(g, b["treo_pct"]), ref, occ,
+                             "dry_kg x treo_pct / 100")
         form = b.get("form")
         product = b.get("product") or ("MONAZITE_CONCENTRATE" if form == "MONAZITE" else None)
         mineral = (product_class(product) == "MINERAL" if product else
@@ -873,8 +877,8 @@ class Projector:
     def _on_SecondaryFeedReceived(self, d, chain, b, ref, occ, rec) -> None:
         lot = b["lot"]
         g = grams(b["kg"])
-        reo = self._reo(g, b["treo_pct"])
-        self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), reo, ref, occ, "kg x treo_pct / 100")
+        reo = self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), self._reo(g, b["treo_pct"]), ref, occ,
+                             "kg x treo_pct / 100")
         self._new_lot(d, lot, chain, b.get("scrap_type"), "SCRAP", ref, scrap_share=D1)
         self._move(d, chain, lot, b.get("scrap_type"), g, reo, ref, occ)
         d.flow.append(("SCRAP", f"scrap:{b.get('source')}", None, chain, lot, b.get("scrap_type"), g, reo, None))
@@ -982,9 +986,8 @@ class Projector:
         if factor is None:
             return grams(out.get("reo_kg"))
         computed = self._reo(g, Decimal(factor) * 100)
-        self._declared(d, chain, f"body.outputs[{i}].reo_kg", out.get("reo_kg"), computed, ref, occ,
-                       f"kg x factor {factor}")
-        return computed
+        return self._declared(d, chain, f"body.outputs[{i}].reo_kg", out.get("reo_kg"), computed, ref, occ,
+                              f"kg x factor {factor}")
 
     def _on_SeparationBatchRecorded(self, d, chain, b, ref, occ, rec) -> None:
         if "SEPARATION" not in self.roles_at(chain, occ):
