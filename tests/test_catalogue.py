@@ -28,7 +28,8 @@ DOMAIN_TYPES = {
     "AnnualTotalApproved", "QuotaBatchIssued", "QuotaSubAllocated", "QuotaReduced", "MineralProductProduced",
     "ImportReceived", "SecondaryFeedReceived", "SeparationBatchRecorded", "MetalSmelted", "TransferShipped",
     "TransferReceived", "ExportDeclared", "StockCounted", "MonthlyFlowReportSubmitted", "QuotaExecutionReported",
-    "InspectionRecorded", "ViolationFound", "PenaltyImposed", "CorrectionRecorded"}
+    "InspectionRecorded", "ViolationFound", "PenaltyImposed", "CorrectionRecorded",
+    "RuleParameterSet"}  # DOMAIN.md "The rules, precisely": parameters set by the regulator's entries
 
 
 def test_catalogue_covers_domain():
