@@ -239,7 +239,7 @@ class LotInfo:
     scrap_share: Decimal = D0  # share of REO that came from secondary feed
     ionic_share: Decimal = D0
     conc_share: Decimal = D0   # share of REO that is still rock-type / monazite concentrate (not yet mixed RE)
-    illegal: tuple | None = None  # (share of REO of illegal source, [raw refs back to the source], source party)
+    illegal: tuple | None = None  # (share of illegal REO, [raw refs back to the source], source party, source index)
 
 
 @dataclass
@@ -269,7 +269,6 @@ class Projector:
         self.issued_nation: dict[tuple, int] = {}
         self.basis: dict[tuple, str] = {}  # (year, holder) -> OUTPUT | INPUT
         self.quota_refs: dict[tuple, list[RawRef]] = {}
-        self.over: set[tuple] = set()
         # the sum of every quota row so far, keyed (year, party, category, kind, grp), and the
         # latest business time among them (None: no row yet)
         self.quota_sums: dict[tuple, int] | None = {}
@@ -277,7 +276,6 @@ class Projector:
         # stock (grams) keyed (party, lot)
         self.stock: dict[tuple, list[int]] = {}
         self.stock_refs: dict[tuple, list[RawRef]] = {}
-        self.negative: set[tuple] = set()
         self.lots: dict[str, LotInfo] = {}
         # flows
         self.shipments: dict[tuple, dict[str, Any]] = {}
@@ -327,7 +325,9 @@ class Projector:
         if lots and type(next(iter(lots.values()))) is tuple:
             state = {**state, "lots": {k: LotInfo(k, *v) for k, v in lots.items()}}
         self.__dict__.update(state)
-        if "quota_sums" not in state:  # a snapshot taken before the running totals existed
+        if "quota_sums" not in state or "timeline" not in state:
+            # a snapshot taken before the running totals (or the business-time timelines)
+            # existed: the store rolls forward from the start instead
             self.quota_sums = None
             self.quota_max_occ = None
 
@@ -789,9 +789,7 @@ class Projector:
                                              "business time")
             return
         t, used, limit = change[1]
-        target = party if level == "enterprise" else (who or "nation")
-        if level == "enterprise":
-            target = who
+        target = who or "nation"
         evidence = list(self.quota_refs.get((year, who or party, cat), []))[:10]
         if level == "enterprise":
             msg = (f"{cat} {year} at enterprise level ({who}): used {kg_text(used)} kg REO against "
@@ -817,12 +815,11 @@ class Projector:
         tol = Decimal(self.p("reo_tolerance_pct"))
         if Decimal(abs(dg - computed)) * 100 <= tol * computed:
             return dg
-        if True:  # outside the tolerance
-            self._finding(d, "quantities", "DECLARED_REO_MISMATCH", chain,
-                          f"{field}: {kg_text(dg)} kg REO declared, {basis} = {kg_text(computed)} kg REO "
-                          f"(tolerance {tol} % of the computed value); the computed REO counts",
-                          [], ref, occ, field=field, declared_kg=kg_text(dg), computed_kg=kg_text(computed),
-                          reo_tolerance_pct=str(tol))
+        self._finding(d, "quantities", "DECLARED_REO_MISMATCH", chain,
+                      f"{field}: {kg_text(dg)} kg REO declared, {basis} = {kg_text(computed)} kg REO "
+                      f"(tolerance {tol} % of the computed value); the computed REO counts",
+                      [], ref, occ, field=field, declared_kg=kg_text(dg), computed_kg=kg_text(computed),
+                      reo_tolerance_pct=str(tol))
         return computed
 
     @staticmethod
@@ -839,7 +836,7 @@ class Projector:
             self._finding(d, "designation", "NOT_DESIGNATED", chain,
                           f"{chain} recorded mining output at {encoding.micros_to_time_text(occ)} without a "
                           "designation as a mine at that time", [], ref, occ)
-            illegal = (D1, [ref], chain)
+            illegal = (D1, [ref], chain, ref[3])
         dry = grams(b["dry_kg"])
         reo = self._declared(d, chain, "body.reo_kg", b.get("reo_kg"), self._reo(dry, b["treo_pct"]), ref, occ,
                              "dry_kg x treo_pct / 100")
@@ -900,10 +897,10 @@ class Projector:
         info = self.lots.get(lot)
         if info is None or not info.illegal:
             return
-        share, chain_refs, source = info.illegal
+        share, chain_refs, source, source_index = info.illegal
         if party == source:
             return  # its own output: NOT_DESIGNATED is its finding (one fact, one finding)
-        key = (party, chain_refs[0][3])
+        key = (party, source_index)
         if key in self.illegal_seen:
             return
         self.illegal_seen.add(key)
@@ -922,7 +919,7 @@ class Projector:
         conc = Decimal(0)
         illegal = Decimal(0)
         illegal_refs: list = []
-        source = None
+        source = source_index = None
         for line in b.get("inputs", []):
             info = self.lots.get(line["lot"])
             self._illegal_party(d, chain, line["lot"], "processed", ref, occ)
@@ -937,15 +934,17 @@ class Projector:
                 if info.illegal:
                     illegal += info.illegal[0] * reo
                     if not illegal_refs:
-                        illegal_refs, source = list(info.illegal[1]), info.illegal[2]
+                        illegal_refs, source, source_index = list(info.illegal[1]), info.illegal[2], info.illegal[3]
         scrap_share = (scrap / reo_in) if reo_in and scrap else D0
         ionic_share = (ionic / reo_in) if reo_in and ionic else D0
         conc_share = (conc / reo_in) if reo_in and conc else D0
         lot_illegal = None
         if illegal and reo_in:
-            lot_illegal = (illegal / reo_in, (illegal_refs + [ref])[-12:], source)
+            # the evidence chain: the source, and the last batches it went through
+            lot_illegal = (illegal / reo_in, illegal_refs[:1] + (illegal_refs[1:] + [ref])[-11:], source,
+                           source_index)
         if kind == "SEPARATION" and "SEPARATION" not in self.roles_at(chain, occ):
-            lot_illegal = (D1, [ref], chain)  # separated by a party not designated for it
+            lot_illegal = (D1, [ref], chain, ref[3])  # separated by a party not designated for it
         reo_out = 0
         factors = reo_factor_table(date_of(occ))
         for i, out in enumerate(b.get("outputs", [])):
