@@ -1201,9 +1201,12 @@ class Projector:
                           + " (Decree 785 Art. 25)", [], ref, occ, month=month, totals=wrong,
                           report_tolerance_pct=self.p("report_tolerance_pct"))
 
-    def _differs(self, stated: int, ledger: int) -> bool:
+    def _differs(self, stated: int, ledger: int, precision_g: int = 0) -> bool:
+        """A stated figure off the ledger's by more than report_tolerance_pct of it (and more than
+        the precision the figure is stated in: tonnes are stated to the kg)."""
         tol = Decimal(self.p("report_tolerance_pct"))
-        return Decimal(abs(stated - ledger)) * 100 > tol * ledger if ledger else stated != 0
+        diff = abs(stated - ledger)
+        return diff > precision_g and Decimal(diff) * 100 > tol * ledger
 
     def _on_QuotaExecutionReported(self, d, chain, b, ref, occ, rec) -> None:
         period = b["period"]
@@ -1212,7 +1215,7 @@ class Projector:
             cat = line["category"]
             used = self.used_month.get((chain, period, cat), 0)
             stated = t_to_grams(line["used_t_reo"])
-            if self._differs(stated, used):
+            if self._differs(stated, used, precision_g=1000):
                 wrong[cat] = {"stated_kg": kg_text(stated), "ledger_kg": kg_text(used)}
         if wrong:
             self._finding(d, "reporting", "FALSE_REPORT", chain,

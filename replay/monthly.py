@@ -35,7 +35,9 @@ def month_bounds(month: str) -> tuple[int, int]:
     except ValueError as e:
         raise ReportError(f"--month {month!r} is not YYYY-MM") from e
     end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return encoding.time_to_micros(start), encoding.time_to_micros(end)
+    # legal time: the month runs from 00:00 China Standard Time (UTC+8), as the rule engine counts it
+    offset = 8 * 3600 * 1_000_000
+    return encoding.time_to_micros(start) - offset, encoding.time_to_micros(end) - offset
 
 
 def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:

@@ -303,3 +303,28 @@ def test_controlled_export_without_a_valid_licence(w):
 def test_controlled_export_with_a_valid_licence(w):
     _export(w, licence_from="2025-01-01T00:00:00Z")
     assert codes(w) == []
+
+
+# --- parameters ----------------------------------------------------------------------------------
+
+def test_a_parameter_set_by_the_regulator_is_used_and_cited(w):
+    """backdating_days 15 by default; the regulator sets 30: a 20-day-late entry (outside the
+    reporting window) is then on time, a 31-day-late one is backdated and cites 30."""
+    w.now = dt_us(Y, 3, 25, 12)
+    w.ok("MIIT", "RuleParameterSet", {"name": "backdating_days", "value": "30", "reason": "MIIT notice 7"})
+    w.produce("MINE01", "L1", 500_000, at=w.now - 20 * DAY)
+    assert codes(w) == []
+    p = w.produce("MINE01", "L2", 500_000, at=w.now - 31 * DAY)
+    f = only(w)
+    assert summary(f) == ("BACKDATED", "MINE01", ev(p)) and f["params"]["backdating_days"] == 30
+
+
+def test_a_bad_parameter_value_is_refused(w):
+    for name, value in (("backdating_days", "1.5"), ("reo_tolerance_pct", "-1"), ("export_control_since", "2025"),
+                        ("controlled_elements", "Dy,Xx")):
+        with pytest.raises(CommandError) as err:
+            w.ok("MIIT", "RuleParameterSet", {"name": name, "value": value})
+        assert err.value.field == "body.value", name
+    with pytest.raises(CommandError) as err:
+        w.ok("MINE01", "RuleParameterSet", {"name": "backdating_days", "value": "99"})
+    assert err.value.code == "forbidden"
