@@ -328,3 +328,58 @@ def test_a_bad_parameter_value_is_refused(w):
     with pytest.raises(CommandError) as err:
         w.ok("MINE01", "RuleParameterSet", {"name": "backdating_days", "value": "99"})
     assert err.value.code == "forbidden"
+
+
+# --- quota levels ------------------------------------------------------------------------------
+
+def test_batches_above_the_annual_total(bare):
+    w = bare
+    a = w.ok("MIIT", "AnnualTotalApproved", {"year": Y, "mining_rock_t_reo": "30", "mining_ionic_t_reo": "10",
+                                             "separation_t_reo": "30", "approval_ref": "SC-2024-1"})
+    b1 = issue(w, "GRP01", 1, rock="20", ionic="10", sep="30")
+    assert codes(w) == []                                   # within the totals (equal is within)
+    b2 = issue(w, "SEP02", 1, sep="1")
+    f = only(w)
+    assert summary(f) == ("BATCHES_ABOVE_ANNUAL_TOTAL", "MIIT", ev(b2, a, b1))
+    assert f["params"]["category"] == "SEPARATION" and "confidential" in f["params"]
+
+
+def test_suballocation_in_time_to_a_member_within_the_batch(bare):
+    w = bare
+    issue(w, "GRP01", 1, rock="10")                          # Tuesday 2 January 2024
+    w.now = dt_us(Y, 1, 16, 15)                              # 23:00 CST on the 10th working day
+    suballoc(w, "MINE01", "MINING_ROCK", "6")
+    suballoc(w, "MINE02", "MINING_ROCK", "4")
+    assert codes(w) == []
+
+
+def test_suballocation_late_above_the_batch_and_to_a_non_member(bare):
+    w = bare
+    b = issue(w, "GRP01", 1, rock="10")
+    w.now = dt_us(Y, 1, 16, 16)                              # 24:00 CST on the 10th working day: late
+    late = suballoc(w, "MINE01", "MINING_ROCK", "6")
+    above = suballoc(w, "MINE02", "MINING_ROCK", "5")
+    outsider = suballoc(w, "SEP02", "MINING_ROCK", "0.5")
+    assert [summary(f) for f in all_findings(w.url)] == [
+        ("SUBALLOCATION_LATE", "GRP01", ev(late, b)), ("SUBALLOCATION_ABOVE_BATCH", "GRP01", ev(above, b)),
+        ("SUBALLOCATION_LATE", "GRP01", ev(above, b)), ("SUBALLOCATION_ABOVE_BATCH", "GRP01", ev(outsider, b)),
+        ("SUBALLOCATION_LATE", "GRP01", ev(outsider, b)), ("SUBALLOCATION_TO_NON_MEMBER", "GRP01", ev(outsider))]
+
+
+# --- illegal source: separated by a plant not designated, exported -----------------------------
+
+def test_illegal_separation_traced_to_the_exporter(w):
+    (_, _, _), line = mined_lot(w, "MINE01", "SEP01")
+    w.ok("MIIT", "PartyDesignationChanged", {"party": "SEP01", "roles": [], "valid_from": ts(w.now - 1_000_000),
+                                             "reason": "suspended"})
+    b, outs = separate(w, "SEP01", [(line[0], line[2], line[3])], 970)
+    ce = outs[0]
+    w.ship("SEP01", "EXPO01", "T-CE", [ce])
+    r = w.receive("EXPO01", "SEP01", "T-CE", [ce])
+    w.ok("EXPO01", "ExportDeclared", {"lot": ce[0], "product": ce[1], "kg": kg(ce[2]), "reo_kg": kg(ce[3]),
+                                      "customs_declaration_no": "X1", "export_licence_no": "EL-1",
+                                      "destination_country": "JP"})
+    assert [summary(f)[:2] for f in all_findings(w.url)] == [("NOT_DESIGNATED", "SEP01"),
+                                                             ("ILLEGAL_SOURCE", "EXPO01")]
+    f = all_findings(w.url)[1]
+    assert summary(f) == ("ILLEGAL_SOURCE", "EXPO01", ev(r, b)) and f["params"]["source"] == "SEP01"
