@@ -29,7 +29,7 @@ from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
 
 from .reference import (AUTHORITY_TYPES, AUTHORIZED_ROLES, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
-                        RULE_PARAMETERS, element_of, product_class, reo_factor_table)
+                        RULE_PARAMETERS, element_of, elements_in, product_class, reo_factor_table)
 
 DAY_US = 86_400 * 1_000_000
 _NO_STOCK = (0, 0)
@@ -1124,12 +1124,10 @@ class Projector:
             return
         controlled = [e for e in str(self.p("controlled_elements")).split(",") if e]
         product = b.get("product")
-        el = element_of(product)
-        if el is None:
+        if product is None:
             info = self.lots.get(b["lot"])
-            el = element_of(info.product) if info else None
-        hit = el in controlled if el else any(product and product.startswith(c) and product[len(c):len(c) + 1] in
-                                                  ("F", "_", "2", "O") for c in controlled)
+            product = info.product if info else None
+        hit = [e for e in elements_in(product) if e in controlled]
         if not hit:
             return
         lic = b.get("export_licence_no")
@@ -1140,7 +1138,7 @@ class Projector:
                    "the licence is not valid on the export date")
             self._finding(d, "export", "EXPORT_WITHOUT_LICENCE", chain,
                           f"export of controlled {product} (lot {b['lot']}) on {date_of(occ)}: {why} "
-                          "(MOFCOM Announcement 2025 No. 18)", [], ref, occ, product=product,
+                          "(MOFCOM Announcement 2025 No. 18)", [], ref, occ, product=product, elements=",".join(hit),
                           export_control_since=since, controlled_elements=",".join(controlled))
 
     def _on_StockCounted(self, d, chain, b, ref, occ, rec) -> None:

@@ -32,6 +32,13 @@ def _products() -> dict[str, dict[str, str | None]]:
         p[code] = {"class": "METAL", "element": None}
     for code in ("DyFe_ALLOY", "GdFe_ALLOY", "HoFe_ALLOY", "NdFe_ALLOY", "PrNdFe_ALLOY"):
         p[code] = {"class": "ALLOY", "element": None}
+    # magnets (magnet makers are obliged since 2025) and scrap, which moves between parties under
+    # its own product codes (the scrap types of SecondaryFeedReceived)
+    p["NdFeB_MAGNET"] = {"class": "MAGNET", "element": None}
+    p["NdFeB_DyTb_MAGNET"] = {"class": "MAGNET", "element": None, "contains": "Dy,Tb"}
+    p["SmCo_MAGNET"] = {"class": "MAGNET", "element": None, "contains": "Sm"}
+    for code in ("MAGNET_SCRAP", "MAGNET_SLUDGE", "POLISHING_POWDER", "PHOSPHOR", "CATALYST", "BATTERY"):
+        p[code] = {"class": "SCRAP", "element": None}
     return p
 
 
@@ -108,6 +115,33 @@ def reo_factor_table(day: str = "9999-12-31") -> tuple[str, dict[str, str]]:
 def element_of(code: str | None) -> str | None:
     info = PRODUCTS.get(code or "")
     return info["element"] if info else None
+
+
+def elements_in(code: str | None) -> list[str]:
+    """The rare earth elements a product is made of, as far as the reference data says: its
+    element, the elements an alloy's or a magnet's code names (DyFe_ALLOY: Dy)."""
+    info = PRODUCTS.get(code or "")
+    if not info:
+        return []
+    if info["element"]:
+        return [info["element"]]
+    if info.get("contains"):
+        return info["contains"].split(",")
+    if info["class"] == "ALLOY":
+        head = code.split("_")[0]  # DyFe, PrNdFe
+        out, i = [], 0
+        while i < len(head):
+            two = head[i:i + 2]
+            if two in REFERENCE_DATA["reo_factors"]:
+                out.append(two)
+                i += 2
+            elif head[i] in REFERENCE_DATA["reo_factors"]:
+                out.append(head[i])
+                i += 1
+            else:
+                i += 1
+        return out
+    return []
 
 
 #: Who may assert which entry type (the write path refuses the others; the projections count

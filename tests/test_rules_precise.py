@@ -383,3 +383,49 @@ def test_illegal_separation_traced_to_the_exporter(w):
                                                              ("ILLEGAL_SOURCE", "EXPO01")]
     f = all_findings(w.url)[1]
     assert summary(f) == ("ILLEGAL_SOURCE", "EXPO01", ev(r, b)) and f["params"]["source"] == "SEP01"
+
+
+# --- more obliged parties: magnets and scrap ------------------------------------------------------
+
+def test_scrap_moves_between_parties_under_its_own_code_and_a_magnet_maker_reports(w):
+    w.register("RECY02", ["RECYCLER"])
+    w.register("MAG01", ["MAGNET"])
+    w.ok("RECY01", "SecondaryFeedReceived", {"lot": "SCR-1", "scrap_type": "MAGNET_SCRAP", "source": "Ningbo",
+                                             "kg": "3000", "treo_pct": "30", "reo_kg": "900"})
+    line = ("SCR-1", "MAGNET_SCRAP", 1_000_000, 300_000)
+    w.ship("RECY01", "RECY02", "T-S", [line])
+    w.receive("RECY02", "RECY01", "T-S", [line])
+    w.ok("SEP01", "ImportReceived", {"lot": "IMP-N", "customs_declaration_no": "5", "hs_code": "2846901100",
+                                     "origin_country": "MM", "form": "SEPARATED_OXIDE", "product": "Nd2O3",
+                                     "dry_kg": "100", "treo_pct": "99", "reo_kg": "99"})
+    nd = ("IMP-N", "Nd2O3", 100_000, 99_000)
+    w.ship("SEP01", "MAG01", "T-N", [nd])
+    w.receive("MAG01", "SEP01", "T-N", [nd])
+    assert codes(w) == []
+    w.now = dt_us(Y, 2, 11)
+    w.produce("MINE02", "I1", 100_000, ore="IONIC", product="IONIC_CONCENTRATE")
+    # the magnet maker keeps flow records and reports monthly like any obliged enterprise
+    assert ("REPORT_MISSING", "MAG01") in [c[:2] for c in codes(w)]
+
+
+@pytest.mark.parametrize("product,expected", [("SmCo_MAGNET", ["EXPORT_WITHOUT_LICENCE"]), ("NdFeB_MAGNET", []),
+                                              ("DyFe_ALLOY", ["EXPORT_WITHOUT_LICENCE"]), ("CeO2", [])])
+def test_export_controls_cover_magnets_and_alloys(w, product, expected):
+    w.now = dt_us(2025, 3, 1)
+    w.ok("EXPO01", "ImportReceived", {"lot": "X-1", "customs_declaration_no": "9", "hs_code": "2846901100",
+                                      "origin_country": "MM", "form": "OTHER", "product": product,
+                                      "dry_kg": "100", "treo_pct": "30", "reo_kg": "30"})
+    e = w.ok("EXPO01", "ExportDeclared", {"lot": "X-1", "product": product, "kg": "100", "reo_kg": "30",
+                                          "customs_declaration_no": "E1", "export_licence_no": "NONE",
+                                          "destination_country": "JP"})
+    assert codes(w) == [(c, "EXPO01", ev(e)) for c in expected]
+
+
+def test_no_export_control_before_2025(w):
+    w.ok("EXPO01", "ImportReceived", {"lot": "DY-0", "customs_declaration_no": "9", "hs_code": "2846901100",
+                                      "origin_country": "MM", "form": "SEPARATED_OXIDE", "product": "Dy2O3",
+                                      "dry_kg": "100", "treo_pct": "99", "reo_kg": "99"})
+    w.ok("EXPO01", "ExportDeclared", {"lot": "DY-0", "product": "Dy2O3", "kg": "100", "reo_kg": "99",
+                                      "customs_declaration_no": "E0", "export_licence_no": "EL-1",
+                                      "destination_country": "JP"})
+    assert codes(w) == []
