@@ -363,6 +363,22 @@ def test_each_seeded_violation_is_found_with_its_first_entry(demo):
                   if s.entry.type == "ImportReceived" and s.entry.body["lot"] == w["lot"])
     r, f, step = found("backdated_entry", "timeliness", "BACKDATED", ref_of(rec, s))
     assert f["params"]["days"] == (rec.recorded_us - us_of(s.entry.occurred_at)) // DAY == 46
+
+    # an under-declared lot (written below the command API): the production, with the computed REO
+    w = where["under_declared_lot"]
+    rec, s = next((rec, s) for rec, s in chain_entries(url, w["party"])
+                  if s.entry.type == "MineralProductProduced" and s.entry.body["lot"] == w["lot"])
+    r, f, step = found("under_declared_lot", "quantities", "DECLARED_REO_MISMATCH", ref_of(rec, s))
+    b = s.entry.body
+    assert Decimal(f["params"]["computed_kg"]) == (Decimal(b["dry_kg"]) * Decimal(b["treo_pct"]) / 100).quantize(
+        Decimal("0.001"))
+
+    # a false monthly total: the report itself
+    w = where["false_monthly_total"]
+    rec, s = next((rec, s) for rec, s in chain_entries(url, w["party"])
+                  if s.entry.type == "MonthlyFlowReportSubmitted" and s.entry.body["month"] == w["month"])
+    r, f, step = found("false_monthly_total", "reporting", "FALSE_REPORT", ref_of(rec, s))
+    assert f["params"]["totals"]["produced_reo_kg"]["stated_kg"] == "1000"
     assert checked == set(SEEDED)
 
 
