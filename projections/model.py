@@ -390,32 +390,52 @@ class Projector:
                 return t, a, b
         return None
 
-    def _event(self, key: tuple, occ: int, a: int, b: int, totals: list[int], bad, fact: str) -> tuple | None:
-        """Add an event to a business-time timeline. Returns None when the open/closed state of
-        ``fact`` is unchanged, ("bad", (t, a, b)) when it becomes bad, ("cured",) when cured."""
+    def _event(self, key: tuple, occ: int, a: int, b: int, totals: list[int], bad, fact: str,
+               worsens: bool) -> tuple | None:
+        """Add an event to a business-time timeline (``totals`` already include it). Returns None
+        when the open/closed state of ``fact`` is unchanged, ("bad", (t, a, b)) when it becomes
+        bad (t the first bad business time), ("cured",) when no business time is bad any more.
+
+        Cheap in the usual cases: an event that can only make things worse leaves an open fact
+        open, and on a closed one only the business times from its own on can turn bad (scanned
+        from its place, which is at or near the end when entries come in business-time order); an
+        event that can only make things better leaves a closed fact closed; only one that may
+        cure an open fact scans the whole timeline (rare: a late quota, a correction)."""
         events = self.timeline.get(key)
         if events is None:
             events = self.timeline[key] = []
-        last = events[-1][0] if events else None
-        bisect.insort(events, [occ, a, b], key=lambda e: e[0])
-        is_open = fact in self.open
-        if last is None or occ >= last:
-            if not is_open:
-                return ("bad", (occ, totals[0], totals[1])) if bad(totals[0], totals[1]) else None
-            if occ > last:
-                return None  # a later point cannot change an earlier one
-        first = self._first_bad(events, bad)
-        if first is not None and not is_open:
-            return ("bad", first)
-        if first is None and is_open:
-            return ("cured",)
-        return None
+        p = bisect.bisect_right(events, occ, key=_occ)
+        events.insert(p, [occ, a, b])
+        if fact not in self.open:
+            if not worsens:
+                return None
+            q = p
+            while q > 0 and events[q - 1][0] == occ:
+                q -= 1
+            sa = sb = 0
+            for e in events[q:]:
+                sa += e[1]
+                sb += e[2]
+            ca, cb = totals[0] - sa, totals[1] - sb  # the running sums before business time occ
+            n, i = len(events), q
+            while i < n:
+                t = events[i][0]
+                while i < n and events[i][0] == t:
+                    ca += events[i][1]
+                    cb += events[i][2]
+                    i += 1
+                if bad(ca, cb):
+                    return "bad", (t, ca, cb)
+            return None
+        if worsens:
+            return None
+        return ("cured",) if self._first_bad(events, bad) is None else None
 
     def _contribute(self, ref: RawRef, item: list) -> None:
         items = self.contrib.get((ref[0], ref[1]))
         if items is None:
             return  # not a flow entry of this fold (a correction's own reversal)
-        items.append(item)
+        items.append(tuple(item))
 
     def _move(self, d: Deltas, party: str, lot: str, product: str | None, g: int, reo_g: int, ref: RawRef,
               occurred_us: int) -> None:
@@ -441,7 +461,8 @@ class Projector:
         (raised by the entry that makes it so, even recorded late), resolved when an entry cures it."""
         key = (party, lot)
         fact = f"NEGATIVE_STOCK/{party}/{lot}"
-        change = self._event(("stock", party, lot), occ, g, reo_g, self.stock[key], _negative, fact)
+        change = self._event(("stock", party, lot), occ, g, reo_g, self.stock[key], _negative, fact,
+                             g < 0 or reo_g < 0)
         if change is None:
             return
         if change[0] == "cured":
@@ -535,7 +556,7 @@ class Projector:
         handler = _HANDLERS.get(e.type)
         if e.type in FLOW_TYPES:
             self._cur_key = ref
-            self.contrib[(e.chain, e.seq)] = [["meta", index, e.type, body.get("transfer_id")]]
+            self.contrib[(e.chain, e.seq)] = [("meta", index, e.type, body.get("transfer_id"))]
         else:
             self._cur_key = None
         if handler is not None:
@@ -781,7 +802,7 @@ class Projector:
         tot[1] += b
         level, year, who, cat = key
         fact = f"OVER_QUOTA/{level}/{year}/{who}/{cat}"
-        change = self._event(("quota",) + key, occ, a, b, tot, _over, fact)
+        change = self._event(("quota",) + key, occ, a, b, tot, _over, fact, a > 0 or b < 0)
         if change is None:
             return
         if change[0] == "cured":
@@ -1261,9 +1282,8 @@ class Projector:
                 if tot is not None:
                     tot[what] = tot.get(what, 0) - reo
         if index is not None:
-            for fact, o in list(self.open.items()):
-                if o[0] == index:
-                    self._resolve(d, fact, ref, occ, f"the entry that raised it was corrected ({b['reason']})")
+            # quota and stock findings are resolved by the timelines (when nothing else keeps them
+            # bad); the other findings the entry raised are resolved here
             d.findings.append(Finding("flow", RESOLVED, chain, f"the findings of log index {index} are resolved: "
                                       f"the entry was corrected ({b['reason']})", _dedupe([ref]), ref[3], occ,
                                       {"resolves": {"index": index, "code": "*", "fact": ""}}))
@@ -1359,6 +1379,10 @@ def add_working_days(start_us: int, days: int) -> int:
 def _next_month(month: str) -> str:
     y, m = int(month[:4]), int(month[5:7])
     return f"{y + 1:04d}-01" if m == 12 else f"{y:04d}-{m + 1:02d}"
+
+
+def _occ(e: list) -> int:
+    return e[0]
 
 
 def _negative(a: int, b: int) -> bool:

@@ -191,7 +191,7 @@ def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = N
         what = res["params"].get("resolves") or {}
         for f in out:
             if f["index"] == what.get("index") and "resolved" not in f and (
-                    what.get("code") == "*" or (f["code"] == what.get("code")
+                    (what.get("code") == "*" and "fact" not in f["params"]) or (f["code"] == what.get("code")
                                                 and f["params"].get("fact") == what.get("fact"))):
                 f["resolved"] = {"index": res["index"], "occurred_at": res["occurred_at"], "message": res["message"],
                                  "evidence": res["evidence"]}
