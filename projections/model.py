@@ -311,6 +311,7 @@ class Projector:
         self.flows_month: dict[tuple, dict[str, int]] = {}  # (party, month) -> totals (g REO)
         self.used_month: dict[tuple, int] = {}      # (party, period, cat) -> g used
         self._cur_key: tuple | None = None
+        self.party_lots: dict[str, dict[str, int]] = {}  # party -> its lots (a dict used as an ordered set)
 
     # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
     def __getstate__(self) -> dict[str, Any]:
@@ -453,6 +454,10 @@ class Projector:
             if len(refs) > 8:
                 del refs[:-8]
         d.stock.append((party, lot, product, g, reo_g))
+        lots = self.party_lots.get(party)
+        if lots is None:
+            lots = self.party_lots[party] = {}
+        lots[lot] = 1
         self._contribute(ref, ["stock", party, lot, product, occurred_us, g, reo_g])
         self._stock_event(d, party, lot, occurred_us, g, reo_g, ref)
 
@@ -1162,22 +1167,34 @@ class Projector:
                           "(MOFCOM Announcement 2025 No. 18)", [], ref, occ, product=product, elements=",".join(hit),
                           export_control_since=since, controlled_elements=",".join(controlled))
 
+    def _stock_at(self, party: str, lot: str, t: int, before: bool = False) -> tuple[int, int]:
+        """A party's stock of a lot valid at business time ``t`` (kg and REO in grams), as known now."""
+        g = reo = 0
+        for e in self.timeline.get(("stock", party, lot), ()):
+            if e[0] < t or (e[0] == t and not before):
+                g += e[1]
+                reo += e[2]
+        return g, reo
+
     def _on_StockCounted(self, d, chain, b, ref, occ, rec) -> None:
+        """A count is compared with the books valid at its business time."""
         counted = grams(b["counted_kg"])
         if "lot" in b:
-            book = self.stock.get((chain, b["lot"]), [0, 0])[0]
+            book = self._stock_at(chain, b["lot"], occ)[0]
             what = f"lot {b['lot']}"
             refs = self.stock_refs.get((chain, b["lot"]), [])
         else:
-            book = sum(v[0] for (p, lot), v in self.stock.items()
-                       if p == chain and (self.lots.get(lot) and self.lots[lot].product == b.get("product")))
+            book = sum(self._stock_at(chain, lot, occ)[0] for lot in self.party_lots.get(chain, ())
+                       if self.lots.get(lot) and self.lots[lot].product == b.get("product"))
             what = f"product {b.get('product')}"
             refs = []
-        tol = Decimal(RULE_PARAMETERS["stock_count_tolerance_pct"]) / 100
-        if abs(counted - book) > tol * max(book, 1):
+        pct = Decimal(self.p("stock_count_tolerance_pct"))
+        if abs(counted - book) > pct / 100 * max(book, 1):
             self._finding(d, "stock", "STOCK_COUNT_DIFFERENCE", chain,
-                          f"{what}: counted {kg_text(counted)} kg, the books say {kg_text(book)} kg", list(refs)[-5:],
-                          ref, occ, counted_kg=kg_text(counted), book_kg=kg_text(book))
+                          f"{what}: counted {kg_text(counted)} kg, the books say {kg_text(book)} kg at "
+                          f"{encoding.micros_to_time_text(occ)}", list(refs)[-5:],
+                          ref, occ, counted_kg=kg_text(counted), book_kg=kg_text(book),
+                          stock_count_tolerance_pct=str(pct))
 
     # reporting and enforcement ------------------------------------------------------------------
     def _on_MonthlyFlowReportSubmitted(self, d, chain, b, ref, occ, rec) -> None:
@@ -1213,6 +1230,13 @@ class Projector:
                 continue
             if self._differs(grams(stated), ledger.get(what, 0)):
                 wrong[field] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(ledger.get(what, 0))}
+        stated = (b.get("totals") or {}).get("closing_stock_reo_kg")
+        if stated is not None:
+            end = legal_date_us(f"{_next_month(month)}-01")
+            closing = max(sum(self._stock_at(chain, lot, end, before=True)[1]
+                              for lot in self.party_lots.get(chain, ())), 0)
+            if self._differs(grams(stated), closing):
+                wrong["closing_stock_reo_kg"] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(closing)}
         if wrong:
             self._finding(d, "reporting", "FALSE_REPORT", chain,
                           f"the flow report for {month} states totals the ledger does not show: "

@@ -117,14 +117,14 @@ def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, A
             groups.append({"group": party, "category": cat, "issued_t": _t(a["ISSUED"]), "reduced_t": _t(a["REDUCED"]),
                            "sub_allocated_t": _t(a["SUBALLOCATED_OUT"]), "used_t": _t(used),
                            "remaining_t": _t(issued - used), "percent_used": _pct(used, issued),
-                           "over": used > issued})
+                           "over": used > max(issued, 0)})  # a cut before the year's quota: no over with 0 used
         else:
             allocated = a["ISSUED"] + a["SUBALLOCATED_IN"] - a["REDUCED"]
             enterprises.append({"party": party, "category": cat, "issued_direct_t": _t(a["ISSUED"]),
                                 "sub_allocated_in_t": _t(a["SUBALLOCATED_IN"]), "reduced_t": _t(a["REDUCED"]),
                                 "allocated_t": _t(allocated), "used_t": _t(a["USED"]),
                                 "remaining_t": _t(allocated - a["USED"]), "percent_used": _pct(a["USED"], allocated),
-                                "over": a["USED"] > allocated})
+                                "over": a["USED"] > max(allocated, 0)})
     nat_rows = [{"category": cat, "issued_t": _t(v["ISSUED"]), "reduced_t": _t(v["REDUCED"]), "used_t": _t(v["USED"]),
                  "remaining_t": _t(v["ISSUED"] - v["REDUCED"] - v["USED"]),
                  "percent_used": _pct(v["USED"], v["ISSUED"] - v["REDUCED"])} for cat, v in sorted(nation.items())]

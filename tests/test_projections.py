@@ -252,8 +252,8 @@ class Reference:
             elif t == "ExportDeclared":
                 self.illegal_party(i, occ, e.chain, b["lot"])
                 self.take(i, occ, e.chain, b["lot"], g_of(b["kg"]), g_of(b["reo_kg"]))
-            elif t == "StockCounted":
-                book = self.balance.get((e.chain, b["lot"]), [0, 0])[0]
+            elif t == "StockCounted":  # against the books valid at the count's business time
+                book = sum(m[4] for m in self.moves if m[2] == e.chain and m[3] == b["lot"] and m[1] <= occ)
                 if abs(g_of(b["counted_kg"]) - book) > Decimal("0.005") * max(book, 1):
                     f("STOCK_COUNT_DIFFERENCE", e.chain)
             elif t == "MonthlyFlowReportSubmitted":

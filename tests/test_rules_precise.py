@@ -156,8 +156,13 @@ def test_quota_reduced_before_the_year_is_issued_raises_nothing(bare):
     w.ok("MIIT", "QuotaReduced", {"year": Y + 1, "holder": "MINE01", "category": "MINING_ROCK", "t_reo": "3",
                                   "penalty": w.ref("MIIT", pen.seq)})
     assert codes(w) == []
+    ps = ProjectionStore(w.url)
+    try:
+        assert [e["over"] for e in queries.quota(ps, Y + 1)["enterprises"]] == [False]
+    finally:
+        ps.close()
     issue(w, "MINE01", 1, rock="10", year=Y + 1)
-    assert codes(w) == []
+    assert codes(w) == [] and used(w, "MINE01", "MINING_ROCK", Y + 1) == "0"
 
 
 def test_penalty_cut_not_applied_before_the_first_batch(bare):
@@ -429,3 +434,32 @@ def test_no_export_control_before_2025(w):
                                       "customs_declaration_no": "E0", "export_licence_no": "EL-1",
                                       "destination_country": "JP"})
     assert codes(w) == []
+
+
+def test_closing_stock_stated_in_a_monthly_report(w):
+    from reledger.commands.catalogue import report_digest
+    w.produce("MINE01", "L1", 500_000)
+    w.now = dt_us(Y, 2, 2)
+    w.produce("MINE01", "L2", 300_000, at=dt_us(Y, 1, 31, 17))   # 1 February 01:00 CST: not January's
+    w.now = dt_us(Y, 2, 5)
+    body = {"month": "2024-01", "totals": {"closing_stock_reo_kg": "500", "produced_reo_kg": "500"},
+            "first_seq": 1, "last_seq": 1, "digest": report_digest(w.hashes["MINE01"][:1])}
+    w.ok("MINE01", "MonthlyFlowReportSubmitted", body)
+    assert codes(w) == []
+    body = dict(body, month="2024-01", totals={"closing_stock_reo_kg": "800"})
+    r = w.raw("MINE01", "MonthlyFlowReportSubmitted", body)
+    f = only(w)
+    assert summary(f) == ("FALSE_REPORT", "MINE01", ev(r))
+    assert f["params"]["totals"] == {"closing_stock_reo_kg": {"stated_kg": "800", "ledger_kg": "500"}}
+
+
+def test_stock_count_against_the_books_at_its_business_time(w):
+    (_, _, r), line = mined_lot(w)
+    t = w.now
+    w.now += HOUR
+    s = w.ship("SEP01", "SEP02", "T-X", [line], at=t + DAY)             # shipped tomorrow (business time)
+    w.ok("SEP01", "StockCounted", {"lot": line[0], "counted_kg": kg(line[2])}, at=t)   # today: all there
+    assert codes(w) == []
+    w.now = t + 3 * DAY
+    c = w.ok("SEP01", "StockCounted", {"lot": line[0], "counted_kg": kg(line[2])}, at=t + 2 * DAY)
+    assert codes(w) == [("STOCK_COUNT_DIFFERENCE", "SEP01", ev(c, r, s))]
