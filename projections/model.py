@@ -298,14 +298,14 @@ class Projector:
         # what each flow entry contributed to the timelines, for corrections: (chain, seq) ->
         # [[kind, key, occ, a, b, row], ...]
         self.contrib: dict[tuple, list] = {}
-        self.corrected: set[tuple] = set()
+        self.corrected: dict[tuple, int] = {}        # plain dicts as sets (the state is stored as rows)
         self.missing_raised: dict[tuple[str, str], list] = {}
-        self.illegal_seen: set[tuple] = set()
+        self.illegal_seen: dict[tuple, int] = {}
         self.quota_batches: dict[tuple, list] = {}  # (year, batch_no, holder) -> [occ, {cat: g}, ref]
         self.suballoc: dict[tuple, int] = {}        # (year, batch_no, group, cat) -> g sub-allocated
         self.totals: dict[tuple, int] = {}          # (year, cat) -> g approved
         self.batch_sum: dict[tuple, int] = {}       # (year, cat) -> g issued in batches
-        self.over_total: set[tuple] = set()
+        self.over_total: dict[tuple, int] = {}
         self.penalties: list[list] = []             # [party, year, cut_g, ref, satisfied]
         self.first_batch: dict[int, int] = {}       # year -> index of the first batch recorded
         self.flows_month: dict[tuple, dict[str, int]] = {}  # (party, month) -> totals (g REO)
@@ -670,14 +670,14 @@ class Projector:
         issued = self.batch_sum.get((year, cat), 0)
         key = (year, cat)
         if issued > total and key not in self.over_total:
-            self.over_total.add(key)
+            self.over_total[key] = 1
             self._finding(d, "quota", "BATCHES_ABOVE_ANNUAL_TOTAL", chain_of(ref),
                           f"the batches issued for {year} ({cat}) exceed the annual total the State Council "
                           "approved (Decree 71 Art. 5, 6)", list(self.quota_refs.get((year, "", cat), []))[:10],
                           ref, occ, year=year, category=cat, issued_kg=kg_text(issued), approved_kg=kg_text(total),
                           confidential=["issued_kg", "approved_kg"])
         elif issued <= total:
-            self.over_total.discard(key)
+            self.over_total.pop(key, None)
 
     def _on_QuotaBatchIssued(self, d, chain, b, ref, occ, rec) -> None:
         year, holder = int(b["year"]), b["holder"]
@@ -929,7 +929,7 @@ class Projector:
         key = (party, source_index)
         if key in self.illegal_seen:
             return
-        self.illegal_seen.add(key)
+        self.illegal_seen[key] = 1
         self._finding(d, "illegal_source", "ILLEGAL_SOURCE", party,
                       f"{party} {act} lot {lot}, {share * 100:.2f} % of whose REO is of illegal source "
                       f"({source}, not designated at the time) (Decree 785 Art. 13, 23)", list(chain_refs),
@@ -1277,7 +1277,7 @@ class Projector:
         key = (c["chain"], int(c["seq"]))
         if c["chain"] != chain or key in self.corrected:
             return
-        self.corrected.add(key)
+        self.corrected[key] = 1
         items = self.contrib.pop(key, None)
         if not items:
             return
