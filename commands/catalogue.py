@@ -35,7 +35,8 @@ from typing import Any, Callable, Iterable
 from reledger.ledger.encoding import EncodingError, parse_decimal, parse_time
 from reledger.ledger.entry import CHAIN_RE
 from reledger.ledger.keys import KEY_ID_RE, PURPOSES, key_id as compute_key_id
-from reledger.projections.reference import REFERENCE_DATA
+from reledger.projections.reference import (ENTERPRISE_ROLES, INT_PARAMETERS, REFERENCE_DATA, RULE_PARAMETERS,
+                                              element_of, reo_factor_table)
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -140,9 +141,9 @@ def fail(code: str, field: str, why: str) -> CommandError:
 
 # --- reference data --------------------------------------------------------------------------
 
-ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER", "GROUP", "REGULATOR", "AUDITOR")
-ENTERPRISE_ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER")
+ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER", "MAGNET", "GROUP", "REGULATOR", "AUDITOR")
 ORE_TYPES = ("ROCK", "IONIC")
+IMPORT_ORE_TYPES = ("ROCK", "IONIC", "MONAZITE")
 QUOTA_CATEGORIES = ("MINING_ROCK", "MINING_IONIC", "SEPARATION")
 QUOTA_BASES = ("OUTPUT", "INPUT")
 ELEMENTS = ("La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Y", "Sc")
@@ -653,6 +654,67 @@ def _one_of(*names: str) -> Check:
     return check
 
 
+def _reo_tolerance(computed: Decimal) -> Decimal:
+    return computed * Decimal(RULE_PARAMETERS["reo_tolerance_pct"]) / 100
+
+
+def _reo_of(mass: str, pct: str) -> Check:
+    """Declared quantities are checked, not trusted (DOMAIN.md): ``reo_kg`` = ``mass`` x ``pct`` / 100
+    within ``reo_tolerance_pct`` % of the computed value."""
+    @_doc(f"`reo_kg` differing from `{mass}` x `{pct}` / 100 by more than reo_tolerance_pct "
+          f"({RULE_PARAMETERS['reo_tolerance_pct']} %) of that")
+    def check(m: dict, path: str) -> None:
+        if "reo_kg" in m and mass in m and pct in m:
+            computed = m[mass] * m[pct] / 100
+            if abs(m["reo_kg"] - computed) > _reo_tolerance(computed):
+                raise fail("inconsistent", f"{path}.reo_kg",
+                           f"{m['reo_kg']} kg REO is not {mass} x {pct} / 100 = {computed.quantize(Decimal('0.001'))} "
+                           f"kg REO (tolerance {RULE_PARAMETERS['reo_tolerance_pct']} % of the computed value)")
+    return check
+
+
+@_doc("a `factor` other than the REO factor table's for the metal's element; `reo_kg` differing from "
+      "`kg` x factor by more than reo_tolerance_pct of that")
+def _metal_reo(m: dict, path: str) -> None:
+    el = element_of(m.get("product"))
+    version, table = reo_factor_table()
+    factor = m.get("factor")
+    if el is not None and el in table:
+        if factor is not None and factor != Decimal(table[el]):
+            raise fail("inconsistent", f"{path}.factor", f"{factor} is not the REO factor of {el} in reference table "
+                                                         f"{version}: {table[el]}")
+        factor = Decimal(table[el])
+    if factor is not None and "kg" in m and "reo_kg" in m:
+        computed = m["kg"] * factor
+        if abs(m["reo_kg"] - computed) > _reo_tolerance(computed):
+            raise fail("inconsistent", f"{path}.reo_kg",
+                       f"{m['reo_kg']} kg REO is not kg x factor = {computed.quantize(Decimal('0.001'))} kg REO "
+                       f"(tolerance {RULE_PARAMETERS['reo_tolerance_pct']} % of the computed value)")
+
+
+@_doc("a `value` that is not a number (a whole number for days, hours and the due day)")
+def _parameter_value(m: dict, path: str) -> None:
+    name, value = m.get("name"), m.get("value")
+    if name is None or value is None:
+        return
+    if name == "export_control_since":
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+            raise fail("bad_value", f"{path}.value", "must be a date YYYY-MM-DD")
+        return
+    if name == "controlled_elements":
+        bad = [e for e in value.split(",") if e not in ELEMENTS]
+        if bad:
+            raise fail("bad_value", f"{path}.value", f"not elements: {', '.join(bad)}")
+        return
+    try:
+        d = Decimal(value)
+    except Exception:
+        d = None
+    if d is None or not d.is_finite() or d < 0 or (name in INT_PARAMETERS and d != d.to_integral_value()):
+        raise fail("bad_value", f"{path}.value", f"must be a {'whole ' if name in INT_PARAMETERS else ''}"
+                                                 "non-negative number")
+
+
 @_doc("a `key_id` that is not the key id of `public_key`")
 def _key_id_matches(m: dict, path: str) -> None:
     if "public_key" in m and "key_id" in m and compute_key_id(m["public_key"]) != m["key_id"]:
@@ -810,7 +872,7 @@ _SCHEMAS: list[EntrySchema] = [
         "element_distribution": MapOf(Enum(ELEMENTS), Pct(), "element distribution, % of TREO", optional=True),
         "site": Text("mining site", optional=True),
     }, checks=[_le("dry_kg", "wet_kg", "dry mass above wet mass"), _le("reo_kg", "dry_kg", "REO above dry mass"),
-               _product_class("MINERAL")])),
+               _product_class("MINERAL"), _reo_of("dry_kg", "treo_pct")])),
     EntrySchema("ImportReceived", "flow", "An imported lot enters (counts against separation quota when "
                 "separated, monazite included).", Struct({
                     "lot": Ident("new lot id"),
@@ -818,11 +880,13 @@ _SCHEMAS: list[EntrySchema] = [
                     "hs_code": Text("HS code", pattern=re.compile(r"^[0-9]{6,10}$"), example="2846901100"),
                     "origin_country": Text("ISO 3166-1 alpha-2", pattern=re.compile(r"^[A-Z]{2}$"), example="MM"),
                     "form": Enum(IMPORT_FORMS, "physical form"),
+                    "ore_type": Enum(IMPORT_ORE_TYPES, "ore type of mineral product (decides its recovery band; "
+                                     "absent: ROCK, MONAZITE for the MONAZITE form)", optional=True),
                     "product": Enum(PRODUCTS, "product code if known", optional=True, name="products"),
                     "dry_kg": Kg("dry mass"),
                     "treo_pct": Pct("TREO grade, % of dry mass"),
                     "reo_kg": KgReo("rare earth content", optional=True),
-                }, checks=[_le("reo_kg", "dry_kg", "REO above dry mass")])),
+                }, checks=[_le("reo_kg", "dry_kg", "REO above dry mass"), _reo_of("dry_kg", "treo_pct")])),
     EntrySchema("SecondaryFeedReceived", "flow", "A recycler's scrap feed lot (recorded apart, not counted "
                 "against quota).", Struct({
                     "lot": Ident("new lot id"),
@@ -831,7 +895,7 @@ _SCHEMAS: list[EntrySchema] = [
                     "kg": Kg("mass"),
                     "treo_pct": Pct("TREO grade, % of mass"),
                     "reo_kg": KgReo("rare earth content", optional=True),
-                }, checks=[_le("reo_kg", "kg", "REO above mass")])),
+                }, checks=[_le("reo_kg", "kg", "REO above mass"), _reo_of("kg", "treo_pct")])),
     EntrySchema("SeparationBatchRecorded", "flow", "A separation plant's batch: input lots consumed (REO), "
                 "output lots produced, losses. Outputs are attributed to inputs in proportion (mass "
                 "balance), not lot to lot.", Struct({
@@ -862,7 +926,7 @@ _SCHEMAS: list[EntrySchema] = [
                                               "factor": Quantity("kg REO/kg", "REO factor used", places=4,
                                                                  maximum=Decimal(2), positive=True),
                                               "reo_kg": KgReo("REO equivalent", positive=True)},
-                                             checks=[_product_class("METAL", "ALLOY")]),
+                                             checks=[_product_class("METAL", "ALLOY"), _metal_reo]),
                                       "output lots", unique=lambda o: o["lot"], unique_what="lot"),
                 })),
     EntrySchema("TransferShipped", "flow", "The seller ships lots to a buyer. (seller, transfer_id) is "
@@ -889,8 +953,13 @@ _SCHEMAS: list[EntrySchema] = [
         "reo_kg": KgReo("REO content", optional=True),
         "customs_declaration_no": Text("customs export declaration number"),
         "export_licence_no": Text("export licence number"),
+        "licence_valid_from": Time("first day of the licence's validity (dual-use licence for controlled "
+                                   "elements since 2025)", optional=True),
+        "licence_valid_until": Time("end of the licence's validity (exclusive)", optional=True),
+        "end_user": Text("end user", optional=True),
+        "end_use": Text("end use", optional=True),
         "destination_country": Text("ISO 3166-1 alpha-2", pattern=re.compile(r"^[A-Z]{2}$"), example="JP"),
-    })),
+    }, checks=[_before("licence_valid_from", "licence_valid_until")])),
     EntrySchema("StockCounted", "flow", "A physical stock count of a lot or a product (a difference from the "
                 "book stock becomes a finding).", Struct({
                     "lot": Ident("lot counted", optional=True),
@@ -928,6 +997,14 @@ _SCHEMAS: list[EntrySchema] = [
                                     unique_what="category", max_items=3),
                 })),
     # --- enforcement ---
+    EntrySchema("RuleParameterSet", "enforcement", "The regulator sets a rule parameter (tolerance, day count, "
+                "band, deadline) from this entry's record time on; findings cite the parameters they used. "
+                "Absent: DOMAIN.md's defaults.", Struct({
+                    "name": Enum(tuple(RULE_PARAMETERS), "the parameter"),
+                    "value": Text("its new value (a number; a date YYYY-MM-DD for export_control_since; "
+                                  "element symbols separated by commas for controlled_elements)"),
+                    "reason": Text("decision or reason", optional=True),
+                }, checks=[_parameter_value])),
     EntrySchema("InspectionRecorded", "enforcement", "A regulator's inspection of a party.", Struct({
         "party": PartyId("the inspected party"),
         "inspection_no": Text("inspection record number"),

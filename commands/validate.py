@@ -14,36 +14,15 @@ from typing import Callable
 from reledger.ledger.entry import SignedEntry
 from reledger.ledger.registry import RegistryError
 
+from reledger.projections.reference import AUTHORITY_TYPES, AUTHORIZED_ROLES
+
 from .catalogue import ENTERPRISE_ROLES, SCHEMAS, CommandError, MAX_YEAR, MIN_YEAR, check_body, fail
 from .state import WriteState
 
 _ENTERPRISE = frozenset(ENTERPRISE_ROLES)
-_REGULATOR = frozenset({"REGULATOR"})
 
-#: Regulator-only types: checked against the party's *current* roles (an authority that lost
-#: the REGULATOR role asserts nothing more).
-AUTHORITY_TYPES = frozenset({
-    "PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked", "GroupMembershipChanged",
-    "AnnualTotalApproved", "QuotaBatchIssued", "QuotaReduced", "InspectionRecorded", "ViolationFound",
-    "PenaltyImposed"})
-
-#: type -> the roles that may assert it.
-AUTHORIZED_ROLES: dict[str, frozenset[str]] = {
-    **{t: _REGULATOR for t in AUTHORITY_TYPES},
-    "QuotaSubAllocated": frozenset({"GROUP"}),
-    "MineralProductProduced": frozenset({"MINE"}),
-    "SeparationBatchRecorded": frozenset({"SEPARATION"}),
-    "MetalSmelted": frozenset({"SMELTER"}),
-    "SecondaryFeedReceived": frozenset({"RECYCLER"}),
-    "ExportDeclared": frozenset({"EXPORTER"}),
-    "ImportReceived": _ENTERPRISE,
-    "TransferShipped": _ENTERPRISE,
-    "TransferReceived": _ENTERPRISE,
-    "StockCounted": _ENTERPRISE,
-    "MonthlyFlowReportSubmitted": _ENTERPRISE,
-    "QuotaExecutionReported": _ENTERPRISE,
-    "CorrectionRecorded": _ENTERPRISE | {"GROUP", "REGULATOR"},
-}
+# who may assert which type: one table, shared with the rule engine (which counts no entry
+# that its chain's role may not assert: DOMAIN.md "Authority")
 assert set(AUTHORIZED_ROLES) == set(SCHEMAS), "every catalogue type needs an authorization rule"
 
 AUTHORIZATION_DOC = """
@@ -61,8 +40,8 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
   but is not designated for it at the entry's business time (`occurred_at` before `valid_from`,
   at or after `valid_until`, or while its roles were suspended): the fact is recorded, never
   hidden. The state's `PartyInfo.roles_at(t)` answers designation at a business time.
-* Enterprise roles are MINE, SEPARATION, SMELTER, RECYCLER, EXPORTER ("any obliged
-  enterprise"). AUDITOR asserts nothing. CorrectionRecorded is also open to GROUP and REGULATOR
+* Enterprise roles are MINE, SEPARATION, SMELTER, RECYCLER, EXPORTER, MAGNET ("any obliged
+  enterprise"; magnet makers are obliged since 2025). AUDITOR asserts nothing. CorrectionRecorded is also open to GROUP and REGULATOR
   (a party corrects its own entries only: the corrected entry must be on its own chain).
 * Reference checks (404/409) come after the role check: a receipt must cite a shipment
   (seller, transfer id) shipped to the receiving party and not yet received (an unknown

@@ -59,6 +59,11 @@ SEEDED = {
     "recycler_takes_concentrate": {"codes": {"RECYCLER_MINERAL_FEED"}, "what": "a recycler taking concentrate"},
     "late_monthly_report": {"codes": {"REPORT_MISSING", "REPORT_LATE"}, "what": "a late monthly report"},
     "backdated_entry": {"codes": {"BACKDATED"}, "what": "a backdated entry"},
+    "under_declared_lot": {"codes": {"DECLARED_REO_MISMATCH"},
+                           "what": "a mined lot declaring less REO than its dry mass x TREO % (written below the "
+                                   "command API, which refuses it)"},
+    "false_monthly_total": {"codes": {"FALSE_REPORT"},
+                            "what": "a monthly flow report stating a production total the ledger does not show"},
 }
 
 
@@ -478,10 +483,22 @@ class Demo:
         product = "IONIC_CONCENTRATE" if ionic else "BASTNAESITE_CONCENTRATE"
         dist = ({"Y": "62.4", "Dy": "6.8", "Tb": "1.2", "Nd": "12.1", "Pr": "3.3", "La": "9.1", "Gd": "5.1"} if ionic
                 else {"La": "26.1", "Ce": "50.3", "Pr": "5.1", "Nd": "16.2", "Sm": "1.2", "Eu": "0.2", "Gd": "0.9"})
-        self.submit(m, "MineralProductProduced", {
-            "lot": lot, "ore_type": "IONIC" if ionic else "ROCK", "product": product, "wet_kg": kg(wet_g),
-            "dry_kg": kg(dry_g), "treo_pct": encoding.decimal_text(treo), "reo_kg": kg(reo_g),
-            "element_distribution": dist}, self.now)
+        body = {"lot": lot, "ore_type": "IONIC" if ionic else "ROCK", "product": product, "wet_kg": kg(wet_g),
+                "dry_kg": kg(dry_g), "treo_pct": encoding.decimal_text(treo), "reo_kg": kg(reo_g),
+                "element_distribution": dist}
+        if not ionic and m is self.of("mine-rock-N")[0] and k == 9 and "under_declared_lot" not in self.seeded_where:
+            # the seeded under-declared lot: 80 % of its REO declared, written into the database
+            # below the command API (which refuses it); the computed REO counts against quota
+            reo_g = reo_g * 8 // 10
+            body["reo_kg"] = kg(reo_g)
+            self.flush()
+            signed = m.signer.sign("MineralProductProduced", body, ts(self.now))
+            m.hashes.append(signed.hash)
+            self.store.append([signed])
+            self.entries += 1
+            self.seeded_where["under_declared_lot"] = {"party": m.id, "lot": lot}
+        else:
+            self.submit(m, "MineralProductProduced", body, self.now)
         m.inventory[lot] = [product, dry_g, reo_g, "MINE"]
         buyer = plant
         seeded = None
@@ -645,9 +662,14 @@ class Demo:
         if last < first:
             return
         hashes = p.hashes[first - 1:last]
+        totals = {}
+        if p is self.of("mine-rock-C")[0] and month == "2024-05":
+            # the seeded false monthly total: a production far below what the ledger shows
+            totals = {"produced_reo_kg": "1000"}
+            self.seeded_where["false_monthly_total"] = {"party": p.id, "month": month}
         self.submit(p, "MonthlyFlowReportSubmitted", {
             "month": month, "first_seq": first, "last_seq": last,
-            "totals": {}, "digest": report_digest(hashes)}, self.now)
+            "totals": totals, "digest": report_digest(hashes)}, self.now)
         p.reported_seq = p.signer.seq
 
     # --- run -----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 from reledger.ledger import encoding
 from reledger.storage.reader import LogReader
 
-from .model import RULES, kg_text
+from .model import RESOLVED, RULES, kg_text
 from .store import P, ProjectionReader, ProjectionStore
 
 FAR_FUTURE = 2**62
@@ -126,14 +126,14 @@ def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, A
             groups.append({"group": party, "category": cat, "issued_t": _t(a["ISSUED"]), "reduced_t": _t(a["REDUCED"]),
                            "sub_allocated_t": _t(a["SUBALLOCATED_OUT"]), "used_t": _t(used),
                            "remaining_t": _t(issued - used), "percent_used": _pct(used, issued),
-                           "over": used > issued})
+                           "over": used > max(issued, 0)})  # a cut before the year's quota: no over with 0 used
         else:
             allocated = a["ISSUED"] + a["SUBALLOCATED_IN"] - a["REDUCED"]
             enterprises.append({"party": party, "category": cat, "issued_direct_t": _t(a["ISSUED"]),
                                 "sub_allocated_in_t": _t(a["SUBALLOCATED_IN"]), "reduced_t": _t(a["REDUCED"]),
                                 "allocated_t": _t(allocated), "used_t": _t(a["USED"]),
                                 "remaining_t": _t(allocated - a["USED"]), "percent_used": _pct(a["USED"], allocated),
-                                "over": a["USED"] > allocated})
+                                "over": a["USED"] > max(allocated, 0)})
     nat_rows = [{"category": cat, "issued_t": _t(v["ISSUED"]), "reduced_t": _t(v["REDUCED"]), "used_t": _t(v["USED"]),
                  "remaining_t": _t(v["ISSUED"] - v["REDUCED"] - v["USED"]),
                  "percent_used": _pct(v["USED"], v["ISSUED"] - v["REDUCED"])} for cat, v in sorted(nation.items())]
@@ -194,10 +194,21 @@ def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = N
         sql += " AND rule = ?"
         params.append(rule)
     out = []
+    resolutions = []
     for idx, occ, r, code, p, msg, ev, prm in ps.execute(sql + " ORDER BY idx", params):
-        out.append({"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
-                    "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
-                    "evidence": json.loads(ev), "params": json.loads(prm)})
+        f = {"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
+             "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
+             "evidence": json.loads(ev), "params": json.loads(prm)}
+        (resolutions if code == RESOLVED else out).append(f)
+    # a finding a later entry cured is marked resolved (by a row of its own), never deleted
+    for res in resolutions:
+        what = res["params"].get("resolves") or {}
+        for f in out:
+            if f["index"] == what.get("index") and "resolved" not in f and (
+                    (what.get("code") == "*" and "fact" not in f["params"]) or (f["code"] == what.get("code")
+                                                and f["params"].get("fact") == what.get("fact"))):
+                f["resolved"] = {"index": res["index"], "occurred_at": res["occurred_at"], "message": res["message"],
+                                 "evidence": res["evidence"]}
     return {"point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "findings": out}
 
 

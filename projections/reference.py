@@ -32,6 +32,13 @@ def _products() -> dict[str, dict[str, str | None]]:
         p[code] = {"class": "METAL", "element": None}
     for code in ("DyFe_ALLOY", "GdFe_ALLOY", "HoFe_ALLOY", "NdFe_ALLOY", "PrNdFe_ALLOY"):
         p[code] = {"class": "ALLOY", "element": None}
+    # magnets (magnet makers are obliged since 2025) and scrap, which moves between parties under
+    # its own product codes (the scrap types of SecondaryFeedReceived)
+    p["NdFeB_MAGNET"] = {"class": "MAGNET", "element": None}
+    p["NdFeB_DyTb_MAGNET"] = {"class": "MAGNET", "element": None, "contains": "Dy,Tb"}
+    p["SmCo_MAGNET"] = {"class": "MAGNET", "element": None, "contains": "Sm"}
+    for code in ("MAGNET_SCRAP", "MAGNET_SLUDGE", "POLISHING_POWDER", "PHOSPHOR", "CATALYST", "BATTERY"):
+        p[code] = {"class": "SCRAP", "element": None}
     return p
 
 
@@ -61,12 +68,104 @@ def product_class(code: str | None) -> str | None:
     return info["class"] if info else None
 
 
-#: Parameters of the rules (DOMAIN.md leaves them open: "N a parameter"). Each finding
-#: states the parameters it was judged with.
+#: Parameters of the rules, with DOMAIN.md's defaults ("The rules, precisely": each number is a
+#: parameter the regulator's entries set). A ``RuleParameterSet`` entry of the regulator changes
+#: one from its record time on; each finding states the parameters it was judged with.
 RULE_PARAMETERS: dict[str, Any] = {
-    "receipt_within_days": 30,        # rule 5: a shipment must be received within N days
-    "report_due_day": 10,             # rule 6: the previous month's report before the 10th
-    "backdating_days": 15,            # rule 7: recorded this long after its business time
+    "receipt_within_days": 30,        # rule 5: a shipment must be received within N days (business times)
+    "report_due_day": 10,             # rule 6: the previous month's flows by 24:00 legal time on this day
+    "backdating_days": 15,            # rule 7: recorded this long after its business time (outside the window)
     "mass_balance_tolerance_pct": "0.5",  # rule 4: |in - out - losses| above this % of input
     "stock_count_tolerance_pct": "0.5",   # rule 3: count vs book difference tolerated
+    "reo_tolerance_pct": "0.1",       # declared REO vs dry kg x TREO % (or metal kg x factor), % of the computed
+    "band_concentrate_to_mixed_pct": "92",   # rock-type concentrate -> mixed RE
+    "band_mixed_to_separated_rock_pct": "96",  # mixed RE (rock) -> separated products
+    "band_ionic_pct": "94",           # ion-adsorption concentrate (mixed RE) -> separated products
+    "band_max_pct": "100",            # above: unrecorded feed
+    "suballocation_working_days": 10,  # a group sub-allocates a batch within N working days
+    "export_control_since": "2025-01-01",  # MOFCOM Announcement 2025 No. 18 (legal date)
+    "controlled_elements": "Sm,Gd,Tb,Dy,Lu,Sc,Y",
+    "report_tolerance_pct": "0.1",    # a monthly report's total / a quota execution figure vs the ledger's
+}
+
+#: the parameters whose value is a whole number (days, a day of month, hours)
+INT_PARAMETERS = frozenset({"receipt_within_days", "report_due_day", "backdating_days",
+                            "suballocation_working_days"})
+
+#: Legal time is China Standard Time (UTC+8): days, months, years and deadlines (a fact of the
+#: law, not a parameter).
+LEGAL_UTC_OFFSET_HOURS = 8
+
+#: REO factor tables, versioned: (version, in force from (legal date), factors). The table in
+#: force at a business time is the last whose date is not after it.
+REO_FACTOR_TABLES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    (VERSION, "1990-01-01", dict(REFERENCE_DATA["reo_factors"])),
+)
+
+
+def reo_factor_table(day: str = "9999-12-31") -> tuple[str, dict[str, str]]:
+    """(version, factors) of the table in force on ``day`` (YYYY-MM-DD)."""
+    chosen = REO_FACTOR_TABLES[0]
+    for t in REO_FACTOR_TABLES:
+        if t[1] <= day:
+            chosen = t
+    return chosen[0], chosen[2]
+
+
+def element_of(code: str | None) -> str | None:
+    info = PRODUCTS.get(code or "")
+    return info["element"] if info else None
+
+
+def elements_in(code: str | None) -> list[str]:
+    """The rare earth elements a product is made of, as far as the reference data says: its
+    element, the elements an alloy's or a magnet's code names (DyFe_ALLOY: Dy)."""
+    info = PRODUCTS.get(code or "")
+    if not info:
+        return []
+    if info["element"]:
+        return [info["element"]]
+    if info.get("contains"):
+        return info["contains"].split(",")
+    if info["class"] == "ALLOY":
+        head = code.split("_")[0]  # DyFe, PrNdFe
+        out, i = [], 0
+        while i < len(head):
+            two = head[i:i + 2]
+            if two in REFERENCE_DATA["reo_factors"]:
+                out.append(two)
+                i += 2
+            elif head[i] in REFERENCE_DATA["reo_factors"]:
+                out.append(head[i])
+                i += 1
+            else:
+                i += 1
+        return out
+    return []
+
+
+#: Who may assert which entry type (the write path refuses the others; the projections count
+#: none of them, whoever wrote them into the database: DOMAIN.md "Authority").
+ENTERPRISE_ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER", "MAGNET")
+_ENT = frozenset(ENTERPRISE_ROLES)
+_REG = frozenset({"REGULATOR"})
+AUTHORITY_TYPES = frozenset({
+    "PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked", "GroupMembershipChanged",
+    "AnnualTotalApproved", "QuotaBatchIssued", "QuotaReduced", "InspectionRecorded", "ViolationFound",
+    "PenaltyImposed", "RuleParameterSet"})
+AUTHORIZED_ROLES: dict[str, frozenset[str]] = {
+    **{t: _REG for t in AUTHORITY_TYPES},
+    "QuotaSubAllocated": frozenset({"GROUP"}),
+    "MineralProductProduced": frozenset({"MINE"}),
+    "SeparationBatchRecorded": frozenset({"SEPARATION"}),
+    "MetalSmelted": frozenset({"SMELTER"}),
+    "SecondaryFeedReceived": frozenset({"RECYCLER"}),
+    "ExportDeclared": frozenset({"EXPORTER"}),
+    "ImportReceived": _ENT,
+    "TransferShipped": _ENT,
+    "TransferReceived": _ENT,
+    "StockCounted": _ENT,
+    "MonthlyFlowReportSubmitted": _ENT,
+    "QuotaExecutionReported": _ENT,
+    "CorrectionRecorded": _ENT | {"GROUP", "REGULATOR"},
 }

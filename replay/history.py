@@ -211,7 +211,8 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                     credit.append({"index": rec.index, "kind": c[1], "article": c[2], "fine_cny": c[3],
                                    "next_year_cut_t": encoding.decimal_text(Decimal(c[4]) / 1_000_000) if c[4] else "0",
                                    "detail": c[5]})
-            mine = [f.to_dict() for f in d.findings if f.party == party]
+            # a RESOLVED row marks an earlier finding cured (the projections show it on that finding)
+            mine = [f.to_dict() for f in d.findings if f.party == party and f.code != "RESOLVED"]
             for f in mine:
                 first.setdefault(f["rule"], f)
             if e.type == "PartyRegistered" and e.body.get("party") == party:

@@ -4,7 +4,8 @@
 ``MonthlyFlowReportSubmitted`` (covering every entry of its chain since its previous report,
 with their digest) and ``QuotaExecutionReported`` (used against allocated, per category, at the
 end of the month). Totals are computed from the party's own entries whose business time falls
-in the month; the closing stock is the projection's stock valid at the month's end.
+in the month (legal time, CST), with the REO the rule engine counts for each; the closing stock
+is the projection's stock valid at the month's end.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from reledger.ledger.entry import SignedEntry
 from reledger.storage.reader import open_ledger_readonly
 from reledger.projections import queries
 from reledger.projections.model import grams, kg_text, report_digest, report_due_us, time_us
-from reledger.projections.store import NoProjections, ProjectionReader
+from reledger.projections.store import P, NoProjections, ProjectionReader
 
 
 class ReportError(ValueError):
@@ -35,7 +36,9 @@ def month_bounds(month: str) -> tuple[int, int]:
     except ValueError as e:
         raise ReportError(f"--month {month!r} is not YYYY-MM") from e
     end = datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=timezone.utc)
-    return encoding.time_to_micros(start), encoding.time_to_micros(end)
+    # legal time: the month runs from 00:00 China Standard Time (UTC+8), as the rule engine counts it
+    offset = 8 * 3600 * 1_000_000
+    return encoding.time_to_micros(start) - offset, encoding.time_to_micros(end) - offset
 
 
 def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
@@ -56,27 +59,6 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
     totals = {k: 0 for k in ("produced_reo_kg", "received_reo_kg", "consumed_reo_kg", "output_reo_kg",
                              "shipped_reo_kg", "exported_reo_kg", "losses_reo_kg")}
     counts: dict[str, int] = {}
-    for r, s in signed:
-        e = s.entry
-        occ = time_us(e.occurred_at) or r.recorded_us
-        if not start <= occ < end:
-            continue
-        counts[e.type] = counts.get(e.type, 0) + 1
-        b = e.body
-        if e.type == "MineralProductProduced":
-            totals["produced_reo_kg"] += grams(b.get("reo_kg"))
-        elif e.type in ("TransferReceived",):
-            totals["received_reo_kg"] += sum(grams(x.get("reo_kg", "0")) for x in b.get("lines", []))
-        elif e.type in ("ImportReceived", "SecondaryFeedReceived"):
-            totals["received_reo_kg"] += grams(b.get("reo_kg", "0"))
-        elif e.type in ("SeparationBatchRecorded", "MetalSmelted"):
-            totals["consumed_reo_kg"] += sum(grams(x.get("reo_kg", "0")) for x in b.get("inputs", []))
-            totals["output_reo_kg"] += sum(grams(x.get("reo_kg", "0")) for x in b.get("outputs", []))
-            totals["losses_reo_kg"] += grams(b.get("losses_reo_kg", "0"))
-        elif e.type == "TransferShipped":
-            totals["shipped_reo_kg"] += sum(grams(x.get("reo_kg", "0")) for x in b.get("lines", []))
-        elif e.type == "ExportDeclared":
-            totals["exported_reo_kg"] += grams(b.get("reo_kg", "0"))
     try:
         ps = ProjectionReader(url)  # read-only: the tables as they stand
     except NoProjections as e:
@@ -85,6 +67,33 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
         if ps.position() < size:
             raise ReportError(f"the projections reflect {ps.position()} of the log's {size} entries: keep "
                               "`reledger serve` running (it follows the log) or run `reledger rebuild`")
+        # the REO each entry moved, as the rule engine counts it (a line without reo_kg takes it
+        # from the lot's balance; a metal's REO is kg x the table's factor): the report states
+        # what the engine will compare it with (FALSE_REPORT otherwise)
+        moved: dict[int, list[int]] = {}
+        for idx, reo_g in ps.execute(f"SELECT idx, reo_g FROM {P}stock WHERE party = ?", (party,)):
+            moved.setdefault(int(idx), []).append(int(reo_g))
+        for r, s in signed:
+            e = s.entry
+            occ = time_us(e.occurred_at) or r.recorded_us
+            if not start <= occ < end:
+                continue
+            counts[e.type] = counts.get(e.type, 0) + 1
+            rows = moved.get(r.index, [])
+            into = sum(g for g in rows if g > 0)
+            out_of = -sum(g for g in rows if g < 0)
+            if e.type == "MineralProductProduced":
+                totals["produced_reo_kg"] += into
+            elif e.type in ("TransferReceived", "ImportReceived", "SecondaryFeedReceived"):
+                totals["received_reo_kg"] += into
+            elif e.type in ("SeparationBatchRecorded", "MetalSmelted"):
+                totals["consumed_reo_kg"] += out_of
+                totals["output_reo_kg"] += into
+                totals["losses_reo_kg"] += grams(e.body.get("losses_reo_kg", "0"))
+            elif e.type == "TransferShipped":
+                totals["shipped_reo_kg"] += out_of
+            elif e.type == "ExportDeclared":
+                totals["exported_reo_kg"] += out_of
         point = queries.Point(None, end - 1)
         stock = queries.stock(ps, party, point)
         closing = sum(int(Decimal(x["reo_kg"]) * 1000) for x in stock["lots"])

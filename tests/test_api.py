@@ -161,6 +161,7 @@ def example(w: World, type: str, party: str) -> dict:
                            "article": "Decree 785 Art. 25", "fine_cny": "150000.5", "next_year_cut_t_reo": "50"},
         "CorrectionRecorded": {"corrects": own_ref, "reason": "INCORRECT_DATA",
                                "explanation": "counted the wrong warehouse"},
+        "RuleParameterSet": {"name": "receipt_within_days", "value": "30", "reason": "MIIT notice"},
     }
     assert set(bodies) == set(SCHEMAS)
     return bodies[type]
@@ -212,6 +213,7 @@ def run_scenario(w: World) -> dict[str, CommandReceipt]:
         w.ref("SEP01", stock.seq), w.ref("MINE01", 1)], "inspection": w.ref("MIIT", insp.seq)})
     pen = do("MIIT", "PenaltyImposed", {**example(w, "PenaltyImposed", "MIIT"), "violation": w.ref("MIIT", viol.seq)})
     do("MIIT", "QuotaReduced", {**example(w, "QuotaReduced", "MIIT"), "penalty": w.ref("MIIT", pen.seq)})
+    do("MIIT", "RuleParameterSet")
     do("SEP01", "CorrectionRecorded", {"corrects": w.ref("SEP01", stock.seq), "reason": "INCORRECT_DATA",
                                        "explanation": "counted the wrong warehouse",
                                        "replaced_by": [w.ref("SEP01", stock.seq + 1)]})

@@ -29,7 +29,8 @@ DOMAIN_TYPES = {
     "AnnualTotalApproved", "QuotaBatchIssued", "QuotaSubAllocated", "QuotaReduced", "MineralProductProduced",
     "ImportReceived", "SecondaryFeedReceived", "SeparationBatchRecorded", "MetalSmelted", "TransferShipped",
     "TransferReceived", "ExportDeclared", "StockCounted", "MonthlyFlowReportSubmitted", "QuotaExecutionReported",
-    "InspectionRecorded", "ViolationFound", "PenaltyImposed", "CorrectionRecorded"}
+    "InspectionRecorded", "ViolationFound", "PenaltyImposed", "CorrectionRecorded",
+    "RuleParameterSet"}  # DOMAIN.md "The rules, precisely": parameters set by the regulator's entries
 
 
 def test_catalogue_covers_domain():
@@ -251,7 +252,7 @@ def test_reference_data():
     assert factors["Nd"] == "1.1664" and factors["Ce"] == "1.2284" and factors["Sc"] == "1.5338"
     assert all(decimal_text(v) == v and 1 < Decimal(v) < 2 for v in factors.values())
     for code, p in REFERENCE_DATA["products"].items():
-        assert p["class"] in ("MINERAL", "SEPARATED", "METAL", "ALLOY")
+        assert p["class"] in ("MINERAL", "SEPARATED", "METAL", "ALLOY", "MAGNET", "SCRAP")
         if p["element"] is not None:
             assert p["element"] in factors, code
     bands = REFERENCE_DATA["recovery_bands"]

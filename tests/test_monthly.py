@@ -184,7 +184,7 @@ def test_totals_of_a_demo_month_equal_a_hand_computation(ledger):
     assert line["category"] == "SEPARATION" and rep["QuotaExecutionReported"]["period"] == month
     assert Decimal(line["used_t_reo"]) == used.quantize(Decimal("0.001"), rounding="ROUND_CEILING")  # to the kg, up
     assert Decimal(line["allocated_t_reo"]) == allocation_t(url, plant, 2024, "SEPARATION", end - 1) > 0
-    assert rep["due"] == "2024-07-10T00:00:00Z"
+    assert rep["due"] == "2024-07-10T16:00:00Z"   # 24:00 CST on the 10th
 
 
 # --- a new month: produced, shipped, reported, accepted ---------------------------------------------------
@@ -200,7 +200,7 @@ def test_report_of_a_new_month_signed_and_accepted(ledger):
     finally:
         ps.close()
     prior = sum((Decimal(x["reo_kg"]) for x in before), Decimal(0))
-    lots = {"M2502-A": ("350.125", "190.5"), "M2502-B": ("402.5", "221.375")}  # dry kg, REO kg
+    lots = {"M2502-A": ("350.125", "190.5"), "M2502-B": ("402.5", "218.96")}  # dry kg, REO kg (x 54.4 %)
     for i, (lot, (dry, reo)) in enumerate(lots.items()):
         submit(ledger, mine, [("MineralProductProduced", {
             "lot": lot, "ore_type": "ROCK", "product": "BASTNAESITE_CONCENTRATE", "wet_kg": dry, "dry_kg": dry,
@@ -213,16 +213,16 @@ def test_report_of_a_new_month_signed_and_accepted(ledger):
         us("2025-02-06T10:00:00Z"))
     rep = build_monthly_report(url, mine, month)
     flow = rep["MonthlyFlowReportSubmitted"]
-    assert stated(flow["totals"]) == {"produced_reo_kg": Decimal("411.875"), "shipped_reo_kg": Decimal("190.5"),
-                                      "closing_stock_reo_kg": prior + Decimal("221.375")}
+    assert stated(flow["totals"]) == {"produced_reo_kg": Decimal("409.46"), "shipped_reo_kg": Decimal("190.5"),
+                                      "closing_stock_reo_kg": prior + Decimal("218.96")}
     assert rep["entries_in_month"] == {"MineralProductProduced": 2, "TransferShipped": 1}
     entries = chain(url, mine)
     assert [s.entry.type for _, s in entries[flow["first_seq"] - 1:]] == [
         "MineralProductProduced", "MineralProductProduced", "TransferShipped"]
     assert flow["digest"] == hashlib.sha256(b"".join(s.hash for _, s in entries[flow["first_seq"] - 1:])).digest()
     (line,) = rep["QuotaExecutionReported"]["lines"]
-    # 411.875 kg: stated in tonnes to the kg (the catalogue's precision), rounded up
-    assert line["category"] == "MINING_ROCK" and Decimal(line["used_t_reo"]) == Decimal("0.412")
+    # 409.46 kg: stated in tonnes to the kg (the catalogue's precision), rounded up
+    assert line["category"] == "MINING_ROCK" and Decimal(line["used_t_reo"]) == Decimal("0.41")
     assert Decimal(line["allocated_t_reo"]) == allocation_t(url, mine, 2025, "MINING_ROCK", end) > 0
     # signed and appended through the command API before the 10th: accepted, nothing flagged
     receipts = submit(ledger, mine, [("MonthlyFlowReportSubmitted", flow),
@@ -262,7 +262,8 @@ def test_wrong_digest_is_flagged_by_the_projections(ledger):
     # a range that is not the chain's (through the API this time): accepted and flagged
     flow = dict(rep["MonthlyFlowReportSubmitted"], month="2025-04", first_seq=1)
     (receipt,) = submit(ledger, mine, [("MonthlyFlowReportSubmitted", flow)], us("2025-05-02T09:00:00Z"))
-    assert [x["code"] for x in receipt.findings] == ["REPORT_DIGEST_MISMATCH"], receipt.findings
+    # (and March's totals stated for April: a false report too, Decree 785 Art. 25)
+    assert [x["code"] for x in receipt.findings] == ["REPORT_DIGEST_MISMATCH", "FALSE_REPORT"], receipt.findings
     assert len([f for f in party_findings(url, mine) if f["code"] == "REPORT_DIGEST_MISMATCH"]) == 2
 
 

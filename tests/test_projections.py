@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from hypothesis import settings, strategies as st
@@ -50,23 +50,52 @@ def t_of(text) -> int:
     return int(Decimal(text) * 1_000_000)
 
 
+CST = 8 * HOUR  # legal time: China Standard Time
+
+
 def year(micros: int) -> int:
-    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).year
+    return datetime.fromtimestamp((micros + CST) / 1e6, tz=timezone.utc).year
 
 
 def month(micros: int) -> str:
-    return datetime.fromtimestamp(micros / 1e6, tz=timezone.utc).strftime("%Y-%m")
+    return datetime.fromtimestamp((micros + CST) / 1e6, tz=timezone.utc).strftime("%Y-%m")
+
+
+def next_month(m: str) -> str:
+    y, mo = int(m[:4]), int(m[5:7]) + 1
+    return f"{y + 1}-01" if mo == 13 else f"{y}-{mo:02d}"
 
 
 def due_of(m: str) -> int:
-    y, mo = int(m[:4]), int(m[5:7]) + 1
-    if mo == 13:
-        y, mo = y + 1, 1
-    return dt_us(y, mo, 10)
+    """24:00 CST on the 10th of the next month."""
+    n = next_month(m)
+    return dt_us(int(n[:4]), int(n[5:7]), 10) + DAY - CST
+
+
+def working_days_end(start: int, days: int) -> int:
+    d = datetime.fromtimestamp((start + CST) / 1e6, tz=timezone.utc).date()
+    n = 0
+    while n < days:
+        d = date.fromordinal(d.toordinal() + 1)
+        if d.weekday() < 5:
+            n += 1
+    return dt_us(d.year, d.month, d.day) + DAY - CST
+
+
+def first_bad(events, bad):
+    """The first business time at which the running sums of ``events`` (t, a, b) are bad."""
+    for t in sorted({e[0] for e in events}):
+        a = sum(e[1] for e in events if e[0] <= t)
+        b = sum(e[2] for e in events if e[0] <= t)
+        if bad(a, b):
+            return t, a, b
+    return None
 
 
 class Reference:
-    """What the projections must say, computed the plain way from (index, record time, entry)."""
+    """What the projections must say, computed the plain way from (index, record time, entry),
+    as DOMAIN.md "The rules, precisely" states the rules: quota and stock on the business-time
+    axis (brute force over every business time), legal time in CST, the reporting window."""
 
     def __init__(self, log: list[tuple[int, int, SignedEntry]]):
         self.moves: list[tuple] = []     # (idx, occ, party, lot, g, reo)
@@ -76,10 +105,12 @@ class Reference:
         self.balance: dict[tuple, list[int]] = {}
         self.lots: dict[str, dict] = {}
         self.parties: dict[str, dict] = {}
-        self.issued: dict[tuple, int] = {}
-        self.alloc: dict[tuple, int] = {}
-        self.used: dict[tuple, int] = {}
-        self.flagged: set[tuple] = set()
+        self.qevents: dict[tuple, list] = {}
+        self.sevents: dict[tuple, list] = {}
+        self.open: set[tuple] = set()
+        self.illegal_seen: set[tuple] = set()
+        batches: dict[tuple, tuple] = {}
+        suballoc: dict[tuple, int] = {}
         ships: dict[tuple, dict] = {}
         reports: dict[tuple, int] = {}
         active: dict[tuple, int] = {}
@@ -95,34 +126,55 @@ class Reference:
                 self.parties[b["party"]] = {"roles": set(b["roles"]), "since": us(b["valid_from"]),
                                             "groups": [(us(b["valid_from"]), b["group"])] if b.get("group") else []}
             elif t == "GroupMembershipChanged":
-                self.parties[b["party"]]["groups"].append(
-                    (us(b["effective_from"]), b["group"] if b["action"] == "JOINED" else None))
+                since = us(b["effective_from"])
+                if b["action"] == "JOINED":
+                    self.parties[b["party"]]["groups"].append((since, b["group"]))
+                elif self.group_at(b["party"], since) == b["group"]:   # LEFT: only the group named
+                    self.parties[b["party"]]["groups"].append((since, None))
             elif t == "QuotaBatchIssued":
+                amounts = {}
                 for cat, name in (("MINING_ROCK", "mining_rock_t_reo"), ("MINING_IONIC", "mining_ionic_t_reo"),
                                   ("SEPARATION", "separation_t_reo")):
                     g = t_of(b[name])
+                    amounts[cat] = g
                     if g:
-                        self.issued[(b["year"], b["holder"], cat)] = self.issued.get((b["year"], b["holder"], cat), 0) + g
                         self.limits.append((i, occ, b["year"], b["holder"], cat, "ISSUED", g))
-                        self.flagged -= {("enterprise", b["year"], b["holder"], cat),
-                                         ("group", b["year"], b["holder"], cat), ("nation", b["year"], "", cat)}
+                        self.qevent(i, occ, ("enterprise", b["year"], b["holder"], cat), 0, g, b["holder"])
+                        if "GROUP" in self.parties[b["holder"]]["roles"]:
+                            self.qevent(i, occ, ("group", b["year"], b["holder"], cat), 0, g, b["holder"])
+                        self.qevent(i, occ, ("nation", b["year"], "", cat), 0, g, b["holder"])
+                batches[(b["year"], b["batch_no"], b["holder"])] = (occ, amounts)
             elif t == "QuotaSubAllocated":
-                y, g = b["batch"]["year"], t_of(b["t_reo"])
-                key = (y, b["enterprise"], b["category"])
-                self.alloc[key] = self.alloc.get(key, 0) + g
-                self.limits.append((i, occ, y, b["enterprise"], b["category"], "IN", g))
-                self.limits.append((i, occ, y, e.chain, b["category"], "OUT", g))
-                self.flagged.discard(("enterprise",) + key)
+                y, no, g = b["batch"]["year"], b["batch"]["batch_no"], t_of(b["t_reo"])
+                ent, cat = b["enterprise"], b["category"]
+                self.limits.append((i, occ, y, ent, cat, "IN", g))
+                self.limits.append((i, occ, y, e.chain, cat, "OUT", g))
+                self.qevent(i, occ, ("enterprise", y, ent, cat), 0, g, ent)
+                k = (y, no, e.chain, cat)
+                suballoc[k] = suballoc.get(k, 0) + g
+                boc, amounts = batches[(y, no, e.chain)]
+                if suballoc[k] > amounts.get(cat, 0):
+                    f("SUBALLOCATION_ABOVE_BATCH", e.chain)
+                if occ >= working_days_end(boc, 10):
+                    f("SUBALLOCATION_LATE", e.chain)
+                if self.group_at(ent, occ) != e.chain:
+                    f("SUBALLOCATION_TO_NON_MEMBER", e.chain)
             elif t == "MineralProductProduced":
+                illegal = None
                 if not self.designated(e.chain, "MINE", occ):
                     f("NOT_DESIGNATED", e.chain)
+                    illegal = (i, e.chain)
                 product = b.get("product", "RE_CONCENTRATE")
-                self.new_lot(b["lot"], product, b["ore_type"])
+                ionic = b["ore_type"] == "IONIC"
+                self.new_lot(b["lot"], product, b["ore_type"], ionic=1 if ionic else 0,
+                             conc=0 if ionic or "MIXED" in product else 1, illegal=illegal)
                 self.move(i, occ, e.chain, b["lot"], g_of(b["dry_kg"]), g_of(b["reo_kg"]))
                 self.use(i, occ, e.chain, "MINING_" + b["ore_type"], g_of(b["reo_kg"]))
             elif t == "ImportReceived":
-                self.new_lot(b["lot"], b.get("product") or ("MONAZITE_CONCENTRATE" if b["form"] == "MONAZITE"
-                                                            else None), None)
+                product = b.get("product") or ("MONAZITE_CONCENTRATE" if b["form"] == "MONAZITE" else None)
+                ore = b.get("ore_type") or ("MONAZITE" if b["form"] == "MONAZITE" else "ROCK")
+                self.new_lot(b["lot"], product, None, ionic=1 if ore == "IONIC" else 0,
+                             conc=0 if ore == "IONIC" or "MIXED" in (product or "") else 1)
                 self.move(i, occ, e.chain, b["lot"], g_of(b["dry_kg"]), g_of(b["reo_kg"]))
             elif t == "SecondaryFeedReceived":
                 self.new_lot(b["lot"], b["scrap_type"], None)
@@ -130,18 +182,26 @@ class Reference:
             elif t in ("SeparationBatchRecorded", "MetalSmelted"):
                 if t == "SeparationBatchRecorded" and not self.designated(e.chain, "SEPARATION", occ):
                     f("NOT_DESIGNATED", e.chain)
-                reo_in = ionic = 0
-                mineral = False
+                reo_in = 0
+                ionic = conc = Decimal(0)
+                illegal = None
                 for line in b["inputs"]:
                     info = self.lots.get(line["lot"])
+                    self.illegal_party(i, occ, e.chain, line["lot"])
                     self.take(i, occ, e.chain, line["lot"], g_of(line["kg"]), g_of(line["reo_kg"]))
-                    reo_in += g_of(line["reo_kg"])
-                    if info and info["ore"] == "IONIC":
-                        ionic += g_of(line["reo_kg"])
-                    mineral = mineral or bool(info and info["product"] in MINERAL and "MIXED" not in info["product"])
+                    r = g_of(line["reo_kg"])
+                    reo_in += r
+                    if info:
+                        ionic += info["ionic"] * r
+                        conc += info["conc"] * r
+                        if info["illegal"] and illegal is None:
+                            illegal = info["illegal"]
+                if t == "SeparationBatchRecorded" and not self.designated(e.chain, "SEPARATION", occ):
+                    illegal = (i, e.chain)
                 reo_out = 0
                 for out in b["outputs"]:
-                    self.new_lot(out["lot"], out["product"], None)
+                    self.new_lot(out["lot"], out["product"], None, ionic=ionic / reo_in if reo_in else 0,
+                                 illegal=illegal)
                     self.move(i, occ, e.chain, out["lot"], g_of(out["kg"]), g_of(out["reo_kg"]))
                     reo_out += g_of(out["reo_kg"])
                 if t == "SeparationBatchRecorded":
@@ -150,9 +210,9 @@ class Reference:
                     if reo_in:
                         if abs(reo_in - reo_out - losses) > Decimal("0.005") * reo_in:
                             f("MASS_IMBALANCE", e.chain)
-                        band = Decimal(94 if Decimal(ionic) / reo_in > Decimal("0.5") else 96)
-                        if mineral:
-                            band *= Decimal("0.92")
+                        # by ore type: ionic concentrate 94 %, rock concentrate 92 % x 96 %, mixed RE 96 %
+                        rest = max(Decimal(reo_in) - ionic - conc, Decimal(0))
+                        band = (ionic * 94 + conc * Decimal("88.32") + rest * 96) / reo_in
                         pct = Decimal(reo_out) * 100 / reo_in
                         if pct > 100:
                             f("YIELD_ABOVE_100", e.chain)
@@ -161,10 +221,16 @@ class Reference:
             elif t == "TransferShipped":
                 lines = []
                 for line in b["lines"]:
+                    self.illegal_party(i, occ, e.chain, line["lot"])
                     self.take(i, occ, e.chain, line["lot"], g_of(line["kg"]), g_of(line["reo_kg"]))
                     lines.append((line["lot"], line["product"], g_of(line["kg"])))
+                shipped = us(b["shipped_at"])
+                # business times compared; a receipt dated in time may be entered up to its
+                # month's report deadline
                 ships[(e.chain, b["transfer_id"])] = {"lines": sorted(lines), "idx": i, "received": None,
-                                                      "due": us(b["shipped_at"]) + 30 * DAY}
+                                                      "shipped": shipped, "late": False,
+                                                      "due": max(shipped + 30 * DAY,
+                                                                 due_of(month(shipped + 30 * DAY)))}
             elif t == "TransferReceived":
                 ship = ships.get((b["seller"], b["transfer_id"]))
                 got = []
@@ -173,16 +239,22 @@ class Reference:
                     got.append((line["lot"], line["product"], g_of(line["kg"])))
                     if self.designated(e.chain, "RECYCLER", occ) and line["product"] in MINERAL:
                         f("RECYCLER_MINERAL_FEED", e.chain)
+                    self.illegal_party(i, occ, e.chain, line["lot"])
                 if ship is None:
                     f("RECEIPT_WITHOUT_SHIPMENT", e.chain)
                 else:
                     ship["received"] = i
+                    if us(b["received_at"]) - ship["shipped"] > 30 * DAY and not self._due_raised(
+                            ship, recs, i):
+                        ship["late"] = True
+                        f("SHIPMENT_NOT_RECEIVED", b["seller"])
                     if sorted(got) != ship["lines"]:
                         f("RECEIPT_MISMATCH", e.chain)
             elif t == "ExportDeclared":
+                self.illegal_party(i, occ, e.chain, b["lot"])
                 self.take(i, occ, e.chain, b["lot"], g_of(b["kg"]), g_of(b["reo_kg"]))
-            elif t == "StockCounted":
-                book = self.balance.get((e.chain, b["lot"]), [0, 0])[0]
+            elif t == "StockCounted":  # against the books valid at the count's business time
+                book = sum(m[4] for m in self.moves if m[2] == e.chain and m[3] == b["lot"] and m[1] <= occ)
                 if abs(g_of(b["counted_kg"]) - book) > Decimal("0.005") * max(book, 1):
                     f("STOCK_COUNT_DIFFERENCE", e.chain)
             elif t == "MonthlyFlowReportSubmitted":
@@ -193,7 +265,8 @@ class Reference:
                 if hashlib.sha256(b"".join(covered)).digest() != b["digest"]:
                     f("REPORT_DIGEST_MISMATCH", e.chain)
             if t not in NOT_REGISTRY:
-                if rec - occ > 15 * DAY:
+                window = month(rec) == next_month(month(occ)) and rec < due_of(month(occ))
+                if rec - occ > 15 * DAY and not window:
                     f("BACKDATED", e.chain)
                 elif occ - rec > DAY:
                     f("FUTURE_DATED", e.chain)
@@ -208,8 +281,8 @@ class Reference:
 
         for (seller, _tid), ship in ships.items():
             k = first_after(ship["idx"], ship["due"])
-            if k is not None and (ship["received"] is None or ship["received"] >= k):
-                self.findings.append((k, ship["due"], "SHIPMENT_NOT_RECEIVED", seller, None))
+            if k is not None and not ship["late"] and (ship["received"] is None or ship["received"] >= k):
+                self.findings.append((k, ship["shipped"] + 30 * DAY, "SHIPMENT_NOT_RECEIVED", seller, None))
         for (party, m), j in active.items():
             r = reports.get((party, m))
             if r is not None and r < j:
@@ -217,6 +290,11 @@ class Reference:
             k = first_after(j, due_of(m))
             if k is not None and (r is None or r >= k):
                 self.findings.append((k, due_of(m), "REPORT_MISSING", party, None))
+
+    @staticmethod
+    def _due_raised(ship, recs, i) -> bool:
+        """Whether the "not received" finding was raised before (or by) the receipt's arrival."""
+        return any(recs[k] >= ship["due"] for k in range(ship["idx"] + 1, i + 1))
 
     # helpers
     def _finding_at(self, i: int, occ: int):
@@ -226,44 +304,67 @@ class Reference:
         p = self.parties.get(party)
         return bool(p) and role in p["roles"] and occ >= p["since"]
 
-    def new_lot(self, lot: str, product, ore) -> None:
-        self.lots.setdefault(lot, {"product": product, "ore": ore})
+    def group_at(self, party: str, occ: int):
+        grp, best = None, -1
+        for since, group in (self.parties.get(party) or {}).get("groups", []):  # the latest membership by then
+            if best <= since <= occ:
+                grp, best = group, since
+        return grp
+
+    def new_lot(self, lot: str, product, ore, ionic=0, conc=0, illegal=None) -> None:
+        self.lots.setdefault(lot, {"product": product, "ore": ore, "ionic": Decimal(ionic), "conc": Decimal(conc),
+                                   "illegal": illegal})
+
+    def illegal_party(self, i, occ, party, lot) -> None:
+        info = self.lots.get(lot)
+        if not info or not info["illegal"]:
+            return
+        src_idx, source = info["illegal"]
+        if party != source and (party, src_idx) not in self.illegal_seen:
+            self.illegal_seen.add((party, src_idx))
+            self.findings.append((i, occ, "ILLEGAL_SOURCE", party, None))
 
     def move(self, i, occ, party, lot, g, reo) -> None:
         bal = self.balance.setdefault((party, lot), [0, 0])
-        before_ok = bal[0] >= 0 and bal[1] >= 0
         bal[0] += g
         bal[1] += reo
         self.moves.append((i, occ, party, lot, g, reo))
-        if before_ok and (bal[0] < 0 or bal[1] < 0):
-            self.findings.append((i, occ, "NEGATIVE_STOCK", party, None))
+        events = self.sevents.setdefault((party, lot), [])
+        events.append((occ, g, reo))
+        key = ("stock", party, lot)
+        bad = first_bad(events, lambda a, b: a < 0 or b < 0)
+        if bad and key not in self.open:
+            self.open.add(key)
+            self.findings.append((i, bad[0], "NEGATIVE_STOCK", party, None))
+        elif not bad:
+            self.open.discard(key)
 
     def take(self, i, occ, party, lot, g, reo) -> None:
         if lot not in self.lots:
             self.findings.append((i, occ, "UNTRACEABLE_LOT", party, None))
         self.move(i, occ, party, lot, -g, -reo)
 
+    def qevent(self, i, occ, key, used, limit, party) -> None:
+        """Quota on the business-time axis: over iff at some t, use by t > quota by t (never < 0)."""
+        events = self.qevents.setdefault(key, [])
+        events.append((occ, used, limit))
+        bad = first_bad(events, lambda u, lim: u > max(lim, 0))
+        if bad and key not in self.open:
+            self.open.add(key)
+            self.findings.append((i, bad[0], "OVER_QUOTA", party, key[0]))
+        elif not bad:
+            self.open.discard(key)
+
     def use(self, i, occ, party, cat, g) -> None:
         if g <= 0:
             return
         y = year(occ)
-        grp, best = None, -1
-        for since, group in (self.parties.get(party) or {}).get("groups", []):  # the latest membership by then
-            if best <= since <= occ:
-                grp, best = group, since
+        grp = self.group_at(party, occ)
         self.uses.append((i, occ, y, party, cat, g, grp))
-        self.used[(y, party, cat)] = self.used.get((y, party, cat), 0) + g
-        used_grp = sum(u[5] for u in self.uses if u[2] == y and u[6] == grp and u[4] == cat) if grp else 0
-        used_nat = sum(u[5] for u in self.uses if u[2] == y and u[4] == cat)
-        checks = [("enterprise", party, self.used[(y, party, cat)],
-                   self.issued.get((y, party, cat), 0) + self.alloc.get((y, party, cat), 0))]
+        self.qevent(i, occ, ("enterprise", y, party, cat), g, 0, party)
         if grp:
-            checks.append(("group", grp, used_grp, self.issued.get((y, grp, cat), 0)))
-        checks.append(("nation", "", used_nat, sum(v for (yy, _h, c), v in self.issued.items() if yy == y and c == cat)))
-        for level, who, used, limit in checks:
-            if used > limit and (level, y, who, cat) not in self.flagged:
-                self.flagged.add((level, y, who, cat))
-                self.findings.append((i, occ, "OVER_QUOTA", party, level))
+            self.qevent(i, occ, ("group", y, grp, cat), g, 0, party)
+        self.qevent(i, occ, ("nation", y, "", cat), g, 0, party)
 
     # answers at a point
     def stock_at(self, n: int, t: int) -> dict[tuple, tuple[int, int]]:
@@ -654,10 +755,13 @@ class ProjectionMachine(RuleBasedStateMachine):
         tables: dict[int, list[dict]] = {}
         for f in queries.findings(self.ps)["findings"]:
             f.pop("rule_text")
+            f.pop("resolved", None)  # marked later, by the entry that cured it
             tables.setdefault(f["index"], []).append(f)
 
         def norm(fs):
-            return sorted(json.dumps(f, sort_keys=True) for f in fs)
+            # an answer also lists the RESOLVED markers of what its entry cured (the tables show
+            # them as the cured finding's "resolved" field)
+            return sorted(json.dumps(f, sort_keys=True) for f in fs if f["code"] != "RESOLVED")
 
         assert not self.unanswered, f"the mirror could not say for log indexes {self.unanswered}"
         for index, (chain, got) in self.answered.items():

@@ -31,7 +31,7 @@ from reledger.ledger.entry import ENTRY_TAG, SignedEntry
 from reledger.ledger.keys import SigningKey
 from reledger.storage.store import LedgerStore
 from reledger.projections import queries
-from reledger.projections.model import FLOW_TYPES, RULE_PARAMETERS, report_due_us
+from reledger.projections.model import FLOW_TYPES, RULE_PARAMETERS, month_of, report_due_us
 from reledger.projections.store import ProjectionStore
 from reledger.replay.history import replay_party
 
@@ -318,7 +318,10 @@ def test_each_seeded_violation_is_found_with_its_first_entry(demo):
     rec, s = next((rec, s) for rec, s in chain_entries(url, w["party"])
                   if s.entry.type == "TransferShipped" and s.entry.body["transfer_id"] == w["transfer_id"])
     r, f, step = found("shipment_never_received", "flow", "SHIPMENT_NOT_RECEIVED", ref_of(rec, s))
-    due = us_of(s.entry.body["shipped_at"]) + int(RULE_PARAMETERS["receipt_within_days"]) * DAY
+    # business times compared: a receipt dated within the N days may be entered up to the report
+    # deadline of the month in which they ran out; only then is the shipment "not received"
+    due_business = us_of(s.entry.body["shipped_at"]) + int(RULE_PARAMETERS["receipt_within_days"]) * DAY
+    due = max(due_business, report_due_us(month_of(due_business)))
     first_after = next(x.index for x in all_records(url) if x.recorded_us >= due)
     assert f["index"] == first_after and step.kind == "finding" and step.seq is None
     assert f["params"]["transfer_id"] == w["transfer_id"] and f["params"]["buyer"] == w["buyer"]
@@ -360,6 +363,22 @@ def test_each_seeded_violation_is_found_with_its_first_entry(demo):
                   if s.entry.type == "ImportReceived" and s.entry.body["lot"] == w["lot"])
     r, f, step = found("backdated_entry", "timeliness", "BACKDATED", ref_of(rec, s))
     assert f["params"]["days"] == (rec.recorded_us - us_of(s.entry.occurred_at)) // DAY == 46
+
+    # an under-declared lot (written below the command API): the production, with the computed REO
+    w = where["under_declared_lot"]
+    rec, s = next((rec, s) for rec, s in chain_entries(url, w["party"])
+                  if s.entry.type == "MineralProductProduced" and s.entry.body["lot"] == w["lot"])
+    r, f, step = found("under_declared_lot", "quantities", "DECLARED_REO_MISMATCH", ref_of(rec, s))
+    b = s.entry.body
+    assert Decimal(f["params"]["computed_kg"]) == (Decimal(b["dry_kg"]) * Decimal(b["treo_pct"]) / 100).quantize(
+        Decimal("0.001"))
+
+    # a false monthly total: the report itself
+    w = where["false_monthly_total"]
+    rec, s = next((rec, s) for rec, s in chain_entries(url, w["party"])
+                  if s.entry.type == "MonthlyFlowReportSubmitted" and s.entry.body["month"] == w["month"])
+    r, f, step = found("false_monthly_total", "reporting", "FALSE_REPORT", ref_of(rec, s))
+    assert f["params"]["totals"]["produced_reo_kg"]["stated_kg"] == "1000"
     assert checked == set(SEEDED)
 
 
