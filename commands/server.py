@@ -29,11 +29,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reledger.commands.api import CommandAPI, CommandError
-from reledger.commands.auth import AuthError, RequestAuthenticator
+from reledger.commands.auth import AuthError, Designations, RequestAuthenticator
 from reledger.processes.committer import (MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, GroupCommitter, Overloaded, WriterFailed,
                                 WriterProcess, transient_errors)
 from reledger.ledger import encoding
 from reledger.ledger.entry import CHAIN_RE
+from reledger.storage.nonces import NonceStore
 from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,13 @@ Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
 MAX_GROUP = 5000
 FOLLOW_INTERVAL = 0.2  # seconds between two background catch-ups of the projection tables
 PROBLEM = "application/problem+json"
+
+# Bounds on what anybody, signed or not, can make the server do (docs/HTTP.md, "Limits and timeouts")
+HEADER_TIMEOUT = 10.0  # s: a request's head must arrive within this of the connection's opening (or the last answer)
+BODY_TIMEOUT = 60.0  # s: a request's body must arrive within this of its head (else 408)
+KEEP_ALIVE = 5.0  # s: an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+MAX_CLIENT_CONNECTIONS = 128  # open connections per peer address (0: no limit; behind a proxy, raise it)
+DECODE_THREADS = 2  # bodies are decoded in these threads, never on the event loop nor in the read threads
 
 
 class Problem(Exception):
@@ -71,7 +79,8 @@ class Problem(Exception):
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
            413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-           405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+           405: "Method Not Allowed", 408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 def problem_of(err: CommandError) -> Problem:
@@ -85,14 +94,15 @@ def _b64(data: bytes) -> str:
 
 def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True,
                writer_process: bool = True, max_queued_entries: int = MAX_QUEUED_ENTRIES,
-               max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
+               max_queued_bytes: int = MAX_QUEUED_BYTES, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The app. ``projections_process``: the projection tables are kept by a child process
     (:class:`reledger.projections.follow.ProjectionProcess`, which also answers the appends' findings);
     else by threads of this one (a Follower and :class:`reledger.projections.hooks.ProjectionFindings`).
     ``writer_process``: appends are checked and committed by a writer process
     (:class:`reledger.processes.committer.WriterProcess`); else by threads of this one
     (:class:`reledger.processes.committer.GroupCommitter`, also when no process can be spawned).
-    ``max_queued_*``: the admission limits of either."""
+    ``max_queued_*``: the admission limits of either. ``body_timeout``: seconds a request's body
+    may take to arrive (408 after that)."""
     from reledger.projections import flowgraph, queries
     from reledger.projections.follow import Follower, ProjectionProcess
     from reledger.projections.hooks import ProjectionFindings
@@ -112,7 +122,14 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
     limits = {"max_queued_entries": max_queued_entries, "max_queued_bytes": max_queued_bytes}
     committer: Any = (WriterProcess(url, api, **limits) if writer_process and WriterProcess.available()
                       else GroupCommitter(api, **limits))
-    authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
+    # the nonces of signed reads live in the database: a captured request is refused after a
+    # restart and by every other server of this ledger too (storage/nonces.py)
+    nonces = NonceStore(url, 2 * auth_window)
+    authenticator = RequestAuthenticator(store.current_registry, window=auth_window, nonces=nonces)
+    designations = Designations(store)
+    import anyio
+
+    decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -134,6 +151,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         follower.stop()
         api.close()
         projections.close()
+        nonces.close()
         store.close()
 
     app = FastAPI(title="reledger", version="1", lifespan=lifespan,
@@ -193,11 +211,15 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
             if int(declared) > MAX_BODY:
                 raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Problem(408, "timeout", f"the body did not arrive within {body_timeout:g} s") from None
         return b"".join(chunks)
 
     def who(request: Request, body: bytes = b"") -> tuple[str, frozenset[str]]:
@@ -210,7 +232,11 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         party = authenticator.authenticate(request.method, path, request.headers, body)
         if party is None:
             raise Problem(401, "unauthorized", "reads need a signed request (X-Reledger-* headers, docs/HTTP.md)")
-        roles = store.current_registry().roles.get(party, frozenset())
+        # the designation in force now, not the roles last recorded: a party whose designation
+        # has not begun, has ended or is suspended reads nothing (docs/HTTP.md, "Who may read what")
+        roles, why = designations.roles_now(party)
+        if not roles:
+            raise Problem(403, "forbidden", f"{party} holds no designation now: {why}")
         return party, roles
 
     def chain_id(chain: str) -> str:
@@ -280,29 +306,13 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
                                                  "items": {"type": "string", "format": "byte"}}}}}}}})
     async def append(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await read_body(request)
-        if ctype == "application/msgpack":
-            try:
-                value = encoding.decode(body)
-            except encoding.EncodingError as e:
-                raise Problem(400, "malformed", f"body: {e}") from e
-            envelopes = [value] if isinstance(value, bytes) else value
-            if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
-                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
-        elif ctype == "application/json":
-            import json
-
-            try:
-                doc = json.loads(body)
-                raw = doc["entries"]
-                if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-                    raise TypeError
-                envelopes = [base64.b64decode(x, validate=True) for x in raw]
-            except (ValueError, KeyError, TypeError, RecursionError) as e:
-                raise Problem(400, "malformed", 'body: expected {"entries": [base64 envelope, ...]}') from e
-        else:
+        if ctype not in ("application/msgpack", "application/json"):
             raise Problem(415, "unsupported_media_type",
                           "Content-Type must be application/msgpack or application/json")
+        body = await read_body(request)
+        # bounded work before anything is built (parse_envelopes), in threads of its own: a body of
+        # millions of tiny items neither stalls the event loop nor takes the threads reads run in
+        envelopes = await anyio.to_thread.run_sync(parse_envelopes, ctype, body, limiter=decode_limiter)
         if not envelopes:
             raise Problem(400, "malformed", "body: no entries")
         if len(envelopes) > MAX_GROUP:
@@ -452,8 +462,117 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
 SWITCH_INTERVAL = 0.0005  # seconds: how long a thread may keep the interpreter lock from another (Python: 0.005)
 
 
+def default_max_connections() -> int:
+    """Connections the server holds at once: what the open-file limit leaves after the files,
+    pipes and database connections of the server itself (256), at least 64, at most 4096."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1000
+    if soft == getattr(resource, "RLIM_INFINITY", -1):
+        return 4096
+    return max(64, min(4096, soft - 256))
+
+
+def _problem_bytes(status: int, code: str, detail: str, retry_after: bool = True) -> bytes:
+    import json
+
+    body = json.dumps({"type": f"https://reledger.example/problems/{code}", "title": _TITLES.get(status, "Error"),
+                       "status": status, "detail": detail, "code": code}).encode()
+    head = (f"HTTP/1.1 {status} {_TITLES.get(status, 'Error')}\r\ncontent-type: {PROBLEM}\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n" + ("retry-after: 1\r\n" if retry_after else "")
+            + "\r\n")
+    return head.encode() + body
+
+
+def guarded_protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
+                     max_client_connections: int = MAX_CLIENT_CONNECTIONS):
+    """uvicorn's h11 protocol with the bounds uvicorn lacks (docs/HTTP.md, "Limits and timeouts"):
+
+    * a request's head must arrive within ``header_timeout`` s of the connection's opening or of
+      the previous answer on it (uvicorn only times out keep-alive connections that sent nothing
+      after an answer): a half-open or idle connection is closed;
+    * at most ``max_connections`` connections at once, and ``max_client_connections`` per peer
+      address (0: no per-peer limit): a connection over either is answered at once (503
+      ``overloaded`` / 429 ``too_many_connections``, problem+json, ``Retry-After: 1``) and
+      closed, before anything of it is read. This is uvicorn's ``limit_concurrency`` done where
+      it frees the file descriptor at once, and per peer: one client's connections cannot take
+      every one."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    limit = max_connections if max_connections is not None else default_max_connections()
+
+    class GuardedH11Protocol(H11Protocol):
+        per_peer: dict[str, int] = {}
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._peer: str | None = None
+            self._head_timer = None
+            host = self.client[0] if self.client else None
+            if len(self.connections) > limit:
+                return self._refuse(503, "overloaded", f"the server holds {limit} connections: try again")
+            if max_client_connections and host is not None:
+                held = self.per_peer.get(host, 0)
+                if held >= max_client_connections:
+                    return self._refuse(429, "too_many_connections",
+                                        f"at most {max_client_connections} connections per client address")
+                self.per_peer[host] = held + 1
+                self._peer = host
+            self._arm()
+
+        def _refuse(self, status: int, code: str, detail: str) -> None:
+            self.transport.write(_problem_bytes(status, code, detail))
+            self.transport.close()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self.transport.close()  # no request came (or only part of its head)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
+                self._disarm()  # the head is in: the body has its own timeout (create_app)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()  # waiting for the next request's head
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self._peer is not None:
+                left = self.per_peer.get(self._peer, 1) - 1
+                if left > 0:
+                    self.per_peer[self._peer] = left
+                else:
+                    self.per_peer.pop(self._peer, None)
+                self._peer = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+SWITCH_INTERVAL = 0.0005  # seconds: how long a thread may keep the interpreter lock from another (Python: 0.005)
+
+
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
-          max_queued_entries: int = MAX_QUEUED_ENTRIES) -> None:
+          max_queued_entries: int = MAX_QUEUED_ENTRIES, header_timeout: float = HEADER_TIMEOUT,
+          body_timeout: float = BODY_TIMEOUT, max_connections: int | None = None,
+          max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> None:
     import sys
 
     import uvicorn
@@ -464,8 +583,97 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     # clients, one entry a request: 2,050-2,080 entries/s with the default, 2,140-2,160 with
     # 0.5 ms (paired runs, docs/OPERATIONS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    uvicorn.run(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port, log_level=log_level,
-                access_log=False)
+    protocol = guarded_protocol(header_timeout, max_connections, max_client_connections)
+    uvicorn.run(create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout), host=host,
+                port=port, log_level=log_level, access_log=False, http=protocol, timeout_keep_alive=KEEP_ALIVE,
+                h11_max_incomplete_event_size=16 * 1024)
+
+
+# --- the body of an append, decoded with bounded work ------------------------------------------
+
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8/16/32: width of the length
+
+
+def _bin_end(body: bytes, i: int) -> int | None:
+    """The end of the msgpack bin value at ``body[i]``; None if there is none."""
+    width = _BIN.get(body[i])
+    if width is None or i + 1 + width > len(body):
+        return None
+    end = i + 1 + width + int.from_bytes(body[i + 1:i + 1 + width], "big")
+    return end if end <= len(body) else None
+
+
+def scan_msgpack(body: bytes) -> None:
+    """Refuse, before anything is decoded, a msgpack body that is not one bin value or an array
+    of at most MAX_GROUP bin values: one step per item, at most MAX_GROUP steps, nothing built.
+    (msgpack's own ``max_*_len`` limits bound each container, not the items of a nested body.)"""
+    shape = Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+    n = len(body)
+    if n == 0:
+        raise Problem(400, "malformed", "body: empty")
+    first = body[0]
+    if first in _BIN:
+        if _bin_end(body, 0) != n:
+            raise shape
+        return
+    if 0x90 <= first <= 0x9F:
+        count, i = first & 0x0F, 1
+    elif first in (0xDC, 0xDD):
+        i = 3 if first == 0xDC else 5
+        if n < i:
+            raise shape
+        count = int.from_bytes(body[1:i], "big")
+    else:
+        raise shape
+    if count > MAX_GROUP:
+        raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+    for _ in range(count):
+        end = _bin_end(body, i) if i < n else None
+        if end is None:
+            raise shape
+        i = end
+    if i != n:
+        raise Problem(400, "malformed", "body: trailing bytes after the envelopes")
+
+
+_JSON_SHAPE = 'body: expected {"entries": [base64 envelope, ...]}'
+
+
+def scan_json(body: bytes) -> None:
+    """Refuse, before it is parsed, a JSON body that cannot be ``{"entries": [...]}`` with at most
+    MAX_GROUP strings: more than one object and one array (nesting), or more commas than
+    MAX_GROUP strings need. Counted in C over the bytes (a few ms for 4 MiB); base64 has neither
+    brackets nor commas, so a valid body always passes."""
+    if body.count(b"{") + body.count(b"[") > 2:
+        raise Problem(400, "malformed", _JSON_SHAPE)
+    if body.count(b",") >= MAX_GROUP:
+        raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+
+
+def parse_envelopes(ctype: str, body: bytes) -> list[bytes]:
+    """The envelopes of an append's body (docs/HTTP.md), or a Problem. Bounded: the scans above
+    run first, so nothing larger than MAX_GROUP items is ever built."""
+    if ctype == "application/msgpack":
+        scan_msgpack(body)
+        try:
+            value = encoding.decode(body)
+        except encoding.EncodingError as e:
+            raise Problem(400, "malformed", f"body: {e}") from e
+        envelopes = [value] if isinstance(value, bytes) else value
+        if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
+            raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+        return envelopes
+    import json
+
+    scan_json(body)
+    try:
+        doc = json.loads(body)
+        raw = doc["entries"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise TypeError
+        return [base64.b64decode(x, validate=True) for x in raw]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise Problem(400, "malformed", _JSON_SHAPE) from e
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:
