@@ -203,24 +203,27 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         return Problem(500, "internal", f"internal error: {type(exc).__name__}").response(request.url.path)
 
     # --- helpers -------------------------------------------------------------------------
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, scan: "BodyScan | None" = None) -> bytes:
+        """The body, read within ``body_timeout`` and MAX_BODY; ``scan`` sees it as it arrives
+        and refuses a hostile one at once, unread past its first bad bytes."""
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise Problem(400, "invalid_request", "Content-Length is not a number")
             if int(declared) > MAX_BODY:
                 raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-        chunks, size = [], 0
+        buf = bytearray()
         try:
             async with asyncio.timeout(body_timeout):
                 async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > MAX_BODY:
+                    if len(buf) + len(chunk) > MAX_BODY:
                         raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-                    chunks.append(chunk)
+                    buf += chunk
+                    if scan is not None:
+                        scan.feed(buf, len(chunk))
         except TimeoutError:
             raise Problem(408, "timeout", f"the body did not arrive within {body_timeout:g} s") from None
-        return b"".join(chunks)
+        return bytes(buf)
 
     def who(request: Request, body: bytes = b"") -> tuple[str, frozenset[str]]:
         # the path as sent (percent-encoding kept), not Starlette's decoded one: the client signs
@@ -309,7 +312,7 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         if ctype not in ("application/msgpack", "application/json"):
             raise Problem(415, "unsupported_media_type",
                           "Content-Type must be application/msgpack or application/json")
-        body = await read_body(request)
+        body = await read_body(request, BodyScan(ctype))
         # bounded work before anything is built (parse_envelopes), in threads of its own: a body of
         # millions of tiny items neither stalls the event loop nor takes the threads reads run in
         envelopes = await anyio.to_thread.run_sync(parse_envelopes, ctype, body, limiter=decode_limiter)
@@ -488,12 +491,14 @@ def _problem_bytes(status: int, code: str, detail: str, retry_after: bool = True
 
 
 def guarded_protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
-                     max_client_connections: int = MAX_CLIENT_CONNECTIONS):
+                     max_client_connections: int = MAX_CLIENT_CONNECTIONS, body_timeout: float = BODY_TIMEOUT):
     """uvicorn's h11 protocol with the bounds uvicorn lacks (docs/HTTP.md, "Limits and timeouts"):
 
     * a request's head must arrive within ``header_timeout`` s of the connection's opening or of
       the previous answer on it (uvicorn only times out keep-alive connections that sent nothing
-      after an answer): a half-open or idle connection is closed;
+      after an answer): a half-open or idle connection is closed; and the rest of a body
+      answered before it was read (a refusal from its first bytes) must arrive within
+      ``body_timeout`` s (it is dropped unparsed; a body that trickles on is cut off);
     * at most ``max_connections`` connections at once, and ``max_client_connections`` per peer
       address (0: no per-peer limit): a connection over either is answered at once (503
       ``overloaded`` / 429 ``too_many_connections``, problem+json, ``Retry-After: 1``) and
@@ -512,6 +517,7 @@ def guarded_protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: in
             super().connection_made(transport)
             self._peer: str | None = None
             self._head_timer = None
+            self._drain_timer = None
             host = self.client[0] if self.client else None
             if len(self.connections) > limit:
                 return self._refuse(503, "overloaded", f"the server holds {limit} connections: try again")
@@ -544,16 +550,35 @@ def guarded_protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: in
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self._head_timer is not None and self.conn.their_state is not h11.IDLE:
-                self._disarm()  # the head is in: the body has its own timeout (create_app)
+            if self.conn.their_state is not h11.IDLE:
+                if self._head_timer is not None:
+                    self._disarm()  # the head is in: the body has its own timeout (create_app)
+            elif self._drain_timer is not None and self._head_timer is None:
+                self._drain_timer.cancel()  # the unread body is through: wait for the next head
+                self._drain_timer = None
+                self._arm()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.SEND_BODY:
+                # answered before the body was read (refused from its first bytes): uvicorn drops
+                # the rest unparsed as it comes, but a body that trickles on is cut off
+                self._drain_timer = self.loop.call_later(body_timeout, self._drain_timeout)
+            elif self.conn.their_state is h11.IDLE:
                 self._arm()  # waiting for the next request's head
+
+        def _drain_timeout(self) -> None:
+            self._drain_timer = None
+            if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+                self.transport.close()
 
         def connection_lost(self, exc) -> None:
             self._disarm()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
             if self._peer is not None:
                 left = self.per_peer.get(self._peer, 1) - 1
                 if left > 0:
@@ -583,7 +608,7 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     # clients, one entry a request: 2,050-2,080 entries/s with the default, 2,140-2,160 with
     # 0.5 ms (paired runs, docs/OPERATIONS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
-    protocol = guarded_protocol(header_timeout, max_connections, max_client_connections)
+    protocol = guarded_protocol(header_timeout, max_connections, max_client_connections, body_timeout)
     uvicorn.run(create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout), host=host,
                 port=port, log_level=log_level, access_log=False, http=protocol, timeout_keep_alive=KEEP_ALIVE,
                 h11_max_incomplete_event_size=16 * 1024)
@@ -648,6 +673,56 @@ def scan_json(body: bytes) -> None:
         raise Problem(400, "malformed", _JSON_SHAPE)
     if body.count(b",") >= MAX_GROUP:
         raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+
+
+class BodyScan:
+    """The scans above, run on an append's body as it arrives (a few steps per chunk): a body
+    whose first items are not envelopes, or that already holds too many items or brackets, is
+    refused before the rest of it is read."""
+
+    def __init__(self, ctype: str):
+        self.json = ctype == "application/json"
+        self.at = 0  # msgpack: the offset of the next item to look at
+        self.left: int | None = None  # msgpack: items still to see (None: the head is not read yet)
+        self.brackets = self.commas = 0  # json: counted so far
+
+    def feed(self, buf: bytearray, new: int) -> None:
+        if self.json:
+            chunk = bytes(buf[len(buf) - new:])
+            self.brackets += chunk.count(b"{") + chunk.count(b"[")
+            self.commas += chunk.count(b",")
+            if self.brackets > 2:
+                raise Problem(400, "malformed", _JSON_SHAPE)
+            if self.commas >= MAX_GROUP:
+                raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+            return
+        n = len(buf)
+        if self.left is None:
+            first = buf[0]
+            if first in _BIN:
+                self.left, self.at = 1, 0
+            elif 0x90 <= first <= 0x9F:
+                self.left, self.at = first & 0x0F, 1
+            elif first in (0xDC, 0xDD):
+                self.at = 3 if first == 0xDC else 5
+                if n < self.at:
+                    self.at = 0
+                    return
+                self.left = int.from_bytes(buf[1:self.at], "big")
+                if self.left > MAX_GROUP:
+                    raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+            else:
+                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+        while self.left and self.at < n:
+            width = _BIN.get(buf[self.at])
+            if width is None:
+                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+            if self.at + 1 + width > n:
+                return  # the length is not all here yet
+            self.at += 1 + width + int.from_bytes(buf[self.at + 1:self.at + 1 + width], "big")
+            self.left -= 1
+        if self.left == 0 and n > self.at:
+            raise Problem(400, "malformed", "body: trailing bytes after the envelopes")
 
 
 def parse_envelopes(ctype: str, body: bytes) -> list[bytes]:

@@ -34,7 +34,7 @@ from hypothesis import given, settings, strategies as st
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from http_helpers import (CAST, ENTRIES, T0, Server, assert_problem, build_cast, mineral, open_live, signed_get)
 from reledger.commands.auth import sign_request
-from reledger.commands.server import MAX_GROUP, Problem, parse_envelopes
+from reledger.commands.server import MAX_GROUP, BodyScan, Problem, parse_envelopes
 from reledger.ledger.genesis import ChainSigner, key_authorized_body
 from reledger.ledger.keys import SigningKey
 from reledger.storage.nonces import NonceStore
@@ -267,6 +267,33 @@ def test_scans_pass_every_well_formed_body(envelopes, as_json):
             assert parse_envelopes("application/msgpack", msgpack.packb(envelopes[0], use_bin_type=True)) == envelopes[:1]
 
 
+def _feed(ctype: str, body: bytes, step: int) -> None:
+    scan, buf = BodyScan(ctype), bytearray()
+    for i in range(0, len(body), step):
+        buf += body[i:i + step]
+        scan.feed(buf, len(body[i:i + step]))
+
+
+@pytest.mark.parametrize("name,ctype,body,status", hostile_bodies(), ids=[h[0] for h in hostile_bodies()])
+def test_hostile_body_is_refused_from_its_first_bytes(name, ctype, body, status):
+    """As the body arrives, the server refuses it within its first 64 KiB, in chunks of any
+    size (the rest is never read)."""
+    for step in (1, 1000, 65536):
+        with pytest.raises(Problem) as info:
+            _feed(ctype, body[:65536], step)
+        assert info.value.status == status, (name, step, info.value.detail)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=40), st.booleans(), st.integers(1, 5000))
+def test_streaming_scan_passes_every_well_formed_body(envelopes, as_json, step):
+    if as_json:
+        _feed("application/json", json.dumps({"entries": [base64.b64encode(e).decode() for e in envelopes]}).encode(),
+              step)
+    else:
+        _feed("application/msgpack", msgpack.packb(envelopes, use_bin_type=True), step)
+
+
 def test_group_limit_still_413():
     for ctype, body in (("application/msgpack", msgpack.packb([b"x"] * (MAX_GROUP + 1), use_bin_type=True)),
                         ("application/json", json.dumps({"entries": ["eA=="] * (MAX_GROUP + 1)}).encode())):
@@ -287,40 +314,62 @@ def _median_read(base: str, key: SigningKey, n: int, transport: httpx.HTTPTransp
     return statistics.median(times)
 
 
+FLOODER = """
+import json, sys, threading, time
+import httpx
+sys.path.insert(0, sys.argv[3])
+from test_hostile import hostile_bodies
+
+base, seconds = sys.argv[1], float(sys.argv[2])
+bodies = [(c, b) for _, c, b, _ in hostile_bodies()]
+answers, lock = [], threading.Lock()
+end = time.monotonic() + seconds
+
+def flood(i):
+    transport = httpx.HTTPTransport(local_address=sys.argv[4])
+    with httpx.Client(base_url=base, timeout=60.0, transport=transport) as http:
+        k = i
+        while time.monotonic() < end:
+            ctype, body = bodies[k % len(bodies)]
+            k += 1
+            r = http.post("/v1/entries", content=body, headers={"Content-Type": ctype})
+            with lock:
+                answers.append([r.status_code, r.headers.get("content-type", "")])
+
+threads = [threading.Thread(target=flood, args=(i,)) for i in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps(answers))
+"""
+
+
 def test_signed_read_latency_under_a_flood(live, record_property, capsys):
-    """Four anonymous clients (from another loopback address) send hostile 4 MiB bodies without
-    pause; a signed read's median latency is measured alone and under that flood, and the ratio
-    REPORTED (printed, and recorded as a junit property): no timing assertion. Every hostile
-    request is answered 4xx problem+json and the log does not change."""
+    """Four anonymous clients (another process, another loopback address) send hostile 4 MiB
+    bodies without pause; a signed read's median latency is measured alone and under that
+    flood, and the ratio REPORTED (printed, and recorded as a junit property): no timing
+    assertion. Every hostile request is answered 4xx problem+json and the log does not change."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
     key = live.key("AUD01")
-    bodies = [(c, b) for _, c, b, _ in hostile_bodies()]
     alone = _median_read(live.base, key, 25)
-    stop = threading.Event()
-    answers: list[tuple[int, str]] = []
-    lock = threading.Lock()
-
-    def flood(i: int) -> None:
-        transport = httpx.HTTPTransport(local_address=HOSTILE_PEER)
-        with httpx.Client(base_url=live.base, timeout=60.0, transport=transport) as http:
-            k = i
-            while not stop.is_set():
-                ctype, body = bodies[k % len(bodies)]
-                k += 1
-                r = http.post(ENTRIES, content=body, headers={"Content-Type": ctype})
-                with lock:
-                    answers.append((r.status_code, r.headers.get("content-type", "")))
-
     before = log_state(live.url)
-    threads = [threading.Thread(target=flood, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
+    tests_dir = str(Path(__file__).resolve().parent)
+    flooder = subprocess.Popen([sys.executable, "-c", FLOODER, live.base, "8", tests_dir, HOSTILE_PEER],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(1.0)
+        time.sleep(3.0)  # the flooder imports, builds its bodies and starts sending
         flooded = _median_read(live.base, key, 25)
+        out, err = flooder.communicate(timeout=120)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=120)
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait()
+    assert flooder.returncode == 0, err.decode()[-2000:]
+    answers = json.loads(out)
     assert log_state(live.url) == before
     assert answers and all(400 <= s < 500 and c.startswith("application/problem+json") for s, c in answers), \
         [a for a in answers if not 400 <= a[0] < 500][:3]
@@ -419,6 +468,31 @@ def test_slow_body_is_answered_408(guarded):
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), data[:200]
     assert b"application/problem+json" in head.lower() and json.loads(body)["code"] == "timeout"
+
+
+def test_refused_body_cannot_trickle_on(guarded):
+    """A body refused from its first bytes: the answer comes at once; the rest may follow (it is
+    dropped unparsed, and the connection serves the next request), but a rest that trickles on
+    is cut off after the body timeout."""
+    srv, cast = guarded
+    body = b"\xdd" + (800).to_bytes(4, "big") + (b"\xdc\x13\x88" + b"\xc0" * 5000) * 800
+    head = (b"POST /v1/entries HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with log_unchanged(cast.url):
+        with httpx.Client(base_url=srv.base, timeout=30) as http:  # the whole body, then another request
+            assert_problem(http.post(ENTRIES, content=body, headers={"Content-Type": "application/msgpack"}), 400,
+                           "malformed")
+            assert http.get("/v1/health").status_code == 200
+        s = _connect(srv.port)
+        try:
+            s.sendall(head + body[:100_000])
+            assert s.recv(100).startswith(b"HTTP/1.1 400")
+            with pytest.raises(OSError):  # broken pipe or reset once the server closed it
+                for i in range(600):  # 60 s at most
+                    s.sendall(body[100_000 + i * 100:100_000 + (i + 1) * 100])
+                    time.sleep(0.1)
+        finally:
+            s.close()
 
 
 def test_one_peer_cannot_take_every_connection(guarded):
