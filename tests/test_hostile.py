@@ -565,28 +565,30 @@ def test_schemathesis_as_every_role_leaves_the_log_alone(live):
     with httpx.Client(timeout=60.0) as http:
         operations = [r.ok() for r in schema.get_all_operations()]
         assert len(operations) >= 10
+        def fuzz(who: str, key: SigningKey | None, operation) -> None:
+            @settings(max_examples=4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def run(case):
+                kw = case.as_transport_kwargs(base_url=live.base)
+                req = http.build_request(kw["method"], kw["url"], params=kw.get("params"),
+                                         headers=kw.get("headers"), content=kw.get("data"), json=kw.get("json"))
+                if key is not None:
+                    req.headers.update(sign_request(key, req.method, req.url.raw_path.decode("ascii"), req.read()))
+                before = log_state(live.url) if req.method == "POST" else None
+                resp = http.send(req)
+                sent[0] += 1
+                if resp.status_code >= 500 or (resp.status_code >= 400 and not resp.headers.get(
+                        "content-type", "").startswith("application/problem+json")):
+                    failures.append((who, req.method, str(req.url), resp.status_code, resp.text[:200]))
+                if before is not None and resp.status_code >= 400:
+                    refused_posts[0] += 1
+                    if log_state(live.url) != before:
+                        failures.append((who, "log changed by a refused request", str(req.url), resp.status_code))
+
+            run()
+
         for who, key in identities.items():
             for operation in operations:
-
-                @settings(max_examples=4, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-                @given(case=operation.as_strategy())
-                def run(case, key=key, who=who):
-                    kw = case.as_transport_kwargs(base_url=live.base)
-                    req = http.build_request(kw["method"], kw["url"], params=kw.get("params"),
-                                             headers=kw.get("headers"), content=kw.get("data"), json=kw.get("json"))
-                    if key is not None:
-                        req.headers.update(sign_request(key, req.method, req.url.raw_path.decode("ascii"), req.read()))
-                    before = log_state(live.url) if req.method == "POST" else None
-                    resp = http.send(req)
-                    sent[0] += 1
-                    if resp.status_code >= 500 or (resp.status_code >= 400 and not resp.headers.get(
-                            "content-type", "").startswith("application/problem+json")):
-                        failures.append((who, req.method, str(req.url), resp.status_code, resp.text[:200]))
-                    if before is not None and resp.status_code >= 400:
-                        refused_posts[0] += 1
-                        if log_state(live.url) != before:
-                            failures.append((who, "log changed by a refused request", str(req.url), resp.status_code))
-
-                run()
+                fuzz(who, key, operation)
     assert sent[0] >= 7 * 10 and refused_posts[0] > 0
     assert not failures, failures[:5]
