@@ -697,6 +697,8 @@ class BodyScan:
                 raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
             return
         n = len(buf)
+        if n == 0:
+            return
         if self.left is None:
             first = buf[0]
             if first in _BIN:
