@@ -128,6 +128,44 @@ def test_nonce_store_inserts_once_and_prunes(db_url):
         b.close()
 
 
+def test_serving_role_keeps_the_nonces(pg_url):
+    """The serving role (``init --serving-role``: the ledger's grants and grant_nonces) can check
+    and prune nonces, and still cannot change the ledger's rows."""
+    import psycopg
+
+    from reledger.storage.nonces import grant_nonces
+    from reledger.storage.reader import DatabaseURL
+
+    build_cast(pg_url)
+    role = "reledger_t_" + uuid.uuid4().hex[:8]
+    db = DatabaseURL.parse(pg_url)
+    admin = psycopg.connect(db.conninfo(), autocommit=True)
+    try:
+        with LedgerStore(pg_url) as store:
+            store.grant_serving_role(role)
+        grant_nonces(pg_url, role)
+        grant_nonces(pg_url, role)  # idempotent
+        admin.execute(f'ALTER ROLE "{role}" WITH LOGIN')
+        as_role = pg_url.replace("postgres@", f"{role}@", 1)
+        assert as_role != pg_url
+        clock = [2_000_000.0]
+        nonces = NonceStore(as_role, 600.0, clock=lambda: clock[0])
+        try:
+            assert nonces.check_and_add("k", "n" * 16) and not nonces.check_and_add("k", "n" * 16)
+            clock[0] += 700
+            nonces._next_prune = 0  # noqa: SLF001 - prune on this call: the role DELETEs
+            assert nonces.check_and_add("k", "m" * 16) and nonces.count() == 1
+        finally:
+            nonces.close()
+        with psycopg.connect(DatabaseURL.parse(as_role).conninfo(), autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f'DELETE FROM "{db.schema}".reledger_log')
+    finally:
+        admin.execute(f'DROP OWNED BY "{role}"')
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.close()
+
+
 def test_replay_refused_after_restart_and_by_a_second_server(db_url):
     """A captured signed read is answered once: a second server of the same ledger refuses it,
     and so does the first server after a restart. Of two servers receiving the same request at
