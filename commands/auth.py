@@ -181,6 +181,12 @@ class Designations:
                         time_us(body["valid_until"]) if "valid_until" in body else prev.valid_until_us, index)
         self.parties[party] = replace(info, designations=info.designations + (d,))
 
+    def follow(self) -> None:
+        """Read what the log added since the last call (the server calls it once at startup,
+        so that the first read does not wait for a long log)."""
+        with self._lock:
+            self._follow()
+
     def _follow(self) -> None:
         size = self.store.size()
         if size <= self.size:

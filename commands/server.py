@@ -6,9 +6,14 @@ FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`reledger.commands.a
   (``application/msgpack``: a canonical msgpack array of bin envelopes, or one bin envelope;
   ``application/json``: ``{"entries": [base64 envelope, ...]}``). Concurrent requests are
   grouped into one transaction by :class:`GroupCommitter` (group commit).
-* reads (signed requests, see commands/auth.py): chain head, entry, checkpoint, inclusion and
-  consistency proofs. Regulators and auditors read everything; an enterprise reads its own
-  chain and the transfers it is party to; an anonymous request reads nothing.
+* reads (signed requests, see commands/auth.py; their nonces in the database,
+  storage/nonces.py): chain head, entry, checkpoint, inclusion and consistency proofs, and the
+  projections' queries. Regulators and auditors read everything; an enterprise reads its own
+  chain and the transfers it is party to; a party outside its designation at the time of the
+  request, and an anonymous request, read nothing.
+* limits (docs/HTTP.md, "Limits and timeouts"): an append's body is scanned as it arrives
+  (:class:`BodyScan`) and decoded in threads of its own; :func:`guarded_protocol` times out
+  request heads and refused bodies and caps connections, overall and per peer address.
 
 Every error is ``application/problem+json`` (RFC 9457) with the API's own message.
 """
@@ -141,6 +146,10 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
                 await asyncio.to_thread(api.catch_up)  # the write state (else the first append does it)
             except Exception:  # noqa: BLE001 - the first append tries again (and answers 503 if it must)
                 log.exception("the write state could not be built at startup")
+        try:
+            await asyncio.to_thread(designations.follow)  # the parties' designations, for the reads
+        except Exception:  # noqa: BLE001 - the first read tries again (and answers 503 if it must)
+            log.exception("the designations could not be read at startup")
         # What exists now (the app, the write state) lives as long as the server: exempt it from
         # the cyclic GC's full passes, which otherwise stall every thread for tens of ms (at 16
         # clients, p99 55 -> 20 ms, one entry a request).
