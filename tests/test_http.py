@@ -818,7 +818,7 @@ def test_the_writer_checks_the_next_large_batch_while_it_commits(db_url, monkeyp
     in), and the log is sound. The commit loop runs in a thread here, fed through a real pipe."""
     import multiprocessing
 
-    from reledger.commands import committer as cm
+    from reledger.processes import committer as cm
 
     cast = build_cast(db_url)
     signers = [ChainSigner(cast.keys[m]) for m in ("MINE02", "MINE03", "MINE04")]
