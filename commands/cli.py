@@ -35,6 +35,28 @@ class UsageError(Exception):
     """Bad usage or input: exit 2 with the message."""
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a number of seconds > 0 (and finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1000000")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (argparse prints the message and exits 2)."""
     try:
@@ -391,6 +413,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             if args.serving_role:
                 store.grant_serving_role(args.serving_role)
                 ps.grant_serving_role(args.serving_role)
+                from reledger.storage.nonces import grant_nonces
+
+                grant_nonces(args.db, args.serving_role)  # the signed reads' nonces: SELECT, INSERT, DELETE
         finally:
             ps.close()
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
@@ -1527,7 +1552,9 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
                          "(is another server using that port? pass --port)") from e
     print(f"reledger serve: starting on {args.host}:{args.port} (building the write state from the log) ...",
           file=sys.stderr, flush=True)
-    serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries)
+    serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries,
+          header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,
+          max_client_connections=args.max_client_connections)
     return EXIT_OK
 
 
@@ -1929,6 +1956,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queued-entries", type=_positive_int, default=50_000, metavar="N",
                    help="appended entries that may wait for their answer before an append is answered 503 "
                         "overloaded (default %(default)s; docs/HTTP.md, Admission)")
+    s.add_argument("--header-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="seconds a request's head may take to arrive (default %(default)s; docs/HTTP.md, Limits)")
+    s.add_argument("--body-timeout", type=_positive_float, default=60.0, metavar="S",
+                   help="seconds a request's body may take to arrive, else 408 (default %(default)s)")
+    s.add_argument("--max-connections", type=_positive_int, default=None, metavar="N",
+                   help="connections held at once (default: from the open-file limit, at most 4096)")
+    s.add_argument("--max-client-connections", type=_nonnegative_int, default=128, metavar="N",
+                   help="connections per client address, 0 for no limit (default %(default)s; behind a "
+                        "reverse proxy raise it or let the proxy limit its clients)")
     s.set_defaults(func=cmd_serve)
 
     # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)

@@ -9,7 +9,12 @@ FastAPI (ASGI, OpenAPI at /openapi.json) in front of :class:`reledger.commands.a
   process, :mod:`reledger.processes.committer`).
 * reads (signed requests, see commands/auth.py): chain head, entry, checkpoint, inclusion and
   consistency proofs. Regulators and auditors read everything; an enterprise reads its own
-  chain and the transfers it is party to; an anonymous request reads nothing.
+  chain and the transfers it is party to; a party outside its designation at the time of the
+  request, and an anonymous request, read nothing; their nonces are kept in the database
+  (storage/nonces.py).
+* limits (docs/HTTP.md, "Limits and timeouts"): an append's body is scanned as it arrives
+  (:class:`BodyScan`) and decoded in threads of its own; :func:`guarded_protocol` times out
+  request heads and refused bodies and caps connections, overall and per peer address.
 
 Every error is ``application/problem+json`` (RFC 9457) with the API's own message.
 
@@ -35,10 +40,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reledger.commands.api import CommandAPI, CommandError, Overloaded, WriterFailed, transient_errors
-from reledger.commands.auth import AuthError, RequestAuthenticator
+from reledger.commands.auth import AuthError, Designations, RequestAuthenticator
 from reledger.ledger import encoding
 from reledger.ledger.entry import CHAIN_RE, SignedEntry
 from reledger.projections import flowgraph, queries
+from reledger.storage.nonces import NonceStore
 from reledger.storage.store import LedgerStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,13 @@ Size = Annotated[int, Query(ge=0, le=MAX_INT, description="a tree size (number o
 Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
 MAX_GROUP = 5000
 PROBLEM = "application/problem+json"
+
+# Bounds on what anybody, signed or not, can make the server do (docs/HTTP.md, "Limits and timeouts")
+HEADER_TIMEOUT = 10.0  # s: a request's head must arrive within this of the connection's opening (or the last answer)
+BODY_TIMEOUT = 60.0  # s: a request's body must arrive within this of its head (else 408)
+KEEP_ALIVE = 5.0  # s: an idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive)
+MAX_CLIENT_CONNECTIONS = 128  # open connections per peer address (0: no limit; behind a proxy, raise it)
+DECODE_THREADS = 2  # bodies are decoded in these threads, never on the event loop nor in the read threads
 
 
 class Problem(Exception):
@@ -75,7 +88,8 @@ class Problem(Exception):
 
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
            413: "Payload Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
-           405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+           405: "Method Not Allowed", 408: "Request Timeout", 429: "Too Many Requests", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 def problem_of(err: CommandError) -> Problem:
@@ -88,18 +102,31 @@ def _b64(data: bytes) -> str:
 
 
 def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook: Any, projections: Any, *,
-             url: str, start: Callable[[], None], stop: Callable[[], None], auth_window: float = 300.0) -> FastAPI:
+             url: str, start: Callable[[], None], stop: Callable[[], None], auth_window: float = 300.0,
+             body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The HTTP surface over parts its caller made and wired
     (:func:`reledger.processes.server.create_app`: which process does what). ``committer``
     takes the appends (``submit(envelopes)``, awaitable; ``queued_entries``); ``findings_hook``
     brings the projections up to date (``catch_up()``) before a query; ``projections`` (a
     :class:`reledger.projections.store.ProjectionStore`) answers the queries. ``start()`` runs in
-    a thread before the first request, ``stop()`` at shutdown."""
-    authenticator = RequestAuthenticator(store.current_registry, window=auth_window)
+    a thread before the first request, ``stop()`` at shutdown. ``body_timeout``: seconds a
+    request's body may take to arrive (408 after that)."""
+    import anyio
+
+    # the nonces of signed reads live in the database: a captured request is refused after a
+    # restart and by every other server of this ledger too (storage/nonces.py)
+    nonces = NonceStore(url, 2 * auth_window)
+    authenticator = RequestAuthenticator(store.current_registry, window=auth_window, nonces=nonces)
+    designations = Designations(store)
+    decode_limiter = anyio.CapacityLimiter(DECODE_THREADS)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await asyncio.to_thread(start)
+        try:
+            await asyncio.to_thread(designations.follow)  # the parties' designations, for the reads
+        except Exception:  # noqa: BLE001 - the first read tries again (and answers 503 if it must)
+            log.exception("the designations could not be read at startup")
         # What exists now (the app, the write state) lives as long as the server: exempt it from
         # the cyclic GC's full passes, which otherwise stall every thread for tens of ms (at 16
         # clients, p99 55 -> 20 ms, one entry a request).
@@ -107,6 +134,7 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         gc.freeze()
         yield
         stop()
+        nonces.close()
 
     app = FastAPI(title="reledger", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Signed, append-only rare earth traceability ledger: the command API. "
@@ -157,20 +185,27 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         return Problem(500, "internal", f"internal error: {type(exc).__name__}").response(request.url.path)
 
     # --- helpers -------------------------------------------------------------------------
-    async def read_body(request: Request) -> bytes:
+    async def read_body(request: Request, scan: "BodyScan | None" = None) -> bytes:
+        """The body, read within ``body_timeout`` and MAX_BODY; ``scan`` sees it as it arrives
+        and refuses a hostile one at once, unread past its first bad bytes."""
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise Problem(400, "invalid_request", "Content-Length is not a number")
             if int(declared) > MAX_BODY:
                 raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY:
-                raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(body_timeout):
+                async for chunk in request.stream():
+                    if len(buf) + len(chunk) > MAX_BODY:
+                        raise Problem(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+                    buf += chunk
+                    if scan is not None:
+                        scan.feed(buf, len(chunk))
+        except TimeoutError:
+            raise Problem(408, "timeout", f"the body did not arrive within {body_timeout:g} s") from None
+        return bytes(buf)
 
     def who(request: Request, body: bytes = b"") -> tuple[str, frozenset[str]]:
         # the path as sent (percent-encoding kept), not Starlette's decoded one: the client signs
@@ -182,7 +217,11 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         party = authenticator.authenticate(request.method, path, request.headers, body)
         if party is None:
             raise Problem(401, "unauthorized", "reads need a signed request (X-Reledger-* headers, docs/HTTP.md)")
-        roles = store.current_registry().roles.get(party, frozenset())
+        # the designation in force now, not the roles last recorded: a party whose designation
+        # has not begun, has ended or is suspended reads nothing (docs/HTTP.md, "Who may read what")
+        roles, why = designations.roles_now(party)
+        if not roles:
+            raise Problem(403, "forbidden", f"{party} holds no designation now: {why}")
         return party, roles
 
     def chain_id(chain: str) -> str:
@@ -250,27 +289,13 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
                                                  "items": {"type": "string", "format": "byte"}}}}}}}})
     async def append(request: Request):
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        body = await read_body(request)
-        if ctype == "application/msgpack":
-            try:
-                value = encoding.decode(body)
-            except encoding.EncodingError as e:
-                raise Problem(400, "malformed", f"body: {e}") from e
-            envelopes = [value] if isinstance(value, bytes) else value
-            if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
-                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
-        elif ctype == "application/json":
-            try:
-                doc = json.loads(body)
-                raw = doc["entries"]
-                if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-                    raise TypeError
-                envelopes = [base64.b64decode(x, validate=True) for x in raw]
-            except (ValueError, KeyError, TypeError, RecursionError) as e:
-                raise Problem(400, "malformed", 'body: expected {"entries": [base64 envelope, ...]}') from e
-        else:
+        if ctype not in ("application/msgpack", "application/json"):
             raise Problem(415, "unsupported_media_type",
                           "Content-Type must be application/msgpack or application/json")
+        body = await read_body(request, BodyScan(ctype))
+        # bounded work before anything is built (parse_envelopes), in threads of its own: a body of
+        # millions of tiny items neither stalls the event loop nor takes the threads reads run in
+        envelopes = await anyio.to_thread.run_sync(parse_envelopes, ctype, body, limiter=decode_limiter)
         if not envelopes:
             raise Problem(400, "malformed", "body: no entries")
         if len(envelopes) > MAX_GROUP:
@@ -450,6 +475,271 @@ def add_offline_docs(app: FastAPI) -> None:
         return get_redoc_html(openapi_url=app.openapi_url, title="reledger: the command API",
                               redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
                               redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def default_max_connections() -> int:
+    """Connections the server holds at once: what the open-file limit leaves after the files,
+    pipes and database connections of the server itself (256), at least 64, at most 4096."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return 1000
+    if soft == getattr(resource, "RLIM_INFINITY", -1):
+        return 4096
+    return max(64, min(4096, soft - 256))
+
+
+def _problem_bytes(status: int, code: str, detail: str, retry_after: bool = True) -> bytes:
+    import json
+
+    body = json.dumps({"type": f"https://reledger.example/problems/{code}", "title": _TITLES.get(status, "Error"),
+                       "status": status, "detail": detail, "code": code}).encode()
+    head = (f"HTTP/1.1 {status} {_TITLES.get(status, 'Error')}\r\ncontent-type: {PROBLEM}\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n" + ("retry-after: 1\r\n" if retry_after else "")
+            + "\r\n")
+    return head.encode() + body
+
+
+def guarded_protocol(header_timeout: float = HEADER_TIMEOUT, max_connections: int | None = None,
+                     max_client_connections: int = MAX_CLIENT_CONNECTIONS, body_timeout: float = BODY_TIMEOUT):
+    """uvicorn's h11 protocol with the bounds uvicorn lacks (docs/HTTP.md, "Limits and timeouts"):
+
+    * a request's head must arrive within ``header_timeout`` s of the connection's opening or of
+      the previous answer on it (uvicorn only times out keep-alive connections that sent nothing
+      after an answer): a half-open or idle connection is closed; and the rest of a body
+      answered before it was read (a refusal from its first bytes) must arrive within
+      ``body_timeout`` s (it is dropped unparsed; a body that trickles on is cut off);
+    * at most ``max_connections`` connections at once, and ``max_client_connections`` per peer
+      address (0: no per-peer limit): a connection over either is answered at once (503
+      ``overloaded`` / 429 ``too_many_connections``, problem+json, ``Retry-After: 1``) and
+      closed, before anything of it is read. This is uvicorn's ``limit_concurrency`` done where
+      it frees the file descriptor at once, and per peer: one client's connections cannot take
+      every one."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    limit = max_connections if max_connections is not None else default_max_connections()
+
+    class GuardedH11Protocol(H11Protocol):
+        per_peer: dict[str, int] = {}
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._peer: str | None = None
+            self._head_timer = None
+            self._drain_timer = None
+            host = self.client[0] if self.client else None
+            if len(self.connections) > limit:
+                return self._refuse(503, "overloaded", f"the server holds {limit} connections: try again")
+            if max_client_connections and host is not None:
+                held = self.per_peer.get(host, 0)
+                if held >= max_client_connections:
+                    return self._refuse(429, "too_many_connections",
+                                        f"at most {max_client_connections} connections per client address")
+                self.per_peer[host] = held + 1
+                self._peer = host
+            self._arm()
+
+        def _refuse(self, status: int, code: str, detail: str) -> None:
+            self.transport.write(_problem_bytes(status, code, detail))
+            self.transport.close()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(header_timeout, self._head_timeout)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self.transport.close()  # no request came (or only part of its head)
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                if self._head_timer is not None:
+                    self._disarm()  # the head is in: the body has its own timeout (create_app)
+            elif self._drain_timer is not None and self._head_timer is None:
+                self._drain_timer.cancel()  # the unread body is through: wait for the next head
+                self._drain_timer = None
+                self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.transport.is_closing():
+                return
+            if self.conn.their_state is h11.SEND_BODY:
+                # answered before the body was read (refused from its first bytes): uvicorn drops
+                # the rest unparsed as it comes, but a body that trickles on is cut off
+                self._drain_timer = self.loop.call_later(body_timeout, self._drain_timeout)
+            elif self.conn.their_state is h11.IDLE:
+                self._arm()  # waiting for the next request's head
+
+        def _drain_timeout(self) -> None:
+            self._drain_timer = None
+            if not self.transport.is_closing() and self.conn.their_state is h11.SEND_BODY:
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+            if self._peer is not None:
+                left = self.per_peer.get(self._peer, 1) - 1
+                if left > 0:
+                    self.per_peer[self._peer] = left
+                else:
+                    self.per_peer.pop(self._peer, None)
+                self._peer = None
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+# --- the body of an append, decoded with bounded work ------------------------------------------
+
+_BIN = {0xC4: 1, 0xC5: 2, 0xC6: 4}  # msgpack bin 8/16/32: width of the length
+
+
+def _bin_end(body: bytes, i: int) -> int | None:
+    """The end of the msgpack bin value at ``body[i]``; None if there is none."""
+    width = _BIN.get(body[i])
+    if width is None or i + 1 + width > len(body):
+        return None
+    end = i + 1 + width + int.from_bytes(body[i + 1:i + 1 + width], "big")
+    return end if end <= len(body) else None
+
+
+def scan_msgpack(body: bytes) -> None:
+    """Refuse, before anything is decoded, a msgpack body that is not one bin value or an array
+    of at most MAX_GROUP bin values: one step per item, at most MAX_GROUP steps, nothing built.
+    (msgpack's own ``max_*_len`` limits bound each container, not the items of a nested body.)"""
+    shape = Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+    n = len(body)
+    if n == 0:
+        raise Problem(400, "malformed", "body: empty")
+    first = body[0]
+    if first in _BIN:
+        if _bin_end(body, 0) != n:
+            raise shape
+        return
+    if 0x90 <= first <= 0x9F:
+        count, i = first & 0x0F, 1
+    elif first in (0xDC, 0xDD):
+        i = 3 if first == 0xDC else 5
+        if n < i:
+            raise shape
+        count = int.from_bytes(body[1:i], "big")
+    else:
+        raise shape
+    if count > MAX_GROUP:
+        raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+    for _ in range(count):
+        end = _bin_end(body, i) if i < n else None
+        if end is None:
+            raise shape
+        i = end
+    if i != n:
+        raise Problem(400, "malformed", "body: trailing bytes after the envelopes")
+
+
+_JSON_SHAPE = 'body: expected {"entries": [base64 envelope, ...]}'
+
+
+def scan_json(body: bytes) -> None:
+    """Refuse, before it is parsed, a JSON body that cannot be ``{"entries": [...]}`` with at most
+    MAX_GROUP strings: more than one object and one array (nesting), or more commas than
+    MAX_GROUP strings need. Counted in C over the bytes (a few ms for 4 MiB); base64 has neither
+    brackets nor commas, so a valid body always passes."""
+    if body.count(b"{") + body.count(b"[") > 2:
+        raise Problem(400, "malformed", _JSON_SHAPE)
+    if body.count(b",") >= MAX_GROUP:
+        raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+
+
+class BodyScan:
+    """The scans above, run on an append's body as it arrives (a few steps per chunk): a body
+    whose first items are not envelopes, or that already holds too many items or brackets, is
+    refused before the rest of it is read."""
+
+    def __init__(self, ctype: str):
+        self.json = ctype == "application/json"
+        self.at = 0  # msgpack: the offset of the next item to look at
+        self.left: int | None = None  # msgpack: items still to see (None: the head is not read yet)
+        self.brackets = self.commas = 0  # json: counted so far
+
+    def feed(self, buf: bytearray, new: int) -> None:
+        if self.json:
+            chunk = bytes(buf[len(buf) - new:])
+            self.brackets += chunk.count(b"{") + chunk.count(b"[")
+            self.commas += chunk.count(b",")
+            if self.brackets > 2:
+                raise Problem(400, "malformed", _JSON_SHAPE)
+            if self.commas >= MAX_GROUP:
+                raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+            return
+        n = len(buf)
+        if n == 0:
+            return
+        if self.left is None:
+            first = buf[0]
+            if first in _BIN:
+                self.left, self.at = 1, 0
+            elif 0x90 <= first <= 0x9F:
+                self.left, self.at = first & 0x0F, 1
+            elif first in (0xDC, 0xDD):
+                self.at = 3 if first == 0xDC else 5
+                if n < self.at:
+                    self.at = 0
+                    return
+                self.left = int.from_bytes(buf[1:self.at], "big")
+                if self.left > MAX_GROUP:
+                    raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
+            else:
+                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+        while self.left and self.at < n:
+            width = _BIN.get(buf[self.at])
+            if width is None:
+                raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+            if self.at + 1 + width > n:
+                return  # the length is not all here yet
+            self.at += 1 + width + int.from_bytes(buf[self.at + 1:self.at + 1 + width], "big")
+            self.left -= 1
+        if self.left == 0 and n > self.at:
+            raise Problem(400, "malformed", "body: trailing bytes after the envelopes")
+
+
+def parse_envelopes(ctype: str, body: bytes) -> list[bytes]:
+    """The envelopes of an append's body (docs/HTTP.md), or a Problem. Bounded: the scans above
+    run first, so nothing larger than MAX_GROUP items is ever built."""
+    if ctype == "application/msgpack":
+        scan_msgpack(body)
+        try:
+            value = encoding.decode(body)
+        except encoding.EncodingError as e:
+            raise Problem(400, "malformed", f"body: {e}") from e
+        envelopes = [value] if isinstance(value, bytes) else value
+        if not isinstance(envelopes, list) or not all(isinstance(x, bytes) for x in envelopes):
+            raise Problem(400, "malformed", "body: expected a msgpack array of binary envelopes")
+        return envelopes
+    import json
+
+    scan_json(body)
+    try:
+        doc = json.loads(body)
+        raw = doc["entries"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise TypeError
+        return [base64.b64decode(x, validate=True) for x in raw]
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise Problem(400, "malformed", _JSON_SHAPE) from e
 
 
 def msgpack_body(envelopes: list[bytes]) -> bytes:

@@ -32,8 +32,9 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
 * **Refused** (`forbidden`, 403) when the type is not allowed for any role of the party.
   For regulator-only types (registry, keys, membership, totals, quota batches and cuts,
   inspections, violations, penalties) the party's *current* roles count (the latest
-  PartyRegistered/PartyDesignationChanged in log order): a party that lost the REGULATOR role
-  asserts none of them any more. For every other type, every role the party *has ever been
+  PartyRegistered/PartyDesignationChanged in log order), and only while that designation is in
+  force at the time the entry is recorded: a party that lost the REGULATOR role, or whose
+  designation has not begun, has ended (`valid_until`) or is suspended, asserts none of them. For every other type, every role the party *has ever been
   designated with* counts, so that a late entry about a period when it was designated is
   recorded.
 * **Accepted and flagged** (by projections, rule 1 of DOMAIN.md) when the party holds the role
@@ -121,12 +122,15 @@ def check_key(state: WriteState, signed: SignedEntry, index: int, recorded_us: i
                                 field="sig")
 
 
-def authorize(state: WriteState, signed: SignedEntry) -> None:
+def authorize(state: WriteState, signed: SignedEntry, recorded_us: int | None = None) -> None:
     """Refuse a type that the party's roles never allow (see AUTHORIZATION_DOC)."""
     e = signed.entry
     allowed = AUTHORIZED_ROLES[e.type]
     if e.type in AUTHORITY_TYPES:
         held, when = state.current_roles(e.chain), "holds"
+        info = state.parties.get(e.chain)
+        if info is not None and recorded_us is not None:  # the designation in force when it is recorded
+            held, when = held & info.roles_at(recorded_us), "holds now"
     else:
         held, when = state.roles_ever(e.chain), "has held"
     if not held & allowed:
@@ -318,7 +322,7 @@ def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_
     check_chain(state, signed)
     if index == 0:  # the genesis: the key registry's own rule (a self-authorized regulator key)
         return body
-    authorize(state, signed)
+    authorize(state, signed, recorded_us)
     References(state, lookup).check(signed, body)
     return body
 

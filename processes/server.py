@@ -15,7 +15,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from reledger.commands.api import MAX_QUEUED_BYTES, MAX_QUEUED_ENTRIES, CommandAPI
-from reledger.commands.server import http_app
+from reledger.commands.server import (BODY_TIMEOUT, HEADER_TIMEOUT, KEEP_ALIVE, MAX_CLIENT_CONNECTIONS, guarded_protocol,
+                                      http_app)
 from reledger.projections.follow import Follower
 from reledger.projections.hooks import ProjectionFindings
 from reledger.projections.store import ProjectionStore
@@ -31,7 +32,7 @@ SWITCH_INTERVAL = 0.0005  # seconds: how long a thread may keep the interpreter 
 
 def create_app(url: str, *, auth_window: float = 300.0, projections_process: bool = True,
                writer_process: bool = True, max_queued_entries: int = MAX_QUEUED_ENTRIES,
-               max_queued_bytes: int = MAX_QUEUED_BYTES) -> FastAPI:
+               max_queued_bytes: int = MAX_QUEUED_BYTES, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     """The app, in the server's topology (:mod:`reledger.processes`). ``projections_process``:
     the projection tables are kept by the projections process
     (:class:`reledger.processes.projections.ProjectionProcess`, which also answers the appends'
@@ -41,7 +42,8 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
     False (and when no process can be spawned): by threads of this one
     (:class:`reledger.processes.committer.GroupCommitter`). ``reledger serve`` runs both
     processes; the threads are for tests in one process and the fallback.
-    ``max_queued_*``: the admission limits of either."""
+    ``max_queued_*``: the admission limits of either. ``body_timeout``: seconds a request's body
+    may take to arrive (408 after that)."""
     store = LedgerStore(url)
     projections = ProjectionStore(url)  # here for the queries; written by the follower (and the hook)
     if projections_process:
@@ -75,11 +77,15 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
         store.close()
 
     return http_app(store, api, committer, findings_hook, projections, url=url, start=start, stop=stop,
-                    auth_window=auth_window)
+                    auth_window=auth_window, body_timeout=body_timeout)
 
 
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
-          max_queued_entries: int = MAX_QUEUED_ENTRIES) -> None:
+          max_queued_entries: int = MAX_QUEUED_ENTRIES, header_timeout: float = HEADER_TIMEOUT,
+          body_timeout: float = BODY_TIMEOUT, max_connections: int | None = None,
+          max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> None:
+    """Run ``reledger serve``: the app behind uvicorn, with the bounds of
+    :func:`reledger.commands.server.guarded_protocol` (head and body timeouts, connection caps)."""
     # The event loop runs Python for one request after another; the threads that hand appends
     # to the writer process and take its answers need the interpreter lock for a few
     # microseconds each, and by default wait up to 5 ms for the loop to let go of it. At 16
@@ -110,6 +116,8 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
                 print(f"reledger serve: listening on http://{shown}:{port} (API docs at /docs; Ctrl-C stops)",
                       file=sys.stderr, flush=True)
 
-    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries), host=host, port=port,
-                            log_level=log_level, access_log=False)
+    protocol = guarded_protocol(header_timeout, max_connections, max_client_connections, body_timeout)
+    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout),
+                            host=host, port=port, log_level=log_level, access_log=False, http=protocol,
+                            timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=16 * 1024)
     Server(config).run()

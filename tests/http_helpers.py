@@ -104,7 +104,8 @@ def free_port() -> int:
 class Server:
     """``python -m reledger serve --db URL --port P`` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, url: str, *, startup: float = 30.0):
+    def __init__(self, url: str, *, startup: float = 90.0, args: tuple[str, ...] = (), nofile: int | None = None):
+        """``args``: more ``serve`` options; ``nofile``: the server's open-file limit."""
         self.url = url
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -112,9 +113,15 @@ class Server:
         self.log = open(os.devnull, "wb")  # noqa: SIM115 - closed in stop()
         self.errfile = Path(os.environ.get("TMPDIR", "/tmp")) / f"reledger-serve-{self.port}.log"
         self.err = open(self.errfile, "wb")  # noqa: SIM115
+
+        def limit_files() -> None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reledger", "serve", "--db", url, "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=self.log, stderr=self.err)
+            [sys.executable, "-m", "reledger", "serve", "--db", url, "--port", str(self.port), *args],
+            cwd=REPO, env=env, stdout=self.log, stderr=self.err, preexec_fn=limit_files if nofile else None)
         deadline = time.monotonic() + startup
         while True:
             if self.proc.poll() is not None:
@@ -125,8 +132,9 @@ class Server:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                err = self.stderr()
                 self.stop()
-                raise RuntimeError(f"server did not answer /v1/health within {startup} s: {self.stderr()}")
+                raise RuntimeError(f"server did not answer /v1/health within {startup} s: {err}")
             time.sleep(0.1)
 
     def stderr(self) -> str:
@@ -137,6 +145,8 @@ class Server:
             return ""
 
     def stop(self) -> None:
+        if self.err.closed:
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
             try:

@@ -664,6 +664,31 @@ def test_regulator_role_removed_is_current(world):
     assert r.code == "forbidden" and reg2.seq == 1
 
 
+def test_regulator_outside_its_designation_asserts_nothing(world):
+    """A regulator-only type counts the designation in force when the entry is recorded: an
+    authority whose designation has ended, is suspended or has not begun asserts nothing (and
+    nothing is written); restored, it asserts again."""
+    w = world
+    w.register("MNR", ["REGULATOR"])
+    w.register("NDRC", ["REGULATOR"], valid_from="2098-01-01T00:00:00Z")  # not begun
+    w.ok("MNR", "InspectionRecorded", example(w, "InspectionRecorded", "MNR"))
+
+    def refused(party: str) -> None:
+        size = w.store.size()
+        r = w.attempt(party, "InspectionRecorded", example(w, "InspectionRecorded", party))
+        assert isinstance(r, CommandError) and (r.code, r.status) == ("forbidden", 403), r
+        assert f"{party} holds now no role" in str(r), str(r)
+        assert w.store.size() == size
+
+    refused("NDRC")
+    for change in ({"valid_until": "2025-01-01T00:00:00Z"}, {"roles": []}):  # ended; suspended
+        w.ok("MIIT", "PartyDesignationChanged", {"party": "MNR", "valid_from": T0, **change})
+        refused("MNR")
+        w.ok("MIIT", "PartyDesignationChanged", {"party": "MNR", "roles": ["REGULATOR"], "valid_from": T0,
+                                                 "valid_until": "2098-01-01T00:00:00Z"})
+        w.ok("MNR", "InspectionRecorded", example(w, "InspectionRecorded", "MNR"))
+
+
 # --- store refusals translated, reads, hooks --------------------------------------------------------
 
 def test_store_refusal_is_translated(mworld):
