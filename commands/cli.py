@@ -752,6 +752,15 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
                 return EXIT_FAILED
         else:
             note = store.checkpoint(signer)
+        if policy is not None:
+            from reledger.ledger.cosignature import CosignatureError
+
+            try:
+                policy.check(note)  # a checkpoint of this size stored before, without the quorum
+            except CosignatureError as e:
+                print(f"reledger checkpoint: the log has not grown since the checkpoint of its size was stored, and "
+                      f"that one does not meet the policy ({e}); append, then checkpoint again", file=sys.stderr)
+                return EXIT_FAILED
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),

@@ -301,10 +301,16 @@ def test_two_of_three_witnesses_publish_and_a_fork_is_refused_and_named(db_url, 
         (tmp / "policy").write_text("\n".join(policy) + "\n")
         base = ("--db", db_url, "--key", str(key_file), "--policy", str(tmp / "policy"), "--witness-timeout", "5")
 
+        # a checkpoint the operator alone signed at this size: the policy refuses to pass it off
+        led.checkpoint()
+        out = reledger("checkpoint", *base)
+        assert out.returncode == 1 and "has not grown" in out.stderr, out.stderr
+
         # none up: nothing is published
         led.register("91110000MINE0001")
         out = reledger("checkpoint", *base)
-        assert out.returncode == 1 and "not published" in out.stderr and led.store.latest_checkpoint() is None
+        assert out.returncode == 1 and "not published" in out.stderr
+        assert led.store.latest_checkpoint()[0] < led.store.size()  # nothing stored at the new size
 
         # two of three up: published, cosigned by both
         ws[0].start()
