@@ -101,6 +101,21 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+CONFIDENTIAL_FROM = 2025  # quota figures are not public data from this year on (DOMAIN.md)
+
+
+def redacted(finding: dict[str, Any]) -> dict[str, Any]:
+    """A finding as an enterprise may read it: without the figures its ``params.confidential``
+    names (a group's or the nation's quota figures: DOMAIN.md, "Confidential figures"). The
+    rule engine keeps such figures out of the message, in ``params`` only."""
+    params = finding.get("params")
+    if not isinstance(params, dict) or not params.get("confidential"):
+        return finding
+    hidden = set(params["confidential"])
+    kept = {k: v for k, v in params.items() if k not in hidden}
+    return {**finding, "params": kept}
+
+
 def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook: Any, projections: Any, *,
              url: str, start: Callable[[], None], stop: Callable[[], None], auth_window: float = 300.0,
              body_timeout: float = BODY_TIMEOUT) -> FastAPI:
@@ -301,9 +316,10 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         if len(envelopes) > MAX_GROUP:
             raise Problem(413, "too_large", f"at most {MAX_GROUP} entries per request")
         receipts = await committer.submit(envelopes)
-        findings = [f for r in receipts for f in getattr(r, "findings", [])]
+        findings = [redacted(f) for r in receipts for f in getattr(r, "findings", [])]
         status = 200 if all(r.duplicate for r in receipts) else 201
-        return JSONResponse({"receipts": [r.to_dict() for r in receipts], "findings": findings},
+        return JSONResponse({"receipts": [{**d, "findings": [redacted(f) for f in d.get("findings", [])]}
+                                      for d in (r.to_dict() for r in receipts)], "findings": findings},
                             status_code=status)
 
     # --- reads -------------------------------------------------------------------------
@@ -381,8 +397,13 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         fresh()
         answer = queries.quota(projections, year, point(as_of, valid_at))
         if not may_read_all(roles):
+            # quota figures are confidential (DOMAIN.md, "Confidential figures"): an enterprise
+            # reads its own lines, a group its own; the nation's totals only for the years they
+            # were public (before CONFIDENTIAL_FROM)
             answer["enterprises"] = [e for e in answer["enterprises"] if e["party"] == party]
             answer["groups"] = [g for g in answer["groups"] if g["group"] == party]
+            if year >= CONFIDENTIAL_FROM:
+                answer["nation"] = []
         return answer
 
     @app.get("/v1/stock", summary="Stock per party, product and lot, at any point in time")
@@ -407,7 +428,10 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
                 raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
             party = me
         fresh()
-        return queries.findings(projections, party, rule, point(as_of, valid_at))
+        answer = queries.findings(projections, party, rule, point(as_of, valid_at))
+        if not may_read_all(roles):
+            answer["findings"] = [redacted(f) for f in answer["findings"]]
+        return answer
 
     @app.get("/v1/flow", summary="The flow graph, or a lot traced upstream/downstream (json, dot or svg)")
     def flow(request: Request, lot: str | None = None, direction: str = "up", format: str = "json",

@@ -1083,6 +1083,10 @@ def test_read_authorization(live, api):
     assert status("SMELT01", f"/v1/flow?lot={mlot}") == 403
     q = live.get("MINE04", "/v1/quota?year=2024").json()
     assert {e["party"] for e in q["enterprises"]} <= {"MINE04"}
+    assert q["groups"] == [] and q["nation"]  # no group's lines; the 2024 national totals were public
+    regulator = live.get("MIIT", "/v1/quota?year=2025").json()
+    mine = live.get("MINE04", "/v1/quota?year=2025").json()
+    assert mine["nation"] == [] and "nation" in regulator  # confidential from 2025: the regulator reads them
     # the API's messages for what is not there or not a chain id
     r = live.get("MINE04", "/v1/chains/MINE04/entries/99999")
     with pytest.raises(CommandError) as info:

@@ -235,6 +235,12 @@ def test_over_quota_group(bare):
     # the group's figures are not in the text an enterprise reads, only in params the server strips
     assert "20000" not in f["message"] and "22000" not in f["message"]
     assert set(f["params"]["confidential"]) == {"used_kg", "limit_kg"} and f["params"]["limit_kg"] == "20000"
+    # and what an enterprise gets over HTTP (its findings, an append's answer) is without them
+    from reledger.commands.server import redacted
+
+    seen = redacted(f)
+    assert "limit_kg" not in seen["params"] and "used_kg" not in seen["params"]
+    assert seen["message"] == f["message"] and seen["params"]["level"] == "group" and "limit_kg" in f["params"]
 
 
 def test_over_quota_national_with_imported_feed(bare):
