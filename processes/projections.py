@@ -20,10 +20,10 @@ Messages (frames of :mod:`reledger.processes.frames`, one msgpack array each):
 
 from __future__ import annotations
 
+import copy
 import gc
 import itertools
 import logging
-import pickle
 import signal
 import sys
 import threading
@@ -358,7 +358,7 @@ def serve_projections(url: str, conn, poll: float, min_interval: float, since: i
             state["tables_at"] = time.monotonic()
             proj = ps.projector
             if proj is not None:
-                mirror = pickle.loads(pickle.dumps(proj, pickle.HIGHEST_PROTOCOL))
+                mirror = copy.deepcopy(proj)  # a copy of its own (nothing pickled)
                 # both rule states live as long as this process: keep them out of the cyclic
                 # GC's full passes (they would stall the answers for tens of ms each)
                 gc.collect()

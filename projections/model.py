@@ -167,6 +167,12 @@ def kg_text(g: int) -> str:
     return encoding.decimal_text(Decimal(g) / 1000)
 
 
+def t_reo_text(g: int) -> str:
+    """Grams as tonnes for people: quota figures are t REO (thousands separators, no trailing zeros)."""
+    text = f"{Decimal(g) / 1_000_000:,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 @dataclass(frozen=True)
 class Ref:
     """An entry cited as evidence."""
@@ -818,8 +824,8 @@ class Projector:
         target = who or "nation"
         evidence = list(self.quota_refs.get((year, who or party, cat), []))[:10]
         if level == "enterprise":
-            msg = (f"{cat} {year} at enterprise level ({who}): used {kg_text(used)} kg REO against "
-                   f"{kg_text(max(limit, 0))} kg REO allocated by {encoding.micros_to_time_text(t)}")
+            msg = (f"{cat} {year} at enterprise level ({who}): used {t_reo_text(used)} t REO against "
+                   f"{t_reo_text(max(limit, 0))} t REO allocated by {encoding.micros_to_time_text(t)}")
         else:  # the group's and nation's figures are confidential: in params the server can strip
             msg = (f"{cat} {year} at {level} level ({target}): the {level}'s use is above its quota by "
                    f"{encoding.micros_to_time_text(t)}")

@@ -521,7 +521,7 @@ def _note(led, size: int, signer=None) -> bytes:
     from reledger.ledger import heads as chain_heads
     from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
 
-    line = chain_heads.line(led.store.queries.chain_heads(led.store._cur(), size))
+    line = chain_heads.line(led.store.queries.chain_heads(led.store.read_cursor(), size))
     return sign_checkpoint(Checkpoint(ORIGIN, size, led.store.root(size), (line,)), signer or led.note_signer)
 
 

@@ -95,11 +95,19 @@ def test_the_base_install_verifies_a_bundle(base_install, bundle, tmp_path):
     helped = run(str(base_install / "reledger"), "--help", env=env, cwd=tmp_path)
     assert helped.returncode == 0 and "verify-bundle" in helped.stdout, helped.stdout + helped.stderr
 
-    ok = run(str(base_install / "reledger"), "verify-bundle", str(bundle), env=env, cwd=tmp_path)
+    from reledger.ledger.bundle import verify_bundle
+
+    genesis = verify_bundle(bundle.read_bytes()).genesis  # the auditor's pin, known out of band
+    ok = run(str(base_install / "reledger"), "verify-bundle", str(bundle), "--genesis", genesis, env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "verify-bundle OK" in ok.stdout and f"party {M0}" in ok.stdout and "[green]" not in ok.stdout
     js = run(str(base_install / "reledger"), "verify-bundle", "--json", str(bundle), env=env, cwd=tmp_path)
-    assert js.returncode == 0 and json.loads(js.stdout)["ok"] is True, js.stdout + js.stderr
+    assert js.returncode == 3 and json.loads(js.stdout)["ok"] is True, js.stdout + js.stderr  # valid, nothing pinned
+    assert json.loads(js.stdout)["anchored"] is False
+    # pinned trust runs on the base install too
+    vkey = run(str(base_install / "reledger"), "trust", "init", "--trust", str(tmp_path / "t"), "--genesis", genesis,
+               "--log-vkey", "not-a-vkey", env=env, cwd=tmp_path)
+    assert vkey.returncode == 2 and "Traceback" not in vkey.stderr, vkey.stdout + vkey.stderr
 
     # a flipped byte in the bundle is a verification failure (1), with the reason, no traceback
     data = bytearray(bundle.read_bytes())
