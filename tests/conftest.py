@@ -87,3 +87,18 @@ def db_url(request, tmp_path):
         schema = "t_" + uuid.uuid4().hex[:12]
         yield _with_schema(PG_URL, schema)
         drop_schema(schema)
+
+
+# --- behaviour and mechanism ------------------------------------------------------------------
+# The tests of what reledger promises (the specification: formats, rules, commands, endpoints,
+# durability, trust) are marked `behaviour`; the tests of how it is made fast or structured (the
+# append's round trips, the worker pools' scheduling, the follower, the fast verifier's paths,
+# the import graph, the benchmark's smoke run) are marked `mechanism`. `pytest -m behaviour`
+# reads as the specification; tests/README.md lists both.
+MECHANISM = {"test_architecture.py", "test_bench_smoke.py", "test_checkers.py", "test_expect_size.py",
+             "test_follow.py", "test_pgpipe.py", "test_verify_fast.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.mechanism if item.path.name in MECHANISM else pytest.mark.behaviour)
