@@ -680,6 +680,42 @@ def cmd_trust(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    """A tlog-proof, offline: the checkpoint against the pinned (or given) log key and witness
+    policy, the entry's inclusion in it."""
+    from reledger.ledger.checkpoint import NoteError, NoteVerifier
+    from reledger.ledger.tlogproof import ProofFormatError, verify
+
+    data = read_files([args.proof], "PROOF")[0]
+    trust_path, trust = load_trust(args)
+    policy = load_policy(args.policy) if args.policy else None
+    vkeys = list(args.checkpoint_key) + ([trust.log_vkey] if trust else [])
+    if trust and trust.policy and policy is None:
+        from reledger.ledger.cosignature import Policy
+
+        policy = Policy.parse(trust.policy.encode("utf-8"))
+    if not vkeys:
+        raise UsageError("verify-proof needs the log's key: --trust FILE (pinned) or --checkpoint-key VKEY")
+    try:
+        logs = [NoteVerifier.from_vkey(v) for v in vkeys]
+    except NoteError as e:
+        raise UsageError(f"--checkpoint-key: {e}") from None
+    try:
+        v = verify(data, logs, policy)
+    except ProofFormatError as e:
+        why = str(e)
+        emit(args, {"ok": False, "problems": [why]}, lambda: print(f"verify-proof FAILED: {why}"))
+        return EXIT_FAILED
+    e = v.entry.entry
+    out = {"ok": True, "entry": f"{e.chain}:{e.seq}", "type": e.type, "index": v.index, "entry_hash": v.entry.hash.hex(),
+           "checkpoint": {"origin": v.checkpoint.origin, "size": v.checkpoint.size, "root": v.checkpoint.root.hex()},
+           "cosigned_by": v.cosigned_by}
+    emit(args, out, lambda: print(f"verify-proof OK: {e.chain}:{e.seq} ({e.type}) is entry {v.index} of the log "
+                                  f"{v.checkpoint.origin} at size {v.checkpoint.size}"
+                                  + (f", cosigned by {', '.join(sorted(v.cosigned_by))}" if v.cosigned_by else "")))
+    return EXIT_OK
+
+
 def cmd_vkey(args: argparse.Namespace) -> int:
     signer = load_checkpoint_signer(args)
     vkey = signer.verifier().vkey()
@@ -862,6 +898,15 @@ def cmd_prove(args: argparse.Namespace) -> int:
             data = {"kind": "inclusion", "entry": args.entry, "index": rec.index, "size": size,
                     "leaf_hash": leaf.hex(), "entry_hash": rec.entry_hash.hex(), "recorded_at": rec.recorded_at,
                     "root": root.hex(), "proof": [h.hex() for h in proof], "checkpoint": note}
+            if args.tlog_proof:
+                from reledger.ledger.tlogproof import TlogProof
+
+                if note is None:
+                    raise UsageError(f"--tlog-proof: no checkpoint of size {size} is stored: a tlog-proof carries "
+                                     "the signed checkpoint (run `reledger checkpoint`, or leave out --size)")
+                out = TlogProof(rec.envelope, rec.recorded_at, rec.index, tuple(proof), note.encode()).text()
+                sys.stdout.write(out.decode("utf-8"))
+                return EXIT_OK
         elif args.from_ is not None and args.to is not None:
             if not 0 <= args.from_ <= args.to <= store.size():
                 raise UsageError(f"need 0 <= --from <= --to <= {store.size()}")
@@ -875,6 +920,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
                     "root_to": root2.hex(), "proof": [h.hex() for h in proof]}
         else:
             raise UsageError("prove needs --entry CHAIN:SEQ, or --from N --to M")
+        if args.tlog_proof:
+            raise UsageError("--tlog-proof proves one entry: give --entry CHAIN:SEQ")
     def text() -> None:
         for k, v in data.items():
             if k == "proof":
@@ -1708,6 +1755,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     s.set_defaults(func=cmd_trust)
 
+    s = sub.add_parser("verify-proof", help="check an entry's tlog-proof offline",
+                       description="Check a C2SP tlog-proof (from `reledger prove --entry X --tlog-proof` or the "
+                                   "client's wait_for_proof) with no database and no network: the checkpoint's "
+                                   "signature by the pinned log key (and the pinned witness policy), and the "
+                                   "entry's inclusion in it.",
+                       examples=["reledger verify-proof entry.tlog-proof --trust audit.trust",
+                                 "reledger verify-proof entry.tlog-proof --checkpoint-key VKEY"],
+                       one="the proof does not verify")
+    s.add_argument("proof", metavar="PROOF", help="the tlog-proof file")
+    s.add_argument("--trust", metavar="FILE", help="the auditor's trust file (its log key and witness policy)")
+    s.add_argument("--checkpoint-key", action="append", default=[], metavar="VKEY", help="a trusted log vkey")
+    s.add_argument("--policy", metavar="FILE", help="a C2SP tlog-policy the checkpoint's cosignatures must meet")
+    s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    s.set_defaults(func=cmd_verify_proof)
+
     s = sub.add_parser("vkey", help="print the C2SP verifier key (vkey) of a checkpoint key file",
                        description="Print the signed-note verifier key of the operator's checkpoint key: what an "
                                    "auditor pins (`reledger trust init --log-vkey`) and witnesses trust "
@@ -1766,6 +1828,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=_positive_int, metavar="N", help="tree size (default: the latest checkpoint's)")
     s.add_argument("--from", dest="from_", type=int, metavar="N", help="consistency proof: the older tree size")
     s.add_argument("--to", type=int, metavar="M", help="consistency proof: the newer tree size")
+    s.add_argument("--tlog-proof", action="store_true",
+                   help="with --entry: print the proof in C2SP tlog-proof form (the entry, its inclusion proof "
+                        "and the signed checkpoint, docs/FORMAT.md 7c); check it with `reledger verify-proof`")
     s.set_defaults(func=cmd_prove)
 
     s = sub.add_parser("show", parents=[common], help="one entry: what it says, its signature, its proof",

@@ -29,6 +29,7 @@ from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import SignedEntry, leaf_bytes
 from reledger.ledger.genesis import ChainSigner
 from reledger.ledger.keys import SigningKey
+from reledger.ledger.tlogproof import TlogProof, checkpoint_size, verify as verify_tlog_proof
 
 MAX_RETRY_AFTER = 10.0  # seconds: a longer Retry-After is waited this long (then the next try)
 
@@ -203,6 +204,38 @@ class LedgerClient:
         leaf = merkle.leaf_hash(leaf_bytes(s.hash, proof["index"], proof["recorded_at"]))
         merkle.verify_inclusion(leaf, proof["index"], cp.size, [bytes.fromhex(h) for h in proof["proof"]], cp.root)
         return cp
+
+
+    def wait_for_proof(self, chain: str, seq: int, *, timeout: float = 60.0, poll: float = 1.0,
+                       verifier: NoteVerifier | None = None, policy: Any = None) -> bytes:
+        """Upgrade an append's receipt to a proof: wait (at most ``timeout`` s, asking every
+        ``poll`` s) until a published checkpoint covers the entry, and return the entry's proof in
+        C2SP tlog-proof form (docs/FORMAT.md 7c: the envelope and its record time, the inclusion
+        proof, the checkpoint note with its cosignatures), verified here when ``verifier`` (the
+        log's vkey) is given, with ``policy`` (a :class:`reledger.ledger.cosignature.Policy`) for
+        the witnesses' quorum. Raises :class:`ClientError` when no checkpoint covers it in time."""
+        rec = self.entry(chain, seq)
+        envelope, index = base64.b64decode(rec["envelope"]), rec["index"]
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                note = self._request("GET", "/v1/checkpoint").content
+                size = checkpoint_size(note)
+            except Refused as e:
+                if e.status != 404:  # 404: no checkpoint yet
+                    raise
+                size = 0
+            if index < size:
+                got = self.inclusion(chain, seq, size)
+                proof = TlogProof(envelope, got["recorded_at"], got["index"],
+                                  tuple(bytes.fromhex(h) for h in got["proof"]), note).text()
+                if verifier is not None:
+                    verify_tlog_proof(proof, [verifier], policy)
+                return proof
+            if time.monotonic() >= deadline:
+                raise ClientError(f"no published checkpoint covers {chain}:{seq} (log index {index}) after "
+                                  f"{timeout:g} s; the latest covers {size} entries")
+            time.sleep(poll)
 
 
 def _retry_after(resp: httpx.Response) -> float:

@@ -27,7 +27,7 @@ EXTRAS = {"fastapi": "server", "starlette": "server", "uvicorn": "server", "http
           "pytest": "dev", "hypothesis": "dev"}
 # commands that run on the base install; every other needs the server extra (the event store,
 # the tables it prints), serve also the web framework, bench the dev extra
-BASE_COMMANDS = ("verify-bundle", "keygen", "trust", "vkey", "witness")
+BASE_COMMANDS = ("verify-bundle", "verify-proof", "keygen", "trust", "vkey", "witness")
 NEEDS = {"server": ("eventsourcing", "rich"), "serve": ("fastapi", "uvicorn"), "postgres": ("psycopg",)}
 
 

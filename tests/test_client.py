@@ -285,3 +285,32 @@ def test_verify_inclusion_against_the_checkpoint(live):
     with LedgerClient(live.base, live.key("SEP01"), transport=tamper("/entries/", other_entry)) as c:
         with pytest.raises(ClientError):
             c.verify_inclusion("SEP01", r["seq"], verifier)
+
+
+def test_a_receipt_is_upgraded_to_a_tlog_proof(live, tmp_path):
+    """wait_for_proof waits for a checkpoint that covers the entry, then answers its C2SP
+    tlog-proof, which verifies offline (here and with `reledger verify-proof`)."""
+    import subprocess
+    import sys
+
+    from reledger.ledger.tlogproof import TlogProof, verify
+
+    verifier = live.cast.note_signer.verifier()
+    with client(live, "SEP01") as c:
+        r = c.append("StockCounted", {"product": "Nd2O3", "counted_kg": "6"}, occurred_at=T0)
+        with pytest.raises(ClientError, match="no published checkpoint covers"):
+            c.wait_for_proof("SEP01", r["seq"], timeout=0.5, poll=0.1, verifier=verifier)
+        threading.Timer(0.5, live.cast.checkpoint).start()  # the operator checkpoints meanwhile
+        proof = c.wait_for_proof("SEP01", r["seq"], timeout=30, poll=0.2, verifier=verifier)
+    assert proof.startswith(b"c2sp.org/tlog-proof@v1\nextra ")
+    v = verify(proof, [verifier])
+    assert (v.entry.entry.chain, v.entry.entry.seq, v.index) == ("SEP01", r["seq"], r["index"])
+    (tmp_path / "p").write_bytes(proof)
+    cli = [sys.executable, "-m", "reledger", "verify-proof", str(tmp_path / "p"), "--checkpoint-key", verifier.vkey()]
+    ok = subprocess.run(cli, capture_output=True, text=True)
+    assert ok.returncode == 0 and "verify-proof OK" in ok.stdout, ok.stdout + ok.stderr
+    p = TlogProof.parse(proof)
+    other = TlogProof(p.envelope, p.recorded_at, p.index + 1, p.proof, p.note).text()  # another index
+    (tmp_path / "bad").write_bytes(other)
+    bad = subprocess.run(cli[:4] + [str(tmp_path / "bad")] + cli[5:], capture_output=True, text=True)
+    assert bad.returncode == 1 and "FAILED" in bad.stdout and "Traceback" not in bad.stderr, bad.stdout + bad.stderr
