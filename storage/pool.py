@@ -19,7 +19,6 @@ import collections
 import itertools
 import operator
 import os
-import pickle
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ except ImportError:  # (not on Windows: threads check there)
 
 from reledger.ledger.entry import EntryError, SignedEntry, check_envelopes
 from reledger.ledger.registry import REGISTRY_TYPES, Registry
+from reledger.processes import frames
 from reledger.processes.start import context, exit_with_parent, main_importable
 
 from .plan import AppendError, Checked
@@ -77,12 +77,12 @@ class Checkers:
             proc.start()
             task_r.close()
             answer_w.close()
-            self.workers.append(_CheckerWorker(proc, task_w, answer_r, checked))
+            self.workers.append(_CheckerWorker(proc, frames.Channel(task_w), frames.Channel(answer_r), checked))
         self.next_ticket = 0
         self.lock = threading.Lock()
 
     def submit(self, envelopes: list[bytes], keys: dict[str, bytes]) -> "_CheckTicket":
-        data = pickle.dumps((envelopes, keys), protocol=pickle.HIGHEST_PROTOCOL)
+        data = frames.pack([envelopes, keys])
         with self.lock:
             # Take every answer that is ready first (so that no answer pipe fills up, and so
             # that in_flight counts only the envelopes a worker has not checked yet), then give
@@ -100,7 +100,6 @@ class Checkers:
         every worker ends with about as many envelopes to check as the others (:func:`shares`):
         the group's answer waits for its last chunk, so equal halves given to unequally busy
         workers leave one idle while the other finishes, at the end of a pipeline most of all."""
-        dumps, protocol = pickle.dumps, pickle.HIGHEST_PROTOCOL
         sent: list[tuple[int, _CheckTicket]] = []
         with self.lock:
             for w in self.workers:
@@ -128,7 +127,7 @@ class Checkers:
                     worker, offset, n = chunk
                     for w in self.workers:
                         self._drain(w)
-                    data = dumps((envelopes[offset:offset + n], keys), protocol=protocol)
+                    data = frames.pack([envelopes[offset:offset + n], keys])
                     sent.append((offset, self._send(worker, data, n)))
         sent.sort(key=operator.itemgetter(0))
         return [t for _, t in sent], [o for o, _ in sent]
@@ -137,7 +136,7 @@ class Checkers:
         self.next_ticket += 1
         ticket = _CheckTicket(self, worker, self.next_ticket)
         try:
-            worker.tasks.send_bytes(data)
+            worker.tasks.send_frame(data)
         except (OSError, ValueError) as e:
             raise WorkersGone(f"a checking process is gone: {e}") from e
         worker.in_flight += n
@@ -150,13 +149,17 @@ class Checkers:
         with self.lock:
             while ticket.number not in worker.answers:
                 self._receive(worker)
-            data = worker.answers.pop(ticket.number)
-        return pickle.loads(data)
+            value = worker.answers.pop(ticket.number)
+        # frames carry arrays as lists: a refusal is check_envelopes' tuple ("error", ...), an
+        # answer its list of per-entry tuples, as the thread path gives them
+        if value and isinstance(value[0], str):
+            return tuple(value)
+        return [tuple(x) for x in value]
 
     def _receive(self, worker: "_CheckerWorker") -> None:
         try:
-            data = worker.answers_in.recv_bytes()
-        except (EOFError, OSError) as e:
+            data = worker.answers_in.recv()
+        except (EOFError, OSError, frames.FrameError) as e:
             raise WorkersGone(f"a checking process is gone: {e}") from e
         number, n = worker.pending.popleft()
         worker.in_flight -= n
@@ -268,13 +271,13 @@ def _grow_pipe(conn) -> bool:
 def _checker_main(tasks, answers, parent: int, checked=None) -> None:
     """A worker process: check each task's envelopes, answer in order, until the pipe closes."""
     exit_with_parent(parent)
+    tasks, answers = frames.Channel(tasks), frames.Channel(answers)
     while True:
         try:
-            data = tasks.recv_bytes()
+            envelopes, keys = tasks.recv()
         except (EOFError, OSError):
             return
-        envelopes, keys = pickle.loads(data)
-        answers.send_bytes(pickle.dumps(check_counting(envelopes, keys, checked), protocol=pickle.HIGHEST_PROTOCOL))
+        answers.send(check_counting(envelopes, keys, checked))
 
 
 PROGRESS_STEP = 32  # envelopes a worker checks between two updates of its shared counter

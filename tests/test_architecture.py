@@ -40,13 +40,7 @@ LEDGER_FORBIDDEN = ("sqlite3", "psycopg", "psycopg_pool", "multiprocessing", "th
 
 # Known departures, each to be removed by the change that fixes it (the test below fails when an
 # entry no longer exists, so the list cannot go stale). Each is (kind, module, what).
-KNOWN: set[tuple[str, str, str]] = {
-    # storage/pool.py: the signature-checking workers still exchange pickled task and answer
-    # tuples over their own pipes (their answers hold parsed entries); to move to frames.py's
-    # msgpack framing, the answers must become plain values first
-    ("frames", "reledger.storage.pool", "send_bytes"),
-    ("frames", "reledger.storage.pool", "recv_bytes"),
-}
+KNOWN: set[tuple[str, str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -366,7 +360,7 @@ def test_the_allow_list_names_only_edges_that_still_exist():
     finally:
         KNOWN.update(saved)
     for kind, src, what in sorted(KNOWN):
-        assert src in ("reledger.storage.pool",), src
+        assert src in (), src  # (none left: add a departure here only with the change that removes it)
         assert src in found and what.rsplit(".", 1)[-1] in found, f"allow-listed but gone: {(kind, src, what)}"
 
 
