@@ -35,37 +35,26 @@ class UsageError(Exception):
     """Bad usage or input: exit 2 with the message."""
 
 
-def _positive_float(text: str) -> float:
-    """An argparse type: a number of seconds > 0 (and finite)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1e6:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1000000")
-    return value
+def _argument_number(convert, ok, what: str):
+    """An argparse type: ``convert(text)``, refused with a message unless ``ok(value)``
+    (argparse prints the message and exits 2)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if convert is int else 'a number'}") \
+                from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+
+    return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 0")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (argparse prints the message and exits 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not >= 1")
-    return value
+_positive_float = _argument_number(float, lambda v: 0 < v < 1e6, "between 0 and 1000000")  # seconds, finite
+_nonnegative_int = _argument_number(int, lambda v: v >= 0, ">= 0")
+_positive_int = _argument_number(int, lambda v: v >= 1, ">= 1")
 
 
 def default_db() -> str:

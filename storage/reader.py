@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
+from reledger.ledger import merkle
 from reledger.ledger.encoding import micros_to_time_text
 
 DEFAULT_URL = "sqlite:///./reledger.db"
@@ -431,7 +432,41 @@ def open_ledger_readonly(url: str, name: str = NAME) -> "LedgerReader":
     return reader
 
 
-class LedgerReader(LogReader):
+class MerkleProofs:
+    """The Merkle root and proofs of a stored log, for any class that gives ``size()`` and
+    ``get_nodes(coords)`` (the stored perfect nodes by (level, index)): the store and the
+    read-only reader answer them alike."""
+
+    def size(self) -> int:  # pragma: no cover - provided by the class
+        raise NotImplementedError
+
+    def get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:  # pragma: no cover
+        raise NotImplementedError
+
+    def node_getter(self, coords):
+        nodes = self.get_nodes(list(coords))
+        return lambda level, index: nodes[(level, index)]
+
+    def root(self, size: int | None = None) -> bytes:
+        size = self.size() if size is None else size
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        return merkle.range_root(0, size, self.node_getter(merkle.range_nodes(0, size)))
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        if not 0 <= index < size <= self.size():
+            raise ValueError(f"no entry {index} in a tree of size {size} (log size {self.size()})")
+        coords = [c for group in merkle.inclusion_proof_nodes(index, size) for c in group]
+        return merkle.inclusion_proof(index, size, self.node_getter(coords))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        if not 0 <= size1 <= size2 <= self.size():
+            raise ValueError(f"bad sizes {size1}, {size2} (log size {self.size()})")
+        coords = [c for group in merkle.consistency_proof_nodes(size1, size2) for c in group]
+        return merkle.consistency_proof(size1, size2, self.node_getter(coords))
+
+
+class LedgerReader(MerkleProofs, LogReader):
     """The read side of a stored ledger (what :class:`reledger.storage.store.LedgerStore`
     answers about the log, proofs and checkpoints) over a read-only connection. Open it with
     :func:`open_ledger_readonly`."""
@@ -472,33 +507,8 @@ class LedgerReader(LogReader):
         reg.size = size
         return reg
 
-    def _node_getter(self, coords):
-        nodes = self.queries.nodes(self.cursor(), list(coords))
-        return lambda level, index: nodes[(level, index)]
-
-    def root(self, size: int | None = None) -> bytes:
-        from reledger.ledger import merkle
-
-        size = self.size() if size is None else size
-        if size == 0:
-            return merkle.EMPTY_ROOT
-        return merkle.range_root(0, size, self._node_getter(merkle.range_nodes(0, size)))
-
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        from reledger.ledger import merkle
-
-        if not 0 <= index < size <= self.size():
-            raise ValueError(f"no entry {index} in a tree of size {size} (log size {self.size()})")
-        coords = [c for group in merkle.inclusion_proof_nodes(index, size) for c in group]
-        return merkle.inclusion_proof(index, size, self._node_getter(coords))
-
-    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        from reledger.ledger import merkle
-
-        if not 0 <= size1 <= size2 <= self.size():
-            raise ValueError(f"bad sizes {size1}, {size2} (log size {self.size()})")
-        coords = [c for group in merkle.consistency_proof_nodes(size1, size2) for c in group]
-        return merkle.consistency_proof(size1, size2, self._node_getter(coords))
+    def get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        return self.queries.nodes(self.cursor(), coords)
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
         return self.queries.latest_checkpoint(self.cursor())

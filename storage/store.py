@@ -34,7 +34,7 @@ from reledger.ledger.registry import REGISTRY_TYPES, Registry
 from . import postgres, sqlite
 from .plan import AppendError, Caches, Checked, Plan, Receipt, plan, receipt
 from .pool import PROCESS_THRESHOLD, Prepared, SignatureChecks
-from .reader import DatabaseURL, Queries, Record, Tables
+from .reader import DatabaseURL, MerkleProofs, Queries, Record, Tables
 
 __all__ = ["AppendError", "LedgerApplication", "LedgerStore", "LogMoved", "PROCESS_THRESHOLD", "Receipt",
            "application_env", "now_us"]
@@ -72,7 +72,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-class LedgerStore:
+class LedgerStore(MerkleProofs):
     """The writable ledger: append, read, prove, checkpoint."""
 
     def __init__(self, url: str, *, create: bool = True, workers: int | None = None,
@@ -166,30 +166,8 @@ class LedgerStore:
         return reg
 
     # --- Merkle ----------------------------------------------------------------------
-    def _get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    def get_nodes(self, coords: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         return self.queries.nodes(self.read_cursor(), coords)
-
-    def root(self, size: int | None = None) -> bytes:
-        size = self.size() if size is None else size
-        if size == 0:
-            return merkle.EMPTY_ROOT
-        return merkle.range_root(0, size, self._node_getter(merkle.range_nodes(0, size)))
-
-    def _node_getter(self, coords):
-        nodes = self._get_nodes(list(coords))
-        return lambda level, index: nodes[(level, index)]
-
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        if not 0 <= index < size <= self.size():
-            raise ValueError(f"no entry {index} in a tree of size {size} (log size {self.size()})")
-        coords = [c for group in merkle.inclusion_proof_nodes(index, size) for c in group]
-        return merkle.inclusion_proof(index, size, self._node_getter(coords))
-
-    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
-        if not 0 <= size1 <= size2 <= self.size():
-            raise ValueError(f"bad sizes {size1}, {size2} (log size {self.size()})")
-        coords = [c for group in merkle.consistency_proof_nodes(size1, size2) for c in group]
-        return merkle.consistency_proof(size1, size2, self._node_getter(coords))
 
     def leaf_hash(self, index: int) -> bytes:
         rec = self.record(index)
