@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -478,21 +479,11 @@ def cmd_verify_projections(args: argparse.Namespace) -> int:
     from reledger.projections.check import verify_projections
     from reledger.storage.reader import DatabaseURLError, NoLedger
 
-    bar = progress = None
-    if not args.json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task("recomputing the projections", total=None)
-        bar.start()
-        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
     try:
-        check = verify_projections(args.db, progress=progress)
+        with progress_of(args, "recomputing the projections", None) as progress:
+            check = verify_projections(args.db, progress=progress)
     except (NoLedger, DatabaseURLError) as e:
         raise UsageError(str(e)) from e
-    finally:
-        if bar:
-            bar.stop()
     out = check.to_dict()
 
     def text() -> None:
@@ -508,6 +499,24 @@ def cmd_verify_projections(args: argparse.Namespace) -> int:
     return EXIT_OK if check.ok else EXIT_FAILED
 
 
+@contextlib.contextmanager
+def progress_of(args: argparse.Namespace, label: str, otherwise):
+    """A ``progress(done, total)`` callback: a bar on a terminal (not under --json), else
+    ``otherwise`` (progress lines, or None)."""
+    if args.json or not sys.stderr.isatty():
+        yield otherwise
+        return
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(label, total=None)
+    bar.start()
+    try:
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+    finally:
+        bar.stop()
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     from reledger.storage.verify import verify_database
 
@@ -520,24 +529,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     notes = read_files(args.checkpoint, "--checkpoint")
     trust_path, trust = load_trust(args)
     genesis, keys = pinned_roots(args, trust, notes)
-    progress = Ticker("verifying")
-    bar = None
-    if not args.json and sys.stderr.isatty():
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task("verifying", total=None)
-        bar.start()
-        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
     try:
-        rep = verify_database(args.db, workers=args.workers, trusted_genesis=genesis,
-                              trusted_checkpoint_keys=keys, checkpoint_notes=notes,
-                              progress=progress)
+        with progress_of(args, "verifying", Ticker("verifying")) as progress:
+            rep = verify_database(args.db, workers=args.workers, trusted_genesis=genesis,
+                                  trusted_checkpoint_keys=keys, checkpoint_notes=notes,
+                                  progress=progress)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    finally:
-        if bar:
-            bar.stop()
 
     latest = None
     if rep.ok and trust is not None:
