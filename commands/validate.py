@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+from reledger.ledger import rules
+from reledger.ledger.authority import AUTHORIZED_ROLES, REGULATOR_TYPES as AUTHORITY_TYPES, who_may
 from reledger.ledger.entry import SignedEntry
 from reledger.ledger.registry import RegistryError
 
-from reledger.projections.reference import AUTHORITY_TYPES, AUTHORIZED_ROLES
-
-from .catalogue import ENTERPRISE_ROLES, SCHEMAS, CommandError, MAX_YEAR, MIN_YEAR, check_body, fail
+from .catalogue import SCHEMAS, CommandError, MAX_YEAR, MIN_YEAR, check_body, fail
 from .state import WriteState
 
-_ENTERPRISE = frozenset(ENTERPRISE_ROLES)
-
-# who may assert which type: one table, shared with the rule engine (which counts no entry
+# who may assert which type: one table and one rule, in the auditor's folder (ledger/authority.py,
+# rules.authorized), shared with `reledger verify` and the rule engine (which counts no entry
 # that its chain's role may not assert: DOMAIN.md "Authority")
 assert set(AUTHORIZED_ROLES) == set(SCHEMAS), "every catalogue type needs an authorization rule"
 
@@ -81,15 +80,7 @@ through the API's `findings_hook`; empty without one).
 
 
 def role_rule_text(type_name: str) -> str:
-    roles = AUTHORIZED_ROLES[type_name]
-    if type_name in AUTHORITY_TYPES:
-        return "REGULATOR (current role)"
-    names = sorted(roles)
-    if _ENTERPRISE <= roles:
-        extra = sorted(roles - _ENTERPRISE)
-        return "any obliged enterprise (" + ", ".join(ENTERPRISE_ROLES) + ")" + (
-            " and " + ", ".join(extra) if extra else "")
-    return ", ".join(names)
+    return who_may(type_name)
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -122,20 +113,14 @@ def check_key(state: WriteState, signed: SignedEntry, index: int, recorded_us: i
                                 field="sig")
 
 
-def authorize(state: WriteState, signed: SignedEntry, recorded_us: int | None = None) -> None:
-    """Refuse a type that the party's roles never allow (see AUTHORIZATION_DOC)."""
-    e = signed.entry
-    allowed = AUTHORIZED_ROLES[e.type]
-    if e.type in AUTHORITY_TYPES:
-        held, when = state.current_roles(e.chain), "holds"
-        info = state.parties.get(e.chain)
-        if info is not None and recorded_us is not None:  # the designation in force when it is recorded
-            held, when = held & info.roles_at(recorded_us), "holds now"
-    else:
-        held, when = state.roles_ever(e.chain), "has held"
-    if not held & allowed:
-        raise fail("forbidden", "type", f"{e.type} may be asserted by {role_rule_text(e.type)}; "
-                                        f"{e.chain} {when} {', '.join(sorted(held)) or 'no role'}")
+def authorize(state: WriteState, signed: SignedEntry, recorded_us: int, index: int | None = None) -> None:
+    """Refuse a type that the party's roles may not assert at ``index`` (default: the next
+    position) recorded at ``recorded_us``: ledger/rules.py ``authorized``, the rule `reledger
+    verify` applies (see AUTHORIZATION_DOC)."""
+    try:
+        state.registry.authorized(signed.entry, state.size if index is None else index, recorded_us)
+    except rules.Invalid as err:
+        raise fail("forbidden", "type", err.message) from None
 
 
 def check_chain(state: WriteState, signed: SignedEntry) -> None:
@@ -322,7 +307,7 @@ def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_
     check_chain(state, signed)
     if index == 0:  # the genesis: the key registry's own rule (a self-authorized regulator key)
         return body
-    authorize(state, signed, recorded_us)
+    authorize(state, signed, recorded_us, index)
     References(state, lookup).check(signed, body)
     return body
 

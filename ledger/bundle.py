@@ -184,6 +184,8 @@ def verify_bundle(data: bytes, *, trusted_checkpoint_keys: list[str] = (), trust
         try:
             pub = registry.key_for(signed, idx, recorded_us)
             rules.signature(pub, signed.content, signed.signature, e.key_id, e.chain)
+            if idx > 0:  # 4.5: the chain's roles at its record time may assert its type
+                registry.authorized(e, idx, recorded_us)
         except (RegistryError, rules.Invalid) as err:
             rep.problems.append(f"{at}: {err}")
         try:

@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import encoding, rules
+from . import authority, encoding, rules
 from .encoding import EncodingError
 from .entry import SignedEntry
 from .checkpoint import valid_key_name
@@ -53,6 +53,9 @@ class Registry:
     registered: dict[str, int] = field(default_factory=dict)  # party -> log index of its registration
     size: int = 0  # how many log entries have been applied
     root: str | None = None  # the genesis regulator
+    # party -> its designations in log order (authority.py: (index, since_us, roles, until_us)),
+    # for the authority rule (rules.authorized: which roles count at an entry's record time)
+    designations: dict[str, tuple] = field(default_factory=dict)
 
     # --- undo journal: a refused group's changes are taken back without copying -----------
     _journal: list | None = field(default=None, repr=False, compare=False)
@@ -91,7 +94,8 @@ class Registry:
     def copy(self) -> "Registry":
         """A copy that shares the (never mutated) key records: O(keys) dictionary copies, no
         deep copy (a revocation replaces its record)."""
-        return Registry(dict(self.keys), dict(self.roles), dict(self.registered), self.size, self.root)
+        return Registry(dict(self.keys), dict(self.roles), dict(self.registered), self.size, self.root,
+                        dict(self.designations))
 
     # --- checking ----------------------------------------------------------------------
     def key_for(self, signed: SignedEntry, index: int, recorded_us: int) -> bytes:
@@ -153,7 +157,16 @@ class Registry:
                 raise RegistryError("body.roles: missing", "body.roles", "body")
             if party not in self.registered:
                 self._set(self.registered, party, index)
+            history = self.designations.get(party, ())
+            d = authority.designation(e.type, e.body, index, history[-1] if history else None, party == self.root)
+            self._set(self.designations, party, history + (d,))
         self.size = index + 1
+
+    def authorized(self, e: Any, index: int, recorded_us: int) -> None:
+        """rules.authorized for an entry's content (chain, type) at ``index``: its chain's roles
+        as this registry recorded them may assert its type (raises rules.Invalid)."""
+        rules.authorized(e.type, e.chain, self.designations.get(e.chain, ()), index, recorded_us,
+                         e.chain == self.root)
 
     def checkpoint_keys(self, before_index: int) -> list[KeyRecord]:
         """Checkpoint keys authorized by an entry at an index < before_index and not revoked

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from . import heads as chain_heads, merkle
+from . import authority, heads as chain_heads, merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note, signature_keys
 from .entry import ENTRY_TAG, ZERO_HASH, leaf_bytes
 from .keys import verify_signature
@@ -96,6 +96,18 @@ def may_record(type_: str, chain: str, roles: Iterable[str]) -> None:
     """4.3.6: only a regulator records registry entries."""
     if type_ in REGISTRY_TYPES and REGULATOR not in roles:
         raise RegistryError(f"type: only a regulator may record {type_}; {chain} is not one", "type", "forbidden")
+
+
+def authorized(type_: str, chain: str, designations: Iterable, index: int, recorded_us: int, root: bool) -> None:
+    """4.5: the chain's roles at the entry's record time may assert its type (DOMAIN.md
+    "Authority"; the table and which roles count: ``authority.py``). ``designations`` are the
+    chain's (``Registry.designations``), ``root`` whether it is the genesis regulator's chain.
+    An entry that breaks it was written below the command API, which refuses it."""
+    held = authority.roles_for(type_, tuple(designations), index, recorded_us, root)
+    if not authority.may_assert(type_, held):
+        when = "holds now" if type_ in authority.REGULATOR_TYPES else "has held"
+        raise Invalid("authority", f"{type_} may be asserted by {authority.who_may(type_)}; {chain} {when} "
+                      f"{', '.join(sorted(held)) or 'no role'}")
 
 
 def signature(public_key: bytes | None, content: bytes, sig: bytes, key_id: str, chain: str) -> None:

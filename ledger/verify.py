@@ -236,6 +236,8 @@ class LogVerifier:
         pub = self._rule(c, self.registry.key_at, signed.entry if signed else c, c.index, c.recorded_us)
         if pub is not None and c.signed_with != pub:
             self.problem("signature", f"the signature is not valid for key {c.key_id} of {c.chain}", c)
+        elif pub is not None and c.index > 0:  # (a bad key or signature is its problem already)
+            self._rule(c, self.registry.authorized, c, c.index, c.recorded_us)
         if signed is not None:
             try:
                 self.registry.apply(signed, c.index)

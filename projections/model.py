@@ -25,10 +25,10 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from reledger.ledger import encoding
+from reledger.ledger import authority, encoding
 from reledger.ledger.entry import SignedEntry
 
-from .reference import (AUTHORITY_TYPES, AUTHORIZED_ROLES, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
+from .reference import (INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
                         RULE_PARAMETERS, element_of, elements_in, product_class, reo_factor_table)
 
 DAY_US = 86_400 * 1_000_000
@@ -318,6 +318,9 @@ class Projector:
         self.used_month: dict[tuple, int] = {}      # (party, period, cat) -> g used
         self._cur_key: tuple | None = None
         self.party_lots: dict[str, dict[str, int]] = {}  # party -> its lots (a dict used as an ordered set)
+        # party -> its designations in log order as ledger/authority.py records them (index,
+        # since_us, roles, until_us): the authority rule's view, the one `reledger verify` applies
+        self.authority: dict[str, list] = {}
 
     # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
     def __getstate__(self) -> dict[str, Any]:
@@ -557,13 +560,19 @@ class Projector:
             self._due_checks(d, recorded_us, ref)
         if self.root is None:
             self.root = e.chain
-        if index > 0 and not self._authorized(e.chain, e.type):
-            # DOMAIN.md "Authority": whoever wrote it into the database, it counts nowhere
-            self._finding(d, "authority", "UNAUTHORIZED_ENTRY", e.chain,
-                          f"{e.type} may not be asserted by {e.chain} (roles: "
-                          f"{', '.join(sorted(self._roles_for_authority(e.chain, e.type))) or 'none'}): "
-                          "not counted by any projection", [], ref, occurred_us, type=e.type)
-            return d
+        if index > 0:
+            held = authority.roles_for(e.type, self.authority.get(e.chain, ()), index, recorded_us,
+                                       e.chain == self.root)
+            if not authority.may_assert(e.type, held):
+                # DOMAIN.md "Authority": whoever wrote it into the database, it counts nowhere
+                self._finding(d, "authority", "UNAUTHORIZED_ENTRY", e.chain,
+                              f"{e.type} may not be asserted by {e.chain} (roles: "
+                              f"{', '.join(sorted(held)) or 'none'}; it may be asserted by "
+                              f"{authority.who_may(e.type)}): not counted by any projection", [], ref, occurred_us,
+                              type=e.type, roles=sorted(held))
+                return d
+        if e.type in authority.DESIGNATION_TYPES and isinstance(body.get("party"), str):
+            self._designate(e.type, body, index)
         handler = _HANDLERS.get(e.type)
         if e.type in FLOW_TYPES:
             self._cur_key = ref
@@ -590,25 +599,17 @@ class Projector:
                                                       month))
         return d
 
-    def _roles_for_authority(self, chain: str, type: str) -> frozenset[str]:
-        """The roles that decide whether ``chain`` may assert ``type`` at this point of the log (its
-        record time), as the write path decides: the current roles for the regulator's types, every
-        role ever held for the others."""
-        des = self.designations.get(chain)
-        if type in AUTHORITY_TYPES:
-            if not des:
-                return frozenset({"REGULATOR"}) if chain == self.root else frozenset()
-            return des[-1].roles
-        out = self.roles_ever(chain)
-        if chain == self.root and not des:
-            out = frozenset({"REGULATOR"})
-        return out
-
-    def _authorized(self, chain: str, type: str) -> bool:
-        allowed = AUTHORIZED_ROLES.get(type)
-        if allowed is None:
-            return True  # a type the catalogue does not know: the handlers ignore it
-        return bool(self._roles_for_authority(chain, type) & allowed)
+    def _designate(self, type: str, body: dict, index: int) -> None:
+        """The authority rule's record of a designation (as the ledger's key registry keeps it:
+        a party registers once, the root regulator excepted)."""
+        party = body["party"]
+        history = self.authority.get(party)
+        if type == "PartyRegistered" and history and party != self.root:
+            return
+        if type == "PartyDesignationChanged" and not history and party != self.root:
+            return
+        d = authority.designation(type, body, index, history[-1] if history else None, party == self.root)
+        self.authority.setdefault(party, []).append(d)
 
     # registry ---------------------------------------------------------------------------------
     def _on_PartyRegistered(self, d, chain, b, ref, occ, rec) -> None:

@@ -144,28 +144,9 @@ def elements_in(code: str | None) -> list[str]:
     return []
 
 
-#: Who may assert which entry type (the write path refuses the others; the projections count
-#: none of them, whoever wrote them into the database: DOMAIN.md "Authority").
-ENTERPRISE_ROLES = ("MINE", "SEPARATION", "SMELTER", "RECYCLER", "EXPORTER", "MAGNET")
-_ENT = frozenset(ENTERPRISE_ROLES)
-_REG = frozenset({"REGULATOR"})
-AUTHORITY_TYPES = frozenset({
-    "PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked", "GroupMembershipChanged",
-    "AnnualTotalApproved", "QuotaBatchIssued", "QuotaReduced", "InspectionRecorded", "ViolationFound",
-    "PenaltyImposed", "RuleParameterSet"})
-AUTHORIZED_ROLES: dict[str, frozenset[str]] = {
-    **{t: _REG for t in AUTHORITY_TYPES},
-    "QuotaSubAllocated": frozenset({"GROUP"}),
-    "MineralProductProduced": frozenset({"MINE"}),
-    "SeparationBatchRecorded": frozenset({"SEPARATION"}),
-    "MetalSmelted": frozenset({"SMELTER"}),
-    "SecondaryFeedReceived": frozenset({"RECYCLER"}),
-    "ExportDeclared": frozenset({"EXPORTER"}),
-    "ImportReceived": _ENT,
-    "TransferShipped": _ENT,
-    "TransferReceived": _ENT,
-    "StockCounted": _ENT,
-    "MonthlyFlowReportSubmitted": _ENT,
-    "QuotaExecutionReported": _ENT,
-    "CorrectionRecorded": _ENT | {"GROUP", "REGULATOR"},
-}
+#: Who may assert which entry type: defined once, in the auditor's folder (ledger/authority.py),
+#: and applied by the write path, `reledger verify` and the projections alike (DOMAIN.md
+#: "Authority"). Re-exported here for the catalogue and the documentation.
+from reledger.ledger.authority import (AUTHORIZED_ROLES, ENTERPRISE_ROLES,  # noqa: E402
+                                       REGULATOR_TYPES as AUTHORITY_TYPES)
+

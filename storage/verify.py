@@ -294,7 +294,7 @@ def _range_rows(r: LogReader, start: int, stop: int) -> list | None:
 
 
 def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, registry_indices: frozenset,
-                cp_sizes: tuple) -> tuple | None:
+                cp_sizes: tuple, designations: dict | None = None, root: str | None = None) -> tuple | None:
     """Check the aligned range [start, stop) in one process with the rules of ledger/rules.py;
     None when any rule is broken or anything is in doubt."""
     rows = _read_range(url, start, stop)
@@ -328,6 +328,8 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
                 rules.party_registered(registered.get(e.chain), e.chain, idx)
                 pub = rules.key_valid(keys.get(e.key_id), e.chain, e.key_id, idx, recorded_us)
                 rules.signature(pub, s.content, s.signature, e.key_id, e.chain)
+                rules.authorized(e.type, e.chain, (designations or {}).get(e.chain, ()), idx, recorded_us,
+                                 e.chain == root)
             if e.chain in last:
                 rules.chain_link(last[e.chain], e.chain, e.seq, e.prev)
             else:
@@ -364,6 +366,8 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
             s = SignedEntry.parse(rec.envelope)
             pub = registry.key_for(s, rec.index, rec.recorded_us)
             rules.signature(pub, s.content, s.signature, s.entry.key_id, s.entry.chain)
+            if rec.index > 0:
+                registry.authorized(s.entry, rec.index, rec.recorded_us)
             registry.apply(s, rec.index)
         except (EntryError, RegistryError, rules.Invalid):
             return None
@@ -384,8 +388,8 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
         cps.append((size, row_root, note))
     size_unit = 1 << FAST_BITS
     ranges = [(a, min(span, a + size_unit)) for a in range(0, span, size_unit)]
-    jobs = [(url, a, b, keys, dict(registry.registered), indices, tuple(sz for sz, _, _ in cps if a < sz <= b))
-            for a, b in ranges]
+    jobs = [(url, a, b, keys, dict(registry.registered), indices, tuple(sz for sz, _, _ in cps if a < sz <= b),
+             registry.designations, registry.root) for a, b in ranges]
     # 2. the ranges, joined in order
     chunks = merkle.Frontier()  # the tree above the ranges: one leaf per full range
     heads: dict[str, tuple[int, bytes]] = {}

@@ -308,6 +308,32 @@ def p_merkle_node_altered() -> Log:
     return log
 
 
+def p_unauthorized_type() -> Log:
+    """The mine signs a QuotaBatchIssued (a regulator's type) for itself, with its own valid key,
+    chain and Merkle leaf all proper: written below the command API (which refuses it)."""
+    sc, reg, mine = sample(2)
+    sc.add(mine.sign("QuotaBatchIssued", {"year": 2024, "batch_no": 9, "document_no": "FAKE", "holder": MINE,
+                                          "mining_rock_t_reo": "1000000", "mining_ionic_t_reo": "0",
+                                          "separation_t_reo": "0"}, T0, _command(2)))
+    return build(_standard(sc))
+
+
+def p_unauthorized_regulator_expired() -> Log:
+    """MIIT's own designation (index 1) ends before the record time of its last entry, a
+    PartyRegistered: a regulator whose designation has ended asserts no regulator type."""
+    sc, reg, mine = sample()
+    sc.entries[1] = reg_resign(sc.entries[1], body={**sc.entries[1].entry.body, "valid_until": "2024-01-01T00:00:06Z"})
+    for i in range(2, 5):  # MIIT's later entries link to the changed entry
+        sc.entries[i] = reg_resign(sc.entries[i], prev=sc.entries[i - 1].hash)
+    sc.add(reg_resign(sc.entries[3], seq=6, prev=sc.entries[4].hash, command_id=_command(90),
+                      body={**sc.entries[3].entry.body, "party": "9111000000MINE0002", "name": "a second mine"}))
+    return build(_standard(sc))
+
+
+def reg_resign(s: SignedEntry, **change) -> SignedEntry:
+    return resign(s, REG_KEY, **change)
+
+
 @dataclass(frozen=True)
 class Probe:
     name: str
@@ -337,4 +363,8 @@ PROBES = [
     Probe("note-unknown-signature-line", p_note_unknown_signature_line, ()),
     Probe("note-repeated-signature-line", p_note_repeated_signature_line, (("checkpoint", 7),)),
     Probe("merkle-node-altered", p_merkle_node_altered, (("merkle", 6),), in_bundle=False),
+    # DOMAIN.md "Authority" (FORMAT.md 4.5): the store checks keys, not roles (the command API
+    # refuses these with `forbidden`); every verifier names the entry
+    Probe("unauthorized-type", p_unauthorized_type, (("authority", 7),)),
+    Probe("unauthorized-regulator-expired", p_unauthorized_regulator_expired, (("authority", 8),)),
 ]

@@ -106,6 +106,72 @@ def test_a_mines_own_quota_batch_counts_nowhere(bare):
         ps.close()
 
 
+def test_verify_fails_naming_a_mines_own_quota_batch_on_every_path(bare, capsys, tmp_path):
+    """DOMAIN.md "Authority": the entry the write path refuses, written below the API with the
+    mine's own valid key, proper chain and Merkle leaf, makes `reledger verify` fail (exit 1)
+    naming it by chain:seq, type and roles, in text and JSON; its exported bundle fails too; and
+    it counts in no quota."""
+    import json
+
+    from reledger.cli import main
+    from reledger.ledger.bundle import verify_bundle
+    from reledger.ledger.checkpoint import NoteSigner
+    from projection_helpers import ORIGIN
+
+    w = bare
+    issue(w, "MINE01", 1, rock="10")
+    with pytest.raises(CommandError) as err:   # the write path refuses it
+        w.ok("MINE01", "QuotaBatchIssued", {"year": Y, "batch_no": 2, "document_no": "FAKE", "holder": "MINE01",
+                                            "mining_rock_t_reo": "1000000", "mining_ionic_t_reo": "0",
+                                            "separation_t_reo": "0"})
+    assert err.value.code == "forbidden" and "MINE01 holds now MINE" in str(err.value)
+    r = w.raw("MINE01", "QuotaBatchIssued", {"year": Y, "batch_no": 2, "document_no": "FAKE", "holder": "MINE01",
+                                             "mining_rock_t_reo": "1000000", "mining_ionic_t_reo": "0",
+                                             "separation_t_reo": "0"})
+    w.store.checkpoint(NoteSigner(ORIGIN, w.ck.private_key))
+    assert main(["verify", "--db", w.url, "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert not out["ok"] and out["problem_count"] == 1
+    first = out["first_problem"]
+    assert (first["code"], first["index"], first["chain"], first["seq"]) == ("authority", r.index, "MINE01", r.seq)
+    assert "QuotaBatchIssued" in first["message"] and "MINE01 holds now MINE" in first["message"]
+    assert main(["verify", "--db", w.url]) == 1
+    text = capsys.readouterr().out
+    assert f"log index {r.index} (MINE01:{r.seq})" in text and "QuotaBatchIssued may be asserted by REGULATOR" in text
+    # the party's bundle, checked offline, names it too
+    bundle = tmp_path / "mine.bundle"
+    assert main(["export", "--db", w.url, "--party", "MINE01", "--out", str(bundle)]) == 0
+    capsys.readouterr()
+    rep = verify_bundle(bundle.read_bytes())
+    assert not rep.ok and len(rep.problems) == 1
+    assert f"log index {r.index} (MINE01:{r.seq})" in rep.problems[0] and "QuotaBatchIssued" in rep.problems[0]
+    assert main(["verify-bundle", str(bundle)]) == 1
+    capsys.readouterr()
+    # counted nowhere: the allocation is the 10 t the regulator issued, the nation's too
+    assert [f["code"] for f in all_findings(w.url)] == ["UNAUTHORIZED_ENTRY"]
+    ps = ProjectionStore(w.url)
+    try:
+        q = queries.quota(ps, Y)
+        row = [e for e in q["enterprises"] if e["party"] == "MINE01" and e["category"] == "MINING_ROCK"][0]
+        assert row["allocated_t"] == "10"
+        assert "1000000" not in json.dumps(q)
+    finally:
+        ps.close()
+
+
+def test_verify_passes_the_same_story_through_the_api(bare, capsys):
+    """The near miss: the regulator issues the batch; verify is clean."""
+    import json
+
+    from reledger.cli import main
+
+    issue(bare, "MINE01", 1, rock="10")
+    issue(bare, "MINE01", 2, rock="1000000")
+    assert main(["verify", "--db", bare.url, "--json"]) == 3  # valid (not anchored to pinned trust)
+    assert json.loads(capsys.readouterr().out)["ok"]
+    assert codes(bare) == []
+
+
 # --- business time ---------------------------------------------------------------------------
 
 def test_late_recorded_production_over_quota_at_its_business_time(bare):
