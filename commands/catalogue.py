@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from reledger.ledger.encoding import EncodingError, parse_decimal, parse_time
 from reledger.ledger.entry import CHAIN_RE
@@ -654,22 +656,47 @@ def _one_of(*names: str) -> Check:
     return check
 
 
+#: the rule parameters in force for the body being checked (as the regulator's RuleParameterSet
+#: entries set them, the write state keeps them); DOMAIN.md's defaults when none are given
+_IN_FORCE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("reledger_rule_parameters", default=None)
+
+
+@contextmanager
+def parameters_in_force(params: dict | None) -> Iterator[None]:
+    """Check bodies with ``params`` (name -> value; missing names take the defaults)."""
+    token = _IN_FORCE.set(params)
+    try:
+        yield
+    finally:
+        _IN_FORCE.reset(token)
+
+
+def _tolerance_pct() -> Decimal:
+    """reo_tolerance_pct in force (a value the regulator set that is no number: the default)."""
+    value = (_IN_FORCE.get() or {}).get("reo_tolerance_pct", RULE_PARAMETERS["reo_tolerance_pct"])
+    try:
+        pct = Decimal(str(value))
+    except ArithmeticError:
+        pct = Decimal(RULE_PARAMETERS["reo_tolerance_pct"])
+    return pct if pct.is_finite() and pct >= 0 else Decimal(RULE_PARAMETERS["reo_tolerance_pct"])
+
+
 def _reo_tolerance(computed: Decimal) -> Decimal:
-    return computed * Decimal(RULE_PARAMETERS["reo_tolerance_pct"]) / 100
+    return computed * _tolerance_pct() / 100
 
 
 def _reo_of(mass: str, pct: str) -> Check:
     """Declared quantities are checked, not trusted (DOMAIN.md): ``reo_kg`` = ``mass`` x ``pct`` / 100
     within ``reo_tolerance_pct`` % of the computed value."""
     @_doc(f"`reo_kg` differing from `{mass}` x `{pct}` / 100 by more than reo_tolerance_pct "
-          f"({RULE_PARAMETERS['reo_tolerance_pct']} %) of that")
+          f"(default {RULE_PARAMETERS['reo_tolerance_pct']} %, as the regulator's RuleParameterSet sets it) of that")
     def check(m: dict, path: str) -> None:
         if "reo_kg" in m and mass in m and pct in m:
             computed = m[mass] * m[pct] / 100
             if abs(m["reo_kg"] - computed) > _reo_tolerance(computed):
                 raise fail("inconsistent", f"{path}.reo_kg",
                            f"{m['reo_kg']} kg REO is not {mass} x {pct} / 100 = {computed.quantize(Decimal('0.001'))} "
-                           f"kg REO (tolerance {RULE_PARAMETERS['reo_tolerance_pct']} % of the computed value)")
+                           f"kg REO (tolerance reo_tolerance_pct {_tolerance_pct()} % of the computed value)")
     return check
 
 
@@ -689,7 +716,7 @@ def _metal_reo(m: dict, path: str) -> None:
         if abs(m["reo_kg"] - computed) > _reo_tolerance(computed):
             raise fail("inconsistent", f"{path}.reo_kg",
                        f"{m['reo_kg']} kg REO is not kg x factor = {computed.quantize(Decimal('0.001'))} kg REO "
-                       f"(tolerance {RULE_PARAMETERS['reo_tolerance_pct']} % of the computed value)")
+                       f"(tolerance reo_tolerance_pct {_tolerance_pct()} % of the computed value)")
 
 
 @_doc("a `value` that is not a number (a whole number for days, hours and the due day)")
@@ -1053,9 +1080,11 @@ def schema_of(type_name: str) -> EntrySchema:
     return s
 
 
-def check_body(type_name: str, body: Any) -> dict:
-    """Check a body against its type's schema; the parsed body, or CommandError."""
-    return schema_of(type_name).check(body)
+def check_body(type_name: str, body: Any, params: dict | None = None) -> dict:
+    """Check a body against its type's schema, with the rule parameters ``params`` in force
+    (DOMAIN.md's defaults for those not given); the parsed body, or CommandError."""
+    with parameters_in_force(params):
+        return schema_of(type_name).check(body)
 
 
 from reledger.projections.model import report_digest  # noqa: E402 - one definition, re-exported here

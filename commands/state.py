@@ -33,6 +33,7 @@ from reledger.ledger import encoding
 from reledger.ledger.encoding import EncodingError
 from reledger.ledger.entry import SignedEntry, ZERO_HASH
 from reledger.ledger.registry import REGISTRY_TYPES, Registry, RegistryError
+from reledger.ledger.rules import Invalid
 
 _MISSING = object()
 LOT_CREATORS = {"MineralProductProduced": "lot", "ImportReceived": "lot", "SecondaryFeedReceived": "lot"}
@@ -192,6 +193,9 @@ class WriteState:
         self.quota_batches: dict[tuple[int, int, str], QuotaBatch] = {}
         self.lots: dict[str, LotOrigin] = {}
         self.batches: dict[tuple[str, str], int] = {}
+        # the rule parameters the regulator's RuleParameterSet entries set so far (name -> value;
+        # the write path checks declared REO with them)
+        self.params: dict[str, Any] = {}
         self.commands = MaybeRecorded()  # never rolled back (see MaybeRecorded)
         # entries applied since the last commit: (chain, seq) -> (entry hash, type)
         self.pending: dict[tuple[str, int], tuple[bytes, str]] = {}
@@ -274,18 +278,26 @@ class WriteState:
                 self.registry.size = self.size
                 continue
             signed = SignedEntry.parse(rec.envelope)
-            self.apply(signed, rec.index, strict=False)
+            self.apply(signed, rec.index, strict=False, recorded_us=rec.recorded_us)
             if rec.command_id is not None and (rec.chain, rec.command_id) != (signed.entry.chain,
                                                                             signed.entry.command_id):
                 self.commands.add(rec.chain, rec.command_id)  # as the log row says (what a look-up finds)
             n += 1
         return n
 
-    def apply(self, signed: SignedEntry, index: int, strict: bool = True) -> None:
+    def apply(self, signed: SignedEntry, index: int, strict: bool = True, recorded_us: int | None = None) -> None:
         """Apply an entry at log ``index``. Raises RegistryError (before changing anything else)
         for a registry body the key registry refuses, unless ``strict`` is false (catching up
-        with what the store accepted: the rest of the state still follows the log)."""
+        with what the store accepted: the rest of the state still follows the log).
+        ``recorded_us``: its record time when it comes from the log (it was not validated here:
+        an entry its chain's role may not assert then changes no rule parameter)."""
         e = signed.entry
+        counted = True
+        if e.type == "RuleParameterSet" and recorded_us is not None:
+            try:
+                self.registry.authorized(e, index, recorded_us)
+            except Invalid:
+                counted = False  # counted nowhere (DOMAIN.md "Authority")
         if e.type in REGISTRY_TYPES or index == 0:
             try:
                 self._registry_for_write().apply(signed, index)
@@ -304,7 +316,7 @@ class WriteState:
         self.size = index + 1
         self.commands.add(e.chain, e.command_id)
         self._put(self.heads, e.chain, (e.seq, signed.hash))
-        handler = _HANDLERS.get(e.type)
+        handler = _HANDLERS.get(e.type) if counted else None
         if handler is not None:
             try:
                 handler(self, e, signed, index)
@@ -346,6 +358,11 @@ class WriteState:
                                                       b.get("basis", "OUTPUT"), bool(b.get("reserve", False)),
                                                       amounts, index))
 
+    def _parameter_set(self, e, signed, index) -> None:
+        b = e.body
+        if isinstance(b.get("name"), str) and isinstance(b.get("value"), str):
+            self._put(self.params, b["name"], b["value"])
+
     def _lot(self, lot: Any, e, index: int) -> None:
         if isinstance(lot, str) and lot not in self.lots:
             self._put(self.lots, lot, LotOrigin(lot, e.chain, e.seq, e.type, index))
@@ -380,6 +397,7 @@ _HANDLERS: dict[str, Callable[[WriteState, Any, SignedEntry, int], None]] = {
     "PartyRegistered": WriteState._party_registered,
     "PartyDesignationChanged": WriteState._designation_changed,
     "QuotaBatchIssued": WriteState._batch_issued,
+    "RuleParameterSet": WriteState._parameter_set,
     "MineralProductProduced": WriteState._lot_created,
     "ImportReceived": WriteState._lot_created,
     "SecondaryFeedReceived": WriteState._lot_created,

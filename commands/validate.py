@@ -85,10 +85,11 @@ def role_rule_text(type_name: str) -> str:
 
 # --- checks --------------------------------------------------------------------------------
 
-def check_schema(signed: SignedEntry) -> dict:
-    """Type known, body valid, business time sane; the parsed body."""
+def check_schema(signed: SignedEntry, params: dict | None = None) -> dict:
+    """Type known, body valid (with the rule parameters ``params`` in force: the tolerance of
+    declared REO), business time sane; the parsed body."""
     e = signed.entry
-    parsed = check_body(e.type, e.body)
+    parsed = check_body(e.type, e.body, params)
     year = int(e.occurred_at[:4])
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise fail("out_of_range", "occurred_at", f"year {year} is absurd (must be {MIN_YEAR}..{MAX_YEAR})")
@@ -302,7 +303,7 @@ def validate_entry(state: WriteState, signed: SignedEntry, index: int, recorded_
     """Every write-path check of one new entry, in order: schema (400), key and signature (403),
     chain continuity (409), role (403), references (404/409). Returns the parsed body. The
     caller applies the entry to ``state`` when it passes."""
-    body = check_schema(signed)
+    body = check_schema(signed, state.params)
     check_key(state, signed, index, recorded_us, signature_valid)
     check_chain(state, signed)
     if index == 0:  # the genesis: the key registry's own rule (a self-authorized regulator key)

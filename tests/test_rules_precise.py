@@ -57,6 +57,38 @@ def test_declared_reo_within_the_tolerance_is_accepted(w):
     assert codes(w) == []
 
 
+def test_the_write_path_checks_declared_reo_with_the_tolerance_the_regulator_set(w):
+    """RuleParameterSet reo_tolerance_pct 1: a lot 0.5 % off is accepted (and no finding); at
+    the default 0.1 % the same lot is refused naming the field and the computed value."""
+    with pytest.raises(CommandError) as err:
+        w.ok("MINE01", "MineralProductProduced", mined("L1", reo="49750"))    # 0.5 % under
+    assert err.value.code == "inconsistent" and err.value.field == "body.reo_kg"
+    assert "50000.000" in str(err.value) and "reo_tolerance_pct 0.1" in str(err.value)
+    w.ok("MIIT", "RuleParameterSet", {"name": "reo_tolerance_pct", "value": "1", "reason": "decision 7"})
+    w.ok("MINE01", "MineralProductProduced", mined("L1", reo="49750"))
+    assert codes(w) == [] and used(w, "MINE01", "MINING_ROCK") == "49.75"
+    with pytest.raises(CommandError) as err:                                 # 2 % off: still refused
+        w.ok("MINE01", "MineralProductProduced", mined("L2", reo="49000"))
+    assert "reo_tolerance_pct 1 %" in str(err.value) and "50000.000" in str(err.value)
+    # a fresh command API (catching up from the log) knows the parameter too
+    from reledger.commands.api import CommandAPI
+
+    w.api.close()
+    w.api = CommandAPI(w.store)
+    w.ok("MINE01", "MineralProductProduced", mined("L3", reo="50400"))       # 0.8 % over
+
+
+def test_a_tolerance_set_below_the_api_by_a_mine_changes_nothing(w):
+    w.raw("MINE01", "RuleParameterSet", {"name": "reo_tolerance_pct", "value": "50"})
+    from reledger.commands.api import CommandAPI
+
+    w.api.close()
+    w.api = CommandAPI(w.store)
+    with pytest.raises(CommandError) as err:
+        w.ok("MINE01", "MineralProductProduced", mined("L1", reo="49750"))
+    assert err.value.field == "body.reo_kg"
+
+
 def _smelt(w, factor, reo, raw=False):
     (_, _, _), line = mined_lot(w)
     _, outs = separate(w, "SEP01", [(line[0], line[2], line[3])], 970)
