@@ -321,6 +321,9 @@ class Projector:
         # party -> its designations in log order as ledger/authority.py records them (index,
         # since_us, roles, until_us): the authority rule's view, the one `reledger verify` applies
         self.authority: dict[str, list] = {}
+        # party -> the quota uses counted for it, [occ, category, year, g, group counted to, chain,
+        # seq]: a membership change recorded late moves them between the groups' totals
+        self.party_uses: dict[str, list] = {}
 
     # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
     def __getstate__(self) -> dict[str, Any]:
@@ -637,6 +640,7 @@ class Projector:
             self.names[party] = b["name"]
         if "group" in b:
             self.membership.setdefault(party, []).append((since, b["group"]))
+            self._regroup(d, party, since, ref)
         d.parties.append((party, self.names.get(party, party), ",".join(sorted(roles)), b.get("province"), group,
                           since, until))
 
@@ -649,6 +653,9 @@ class Projector:
             self.membership.setdefault(party, []).append((since, group))
         elif self.group_at(party, since) == group:
             self.membership.setdefault(party, []).append((since, None))
+        else:
+            return
+        self._regroup(d, party, since, ref)
 
     def _on_RuleParameterSet(self, d, chain, b, ref, occ, rec) -> None:
         if b["name"] in RULE_PARAMETERS:
@@ -786,7 +793,30 @@ class Projector:
         year = year_of(occ)
         grp = self.group_at(party, occ)
         self._contribute(ref, ["quota", party, cat, year, grp, occ, g])
+        self.party_uses.setdefault(party, []).append([occ, cat, year, g, grp, ref[0], ref[1]])
         self._use_raw(d, party, cat, year, grp, occ, g, ref)
+
+    def _regroup(self, d: Deltas, party: str, since: int, ref: RawRef) -> None:
+        """A party's output counts to the group it belongs to at the output's business time: after
+        a membership change effective from ``since`` (recorded late, perhaps), the uses from then
+        on that were counted to another group move to the group of their time (rows of this
+        entry; the groups' over-quota findings follow their timelines: raised or resolved)."""
+        for u in self.party_uses.get(party, ()):
+            occ_u, cat, year, g, old = u[0], u[1], u[2], u[3], u[4]
+            if occ_u < since:
+                continue
+            new = self.group_at(party, occ_u)
+            if new == old:
+                continue
+            u[4] = new
+            for grp, sign in ((old, -1), (new, 1)):
+                # USED rows of this entry: the party's and the nation's use are unchanged (the two
+                # rows cancel), the group's moves
+                self._quota(d, year, party, cat, "USED", sign * g, grp, ref, d.occurred_us)
+                if grp:
+                    k = (year, grp, cat)
+                    self.used_group[k] = self.used_group.get(k, 0) + sign * g
+                    self._quota_key(d, ("group", year, grp, cat), occ_u, sign * g, 0, ref, party)
 
     def _use_raw(self, d: Deltas, party: str, cat: str, year: int, grp: str | None, occ: int, g: int,
                  ref: RawRef) -> None:
@@ -1306,6 +1336,12 @@ class Projector:
                 self._stock_event(d, party, lot, t, -g, -reo, ref)
             elif kind == "quota":
                 _, party, cat, year, grp, t, g = item
+                uses = self.party_uses.get(party, [])
+                for i, u in enumerate(uses):  # the group it is counted to now (a membership change moves it)
+                    if (u[5], u[6], u[0], u[1], u[3]) == (key[0], key[1], t, cat, g):
+                        grp = u[4]
+                        del uses[i]
+                        break
                 self._use_raw(d, party, cat, year, grp, t, -g, ref)
             elif kind == "flows":
                 _, party, month, what, reo = item

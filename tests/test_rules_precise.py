@@ -293,6 +293,86 @@ def test_left_removes_only_the_group_named(bare):
     assert summary(f) == ("OVER_QUOTA", "MINE01", ev(p, g2)) and f["params"]["holder"] == "GRP02"
 
 
+def _group_used(w, grp, cat="MINING_ROCK"):
+    ps = ProjectionStore(w.url)
+    try:
+        ps.catch_up()
+        rows = [r for r in queries.quota(ps, Y)["groups"] if r["group"] == grp and r["category"] == cat]
+        return rows[0]["used_t"] if rows else None
+    finally:
+        ps.close()
+
+
+def test_a_late_membership_change_moves_counted_output_between_groups(bare):
+    """A party's output counts to the group it belongs to at the output's business time: a
+    GroupMembershipChanged recorded late, effective before output already counted to GRP01,
+    moves it to GRP02 (whose over-quota finding is raised by the change), and a later change
+    that takes it out again resolves that finding."""
+    w = bare
+    t0 = w.now
+    w.register("GRP02", ["GROUP"])
+    g2 = issue(w, "GRP02", 1, rock="1")
+    issue(w, "GRP01", 1, rock="20")
+    issue(w, "MINE01", 1, rock="100")
+    w.now = t0 + DAY
+    p = w.produce("MINE01", "L1", 5_000_000)                   # day 1: 5 t, counted to GRP01
+    assert _group_used(w, "GRP01") == "5" and _group_used(w, "GRP02") == "0"
+    assert codes(w) == []
+    w.now = t0 + 10 * DAY                                       # recorded on day 10, effective on day 0
+    j = w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "JOINED",
+                                                "effective_from": ts(t0)})
+    assert _group_used(w, "GRP01") == "0" and _group_used(w, "GRP02") == "5"
+    fs = all_findings(w.url)
+    assert [(f["code"], f["party"], f["params"]["level"], f["params"]["holder"], f["index"]) for f in fs] == [
+        ("OVER_QUOTA", "MINE01", "group", "GRP02", j.index)]
+    assert fs[0]["occurred_at"] == ts(t0 + DAY) and fs[0]["evidence"][0]["seq"] == j.seq
+    assert g2.index < j.index and p.index < j.index
+    w.now += HOUR                                               # it left GRP02 on day 0 too: in no group
+    lft = w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "LEFT",
+                                                  "effective_from": ts(t0)})
+    assert _group_used(w, "GRP01") == "0" and _group_used(w, "GRP02") == "0"
+    fs = all_findings(w.url)
+    assert fs[0]["resolved"]["index"] == lft.index
+    # the enterprise's and the nation's use never changed
+    assert used(w, "MINE01", "MINING_ROCK") == "5"
+
+
+def test_a_membership_change_effective_after_the_output_moves_nothing(bare):
+    w = bare
+    t0 = w.now
+    w.register("GRP02", ["GROUP"])
+    issue(w, "GRP02", 1, rock="1")
+    issue(w, "GRP01", 1, rock="20")
+    issue(w, "MINE01", 1, rock="100")
+    w.now = t0 + DAY
+    w.produce("MINE01", "L1", 5_000_000)
+    w.now = t0 + 10 * DAY
+    w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "JOINED",
+                                            "effective_from": ts(t0 + 5 * DAY)})
+    assert _group_used(w, "GRP01") == "5" and _group_used(w, "GRP02") == "0"
+    assert codes(w) == []
+
+
+def test_a_corrected_output_leaves_the_group_it_was_moved_to(bare):
+    w = bare
+    t0 = w.now
+    w.register("GRP02", ["GROUP"])
+    issue(w, "GRP02", 1, rock="1")
+    issue(w, "GRP01", 1, rock="20")
+    issue(w, "MINE01", 1, rock="100")
+    w.now = t0 + DAY
+    p = w.produce("MINE01", "L1", 5_000_000)
+    w.now = t0 + 2 * DAY
+    w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "JOINED",
+                                            "effective_from": ts(t0)})
+    w.now += HOUR
+    c = w.ok("MINE01", "CorrectionRecorded", {"corrects": w.ref("MINE01", p.seq), "reason": "DID_NOT_OCCUR",
+                                              "explanation": "entered twice"})
+    assert _group_used(w, "GRP01") == "0" and _group_used(w, "GRP02") == "0"
+    fs = all_findings(w.url)
+    assert [f["code"] for f in fs] == ["OVER_QUOTA"] and fs[0]["resolved"]["index"] == c.index
+
+
 # --- illegal source --------------------------------------------------------------------------
 
 def test_illegal_source_traced_downstream(w):
