@@ -1293,7 +1293,7 @@ class Projector:
         wrong = {}
         for line in b.get("lines", []):
             cat = line["category"]
-            used = self.used_month.get((chain, period, cat), 0)
+            used = self._used_to(chain, period, cat)
             stated = t_to_grams(line["used_t_reo"])
             if self._differs(stated, used, precision_g=1000):
                 wrong[cat] = {"stated_kg": kg_text(stated), "ledger_kg": kg_text(used)}
@@ -1303,6 +1303,14 @@ class Projector:
                           + ", ".join(f"{k} {v['stated_kg']} kg REO (ledger {v['ledger_kg']} kg REO)"
                                       for k, v in wrong.items()) + " (Decree 785 Art. 25)", [], ref, occ,
                           period=period, used=wrong, report_tolerance_pct=self.p("report_tolerance_pct"))
+
+    def _used_to(self, party: str, period: str, cat: str) -> int:
+        """Quota used (business time) in a year (period YYYY) or in its months up to and including
+        a month (period YYYY-MM): what a quota execution report states beside the allocation."""
+        if len(period) == 4:
+            return self.used_month.get((party, period, cat), 0)
+        year, month = period[:4], int(period[5:7])
+        return sum(self.used_month.get((party, f"{year}-{m:02d}", cat), 0) for m in range(1, month + 1))
 
     def _on_CorrectionRecorded(self, d, chain, b, ref, occ, rec) -> None:
         """From the correction's record time on, the corrected entry no longer counts: its stock

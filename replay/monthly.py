@@ -5,7 +5,9 @@
 with their digest) and ``QuotaExecutionReported`` (used against allocated, per category, at the
 end of the month). Totals are computed from the party's own entries whose business time falls
 in the month (legal time, CST), with the REO the rule engine counts for each; the closing stock
-is the projection's stock valid at the month's end.
+is the projection's stock valid at the month's end. An entry the party corrected (a
+CorrectionRecorded of its chain, INCORRECT_DATA or DID_NOT_OCCUR, in the log when the report is
+built) counts in none of them; the replacing entries count as entries of their own.
 """
 
 from __future__ import annotations
@@ -56,6 +58,22 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
     first_seq, last_seq = last_report + 1, signed[-1][1].entry.seq
     if first_seq > last_seq:
         raise ReportError(f"nothing to report: {party}'s last entry (seq {last_seq}) is its previous report")
+    # corrections (DOMAIN.md "Corrections"): an entry the party corrected (INCORRECT_DATA or
+    # DID_NOT_OCCUR, the first correction of it) no longer counts; its replacing entries are
+    # entries of the chain like any other. The correction's own rows (the reversal) go with it.
+    corrected: dict[int, int] = {}  # seq -> log index of the corrected entry
+    uncounted: set[int] = set()     # log indices of corrected entries and of their corrections
+    by_seq = {s.entry.seq: r for r, s in signed}
+    for r, s in signed:
+        b = s.entry.body if isinstance(s.entry.body, dict) else {}
+        c = b.get("corrects") if s.entry.type == "CorrectionRecorded" else None
+        if (not isinstance(c, dict) or b.get("reason") not in ("INCORRECT_DATA", "DID_NOT_OCCUR")
+                or c.get("chain") != party or c.get("seq") in corrected or c.get("seq") not in by_seq):
+            continue
+        if by_seq[c["seq"]].index >= r.index:
+            continue
+        corrected[c["seq"]] = by_seq[c["seq"]].index
+        uncounted |= {by_seq[c["seq"]].index, r.index}
     totals = {k: 0 for k in ("produced_reo_kg", "received_reo_kg", "consumed_reo_kg", "output_reo_kg",
                              "shipped_reo_kg", "exported_reo_kg", "losses_reo_kg")}
     counts: dict[str, int] = {}
@@ -71,12 +89,16 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
         # from the lot's balance; a metal's REO is kg x the table's factor): the report states
         # what the engine will compare it with (FALSE_REPORT otherwise)
         moved: dict[int, list[int]] = {}
-        for idx, reo_g in ps.execute(f"SELECT idx, reo_g FROM {P}stock WHERE party = ?", (party,)):
+        closing = 0  # the stock valid at the month's end, without what corrections took back
+        for idx, occ, reo_g in ps.execute(f"SELECT idx, occurred_us, reo_g FROM {P}stock WHERE party = ? AND idx < ?",
+                                          (party, size)):
             moved.setdefault(int(idx), []).append(int(reo_g))
+            if int(occ) < end and int(idx) not in uncounted:
+                closing += int(reo_g)
         for r, s in signed:
             e = s.entry
             occ = time_us(e.occurred_at) or r.recorded_us
-            if not start <= occ < end:
+            if not start <= occ < end or e.seq in corrected:
                 continue
             counts[e.type] = counts.get(e.type, 0) + 1
             rows = moved.get(r.index, [])
@@ -95,10 +117,15 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
             elif e.type == "ExportDeclared":
                 totals["exported_reo_kg"] += out_of
         point = queries.Point(None, end - 1)
-        stock = queries.stock(ps, party, point)
-        closing = sum(int(Decimal(x["reo_kg"]) * 1000) for x in stock["lots"])
         year = int(month[:4])
         quota = queries.quota(ps, year, point)
+        # quota used in the year up to the month's end (business time), as the rule engine sums
+        # it for a QuotaExecutionReported of the month: corrected entries out
+        used: dict[str, int] = {}
+        for idx, cat, g in ps.execute(f"SELECT idx, category, g FROM {P}quota WHERE party = ? AND year = ? AND "
+                                      "kind = 'USED' AND occurred_us < ? AND idx < ?", (party, year, end, size)):
+            if int(idx) not in uncounted:
+                used[cat] = used.get(cat, 0) + int(g)
     finally:
         ps.close()
     body_totals = {k: kg_text(v) for k, v in totals.items() if v}
@@ -108,12 +135,14 @@ def build_monthly_report(url: str, party: str, month: str) -> dict[str, Any]:
             "digest": report_digest(covered)}
     # the catalogue states tonnes to the kg (3 decimals); the projections count grams: used is
     # rounded up and allocated down, so that the report never understates use against quota
-    lines = [{"category": e["category"], "used_t_reo": _t3(e["used_t"], ROUND_CEILING),
+    lines = [{"category": e["category"],
+              "used_t_reo": _t3(encoding.decimal_text(Decimal(used.get(e["category"], 0)) / 1_000_000), ROUND_CEILING),
               "allocated_t_reo": _t3(e["allocated_t"], ROUND_FLOOR)}
              for e in quota["enterprises"] if e["party"] == party]
     execution = {"period": month, "lines": lines} if lines else None
     return {"party": party, "month": month, "entries_in_month": counts, "MonthlyFlowReportSubmitted": flow,
             "QuotaExecutionReported": execution,
+            "corrected_entries": sorted(corrected),
             "due": encoding.micros_to_time_text(_due(month)), "covered_entries": len(covered)}
 
 

@@ -464,6 +464,72 @@ def test_correction_stops_the_entry_counting(bare):
     assert used(w, "MINE09", "MINING_ROCK") == "0.8"
 
 
+def _month_report(w, party, month):
+    from reledger.replay.monthly import build_monthly_report
+
+    all_findings(w.url)  # the projections catch up
+    return build_monthly_report(w.url, party, month)
+
+
+def test_the_monthly_report_leaves_out_corrected_entries_and_counts_their_replacements(w):
+    """`reledger report --month`: an entry corrected (INCORRECT_DATA, replaced) counts in none of
+    the totals, the closing stock or the quota used; the replacing entry counts. The report so
+    built, signed and submitted, is true: no FALSE_REPORT."""
+    w.produce("MINE01", "L1", 500_000)
+    w.now += HOUR
+    wrong = w.produce("MINE01", "L2", 300_000)
+    w.now += HOUR
+    fixed = w.produce("MINE01", "L2b", 250_000)             # the right figure, as a new lot
+    w.now += HOUR
+    w.ok("MINE01", "CorrectionRecorded", {"corrects": w.ref("MINE01", wrong.seq), "reason": "INCORRECT_DATA",
+                                          "replaced_by": [w.ref("MINE01", fixed.seq)],
+                                          "explanation": "wet mass entered as dry"})
+    w.now = dt_us(Y, 2, 5)
+    rep = _month_report(w, "MINE01", "2024-01")
+    flow, execution = rep["MonthlyFlowReportSubmitted"], rep["QuotaExecutionReported"]
+    assert flow["totals"] == {"produced_reo_kg": "750", "closing_stock_reo_kg": "750"}
+    assert execution["lines"] == [{"category": "MINING_ROCK", "used_t_reo": "0.75", "allocated_t_reo": "50"}]
+    assert rep["corrected_entries"] == [wrong.seq]
+    assert rep["entries_in_month"]["MineralProductProduced"] == 2
+    w.ok("MINE01", "MonthlyFlowReportSubmitted", flow)
+    w.ok("MINE01", "QuotaExecutionReported", execution)
+    assert codes(w) == []
+
+
+def test_a_report_that_still_counts_a_corrected_entry_is_false(w):
+    """The near miss of the above: the totals with the corrected entry are what the ledger no
+    longer says."""
+    w.produce("MINE01", "L1", 500_000)
+    w.now += HOUR
+    wrong = w.produce("MINE01", "L2", 300_000)
+    w.now += HOUR
+    w.ok("MINE01", "CorrectionRecorded", {"corrects": w.ref("MINE01", wrong.seq), "reason": "DID_NOT_OCCUR",
+                                          "explanation": "entered twice"})
+    w.now = dt_us(Y, 2, 5)
+    rep = _month_report(w, "MINE01", "2024-01")
+    flow = rep["MonthlyFlowReportSubmitted"]
+    assert flow["totals"] == {"produced_reo_kg": "500", "closing_stock_reo_kg": "500"}
+    flow["totals"] = {"produced_reo_kg": "800", "closing_stock_reo_kg": "800"}
+    r = w.ok("MINE01", "MonthlyFlowReportSubmitted", flow)
+    assert codes(w) == [("FALSE_REPORT", "MINE01", ev(r))]
+
+
+def test_quota_execution_of_a_later_month_states_the_use_of_the_year_so_far(w):
+    """The quota execution report of February states the year's use up to February's end
+    (beside the allocation), as `reledger report` builds it: no false alarm."""
+    w.produce("MINE01", "L1", 500_000)
+    w.now = dt_us(Y, 2, 3)
+    w.produce("MINE01", "L2", 300_000)
+    w.now = dt_us(Y, 2, 9)                        # (before January's report is due)
+    rep = _month_report(w, "MINE01", "2024-02")
+    assert rep["QuotaExecutionReported"]["lines"][0]["used_t_reo"] == "0.8"
+    w.ok("MINE01", "QuotaExecutionReported", rep["QuotaExecutionReported"])
+    assert codes(w) == []
+    q = w.ok("MINE01", "QuotaExecutionReported", {"period": "2024-02", "lines": [
+        {"category": "MINING_ROCK", "used_t_reo": "0.3", "allocated_t_reo": "50"}]})   # February alone: false
+    assert codes(w) == [("FALSE_REPORT", "MINE01", ev(q))]
+
+
 # --- export controls -------------------------------------------------------------------------
 
 def _export(w, licence_from=None):
