@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable, Iterator
 from reledger.ledger.encoding import EncodingError, parse_decimal, parse_time
 from reledger.ledger.entry import CHAIN_RE
 from reledger.ledger.keys import KEY_ID_RE, PURPOSES, key_id as compute_key_id
-from reledger.projections.reference import (ENTERPRISE_ROLES, INT_PARAMETERS, REFERENCE_DATA, RULE_PARAMETERS,
-                                              element_of, reo_factor_table)
+from reledger.projections.reference import (CALENDAR_PARAMETERS, ENTERPRISE_ROLES, INT_PARAMETERS, REFERENCE_DATA,
+                                              RULE_PARAMETERS, calendar_dates, element_of, reo_factor_table)
 
 # --- errors -------------------------------------------------------------------------------
 
@@ -719,7 +719,8 @@ def _metal_reo(m: dict, path: str) -> None:
                        f"(tolerance reo_tolerance_pct {_tolerance_pct()} % of the computed value)")
 
 
-@_doc("a `value` that is not a number (a whole number for days, hours and the due day)")
+@_doc("a `value` that is not a number (a whole number for days, hours and the due day), or not a calendar "
+      "for holidays and makeup_workdays")
 def _parameter_value(m: dict, path: str) -> None:
     name, value = m.get("name"), m.get("value")
     if name is None or value is None:
@@ -727,6 +728,12 @@ def _parameter_value(m: dict, path: str) -> None:
     if name == "export_control_since":
         if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
             raise fail("bad_value", f"{path}.value", "must be a date YYYY-MM-DD")
+        return
+    if name in CALENDAR_PARAMETERS:
+        try:
+            calendar_dates(value)
+        except ValueError as e:
+            raise fail("bad_value", f"{path}.value", f"a calendar: {e}") from None
         return
     if name == "controlled_elements":
         bad = [e for e in value.split(",") if e not in ELEMENTS]
@@ -1029,7 +1036,10 @@ _SCHEMAS: list[EntrySchema] = [
                 "Absent: DOMAIN.md's defaults.", Struct({
                     "name": Enum(tuple(RULE_PARAMETERS), "the parameter"),
                     "value": Text("its new value (a number; a date YYYY-MM-DD for export_control_since; "
-                                  "element symbols separated by commas for controlled_elements)"),
+                                  "element symbols separated by commas for controlled_elements; for holidays "
+                                  "and makeup_workdays, legal dates YYYY-MM-DD, ranges YYYY-MM-DD..YYYY-MM-DD "
+                                  "or bare years YYYY separated by commas, replacing the calendar of the years "
+                                  "named)", max_len=4000),
                     "reason": Text("decision or reason", optional=True),
                 }, checks=[_parameter_value])),
     EntrySchema("InspectionRecorded", "enforcement", "A regulator's inspection of a party.", Struct({

@@ -28,8 +28,9 @@ from typing import Any
 from reledger.ledger import authority, encoding
 from reledger.ledger.entry import SignedEntry
 
-from .reference import (INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
-                        RULE_PARAMETERS, element_of, elements_in, product_class, reo_factor_table)
+from .reference import (CALENDAR_PARAMETERS, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
+                        RULE_PARAMETERS, calendar_dates, element_of, elements_in, merge_calendar, product_class,
+                        reo_factor_table)
 
 DAY_US = 86_400 * 1_000_000
 _NO_STOCK = (0, 0)
@@ -658,8 +659,14 @@ class Projector:
         self._regroup(d, party, since, ref)
 
     def _on_RuleParameterSet(self, d, chain, b, ref, occ, rec) -> None:
-        if b["name"] in RULE_PARAMETERS:
-            self.params[b["name"]] = b["value"]
+        name = b["name"]
+        if name in CALENDAR_PARAMETERS:
+            try:  # the years it names replace theirs; the other years' calendars stay
+                self.params[name] = merge_calendar(self.p(name), b["value"])
+            except ValueError:
+                pass  # not a calendar (written below the API, which refuses it): changes nothing
+        elif name in RULE_PARAMETERS:
+            self.params[name] = b["value"]
 
     # quota ------------------------------------------------------------------------------------
     def roles_ever(self, party: str) -> frozenset[str]:
@@ -739,12 +746,21 @@ class Projector:
                               suballocated_kg=kg_text(self.suballoc[k]), held_kg=kg_text(held),
                               confidential=["suballocated_kg", "held_kg"])
             days = self.p("suballocation_working_days")
-            deadline = add_working_days(batch[0], days)
+            holidays, makeup = _calendar(self.p("holidays")), _calendar(self.p("makeup_workdays"))
+            deadline = add_working_days(batch[0], days, holidays, makeup)
             if occ >= deadline:
+                first, last = date_of(batch[0]), date_of(deadline - 1)
+                known = set(calendar_dates(self.p("holidays")))  # the years whose calendar is set
+                unknown = [y for y in range(int(first[:4]), int(last[:4]) + 1) if y not in known]
                 self._finding(d, "quota", "SUBALLOCATION_LATE", chain,
                               f"{chain} sub-allocated batch {no} of {year} to {ent} on {date_of(occ)}, more than "
-                              f"{days} working days after the batch ({date_of(batch[0])})", [batch[2]], ref, occ,
-                              year=year, batch_no=no, suballocation_working_days=days)
+                              f"{days} working days after the batch ({first}; the {days}th working day was {last})"
+                              + (f"; the working-day calendar of {', '.join(map(str, unknown))} is not known "
+                                 "(Monday to Friday counted)" if unknown else ""), [batch[2]], ref, occ,
+                              year=year, batch_no=no, suballocation_working_days=days, last_working_day=last,
+                              holidays=",".join(x for x in sorted(holidays) if first < x <= last),
+                              makeup_workdays=",".join(x for x in sorted(makeup) if first < x <= last),
+                              **({"calendar_unknown_years": unknown} if unknown else {}))
         if self.group_at(ent, occ) != chain:
             self._finding(d, "quota", "SUBALLOCATION_TO_NON_MEMBER", chain,
                           f"{chain} sub-allocated {cat} of {year} to {ent}, which is not its member on "
@@ -1439,14 +1455,27 @@ def chain_of(ref: RawRef) -> str:
     return ref[0]
 
 
-def add_working_days(start_us: int, days: int) -> int:
-    """The end (24:00 CST) of the ``days``-th working day (Monday to Friday, legal time) after the
-    legal day of ``start_us`` (public holidays are not known to the ledger)."""
+@functools.lru_cache(maxsize=16)
+def _calendar(text: str) -> frozenset[str]:
+    """The dates (YYYY-MM-DD) of a calendar parameter's value, all years together."""
+    try:
+        return frozenset().union(*calendar_dates(text).values())
+    except ValueError:
+        return frozenset()
+
+
+def add_working_days(start_us: int, days: int, holidays: frozenset[str] = frozenset(),
+                     makeup: frozenset[str] = frozenset()) -> int:
+    """The end (24:00 CST) of the ``days``-th working day after the legal day of ``start_us``: a
+    working day is Monday to Friday (legal time) and not one of ``holidays``, or one of the
+    make-up working days ``makeup`` (调休), dates YYYY-MM-DD."""
     day = (start_us + LEGAL_OFFSET_US) // DAY_US
     n = 0
     while n < days:
         day += 1
-        if (day + 3) % 7 < 5:  # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays
+        text = _day(day)[2]
+        # 1970-01-01 was a Thursday: (day + 3) % 7 is 0 on Mondays
+        if text in makeup or ((day + 3) % 7 < 5 and text not in holidays):
             n += 1
     return (day + 1) * DAY_US - LEGAL_OFFSET_US
 

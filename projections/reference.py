@@ -86,11 +86,81 @@ RULE_PARAMETERS: dict[str, Any] = {
     "export_control_since": "2025-01-01",  # MOFCOM Announcement 2025 No. 18 (legal date)
     "controlled_elements": "Sm,Gd,Tb,Dy,Lu,Sc,Y",
     "report_tolerance_pct": "0.1",    # a monthly report's total / a quota execution figure vs the ledger's
+    # the working-day calendar (SUBALLOCATION_LATE counts working days): public holidays and the
+    # make-up working days (调休, weekends that are working days), legal (CST) dates; see
+    # WORKDAY_CALENDAR_SOURCES. A RuleParameterSet replaces the calendar of the years it names.
+    "holidays": ",".join((
+        "2024-01-01", "2024-02-10..2024-02-17", "2024-04-04..2024-04-06", "2024-05-01..2024-05-05", "2024-06-10",
+        "2024-09-15..2024-09-17", "2024-10-01..2024-10-07",
+        "2025-01-01", "2025-01-28..2025-02-04", "2025-04-04..2025-04-06", "2025-05-01..2025-05-05",
+        "2025-05-31..2025-06-02", "2025-10-01..2025-10-08")),
+    "makeup_workdays": ",".join((
+        "2024-02-04", "2024-02-18", "2024-04-07", "2024-04-28", "2024-05-11", "2024-09-14", "2024-09-29",
+        "2024-10-12",
+        "2025-01-26", "2025-02-08", "2025-04-27", "2025-09-28", "2025-10-11")),
 }
+
+#: Where the default working-day calendar comes from: the State Council General Office's yearly
+#: notice on public holidays. Only these years are known by default; for any other year working
+#: days are Monday to Friday until the regulator sets the year's calendar (RuleParameterSet
+#: ``holidays`` and ``makeup_workdays``), and a finding that counted days there says so.
+WORKDAY_CALENDAR_SOURCES: dict[int, str] = {
+    2024: "国务院办公厅关于2024年部分节假日安排的通知 (国办发明电〔2023〕7号, 2023-10-25)",
+    2025: "国务院办公厅关于2025年部分节假日安排的通知 (国办发明电〔2024〕12号, 2024-11-12)",
+}
+
+#: the parameters whose value is a calendar: comma-separated legal dates YYYY-MM-DD, ranges
+#: YYYY-MM-DD..YYYY-MM-DD within one year, or a bare year YYYY (that year, with no dates listed)
+CALENDAR_PARAMETERS = frozenset({"holidays", "makeup_workdays"})
 
 #: the parameters whose value is a whole number (days, a day of month, hours)
 INT_PARAMETERS = frozenset({"receipt_within_days", "report_due_day", "backdating_days",
                             "suballocation_working_days"})
+
+def calendar_dates(text: str) -> dict[int, frozenset[str]]:
+    """The dates of a calendar parameter's value, by year (see CALENDAR_PARAMETERS); raises
+    ValueError naming the first item that is not a date, a range within a year or a year."""
+    import datetime as _dt
+
+    out: dict[int, set[str]] = {}
+    for item in str(text).split(","):
+        item = item.strip()
+        try:
+            if len(item) == 4 and item.isdigit():
+                out.setdefault(int(item), set())
+                continue
+            first, _, last = item.partition("..")
+            a = _dt.date.fromisoformat(first)
+            b = _dt.date.fromisoformat(last) if last else a
+            if len(first) != 10 or (last and len(last) != 10):
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{item!r} is not a date YYYY-MM-DD, a range YYYY-MM-DD..YYYY-MM-DD or a year YYYY") \
+                from None
+        if b < a or a.year != b.year or (b - a).days > 366:
+            raise ValueError(f"{item!r}: a range runs forward within one year")
+        days = out.setdefault(a.year, set())
+        while a <= b:
+            days.add(a.isoformat())
+            a += _dt.timedelta(days=1)
+    return {y: frozenset(d) for y, d in out.items()}
+
+
+def calendar_text(by_year: dict[int, frozenset[str]]) -> str:
+    """The value of a calendar parameter holding ``by_year`` (every year named, dates sorted)."""
+    items = []
+    for year in sorted(by_year):
+        items += sorted(by_year[year]) or [str(year)]
+    return ",".join(items)
+
+
+def merge_calendar(current: str, new: str) -> str:
+    """A calendar parameter after a RuleParameterSet: the years ``new`` names are replaced by its
+    dates, the other years of ``current`` stay (a regulator publishes a year at a time)."""
+    merged = dict(calendar_dates(current))
+    merged.update(calendar_dates(new))
+    return calendar_text(merged)
+
 
 #: Legal time is China Standard Time (UTC+8): days, months, years and deadlines (a fact of the
 #: law, not a parameter).

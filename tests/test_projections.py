@@ -72,12 +72,25 @@ def due_of(m: str) -> int:
     return dt_us(int(n[:4]), int(n[5:7]), 10) + DAY - CST
 
 
+#: the State Council's 2024 and 2025 holidays and make-up working days, written out day by day
+_HOLIDAYS = {date(2024, 1, 1), date(2024, 6, 10), date(2025, 1, 1)} | {
+    date.fromordinal(d) for a, b in ((date(2024, 2, 10), date(2024, 2, 17)), (date(2024, 4, 4), date(2024, 4, 6)),
+                                     (date(2024, 5, 1), date(2024, 5, 5)), (date(2024, 9, 15), date(2024, 9, 17)),
+                                     (date(2024, 10, 1), date(2024, 10, 7)), (date(2025, 1, 28), date(2025, 2, 4)),
+                                     (date(2025, 4, 4), date(2025, 4, 6)), (date(2025, 5, 1), date(2025, 5, 5)),
+                                     (date(2025, 5, 31), date(2025, 6, 2)), (date(2025, 10, 1), date(2025, 10, 8)))
+    for d in range(a.toordinal(), b.toordinal() + 1)}
+_MAKEUP = {date(2024, 2, 4), date(2024, 2, 18), date(2024, 4, 7), date(2024, 4, 28), date(2024, 5, 11),
+           date(2024, 9, 14), date(2024, 9, 29), date(2024, 10, 12), date(2025, 1, 26), date(2025, 2, 8),
+           date(2025, 4, 27), date(2025, 9, 28), date(2025, 10, 11)}
+
+
 def working_days_end(start: int, days: int) -> int:
     d = datetime.fromtimestamp((start + CST) / 1e6, tz=timezone.utc).date()
     n = 0
     while n < days:
         d = date.fromordinal(d.toordinal() + 1)
-        if d.weekday() < 5:
+        if d in _MAKEUP or (d.weekday() < 5 and d not in _HOLIDAYS):
             n += 1
     return dt_us(d.year, d.month, d.day) + DAY - CST
 

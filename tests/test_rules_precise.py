@@ -615,6 +615,65 @@ def test_suballocation_late_above_the_batch_and_to_a_non_member(bare):
         ("SUBALLOCATION_LATE", "GRP01", ev(outsider, b)), ("SUBALLOCATION_TO_NON_MEMBER", "GRP01", ev(outsider))]
 
 
+def test_working_days_skip_the_spring_festival_and_count_its_make_up_days(bare):
+    """2024: batch on Wednesday 7 February (CST). Working days after it: 8 Feb (Thu), 9 Feb
+    (Fri); the holiday 10-17 Feb; 18 Feb (a Sunday, a make-up working day); 19-23 Feb; 26 Feb;
+    27 Feb is the 10th. Counting Monday to Friday only, the 10th would be 21 Feb."""
+    w = bare
+    w.now = dt_us(Y, 2, 7, 2)                                # 10:00 CST, Wednesday 7 February
+    b = issue(w, "GRP01", 1, rock="10")
+    w.now = dt_us(Y, 2, 27, 15)                              # 23:00 CST on 27 February: in time
+    suballoc(w, "MINE01", "MINING_ROCK", "6")
+    assert codes(w) == []
+    w.now = dt_us(Y, 2, 27, 16)                              # 24:00 CST on 27 February: late
+    late = suballoc(w, "MINE02", "MINING_ROCK", "4")
+    f = only(w)
+    assert summary(f) == ("SUBALLOCATION_LATE", "GRP01", ev(late, b))
+    p = f["params"]
+    assert p["last_working_day"] == "2024-02-27" and p["suballocation_working_days"] == 10
+    assert p["holidays"] == ",".join(f"2024-02-{d}" for d in range(10, 18)) and p["makeup_workdays"] == "2024-02-18"
+    assert "calendar_unknown_years" not in p
+
+
+def test_the_regulator_sets_a_years_working_day_calendar(bare):
+    """For a year the defaults do not know (2026 here) working days are Monday to Friday and the
+    finding says so; the regulator's RuleParameterSet sets that year's calendar (the other
+    years' stay) and the count follows it."""
+    w = bare
+    w.now = dt_us(2026, 2, 11, 2)                            # Wednesday 11 February 2026
+    issue(w, "GRP01", 1, rock="10", year=2026)
+    w.now = dt_us(2026, 2, 25, 16)                           # 24:00 CST, Wed 25 Feb: the 10th day Mon-Fri
+    late = w.ok("GRP01", "QuotaSubAllocated", {"batch": {"year": 2026, "batch_no": 1}, "enterprise": "MINE01",
+                                               "category": "MINING_ROCK", "t_reo": "1"})
+    f = only(w)
+    assert f["code"] == "SUBALLOCATION_LATE" and f["params"]["calendar_unknown_years"] == [2026]
+    assert "2026 is not known" in f["message"] and f["index"] == late.index
+    w.ok("MIIT", "RuleParameterSet", {"name": "holidays", "value": "2026-02-15..2026-02-23",
+                                      "reason": "the year's holiday notice"})
+    w.ok("MIIT", "RuleParameterSet", {"name": "makeup_workdays", "value": "2026-02-14,2026-02-28"})
+    w.ok("GRP01", "QuotaSubAllocated", {"batch": {"year": 2026, "batch_no": 1}, "enterprise": "MINE02",
+                                        "category": "MINING_ROCK", "t_reo": "1"})   # now in time
+    assert [x["code"] for x in all_findings(w.url)] == ["SUBALLOCATION_LATE"]
+    # the other years' calendars stay: 2024's is still the State Council's
+    from reledger.projections.model import Projector
+    from reledger.storage.store import LedgerStore
+
+    proj = Projector()
+    with LedgerStore(w.url, create=False) as st:
+        for rec in st.records():
+            from reledger.ledger.entry import SignedEntry
+            proj.apply(rec.index, rec.recorded_us, SignedEntry.parse(rec.envelope))
+    from reledger.projections.reference import calendar_dates
+    cal = calendar_dates(proj.p("holidays"))
+    assert "2024-02-12" in cal[2024] and "2025-01-28" in cal[2025] and "2026-02-16" in cal[2026]
+
+
+def test_a_calendar_that_is_not_one_is_refused(bare):
+    with pytest.raises(CommandError) as err:
+        bare.ok("MIIT", "RuleParameterSet", {"name": "holidays", "value": "2026-02-30"})
+    assert err.value.field == "body.value" and err.value.code == "bad_value"
+
+
 # --- illegal source: separated by a plant not designated, exported -----------------------------
 
 def test_illegal_separation_traced_to_the_exporter(w):
