@@ -398,9 +398,11 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         answer = queries.quota(projections, year, point(as_of, valid_at))
         if not may_read_all(roles):
             # quota figures are confidential (DOMAIN.md, "Confidential figures"): an enterprise
-            # reads its own lines, a group its own; the nation's totals only for the years they
-            # were public (before CONFIDENTIAL_FROM)
-            answer["enterprises"] = [e for e in answer["enterprises"] if e["party"] == party]
+            # reads its own lines, a group its own and its members' (at the time in question);
+            # the nation's totals only for the years they were public (before CONFIDENTIAL_FROM)
+            members = (queries.group_members(projections, party, year, point(as_of, valid_at))
+                       if "GROUP" in roles else set())
+            answer["enterprises"] = [e for e in answer["enterprises"] if e["party"] == party or e["party"] in members]
             answer["groups"] = [g for g in answer["groups"] if g["group"] == party]
             if year >= CONFIDENTIAL_FROM:
                 answer["nation"] = []
@@ -423,14 +425,41 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         me, roles = who(request)
         party_param(party)
         text_param("rule", rule)
-        if not may_read_all(roles):
-            if party not in (None, me):
-                raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
-            party = me
+        pt = point(as_of, valid_at)
+        if may_read_all(roles):
+            fresh()
+            return queries.findings(projections, party, rule, pt)
         fresh()
-        answer = queries.findings(projections, party, rule, point(as_of, valid_at))
-        if not may_read_all(roles):
-            answer["findings"] = [redacted(f) for f in answer["findings"]]
+        # a group reads its own findings and its members' quota findings (their quota lines:
+        # DOMAIN.md "Confidential figures"), members at the finding's year as the ledger knew
+        # them at the point asked; everyone else only its own
+        members = queries.group_membership(projections, me, pt) if "GROUP" in roles else {}
+        if party not in (None, me) and not any(party in m for m in members.values()):
+            raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
+        answer = queries.findings(projections, party or me, rule, pt)
+        if party is None and members:  # and its members' (one query a member, in log order)
+            for member in sorted(set().union(*members.values()) - {me}):
+                answer["findings"] += queries.findings(projections, member, rule, pt)["findings"]
+            answer["findings"].sort(key=lambda f: f["index"])
+
+        def visible(f: dict) -> bool:
+            if f["party"] == me and party in (None, me):
+                return True
+            prm = f.get("params") or {}
+            try:
+                year = int(prm.get("year"))
+            except (TypeError, ValueError):
+                return False
+            level = prm.get("level", "enterprise")
+            return (f["rule"] == "quota" and f["party"] in members.get(year, ())
+                    and (level == "enterprise" or (level == "group" and prm.get("holder") == me)))
+
+        def shown(f: dict) -> dict:
+            prm = f.get("params") or {}
+            # the group's own level: its own figures
+            return f if prm.get("level") == "group" and prm.get("holder") == me else redacted(f)
+
+        answer["findings"] = [shown(f) for f in answer["findings"] if visible(f)]
         return answer
 
     @app.get("/v1/flow", summary="The flow graph, or a lot traced upstream/downstream (json, dot or svg)")

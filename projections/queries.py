@@ -143,6 +143,29 @@ def quota(ps: ProjectionStore, year: int, point: Point = Point()) -> dict[str, A
                     "not counted; imports and monazite counted against separation"}
 
 
+def group_members(ps: ProjectionStore, group: str, year: int, point: Point = Point()) -> set[str]:
+    """The parties whose quota lines of ``year`` a group may read (DOMAIN.md "Confidential
+    figures": a group sees its own lines and its members'): those it sub-allocated quota of that
+    year to, and those whose output of that year counts to it (its members at the output's
+    business time, as the rule engine attributed it, a late membership change included), as the
+    ledger knew it at ``point``."""
+    return group_membership(ps, group, point, year).get(year, set())
+
+
+def group_membership(ps: ProjectionStore, group: str, point: Point = Point(),
+                     year: int | None = None) -> dict[int, set[str]]:
+    """:func:`group_members` of every year (or of ``year``): year -> parties."""
+    n, t = point.bounds(ps)
+    out: dict[int, set[str]] = {}
+    sql = (f"SELECT year, party, kind, SUM(g) FROM {P}quota WHERE grp = ? AND idx < ? AND occurred_us <= ? "
+           "AND kind IN ('SUBALLOCATED_IN', 'USED')" + (" AND year = ?" if year is not None else "")
+           + " GROUP BY year, party, kind")
+    for y, party, kind, g in ps.execute(sql, (group, n, t) + ((year,) if year is not None else ())):
+        if party != group and (kind == "SUBALLOCATED_IN" or int(g) != 0):
+            out.setdefault(int(y), set()).add(party)
+    return out
+
+
 def _pct(used: int, limit: int) -> str | None:
     if limit <= 0:
         return None if used == 0 else "inf"

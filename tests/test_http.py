@@ -1357,3 +1357,68 @@ def test_a_refusal_is_checked_against_the_log_as_it_is(tmp_path):
         with pytest.raises(CommandError) as err:
             api.submit([unknown])
         assert err.value.status == 404 and s1.size() == size + 2 and api.state.size == size + 2
+
+
+def test_a_group_reads_its_own_and_its_members_quota_lines_and_nobody_elses(live):
+    """DOMAIN.md "Confidential figures" over HTTP (2025: figures confidential): a group's
+    GET /v1/quota holds its own line and its members' (the enterprise it sub-allocated to, the
+    one whose output counts to it), not another enterprise's nor the nation's; its findings hold
+    its group-level over-quota finding with its own figures and its members' quota findings; a
+    member reads only its own line, and the group's finding about it without the group's
+    figures."""
+    u = uuid.uuid4().hex[:6].upper()
+    grp, m1, m2, other = f"GRPQ{u}", f"MQA{u}", f"MQB{u}", f"MQC{u}"
+    at = "2025-03-03T02:00:00Z"
+    reg = live.signer("MIIT")
+    keys = {p: SigningKey.generate(p) for p in (grp, m1, m2, other)}
+    items = [reg.sign("PartyRegistered", {"party": grp, "name": "a group", "roles": ["GROUP"], "province": "Jiangxi",
+                                          "valid_from": T0}, at)]
+    for p in (m1, m2, other):
+        body = {"party": p, "name": f"{p} Co.", "roles": ["MINE"], "province": "Jiangxi", "valid_from": T0}
+        if p != other:
+            body["group"] = grp
+        items.append(reg.sign("PartyRegistered", body, at))
+    for p, k in keys.items():
+        items.append(reg.sign("KeyAuthorized", key_authorized_body(k, T0), at))
+    items.append(reg.sign("QuotaBatchIssued", {"year": 2025, "batch_no": 1, "document_no": f"Q{u}", "holder": grp,
+                                               "mining_rock_t_reo": "2", "mining_ionic_t_reo": "0",
+                                               "separation_t_reo": "0"}, at))
+    items.append(reg.sign("QuotaBatchIssued", {"year": 2025, "batch_no": 1, "document_no": f"Q{u}O", "holder": other,
+                                               "mining_rock_t_reo": "5", "mining_ionic_t_reo": "0",
+                                               "separation_t_reo": "0"}, at))
+    assert live.post_envelopes([s.envelope for s in items]).status_code == 201
+    for p, k in keys.items():
+        live.cast.keys[p] = k
+    g = live.signer(grp)
+    assert live.post_envelopes([g.sign("QuotaSubAllocated", {"batch": {"year": 2025, "batch_no": 1}, "enterprise": m1,
+                                                             "category": "MINING_ROCK", "t_reo": "1.5"}, at).envelope
+                                ]).status_code == 201
+    for p, lot_id, dry in ((m2, f"L{u}B", "2000"), (other, f"L{u}C", "2000"), (m1, f"L{u}A", "3000")):
+        s = live.signer(p)
+        reo = str(int(dry) // 2)
+        body = {"lot": lot_id, "ore_type": "ROCK", "wet_kg": dry, "dry_kg": dry, "treo_pct": "50", "reo_kg": reo}
+        assert live.post_envelopes([s.sign("MineralProductProduced", body, "2025-03-04T02:00:00Z").envelope
+                                    ]).status_code == 201
+    # the group: its own line, its members' (m1 sub-allocated, m2 counted to it), not `other`'s
+    q = live.get(grp, "/v1/quota?year=2025").json()
+    assert {e["party"] for e in q["enterprises"]} == {m1, m2}
+    assert [x["group"] for x in q["groups"]] == [grp] and q["groups"][0]["used_t"] == "2.5"
+    assert q["nation"] == []
+    # a member: its own line only
+    q1 = live.get(m1, "/v1/quota?year=2025").json()
+    assert {e["party"] for e in q1["enterprises"]} == {m1} and q1["groups"] == []
+    # the regulator: everything
+    qr = live.get("MIIT", "/v1/quota?year=2025").json()
+    assert {m1, m2, other} <= {e["party"] for e in qr["enterprises"]} and qr["nation"]
+    # findings: m1's 1.5 t (within its 1.5 t) takes the group's use to 2.5 t against its 2 t: a
+    # group-level finding on the member whose output did it
+    fg = [f for f in live.get(grp, "/v1/findings").json()["findings"] if f["rule"] == "quota"]
+    own = [f for f in fg if f["code"] == "OVER_QUOTA" and f["params"]["level"] == "group"]
+    assert own and own[0]["params"]["holder"] == grp and own[0]["params"]["limit_kg"] == "2000"
+    assert all(f["party"] in (grp, m1, m2) for f in fg)
+    assert not [f for f in fg if f["party"] == other]
+    assert live.get(grp, f"/v1/findings?party={m1}").status_code == 200
+    assert live.get(grp, f"/v1/findings?party={other}").status_code == 403
+    fm = [f for f in live.get(m1, "/v1/findings").json()["findings"] if f["code"] == "OVER_QUOTA"]
+    assert fm and all("limit_kg" not in f["params"] for f in fm if f["params"]["level"] != "enterprise")
+    assert live.get(m1, f"/v1/findings?party={m2}").status_code == 403
