@@ -26,7 +26,11 @@ assert set(AUTHORIZED_ROLES) == set(SCHEMAS), "every catalogue type needs an aut
 
 AUTHORIZATION_DOC = """
 Every entry is on the chain of the party that signs it (the store refuses a key of another
-party: `foreign_key`). On top of the key checks, the command API decides by role:
+party: `foreign_key`). On top of the key checks, the command API decides by role, with the one
+rule of `ledger/authority.py` (`rules.authorized`, FORMAT.md 4.5) that `reledger verify` applies
+to every entry of a log (an entry that breaks it was written below the API: verify fails naming
+it, problem `authority`) and by which the projections count such an entry nowhere
+(`UNAUTHORIZED_ENTRY`):
 
 * **Refused** (`forbidden`, 403) when the type is not allowed for any role of the party.
   For regulator-only types (registry, keys, membership, totals, quota batches and cuts,
@@ -35,7 +39,7 @@ party: `foreign_key`). On top of the key checks, the command API decides by role
   force at the time the entry is recorded: a party that lost the REGULATOR role, or whose
   designation has not begun, has ended (`valid_until`) or is suspended, asserts none of them. For every other type, every role the party *has ever been
   designated with* counts, so that a late entry about a period when it was designated is
-  recorded.
+  recorded. Designations count from the entry after the one that records them (log order).
 * **Accepted and flagged** (by projections, rule 1 of DOMAIN.md) when the party holds the role
   but is not designated for it at the entry's business time (`occurred_at` before `valid_from`,
   at or after `valid_until`, or while its roles were suspended): the fact is recorded, never
