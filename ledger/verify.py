@@ -13,6 +13,7 @@ Two phases:
   was *valid* is decided in the next phase);
 * **in log order** (:class:`LogVerifier`): gap-free indices, record times, command ids, seq and
   prev of every chain, key validity at the entry's log position (registry replayed in order),
+  the authority of its chain's role to assert its type (FORMAT.md 4.5, ``rules.authorized``),
   the Merkle tree rebuilt leaf by leaf and compared with the stored nodes and with every
   checkpoint (judged by its signed note: signature, origin, size, root, chain heads).
 
