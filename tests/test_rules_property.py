@@ -1,6 +1,8 @@
 """A hypothesis property: the rule engine's quota and stock findings equal those of a simple
-reference model written from DOMAIN.md ("Business time decides"), over random small ledgers with
-late entries, at every log prefix (as-of) and for the business times involved (valid-at).
+reference model written from DOMAIN.md ("Business time decides"; "Quota levels": a party's
+output counts to the group it belongs to at the output's business time), over random small
+ledgers with late entries, corrections and group membership changes, at every log prefix
+(as-of) and for the business times involved (valid-at).
 
 The engine (projections.model.Projector) is fed signed entries directly: it is a pure function
 of the log, with no storage in between (the stories of test_rules*.py run on both backends)."""
@@ -35,6 +37,27 @@ def reference_over(events) -> bool:
     return False
 
 
+def reference_group_at(membership, t):
+    """The group of a party at business time t: the membership change with the latest effective
+    time <= t (a later entry winning a tie); None before any."""
+    group, best = None, None
+    for since, g in membership:
+        if since <= t and (best is None or since >= best):
+            group, best = g, since
+    return group
+
+
+def reference_group_over(uses, limits, membership, group) -> bool:
+    """Over quota at group level iff at some business time t the uses with business time <= t of
+    outputs that belong to ``group`` at their own business time exceed its quota issued by t."""
+    for t in sorted({e[0] for e in uses} | {e[0] for e in limits}):
+        used = sum(g for occ, g in uses if occ <= t and reference_group_at(membership, occ) == group)
+        limit = sum(g for occ, g in limits if occ <= t)
+        if used > max(limit, 0):
+            return True
+    return False
+
+
 def reference_negative(events) -> bool:
     for t in sorted({e[0] for e in events}):
         if sum(e[1] for e in events if e[0] <= t) < 0:
@@ -42,8 +65,8 @@ def reference_negative(events) -> bool:
     return False
 
 
-actions = st.lists(st.tuples(st.sampled_from(["issue", "produce", "ship", "ship", "correct"]), st.integers(1, 20),
-                             st.integers(1, 9)), min_size=1, max_size=12)
+actions = st.lists(st.tuples(st.sampled_from(["issue", "produce", "ship", "ship", "correct", "gissue", "join", "leave"]),
+                             st.integers(1, 20), st.integers(1, 9)), min_size=1, max_size=14)
 
 
 @settings(max_examples=80, deadline=None)
@@ -73,6 +96,12 @@ def test_engine_equals_reference_model(acts):
     feed(reg.sign("PartyRegistered", {"party": "MINE09", "name": "M", "roles": ["MINE"], "province": "X",
                                       "valid_from": ts(T0)}, ts(T0)))
     feed(reg.sign("KeyAuthorized", key_authorized_body(mine.key, ts(T0)), ts(T0)))
+    feed(reg.sign("PartyRegistered", {"party": "GRP09", "name": "G", "roles": ["GROUP"], "province": "X",
+                                      "valid_from": ts(T0)}, ts(T0)))
+    uses: list[tuple[int, int]] = []          # the mine's counted outputs (business time, g)
+    group_limits: list[tuple[int, int]] = []  # GRP09's quota (business time, g)
+    membership: list[tuple[int, str | None]] = []  # the mine's, in log order
+    open_group = False
     quota_events: list[tuple[int, int, int]] = []
     stock_events: list[tuple[int, int]] = []
     mine_entries: list[tuple[object, list, list]] = []  # (signed, its quota events, its stock events)
@@ -91,14 +120,31 @@ def test_engine_equals_reference_model(acts):
         elif kind == "produce":
             produced += 1
             g = amount * 1_000_000
-            d = feed(mine.sign("MineralProductProduced", {"lot": "L", "ore_type": "ROCK", "wet_kg": kg(2 * g),
+            lot = "L" if produced == 1 else f"L{produced}"  # the stock model follows lot L
+            d = feed(mine.sign("MineralProductProduced", {"lot": lot, "ore_type": "ROCK", "wet_kg": kg(2 * g),
                                                           "dry_kg": kg(2 * g), "treo_pct": "50",
-                                                          "reo_kg": kg(g)}, ts(occ)) if produced == 1 else
-                     mine.sign("StockCounted", {"lot": "L", "counted_kg": "0"}, ts(occ)))
+                                                          "reo_kg": kg(g)}, ts(occ)))
+            quota_events.append((occ, g, 0))
+            uses.append((occ, g))
             if produced == 1:
-                quota_events.append((occ, g, 0))
                 stock_events.append((occ, 2 * g))
-                mine_entries.append((mine.head_entry, [quota_events[-1]], [stock_events[-1]]))
+            mine_entries.append((mine.head_entry, [quota_events[-1]], stock_events[-1:] if produced == 1 else [],
+                                 [uses[-1]]))
+        elif kind == "gissue":
+            batch += 1
+            d = feed(reg.sign("QuotaBatchIssued", {"year": 2024, "batch_no": batch, "document_no": f"Q{batch}",
+                                                   "holder": "GRP09", "mining_rock_t_reo": str(amount),
+                                                   "mining_ionic_t_reo": "0", "separation_t_reo": "0"}, ts(occ)))
+            group_limits.append((occ, amount * 1_000_000))
+        elif kind in ("join", "leave"):
+            # recorded now, effective at a business time that may be earlier than outputs counted
+            d = feed(reg.sign("GroupMembershipChanged", {"party": "MINE09", "group": "GRP09",
+                                                         "action": "JOINED" if kind == "join" else "LEFT",
+                                                         "effective_from": ts(occ)}, ts(occ)))
+            if kind == "join":
+                membership.append((occ, "GRP09"))
+            elif reference_group_at(membership, occ) == "GRP09":
+                membership.append((occ, None))
         elif kind == "ship":
             g = amount * 100_000
             d = feed(mine.sign("TransferShipped", {"transfer_id": f"T{i}", "buyer": "MIIT", "vat_invoice_no": "1",
@@ -106,10 +152,10 @@ def test_engine_equals_reference_model(acts):
                                                        {"lot": "L", "product": "RE_CONCENTRATE", "kg": kg(g),
                                                         "reo_kg": kg(g // 2)}]}, ts(occ)))
             stock_events.append((occ, -g))
-            mine_entries.append((mine.head_entry, [], [stock_events[-1]]))
+            mine_entries.append((mine.head_entry, [], [stock_events[-1]], []))
         elif kind == "correct" and mine_entries:
             # DID_NOT_OCCUR: from now on the corrected entry counts nowhere
-            signed, qs, ss = mine_entries.pop(amount % len(mine_entries))
+            signed, qs, ss, us_ = mine_entries.pop(amount % len(mine_entries))
             d = feed(mine.sign("CorrectionRecorded", {"corrects": {"chain": "MINE09", "seq": signed.entry.seq,
                                                                    "hash": signed.hash},
                                                       "reason": "DID_NOT_OCCUR", "explanation": "x"}, ts(rec)))
@@ -117,20 +163,28 @@ def test_engine_equals_reference_model(acts):
                 quota_events.remove(e)
             for e in ss:
                 stock_events.remove(e)
+            for e in us_:
+                uses.remove(e)
         else:
             continue
         for f in d.findings:
             level = f.params.get("level")
             if f.code == "OVER_QUOTA" and level == "enterprise":
                 open_quota = True
+            elif f.code == "OVER_QUOTA" and level == "group" and f.params.get("holder") == "GRP09":
+                open_group = True
             elif f.code == "NEGATIVE_STOCK":
                 open_stock = True
             elif f.code == RESOLVED:
                 fact = f.params["resolves"]["fact"]
                 if fact.startswith("OVER_QUOTA/enterprise"):
                     open_quota = False
+                elif fact.startswith("OVER_QUOTA/group/2024/GRP09"):
+                    open_group = False
                 elif fact.startswith("NEGATIVE_STOCK"):
                     open_stock = False
         # at every prefix (as of this entry): the engine's open findings are the reference's
         assert open_quota == reference_over(quota_events), (i, quota_events)
         assert open_stock == reference_negative(stock_events), (i, stock_events)
+        assert open_group == reference_group_over(uses, group_limits, membership, "GRP09"), \
+            (i, uses, group_limits, membership)
