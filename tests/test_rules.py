@@ -257,6 +257,13 @@ def test_over_quota_national_with_imported_feed(bare):
                                         ("OVER_QUOTA", "SEP02", ev(r, a))]
     f = fs[2]
     assert f["params"]["level"] == "nation" and f["params"]["used_kg"] == "19400"
+    # the nation's figures are confidential: not in the message, stripped from what the
+    # enterprise reads (its findings over HTTP, an append's answer)
+    from reledger.commands.server import redacted
+
+    assert "19400" not in f["message"] and "19,400" not in f["message"] and "19.4" not in f["message"]
+    seen = redacted(f)
+    assert "used_kg" not in seen["params"] and "limit_kg" not in seen["params"] and seen["params"]["level"] == "nation"
 
 
 def test_secondary_feed_not_counted(bare):
