@@ -88,6 +88,15 @@ def _body(kind: int, n: int, chain: int) -> tuple[str, dict]:
                 {"lot": lot, "product": "PrNd oxide", "kg": f"{1000 + n % 500}.5", "reo_kg": f"{990 + n % 500}.125"},
                 {"lot": lot + "-B", "product": "Dy2O3", "kg": f"{20 + n % 30}", "reo_kg": f"{19 + n % 30}.8"},
             ]}
+    if kind == 1 and ROLES[chain % len(ROLES)] != "MINE":
+        # only a mine asserts mining output (ledger/authority.py: `reledger verify` would fail the
+        # log); the other parties record an import of about the same size
+        return "ImportReceived", {
+            "lot": lot, "customs_declaration_no": f"{220100000000 + n:018d}", "hs_code": "2846901100",
+            "origin_country": "MM", "form": "CONCENTRATE", "ore_type": "IONIC" if n % 2 else "ROCK",
+            "dry_kg": f"{21000 + n % 9000}.25", "treo_pct": "92.5", "reo_kg": f"{19000 + n % 8000}.75",
+            "distribution_pct": {"La2O3": "25.1", "CeO2": "48.7", "Pr6O11": "5.2", "Nd2O3": "17.3",
+                                 "Tb4O7": "0.1", "Dy2O3": "0.3", "Y2O3": "3.3"}}
     if kind == 1:
         return "MineralProductProduced", {
             "lot": lot, "ore_type": "IONIC" if n % 2 else "ROCK", "wet_kg": f"{25000 + n % 9000}",
