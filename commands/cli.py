@@ -377,6 +377,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     reachable(args)
     if args.serving_role and not args.db.startswith(("postgresql:", "postgres:")):
         raise UsageError("--serving-role needs a PostgreSQL --db")
+    if args.checkpointer_role and not args.db.startswith(("postgresql:", "postgres:")):
+        raise UsageError("--checkpointer-role needs a PostgreSQL --db")
     keys_dir = Path(args.keys)
     if keys_dir.exists() and not keys_dir.is_dir():
         raise UsageError(f"--keys {args.keys} is a file, not a directory")
@@ -407,6 +409,8 @@ def cmd_init(args: argparse.Namespace) -> int:
                 from reledger.storage.nonces import grant_nonces
 
                 grant_nonces(args.db, args.serving_role)  # the signed reads' nonces: SELECT, INSERT, DELETE
+            if args.checkpointer_role:
+                store.grant_checkpointer_role(args.checkpointer_role)  # SELECT the log, INSERT checkpoints
         finally:
             ps.close()
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
@@ -764,42 +768,19 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     check_ledger(args)
     signer = load_checkpoint_signer(args)
     policy = load_policy(args.policy) if args.policy else None
-    report: list = []
+    from reledger.commands import witness
+
     with open_store(args) as store:
-        cosign = None
-        if policy is not None:
-            from reledger.commands import witness
-            from reledger.ledger.cosignature import CosignatureError
-
-            if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
-                raise UsageError(f"the policy {args.policy} does not list this log's checkpoint key ({signer.name})")
-            latest = store.latest_checkpoint()
-            guess = latest[0] if latest else 0
-
-            def cosign(note: bytes, size: int) -> bytes:
-                cosigned, answers = witness.cosign(note, policy, lambda old: store.consistency_proof(old, size),
-                                                   guess, timeout=args.witness_timeout)
-                report.extend(answers)
-                return cosigned
-
-            try:
-                note = store.checkpoint(signer, cosign=cosign)
-            except CosignatureError as e:
-                for r in report:
-                    print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
-                print(f"reledger: checkpoint not published: {e}", file=sys.stderr)
-                return EXIT_FAILED
-        else:
-            note = store.checkpoint(signer)
-        if policy is not None:
-            from reledger.ledger.cosignature import CosignatureError
-
-            try:
-                policy.check(note)  # a checkpoint of this size stored before, without the quorum
-            except CosignatureError as e:
-                print(f"reledger checkpoint: the log has not grown since the checkpoint of its size was stored, and "
-                      f"that one does not meet the policy ({e}); append, then checkpoint again", file=sys.stderr)
-                return EXIT_FAILED
+        try:
+            note, report = witness.publish(store, signer, policy, timeout=args.witness_timeout)
+        except ValueError as e:  # a key not registered, or not in the policy
+            raise UsageError(str(e)) from None
+        except witness.NotPublished as e:
+            for r in e.report:
+                print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
+            print(f"reledger {'checkpoint' if e.stale else 'checkpoint: checkpoint not published'}: {e}",
+                  file=sys.stderr)
+            return EXIT_FAILED
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),
@@ -1609,12 +1590,38 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
                          "(is another server using that port? pass --port)") from e
+    checkpointer = serve_checkpointer(args)
     print(f"reledger serve: starting on {args.host}:{args.port} (building the write state from the log) ...",
           file=sys.stderr, flush=True)
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries,
           header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,
-          max_client_connections=args.max_client_connections)
+          max_client_connections=args.max_client_connections,
+          **({"checkpointer": checkpointer} if checkpointer else {}))
     return EXIT_OK
+
+
+def serve_checkpointer(args: argparse.Namespace) -> dict | None:
+    """The checkpointer's settings from serve's options (processes/checkpointer.py), or None."""
+    given = [o for o, v in (("--policy", args.policy), ("--checkpoint-every", args.checkpoint_every),
+                            ("--checkpoint-interval", args.checkpoint_interval),
+                            ("--checkpointer-db", args.checkpointer_db)) if v is not None]
+    if args.checkpoint_key is None:
+        if given:
+            raise UsageError(f"{given[0]} is for the checkpointer: give its --checkpoint-key FILE too")
+        return None
+    if not Path(args.checkpoint_key).is_file():
+        raise UsageError(f"--checkpoint-key {args.checkpoint_key}: no such key file")
+    if args.checkpoint_every is None and args.checkpoint_interval is None:
+        raise UsageError("--checkpoint-key: say when to checkpoint (--checkpoint-every N, --checkpoint-interval S)")
+    if args.policy is not None:
+        load_policy(args.policy)  # a bad policy: exit 2 now (the checkpointer reads it again)
+    if args.checkpointer_db is not None:
+        try:
+            DatabaseURL.parse(args.checkpointer_db)
+        except DatabaseURLError as e:
+            raise UsageError(f"--checkpointer-db: {e}") from None
+    return {"url": args.checkpointer_db or args.db, "key": args.checkpoint_key, "policy": args.policy,
+            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout}
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -1701,6 +1708,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keys", default="reledger-keys", metavar="DIR", help="where to write the key files")
     s.add_argument("--force", action="store_true", help="overwrite existing key files")
     s.add_argument("--serving-role", metavar="ROLE", help="PostgreSQL: create this role with INSERT and SELECT only")
+    s.add_argument("--checkpointer-role", metavar="ROLE", help="PostgreSQL: create this role for the checkpointer "
+                   "(serve --checkpointer-db): SELECT on the log, INSERT on the checkpoints only")
     s.add_argument("--no-ml-dsa", action="store_true", help="a checkpoint key without its ML-DSA-44 (post-quantum) "
                    "half: checkpoints signed with Ed25519 alone")
     s.set_defaults(func=cmd_init)
@@ -2048,6 +2057,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-client-connections", type=_nonnegative_int, default=128, metavar="N",
                    help="connections per client address, 0 for no limit (default %(default)s; behind a "
                         "reverse proxy raise it or let the proxy limit its clients)")
+    s.add_argument("--checkpoint-key", metavar="FILE", help="start the checkpointer process with this checkpoint "
+                   "key file (only that process reads it; docs/OPERATIONS.md, Checkpointer)")
+    s.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="checkpointer: a checkpoint once N entries were appended since the last one")
+    s.add_argument("--checkpoint-interval", type=_positive_float, metavar="S",
+                   help="checkpointer: a checkpoint S seconds after the last one, if the log grew")
+    s.add_argument("--policy", metavar="FILE", help="checkpointer: the C2SP tlog-policy whose witnesses (their URLs) "
+                   "must cosign; nothing is published until its quorum is met")
+    s.add_argument("--checkpointer-db", metavar="URL", help="checkpointer: its own database URL (a role made by "
+                   "`reledger init --checkpointer-role`; default: --db)")
+    s.add_argument("--witness-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="checkpointer: seconds per witness request")
     s.set_defaults(func=cmd_serve)
 
     # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)

@@ -373,6 +373,13 @@ class LedgerStore(MerkleProofs):
             pass
 
     # --- PostgreSQL roles ---------------------------------------------------------------
+    def grant_checkpointer_role(self, role: str = "reledger_checkpointer") -> None:
+        """Create (if needed) the PostgreSQL role of the checkpointer (processes/checkpointer.py):
+        SELECT on the events and the log, SELECT and INSERT on the checkpoints, nothing else."""
+        if self.db.backend != "postgres":
+            raise ValueError("checkpointer roles exist on PostgreSQL only")
+        self.recorder.grant_checkpointer_role(role)
+
     def grant_serving_role(self, role: str = "reledger_serve") -> None:
         """Create (if needed) the PostgreSQL role the server runs as: INSERT and SELECT on the
         events and the log (and the notification sequence), SELECT only on the checkpoints
