@@ -14,7 +14,10 @@ import msgpack
 import pytest
 
 from helpers import is_pg
-from http_helpers import ENTRIES, T0, Server, build_cast, mineral
+from http_helpers import ENTRIES, ORIGIN, T0, Server, build_cast, mineral
+from reledger.commands.client import ClientError, LedgerClient
+from reledger.ledger.checkpoint import Checkpoint, sign_checkpoint
+from reledger.ledger.trust import Trust
 from reledger.ledger.cosignature import COSIG_ED25519, CosignatureSigner, Policy
 from reledger.ledger.genesis import ChainSigner
 from reledger.processes.checkpointer import Checkpointer, Settings
@@ -159,6 +162,23 @@ def test_serve_checkpoints_through_two_of_three_witnesses(db_url, tmp_path):
         size, note = wait_for(lambda: latest(db_url)[0] >= start + 4 and latest(db_url), "a checkpoint on the timer")
         assert size == start + 4 and set(policy.check(note).cosigned_by) == {"w0", "w1"}
         assert "published the checkpoint of size" in server.stderr()
+
+        # the client, anchored to an auditor's pinned trust file: an append's receipt upgraded to a
+        # tlog-proof against a cosigned checkpoint (the timer publishes it), the pin moved forward
+        with LedgerStore(db_url) as store:
+            genesis = store.record(0).entry_hash.hex()
+        trust_file = tmp_path / "audit.trust"
+        Trust(genesis, log_vkey, (tmp_path / "policy").read_text()).write(trust_file, new=True)
+        with LedgerClient(server.base, cast.keys["SEP01"]) as c:
+            assert c.anchor(trust_file).size == start + 4
+            r = c.append("StockCounted", {"product": "Nd2O3", "counted_kg": "6"}, occurred_at=T0)
+            proof = c.wait_for_proof("SEP01", r["seq"], timeout=90, poll=0.5, trust=trust_file)
+            assert proof.startswith(b"c2sp.org/tlog-proof@v1\n")
+            assert Trust.read(trust_file).pinned.size == start + 5
+            with pytest.raises(ClientError, match="not anchored"):  # another root at the pinned size
+                c.anchor(trust_file, sign_checkpoint(Checkpoint(ORIGIN, start + 5, bytes(32)), cast.note_signer))
+            assert Trust.read(trust_file).pinned.size == start + 5
+        start += 1
 
         # two of three down: nothing is published, the server says why and serves on
         ws[1].stop()
