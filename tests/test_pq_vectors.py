@@ -133,3 +133,15 @@ def test_every_byte_of_the_bundle_is_covered():
         except BundleError:
             continue
         assert not rep.ok or not pinned_accepts_note(decode_bundle(bytes(bad))["checkpoint"]), i
+
+
+def test_each_bundle_entry_is_a_tlog_proof_that_verifies():
+    from reledger.ledger.bundle import tlog_proofs
+
+    data = (V / "mine.bundle").read_bytes()
+    proofs = tlog_proofs(data)
+    assert [i for i, _ in proofs] == [e["index"] for e in decode_bundle(data)["entries"]] == list(range(7))
+    for index, proof in proofs:
+        v = verify_proof(proof, logs(), POLICY)
+        assert v.index == index and v.checkpoint.size == EXPECTED["size"]
+    assert dict(proofs)[5] == (V / "entry.tlog-proof").read_bytes()  # the same bytes as `prove --tlog-proof`
