@@ -19,6 +19,7 @@ published, the reason and each witness's answer are logged, and it tries again a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import threading
@@ -140,12 +141,13 @@ def publish_with(store, signer, policy, timeout):
     return publish(store, signer, policy, timeout)
 
 
-def main(settings: Settings, parent: int, ready=None) -> None:
-    """The checkpointer process's entry point: ``ready`` (an Event) is set once the key file and
-    the policy are loaded and the database is open; else the process says why and exits 2."""
+def main(settings: dict, parent: int, ready=None) -> None:
+    """The checkpointer process's entry point (``settings``: a :class:`Settings` as a dict of
+    plain values): ``ready`` (an Event) is set once the key file and the policy are loaded and
+    the database is open; else the process says why and exits 2."""
     exit_with_parent(parent)
     try:
-        cp = Checkpointer(settings)
+        cp = Checkpointer(Settings(**settings))
     except Exception as e:  # noqa: BLE001 - said once; the process ends, and serve refuses to start
         say(f"not started: {e}")
         sys.exit(2)
@@ -173,7 +175,7 @@ class CheckpointerProcess:
         could not (it said why on stderr)."""
         ctx = context()
         ready = ctx.Event()
-        self.process = ctx.Process(target=main, args=(self.settings, os.getpid(), ready),
+        self.process = ctx.Process(target=main, args=(dataclasses.asdict(self.settings), os.getpid(), ready),
                                    name="reledger-checkpointer", daemon=True)
         self.process.start()
         deadline = time.monotonic() + wait
