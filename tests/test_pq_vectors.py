@@ -145,3 +145,15 @@ def test_each_bundle_entry_is_a_tlog_proof_that_verifies():
         v = verify_proof(proof, logs(), POLICY)
         assert v.index == index and v.checkpoint.size == EXPECTED["size"]
     assert dict(proofs)[5] == (V / "entry.tlog-proof").read_bytes()  # the same bytes as `prove --tlog-proof`
+
+
+def test_a_policy_not_met_names_the_missing_witnesses():
+    from dataclasses import replace
+
+    from reledger.ledger.cosignature import COSIG_ED25519, CosignatureSigner
+
+    w9 = CosignatureSigner("w9.example", COSIG_ED25519, bytes([9]) * 32).verifier().vkey()
+    policy = TRUST.policy.replace("group required all log-pq w1\n",
+                                  f"witness w9 {w9}\ngroup required all log-pq w1 w9\n")
+    with pytest.raises(TrustError, match="cosigned by log-pq, w1-ed25519, w1-mldsa44; no valid cosignature from w9"):
+        replace(TRUST, policy=policy).check_note(NOTE)
