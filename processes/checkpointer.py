@@ -86,16 +86,14 @@ class Checkpointer:
         self.signer, self.policy = load(settings)
         self.store = store if store is not None else LedgerStore(settings.url)
         self.last = clock()  # when the last checkpoint was published (or the loop started)
-        self.failed: tuple[int, float] | None = None  # (size, when) of the last attempt not published
+        self.failed: tuple[int, float] | None = None  # (size, when) of the last attempt that failed
 
     def due(self, size: int, published: int, now: float) -> bool:
         s = self.settings
         if size <= published:
             return False
-        if self.failed is not None and self.failed[0] == size and now - self.failed[1] < s.retry:
-            return False  # the same checkpoint was just refused: not again at once
         if self.failed is not None and now - self.failed[1] < s.retry:
-            return False
+            return False  # a checkpoint was just refused (or the database failed): not again at once
         return bool((s.every and size - published >= s.every) or (s.interval and now - self.last >= s.interval))
 
     def step(self) -> bytes | None:
