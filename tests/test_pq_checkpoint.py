@@ -238,3 +238,22 @@ def test_cli_init_keygen_vkey_trust_and_verify_proof(tmp_path, db_url):
     assert reledger("keygen", "--party", "MIIT", "--no-ml-dsa", "--out", str(tmp_path / "k3")).returncode == 2
     assert reledger("trust", "init", "--trust", str(tmp_path / "b.trust"), "--genesis", init["genesis"],
                     "--log-vkey", vk[0], "--log-mldsa-vkey", "x+00000000+AA==").returncode == 2
+
+
+
+def test_verify_refuses_a_log_without_the_pinned_ml_dsa_signature(tmp_path, db_url):
+    """A log whose checkpoint key has no ML-DSA-44 half (init --no-ml-dsa), against a trust file
+    that pins an ML-DSA-44 log key: verify fails (exit 1) and names what is missing."""
+    out = reledger("init", "--db", db_url, "--keys", str(tmp_path / "keys"), "--no-ml-dsa", "--json")
+    assert out.returncode == 0, out.stderr
+    init = json.loads(out.stdout)
+    assert init["checkpoint_mldsa_vkey"] is None
+    vk = reledger("vkey", "--key", str(tmp_path / "keys" / "operator.key")).stdout.split()
+    assert vk == [init["checkpoint_vkey"]]
+    other = CosignatureSigner("reledger.example/national", COSIG_MLDSA44, bytes(32)).verifier().vkey()
+    trust = tmp_path / "a.trust"
+    assert reledger("trust", "init", "--trust", str(trust), "--genesis", init["genesis"], "--log-vkey", vk[0],
+                    "--log-mldsa-vkey", other).returncode == 0
+    out = reledger("verify", "--db", db_url, "--trust", str(trust))
+    assert out.returncode == 1 and "no ML-DSA-44 signature" in out.stdout, out.stdout
+    assert Trust.read(trust).checkpoint is None  # the pin did not move
