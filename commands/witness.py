@@ -398,7 +398,7 @@ def publish(store, signer, policy: Policy | None, timeout: float = 10.0) -> tupl
     that does not meet the policy (``stale``)."""
     if policy is None:
         return store.checkpoint(signer), []
-    if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
+    if not policy.lists_log(signer):
         raise ValueError(f"the witness policy does not list this log's checkpoint key ({signer.name})")
     report: list[Submission] = []
     latest = store.latest_checkpoint()

@@ -407,6 +407,13 @@ class Policy:
             raise CosignatureError("policy has no quorum line")
         return policy
 
+    def lists_log(self, signer: NoteSigner) -> bool:
+        """Whether a log line of this policy is the log key ``signer``'s: its Ed25519 key (type
+        0x01) or its ML-DSA-44 half (type 0x06), under its name."""
+        pq = signer.mldsa.verifier() if signer.mldsa is not None else None
+        return (any(v.name == signer.name and v.raw == signer.public_key_bytes for v in self.logs)
+                or (pq is not None and pq in self.pq_logs))
+
     def met_by(self, witnessed: set[str]) -> bool:
         """Does the quorum hold when exactly the witnesses named in `witnessed` cosigned?"""
 

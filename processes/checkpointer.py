@@ -68,7 +68,7 @@ def load(settings: Settings):
             raise ValueError(f"--policy {settings.policy}: {e.strerror or e}") from None
         except CosignatureError as e:
             raise ValueError(f"--policy {settings.policy}: {e}") from None
-        if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
+        if not policy.lists_log(signer):
             raise ValueError(f"--policy {settings.policy} does not list this log's checkpoint key ({signer.name})")
         if not policy.witness_urls and policy.quorum != "none":
             raise ValueError(f"--policy {settings.policy} gives no witness a URL: nothing could be cosigned")

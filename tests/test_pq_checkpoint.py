@@ -204,6 +204,7 @@ def test_a_policy_requires_the_log_pq_signature_two_ways(pq_ledger):
     # 2. a policy that knows the log by its ML-DSA-44 key alone (tlog-checkpoint: logs SHOULD sign so)
     p = Policy.parse(f"log {pq}\nquorum none\n".encode())
     assert p.check(note).checkpoint.size == store.size()
+    assert p.lists_log(signer) and not p.lists_log(log_signer(pq_key(30)))  # checkpoint --policy accepts it
     with pytest.raises(CosignatureError, match="not signed by a log"):
         p.check(stripped)
     with pytest.raises(CosignatureError, match="duplicate"):
