@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import ORIGIN, T0, REGULATOR_ID, is_pg, seeded_key, sql  # noqa: F401
+from helpers import ORIGIN, T0, REGULATOR_ID, seeded_key
 from reledger.ledger import rules
 from reledger.ledger.checkpoint import NoteVerifier, open_note
 from reledger.ledger.cosignature import (COSIG_MLDSA44, CosignatureError, CosignatureSigner, Policy, cosignatures,
