@@ -756,6 +756,13 @@ def _key_id_matches(m: dict, path: str) -> None:
                                                      "SHA-256(public_key) as hex)")
 
 
+@_doc("`mldsa44_public_key` on a key whose purpose is not `checkpoint`")
+def _mldsa_checkpoint_only(m: dict, path: str) -> None:
+    if "mldsa44_public_key" in m and m.get("purpose", "entries") != "checkpoint":
+        raise fail("inconsistent", f"{path}.mldsa44_public_key", "only a checkpoint key has an ML-DSA-44 key "
+                                                                "(entries are signed with Ed25519 alone)")
+
+
 @_doc("only one of `first_seq`, `last_seq`; `last_seq` below `first_seq`")
 def _seq_range(m: dict, path: str) -> None:
     if ("first_seq" in m) != ("last_seq" in m):
@@ -840,9 +847,12 @@ _SCHEMAS: list[EntrySchema] = [
                                                  "(FORMAT.md 4.1)"),
                     "purpose": Enum(PURPOSES, "what the key signs", optional=True, default="entries"),
                     "name": Text("key name (for checkpoint keys: the log's origin)", optional=True),
+                    "mldsa44_public_key": Binary(1312, "checkpoint keys only: the log's ML-DSA-44 (FIPS 204, "
+                                                       "post-quantum) public key; every checkpoint then carries "
+                                                       "its signature too (FORMAT.md 5.4)", optional=True),
                     "reason": Text("why (registration, rotation...)"),
                     **_VALIDITY,
-                }, checks=[_key_id_matches, _before("valid_from", "valid_until")])),
+                }, checks=[_key_id_matches, _mldsa_checkpoint_only, _before("valid_from", "valid_until")])),
     EntrySchema("KeyRevoked", "registry", "A key signs nothing more from this log position on.", Struct({
         "party": PartyId("the key's party"),
         "key_id": Text("key id", pattern=KEY_ID_RE, example="0123456789abcdef"),

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from reledger.ledger import merkle
 from reledger.ledger.bundle import BundleError, verify_bundle
 from reledger.ledger.checkpoint import Checkpoint, NoteSigner
+from reledger.ledger.cosignature import log_signer
 from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import CHAIN_RE
 from reledger.ledger.genesis import ChainSigner, genesis_entries
@@ -376,6 +377,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     reachable(args)
     if args.serving_role and not args.db.startswith(("postgresql:", "postgres:")):
         raise UsageError("--serving-role needs a PostgreSQL --db")
+    if args.checkpointer_role and not args.db.startswith(("postgresql:", "postgres:")):
+        raise UsageError("--checkpointer-role needs a PostgreSQL --db")
     keys_dir = Path(args.keys)
     if keys_dir.exists() and not keys_dir.is_dir():
         raise UsageError(f"--keys {args.keys} is a file, not a directory")
@@ -388,12 +391,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         if store.size() != 0:
             raise UsageError(f"the ledger at {args.db} is not empty ({store.size()} entries)")
         reg = SigningKey.generate(args.regulator)
-        op = SigningKey.generate(args.regulator, "checkpoint", name=args.origin)
+        op = SigningKey.generate(args.regulator, "checkpoint", name=args.origin, mldsa=not args.no_ml_dsa)
         at = now_text()
         receipts = store.append(genesis_entries(ChainSigner(reg), op, name=args.name, origin=args.origin, at=at))
         reg.write(reg_path, overwrite=args.force)
         op.write(op_path, overwrite=args.force)
-        signer = NoteSigner(args.origin, op.private_key)
+        signer = log_signer(op)
         note = store.checkpoint(signer)
         from reledger.projections.store import ProjectionStore
 
@@ -406,10 +409,13 @@ def cmd_init(args: argparse.Namespace) -> int:
                 from reledger.storage.nonces import grant_nonces
 
                 grant_nonces(args.db, args.serving_role)  # the signed reads' nonces: SELECT, INSERT, DELETE
+            if args.checkpointer_role:
+                store.grant_checkpointer_role(args.checkpointer_role)  # SELECT the log, INSERT checkpoints
         finally:
             ps.close()
     data = {"db": args.db, "regulator": args.regulator, "genesis": receipts[0].entry_hash.hex(),
             "regulator_key": str(reg_path), "checkpoint_key": str(op_path), "checkpoint_vkey": signer.verifier().vkey(),
+            "checkpoint_mldsa_vkey": signer.mldsa.verifier().vkey() if signer.mldsa else None,
             "origin": args.origin, "checkpoint": note.decode()}
 
     def text() -> None:
@@ -419,6 +425,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         c.print(f"  regulator key       {reg_path} (key id {reg.key_id})")
         c.print(f"  checkpoint key      {op_path}")
         c.print(f"  checkpoint vkey     {data['checkpoint_vkey']}")
+        if data["checkpoint_mldsa_vkey"]:
+            c.print(f"  ML-DSA-44 vkey      {data['checkpoint_mldsa_vkey']}", soft_wrap=True)
     emit(args, data, text)
     return EXIT_OK
 
@@ -426,14 +434,18 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     if not CHAIN_RE.match(args.party):
         raise UsageError(f"--party {args.party!r} is not a party id (2-64 characters A-Z 0-9 . _ -)")
-    key = SigningKey.generate(args.party, args.purpose, name=args.name)
+    if args.no_ml_dsa and args.purpose != "checkpoint":
+        raise UsageError("--no-ml-dsa is for checkpoint keys (entry keys are Ed25519 alone)")
+    key = SigningKey.generate(args.party, args.purpose, name=args.name,
+                              mldsa=args.purpose == "checkpoint" and not args.no_ml_dsa)
     out = writable(args.out or f"{args.party}.key")
     try:
         key.write(out, overwrite=args.force)
     except FileExistsError as e:
         raise UsageError(f"{out} exists: refusing to overwrite a key (use --force)") from e
     data = {"party": key.party, "purpose": key.purpose, "key_id": key.key_id,
-            "public_key": base64.b64encode(key.public_key).decode(), "file": str(out)}
+            "public_key": base64.b64encode(key.public_key).decode(), "file": str(out),
+            "mldsa44_public_key": base64.b64encode(key.mldsa_public_key).decode() if key.mldsa_seed else None}
     emit(args, data, lambda: console().print(
         f"wrote {out} (mode 0600)\nparty       {key.party}\nkey id      {key.key_id}\n"
         f"public key  {data['public_key']}"))
@@ -588,7 +600,7 @@ def pinned_roots(args: argparse.Namespace, trust, notes: list[bytes]) -> tuple[s
         raise UsageError(f"--genesis {genesis} is not the trust file's pinned genesis {trust.genesis}")
     if trust.checkpoint:
         notes.append(trust.checkpoint.encode("utf-8"))
-    return trust.genesis, keys + [trust.log_vkey]
+    return trust.genesis, keys + trust.vkeys
 
 
 def anchored(trust_path, trust, genesis: str | None, ok: bool, latest: bytes | None) -> dict:
@@ -649,7 +661,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
                                  "(the operator's publication, not the ledger itself)")
             policy = Path(args.policy).read_text(encoding="utf-8") if args.policy else None
             note = Path(args.checkpoint).read_text(encoding="utf-8") if args.checkpoint else None
-            trust = Trust(args.genesis.lower(), args.log_vkey, policy, note)
+            trust = Trust(args.genesis.lower(), args.log_vkey, policy, note, args.log_mldsa_vkey)
             trust.write(writable(args.trust, "--trust"), new=True)
         else:
             trust = Trust.read(args.trust)
@@ -659,9 +671,12 @@ def cmd_trust(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     pinned = trust.pinned
     data = {"trust": args.trust, "genesis": trust.genesis, "log_vkey": trust.log_vkey,
+            "log_mldsa_vkey": trust.log_mldsa_vkey,
             "policy": trust.policy, "checkpoint_size": pinned.size if pinned else None}
     emit(args, data, lambda: print(f"trust file {args.trust}\n  genesis    {trust.genesis}\n  log vkey   "
-                                   f"{trust.log_vkey}\n  witnesses  "
+                                   f"{trust.log_vkey}\n  ML-DSA-44  "
+                                   f"{trust.log_mldsa_vkey[:60] + '... (required)' if trust.log_mldsa_vkey else 'not pinned'}"
+                                   f"\n  witnesses  "
                                    f"{'a policy of ' + str(len(trust.policy.splitlines())) + ' lines' if trust.policy else 'none pinned'}"
                                    f"\n  checkpoint {('size ' + str(pinned.size)) if pinned else 'none yet'}"))
     return EXIT_OK
@@ -676,15 +691,18 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
     data = read_files([args.proof], "PROOF")[0]
     trust_path, trust = load_trust(args)
     policy = load_policy(args.policy) if args.policy else None
-    vkeys = list(args.checkpoint_key) + ([trust.log_vkey] if trust else [])
+    vkeys = list(args.checkpoint_key) + (trust.vkeys if trust else [])
     if trust and trust.policy and policy is None:
         from reledger.ledger.cosignature import Policy
 
         policy = Policy.parse(trust.policy.encode("utf-8"))
     if not vkeys:
         raise UsageError("verify-proof needs the log's key: --trust FILE (pinned) or --checkpoint-key VKEY")
-    try:
-        logs = [NoteVerifier.from_vkey(v) for v in vkeys]
+    try:  # Ed25519 log keys, each with its pinned ML-DSA-44 half (a 0x06 vkey of the same name)
+        from reledger.ledger import rules
+        from reledger.ledger.registry import Registry
+
+        logs = rules.checkpoint_verifiers(Registry(), 0, vkeys)
     except NoteError as e:
         raise UsageError(f"--checkpoint-key: {e}") from None
     try:
@@ -706,7 +724,9 @@ def cmd_verify_proof(args: argparse.Namespace) -> int:
 def cmd_vkey(args: argparse.Namespace) -> int:
     signer = load_checkpoint_signer(args)
     vkey = signer.verifier().vkey()
-    emit(args, {"vkey": vkey, "origin": signer.name}, lambda: print(vkey))
+    pq = signer.mldsa.verifier().vkey() if signer.mldsa is not None else None
+    emit(args, {"vkey": vkey, "mldsa_vkey": pq, "origin": signer.name},
+         lambda: print("\n".join([vkey] + ([pq] if pq else []))))
     return EXIT_OK
 
 
@@ -741,49 +761,26 @@ def load_checkpoint_signer(args: argparse.Namespace):
         raise UsageError(f"--key {args.key}: {e}") from e
     if key.purpose != "checkpoint" or not key.name:
         raise UsageError(f"{path} is not a checkpoint key (purpose 'checkpoint' with a name)")
-    return NoteSigner(key.name, key.private_key)
+    return log_signer(key)
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
     check_ledger(args)
     signer = load_checkpoint_signer(args)
     policy = load_policy(args.policy) if args.policy else None
-    report: list = []
+    from reledger.commands import witness
+
     with open_store(args) as store:
-        cosign = None
-        if policy is not None:
-            from reledger.commands import witness
-            from reledger.ledger.cosignature import CosignatureError
-
-            if not any(v.name == signer.name and v.raw == signer.public_key_bytes for v in policy.logs):
-                raise UsageError(f"the policy {args.policy} does not list this log's checkpoint key ({signer.name})")
-            latest = store.latest_checkpoint()
-            guess = latest[0] if latest else 0
-
-            def cosign(note: bytes, size: int) -> bytes:
-                cosigned, answers = witness.cosign(note, policy, lambda old: store.consistency_proof(old, size),
-                                                   guess, timeout=args.witness_timeout)
-                report.extend(answers)
-                return cosigned
-
-            try:
-                note = store.checkpoint(signer, cosign=cosign)
-            except CosignatureError as e:
-                for r in report:
-                    print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
-                print(f"reledger: checkpoint not published: {e}", file=sys.stderr)
-                return EXIT_FAILED
-        else:
-            note = store.checkpoint(signer)
-        if policy is not None:
-            from reledger.ledger.cosignature import CosignatureError
-
-            try:
-                policy.check(note)  # a checkpoint of this size stored before, without the quorum
-            except CosignatureError as e:
-                print(f"reledger checkpoint: the log has not grown since the checkpoint of its size was stored, and "
-                      f"that one does not meet the policy ({e}); append, then checkpoint again", file=sys.stderr)
-                return EXIT_FAILED
+        try:
+            note, report = witness.publish(store, signer, policy, timeout=args.witness_timeout)
+        except ValueError as e:  # a key not registered, or not in the policy
+            raise UsageError(str(e)) from None
+        except witness.NotPublished as e:
+            for r in e.report:
+                print(f"witness {r.witness}: {'cosigned' if r.ok else 'refused'} ({r.detail})", file=sys.stderr)
+            print(f"reledger {'checkpoint' if e.stale else 'checkpoint: checkpoint not published'}: {e}",
+                  file=sys.stderr)
+            return EXIT_FAILED
 
     cp = Checkpoint.parse(note.split(b"\n\n", 1)[0] + b"\n")
     data = {"origin": cp.origin, "size": cp.size, "root": cp.root.hex(), "note": note.decode(),
@@ -1593,12 +1590,38 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
                          "(is another server using that port? pass --port)") from e
+    checkpointer = serve_checkpointer(args)
     print(f"reledger serve: starting on {args.host}:{args.port} (building the write state from the log) ...",
           file=sys.stderr, flush=True)
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries,
           header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,
-          max_client_connections=args.max_client_connections)
+          max_client_connections=args.max_client_connections,
+          **({"checkpointer": checkpointer} if checkpointer else {}))
     return EXIT_OK
+
+
+def serve_checkpointer(args: argparse.Namespace) -> dict | None:
+    """The checkpointer's settings from serve's options (processes/checkpointer.py), or None."""
+    given = [o for o, v in (("--policy", args.policy), ("--checkpoint-every", args.checkpoint_every),
+                            ("--checkpoint-interval", args.checkpoint_interval),
+                            ("--checkpointer-db", args.checkpointer_db)) if v is not None]
+    if args.checkpoint_key is None:
+        if given:
+            raise UsageError(f"{given[0]} is for the checkpointer: give its --checkpoint-key FILE too")
+        return None
+    if not Path(args.checkpoint_key).is_file():
+        raise UsageError(f"--checkpoint-key {args.checkpoint_key}: no such key file")
+    if args.checkpoint_every is None and args.checkpoint_interval is None:
+        raise UsageError("--checkpoint-key: say when to checkpoint (--checkpoint-every N, --checkpoint-interval S)")
+    if args.policy is not None:
+        load_policy(args.policy)  # a bad policy: exit 2 now (the checkpointer reads it again)
+    if args.checkpointer_db is not None:
+        try:
+            DatabaseURL.parse(args.checkpointer_db)
+        except DatabaseURLError as e:
+            raise UsageError(f"--checkpointer-db: {e}") from None
+    return {"url": args.checkpointer_db or args.db, "key": args.checkpoint_key, "policy": args.policy,
+            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout}
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -1685,6 +1708,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keys", default="reledger-keys", metavar="DIR", help="where to write the key files")
     s.add_argument("--force", action="store_true", help="overwrite existing key files")
     s.add_argument("--serving-role", metavar="ROLE", help="PostgreSQL: create this role with INSERT and SELECT only")
+    s.add_argument("--checkpointer-role", metavar="ROLE", help="PostgreSQL: create this role for the checkpointer "
+                   "(serve --checkpointer-db): SELECT on the log, INSERT on the checkpoints only")
+    s.add_argument("--no-ml-dsa", action="store_true", help="a checkpoint key without its ML-DSA-44 (post-quantum) "
+                   "half: checkpoints signed with Ed25519 alone")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("keygen", parents=[common], help="write a new Ed25519 key file (mode 0600)",
@@ -1695,6 +1722,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--purpose", choices=["entries", "checkpoint"], default="entries",
                    help="entries (a party's chain) or checkpoint (the operator's)")
     s.add_argument("--name", help="signed-note key name (checkpoint keys)")
+    s.add_argument("--no-ml-dsa", action="store_true", help="checkpoint keys: without the ML-DSA-44 (post-quantum) "
+                   "half that every checkpoint is otherwise signed with too")
     s.add_argument("--out", metavar="FILE", help="key file (default: PARTY.key)")
     s.add_argument("--force", action="store_true", help="overwrite an existing key file")
     s.set_defaults(func=cmd_keygen)
@@ -1737,6 +1766,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", required=True, metavar="FILE", help="the trust file (init never overwrites one)")
     s.add_argument("--genesis", metavar="HASH", help="init: the genesis entry hash (64 hex)")
     s.add_argument("--log-vkey", metavar="VKEY", help="init: the log's checkpoint vkey (`reledger vkey`)")
+    s.add_argument("--log-mldsa-vkey", metavar="VKEY", help="init: the log's ML-DSA-44 vkey (`reledger vkey`, "
+                   "second line): every checkpoint must then carry the log's post-quantum signature")
     s.add_argument("--policy", metavar="FILE", help="init: a C2SP tlog-policy file every checkpoint must meet")
     s.add_argument("--checkpoint", metavar="FILE", help="init: a checkpoint note already verified")
     s.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -2026,6 +2057,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-client-connections", type=_nonnegative_int, default=128, metavar="N",
                    help="connections per client address, 0 for no limit (default %(default)s; behind a "
                         "reverse proxy raise it or let the proxy limit its clients)")
+    s.add_argument("--checkpoint-key", metavar="FILE", help="start the checkpointer process with this checkpoint "
+                   "key file (only that process reads it; docs/OPERATIONS.md, Checkpointer)")
+    s.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="checkpointer: a checkpoint once N entries were appended since the last one")
+    s.add_argument("--checkpoint-interval", type=_positive_float, metavar="S",
+                   help="checkpointer: a checkpoint S seconds after the last one, if the log grew")
+    s.add_argument("--policy", metavar="FILE", help="checkpointer: the C2SP tlog-policy whose witnesses (their URLs) "
+                   "must cosign; nothing is published until its quorum is met")
+    s.add_argument("--checkpointer-db", metavar="URL", help="checkpointer: its own database URL (a role made by "
+                   "`reledger init --checkpointer-role`; default: --db)")
+    s.add_argument("--witness-timeout", type=_positive_float, default=10.0, metavar="S",
+                   help="checkpointer: seconds per witness request")
     s.set_defaults(func=cmd_serve)
 
     # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)

@@ -206,14 +206,40 @@ class LedgerClient:
         return cp
 
 
+    def anchor(self, trust_path: Any, note: bytes | None = None) -> Checkpoint:
+        """Check the latest published checkpoint (or ``note``) against the auditor's pinned trust
+        file (docs/FORMAT.md 7d: the log's keys, its ML-DSA-44 signature if pinned, the witness
+        policy), check that it is consistent with the checkpoint the file keeps (a consistency
+        proof from the server, verified here), and move the file forward to it. Raises
+        :class:`ClientError` saying why when it is not anchored (the file is left as it was)."""
+        from reledger.ledger.trust import Trust, TrustError
+
+        try:
+            trust = Trust.read(trust_path)
+            if note is None:
+                note = self._request("GET", "/v1/checkpoint").content
+            cp = trust.check_note(note)
+            pinned = trust.pinned
+            if pinned is not None and 0 < pinned.size < cp.size:
+                got = self.consistency(pinned.size, cp.size)
+                merkle.verify_consistency(pinned.size, cp.size, [bytes.fromhex(h) for h in got["proof"]],
+                                          pinned.root, cp.root)
+            trust.advanced(note).write(trust_path)
+        except (TrustError, merkle.ProofError, ValueError, KeyError) as e:
+            raise ClientError(f"not anchored to the trust file {trust_path}: {e}") from None
+        return cp
+
     def wait_for_proof(self, chain: str, seq: int, *, timeout: float = 60.0, poll: float = 1.0,
-                       verifier: NoteVerifier | None = None, policy: Any = None) -> bytes:
+                       verifier: NoteVerifier | None = None, policy: Any = None, trust: Any = None) -> bytes:
         """Upgrade an append's receipt to a proof: wait (at most ``timeout`` s, asking every
         ``poll`` s) until a published checkpoint covers the entry, and return the entry's proof in
         C2SP tlog-proof form (docs/FORMAT.md 7c: the envelope and its record time, the inclusion
         proof, the checkpoint note with its cosignatures), verified here when ``verifier`` (the
         log's vkey) is given, with ``policy`` (a :class:`reledger.ledger.cosignature.Policy`) for
-        the witnesses' quorum. Raises :class:`ClientError` when no checkpoint covers it in time."""
+        the witnesses' quorum; with ``trust`` (the path of a pinned trust file) against its log
+        keys and policy, consistent with its pinned checkpoint, which then moves forward
+        (:meth:`anchor`). Raises :class:`ClientError` when no checkpoint covers it in time, or
+        when it is not anchored."""
         rec = self.entry(chain, seq)
         envelope, index = base64.b64decode(rec["envelope"]), rec["index"]
         deadline = time.monotonic() + timeout
@@ -231,6 +257,20 @@ class LedgerClient:
                                   tuple(bytes.fromhex(h) for h in got["proof"]), note).text()
                 if verifier is not None:
                     verify_tlog_proof(proof, [verifier], policy)
+                if trust is not None:
+                    from reledger.ledger import rules
+                    from reledger.ledger.cosignature import Policy
+                    from reledger.ledger.registry import Registry
+                    from reledger.ledger.tlogproof import ProofFormatError
+                    from reledger.ledger.trust import Trust, TrustError
+
+                    try:
+                        pinned = Trust.read(trust)
+                        verify_tlog_proof(proof, rules.checkpoint_verifiers(Registry(), 0, pinned.vkeys),
+                                          Policy.parse(pinned.policy.encode()) if pinned.policy else None)
+                    except (TrustError, ProofFormatError) as e:
+                        raise ClientError(f"the proof of {chain}:{seq} does not verify against {trust}: {e}") from None
+                    self.anchor(trust, note)
                 return proof
             if time.monotonic() >= deadline:
                 raise ClientError(f"no published checkpoint covers {chain}:{seq} (log index {index}) after "

@@ -373,8 +373,52 @@ def cosign(note: bytes, policy: Policy, proof_from: Callable[[int], list[bytes]]
                     lines.append(line)
             report.append(Submission(name, True, f"cosigned at {found[verifier]}"))
     cosigned = note + "".join(lines).encode()
-    policy.check(cosigned)  # raises CosignatureError when the quorum is not met
+    try:
+        policy.check(cosigned)  # raises CosignatureError when the quorum is not met
+    except CosignatureError as e:
+        e.report = report  # what each witness answered, for the caller to say
+        raise
     return cosigned, report
+
+
+class NotPublished(Exception):
+    """A checkpoint the log did not publish: why, and what each witness answered."""
+
+    def __init__(self, reason: str, report: list[Submission], stale: bool = False):
+        super().__init__(reason)
+        self.report, self.stale = report, stale
+
+
+def publish(store, signer, policy: Policy | None, timeout: float = 10.0) -> tuple[bytes, list[Submission]]:
+    """Sign a checkpoint of ``store``'s current log with the log key ``signer`` and store it:
+    with a ``policy``, only once the witnesses' cosignatures meet its quorum (the one way
+    ``reledger checkpoint --policy`` and ``reledger serve``'s checkpointer publish). Returns the
+    published note and the witnesses' answers; raises NotPublished (nothing stored) when the
+    quorum is not met, and when the log has not grown since a stored checkpoint of its size
+    that does not meet the policy (``stale``)."""
+    if policy is None:
+        return store.checkpoint(signer), []
+    if not policy.lists_log(signer):
+        raise ValueError(f"the witness policy does not list this log's checkpoint key ({signer.name})")
+    report: list[Submission] = []
+    latest = store.latest_checkpoint()
+    guess = latest[0] if latest else 0
+
+    def with_witnesses(note: bytes, size: int) -> bytes:
+        cosigned, answers = cosign(note, policy, lambda old: store.consistency_proof(old, size), guess, timeout)
+        report.extend(answers)
+        return cosigned
+
+    try:
+        note = store.checkpoint(signer, cosign=with_witnesses)
+    except CosignatureError as e:
+        raise NotPublished(str(e), report or getattr(e, "report", [])) from None
+    try:
+        policy.check(note)  # a checkpoint of this size stored before, without the quorum
+    except CosignatureError as e:
+        raise NotPublished(f"the log has not grown since the checkpoint of its size was stored, and that one does "
+                           f"not meet the policy ({e}); append, then checkpoint again", report, stale=True) from None
+    return note, report
 
 
 def _key_id_of(b64: str) -> bytes:

@@ -33,6 +33,7 @@ from .checkpoint import Checkpoint, NoteError
 from .encoding import EncodingError
 from .entry import ZERO_HASH, EntryError, SignedEntry, leaf_bytes
 from .registry import REGISTRY_TYPES, Registry, RegistryError
+from .tlogproof import TlogProof
 
 FORMAT = "reledger-bundle-v1"
 BUNDLE_KEYS = ["checkpoint", "consistency", "entries", "format", "party"]
@@ -104,6 +105,21 @@ def decode_bundle(data: bytes) -> dict[str, Any]:
         if not isinstance(c["note"], bytes) or not isinstance(c["proof"], list):
             raise BundleError(f"consistency[{i}]: note must be binary and proof a list")
     return b
+
+
+def tlog_proofs(data: bytes) -> list[tuple[int, bytes]]:
+    """Each entry of a bundle as the C2SP tlog-proof it is, byte for byte (FORMAT.md 7b, 7c):
+    (index, proof) in the bundle's order. Nothing is verified here: verify each proof (its
+    checkpoint, its inclusion) with :func:`reledger.ledger.tlogproof.verify`."""
+    b = decode_bundle(data)
+    out = []
+    for i, e in enumerate(b["entries"]):
+        if not (isinstance(e["envelope"], bytes) and isinstance(e["recorded_at"], str) and type(e["index"]) is int
+                and isinstance(e["proof"], list) and all(isinstance(h, bytes) for h in e["proof"])):
+            raise BundleError(f"entries[{i}]: envelope bin, recorded_at text, index int, proof [bin32...]")
+        out.append((e["index"], TlogProof(e["envelope"], e["recorded_at"], e["index"], tuple(e["proof"]),
+                                          b["checkpoint"]).text()))
+    return out
 
 
 def checkpoint_of(note: bytes) -> Checkpoint:

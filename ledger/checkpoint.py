@@ -132,10 +132,13 @@ def _parse_key_string(text: str, what: str) -> tuple[str, bytes, bytes]:
 class NoteVerifier:
     """An Ed25519 public key with its key name."""
 
-    def __init__(self, name: str, public_key: Ed25519PublicKey) -> None:
+    def __init__(self, name: str, public_key: Ed25519PublicKey, mldsa: object = None) -> None:
         _check_name(name)
         if not isinstance(public_key, Ed25519PublicKey):
             raise NoteError("public_key must be an Ed25519PublicKey")
+        # a log key's post-quantum half (a ledger.cosignature.CosignatureVerifier of type 0x06, of
+        # the same name): a checkpoint signed with this key must carry its ML-DSA-44 line too (5.4)
+        self.mldsa = mldsa
         self.name = name
         self.public_key = public_key
         self.raw = _raw_public(public_key)
@@ -179,10 +182,15 @@ class NoteVerifier:
 class NoteSigner:
     """An Ed25519 private key with its key name."""
 
-    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+    def __init__(self, name: str, private_key: Ed25519PrivateKey, mldsa: object = None) -> None:
         _check_name(name)
         if not isinstance(private_key, Ed25519PrivateKey):
             raise NoteError("private_key must be an Ed25519PrivateKey")
+        # the log's post-quantum half: a ledger.cosignature.CosignatureSigner of type 0x06 and the
+        # same name, whose line sign_checkpoint adds (FORMAT.md 5.4)
+        if mldsa is not None and getattr(mldsa, "name", None) != name:
+            raise NoteError("the ML-DSA-44 half of a log key has the log key's name")
+        self.mldsa = mldsa
         self.name = name
         self.private_key = private_key
         self.key_id = key_id(name, _raw_public(private_key.public_key()))
@@ -208,7 +216,8 @@ class NoteSigner:
         return _raw_public(self.private_key.public_key())
 
     def verifier(self) -> NoteVerifier:
-        return NoteVerifier(self.name, self.private_key.public_key())
+        return NoteVerifier(self.name, self.private_key.public_key(),
+                            self.mldsa.verifier() if self.mldsa is not None else None)
 
     def sign(self, text: bytes) -> bytes:
         return self.private_key.sign(text)
@@ -349,9 +358,16 @@ class Checkpoint:
         return cls(origin, int(size), root_hash, tuple(extensions))
 
 
-def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner) -> bytes:
-    """The signed note of a checkpoint (the log's key name SHOULD equal its origin)."""
-    return sign_note(checkpoint.body(), [signer])
+def sign_checkpoint(checkpoint: Checkpoint, signer: NoteSigner, timestamp: int | None = None) -> bytes:
+    """The signed note of a checkpoint (the log's key name SHOULD equal its origin): the Ed25519
+    line (5.2) and, when the signer has an ML-DSA-44 half, its line after it (5.4), a
+    tlog-cosignature of type 0x06 made at ``timestamp`` (POSIX seconds, required then)."""
+    note = sign_note(checkpoint.body(), [signer])
+    if signer.mldsa is not None:
+        if timestamp is None:
+            raise NoteError("an ML-DSA-44 checkpoint signature needs its timestamp")
+        note += signer.mldsa.cosign(checkpoint, timestamp).encode("utf-8")
+    return note
 
 
 def verify_checkpoint(note: bytes, verifier: NoteVerifier, origin: str | None = None) -> Checkpoint:

@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from .checkpoint import ALG_ED25519, SIG_PREFIX, Checkpoint, NoteError, NoteVerifier, open_note, valid_key_name
+from .checkpoint import (ALG_ED25519, SIG_PREFIX, Checkpoint, NoteError, NoteSigner, NoteVerifier, open_note,
+                         valid_key_name)
 from .keys import usable_public_key
 from .merkle import ProofError, verify_consistency
 
@@ -104,6 +105,15 @@ def _split_key(text: object, what: str) -> tuple[str, bytes, int, bytes]:
     if not raw:
         raise CosignatureError(f"{what} has no key")
     return name, bytes.fromhex(hex8), raw[0], raw[1:]
+
+
+def vkey_type(vkey: object) -> int | None:
+    """The signature type byte of a vkey string, or None when it is not even shaped like one
+    (the parser of that type then says what is wrong)."""
+    try:
+        return _split_key(vkey, "vkey")[2]
+    except CosignatureError:
+        return None
 
 
 class CosignatureVerifier:
@@ -222,6 +232,14 @@ class CosignatureSigner:
         return f"CosignatureSigner({self.name!r}, {ALGORITHMS[self.algorithm]}, key ID {self.key_id.hex()})"
 
 
+def log_signer(key) -> NoteSigner:
+    """The note signer of a checkpoint key (ledger.keys.SigningKey, purpose checkpoint, with its
+    name): Ed25519 (type 0x01) and, when the key file holds one, its ML-DSA-44 half (type 0x06,
+    the same name), which sign_checkpoint adds as a second line (FORMAT.md 5.4)."""
+    pq = CosignatureSigner(key.name, COSIG_MLDSA44, key.mldsa_seed) if key.mldsa_seed is not None else None
+    return NoteSigner(key.name, key.private_key, pq)
+
+
 def signature_lines(note: bytes) -> tuple[bytes, list[tuple[str, bytes, bytes]]]:
     """Split a signed note into its text and its signature lines (name, key ID, signature)."""
     try:
@@ -262,6 +280,21 @@ def cosignatures(note: bytes, verifiers: Iterable[CosignatureVerifier]) -> dict[
     return found
 
 
+def check_log_pq(note: bytes, verifiers: Iterable[NoteVerifier], signed_by: Iterable[NoteVerifier]) -> None:
+    """FORMAT.md 5.4: every line of a log key's ML-DSA-44 half (``verifier.mldsa``) known among
+    ``verifiers`` verifies, and every log key in ``signed_by`` (those whose Ed25519 line verified)
+    that has an ML-DSA-44 half signed with it too. Raises CosignatureError saying which is
+    missing or bad."""
+    pq = [v.mldsa for v in verifiers if v.mldsa is not None]
+    if not pq:
+        return
+    found = cosignatures(note, pq)
+    for v in signed_by:
+        if v.mldsa is not None and v.mldsa not in found:
+            raise CosignatureError(f"no ML-DSA-44 signature of the log key {v.name}+{v.mldsa.key_id.hex()} "
+                                   "(its post-quantum half: FORMAT.md 5.4)")
+
+
 def add_cosignatures(note: bytes, lines: Iterable[str]) -> bytes:
     """The note with more signature lines appended (each already verified by the caller)."""
     extra = "".join(lines).encode("utf-8")
@@ -282,6 +315,7 @@ class Policy:
     """A parsed c2sp.org/tlog-policy file."""
 
     logs: list[NoteVerifier] = field(default_factory=list)
+    pq_logs: list[CosignatureVerifier] = field(default_factory=list)  # log lines of type 0x06 (ML-DSA-44)
     log_urls: dict[str, str] = field(default_factory=dict)  # log key name -> URL
     witnesses: dict[str, CosignatureVerifier] = field(default_factory=dict)
     witness_urls: dict[str, str] = field(default_factory=dict)  # witness name -> submission prefix
@@ -306,14 +340,19 @@ class Policy:
             if kind == "log":
                 if len(args) not in (1, 2):
                     raise CosignatureError(f"{where}: log <vkey> [<url>]")
-                try:
-                    v = NoteVerifier.from_vkey(args[0])
+                try:  # a log signs with Ed25519 (0x01) or an ML-DSA-44 cosignature (0x06): tlog-checkpoint
+                    if vkey_type(args[0]) == COSIG_MLDSA44:
+                        v = CosignatureVerifier.from_vkey(args[0])
+                        raw, into = v.public_key, policy.pq_logs
+                    else:
+                        v = NoteVerifier.from_vkey(args[0])
+                        raw, into = v.raw, policy.logs
                 except NoteError as e:
                     raise CosignatureError(f"{where}: {e}") from None
-                if v.raw in keys:
+                if raw in keys:
                     raise CosignatureError(f"{where}: duplicate key")
-                keys.add(v.raw)
-                policy.logs.append(v)
+                keys.add(raw)
+                into.append(v)
                 if len(args) == 2:
                     policy.log_urls[v.name] = args[1]
             elif kind == "witness":
@@ -368,6 +407,13 @@ class Policy:
             raise CosignatureError("policy has no quorum line")
         return policy
 
+    def lists_log(self, signer: NoteSigner) -> bool:
+        """Whether a log line of this policy is the log key ``signer``'s: its Ed25519 key (type
+        0x01) or its ML-DSA-44 half (type 0x06), under its name."""
+        pq = signer.mldsa.verifier() if signer.mldsa is not None else None
+        return (any(v.name == signer.name and v.raw == signer.public_key_bytes for v in self.logs)
+                or (pq is not None and pq in self.pq_logs))
+
     def met_by(self, witnessed: set[str]) -> bool:
         """Does the quorum hold when exactly the witnesses named in `witnessed` cosigned?"""
 
@@ -385,14 +431,23 @@ class Policy:
         """Verify a checkpoint note under this policy: signed by a listed log whose key name is its
         origin, and cosigned by witnesses that meet the quorum. Raises CosignatureError saying what
         is missing."""
-        if not self.logs:
+        if not self.logs and not self.pq_logs:
             raise CosignatureError("the policy lists no log")
+        text, lines = signature_lines(note)
         try:
-            text, signed_by = open_note(note, self.logs)
             checkpoint = Checkpoint.parse(text)
+            signers: list[str] = []
+            # Ed25519 log keys (0x01): when a line is theirs, the note must open with them
+            if {(v.name, v.key_id) for v in self.logs} & {(n, k) for n, k, _ in lines}:
+                signers += [v.name for v in open_note(note, self.logs)[1]]
+            # ML-DSA-44 log keys (0x06, tlog-checkpoint's recommendation): their cosignature lines
+            signers += [v.name for v in cosignatures(note, self.pq_logs)]
         except NoteError as e:
             raise CosignatureError(f"checkpoint not signed by a log of the policy: {e}") from None
-        if not any(v.name == checkpoint.origin for v in signed_by):
+        if not signers:
+            raise CosignatureError("checkpoint not signed by a log of the policy: note has no signature from a "
+                                   "known key")
+        if checkpoint.origin not in signers:
             raise CosignatureError(f"checkpoint origin {checkpoint.origin!r} is not the name of the log key "
                                    "that signed it")
         if checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT:
@@ -400,8 +455,10 @@ class Policy:
         found = cosignatures(note, self.witnesses.values())
         by_name = {name: found[w] for name, w in self.witnesses.items() if w in found}
         if not self.met_by(set(by_name)):
+            missing = sorted(set(self.witnesses) - set(by_name))
             raise CosignatureError(f"witness quorum {self.quorum!r} not met: cosigned by "
-                                   f"{sorted(by_name) or 'no witness of the policy'}")
+                                   f"{', '.join(sorted(by_name)) or 'no witness of the policy'}; no valid "
+                                   f"cosignature from {', '.join(missing)}")
         return CheckedCheckpoint(checkpoint, by_name)
 
 

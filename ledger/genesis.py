@@ -46,6 +46,8 @@ def key_authorized_body(key: SigningKey, valid_from: str, *, name: str | None = 
             "valid_from": valid_from, "reason": reason}
     if name:
         body["name"] = name
+    if key.mldsa_seed is not None:
+        body["mldsa44_public_key"] = key.mldsa_public_key
     if valid_until:
         body["valid_until"] = valid_until
     return body

@@ -5,6 +5,8 @@
   (see :data:`reledger.ledger.entry.ENTRY_TAG`), so that a signature over one kind of message can never
   be presented as a signature over another.
 * A key file is JSON (format ``reledger-key-v1``) written with mode 0600.
+* A checkpoint key may also hold an ML-DSA-44 (FIPS 204, post-quantum) key, from a 32-byte
+  seed: the log signs every checkpoint with both (FORMAT.md 4.4, 5.4).
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import mldsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 KEY_FILE_FORMAT = "reledger-key-v1"
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 PURPOSES = ("entries", "checkpoint")
+MLDSA44_PUBLIC_LEN = 1312
+
+
+def mldsa44_public_key(seed: bytes) -> bytes:
+    """The 1,312-byte ML-DSA-44 public key of a 32-byte FIPS 204 seed (xi)."""
+    if not isinstance(seed, bytes) or len(seed) != 32:
+        raise KeyError_("an ML-DSA-44 seed is 32 bytes")
+    return mldsa.MLDSA44PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
 
 
 class KeyError_(ValueError):
@@ -97,14 +108,29 @@ class SigningKey:
     private_key: Ed25519PrivateKey
     purpose: str = "entries"
     name: str | None = None  # for checkpoint keys: the signed-note key name (the log's origin)
+    mldsa_seed: bytes | None = None  # checkpoint keys only: the ML-DSA-44 seed (post-quantum half)
+
+    def __post_init__(self) -> None:
+        if self.mldsa_seed is not None:
+            if self.purpose != "checkpoint":
+                raise KeyError_("only a checkpoint key has an ML-DSA-44 half (entries stay Ed25519)")
+            if not isinstance(self.mldsa_seed, bytes) or len(self.mldsa_seed) != 32:
+                raise KeyError_("an ML-DSA-44 seed is 32 bytes")
 
     @classmethod
-    def generate(cls, party: str, purpose: str = "entries", name: str | None = None) -> "SigningKey":
-        return cls(party, Ed25519PrivateKey.generate(), purpose, name)
+    def generate(cls, party: str, purpose: str = "entries", name: str | None = None,
+                 mldsa: bool = False) -> "SigningKey":
+        return cls(party, Ed25519PrivateKey.generate(), purpose, name, os.urandom(32) if mldsa else None)
 
     @classmethod
-    def from_seed(cls, party: str, seed: bytes, purpose: str = "entries", name: str | None = None) -> "SigningKey":
-        return cls(party, Ed25519PrivateKey.from_private_bytes(seed), purpose, name)
+    def from_seed(cls, party: str, seed: bytes, purpose: str = "entries", name: str | None = None,
+                  mldsa_seed: bytes | None = None) -> "SigningKey":
+        return cls(party, Ed25519PrivateKey.from_private_bytes(seed), purpose, name, mldsa_seed)
+
+    @property
+    def mldsa_public_key(self) -> bytes | None:
+        """The ML-DSA-44 public key (1,312 bytes) of a checkpoint key that has one, else None."""
+        return None if self.mldsa_seed is None else mldsa44_public_key(self.mldsa_seed)
 
     @property
     def seed(self) -> bytes:
@@ -137,6 +163,9 @@ class SigningKey:
         }
         if self.name:
             data["name"] = self.name
+        if self.mldsa_seed is not None:
+            data["mldsa44_public_key"] = base64.b64encode(self.mldsa_public_key).decode()
+            data["mldsa44_private_key"] = base64.b64encode(self.mldsa_seed).decode()
         return data
 
     def write(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -167,9 +196,22 @@ class SigningKey:
         name = data.get("name")
         if name is not None and not isinstance(name, str):
             raise KeyError_("malformed key file: name must be text")
-        key = cls.from_seed(party, seed, purpose, name)
+        mldsa_seed = None
+        if "mldsa44_private_key" in data:
+            try:
+                mldsa_seed = base64.b64decode(data["mldsa44_private_key"], validate=True)
+            except (ValueError, TypeError) as e:
+                raise KeyError_(f"malformed key file: mldsa44_private_key: {e}") from e
+            if len(mldsa_seed) != 32:
+                raise KeyError_("malformed key file: the ML-DSA-44 seed is not 32 bytes")
+        elif "mldsa44_public_key" in data:
+            raise KeyError_("malformed key file: mldsa44_public_key without mldsa44_private_key")
+        key = cls.from_seed(party, seed, purpose, name, mldsa_seed)
         if data.get("key_id") not in (None, key.key_id):
             raise KeyError_("malformed key file: key_id does not match the key")
+        if mldsa_seed is not None and data.get("mldsa44_public_key") not in (
+                None, base64.b64encode(key.mldsa_public_key).decode()):
+            raise KeyError_("malformed key file: mldsa44_public_key does not match the ML-DSA-44 seed")
         return key
 
     @classmethod

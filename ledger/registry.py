@@ -21,11 +21,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
 from . import authority, encoding, rules
 from .encoding import EncodingError
 from .entry import SignedEntry
 from .checkpoint import valid_key_name
-from .keys import PURPOSES, key_id as compute_key_id, usable_public_key
+from .keys import MLDSA44_PUBLIC_LEN, PURPOSES, key_id as compute_key_id, usable_public_key
 from .rules import REGISTRY_TYPES, REGULATOR, RegistryError
 
 __all__ = ["REGISTRY_TYPES", "REGULATOR", "KeyRecord", "Registry", "RegistryError"]
@@ -44,6 +46,7 @@ class KeyRecord:
     valid_until_us: int | None
     revoked_at: int | None = None  # log index of the KeyRevoked entry
     name: str | None = None  # checkpoint keys: the signed-note key name
+    mldsa_public_key: bytes | None = None  # checkpoint keys: the log's ML-DSA-44 key (FORMAT.md 5.4)
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Registry:
                 raise RegistryError(f"body.party: party {b['party']} is not registered", "body.party", "body")
             self._set(self.keys, b["key_id"], KeyRecord(
                 b["party"], b["key_id"], b["public_key"], b["purpose"], index,
-                b["valid_from_us"], b["valid_until_us"], None, b["name"]))
+                b["valid_from_us"], b["valid_until_us"], None, b["name"], b["mldsa_public_key"]))
             if index == 0:
                 self._set_root(e.chain)
                 self._set(self.roles, e.chain, frozenset({REGULATOR}))
@@ -210,8 +213,22 @@ def _key_authorized_body(body: dict) -> dict:
     if purpose == "checkpoint" and not valid_key_name(name):
         raise RegistryError("body.name: a checkpoint key needs its signed-note name (the log's origin: "
                             "non-empty, no space, no '+')", "body.name", "body")
+    mldsa_pub = body.get("mldsa44_public_key")
+    if mldsa_pub is not None:
+        if purpose != "checkpoint":
+            raise RegistryError("body.mldsa44_public_key: only a checkpoint key has an ML-DSA-44 key (entries "
+                                "are signed with Ed25519 alone)", "body.mldsa44_public_key", "body")
+        if not isinstance(mldsa_pub, bytes) or len(mldsa_pub) != MLDSA44_PUBLIC_LEN:
+            raise RegistryError(f"body.mldsa44_public_key: must be {MLDSA44_PUBLIC_LEN} bytes (ML-DSA-44)",
+                                "body.mldsa44_public_key", "body")
+        try:
+            mldsa.MLDSA44PublicKey.from_public_bytes(mldsa_pub)
+        except ValueError:
+            raise RegistryError("body.mldsa44_public_key: not an ML-DSA-44 public key", "body.mldsa44_public_key",
+                                "body") from None
     return {
         "party": party, "key_id": kid, "public_key": pub, "purpose": purpose, "name": name,
+        "mldsa_public_key": mldsa_pub,
         "valid_from_us": _time_us(body, "valid_from", True),
         "valid_until_us": _time_us(body, "valid_until", False),
     }

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from . import authority, heads as chain_heads, merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note, signature_keys
+from .cosignature import COSIG_MLDSA44, CosignatureVerifier, check_log_pq, vkey_type
 from .entry import ENTRY_TAG, ZERO_HASH, leaf_bytes
 from .keys import verify_signature
 
@@ -162,11 +163,32 @@ def checkpoint_verifiers(registry: Any, size: int, trusted_vkeys: Iterable[str] 
     keys if the auditor gave any, else the checkpoint keys of ``registry`` authorized at an
     index < size and not revoked at an index < size, each under its registered name. Raises
     NoteError for a malformed trusted key. The one place reledger builds note verifiers from."""
-    trusted = [NoteVerifier.from_vkey(v) for v in trusted_vkeys]
+    registered = [k for k in registry.checkpoint_keys(size) if k.name]
+
+    def pq_half(name: str, raw: bytes, pinned: list) -> CosignatureVerifier | None:
+        # 5.4: the pinned ML-DSA-44 key of that name, else the one registered with this Ed25519 key
+        for p in pinned:
+            if p.name == name:
+                return p
+        for k in registered:
+            if k.name == name and k.public_key == raw and k.mldsa_public_key is not None:
+                return CosignatureVerifier(k.name, COSIG_MLDSA44, k.mldsa_public_key)
+        return None
+
+    trusted, trusted_pq = [], []
+    for v in trusted_vkeys:
+        if vkey_type(v) == COSIG_MLDSA44:
+            trusted_pq.append(CosignatureVerifier.from_vkey(v))
+        else:
+            trusted.append(NoteVerifier.from_vkey(v))
+    for p in trusted_pq:
+        if not any(v.name == p.name for v in trusted):
+            raise NoteError(f"the ML-DSA-44 log key {p.name}+{p.key_id.hex()} is pinned without the log's Ed25519 "
+                            "key of the same name (a checkpoint is signed with both: FORMAT.md 5.4)")
     if trusted:
-        return trusted
-    return [NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key))
-            for k in registry.checkpoint_keys(size) if k.name]
+        return [NoteVerifier(v.name, v.public_key, pq_half(v.name, v.raw, trusted_pq)) for v in trusted]
+    return [NoteVerifier(k.name, Ed25519PublicKey.from_public_bytes(k.public_key), pq_half(k.name, k.public_key, []))
+            for k in registered]
 
 
 def checkpoint(note: bytes, verifiers: list[NoteVerifier], *, size: int | None = None, root: bytes | None = None,
@@ -193,6 +215,10 @@ def checkpoint(note: bytes, verifiers: list[NoteVerifier], *, size: int | None =
     if all(cp.origin != v.name for v in signed_by):
         raise Invalid("checkpoint", f"{at}: origin {cp.origin!r} is not the name of the key that signed it "
                       "(the log's origin)")
+    try:  # 5.4: the log's ML-DSA-44 lines of known keys verify, and a key that has one signed with it
+        check_log_pq(note, verifiers, signed_by)
+    except NoteError as e:
+        raise Invalid("checkpoint", f"{at}: {e}") from None
     if cp.size == 0 and cp.root != merkle.EMPTY_ROOT:
         raise Invalid("checkpoint", f"{at}: a checkpoint of size 0 must sign the empty tree's root")
     if size is not None and cp.size != size:

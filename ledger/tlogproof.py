@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from . import encoding, merkle
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
-from .cosignature import CosignatureError, Policy, signature_lines
+from .cosignature import CosignatureError, Policy, check_log_pq, signature_lines
 from .entry import EntryError, SignedEntry, leaf_bytes
 
 HEADER = "c2sp.org/tlog-proof@v1"
@@ -112,6 +112,10 @@ def verify(data: bytes, logs: list[NoteVerifier], policy: Policy | None = None) 
         raise ProofFormatError(f"the checkpoint: {e}") from None
     if not any(v.name == cp.origin for v in signed_by):
         raise ProofFormatError(f"the checkpoint's origin {cp.origin!r} is not the name of the key that signed it")
+    try:
+        check_log_pq(p.note, logs, signed_by)  # the log's ML-DSA-44 signature, when its key has one (5.4)
+    except NoteError as e:
+        raise ProofFormatError(f"the checkpoint: {e}") from None
     cosigned: dict[str, int] = {}
     if policy is not None:
         try:

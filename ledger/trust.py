@@ -6,6 +6,8 @@ trusts (the regulator's publication, a signed letter, a previous audit):
 
 - the genesis entry hash of the ledger (FORMAT.md 4.2);
 - the log's checkpoint verifier key (vkey, FORMAT.md 5.2; its key name is the log's origin);
+- optionally the log's ML-DSA-44 vkey (FORMAT.md 5.4): then every checkpoint must carry the
+  log's post-quantum signature too, and one without it (or with a bad one) is refused;
 - optionally a C2SP tlog-policy of witnesses whose quorum every checkpoint must meet (7a);
 
 and the trust file then keeps the last checkpoint it verified. Every later verification must be
@@ -18,8 +20,12 @@ The trust file is canonical JSON (UTF-8, keys sorted, two-space indent, a final 
     {"checkpoint": "<the last verified checkpoint note, or null>",
      "format": "reledger-trust/1",
      "genesis": "<64 lowercase hex>",
+     "log_mldsa_vkey": "<name>+<key ID>+<base64(0x06 || 1312-byte key)>, or null",
      "log_vkey": "<name>+<key ID>+<base64(0x01 || key)>",
      "policy": "<the tlog-policy text, or null>"}
+
+A file written before ``log_mldsa_vkey`` existed (the other five keys only) is read as
+``log_mldsa_vkey: null`` and written back with it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .checkpoint import Checkpoint, NoteError, NoteVerifier, open_note
-from .cosignature import CosignatureError, Policy, signature_lines
+from .cosignature import COSIG_MLDSA44, CosignatureError, CosignatureVerifier, Policy, cosignatures, signature_lines
 
 FORMAT = "reledger-trust/1"
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -46,6 +52,7 @@ class Trust:
     log_vkey: str
     policy: str | None = None
     checkpoint: str | None = None
+    log_mldsa_vkey: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.genesis, str) or not _HEX64.fullmatch(self.genesis):
@@ -54,6 +61,15 @@ class Trust:
             NoteVerifier.from_vkey(self.log_vkey)
         except NoteError as e:
             raise TrustError(f"the pinned log key is not a checkpoint vkey: {e}") from None
+        if self.log_mldsa_vkey is not None:
+            try:
+                pq = CosignatureVerifier.from_vkey(self.log_mldsa_vkey)
+            except (CosignatureError, TypeError) as e:
+                raise TrustError(f"the pinned ML-DSA-44 log key is not a vkey: {e}") from None
+            if pq.algorithm != COSIG_MLDSA44:
+                raise TrustError("the pinned ML-DSA-44 log key is not of type 0x06 (ML-DSA-44)")
+            if pq.name != NoteVerifier.from_vkey(self.log_vkey).name:
+                raise TrustError("the pinned ML-DSA-44 log key's name is not the log key's name (the log's origin)")
         if self.policy is not None:
             try:
                 policy = Policy.parse(self.policy.encode("utf-8"))
@@ -75,13 +91,15 @@ class Trust:
             raise TrustError(f"{path} is not a trust file (JSON): {e}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TrustError(f"{path} is not a {FORMAT} trust file")
-        if set(data) != {"format", "genesis", "log_vkey", "policy", "checkpoint"}:
-            raise TrustError(f"{path}: a trust file has exactly format, genesis, log_vkey, policy, checkpoint")
-        return cls(data["genesis"], data["log_vkey"], data["policy"], data["checkpoint"])
+        if set(data) - {"log_mldsa_vkey"} != {"format", "genesis", "log_vkey", "policy", "checkpoint"}:
+            raise TrustError(f"{path}: a trust file has exactly format, genesis, log_vkey, log_mldsa_vkey, policy, "
+                             "checkpoint")
+        return cls(data["genesis"], data["log_vkey"], data["policy"], data["checkpoint"], data.get("log_mldsa_vkey"))
 
     def text(self) -> str:
         return json.dumps({"format": FORMAT, "genesis": self.genesis, "log_vkey": self.log_vkey,
-                           "policy": self.policy, "checkpoint": self.checkpoint},
+                           "log_mldsa_vkey": self.log_mldsa_vkey, "policy": self.policy,
+                           "checkpoint": self.checkpoint},
                           sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     def write(self, path: str | Path, *, new: bool = False) -> None:
@@ -103,6 +121,11 @@ class Trust:
         return NoteVerifier.from_vkey(self.log_vkey)
 
     @property
+    def vkeys(self) -> list[str]:
+        """The pinned log keys, as verify's trusted checkpoint keys (ledger/rules.py)."""
+        return [self.log_vkey] + ([self.log_mldsa_vkey] if self.log_mldsa_vkey else [])
+
+    @property
     def pinned(self) -> Checkpoint | None:
         if self.checkpoint is None:
             return None
@@ -118,6 +141,15 @@ class Trust:
             raise TrustError(f"the checkpoint is not signed by the pinned log key: {e}") from None
         if cp.origin != self.verifier.name:
             raise TrustError(f"the checkpoint's origin {cp.origin!r} is not the pinned log's {self.verifier.name!r}")
+        if self.log_mldsa_vkey is not None:
+            pq = CosignatureVerifier.from_vkey(self.log_mldsa_vkey)
+            try:
+                signed = pq in cosignatures(note, [pq])
+            except NoteError as e:
+                raise TrustError(f"the checkpoint's ML-DSA-44 signature: {e}") from None
+            if not signed:
+                raise TrustError(f"the checkpoint has no ML-DSA-44 signature of the pinned log key "
+                                 f"{pq.name}+{pq.key_id.hex()} (the post-quantum signature is required)")
         if self.policy is not None:
             try:
                 Policy.parse(self.policy.encode("utf-8")).check(note)

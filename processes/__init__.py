@@ -1,6 +1,7 @@
 """Processes: every process reledger starts, how it starts, and how they talk.
 
-The server's topology (``reledger serve``, :mod:`reledger.processes.server`): three processes.
+The server's topology (``reledger serve``, :mod:`reledger.processes.server`): three processes, four
+with the checkpointer.
 
 * **The server process** (the parent): uvicorn's event loop (HTTP parsing, authentication, the
   reads and the projection queries, answers), admission (503 ``overloaded`` past the queue
@@ -17,6 +18,11 @@ The server's topology (``reledger serve``, :mod:`reledger.processes.server`): th
   the only writer of the projection tables. It follows the log (LISTEN/NOTIFY on PostgreSQL,
   polling on SQLite), catches the tables up when a query asks, and answers the findings the
   writer process could not say. If it dies, the server process projects in threads instead.
+* **The checkpointer** (:mod:`reledger.processes.checkpointer`, ``CheckpointerProcess``; only
+  with ``serve --checkpoint-key``): the only process that reads the checkpoint key. Every N
+  entries and on a timer it signs a checkpoint, has the witnesses of its policy cosign it and
+  publishes it only when the quorum is met, connected as its own database role (SELECT on the
+  log, INSERT on the checkpoints). If it cannot publish, it logs why; the server serves on.
 
 How children start: one start method, :func:`reledger.processes.start.context` (spawn: a child
 never inherits a parent's threads, locks or connections). How they talk: one framing,

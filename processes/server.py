@@ -83,9 +83,11 @@ def create_app(url: str, *, auth_window: float = 300.0, projections_process: boo
 def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = "warning",
           max_queued_entries: int = MAX_QUEUED_ENTRIES, header_timeout: float = HEADER_TIMEOUT,
           body_timeout: float = BODY_TIMEOUT, max_connections: int | None = None,
-          max_client_connections: int = MAX_CLIENT_CONNECTIONS) -> None:
+          max_client_connections: int = MAX_CLIENT_CONNECTIONS, checkpointer: dict | None = None) -> None:
     """Run ``reledger serve``: the app behind uvicorn, with the bounds of
-    :func:`reledger.commands.server.guarded_protocol` (head and body timeouts, connection caps)."""
+    :func:`reledger.commands.server.guarded_protocol` (head and body timeouts, connection caps).
+    ``checkpointer``: the settings (:class:`reledger.processes.checkpointer.Settings`) of the
+    checkpointer process started beside it, or None."""
     # The event loop runs Python for one request after another; the threads that hand appends
     # to the writer process and take its answers need the interpreter lock for a few
     # microseconds each, and by default wait up to 5 ms for the loop to let go of it. At 16
@@ -120,4 +122,18 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout),
                             host=host, port=port, log_level=log_level, access_log=False, http=protocol,
                             timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=16 * 1024)
-    Server(config).run()
+    child = None
+    if checkpointer is not None:
+        from .checkpointer import CheckpointerProcess, Settings
+
+        child = CheckpointerProcess(Settings(**checkpointer))
+        try:
+            child.start()
+        except ValueError as e:
+            print(f"reledger serve: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    try:
+        Server(config).run()
+    finally:
+        if child is not None:
+            child.stop()

@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from .pgpipe import Pipeline
 from .reader import NAME, DatabaseURL, Tables
-from .schema import postgres_ddl, postgres_grant_serving_role, postgres_trigger_names
+from .schema import postgres_ddl, postgres_grant_checkpointer_role, postgres_grant_serving_role, postgres_trigger_names
 
 LOCK_TIMEOUT_S = 30  # how long an append waits for another writer's transaction
 
@@ -147,6 +147,12 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             raise RuntimeError("the recorder is not bound to its database (bind)")
         with psycopg.connect(self._db.conninfo(), autocommit=True) as conn:
             postgres_grant_serving_role(conn, self.tables, self._db.schema, role)
+
+    def grant_checkpointer_role(self, role: str) -> None:
+        if self._db is None:
+            raise RuntimeError("the recorder is not bound to its database (bind)")
+        with psycopg.connect(self._db.conninfo(), autocommit=True) as conn:
+            postgres_grant_checkpointer_role(conn, self.tables, self._db.schema, role)
 
 
 class PipeCursor:

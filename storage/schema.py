@@ -139,6 +139,20 @@ def postgres_ddl(t: Tables) -> list[str]:
     return stmts
 
 
+def postgres_grant_checkpointer_role(conn, t: Tables, schema: str, role: str) -> None:
+    """Create (if needed) the login role the checkpointer runs as (processes/checkpointer.py), on
+    an autocommit psycopg connection: SELECT on the events and the log (to compute roots, chain
+    heads and consistency proofs), SELECT and INSERT on the checkpoints, nothing else: it cannot
+    append an entry, and the checkpoints stay append-only (their triggers refuse the rest)."""
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    if not exists:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    for table, rights in ((t.events, "SELECT"), (t.log, "SELECT"), (t.checkpoints, "SELECT, INSERT")):
+        conn.execute(f'REVOKE ALL ON {table} FROM "{role}"')
+        conn.execute(f'GRANT {rights} ON {table} TO "{role}"')
+
+
 def postgres_grant_serving_role(conn, t: Tables, schema: str, role: str) -> None:
     """Create (if needed) the login role ``reledger serve`` runs as, on an autocommit psycopg
     connection: SELECT and INSERT on the events and log tables (and the events table's sequence,

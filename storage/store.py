@@ -185,14 +185,20 @@ class LedgerStore(MerkleProofs):
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
             return latest[2]
-        if signer.verifier() not in rules.checkpoint_verifiers(self.registry(size), size):
+        registered = [v for v in rules.checkpoint_verifiers(self.registry(size), size) if v == signer.verifier()]
+        if not registered:
             raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
                              "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
+        if registered[0].mldsa != (signer.mldsa.verifier() if signer.mldsa is not None else None):
+            raise ValueError(f"the checkpoint key {signer.name} was registered "
+                             + ("with an ML-DSA-44 key that this key file does not hold" if registered[0].mldsa
+                                else "without an ML-DSA-44 key, and this key file holds one")
+                             + " (FORMAT.md 5.4)")
         root = self.root(size)
         # and the head of every chain at that size (ledger/heads.py): what lets a bundle prove
         # that it holds the end of its party's chain
         line = chain_heads.line(self.queries.chain_heads(self.read_cursor(), size))
-        note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer)
+        note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer, max(1, self.clock() // 1_000_000))
         if cosign is not None:
             note = cosign(note, size)
         try:
@@ -367,6 +373,13 @@ class LedgerStore(MerkleProofs):
             pass
 
     # --- PostgreSQL roles ---------------------------------------------------------------
+    def grant_checkpointer_role(self, role: str = "reledger_checkpointer") -> None:
+        """Create (if needed) the PostgreSQL role of the checkpointer (processes/checkpointer.py):
+        SELECT on the events and the log, SELECT and INSERT on the checkpoints, nothing else."""
+        if self.db.backend != "postgres":
+            raise ValueError("checkpointer roles exist on PostgreSQL only")
+        self.recorder.grant_checkpointer_role(role)
+
     def grant_serving_role(self, role: str = "reledger_serve") -> None:
         """Create (if needed) the PostgreSQL role the server runs as: INSERT and SELECT on the
         events and the log (and the notification sequence), SELECT only on the checkpoints

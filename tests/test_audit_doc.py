@@ -45,3 +45,5 @@ def test_the_audit_walkthrough_runs_as_written(tmp_path):
     assert note.count("\u2014 witness1.example/w ") == 2 and note.count("\u2014 witness2.example/w ") == 2
     trust = json.loads((tmp_path / "audit.trust").read_text())
     assert trust["checkpoint"] and trust["policy"]  # pinned, and moved forward to the checkpoint verified
+    assert trust["log_mldsa_vkey"] and note.count("\u2014 reledger.example/national ") == 2  # Ed25519, ML-DSA-44
+    assert "verify-proof OK" in out and "no ML-DSA-44 signature" in out  # the stripped proof refused
