@@ -188,8 +188,12 @@ def mount(app: FastAPI, *, store, projections, url: str, who: Callable, fresh: C
         rows = projections.execute(f"SELECT name, province FROM {P}parties WHERE party = ? ORDER BY idx DESC LIMIT 1",
                                    (party,))
         name, province = (rows[0] if rows else (None, None))
+        # the control years the ledger holds quota rows of (an index on year answers min and max)
+        years = projections.execute(f"SELECT MIN(year), MAX(year) FROM {P}quota")
+        first, last = years[0] if years and years[0][0] is not None else (None, None)
         return {"party": party, "roles": sorted(roles), "name": name, "province": province,
-                "reads_all": may_read_all(roles), "checkpoint_keys": keys, "log_size": store.size(), "rules": RULES}
+                "reads_all": may_read_all(roles), "checkpoint_keys": keys, "log_size": store.size(), "rules": RULES,
+                "quota_years": [first, last] if first is not None else []}
 
     @app.get("/v1/console/parties", summary="Console: the parties (a regulator or auditor: all; others: itself)")
     def parties(request: Request):

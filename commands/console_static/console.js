@@ -323,7 +323,7 @@ const WORDS = {
     reflects: "Reflects", log_size: "log size", checkpoint: "checkpoint", projections: "projections at", none: "none",
     year: "Year", level: "Level", nation: "National", group: "Group", enterprise: "Enterprise", category: "Category",
     holder: "Holder", show: "Show", allocated: "Allocated", used: "Used", remaining: "Remaining", issued: "Issued",
-    percent: "% used", over: "over quota", burn_title: "Quota burn-down", month: "Month", tonnes: "t REO",
+    percent: "% used", over: "over quota", monthly_figures: "Figures at each month's end", burn_title: "Quota burn-down", month: "Month", tonnes: "t REO",
     rule: "Rule", party: "Party", province: "Province", from: "From", to: "To", filter: "Filter", all: "all",
     index: "Log index", occurred: "Business time", recorded: "Recorded", code: "Code", message: "Finding",
     status: "Status", open: "open", resolved: "resolved", cure: "How to cure", open_evidence: "Evidence",
@@ -367,7 +367,7 @@ const WORDS = {
     reflects: "数据反映", log_size: "日志长度", checkpoint: "检查点", projections: "投影位置", none: "无",
     year: "年度", level: "层级", nation: "全国", group: "集团", enterprise: "企业", category: "类别",
     holder: "持有者", show: "显示", allocated: "已分配", used: "已使用", remaining: "剩余", issued: "已下达",
-    percent: "使用率", over: "超指标", burn_title: "总量控制指标消耗", month: "月份", tonnes: "吨 REO",
+    percent: "使用率", over: "超指标", monthly_figures: "各月末数据", burn_title: "总量控制指标消耗", month: "月份", tonnes: "吨 REO",
     rule: "规则", party: "单位", province: "省份", from: "自", to: "至", filter: "筛选", all: "全部",
     index: "日志序号", occurred: "业务时间", recorded: "记录时间", code: "代码", message: "发现",
     status: "状态", open: "未解决", resolved: "已解决", cure: "整改方法", open_evidence: "证据",
@@ -516,7 +516,10 @@ async function show(view) {
   if (!root.firstChild) root.append(h("p", {class: "help"}, "…"));
   try { await VIEWS[view](draft); } catch (e) { showError(draft, e); }
   if (gen !== state.gen) return;
+  // a redraw (a live update) keeps the keyboard's place where the control is still there
+  const focused = root.contains(document.activeElement) ? document.activeElement.id : "";
   root.replaceChildren(...draft.childNodes);
+  if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
   root.removeAttribute("aria-busy");
 }
 let refreshTimer = null;
@@ -531,8 +534,9 @@ const monthEnds = (year) => Array.from({length: 12}, (_, m) => {
   return d.toISOString().slice(0, 10);
 });
 VIEWS.quota = async function (root) {
-  const now = await api("/v1/quota" + q({year: state.year || 2024, ...point()}));
-  const year = state.year || 2024;
+  const years = session.me.quota_years || [];
+  const year = state.year || years[1] || new Date().getUTCFullYear();
+  const now = await api("/v1/quota" + q({year, ...point()}));
   const yearInput = h("input", {type: "number", min: "2000", max: "2100", value: String(year), id: "q-year"});
   const levels = [];
   if (now.nation.length) levels.push(["nation", t("nation")]);
@@ -605,7 +609,7 @@ async function drawBurndown(fig, year, level, line) {
   const legend = h("ul", {class: "legend"},
     h("li", {class: "k-alloc"}, t("allocated")), h("li", {class: "k-used"}, t("used")), h("li", {class: "k-remaining"}, t("remaining")));
   fig.replaceChildren(svg, legend, h("figcaption", {}, title),
-    h("details", {}, h("summary", {}, t("show") + " " + t("month")), table([t("month"), t("allocated"), t("used"), t("remaining")],
+    h("details", {}, h("summary", {}, t("monthly_figures")), table([t("month"), t("allocated"), t("used"), t("remaining")],
       pts.map((p) => [p.month, fmtT(p.alloc), fmtT(p.used), fmtT(p.remaining)]))));
 }
 
