@@ -32,6 +32,7 @@ from typing import Any, Callable
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import RedirectResponse, StreamingResponse
 
+from reledger.ledger.encoding import parse_time, time_to_micros
 from reledger.ledger.entry import SignedEntry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ STREAM_LIFETIME = 600.0  # s: a stream ends after this; the page signs a new req
 POLL = 0.5  # s: how often the one watcher asks the log's size while streams are open
 MAX_EVENT_ENTRIES = 100  # new entries listed in one event at most (the rest: counted, the page reloads)
 TIMELINE_PAGE = 200  # entries per timeline page at most
+TIMELINE_SCAN = 2000  # records of the chain read for one page at most (valid_at may skip many)
 
 
 def jsonable(value: Any) -> Any:
@@ -191,9 +193,15 @@ def mount(app: FastAPI, *, store, projections, url: str, who: Callable, fresh: C
         # the control years the ledger holds quota rows of (an index on year answers min and max)
         years = projections.execute(f"SELECT MIN(year), MAX(year) FROM {P}quota")
         first, last = years[0] if years and years[0][0] is not None else (None, None)
+        # the latest year with quota used (the index on year: a year without use has few rows)
+        used_year = None
+        for y in range(int(last), max(int(first), int(last) - 20) - 1, -1) if first is not None else ():
+            if projections.execute(f"SELECT 1 FROM {P}quota WHERE year = ? AND kind = 'USED' LIMIT 1", (y,)):
+                used_year = y
+                break
         return {"party": party, "roles": sorted(roles), "name": name, "province": province,
                 "reads_all": may_read_all(roles), "checkpoint_keys": keys, "log_size": store.size(), "rules": RULES,
-                "quota_years": [first, last] if first is not None else []}
+                "quota_years": [first, last] if first is not None else [], "quota_year": used_year or last}
 
     @app.get("/v1/console/parties", summary="Console: the parties (a regulator or auditor: all; others: itself)")
     def parties(request: Request):
@@ -245,20 +253,24 @@ def mount(app: FastAPI, *, store, projections, url: str, who: Callable, fresh: C
         pt = point(as_of, valid_at)
         size = store.size()
         n = size if pt.as_of is None else min(pt.as_of, size)
-        entries, last = [], after
-        # one page of the chain from seq after+1: bounded work whatever the chain's length
-        while len(entries) < limit:
+        entries, last, cut = [], after, False
+        # one page of the chain from seq after+1: bounded work whatever the chain's length (at
+        # most TIMELINE_SCAN records read; a valid_at that skips more answers a short page, more=true)
+        scanned = 0
+        while len(entries) < limit and scanned < TIMELINE_SCAN and not cut:
             recs = store.chain_records(chain, last + 1, last + 1 + limit)
+            scanned += limit
             if not recs:
                 break
             for r in recs:
                 last = r.seq
-                if r.index >= n or r.envelope is None:
+                if r.index >= n:
+                    cut = True
+                    break
+                if r.envelope is None:
                     continue
                 e = SignedEntry.parse(r.envelope).entry
                 if pt.valid_at_us is not None:
-                    from reledger.ledger.encoding import parse_time, time_to_micros
-
                     if time_to_micros(parse_time(e.occurred_at)) > pt.valid_at_us:
                         continue
                 entries.append({"index": r.index, "seq": r.seq, "type": r.type, "occurred_at": e.occurred_at,
@@ -266,12 +278,10 @@ def mount(app: FastAPI, *, store, projections, url: str, who: Callable, fresh: C
                                 "body": jsonable(e.body)})
                 if len(entries) >= limit:
                     break
-            if any(r.index >= n for r in recs):
-                break  # later seqs of a chain are later in the log: nothing more as of n
         head_seq, _ = store.chain_head(chain)
         latest = store.latest_checkpoint()
         return {"party": chain, "point": pt.to_dict(), "as_of_size": n, "entries": entries, "next_after": last,
-                "more": last < head_seq and (not entries or entries[-1]["index"] < n),
+                "more": not cut and last < head_seq,
                 "reflects": {"log_size": size, "checkpoint": {"size": latest[0], "root": latest[1].hex()}
                              if latest else None}}
 
@@ -292,7 +302,8 @@ def mount(app: FastAPI, *, store, projections, url: str, who: Callable, fresh: C
         return {"party": chain, "month": month, "due": rep["due"], "covered_entries": rep["covered_entries"],
                 "entries_in_month": rep["entries_in_month"], "to_sign": to_sign, "log_size": store.size()}
 
-    @app.get("/v1/console/events", summary="Console: the live stream (server-sent events) of the log's growth")
+    # not in /openapi.json: a stream that never ends is no operation for a generated client to call
+    @app.get("/v1/console/events", include_in_schema=False)
     async def events(request: Request):
         party, roles = await asyncio.to_thread(who, request)
         try:

@@ -221,12 +221,13 @@ def test_regulator_quota_findings_evidence_time_and_live(demo_server, page):
     expect = signed_get(server.base, mine, f"/v1/findings?as_of=300").json()  # the mine's own, as the API says
     assert len(expect["findings"]) <= early
     page.fill("#as-of", "")
-    page.fill("#valid-at", "2024-03-31")
+    page.fill("#valid-at", "2024-06-30")
     page.click("#time-form button[type=submit]")
     reg = SigningKey.read(keys / f"{REGULATOR}.key")
-    march = signed_get(server.base, reg, "/v1/findings?valid_at=2024-03-31").json()["findings"]
-    assert len(march) < total
-    wait_count(page, f"n === {len(march)}")
+    june = signed_get(server.base, reg, "/v1/findings?valid_at=2024-06-30").json()["findings"]
+    assert 0 < len(june) < total
+    wait_count(page, f"n === {len(june)}")
+    assert "Valid at 2024-06-30" in page.inner_text("[data-testid=reflects]")
     shot(page, f"{backend}-4-valid-at")
     page.click("#time-now")
 

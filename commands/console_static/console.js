@@ -327,7 +327,7 @@ const WORDS = {
     rule: "Rule", party: "Party", province: "Province", from: "From", to: "To", filter: "Filter", all: "all",
     index: "Log index", occurred: "Business time", recorded: "Recorded", code: "Code", message: "Finding",
     status: "Status", open: "open", resolved: "resolved", cure: "How to cure", open_evidence: "Evidence",
-    findings_count: "{n} findings", shown_first: "showing the first {n}",
+    findings_count: "{n} findings", no_findings: "No findings at this point in time.", shown_first: "showing the first {n}",
     seq: "Seq", type: "Type", facts: "Facts", load_more: "Load more", no_entries: "No entries at this point in time.",
     lot: "Lot", direction: "Direction", up: "upstream (sources)", down: "downstream (destinations)", trace: "Trace",
     graph_alt: "Flow graph of lot {lot}", edges: "Movements", src: "From", dst: "To", kind: "Kind", kg: "kg",
@@ -353,7 +353,7 @@ const WORDS = {
     err_vkey: "Not a note verifier key (name+hash+key).", err_note_sig: "The checkpoint's signature does not verify.",
     err_note_unsigned: "The checkpoint is not signed by this key.", err_no_vkey: "Set the log's checkpoint key first (tab Log key).",
     cure_generic: "See docs/FINDINGS.md.", evidence_of: "Evidence of", entry: "Entry",
-    resolved_by: "Resolved by", all_verified: "All checks passed", some_failed: "Some checks failed",
+    resolved_by: "Resolved by", not_yours: "Not yours to read: the API refuses this entry to you, so it is not checked here", all_verified: "All checks passed", some_failed: "Some checks failed",
   },
   zh: {
     title: "reledger 监管控制台", skip: "跳到内容", signin: "使用本单位密钥登录",
@@ -371,7 +371,7 @@ const WORDS = {
     rule: "规则", party: "单位", province: "省份", from: "自", to: "至", filter: "筛选", all: "全部",
     index: "日志序号", occurred: "业务时间", recorded: "记录时间", code: "代码", message: "发现",
     status: "状态", open: "未解决", resolved: "已解决", cure: "整改方法", open_evidence: "证据",
-    findings_count: "共 {n} 条发现", shown_first: "显示前 {n} 条",
+    findings_count: "共 {n} 条发现", no_findings: "该时间点无违规发现。", shown_first: "显示前 {n} 条",
     seq: "序号", type: "类型", facts: "事实", load_more: "加载更多", no_entries: "该时间点无条目。",
     lot: "批次", direction: "方向", up: "上游（来源）", down: "下游（去向）", trace: "追溯",
     graph_alt: "批次 {lot} 的流向图", edges: "流转", src: "自", dst: "至", kind: "种类", kg: "千克",
@@ -397,7 +397,7 @@ const WORDS = {
     err_vkey: "不是签名注记验证公钥（名称+哈希+公钥）。", err_note_sig: "检查点签名验证失败。",
     err_note_unsigned: "检查点未由此公钥签名。", err_no_vkey: "请先设置日志检查点公钥（“日志公钥”页）。",
     cure_generic: "见 docs/FINDINGS.md。", evidence_of: "证据：", entry: "条目",
-    resolved_by: "解决于", all_verified: "全部验证通过", some_failed: "部分验证失败",
+    resolved_by: "解决于", not_yours: "无权读取：接口拒绝向您提供此条目，故本页未验证", all_verified: "全部验证通过", some_failed: "部分验证失败",
   },
 };
 // how each finding is cured (docs/FINDINGS.md, column "resolved"; tests/test_console.py holds them equal in codes)
@@ -485,6 +485,8 @@ function reflectsLine(r, extra) {
   const parts = [`${t("reflects")}: ${t("log_size")} ${r.log_size}`];
   if (r.projections_position !== undefined) parts.push(`${t("projections")} ${r.projections_position}`);
   parts.push(`${t("checkpoint")} ${cp}`);
+  if (state.as_of) parts.push(`${t("as_of")} ${state.as_of}`);
+  if (state.valid_at) parts.push(`${t("valid_at")} ${state.valid_at}`);
   if (extra) parts.push(extra);
   return h("p", {class: "reflects", "data-testid": "reflects"}, parts.join(" · "));
 }
@@ -522,10 +524,16 @@ async function show(view) {
   if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
   root.removeAttribute("aria-busy");
 }
-let refreshTimer = null;
+// a live redraw at most every REFRESH_MS, whatever the rate of appends (the server's load in mind)
+const REFRESH_MS = 3000;
+let refreshTimer = null, lastRefresh = 0;
 function refreshSoon() {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => { if (state.view && VIEWS[state.view].live) VIEWS[state.view].live($("#view")); }, 400);
+  if (refreshTimer) return;
+  const wait = Math.max(400, lastRefresh + REFRESH_MS - Date.now());
+  refreshTimer = setTimeout(() => {
+    refreshTimer = null; lastRefresh = Date.now();
+    if (state.view && VIEWS[state.view].live && !$("#evidence").open) VIEWS[state.view].live($("#view"));
+  }, wait);
 }
 
 // --- quota: burn-down for a year ---------------------------------------------------------------
@@ -535,9 +543,9 @@ const monthEnds = (year) => Array.from({length: 12}, (_, m) => {
 });
 VIEWS.quota = async function (root) {
   const years = session.me.quota_years || [];
-  const year = state.year || years[1] || new Date().getUTCFullYear();
+  const year = state.year || session.me.quota_year || years[1] || new Date().getUTCFullYear();
   const now = await api("/v1/quota" + q({year, ...point()}));
-  const yearInput = h("input", {type: "number", min: "2000", max: "2100", value: String(year), id: "q-year"});
+  const yearInput = h("input", {type: "number", min: String(years[0] || 2000), max: String(years[1] || 2100), value: String(year), id: "q-year"});
   const levels = [];
   if (now.nation.length) levels.push(["nation", t("nation")]);
   if (now.groups.length) levels.push(["group", t("group")]);
@@ -645,6 +653,7 @@ async function findingsView(root, own) {
     r.push(h("button", {type: "button", class: "small", "data-finding": String(x.index), onclick: () => openEvidence(x)}, t("open_evidence")));
     return r;
   });
+  if (!rows.length) rows.push([t("no_findings"), "", "", "", "", "", ...(own ? [""] : []), ""]);
   root.replaceChildren(h("h2", {}, t(own ? "tab_myfindings" : "tab_findings")), reflectsLine(ans.reflects), form,
     h("p", {class: "help", "data-testid": "findings-count"}, tf("findings_count", {n: list.length}) + (list.length > MAX_ROWS ? " · " + tf("shown_first", {n: MAX_ROWS}) : "")),
     table(headers, rows));
@@ -688,7 +697,10 @@ async function openEvidence(finding, single) {
       }
       sec.append(ul);
       if (r.content) sec.append(factsTable(r.content, r));
-    } catch (e) { allOk = false; sec.append(h("p", {class: "bad"}, e.message)); }
+    } catch (e) {
+      if (e.status === 403) sec.append(h("p", {class: "warn"}, t("not_yours") + " (" + e.message + ")"));
+      else { allOk = false; sec.append(h("p", {class: "bad"}, e.message)); }
+    }
   }
   status.textContent = allOk ? t("all_verified") : t("some_failed");
   status.className = allOk ? "good" : "bad";
