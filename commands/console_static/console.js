@@ -323,7 +323,7 @@ const WORDS = {
     reflects: "Reflects", log_size: "log size", checkpoint: "checkpoint", projections: "projections at", none: "none",
     year: "Year", level: "Level", nation: "National", group: "Group", enterprise: "Enterprise", category: "Category",
     holder: "Holder", show: "Show", allocated: "Allocated", used: "Used", remaining: "Remaining", issued: "Issued",
-    percent: "% used", over: "over quota", monthly_figures: "Figures at each month's end", burn_title: "Quota burn-down", month: "Month", tonnes: "t REO",
+    percent: "% used", over: "over quota", monthly_figures: "Figures at each month's end", burn_title: "Quota burn-down", no_quota: "No quota lines you may read for this year at this point in time.", month: "Month", tonnes: "t REO",
     rule: "Rule", party: "Party", province: "Province", from: "From", to: "To", filter: "Filter", all: "all",
     index: "Log index", occurred: "Business time", recorded: "Recorded", code: "Code", message: "Finding",
     status: "Status", open: "open", resolved: "resolved", cure: "How to cure", open_evidence: "Evidence",
@@ -367,7 +367,7 @@ const WORDS = {
     reflects: "数据反映", log_size: "日志长度", checkpoint: "检查点", projections: "投影位置", none: "无",
     year: "年度", level: "层级", nation: "全国", group: "集团", enterprise: "企业", category: "类别",
     holder: "持有者", show: "显示", allocated: "已分配", used: "已使用", remaining: "剩余", issued: "已下达",
-    percent: "使用率", over: "超指标", monthly_figures: "各月末数据", burn_title: "总量控制指标消耗", month: "月份", tonnes: "吨 REO",
+    percent: "使用率", over: "超指标", monthly_figures: "各月末数据", burn_title: "总量控制指标消耗", no_quota: "该年度该时间点无您可查看的指标。", month: "月份", tonnes: "吨 REO",
     rule: "规则", party: "单位", province: "省份", from: "自", to: "至", filter: "筛选", all: "全部",
     index: "日志序号", occurred: "业务时间", recorded: "记录时间", code: "代码", message: "发现",
     status: "状态", open: "未解决", resolved: "已解决", cure: "整改方法", open_evidence: "证据",
@@ -565,6 +565,7 @@ VIEWS.quota = async function (root) {
   const chosen = ls[sel.line] ? ls[sel.line][1] : null;
   root.replaceChildren(h("h2", {}, `${t("burn_title")} ${year}`), reflectsLine(now.reflects), form, chart, quotaTables(now));
   if (chosen) await drawBurndown(chart, year, sel.level, chosen);
+  else chart.replaceChildren(h("p", {class: "help"}, t("no_quota")));
 };
 VIEWS.quota.live = (root) => { if (!state.as_of) show("quota"); };
 function quotaTables(now) {
