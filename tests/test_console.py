@@ -220,6 +220,14 @@ def test_regulator_quota_findings_evidence_time_and_live(demo_server, page):
     mine = SigningKey.read(keys / f"{MINE}.key")
     expect = signed_get(server.base, mine, f"/v1/findings?as_of=300").json()  # the mine's own, as the API says
     assert len(expect["findings"]) <= early
+    # as of a record time: the page percent-encodes it and signs the query as sent
+    page.fill("#as-of", "2024-06-30T00:00:00Z")
+    page.click("#time-form button[type=submit]")
+    by_time = signed_get(server.base, reg_key := SigningKey.read(keys / f"{REGULATOR}.key"),
+                         "/v1/findings?as_of=2024-06-30T00%3A00%3A00Z").json()["findings"]
+    page.wait_for_selector("#view:not([aria-busy])")
+    assert not page.query_selector("#view .error"), page.inner_text("#view")
+    assert wait_count(page, "true") == len(by_time)
     page.fill("#as-of", "")
     page.fill("#valid-at", "2024-06-30")
     page.click("#time-form button[type=submit]")
