@@ -266,7 +266,7 @@ async function verifyInclusion(leafHash, index, size, proof, root) {
 }
 
 // one entry: its hash, its signature under the registry's key, its inclusion in the signed checkpoint
-async function checkEntry(chain, seq, expectHash, cp) {
+async function checkEntry(chain, seq, expectHash, cp, depth = 0) {
   const out = {chain, seq, checks: []};
   const add = (name, ok, detail) => out.checks.push({name, ok, detail});
   const rec = await api(`/v1/chains/${encodeURIComponent(chain)}/entries/${seq}`);
@@ -287,6 +287,22 @@ async function checkEntry(chain, seq, expectHash, cp) {
     const sigOk = await verifyEd(pub, env.sig, concat(ENTRY_TAG, env.entry));
     out.key = key;
     add("signature", idOk && sigOk, `key ${content.key_id} (${key.party}, ${t("authorized_at")} ${key.authorized_at.chain}:${key.authorized_at.seq})`);
+    // the key itself: the KeyAuthorized entry that registered it, checked like any entry (once)
+    if (depth === 0 && key.authorized_at.chain) {
+      try {
+        const auth = await checkEntry(key.authorized_at.chain, key.authorized_at.seq, null, cp, 1);
+        const b = (auth.content || {}).body || {};
+        const same = auth.content && auth.content.type === "KeyAuthorized" && b.key_id === content.key_id &&
+          b.party === chain && b.public_key instanceof Uint8Array && equal(b.public_key, pub) && auth.index === key.authorized_at.index;
+        const authOk = same && auth.checks.every((c) => c.ok !== false);
+        add("key", authOk === true && auth.checks.every((c) => c.ok === true) ? true : authOk ? null : false,
+          `${key.authorized_at.chain}:${key.authorized_at.seq} (${t("index")} ${key.authorized_at.index}): ` +
+          auth.checks.map((c) => `${t("check_" + c.name)} ${c.ok === true ? "✓" : c.ok === false ? "✗" : "…"}`).join(", "));
+      } catch (e) {
+        if (e.status === 403) add("key", null, t("not_yours"));
+        else add("key", false, e.message);
+      }
+    }
   } catch (e) { add("signature", false, e.message); }
   if (!cp) { add("inclusion", false, t("no_checkpoint")); return out; }
   if (rec.index >= cp.size) { add("inclusion", null, t("not_covered").replace("{size}", cp.size)); return out; }
@@ -338,9 +354,9 @@ const WORDS = {
     vkey_help: "Checkpoints are verified in this page against this key. The server offered the keys below; an auditor pastes the key pinned in their trust file (reledger trust) instead of trusting the server.",
     save: "Save", saved: "Saved.", use: "Use",
     check_hash: "entry hash", check_format: "canonical envelope", check_chain: "chain and seq",
-    check_signature: "party's signature (Ed25519)", check_inclusion: "inclusion in the signed checkpoint (RFC 9162)",
+    check_signature: "party's signature (Ed25519)", check_key: "the key's KeyAuthorized entry (public key, signature, inclusion)", check_inclusion: "inclusion in the signed checkpoint (RFC 9162)",
     checkpoint_ok: "Checkpoint signed by the log's key", verifying: "Verifying in this page...",
-    ok: "verified", fail: "FAILED", pending: "not yet", no_checkpoint: "no signed checkpoint",
+    ok: "verified", fail: "FAILED", pending: "not checked", no_checkpoint: "no signed checkpoint",
     not_covered: "not covered by the latest checkpoint (tree size {size}) yet",
     authorized_at: "authorized at", leaf: "leaf", tree_size: "tree size", hashes: "hashes",
     live_on: "live: log size {n}", live_off: "live stream closed, reconnecting", live_busy: "another console of this party is open: live updates paused",
@@ -353,7 +369,7 @@ const WORDS = {
     err_vkey: "Not a note verifier key (name+hash+key).", err_note_sig: "The checkpoint's signature does not verify.",
     err_note_unsigned: "The checkpoint is not signed by this key.", err_no_vkey: "Set the log's checkpoint key first (tab Log key).",
     cure_generic: "See docs/FINDINGS.md.", evidence_of: "Evidence of", entry: "Entry",
-    resolved_by: "Resolved by", not_yours: "Not yours to read: the API refuses this entry to you, so it is not checked here", all_verified: "All checks passed", some_failed: "Some checks failed",
+    resolved_by: "Resolved by", not_yours: "Not yours to read: the API refuses this entry to you, so it is not checked here", all_verified: "All checks passed", partly_verified: "No check failed; some could not run here (marked …)", some_failed: "Some checks failed",
   },
   zh: {
     title: "reledger 监管控制台", skip: "跳到内容", signin: "使用本单位密钥登录",
@@ -382,9 +398,9 @@ const WORDS = {
     vkey_help: "本页面用此公钥验证检查点。下面是服务器提供的公钥；审计人员应粘贴其信任文件（reledger trust）中固定的公钥，而不是信任服务器。",
     save: "保存", saved: "已保存。", use: "使用",
     check_hash: "条目哈希", check_format: "规范信封", check_chain: "链与序号",
-    check_signature: "单位签名（Ed25519）", check_inclusion: "包含于已签名检查点（RFC 9162）",
+    check_signature: "单位签名（Ed25519）", check_key: "密钥授权条目（公钥、签名、包含证明）", check_inclusion: "包含于已签名检查点（RFC 9162）",
     checkpoint_ok: "检查点由日志公钥签名", verifying: "正在本页面验证……",
-    ok: "已验证", fail: "失败", pending: "尚未", no_checkpoint: "无已签名检查点",
+    ok: "已验证", fail: "失败", pending: "未验证", no_checkpoint: "无已签名检查点",
     not_covered: "尚未被最新检查点（树大小 {size}）覆盖",
     authorized_at: "授权于", leaf: "叶", tree_size: "树大小", hashes: "个哈希",
     live_on: "实时：日志长度 {n}", live_off: "实时连接已关闭，正在重连", live_busy: "本单位另一控制台已打开：实时更新暂停",
@@ -397,7 +413,7 @@ const WORDS = {
     err_vkey: "不是签名注记验证公钥（名称+哈希+公钥）。", err_note_sig: "检查点签名验证失败。",
     err_note_unsigned: "检查点未由此公钥签名。", err_no_vkey: "请先设置日志检查点公钥（“日志公钥”页）。",
     cure_generic: "见 docs/FINDINGS.md。", evidence_of: "证据：", entry: "条目",
-    resolved_by: "解决于", not_yours: "无权读取：接口拒绝向您提供此条目，故本页未验证", all_verified: "全部验证通过", some_failed: "部分验证失败",
+    resolved_by: "解决于", not_yours: "无权读取：接口拒绝向您提供此条目，故本页未验证", all_verified: "全部验证通过", partly_verified: "没有验证失败；部分检查无法在此运行（标记为 …）", some_failed: "部分验证失败",
   },
 };
 // how each finding is cured (docs/FINDINGS.md, column "resolved"; tests/test_console.py holds them equal in codes)
@@ -678,7 +694,7 @@ async function openEvidence(finding, single) {
   }
   body.replaceChildren(...head, status);
   if (!dlg.open) dlg.showModal();
-  let cp = null, allOk = true;
+  let cp = null, allOk = true, partial = false;
   try {
     cp = await signedCheckpoint();
     body.append(h("p", {class: cp ? "good" : "bad", "data-testid": "checkpoint-check"},
@@ -692,6 +708,7 @@ async function openEvidence(finding, single) {
       const ul = h("ul", {class: "checks"});
       for (const c of r.checks) {
         if (c.ok === false) allOk = false;
+        if (c.ok === null) partial = true;
         const mark = c.ok === true ? "✓" : c.ok === false ? "✗" : "…";
         ul.append(h("li", {class: c.ok === true ? "good" : c.ok === false ? "bad" : "warn", "data-check": c.name, "data-ok": String(c.ok)},
           `${mark} ${t("check_" + c.name)}: ${c.ok === true ? t("ok") : c.ok === false ? t("fail") : t("pending")} — ${c.detail || ""}`));
@@ -699,12 +716,12 @@ async function openEvidence(finding, single) {
       sec.append(ul);
       if (r.content) sec.append(factsTable(r.content, r));
     } catch (e) {
-      if (e.status === 403) sec.append(h("p", {class: "warn"}, t("not_yours") + " (" + e.message + ")"));
+      if (e.status === 403) { partial = true; sec.append(h("p", {class: "warn"}, t("not_yours") + " (" + e.message + ")")); }
       else { allOk = false; sec.append(h("p", {class: "bad"}, e.message)); }
     }
   }
-  status.textContent = allOk ? t("all_verified") : t("some_failed");
-  status.className = allOk ? "good" : "bad";
+  status.textContent = !allOk ? t("some_failed") : partial ? t("partly_verified") : t("all_verified");
+  status.className = !allOk ? "bad" : partial ? "warn" : "good";
 }
 function show_(v) {
   if (v instanceof Uint8Array) return hex(v);
