@@ -53,7 +53,6 @@ def need_browser():
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def demo_server(request, tmp_path_factory):
     """The demo's ledger (small scale) served by a real ``reledger serve``; its keys."""
-    need_browser()
     from reledger.demo.run import Demo
 
     tmp = tmp_path_factory.mktemp("console")
@@ -436,7 +435,6 @@ def test_live_streams_are_bounded_and_end_cleanly(demo_server):
 
 def test_server_stops_cleanly_with_a_stream_open(tmp_path):
     """SIGINT ends a server that holds a live stream (it does not wait for the stream)."""
-    need_browser()
     from reledger.demo.run import Demo
 
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
