@@ -162,6 +162,17 @@ def test_request_signing_and_encoding_equal_python(demo_server, page):
     bad = page.evaluate("""() => { try { window.reledgerConsole.unpack(Uint8Array.of(0xcc, 0x05)); return 'accepted'; }
                                    catch (e) { return 'refused'; } }""")
     assert bad == "refused"
+    # the page's RFC 9162 consistency check on the server's proofs (a power of two, and not), and a tampered one
+    reg = SigningKey.read(keys / "MIIT.key")
+    size = signed_get(server.base, reg, "/v1/console/me").json()["log_size"]
+    for m, n in ((1, size), (512, size), (500, size), (size - 1, size), (7, 9), (size, size)):
+        c = signed_get(server.base, reg, f"/v1/proofs/consistency?first={m}&second={n}").json()
+        check = """async (c) => { const u = (x) => Uint8Array.from(x.match(/../g).map(h => parseInt(h, 16)));
+            const ok = await window.reledgerConsole.verifyConsistency(c.first, c.second, c.proof.map(u), u(c.root_first), u(c.root_second));
+            const r = u(c.root_first); r[0] ^= 1;
+            const bad = c.first === c.second ? false : await window.reledgerConsole.verifyConsistency(c.first, c.second, c.proof.map(u), r, u(c.root_second));
+            return [ok, bad]; }"""
+        assert page.evaluate(check, c) == [True, False], (m, n)
 
 
 # --- the regulator ----------------------------------------------------------------------------
@@ -208,6 +219,16 @@ def test_regulator_quota_findings_evidence_time_and_live(demo_server, page):
     page.keyboard.press("Escape")
     page.evaluate("""() => localStorage.setItem('reledger-console-vkey:' + location.host,
         localStorage.getItem('reledger-console-vkey:' + location.host + '-saved'))""")
+
+    # the page remembers the checkpoint it verified: one that does not extend it is refused
+    page.evaluate("""() => localStorage.setItem('reledger-console-checkpoint:' + location.host,
+        JSON.stringify({size: 500, root: '00'.repeat(32)}))""")
+    page.click("#view table button[data-finding]")
+    wait_verified(page)
+    assert page.get_attribute("[data-testid=evidence-status]", "class") == "bad"
+    assert "NOT consistent" in page.inner_text("[data-testid=checkpoint-check]")
+    page.keyboard.press("Escape")
+    page.evaluate("() => localStorage.removeItem('reledger-console-checkpoint:' + location.host)")
 
     # the time controls: as of an early log size, fewer findings; the answer says what it reflects
     page.select_option("#f-rule", "")

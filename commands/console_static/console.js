@@ -265,6 +265,45 @@ async function verifyInclusion(leafHash, index, size, proof, root) {
   return sn === 0 && equal(r, root);
 }
 
+async function verifyConsistency(m, n, proof, r1, r2) {
+  // RFC 9162 2.1.4.2 (docs/FORMAT.md 6.2), 0 < m <= n
+  if (m <= 0 || m > n) return false;
+  if (m === n) return proof.length === 0 && equal(r1, r2);
+  if (!proof.length || proof.some((p) => p.length !== 32)) return false;
+  if ((m & (m - 1)) === 0) proof = [r1, ...proof];
+  let fn = m - 1, sn = n - 1;
+  while ((fn & 1) === 1) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+  let fr = proof[0], sr = proof[0];
+  for (const c of proof.slice(1)) {
+    if (sn === 0) return false;
+    if ((fn & 1) === 1 || fn === sn) {
+      fr = await nodeHash(c, fr); sr = await nodeHash(c, sr);
+      if ((fn & 1) === 0) while ((fn & 1) === 0 && fn !== 0) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+    } else {
+      sr = await nodeHash(sr, c);
+    }
+    fn = Math.floor(fn / 2); sn = Math.floor(sn / 2);
+  }
+  return sn === 0 && equal(fr, r1) && equal(sr, r2);
+}
+// the page remembers the largest checkpoint it verified (per server) and holds every later one to
+// it: a log that a checkpoint shows rewritten is refused, as an auditor's pinned trust does
+const CP_KEY = () => "reledger-console-checkpoint:" + location.host;
+async function checkAgainstRemembered(cp) {
+  let prev = null;
+  try { prev = JSON.parse(localStorage.getItem(CP_KEY()) || "null"); } catch (e) { prev = null; }
+  if (prev && Number.isSafeInteger(prev.size) && typeof prev.root === "string" && prev.size > 0) {
+    const [a, b] = prev.size <= cp.size ? [prev, {size: cp.size, root: hex(cp.root)}] : [{size: cp.size, root: hex(cp.root)}, prev];
+    const c = a.size === b.size ? {proof: []} : await api("/v1/proofs/consistency" + q({first: a.size, second: b.size}));
+    if (!(await verifyConsistency(a.size, b.size, c.proof.map(unhex), unhex(a.root), unhex(b.root)))) {
+      throw new Error(tf("err_inconsistent", {a: a.size, b: b.size}));
+    }
+    cp.consistentWith = prev.size;
+  }
+  if (!prev || cp.size > prev.size) localStorage.setItem(CP_KEY(), JSON.stringify({size: cp.size, root: hex(cp.root)}));
+  return cp;
+}
+
 // one entry: its hash, its signature under the registry's key, its inclusion in the signed checkpoint
 async function checkEntry(chain, seq, expectHash, cp, depth = 0) {
   const out = {chain, seq, checks: []};
@@ -321,7 +360,7 @@ async function signedCheckpoint() {
   if (!vk) throw new Error(t("err_no_vkey"));
   let note;
   try { note = await api("/v1/checkpoint"); } catch (e) { if (e.status === 404) return null; throw e; }
-  return verifyNote(note, vk);
+  return checkAgainstRemembered(await verifyNote(note, vk));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -355,7 +394,8 @@ const WORDS = {
     save: "Save", saved: "Saved.", use: "Use",
     check_hash: "entry hash", check_format: "canonical envelope", check_chain: "chain and seq",
     check_signature: "party's signature (Ed25519)", check_key: "the key's KeyAuthorized entry (public key, signature, inclusion)", check_inclusion: "inclusion in the signed checkpoint (RFC 9162)",
-    checkpoint_ok: "Checkpoint signed by the log's key", verifying: "Verifying in this page...",
+    checkpoint_ok: "Checkpoint signed by the log's key", consistent_with: "consistent with the checkpoint of size {n} verified here before",
+    err_inconsistent: "The checkpoint is NOT consistent with the one this page verified before (sizes {a} and {b}): the log was rewritten, or the server lies", verifying: "Verifying in this page...",
     ok: "verified", fail: "FAILED", pending: "not checked", no_checkpoint: "no signed checkpoint",
     not_covered: "not covered by the latest checkpoint (tree size {size}) yet",
     authorized_at: "authorized at", leaf: "leaf", tree_size: "tree size", hashes: "hashes",
@@ -399,7 +439,8 @@ const WORDS = {
     save: "保存", saved: "已保存。", use: "使用",
     check_hash: "条目哈希", check_format: "规范信封", check_chain: "链与序号",
     check_signature: "单位签名（Ed25519）", check_key: "密钥授权条目（公钥、签名、包含证明）", check_inclusion: "包含于已签名检查点（RFC 9162）",
-    checkpoint_ok: "检查点由日志公钥签名", verifying: "正在本页面验证……",
+    checkpoint_ok: "检查点由日志公钥签名", consistent_with: "与此前在本页验证的大小为 {n} 的检查点一致",
+    err_inconsistent: "检查点与本页此前验证的检查点不一致（大小 {a} 与 {b}）：日志被改写，或服务器作假", verifying: "正在本页面验证……",
     ok: "已验证", fail: "失败", pending: "未验证", no_checkpoint: "无已签名检查点",
     not_covered: "尚未被最新检查点（树大小 {size}）覆盖",
     authorized_at: "授权于", leaf: "叶", tree_size: "树大小", hashes: "个哈希",
@@ -698,7 +739,8 @@ async function openEvidence(finding, single) {
   try {
     cp = await signedCheckpoint();
     body.append(h("p", {class: cp ? "good" : "bad", "data-testid": "checkpoint-check"},
-      cp ? `✓ ${t("checkpoint_ok")}: ${cp.origin}, ${t("tree_size")} ${cp.size}, root ${hex(cp.root).slice(0, 16)}…` : t("no_checkpoint")));
+      cp ? `✓ ${t("checkpoint_ok")}: ${cp.origin}, ${t("tree_size")} ${cp.size}, root ${hex(cp.root).slice(0, 16)}…` +
+        (cp.consistentWith ? ` · ✓ ${tf("consistent_with", {n: cp.consistentWith})}` : "") : t("no_checkpoint")));
   } catch (e) { allOk = false; body.append(h("p", {class: "bad", "data-testid": "checkpoint-check"}, "✗ " + e.message)); }
   for (const ev of items) {
     const sec = h("section", {class: "entry-check"}, h("h3", {}, `${ev.chain}:${ev.seq}` + (ev.index !== undefined ? ` · ${t("index")} ${ev.index}` : "")));
@@ -982,4 +1024,4 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#evidence-close").addEventListener("click", () => $("#evidence").close());
 });
 // for the end-to-end tests: the request signing, checked byte for byte against commands/auth.py
-window.reledgerConsole = {pack, unpack, requestMessage, verifyInclusion, verifyNote};
+window.reledgerConsole = {pack, unpack, requestMessage, verifyInclusion, verifyConsistency, verifyNote};
