@@ -307,6 +307,12 @@ def test_keyboard_only_sign_in_and_tabs(demo_server, page):
     assert page.evaluate("document.activeElement.id") == "tab-findings"
     page.keyboard.press("Enter")
     page.wait_for_selector("[data-testid=findings-count]")
+    # the arrow keys move between the tabs (the ARIA tabs pattern)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("#tab-timeline[aria-selected=true]")
+    assert page.evaluate("document.activeElement.id") == "tab-timeline"
+    page.keyboard.press("Home")
+    page.wait_for_selector("#tab-quota[aria-selected=true]")
     # the focus is visible (an outline of the focus colour)
     page.focus("#tab-quota")
     assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"

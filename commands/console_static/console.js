@@ -561,9 +561,29 @@ function tabsFor() {
   return ["chain", "myfindings", "report", "quota", "flow", "settings"];
 }
 function renderTabs() {
-  const nav = $("#tabs");
-  nav.replaceChildren(...tabsFor().map((v) => h("button", {type: "button", role: "tab", id: "tab-" + v,
-    "aria-selected": String(state.view === v), "aria-controls": "view", onclick: () => show(v)}, t("tab_" + v))));
+  // the ARIA tabs pattern: Tab reaches the tabs, arrow keys (Home, End) move between them
+  const nav = $("#tabs"), views = tabsFor();
+  const ids = Array.from(nav.children, (b) => b.id).join(" ");
+  if (ids === views.map((v) => "tab-" + v).join(" ")) {  // the same tabs: update them, keep the focus
+    for (const b of nav.children) {
+      const v = b.id.slice(4);
+      b.setAttribute("aria-selected", String(state.view === v));
+      b.textContent = t("tab_" + v);
+    }
+    $("#view").setAttribute("aria-labelledby", "tab-" + state.view);
+    return;
+  }
+  nav.replaceChildren(...views.map((v, i) => h("button", {type: "button", role: "tab", id: "tab-" + v,
+    "aria-selected": String(state.view === v), "aria-controls": "view", onclick: () => show(v),
+    onkeydown: (ev) => {
+      const j = {ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: views.length - 1}[ev.key];
+      if (j === undefined) return;
+      ev.preventDefault();
+      const next = views[(j + views.length) % views.length];
+      $("#tab-" + next).focus();
+      show(next);
+    }}, t("tab_" + v))));
+  $("#view").setAttribute("aria-labelledby", "tab-" + state.view);
 }
 async function show(view) {
   // each view is drawn apart and shown only if it is still the one asked for last
