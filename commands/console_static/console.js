@@ -382,7 +382,7 @@ const WORDS = {
     rule: "Rule", party: "Party", province: "Province", from: "From", to: "To", filter: "Filter", all: "all",
     index: "Log index", occurred: "Business time", recorded: "Recorded", code: "Code", message: "Finding",
     status: "Status", open: "open", resolved: "resolved", cure: "How to cure", open_evidence: "Evidence",
-    findings_count: "{n} findings", no_findings: "No findings at this point in time.", shown_first: "showing the first {n}",
+    findings_count: "{n} findings", findings_count_1: "{n} finding", no_findings: "No findings at this point in time.", shown_first: "showing the first {n}",
     seq: "Seq", type: "Type", facts: "Facts", load_more: "Load more", no_entries: "No entries at this point in time.",
     lot: "Lot", direction: "Direction", up: "upstream (sources)", down: "downstream (destinations)", trace: "Trace",
     graph_alt: "Flow graph of lot {lot}", edges: "Movements", src: "From", dst: "To", kind: "Kind", kg: "kg",
@@ -427,7 +427,7 @@ const WORDS = {
     rule: "规则", party: "单位", province: "省份", from: "自", to: "至", filter: "筛选", all: "全部",
     index: "日志序号", occurred: "业务时间", recorded: "记录时间", code: "代码", message: "发现",
     status: "状态", open: "未解决", resolved: "已解决", cure: "整改方法", open_evidence: "证据",
-    findings_count: "共 {n} 条发现", no_findings: "该时间点无违规发现。", shown_first: "显示前 {n} 条",
+    findings_count: "共 {n} 条发现", findings_count_1: "共 {n} 条发现", no_findings: "该时间点无违规发现。", shown_first: "显示前 {n} 条",
     seq: "序号", type: "类型", facts: "事实", load_more: "加载更多", no_entries: "该时间点无条目。",
     lot: "批次", direction: "方向", up: "上游（来源）", down: "下游（去向）", trace: "追溯",
     graph_alt: "批次 {lot} 的流向图", edges: "流转", src: "自", dst: "至", kind: "种类", kg: "千克",
@@ -733,7 +733,7 @@ async function findingsView(root, own) {
   });
   if (!rows.length) rows.push([t("no_findings"), "", "", "", "", "", ...(own ? [""] : []), ""]);
   root.replaceChildren(h("h2", {}, t(own ? "tab_myfindings" : "tab_findings")), reflectsLine(ans.reflects), form,
-    h("p", {class: "help", "data-testid": "findings-count"}, tf("findings_count", {n: list.length}) + (list.length > MAX_ROWS ? " · " + tf("shown_first", {n: MAX_ROWS}) : "")),
+    h("p", {class: "help", "data-testid": "findings-count"}, tf(list.length === 1 ? "findings_count_1" : "findings_count", {n: list.length}) + (list.length > MAX_ROWS ? " · " + tf("shown_first", {n: MAX_ROWS}) : "")),
     table(headers, rows));
 }
 VIEWS.findings = (root) => findingsView(root, false);
