@@ -496,6 +496,12 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         return {"ok": True, "size": store.size(), "queued_entries": committer.queued_entries}
 
     add_offline_docs(app)
+    # the web console (commands/console.py, docs/CONSOLE.md): its reads are decided by the helpers above
+    from reledger.commands import console
+
+    console.mount(app, store=store, projections=projections, url=url, who=who, fresh=fresh, point=point,
+                  may_read_all=may_read_all, may_read_record=may_read_record, party_param=party_param,
+                  problem=Problem)
     return app
 
 

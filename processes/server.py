@@ -95,7 +95,16 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
     # 0.5 ms (paired runs, docs/OPERATIONS.md).
     sys.setswitchinterval(SWITCH_INTERVAL)
 
+    app = create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout)
+
     class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            # the console's live streams end first: uvicorn waits for every open response
+            streams = getattr(app.state, "console_streams", None)
+            if streams is not None:
+                streams.close()
+            await super().shutdown(sockets=sockets)
+
         async def startup(self, sockets=None) -> None:
             import threading
             import time
@@ -119,8 +128,7 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
                       file=sys.stderr, flush=True)
 
     protocol = guarded_protocol(header_timeout, max_connections, max_client_connections, body_timeout)
-    config = uvicorn.Config(create_app(url, max_queued_entries=max_queued_entries, body_timeout=body_timeout),
-                            host=host, port=port, log_level=log_level, access_log=False, http=protocol,
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, http=protocol,
                             timeout_keep_alive=KEEP_ALIVE, h11_max_incomplete_event_size=16 * 1024)
     child = None
     if checkpointer is not None:

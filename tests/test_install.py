@@ -90,6 +90,17 @@ def test_the_base_install_has_only_the_verifiers_dependencies(base_install):
 
 
 @pytest.mark.slow
+def test_the_wheel_carries_the_web_console(base_install, tmp_path):
+    """The console's page, script and style are package data (docs/CONSOLE.md): no CDN, no checkout."""
+    got = run(str(base_install / "python"), "-c", "from importlib.resources import files; "
+              "d = files('reledger.commands') / 'console_static'; "
+              "print(sorted(p.name for p in d.iterdir() if p.stat().st_size > 0))",
+              cwd=tmp_path, env=clean_env(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == "['console.css', 'console.js', 'index.html']", got.stdout
+
+
+@pytest.mark.slow
 def test_the_base_install_verifies_a_bundle(base_install, bundle, tmp_path):
     env = clean_env(tmp_path)
     helped = run(str(base_install / "reledger"), "--help", env=env, cwd=tmp_path)
