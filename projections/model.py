@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import bisect
-import heapq
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -28,6 +27,7 @@ from typing import Any
 from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
 
+from .state import ChainHashes, HeapQueue
 from .reference import (AUTHORITY_TYPES, AUTHORIZED_ROLES, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
                         RULE_PARAMETERS, element_of, elements_in, product_class, reo_factor_table)
 
@@ -259,7 +259,9 @@ class Designation:
 class Projector:
     """Folds entries (in log order) into deltas and findings. Pure and deterministic."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: Any = None) -> None:
+        """``state``: where the rule state lives (projections/state.py): None keeps it in plain
+        objects in memory (the reference fold); a RowState keeps it as rows in the database."""
         self.position = 0  # log index of the next entry
         self.designations: dict[str, list[Designation]] = {}
         self.names: dict[str, str] = {}
@@ -285,12 +287,12 @@ class Projector:
         self.lots: dict[str, LotInfo] = {}
         # flows
         self.shipments: dict[tuple, dict[str, Any]] = {}
-        self.due_shipments: list[tuple[int, str, str]] = []
+        self.due_shipments = HeapQueue()  # (due, seller, transfer id)
         # reporting
-        self.chain_hashes: dict[str, list[bytes]] = {}
+        self.chain_hashes = ChainHashes()
         self.active_months: set[tuple[str, str]] = set()
         self.reports: dict[tuple[str, str], int] = {}
-        self.due_reports: list[tuple[int, str, str]] = []
+        self.due_reports = HeapQueue()  # (due, party, month)
         self.month_refs: dict[tuple[str, str], RawRef] = {}
         # DOMAIN.md "The rules, precisely" -------------------------------------------------------
         self.root: str | None = None  # the chain of log index 0 (the root regulator)
@@ -318,6 +320,8 @@ class Projector:
         self.used_month: dict[tuple, int] = {}      # (party, period, cat) -> g used
         self._cur_key: tuple | None = None
         self.party_lots: dict[str, dict[str, int]] = {}  # party -> its lots (a dict used as an ordered set)
+        if state is not None:
+            state.attach(self)  # every attribute above, from the rows (see projections/state.py)
 
     # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
     def __getstate__(self) -> dict[str, Any]:
@@ -530,7 +534,7 @@ class Projector:
         if index != self.position:
             raise ValueError(f"projector at position {self.position} was given log index {index}")
         self.position = index + 1
-        self.chain_hashes.setdefault(chain, []).append(entry_hash)
+        self.chain_hashes.append(chain, entry_hash)
         d = Deltas(recorded_us)
         ref = (chain, seq, entry_hash, index)
         self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
@@ -544,16 +548,11 @@ class Projector:
         self.position = index + 1
         e = signed.entry
         ref = (e.chain, e.seq, signed.hash, index)
-        hashes = self.chain_hashes.get(e.chain)
-        if hashes is None:
-            self.chain_hashes[e.chain] = [signed.hash]
-        else:
-            hashes.append(signed.hash)
+        self.chain_hashes.append(e.chain, signed.hash)
         occurred_us = time_us(e.occurred_at) or recorded_us
         d = Deltas(occurred_us)
         body = e.body if isinstance(e.body, dict) else {}
-        if ((self.due_shipments and self.due_shipments[0][0] <= recorded_us)
-                or (self.due_reports and self.due_reports[0][0] <= recorded_us)):
+        if self.due_shipments.due(recorded_us) or self.due_reports.due(recorded_us):
             self._due_checks(d, recorded_us, ref)
         if self.root is None:
             self.root = e.chain
@@ -586,7 +585,7 @@ class Projector:
                 self.active_months.add(key)
                 self.month_refs[key] = ref
                 if key not in self.reports:
-                    heapq.heappush(self.due_reports, (report_due_us(month, self.p("report_due_day")), e.chain,
+                    self.due_reports.push((report_due_us(month, self.p("report_due_day")), e.chain,
                                                       month))
         return d
 
@@ -1092,7 +1091,7 @@ class Projector:
         # ledger say that none came
         due_business = shipped + days * DAY_US
         due = max(due_business, report_due_us(month_of(due_business), self.p("report_due_day")))
-        heapq.heappush(self.due_shipments, (due, chain, tid))
+        self.due_shipments.push((due, chain, tid))
 
     def _on_TransferReceived(self, d, chain, b, ref, occ, rec) -> None:
         tid, seller = b["transfer_id"], b["seller"]
@@ -1214,10 +1213,9 @@ class Projector:
                           f"the flow report for {month} was recorded {encoding.micros_to_time_text(rec)}, after "
                           f"the due date {encoding.micros_to_time_text(due)}", [], ref, occ, month=month,
                           report_due_day=self.p("report_due_day"))
-        hashes = self.chain_hashes.get(chain, [])
         if "first_seq" in b or "last_seq" in b:
             first, last = int(b["first_seq"]), int(b["last_seq"])
-            covered = hashes[first - 1:last] if 1 <= first and last <= len(hashes) else None
+            covered = self.chain_hashes.range(chain, first, last)
         else:  # a month without entries: the digest of nothing (FORMAT: both absent)
             first, last, covered = 1, 0, []
         if covered is None or report_digest(covered) != b.get("digest"):
@@ -1344,8 +1342,8 @@ class Projector:
 
     # time-driven rules --------------------------------------------------------------------------
     def _due_checks(self, d: Deltas, now_us: int, ref: RawRef) -> None:
-        while self.due_shipments and self.due_shipments[0][0] <= now_us:
-            due, seller, tid = heapq.heappop(self.due_shipments)
+        while self.due_shipments.due(now_us):
+            due, seller, tid = self.due_shipments.pop()
             ship = self.shipments.get((seller, tid))
             if ship and not ship["received"] and not ship.get("late_raised"):
                 ship["late_raised"] = True
@@ -1355,8 +1353,8 @@ class Projector:
                     f"transfer {tid} from {seller} to {ship['buyer']} was not received within "
                     f"{days} days", [_as_ref(ship["ref"])], ref[3], ship["shipped_us"] + days * DAY_US,
                     {"buyer": ship["buyer"], "transfer_id": tid, "receipt_within_days": days}))
-        while self.due_reports and self.due_reports[0][0] <= now_us:
-            due, party, month = heapq.heappop(self.due_reports)
+        while self.due_reports.due(now_us):
+            due, party, month = self.due_reports.pop()
             if (party, month) not in self.reports:
                 f = Finding("reporting", "REPORT_MISSING", party,
                             f"no flow report for {month} by the due date {encoding.micros_to_time_text(due)}",

@@ -41,9 +41,11 @@ from reledger.ledger import encoding
 
 from . import model, reference
 from .model import Designation, LotInfo, Projector, Ref
+from .state import ChainHashes, HeapQueue
 
 FORMAT = "reledger-projector-state/1"
-_RECORDS: dict[str, type] = {"LotInfo": LotInfo, "Designation": Designation, "Ref": Ref}
+_RECORDS: dict[str, type] = {"LotInfo": LotInfo, "Designation": Designation, "Ref": Ref,
+                             "HeapQueue": HeapQueue, "ChainHashes": ChainHashes}
 _FIELDS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _RECORDS.items()}
 _NAME_OF = {cls: name for name, cls in _RECORDS.items()}
 

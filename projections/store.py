@@ -9,9 +9,10 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
     ``occurred_us <= T``. An answer at a past point is therefore exactly what a rebuild of the
     log cut at that point gives, and costs a filtered aggregate, not a replay.
 ``tracking``  the number of log entries applied, written in the same transaction as the rows.
-``snapshots`` the projector's rule state at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries, as
-    canonical msgpack (projections/snapshot.py: plain data anyone can read, never a pickle), so
-    a restart rolls forward from the nearest snapshot instead of replaying the whole log.
+``state``, ``due`` the projector's rule state as rows (projections/state.py: canonical msgpack
+    keys and values, due items indexed by due time), read on demand through a bounded cache and
+    written in the same transaction as the rows and the tracking position: a process starts
+    answering at once, and holds its working set, never the whole state.
 
 On PostgreSQL :func:`reledger.projections.follow.follow` wakes up on each append's NOTIFY (LISTEN on the
 channel of eventsourcing's events table); on SQLite it polls.
@@ -32,6 +33,7 @@ from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.storage.reader import DatabaseURL, LogReader, NoLedger, Record, ledger_tables_missing, open_ledger_readonly
 
 from . import snapshot
+from . import state as rowstate
 from .model import Deltas, Finding, Projector
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ MAX_SNAPSHOT_BYTES = 512 << 20
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
-          "snapshots")
+          "state", "due")
+LEGACY_TABLES = ("snapshots",)  # the whole-state snapshots of earlier versions: dropped by a rebuild
 # the columns of each table of delta rows, in the order the rows are made
 COLUMNS = {
     "quota": ("idx", "occurred_us", "year", "party", "category", "kind", "g", "grp"),
@@ -94,12 +97,7 @@ def _tables_ddl(blob: str) -> list[str]:
         " party TEXT NOT NULL, category TEXT NOT NULL, kind TEXT NOT NULL, grp TEXT, g BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}quota_marks (position BIGINT PRIMARY KEY, max_occurred_us BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {P}tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {P}snapshots (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
-    ] + ([
-        # a snapshot is megabytes of msgpack: stored as it is, without TOAST's compression (which
-        # costs more than writing the bytes)
-        f"ALTER TABLE {P}snapshots ALTER COLUMN state SET STORAGE EXTERNAL",
-    ] if blob == "BYTEA" else [])
+    ] + rowstate.ddl(blob == "BYTEA")
 
 
 # secondary indexes: kept up row by row when following the log, built once at the end of a
@@ -211,7 +209,7 @@ class ProjectionStore:
 
     def drop(self) -> None:
         with self._lock:
-            for t in TABLES:
+            for t in TABLES + LEGACY_TABLES:
                 self.conn.execute(f"DROP TABLE IF EXISTS {P}{t}")
             self.projector = None
 
@@ -228,7 +226,9 @@ class ProjectionStore:
             for t in TABLES:
                 table = sql.Identifier(P + t)
                 self.conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
-                rights = "SELECT, INSERT, UPDATE" if t == "tracking" else "SELECT, INSERT"
+                # the rule state's rows are updated and deleted as the rules change them
+                rights = ("SELECT, INSERT, UPDATE" if t == "tracking" else
+                          "SELECT, INSERT, UPDATE, DELETE" if t in ("state", "due") else "SELECT, INSERT")
                 self.conn.execute(sql.SQL(f"GRANT {rights} ON {{}} TO {{}}").format(table, who))
 
     def close(self) -> None:
@@ -255,17 +255,60 @@ class ProjectionStore:
 
     # --- following the log ---------------------------------------------------------------
     def _load_projector(self, reader: LogReader) -> Projector:
-        """The rule state at the tracked position: the nearest snapshot, rolled forward."""
+        """The rule state at the tracked position: its rows (projections/state.py), read on
+        demand; nothing is loaded here. A state made by other rules, or missing (a ledger
+        projected by an earlier version), is folded again from the log first (state only:
+        the derived rows exist), page by page, each page its own transaction."""
         pos = self.position()
         if self.projector is not None and self.projector.position == pos:
             return self.projector
-        rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
-                            "ORDER BY position DESC LIMIT 1", (pos,))
-        proj = _load_snapshot(rows[0][1]) if rows else Projector()
-        for rec in reader.iter_records(proj.position, pos):
-            apply_record(proj, rec)  # state only: the rows exist
+        self.projector = None
+        proj = Projector(rowstate.RowState(self.conn, self.pg))
+        if proj.position != pos or proj._state.stored_rules not in (None, snapshot.RULES):
+            proj = self._refold_state(reader, pos)
         self.projector = proj
         return proj
+
+    def _refold_state(self, reader: LogReader, pos: int) -> Projector:
+        with self._transaction() as cur:
+            cur.execute(self.q(f"DELETE FROM {P}state"))
+            cur.execute(self.q(f"DELETE FROM {P}due"))
+        proj = Projector(rowstate.RowState(self.conn, self.pg))
+        while proj.position < pos:
+            start = proj.position
+            for rec in reader.queries.records(reader.cursor(), start, min(pos, start + REBUILD_PAGE)):
+                apply_record(proj, rec)  # state only: the rows exist
+            if proj.position == start:
+                raise TrackingError(f"the log has no entry at index {start} (a gap: run reledger verify)")
+            with self._transaction() as cur:
+                cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
+                row = cur.fetchone()
+                if row is None or int(row[0]) != pos:
+                    raise TrackingError("the projections moved on while their rule state was folded: "
+                                        "another follower is running")
+                proj._state.flush(cur)
+            proj._state.trim()
+        return proj
+
+    def _transaction(self):
+        """A write transaction on the store's connection (a context manager giving a cursor)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def tx():
+            if self.pg:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    yield cur
+            else:
+                cur = self.conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+        return tx()
 
     def _log_reader(self) -> LogReader:
         """One read-only connection to the log, kept open (opening one costs milliseconds, and
@@ -305,9 +348,10 @@ class ProjectionStore:
             try:
                 rows, findings = self._apply_page(proj, page)
                 self._write(start, proj.position, rows, proj)
-            except Exception:
-                self.projector = None  # reload from tables + snapshot next time
+            except BaseException:
+                self.projector = None  # the cache may hold changes never written: read the rows again
                 raise
+            proj._state.trim()
             done += len(page)
             if on_findings and findings:
                 on_findings(findings)
@@ -364,8 +408,16 @@ class ProjectionStore:
         for table in ROW_TABLES:
             if rows[table]:
                 self._insert(cur, table, rows[table], copy)
-        if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None:
-            self._insert(cur, "quota_sums", [(stop, *k, g) for k, g in proj.quota_sums.items()], copy)
+        st = proj._state
+        st.begin(cur)
+        try:
+            st.flush_maps()  # the rule state's changes, in this transaction
+            sums = ([(stop, *k, g) for k, g in proj.quota_sums.items()]
+                    if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None else None)
+        finally:
+            st.end()
+        if sums is not None:
+            self._insert(cur, "quota_sums", sums, copy)
             cur.execute(self.q(f"INSERT INTO {P}quota_marks (position, max_occurred_us) VALUES (?, ?)"),
                         (stop, proj.quota_max_occ))
         if row is None:
@@ -373,22 +425,6 @@ class ProjectionStore:
         else:
             cur.execute(self.q(f"UPDATE {P}tracking SET position = ? WHERE name = ? AND position = ?"),
                         (stop, self.name, start))
-        # snapshots at SNAPSHOT_EVERY x 1, 2, 4, 8 ...: the state grows with the log, so evenly
-        # spaced snapshots would cost O(n^2) bytes; doubling keeps them O(n), and a restart
-        # rolls forward at most half the log in state-only mode
-        units = stop // SNAPSHOT_EVERY
-        mark = SNAPSHOT_EVERY << (units.bit_length() - 1) if units else 0
-        if mark and start < mark <= stop:
-            try:
-                state = snapshot.dumps(proj)
-            except snapshot.SnapshotError as e:  # a restart rolls forward from the one before
-                log.warning("no snapshot of the projections at %s: %s", stop, e)
-                return
-            # a value above about 1 GB is refused by both databases, and would stop the
-            # projections for good: such a snapshot is left out (a restart rolls forward from
-            # the one before)
-            if len(state) <= MAX_SNAPSHOT_BYTES:
-                cur.execute(self.q(f"INSERT INTO {P}snapshots (position, state) VALUES (?, ?)"), (stop, state))
 
     def rebuild(self) -> int:
         """Drop every projection table and rebuild from the log: large pages, and the secondary
