@@ -14,12 +14,16 @@ never the tables or the log.
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import tempfile
 from collections import Counter
 from typing import Any, Callable, Iterator
 
 from reledger.ledger.encoding import micros_to_time_text
 
 from .model import Projector
+from . import state as rowstate
 from . import store as pstore
 from .store import COLUMNS, P, PG_TYPES, ROW_TABLES, ProjectionReader, page_rows
 
@@ -159,7 +163,14 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         streams = {t: _TableRows(ps, t, n) for t in ROW_TABLES}
         norms = {t: _normaliser(t) for t in ROW_TABLES}
         sums_norm = _normaliser("quota_sums")
-        proj = Projector()
+        scratch = tempfile.TemporaryDirectory(prefix="reledger-verify-")
+        sconn = sqlite3.connect(os.path.join(scratch.name, "state.db"), isolation_level=None)
+        sconn.execute("PRAGMA journal_mode=OFF")
+        sconn.execute("PRAGMA synchronous=OFF")
+        for stmt in rowstate.ddl(False):
+            sconn.execute(stmt)
+        state = rowstate.RowState(sconn, False)
+        proj = Projector(state)
         start = 0
         try:
             while start < n:
@@ -169,6 +180,11 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
                     check.add("log", f"the log lacks entries in [{start}, {end}): run reledger verify")
                     break
                 rows, _ = page_rows(proj, records)
+                cur = sconn.cursor()
+                cur.execute("BEGIN")
+                state.flush(cur)
+                cur.execute("COMMIT")
+                state.trim()
                 for t in ROW_TABLES:
                     norm = norms[t]
                     _compare(check, t, [norm(r) for r in rows[t]], streams[t].below(end))
@@ -191,6 +207,8 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         finally:
             for s in streams.values():
                 s.close()
+            sconn.close()
+            scratch.cleanup()
         ps.reader.end_snapshot()
     finally:
         ps.close()

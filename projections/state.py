@@ -105,7 +105,12 @@ def encode(v: Any) -> bytes:
 def decode(b: bytes) -> Any:
     """A key or value back from :func:`encode`'s bytes (plain data only: nothing in it runs)."""
     s = _snap or _snapshot()
-    return s._value(msgpack.unpackb(bytes(b), raw=False, use_list=True, ext_hook=s._refuse_ext))
+    try:
+        return s._value(msgpack.unpackb(bytes(b), raw=False, use_list=True, ext_hook=s._refuse_ext))
+    except s.SnapshotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any malformed bytes
+        raise s.SnapshotError(f"not a readable state value: {e}") from e
 
 
 def ddl(pg: bool) -> list[str]:

@@ -38,10 +38,8 @@ from .model import Deltas, Finding, Projector
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 20_000
 PAGE = 2_000  # entries per transaction when following the log
 REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary indexes built at the end)
-MAX_SNAPSHOT_BYTES = 512 << 20
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
@@ -323,7 +321,14 @@ class ProjectionStore:
         PAGE) a transaction; returns how many."""
         with self._lock:
             try:
-                return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
+                try:
+                    return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
+                except snapshot.SnapshotError as e:
+                    # a state row this version cannot read (damaged, or not plain data: never
+                    # unpickled nor run): the state is folded again from the log (its rows exist)
+                    log.warning("the projections' rule state has an unreadable row (%s): folded again from the log", e)
+                    self.projector = self._refold_state(self._log_reader(), self.position())
+                    return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
             except Exception:
                 reader, self._reader = self._reader, None  # a broken connection is not reused
                 if reader is not None:
