@@ -14,9 +14,6 @@ never the tables or the log.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import tempfile
 from collections import Counter
 from typing import Any, Callable, Iterator
 
@@ -163,14 +160,8 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         streams = {t: _TableRows(ps, t, n) for t in ROW_TABLES}
         norms = {t: _normaliser(t) for t in ROW_TABLES}
         sums_norm = _normaliser("quota_sums")
-        scratch = tempfile.TemporaryDirectory(prefix="reledger-verify-")
-        sconn = sqlite3.connect(os.path.join(scratch.name, "state.db"), isolation_level=None)
-        sconn.execute("PRAGMA journal_mode=OFF")
-        sconn.execute("PRAGMA synchronous=OFF")
-        for stmt in rowstate.ddl(False):
-            sconn.execute(stmt)
-        state = rowstate.RowState(sconn, False)
-        proj = Projector(state)
+        scratch = rowstate.ScratchState()
+        proj = Projector(scratch.state)
         start = 0
         try:
             while start < n:
@@ -180,11 +171,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
                     check.add("log", f"the log lacks entries in [{start}, {end}): run reledger verify")
                     break
                 rows, _ = page_rows(proj, records)
-                cur = sconn.cursor()
-                cur.execute("BEGIN")
-                state.flush(cur)
-                cur.execute("COMMIT")
-                state.trim()
+                scratch.flush()
                 for t in ROW_TABLES:
                     norm = norms[t]
                     _compare(check, t, [norm(r) for r in rows[t]], streams[t].below(end))
@@ -207,8 +194,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         finally:
             for s in streams.values():
                 s.close()
-            sconn.close()
-            scratch.cleanup()
+            scratch.close()
         ps.reader.end_snapshot()
     finally:
         ps.close()

@@ -462,3 +462,34 @@ class RowState:
 
 def drop_ddl() -> list[str]:
     return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"]
+
+
+class ScratchState:
+    """A rule state in a scratch SQLite file of its own (deleted by :meth:`close`), for a fold
+    that must not hold the whole state in memory and must not write to the ledger
+    (``verify --projections``, ``replay``): ``Projector(scratch.state)``, then :meth:`flush`
+    every page or so."""
+
+    def __init__(self, cache_entries: int | None = None):
+        import os
+        import sqlite3
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory(prefix="reledger-state-")
+        self.conn = sqlite3.connect(os.path.join(self._dir.name, "state.db"), isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        for stmt in ddl(False):
+            self.conn.execute(stmt)
+        self.state = RowState(self.conn, False, CACHE_ENTRIES if cache_entries is None else cache_entries)
+
+    def flush(self) -> None:
+        cur = self.conn.cursor()
+        cur.execute("BEGIN")
+        self.state.flush(cur)
+        cur.execute("COMMIT")
+        self.state.trim()
+
+    def close(self) -> None:
+        self.conn.close()
+        self._dir.cleanup()

@@ -1,8 +1,7 @@
 """Replay a party's history: what a regulator does when a violation is suspected.
 
-The replay is independent of the projection tables: it folds the log from scratch (or from a
-projection snapshot, whose state is itself a pure function of the log) with a fresh
-:class:`reledger.projections.model.Projector`, checks every signature of the party's entries with the
+The replay is independent of the projection tables: it folds the log from scratch with a fresh
+:class:`reledger.projections.model.Projector` (its rule state in a scratch file, projections/state.py), checks every signature of the party's entries with the
 key that was valid when each was recorded, and keeps, after each of the party's entries, the
 party's stock (by lot) and quota usage, and the findings the entry raised. Findings about the
 party raised by other entries' arrival (a shipment overdue, a report missing) appear as their
@@ -22,6 +21,7 @@ from reledger.ledger.encoding import EncodingError
 from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.ledger.registry import Registry, RegistryError
 from reledger.projections.model import Projector, kg_text, time_us
+from reledger.projections.state import ScratchState
 from reledger.projections.store import P, ProjectionStore
 from reledger.storage.reader import LogReader
 
@@ -100,151 +100,129 @@ def _lots(body: dict) -> list[str]:
     return out
 
 
-def _load_start(reader: LogReader, as_of: int) -> Projector:
-    """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), read
-    through the read-only connection as plain data (projections/snapshot.py), or a fresh
-    projector (no snapshot, no projection tables, or one this version cannot read)."""
-    from reledger.projections import snapshot
-    from reledger.projections.store import P
-
-    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
-    cur = reader.cursor()
-    try:
-        cur.execute(reader.tables.q(f"SELECT state FROM {table} WHERE position <= ? ORDER BY position DESC LIMIT 1"),
-                    (as_of,))
-        row = cur.fetchone()
-    except Exception:  # noqa: BLE001 - no projection tables (autocommit: nothing to roll back)
-        return Projector()
-    if row is None:
-        return Projector()
-    try:
-        proj = snapshot.loads(bytes(row[0]))
-    except snapshot.SnapshotError:
-        return Projector()
-    return proj if proj.position <= as_of else Projector()
-
-
 def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: int | None = None,
                  until_us: int | None = None, types: set[str] | None = None, lot: str | None = None,
-                 counterparty: str | None = None, use_snapshots: bool = False,
+                 counterparty: str | None = None,
                  progress: Callable[[int, int], None] | None = None) -> Replay:
     """Replay the log up to ``as_of`` entries and return the party's history (filtered by
     business time window, entry types, lot and counterparty)."""
     with LogReader(url) as reader:
         size = reader.queries.size(reader.cursor())[0]
         n = size if as_of is None else min(as_of, size)
-        proj = _load_start(reader, n) if use_snapshots else Projector()
-        registry = Registry()
-        for rec in reader.queries.records_of_types(reader.cursor(), sorted(
-                {"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"}), 0, proj.position):
-            registry.apply(SignedEntry.parse(rec.envelope), rec.index)
-        stock: dict[str, list] = {}
-        used: dict[str, int] = {}
-        # the party's state up to the snapshot comes from the snapshot itself
-        for (p, lt), bal in proj.stock.items():
-            if p == party:
-                stock[lt] = [proj.lots[lt].product if lt in proj.lots else None, bal[0], bal[1]]
-        for (year, p, cat), g in proj.used.items():
-            if p == party:
-                used[f"{year} {cat}"] = g
-        steps: list[Step] = []
-        first: dict[str, dict[str, Any]] = {}
-        valid = invalid = 0
-        credit: list[dict[str, Any]] = []
-        name = proj.names.get(party)  # a snapshot already knows the party's name
+        # the fold's rule state in a scratch file (bounded cache), not in memory: it would grow
+        # with the log (projections/state.py)
+        scratch = ScratchState()
+        try:
+            return _replay(reader, scratch, Projector(scratch.state), party, n, since_us, until_us, types, lot,
+                           counterparty, progress)
+        finally:
+            scratch.close()
 
-        def state_now() -> tuple[dict, dict]:
-            return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
-                     for lt, v in sorted(stock.items()) if v[1] or v[2]},
-                    {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
 
-        for rec in reader.iter_records(proj.position, n):
-            if progress and rec.index % 2000 == 0:
-                progress(rec.index, n)
-            try:
-                if rec.envelope is None:
-                    raise EntryError("the entry is missing from the events table")
-                signed = SignedEntry.parse(rec.envelope)
-            except (EntryError, EncodingError) as err:
-                # a tampered (unreadable or deleted) entry: nothing to fold, but never hidden
-                proj.position = rec.index + 1
-                if rec.chain == party:
-                    invalid += 1
-                    if not types or rec.type in types:
-                        st, qu = state_now()
-                        steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                          rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
-                                          st, qu, []))
-                continue
-            e = signed.entry
-            sig = ""
-            if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash) and party in (e.chain, rec.chain):
-                # the stored entry is not the one the log recorded at this position (swapped or
-                # rewritten rows): its signature proves nothing about this position
-                sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
-                                f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
-            elif e.chain == party:
-                try:
-                    pub = registry.key_for(signed, rec.index, rec.recorded_us)
-                    if signed.signature_valid(pub):
-                        sig, valid = f"valid (key {e.key_id})", valid + 1
-                    else:
-                        sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
-                except RegistryError as err:
-                    sig, invalid = f"INVALID: {err}", invalid + 1
-            try:
-                registry.apply(signed, rec.index)
-            except RegistryError:
-                pass
-            d = proj.apply(rec.index, rec.recorded_us, signed)
-            for (p, lt, product, g, reo) in d.stock:
-                if p == party:
-                    s = stock.setdefault(lt, [product, 0, 0])
-                    s[0] = s[0] or product
-                    s[1] += g
-                    s[2] += reo
-            for (year, p, cat, kind, g, grp, _ref) in d.quota:
-                if p == party and kind == "USED":
-                    used[f"{year} {cat}"] = used.get(f"{year} {cat}", 0) + g
-            for c in d.credit:
-                if c[0] == party:
-                    credit.append({"index": rec.index, "kind": c[1], "article": c[2], "fine_cny": c[3],
-                                   "next_year_cut_t": encoding.decimal_text(Decimal(c[4]) / 1_000_000) if c[4] else "0",
-                                   "detail": c[5]})
-            # a RESOLVED row marks an earlier finding cured (the projections show it on that finding)
-            mine = [f.to_dict() for f in d.findings if f.party == party and f.code != "RESOLVED"]
-            for f in mine:
-                first.setdefault(f["rule"], f)
-            if e.type == "PartyRegistered" and e.body.get("party") == party:
-                name = e.body.get("name")
-            if e.chain != party and rec.chain == party and sig:
-                # the party's log position holds another chain's entry: shown as the party's step
+def _replay(reader, scratch, proj, party, n, since_us, until_us, types, lot, counterparty, progress) -> Replay:
+    registry = Registry()
+    stock: dict[str, list] = {}
+    used: dict[str, int] = {}
+    steps: list[Step] = []
+    first: dict[str, dict[str, Any]] = {}
+    valid = invalid = 0
+    credit: list[dict[str, Any]] = []
+    name = None
+
+    def state_now() -> tuple[dict, dict]:
+        return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
+                 for lt, v in sorted(stock.items()) if v[1] or v[2]},
+                {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
+
+    for rec in reader.iter_records(proj.position, n):
+        if progress and rec.index % 2000 == 0:
+            progress(rec.index, n)
+        if rec.index % 5000 == 4999:
+            scratch.flush()
+        try:
+            if rec.envelope is None:
+                raise EntryError("the entry is missing from the events table")
+            signed = SignedEntry.parse(rec.envelope)
+        except (EntryError, EncodingError) as err:
+            # a tampered (unreadable or deleted) entry: nothing to fold, but never hidden
+            proj.position = rec.index + 1
+            if rec.chain == party:
+                invalid += 1
                 if not types or rec.type in types:
+                    st, qu = state_now()
                     steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                      rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
+                                      rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
+                                      st, qu, []))
+            continue
+        e = signed.entry
+        sig = ""
+        if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash) and party in (e.chain, rec.chain):
+            # the stored entry is not the one the log recorded at this position (swapped or
+            # rewritten rows): its signature proves nothing about this position
+            sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
+                            f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
+        elif e.chain == party:
+            try:
+                pub = registry.key_for(signed, rec.index, rec.recorded_us)
+                if signed.signature_valid(pub):
+                    sig, valid = f"valid (key {e.key_id})", valid + 1
+                else:
+                    sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
+            except RegistryError as err:
+                sig, invalid = f"INVALID: {err}", invalid + 1
+        try:
+            registry.apply(signed, rec.index)
+        except RegistryError:
+            pass
+        d = proj.apply(rec.index, rec.recorded_us, signed)
+        for (p, lt, product, g, reo) in d.stock:
+            if p == party:
+                s = stock.setdefault(lt, [product, 0, 0])
+                s[0] = s[0] or product
+                s[1] += g
+                s[2] += reo
+        for (year, p, cat, kind, g, grp, _ref) in d.quota:
+            if p == party and kind == "USED":
+                used[f"{year} {cat}"] = used.get(f"{year} {cat}", 0) + g
+        for c in d.credit:
+            if c[0] == party:
+                credit.append({"index": rec.index, "kind": c[1], "article": c[2], "fine_cny": c[3],
+                               "next_year_cut_t": encoding.decimal_text(Decimal(c[4]) / 1_000_000) if c[4] else "0",
+                               "detail": c[5]})
+        # a RESOLVED row marks an earlier finding cured (the projections show it on that finding)
+        mine = [f.to_dict() for f in d.findings if f.party == party and f.code != "RESOLVED"]
+        for f in mine:
+            first.setdefault(f["rule"], f)
+        if e.type == "PartyRegistered" and e.body.get("party") == party:
+            name = e.body.get("name")
+        if e.chain != party and rec.chain == party and sig:
+            # the party's log position holds another chain's entry: shown as the party's step
+            if not types or rec.type in types:
+                steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                  rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
+            continue
+        if e.chain != party and not mine:
+            continue
+        body = e.body if isinstance(e.body, dict) else {}
+        occ = time_us(e.occurred_at) or rec.recorded_us
+        if e.chain == party:
+            if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
                 continue
-            if e.chain != party and not mine:
+            if types and e.type not in types:
                 continue
-            body = e.body if isinstance(e.body, dict) else {}
-            occ = time_us(e.occurred_at) or rec.recorded_us
-            if e.chain == party:
-                if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
-                    continue
-                if types and e.type not in types:
-                    continue
-                if lot and lot not in _lots(body):
-                    continue
-                if counterparty and _counterparty(party, e.chain, body) != counterparty:
-                    continue
-            steps.append(Step(
-                rec.index, "entry" if e.chain == party else "finding",
-                e.seq if e.chain == party else None, e.type if e.chain == party else None,
-                e.occurred_at if e.chain == party else None, rec.recorded_at,
-                signed.hash.hex() if e.chain == party else None,
-                json_body(body) if e.chain == party else None, sig,
-                _counterparty(party, e.chain, body) if e.chain == party else None,
-                _lots(body) if e.chain == party else [],
-                *state_now(), mine))
+            if lot and lot not in _lots(body):
+                continue
+            if counterparty and _counterparty(party, e.chain, body) != counterparty:
+                continue
+        steps.append(Step(
+            rec.index, "entry" if e.chain == party else "finding",
+            e.seq if e.chain == party else None, e.type if e.chain == party else None,
+            e.occurred_at if e.chain == party else None, rec.recorded_at,
+            signed.hash.hex() if e.chain == party else None,
+            json_body(body) if e.chain == party else None, sig,
+            _counterparty(party, e.chain, body) if e.chain == party else None,
+            _lots(body) if e.chain == party else [],
+            *state_now(), mine))
     return Replay(party, name, n, steps, first, valid, invalid, credit)
 
 
