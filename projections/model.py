@@ -27,7 +27,7 @@ from typing import Any
 from reledger.ledger import encoding
 from reledger.ledger.entry import SignedEntry
 
-from .state import ChainHashes, HeapQueue
+from .queues import ChainHashes, HeapQueue
 from .reference import (AUTHORITY_TYPES, AUTHORIZED_ROLES, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
                         RULE_PARAMETERS, element_of, elements_in, product_class, reo_factor_table)
 

@@ -30,16 +30,19 @@ starts reads nothing until a rule asks.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+import threading
 from typing import Any, Iterator
 
 import msgpack
+
+from . import snapshot
 
 P = "reledger_p_"
 STATE = P + "state"
 DUE = P + "due"
 META = "_meta"
 CACHE_ENTRIES = 200_000  # values kept in the cache across flushes (each map's share in proportion)
+SMALL_MAP = 512  # a map whose cache holds no more than this is never trimmed
 
 _MISS = object()    # not in the cache
 _ABSENT = object()  # known not to exist (cached as such)
@@ -47,70 +50,30 @@ _UNKNOWN = object()  # set without reading: the row may or may not exist
 _IMMUTABLE = frozenset({int, str, bytes, bool, type(None)})
 
 
-# --- the in-memory forms (the reference fold) ------------------------------------------------
-@dataclass
-class HeapQueue:
-    """Items (due time, a, b) taken out in order of due time (a heap)."""
-
-    items: list = field(default_factory=list)
-
-    def push(self, item: tuple) -> None:
-        heapq.heappush(self.items, item)
-
-    def due(self, t: int) -> bool:
-        """Whether an item is due at or before ``t``."""
-        return bool(self.items) and self.items[0][0] <= t
-
-    def pop(self) -> tuple:
-        return heapq.heappop(self.items)
-
-
-@dataclass
-class ChainHashes:
-    """The entry hashes of each chain, in seq order."""
-
-    hashes: dict = field(default_factory=dict)
-
-    def append(self, chain: str, entry_hash: bytes) -> None:
-        h = self.hashes.get(chain)
-        if h is None:
-            self.hashes[chain] = [entry_hash]
-        else:
-            h.append(entry_hash)
-
-    def range(self, chain: str, first: int, last: int) -> list[bytes] | None:
-        """The hashes of seqs ``first``..``last`` of ``chain`` (None: not all recorded)."""
-        h = self.hashes.get(chain, [])
-        return h[first - 1:last] if 1 <= first and last <= len(h) else None
-
+# the in-memory forms (the reference fold) live in projections/queues.py (the model imports them)
+from .queues import ChainHashes, HeapQueue  # noqa: E402,F401
 
 # --- encoding ----------------------------------------------------------------------------------
-_snap: Any = None  # projections/snapshot.py (imported on first use: it imports the model, which imports this)
-
-
-def _snapshot() -> Any:
-    global _snap
-    if _snap is None:
-        from . import snapshot
-
-        _snap = snapshot
-    return _snap
+_LOCAL = threading.local()  # a packer per thread (reused: its buffer is reset after each value)
 
 
 def encode(v: Any) -> bytes:
-    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form."""
-    return msgpack.packb((_snap or _snapshot())._plain(v), use_bin_type=True)
-
-
-def decode(b: bytes) -> Any:
-    """A key or value back from :func:`encode`'s bytes (plain data only: nothing in it runs)."""
-    s = _snap or _snapshot()
+    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form (packed
+    as it is walked: no plain copy is made)."""
+    t = type(v)
+    if t is str or t is int or t is bytes or v is None or t is bool:
+        return msgpack.packb(v, use_bin_type=True)
+    packer = getattr(_LOCAL, "packer", None)
+    if packer is None:
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     try:
-        return s._value(msgpack.unpackb(bytes(b), raw=False, use_list=True, ext_hook=s._refuse_ext))
-    except s.SnapshotError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any malformed bytes
-        raise s.SnapshotError(f"not a readable state value: {e}") from e
+        snapshot.pack_value(v, packer)
+        return packer.bytes()
+    finally:
+        packer.reset()
+
+
+decode = snapshot.read_value  # plain data only: nothing read back runs (SnapshotError otherwise)
 
 
 def ddl(pg: bool) -> list[str]:
@@ -342,9 +305,9 @@ class RowState:
     reads go through it (inside the store's transaction when one is open), :meth:`flush` writes
     through the cursor of the transaction that writes the derived rows and the position."""
 
-    def __init__(self, conn: Any, pg: bool, cache_entries: int = CACHE_ENTRIES):
+    def __init__(self, conn: Any, pg: bool, cache_entries: int | None = None):
         self.conn, self.pg = conn, pg
-        self.cache_entries = cache_entries
+        self.cache_entries = CACHE_ENTRIES if cache_entries is None else cache_entries
         self.maps: list[RowMap] = []
         self.queues: list[RowQueue] = []
         self.meta: dict[str, Any] = {}  # attribute -> its value as last written
@@ -402,7 +365,7 @@ class RowState:
                 self.meta[name] = encode(getattr(proj, name))
         self._ids = int(stored.get("_due_ids", 0))
         self.stored_rules = stored.get("_rules")  # the rules that made the stored state (None: none)
-        proj._state = self
+        proj.row_state = self
 
     def flush_maps(self) -> None:
         """Write what the rules changed (through the open transaction's cursor)."""
@@ -416,7 +379,7 @@ class RowState:
                 upserts.append((META, encode(name), b))
                 self.meta[name] = b
         upserts.append((META, encode("_due_ids"), encode(self._ids)))
-        upserts.append((META, encode("_rules"), encode((_snap or _snapshot()).RULES)))
+        upserts.append((META, encode("_rules"), encode(snapshot.RULES)))
         cur = self._cur if self._cur is not None else self.conn.cursor()
         if deletes:
             cur.executemany(self.q(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?"), deletes)
@@ -447,7 +410,8 @@ class RowState:
             return
         share = self.cache_entries / 2 / total
         for m in self.maps:
-            m._trim(int(len(m._c) * share))
+            # a small map is kept whole (it stays complete: a miss there needs no query)
+            m._trim(max(int(len(m._c) * share), SMALL_MAP))
 
     def begin(self, cur: Any) -> None:
         """Reads inside a transaction go through its cursor (PostgreSQL: its snapshot)."""
@@ -481,7 +445,7 @@ class ScratchState:
         self.conn.execute("PRAGMA synchronous=OFF")
         for stmt in ddl(False):
             self.conn.execute(stmt)
-        self.state = RowState(self.conn, False, CACHE_ENTRIES if cache_entries is None else cache_entries)
+        self.state = RowState(self.conn, False, cache_entries)
 
     def flush(self) -> None:
         cur = self.conn.cursor()

@@ -262,7 +262,7 @@ class ProjectionStore:
             return self.projector
         self.projector = None
         proj = Projector(rowstate.RowState(self.conn, self.pg))
-        if proj.position != pos or proj._state.stored_rules not in (None, snapshot.RULES):
+        if proj.position != pos or proj.row_state.stored_rules not in (None, snapshot.RULES):
             proj = self._refold_state(reader, pos)
         self.projector = proj
         return proj
@@ -284,8 +284,8 @@ class ProjectionStore:
                 if row is None or int(row[0]) != pos:
                     raise TrackingError("the projections moved on while their rule state was folded: "
                                         "another follower is running")
-                proj._state.flush(cur)
-            proj._state.trim()
+                proj.row_state.flush(cur)
+            proj.row_state.trim()
         return proj
 
     def _transaction(self):
@@ -356,7 +356,7 @@ class ProjectionStore:
             except BaseException:
                 self.projector = None  # the cache may hold changes never written: read the rows again
                 raise
-            proj._state.trim()
+            proj.row_state.trim()
             done += len(page)
             if on_findings and findings:
                 on_findings(findings)
@@ -413,7 +413,7 @@ class ProjectionStore:
         for table in ROW_TABLES:
             if rows[table]:
                 self._insert(cur, table, rows[table], copy)
-        st = proj._state
+        st = proj.row_state
         st.begin(cur)
         try:
             st.flush_maps()  # the rule state's changes, in this transaction
