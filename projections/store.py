@@ -103,12 +103,14 @@ def _tables_ddl(blob: str) -> list[str]:
 INDEXES = {
     # covering: a point-in-time quota query reads the index alone
     "quota_year": "quota (year, idx, occurred_us, party, category, kind, grp, g)",
+    "quota_party": "quota (party, idx)",  # a party's quota rows (replay, investigate)
     "stock_party": "stock (party, idx)",
     "stock_lot": "stock (lot, idx)",
     "flow_src": "flow (src_lot)",
     "flow_dst": "flow (dst_lot)",
     "findings_party": "findings (party, idx)",
     "findings_idx": "findings (idx)",
+    "credit_party": "credit (party, idx)",
     "quota_sums_pos": "quota_sums (position, year)",
 }
 
