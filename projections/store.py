@@ -39,11 +39,13 @@ from .model import Deltas, Finding, Projector
 log = logging.getLogger(__name__)
 
 PAGE = 2_000  # entries per transaction when following the log
+SQLITE_CACHE_KB = 65_536  # the store's SQLite page cache
 REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary indexes built at the end)
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
           "state", "due")
+STATE_TABLES = ("state", "due")  # the rule state as rows (projections/state.py)
 LEGACY_TABLES = ("snapshots",)  # the whole-state snapshots of earlier versions: dropped by a rebuild
 # the columns of each table of delta rows, in the order the rows are made
 COLUMNS = {
@@ -154,6 +156,9 @@ class ProjectionStore:
             # rebuild's DROP would write the old projections out again, page by page. Projection
             # rows are derived from the log kept in the same file: there is nothing to erase.
             self.conn.execute("PRAGMA secure_delete=OFF")
+            # the rule state's rows are read and written at random keys: a page cache of 64 MB
+            # (instead of 2) keeps the B-trees' inner pages in memory
+            self.conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
         self.projector: Projector | None = None
         self.create()
 
@@ -482,7 +487,8 @@ class ProjectionReader:
         try:
             if self.pg:  # the projection SQL names its tables without the schema
                 self.reader.cursor().execute(f'SET search_path TO "{self.db.schema}"')
-            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES))
+            # the derived rows (a read never needs the rule state's tables)
+            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES if t not in STATE_TABLES))
         except BaseException:
             self.reader.close()
             raise
