@@ -7,8 +7,9 @@ check"). Every delta row carries the log index of the entry that caused it and t
 business time, so that any question "as of log index N" (what the ledger knew then) or
 "valid at time T" (the state then, as known now) is a filter on rows, never a replay.
 
-The projector keeps in memory only what the rules need (balances, open shipments, due reports);
-that state is a pure function of the log prefix and can be snapshotted (pickle) and restored.
+The projector keeps only what the rules need (balances, open shipments, due reports); that
+state is a pure function of the log prefix. It lives in plain objects in memory (``Projector()``,
+the reference fold) or as rows in the database (``Projector(RowState(...))``, projections/state.py).
 
 Units: masses and REO are integer **grams** (kg with 3 decimals = g, t REO = 10^6 g), so sums
 are exact in SQL and Python alike.
@@ -585,8 +586,7 @@ class Projector:
                 self.active_months.add(key)
                 self.month_refs[key] = ref
                 if key not in self.reports:
-                    self.due_reports.push((report_due_us(month, self.p("report_due_day")), e.chain,
-                                                      month))
+                    self.due_reports.push((report_due_us(month, self.p("report_due_day")), e.chain, month))
         return d
 
     def _roles_for_authority(self, chain: str, type: str) -> frozenset[str]:
