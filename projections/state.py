@@ -314,28 +314,33 @@ class RowState:
         self.proj: Any = None
         self._ids = 0
         self._cur = None
-
+        self._rcur = None
+        self._fetch_sql = self.q(f"SELECT v FROM {STATE} WHERE ns = ? AND k = ?")
     def q(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.pg else sql
 
     def _exec(self, sql: str, params: tuple) -> list:
-        cur = self._cur if self._cur is not None else self.conn.cursor()
-        cur.execute(self.q(sql), params)
+        cur = self._cur
+        if cur is None:
+            cur = self._rcur
+            if cur is None:
+                cur = self._rcur = self.conn.cursor()  # one cursor for the reads (making one costs)
+        cur.execute(sql, params)
         return cur.fetchall()
 
     def fetch(self, ns: str, k: bytes) -> bytes | None:
-        rows = self._exec(f"SELECT v FROM {STATE} WHERE ns = ? AND k = ?", (ns, k))
+        rows = self._exec(self._fetch_sql, (ns, k))
         return rows[0][0] if rows else None
 
     def scan(self, ns: str) -> list[tuple[bytes, bytes]]:
-        return [(bytes(k), bytes(v)) for k, v in self._exec(f"SELECT k, v FROM {STATE} WHERE ns = ?", (ns,))]
+        return [(bytes(k), bytes(v)) for k, v in self._exec(self.q(f"SELECT k, v FROM {STATE} WHERE ns = ?"), (ns,))]
 
     def due_page(self, queue: str, after: tuple | None, n: int) -> list:
         if after is None:
-            return self._exec(f"SELECT due, a, b, id, item FROM {DUE} WHERE queue = ? ORDER BY due, a, b, id "
-                              f"LIMIT {int(n)}", (queue,))
-        return self._exec(f"SELECT due, a, b, id, item FROM {DUE} WHERE queue = ? AND (due, a, b, id) > (?, ?, ?, ?) "
-                          f"ORDER BY due, a, b, id LIMIT {int(n)}", (queue, *after))
+            return self._exec(self.q(f"SELECT due, a, b, id, item FROM {DUE} WHERE queue = ? ORDER BY due, a, b, id "
+                                     f"LIMIT {int(n)}"), (queue,))
+        return self._exec(self.q(f"SELECT due, a, b, id, item FROM {DUE} WHERE queue = ? AND (due, a, b, id) > "
+                                 f"(?, ?, ?, ?) ORDER BY due, a, b, id LIMIT {int(n)}"), (queue, *after))
 
     def next_id(self) -> int:
         self._ids += 1
