@@ -42,6 +42,7 @@ STATE = P + "state"
 DUE = P + "due"
 META = "_meta"
 CACHE_ENTRIES = 200_000  # values kept in the cache across flushes (each map's share in proportion)
+SCRATCH_CACHE_KB = 65_536  # a scratch state's SQLite page cache
 SMALL_MAP = 512  # a map whose cache holds no more than this is never trimmed
 
 _MISS = object()    # not in the cache
@@ -448,6 +449,7 @@ class ScratchState:
         self.conn = sqlite3.connect(os.path.join(self._dir.name, "state.db"), isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=OFF")
         self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute(f"PRAGMA cache_size=-{SCRATCH_CACHE_KB}")  # random keys: the B-tree's pages in memory
         for stmt in ddl(False):
             self.conn.execute(stmt)
         self.state = RowState(self.conn, False, cache_entries)
