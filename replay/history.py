@@ -11,6 +11,7 @@ own steps. Tests check that the state after any step equals the projections at t
 from __future__ import annotations
 
 import base64
+import bisect
 from decimal import Decimal
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -187,13 +188,23 @@ def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, unti
         used: dict[str, int] = {}
         pending: dict[str, Any] = {"stock": next(stock_rows, None), "used": next(used_rows, None)}
 
+        shown: dict[str, dict[str, str]] = {}  # lot -> its figures as shown (made again when they change)
+        order: list[str] = []  # the lots, sorted
+
         def advance(upto: int) -> None:
             r = pending["stock"]
             while r is not None and int(r[0]) <= upto:
-                s = stock.setdefault(r[1], [r[2], 0, 0])
+                s = stock.get(r[1])
+                if s is None:
+                    s = stock[r[1]] = [r[2], 0, 0]
+                    bisect.insort(order, r[1])
                 s[0] = s[0] or r[2]
                 s[1] += int(r[3])
                 s[2] += int(r[4])
+                if s[1] or s[2]:
+                    shown[r[1]] = {"product": s[0], "kg": kg_text(s[1]), "reo_kg": kg_text(s[2])}
+                else:
+                    shown.pop(r[1], None)
                 r = next(stock_rows, None)
             pending["stock"] = r
             r = pending["used"]
@@ -204,8 +215,7 @@ def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, unti
             pending["used"] = r
 
         def state_now() -> tuple[dict, dict]:
-            return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
-                     for lt, v in sorted(stock.items()) if v[1] or v[2]},
+            return ({lt: shown[lt] for lt in order if lt in shown},
                     {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
 
         registry = Registry()
