@@ -1,4 +1,4 @@
-"""Projection tables: follow the log with tracking, snapshot the rule state, answer queries
+"""Projection tables: follow the log with tracking, keep the rule state as rows, answer queries
 at any point in time.
 
 Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
@@ -532,36 +532,6 @@ def reflects(reader: LogReader, position: int) -> dict[str, Any]:
     cp = reader.queries.latest_checkpoint(cur)
     return {"projections_position": position, "log_size": size, "behind": max(size - position, 0),
             "checkpoint": None if cp is None else {"size": cp[0], "root": cp[1].hex()}}
-
-
-def _load_snapshot(state: bytes) -> Projector:
-    """A snapshot's rule state (canonical msgpack, read as plain data: nothing in it runs); a
-    fresh Projector (roll forward from the start) when this version cannot read it: made by
-    other rules, an older format (a pickle is never unpickled), or damaged."""
-    try:
-        proj = snapshot.loads(bytes(state))
-    except snapshot.SnapshotError:
-        return Projector()
-    if proj.quota_sums is None:
-        return Projector()
-    return proj
-
-
-def read_snapshot(reader: LogReader) -> Projector:
-    """The rule state of the latest snapshot the projection tables hold, read through a log
-    reader's read-only connection (nothing is created or written): a fresh Projector when
-    there is none, the tables do not exist yet, or the snapshot lies past the log's end. Roll
-    it forward over the log from its ``position`` (the state is a pure function of the log)."""
-    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
-    cur = reader.cursor()
-    try:
-        cur.execute(f"SELECT position, state FROM {table} ORDER BY position DESC LIMIT 1")
-        row = cur.fetchone()
-    except Exception:  # noqa: BLE001 - no projection tables yet (autocommit: nothing to roll back)
-        return Projector()
-    if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
-        return Projector()
-    return _load_snapshot(row[1])
 
 
 def page_rows(proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:
