@@ -36,6 +36,7 @@ from typing import Any, Iterator
 import msgpack
 
 from . import snapshot
+from .queues import ChainHashes, HeapQueue  # the in-memory forms (the reference fold), replaced here
 
 P = "reledger_p_"
 STATE = P + "state"
@@ -50,9 +51,6 @@ _ABSENT = object()  # known not to exist (cached as such)
 _UNKNOWN = object()  # set without reading: the row may or may not exist
 _IMMUTABLE = frozenset({int, str, bytes, bool, type(None)})
 
-
-# the in-memory forms (the reference fold) live in projections/queues.py (the model imports them)
-from .queues import ChainHashes, HeapQueue  # noqa: E402,F401
 
 # --- encoding ----------------------------------------------------------------------------------
 _LOCAL = threading.local()  # a packer per thread (reused: its buffer is reset after each value)
@@ -317,6 +315,7 @@ class RowState:
         self._cur = None
         self._rcur = None
         self._fetch_sql = self.q(f"SELECT v FROM {STATE} WHERE ns = ? AND k = ?")
+
     def q(self, sql: str) -> str:
         return sql.replace("?", "%s") if self.pg else sql
 
