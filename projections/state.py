@@ -30,6 +30,7 @@ starts reads nothing until a rule asks.
 from __future__ import annotations
 
 import heapq
+import itertools
 import threading
 from typing import Any, Iterator
 
@@ -204,7 +205,7 @@ class RowMap:
             return
         self.complete = False
         orig = self._orig
-        for k in list(c)[:n]:  # least recently used first
+        for k in list(itertools.islice(c, n)):  # least recently used first
             del c[k]
             orig.pop(k, None)
 
