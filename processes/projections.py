@@ -339,8 +339,8 @@ def serve_projections(url: str, conn, poll: float, min_interval: float, since: i
                 found.setdefault(f.index, []).append(f.to_dict())
 
     def tables_round() -> None:
-        """The follower's round: the tables; while there is no mirror, also the findings (what
-        the catch-up projects), and then the mirror."""
+        """The follower's round: the tables, and the findings of what the catch-up projects
+        (there is no mirror: see serve_projections)."""
         with lock:
             asks = tables_asks[:]
             del tables_asks[:]
