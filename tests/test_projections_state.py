@@ -23,8 +23,6 @@ from reledger.storage.store import LedgerStore
 
 from projection_helpers import copy_cut
 
-pytestmark = pytest.mark.behaviour
-
 
 @pytest.fixture(scope="module")
 def demo_ledger(tmp_path_factory) -> str:
