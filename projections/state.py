@@ -387,11 +387,21 @@ class RowState:
         upserts.append((META, encode("_due_ids"), encode(self._ids)))
         upserts.append((META, encode("_rules"), encode(snapshot.RULES)))
         cur = self._cur if self._cur is not None else self.conn.cursor()
-        if deletes:
-            cur.executemany(self.q(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?"), deletes)
-        if upserts:
-            cur.executemany(self.q(f"INSERT INTO {STATE} (ns, k, v) VALUES (?, ?, ?) "
-                                   "ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v"), upserts)
+        if self.pg:
+            # one statement each (arrays), not one round trip a row
+            if deletes:
+                cur.execute(f"DELETE FROM {STATE} s USING unnest(%s::text[], %s::bytea[]) AS d(ns, k) "
+                            "WHERE s.ns = d.ns AND s.k = d.k", ([d[0] for d in deletes], [d[1] for d in deletes]))
+            if upserts:
+                cur.execute(f"INSERT INTO {STATE} (ns, k, v) SELECT * FROM unnest(%s::text[], %s::bytea[], "
+                            "%s::bytea[]) ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v",
+                            ([u[0] for u in upserts], [u[1] for u in upserts], [u[2] for u in upserts]))
+        else:
+            if deletes:
+                cur.executemany(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?", deletes)
+            if upserts:
+                cur.executemany(f"INSERT INTO {STATE} (ns, k, v) VALUES (?, ?, ?) "
+                                "ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v", upserts)
         for rq in self.queues:
             ins, dels = rq._flush()
             if dels:
