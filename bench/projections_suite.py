@@ -4,7 +4,7 @@ the raw rate of reading the same log, measured in the same run.
 * **read_raw**: ``LogReader.iter_records`` + ``SignedEntry.parse`` over the whole log (what
   any replay must at least do);
 * **rebuild**: ``ProjectionStore.rebuild`` over the same log (drop the tables, replay, write
-  every delta row, snapshots included), interleaved with read_raw in rounds;
+  every delta row and the rule state's rows), interleaved with read_raw in rounds;
 * **large log** (``--large-projections N``): a real log of about N entries (the realistic
   workload of bench/realistic.py, appended with ``LedgerStore`` prepare/finish pipelined, the
   record clock following the business times), rebuilt once (**large_replay**), then

@@ -12,12 +12,15 @@ with the checkpointer.
   accepted, checks their signatures (a thread pool: Ed25519 releases the GIL), commits them
   together (group commit:
   one transaction, each group accepted or refused whole) and answers each group with its
-  receipts or its error, and the findings it can say from its own mirror of the rule state.
+  receipts or its error (with ``findings_mirror=True``, not ``reledger serve``'s default,
+  also the findings it can say from a mirror of the rule state in its memory, which grows
+  with the log).
   If it dies, the groups it held fail with 503 and the next group starts a new one.
 * **The projections process** (:mod:`reledger.processes.projections`, ``ProjectionProcess``):
   the only writer of the projection tables. It follows the log (LISTEN/NOTIFY on PostgreSQL,
-  polling on SQLite), catches the tables up when a query asks, and answers the findings the
-  writer process could not say. If it dies, the server process projects in threads instead.
+  polling on SQLite), catches the tables up when a query asks, and answers the appends'
+  findings (its catch-up collects them; the rule state is the tables' rows, read through a
+  bounded cache: projections/state.py). If it dies, the server process projects in threads instead.
 * **The checkpointer** (:mod:`reledger.processes.checkpointer`, ``CheckpointerProcess``; only
   with ``serve --checkpoint-key``): the only process that reads the checkpoint key. Every N
   entries and on a timer it signs a checkpoint, has the witnesses of its policy cosign it and

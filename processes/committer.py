@@ -419,9 +419,11 @@ def commit_loop(api: CommandAPI, conn: Channel, max_groups: int = 256, max_entri
 class WriterProcess(_Admission):
     """The group commit in a writer process of its own (see the module docstring). When
     ``api`` has a findings hook (the projections), the process answers the findings of what it
-    commits from a mirror of the rule state it keeps (:class:`reledger.projections.hooks.MirrorFindings`;
-    not with ``findings_mirror=False``); those it cannot say (while its mirror is being built)
-    are asked here, of ``api``'s hook, before the answers go back to the event loop.
+    commits from a mirror of the rule state it keeps (:class:`reledger.projections.hooks.MirrorFindings`,
+    with ``findings_mirror=True``); those it cannot say (while its mirror is being built), and
+    all of them by default, are asked here, of ``api``'s hook, before the answers go back to the
+    event loop. The default keeps the rule state out of this process: a mirror holds the whole
+    rule state in memory, which grows with the log (the projections keep it as rows).
 
     ``start`` spawns the process and waits until it has built its write state. If the process
     dies, the groups it was given fail with 503 ``unavailable`` (their entries may or may not
@@ -431,7 +433,7 @@ class WriterProcess(_Admission):
 
     def __init__(self, url: str, api: CommandAPI, *, max_queued_entries: int = MAX_QUEUED_ENTRIES,
                  max_queued_bytes: int = MAX_QUEUED_BYTES, start_timeout: float = WRITER_START_TIMEOUT,
-                 findings_mirror: bool = True):
+                 findings_mirror: bool = False):
         super().__init__(max_queued_entries, max_queued_bytes)
         self.url, self.api = url, api
         # the process answers findings itself (when there is a hook to answer for)

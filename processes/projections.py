@@ -20,7 +20,6 @@ Messages (frames of :mod:`reledger.processes.frames`, one msgpack array each):
 
 from __future__ import annotations
 
-import copy
 import gc
 import itertools
 import logging
@@ -305,16 +304,14 @@ class FedEntries:
 
 def serve_projections(url: str, conn, poll: float, min_interval: float, since: int = 0) -> None:
     """The child: follow the log into the projection tables (at most every ``min_interval``
-    seconds, at once for a "catch_up" request); answer "findings" requests from a mirror of
-    the rule state; send back every answer. Ends on "stop" or when the parent goes away.
+    seconds, at once for a "catch_up" request); answer "findings" requests by a catch-up of
+    the tables, which collects the findings of the entries it projects; send back every answer.
+    Ends on "stop" or when the parent goes away.
 
-    The mirror: once the tables have caught up, a copy of their rule state that folds in just
-    the entries past it, fed by the parent or read from the log
-    (:class:`reledger.projections.model.Projector` is a pure function of the log: the same findings the
-    tables record for those entries, without waiting for their rows to be written). Until
-    then, and after any doubt (the mirror is dropped), a catch-up of the tables collects the
-    findings instead. (The server's writer process keeps a mirror of its own and asks here
-    only for what it cannot say: while it builds its mirror, or after a failure.)"""
+    No copy of the rule state is kept in memory (earlier versions kept a "mirror" of it, which
+    grew with the log): the state is the tables' rows (projections/state.py), read through the
+    store's bounded cache. The ``mirror`` slot below stays empty, so every "findings" request
+    is answered by the follower's catch-up."""
     conn = Channel(conn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent's Ctrl-C is the parent's: it stops us
     logging.basicConfig(level=logging.WARNING)
@@ -342,8 +339,8 @@ def serve_projections(url: str, conn, poll: float, min_interval: float, since: i
                 found.setdefault(f.index, []).append(f.to_dict())
 
     def tables_round() -> None:
-        """The follower's round: the tables; while there is no mirror, also the findings (what
-        the catch-up projects), and then the mirror."""
+        """The follower's round: the tables, and the findings of what the catch-up projects
+        (there is no mirror: see serve_projections)."""
         with lock:
             asks = tables_asks[:]
             del tables_asks[:]
@@ -357,16 +354,10 @@ def serve_projections(url: str, conn, poll: float, min_interval: float, since: i
                 raise
             state["tables_at"] = time.monotonic()
             proj = ps.projector
-            if proj is not None:
-                mirror = copy.deepcopy(proj)  # a copy of its own (nothing pickled)
-                # both rule states live as long as this process: keep them out of the cyclic
-                # GC's full passes (they would stall the answers for tens of ms each)
-                gc.collect()
-                gc.freeze()
-                with lock:
-                    state["mirror"] = mirror
-                    fed.forget_before(mirror.position)  # folded by the tables already
-                    lock.notify_all()
+            # no mirror: the rule state lives in the tables' rows (projections/state.py), and a
+            # copy in memory would grow with the log; each catch-up collects the findings
+            with lock:
+                fed.forget_before(ps.position())  # folded by the tables already
             send(("done", ids, -1 if proj is None else proj.position, found))
             return
         late = [rid for kind, rid in asks if kind == "findings"]  # routed here before the mirror was made

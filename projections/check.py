@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from reledger.ledger.encoding import micros_to_time_text
 
 from .model import Projector
+from . import state as rowstate
 from . import store as pstore
 from .store import COLUMNS, P, PG_TYPES, ROW_TABLES, ProjectionReader, page_rows
 
@@ -159,7 +160,8 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         streams = {t: _TableRows(ps, t, n) for t in ROW_TABLES}
         norms = {t: _normaliser(t) for t in ROW_TABLES}
         sums_norm = _normaliser("quota_sums")
-        proj = Projector()
+        scratch = rowstate.ScratchState()
+        proj = Projector(scratch.state)
         start = 0
         try:
             while start < n:
@@ -169,6 +171,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
                     check.add("log", f"the log lacks entries in [{start}, {end}): run reledger verify")
                     break
                 rows, _ = page_rows(proj, records)
+                scratch.flush()
                 for t in ROW_TABLES:
                     norm = norms[t]
                     _compare(check, t, [norm(r) for r in rows[t]], streams[t].below(end))
@@ -191,6 +194,7 @@ def verify_projections(url: str, progress: Callable[[int, int], None] | None = N
         finally:
             for s in streams.values():
                 s.close()
+            scratch.close()
         ps.reader.end_snapshot()
     finally:
         ps.close()

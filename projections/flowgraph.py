@@ -59,14 +59,48 @@ def _day(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=_CST).strftime("%Y-%m-%d")
 
 
-def _flow_rows(ps: ProjectionStore, point: Point) -> list[dict[str, Any]]:
-    """The flow table with business times (what queries.flow_edges gives, plus ``occurred_us``)."""
-    n, t = point.bounds(ps)
-    rows = ps.execute(f"SELECT idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref "
-                      f"FROM {P}flow WHERE idx < ? AND occurred_us <= ? ORDER BY idx", (n, t))
+_FLOW_COLUMNS = "idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref"
+
+
+def _flow_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
     return [{"index": int(i), "occurred_us": int(o), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp,
              "dst_lot": dl, "product": pr, "g": int(g), "reo_g": int(r), "ref": ref}
             for i, o, k, sp, sl, dp, dl, pr, g, r, ref in rows]
+
+
+def _flow_rows(ps: ProjectionStore, point: Point, touching: str | None = None) -> list[dict[str, Any]]:
+    """The flow table with business times (what queries.flow_edges gives, plus ``occurred_us``);
+    ``touching``: only the rows from or to that party (filtered in the database)."""
+    n, t = point.bounds(ps)
+    where, params = "idx < ? AND occurred_us <= ?", (n, t)
+    if touching is not None:
+        where, params = where + " AND (src_party = ? OR dst_party = ?)", params + (touching, touching)
+    return _flow_dicts(ps.execute(f"SELECT {_FLOW_COLUMNS} FROM {P}flow WHERE {where} ORDER BY idx", params))
+
+
+def _lot_rows(ps: ProjectionStore, point: Point, lot: str, direction: str) -> list[dict[str, Any]]:
+    """The flow rows a trace of ``lot`` needs (what :func:`trace_rows` reads of the whole table):
+    every row from or to each lot the trace reaches, read lot by lot through the lot indexes, so
+    that a trace costs the lots it reaches, not the table."""
+    n, t = point.bounds(ps)
+    counts: dict[tuple, int] = {}  # a row -> how many times the table holds it (as the first read gave it)
+    seen, frontier = {lot}, [lot]
+    while frontier:
+        cur = frontier.pop()
+        got: dict[tuple, int] = {}
+        for r in ps.execute(f"SELECT {_FLOW_COLUMNS} FROM {P}flow WHERE idx < ? AND occurred_us <= ? "
+                            "AND (dst_lot = ? OR src_lot = ?)", (n, t, cur, cur)):
+            r = tuple(r)
+            got[r] = got.get(r, 0) + 1
+        for r, k in got.items():
+            counts.setdefault(r, k)
+            kind, sl, dl = r[2], r[4], r[6]
+            nxt = (sl if dl == cur else None) if direction == "up" else (dl if sl == cur else None)
+            if kind in TRANSFORM_KINDS and nxt and nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    rows = sorted((r for r, k in counts.items() for _ in range(k)), key=lambda r: int(r[0]))
+    return _flow_dicts(rows)
 
 
 def _names(ps: ProjectionStore, point: Point) -> dict[str, str]:
@@ -90,14 +124,18 @@ def _node(n: str, **extra: Any) -> dict[str, Any]:
 
 # --- the party graph ----------------------------------------------------------------------------
 
-def party_graph(ps: ProjectionStore, point: Point = Point(), party: str | None = None) -> dict[str, Any]:
+def party_graph(ps: ProjectionStore, point: Point = Point(), party: str | None = None,
+                touching: str | None = None) -> dict[str, Any]:
     """All movements between parties (and origins and destinations), one edge per (source,
     destination, kind) with kg, kg REO and the number of movements. Customs declarations and
     scrap sources are folded into one node per receiving party ("customs: 12 declarations").
 
     ``party``: the drill-down, only the edges that touch that party, one per month (CST), with
-    every customs declaration and scrap source on its own."""
-    rows = [e for e in _flow_rows(ps, point) if e["kind"] not in TRANSFORM_KINDS]
+    every customs declaration and scrap source on its own.
+
+    ``touching``: the edges of the whole graph that touch that party only (the same edges as
+    the whole graph has there; only its rows are read)."""
+    rows = [e for e in _flow_rows(ps, point, touching if party is None else party) if e["kind"] not in TRANSFORM_KINDS]
     if party is not None:
         rows = [e for e in rows if party in (e["src_party"], e["dst_party"])]
     agg: dict[tuple, list] = {}
@@ -147,7 +185,7 @@ def trace(ps: ProjectionStore, lot: str, direction: str = "up", point: Point = P
     holders), lot by lot, as one connected graph (see the module's docstring)."""
     if direction not in ("up", "down"):
         raise ValueError("direction must be 'up' or 'down'")
-    g = trace_rows(_flow_rows(ps, point), lot, direction)
+    g = trace_rows(_lot_rows(ps, point, lot, direction), lot, direction)
     g["point"] = point.to_dict()
     g["parties"] = _names(ps, point)
     return g

@@ -23,7 +23,8 @@ from reledger.ledger.entry import SignedEntry
 from reledger.storage.reader import LogReader
 
 from .model import Finding
-from .store import ProjectionStore, apply_record, read_snapshot, record_micros
+from .model import Projector
+from .store import ProjectionStore, apply_record, record_micros
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,9 @@ class MirrorFindings:
     the append's answer carries its findings without asking the projections.
 
     The state is the projection tables' own fold (:class:`reledger.projections.model.Projector`, a pure
-    function of the log), started from their latest snapshot (read only) and rolled forward
-    over the log, so each entry raises exactly the findings the tables record for it. Entries
+    function of the log), folded from the start of the log in this process's memory (it grows
+    with the log: ``reledger serve`` does not use a mirror, see processes/committer.py), so each
+    entry raises exactly the findings the tables record for it. Entries
     another writer appended in between are read from the log and folded first.
 
     :meth:`start` builds the state in a background thread (a long log takes a while). Until it
@@ -122,7 +124,7 @@ class MirrorFindings:
     def _build(self) -> None:
         try:
             with LogReader(self.url) as reader:
-                proj = read_snapshot(reader)
+                proj = Projector()  # the whole rule state in memory: this mirror's price
                 for rec in reader.iter_records(proj.position):  # to the log's end when it starts
                     apply_record(proj, rec)
             # the state lives as long as the process: out of the cyclic GC's full passes

@@ -7,8 +7,9 @@ check"). Every delta row carries the log index of the entry that caused it and t
 business time, so that any question "as of log index N" (what the ledger knew then) or
 "valid at time T" (the state then, as known now) is a filter on rows, never a replay.
 
-The projector keeps in memory only what the rules need (balances, open shipments, due reports);
-that state is a pure function of the log prefix and can be snapshotted (pickle) and restored.
+The projector keeps only what the rules need (balances, open shipments, due reports); that
+state is a pure function of the log prefix. It lives in plain objects in memory (``Projector()``,
+the reference fold) or as rows in the database (``Projector(RowState(...))``, projections/state.py).
 
 Units: masses and REO are integer **grams** (kg with 3 decimals = g, t REO = 10^6 g), so sums
 are exact in SQL and Python alike.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import bisect
-import heapq
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -28,6 +28,7 @@ from typing import Any
 from reledger.ledger import authority, encoding
 from reledger.ledger.entry import SignedEntry
 
+from .queues import ChainHashes, HeapQueue
 from .reference import (CALENDAR_PARAMETERS, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
                         RULE_PARAMETERS, calendar_dates, element_of, elements_in, merge_calendar, product_class,
                         reo_factor_table)
@@ -260,7 +261,9 @@ class Designation:
 class Projector:
     """Folds entries (in log order) into deltas and findings. Pure and deterministic."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: Any = None) -> None:
+        """``state``: where the rule state lives (projections/state.py): None keeps it in plain
+        objects in memory (the reference fold); a RowState keeps it as rows in the database."""
         self.position = 0  # log index of the next entry
         self.designations: dict[str, list[Designation]] = {}
         self.names: dict[str, str] = {}
@@ -286,12 +289,12 @@ class Projector:
         self.lots: dict[str, LotInfo] = {}
         # flows
         self.shipments: dict[tuple, dict[str, Any]] = {}
-        self.due_shipments: list[tuple[int, str, str]] = []
+        self.due_shipments = HeapQueue()  # (due, seller, transfer id)
         # reporting
-        self.chain_hashes: dict[str, list[bytes]] = {}
+        self.chain_hashes = ChainHashes()
         self.active_months: set[tuple[str, str]] = set()
         self.reports: dict[tuple[str, str], int] = {}
-        self.due_reports: list[tuple[int, str, str]] = []
+        self.due_reports = HeapQueue()  # (due, party, month)
         self.month_refs: dict[tuple[str, str], RawRef] = {}
         # DOMAIN.md "The rules, precisely" -------------------------------------------------------
         self.root: str | None = None  # the chain of log index 0 (the root regulator)
@@ -325,6 +328,8 @@ class Projector:
         # party -> the quota uses counted for it, [occ, category, year, g, group counted to, chain,
         # seq]: a membership change recorded late moves them between the groups' totals
         self.party_uses: dict[str, list] = {}
+        if state is not None:
+            state.attach(self)  # every attribute above, from the rows (see projections/state.py)
 
     # pickling (snapshots): the lots as plain tuples, several times cheaper than dataclasses
     def __getstate__(self) -> dict[str, Any]:
@@ -537,7 +542,7 @@ class Projector:
         if index != self.position:
             raise ValueError(f"projector at position {self.position} was given log index {index}")
         self.position = index + 1
-        self.chain_hashes.setdefault(chain, []).append(entry_hash)
+        self.chain_hashes.append(chain, entry_hash)
         d = Deltas(recorded_us)
         ref = (chain, seq, entry_hash, index)
         self._finding(d, "flow", "UNREADABLE_ENTRY", chain,
@@ -551,16 +556,11 @@ class Projector:
         self.position = index + 1
         e = signed.entry
         ref = (e.chain, e.seq, signed.hash, index)
-        hashes = self.chain_hashes.get(e.chain)
-        if hashes is None:
-            self.chain_hashes[e.chain] = [signed.hash]
-        else:
-            hashes.append(signed.hash)
+        self.chain_hashes.append(e.chain, signed.hash)
         occurred_us = time_us(e.occurred_at) or recorded_us
         d = Deltas(occurred_us)
         body = e.body if isinstance(e.body, dict) else {}
-        if ((self.due_shipments and self.due_shipments[0][0] <= recorded_us)
-                or (self.due_reports and self.due_reports[0][0] <= recorded_us)):
+        if self.due_shipments.due(recorded_us) or self.due_reports.due(recorded_us):
             self._due_checks(d, recorded_us, ref)
         if self.root is None:
             self.root = e.chain
@@ -599,8 +599,7 @@ class Projector:
                 self.active_months.add(key)
                 self.month_refs[key] = ref
                 if key not in self.reports:
-                    heapq.heappush(self.due_reports, (report_due_us(month, self.p("report_due_day")), e.chain,
-                                                      month))
+                    self.due_reports.push((report_due_us(month, self.p("report_due_day")), e.chain, month))
         return d
 
     def _designate(self, type: str, body: dict, index: int) -> None:
@@ -1139,7 +1138,7 @@ class Projector:
         # ledger say that none came
         due_business = shipped + days * DAY_US
         due = max(due_business, report_due_us(month_of(due_business), self.p("report_due_day")))
-        heapq.heappush(self.due_shipments, (due, chain, tid))
+        self.due_shipments.push((due, chain, tid))
 
     def _on_TransferReceived(self, d, chain, b, ref, occ, rec) -> None:
         tid, seller = b["transfer_id"], b["seller"]
@@ -1261,10 +1260,9 @@ class Projector:
                           f"the flow report for {month} was recorded {encoding.micros_to_time_text(rec)}, after "
                           f"the due date {encoding.micros_to_time_text(due)}", [], ref, occ, month=month,
                           report_due_day=self.p("report_due_day"))
-        hashes = self.chain_hashes.get(chain, [])
         if "first_seq" in b or "last_seq" in b:
             first, last = int(b["first_seq"]), int(b["last_seq"])
-            covered = hashes[first - 1:last] if 1 <= first and last <= len(hashes) else None
+            covered = self.chain_hashes.range(chain, first, last)
         else:  # a month without entries: the digest of nothing (FORMAT: both absent)
             first, last, covered = 1, 0, []
         if covered is None or report_digest(covered) != b.get("digest"):
@@ -1405,8 +1403,8 @@ class Projector:
 
     # time-driven rules --------------------------------------------------------------------------
     def _due_checks(self, d: Deltas, now_us: int, ref: RawRef) -> None:
-        while self.due_shipments and self.due_shipments[0][0] <= now_us:
-            due, seller, tid = heapq.heappop(self.due_shipments)
+        while self.due_shipments.due(now_us):
+            due, seller, tid = self.due_shipments.pop()
             ship = self.shipments.get((seller, tid))
             if ship and not ship["received"] and not ship.get("late_raised"):
                 ship["late_raised"] = True
@@ -1416,8 +1414,8 @@ class Projector:
                     f"transfer {tid} from {seller} to {ship['buyer']} was not received within "
                     f"{days} days", [_as_ref(ship["ref"])], ref[3], ship["shipped_us"] + days * DAY_US,
                     {"buyer": ship["buyer"], "transfer_id": tid, "receipt_within_days": days}))
-        while self.due_reports and self.due_reports[0][0] <= now_us:
-            due, party, month = heapq.heappop(self.due_reports)
+        while self.due_reports.due(now_us):
+            due, party, month = self.due_reports.pop()
             if (party, month) not in self.reports:
                 f = Finding("reporting", "REPORT_MISSING", party,
                             f"no flow report for {month} by the due date {encoding.micros_to_time_text(due)}",

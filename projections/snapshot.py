@@ -41,9 +41,11 @@ from reledger.ledger import encoding
 
 from . import model, reference
 from .model import Designation, LotInfo, Projector, Ref
+from .queues import ChainHashes, HeapQueue
 
 FORMAT = "reledger-projector-state/1"
-_RECORDS: dict[str, type] = {"LotInfo": LotInfo, "Designation": Designation, "Ref": Ref}
+_RECORDS: dict[str, type] = {"LotInfo": LotInfo, "Designation": Designation, "Ref": Ref,
+                             "HeapQueue": HeapQueue, "ChainHashes": ChainHashes}
 _FIELDS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _RECORDS.items()}
 _NAME_OF = {cls: name for name, cls in _RECORDS.items()}
 
@@ -273,6 +275,22 @@ def loads(data: bytes) -> Projector:
     if not known <= seen or type(proj.position) is not int:
         raise SnapshotError("a projector state that lacks attributes")
     return proj
+
+
+def pack_value(v: Any, packer: msgpack.Packer) -> None:
+    """One value in its plain-data form, packed into ``packer`` (projections/state.py's rows)."""
+    _pack(v, packer)
+
+
+def read_value(data: bytes) -> Any:
+    """A value back from :func:`pack_value`'s bytes: plain data only (nothing in it runs);
+    SnapshotError for anything else."""
+    try:
+        return _value(msgpack.unpackb(bytes(data), raw=False, use_list=True, ext_hook=_refuse_ext))
+    except SnapshotError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any malformed bytes
+        raise SnapshotError(f"not a readable value: {e}") from e
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -1,4 +1,4 @@
-"""Projection tables: follow the log with tracking, snapshot the rule state, answer queries
+"""Projection tables: follow the log with tracking, keep the rule state as rows, answer queries
 at any point in time.
 
 Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
@@ -9,9 +9,10 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
     ``occurred_us <= T``. An answer at a past point is therefore exactly what a rebuild of the
     log cut at that point gives, and costs a filtered aggregate, not a replay.
 ``tracking``  the number of log entries applied, written in the same transaction as the rows.
-``snapshots`` the projector's rule state at ``SNAPSHOT_EVERY`` x 1, 2, 4, 8 ... entries, as
-    canonical msgpack (projections/snapshot.py: plain data anyone can read, never a pickle), so
-    a restart rolls forward from the nearest snapshot instead of replaying the whole log.
+``state``, ``due`` the projector's rule state as rows (projections/state.py: canonical msgpack
+    keys and values, due items indexed by due time), read on demand through a bounded cache and
+    written in the same transaction as the rows and the tracking position: a process starts
+    answering at once, and holds its working set, never the whole state.
 
 On PostgreSQL :func:`reledger.projections.follow.follow` wakes up on each append's NOTIFY (LISTEN on the
 channel of eventsourcing's events table); on SQLite it polls.
@@ -32,18 +33,20 @@ from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.storage.reader import DatabaseURL, LogReader, NoLedger, Record, ledger_tables_missing, open_ledger_readonly
 
 from . import snapshot
+from . import state as rowstate
 from .model import Deltas, Finding, Projector
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_EVERY = 20_000
 PAGE = 2_000  # entries per transaction when following the log
+SQLITE_CACHE_KB = 65_536  # the store's SQLite page cache
 REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary indexes built at the end)
-MAX_SNAPSHOT_BYTES = 512 << 20
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
-          "snapshots")
+          "state", "due")
+STATE_TABLES = ("state", "due")  # the rule state as rows (projections/state.py)
+LEGACY_TABLES = ("snapshots",)  # the whole-state snapshots of earlier versions: dropped by a rebuild
 # the columns of each table of delta rows, in the order the rows are made
 COLUMNS = {
     "quota": ("idx", "occurred_us", "year", "party", "category", "kind", "g", "grp"),
@@ -94,12 +97,7 @@ def _tables_ddl(blob: str) -> list[str]:
         " party TEXT NOT NULL, category TEXT NOT NULL, kind TEXT NOT NULL, grp TEXT, g BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {P}quota_marks (position BIGINT PRIMARY KEY, max_occurred_us BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {P}tracking (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {P}snapshots (position BIGINT PRIMARY KEY, state {blob} NOT NULL)",
-    ] + ([
-        # a snapshot is megabytes of msgpack: stored as it is, without TOAST's compression (which
-        # costs more than writing the bytes)
-        f"ALTER TABLE {P}snapshots ALTER COLUMN state SET STORAGE EXTERNAL",
-    ] if blob == "BYTEA" else [])
+    ] + rowstate.ddl(blob == "BYTEA")
 
 
 # secondary indexes: kept up row by row when following the log, built once at the end of a
@@ -107,12 +105,14 @@ def _tables_ddl(blob: str) -> list[str]:
 INDEXES = {
     # covering: a point-in-time quota query reads the index alone
     "quota_year": "quota (year, idx, occurred_us, party, category, kind, grp, g)",
+    "quota_party": "quota (party, idx)",  # a party's quota rows (replay, investigate)
     "stock_party": "stock (party, idx)",
     "stock_lot": "stock (lot, idx)",
     "flow_src": "flow (src_lot)",
     "flow_dst": "flow (dst_lot)",
     "findings_party": "findings (party, idx)",
     "findings_idx": "findings (idx)",
+    "credit_party": "credit (party, idx)",
     "quota_sums_pos": "quota_sums (position, year)",
 }
 
@@ -156,6 +156,9 @@ class ProjectionStore:
             # rebuild's DROP would write the old projections out again, page by page. Projection
             # rows are derived from the log kept in the same file: there is nothing to erase.
             self.conn.execute("PRAGMA secure_delete=OFF")
+            # the rule state's rows are read and written at random keys: a page cache of 64 MB
+            # (instead of 2) keeps the B-trees' inner pages in memory
+            self.conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
         self.projector: Projector | None = None
         self.create()
 
@@ -211,7 +214,7 @@ class ProjectionStore:
 
     def drop(self) -> None:
         with self._lock:
-            for t in TABLES:
+            for t in TABLES + LEGACY_TABLES:
                 self.conn.execute(f"DROP TABLE IF EXISTS {P}{t}")
             self.projector = None
 
@@ -228,7 +231,9 @@ class ProjectionStore:
             for t in TABLES:
                 table = sql.Identifier(P + t)
                 self.conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
-                rights = "SELECT, INSERT, UPDATE" if t == "tracking" else "SELECT, INSERT"
+                # the rule state's rows are updated and deleted as the rules change them
+                rights = ("SELECT, INSERT, UPDATE" if t == "tracking" else
+                          "SELECT, INSERT, UPDATE, DELETE" if t in ("state", "due") else "SELECT, INSERT")
                 self.conn.execute(sql.SQL(f"GRANT {rights} ON {{}} TO {{}}").format(table, who))
 
     def close(self) -> None:
@@ -255,17 +260,60 @@ class ProjectionStore:
 
     # --- following the log ---------------------------------------------------------------
     def _load_projector(self, reader: LogReader) -> Projector:
-        """The rule state at the tracked position: the nearest snapshot, rolled forward."""
+        """The rule state at the tracked position: its rows (projections/state.py), read on
+        demand; nothing is loaded here. A state made by other rules, or missing (a ledger
+        projected by an earlier version), is folded again from the log first (state only:
+        the derived rows exist), page by page, each page its own transaction."""
         pos = self.position()
         if self.projector is not None and self.projector.position == pos:
             return self.projector
-        rows = self.execute(f"SELECT position, state FROM {P}snapshots WHERE position <= ? "
-                            "ORDER BY position DESC LIMIT 1", (pos,))
-        proj = _load_snapshot(rows[0][1]) if rows else Projector()
-        for rec in reader.iter_records(proj.position, pos):
-            apply_record(proj, rec)  # state only: the rows exist
+        self.projector = None
+        proj = Projector(rowstate.RowState(self.conn, self.pg))
+        if proj.position != pos or proj.row_state.stored_rules not in (None, snapshot.RULES):
+            proj = self._refold_state(reader, pos)
         self.projector = proj
         return proj
+
+    def _refold_state(self, reader: LogReader, pos: int) -> Projector:
+        with self._transaction() as cur:
+            cur.execute(self.q(f"DELETE FROM {P}state"))
+            cur.execute(self.q(f"DELETE FROM {P}due"))
+        proj = Projector(rowstate.RowState(self.conn, self.pg))
+        while proj.position < pos:
+            start = proj.position
+            for rec in reader.queries.records(reader.cursor(), start, min(pos, start + REBUILD_PAGE)):
+                apply_record(proj, rec)  # state only: the rows exist
+            if proj.position == start:
+                raise TrackingError(f"the log has no entry at index {start} (a gap: run reledger verify)")
+            with self._transaction() as cur:
+                cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
+                row = cur.fetchone()
+                if row is None or int(row[0]) != pos:
+                    raise TrackingError("the projections moved on while their rule state was folded: "
+                                        "another follower is running")
+                proj.row_state.flush(cur)
+            proj.row_state.trim()
+        return proj
+
+    def _transaction(self):
+        """A write transaction on the store's connection (a context manager giving a cursor)."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def tx():
+            if self.pg:
+                with self.conn.transaction(), self.conn.cursor() as cur:
+                    yield cur
+            else:
+                cur = self.conn.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+        return tx()
 
     def _log_reader(self) -> LogReader:
         """One read-only connection to the log, kept open (opening one costs milliseconds, and
@@ -280,7 +328,14 @@ class ProjectionStore:
         PAGE) a transaction; returns how many."""
         with self._lock:
             try:
-                return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
+                try:
+                    return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
+                except snapshot.SnapshotError as e:
+                    # a state row this version cannot read (damaged, or not plain data: never
+                    # unpickled nor run): the state is folded again from the log (its rows exist)
+                    log.warning("the projections' rule state has an unreadable row (%s): folded again from the log", e)
+                    self.projector = self._refold_state(self._log_reader(), self.position())
+                    return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
             except Exception:
                 reader, self._reader = self._reader, None  # a broken connection is not reused
                 if reader is not None:
@@ -305,9 +360,10 @@ class ProjectionStore:
             try:
                 rows, findings = self._apply_page(proj, page)
                 self._write(start, proj.position, rows, proj)
-            except Exception:
-                self.projector = None  # reload from tables + snapshot next time
+            except BaseException:
+                self.projector = None  # the cache may hold changes never written: read the rows again
                 raise
+            proj.row_state.trim()
             done += len(page)
             if on_findings and findings:
                 on_findings(findings)
@@ -364,8 +420,16 @@ class ProjectionStore:
         for table in ROW_TABLES:
             if rows[table]:
                 self._insert(cur, table, rows[table], copy)
-        if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None:
-            self._insert(cur, "quota_sums", [(stop, *k, g) for k, g in proj.quota_sums.items()], copy)
+        st = proj.row_state
+        st.begin(cur)
+        try:
+            st.flush_maps()  # the rule state's changes, in this transaction
+            sums = ([(stop, *k, g) for k, g in proj.quota_sums.items()]
+                    if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None else None)
+        finally:
+            st.end()
+        if sums is not None:
+            self._insert(cur, "quota_sums", sums, copy)
             cur.execute(self.q(f"INSERT INTO {P}quota_marks (position, max_occurred_us) VALUES (?, ?)"),
                         (stop, proj.quota_max_occ))
         if row is None:
@@ -373,22 +437,6 @@ class ProjectionStore:
         else:
             cur.execute(self.q(f"UPDATE {P}tracking SET position = ? WHERE name = ? AND position = ?"),
                         (stop, self.name, start))
-        # snapshots at SNAPSHOT_EVERY x 1, 2, 4, 8 ...: the state grows with the log, so evenly
-        # spaced snapshots would cost O(n^2) bytes; doubling keeps them O(n), and a restart
-        # rolls forward at most half the log in state-only mode
-        units = stop // SNAPSHOT_EVERY
-        mark = SNAPSHOT_EVERY << (units.bit_length() - 1) if units else 0
-        if mark and start < mark <= stop:
-            try:
-                state = snapshot.dumps(proj)
-            except snapshot.SnapshotError as e:  # a restart rolls forward from the one before
-                log.warning("no snapshot of the projections at %s: %s", stop, e)
-                return
-            # a value above about 1 GB is refused by both databases, and would stop the
-            # projections for good: such a snapshot is left out (a restart rolls forward from
-            # the one before)
-            if len(state) <= MAX_SNAPSHOT_BYTES:
-                cur.execute(self.q(f"INSERT INTO {P}snapshots (position, state) VALUES (?, ?)"), (stop, state))
 
     def rebuild(self) -> int:
         """Drop every projection table and rebuild from the log: large pages, and the secondary
@@ -439,7 +487,8 @@ class ProjectionReader:
         try:
             if self.pg:  # the projection SQL names its tables without the schema
                 self.reader.cursor().execute(f'SET search_path TO "{self.db.schema}"')
-            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES))
+            # the derived rows (a read never needs the rule state's tables)
+            missing = ledger_tables_missing(self.reader, tuple(P + t for t in TABLES if t not in STATE_TABLES))
         except BaseException:
             self.reader.close()
             raise
@@ -483,36 +532,6 @@ def reflects(reader: LogReader, position: int) -> dict[str, Any]:
     cp = reader.queries.latest_checkpoint(cur)
     return {"projections_position": position, "log_size": size, "behind": max(size - position, 0),
             "checkpoint": None if cp is None else {"size": cp[0], "root": cp[1].hex()}}
-
-
-def _load_snapshot(state: bytes) -> Projector:
-    """A snapshot's rule state (canonical msgpack, read as plain data: nothing in it runs); a
-    fresh Projector (roll forward from the start) when this version cannot read it: made by
-    other rules, an older format (a pickle is never unpickled), or damaged."""
-    try:
-        proj = snapshot.loads(bytes(state))
-    except snapshot.SnapshotError:
-        return Projector()
-    if proj.quota_sums is None:
-        return Projector()
-    return proj
-
-
-def read_snapshot(reader: LogReader) -> Projector:
-    """The rule state of the latest snapshot the projection tables hold, read through a log
-    reader's read-only connection (nothing is created or written): a fresh Projector when
-    there is none, the tables do not exist yet, or the snapshot lies past the log's end. Roll
-    it forward over the log from its ``position`` (the state is a pure function of the log)."""
-    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
-    cur = reader.cursor()
-    try:
-        cur.execute(f"SELECT position, state FROM {table} ORDER BY position DESC LIMIT 1")
-        row = cur.fetchone()
-    except Exception:  # noqa: BLE001 - no projection tables yet (autocommit: nothing to roll back)
-        return Projector()
-    if row is None or int(row[0]) > reader.queries.size(reader.cursor())[0]:
-        return Projector()
-    return _load_snapshot(row[1])
 
 
 def page_rows(proj: Projector, page: list[Record]) -> tuple[dict[str, list], list[Finding]]:

@@ -1,8 +1,7 @@
 """Replay a party's history: what a regulator does when a violation is suspected.
 
-The replay is independent of the projection tables: it folds the log from scratch (or from a
-projection snapshot, whose state is itself a pure function of the log) with a fresh
-:class:`reledger.projections.model.Projector`, checks every signature of the party's entries with the
+The replay is independent of the projection tables: it folds the log from scratch with a fresh
+:class:`reledger.projections.model.Projector` (its rule state in a scratch file, projections/state.py), checks every signature of the party's entries with the
 key that was valid when each was recorded, and keeps, after each of the party's entries, the
 party's stock (by lot) and quota usage, and the findings the entry raised. Findings about the
 party raised by other entries' arrival (a shipment overdue, a report missing) appear as their
@@ -12,6 +11,7 @@ own steps. Tests check that the state after any step equals the projections at t
 from __future__ import annotations
 
 import base64
+import bisect
 from decimal import Decimal
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,6 +22,7 @@ from reledger.ledger.encoding import EncodingError
 from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.ledger.registry import Registry, RegistryError
 from reledger.projections.model import Projector, kg_text, time_us
+from reledger.projections.state import ScratchState
 from reledger.projections.store import P, ProjectionStore
 from reledger.storage.reader import LogReader
 
@@ -100,90 +101,168 @@ def _lots(body: dict) -> list[str]:
     return out
 
 
-def _load_start(reader: LogReader, as_of: int) -> Projector:
-    """The nearest projection snapshot at or before ``as_of`` (a pure function of the log), read
-    through the read-only connection as plain data (projections/snapshot.py), or a fresh
-    projector (no snapshot, no projection tables, or one this version cannot read)."""
-    from reledger.projections import snapshot
-    from reledger.projections.store import P
-
-    table = f"{P}snapshots" if reader.tables.backend == "sqlite" else f"{reader.url.schema}.{P}snapshots"
-    cur = reader.cursor()
-    try:
-        cur.execute(reader.tables.q(f"SELECT state FROM {table} WHERE position <= ? ORDER BY position DESC LIMIT 1"),
-                    (as_of,))
-        row = cur.fetchone()
-    except Exception:  # noqa: BLE001 - no projection tables (autocommit: nothing to roll back)
-        return Projector()
-    if row is None:
-        return Projector()
-    try:
-        proj = snapshot.loads(bytes(row[0]))
-    except snapshot.SnapshotError:
-        return Projector()
-    return proj if proj.position <= as_of else Projector()
-
-
 def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: int | None = None,
                  until_us: int | None = None, types: set[str] | None = None, lot: str | None = None,
-                 counterparty: str | None = None, use_snapshots: bool = False,
+                 counterparty: str | None = None, fold: bool = False,
                  progress: Callable[[int, int], None] | None = None) -> Replay:
     """Replay the log up to ``as_of`` entries and return the party's history (filtered by
-    business time window, entry types, lot and counterparty)."""
+    business time window, entry types, lot and counterparty).
+
+    When the projection tables cover the first ``as_of`` entries, the party's history is read
+    from them (:func:`_replay_rows`: the party's own entries, and its findings, stock, quota and
+    credit rows, each read through its index: time and memory follow the party's history, not
+    the log); otherwise, or with ``fold``, the log is folded from the start (the reference the
+    tests hold the rows' answer to)."""
     with LogReader(url) as reader:
         size = reader.queries.size(reader.cursor())[0]
         n = size if as_of is None else min(as_of, size)
-        proj = _load_start(reader, n) if use_snapshots else Projector()
-        registry = Registry()
-        for rec in reader.queries.records_of_types(reader.cursor(), sorted(
-                {"PartyRegistered", "PartyDesignationChanged", "KeyAuthorized", "KeyRevoked"}), 0, proj.position):
-            registry.apply(SignedEntry.parse(rec.envelope), rec.index)
+        if not fold:
+            r = _replay_rows(reader, url, party, n, since_us, until_us, types, lot, counterparty, progress)
+            if r is not None:
+                return r
+        # the fold's rule state in a scratch file (bounded cache), not in memory: it would grow
+        # with the log (projections/state.py)
+        scratch = ScratchState()
+        try:
+            return _replay(reader, scratch, Projector(scratch.state), party, n, since_us, until_us, types, lot,
+                           counterparty, progress)
+        finally:
+            scratch.close()
+
+
+_REGISTRY_TYPES = ("KeyAuthorized", "KeyRevoked", "PartyDesignationChanged", "PartyRegistered")
+
+
+def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, until_us, types, lot, counterparty,
+                 progress) -> Replay | None:
+    """The party's history from the projection tables (None: they do not cover ``n`` entries,
+    or there are none). The steps are those the fold gives (the tests compare them)."""
+    import json
+
+    from reledger.projections.store import NoProjections, ProjectionReader
+
+    try:
+        ps = ProjectionReader(url)
+    except NoProjections:
+        return None
+    try:
+        if ps.position() < n:
+            return None
+
+        def rows(sql: str, params: tuple) -> Iterator[tuple]:
+            # the party's rows in log order (its index: the party's history, never the log)
+            return iter(ps.execute(sql + " ORDER BY idx", params))
+
+        cur = reader.cursor()
+        entries = [r for r in reader.queries.records_of_chain(cur, party, 1, 2**62) if r.index < n]
+        registry_records = reader.queries.records_of_types(cur, list(_REGISTRY_TYPES), 0, n)
+        findings: dict[int, list[dict[str, Any]]] = {}
+        first: dict[str, dict[str, Any]] = {}
+        for idx, occ, rule, code, _p, message, evidence, params in rows(
+                f"SELECT idx, occurred_us, rule, code, party, message, evidence, params FROM {P}findings "
+                "WHERE party = ? AND idx < ? AND code <> 'RESOLVED'", (party, n)):
+            f = {"rule": rule, "code": code, "party": party, "message": message, "index": int(idx),
+                 "occurred_at": encoding.micros_to_time_text(int(occ)), "evidence": json.loads(evidence),
+                 "params": json.loads(params)}
+            findings.setdefault(int(idx), []).append(f)
+            first.setdefault(rule, f)
+        credit = [{"index": int(idx), "kind": kind, "article": article, "fine_cny": fine,
+                   "next_year_cut_t": encoding.decimal_text(Decimal(int(cut)) / 1_000_000) if cut else "0",
+                   "detail": detail}
+                  for idx, kind, article, fine, cut, detail in ps.execute(
+                      f"SELECT idx, kind, article, fine, cut_g, detail FROM {P}credit WHERE party = ? AND idx < ? "
+                      "ORDER BY idx", (party, n))]
+        name = None
+        for rec in registry_records:
+            if rec.type == "PartyRegistered" and rec.envelope is not None:
+                try:
+                    body = SignedEntry.parse(rec.envelope).entry.body
+                except (EntryError, EncodingError):
+                    continue
+                if isinstance(body, dict) and body.get("party") == party:
+                    name = body.get("name")
+        stock_rows = rows(f"SELECT idx, lot, product, g, reo_g FROM {P}stock WHERE party = ? AND idx < ?", (party, n))
+        used_rows = rows(f"SELECT idx, year, category, g FROM {P}quota WHERE party = ? AND kind = 'USED' AND idx < ?",
+                         (party, n))
         stock: dict[str, list] = {}
         used: dict[str, int] = {}
-        # the party's state up to the snapshot comes from the snapshot itself
-        for (p, lt), bal in proj.stock.items():
-            if p == party:
-                stock[lt] = [proj.lots[lt].product if lt in proj.lots else None, bal[0], bal[1]]
-        for (year, p, cat), g in proj.used.items():
-            if p == party:
-                used[f"{year} {cat}"] = g
-        steps: list[Step] = []
-        first: dict[str, dict[str, Any]] = {}
-        valid = invalid = 0
-        credit: list[dict[str, Any]] = []
-        name = proj.names.get(party)  # a snapshot already knows the party's name
+        pending: dict[str, Any] = {"stock": next(stock_rows, None), "used": next(used_rows, None)}
+
+        shown: dict[str, dict[str, str]] = {}  # lot -> its figures as shown (made again when they change)
+        order: list[str] = []  # the lots, sorted
+
+        def advance(upto: int) -> None:
+            r = pending["stock"]
+            while r is not None and int(r[0]) <= upto:
+                s = stock.get(r[1])
+                if s is None:
+                    s = stock[r[1]] = [r[2], 0, 0]
+                    bisect.insort(order, r[1])
+                s[0] = s[0] or r[2]
+                s[1] += int(r[3])
+                s[2] += int(r[4])
+                if s[1] or s[2]:
+                    shown[r[1]] = {"product": s[0], "kg": kg_text(s[1]), "reo_kg": kg_text(s[2])}
+                else:
+                    shown.pop(r[1], None)
+                r = next(stock_rows, None)
+            pending["stock"] = r
+            r = pending["used"]
+            while r is not None and int(r[0]) <= upto:
+                k = f"{int(r[1])} {r[2]}"
+                used[k] = used.get(k, 0) + int(r[3])
+                r = next(used_rows, None)
+            pending["used"] = r
 
         def state_now() -> tuple[dict, dict]:
-            return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
-                     for lt, v in sorted(stock.items()) if v[1] or v[2]},
+            return ({lt: shown[lt] for lt in order if lt in shown},
                     {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
 
-        for rec in reader.iter_records(proj.position, n):
-            if progress and rec.index % 2000 == 0:
-                progress(rec.index, n)
+        registry = Registry()
+        reg_i = 0
+        own = {r.index: r for r in entries}
+        steps: list[Step] = []
+        valid = invalid = 0
+        for k, index in enumerate(sorted(set(own) | set(findings))):
+            if progress and k % 200 == 0:
+                progress(k, len(own) + len(findings))
+            while reg_i < len(registry_records) and registry_records[reg_i].index < index:
+                try:
+                    registry.apply(SignedEntry.parse(registry_records[reg_i].envelope), registry_records[reg_i].index)
+                except (EntryError, EncodingError, RegistryError, TypeError):
+                    pass
+                reg_i += 1
+            advance(index)
+            rec = own.get(index)
+            mine = findings.get(index, [])
+            if rec is None:  # another party's entry raised findings about this one
+                other = reader.queries.records(reader.cursor(), index, index + 1)
+                steps.append(Step(index, "finding", None, None, None, other[0].recorded_at if other else "",
+                                  None, None, "", None, [], *state_now(), mine))
+                continue
             try:
                 if rec.envelope is None:
                     raise EntryError("the entry is missing from the events table")
                 signed = SignedEntry.parse(rec.envelope)
             except (EntryError, EncodingError) as err:
-                # a tampered (unreadable or deleted) entry: nothing to fold, but never hidden
-                proj.position = rec.index + 1
-                if rec.chain == party:
-                    invalid += 1
-                    if not types or rec.type in types:
-                        st, qu = state_now()
-                        steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                          rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
-                                          st, qu, []))
+                invalid += 1
+                if not types or rec.type in types:
+                    st, qu = state_now()
+                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                      rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
+                                      st, qu, []))
                 continue
             e = signed.entry
-            sig = ""
-            if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash) and party in (e.chain, rec.chain):
-                # the stored entry is not the one the log recorded at this position (swapped or
-                # rewritten rows): its signature proves nothing about this position
-                sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
-                                f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
-            elif e.chain == party:
+            if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash):
+                sig = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
+                       f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)")
+                invalid += 1
+                if e.chain != party:
+                    if not types or rec.type in types:
+                        steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                          rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
+                    continue
+            else:
                 try:
                     pub = registry.key_for(signed, rec.index, rec.recorded_us)
                     if signed.signature_valid(pub):
@@ -192,59 +271,128 @@ def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                         sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
                 except RegistryError as err:
                     sig, invalid = f"INVALID: {err}", invalid + 1
-            try:
-                registry.apply(signed, rec.index)
-            except RegistryError:
-                pass
-            d = proj.apply(rec.index, rec.recorded_us, signed)
-            for (p, lt, product, g, reo) in d.stock:
-                if p == party:
-                    s = stock.setdefault(lt, [product, 0, 0])
-                    s[0] = s[0] or product
-                    s[1] += g
-                    s[2] += reo
-            for (year, p, cat, kind, g, grp, _ref) in d.quota:
-                if p == party and kind == "USED":
-                    used[f"{year} {cat}"] = used.get(f"{year} {cat}", 0) + g
-            for c in d.credit:
-                if c[0] == party:
-                    credit.append({"index": rec.index, "kind": c[1], "article": c[2], "fine_cny": c[3],
-                                   "next_year_cut_t": encoding.decimal_text(Decimal(c[4]) / 1_000_000) if c[4] else "0",
-                                   "detail": c[5]})
-            # a RESOLVED row marks an earlier finding cured (the projections show it on that finding)
-            mine = [f.to_dict() for f in d.findings if f.party == party and f.code != "RESOLVED"]
-            for f in mine:
-                first.setdefault(f["rule"], f)
-            if e.type == "PartyRegistered" and e.body.get("party") == party:
-                name = e.body.get("name")
-            if e.chain != party and rec.chain == party and sig:
-                # the party's log position holds another chain's entry: shown as the party's step
-                if not types or rec.type in types:
-                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                      rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
-                continue
-            if e.chain != party and not mine:
-                continue
             body = e.body if isinstance(e.body, dict) else {}
             occ = time_us(e.occurred_at) or rec.recorded_us
-            if e.chain == party:
-                if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
-                    continue
-                if types and e.type not in types:
-                    continue
-                if lot and lot not in _lots(body):
-                    continue
-                if counterparty and _counterparty(party, e.chain, body) != counterparty:
-                    continue
-            steps.append(Step(
-                rec.index, "entry" if e.chain == party else "finding",
-                e.seq if e.chain == party else None, e.type if e.chain == party else None,
-                e.occurred_at if e.chain == party else None, rec.recorded_at,
-                signed.hash.hex() if e.chain == party else None,
-                json_body(body) if e.chain == party else None, sig,
-                _counterparty(party, e.chain, body) if e.chain == party else None,
-                _lots(body) if e.chain == party else [],
-                *state_now(), mine))
+            if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
+                continue
+            if types and e.type not in types:
+                continue
+            if lot and lot not in _lots(body):
+                continue
+            if counterparty and _counterparty(party, e.chain, body) != counterparty:
+                continue
+            steps.append(Step(rec.index, "entry", e.seq, e.type, e.occurred_at, rec.recorded_at, signed.hash.hex(),
+                              json_body(body), sig, _counterparty(party, e.chain, body), _lots(body), *state_now(),
+                              mine))
+        return Replay(party, name, n, steps, first, valid, invalid, credit)
+    finally:
+        ps.close()
+
+
+def _replay(reader, scratch, proj, party, n, since_us, until_us, types, lot, counterparty, progress) -> Replay:
+    registry = Registry()
+    stock: dict[str, list] = {}
+    used: dict[str, int] = {}
+    steps: list[Step] = []
+    first: dict[str, dict[str, Any]] = {}
+    valid = invalid = 0
+    credit: list[dict[str, Any]] = []
+    name = None
+
+    def state_now() -> tuple[dict, dict]:
+        return ({lt: {"product": v[0], "kg": kg_text(v[1]), "reo_kg": kg_text(v[2])}
+                 for lt, v in sorted(stock.items()) if v[1] or v[2]},
+                {k: encoding.decimal_text(Decimal(v) / 1_000_000) for k, v in sorted(used.items())})
+
+    for rec in reader.iter_records(proj.position, n):
+        if progress and rec.index % 2000 == 0:
+            progress(rec.index, n)
+        if rec.index % 5000 == 4999:
+            scratch.flush()
+        try:
+            if rec.envelope is None:
+                raise EntryError("the entry is missing from the events table")
+            signed = SignedEntry.parse(rec.envelope)
+        except (EntryError, EncodingError) as err:
+            # a tampered (unreadable or deleted) entry: nothing to fold, but never hidden
+            proj.position = rec.index + 1
+            if rec.chain == party:
+                invalid += 1
+                if not types or rec.type in types:
+                    st, qu = state_now()
+                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                      rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
+                                      st, qu, []))
+            continue
+        e = signed.entry
+        sig = ""
+        if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash) and party in (e.chain, rec.chain):
+            # the stored entry is not the one the log recorded at this position (swapped or
+            # rewritten rows): its signature proves nothing about this position
+            sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
+                            f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
+        elif e.chain == party:
+            try:
+                pub = registry.key_for(signed, rec.index, rec.recorded_us)
+                if signed.signature_valid(pub):
+                    sig, valid = f"valid (key {e.key_id})", valid + 1
+                else:
+                    sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
+            except RegistryError as err:
+                sig, invalid = f"INVALID: {err}", invalid + 1
+        try:
+            registry.apply(signed, rec.index)
+        except RegistryError:
+            pass
+        d = proj.apply(rec.index, rec.recorded_us, signed)
+        for (p, lt, product, g, reo) in d.stock:
+            if p == party:
+                s = stock.setdefault(lt, [product, 0, 0])
+                s[0] = s[0] or product
+                s[1] += g
+                s[2] += reo
+        for (year, p, cat, kind, g, grp, _ref) in d.quota:
+            if p == party and kind == "USED":
+                used[f"{year} {cat}"] = used.get(f"{year} {cat}", 0) + g
+        for c in d.credit:
+            if c[0] == party:
+                credit.append({"index": rec.index, "kind": c[1], "article": c[2], "fine_cny": c[3],
+                               "next_year_cut_t": encoding.decimal_text(Decimal(c[4]) / 1_000_000) if c[4] else "0",
+                               "detail": c[5]})
+        # a RESOLVED row marks an earlier finding cured (the projections show it on that finding)
+        mine = [f.to_dict() for f in d.findings if f.party == party and f.code != "RESOLVED"]
+        for f in mine:
+            first.setdefault(f["rule"], f)
+        if e.type == "PartyRegistered" and e.body.get("party") == party:
+            name = e.body.get("name")
+        if e.chain != party and rec.chain == party and sig:
+            # the party's log position holds another chain's entry: shown as the party's step
+            if not types or rec.type in types:
+                steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
+                                  rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
+            continue
+        if e.chain != party and not mine:
+            continue
+        body = e.body if isinstance(e.body, dict) else {}
+        occ = time_us(e.occurred_at) or rec.recorded_us
+        if e.chain == party:
+            if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
+                continue
+            if types and e.type not in types:
+                continue
+            if lot and lot not in _lots(body):
+                continue
+            if counterparty and _counterparty(party, e.chain, body) != counterparty:
+                continue
+        steps.append(Step(
+            rec.index, "entry" if e.chain == party else "finding",
+            e.seq if e.chain == party else None, e.type if e.chain == party else None,
+            e.occurred_at if e.chain == party else None, rec.recorded_at,
+            signed.hash.hex() if e.chain == party else None,
+            json_body(body) if e.chain == party else None, sig,
+            _counterparty(party, e.chain, body) if e.chain == party else None,
+            _lots(body) if e.chain == party else [],
+            *state_now(), mine))
     return Replay(party, name, n, steps, first, valid, invalid, credit)
 
 

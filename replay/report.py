@@ -429,7 +429,7 @@ def _stock_series(ps: ProjectionReader, party: str, n: int) -> dict[str, list[tu
 
 
 def _flows(ps: ProjectionReader, party: str, point: Point, names: dict[str, str]) -> dict[str, Any]:
-    g = flowgraph.party_graph(ps, point)
+    g = flowgraph.party_graph(ps, point, touching=party)  # the party's rows only
     mine = {f"party:{party}", f"mine-site:{party}"}
     edges = [e for e in g["edges"] if e["src"] in mine or e["dst"] in mine]
     ids = {x for e in edges for x in (e["src"], e["dst"])}

@@ -381,3 +381,34 @@ def test_report_renders_with_its_sections_in_chromium(demo, tmp_path):
     evidence = text[text.index("<h2>Findings and evidence</h2>"):text.index("<h2>Quota burn-down</h2>")]
     assert re.search(r"in [\d,.]+ kg REO from \d+ lot", evidence), "the batch's REO in and out"
     assert re.search(r"[\d,.]+ t REO of SEPARATION sub-allocated", evidence), "the tonnes sub-allocated"
+
+
+def test_a_trace_reads_only_the_lots_it_reaches_and_gives_the_whole_tables_graph(demo):
+    """``trace`` reads the flow rows of the lots it reaches (through the lot indexes), the party
+    graph ``touching`` a party reads that party's rows: the same graphs as over the whole table
+    (the reference, ``trace_rows`` over every row), for every lot and both directions."""
+    ps = ProjectionStore(demo["url"])
+    try:
+        point = queries.Point()
+        every = flowgraph._flow_rows(ps, point)
+        lots = sorted({e["dst_lot"] for e in every if e["dst_lot"]} | {e["src_lot"] for e in every if e["src_lot"]})
+        assert len(lots) > 50
+
+        def norm(g):
+            return {**g, "point": None, "parties": None,
+                    "edges": sorted(g["edges"], key=lambda e: json.dumps(e, sort_keys=True))}
+
+        for lot in lots:
+            for direction in ("up", "down"):
+                want = flowgraph.trace_rows(every, lot, direction)
+                got = flowgraph.trace(ps, lot, direction, point)
+                assert norm(got) == norm(want), (lot, direction)
+        whole = flowgraph.party_graph(ps, point)
+        for party in sorted({e["src_party"] for e in every} | {e["dst_party"] for e in every}):
+            mine = {f"party:{party}", f"mine-site:{party}"}
+            want = [e for e in whole["edges"] if e["src"] in mine or e["dst"] in mine]
+            got = [e for e in flowgraph.party_graph(ps, point, touching=party)["edges"]
+                   if e["src"] in mine or e["dst"] in mine]
+            assert got == want, party
+    finally:
+        ps.close()

@@ -125,16 +125,14 @@ def test_restart_resumes_from_tracking(w):
     assert_rebuild_equals(w, got)  # no row twice, none missing
 
 
-def test_restart_from_a_snapshot(w, monkeypatch):
-    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 7)
+def test_restart_reads_the_state_rows_and_folds_nothing(w, monkeypatch):
+    """A restart folds no entry to get its rule state back: it is the rows (projections/state.py),
+    read on demand; the state carries over (open shipments, quota, stock)."""
     monkeypatch.setattr(pstore, "PAGE", 3)
     _activity(w, 5)                                     # shipments open at the restart
     a = ProjectionStore(w.url)
     a.catch_up()
     pos = a.position()
-    snaps = [int(r[0]) for r in a.execute(f"SELECT position FROM {P}snapshots ORDER BY position")]
-    assert snaps and all(s <= pos for s in snaps)
-    state_a = vars(a.projector)
     a.close()
 
     applied = []
@@ -147,8 +145,7 @@ def test_restart_from_a_snapshot(w, monkeypatch):
     monkeypatch.setattr(pmodel.Projector, "apply", counting)
     b = ProjectionStore(w.url)
     proj = b._load_projector(_reader(w.url))
-    assert applied == list(range(max(snaps), pos))    # rolled forward from the latest snapshot only
-    assert vars(proj) == state_a                        # the same rule state as the follower had
+    assert applied == [] and proj.position == pos       # nothing folded, nothing loaded
     # the state carries over: overdue shipments, over quota and stock counts after the restart
     w.now += 70 * DAY   # past the report deadline of the month in which the 30 days ran out (business times)
     _activity(w, 6, start=10)                           # 3 t + 3.6 t: over MINE01's 5 t
@@ -238,64 +235,42 @@ class _Touch:
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
-def test_snapshots_are_plain_data_and_a_foreign_one_is_never_run_nor_used(w, monkeypatch, tmp_path):
-    """Snapshots are canonical msgpack (plain data); a row holding a pickle (an earlier version's
-    snapshot, or an attacker's) is never unpickled, and one made by other rules is not used: the
-    rule state is rebuilt from the start of the log, and the totals kept afterwards are right."""
+def test_state_rows_are_plain_data_and_a_foreign_one_is_never_run_nor_used(w, monkeypatch, tmp_path):
+    """The rule state's rows are canonical msgpack (plain data); a row holding a pickle (an
+    attacker's) is never unpickled, and a state made by other rules is not used: the rule state
+    is folded again from the start of the log, and the totals kept afterwards are right."""
     import pickle
 
     from reledger.ledger import encoding
-    from reledger.projections import snapshot
+    from reledger.projections import state as rowstate
 
-    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
     monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 5)
     _activity(w, 4)
     a = ProjectionStore(w.url)
     a.catch_up()
-    blobs = a.execute(f"SELECT position, state FROM {P}snapshots ORDER BY position")
-    assert blobs
-    for pos, blob in blobs:
-        blob = bytes(blob)
-        plain = encoding.decode(blob)  # canonical msgpack anyone can read
-        assert plain["format"] == snapshot.FORMAT and plain["state"]["position"] == int(pos)
-        state = snapshot.loads(blob)
-        assert snapshot.dumps(state) == encoding.canonical(snapshot.to_plain(state))  # written piece by piece
-        assert vars(snapshot.loads(snapshot.dumps(state))) == vars(state)
+    rows = a.execute(f"SELECT ns, k, v FROM {P}state")
+    assert rows
+    for ns, k, v in rows:
+        encoding.decode(bytes(v))  # canonical msgpack anyone can read
+        assert rowstate.encode(rowstate.decode(v)) == bytes(v)
     marker = tmp_path / "ran"
     evil = pickle.dumps(_Touch(str(marker)))
-    other_rules = encoding.canonical({**encoding.decode(bytes(blobs[-1][1])), "rules": "0" * 32})
-    for k, (pos, _blob) in enumerate(blobs):
-        a.execute(f"UPDATE {P}snapshots SET state = ? WHERE position = ?", (evil if k % 2 == 0 else other_rules, pos))
+    a.execute(f"UPDATE {P}state SET v = ? WHERE ns <> ?", (evil, rowstate.META))
     a.close()
     _activity(w, 4, start=10)
     b = ProjectionStore(w.url)
-    proj = b._load_projector(_reader(w.url))
+    b.catch_up()
     assert not marker.exists()
-    assert proj.quota_sums is not None
+    b.execute(f"UPDATE {P}state SET v = ? WHERE ns = ? AND k = ?",
+              (rowstate.encode("0" * 32), rowstate.META, rowstate.encode("_rules")))
+    b.close()
+    _activity(w, 2, start=20)
+    b = ProjectionStore(w.url)
     b.catch_up()
     assert not marker.exists()
     got = dump(b)
     for n in range(w.store.size() + 1):
         assert queries.quota(b, Y, Point(n)) == _quota_from_rows(b, monkeypatch, Point(n))
-    b.close()
-    assert_rebuild_equals(w, got)
-
-
-def test_a_snapshot_too_large_is_left_out(w, monkeypatch):
-    """A snapshot above MAX_SNAPSHOT_BYTES is not written (the databases refuse values above
-    about 1 GB): the projections go on, and a restart rolls forward from the start."""
-    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
-    monkeypatch.setattr(pstore, "MAX_SNAPSHOT_BYTES", 100)
-    _activity(w, 4)
-    a = ProjectionStore(w.url)
-    a.catch_up()
-    assert a.execute(f"SELECT COUNT(*) FROM {P}snapshots")[0][0] == 0
-    a.close()
-    _activity(w, 2, start=10)
-    b = ProjectionStore(w.url)
-    b.catch_up()
-    assert b.position() == w.store.size()
-    got = dump(b)
     b.close()
     assert_rebuild_equals(w, got)
 

@@ -746,7 +746,7 @@ class ProjectionMachine(RuleBasedStateMachine):
     @invariant()
     def projections_equal_reference(self):
         self.restarts += 1
-        if self.restarts % 3 == 0:  # a restart: a new ProjectionStore resumes from tracking/snapshots
+        if self.restarts % 3 == 0:  # a restart: a new ProjectionStore resumes from tracking and the state's rows
             self.ps.close()
             self.ps = ProjectionStore(self.w.url)
         self.ps.catch_up()
@@ -783,7 +783,6 @@ class ProjectionMachine(RuleBasedStateMachine):
 
 
 def test_projections_match_reference(db_url, monkeypatch):
-    monkeypatch.setattr(pstore, "SNAPSHOT_EVERY", 4)
     monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 3)  # quota answers from kept totals + a roll-forward
     monkeypatch.setattr(pstore, "REBUILD_PAGE", 5)
 

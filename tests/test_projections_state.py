@@ -1,0 +1,172 @@
+"""The rule state as rows (projections/state.py) against the in-memory fold from scratch.
+
+The reference is ``Projector()`` (plain dicts in memory) folded over the whole log; the store
+under test keeps the state as rows behind a tiny cache (so that values are evicted and read
+back all the time), follows the log in uneven steps, is closed and reopened at random
+positions, and is made to fail half-way through a page's transaction. Its derived rows, and
+its stored rule state, must equal the reference's, on both backends.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import reledger.projections.state as rowstate
+import reledger.projections.store as pstore
+from reledger.projections.check import _normaliser, verify_projections
+from reledger.projections.model import Projector
+from reledger.projections.store import COLUMNS, P, ROW_TABLES, ProjectionStore, page_rows
+from reledger.storage.store import LedgerStore
+
+from projection_helpers import copy_cut
+
+
+@pytest.fixture(scope="module")
+def demo_ledger(tmp_path_factory) -> str:
+    from reledger.demo.run import Demo
+
+    tmp: Path = tmp_path_factory.mktemp("state-demo")
+    url = f"sqlite:///{tmp / 'ledger.db'}"
+    demo = Demo(url, tmp, 5, "small", log=lambda m: None)
+    demo.run()
+    demo.projections.close()
+    demo.store.close()
+    return url
+
+
+def reference(url: str, n: int) -> tuple[Projector, dict[str, list]]:
+    """The in-memory fold from scratch of the first ``n`` entries, and its rows (normalised, sorted)."""
+    proj = Projector()
+    rows: dict[str, list] = {t: [] for t in ROW_TABLES}
+    sums = []
+    with LedgerStore(url, create=False) as s:
+        records = list(s.records(0, n))
+    every = pstore.QUOTA_SUMS_EVERY
+    start = 0
+    while start < n:
+        end = min(n, (start // every + 1) * every)
+        got, _ = page_rows(proj, records[start:end])
+        for t in ROW_TABLES:
+            rows[t] += got[t]
+        if end % every == 0:
+            sums += [(end, *k, g) for k, g in proj.quota_sums.items()]
+        start = end
+    out = {t: sorted((_normaliser(t)(r) for r in rows[t]), key=repr) for t in ROW_TABLES}
+    out["quota_sums"] = sorted((_normaliser("quota_sums")(r) for r in sums), key=repr)
+    return proj, out
+
+
+def table_rows(ps: ProjectionStore) -> dict[str, list]:
+    out = {}
+    for t in ROW_TABLES + ("quota_sums",):
+        norm = _normaliser(t)
+        out[t] = sorted((norm(r) for r in ps.execute(f"SELECT {', '.join(COLUMNS[t])} FROM {P}{t}")), key=repr)
+    return out
+
+
+def stored_state(url: str) -> dict[str, dict]:
+    """Every namespace of the stored rule state, decoded (what the rows hold)."""
+    ps = ProjectionStore(url)
+    try:
+        out: dict[str, dict] = {}
+        for ns, k, v in ps.execute(f"SELECT ns, k, v FROM {P}state"):
+            out.setdefault(ns, {})[rowstate.decode(k)] = rowstate.decode(v)
+        due: dict[str, list] = {}
+        for q, item in ps.execute(f"SELECT queue, item FROM {P}due ORDER BY queue, due, a, b, id"):
+            due.setdefault(q, []).append(rowstate.decode(item))
+        return {"state": out, "due": due}
+    finally:
+        ps.close()
+
+
+def assert_state_equal(ref: Projector, url: str) -> None:
+    got = stored_state(url)
+    state, due = got["state"], got["due"]
+    meta = state.get(rowstate.META, {})
+    for name, value in vars(ref).items():
+        if isinstance(value, dict) and name != "params":
+            assert state.get(name, {}) == value, name
+        elif isinstance(value, set):
+            assert set(state.get(name, {})) == value, name
+        elif isinstance(value, rowstate.HeapQueue):
+            assert due.get(name, []) == sorted(value.items), name
+        elif isinstance(value, rowstate.ChainHashes):
+            lens = state.get(name + ".len", {})
+            assert lens == {c: len(h) for c, h in value.hashes.items()}
+            assert state.get(name, {}) == {(c, i + 1): x for c, h in value.hashes.items() for i, x in enumerate(h)}
+        elif name != "_cur_key":
+            assert meta.get(name, value) == value, name
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_row_state_equals_the_in_memory_fold_across_restarts_and_failures(demo_ledger, db_url, seed, monkeypatch):
+    monkeypatch.setattr(rowstate, "CACHE_ENTRIES", 60)  # evicted and read back all the time
+    monkeypatch.setattr(rowstate, "SMALL_MAP", 4)
+    monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 97)
+    rnd = random.Random(seed)
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        copy_cut(src, size, db_url).close()
+    ps = ProjectionStore(db_url)
+    failures = 0
+    try:
+        while ps.position() < size:
+            step = rnd.choice([1, 2, 7, 50, 130, 400])
+            if rnd.random() < 0.15 and failures < 3:
+                # fail inside the page's transaction, after the state's rows are written: the
+                # transaction rolls back, the cache is dropped, the rows are read again
+                real = ProjectionStore._advance
+
+                def broken(self, cur, start, stop, rows, proj, copy=True):
+                    real(self, cur, start, stop, rows, proj, copy)
+                    raise RuntimeError("killed mid-transaction")
+
+                monkeypatch.setattr(ProjectionStore, "_advance", broken)
+                before = ps.position()
+                with pytest.raises(RuntimeError):
+                    ps.catch_up(limit=step, page=rnd.choice([3, 40]))
+                monkeypatch.setattr(ProjectionStore, "_advance", real)
+                assert ps.position() == before
+                failures += 1
+            ps.catch_up(limit=step, page=rnd.choice([5, 33, 2000]))
+            if rnd.random() < 0.3:  # a restart at an arbitrary position
+                ps.close()
+                ps = ProjectionStore(db_url)
+            n = ps.position()
+            if ps.projector is not None and n > 300:  # the cache is bounded: values were evicted
+                assert any(not m.complete for m in ps.projector.row_state.maps)
+            if rnd.random() < 0.15 or n == size:
+                ref, want = reference(demo_ledger, n)
+                assert table_rows(ps) == want, n
+                assert_state_equal(ref, db_url)
+    finally:
+        ps.close()
+    check = verify_projections(db_url)
+    assert check.ok and check.entries == size, check.problems[:5]
+
+
+def test_a_state_of_other_rules_or_none_is_folded_again(demo_ledger, sqlite_url, monkeypatch):
+    """A ledger projected without state rows (an earlier version) or by other rules: the state
+    is folded again from the log (state only) and following goes on with the same rows."""
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        copy_cut(src, size, sqlite_url).close()
+    ps = ProjectionStore(sqlite_url)
+    ps.catch_up(limit=size // 2)
+    ps.execute(f"DELETE FROM {P}state")
+    ps.execute(f"DELETE FROM {P}due")
+    ps.close()
+    ps = ProjectionStore(sqlite_url)
+    ps.catch_up(limit=size // 4)
+    ps.execute(f"UPDATE {P}state SET v = ? WHERE ns = ? AND k = ?",
+               (rowstate.encode("other"), rowstate.META, rowstate.encode("_rules")))
+    ps.close()
+    ps = ProjectionStore(sqlite_url)
+    ps.catch_up()
+    ref, want = reference(demo_ledger, size)
+    assert table_rows(ps) == want
+    ps.close()
+    assert_state_equal(ref, sqlite_url)
