@@ -9,7 +9,7 @@ years):
 * every year: the annual totals and the first quota batch of each group in mid-December of the
   year before, the second batch on 1 July, each followed within a week by the groups'
   sub-allocations to every member mine and plant (each member's allocation is its expected
-  output plus a quarter: the log breaks no quota rule);
+  output plus a half: the log breaks no quota rule);
 * mines produce lots (REO = dry kg x TREO %, exactly) and ship each to a plant of their ore type,
   which receives it one to three days later;
 * a plant separates every four lots received (yield 97-99 %, inside the bands), counts the
@@ -136,11 +136,11 @@ class NationalLog:
         self.lot_interval = max(1, int(YEAR_US / lots_a_year))
         # lot size: the nation mines ~240 kt REO a year, whatever the entries a year
         self.lot_reo_g = max(1_000_000, int(240_000 * 1_000_000 / lots_a_year))
-        self.mine_alloc_t = int(self.lot_reo_g * lots_a_year / CAST["mine"] * 1.25 / 1_000_000) + 1
+        self.mine_alloc_t = int(self.lot_reo_g * lots_a_year / CAST["mine"] * 1.5 / 1_000_000) + 1
         ionic_reo = self.lot_reo_g * lots_a_year * IONIC_MINES / CAST["mine"]
         rock_reo = self.lot_reo_g * lots_a_year - ionic_reo
-        self.plant_alloc_t = {"IONIC": int(ionic_reo / IONIC_PLANTS * 1.25 / 1_000_000) + 1,
-                              "ROCK": int(rock_reo / (CAST["plant"] - IONIC_PLANTS) * 1.25 / 1_000_000) + 1}
+        self.plant_alloc_t = {"IONIC": int(ionic_reo / IONIC_PLANTS * 1.5 / 1_000_000) + 1,
+                              "ROCK": int(rock_reo / (CAST["plant"] - IONIC_PLANTS) * 1.5 / 1_000_000) + 1}
         self.queue: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.out: list[tuple[str, str, Any, int]] = []  # (chain, type, body, occurred) not yet taken
@@ -152,6 +152,7 @@ class NationalLog:
         self.n_lot = 0
         self.n_transfer = 0
         self.k = 0
+        self.shipped_ore: dict[str, int] = {}
         self.received: dict[str, list[tuple[str, int, int, str]]] = {p: [] for p in self.ids["plant"]}
         self.pool: ProcessPoolExecutor | None = None
         self.emitted = 0
@@ -278,7 +279,8 @@ class NationalLog:
             "lot": lot, "ore_type": "IONIC" if ionic else "ROCK", "product": product, "wet_kg": kg(dry + dry // 10),
             "dry_kg": kg(dry), "treo_pct": str(treo), "reo_kg": kg(reo), "element_distribution": dist})
         plants = [p for p in self.ids["plant"] if self.plant_ore[p] == self.ore[m]]
-        p = plants[(k // len(mines)) % len(plants)]
+        n_ore = self.shipped_ore[self.ore[m]] = self.shipped_ore.get(self.ore[m], -1) + 1
+        p = plants[n_ore % len(plants)]
         line = {"lot": lot, "product": product, "kg": kg(dry), "reo_kg": kg(reo)}
         self._ship(m, p, [line], 2 * HOUR, lambda: self._received(p, lot, dry, reo, self.ore[m]))
         self.at(self.now + self.lot_interval, self._produce)

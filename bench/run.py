@@ -452,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     if out.width < 104:
         out = Console(width=104)
-    log = (lambda m: None) if args.json else (lambda m: err.print(f"[dim]{m}[/dim]"))
+    # (the scale suite runs for hours: it says what it does on stderr, --json or not)
+    log = (lambda m: None) if args.json and args.suite != "scale" else (
+        lambda m: err.print(f"[dim]{time.strftime('%H:%M:%S')} {m}[/dim]"))
 
     sizes = Sizes.quick() if args.quick else Sizes()
     overrides = {k: v for k, v in (("rounds", args.rounds), ("batch", args.batch), ("large_log", args.large))
