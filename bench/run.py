@@ -62,6 +62,7 @@ from typing import Any, Callable, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import StoredEvent
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reledger.ledger.checkpoint import NoteSigner
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Console(width=104)
     # (the scale suite runs for hours: it says what it does on stderr, --json or not)
     log = (lambda m: None) if args.json and args.suite != "scale" else (
-        lambda m: err.print(f"[dim]{time.strftime('%H:%M:%S')} {m}[/dim]"))
+        lambda m: err.print(f"[dim]{time.strftime('%H:%M:%S')} {escape(m)}[/dim]"))
 
     sizes = Sizes.quick() if args.quick else Sizes()
     overrides = {k: v for k, v in (("rounds", args.rounds), ("batch", args.batch), ("large_log", args.large))
