@@ -18,7 +18,8 @@ years):
   and ships it to a magnet maker; an exporter declares each lot it receives for export;
 * recyclers receive magnet scrap every week;
 * every party with entries in a month reports the month (MonthlyFlowReportSubmitted: the range
-  of its chain covered and its digest) between the 1st and the 6th of the next month.
+  of its chain covered and its digest) between the 2nd and the 6th of the next month (months
+  and days in China Standard Time, as the rules count them).
 
 :class:`NationalLog` is a simulation that carries on where it stopped: :meth:`NationalLog.take`
 gives the next ``n`` entries, signed, in log order, with the record time each batch must carry
@@ -69,6 +70,10 @@ def ts(micros: int) -> str:
 
 def us(dt: datetime) -> int:
     return encoding.time_to_micros(dt)
+
+
+def cst_month(micros: int) -> str:
+    return ts(micros + 8 * HOUR)[:7]
 
 
 def party_ids(kind: str) -> list[str]:
@@ -180,7 +185,7 @@ class NationalLog:
         for kind, ids in self.ids.items():
             for p in ids:
                 self._register(p, ROLE[kind], PROVINCE[kind], self.group.get(p))
-        self.month = ts(self.now)[:7]
+        self.month = cst_month(self.now)
         for y in range(self.first_year, self.first_year + 40):
             self.at(us(datetime(y - 1, 12, 14, 9, tzinfo=timezone.utc)), lambda y=y: self._year(y))
             self.at(us(datetime(y, 7, 1, 9, tzinfo=timezone.utc)), lambda y=y: self._batch(y, 2))
@@ -353,11 +358,11 @@ class NationalLog:
         self.at(self.now + 7 * DAY, lambda: self._scrap(r))
 
     def _month_turn(self) -> None:
-        month = ts(self.now)[:7]
+        month = cst_month(self.now)  # legal months are China Standard Time's (DOMAIN.md)
         if month == self.month:
             return
         ended, self.month = self.month, month
-        start = us(datetime.fromisoformat(month + "-01T00:00:00+00:00"))
+        start = us(datetime.fromisoformat(month + "-01T00:00:00+08:00"))
         for i, party in enumerate(sorted(self.active)):
             self.at(start + DAY + (i % 5) * DAY + (i % 97) * MINUTE,
                     lambda party=party: self.out.append((party, "MonthlyFlowReportSubmitted", {"__report__": ended},
