@@ -41,12 +41,14 @@ import sys
 import tempfile
 import threading
 import time
+
+import httpx
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from reledger.commands.api import CommandAPI
-from reledger.commands.client import LedgerClient
+from reledger.commands.auth import sign_request
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.ledger.entry import SignedEntry
 from reledger.storage.reader import LogReader
@@ -327,13 +329,16 @@ def measure_size(url: str, grower: Grower, sizes: ScaleSizes, log: Callable[[str
         try:
             f["serve_startup_s"] = time.perf_counter() - t0
             reads = []
-            with LedgerClient(f"http://127.0.0.1:{port}", key_of(nat.REGULATOR), timeout=T, retries=2) as c:
+            key = key_of(nat.REGULATOR)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=T) as http:
                 for _ in range(2):
                     for path in (f"/v1/chains/{cast['mine'][0]}/head", f"/v1/quota?year={years[-1]}",
                                  f"/v1/stock?party={cast['plant'][0]}", f"/v1/findings?party={cast['mine'][1]}"):
                         t1 = time.perf_counter()
-                        c._request("GET", path)
+                        resp = http.get(path, headers=sign_request(key, "GET", path))
                         reads.append(time.perf_counter() - t1)
+                        if resp.status_code != 200:
+                            raise RuntimeError(f"GET {path}: {resp.status_code} {resp.text[:300]}")
             f["serve_reads_ms"] = statistics.median(reads) * 1000
             time.sleep(1.0)
             f["serve_rss_mb"] = tree_rss(server.proc.pid) / MB
