@@ -419,7 +419,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale suite: entries a year of the national log (default 1e6: 10^7 is ten years)")
     p.add_argument("--samples", type=_count, default=None, metavar="N",
                    help="scale suite: parties x points in time per query command and size (default 5)")
-    p.add_argument("--timeout", type=float, default=None, metavar="S",
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
                    help="scale suite: seconds any one command may run before it is killed (default 1200)")
     p.add_argument("--large-projections", type=int, default=None, metavar="N",
                    help="entries of the projections suite's large log (default 10^6; 2*10^4 with --quick)")
@@ -434,6 +434,16 @@ def _count(text: str) -> int:
     if not (v >= 1 and v == int(v)) or v > 1e9:
         raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
     return int(v)
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < 1e6:
+        raise argparse.ArgumentTypeError(f"seconds must be above 0: {text!r}")
+    return v
 
 
 def _sizes(text: str) -> tuple[int, ...]:

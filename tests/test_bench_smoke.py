@@ -307,6 +307,7 @@ def test_bench_scale_options_belong_to_the_scale_suite():
     assert run.main(["--suite", "scale", "--sizes", "1e6,1e5"]) == 2  # not increasing
     assert run.main(["--suite", "scale", "--sizes", "1.5"]) == 2
     assert run.main(["--suite", "scale", "--per-year", "0"]) == 2
+    assert run.main(["--suite", "scale", "--timeout", "-1"]) == 2
 
 
 def test_national_log_is_valid_and_breaks_no_rule(tmp_path):
