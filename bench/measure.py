@@ -78,3 +78,60 @@ def timed(acc: Acc, n: int, fn: Callable[[], Any]) -> Any:
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     acc.add(n, wall, cpu)
     return result
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its live descendants (Linux /proc; just ``pid`` elsewhere)."""
+    out = [pid]
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        for child in children:
+            out += tree_pids(int(child))
+    return out
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and its live descendants, summed (pages shared between them
+    are counted in each: an upper bound of what they hold together)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class PeakRSS:
+    """Samples :func:`tree_rss` of a process every ``interval`` seconds in a thread and keeps the
+    largest sum (a process tree's peak memory; a peak shorter than the interval can be missed)."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        import threading
+
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-peak-rss", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak

@@ -33,7 +33,15 @@ their figures and ratios are under ``suites`` in the JSON document):
   (``--large-projections N``, default 10^6, 2*10^4 with --quick) against its full replay, and
   the projections' lag behind a writer appending at a fixed rate.
 
-Run: ``python -m reledger.bench.run [--quick] [--json] [--suite core|http|projections|all]
+A fourth, long suite runs only when asked (``--suite scale``, not part of ``all``):
+
+* **scale** (bench/scale_suite.py): one realistic national log (bench/national.py) grown through
+  the command API's group commit to each of ``--sizes`` (default 10^5,10^6) in turn; at each
+  size the append rate, ``reledger rebuild`` against a raw read, ``quota``/``stock``/``findings``
+  as a user runs them (p50/p99 over parties and points in time), ``replay`` (first line, total),
+  ``investigate``, and ``reledger serve``'s memory after a warm-up; peak memory of each command.
+
+Run: ``python -m reledger.bench.run [--quick] [--json] [--suite core|http|projections|scale|all]
 [--backend sqlite|postgres|both] [--pg URL] [--large-projections N]``.
 """
 
@@ -54,6 +62,7 @@ from typing import Any, Callable, Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eventsourcing.persistence import StoredEvent
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from reledger.ledger.checkpoint import NoteSigner
@@ -66,6 +75,7 @@ from .backends import DEFAULT_PG, Backend, PostgresBackend, SQLiteBackend, pg_re
 from .http_suite import HttpSizes, run_http
 from .measure import Acc, cpu_seconds, timed
 from .projections_suite import ProjSizes, run_projections
+from .scale_suite import ScaleSizes, run_scale
 from .report import render_suites
 
 SCHEMA_VERSION = 2
@@ -398,12 +408,49 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=None, help="interleaved measurement rounds")
     p.add_argument("--batch", type=int, default=None, help="entries per batch (default 500)")
     p.add_argument("--large", type=int, default=None, help="size of the large log (default 100000)")
-    p.add_argument("--suite", choices=SUITES + ("all",), default="all",
+    p.add_argument("--suite", choices=SUITES + ("scale", "all"), default="all",
                    help="which suite to run: core (ledger append/verify), http (server ingest), projections "
-                        "(rebuild, point-in-time query, lag); default all")
+                        "(rebuild, point-in-time query, lag), scale (a national log grown to --sizes: the "
+                        "regulator's commands as a user runs them; long, not part of all); default all")
+    p.add_argument("--sizes", type=_sizes, default=None, metavar="N,N,...",
+                   help="scale suite: the log sizes to grow to and measure at, e.g. 1e5,1e6,1e7 "
+                        "(default 1e5,1e6; 1e3,2e3 with --quick)")
+    p.add_argument("--per-year", type=_count, default=None, metavar="N",
+                   help="scale suite: entries a year of the national log (default 1e6: 10^7 is ten years)")
+    p.add_argument("--samples", type=_count, default=None, metavar="N",
+                   help="scale suite: parties x points in time per query command and size (default 5)")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="S",
+                   help="scale suite: seconds any one command may run before it is killed (default 1200)")
     p.add_argument("--large-projections", type=int, default=None, metavar="N",
                    help="entries of the projections suite's large log (default 10^6; 2*10^4 with --quick)")
     return p.parse_args(argv)
+
+
+def _count(text: str) -> int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v >= 1 and v == int(v)) or v > 1e9:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(v)
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < v < 1e6:
+        raise argparse.ArgumentTypeError(f"seconds must be above 0: {text!r}")
+    return v
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    out = tuple(_count(x.strip()) for x in text.split(",") if x.strip())
+    if not out or list(out) != sorted(set(out)):
+        raise argparse.ArgumentTypeError(f"sizes must be increasing, e.g. 1e5,1e6: {text!r}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -416,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Console()
     if out.width < 104:
         out = Console(width=104)
-    log = (lambda m: None) if args.json else (lambda m: err.print(f"[dim]{m}[/dim]"))
+    # (the scale suite runs for hours: it says what it does on stderr, --json or not)
+    log = (lambda m: None) if args.json and args.suite != "scale" else (
+        lambda m: err.print(f"[dim]{time.strftime('%H:%M:%S')} {escape(m)}[/dim]"))
 
     sizes = Sizes.quick() if args.quick else Sizes()
     overrides = {k: v for k, v in (("rounds", args.rounds), ("batch", args.batch), ("large_log", args.large))
@@ -453,6 +502,9 @@ def main(argv: list[str] | None = None) -> int:
             wanted.remove("postgres")
 
     suites = list(SUITES) if args.suite == "all" else [args.suite]
+    if "scale" not in suites and any(v is not None for v in (args.sizes, args.per_year, args.samples, args.timeout)):
+        err.print("--sizes, --per-year, --samples and --timeout belong to --suite scale")
+        return 2
     skipped = dict(backends_doc)
     t0 = time.perf_counter()
     load_before = _loadavg()
@@ -488,6 +540,12 @@ def main(argv: list[str] | None = None) -> int:
         if suite == "http":
             ssizes: Any = HttpSizes.quick() if args.quick else HttpSizes()
             runner: Callable = run_http
+        elif suite == "scale":
+            ssizes = ScaleSizes.quick() if args.quick else ScaleSizes()
+            over = {k: v for k, v in (("sizes", args.sizes), ("per_year", args.per_year), ("samples", args.samples),
+                                      ("timeout", args.timeout)) if v is not None}
+            ssizes = ScaleSizes(**{**ssizes.__dict__, **over})
+            runner = run_scale
         else:
             ssizes = ProjSizes.quick() if args.quick else ProjSizes()
             if args.large_projections is not None:

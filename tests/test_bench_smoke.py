@@ -250,3 +250,105 @@ def test_alternating_rounds_go_on_where_they_stopped():
             assert mine == [x.split(b"\r\n\r\n")[1] for x, _ in reqs(chr(mine[0][0]))[c][:len(mine)]]
             assert len(left[c]) == 100_000 - len(mine)
         assert r["seconds"] >= 0.29  # three slices, each sending until its 0.1 s were up
+
+
+# --- the scale suite (a national log grown step by step; the regulator's commands) -----------
+
+def _check_scale(doc: dict, name: str) -> None:
+    from reledger.bench import scale_suite as ss
+
+    assert doc["suites_run"] == ["scale"] and doc["backends"] == {}
+    b = doc["suites"]["scale"][name]
+    assert "skipped" not in b, b
+    assert b["problems"] == [], b["problems"]
+    steps = b["steps"]
+    assert [s["entries"] for s in steps] == list(b["sizes"]["sizes"]) == [1_000, 2_000]  # --quick
+    for s in steps:
+        assert s["timeouts"] == [] and s["problems"] == []
+        f = s["figures"]
+        for key in ss.FIGURES:  # every figure, at every size, present and positive
+            _finite(f[key], positive=True)
+        for key in ss.RATIOS:
+            _finite(s["ratios"][key], positive=True)
+        assert s["ratios"]["rebuild/read_raw"] == pytest.approx(f["rebuild_rate"] / f["read_raw_rate"])
+        assert s["ratios"]["quota_p50/version"] == pytest.approx(f["quota_p50_s"] / f["version_s"])
+        for q in ss.QUERIES:
+            assert f[f"{q}_p50_s"] <= f[f"{q}_p99_s"]
+            runs = s["detail"][q]
+            assert len(runs) == doc["suite_params"]["scale"]["samples"]
+            assert all(r["rc"] in ((0, 1) if q == "findings" else (0,)) for r in runs)
+        # the points in time asked: now, then as of a log size (the quick run asks two)
+        assert [("--as-of" in r["args"], "--valid-at" in r["args"]) for r in s["detail"]["quota"]] \
+            == [(False, False), (True, False)]
+        assert f["replay_first_line_s"] <= f["replay_s"] and s["detail"]["replay"]["lines"] > 0
+        assert s["detail"]["investigate"]["bytes"] > 0
+        for key, t in s["targets"].items():
+            assert t["met"] is {"<": t["value"] < t["target"], "<=": t["value"] <= t["target"],
+                                ">=": t["value"] >= t["target"]}[t["op"]], key
+    assert steps[0]["ratios"]["append/append_first"] == 1.0
+    assert steps[1]["grow"]["appended"] == 1_000  # the same log, extended
+
+
+def test_bench_scale_quick_sqlite_json(capsys, tmp_path):
+    doc = _run(capsys, "--suite", "scale", "--backend", "sqlite", "--db", f"sqlite:///{tmp_path / 'x.db'}")
+    _check_scale(doc, "sqlite")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("reledger-bench-")]  # removed afterwards
+
+
+@pytest.mark.postgres
+def test_bench_scale_quick_postgres_json(capsys, pg_url):
+    doc = _run(capsys, "--suite", "scale", "--backend", "postgres", "--pg", pg_url)
+    _check_scale(doc, "postgres")
+    assert _left_schemas(pg_url, doc["suites"]["scale"]["postgres"]["info"]["schemas"]) == []
+
+
+def test_bench_scale_options_belong_to_the_scale_suite():
+    assert run.main(["--suite", "core", "--sizes", "1e5"]) == 2
+    assert run.main(["--suite", "scale", "--sizes", "1e6,1e5"]) == 2  # not increasing
+    assert run.main(["--suite", "scale", "--sizes", "1.5"]) == 2
+    assert run.main(["--suite", "scale", "--per-year", "0"]) == 2
+    assert run.main(["--suite", "scale", "--timeout", "-1"]) == 2
+
+
+def test_national_log_is_valid_and_breaks_no_rule(tmp_path):
+    """The national log the scale suite grows: every entry passes the command API, and the rule
+    engine finds nothing in it (it is a clean baseline: what a query costs, not what a finding
+    costs), across a year's turn (quota of the next year, monthly reports)."""
+    from reledger.bench.national import NationalLog
+    from reledger.commands.api import CommandAPI
+    from reledger.projections import queries
+    from reledger.projections.store import ProjectionStore
+    from reledger.storage.store import LedgerStore
+
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    nl = NationalLog(per_year=2_000, workers=1)
+    clock = [nl.t0 + 60_000_000]
+    store = LedgerStore(url, clock=lambda: clock[0])
+    api = CommandAPI(store)
+    try:
+        store.append(nl.genesis())
+        for b in nl.take(8_000, batch=200):
+            clock[0] = max(clock[0], b.record_us)
+            for r in api.submit_groups([[e] for e in b.envelopes]):
+                assert isinstance(r, list), r
+        assert store.size() == 8_003
+        assert nl.business_span()[1] > nl.t0 + 365 * 86_400_000_000  # past a year's turn
+    finally:
+        nl.close()
+        api.close()
+        store.close()
+    ps = ProjectionStore(url)
+    try:
+        ps.rebuild()
+        assert queries.findings(ps)["findings"] == []
+        years = {int(y) for (y,) in ps.execute("SELECT DISTINCT year FROM reledger_p_quota")}
+        assert {2016, 2017} <= years
+    finally:
+        ps.close()
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "n.db") as conn:
+        types = {t for (t,) in conn.execute("SELECT DISTINCT type FROM reledger_log")}
+    assert {"MineralProductProduced", "TransferShipped", "TransferReceived", "SeparationBatchRecorded",
+            "MetalSmelted", "ExportDeclared", "SecondaryFeedReceived", "MonthlyFlowReportSubmitted",
+            "QuotaBatchIssued", "QuotaSubAllocated", "AnnualTotalApproved", "StockCounted"} <= types
