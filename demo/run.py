@@ -33,7 +33,7 @@ from rich.progress import Progress
 from reledger.commands.api import CommandAPI
 from reledger.commands.catalogue import report_digest
 from reledger.ledger import encoding
-from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.cosignature import log_signer
 from reledger.ledger.genesis import ChainSigner, genesis_entries, key_authorized_body
 from reledger.ledger.keys import SigningKey
 from reledger.projections import queries
@@ -219,7 +219,11 @@ class Demo:
         reg.key = SigningKey.from_seed("MIIT", seeded_bytes(self.seed, "key MIIT"))
         reg.signer = SeededSigner(reg.key, self.seed)
         self.reg = reg
-        self.operator = SigningKey.from_seed("MIIT", seeded_bytes(self.seed, "checkpoint key"), "checkpoint", name=ORIGIN)
+        # the log's checkpoint key pair: Ed25519 and its ML-DSA-44 half (post-quantum checkpoints,
+        # FORMAT.md 5.4), both from the seed; ML-DSA-44 signatures are randomized, so a re-run
+        # gives the same ledger and roots with other ML-DSA-44 signature bytes
+        self.operator = SigningKey.from_seed("MIIT", seeded_bytes(self.seed, "checkpoint key"), "checkpoint", name=ORIGIN,
+                                             mldsa_seed=seeded_bytes(self.seed, "checkpoint ML-DSA-44 key"))
         self.parties["MIIT"] = reg
         n_mines = {"small": (1, 1, 1, 1), "year": (10, 6, 8, 6)}[self.scale]
         n_plants = {"small": (1, 1, 1, 1), "year": (14, 10, 12, 4)}[self.scale]
@@ -280,7 +284,7 @@ class Demo:
         self.store.append(genesis_entries(reg.signer, self.operator, name=reg.name, origin=ORIGIN, at=ts(t0)))
         reg.hashes = [b"\0" * 32] * 3  # genesis entries: not covered by reports
         self.entries += 3
-        self.signer = NoteSigner(ORIGIN, self.operator.private_key)
+        self.signer = log_signer(self.operator)
         t = t0 + HOUR
         for p in self.cast_list:
             body = {"party": p.id, "name": p.name, "roles": p.roles, "province": p.province,

@@ -66,9 +66,18 @@ def test_demo_json_for_scripts(tmp_path):
 
 def test_the_same_seed_gives_the_same_ledger_on_both_backends(pg_url, tmp_path):
     """Keys, command ids and record times derive from --seed: two runs with one seed, one on
-    SQLite and one on PostgreSQL, give the same entries, so the same Merkle root and checkpoints;
-    another seed gives other keys."""
+    SQLite and one on PostgreSQL, give the same entries, so the same Merkle root and checkpoints
+    (the same texts and Ed25519 signatures; the log's ML-DSA-44 line, randomized, verifies in
+    each); another seed gives other keys."""
     from reledger.demo.run import seeded_bytes
+    from reledger.ledger.cosignature import check_log_pq, signature_lines
+
+    def same_parts(note: bytes, signer) -> tuple:
+        v = signer.verifier()
+        check_log_pq(note, [v], [v])  # the post-quantum line is there and verifies
+        text, lines = signature_lines(note)
+        assert len(lines) == 2
+        return text, [ln for ln in lines if ln[1] == signer.key_id]
 
     runs = []
     for url, out in ((f"sqlite:///{tmp_path / 'a.db'}", tmp_path / "a"), (pg_url, tmp_path / "b")):
@@ -76,7 +85,8 @@ def test_the_same_seed_gives_the_same_ledger_on_both_backends(pg_url, tmp_path):
         try:
             demo.run()
             n = demo.store.size()
-            runs.append((n, demo.store.root(n), [c[1:] for c in demo.store.checkpoints()]))
+            runs.append((n, demo.store.root(n), [(c[1], same_parts(c[2], demo.signer))
+                                                 for c in demo.store.checkpoints()]))
         finally:
             demo.projections.close()
             demo.store.close()

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
 from helpers import drop_triggers, populated_ledger, sql
 from reledger.ledger import encoding
-from reledger.ledger.checkpoint import NoteSigner
+from reledger.ledger.cosignature import check_log_pq, log_signer, signature_lines
 from reledger.ledger.entry import ENTRY_TAG, SignedEntry
 from reledger.ledger.keys import SigningKey
 from reledger.storage.store import LedgerStore
@@ -62,25 +62,30 @@ def _build_sqlite_demo(tmp: Path) -> dict[str, Any]:
 
 def clone_ledger(src: dict[str, Any], dst_url: str, *, projections: bool = True) -> str:
     """Append the demo's log, entry for entry with the same record times, into ``dst_url``, and
-    sign the same checkpoints: the copy is byte-identical (same notes, same roots)."""
+    sign the same checkpoints: the copy is byte-identical (same roots, same checkpoint texts and
+    Ed25519 signatures; the log's ML-DSA-44 lines are randomized, so they are only checked to
+    verify)."""
 
     with LedgerStore(src["url"], create=False) as s:
         records = list(s.records())
     op = SigningKey.read(src["keys"] / "operator.key")
-    signer = NoteSigner(op.name, op.private_key)
+    signer = log_signer(op)
+    assert signer.mldsa is not None  # the demo's checkpoints are post-quantum too
     notes = {size: note for size, _, note in src["checkpoints"]}
     now = [0]
     with LedgerStore(dst_url, clock=lambda: now[0]) as d:
         for rec_us, group in groupby(records, key=lambda r: r.recorded_us):
             now[0] = rec_us
             size = d.size()
-            if size in notes and d.checkpoint(signer) != notes[size]:
+            if size in notes and not _same_note(d.checkpoint(signer), notes[size], signer):
                 raise AssertionError(f"the clone's checkpoint of size {size} differs")
             for result in d.append_groups([[r.envelope] for r in group]):
                 assert not isinstance(result, Exception), result
         if d.size() in notes:
-            assert d.checkpoint(signer) == notes[d.size()]
-        assert d.checkpoints() == [(sz, root, note) for sz, root, note in src["checkpoints"]]
+            assert _same_note(d.checkpoint(signer), notes[d.size()], signer)
+        got = d.checkpoints()
+        assert [(sz, root) for sz, root, _ in got] == [(sz, root) for sz, root, _ in src["checkpoints"]]
+        assert all(_same_note(a[2], b[2], signer) for a, b in zip(got, src["checkpoints"]))
     if projections:
         ps = ProjectionStore(dst_url)
         try:
@@ -89,6 +94,26 @@ def clone_ledger(src: dict[str, Any], dst_url: str, *, projections: bool = True)
         finally:
             ps.close()
     return dst_url
+
+
+def _same_note(a: bytes, b: bytes, signer) -> bool:
+    """Two checkpoint notes of the log are the same: the same text and the same Ed25519 signature
+    line, and each carries an ML-DSA-44 line of the log's key that verifies."""
+    pq = signer.mldsa.verifier()
+    ta, la = signature_lines(a)
+    tb, lb = signature_lines(b)
+    ed_a = [ln for ln in la if ln[1] == signer.key_id]
+    ed_b = [ln for ln in lb if ln[1] == signer.key_id]
+    if ta != tb or ed_a != ed_b or len(ed_a) != 1:
+        return False
+    for text, lines in ((ta, la), (tb, lb)):
+        ml = [ln for ln in lines if ln[1] == pq.key_id]
+        if len(ml) != 1 or len(lines) != 2:
+            return False
+    v = signer.verifier()
+    for note in (a, b):
+        check_log_pq(note, [v], [v])
+    return True
 
 
 def new_pg_url(config) -> str:
