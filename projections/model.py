@@ -827,7 +827,9 @@ class Projector:
             for grp, sign in ((old, -1), (new, 1)):
                 # USED rows of this entry: the party's and the nation's use are unchanged (the two
                 # rows cancel), the group's moves
-                self._quota(d, year, party, cat, "USED", sign * g, grp, ref, d.occurred_us)
+                # at the use's business time, so that a view valid at any time after the use shows
+                # it in the group of its time (as of this entry's record time: it was not known before)
+                self._quota(d, year, party, cat, "USED", sign * g, grp, ref, occ_u)
                 if grp:
                     k = (year, grp, cat)
                     self.used_group[k] = self.used_group.get(k, 0) + sign * g

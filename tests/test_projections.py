@@ -137,13 +137,13 @@ class Reference:
             t = e.type
             if t == "PartyRegistered":
                 self.parties[b["party"]] = {"roles": set(b["roles"]), "since": us(b["valid_from"]),
-                                            "groups": [(us(b["valid_from"]), b["group"])] if b.get("group") else []}
+                                            "groups": [(us(b["valid_from"]), b["group"], i)] if b.get("group") else []}
             elif t == "GroupMembershipChanged":
                 since = us(b["effective_from"])
                 if b["action"] == "JOINED":
-                    self.parties[b["party"]]["groups"].append((since, b["group"]))
+                    self.parties[b["party"]]["groups"].append((since, b["group"], i))
                 elif self.group_at(b["party"], since) == b["group"]:   # LEFT: only the group named
-                    self.parties[b["party"]]["groups"].append((since, None))
+                    self.parties[b["party"]]["groups"].append((since, None, i))
             elif t == "QuotaBatchIssued":
                 amounts = {}
                 for cat, name in (("MINING_ROCK", "mining_rock_t_reo"), ("MINING_IONIC", "mining_ionic_t_reo"),
@@ -317,10 +317,12 @@ class Reference:
         p = self.parties.get(party)
         return bool(p) and role in p["roles"] and occ >= p["since"]
 
-    def group_at(self, party: str, occ: int):
+    def group_at(self, party: str, occ: int, n: int | None = None):
+        """The party's group at business time ``occ``, by the membership entries recorded before
+        log index ``n`` (None: all so far); the latest effective by then wins."""
         grp, best = None, -1
-        for since, group in (self.parties.get(party) or {}).get("groups", []):  # the latest membership by then
-            if best <= since <= occ:
+        for since, group, i in (self.parties.get(party) or {}).get("groups", []):
+            if best <= since <= occ and (n is None or i < n):
                 grp, best = group, since
         return grp
 
@@ -410,10 +412,13 @@ class Reference:
                     add(out["ent_alloc"], (holder, cat), g)
                 if kind == "ISSUED":
                     add(out["nat_issued"], cat, g)
-        for i, occ, yy, party, cat, g, grp in self.uses:
+        for i, occ, yy, party, cat, g, _ in self.uses:
             if i < n and occ <= t and yy == y:
                 add(out["ent_used"], (party, cat), g)
                 add(out["nat_used"], cat, g)
+                # DOMAIN.md: output counts to the group the party belongs to at the output's
+                # business time, as the memberships recorded by then say (a late change moves it)
+                grp = self.group_at(party, occ, n)
                 if grp:
                     add(out["grp_used"], (grp, cat), g)
         return {k: {kk: vv for kk, vv in v.items() if vv} for k, v in out.items()}
