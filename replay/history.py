@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import bisect
-from decimal import Decimal
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Callable, Iterator
@@ -23,7 +22,7 @@ from reledger.ledger.entry import EntryError, SignedEntry
 from reledger.ledger.registry import Registry, RegistryError
 from reledger.projections.model import Projector, kg_text, time_us
 from reledger.projections.state import ScratchState
-from reledger.projections.store import P, ProjectionStore
+from reledger.projections.store import P
 from reledger.storage.reader import LogReader
 
 FAR = 2**62
@@ -88,6 +87,18 @@ def _counterparty(party: str, chain: str, body: dict) -> str | None:
         if isinstance(v, str) and v != party:
             return v
     return chain if chain != party else None
+
+
+def _kept(party: str, e, body: dict, occ: int, since_us, until_us, types, lot, counterparty) -> bool:
+    """Whether an entry of the party passes replay's filters (business-time window, types, lot,
+    counterparty): one definition for the replay from rows and the replay by fold."""
+    if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
+        return False
+    if types and e.type not in types:
+        return False
+    if lot and lot not in _lots(body):
+        return False
+    return not (counterparty and _counterparty(party, e.chain, body) != counterparty)
 
 
 def _lots(body: dict) -> list[str]:
@@ -273,13 +284,7 @@ def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, unti
                     sig, invalid = f"INVALID: {err}", invalid + 1
             body = e.body if isinstance(e.body, dict) else {}
             occ = time_us(e.occurred_at) or rec.recorded_us
-            if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
-                continue
-            if types and e.type not in types:
-                continue
-            if lot and lot not in _lots(body):
-                continue
-            if counterparty and _counterparty(party, e.chain, body) != counterparty:
+            if not _kept(party, e, body, occ, since_us, until_us, types, lot, counterparty):
                 continue
             steps.append(Step(rec.index, "entry", e.seq, e.type, e.occurred_at, rec.recorded_at, signed.hash.hex(),
                               json_body(body), sig, _counterparty(party, e.chain, body), _lots(body), *state_now(),
@@ -376,13 +381,7 @@ def _replay(reader, scratch, proj, party, n, since_us, until_us, types, lot, cou
         body = e.body if isinstance(e.body, dict) else {}
         occ = time_us(e.occurred_at) or rec.recorded_us
         if e.chain == party:
-            if since_us is not None and occ < since_us or until_us is not None and occ > until_us:
-                continue
-            if types and e.type not in types:
-                continue
-            if lot and lot not in _lots(body):
-                continue
-            if counterparty and _counterparty(party, e.chain, body) != counterparty:
+            if not _kept(party, e, body, occ, since_us, until_us, types, lot, counterparty):
                 continue
         steps.append(Step(
             rec.index, "entry" if e.chain == party else "finding",
