@@ -89,6 +89,18 @@ def _counterparty(party: str, chain: str, body: dict) -> str | None:
     return chain if chain != party else None
 
 
+def _signature(registry: Registry, signed: SignedEntry, rec) -> tuple[str, bool]:
+    """What replay says of an entry's signature, by the key valid when the log recorded it:
+    one definition for the replay from rows and the replay by fold."""
+    try:
+        pub = registry.key_for(signed, rec.index, rec.recorded_us)
+    except RegistryError as err:
+        return f"INVALID: {err}", False
+    if signed.signature_valid(pub):
+        return f"valid (key {signed.entry.key_id})", True
+    return f"INVALID: not a signature by key {signed.entry.key_id}", False
+
+
 def _kept(party: str, e, body: dict, occ: int, since_us, until_us, types, lot, counterparty) -> bool:
     """Whether an entry of the party passes replay's filters (business-time window, types, lot,
     counterparty): one definition for the replay from rows and the replay by fold."""
@@ -274,14 +286,8 @@ def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, unti
                                           rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine))
                     continue
             else:
-                try:
-                    pub = registry.key_for(signed, rec.index, rec.recorded_us)
-                    if signed.signature_valid(pub):
-                        sig, valid = f"valid (key {e.key_id})", valid + 1
-                    else:
-                        sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
-                except RegistryError as err:
-                    sig, invalid = f"INVALID: {err}", invalid + 1
+                sig, ok = _signature(registry, signed, rec)
+                valid, invalid = valid + ok, invalid + (not ok)
             body = e.body if isinstance(e.body, dict) else {}
             occ = time_us(e.occurred_at) or rec.recorded_us
             if not _kept(party, e, body, occ, since_us, until_us, types, lot, counterparty):
@@ -337,14 +343,8 @@ def _replay(reader, scratch, proj, party, n, since_us, until_us, types, lot, cou
             sig, invalid = (f"INVALID: the entry {e.chain}:{e.seq} is not the one the log recorded at index "
                             f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)"), invalid + 1
         elif e.chain == party:
-            try:
-                pub = registry.key_for(signed, rec.index, rec.recorded_us)
-                if signed.signature_valid(pub):
-                    sig, valid = f"valid (key {e.key_id})", valid + 1
-                else:
-                    sig, invalid = f"INVALID: not a signature by key {e.key_id}", invalid + 1
-            except RegistryError as err:
-                sig, invalid = f"INVALID: {err}", invalid + 1
+            sig, ok = _signature(registry, signed, rec)
+            valid, invalid = valid + ok, invalid + (not ok)
         try:
             registry.apply(signed, rec.index)
         except RegistryError:
