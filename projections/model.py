@@ -393,12 +393,11 @@ class Projector:
         self.open[fact] = [f.index, f.occurred_us, f.code, f.party, f.rule]
 
     @staticmethod
-    def _first_bad(events: list[list[int]], bad) -> tuple[int, int, int] | None:
+    def _first_bad(events: list[list[int]], bad, i: int = 0, a: int = 0, b: int = 0) -> tuple[int, int, int] | None:
         """The first business time at which the running sums (a, b) of ``events`` are bad (events
-        of one business time taken together): (time, a, b), or None."""
-        a = b = 0
+        of one business time taken together), scanning from ``events[i]`` with the sums before
+        it: (time, a, b), or None."""
         n = len(events)
-        i = 0
         while i < n:
             t = events[i][0]
             while i < n and events[i][0] == t:
@@ -435,17 +434,9 @@ class Projector:
             for e in events[q:]:
                 sa += e[1]
                 sb += e[2]
-            ca, cb = totals[0] - sa, totals[1] - sb  # the running sums before business time occ
-            n, i = len(events), q
-            while i < n:
-                t = events[i][0]
-                while i < n and events[i][0] == t:
-                    ca += events[i][1]
-                    cb += events[i][2]
-                    i += 1
-                if bad(ca, cb):
-                    return "bad", (t, ca, cb)
-            return None
+            # from the running sums before business time occ
+            found = self._first_bad(events, bad, q, totals[0] - sa, totals[1] - sb)
+            return None if found is None else ("bad", found)
         if worsens:
             return None
         return ("cured",) if self._first_bad(events, bad) is None else None

@@ -89,6 +89,12 @@ def _counterparty(party: str, chain: str, body: dict) -> str | None:
     return chain if chain != party else None
 
 
+def _unreadable(rec, err: Exception, state: dict, quota: dict) -> "Step":
+    """Replay's step for an entry the log holds but that cannot be read (tampered or deleted)."""
+    return Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at, rec.entry_hash.hex(), None,
+                f"INVALID: unreadable entry: {err}", None, [], state, quota, [])
+
+
 def _signature(registry: Registry, signed: SignedEntry, rec) -> tuple[str, bool]:
     """What replay says of an entry's signature, by the key valid when the log recorded it:
     one definition for the replay from rows and the replay by fold."""
@@ -270,10 +276,7 @@ def _replay_rows(reader: LogReader, url: str, party: str, n: int, since_us, unti
             except (EntryError, EncodingError) as err:
                 invalid += 1
                 if not types or rec.type in types:
-                    st, qu = state_now()
-                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                      rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
-                                      st, qu, []))
+                    steps.append(_unreadable(rec, err, *state_now()))
                 continue
             e = signed.entry
             if (e.chain, e.seq, signed.hash) != (rec.chain, rec.seq, rec.entry_hash):
@@ -330,10 +333,7 @@ def _replay(reader, scratch, proj, party, n, since_us, until_us, types, lot, cou
             if rec.chain == party:
                 invalid += 1
                 if not types or rec.type in types:
-                    st, qu = state_now()
-                    steps.append(Step(rec.index, "entry", rec.seq, rec.type, None, rec.recorded_at,
-                                      rec.entry_hash.hex(), None, f"INVALID: unreadable entry: {err}", None, [],
-                                      st, qu, []))
+                    steps.append(_unreadable(rec, err, *state_now()))
             continue
         e = signed.entry
         sig = ""
