@@ -100,6 +100,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_on_free_port(make_args: Callable[[int], list[str]], startup: float = 60.0, tries: int = 3) -> "Proc":
+    """A server on a free port; another process may take the port between ``free_port`` and the
+    server's bind (tests run in parallel), so a start refused with "address already in use" is
+    tried again on another port."""
+    for attempt in range(tries):
+        port = free_port()
+        try:
+            return Proc(make_args(port), port, startup)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Proc:
     """A server subprocess on 127.0.0.1:port, ready when GET /v1/health answers 200."""
 

@@ -55,7 +55,7 @@ from reledger.storage.reader import LogReader
 from reledger.storage.store import LedgerStore
 
 from . import national as nat
-from .http_suite import Proc, free_port
+from .http_suite import start_on_free_port
 from .measure import PeakRSS, tree_rss
 from .realistic import key_of
 
@@ -318,10 +318,9 @@ def measure_size(url: str, grower: Grower, sizes: ScaleSizes, log: Callable[[str
 
     # the server
     log(f"  at {n:,}: reledger serve, warm-up, memory")
-    port = free_port()
     t0 = time.perf_counter()
     try:
-        server = Proc(["-m", "reledger", "serve", *db, "--port", str(port)], port, startup=T)
+        server = start_on_free_port(lambda port: ["-m", "reledger", "serve", *db, "--port", str(port)], startup=T)
     except RuntimeError as e:
         timeouts.append("serve") if "did not answer" in str(e) else problems.append(f"serve: {e}")
         f["serve_startup_s"], f["serve_rss_mb"], f["serve_reads_ms"] = T, 0.0, 0.0
@@ -330,7 +329,7 @@ def measure_size(url: str, grower: Grower, sizes: ScaleSizes, log: Callable[[str
             f["serve_startup_s"] = time.perf_counter() - t0
             reads = []
             key = key_of(nat.REGULATOR)
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=T) as http:
+            with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=T) as http:
                 for _ in range(2):
                     for path in (f"/v1/chains/{cast['mine'][0]}/head", f"/v1/quota?year={years[-1]}",
                                  f"/v1/stock?party={cast['plant'][0]}", f"/v1/findings?party={cast['mine'][1]}"):
