@@ -99,6 +99,20 @@ def reledger_cmd() -> list[str]:
     return [exe] if os.path.exists(exe) else [sys.executable, "-m", "reledger"]
 
 
+def compile_package() -> None:
+    """Compile reledger's modules to bytecode once, as ``pip install`` does for a user (an
+    editable install, or PYTHONDONTWRITEBYTECODE=1 as on the project's machines, would otherwise
+    compile every module again at every command's start: about 0.1 s of each query's wall time)."""
+    import compileall
+
+    import importlib
+
+    for name in ("reledger", "reledger.ledger", "reledger.storage", "reledger.projections", "reledger.replay",
+                 "reledger.commands", "reledger.processes", "reledger.demo", "reledger.bench"):
+        for folder in importlib.import_module(name).__path__:  # (the repository's folders map into one package)
+            compileall.compile_dir(folder, quiet=2, maxlevels=0)
+
+
 @dataclass
 class Run:
     seconds: float
@@ -356,6 +370,7 @@ def run_scale(backend, sizes: ScaleSizes, log: Callable[[str], None]) -> dict[st
     workdir = tempfile.mkdtemp(prefix="reledger-scale-")
     steps: list[dict[str, Any]] = []
     problems: list[str] = []
+    compile_package()
     grower = Grower(url, sizes)
     try:
         for target in sizes.sizes:
