@@ -1146,7 +1146,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from reledger.commands.catalogue import ENTRY_TYPES
-    from reledger.replay.history import iter_csv, iter_text, replay_party
+    from reledger.replay.history import iter_csv, iter_json, iter_text, stream_party
 
     ledger = check_ledger(args)
     ledger.require_party(args.party)
@@ -1164,29 +1164,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.lot:
         require_lot(args, args.lot)
     tick = Ticker(f"replaying the log for {args.party}")
-    r = replay_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
-                     types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
-                     progress=lambda done, total: tick(done, total))
-    if args.json:
-        emit(args, r.to_dict(), lambda: None)
-    elif args.format == "csv":
-        for line in iter_csv(r):
-            sys.stdout.write(line)
-    elif args.step and sys.stdin.isatty():
-        lines = list(iter_text(r))
-        print(lines[0])
-        block: list[str] = []
-        for line in lines[1:]:
-            if line.startswith("\n#") and block:
-                print("\n".join(block))
-                if input("[Enter] next, q quit > ").strip().lower() == "q":
-                    return EXIT_OK
-                block = []
-            block.append(line)
-        print("\n".join(block))
-    else:
-        for line in iter_text(r):
-            print(line)
+    # streamed: the header as soon as it is known, each step as it is read (a page of rows at a
+    # time), the counts at the end; flushed after the header and the first step, so that a pipe
+    # sees them at once
+    with stream_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
+                      types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
+                      progress=lambda done, total: tick(done, total)) as r:
+        if args.json:
+            chunks = iter_json(r)
+        elif args.format == "csv":
+            chunks = iter_csv(r)
+        elif args.step and sys.stdin.isatty():
+            lines = iter_text(r)
+            print(next(lines), flush=True)
+            block: list[str] = []
+            for line in lines:
+                if line.startswith("\n#") and block:
+                    print("\n".join(block))
+                    if input("[Enter] next, q quit > ").strip().lower() == "q":
+                        return EXIT_OK
+                    block = []
+                block.append(line)
+            print("\n".join(block))
+            chunks = iter(())
+        else:
+            chunks = (line + "\n" for line in iter_text(r))
+        for k, chunk in enumerate(chunks):
+            sys.stdout.write(chunk)
+            if k < 2:
+                sys.stdout.flush()
     return EXIT_FAILED if r.signatures_invalid else EXIT_OK
 
 
