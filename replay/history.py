@@ -145,9 +145,9 @@ class _Pages:
     next page, so that no key is split between pages; a page of one key only is completed by
     ``fetch_key(key)``."""
 
-    def __init__(self, fetch: Callable[[Any, int], list], key: Callable[[Any], Any], start: Any, page: int,
-                 fetch_key: Callable[[Any], list] | None = None):
-        self.fetch, self.key, self.after, self.page, self.fetch_key = fetch, key, start, page, fetch_key
+    def __init__(self, name: str, fetch: Callable[[Any, int], list], key: Callable[[Any], Any], start: Any,
+                 page: int, fetch_key: Callable[[Any], list] | None = None):
+        self.name, self.fetch, self.key, self.after, self.page, self.fetch_key = name, fetch, key, start, page, fetch_key
         self.buf: list = []
         self.pos = 0
         self.last = False
@@ -369,14 +369,14 @@ def _replay_rows(rs: ReplayStream, reader: LogReader, ps, party: str, n: int, si
         # the party's rows of a table in log order, through its (party, idx) index
         sql = f"SELECT {columns} FROM {P}{table} WHERE party = ?{where} AND idx < ? AND idx > ? ORDER BY idx LIMIT ?"
         at = f"SELECT {columns} FROM {P}{table} WHERE party = ?{where} AND idx = ?"
-        src = _Pages(lambda after, limit: ps.execute(sql, (party, n, after, limit)), idx_key, -1, page,
+        src = _Pages(table, lambda after, limit: ps.execute(sql, (party, n, after, limit)), idx_key, -1, page,
                      lambda idx: ps.execute(at, (party, idx)))
         rs.sources.append(src)
         return src
 
-    entries = _Pages(lambda after, limit: reader.queries.records_of_chain_after(cur, party, after, n, limit),
+    entries = _Pages("entries", lambda after, limit: reader.queries.records_of_chain_after(cur, party, after, n, limit),
                      attrgetter("seq"), 0, page)
-    registry_records = _Pages(lambda after, limit: reader.queries.records_of_types_after(
+    registry_records = _Pages("registry", lambda after, limit: reader.queries.records_of_types_after(
         cur, list(_REGISTRY_TYPES), after, n, limit), attrgetter("index"), -1, page)
     rs.sources += [entries, registry_records]
     finding_rows = party_rows("findings", "idx, occurred_us, rule, code, party, message, evidence, params",
