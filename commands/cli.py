@@ -1610,6 +1610,7 @@ def serve_checkpointer(args: argparse.Namespace) -> dict | None:
     """The checkpointer's settings from serve's options (processes/checkpointer.py), or None."""
     given = [o for o, v in (("--policy", args.policy), ("--checkpoint-every", args.checkpoint_every),
                             ("--checkpoint-interval", args.checkpoint_interval),
+                            ("--checkpoint-retry", args.checkpoint_retry),
                             ("--checkpointer-db", args.checkpointer_db)) if v is not None]
     if args.checkpoint_key is None:
         if given:
@@ -1627,7 +1628,8 @@ def serve_checkpointer(args: argparse.Namespace) -> dict | None:
         except DatabaseURLError as e:
             raise UsageError(f"--checkpointer-db: {e}") from None
     return {"url": args.checkpointer_db or args.db, "key": args.checkpoint_key, "policy": args.policy,
-            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout}
+            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout,
+            **({"retry": args.checkpoint_retry} if args.checkpoint_retry is not None else {})}
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -2075,6 +2077,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "`reledger init --checkpointer-role`; default: --db)")
     s.add_argument("--witness-timeout", type=_positive_float, default=10.0, metavar="S",
                    help="checkpointer: seconds per witness request")
+    s.add_argument("--checkpoint-retry", type=_positive_float, metavar="S",
+                   help="checkpointer: seconds before trying again after a checkpoint was not published "
+                        "(default 10)")
     s.set_defaults(func=cmd_serve)
 
     # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)
