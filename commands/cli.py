@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from reledger.ledger import merkle
 from reledger.ledger.bundle import BundleError, verify_bundle
-from reledger.ledger.checkpoint import Checkpoint, NoteSigner
+from reledger.ledger.checkpoint import Checkpoint
 from reledger.ledger.cosignature import log_signer
 from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import CHAIN_RE
@@ -685,7 +685,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     """A tlog-proof, offline: the checkpoint against the pinned (or given) log key and witness
     policy, the entry's inclusion in it."""
-    from reledger.ledger.checkpoint import NoteError, NoteVerifier
+    from reledger.ledger.checkpoint import NoteError
     from reledger.ledger.tlogproof import ProofFormatError, verify
 
     data = read_files([args.proof], "PROOF")[0]
