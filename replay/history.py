@@ -1,11 +1,17 @@
 """Replay a party's history: what a regulator does when a violation is suspected.
 
-The replay is independent of the projection tables: it folds the log from scratch with a fresh
-:class:`reledger.projections.model.Projector` (its rule state in a scratch file, projections/state.py), checks every signature of the party's entries with the
-key that was valid when each was recorded, and keeps, after each of the party's entries, the
-party's stock (by lot) and quota usage, and the findings the entry raised. Findings about the
-party raised by other entries' arrival (a shipment overdue, a report missing) appear as their
-own steps. Tests check that the state after any step equals the projections at that point.
+For each of the party's entries: its signature, checked with the key that was valid when it was
+recorded, the party's stock (by lot) and quota usage after it, and the findings it raised.
+Findings about the party raised by other entries' arrival (a shipment overdue, a report missing)
+appear as their own steps. When the projection tables cover the point asked, the party's rows
+are read from them (:func:`_replay_rows`); otherwise, or with ``fold``, the log is folded from
+scratch with a fresh :class:`reledger.projections.model.Projector` (its rule state in a scratch
+file, projections/state.py): the reference, which the tests hold the rows' answer to, and whose
+state after any step they hold equal to the projections at that point.
+
+:func:`stream_party` gives the replay as it is read (the header at once, then the steps, a page
+of rows at a time, then the counts): ``reledger replay`` prints from it; :func:`replay_party`
+collects it, for callers that need all of it.
 """
 
 from __future__ import annotations
