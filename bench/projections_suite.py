@@ -162,7 +162,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
         store.append(big.envelopes[:big.genesis])
         timed(accs["large_append"], n_big - big.genesis,
               lambda: _append_log(store, clock, big, big.genesis, n_big, sizes.batch))
-        del big
+        big = None  # the signed log: not kept while reading
         log(f"[{backend.name}] projections: reading and replaying the large log")
         n = timed(accs["large_read_raw"], n_big, lambda: _read_raw(url))
         ps = ProjectionStore(url)

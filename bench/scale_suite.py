@@ -43,7 +43,7 @@ import threading
 import time
 
 import httpx
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 

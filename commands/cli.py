@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from reledger.ledger import merkle
 from reledger.ledger.bundle import BundleError, verify_bundle
-from reledger.ledger.checkpoint import Checkpoint, NoteSigner
+from reledger.ledger.checkpoint import Checkpoint
 from reledger.ledger.cosignature import log_signer
 from reledger.ledger.encoding import time_text
 from reledger.ledger.entry import CHAIN_RE
@@ -685,7 +685,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
 def cmd_verify_proof(args: argparse.Namespace) -> int:
     """A tlog-proof, offline: the checkpoint against the pinned (or given) log key and witness
     policy, the entry's inclusion in it."""
-    from reledger.ledger.checkpoint import NoteError, NoteVerifier
+    from reledger.ledger.checkpoint import NoteError
     from reledger.ledger.tlogproof import ProofFormatError, verify
 
     data = read_files([args.proof], "PROOF")[0]
@@ -1146,7 +1146,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from reledger.commands.catalogue import ENTRY_TYPES
-    from reledger.replay.history import iter_csv, iter_text, replay_party
+    from reledger.replay.history import iter_csv, iter_json, iter_text, stream_party
 
     ledger = check_ledger(args)
     ledger.require_party(args.party)
@@ -1164,29 +1164,35 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.lot:
         require_lot(args, args.lot)
     tick = Ticker(f"replaying the log for {args.party}")
-    r = replay_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
-                     types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
-                     progress=lambda done, total: tick(done, total))
-    if args.json:
-        emit(args, r.to_dict(), lambda: None)
-    elif args.format == "csv":
-        for line in iter_csv(r):
-            sys.stdout.write(line)
-    elif args.step and sys.stdin.isatty():
-        lines = list(iter_text(r))
-        print(lines[0])
-        block: list[str] = []
-        for line in lines[1:]:
-            if line.startswith("\n#") and block:
-                print("\n".join(block))
-                if input("[Enter] next, q quit > ").strip().lower() == "q":
-                    return EXIT_OK
-                block = []
-            block.append(line)
-        print("\n".join(block))
-    else:
-        for line in iter_text(r):
-            print(line)
+    # streamed: the header as soon as it is known, each step as it is read (a page of rows at a
+    # time), the counts at the end; flushed after the header and the first step, so that a pipe
+    # sees them at once
+    with stream_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
+                      types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
+                      progress=lambda done, total: tick(done, total)) as r:
+        if args.json:
+            chunks = iter_json(r)
+        elif args.format == "csv":
+            chunks = iter_csv(r)
+        elif args.step and sys.stdin.isatty():
+            lines = iter_text(r)
+            print(next(lines), flush=True)
+            block: list[str] = []
+            for line in lines:
+                if line.startswith("\n#") and block:
+                    print("\n".join(block))
+                    if input("[Enter] next, q quit > ").strip().lower() == "q":
+                        return EXIT_OK
+                    block = []
+                block.append(line)
+            print("\n".join(block))
+            chunks = iter(())
+        else:
+            chunks = (line + "\n" for line in iter_text(r))
+        for k, chunk in enumerate(chunks):
+            sys.stdout.write(chunk)
+            if k < 2:
+                sys.stdout.flush()
     return EXIT_FAILED if r.signatures_invalid else EXIT_OK
 
 
@@ -1604,6 +1610,7 @@ def serve_checkpointer(args: argparse.Namespace) -> dict | None:
     """The checkpointer's settings from serve's options (processes/checkpointer.py), or None."""
     given = [o for o, v in (("--policy", args.policy), ("--checkpoint-every", args.checkpoint_every),
                             ("--checkpoint-interval", args.checkpoint_interval),
+                            ("--checkpoint-retry", args.checkpoint_retry),
                             ("--checkpointer-db", args.checkpointer_db)) if v is not None]
     if args.checkpoint_key is None:
         if given:
@@ -1621,7 +1628,8 @@ def serve_checkpointer(args: argparse.Namespace) -> dict | None:
         except DatabaseURLError as e:
             raise UsageError(f"--checkpointer-db: {e}") from None
     return {"url": args.checkpointer_db or args.db, "key": args.checkpoint_key, "policy": args.policy,
-            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout}
+            "every": args.checkpoint_every, "interval": args.checkpoint_interval, "timeout": args.witness_timeout,
+            **({"retry": args.checkpoint_retry} if args.checkpoint_retry is not None else {})}
 
 
 EXIT_CODES_HELP = """exit codes:
@@ -2069,6 +2077,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "`reledger init --checkpointer-role`; default: --db)")
     s.add_argument("--witness-timeout", type=_positive_float, default=10.0, metavar="S",
                    help="checkpointer: seconds per witness request")
+    s.add_argument("--checkpoint-retry", type=_positive_float, metavar="S",
+                   help="checkpointer: seconds before trying again after a checkpoint was not published "
+                        "(default 10)")
     s.set_defaults(func=cmd_serve)
 
     # (listed for --help; reledger.cli hands "bench ..." to the benchmark before parsing)

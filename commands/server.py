@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
-import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Callable

@@ -37,9 +37,9 @@ from typing import Iterable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .checkpoint import (ALG_ED25519, SIG_PREFIX, Checkpoint, NoteError, NoteSigner, NoteVerifier, open_note,
+from .checkpoint import (SIG_PREFIX, Checkpoint, NoteError, NoteSigner, NoteVerifier, open_note,
                          valid_key_name)
 from .keys import usable_public_key
 from .merkle import ProofError, verify_consistency

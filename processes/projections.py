@@ -20,7 +20,6 @@ Messages (frames of :mod:`reledger.processes.frames`, one msgpack array each):
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 import signal

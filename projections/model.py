@@ -29,8 +29,8 @@ from reledger.ledger import authority, encoding
 from reledger.ledger.entry import SignedEntry
 
 from .queues import ChainHashes, HeapQueue
-from .reference import (CALENDAR_PARAMETERS, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, PRODUCTS,
-                        RULE_PARAMETERS, calendar_dates, element_of, elements_in, merge_calendar, product_class,
+from .reference import (CALENDAR_PARAMETERS, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, RULE_PARAMETERS,
+                        calendar_dates, element_of, elements_in, merge_calendar, product_class,
                         reo_factor_table)
 
 DAY_US = 86_400 * 1_000_000
@@ -1265,15 +1265,15 @@ class Projector:
         # the plant-month balance: the totals stated must be what the ledger's entries say
         ledger = self.flows_month.get((chain, month), {})
         wrong = {}
-        for field, what in (("produced_reo_kg", "produced"), ("received_reo_kg", "received"),
+        for total, what in (("produced_reo_kg", "produced"), ("received_reo_kg", "received"),
                             ("consumed_reo_kg", "consumed"), ("output_reo_kg", "output"),
                             ("shipped_reo_kg", "shipped"), ("exported_reo_kg", "exported"),
                             ("losses_reo_kg", "losses")):
-            stated = (b.get("totals") or {}).get(field)
+            stated = (b.get("totals") or {}).get(total)
             if stated is None:
                 continue
             if self._differs(grams(stated), ledger.get(what, 0)):
-                wrong[field] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(ledger.get(what, 0))}
+                wrong[total] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(ledger.get(what, 0))}
         stated = (b.get("totals") or {}).get("closing_stock_reo_kg")
         if stated is not None:
             end = legal_date_us(f"{_next_month(month)}-01")

@@ -212,11 +212,3 @@ def elements_in(code: str | None) -> list[str]:
                 i += 1
         return out
     return []
-
-
-#: Who may assert which entry type: defined once, in the auditor's folder (ledger/authority.py),
-#: and applied by the write path, `reledger verify` and the projections alike (DOMAIN.md
-#: "Authority"). Re-exported here for the catalogue and the documentation.
-from reledger.ledger.authority import (AUTHORIZED_ROLES, ENTERPRISE_ROLES,  # noqa: E402
-                                       REGULATOR_TYPES as AUTHORITY_TYPES)
-

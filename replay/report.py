@@ -30,8 +30,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from reledger.ledger import encoding, merkle
 from reledger.ledger import rules
 from reledger.ledger.checkpoint import Checkpoint
@@ -43,7 +41,6 @@ from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties
 from reledger.projections.store import P, NoProjections, ProjectionReader
 from reledger.replay.history import Replay, replay_party
-from reledger.storage.store import LedgerStore
 
 
 class ReportError(ValueError):

@@ -19,9 +19,7 @@ import collections
 import itertools
 import operator
 import os
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Sequence

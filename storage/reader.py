@@ -186,6 +186,14 @@ class Queries:
                              "ORDER BY l.seq"), (chain, start_seq, stop_seq))
         return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
+    def records_of_chain_after(self, cur, chain: str, after_seq: int, stop: int, limit: int) -> list[Record]:
+        """At most ``limit`` of the chain's records after ``after_seq`` among the first ``stop``
+        of the log, by seq (keyset pagination on the (chain, seq) key: a page costs the same
+        wherever it starts)."""
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.chain = ? AND l.seq > ? AND l.idx < ? "
+                             "ORDER BY l.seq LIMIT ?"), (chain, after_seq, stop, limit))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
     def chain_head(self, cur, chain: str) -> tuple[int, bytes] | None:
         cur.execute(self.t.q("SELECT seq, entry_hash FROM {log} WHERE chain = ? ORDER BY seq DESC LIMIT 1"), (chain,))
         row = cur.fetchone()
@@ -270,6 +278,16 @@ class Queries:
         r = _tuple(row)
         return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
 
+    def checkpoint_within(self, cur, size: int) -> tuple[int, bytes] | None:
+        """(size, root) of the latest stored checkpoint covering at most the first ``size`` entries."""
+        cur.execute(self.t.q("SELECT size, root FROM {checkpoints} WHERE size > 0 AND size <= ? "
+                             "ORDER BY size DESC LIMIT 1"), (size,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        r = _tuple(row)
+        return _int(r[0], 0), _blob(r[1]) or b""
+
     def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
         """(chain, command id) -> (log index, entry hash) of each of these command ids recorded."""
         out: dict[tuple[str, str], tuple[int, bytes]] = {}
@@ -296,6 +314,13 @@ class Queries:
     def records_of_types(self, cur, types: list[str], start: int, stop: int) -> list[Record]:
         cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? AND l.type IN ("
                              + ",".join("?" * len(types)) + ") ORDER BY l.idx"), (start, stop, *types))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
+    def records_of_types_after(self, cur, types: list[str], after: int, stop: int, limit: int) -> list[Record]:
+        """At most ``limit`` records of these types with ``after < idx < stop``, by idx (keyset
+        pagination on the log index)."""
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx > ? AND l.idx < ? AND l.type IN ("
+                             + ",".join("?" * len(types)) + ") ORDER BY l.idx LIMIT ?"), (after, stop, *types, limit))
         return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
 

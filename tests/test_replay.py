@@ -591,3 +591,100 @@ def test_replay_from_the_rows_equals_the_fold(demo):
     for kw in ({"types": {"SeparationBatchRecorded"}}, {"since_us": us_of("2024-05-01T00:00:00Z")},
                {"until_us": us_of("2024-03-01T00:00:00Z")}):
         same(replay_party(url, plant, **kw), replay_party(url, plant, fold=True, **kw))
+
+
+# --- the streamed replay: what the command prints as it reads ------------------------------------
+
+def _sorted_findings(d: dict) -> dict:
+    for step in d["steps"]:  # the findings of one entry in a stable order
+        step["findings"].sort(key=lambda f: (f["code"], f["message"]))
+    return d
+
+
+def test_streamed_replay_equals_the_fold_page_by_page(demo):
+    """The replay read a page at a time (pages of 1, 2, 7 rows: a page that ends inside the rows
+    of one log index, a page filled by one index's rows) gives, step for step, what the fold of
+    the whole log (the reference) gives, and what one page of every row gives."""
+    from reledger.replay.history import stream_party
+
+    url = demo["url"]
+    ProjectionStore(url).close()
+    plant = demo["seeded"]["over_separation_quota"]["party"]
+    late = demo["seeded"]["shipment_never_received"]["party"]
+    for party in (plant, late):
+        ref = _sorted_findings(replay_party(url, party, fold=True).to_dict())
+        for page in (1, 2, 7, 10**6):
+            with stream_party(url, party, page=page) as rs:
+                got = rs.collect()
+            assert _sorted_findings(got.to_dict()) == ref, (party, page)
+    kw = {"types": {"SeparationBatchRecorded"}, "since_us": us_of("2024-05-01T00:00:00Z"), "as_of": demo["size"] - 50}
+    with stream_party(url, plant, page=3, **kw) as rs:
+        got = rs.collect()
+    assert _sorted_findings(got.to_dict()) == _sorted_findings(replay_party(url, plant, fold=True, **kw).to_dict())
+
+
+def test_streamed_replay_holds_a_page_not_the_history(demo):
+    """A party with many more steps than a page: the rows held at once (read from the database
+    and not yet used) never exceed a page per row source, and the first step comes after one
+    page of each, not after the party's whole history was read."""
+    from reledger.replay.history import stream_party
+
+    url = demo["url"]
+    plant = demo["seeded"]["over_separation_quota"]["party"]
+    page = 20
+    with stream_party(url, plant, page=page) as rs:
+        assert rs.name and rs.size == demo["size"] and rs.checkpoint["size"] <= rs.size
+        steps = iter(rs)
+        next(steps)
+        # one page of the party's rows (the registry: its entries before the first step)
+        assert {src.name: src.pages for src in rs.sources if src.name != "registry"} == {
+            "entries": 1, "findings": 1, "stock": 1, "quota": 1}
+        held = [rs.rows_held()]
+        count = 1
+        for _ in steps:
+            held.append(rs.rows_held())
+            count += 1
+        pages = sum(src.pages for src in rs.sources)
+        assert rs.done and rs.step_count == count
+    assert count > 5 * page, count  # the history is many pages long
+    assert pages > 10, pages
+    assert max(held) <= len(rs.sources) * page, max(held)
+
+
+def test_replay_command_streams_the_reference_output(demo, capsys):
+    """``reledger replay`` (text, --json, --format csv) prints exactly what the whole replay in
+    memory renders to: the JSON is one document, the same text as ``json.dumps`` of it; the text
+    starts with the header (party, name, log size, checkpoint) and ends with the counts."""
+    from reledger.commands.cli import main
+    from reledger.replay.history import iter_csv, iter_text
+
+    url = demo["url"]
+    plant = demo["seeded"]["over_separation_quota"]["party"]
+    ref = replay_party(url, plant)
+    assert main(["replay", "--db", url, "--party", plant, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out == json.dumps(ref.to_dict(), indent=2, default=str) + "\n"
+    assert json.loads(out)["checkpoint"] == {"size": ref.checkpoint["size"], "root": ref.checkpoint["root"]}
+    assert main(["replay", "--db", url, "--party", plant]) == 0
+    out = capsys.readouterr().out
+    assert out == "".join(line + "\n" for line in iter_text(ref))
+    lines = out.splitlines()
+    assert lines[0].startswith(f"Replay of {plant} ({ref.name}), log size {demo['size']}; latest checkpoint")
+    assert f"{len(ref.steps)} steps, signatures {ref.signatures_valid} valid, 0 invalid" in lines
+    assert main(["replay", "--db", url, "--party", plant, "--format", "csv"]) == 0
+    assert capsys.readouterr().out == "".join(iter_csv(ref))
+    # an unknown lot is refused; as of size 0 there is nothing to show: still one valid document
+    assert main(["replay", "--db", url, "--party", plant, "--json", "--lot", "NO-SUCH-LOT"]) == 2
+    capsys.readouterr()
+    assert main(["replay", "--db", url, "--party", plant, "--json", "--as-of", "0"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["steps"] == [] and d["as_of_size"] == 0 and d["checkpoint"] is None
+
+
+def test_replay_of_a_missing_party_is_refused(demo, capsys):
+    from reledger.commands.cli import EXIT_USAGE, main
+
+    for fmt in ([], ["--json"], ["--format", "csv"]):
+        assert main(["replay", "--db", demo["url"], "--party", "91000000NOBODY0000", *fmt]) == EXIT_USAGE
+        out, err = capsys.readouterr()
+        assert out == "" and "no such party" in err and "91000000NOBODY0000" in err and "Traceback" not in err

@@ -256,13 +256,20 @@ def reledger(*args: str, check: bool = False, timeout: float = 120) -> subproces
     return proc
 
 
+def witness_key(path: Path, i: int) -> tuple[Path, list[str]]:
+    """A witness's key file made by ``reledger witness keygen``, and its vkeys."""
+    out = reledger("witness", "keygen", "--key", str(path), "--name", f"witness{i}.example", "--json", check=True)
+    return path, json.loads(out.stdout)["vkeys"]
+
+
 class WitnessProcess:
-    def __init__(self, tmp: Path, i: int, log_vkey: str) -> None:
-        self.key, self.state, self.port = tmp / f"w{i}.key", tmp / f"w{i}.db", free_port()
+    """``reledger witness serve`` on a free port, its state in ``tmp`` (its own: a witness holds
+    the tree it cosigned last), its key made for it or given (``key``: (file, vkeys))."""
+
+    def __init__(self, tmp: Path, i: int, log_vkey: str, key: tuple[Path, list[str]] | None = None) -> None:
+        self.state, self.port = tmp / f"w{i}.db", free_port()
         self.log_vkey, self.proc = log_vkey, None
-        out = reledger("witness", "keygen", "--key", str(self.key), "--name", f"witness{i}.example", "--json",
-                       check=True)
-        self.vkeys = json.loads(out.stdout)["vkeys"]
+        self.key, self.vkeys = key or witness_key(tmp / f"w{i}.key", i)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:

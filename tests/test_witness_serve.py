@@ -23,7 +23,7 @@ from reledger.ledger.genesis import ChainSigner
 from reledger.processes.checkpointer import Checkpointer, Settings
 from reledger.storage.reader import DatabaseURL
 from reledger.storage.store import LedgerStore
-from test_witness import WitnessProcess, reledger
+from test_witness import WitnessProcess, reledger, witness_key
 
 
 def wait_for(condition, what: str, timeout: float = 90.0):
@@ -100,8 +100,9 @@ def test_due_every_n_entries_on_the_timer_and_not_again_at_once_after_a_refusal(
 def test_serve_refuses_checkpointer_options_that_cannot_work(tmp_path):
     db = f"sqlite:///{tmp_path / 'l.db'}"
     assert reledger("init", "--db", db, "--keys", str(tmp_path / "keys")).returncode == 0
-    out = reledger("serve", "--db", db, "--checkpoint-every", "3")
-    assert out.returncode == 2 and "--checkpoint-key" in out.stderr
+    for opt in ("--checkpoint-every", "--checkpoint-retry"):
+        out = reledger("serve", "--db", db, opt, "3")
+        assert out.returncode == 2 and "--checkpoint-key" in out.stderr and opt in out.stderr
     out = reledger("serve", "--db", db, "--checkpoint-key", str(tmp_path / "keys" / "operator.key"))
     assert out.returncode == 2 and "say when" in out.stderr
     out = reledger("serve", "--db", db, "--checkpoint-key", str(tmp_path / "missing.key"), "--checkpoint-every", "3")
@@ -122,12 +123,24 @@ def post(base: str, envelopes: list[bytes]) -> httpx.Response:
                       headers={"Content-Type": "application/msgpack"}, timeout=60)
 
 
-def test_serve_checkpoints_through_two_of_three_witnesses(db_url, tmp_path):
+@pytest.fixture(scope="module")
+def witness_keys(tmp_path_factory) -> list:
+    """The three witnesses' keys, made once for both backends. Their processes are not shared:
+    a witness holds the tree it cosigned last (its state), and each backend's run is another
+    log of the same origin and key, which a shared witness would rightly refuse as a fork."""
+    d = tmp_path_factory.mktemp("witness-keys")
+    return [witness_key(d / f"w{i}.key", i) for i in range(3)]
+
+
+def test_serve_checkpoints_through_two_of_three_witnesses(db_url, tmp_path, witness_keys):
+    """The timers are short (a checkpoint 2 s after the last if the log grew, a refused one tried
+    again after 2 s) so that the waits are short; the loop's timing itself (due every N entries,
+    on the timer, not again at once after a refusal) is the test above's, on a clock it moves."""
     cast = build_cast(db_url)
     key = tmp_path / "operator.key"
     cast.checkpoint_key.write(key)
     log_vkey = cast.note_signer.verifier().vkey()
-    ws = [WitnessProcess(tmp_path, i, log_vkey) for i in range(3)]
+    ws = [WitnessProcess(tmp_path, i, log_vkey, witness_keys[i]) for i in range(3)]
     lines = [f"log {log_vkey}"] + [f"witness w{i} {w.vkeys[0]} {w.url}" for i, w in enumerate(ws)]
     (tmp_path / "policy").write_text("\n".join(lines + ["group g 2 w0 w1 w2", "quorum g"]) + "\n")
     policy = Policy.parse((tmp_path / "policy").read_bytes())
@@ -145,7 +158,8 @@ def test_serve_checkpoints_through_two_of_three_witnesses(db_url, tmp_path):
         ws[0].start()
         ws[1].start()
         server = Server(db_url, args=("--checkpoint-key", str(key), "--policy", str(tmp_path / "policy"),
-                                      "--checkpoint-every", "3", "--checkpoint-interval", "8",
+                                      "--checkpoint-every", "3", "--checkpoint-interval", "2",
+                                      "--checkpoint-retry", "2",
                                       "--checkpointer-db", checkpointer_url, "--witness-timeout", "3"))
         mine = ChainSigner(cast.keys["MINE01"])
         start = latest(db_url)[0]
