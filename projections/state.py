@@ -54,25 +54,22 @@ _IMMUTABLE = frozenset({int, str, bytes, bool, type(None)})
 
 
 # --- encoding ----------------------------------------------------------------------------------
-_LOCAL = threading.local()  # a packer per thread (reused: its buffer is reset after each value)
+_LOCAL = threading.local()  # a packer per thread (reused)
 
 
 def encode(v: Any) -> bytes:
-    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form (packed
-    as it is walked: no plain copy is made)."""
-    t = type(v)
-    if t is str or t is int or t is bytes or v is None or t is bool:
-        return msgpack.packb(v, use_bin_type=True)
+    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form (one
+    msgpack call on :func:`~reledger.projections.snapshot.packable`'s form: no plain copy)."""
     packer = getattr(_LOCAL, "packer", None)
     if packer is None:
-        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True)
     try:
-        snapshot.pack_value(v, packer)
-        return packer.bytes()
-    finally:
-        packer.reset()
+        return packer.pack(_packable(v))
+    except (OverflowError, UnicodeEncodeError) as e:  # msgpack's checks of the scalars
+        raise snapshot.SnapshotError(f"the rule state cannot be encoded: {e}") from e
 
 
+_packable = snapshot.packable
 decode = snapshot.read_value  # plain data only: nothing read back runs (SnapshotError otherwise)
 
 

@@ -170,3 +170,44 @@ def test_a_state_of_other_rules_or_none_is_folded_again(demo_ledger, sqlite_url,
     assert table_rows(ps) == want
     ps.close()
     assert_state_equal(ref, sqlite_url)
+
+
+def _random_value(rnd: random.Random, depth: int = 0):
+    from decimal import Decimal
+
+    from reledger.projections.model import LotInfo
+
+    if depth > 3 or rnd.random() < 0.45:
+        return rnd.choice([0, 1, -(2**63), 2**64 - 1, "", "x", "é€", b"", b"\x00ab", None, True, False,
+                           Decimal("1.50"), Decimal("-0")])
+    kind = rnd.choice("ltsfdL")
+    n = rnd.randint(0, 5)
+    if kind == "l":
+        return [_random_value(rnd, depth + 1) for _ in range(n)]
+    if kind == "t":
+        return tuple(_random_value(rnd, depth + 1) for _ in range(n))
+    if kind in "sf":
+        items = [rnd.choice([1, 2, "a", "b", (1, "x"), None]) for _ in range(n)]
+        return set(items) if kind == "s" else frozenset(items)
+    if kind == "d":
+        return {rnd.choice([1, "a", (1, 2), "b", None]): _random_value(rnd, depth + 1) for _ in range(n)}
+    return LotInfo("L", "P", rnd.choice([None, "PrNd"]), "MINE", ("c", 1, b"h", 2), None, Decimal("0"),
+                   Decimal("0.1"), Decimal("0"), rnd.choice([None, ("c", 2, b"i", 3)]))
+
+
+def test_the_state_encoding_is_the_canonical_msgpack_of_the_plain_form():
+    """projections/state.py encodes a value in one msgpack call on snapshot.packable's form: the
+    bytes are those of the plain-data form (snapshot._plain) made canonical, value by value, and
+    what the plain form refuses is refused (SnapshotError)."""
+    from reledger.ledger import encoding
+    from reledger.projections import snapshot
+
+    rnd = random.Random(7)
+    for _ in range(3000):
+        v = _random_value(rnd)
+        assert rowstate.encode(v) == encoding.canonical(snapshot._plain(v)), v
+        assert rowstate.decode(rowstate.encode(v)) == v
+    for bad in ([1, 2**64], ("a", "\ud800"), {1: [2**70]}, [[-(2**63) - 1]], 2**64, "\udcff", [1.5], {"a": object()}):
+        with pytest.raises(snapshot.SnapshotError):
+            rowstate.encode(bad)
+    assert rowstate.encode([1, "a"]) == encoding.canonical(["l", [1, "a"]])  # nothing left behind by a refusal
