@@ -47,6 +47,7 @@ META = "_meta"
 CACHE_ENTRIES = 200_000  # values kept in the cache across flushes (each map's share in proportion)
 SCRATCH_CACHE_KB = 65_536  # a scratch state's SQLite page cache
 SMALL_MAP = 512  # a map whose cache holds no more than this is never trimmed
+KEY_FILTER_BITS = 1 << 27  # the filter of the keys written by a state made from empty (16 MB)
 
 _MISS = object()    # not in the cache
 _ABSENT = object()  # known not to exist (cached as such)
@@ -98,12 +99,21 @@ class RowMap:
         self._orig: dict = {}   # key -> the bytes read | None (no row) | _UNKNOWN
         self._touched: set = set()
         self.complete = complete  # every row of the namespace is in the cache (a fresh state)
+        self._salt = hash(ns)
+
+    def _absent(self, k: Any) -> bool:
+        """``k`` has no row, known without a query: every row is cached, or (a state made from
+        empty by this process) the filter of the keys written says it was never written."""
+        if self.complete:
+            return True
+        written = self._s.written
+        return written is not None and not written.may_hold(hash(k) ^ self._salt)
 
     def _load(self, k: Any) -> Any:
         c = self._c
         v = c.pop(k, _MISS)
         if v is _MISS:
-            if self.complete:
+            if self._absent(k):
                 v, orig = _ABSENT, None
             else:
                 row = self._s.fetch(self._ns, encode(k))
@@ -138,7 +148,7 @@ class RowMap:
     def __setitem__(self, k: Any, v: Any) -> None:
         c = self._c
         if c.pop(k, _MISS) is _MISS:
-            self._orig[k] = None if self.complete else _UNKNOWN
+            self._orig[k] = None if self._absent(k) else _UNKNOWN
         c[k] = v
         self._touched.add(k)
 
@@ -182,6 +192,7 @@ class RowMap:
     def _flush(self, upserts: list, deletes: list) -> None:
         ns = self._ns
         orig, c = self._orig, self._c
+        written, salt = self._s.written, self._salt
         for k in self._touched:
             v = c[k]
             o = orig.get(k, _UNKNOWN)
@@ -194,6 +205,8 @@ class RowMap:
             if b != o:
                 upserts.append((ns, encode(k), b))
                 orig[k] = b
+                if written is not None and o is None:  # a new row
+                    written.add(hash(k) ^ salt)
         self._touched.clear()
 
     def _trim(self, keep: int) -> None:
@@ -296,6 +309,36 @@ class RowChainHashes:
         return [self._h[(chain, i)] for i in range(first, last + 1)]
 
 
+class KeyFilter:
+    """A Bloom filter of the keys a state made from empty has written (fixed size, so memory
+    does not grow with the log: it only answers more often "maybe" as keys accumulate). "No" is
+    certain: the key was never written, it has no row, no query is needed (a new lot's
+    balance, timeline, references and open finding are looked up before they exist). "Maybe"
+    asks the database as before. Keys are Python hashes (of the key, salted by the namespace),
+    so the filter lives in memory only and is never stored."""
+
+    def __init__(self, bits: int):
+        self._mask = bits - 1  # bits: a power of two
+        self._b = bytearray(bits >> 3)
+
+    def _probes(self, h: int) -> tuple[int, int, int]:
+        m = self._mask
+        g = (h * 0x9E3779B97F4A7C15) >> 13
+        return h & m, g & m, (g >> 30) & m
+
+    def add(self, h: int) -> None:
+        b = self._b
+        for i in self._probes(h):
+            b[i >> 3] |= 1 << (i & 7)
+
+    def may_hold(self, h: int) -> bool:
+        b = self._b
+        for i in self._probes(h):
+            if not b[i >> 3] & (1 << (i & 7)):
+                return False
+        return True
+
+
 class RowState:
     """The rule state as rows, for :class:`~reledger.projections.model.Projector` (``attach``).
 
@@ -309,6 +352,7 @@ class RowState:
         self.maps: list[RowMap] = []
         self.queues: list[RowQueue] = []
         self.meta: dict[str, Any] = {}  # attribute -> its value as last written
+        self.written: KeyFilter | None = None  # the keys written, when this process made the state from empty
         self.proj: Any = None
         self._ids = 0
         self._cur = None
@@ -351,6 +395,8 @@ class RowState:
         self.proj = proj
         stored = {decode(k): decode(v) for k, v in self.scan(META)}
         fresh = not stored
+        if fresh:  # every row of the state will have been written through this object
+            self.written = KeyFilter(KEY_FILTER_BITS)
         for name, value in list(vars(proj).items()):
             t = type(value)
             if (t is dict and not value) or t is set:
