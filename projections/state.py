@@ -192,7 +192,9 @@ class RowMap:
     def _flush(self, upserts: list, deletes: list) -> None:
         ns = self._ns
         orig, c = self._orig, self._c
-        written, salt = self._s.written, self._salt
+        # the keys written go into the filter once the map is no longer complete (see _trim)
+        written = None if self.complete else self._s.written
+        salt = self._salt
         for k in self._touched:
             v = c[k]
             o = orig.get(k, _UNKNOWN)
@@ -214,8 +216,16 @@ class RowMap:
         n = len(c) - keep
         if n <= 0:
             return
-        self.complete = False
         orig = self._orig
+        written = self._s.written
+        if self.complete and written is not None:
+            # every row of the namespace is in the cache, written (the flush is done): from now
+            # on the filter answers for the keys that are not
+            salt = self._salt
+            for k, v in c.items():
+                if v is not _ABSENT:
+                    written.add(hash(k) ^ salt)
+        self.complete = False
         for k in list(itertools.islice(c, n)):  # least recently used first
             del c[k]
             orig.pop(k, None)
@@ -321,22 +331,29 @@ class KeyFilter:
         self._mask = bits - 1  # bits: a power of two
         self._b = bytearray(bits >> 3)
 
-    def _probes(self, h: int) -> tuple[int, int, int]:
-        m = self._mask
-        g = (h * 0x9E3779B97F4A7C15) >> 13
-        return h & m, g & m, (g >> 30) & m
+    # three probes: the hash's low bits, and two slices of it multiplied by a 64-bit odd constant
 
     def add(self, h: int) -> None:
-        b = self._b
-        for i in self._probes(h):
-            b[i >> 3] |= 1 << (i & 7)
+        b, m = self._b, self._mask
+        g = (h * 0x9E3779B97F4A7C15) >> 13
+        i = h & m
+        b[i >> 3] |= 1 << (i & 7)
+        i = g & m
+        b[i >> 3] |= 1 << (i & 7)
+        i = (g >> 30) & m
+        b[i >> 3] |= 1 << (i & 7)
 
     def may_hold(self, h: int) -> bool:
-        b = self._b
-        for i in self._probes(h):
-            if not b[i >> 3] & (1 << (i & 7)):
-                return False
-        return True
+        b, m = self._b, self._mask
+        i = h & m
+        if not b[i >> 3] & (1 << (i & 7)):
+            return False
+        g = (h * 0x9E3779B97F4A7C15) >> 13
+        i = g & m
+        if not b[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (g >> 30) & m
+        return bool(b[i >> 3] & (1 << (i & 7)))
 
 
 class RowState:
