@@ -111,6 +111,14 @@ class RowMap:
 
     def _load(self, k: Any) -> Any:
         c = self._c
+        if self.complete:
+            # nothing was evicted yet: no order to keep (the first trim drops the values first
+            # read, then the least recently used as below), a miss is an absent key
+            v = c.get(k, _MISS)
+            if v is _MISS:
+                v = c[k] = _ABSENT
+                self._orig[k] = None
+            return v
         v = c.pop(k, _MISS)
         if v is _MISS:
             if self._absent(k):
