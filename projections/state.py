@@ -42,10 +42,12 @@ from .queues import ChainHashes, HeapQueue  # the in-memory forms (the reference
 P = "reledger_p_"
 STATE = P + "state"
 DUE = P + "due"
+STATE_IN = P + "state_in"  # PostgreSQL: a temporary table (of the session) a flush's upserts are copied into
 META = "_meta"
 CACHE_ENTRIES = 200_000  # values kept in the cache across flushes (each map's share in proportion)
 SCRATCH_CACHE_KB = 65_536  # a scratch state's SQLite page cache
 SMALL_MAP = 512  # a map whose cache holds no more than this is never trimmed
+KEY_FILTER_BITS = 1 << 27  # the filter of the keys written by a state made from empty (16 MB)
 
 _MISS = object()    # not in the cache
 _ABSENT = object()  # known not to exist (cached as such)
@@ -54,25 +56,22 @@ _IMMUTABLE = frozenset({int, str, bytes, bool, type(None)})
 
 
 # --- encoding ----------------------------------------------------------------------------------
-_LOCAL = threading.local()  # a packer per thread (reused: its buffer is reset after each value)
+_LOCAL = threading.local()  # a packer per thread (reused)
 
 
 def encode(v: Any) -> bytes:
-    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form (packed
-    as it is walked: no plain copy is made)."""
-    t = type(v)
-    if t is str or t is int or t is bytes or v is None or t is bool:
-        return msgpack.packb(v, use_bin_type=True)
+    """Canonical msgpack of a key or value in projections/snapshot.py's plain-data form (one
+    msgpack call on :func:`~reledger.projections.snapshot.packable`'s form: no plain copy)."""
     packer = getattr(_LOCAL, "packer", None)
     if packer is None:
-        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True)
     try:
-        snapshot.pack_value(v, packer)
-        return packer.bytes()
-    finally:
-        packer.reset()
+        return packer.pack(_packable(v))
+    except (OverflowError, UnicodeEncodeError) as e:  # msgpack's checks of the scalars
+        raise snapshot.SnapshotError(f"the rule state cannot be encoded: {e}") from e
 
 
+_packable = snapshot.packable
 decode = snapshot.read_value  # plain data only: nothing read back runs (SnapshotError otherwise)
 
 
@@ -100,12 +99,29 @@ class RowMap:
         self._orig: dict = {}   # key -> the bytes read | None (no row) | _UNKNOWN
         self._touched: set = set()
         self.complete = complete  # every row of the namespace is in the cache (a fresh state)
+        self._salt = hash(ns)
+
+    def _absent(self, k: Any) -> bool:
+        """``k`` has no row, known without a query: every row is cached, or (a state made from
+        empty by this process) the filter of the keys written says it was never written."""
+        if self.complete:
+            return True
+        written = self._s.written
+        return written is not None and not written.may_hold(hash(k) ^ self._salt)
 
     def _load(self, k: Any) -> Any:
         c = self._c
+        if self.complete:
+            # nothing was evicted yet: no order to keep (the first trim drops the values first
+            # read, then the least recently used as below), a miss is an absent key
+            v = c.get(k, _MISS)
+            if v is _MISS:
+                v = c[k] = _ABSENT
+                self._orig[k] = None
+            return v
         v = c.pop(k, _MISS)
         if v is _MISS:
-            if self.complete:
+            if self._absent(k):
                 v, orig = _ABSENT, None
             else:
                 row = self._s.fetch(self._ns, encode(k))
@@ -140,7 +156,7 @@ class RowMap:
     def __setitem__(self, k: Any, v: Any) -> None:
         c = self._c
         if c.pop(k, _MISS) is _MISS:
-            self._orig[k] = None if self.complete else _UNKNOWN
+            self._orig[k] = None if self._absent(k) else _UNKNOWN
         c[k] = v
         self._touched.add(k)
 
@@ -184,6 +200,9 @@ class RowMap:
     def _flush(self, upserts: list, deletes: list) -> None:
         ns = self._ns
         orig, c = self._orig, self._c
+        # the keys written go into the filter once the map is no longer complete (see _trim)
+        written = None if self.complete else self._s.written
+        salt = self._salt
         for k in self._touched:
             v = c[k]
             o = orig.get(k, _UNKNOWN)
@@ -196,6 +215,8 @@ class RowMap:
             if b != o:
                 upserts.append((ns, encode(k), b))
                 orig[k] = b
+                if written is not None and o is None:  # a new row
+                    written.add(hash(k) ^ salt)
         self._touched.clear()
 
     def _trim(self, keep: int) -> None:
@@ -203,8 +224,16 @@ class RowMap:
         n = len(c) - keep
         if n <= 0:
             return
-        self.complete = False
         orig = self._orig
+        written = self._s.written
+        if self.complete and written is not None:
+            # every row of the namespace is in the cache, written (the flush is done): from now
+            # on the filter answers for the keys that are not
+            salt = self._salt
+            for k, v in c.items():
+                if v is not _ABSENT:
+                    written.add(hash(k) ^ salt)
+        self.complete = False
         for k in list(itertools.islice(c, n)):  # least recently used first
             del c[k]
             orig.pop(k, None)
@@ -298,6 +327,43 @@ class RowChainHashes:
         return [self._h[(chain, i)] for i in range(first, last + 1)]
 
 
+class KeyFilter:
+    """A Bloom filter of the keys a state made from empty has written (fixed size, so memory
+    does not grow with the log: it only answers more often "maybe" as keys accumulate). "No" is
+    certain: the key was never written, it has no row, no query is needed (a new lot's
+    balance, timeline, references and open finding are looked up before they exist). "Maybe"
+    asks the database as before. Keys are Python hashes (of the key, salted by the namespace),
+    so the filter lives in memory only and is never stored."""
+
+    def __init__(self, bits: int):
+        self._mask = bits - 1  # bits: a power of two
+        self._b = bytearray(bits >> 3)
+
+    # three probes: the hash's low bits, and two slices of it multiplied by a 64-bit odd constant
+
+    def add(self, h: int) -> None:
+        b, m = self._b, self._mask
+        g = (h * 0x9E3779B97F4A7C15) >> 13
+        i = h & m
+        b[i >> 3] |= 1 << (i & 7)
+        i = g & m
+        b[i >> 3] |= 1 << (i & 7)
+        i = (g >> 30) & m
+        b[i >> 3] |= 1 << (i & 7)
+
+    def may_hold(self, h: int) -> bool:
+        b, m = self._b, self._mask
+        i = h & m
+        if not b[i >> 3] & (1 << (i & 7)):
+            return False
+        g = (h * 0x9E3779B97F4A7C15) >> 13
+        i = g & m
+        if not b[i >> 3] & (1 << (i & 7)):
+            return False
+        i = (g >> 30) & m
+        return bool(b[i >> 3] & (1 << (i & 7)))
+
+
 class RowState:
     """The rule state as rows, for :class:`~reledger.projections.model.Projector` (``attach``).
 
@@ -311,6 +377,7 @@ class RowState:
         self.maps: list[RowMap] = []
         self.queues: list[RowQueue] = []
         self.meta: dict[str, Any] = {}  # attribute -> its value as last written
+        self.written: KeyFilter | None = None  # the keys written, when this process made the state from empty
         self.proj: Any = None
         self._ids = 0
         self._cur = None
@@ -353,6 +420,8 @@ class RowState:
         self.proj = proj
         stored = {decode(k): decode(v) for k, v in self.scan(META)}
         fresh = not stored
+        if fresh:  # every row of the state will have been written through this object
+            self.written = KeyFilter(KEY_FILTER_BITS)
         for name, value in list(vars(proj).items()):
             t = type(value)
             if (t is dict and not value) or t is set:
@@ -372,6 +441,9 @@ class RowState:
         self._ids = int(stored.get("_due_ids", 0))
         self.stored_rules = stored.get("_rules")  # the rules that made the stored state (None: none)
         proj.row_state = self
+        if self.pg:  # made here, outside the transactions (one that rolls back would take it along)
+            cur = self._rcur if self._rcur is not None else self.conn.cursor()
+            cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STATE_IN} (ns TEXT, k BYTEA, v BYTEA) ON COMMIT DELETE ROWS")
 
     def flush_maps(self) -> None:
         """Write what the rules changed (through the open transaction's cursor)."""
@@ -393,9 +465,16 @@ class RowState:
                 cur.execute(f"DELETE FROM {STATE} s USING unnest(%s::text[], %s::bytea[]) AS d(ns, k) "
                             "WHERE s.ns = d.ns AND s.k = d.k", ([d[0] for d in deletes], [d[1] for d in deletes]))
             if upserts:
-                cur.execute(f"INSERT INTO {STATE} (ns, k, v) SELECT * FROM unnest(%s::text[], %s::bytea[], "
-                            "%s::bytea[]) ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v",
-                            ([u[0] for u in upserts], [u[1] for u in upserts], [u[2] for u in upserts]))
+                # binary COPY into a temporary table, then one upsert from it: the arrays of an
+                # unnest were dumped in Python, several microseconds a row
+                with cur.copy(f"COPY {STATE_IN} (ns, k, v) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(("text", "bytea", "bytea"))
+                    write = copy.write_row
+                    for u in upserts:
+                        write(u)
+                # (taken out of the temporary table: a transaction may flush more than once)
+                cur.execute(f"WITH d AS (DELETE FROM {STATE_IN} RETURNING ns, k, v) INSERT INTO {STATE} (ns, k, v) "
+                            "SELECT ns, k, v FROM d ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v")
         else:
             if deletes:
                 cur.executemany(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?", deletes)
@@ -407,9 +486,14 @@ class RowState:
             if dels:
                 cur.executemany(self.q(f"DELETE FROM {DUE} WHERE queue = ? AND due = ? AND a = ? AND b = ? "
                                        "AND id = ?"), dels)
-            if ins:
-                cur.executemany(self.q(f"INSERT INTO {DUE} (queue, due, a, b, id, item) VALUES (?, ?, ?, ?, ?, ?)"),
-                                ins)
+            if ins and self.pg:
+                with cur.copy(f"COPY {DUE} (queue, due, a, b, id, item) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(("text", "int8", "text", "text", "int8", "bytea"))
+                    write = copy.write_row
+                    for r in ins:
+                        write(r)
+            elif ins:
+                cur.executemany(f"INSERT INTO {DUE} (queue, due, a, b, id, item) VALUES (?, ?, ?, ?, ?, ?)", ins)
 
     def flush(self, cur: Any) -> None:
         """Write the changes in the transaction of ``cur`` (the caller commits)."""

@@ -170,3 +170,95 @@ def test_a_state_of_other_rules_or_none_is_folded_again(demo_ledger, sqlite_url,
     assert table_rows(ps) == want
     ps.close()
     assert_state_equal(ref, sqlite_url)
+
+
+def _random_value(rnd: random.Random, depth: int = 0):
+    from decimal import Decimal
+
+    from reledger.projections.model import LotInfo
+
+    if depth > 3 or rnd.random() < 0.45:
+        return rnd.choice([0, 1, -(2**63), 2**64 - 1, "", "x", "é€", b"", b"\x00ab", None, True, False,
+                           Decimal("1.50"), Decimal("-0")])
+    kind = rnd.choice("ltsfdL")
+    n = rnd.randint(0, 5)
+    if kind == "l":
+        return [_random_value(rnd, depth + 1) for _ in range(n)]
+    if kind == "t":
+        return tuple(_random_value(rnd, depth + 1) for _ in range(n))
+    if kind in "sf":
+        items = [rnd.choice([1, 2, "a", "b", (1, "x"), None]) for _ in range(n)]
+        return set(items) if kind == "s" else frozenset(items)
+    if kind == "d":
+        return {rnd.choice([1, "a", (1, 2), "b", None]): _random_value(rnd, depth + 1) for _ in range(n)}
+    return LotInfo("L", "P", rnd.choice([None, "PrNd"]), "MINE", ("c", 1, b"h", 2), None, Decimal("0"),
+                   Decimal("0.1"), Decimal("0"), rnd.choice([None, ("c", 2, b"i", 3)]))
+
+
+def test_the_state_encoding_is_the_canonical_msgpack_of_the_plain_form():
+    """projections/state.py encodes a value in one msgpack call on snapshot.packable's form: the
+    bytes are those of the plain-data form (snapshot._plain) made canonical, value by value, and
+    what the plain form refuses is refused (SnapshotError)."""
+    from reledger.ledger import encoding
+    from reledger.projections import snapshot
+
+    rnd = random.Random(7)
+    for _ in range(3000):
+        v = _random_value(rnd)
+        assert rowstate.encode(v) == encoding.canonical(snapshot._plain(v)), v
+        assert rowstate.decode(rowstate.encode(v)) == v
+    for bad in ([1, 2**64], ("a", "\ud800"), {1: [2**70]}, [[-(2**63) - 1]], 2**64, "\udcff", [1.5], {"a": object()}):
+        with pytest.raises(snapshot.SnapshotError):
+            rowstate.encode(bad)
+    assert rowstate.encode([1, "a"]) == encoding.canonical(["l", [1, "a"]])  # nothing left behind by a refusal
+
+
+def test_key_filter_never_says_no_to_a_key_it_was_given():
+    rnd = random.Random(3)
+    f = rowstate.KeyFilter(1 << 12)  # small: many "maybe"s, never a wrong "no"
+    keys = [(rnd.choice(["a", "b"]), rnd.randint(0, 10**6), str(rnd.random())) for _ in range(3000)]
+    for k in keys[:1500]:
+        f.add(hash(k) ^ hash("ns"))
+    assert all(f.may_hold(hash(k) ^ hash("ns")) for k in keys[:1500])
+    big = rowstate.KeyFilter(1 << 20)
+    for k in keys[:1500]:
+        big.add(hash(k))
+    assert sum(big.may_hold(hash(k)) for k in keys[1500:]) < 15  # and mostly "no" when it has room
+
+
+@pytest.mark.parametrize("bits", [1 << 27, 8])
+def test_a_state_made_from_empty_asks_no_query_for_keys_it_never_wrote(demo_ledger, db_url, bits, monkeypatch):
+    """A rebuild (a state made from empty) behind a tiny cache: the lookups of keys that were
+    never written (a new lot's balance, timeline, open finding) are answered by the filter of the
+    keys written, without a query; a filter that answers "maybe" to everything (8 bits) asks the
+    database every time. Either way the rows and the state are those of the in-memory fold."""
+    monkeypatch.setattr(rowstate, "CACHE_ENTRIES", 60)
+    monkeypatch.setattr(rowstate, "SMALL_MAP", 4)
+    monkeypatch.setattr(rowstate, "KEY_FILTER_BITS", bits)
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 37)  # a trim of the cache every 37 entries
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        copy_cut(src, size, db_url).close()
+    fetched = {"absent": 0, "found": 0}
+    real_fetch = rowstate.RowState.fetch
+
+    def fetch(self, ns, k):
+        row = real_fetch(self, ns, k)
+        fetched["absent" if row is None else "found"] += 1
+        return row
+
+    monkeypatch.setattr(rowstate.RowState, "fetch", fetch)
+    ps = ProjectionStore(db_url)
+    try:
+        ps.rebuild()
+        assert any(not m.complete for m in ps.projector.row_state.maps)  # values were evicted
+        ref, want = reference(demo_ledger, size)
+        assert table_rows(ps) == want
+    finally:
+        ps.close()
+    assert_state_equal(ref, db_url)
+    assert fetched["found"] > 0
+    if bits == 8:
+        assert fetched["absent"] > 100
+    else:
+        assert fetched["absent"] < fetched["found"] // 10 + 5
