@@ -429,7 +429,10 @@ class ProjectionStore:
         finally:
             st.end()
         if sums is not None:
-            self._insert(cur, "quota_sums", sums, copy)
+            # INSERTs, never COPY: the rule state was flushed above, so a TypeError from here
+            # would send _write's retry round with the state's changes already taken as written
+            # (a few hundred rows, once every QUOTA_SUMS_EVERY entries)
+            self._insert(cur, "quota_sums", sums, copy=False)
             cur.execute(self.q(f"INSERT INTO {P}quota_marks (position, max_occurred_us) VALUES (?, ?)"),
                         (stop, proj.quota_max_occ))
         if row is None:
