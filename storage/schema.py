@@ -162,6 +162,11 @@ def postgres_grant_serving_role(conn, t: Tables, schema: str, role: str) -> None
     if not exists:
         conn.execute(f'CREATE ROLE "{role}" LOGIN')
     conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+    # the projections' follower writes a flush's state rows through a temporary table (binary
+    # COPY, projections/state.py): granted here, not left to PUBLIC's default (which a hardened
+    # database may have revoked)
+    db = conn.execute("SELECT current_database()").fetchone()[0]
+    conn.execute('GRANT TEMPORARY ON DATABASE "{}" TO "{}"'.format(db.replace('"', '""'), role))
     for table, rights in ((t.events, "SELECT, INSERT"), (t.log, "SELECT, INSERT"), (t.checkpoints, "SELECT")):
         conn.execute(f'REVOKE ALL ON {table} FROM "{role}"')
         conn.execute(f'GRANT {rights} ON {table} TO "{role}"')
