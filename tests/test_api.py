@@ -1154,23 +1154,6 @@ def test_a_batch_findings_hook_is_asked_once_per_answer(sqlite_url):
         w.close()
 
 
-def test_command_id_filter_has_no_false_negatives():
-    """The write state's filter of (chain, command id) pairs never says "not recorded" for a
-    pair that was added, across its growth steps; and says it for nearly all others."""
-    from reledger.commands.state import MaybeRecorded
-
-    f = MaybeRecorded(capacity=64)
-    added = [(f"CHAIN{i % 7}", str(uuid.uuid4())) for i in range(5000)]
-    for i, (chain, cid) in enumerate(added):
-        f.add(chain, cid)
-        if i % 97 == 0:
-            assert all(f.maybe(c, d) for c, d in added[: i + 1])
-    assert all(f.maybe(c, d) for c, d in added) and len(f) == len(added)
-    others = [(f"CHAIN{i % 7}", str(uuid.uuid4())) for i in range(5000)]
-    assert sum(f.maybe(c, d) for c, d in others) < 5000 * 0.05
-    assert not f.maybe(added[0][0] + "X", added[0][1])  # the chain is part of the key
-
-
 def test_retry_after_restart_is_a_duplicate(mworld):
     """A retry sent to a new CommandAPI (a restarted server: its state, and its command id
     filter, rebuilt from the log) answers the original receipt; a reused command id with other
