@@ -341,6 +341,9 @@ class WriteRows:
         for name, b in meta.items():
             if self.meta.get(name) != b:
                 upserts.append((META, encode(name), b))
+        if not upserts and not deletes:  # (nothing changed: only the cache to trim)
+            self.trim()
+            return
         try:
             self._write(upserts, deletes, state.size)
         except RowsMoved:
