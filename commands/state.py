@@ -230,14 +230,14 @@ class RowDict:
     def to_dict(self) -> dict:
         """Every value the state sees (a scan of the rows and the cache: for tests and checks,
         not for the write path)."""
-        from reledger.projections.state import _ABSENT, decode
+        from reledger.projections.state import decode
 
-        raw = {decode(kb): decode(vb) for kb, vb in self.m._s.scan(self.m._ns)}
-        for k, v in self.m._c.items():
-            if v is _ABSENT:
-                raw.pop(k, None)
-            else:
+        raw = {decode(kb): decode(vb) for kb, vb in self.state.rows.scan(self.kind)}
+        for k, exists, v in self.m.cached():
+            if exists:
                 raw[k] = v
+            else:
+                raw.pop(k, None)
         out = {}
         for k, v in raw.items():
             obj = self._obj(k, v)

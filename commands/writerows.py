@@ -334,7 +334,7 @@ class WriteRows:
         upserts: list = []
         deletes: list = []
         for m in self.maps.values():
-            m._flush(upserts, deletes)  # (the caches now take these as written: on failure, read again)
+            m.write(upserts, deletes)  # (the caches now take these as written: on failure, read again)
         small = small_plain(state)
         meta = {"format": encode(FORMAT), "position": encode(state.size), "hash": encode(state.last_hash)}
         meta.update({name: encode(v) for name, v in small.items()})
@@ -399,4 +399,4 @@ class WriteRows:
             return
         share = self.cache_entries / 2 / total
         for m in self.maps.values():
-            m._trim(int(len(m) * share))
+            m.trim(int(len(m) * share))

@@ -153,6 +153,18 @@ class RowMap:
             c[k] = _ABSENT if b is None else decode(b)
             orig[k] = b
 
+    def cached(self) -> list[tuple[Any, bool, Any]]:
+        """(key, exists, value) of every value in the cache (absent ones included)."""
+        return [(k, v is not _ABSENT, None if v is _ABSENT else v) for k, v in self._c.items()]
+
+    def write(self, upserts: list, deletes: list) -> None:
+        """The rows to write for what changed since the last call (for another owner of rows
+        than RowState: the command API's write state)."""
+        self._flush(upserts, deletes)
+
+    def trim(self, keep: int) -> None:
+        self._trim(keep)
+
     def wanted(self, keys: Any) -> list:
         """Those of ``keys`` that a look-up would have to read (neither cached nor known absent
         by a complete map)."""
