@@ -323,7 +323,7 @@ class CommandAPI:
             self._catch_up()
             self.state.begin()
             try:
-                c = self._check_groups([envelopes])[0]
+                c = self._check_groups([envelopes], lookup_all=True)[0]
             finally:
                 self.state.abort()
             if c.error is not None:
@@ -360,7 +360,11 @@ class CommandAPI:
         rec = self.store.entry(chain, seq)
         return None if rec is None else (rec.entry_hash, rec.type)
 
-    def _check_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list[_Checked]:
+    def _check_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], lookup_all: bool = False
+                      ) -> list[_Checked]:
+        """Parse and check the groups against the state (applying what passes, journaled).
+        ``lookup_all``: look up the command ids of every entry, not only of refused groups (a
+        dry run, which has no store to refuse a recorded one)."""
         parsed: list[_Checked] = []
         for gi, group in enumerate(groups):
             c = _Checked()
@@ -392,8 +396,8 @@ class CommandAPI:
         looked: set[tuple[str, str]] = set()
         while True:
             self._check_parsed(parsed, recorded, recorded_us, signature_valid)
-            ask = {(s.entry.chain, s.entry.command_id) for c in parsed if c.parse_error is None and c.error is not None
-                   for s in c.entries} - looked
+            ask = {(s.entry.chain, s.entry.command_id) for c in parsed if c.parse_error is None
+                   and (c.error is not None or lookup_all) for s in c.entries} - looked
             if not ask:
                 return parsed
             looked |= ask
