@@ -303,7 +303,8 @@ class CommandAPI:
         checked against the key its key id names now. Only a cache: a success is remembered on
         the entry (SignedEntry.signature_valid), and submit still checks every signature
         against the key that decides at the entry's position."""
-        keys = self.state.registry.keys
+        st = self._state  # (not opened here: prepare runs outside the lock, in other threads)
+        keys = st.registry.keys if st is not None else {}
         out: list[bytes | SignedEntry] = []
         for item in envelopes:
             try:
