@@ -238,3 +238,26 @@ def test_memory_state_is_still_the_reference(db_url):
         assert w.api.state.rows is None and w.api.state.lots == reference(w.store).lots
     finally:
         w.close()
+
+
+def test_a_ledger_without_the_table_gains_it_once(db_url):
+    """A ledger made before the table existed: the first writing command makes it and builds it
+    from the whole log (writing as it goes); the next start parses nothing."""
+    w = World(db_url)
+    try:
+        run_scenario(w)
+        w.api.close()
+        rows = WriteRows.open(w.store)
+        rows.conn.execute(f"DROP TABLE {TABLE}")
+        rows.close()
+        w.api = CommandAPI(w.store, flush_every=7)
+        w.api.catch_up()
+        assert w.api.state.parsed == w.store.size() and w.api.state.rows.position > 0
+        assert_agrees(w.api.state, reference(w.store))
+        w.api.close()
+        w.api = CommandAPI(w.store)
+        w.api.catch_up()
+        assert w.api.state.parsed == 0
+        assert_agrees(w.api.state, reference(w.store))
+    finally:
+        w.close()
