@@ -201,6 +201,15 @@ class WriteRows:
                                 "once as the ledger's owner to make it)", TABLE, e)
                     conn.close()
                     return None
+            if pg and not conn.execute(  # (each one: a list of several answers whether any is held)
+                    "SELECT has_table_privilege(%s, 'SELECT') AND has_table_privilege(%s, 'INSERT') "
+                    "AND has_table_privilege(%s, 'UPDATE') AND has_table_privilege(%s, 'DELETE')",
+                    (TABLE,) * 4).fetchone()[0]:
+                log.warning("this role may not read and write the write state's table %s (run the owner's "
+                            "grant, docs/OPERATIONS.md): the writer keeps its state in memory and builds it from "
+                            "the whole log", TABLE)
+                conn.close()
+                return None
             rows = cls(store.url, conn, pg, cache_entries, flush_every)
             rows._read_meta(store)
             return rows

@@ -261,3 +261,48 @@ def test_a_ledger_without_the_table_gains_it_once(db_url):
         assert_agrees(w.api.state, reference(w.store))
     finally:
         w.close()
+
+
+def test_a_role_without_rights_on_the_table_keeps_the_state_in_memory(pg_url):
+    """PostgreSQL: a serving role granted before the table existed (or not at all) cannot use
+    it: the writer keeps its state in memory (built from the whole log, as before the table
+    existed) instead of failing every append; the owner's grant ends that."""
+    import uuid
+
+    import psycopg
+
+    from conftest import PG_URL
+    from reledger.commands import writerows
+    from reledger.storage.reader import DatabaseURL
+    from reledger.storage.store import LedgerStore
+
+    w = World(pg_url)
+    role = "reledger_wr_" + uuid.uuid4().hex[:8]
+    u = DatabaseURL.parse(pg_url)
+    try:
+        w.store.grant_serving_role(role)  # the ledger's grants only: none on reledger_w_state
+        role_url = f"postgresql://{role}@{u.host}:{u.port}/{u.dbname}?schema={u.schema}"
+        with LedgerStore(role_url, create=False, processes=False) as store:
+            api = CommandAPI(store)
+            try:
+                api.catch_up()
+                assert api.state.rows is None and api.state.size == store.size()
+                s = w.signers["MINE01"]
+                e = s.peek("MineralProductProduced", {**example(w, "MineralProductProduced", "MINE01"),
+                                                      "lot": "ROLE-1"}, T0)
+                assert not api.submit([e])[0].duplicate
+                s.advance(e)
+            finally:
+                api.close()
+            writerows.grant_serving_role(pg_url, role)  # the owner's grant
+            api = CommandAPI(store)
+            try:
+                api.catch_up()
+                assert api.state.rows is not None and "ROLE-1" in api.state.lots
+            finally:
+                api.close()
+    finally:
+        w.close()
+        with psycopg.connect(DatabaseURL.parse(PG_URL).conninfo(), autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
