@@ -14,7 +14,13 @@ chains and idempotency again under its own lock, and any refusal of the store is
 a :class:`CommandError` with the store's code and message.
 
 The write state (:mod:`reledger.commands.state`) catches up from the log before each submission (so other
-writers are seen) and keeps only what the store accepted. One lock serializes validate+append in
+writers are seen) and keeps only what the store accepted. What of it grows with the log is rows
+in the database (:mod:`reledger.commands.writerows`), read through a bounded cache and written
+with their own position every few thousand entries: a new CommandAPI parses only the log's tail
+since that position. Command ids: the state does not hold them. An entry the state refuses has
+its command id looked up in the log (a retry of a recorded entry is always refused by the state:
+its seq is taken), and the checks run again knowing it; an accepted entry whose command id is
+recorded is refused by the store (the log's unique index). One lock serializes validate+append in
 this process. Another process appending to the same database between the catch-up and the
 append is still stopped by the store for chains, keys and command ids; its effect on reference
 checks (a shipment received twice by two processes at once) is left to the projections.
@@ -52,6 +58,7 @@ from .catalogue import (ERROR_CODES, SCHEMAS, CommandError, Conflict, Forbidden,
                         catalogue_json_schema)
 from .state import WriteState
 from .validate import validate_entry
+from .writerows import RowsMoved, WriteRows
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +103,10 @@ class _Checked:
     """One group after validation: its entries, those to hand to the store (``send``: all but
     repeats of an entry of an earlier group of the same call), or the group's error."""
 
-    __slots__ = ("entries", "send", "repeats", "new", "error", "maybe_recorded")
+    __slots__ = ("entries", "send", "repeats", "new", "error", "parse_error")
 
     def __init__(self) -> None:
-        self.maybe_recorded = False  # a command id of the group may be in the log (a look-up was needed)
+        self.parse_error: CommandError | None = None
         self.entries: list[SignedEntry] = []
         self.send: list[SignedEntry] = []
         self.repeats: dict[int, tuple[int, int]] = {}  # position -> (group, position) of the first
@@ -126,15 +133,58 @@ def verify_pool() -> ThreadPoolExecutor:
 class CommandAPI:
     """See the module docstring. Thread-safe."""
 
-    def __init__(self, store: LedgerStore, *, findings_hook: FindingsHook | None = None):
+    def __init__(self, store: LedgerStore, *, findings_hook: FindingsHook | None = None, rows: bool = True,
+                 cache_entries: int | None = None, flush_every: int | None = None):
+        """``rows``: keep the write state's growing parts as rows (the default; False: all in
+        memory, built from the whole log, as the tests' reference). ``cache_entries``,
+        ``flush_every``: the rows' cache bound and how often they are written (writerows.py)."""
         self.store = store
         self.findings_hook = findings_hook
-        self.state = WriteState()
+        self.rows = rows
+        self._rows_options = {"cache_entries": cache_entries, "flush_every": flush_every}
+        self._state: WriteState | None = None  # opened on first use (a server's parent may never)
         self._lock = threading.RLock()
 
+    @property
+    def state(self) -> WriteState:
+        """The write state (read from the rows when first asked, or again after they moved)."""
+        if self._state is None:
+            rows = WriteRows.open(self.store, **self._rows_options) if self.rows else None
+            self._state = WriteState(rows)
+        return self._state
+
+    @state.setter
+    def state(self, value: WriteState) -> None:
+        self._drop_state()
+        self._state = value
+
+    def _drop_state(self) -> None:
+        """Forget the state (read again from the rows when next asked)."""
+        old, self._state = self._state, None
+        if old is not None and old.rows is not None:
+            old.rows.close()
+
+    def _flush(self, always: bool = False) -> None:
+        """Write the state's rows if due (``always``: now); if they moved or could not be
+        written, the state is read again from them when next asked (entries already committed
+        are never affected: the rows are derived from the log)."""
+        st = self._state
+        if st is None or st.rows is None or not (always or st.flush_due()):
+            return
+        try:
+            st.flush()
+        except RowsMoved:
+            self._drop_state()
+
     def close(self) -> None:
-        """Nothing to release (the store is the caller's to close; the verification threads
-        are shared by every CommandAPI of the process)."""
+        """Write the state's rows and close their connection (the store is the caller's to
+        close; the verification threads are shared by every CommandAPI of the process)."""
+        with self._lock:
+            try:
+                self._flush(always=True)
+            except Exception:  # noqa: BLE001 - rows are rebuilt from the log's tail anyway
+                log.exception("the write state's rows could not be written at close")
+            self._drop_state()
 
     # --- writing -------------------------------------------------------------------------
     def submit(self, envelopes: Sequence[bytes | SignedEntry]) -> list[CommandReceipt]:
@@ -188,10 +238,10 @@ class CommandAPI:
                         continue
                 return self._finish(checked, [], [])
             try:
-                # new_commands: the state's filter (no false negatives) said no command id of
-                # these groups is in the log of ``base`` entries: the store need not look
+                # new_commands: no entry sent is a retry of a recorded one (an accepted entry's
+                # command id is expected to be new: the log's unique index refuses it otherwise)
                 stored = self.store.append_groups([c.send for c in passed], expect_size=base,
-                                                  new_commands=not any(c.maybe_recorded for c in passed))
+                                                  new_commands=all(len(c.send) == len(c.new) for c in passed))
             except LogMoved as moved:
                 self.state.abort()
                 self._catch_up(moved.size)
@@ -253,7 +303,8 @@ class CommandAPI:
         checked against the key its key id names now. Only a cache: a success is remembered on
         the entry (SignedEntry.signature_valid), and submit still checks every signature
         against the key that decides at the entry's position."""
-        keys = self.state.registry.keys
+        st = self._state  # (not opened here: prepare runs outside the lock, in other threads)
+        keys = st.registry.keys if st is not None else {}
         out: list[bytes | SignedEntry] = []
         for item in envelopes:
             try:
@@ -273,7 +324,7 @@ class CommandAPI:
             self._catch_up()
             self.state.begin()
             try:
-                c = self._check_groups([envelopes])[0]
+                c = self._check_groups([envelopes], lookup_all=True)[0]
             finally:
                 self.state.abort()
             if c.error is not None:
@@ -289,9 +340,17 @@ class CommandAPI:
         if size is None:
             size = self.store.size()
         if size < self.state.size:  # a different (e.g. restored) database: start again
-            self.state = WriteState()
+            self._drop_state()
+            if size < self.state.size:  # (the rows are checked against the log when read)
+                self.state = WriteState()
         if size > self.state.size:
-            self.state.catch_up(self.store.records(self.state.size, size))
+            try:
+                self.state.catch_up(self.store.records(self.state.size, size))
+            except RowsMoved:  # another writer wrote the rows past this state: read them again
+                self._drop_state()
+                if size > self.state.size:
+                    self.state.catch_up(self.store.records(self.state.size, size))
+        self._flush()
 
     def _lookup(self, chain: str, seq: int) -> tuple[bytes, str] | None:
         pending = self.state.pending.get((chain, seq))
@@ -302,41 +361,59 @@ class CommandAPI:
         rec = self.store.entry(chain, seq)
         return None if rec is None else (rec.entry_hash, rec.type)
 
-    def _check_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]]) -> list[_Checked]:
+    def _check_groups(self, groups: Sequence[Sequence[bytes | SignedEntry]], lookup_all: bool = False
+                      ) -> list[_Checked]:
+        """Parse and check the groups against the state (applying what passes, journaled).
+        ``lookup_all``: look up the command ids of every entry, not only of refused groups (a
+        dry run, which has no store to refuse a recorded one)."""
         parsed: list[_Checked] = []
-        ids: list[str] = []
         for gi, group in enumerate(groups):
             c = _Checked()
             parsed.append(c)
             if isinstance(group, (bytes, bytearray, SignedEntry)) or not isinstance(group, (list, tuple)):
-                c.error = InvalidCommand("malformed", "group: must be a list of envelopes", field="group", group=gi)
+                c.parse_error = InvalidCommand("malformed", "group: must be a list of envelopes", field="group",
+                                               group=gi)
                 continue
             if not group:
-                c.error = InvalidCommand("malformed", "group: must not be empty", field="group", group=gi)
+                c.parse_error = InvalidCommand("malformed", "group: must not be empty", field="group", group=gi)
                 continue
             for pos, item in enumerate(group):
                 try:
                     c.entries.append(item if isinstance(item, SignedEntry) else SignedEntry.parse(item))
                 except EntryError as e:
-                    c.error = InvalidCommand("malformed", str(e), field=e.field, position=pos, group=gi)
+                    c.parse_error = InvalidCommand("malformed", str(e), field=e.field, position=pos, group=gi)
                     break
                 except ValueError as e:  # a ledger parser that slipped (e.g. a time it half-accepts)
-                    c.error = InvalidCommand("malformed", f"entry: {e}", field="entry", position=pos, group=gi)
+                    c.parse_error = InvalidCommand("malformed", f"entry: {e}", field="entry", position=pos, group=gi)
                     break
-            if c.error is None:
-                # only the command ids the log may hold are looked up (the state's filter has
-                # no false negatives): usually none, and no round trip
-                maybe = self.state.commands.maybe
-                mine = [s.entry.command_id for s in c.entries if maybe(s.entry.chain, s.entry.command_id)]
-                c.maybe_recorded = bool(mine)
-                ids += mine
-        recorded = self.store.queries.commands(self.store.recorder.read_cursor, sorted(set(ids))) if ids else {}
-        signature_valid = self._verify_in_parallel([s for c in parsed if c.error is None for s in c.entries])
+        valid = [s for c in parsed if c.parse_error is None for s in c.entries]
+        self.state.prefetch(s.entry for s in valid)  # the rows the checks will read, in one query
+        signature_valid = self._verify_in_parallel(valid)
+        recorded_us = getattr(self.store, "clock", now_us)()
+        # Command ids are looked up only for the entries of refused groups (a retry of a recorded
+        # entry is always refused by the state: its seq is taken); when one is recorded, the
+        # checks run again knowing it (a retry then answers its original receipt)
+        recorded: dict[tuple[str, str], tuple[int, bytes]] = {}
+        looked: set[tuple[str, str]] = set()
+        while True:
+            self._check_parsed(parsed, recorded, recorded_us, signature_valid)
+            ask = {(s.entry.chain, s.entry.command_id) for c in parsed if c.parse_error is None
+                   and (c.error is not None or lookup_all) for s in c.entries} - looked
+            if not ask:
+                return parsed
+            looked |= ask
+            found = self.store.queries.commands(self.store.recorder.read_cursor, sorted({cid for _, cid in ask}))
+            found = {k: v for k, v in found.items() if k in ask}
+            if not found:
+                return parsed
+            recorded.update(found)
+            self.state.rollback(0)
 
+    def _check_parsed(self, parsed: list[_Checked], recorded: dict, recorded_us: int, signature_valid) -> None:
         first: dict[tuple[str, str], tuple[bytes, int, int]] = {}  # earlier groups: hash, group, position
         index = self.state.size
-        recorded_us = getattr(self.store, "clock", now_us)()
         for gi, c in enumerate(parsed):
+            c.error, c.send, c.new, c.repeats = c.parse_error, [], [], {}
             if c.error is not None:
                 continue
             mark = self.state.mark()
@@ -382,7 +459,6 @@ class CommandAPI:
                 continue
             for ckey, v in group_seen.items():
                 first.setdefault(ckey, v)
-        return parsed
 
     def _verify_in_parallel(self, entries: list[SignedEntry]):
         """Check, in the pool, each signature against the key its key id names now; returns
@@ -429,6 +505,7 @@ class CommandAPI:
             by_group[gi] = result
         if consistent and expected == self.state.size:
             self.state.commit()
+            self._flush()
         else:  # the store decided otherwise (another writer): rebuild from the log
             self.state.abort()
             self._catch_up()

@@ -403,9 +403,13 @@ def cmd_init(args: argparse.Namespace) -> int:
         ps = ProjectionStore(args.db)  # the projection tables, made here by the owner (reads never make them)
         try:
             ps.catch_up()
+            from reledger.commands import writerows
+
+            writerows.create(args.db)  # the writer's state rows (commands/writerows.py), made by the owner
             if args.serving_role:
                 store.grant_serving_role(args.serving_role)
                 ps.grant_serving_role(args.serving_role)
+                writerows.grant_serving_role(args.db, args.serving_role)  # its writer keeps them
                 from reledger.storage.nonces import grant_nonces
 
                 grant_nonces(args.db, args.serving_role)  # the signed reads' nonces: SELECT, INSERT, DELETE

@@ -1,7 +1,8 @@
 """The write path's state: what the command API must know to check references.
 
 Built from the ledger's records in log order (``store.records(start)``), so it can start from
-any position and catch up; nothing here reads or writes storage by itself.
+any position and catch up; nothing here reads or writes storage by itself, but the rows of a
+row-backed state (below).
 
 * the key registry (a replica of :class:`reledger.ledger.registry.Registry`: keys, current roles);
 * chain heads (seq, entry hash);
@@ -9,18 +10,23 @@ any position and catch up; nothing here reads or writes storage by itself.
   membership is the projections' business: the write path checks nothing by it);
 * shipments by (seller, transfer id): buyer, and whether (and where) received;
 * quota batches by (year, batch no, holder);
-* lots by id (the entry that created each lot) and production batch ids per chain;
-* the command ids of the log, as a :class:`MaybeRecorded` filter: "certainly not recorded"
-  (nothing to look up) or "maybe" (the caller asks the database).
+* lots by id (the entry that created each lot) and production batch ids per chain.
+
+The command ids of the log are not kept here: the command API looks up in the log (its unique
+index on (command id, chain)) the command ids of an entry this state refuses (a retry always
+is: its seq is taken), and the store refuses an accepted entry whose command id is recorded.
 
 Changes made while validating a submission are journaled (:meth:`WriteState.begin`):
 :meth:`WriteState.mark` and :meth:`WriteState.rollback` undo a refused group,
 :meth:`WriteState.commit` keeps what the store accepted, :meth:`WriteState.abort` undoes all. Applying is tolerant: an entry the catalogue would refuse (e.g. written through the
 store directly) changes only what can be read from it.
 
-Memory grows with parties, keys, chains, lots, shipments and production batches (a few hundred
-bytes each: about 10^6 of them for a national year), and by 1.5 bytes per log entry for the
-command id filter; catching up parses every entry once.
+``WriteState()`` keeps everything in memory (the reference, as the tests hold it): it grows
+with the log (a few hundred bytes per lot, shipment and production batch) and is built by
+parsing every entry. ``WriteState(rows)`` (:mod:`reledger.commands.writerows`, what the command
+API uses) keeps the lots, shipments and production batches as rows read through a bounded
+cache, and the small parts (registry, heads, parties, parameters, quota batches) in memory,
+written beside them: it starts from the rows' position and parses only the log's tail.
 """
 
 from __future__ import annotations
@@ -135,57 +141,124 @@ class LotOrigin:
     index: int
 
 
-class MaybeRecorded:
-    """The (chain, command id) pairs of the log, as a Bloom filter that grows: ``maybe(...)``
-    is False only for a pair that was never added (no false negatives), and True for about 0.3%
-    of the others at each size step (12 bits and 8 probes a pair; a new filter of twice the
-    capacity when the last one is full). Pairs cannot be removed: one added for an entry that
-    was then refused only makes its look-up happen. Hashes are per process (``hash``)."""
+def write_keys(e: Any) -> list[tuple[str, Any]]:
+    """The keys of the growing maps (namespace, key) that applying or checking entry ``e`` reads:
+    what a row-backed state reads for a page or a submission in one query."""
+    b = e.body
+    if not isinstance(b, dict):
+        return []
+    t = e.type
+    out: list[tuple[str, Any]] = []
+    if t in LOT_CREATORS:
+        if isinstance(b.get("lot"), str):
+            out.append(("lots", b["lot"]))
+    elif t in BATCH_TYPES:
+        if isinstance(b.get("batch"), str):
+            out.append(("batches", (e.chain, b["batch"])))
+        for o in b.get("outputs") or () if isinstance(b.get("outputs"), list) else ():
+            if isinstance(o, dict) and isinstance(o.get("lot"), str):
+                out.append(("lots", o["lot"]))
+    elif t == "TransferShipped":
+        if isinstance(b.get("transfer_id"), str):
+            out.append(("shipments", (e.chain, b["transfer_id"])))
+    elif t == "TransferReceived":
+        if isinstance(b.get("transfer_id"), str) and isinstance(b.get("seller"), str):
+            out.append(("shipments", (b["seller"], b["transfer_id"])))
+    return out
 
-    BITS, PROBES = 12, 8
 
-    def __init__(self, capacity: int = 1 << 14) -> None:
-        self._filters: list[list] = []  # [bits, size in bits, capacity, count]
-        self._grow(capacity)
+class RowDict:
+    """One growing map of a row-backed WriteState, as the dict the reference keeps: values are
+    rows of plain tuples carrying the log index that made them, and a value made at or after
+    the state's position (written by a writer that is ahead) is not seen (a received index
+    there reads as not received)."""
 
-    def _grow(self, capacity: int) -> None:
-        m = capacity * self.BITS
-        self._filters.append([bytearray(m // 8 + 1), m, capacity, 0])
+    __slots__ = ("m", "state", "kind")
 
-    def __len__(self) -> int:
-        return sum(f[3] for f in self._filters)
+    def __init__(self, m: Any, state: "WriteState", kind: str):
+        self.m, self.state, self.kind = m, state, kind
 
-    def add(self, chain: str, command_id: str) -> None:
-        f = self._filters[-1]
-        if f[3] >= f[2]:
-            self._grow(f[2] * 2)
-            f = self._filters[-1]
-        bits, m = f[0], f[1]
-        h = hash((chain, command_id))
-        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
-        for i in range(self.PROBES):
-            j = (a + i * b) % m
-            bits[j >> 3] |= 1 << (j & 7)
-        f[3] += 1
+    def _obj(self, k: Any, v: Any) -> Any:
+        size = self.state.size
+        kind = self.kind
+        if kind == "lots":
+            chain, seq, type_, index = v
+            return LotOrigin(k, chain, seq, type_, index) if index < size else None
+        if kind == "shipments":
+            buyer, index, received = v
+            if index >= size:
+                return None
+            return Shipment(k[0], k[1], buyer, index, received if received is not None and received < size else None)
+        return v if v < size else None  # batches: the index
 
-    def maybe(self, chain: str, command_id: str) -> bool:
-        h = hash((chain, command_id))
-        a, b = h & 0xFFFFFFFF, ((h >> 32) & 0xFFFFFFFF) | 1
-        for bits, m, _, _ in self._filters:
-            for i in range(self.PROBES):
-                j = (a + i * b) % m
-                if not bits[j >> 3] & (1 << (j & 7)):
-                    break
+    @staticmethod
+    def _row(kind: str, obj: Any) -> Any:
+        if kind == "lots":
+            return (obj.chain, obj.seq, obj.type, obj.index)
+        if kind == "shipments":
+            return (obj.buyer, obj.index, obj.received_index)
+        return obj
+
+    def get(self, k: Any, default: Any = None) -> Any:
+        v = self.m.peek(k, _MISSING)
+        if v is _MISSING:
+            return default
+        obj = self._obj(k, v)
+        return default if obj is None else obj
+
+    def __getitem__(self, k: Any) -> Any:
+        obj = self.get(k, _MISSING)
+        if obj is _MISSING:
+            raise KeyError(k)
+        return obj
+
+    def __contains__(self, k: Any) -> bool:
+        return self.get(k, _MISSING) is not _MISSING
+
+    def __setitem__(self, k: Any, obj: Any) -> None:
+        self.m[k] = self._row(self.kind, obj)
+
+    def pop(self, k: Any, *default: Any) -> Any:  # (the journal's undo of a new key)
+        obj = self.get(k, _MISSING)
+        self.m.pop(k, None)
+        if obj is _MISSING:
+            if default:
+                return default[0]
+            raise KeyError(k)
+        return obj
+
+    def to_dict(self) -> dict:
+        """Every value the state sees (a scan of the rows and the cache: for tests and checks,
+        not for the write path)."""
+        from reledger.projections.state import decode
+
+        raw = {decode(kb): decode(vb) for kb, vb in self.state.rows.scan(self.kind)}
+        for k, exists, v in self.m.cached():
+            if exists:
+                raw[k] = v
             else:
-                return True
-        return False
+                raw.pop(k, None)
+        out = {}
+        for k, v in raw.items():
+            obj = self._obj(k, v)
+            if obj is not None:
+                out[k] = obj
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RowDict):
+            other = other.to_dict()
+        return isinstance(other, dict) and self.to_dict() == other
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class WriteState:
     """See the module docstring. Not thread-safe: the command API holds its lock around it."""
 
-    def __init__(self) -> None:
+    def __init__(self, rows: Any = None) -> None:
         self.size = 0
+        self.last_hash = ZERO_HASH  # the entry hash of log index size - 1 (what the rows' position names)
         self.registry = Registry()
         self.heads: dict[str, tuple[int, bytes]] = {}
         self.parties: dict[str, PartyInfo] = {}
@@ -196,7 +269,10 @@ class WriteState:
         # the rule parameters the regulator's RuleParameterSet entries set so far (name -> value;
         # the write path checks declared REO with them)
         self.params: dict[str, Any] = {}
-        self.commands = MaybeRecorded()  # never rolled back (see MaybeRecorded)
+        self.rows = rows  # a reledger.commands.writerows.WriteRows, or None (all in memory)
+        self.parsed = 0  # entries parsed by catch_up (what a restart had to read of the log)
+        if rows is not None:
+            rows.load(self)
         # entries applied since the last commit: (chain, seq) -> (entry hash, type)
         self.pending: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._journal: list[Callable[[], None]] | None = None
@@ -235,6 +311,29 @@ class WriteState:
         self.pending.clear()
         self.registry.size = self.size
 
+    # --- rows ------------------------------------------------------------------------------
+    def flush_due(self) -> bool:
+        """Whether the rows should be written now (entries applied since the last write, or a
+        cache grown past its bound)."""
+        rows = self.rows
+        return rows is not None and self._journal is None and (
+            self.size - rows.position >= rows.flush_every or rows.cached() > 2 * rows.cache_entries)
+
+    def flush(self) -> None:
+        """Write the rows up to this state's position (not while journaling: only what the log
+        holds is written). Raises writerows.RowsMoved: read the state again from the rows."""
+        if self.rows is not None and self._journal is None and (self.size != self.rows.position
+                                                                or self.rows.cached()):
+            self.rows.flush(self)
+
+    def prefetch(self, entries: Iterable[Any]) -> None:
+        """Read the growing maps' rows that these entries (SignedEntry.entry-likes) will ask
+        for, in one query (row-backed state only)."""
+        if self.rows is not None:
+            keys = [k for e in entries for k in write_keys(e)]
+            if keys:
+                self.rows.prefetch(keys)
+
     def _put(self, d: dict, key: Any, value: Any) -> None:
         if self._journal is not None:
             old = d.get(key, _MISSING)
@@ -262,28 +361,45 @@ class WriteState:
         return (info.roles_ever if info else frozenset()) | self.current_roles(party)
 
     # --- applying ------------------------------------------------------------------------
-    def catch_up(self, records: Iterable[Any]) -> int:
+    def catch_up(self, records: Iterable[Any], page: int = 2000) -> int:
         """Apply stored records (``reledger.storage.reader.Record``) from position ``self.size`` on, in
-        order. Returns how many were applied."""
+        order. Returns how many were applied. A row-backed state reads the rows a page of
+        records needs in one query, and writes its rows every ``flush_every`` entries (so that
+        a long catch-up holds no more than that in memory)."""
         n = 0
-        for rec in records:
-            if rec.index < self.size:
-                continue
-            if rec.index != self.size:
-                raise ValueError(f"state at {self.size} cannot apply log index {rec.index}")
-            if rec.envelope is None:  # the events row is missing: the verifier reports it
-                if rec.command_id is not None:
-                    self.commands.add(rec.chain, rec.command_id)
-                self.size = rec.index + 1
-                self.registry.size = self.size
-                continue
-            signed = SignedEntry.parse(rec.envelope)
-            self.apply(signed, rec.index, strict=False, recorded_us=rec.recorded_us)
-            if rec.command_id is not None and (rec.chain, rec.command_id) != (signed.entry.chain,
-                                                                            signed.entry.command_id):
-                self.commands.add(rec.chain, rec.command_id)  # as the log row says (what a look-up finds)
-            n += 1
-        return n
+        batch: list = []
+        it = iter(records)
+        while True:
+            batch.clear()
+            for rec in it:
+                batch.append(rec)
+                if len(batch) >= page:
+                    break
+            if not batch:
+                return n
+            parsed = []
+            for rec in batch:
+                if rec.index < self.size or rec.envelope is None:
+                    parsed.append((rec, None))
+                    continue
+                parsed.append((rec, SignedEntry.parse(rec.envelope)))
+            if self.rows is not None:
+                self.prefetch(s.entry for _, s in parsed if s is not None)
+            for rec, signed in parsed:
+                if rec.index < self.size:
+                    continue
+                if rec.index != self.size:
+                    raise ValueError(f"state at {self.size} cannot apply log index {rec.index}")
+                self.parsed += 1
+                if signed is None:  # the events row is missing: the verifier reports it
+                    self.size = rec.index + 1
+                    self.last_hash = rec.entry_hash
+                    self.registry.size = self.size
+                    continue
+                self.apply(signed, rec.index, strict=False, recorded_us=rec.recorded_us)
+                n += 1
+                if self.flush_due():
+                    self.flush()
 
     def apply(self, signed: SignedEntry, index: int, strict: bool = True, recorded_us: int | None = None) -> None:
         """Apply an entry at log ``index``. Raises RegistryError (before changing anything else)
@@ -307,14 +423,14 @@ class WriteState:
                 self.registry.size = index + 1
         elif self._journal is None:
             self.registry.size = index + 1  # (while journaling: set on commit)
-        old_size = self.size
+        old_size, old_hash = self.size, self.last_hash
         if self._journal is not None:
-            self._journal.append(lambda: setattr(self, "size", old_size))
+            self._journal.append(lambda: (setattr(self, "size", old_size), setattr(self, "last_hash", old_hash)))
             self.pending[(e.chain, e.seq)] = (signed.hash, e.type)
             key = (e.chain, e.seq)
             self._journal.append(lambda: self.pending.pop(key, None))
         self.size = index + 1
-        self.commands.add(e.chain, e.command_id)
+        self.last_hash = signed.hash
         self._put(self.heads, e.chain, (e.seq, signed.hash))
         handler = _HANDLERS.get(e.type) if counted else None
         if handler is not None:
@@ -372,7 +488,7 @@ class WriteState:
 
     def _batch_recorded(self, e, signed, index) -> None:
         b = e.body
-        if isinstance(b.get("batch"), str):
+        if isinstance(b.get("batch"), str) and (e.chain, b["batch"]) not in self.batches:  # (the first)
             self._put(self.batches, (e.chain, b["batch"]), index)
         for out in b.get("outputs") or ():
             if isinstance(out, dict):

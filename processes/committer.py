@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PREPARE_CHUNK = 32  # entries: fewer are prepared in the preparer's own thread
 # entries waiting behind a batch from which the writer process checks them during its commit
 PIPELINE_ENTRIES = 2 * PREPARE_CHUNK
-WRITER_START_TIMEOUT = 300.0  # seconds for a writer process to build its write state from the log
+WRITER_START_TIMEOUT = 300.0  # seconds for a writer process to read its write state (rows, and the log's tail)
 
 
 def _verify_workers() -> int:
@@ -332,6 +332,7 @@ def serve_writer(url: str, conn, parent: int, findings: bool = False) -> None:
             mirror.start()  # in the background: until it is built, the parent asks its projections
         conn.send("ready")
         commit_loop(api, conn)
+        api.close()  # its rows written up to what it committed (else the next start parses that tail)
     finally:
         conn.close()
         if mirror is not None:

@@ -153,6 +153,42 @@ class RowMap:
     def __contains__(self, k: Any) -> bool:
         return self._load(k) is not _ABSENT
 
+    def peek(self, k: Any, default: Any = None) -> Any:
+        """The value without marking it touched (for a caller that never mutates values in
+        place: the command API's write state keeps immutable tuples)."""
+        v = self._load(k)
+        return default if v is _ABSENT else v
+
+    def preload(self, rows: dict) -> None:
+        """Put values read in one query into the cache: ``rows`` maps each key not cached yet
+        to the bytes of its row, or None (no row)."""
+        c, orig = self._c, self._orig
+        for k, b in rows.items():
+            if k in c:
+                continue
+            c[k] = _ABSENT if b is None else decode(b)
+            orig[k] = b
+
+    def cached(self) -> list[tuple[Any, bool, Any]]:
+        """(key, exists, value) of every value in the cache (absent ones included)."""
+        return [(k, v is not _ABSENT, None if v is _ABSENT else v) for k, v in self._c.items()]
+
+    def write(self, upserts: list, deletes: list) -> None:
+        """The rows to write for what changed since the last call (for another owner of rows
+        than RowState: the command API's write state)."""
+        self._flush(upserts, deletes)
+
+    def trim(self, keep: int) -> None:
+        self._trim(keep)
+
+    def wanted(self, keys: Any) -> list:
+        """Those of ``keys`` that a look-up would have to read (neither cached nor known absent
+        by a complete map)."""
+        if self.complete:
+            return []
+        c = self._c
+        return [k for k in keys if k not in c]
+
     def __setitem__(self, k: Any, v: Any) -> None:
         c = self._c
         if c.pop(k, _MISS) is _MISS:

@@ -235,11 +235,13 @@ class LedgerStore(MerkleProofs):
         entries against its own view of the log (the command API) learns that the view was
         stale, and how far the log is, in the same round trip as the write.
 
-        ``new_commands`` (with ``expect_size``): the caller knows that no entry of the log's
-        first ``expect_size`` holds any of these command ids. On PostgreSQL, when this store's
+        ``new_commands`` (with ``expect_size``): the caller expects that no entry of the log's
+        first ``expect_size`` holds any of these command ids (the command API: none of its
+        entries is a retry it found recorded; a recorded one is still refused, below). On PostgreSQL, when this store's
         caches are of that size too, the transaction then reads nothing before it writes: one
         round trip instead of two. The log's own constraints (its gap-free index, the unique
-        command ids and chain positions) refuse the rows if the log has moved meanwhile; the
+        command ids and chain positions) refuse the rows if the log has moved meanwhile (or
+        a command id is recorded after all); the
         transaction is then rolled back and run again the usual way (which raises LogMoved)."""
         return self.finish(self.prepare(groups), expect_size=expect_size, new_commands=new_commands)
 

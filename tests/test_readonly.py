@@ -349,6 +349,16 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
                          f"DROP TABLE {P}quota"):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(stmt)
+        # the writer process (as that role) kept its state's rows (commands/writerows.py): written
+        # up to the log when it stopped, so that the next start parses no log entry
+        from reledger.commands.writerows import META, TABLE
+        from reledger.projections.state import decode, encode
+
+        with _pg_conn(owner_url) as conn:
+            row = conn.execute(f'SELECT v FROM "{schema}".{TABLE} WHERE ns = %s AND k = %s',
+                               (META, encode("position"))).fetchone()
+        with LedgerStore(owner_url, processes=False) as owner_store:
+            assert row is not None and decode(bytes(row[0])) == owner_store.size()
         # the server's owner-side check: the ledger verifies, and so do the projections
         assert main(["verify", "--db", owner_url]) == EXIT_UNANCHORED  # valid; nothing pinned
         assert main(["verify", "--projections", "--db", owner_url]) == EXIT_OK
