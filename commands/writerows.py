@@ -179,6 +179,9 @@ class WriteRows:
         self.parsed = 0  # log entries parsed to build the state since it was opened (tests, logs)
         self._fetch_sql = self.q(f"SELECT v FROM {TABLE} WHERE ns = ? AND k = ?")
         self._cur = None
+        # (the projections' filter of keys written by a state made from empty: a writer's rows
+        # may be written by another writer too, so none here: a miss always asks the table)
+        self.written = None
 
     # --- opening --------------------------------------------------------------------------
     @classmethod
