@@ -19,7 +19,7 @@ from psycopg.rows import tuple_row
 
 from .pgpipe import Pipeline
 from .reader import NAME, DatabaseURL, Tables
-from .schema import postgres_ddl, postgres_grant_checkpointer_role, postgres_grant_serving_role, postgres_trigger_names
+from .schema import registry_index, postgres_ddl, postgres_grant_checkpointer_role, postgres_grant_serving_role, postgres_trigger_names
 
 LOCK_TIMEOUT_S = 30  # how long an append waits for another writer's transaction
 
@@ -69,6 +69,7 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
             try:
                 if self._complete(conn):
                     self.datastore.register_type_adapters()
+                    self._add_registry_index(conn)
                     return
                 super().create_table()
                 with conn.transaction(), conn.cursor() as cur:
@@ -76,6 +77,22 @@ class PostgresLedgerRecorder(PostgresApplicationRecorder):
                         cur.execute(stmt, prepare=False)
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def _add_registry_index(self, conn) -> None:
+        """A ledger made before the log's partial index of registry entries (storage/schema.py)
+        gains it when its owner opens it to write; another role (the serving role) leaves it to
+        the owner, and the registry is read by a scan meanwhile (slower, the same answer)."""
+        schema, short = self.tables.log.split(".")[0], self.tables.log.split(".")[-1]
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute("SELECT 1 FROM pg_indexes WHERE schemaname = %s AND indexname = %s",
+                        (schema.strip('"'), f"{short}_registry"))
+            if cur.fetchone() is not None:
+                return
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(registry_index(self.tables), prepare=False)
+        except psycopg.errors.InsufficientPrivilege:
+            pass
 
     def _complete(self, conn) -> bool:
         names = postgres_trigger_names(self.tables)

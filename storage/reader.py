@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from reledger.ledger import merkle
 from reledger.ledger.encoding import micros_to_time_text
+from reledger.ledger.rules import REGISTRY_TYPES
 
 DEFAULT_URL = "sqlite:///./reledger.db"
 NAME = "reledger"
@@ -136,6 +137,9 @@ class Record:
         return micros_to_time_text(self.recorded_us)
 
 
+# the key registry's entry types as SQL literals, in one spelling: the log's partial index of them
+# (storage/schema.py) and the queries that read them (the planners match the text)
+REGISTRY_TYPES_SQL = ", ".join(f"'{x}'" for x in sorted(REGISTRY_TYPES))
 RECORD_COLUMNS = "l.idx, l.chain, l.seq, l.type, l.entry_hash, l.recorded_us, l.nodes, e.state, l.command_id"
 RECORD_JOIN = "FROM {log} l LEFT JOIN {events} e ON e.originator_id = l.chain AND e.originator_version = l.seq"
 
@@ -310,6 +314,15 @@ class Queries:
 
     def fetch_commands(self, cur) -> dict[tuple[str, str], tuple[int, bytes]]:
         return {(r[0], r[1]): (int(r[2]), bytes(r[3])) for r in map(_tuple, cur.fetchall())}
+
+    def registry_records(self, cur, start: int, stop: int) -> list[Record]:
+        """The key registry's entries with ``start <= idx < stop``, through the log's partial index
+        of them (the predicate spelled as the index's: storage/schema.py). For the writer's own
+        caches; the verifiers read them with :meth:`records_of_types`, by a scan of the log that
+        trusts no index of the database they check."""
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? "
+                             f"AND l.type IN ({REGISTRY_TYPES_SQL}) ORDER BY l.idx"), (start, stop))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
     def records_of_types(self, cur, types: list[str], start: int, stop: int) -> list[Record]:
         cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.idx >= ? AND l.idx < ? AND l.type IN ("

@@ -23,7 +23,7 @@ The log's index is gap-free: a trigger refuses a row whose index is not the next
 
 from __future__ import annotations
 
-from .reader import Tables
+from .reader import REGISTRY_TYPES_SQL, Tables
 
 
 def _short(table: str) -> str:
@@ -48,7 +48,16 @@ def _log_and_checkpoints(t: Tables, blob: str, idx: str, options: str) -> list[s
         f" root {blob} NOT NULL,"
         f" note {blob} NOT NULL,"
         " created_us BIGINT NOT NULL)",
+        registry_index(t),
     ]
+
+
+def registry_index(t: Tables) -> str:
+    """A partial index of the log's key-registry entries (a few hundred among millions): the
+    registry is read from them (``records_of_types`` with these types, spelled as here, which the
+    planners need to use it), not by a scan of the whole log at a writer's first append."""
+    return (f"CREATE INDEX IF NOT EXISTS {_short(t.log)}_registry ON {t.log} (idx) "
+            f"WHERE type IN ({REGISTRY_TYPES_SQL})")
 
 
 # --- SQLite ------------------------------------------------------------------------------------

@@ -359,7 +359,7 @@ class LedgerStore(MerkleProofs):
             registry, start = Registry(), 0
         else:
             registry, start = known.registry, known.size
-        for rec in self.queries.records_of_types(cur, sorted(REGISTRY_TYPES), start, size):
+        for rec in self.queries.registry_records(cur, start, size):
             registry.apply(SignedEntry.parse(rec.envelope), rec.index)
         registry.size = size
         coords = merkle.range_nodes(0, size) if size else []
