@@ -320,7 +320,7 @@ class Projector:
         self.flows_month: dict[tuple, dict[str, int]] = {}  # (party, month) -> totals (g REO)
         self.used_month: dict[tuple, int] = {}      # (party, period, cat) -> g used
         self._cur_key: tuple | None = None
-        self.party_lots: dict[str, dict[str, int]] = {}  # party -> its lots (a dict used as an ordered set)
+        self.party_lots = Lists()  # party -> the lots it ever held, in the order it first held them
         # party -> its designations in log order as ledger/authority.py records them (index,
         # since_us, roles, until_us): the authority rule's view, the one `reledger verify` applies
         self.authority: dict[str, list] = {}
@@ -447,6 +447,7 @@ class Projector:
         bal = self.stock.get(key)
         if bal is None:
             bal = self.stock[key] = [0, 0]
+            self.party_lots.append(party, lot)  # its first move: the party holds the lot
         bal[0] += g
         bal[1] += reo_g
         refs = self.stock_refs.get(key)
@@ -457,10 +458,6 @@ class Projector:
             if len(refs) > 8:
                 del refs[:-8]
         d.stock.append((party, lot, product, g, reo_g))
-        lots = self.party_lots.get(party)
-        if lots is None:
-            lots = self.party_lots[party] = {}
-        lots[lot] = 1
         self._contribute(ref, ["stock", party, lot, product, occurred_us, g, reo_g])
         self._stock_event(d, party, lot, occurred_us, g, reo_g, ref)
 
@@ -1224,7 +1221,7 @@ class Projector:
             what = f"lot {b['lot']}"
             refs = self.stock_refs.get((chain, b["lot"]), [])
         else:
-            book = sum(self._stock_at(chain, lot, occ)[0] for lot in self.party_lots.get(chain, ())
+            book = sum(self._stock_at(chain, lot, occ)[0] for lot in self.party_lots.values(chain)
                        if self.lots.get(lot) and self.lots[lot].product == b.get("product"))
             what = f"product {b.get('product')}"
             refs = []
@@ -1273,7 +1270,7 @@ class Projector:
         if stated is not None:
             end = legal_date_us(f"{_next_month(month)}-01")
             closing = max(sum(self._stock_at(chain, lot, end, before=True)[1]
-                              for lot in self.party_lots.get(chain, ())), 0)
+                              for lot in self.party_lots.values(chain)), 0)
             if self._differs(grams(stated), closing):
                 wrong["closing_stock_reo_kg"] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(closing)}
         if wrong:

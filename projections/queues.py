@@ -101,6 +101,9 @@ class Lists:
         """(handle, item) in the order added (a handle stays valid until an item is deleted)."""
         return enumerate(self.items.get(key, ()))
 
+    def values(self, key: Any) -> Iterator[Any]:
+        return iter(self.items.get(key, ()))
+
     def replace(self, key: Any, handle: Any, item: list) -> None:
         self.items[key][handle] = item
 

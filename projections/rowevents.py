@@ -119,7 +119,7 @@ class RowEvents:
     def _add(self, key: Any, occ: int, value: Any) -> None:
         n = self._s.next_id()
         pend = self._pending.get(key)
-        if pend is None:
+        if not pend:  # none (or all deleted since the last flush)
             self._pending[key] = [[occ, n, value]]
         elif pend[-1][0] <= occ:
             pend.append([occ, n, value])
@@ -202,6 +202,9 @@ class RowLists(RowEvents):
 
     def each(self, key: Any) -> Iterator[tuple[Any, list]]:
         return (((occ, n), v) for occ, n, v in self._range(key, 0, 0))
+
+    def values(self, key: Any) -> Iterator[Any]:
+        return (v for _, _, v in self._range(key, 0, 0))
 
     def replace(self, key: Any, handle: Any, item: list) -> None:
         self._set(key, handle, item)
