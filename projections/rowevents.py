@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from typing import Any, Iterator
 
 from .state import P, decode, encode
@@ -76,9 +77,9 @@ class RowEvents:
                 return _NONE
             rows = self._s._exec(self._last_sql, (self._ns, encode(key)))
             last = _NONE if not rows or rows[0][0] is None else int(rows[0][0])
-            if len(self._last) >= LAST_KEYS:
-                self._last.clear()  # forgotten: asked again
             self._last[key] = last
+            if len(self._last) > LAST_KEYS:
+                self._forget()
         return last
 
     def _stored(self, key: Any, lo: int, hi: int) -> Iterator[tuple]:
@@ -169,10 +170,16 @@ class RowEvents:
         self._pending.clear()
         self._changed.clear()
 
+    def _forget(self) -> None:
+        """The older half of the greatest business times remembered (asked again when needed)."""
+        last = self._last
+        for k in list(itertools.islice(last, len(last) - LAST_KEYS // 2)):
+            del last[k]
+        self._complete = False
+
     def _trim(self) -> None:
         if len(self._last) > LAST_KEYS:
-            self._last.clear()
-            self._complete = False
+            self._forget()
 
 
 _LO, _HI = -(1 << 63), (1 << 63) - 1
