@@ -30,14 +30,37 @@ import heapq
 import itertools
 from typing import Any, Iterator
 
-from .state import P, decode, encode
+import threading
 
-EVENTS = P + "events"
+import msgpack
+
+from . import snapshot
+
+EVENTS = "reledger_p_events"
 PAGE = 512       # rows read per query
 LAST_KEYS = 100_000  # keys whose greatest stored business time is remembered
 
 _NONE = object()  # no row stored under the key; a deleted row
 _SAME = object()  # a stored row not changed since the last flush
+
+
+_LOCAL = threading.local()
+
+
+def encode(v: Any) -> bytes:
+    """Canonical msgpack of a key or an event in projections/snapshot.py's plain-data form (the
+    encoding of projections/state.py's rows; this module is imported by it, not the reverse)."""
+    packer = getattr(_LOCAL, "packer", None)
+    if packer is None:
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    try:
+        snapshot.pack_value(v, packer)
+        return packer.bytes()
+    finally:
+        packer.reset()
+
+
+decode = snapshot.read_value  # plain data only: nothing read back runs
 
 
 def ddl(pg: bool) -> list[str]:
@@ -75,7 +98,7 @@ class RowEvents:
         if last is None:
             if self._complete:
                 return _NONE
-            rows = self._s._exec(self._last_sql, (self._ns, encode(key)))
+            rows = self._s.query(self._last_sql, (self._ns, encode(key)))
             last = _NONE if not rows or rows[0][0] is None else int(rows[0][0])
             self._last[key] = last
             if len(self._last) > LAST_KEYS:
@@ -91,7 +114,7 @@ class RowEvents:
         after = (lo, -1)
         changed = self._changed
         while True:
-            rows = self._s._exec(self._page_sql, (self._ns, kb, lo, hi, after[0], after[0], after[1]))
+            rows = self._s.query(self._page_sql, (self._ns, kb, lo, hi, after[0], after[0], after[1]))
             for occ, n, v in rows:
                 occ, n = int(occ), int(n)
                 new = changed.get((key, occ, n), _SAME) if changed else _SAME
@@ -138,7 +161,7 @@ class RowEvents:
                 return
         self._changed[(key, occ, n)] = value
 
-    def _flush(self, cur: Any) -> None:
+    def flush(self, cur: Any) -> None:
         """Write the changes through ``cur`` (the page's transaction)."""
         ns, q = self._ns, self._s.q
         ins = []
@@ -177,7 +200,7 @@ class RowEvents:
             del last[k]
         self._complete = False
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
         if len(self._last) > LAST_KEYS:
             self._forget()
 

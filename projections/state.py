@@ -39,7 +39,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from . import snapshot
+from . import rowevents, snapshot
 from .queues import ChainHashes, HeapQueue, Lists, Timelines  # the in-memory forms (the reference fold), replaced here
 
 P = "reledger_p_"
@@ -89,13 +89,7 @@ def ddl(pg: bool) -> list[str]:
         # point: COLLATE "C" on PostgreSQL, SQLite's binary collation); id keeps equal items apart
         f"CREATE TABLE IF NOT EXISTS {DUE} (queue TEXT NOT NULL, due BIGINT NOT NULL, a TEXT{c} NOT NULL, "
         f"b TEXT{c} NOT NULL, id BIGINT NOT NULL, item {blob} NOT NULL, PRIMARY KEY (queue, due, a, b, id))",
-    ] + _rowevents().ddl(pg)
-
-
-def _rowevents():
-    from . import rowevents  # the timelines and lists as rows (it imports this module)
-
-    return rowevents
+    ] + rowevents.ddl(pg)
 
 
 # --- the row-backed forms ----------------------------------------------------------------------
@@ -339,6 +333,10 @@ class RowState:
         cur.execute(sql, params)
         return cur.fetchall()
 
+    def query(self, sql: str, params: tuple) -> list:
+        """The rows of a read (projections/rowevents.py's), through the open transaction if any."""
+        return self._exec(sql, params)
+
     def fetch(self, ns: str, k: bytes) -> bytes | None:
         rows = self._exec(self._fetch_sql, (ns, k))
         return rows[0][0] if rows else None
@@ -376,7 +374,7 @@ class RowState:
             elif t is ChainHashes:
                 setattr(proj, name, RowChainHashes(self, name, fresh))
             elif t is Timelines or t is Lists:
-                rows = (_rowevents().RowTimelines if t is Timelines else _rowevents().RowLists)(self, name, fresh)
+                rows = (rowevents.RowTimelines if t is Timelines else rowevents.RowLists)(self, name, fresh)
                 self.events.append(rows)
                 setattr(proj, name, rows)
             else:
@@ -425,7 +423,7 @@ class RowState:
                 cur.executemany(self.q(f"INSERT INTO {DUE} (queue, due, a, b, id, item) VALUES (?, ?, ?, ?, ?, ?)"),
                                 ins)
         for ev in self.events:
-            ev._flush(cur)
+            ev.flush(cur)
 
     def flush(self, cur: Any) -> None:
         """Write the changes in the transaction of ``cur`` (the caller commits)."""
@@ -438,7 +436,7 @@ class RowState:
     def trim(self) -> None:
         """After a commit: the cache back to its bound (each map keeps its share)."""
         for ev in self.events:
-            ev._trim()
+            ev.trim()
         total = sum(len(m._c) for m in self.maps)
         if total <= self.cache_entries:
             return
@@ -459,7 +457,7 @@ class RowState:
 
 
 def drop_ddl() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"] + _rowevents().drop_ddl()
+    return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"] + rowevents.drop_ddl()
 
 
 class ScratchState:
