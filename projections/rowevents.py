@@ -28,9 +28,8 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from typing import Any, Iterator
-
 import threading
+from typing import Any, Iterator
 
 import msgpack
 
@@ -88,6 +87,7 @@ class RowEvents:
         self._last: dict = {}     # key -> greatest stored occ | _NONE
         self._complete = complete  # every key's greatest stored occ is in _last (a fresh state)
         q = state.q
+        self._page = PAGE
         self._page_sql = q(f"SELECT occ, n, v FROM {EVENTS} WHERE ns = ? AND k = ? AND occ >= ? AND occ <= ? "
                            f"AND (occ > ? OR (occ = ? AND n > ?)) ORDER BY occ, n LIMIT {PAGE}")
         self._last_sql = q(f"SELECT MAX(occ) FROM {EVENTS} WHERE ns = ? AND k = ?")
@@ -122,7 +122,7 @@ class RowEvents:
                     yield occ, n, decode(v)
                 elif new is not _NONE:
                     yield occ, n, new  # replaced since the last flush
-            if len(rows) < PAGE:
+            if len(rows) < self._page:
                 return
             after = (int(rows[-1][0]), int(rows[-1][1]))
 
