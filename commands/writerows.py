@@ -32,9 +32,7 @@ import logging
 import sqlite3
 from typing import Any, Iterable
 
-from reledger.ledger.entry import ZERO_HASH
 from reledger.ledger.registry import KeyRecord, Registry
-from reledger.projections import state as rowstate
 from reledger.projections.state import RowMap, decode, encode
 from reledger.storage.reader import DatabaseURL
 
@@ -125,7 +123,6 @@ def _roles(r: Iterable[str]) -> tuple:
 
 def small_plain(state: Any) -> dict[str, Any]:
     """The small parts of a WriteState as plain values (sets as sorted tuples: stable bytes)."""
-    from .state import PartyInfo  # noqa: F401 - (the form is read back by small_load)
 
     reg: Registry = state.registry
     return {

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import bisect
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Iterable
 
 from reledger.ledger import authority, encoding
 from reledger.ledger.entry import SignedEntry
 
-from .queues import ChainHashes, HeapQueue
+from .queues import ChainHashes, HeapQueue, Lists, Timelines
 from .reference import (CALENDAR_PARAMETERS, INT_PARAMETERS, LEGAL_UTC_OFFSET_HOURS, RULE_PARAMETERS,
                         calendar_dates, element_of, elements_in, merge_calendar, product_class,
                         reo_factor_table)
@@ -299,9 +298,9 @@ class Projector:
         # DOMAIN.md "The rules, precisely" -------------------------------------------------------
         self.root: str | None = None  # the chain of log index 0 (the root regulator)
         self.params: dict[str, Any] = dict(RULE_PARAMETERS)  # as the regulator's entries set them
-        # business-time timelines: key -> events [occ, a, b] sorted by occ (quota: a = used, b =
+        # business-time timelines: key -> events [occ, a, b] in order of occ (quota: a = used, b =
         # limit; stock: a = g, b = REO); totals of quota timelines [used, limit]
-        self.timeline: dict[tuple, list[list[int]]] = {}
+        self.timeline = Timelines()
         self.qtot: dict[tuple, list[int]] = {}
         # open findings that a later entry may cure: fact -> [index, occurred_us, code, party]
         self.open: dict[str, list] = {}
@@ -321,13 +320,13 @@ class Projector:
         self.flows_month: dict[tuple, dict[str, int]] = {}  # (party, month) -> totals (g REO)
         self.used_month: dict[tuple, int] = {}      # (party, period, cat) -> g used
         self._cur_key: tuple | None = None
-        self.party_lots: dict[str, dict[str, int]] = {}  # party -> its lots (a dict used as an ordered set)
+        self.party_lots = Lists()  # party -> the lots it ever held, in the order it first held them
         # party -> its designations in log order as ledger/authority.py records them (index,
         # since_us, roles, until_us): the authority rule's view, the one `reledger verify` applies
         self.authority: dict[str, list] = {}
         # party -> the quota uses counted for it, [occ, category, year, g, group counted to, chain,
         # seq]: a membership change recorded late moves them between the groups' totals
-        self.party_uses: dict[str, list] = {}
+        self.party_uses = Lists()
         if state is not None:
             state.attach(self)  # every attribute above, from the rows (see projections/state.py)
 
@@ -393,19 +392,20 @@ class Projector:
         self.open[fact] = [f.index, f.occurred_us, f.code, f.party, f.rule]
 
     @staticmethod
-    def _first_bad(events: list[list[int]], bad, i: int = 0, a: int = 0, b: int = 0) -> tuple[int, int, int] | None:
-        """The first business time at which the running sums (a, b) of ``events`` are bad (events
-        of one business time taken together), scanning from ``events[i]`` with the sums before
-        it: (time, a, b), or None."""
-        n = len(events)
-        while i < n:
-            t = events[i][0]
-            while i < n and events[i][0] == t:
-                a += events[i][1]
-                b += events[i][2]
-                i += 1
-            if bad(a, b):
-                return t, a, b
+    def _first_bad(events: Iterable[list[int]], bad, a: int = 0, b: int = 0) -> tuple[int, int, int] | None:
+        """The first business time at which the running sums (a, b) of ``events`` (in order of
+        business time) are bad (events of one business time taken together), starting from the
+        sums (a, b) before the first of them: (time, a, b), or None."""
+        t = None
+        for e in events:
+            if e[0] != t:
+                if t is not None and bad(a, b):
+                    return t, a, b
+                t = e[0]
+            a += e[1]
+            b += e[2]
+        if t is not None and bad(a, b):
+            return t, a, b
         return None
 
     def _event(self, key: tuple, occ: int, a: int, b: int, totals: list[int], bad, fact: str,
@@ -419,27 +419,21 @@ class Projector:
         from its place, which is at or near the end when entries come in business-time order); an
         event that can only make things better leaves a closed fact closed; only one that may
         cure an open fact scans the whole timeline (rare: a late quota, a correction)."""
-        events = self.timeline.get(key)
-        if events is None:
-            events = self.timeline[key] = []
-        p = bisect.bisect_right(events, occ, key=_occ)
-        events.insert(p, [occ, a, b])
+        timeline = self.timeline
+        timeline.insert(key, [occ, a, b])
         if fact not in self.open:
             if not worsens:
                 return None
-            q = p
-            while q > 0 and events[q - 1][0] == occ:
-                q -= 1
             sa = sb = 0
-            for e in events[q:]:
+            for e in timeline.since(key, occ):
                 sa += e[1]
                 sb += e[2]
             # from the running sums before business time occ
-            found = self._first_bad(events, bad, q, totals[0] - sa, totals[1] - sb)
+            found = self._first_bad(timeline.since(key, occ), bad, totals[0] - sa, totals[1] - sb)
             return None if found is None else ("bad", found)
         if worsens:
             return None
-        return ("cured",) if self._first_bad(events, bad) is None else None
+        return ("cured",) if self._first_bad(timeline.all(key), bad) is None else None
 
     def _contribute(self, ref: RawRef, item: list) -> None:
         items = self.contrib.get((ref[0], ref[1]))
@@ -453,6 +447,7 @@ class Projector:
         bal = self.stock.get(key)
         if bal is None:
             bal = self.stock[key] = [0, 0]
+            self.party_lots.append(party, lot)  # its first move: the party holds the lot
         bal[0] += g
         bal[1] += reo_g
         refs = self.stock_refs.get(key)
@@ -463,10 +458,6 @@ class Projector:
             if len(refs) > 8:
                 del refs[:-8]
         d.stock.append((party, lot, product, g, reo_g))
-        lots = self.party_lots.get(party)
-        if lots is None:
-            lots = self.party_lots[party] = {}
-        lots[lot] = 1
         self._contribute(ref, ["stock", party, lot, product, occurred_us, g, reo_g])
         self._stock_event(d, party, lot, occurred_us, g, reo_g, ref)
 
@@ -799,7 +790,7 @@ class Projector:
         year = year_of(occ)
         grp = self.group_at(party, occ)
         self._contribute(ref, ["quota", party, cat, year, grp, occ, g])
-        self.party_uses.setdefault(party, []).append([occ, cat, year, g, grp, ref[0], ref[1]])
+        self.party_uses.append(party, [occ, cat, year, g, grp, ref[0], ref[1]])
         self._use_raw(d, party, cat, year, grp, occ, g, ref)
 
     def _regroup(self, d: Deltas, party: str, since: int, ref: RawRef) -> None:
@@ -807,7 +798,8 @@ class Projector:
         a membership change effective from ``since`` (recorded late, perhaps), the uses from then
         on that were counted to another group move to the group of their time (rows of this
         entry; the groups' over-quota findings follow their timelines: raised or resolved)."""
-        for u in self.party_uses.get(party, ()):
+        uses = self.party_uses
+        for h, u in uses.each(party):  # in the order counted (a membership change: rare)
             occ_u, cat, year, g, old = u[0], u[1], u[2], u[3], u[4]
             if occ_u < since:
                 continue
@@ -815,6 +807,7 @@ class Projector:
             if new == old:
                 continue
             u[4] = new
+            uses.replace(party, h, u)
             for grp, sign in ((old, -1), (new, 1)):
                 # USED rows of this entry: the party's and the nation's use are unchanged (the two
                 # rows cancel), the group's moves
@@ -1215,10 +1208,9 @@ class Projector:
     def _stock_at(self, party: str, lot: str, t: int, before: bool = False) -> tuple[int, int]:
         """A party's stock of a lot valid at business time ``t`` (kg and REO in grams), as known now."""
         g = reo = 0
-        for e in self.timeline.get(("stock", party, lot), ()):
-            if e[0] < t or (e[0] == t and not before):
-                g += e[1]
-                reo += e[2]
+        for e in self.timeline.until(("stock", party, lot), t, inclusive=not before):
+            g += e[1]
+            reo += e[2]
         return g, reo
 
     def _on_StockCounted(self, d, chain, b, ref, occ, rec) -> None:
@@ -1229,7 +1221,7 @@ class Projector:
             what = f"lot {b['lot']}"
             refs = self.stock_refs.get((chain, b["lot"]), [])
         else:
-            book = sum(self._stock_at(chain, lot, occ)[0] for lot in self.party_lots.get(chain, ())
+            book = sum(self._stock_at(chain, lot, occ)[0] for lot in self.party_lots.values(chain)
                        if self.lots.get(lot) and self.lots[lot].product == b.get("product"))
             what = f"product {b.get('product')}"
             refs = []
@@ -1278,7 +1270,7 @@ class Projector:
         if stated is not None:
             end = legal_date_us(f"{_next_month(month)}-01")
             closing = max(sum(self._stock_at(chain, lot, end, before=True)[1]
-                              for lot in self.party_lots.get(chain, ())), 0)
+                              for lot in self.party_lots.values(chain)), 0)
             if self._differs(grams(stated), closing):
                 wrong["closing_stock_reo_kg"] = {"stated_kg": kg_text(grams(stated)), "ledger_kg": kg_text(closing)}
         if wrong:
@@ -1351,11 +1343,11 @@ class Projector:
                 self._stock_event(d, party, lot, t, -g, -reo, ref)
             elif kind == "quota":
                 _, party, cat, year, grp, t, g = item
-                uses = self.party_uses.get(party, [])
-                for i, u in enumerate(uses):  # the group it is counted to now (a membership change moves it)
+                uses = self.party_uses
+                for h, u in uses.each(party):  # the group it is counted to now (a membership change moves it)
                     if (u[5], u[6], u[0], u[1], u[3]) == (key[0], key[1], t, cat, g):
                         grp = u[4]
-                        del uses[i]
+                        uses.delete(party, h)
                         break
                 self._use_raw(d, party, cat, year, grp, t, -g, ref)
             elif kind == "flows":
@@ -1474,10 +1466,6 @@ def add_working_days(start_us: int, days: int, holidays: frozenset[str] = frozen
 def _next_month(month: str) -> str:
     y, m = int(month[:4]), int(month[5:7])
     return f"{y + 1:04d}-01" if m == 12 else f"{y:04d}-{m + 1:02d}"
-
-
-def _occ(e: list) -> int:
-    return e[0]
 
 
 def _negative(a: int, b: int) -> bool:

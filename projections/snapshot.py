@@ -16,7 +16,8 @@ record is a two-item array ``[tag, payload]``:
 frozenset, ``["d", [[k, v]...]]`` map (keys of any of these kinds, in the map's order),
 ``["D", "1.25"]`` Decimal (as its text), ``["LotInfo", [fields...]]``,
 ``["Designation", [fields...]]``, ``["Ref", [fields...]]`` (the dataclasses of
-``projections/model.py``, by their fields in declaration order).
+``projections/model.py``, by their fields in declaration order), and likewise ``HeapQueue``,
+``ChainHashes``, ``Timelines``, ``Lists`` (projections/queues.py).
 
 The conversion walks the Projector's attributes generically, so a rule that adds state of
 these kinds needs nothing here; a new kind of object is refused when the snapshot is made
@@ -41,11 +42,12 @@ from reledger.ledger import encoding
 
 from . import model, reference
 from .model import Designation, LotInfo, Projector, Ref
-from .queues import ChainHashes, HeapQueue
+from .queues import ChainHashes, HeapQueue, Lists, Timelines
 
 FORMAT = "reledger-projector-state/1"
 _RECORDS: dict[str, type] = {"LotInfo": LotInfo, "Designation": Designation, "Ref": Ref,
-                             "HeapQueue": HeapQueue, "ChainHashes": ChainHashes}
+                             "HeapQueue": HeapQueue, "ChainHashes": ChainHashes, "Timelines": Timelines,
+                             "Lists": Lists}
 _FIELDS = {name: tuple(f.name for f in dataclasses.fields(cls)) for name, cls in _RECORDS.items()}
 _NAME_OF = {cls: name for name, cls in _RECORDS.items()}
 

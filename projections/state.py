@@ -15,6 +15,9 @@ equivalents:
 * a :class:`HeapQueue` becomes a :class:`RowQueue`: rows of ``reledger_p_due`` indexed by due
   time (the time-driven rules ask "what is due by t", a range scan);
 * :class:`ChainHashes` becomes rows ``(chain, n) -> hash`` and a count per chain;
+* a :class:`Timelines` or :class:`Lists` (values that grow with the log: a business-time
+  timeline, a party's quota uses) becomes one row per event in ``reledger_p_events``
+  (projections/rowevents.py);
 * everything else (scalars, the rule parameters, the penalty list: small, bounded by the
   regulator's own entries) is one value each in the ``_meta`` namespace, written at every flush.
 
@@ -36,8 +39,8 @@ from typing import Any, Iterator
 
 import msgpack
 
-from . import snapshot
-from .queues import ChainHashes, HeapQueue  # the in-memory forms (the reference fold), replaced here
+from . import rowevents, snapshot
+from .queues import ChainHashes, HeapQueue, Lists, Timelines  # the in-memory forms (the reference fold), replaced here
 
 P = "reledger_p_"
 STATE = P + "state"
@@ -85,7 +88,7 @@ def ddl(pg: bool) -> list[str]:
         # point: COLLATE "C" on PostgreSQL, SQLite's binary collation); id keeps equal items apart
         f"CREATE TABLE IF NOT EXISTS {DUE} (queue TEXT NOT NULL, due BIGINT NOT NULL, a TEXT{c} NOT NULL, "
         f"b TEXT{c} NOT NULL, id BIGINT NOT NULL, item {blob} NOT NULL, PRIMARY KEY (queue, due, a, b, id))",
-    ]
+    ] + rowevents.ddl(pg)
 
 
 # --- the row-backed forms ----------------------------------------------------------------------
@@ -412,6 +415,7 @@ class RowState:
         self.cache_entries = CACHE_ENTRIES if cache_entries is None else cache_entries
         self.maps: list[RowMap] = []
         self.queues: list[RowQueue] = []
+        self.events: list = []  # the timelines and lists (projections/rowevents.py)
         self.meta: dict[str, Any] = {}  # attribute -> its value as last written
         self.written: KeyFilter | None = None  # the keys written, when this process made the state from empty
         self.proj: Any = None
@@ -431,6 +435,10 @@ class RowState:
                 cur = self._rcur = self.conn.cursor()  # one cursor for the reads (making one costs)
         cur.execute(sql, params)
         return cur.fetchall()
+
+    def query(self, sql: str, params: tuple) -> list:
+        """The rows of a read (projections/rowevents.py's), through the open transaction if any."""
+        return self._exec(sql, params)
 
     def fetch(self, ns: str, k: bytes) -> bytes | None:
         rows = self._exec(self._fetch_sql, (ns, k))
@@ -470,6 +478,10 @@ class RowState:
                 setattr(proj, name, rq)
             elif t is ChainHashes:
                 setattr(proj, name, RowChainHashes(self, name, fresh))
+            elif t is Timelines or t is Lists:
+                rows = (rowevents.RowTimelines if t is Timelines else rowevents.RowLists)(self, name, fresh)
+                self.events.append(rows)
+                setattr(proj, name, rows)
             else:
                 if name in stored:
                     setattr(proj, name, stored[name])
@@ -530,6 +542,8 @@ class RowState:
                         write(r)
             elif ins:
                 cur.executemany(f"INSERT INTO {DUE} (queue, due, a, b, id, item) VALUES (?, ?, ?, ?, ?, ?)", ins)
+        for ev in self.events:
+            ev.flush(cur)
 
     def flush(self, cur: Any) -> None:
         """Write the changes in the transaction of ``cur`` (the caller commits)."""
@@ -541,6 +555,8 @@ class RowState:
 
     def trim(self) -> None:
         """After a commit: the cache back to its bound (each map keeps its share)."""
+        for ev in self.events:
+            ev.trim()
         total = sum(len(m._c) for m in self.maps)
         if total <= self.cache_entries:
             return
@@ -561,7 +577,7 @@ class RowState:
 
 
 def drop_ddl() -> list[str]:
-    return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"]
+    return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"] + rowevents.drop_ddl()
 
 
 class ScratchState:

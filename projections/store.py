@@ -9,8 +9,9 @@ Tables (prefix ``reledger_p_``, beside the ledger's own in the same database):
     ``occurred_us <= T``. An answer at a past point is therefore exactly what a rebuild of the
     log cut at that point gives, and costs a filtered aggregate, not a replay.
 ``tracking``  the number of log entries applied, written in the same transaction as the rows.
-``state``, ``due`` the projector's rule state as rows (projections/state.py: canonical msgpack
-    keys and values, due items indexed by due time), read on demand through a bounded cache and
+``state``, ``due``, ``events`` the projector's rule state as rows (projections/state.py: canonical
+    msgpack keys and values, due items indexed by due time; projections/rowevents.py: the
+    timelines and lists that grow with the log, one row per event), read on demand through a bounded cache and
     written in the same transaction as the rows and the tracking position: a process starts
     answering at once, and holds its working set, never the whole state.
 
@@ -44,8 +45,8 @@ REBUILD_PAGE = 10_000  # entries per transaction of a full rebuild (secondary in
 QUOTA_SUMS_EVERY = 10_000  # the quota totals are kept at every multiple of this many entries
 P = "reledger_p_"
 TABLES = ("quota", "stock", "flow", "lots", "parties", "credit", "findings", "quota_sums", "quota_marks", "tracking",
-          "state", "due")
-STATE_TABLES = ("state", "due")  # the rule state as rows (projections/state.py)
+          "state", "due", "events")
+STATE_TABLES = ("state", "due", "events")  # the rule state as rows (projections/state.py, rowevents.py)
 LEGACY_TABLES = ("snapshots",)  # the whole-state snapshots of earlier versions: dropped by a rebuild
 # the columns of each table of delta rows, in the order the rows are made
 COLUMNS = {
@@ -233,7 +234,7 @@ class ProjectionStore:
                 self.conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, who))
                 # the rule state's rows are updated and deleted as the rules change them
                 rights = ("SELECT, INSERT, UPDATE" if t == "tracking" else
-                          "SELECT, INSERT, UPDATE, DELETE" if t in ("state", "due") else "SELECT, INSERT")
+                          "SELECT, INSERT, UPDATE, DELETE" if t in STATE_TABLES else "SELECT, INSERT")
                 self.conn.execute(sql.SQL(f"GRANT {rights} ON {{}} TO {{}}").format(table, who))
 
     def close(self) -> None:
@@ -276,8 +277,8 @@ class ProjectionStore:
 
     def _refold_state(self, reader: LogReader, pos: int) -> Projector:
         with self._transaction() as cur:
-            cur.execute(self.q(f"DELETE FROM {P}state"))
-            cur.execute(self.q(f"DELETE FROM {P}due"))
+            for t in STATE_TABLES:
+                cur.execute(self.q(f"DELETE FROM {P}{t}"))
         proj = Projector(rowstate.RowState(self.conn, self.pg))
         while proj.position < pos:
             start = proj.position

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import reledger.projections.rowevents as rowevents
 import reledger.projections.state as rowstate
 import reledger.projections.store as pstore
 from reledger.projections.check import _normaliser, verify_projections
@@ -77,7 +78,10 @@ def stored_state(url: str) -> dict[str, dict]:
         due: dict[str, list] = {}
         for q, item in ps.execute(f"SELECT queue, item FROM {P}due ORDER BY queue, due, a, b, id"):
             due.setdefault(q, []).append(rowstate.decode(item))
-        return {"state": out, "due": due}
+        events: dict[str, dict] = {}  # ns -> key -> events in (occ, n) order
+        for ns, k, v in ps.execute(f"SELECT ns, k, v FROM {P}events ORDER BY ns, k, occ, n"):
+            events.setdefault(ns, {}).setdefault(rowstate.decode(k), []).append(rowstate.decode(v))
+        return {"state": out, "due": due, "events": events}
     finally:
         ps.close()
 
@@ -93,6 +97,9 @@ def assert_state_equal(ref: Projector, url: str) -> None:
             assert set(state.get(name, {})) == value, name
         elif isinstance(value, rowstate.HeapQueue):
             assert due.get(name, []) == sorted(value.items), name
+        elif isinstance(value, (rowstate.Timelines, rowstate.Lists)):
+            held = value.events if isinstance(value, rowstate.Timelines) else value.items
+            assert got["events"].get(name, {}) == {k: v for k, v in held.items() if v}, name
         elif isinstance(value, rowstate.ChainHashes):
             lens = state.get(name + ".len", {})
             assert lens == {c: len(h) for c, h in value.hashes.items()}
@@ -105,6 +112,8 @@ def assert_state_equal(ref: Projector, url: str) -> None:
 def test_row_state_equals_the_in_memory_fold_across_restarts_and_failures(demo_ledger, db_url, seed, monkeypatch):
     monkeypatch.setattr(rowstate, "CACHE_ENTRIES", 60)  # evicted and read back all the time
     monkeypatch.setattr(rowstate, "SMALL_MAP", 4)
+    monkeypatch.setattr(rowevents, "PAGE", 3)  # the timelines read back a few rows a query
+    monkeypatch.setattr(rowevents, "LAST_KEYS", 5)  # and their last business times forgotten
     monkeypatch.setattr(pstore, "QUOTA_SUMS_EVERY", 97)
     rnd = random.Random(seed)
     with LedgerStore(demo_ledger, create=False) as src:
