@@ -314,12 +314,13 @@ class Ticker:
 
 class heartbeat:
     """``with heartbeat("rebuilding the projections"):`` a line on stderr every ``every``
-    seconds while the block runs (for work that cannot report how far it is)."""
+    seconds while the block runs: how far it is when ``status()`` says (it runs in the line's
+    thread: it must only read what the work publishes), else "still working"."""
 
-    def __init__(self, label: str, every: float = 5.0):
+    def __init__(self, label: str, every: float = 5.0, status: Callable[[], str] | None = None):
         import threading
 
-        self.label, self.every = label, every
+        self.label, self.every, self.status = label, every, status
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -328,7 +329,11 @@ class heartbeat:
 
         t0 = time.monotonic()
         while not self._stop.wait(self.every):
-            print(f"reledger: {self.label}: still working, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+            try:
+                how = self.status() if self.status is not None else "still working"
+            except Exception:  # noqa: BLE001 - a progress line never stops the work
+                how = "still working"
+            print(f"reledger: {self.label}: {how}, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "heartbeat":
         self._thread.start()
@@ -1136,7 +1141,11 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     ps = ProjectionStore(args.db)
     try:
-        with heartbeat("rebuilding the projections"):
+        def status() -> str:
+            at, of = getattr(ps, "progress", (0, 0))
+            return f"{at:,} of {of:,} entries ({100 * at / of:.0f} %)" if of else "dropping the tables"
+
+        with heartbeat("rebuilding the projections", status=status):
             n = ps.rebuild()
     finally:
         ps.close()

@@ -140,6 +140,7 @@ class ProjectionStore:
         self.db = DatabaseURL.parse(url)
         self.pg = self.db.backend == "postgres"
         self._lock = threading.RLock()
+        self.progress: tuple[int, int] = (0, 0)  # (position, target) of the catch-up under way
         if self.pg:
             import psycopg
 
@@ -350,6 +351,7 @@ class ProjectionStore:
         proj = self._load_projector(reader)
         size = reader.queries.size(reader.cursor())[0]
         stop = size if limit is None else min(size, proj.position + limit)
+        self.progress = (proj.position, stop)  # (position, target): read by a progress line's thread
         done = 0
         while proj.position < stop:
             start = proj.position
@@ -366,6 +368,7 @@ class ProjectionStore:
                 raise
             proj.row_state.trim()
             done += len(page)
+            self.progress = (proj.position, stop)
             if on_findings and findings:
                 on_findings(findings)
         return done

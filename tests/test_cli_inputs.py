@@ -386,3 +386,30 @@ def test_postgres_demo_refuses_a_ledger(capsys, pg_url, tmp_path):
     before = size(pg_url)
     refused(capsys, "demo", "--db", pg_url, "--out", str(tmp_path / "demo"), says="not empty")
     assert size(pg_url) == before and not (tmp_path / "demo" / "keys").exists()
+
+
+def test_a_long_command_says_how_far_it_is(capsys):
+    """The progress line of a long command (rebuild) says how far the work is when it can, and
+    never stops the work when its status cannot be read."""
+    import time as _time
+
+    from reledger.commands.cli import heartbeat
+
+    state = {"at": (0, 0)}
+
+    def status() -> str:
+        at, of = state["at"]
+        if at < 0:
+            raise RuntimeError("not readable")
+        return f"{at:,} of {of:,} entries ({100 * at / of:.0f} %)" if of else "dropping the tables"
+
+    with heartbeat("rebuilding the projections", every=0.02, status=status):
+        _time.sleep(0.1)
+        state["at"] = (250_000, 1_000_000)
+        _time.sleep(0.1)
+        state["at"] = (-1, 0)
+        _time.sleep(0.1)
+    err = capsys.readouterr().err
+    assert "reledger: rebuilding the projections: dropping the tables," in err
+    assert "reledger: rebuilding the projections: 250,000 of 1,000,000 entries (25 %)," in err
+    assert "reledger: rebuilding the projections: still working," in err
