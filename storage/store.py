@@ -129,6 +129,11 @@ class LedgerStore(MerkleProofs):
             yield from batch
             i = min(stop, i + page)
 
+    def registry_records(self, start: int, stop: int) -> list[Record]:
+        """The key registry's entries (registrations, designations, keys) with ``start <= idx <
+        stop``, through the log's partial index of them."""
+        return self.queries.registry_records(self.read_cursor(), start, stop)
+
     def record(self, index: int) -> Record | None:
         rs = self.queries.records(self.read_cursor(), index, index + 1)
         return rs[0] if rs else None
