@@ -1610,7 +1610,7 @@ def cmd_serve(args: argparse.Namespace, serve: Callable[..., None]) -> int:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} "
                          "(is another server using that port? pass --port)") from e
     checkpointer = serve_checkpointer(args)
-    print(f"reledger serve: starting on {args.host}:{args.port} (building the write state from the log) ...",
+    print(f"reledger serve: starting on {args.host}:{args.port} (the write state: its rows and the log since them) ...",
           file=sys.stderr, flush=True)
     serve(args.db, host=args.host, port=args.port, log_level=args.log_level, max_queued_entries=args.max_queued_entries,
           header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections,

@@ -111,11 +111,12 @@ def serve(url: str, host: str = "127.0.0.1", port: int = 8080, log_level: str = 
 
             done = threading.Event()
 
-            def progress() -> None:  # starting reads the log (the write state): say so every few seconds
+            def progress() -> None:  # starting reads the write state (the log on a first start): say so every few seconds
                 t0 = time.monotonic()
                 while not done.wait(5):
-                    print(f"reledger serve: still starting ({time.monotonic() - t0:.0f} s: building the write state "
-                          "from the log) ...", file=sys.stderr, flush=True)
+                    print(f"reledger serve: still starting ({time.monotonic() - t0:.0f} s: the write state, from "
+                          "its rows and the log since them; built once from the whole log on a ledger "
+                          "without them) ...", file=sys.stderr, flush=True)
 
             threading.Thread(target=progress, daemon=True).start()
             try:
