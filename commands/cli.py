@@ -1260,8 +1260,10 @@ def cmd_investigate(args: argparse.Namespace) -> int:
     print(f"reledger: investigating {args.party}: replaying {point.as_of or ledger.size:,} entries and proving the "
           "evidence (this can take a while on a large ledger) ...", file=sys.stderr, flush=True)
     try:
-        with heartbeat(f"investigating {args.party}"):
-            summary = write_report(args.db, args.party, args.out, as_of=point.as_of)
+        doing = ["opening the ledger"]
+        with heartbeat(f"investigating {args.party}", status=lambda: doing[0]):
+            summary = write_report(args.db, args.party, args.out, as_of=point.as_of,
+                                   progress=lambda what: doing.__setitem__(0, what))
     except (ReportError, ValueError) as e:
         raise UsageError(str(e)) from e
     except OSError as e:

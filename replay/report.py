@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from reledger.ledger import encoding, merkle
 from reledger.ledger import rules
@@ -456,8 +456,11 @@ def _flows(ps: ProjectionReader, party: str, point: Point, names: dict[str, str]
     return {"graph": graph, "counterparties": rows}
 
 
-def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data."""
+def gather(url: str, party: str, *, as_of: int | None = None,
+           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Everything the report shows, as plain data. ``progress(what)`` is told what it is doing
+    (for a progress line; it is called from this thread and must only publish)."""
+    say = progress or (lambda what: None)
     with open_ledger_readonly(url) as store:
         size = store.size()
         if size == 0:
@@ -469,6 +472,7 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
         if party not in registry.roles and not store.chain_records(party, 1, 2):
             raise ReportError(f"party {party} is not registered and has no entries in this ledger "
                               f"(as of log size {n})")
+        say(f"replaying the party's history up to log size {n:,}")
         r = replay_party(url, party, as_of=n)
         if not r.steps and r.name is None:
             raise ReportError(f"party {party} has no history in this ledger (as of log size {n})")
@@ -476,13 +480,19 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
         cp = _checkpoint(store, n)
         sigs = {s.index: s.signature for s in r.steps if s.kind == "entry"}
         findings = []
+        total = sum(len(f["evidence"]) for s in r.steps for f in s.findings) + len(r.credit)
+        proven = 0
         for s in r.steps:
             for f in s.findings:
+                say(f"proving the evidence: {proven:,} of {total:,} entries")
                 evidence = [_prove(store, ref, cp, sigs, registry) for ref in f["evidence"]]
+                proven += len(evidence)
                 findings.append({**f, "step_index": s.index, "evidence_checked": evidence,
                                  "regulation": regulation_for(f["code"], f["rule"])})
         credit_proofs = {}
         for c in r.credit:  # the regulator's own entries, proven like any evidence
+            say(f"proving the evidence: {proven:,} of {total:,} entries")
+            proven += 1
             rec = store.record(c["index"])
             if rec is not None:
                 ref = {"chain": rec.chain, "seq": rec.seq, "hash": rec.entry_hash.hex(), "index": rec.index}
@@ -496,6 +506,7 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
             raise ReportError(f"the projections reflect {ps.position()} of the {n} log entries this report covers: "
                               "keep `reledger serve` running (it follows the log) or run `reledger rebuild`")
         point = Point(as_of=n)
+        say("reading the quota, stock and flows")
         everyone = parties(ps, point)
         names = {p["party"]: p["name"] for p in everyone}
         info = next((p for p in everyone if p["party"] == party),
@@ -509,6 +520,7 @@ def gather(url: str, party: str, *, as_of: int | None = None) -> dict[str, Any]:
             step = by_index.get(f["index"])
             if step is None or not step.lots:
                 continue
+            say(f"tracing the lots of the findings: {i + 1:,} of {len(findings):,}")
             g = flowgraph.trace(ps, step.lots[0], "up", point)
             if g["edges"]:
                 svg = graph_svg(flowgraph.aggregate(g), f"lot {step.lots[0]} upstream", f"trace{i}")
@@ -1038,9 +1050,12 @@ def render_html(d: dict[str, Any]) -> str:
             "scripts, fonts or images are loaded from anywhere.</p></main></body></html>\n")
 
 
-def write_report(url: str, party: str, out: str | Path, *, as_of: int | None = None) -> dict[str, Any]:
+def write_report(url: str, party: str, out: str | Path, *, as_of: int | None = None,
+                 progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Gather, render and write the report; returns a summary."""
-    d = gather(url, party, as_of=as_of)
+    d = gather(url, party, as_of=as_of, progress=progress)
+    if progress is not None:
+        progress("drawing and writing the report")
     text = render_html(d)
     Path(out).write_text(text, encoding="utf-8")
     ev = [e for f in d["findings"] for e in f["evidence_checked"]]

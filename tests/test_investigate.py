@@ -317,3 +317,16 @@ def test_renders_in_headless_chromium(demo, tmp_path):
     assert (width, height) == (1400, 3000)
     assert len(data) > 50_000, "a report with tables and charts compresses to more than a blank page"
     assert distinct > 32, "the screenshot is not a blank or single-colour page"
+
+
+def test_it_says_what_it_is_doing(demo, tmp_path):
+    """The progress line of `investigate` (its heartbeat) says which step the report is at: the
+    replay, the evidence proven so far out of how many, the traces, the drawing."""
+    said: list[str] = []
+    s = write_report(demo["url"], demo["party"], tmp_path / "p.html", progress=said.append)
+    assert said[0].startswith("replaying the party's history up to log size ")
+    proving = [x for x in said if x.startswith("proving the evidence: ")]
+    assert proving and proving[0].startswith("proving the evidence: 0 of ")
+    assert int(proving[-1].split(" of ")[1].split()[0].replace(",", "")) >= s["evidence"]
+    assert "reading the quota, stock and flows" in said
+    assert said[-1] == "drawing and writing the report"
