@@ -50,24 +50,13 @@ def live_descendants_cpu(pid: int) -> float:
     """utime + stime + cutime + cstime of every live descendant of ``pid`` (Linux /proc;
     0 elsewhere)."""
     total = 0.0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for tid in tasks:
+    for child in tree_pids(pid)[1:]:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                children = f.read().split()
+            with open(f"/proc/{child}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        for child in children:
-            try:
-                with open(f"/proc/{child}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += sum(int(x) for x in fields[11:15]) / TICKS
-            total += live_descendants_cpu(int(child))
+        total += sum(int(x) for x in fields[11:15]) / TICKS
     return total
 
 

@@ -68,7 +68,9 @@ class ProjSizes:
         return cls(log=1_500, rounds=1, large=20_000, query_reps=3, lag_seconds=1.5, lag_rate=400, lag_batch=20)
 
 
-def _read_raw(url: str) -> int:
+def read_raw_log(url: str) -> int:
+    """Read and parse every entry of the log (the raw read: the baseline of rebuild and replay);
+    how many there were."""
     n = 0
     with LogReader(url) as r:
         for rec in r.iter_records():
@@ -126,7 +128,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
     try:
         for r in range(sizes.rounds):
             log(f"[{backend.name}] projections: round {r + 1}/{sizes.rounds}: read_raw, rebuild")
-            legs = [("read_raw", lambda: _read_raw(url)), ("rebuild", ps.rebuild)]
+            legs = [("read_raw", lambda: read_raw_log(url)), ("rebuild", ps.rebuild)]
             if r % 2:
                 legs.reverse()
             for key, fn in legs:
@@ -164,7 +166,7 @@ def run_projections(backend, sizes: ProjSizes, log: Callable[[str], None]) -> di
               lambda: _append_log(store, clock, big, big.genesis, n_big, sizes.batch))
         big = None  # the signed log: not kept while reading
         log(f"[{backend.name}] projections: reading and replaying the large log")
-        n = timed(accs["large_read_raw"], n_big, lambda: _read_raw(url))
+        n = timed(accs["large_read_raw"], n_big, lambda: read_raw_log(url))
         ps = ProjectionStore(url)
         try:
             n2 = timed(accs["large_replay"], n_big, ps.rebuild)

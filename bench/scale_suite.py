@@ -50,12 +50,11 @@ from typing import Any, Callable
 from reledger.commands.api import CommandAPI
 from reledger.commands.auth import sign_request
 from reledger.ledger.checkpoint import NoteSigner
-from reledger.ledger.entry import SignedEntry
-from reledger.storage.reader import LogReader
 from reledger.storage.store import LedgerStore
 
 from . import national as nat
 from .http_suite import start_on_free_port
+from .projections_suite import read_raw_log  # the raw read, rebuild's baseline: one definition
 from .measure import PeakRSS, tree_rss
 from .realistic import key_of
 
@@ -171,15 +170,6 @@ def _pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))] if s else 0.0
 
 
-def _read_raw(url: str) -> int:
-    n = 0
-    with LogReader(url) as r:
-        for rec in r.iter_records():
-            SignedEntry.parse(rec.envelope)
-            n += 1
-    return n
-
-
 class Grower:
     """The national log, appended through the command API a chunk at a time."""
 
@@ -281,7 +271,7 @@ def measure_size(url: str, grower: Grower, sizes: ScaleSizes, log: Callable[[str
     v = [check("version", run_cli(["--version"], T)).seconds for _ in range(5)]
     f["version_s"] = statistics.median(v)
     t0 = time.perf_counter()
-    got = _read_raw(url)
+    got = read_raw_log(url)
     raw_s = time.perf_counter() - t0
     if got != n:
         problems.append(f"the raw read saw {got} entries, expected {n}")

@@ -51,6 +51,7 @@ from eventsourcing import persistence
 from reledger.ledger.entry import CHAIN_RE, EntryError, SignedEntry
 from reledger.ledger.registry import RegistryError
 from reledger.projections.follow import ProjectionsUnavailable
+from reledger.projections.snapshot import SnapshotError
 from reledger.storage.reader import Record
 from reledger.storage.store import AppendError, LedgerStore, LogMoved, Receipt, now_us
 
@@ -150,7 +151,15 @@ class CommandAPI:
         """The write state (read from the rows when first asked, or again after they moved)."""
         if self._state is None:
             rows = WriteRows.open(self.store, **self._rows_options) if self.rows else None
-            self._state = WriteState(rows)
+            try:
+                self._state = WriteState(rows)
+            except SnapshotError as e:  # a small part that cannot be read: the rows are built again
+                if rows is None:
+                    raise
+                log.warning("the write state's rows hold a value that cannot be read (%s): built again from the log", e)
+                rows.reset()
+                rows.close()
+                self._state = WriteState(WriteRows.open(self.store, **self._rows_options))
         return self._state
 
     @state.setter
@@ -205,7 +214,7 @@ class CommandAPI:
         receipt, in place. The server does so in another thread while the next group commit
         is written."""
         with self._lock:
-            out = self._submit_locked(groups)
+            out = self._readable(lambda: self._submit_locked(groups))
         if not defer_findings:
             self.add_findings(out)
         return out
@@ -320,20 +329,39 @@ class CommandAPI:
 
     def check(self, envelopes: Sequence[bytes | SignedEntry]) -> None:
         """Every check of :meth:`submit` without writing (a dry run); raises CommandError."""
-        with self._lock:
+        def dry_run():
             self._catch_up()
             self.state.begin()
             try:
-                c = self._check_groups([envelopes], lookup_all=True)[0]
+                return self._check_groups([envelopes], lookup_all=True)[0]
             finally:
                 self.state.abort()
+
+        with self._lock:
+            c = self._readable(dry_run)
             if c.error is not None:
                 raise c.error
 
     def catch_up(self) -> None:
         """Bring the write state up to the log now (each submission does it anyway)."""
         with self._lock:
-            self._catch_up()
+            self._readable(self._catch_up)
+
+    def _readable(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` (under the lock); if it met a row of the write state that cannot be read (a
+        damaged or foreign value: nothing read back runs, projections/snapshot.py), the rows are
+        deleted, the state is built again from the log, and ``fn()`` runs once more (the rows
+        are derived: the log is the truth)."""
+        try:
+            return fn()
+        except SnapshotError as e:
+            st = self._state
+            if st is None or st.rows is None:
+                raise
+            log.warning("the write state's rows hold a value that cannot be read (%s): built again from the log", e)
+            st.rows.reset()
+            self._drop_state()
+            return fn()
 
     def _catch_up(self, size: int | None = None) -> None:
         """The write state up to the log's ``size`` entries (asked of the store if not given)."""

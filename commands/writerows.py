@@ -233,7 +233,7 @@ class WriteRows:
             log.warning("the write state's rows are not of this ledger's log (or of another format): built again "
                         "from the log")
         if not ok:
-            self._reset()
+            self.reset()
             meta = {}
         self.meta = meta
         self.position = decode(meta["position"]) if meta else 0
@@ -243,7 +243,8 @@ class WriteRows:
         rows = self._exec(self.q(f"SELECT COUNT(*) FROM (SELECT 1 FROM {TABLE} WHERE ns <> ? LIMIT 1) x"), (META,))
         return int(rows[0][0])
 
-    def _reset(self) -> None:
+    def reset(self) -> None:
+        """Delete every row (they are built again from the log)."""
         if self.pg:
             with self.conn.transaction():
                 self.conn.execute(f"DELETE FROM {TABLE}")

@@ -89,6 +89,21 @@ def db_url(request, tmp_path):
         drop_schema(schema)
 
 
+
+@pytest.fixture(scope="module")
+def demo_ledger(tmp_path_factory) -> str:
+    """The small demo's ledger (SQLite, made once a module): a source of realistic entries to copy
+    onto either backend (projection_helpers.copy_cut). test_replay.py has its own, per backend."""
+    from reledger.demo.run import Demo
+
+    tmp = tmp_path_factory.mktemp("demo")
+    url = f"sqlite:///{tmp / 'ledger.db'}"
+    demo = Demo(url, tmp, 5, "small", log=lambda m: None)
+    demo.run()
+    demo.projections.close()
+    demo.store.close()
+    return url
+
 # --- behaviour and mechanism ------------------------------------------------------------------
 # The tests of what reledger promises (the specification: formats, rules, commands, endpoints,
 # durability, trust) are marked `behaviour`; the tests of how it is made fast or structured (the

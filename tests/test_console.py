@@ -9,11 +9,9 @@ enterprise's views and its monthly report signed in the page. Screenshots go to
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import re
 import shutil
-import threading
 import uuid
 from pathlib import Path
 
@@ -50,11 +48,21 @@ def need_browser():
         pytest.skip(reason)
 
 
+def make_demo(url: str, tmp: Path) -> None:
+    """The small demo's ledger at ``url`` (key files under ``tmp/keys``), projections made."""
+    from reledger.demo.run import Demo
+
+    demo = Demo(url, tmp, 2024, "small", log=lambda m: None)
+    try:
+        demo.run()
+    finally:
+        demo.projections.close()
+        demo.store.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
 def demo_server(request, tmp_path_factory):
     """The demo's ledger (small scale) served by a real ``reledger serve``; its keys."""
-    from reledger.demo.run import Demo
-
     tmp = tmp_path_factory.mktemp("console")
     schema = None
     if request.param == "sqlite":
@@ -63,12 +71,7 @@ def demo_server(request, tmp_path_factory):
         require_pg()
         schema = "t_" + uuid.uuid4().hex[:12]
         url = _with_schema(PG_URL, schema)
-    demo = Demo(url, tmp, 2024, "small", log=lambda m: None)
-    try:
-        demo.run()
-    finally:
-        demo.projections.close()
-        demo.store.close()
+    make_demo(url, tmp)
     server = Server(url)
     try:
         yield server, tmp / "keys", request.param
@@ -239,12 +242,12 @@ def test_regulator_quota_findings_evidence_time_and_live(demo_server, page):
     early = wait_count(page, f"n !== {total}")
     assert early < total
     mine = SigningKey.read(keys / f"{MINE}.key")
-    expect = signed_get(server.base, mine, f"/v1/findings?as_of=300").json()  # the mine's own, as the API says
+    expect = signed_get(server.base, mine, "/v1/findings?as_of=300").json()  # the mine's own, as the API says
     assert len(expect["findings"]) <= early
     # as of a record time: the page percent-encodes it and signs the query as sent
     page.fill("#as-of", "2024-06-30T00:00:00Z")
     page.click("#time-form button[type=submit]")
-    by_time = signed_get(server.base, reg_key := SigningKey.read(keys / f"{REGULATOR}.key"),
+    by_time = signed_get(server.base, SigningKey.read(keys / f"{REGULATOR}.key"),
                          "/v1/findings?as_of=2024-06-30T00%3A00%3A00Z").json()["findings"]
     page.wait_for_selector("#view:not([aria-busy])")
     assert not page.query_selector("#view .error"), page.inner_text("#view")
@@ -462,15 +465,8 @@ def test_live_streams_are_bounded_and_end_cleanly(demo_server):
 
 def test_server_stops_cleanly_with_a_stream_open(tmp_path):
     """SIGINT ends a server that holds a live stream (it does not wait for the stream)."""
-    from reledger.demo.run import Demo
-
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    demo = Demo(url, tmp_path, 2024, "small", log=lambda m: None)
-    try:
-        demo.run()
-    finally:
-        demo.projections.close()
-        demo.store.close()
+    make_demo(url, tmp_path)
     server = Server(url)
     key = SigningKey.read(tmp_path / "keys" / f"{MINE}.key")
     c = httpx.Client(base_url=server.base, timeout=30)

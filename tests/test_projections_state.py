@@ -10,7 +10,6 @@ its stored rule state, must equal the reference's, on both backends.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 
@@ -24,18 +23,6 @@ from reledger.storage.store import LedgerStore
 
 from projection_helpers import copy_cut
 
-
-@pytest.fixture(scope="module")
-def demo_ledger(tmp_path_factory) -> str:
-    from reledger.demo.run import Demo
-
-    tmp: Path = tmp_path_factory.mktemp("state-demo")
-    url = f"sqlite:///{tmp / 'ledger.db'}"
-    demo = Demo(url, tmp, 5, "small", log=lambda m: None)
-    demo.run()
-    demo.projections.close()
-    demo.store.close()
-    return url
 
 
 def reference(url: str, n: int) -> tuple[Projector, dict[str, list]]:

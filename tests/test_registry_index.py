@@ -5,10 +5,8 @@ registry as the verifiers' scan; a ledger made before the index gains it when op
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 
 import psycopg
-import pytest
 
 from reledger.ledger.registry import REGISTRY_TYPES
 from reledger.storage.reader import DatabaseURL
@@ -16,18 +14,6 @@ from reledger.storage.store import LedgerStore
 
 from projection_helpers import copy_cut
 
-
-@pytest.fixture(scope="module")
-def demo_ledger(tmp_path_factory) -> str:
-    from reledger.demo.run import Demo
-
-    tmp: Path = tmp_path_factory.mktemp("registry-demo")
-    url = f"sqlite:///{tmp / 'ledger.db'}"
-    demo = Demo(url, tmp, 5, "small", log=lambda m: None)
-    demo.run()
-    demo.projections.close()
-    demo.store.close()
-    return url
 
 
 def _index_names(url: str) -> set[str]:

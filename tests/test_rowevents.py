@@ -20,9 +20,8 @@ from reledger.projections.queues import Lists, Timelines
 from reledger.projections.store import P, ProjectionStore
 from reledger.storage.store import LedgerStore
 
-from test_rules_property import T0, _signers, actions
-from projection_helpers import DAY, kg, ts
-from reledger.ledger.genesis import genesis_entries, key_authorized_body
+from test_rules_property import T0, _signers, actions, random_ledger
+from projection_helpers import DAY, ts
 
 
 class Holder:
@@ -150,55 +149,8 @@ def test_row_state_engine_equals_the_in_memory_engine(acts, rnd):
                     got = Projector(st)
             return a
 
-        real_sign = mine.sign
-
-        def sign_and_keep(*args):
-            signed = real_sign(*args)
-            mine.head_entry = signed
-            return signed
-
-        mine.sign = sign_and_keep
-        for e in genesis_entries(reg, ck, name="Ministry", origin="t", at=ts(T0)):
-            feed(e)
-        feed(reg.sign("PartyRegistered", {"party": "MINE09", "name": "M", "roles": ["MINE"], "province": "X",
-                                          "valid_from": ts(T0)}, ts(T0)))
-        feed(reg.sign("KeyAuthorized", key_authorized_body(mine.key, ts(T0)), ts(T0)))
-        feed(reg.sign("PartyRegistered", {"party": "GRP09", "name": "G", "roles": ["GROUP"], "province": "X",
-                                          "valid_from": ts(T0)}, ts(T0)))
-        entries = []
-        batch = produced = 0
-        for i, (kind, day, amount) in enumerate(acts):
-            rec = T0 + (i + 1) * 3600 * 1_000_000 + 30 * DAY
-            occ = T0 + day * DAY
-            if kind in ("issue", "gissue"):
-                batch += 1
-                feed(reg.sign("QuotaBatchIssued", {"year": 2024, "batch_no": batch, "document_no": f"Q{batch}",
-                                                   "holder": "MINE09" if kind == "issue" else "GRP09",
-                                                   "mining_rock_t_reo": str(amount), "mining_ionic_t_reo": "0",
-                                                   "separation_t_reo": "0"}, ts(occ)))
-            elif kind == "produce":
-                produced += 1
-                g = amount * 1_000_000
-                feed(mine.sign("MineralProductProduced", {"lot": "L" if produced == 1 else f"L{produced}",
-                                                          "ore_type": "ROCK", "wet_kg": kg(2 * g), "dry_kg": kg(2 * g),
-                                                          "treo_pct": "50", "reo_kg": kg(g)}, ts(occ)))
-                entries.append(mine.head_entry)
-            elif kind in ("join", "leave"):
-                feed(reg.sign("GroupMembershipChanged", {"party": "MINE09", "group": "GRP09",
-                                                         "action": "JOINED" if kind == "join" else "LEFT",
-                                                         "effective_from": ts(occ)}, ts(occ)))
-            elif kind == "ship":
-                feed(mine.sign("TransferShipped", {"transfer_id": f"T{i}", "buyer": "MIIT", "vat_invoice_no": "1",
-                                                   "shipped_at": ts(occ), "lines": [
-                                                       {"lot": "L", "product": "RE_CONCENTRATE",
-                                                        "kg": kg(amount * 100_000), "reo_kg": kg(amount * 50_000)}]},
-                               ts(occ)))
-                entries.append(mine.head_entry)
-            elif kind == "correct" and entries:
-                signed = entries.pop(amount % len(entries))
-                feed(mine.sign("CorrectionRecorded", {"corrects": {"chain": "MINE09", "seq": signed.entry.seq,
-                                                                   "hash": signed.hash},
-                                                      "reason": "DID_NOT_OCCUR", "explanation": "x"}, ts(rec)))
+        for rec, signed, _ in random_ledger(acts, reg, mine, ck):
+            feed(signed)
         # a stock count of a lot and of a product, at a business time in the middle: the stock
         # valid then, summed from the timelines
         feed(mine.sign("StockCounted", {"lot": "L", "counted_kg": "1", "counted_at": ts(T0 + 10 * DAY)},

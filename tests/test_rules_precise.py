@@ -337,14 +337,21 @@ def test_a_late_membership_change_moves_counted_output_between_groups(bare):
     assert used(w, "MINE01", "MINING_ROCK") == "5"
 
 
-def test_a_membership_change_effective_after_the_output_moves_nothing(bare):
-    w = bare
+def _two_groups(w):
+    """GRP02 registered beside GRP01 (MINE01's group), each with quota, and MINE01's own; the
+    clock one day on. Returns the first day's time."""
     t0 = w.now
     w.register("GRP02", ["GROUP"])
     issue(w, "GRP02", 1, rock="1")
     issue(w, "GRP01", 1, rock="20")
     issue(w, "MINE01", 1, rock="100")
     w.now = t0 + DAY
+    return t0
+
+
+def test_a_membership_change_effective_after_the_output_moves_nothing(bare):
+    w = bare
+    t0 = _two_groups(w)
     w.produce("MINE01", "L1", 5_000_000)
     w.now = t0 + 10 * DAY
     w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "JOINED",
@@ -355,12 +362,7 @@ def test_a_membership_change_effective_after_the_output_moves_nothing(bare):
 
 def test_a_corrected_output_leaves_the_group_it_was_moved_to(bare):
     w = bare
-    t0 = w.now
-    w.register("GRP02", ["GROUP"])
-    issue(w, "GRP02", 1, rock="1")
-    issue(w, "GRP01", 1, rock="20")
-    issue(w, "MINE01", 1, rock="100")
-    w.now = t0 + DAY
+    t0 = _two_groups(w)
     p = w.produce("MINE01", "L1", 5_000_000)
     w.now = t0 + 2 * DAY
     w.ok("MIIT", "GroupMembershipChanged", {"party": "MINE01", "group": "GRP02", "action": "JOINED",

@@ -69,104 +69,111 @@ actions = st.lists(st.tuples(st.sampled_from(["issue", "produce", "ship", "ship"
                              st.integers(1, 20), st.integers(1, 9)), min_size=1, max_size=14)
 
 
+def random_ledger(acts, reg, mine, ck):
+    """The entries of the random ledger ``acts`` describes, signed, in log order: (record time,
+    signed entry, act). ``act`` is None for the genesis and the registrations, else (kind,
+    business time, amount, i, extra): for "produce" extra is the number of the output (the first
+    is lot L), for "correct" the place, in the list of the mine's outputs and shipments not yet
+    corrected, of the entry it corrects (taken out of that list). A correction with nothing to
+    correct yields nothing. Record times are in order; business times vary."""
+    for e in genesis_entries(reg, ck, name="Ministry", origin="t", at=ts(T0)):
+        yield T0, e, None
+    yield T0, reg.sign("PartyRegistered", {"party": "MINE09", "name": "M", "roles": ["MINE"], "province": "X",
+                                           "valid_from": ts(T0)}, ts(T0)), None
+    yield T0, reg.sign("KeyAuthorized", key_authorized_body(mine.key, ts(T0)), ts(T0)), None
+    yield T0, reg.sign("PartyRegistered", {"party": "GRP09", "name": "G", "roles": ["GROUP"], "province": "X",
+                                           "valid_from": ts(T0)}, ts(T0)), None
+    entries = []  # the mine's outputs and shipments not yet corrected
+    produced = batch = 0
+    for i, (kind, day, amount) in enumerate(acts):
+        rec = T0 + (i + 1) * 3600 * 1_000_000 + 30 * DAY
+        occ = T0 + day * DAY
+        extra = None
+        if kind in ("issue", "gissue"):
+            batch += 1
+            signed = reg.sign("QuotaBatchIssued", {"year": 2024, "batch_no": batch, "document_no": f"Q{batch}",
+                                                   "holder": "MINE09" if kind == "issue" else "GRP09",
+                                                   "mining_rock_t_reo": str(amount), "mining_ionic_t_reo": "0",
+                                                   "separation_t_reo": "0"}, ts(occ))
+        elif kind == "produce":
+            produced += 1
+            g = amount * 1_000_000
+            signed = mine.sign("MineralProductProduced", {"lot": "L" if produced == 1 else f"L{produced}",
+                                                          "ore_type": "ROCK", "wet_kg": kg(2 * g), "dry_kg": kg(2 * g),
+                                                          "treo_pct": "50", "reo_kg": kg(g)}, ts(occ))
+            entries.append(signed)
+            extra = produced
+        elif kind in ("join", "leave"):
+            # recorded now, effective at a business time that may be earlier than outputs counted
+            signed = reg.sign("GroupMembershipChanged", {"party": "MINE09", "group": "GRP09",
+                                                         "action": "JOINED" if kind == "join" else "LEFT",
+                                                         "effective_from": ts(occ)}, ts(occ))
+        elif kind == "ship":
+            g = amount * 100_000
+            signed = mine.sign("TransferShipped", {"transfer_id": f"T{i}", "buyer": "MIIT", "vat_invoice_no": "1",
+                                                   "shipped_at": ts(occ), "lines": [
+                                                       {"lot": "L", "product": "RE_CONCENTRATE", "kg": kg(g),
+                                                        "reo_kg": kg(g // 2)}]}, ts(occ))
+            entries.append(signed)
+        elif kind == "correct" and entries:
+            # DID_NOT_OCCUR: from now on the corrected entry counts nowhere
+            extra = amount % len(entries)
+            corrected = entries.pop(extra)
+            signed = mine.sign("CorrectionRecorded", {"corrects": {"chain": "MINE09", "seq": corrected.entry.seq,
+                                                                   "hash": corrected.hash},
+                                                      "reason": "DID_NOT_OCCUR", "explanation": "x"}, ts(rec))
+        else:
+            continue
+        yield rec, signed, (kind, occ, amount, i, extra)
+
+
 @settings(max_examples=80, deadline=None)
 @given(actions)
 def test_engine_equals_reference_model(acts):
     reg, mine, ck = _signers()
     p = Projector()
-    index = 0
-    rec = T0
-
-    def feed(signed):
-        nonlocal index
-        d = p.apply(index, rec, signed)
-        index += 1
-        return d
-
-    real_sign = mine.sign
-
-    def sign_and_keep(*args):
-        signed = real_sign(*args)
-        mine.head_entry = signed
-        return signed
-
-    mine.sign = sign_and_keep
-    for e in genesis_entries(reg, ck, name="Ministry", origin="t", at=ts(T0)):
-        feed(e)
-    feed(reg.sign("PartyRegistered", {"party": "MINE09", "name": "M", "roles": ["MINE"], "province": "X",
-                                      "valid_from": ts(T0)}, ts(T0)))
-    feed(reg.sign("KeyAuthorized", key_authorized_body(mine.key, ts(T0)), ts(T0)))
-    feed(reg.sign("PartyRegistered", {"party": "GRP09", "name": "G", "roles": ["GROUP"], "province": "X",
-                                      "valid_from": ts(T0)}, ts(T0)))
     uses: list[tuple[int, int]] = []          # the mine's counted outputs (business time, g)
     group_limits: list[tuple[int, int]] = []  # GRP09's quota (business time, g)
     membership: list[tuple[int, str | None]] = []  # the mine's, in log order
     open_group = False
     quota_events: list[tuple[int, int, int]] = []
     stock_events: list[tuple[int, int]] = []
-    mine_entries: list[tuple[object, list, list]] = []  # (signed, its quota events, its stock events)
+    # the model's events of each of the mine's outputs and shipments not yet corrected, in the
+    # order random_ledger keeps them: (its quota events, its stock events, its uses)
+    mine_entries: list[tuple[list, list, list]] = []
     open_quota = open_stock = False
-    produced = 0
-    batch = 0
-    for i, (kind, day, amount) in enumerate(acts):
-        rec = T0 + (i + 1) * 3600 * 1_000_000 + 30 * DAY  # record times in order; business times vary
-        occ = T0 + day * DAY
+    for index, (rec, signed, act) in enumerate(random_ledger(acts, reg, mine, ck)):
+        d = p.apply(index, rec, signed)
+        if act is None:
+            continue
+        kind, occ, amount, i, extra = act
         if kind == "issue":
-            batch += 1
-            d = feed(reg.sign("QuotaBatchIssued", {"year": 2024, "batch_no": batch, "document_no": f"Q{batch}",
-                                                   "holder": "MINE09", "mining_rock_t_reo": str(amount),
-                                                   "mining_ionic_t_reo": "0", "separation_t_reo": "0"}, ts(occ)))
             quota_events.append((occ, 0, amount * 1_000_000))
         elif kind == "produce":
-            produced += 1
             g = amount * 1_000_000
-            lot = "L" if produced == 1 else f"L{produced}"  # the stock model follows lot L
-            d = feed(mine.sign("MineralProductProduced", {"lot": lot, "ore_type": "ROCK", "wet_kg": kg(2 * g),
-                                                          "dry_kg": kg(2 * g), "treo_pct": "50",
-                                                          "reo_kg": kg(g)}, ts(occ)))
             quota_events.append((occ, g, 0))
             uses.append((occ, g))
-            if produced == 1:
+            if extra == 1:  # the stock model follows lot L
                 stock_events.append((occ, 2 * g))
-            mine_entries.append((mine.head_entry, [quota_events[-1]], stock_events[-1:] if produced == 1 else [],
-                                 [uses[-1]]))
+            mine_entries.append(([quota_events[-1]], stock_events[-1:] if extra == 1 else [], [uses[-1]]))
         elif kind == "gissue":
-            batch += 1
-            d = feed(reg.sign("QuotaBatchIssued", {"year": 2024, "batch_no": batch, "document_no": f"Q{batch}",
-                                                   "holder": "GRP09", "mining_rock_t_reo": str(amount),
-                                                   "mining_ionic_t_reo": "0", "separation_t_reo": "0"}, ts(occ)))
             group_limits.append((occ, amount * 1_000_000))
         elif kind in ("join", "leave"):
-            # recorded now, effective at a business time that may be earlier than outputs counted
-            d = feed(reg.sign("GroupMembershipChanged", {"party": "MINE09", "group": "GRP09",
-                                                         "action": "JOINED" if kind == "join" else "LEFT",
-                                                         "effective_from": ts(occ)}, ts(occ)))
             if kind == "join":
                 membership.append((occ, "GRP09"))
             elif reference_group_at(membership, occ) == "GRP09":
                 membership.append((occ, None))
         elif kind == "ship":
-            g = amount * 100_000
-            d = feed(mine.sign("TransferShipped", {"transfer_id": f"T{i}", "buyer": "MIIT", "vat_invoice_no": "1",
-                                                   "shipped_at": ts(occ), "lines": [
-                                                       {"lot": "L", "product": "RE_CONCENTRATE", "kg": kg(g),
-                                                        "reo_kg": kg(g // 2)}]}, ts(occ)))
-            stock_events.append((occ, -g))
-            mine_entries.append((mine.head_entry, [], [stock_events[-1]], []))
-        elif kind == "correct" and mine_entries:
-            # DID_NOT_OCCUR: from now on the corrected entry counts nowhere
-            signed, qs, ss, us_ = mine_entries.pop(amount % len(mine_entries))
-            d = feed(mine.sign("CorrectionRecorded", {"corrects": {"chain": "MINE09", "seq": signed.entry.seq,
-                                                                   "hash": signed.hash},
-                                                      "reason": "DID_NOT_OCCUR", "explanation": "x"}, ts(rec)))
+            stock_events.append((occ, -amount * 100_000))
+            mine_entries.append(([], [stock_events[-1]], []))
+        elif kind == "correct":
+            qs, ss, us_ = mine_entries.pop(extra)
             for e in qs:
                 quota_events.remove(e)
             for e in ss:
                 stock_events.remove(e)
             for e in us_:
                 uses.remove(e)
-        else:
-            continue
         for f in d.findings:
             level = f.params.get("level")
             if f.code == "OVER_QUOTA" and level == "enterprise":
