@@ -218,9 +218,10 @@ def _unreadable(rec, err: Exception, state: dict, quota: dict) -> "Step":
                 f"INVALID: unreadable entry: {err}", None, [], state, quota, [])
 
 
-def _signature(registry: Registry, signed: SignedEntry, rec) -> tuple[str, bool]:
+def signature_status(registry: Registry, signed: SignedEntry, rec) -> tuple[str, bool]:
     """What replay says of an entry's signature, by the key valid when the log recorded it:
-    one definition for the replay from rows and the replay by fold."""
+    one definition for the replay from rows, the replay by fold and the evidence of an
+    investigation report."""
     try:
         pub = registry.key_for(signed, rec.index, rec.recorded_us)
     except RegistryError as err:
@@ -472,7 +473,7 @@ def _replay_rows(rs: ReplayStream, reader: LogReader, ps, party: str, n: int, si
                                rec.entry_hash.hex(), None, sig, None, [], *state_now(), mine)
                 continue
         else:
-            sig, ok = _signature(registry, signed, rec)
+            sig, ok = signature_status(registry, signed, rec)
             rs.signatures_valid += ok
             rs.signatures_invalid += not ok
         body = e.body if isinstance(e.body, dict) else {}
@@ -529,7 +530,7 @@ def _replay(rs: ReplayStream, reader, scratch, proj, party, n, since_us, until_u
                    f"{rec.index} ({rec.chain}:{rec.seq}, hash {rec.entry_hash.hex()[:16]}…)")
             rs.signatures_invalid += 1
         elif e.chain == party:
-            sig, ok = _signature(registry, signed, rec)
+            sig, ok = signature_status(registry, signed, rec)
             rs.signatures_valid += ok
             rs.signatures_invalid += not ok
         try:

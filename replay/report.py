@@ -22,25 +22,28 @@ scripts, no fonts. Every text that comes from the ledger is escaped.
 from __future__ import annotations
 
 import html
+import io
 import math
+import os
 import re
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, TextIO
 
 from reledger.ledger import encoding, merkle
 from reledger.ledger import rules
 from reledger.ledger.checkpoint import Checkpoint
 from reledger.ledger.entry import SignedEntry, leaf_bytes
-from reledger.ledger.registry import RegistryError
 from reledger.storage.reader import LedgerReader, open_ledger_readonly
 from reledger.projections import flowgraph
 from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties
 from reledger.projections.store import P, NoProjections, ProjectionReader
-from reledger.replay.history import Replay, replay_party
+from reledger.replay.history import ReplayStream, Step, signature_status, stream_party
 
 
 class ReportError(ValueError):
@@ -320,8 +323,7 @@ def _checkpoint(store: LedgerReader, n: int) -> dict[str, Any] | None:
             "signature": sig, "signature_ok": sig_ok, "root_matches": computed == cp.root == root and cp.size == size}
 
 
-def _prove(store: LedgerReader, ref: dict[str, Any], cp: dict[str, Any] | None, sigs: dict[int, str],
-           registry) -> Proven:
+def _prove(store: LedgerReader, ref: dict[str, Any], cp: dict[str, Any] | None, registry) -> Proven:
     index = int(ref["index"])
     rec = store.record(index)
     if rec is None or rec.envelope is None:
@@ -331,15 +333,7 @@ def _prove(store: LedgerReader, ref: dict[str, Any], cp: dict[str, Any] | None, 
     facts = entry_facts(signed.entry.type, signed.entry.body)
     entry_hash = signed.hash
     hash_ok = entry_hash == rec.entry_hash and entry_hash.hex() == ref["hash"]
-    if index in sigs:
-        sig = sigs[index]
-    else:
-        try:
-            pub = registry.key_for(signed, index, rec.recorded_us)
-            sig = (f"valid (key {signed.entry.key_id})" if signed.signature_valid(pub)
-                   else f"INVALID: not a signature by key {signed.entry.key_id}")
-        except RegistryError as err:
-            sig = f"INVALID: {err}"
+    sig = signature_status(registry, signed, rec)[0]  # what replay says of it: one definition
     leaf = merkle.leaf_hash(leaf_bytes(entry_hash, index, rec.recorded_at))
     if cp is None:
         return Proven(rec.chain, rec.seq, index, entry_hash.hex(), leaf.hex(), rec.type, rec.recorded_at, sig,
@@ -360,69 +354,170 @@ def _prove(store: LedgerReader, ref: dict[str, Any], cp: dict[str, Any] | None, 
                   [h.hex() for h in proof], status, ok, facts)
 
 
+#: rows a series query reads at a time (keyset pages in business-time order)
+SERIES_PAGE = 5_000
+#: time buckets a chart's series is reduced to (about twice the widest chart's pixel columns): in
+#: each, the first, lowest, highest and last point are kept, so the line drawn is the same to the
+#: pixel and a series' memory does not grow with the party's history
+CHART_BUCKETS = 2_048
+
+
+def _in_time_order(ps: ProjectionReader, columns: str, table: str, where: str, params: tuple,
+                   page: int | None = None) -> Iterator[tuple]:
+    """Rows of ``table`` matching ``where``, in (occurred_us, idx) order (then by the other
+    columns, so that the order is the same every time), read a page at a time. ``columns`` must
+    begin with ``occurred_us, idx``. One entry may have several rows (the same occurred_us and
+    idx): a full page's last entry is read whole on its own, and the next page starts after it
+    (keyset)."""
+    page = page or SERIES_PAGE
+    order = f"ORDER BY {columns}"
+    after: tuple | None = None
+    while True:
+        cond = where if after is None else f"{where} AND (occurred_us > ? OR (occurred_us = ? AND idx > ?))"
+        args = params if after is None else (*params, after[0], after[0], after[1])
+        rows = ps.execute(f"SELECT {columns} FROM {P}{table} WHERE {cond} {order} LIMIT {int(page)}", args)
+        if len(rows) < page:
+            yield from rows
+            return
+        last = (int(rows[-1][0]), int(rows[-1][1]))
+        yield from (r for r in rows if (int(r[0]), int(r[1])) != last)
+        yield from ps.execute(f"SELECT {columns} FROM {P}{table} WHERE {where} AND occurred_us = ? AND idx = ? "
+                              f"{order}", (*params, *last))
+        after = last
+
+
+class _Reduced:
+    """A series in time order reduced to at most four points a time bucket (the first, lowest,
+    highest and last, in their order), exact at the ends of each bucket."""
+
+    def __init__(self, t0: int, t1: int, buckets: int | None = None):
+        buckets = buckets or CHART_BUCKETS
+        self._t0, self._w = t0, max(1, -(-(t1 - t0 + 1) // buckets))
+        self.points: list[tuple[int, float]] = []
+        self._bucket: int | None = None
+        self._kept: list[tuple[int, float]] = []
+
+    def add(self, t: int, v: float) -> None:
+        b = (t - self._t0) // self._w
+        if b != self._bucket:
+            self._close()
+            self._bucket = b
+        self._kept.append((t, v))
+        if len(self._kept) > 4:  # keep first, low, high, last
+            k = self._kept
+            first, last = k[0], k[-1]
+            mid = k[1:-1]
+            lo, hi = min(mid, key=lambda p: p[1]), max(mid, key=lambda p: p[1])
+            keep = [first] + sorted({lo, hi}, key=mid.index) + [last]
+            self._kept = keep
+
+    def _close(self) -> None:
+        self.points += self._kept
+        self._kept = []
+
+    def done(self) -> list[tuple[int, float]]:
+        self._close()
+        return self.points
+
+
 def _quota_series(ps: ProjectionReader, party: str, n: int, is_group: bool) -> list[dict[str, Any]]:
     """Per (year, category): allocation, use (and, for a group, sub-allocation out) as
-    cumulative step series over business time, in t REO."""
-    rows = ps.execute(f"SELECT idx, occurred_us, year, party, category, kind, g, grp FROM {P}quota "
-                      "WHERE idx < ? AND (party = ? OR grp = ?) ORDER BY occurred_us, idx", (n, party, party))
-    charts: dict[tuple[int, str], dict[str, Any]] = {}
-    for idx, occ, year, p, cat, kind, g, grp in rows:
-        c = charts.setdefault((int(year), cat), {"year": int(year), "category": cat, "alloc": [], "used": [],
-                                                 "out": [], "alloc_events": []})
-        occ, g = int(occ), int(g)
-        if p == party and kind in ("ISSUED", "SUBALLOCATED_IN", "REDUCED"):
-            c["alloc"].append((occ, -g if kind == "REDUCED" else g))
-            c["alloc_events"].append((occ, kind, int(idx)))
-        elif kind == "USED" and ((not is_group and p == party) or (is_group and grp == party)):
-            c["used"].append((occ, g))
-        elif p == party and kind == "SUBALLOCATED_OUT":
-            c["out"].append((occ, g))
+    cumulative step series over business time, in t REO (reduced for drawing: _Reduced; the
+    totals and the first point over quota are exact). Read chart by chart, a page at a time."""
+    who = "(party = ? OR grp = ?)" if is_group else "party = ?"
+    who_args = (party, party) if is_group else (party,)
+    spans = ps.execute(f"SELECT year, category, MIN(occurred_us), MAX(occurred_us) FROM {P}quota "
+                       f"WHERE idx < ? AND {who} GROUP BY year, category", (n, *who_args))
     out = []
-    for (_year, _cat), c in sorted(charts.items()):
-        for key in ("alloc", "used", "out"):
-            acc, pts = 0, []
-            for t, g in c[key]:
-                acc += g
-                pts.append((t, acc / 1_000_000))
-            c[key] = pts
-        alloc, used = (c["alloc"][-1][1] if c["alloc"] else 0.0), (c["used"][-1][1] if c["used"] else 0.0)
-        c["allocated_t"], c["used_t"] = alloc, used
-        c["over"] = _first_over(c["alloc"], c["used"])
+    for year, cat, lo, hi in sorted(spans, key=lambda r: (int(r[0]), r[1])):
+        year, lo, hi = int(year), int(lo), int(hi)
+        c: dict[str, Any] = {"year": year, "category": cat, "alloc_events": []}
+        series = {key: _Reduced(lo, hi) for key in ("alloc", "used", "out")}
+        acc = {"alloc": 0, "used": 0, "out": 0}
+        over = None
+        group_t, group_used = None, []  # the used points of one business time, judged once its allocations are in
+
+        def judge() -> None:
+            nonlocal over
+            if over is None:
+                for t, g in group_used:
+                    if g > acc["alloc"] + 1e-9 * 1_000_000:
+                        over = (t, g / 1_000_000)
+                        break
+            group_used.clear()
+
+        for occ, idx, p, kind, g, grp in _in_time_order(
+                ps, "occurred_us, idx, party, kind, g, grp", "quota",
+                f"idx < ? AND {who} AND year = ? AND category = ?", (n, *who_args, year, cat)):
+            occ, g = int(occ), int(g)
+            if occ != group_t:
+                judge()
+                group_t = occ
+            if p == party and kind in ("ISSUED", "SUBALLOCATED_IN", "REDUCED"):
+                key, g = "alloc", (-g if kind == "REDUCED" else g)
+                c["alloc_events"].append((occ, kind, int(idx)))
+            elif kind == "USED" and ((not is_group and p == party) or (is_group and grp == party)):
+                key = "used"
+            elif p == party and kind == "SUBALLOCATED_OUT":
+                key = "out"
+            else:
+                continue
+            acc[key] += g
+            series[key].add(occ, acc[key] / 1_000_000)
+            if key == "used":
+                group_used.append((occ, acc[key]))
+        judge()
+        for key, s in series.items():
+            c[key] = s.done()
+        c["allocated_t"], c["used_t"] = acc["alloc"] / 1_000_000, acc["used"] / 1_000_000
+        c["over"] = over
         out.append(c)
     return out
 
 
-def _value_at(series: list[tuple[int, float]], t: int) -> float:
-    v = 0.0
-    for x, y in series:
-        if x > t:
-            break
-        v = y
-    return v
+@dataclass
+class StockSeries:
+    """One product's holding over business time (kg REO after the last move of each business
+    time): reduced for drawing, with the exact figures the report prints."""
+
+    points: list[tuple[int, float]]
+    now: float
+    peak: float  # the highest holding
+    largest: float  # the largest holding in absolute value (the charts' order)
+    below_zero: tuple[int, float] | None  # the first time it went below zero
 
 
-def _first_over(alloc: list[tuple[int, float]], used: list[tuple[int, float]]) -> tuple[int, float] | None:
-    for t, y in used:
-        if y > _value_at(alloc, t) + 1e-9:
-            return (t, y)
-    return None
-
-
-def _stock_series(ps: ProjectionReader, party: str, n: int) -> dict[str, list[tuple[int, float]]]:
-    """kg REO by product, after each move, over business time."""
-    rows = ps.execute(f"SELECT occurred_us, product, reo_g FROM {P}stock WHERE party = ? AND idx < ? "
-                      "ORDER BY occurred_us, idx", (party, n))
+def _stock_series(ps: ProjectionReader, party: str, n: int) -> dict[str, StockSeries]:
+    """kg REO by product, after each move, over business time; read a page at a time."""
+    lo, hi = ps.execute(f"SELECT MIN(occurred_us), MAX(occurred_us) FROM {P}stock WHERE party = ? AND idx < ?",
+                        (party, n))[0]
+    if lo is None:
+        return {}
     acc: dict[str, int] = {}
-    series: dict[str, list[tuple[int, float]]] = {}
-    for occ, product, reo in rows:
-        product = product or "?"
+    last: dict[str, tuple[int, int]] = {}  # product -> (business time, kg REO x 1000) not yet committed
+    reduced: dict[str, _Reduced] = {}
+    stats: dict[str, list] = {}  # product -> [peak, largest, below_zero]
+
+    def commit(product: str) -> None:
+        t, v = last.pop(product)
+        kg = v / 1000
+        reduced.setdefault(product, _Reduced(int(lo), int(hi))).add(t, kg)
+        s = stats.setdefault(product, [kg, abs(kg), None])
+        s[0], s[1] = max(s[0], kg), max(s[1], abs(kg))
+        if kg < 0 and s[2] is None:
+            s[2] = (t, kg)
+
+    for occ, _idx, product, reo in _in_time_order(ps, "occurred_us, idx, product, reo_g", "stock",
+                                                  "party = ? AND idx < ?", (party, n)):
+        product, occ = product or "?", int(occ)
         acc[product] = acc.get(product, 0) + int(reo)
-        s = series.setdefault(product, [])
-        if s and s[-1][0] == int(occ):
-            s[-1] = (int(occ), acc[product] / 1000)
-        else:
-            s.append((int(occ), acc[product] / 1000))
-    return series
+        held = last.get(product)
+        if held is not None and held[0] != occ:
+            commit(product)
+        last[product] = (occ, acc[product])
+    for product in list(last):
+        commit(product)
+    return {p: StockSeries(reduced[p].done(), acc[p] / 1000, s[0], s[1], s[2]) for p, s in stats.items()}
 
 
 def _flows(ps: ProjectionReader, party: str, point: Point, names: dict[str, str]) -> dict[str, Any]:
@@ -456,11 +551,41 @@ def _flows(ps: ProjectionReader, party: str, point: Point, names: dict[str, str]
     return {"graph": graph, "counterparties": rows}
 
 
-def gather(url: str, party: str, *, as_of: int | None = None,
-           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Everything the report shows, as plain data. ``progress(what)`` is told what it is doing
-    (for a progress line; it is called from this thread and must only publish)."""
+@dataclass
+class ReplayTally:
+    """What the report keeps of the party's replay once its steps have been written out: counts,
+    never the steps."""
+
+    name: str | None
+    steps: int = 0
+    signatures_valid: int = 0
+    signatures_invalid: int = 0
+    types: dict[str, int] = field(default_factory=dict)  # entry type -> steps
+    credit: list[dict[str, Any]] = field(default_factory=list)
+    quota_used: dict[str, str] = field(default_factory=dict)  # after the last step
+    findings: int = 0
+    codes: dict[str, int] = field(default_factory=dict)  # finding code -> how many
+    evidence: int = 0
+    proofs_verified: int = 0
+    not_yet_checkpointed: int = 0
+    proofs_failed: int = 0
+
+
+#: steps between two progress messages while the replay is written out
+PROGRESS_EVERY = 500
+
+
+def gather(url: str, party: str, *, as_of: int | None = None, progress: Callable[[str], None] | None = None,
+           timeline: TextIO | None = None, cards: TextIO | None = None) -> dict[str, Any]:
+    """Everything the report shows. The party's history is streamed (replay/history.py
+    :func:`stream_party`, a page at a time): each step's timeline row is written to
+    ``timeline`` and each finding's card (its evidence proven, its lot traced) to ``cards`` as
+    the step is read (text files; in memory when not given), so that memory follows a page and
+    the party's state now, never its history. ``progress(what)`` is told what it is doing (for a
+    progress line; it is called from this thread and must only publish)."""
     say = progress or (lambda what: None)
+    timeline = io.StringIO() if timeline is None else timeline
+    cards = io.StringIO() if cards is None else cards
     with open_ledger_readonly(url) as store:
         size = store.size()
         if size == 0:
@@ -472,75 +597,92 @@ def gather(url: str, party: str, *, as_of: int | None = None,
         if party not in registry.roles and not store.chain_records(party, 1, 2):
             raise ReportError(f"party {party} is not registered and has no entries in this ledger "
                               f"(as of log size {n})")
-        say(f"replaying the party's history up to log size {n:,}")
-        r = replay_party(url, party, as_of=n)
-        if not r.steps and r.name is None:
-            raise ReportError(f"party {party} has no history in this ledger (as of log size {n})")
-        last = store.record(n - 1)
-        cp = _checkpoint(store, n)
-        sigs = {s.index: s.signature for s in r.steps if s.kind == "entry"}
-        findings = []
-        total = sum(len(f["evidence"]) for s in r.steps for f in s.findings) + len(r.credit)
-        proven = 0
-        for s in r.steps:
-            for f in s.findings:
-                say(f"proving the evidence: {proven:,} of {total:,} entries")
-                evidence = [_prove(store, ref, cp, sigs, registry) for ref in f["evidence"]]
-                proven += len(evidence)
-                findings.append({**f, "step_index": s.index, "evidence_checked": evidence,
-                                 "regulation": regulation_for(f["code"], f["rule"])})
-        credit_proofs = {}
-        for c in r.credit:  # the regulator's own entries, proven like any evidence
-            say(f"proving the evidence: {proven:,} of {total:,} entries")
-            proven += 1
-            rec = store.record(c["index"])
-            if rec is not None:
-                ref = {"chain": rec.chain, "seq": rec.seq, "hash": rec.entry_hash.hex(), "index": rec.index}
-                credit_proofs[c["index"]] = _prove(store, ref, cp, sigs, registry)
-    try:
-        ps = ProjectionReader(url)  # read-only: the tables as they stand
-    except NoProjections as e:
-        raise ReportError(str(e)) from e
-    try:
-        if ps.position() < n:
-            raise ReportError(f"the projections reflect {ps.position()} of the {n} log entries this report covers: "
-                              "keep `reledger serve` running (it follows the log) or run `reledger rebuild`")
-        point = Point(as_of=n)
-        say("reading the quota, stock and flows")
-        everyone = parties(ps, point)
-        names = {p["party"]: p["name"] for p in everyone}
-        info = next((p for p in everyone if p["party"] == party),
-                    {"party": party, "name": r.name, "roles": [], "province": None, "group": None})
-        is_group = "GROUP" in info["roles"]
-        quota = _quota_series(ps, party, n, is_group)
-        stock = _stock_series(ps, party, n)
-        flows = _flows(ps, party, point, names)
-        by_index = {s.index: s for s in r.steps if s.kind == "entry"}
-        for i, f in enumerate(findings):  # the first lot the raising entry names, traced to its origins
-            step = by_index.get(f["index"])
-            if step is None or not step.lots:
-                continue
-            say(f"tracing the lots of the findings: {i + 1:,} of {len(findings):,}")
-            g = flowgraph.trace(ps, step.lots[0], "up", point)
-            if g["edges"]:
-                svg = graph_svg(flowgraph.aggregate(g), f"lot {step.lots[0]} upstream", f"trace{i}")
-                f["trace"] = {"lot": step.lots[0], "svg": svg, "ends": g["ends"], "traceable": g["traceable"]}
-    finally:
-        ps.close()
+        try:
+            ps = ProjectionReader(url)  # read-only: the tables as they stand
+        except NoProjections as e:
+            raise ReportError(str(e)) from e
+        try:
+            if ps.position() < n:
+                raise ReportError(f"the projections reflect {ps.position()} of the {n} log entries this report "
+                                  "covers: keep `reledger serve` running (it follows the log) or run "
+                                  "`reledger rebuild`")
+            point = Point(as_of=n)
+            everyone = parties(ps, point)
+            names = {p["party"]: p["name"] for p in everyone}
+            last = store.record(n - 1)
+            cp = _checkpoint(store, n)
+            say(f"replaying the party's history up to log size {n:,}")
+            with stream_party(url, party, as_of=n) as rs:
+                r = _write_steps(rs, store, ps, point, registry, cp, names, timeline, cards, say, n)
+            if not r.steps and r.name is None:
+                raise ReportError(f"party {party} has no history in this ledger (as of log size {n})")
+            credit_proofs = {}
+            for k, c in enumerate(r.credit):  # the regulator's own entries, proven like any evidence
+                say(f"proving the credit record: {k:,} of {len(r.credit):,} entries")
+                rec = store.record(c["index"])
+                if rec is not None:
+                    ref = {"chain": rec.chain, "seq": rec.seq, "hash": rec.entry_hash.hex(), "index": rec.index}
+                    credit_proofs[c["index"]] = _prove(store, ref, cp, registry)
+            say("reading the quota, stock and flows")
+            info = next((p for p in everyone if p["party"] == party),
+                        {"party": party, "name": r.name, "roles": [], "province": None, "group": None})
+            is_group = "GROUP" in info["roles"]
+            quota = _quota_series(ps, party, n, is_group)
+            stock = _stock_series(ps, party, n)
+            flows = _flows(ps, party, point, names)
+        finally:
+            ps.close()
     # the replay and the projections must agree on the quota used (a cross-check, shown)
-    replay_used = r.steps[-1].quota_used if r.steps else {}
     agree = True
     if not is_group:
         for c in quota:
             k = f"{c['year']} {c['category']}"
-            if abs(float(Decimal(replay_used.get(k, "0"))) - c["used_t"]) > 1e-6:
+            if abs(float(Decimal(r.quota_used.get(k, "0"))) - c["used_t"]) > 1e-6:
                 agree = False
     return {"party": info, "replay": r, "size": n, "log_size": size, "as_of": as_of,
-            "as_of_recorded_at": last.recorded_at if last else None, "checkpoint": cp, "findings": findings,
-            "credit_proofs": credit_proofs, "quota": quota, "quota_agrees": agree, "stock": stock, "flows": flows,
-            "names": names,
+            "as_of_recorded_at": last.recorded_at if last else None, "checkpoint": cp,
+            "timeline": timeline, "cards": cards, "credit_proofs": credit_proofs, "quota": quota,
+            "quota_agrees": agree, "stock": stock, "flows": flows, "names": names,
             "generated_at": encoding.micros_to_time_text(
                 int(datetime.now(timezone.utc).replace(microsecond=0).timestamp()) * 1_000_000)}
+
+
+def _write_steps(rs: ReplayStream, store: LedgerReader, ps: ProjectionReader, point: Point, registry,
+                 cp: dict[str, Any] | None, names: dict[str, str], timeline: TextIO, cards: TextIO,
+                 say: Callable[[str], None], n: int) -> ReplayTally:
+    """The replay's steps written out as they come (timeline rows, finding cards); what is kept."""
+    t = ReplayTally(rs.name)
+    for s in rs:
+        t.steps += 1
+        if s.type:
+            t.types[s.type] = t.types.get(s.type, 0) + 1
+        t.quota_used = s.quota_used
+        timeline.write(_timeline_row(s, names))
+        for f in s.findings:
+            say(f"proving the evidence: log index {s.index:,} of {n:,}, {t.findings:,} findings and "
+                f"{t.evidence:,} evidence entries proven so far")
+            evidence = [_prove(store, ref, cp, registry) for ref in f["evidence"]]
+            t.findings += 1
+            t.codes[f["code"]] = t.codes.get(f["code"], 0) + 1
+            t.evidence += len(evidence)
+            t.proofs_verified += sum(e.proof_ok for e in evidence)
+            t.not_yet_checkpointed += sum(e.proof is None for e in evidence)
+            t.proofs_failed += sum(e.proof is not None and not e.proof_ok for e in evidence)
+            card = {**f, "step_index": s.index, "evidence_checked": evidence,
+                    "regulation": regulation_for(f["code"], f["rule"])}
+            if s.kind == "entry" and s.index == f["index"] and s.lots:
+                # the first lot the raising entry names, traced to its origins
+                g = flowgraph.trace(ps, s.lots[0], "up", point)
+                if g["edges"]:
+                    svg = graph_svg(flowgraph.aggregate(g), f"lot {s.lots[0]} upstream", f"trace{t.findings}")
+                    card["trace"] = {"lot": s.lots[0], "svg": svg, "ends": g["ends"], "traceable": g["traceable"]}
+            cards.write(_finding_card(t.findings, card, names, cp))
+        if t.steps % PROGRESS_EVERY == 0:
+            say(f"replaying the party's history: log index {s.index:,} of {n:,}, {t.steps:,} steps, "
+                f"{t.evidence:,} evidence entries proven so far")
+    t.signatures_valid, t.signatures_invalid = rs.signatures_valid, rs.signatures_invalid
+    t.credit = rs.credit
+    return t
 
 
 # --- drawing ----------------------------------------------------------------------------------
@@ -789,14 +931,11 @@ def _header(d: dict[str, Any]) -> str:
         rows.append(("Checkpoint", '<span class="warn">no checkpoint at or before this log size: nothing in this '
                                    'report is proven against a signed tree head</span>'))
     rows.append(("Generated at", esc(d["generated_at"])))
-    findings = d["findings"]
-    codes: dict[str, int] = {}
-    for f in findings:
-        codes[f["code"]] = codes.get(f["code"], 0) + 1
-    summary = (f'<p class="summary"><span><b>{len(r.steps)}</b> steps replayed</span>'
+    codes = r.codes
+    summary = (f'<p class="summary"><span><b>{r.steps}</b> steps replayed</span>'
                f'<span>signatures: <span class="ok">{r.signatures_valid} valid</span>, '
                f'<span class="{"bad" if r.signatures_invalid else "ok"}">{r.signatures_invalid} invalid</span></span>'
-               f'<span><b>{len(findings)}</b> findings'
+               f'<span><b>{r.findings}</b> findings'
                + (": " + " ".join(f'<span class="badge">{esc(c)} ×{k}</span>' for c, k in sorted(codes.items()))
                   if codes else "") + "</span>"
                f'<span><b>{len(r.credit)}</b> credit records</span></p>')
@@ -806,38 +945,36 @@ def _header(d: dict[str, Any]) -> str:
             + summary + _kv(rows))
 
 
-def _timeline(d: dict[str, Any]) -> str:
-    r: Replay = d["replay"]
+def _timeline_row(s: Step, names: dict[str, str]) -> str:
+    codes = " ".join(f'<span class="badge">{esc(f["code"])}</span>' for f in s.findings)
+    if s.kind == "entry":
+        cp = s.counterparty or ""
+        name = names.get(cp, "")
+        who = (f'{esc(name)}<br><span class="mono">{esc(cp)}</span>' if name else f'<span class="mono">{esc(cp)}'
+               '</span>')
+        return (f'<tr class="{"hit" if s.findings else ""}"><td>{s.index}</td><td>{esc(s.seq)}</td>'
+                f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}Z</td>'
+                f'<td class="facts">{esc(entry_facts(s.type, s.body))}</td><td class="who">{who}</td>'
+                f'<td>{_sig_short(s.signature)}<br><span class="hash" title="entry hash">'
+                f'{esc((s.entry_hash or "")[:12])}…</span></td><td>{codes}</td></tr>\n')
+    return (f'<tr class="other hit"><td>{s.index}</td><td></td><td colspan="3"><i>raised by another '
+            f'party\'s entry (recorded {esc(s.recorded_at[:19])}Z)</i></td><td class="facts">'
+            + esc("; ".join(f["message"] for f in s.findings)) + '</td><td></td><td></td>'
+            f'<td>{codes}</td></tr>\n')
+
+
+def _write_timeline(d: dict[str, Any], out: TextIO) -> None:
+    r: ReplayTally = d["replay"]
     head = ("<tr><th>#</th><th>seq</th><th>type</th><th>occurred</th><th>recorded</th><th>what it says</th>"
             "<th>counterparty</th><th>signature</th><th>findings</th></tr>")
-    rows = []
-    for s in r.steps:
-        codes = " ".join(f'<span class="badge">{esc(f["code"])}</span>' for f in s.findings)
-        if s.kind == "entry":
-            cp = s.counterparty or ""
-            name = d["names"].get(cp, "")
-            who = (f'{esc(name)}<br><span class="mono">{esc(cp)}</span>' if name else f'<span class="mono">{esc(cp)}'
-                   '</span>')
-            rows.append(f'<tr class="{"hit" if s.findings else ""}"><td>{s.index}</td><td>{esc(s.seq)}</td>'
-                        f'<td>{esc(s.type)}</td><td>{esc(s.occurred_at)}</td><td>{esc(s.recorded_at[:19])}Z</td>'
-                        f'<td class="facts">{esc(entry_facts(s.type, s.body))}</td><td class="who">{who}</td>'
-                        f'<td>{_sig_short(s.signature)}<br><span class="hash" title="entry hash">'
-                        f'{esc((s.entry_hash or "")[:12])}…</span></td><td>{codes}</td></tr>')
-        else:
-            rows.append(f'<tr class="other hit"><td>{s.index}</td><td></td><td colspan="3"><i>raised by another '
-                        f'party\'s entry (recorded {esc(s.recorded_at[:19])}Z)</i></td><td class="facts">'
-                        + esc("; ".join(f["message"] for f in s.findings)) + '</td><td></td><td></td>'
-                        f'<td>{codes}</td></tr>')
-    types: dict[str, int] = {}
-    for s in r.steps:
-        if s.type:
-            types[s.type] = types.get(s.type, 0) + 1
-    counts = ", ".join(f"{esc(t)} {k}" for t, k in sorted(types.items(), key=lambda x: -x[1]))
-    return ("<h2>Timeline</h2>"
-            f'<p class="muted">{len(r.steps)} steps in log order: the party\'s own entries (signature checked with '
-            "the key valid when each was recorded) and findings about the party raised by other entries' arrival. "
-            f"Rows with findings are shaded. Entry types: {counts}.</p>"
-            f'<div class="tlwrap"><table class="tl"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table></div>')
+    counts = ", ".join(f"{esc(t)} {k}" for t, k in sorted(r.types.items(), key=lambda x: -x[1]))
+    out.write("<h2>Timeline</h2>"
+              f'<p class="muted">{r.steps} steps in log order: the party\'s own entries (signature checked with '
+              "the key valid when each was recorded) and findings about the party raised by other entries' arrival. "
+              f"Rows with findings are shaded. Entry types: {counts}.</p>"
+              f'<div class="tlwrap"><table class="tl"><thead>{head}</thead><tbody>\n')
+    _copy(d["timeline"], out)
+    out.write("</tbody></table></div>")
 
 
 def _quota(d: dict[str, Any]) -> str:
@@ -887,31 +1024,29 @@ def _stock(d: dict[str, Any]) -> str:
     """One small chart per product (the largest by peak holding), each with its own axis, so that
     a product of 2,000 kg REO is not a flat line under one of 2,000,000."""
     parts = ["<h2>Stock over time</h2>"]
-    st = d["stock"]
+    st: dict[str, StockSeries] = d["stock"]
     if not st:
         parts.append('<p class="muted">The party never held stock.</p>')
         return "".join(parts)
-    ranked = sorted(st.items(), key=lambda kv: (-max(abs(v) for _, v in kv[1]), kv[0]))
+    ranked = sorted(st.items(), key=lambda kv: (-kv[1].largest, kv[0]))
     shown = ranked[:STOCK_PANELS]
     parts.append('<p class="muted">kg REO held, by product, over business time (after each move): one chart per '
                  "product, each on its own scale"
                  + (f"; the {len(shown)} largest of {len(ranked)} products (all are in the table)"
                     if len(ranked) > len(shown) else "") + ".</p>")
-    all_t = [t for _p, pts in st.items() for t, _v in pts]
-    span = (min(all_t), max(all_t))
+    span = (min(s.points[0][0] for s in st.values()), max(s.points[-1][0] for s in st.values()))
     panels = []
-    for i, (prod, pts) in enumerate(shown):
+    for i, (prod, s) in enumerate(shown):
         marks = []
-        neg = next(((t, v) for t, v in pts if v < 0), None)
-        if neg:
-            marks.append({"t": neg[0], "y": neg[1], "color": "#b3261e", "label": "below zero"})
-        series = [{"label": prod, "color": PALETTE[i % len(PALETTE)], "points": pts, "width": 1.6}]
+        if s.below_zero:
+            marks.append({"t": s.below_zero[0], "y": s.below_zero[1], "color": "#b3261e", "label": "below zero"})
+        series = [{"label": prod, "color": PALETTE[i % len(PALETTE)], "points": s.points, "width": 1.6}]
         panels.append(step_chart(series, title=prod, unit="kg REO", width=540, height=200, marks=marks, span=span,
                                  legend=False))
     parts.append('<div class="multiples">' + "".join(f"<div>{p}</div>" for p in panels) + "</div>")
-    rows = "".join(f"<tr><td>{esc(prod)}</td><td class=num>{esc(qty(kg_text(int(round(pts[-1][1] * 1000))), 'kg REO'))}"
-                   f"</td><td class=num>{esc(qty(kg_text(int(round(max(v for _, v in pts) * 1000))), 'kg REO'))}"
-                   "</td></tr>" for prod, pts in ranked)
+    rows = "".join(f"<tr><td>{esc(prod)}</td><td class=num>{esc(qty(kg_text(int(round(s.now * 1000))), 'kg REO'))}"
+                   f"</td><td class=num>{esc(qty(kg_text(int(round(s.peak * 1000))), 'kg REO'))}"
+                   "</td></tr>" for prod, s in ranked)
     parts.append(f"<table><tr><th>product</th><th>held now</th><th>peak</th></tr>{rows}</table>")
     return "".join(parts)
 
@@ -963,56 +1098,58 @@ def _entries(n: int) -> str:
     return f"{n} entry" if n == 1 else f"{n} entries"
 
 
-def _findings_html(d: dict[str, Any]) -> str:
-    parts = ["<h2>Findings and evidence</h2>"]
-    cp = d["checkpoint"]
-    if not d["findings"]:
-        parts.append('<p class="ok">No findings about this party.</p>')
-        return "".join(parts)
-    parts.append('<p class="muted">Each cited entry: its position, its entry hash recomputed from the stored signed '
-                 "envelope, its signature checked with the key valid when it was recorded, and its Merkle inclusion "
-                 + (f"proof (sibling hashes, leaf to root) against the checkpoint {esc(cp['origin'])} of size "
-                    f"{cp['size']}, root <span class=hash>{esc(cp['root'].hex())}</span>, verified before printing."
-                    if cp else "proof: none, there is no checkpoint.") + "</p>")
-    for i, f in enumerate(d["findings"], 1):
-        reg = f["regulation"]
-        ev = []
-        for e in f["evidence_checked"]:
-            proof = ""
-            if e.proof is not None:
-                proof = ('<ol class="proof">' + "".join(f"<li>{esc(h)}</li>" for h in e.proof) + "</ol>"
-                         if e.proof else '<div class="muted">(empty proof: the tree has one leaf)</div>')
-            status_cls = "ok" if e.proof_ok else ("warn" if e.proof is None and "not yet" in e.proof_status else "bad")
-            ev.append(f'<div class="ev"><b class="mono">{esc(e.chain)}:{esc(e.seq)}</b> '
-                      f'{esc(d["names"].get(e.chain, ""))} <span class="muted">log index {e.index}, {esc(e.type)}, '
-                      f'recorded {esc(e.recorded_at)}</span>'
-                      f'<div class="facts">{esc(e.facts) or "<i>(no body)</i>"}</div>'
-                      f'entry hash <span class="hash">{esc(e.entry_hash)}</span> '
-                      f'<span class="{"ok" if e.hash_ok else "bad"}">'
-                      f'{"(matches the stored envelope)" if e.hash_ok else "(DOES NOT match the stored envelope)"}'
-                      f'</span><br>leaf hash <span class="hash">{esc(e.leaf_hash)}</span> '
-                      f'<span class="muted">(SHA-256 of 0x00 and the leaf: entry hash, log index, record time)</span>'
-                      f'<br>signature {_sig_html(e.signature)}<br>'
-                      f'<span class="{status_cls}">{esc(e.proof_status)}</span>{proof}</div>')
-        provisions = "".join(f"<tr><td>{esc(src)}</td><td>{esc(art)}</td><td>{esc(text)}</td></tr>"
-                             for src, art, text in reg["provisions"])
-        params = ", ".join(f"{esc(k)}={esc(v)}" for k, v in (f.get("params") or {}).items())
-        parts.append(
-            f'<div class="card"><h3>{i}. <span class="badge">{esc(f["code"])}</span> '
+def _finding_card(i: int, f: dict[str, Any], names: dict[str, str], cp: dict[str, Any] | None) -> str:
+    """The ``i``-th finding with its evidence, proven (``f["evidence_checked"]``)."""
+    reg = f["regulation"]
+    ev = []
+    for e in f["evidence_checked"]:
+        proof = ""
+        if e.proof is not None:
+            proof = ('<ol class="proof">' + "".join(f"<li>{esc(h)}</li>" for h in e.proof) + "</ol>"
+                     if e.proof else '<div class="muted">(empty proof: the tree has one leaf)</div>')
+        status_cls = "ok" if e.proof_ok else ("warn" if e.proof is None and "not yet" in e.proof_status else "bad")
+        ev.append(f'<div class="ev"><b class="mono">{esc(e.chain)}:{esc(e.seq)}</b> '
+                  f'{esc(names.get(e.chain, ""))} <span class="muted">log index {e.index}, {esc(e.type)}, '
+                  f'recorded {esc(e.recorded_at)}</span>'
+                  f'<div class="facts">{esc(e.facts) or "<i>(no body)</i>"}</div>'
+                  f'entry hash <span class="hash">{esc(e.entry_hash)}</span> '
+                  f'<span class="{"ok" if e.hash_ok else "bad"}">'
+                  f'{"(matches the stored envelope)" if e.hash_ok else "(DOES NOT match the stored envelope)"}'
+                  f'</span><br>leaf hash <span class="hash">{esc(e.leaf_hash)}</span> '
+                  f'<span class="muted">(SHA-256 of 0x00 and the leaf: entry hash, log index, record time)</span>'
+                  f'<br>signature {_sig_html(e.signature)}<br>'
+                  f'<span class="{status_cls}">{esc(e.proof_status)}</span>{proof}</div>')
+    provisions = "".join(f"<tr><td>{esc(src)}</td><td>{esc(art)}</td><td>{esc(text)}</td></tr>"
+                         for src, art, text in reg["provisions"])
+    params = ", ".join(f"{esc(k)}={esc(v)}" for k, v in (f.get("params") or {}).items())
+    return (f'<div class="card"><h3>{i}. <span class="badge">{esc(f["code"])}</span> '
             f'<span class="badge rule">{esc(f["rule"])}</span> {esc(f["message"])}</h3>'
             f'<div class="muted">raised at log index {f["index"]}, business time {esc(f["occurred_at"])}'
             + (f"; {params}" if params else "") + f'<br>rule: {esc(RULES.get(f["rule"], f["rule"]))}</div>'
             f'<h3>What the regulation says</h3><table><tr><th>source</th><th>article</th><th>provision</th></tr>'
             f'{provisions}</table><div><b>Penalty range:</b> {esc(reg["penalty"])}</div>'
-            f'<h3>Evidence ({_entries(len(ev))})</h3>{"".join(ev)}{_trace_html(f)}</div>')
-    parts.append('<p class="muted">Whatever the rule: ' + "; ".join(
+            f'<h3>Evidence ({_entries(len(ev))})</h3>{"".join(ev)}{_trace_html(f)}</div>\n')
+
+
+def _write_findings(d: dict[str, Any], out: TextIO) -> None:
+    out.write("<h2>Findings and evidence</h2>")
+    cp = d["checkpoint"]
+    if not d["replay"].findings:
+        out.write('<p class="ok">No findings about this party.</p>')
+        return
+    out.write('<p class="muted">Each cited entry: its position, its entry hash recomputed from the stored signed '
+              "envelope, its signature checked with the key valid when it was recorded, and its Merkle inclusion "
+              + (f"proof (sibling hashes, leaf to root) against the checkpoint {esc(cp['origin'])} of size "
+                 f"{cp['size']}, root <span class=hash>{esc(cp['root'].hex())}</span>, verified before printing."
+                 if cp else "proof: none, there is no checkpoint.") + "</p>\n")
+    _copy(d["cards"], out)
+    out.write('<p class="muted">Whatever the rule: ' + "; ".join(
         f"{esc(src)} {esc(art)}: {esc(text)}" for src, art, text in CONSEQUENCES) + ". Sources: "
         + "; ".join(f"{esc(k)}: {esc(v)}" for k, v in SOURCES.items()) + ".</p>")
-    return "".join(parts)
 
 
 def _credit_html(d: dict[str, Any]) -> str:
-    r: Replay = d["replay"]
+    r: ReplayTally = d["replay"]
     parts = ["<h2>Credit record</h2>",
              '<p class="muted">ViolationFound and PenaltyImposed entries about this party (Decree 785 Art. 27; a '
              "penalty under Decree 71 cuts the next-year indicator, Art. 14).</p>"]
@@ -1038,32 +1175,58 @@ def _credit_html(d: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_html(d: dict[str, Any]) -> str:
+def _copy(spool: TextIO, out: TextIO) -> None:
+    """A spooled section (written while the replay streamed) into the report, a chunk at a time."""
+    spool.seek(0)
+    shutil.copyfileobj(spool, out, 1 << 20)
+
+
+def write_html(d: dict[str, Any], out: TextIO) -> None:
+    """The report, written to ``out`` a section at a time (the spooled sections copied in)."""
     p = d["party"]
-    body = "".join([_header(d), _findings_html(d), _quota(d), _stock(d), _flows_html(d), _credit_html(d),
-                    _timeline(d)])
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{esc('Investigation ' + (p.get('name') or '') + ' ' + p['party'])}</title>"
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<style>{CSS}</style></head><body><main>{body}"
-            f'<p class="muted">Generated by reledger investigate at {esc(d["generated_at"])}. Self-contained: no '
-            "scripts, fonts or images are loaded from anywhere.</p></main></body></html>\n")
+    out.write("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+              f"<title>{esc('Investigation ' + (p.get('name') or '') + ' ' + p['party'])}</title>"
+              '<meta name="viewport" content="width=device-width, initial-scale=1">'
+              f"<style>{CSS}</style></head><body><main>")
+    out.write(_header(d))
+    _write_findings(d, out)
+    for section in (_quota, _stock, _flows_html, _credit_html):
+        out.write(section(d))
+    _write_timeline(d, out)
+    out.write(f'<p class="muted">Generated by reledger investigate at {esc(d["generated_at"])}. Self-contained: no '
+              "scripts, fonts or images are loaded from anywhere.</p></main></body></html>\n")
+
+
+def render_html(d: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    write_html(d, buf)
+    return buf.getvalue()
 
 
 def write_report(url: str, party: str, out: str | Path, *, as_of: int | None = None,
                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Gather, render and write the report; returns a summary."""
-    d = gather(url, party, as_of=as_of, progress=progress)
-    if progress is not None:
-        progress("drawing and writing the report")
-    text = render_html(d)
-    Path(out).write_text(text, encoding="utf-8")
-    ev = [e for f in d["findings"] for e in f["evidence_checked"]]
+    """Gather, render and write the report; returns a summary. The timeline and the findings are
+    spooled to temporary files while the replay streams, then copied into the report, which is
+    written beside ``out`` and moved into place once whole (a failure leaves no partial file)."""
+    out = Path(out)
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as timeline, \
+            tempfile.TemporaryFile("w+", encoding="utf-8") as cards:
+        d = gather(url, party, as_of=as_of, progress=progress, timeline=timeline, cards=cards)
+        if progress is not None:
+            progress("drawing and writing the report")
+        part = out.with_name(f".{out.name}.{os.getpid()}.part")
+        try:
+            with open(part, "w", encoding="utf-8") as f:
+                write_html(d, f)
+            os.replace(part, out)
+        finally:
+            if part.exists():
+                part.unlink()
+    r: ReplayTally = d["replay"]
     cp = d["checkpoint"]
-    return {"file": str(out), "party": party, "as_of_size": d["size"], "steps": len(d["replay"].steps),
-            "findings": len(d["findings"]), "codes": sorted({f["code"] for f in d["findings"]}),
-            "evidence": len(ev), "proofs_verified": sum(e.proof_ok for e in ev),
-            "not_yet_checkpointed": sum(e.proof is None for e in ev),
-            "proofs_failed": sum(e.proof is not None and not e.proof_ok for e in ev),
+    return {"file": str(out), "party": party, "as_of_size": d["size"], "steps": r.steps,
+            "findings": r.findings, "codes": sorted(r.codes), "evidence": r.evidence,
+            "proofs_verified": r.proofs_verified, "not_yet_checkpointed": r.not_yet_checkpointed,
+            "proofs_failed": r.proofs_failed,
             "checkpoint": {"origin": cp["origin"], "size": cp["size"], "root": cp["root"].hex()} if cp else None,
-            "bytes": len(text.encode("utf-8"))}
+            "bytes": out.stat().st_size}
