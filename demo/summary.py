@@ -35,11 +35,10 @@ def summarize(demo, url: str, out: Path, stats: dict[str, Any]) -> dict[str, Any
                        spec["codes"], "findings": hits}
     unexpected = [f for f in found if (f["index"], f["code"], f["party"]) not in matched]
     # a flow graph: an exported lot traced upstream to its mines
-    exported = [e for e in queries.flow_edges(ps) if e["kind"] == "EXPORT"]
+    export_lot = queries.last_export(ps)
     graph_files = {}
-    export_lot = exported[-1]["src_lot"] if exported else None
-    if exported:
-        lot = exported[-1]["src_lot"]
+    if export_lot is not None:
+        lot = export_lot
         g = flowgraph.trace(ps, lot, "up")
         g = flowgraph.aggregate(g)
         drawings = [("dot", flowgraph.to_dot(g, f"lot {lot} upstream"))]

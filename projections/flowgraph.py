@@ -28,7 +28,7 @@ import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, Iterator
 
 from .model import kg_text
 from .queries import Point, parties
@@ -59,6 +59,9 @@ def _day(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, tz=_CST).strftime("%Y-%m-%d")
 
 
+#: Flow rows read at a time by the party drill-down (``party_graph(party=P)``).
+PAGE = 5_000
+
 _FLOW_COLUMNS = "idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref"
 
 
@@ -66,16 +69,6 @@ def _flow_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
     return [{"index": int(i), "occurred_us": int(o), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp,
              "dst_lot": dl, "product": pr, "g": int(g), "reo_g": int(r), "ref": ref}
             for i, o, k, sp, sl, dp, dl, pr, g, r, ref in rows]
-
-
-def _flow_rows(ps: ProjectionStore, point: Point, touching: str | None = None) -> list[dict[str, Any]]:
-    """The flow table with business times (what queries.flow_edges gives, plus ``occurred_us``);
-    ``touching``: only the rows from or to that party (filtered in the database)."""
-    n, t = point.bounds(ps)
-    where, params = "idx < ? AND occurred_us <= ?", (n, t)
-    if touching is not None:
-        where, params = where + " AND (src_party = ? OR dst_party = ?)", params + (touching, touching)
-    return _flow_dicts(ps.execute(f"SELECT {_FLOW_COLUMNS} FROM {P}flow WHERE {where} ORDER BY idx", params))
 
 
 def _lot_rows(ps: ProjectionStore, point: Point, lot: str, direction: str) -> list[dict[str, Any]]:
@@ -124,6 +117,32 @@ def _node(n: str, **extra: Any) -> dict[str, Any]:
 
 # --- the party graph ----------------------------------------------------------------------------
 
+def _sides(party: str | None) -> list[tuple[str, tuple]]:
+    """The conditions that select the flow rows from or to ``party`` (all rows: None), one per
+    index read: its rows from it (``flow_src_party``), then its rows to it from elsewhere
+    (``flow_dst_party``), so that each row is read once."""
+    if party is None:
+        return [("", ())]
+    return [(" AND src_party = ?", (party,)),
+            (" AND dst_party = ? AND (src_party IS NULL OR src_party <> ?)", (party, party))]
+
+
+def _paged(ps: ProjectionStore, columns: str, where: str, params: tuple) -> Iterator[tuple]:
+    """The flow rows ``WHERE where``, in log order, PAGE at a time (keyset pagination on ``idx``,
+    the first of ``columns``): several rows share a log index, so a full page's last index is
+    read again on its own, whole, and the next page starts after it."""
+    after = -1
+    while True:
+        rows = ps.execute(f"SELECT {columns} FROM {P}flow WHERE {where} AND idx > ? ORDER BY idx LIMIT ?",
+                          params + (after, PAGE))
+        if len(rows) < PAGE:
+            yield from rows
+            return
+        after = rows[-1][0]
+        yield from (r for r in rows if r[0] != after)
+        yield from ps.execute(f"SELECT {columns} FROM {P}flow WHERE {where} AND idx = ?", params + (after,))
+
+
 def party_graph(ps: ProjectionStore, point: Point = Point(), party: str | None = None,
                 touching: str | None = None) -> dict[str, Any]:
     """All movements between parties (and origins and destinations), one edge per (source,
@@ -134,26 +153,39 @@ def party_graph(ps: ProjectionStore, point: Point = Point(), party: str | None =
     every customs declaration and scrap source on its own.
 
     ``touching``: the edges of the whole graph that touch that party only (the same edges as
-    the whole graph has there; only its rows are read)."""
-    rows = [e for e in _flow_rows(ps, point, touching if party is None else party) if e["kind"] not in TRANSFORM_KINDS]
-    if party is not None:
-        rows = [e for e in rows if party in (e["src_party"], e["dst_party"])]
+    the whole graph has there; only its rows are read).
+
+    Memory is the answer's: the database sums the rows per (source, destination, kind); the
+    drill-down's months (:func:`_month`) are summed here as its rows come, a page at a time."""
+    n, t = point.bounds(ps)
+    where = f"idx < ? AND occurred_us <= ? AND kind NOT IN ({', '.join('?' * len(TRANSFORM_KINDS))})"
+    params = (n, t, *TRANSFORM_KINDS)
     agg: dict[tuple, list] = {}
     folded: dict[str, set[str]] = {}
-    for e in rows:
-        src, dst = _party(e["src_party"]), _party(e["dst_party"])
-        if e["kind"] == "PRODUCTION":
-            src = f"mine-site:{e['src_party']}"
-        elif party is None and e["kind"] in ("IMPORT", "SCRAP"):
-            kind = "customs" if e["kind"] == "IMPORT" else "scrap"
-            grouped = f"{kind}-all:{e['dst_party']}"
+
+    def add(sp: str, dp: str, kind: str, month: str | None, g: int, reo_g: int, count: int) -> None:
+        src, dst = _party(sp), _party(dp)
+        if kind == "PRODUCTION":
+            src = f"mine-site:{sp}"
+        elif party is None and kind in ("IMPORT", "SCRAP"):
+            grouped = f"{'customs' if kind == 'IMPORT' else 'scrap'}-all:{dp}"
             folded.setdefault(grouped, set()).add(src)
             src = grouped
-        month = _month(e["occurred_us"]) if party is not None else None
-        v = agg.setdefault((src, dst, e["kind"], month), [0, 0, 0])
-        v[0] += e["g"]
-        v[1] += e["reo_g"]
-        v[2] += 1
+        v = agg.setdefault((src, dst, kind, month), [0, 0, 0])
+        v[0] += g
+        v[1] += reo_g
+        v[2] += count
+
+    for side, side_params in _sides(touching if party is None else party):
+        if party is None:  # PostgreSQL's SUM of BIGINT is NUMERIC: int() is exact
+            for sp, dp, kind, g, reo_g, count in ps.execute(
+                    f"SELECT src_party, dst_party, kind, SUM(g), SUM(reo_g), COUNT(*) FROM {P}flow "
+                    f"WHERE {where}{side} GROUP BY src_party, dst_party, kind", params + side_params):
+                add(sp, dp, kind, None, int(g), int(reo_g), int(count))
+        else:
+            for _i, sp, dp, kind, occurred_us, g, reo_g in _paged(
+                    ps, "idx, src_party, dst_party, kind, occurred_us, g, reo_g", where + side, params + side_params):
+                add(sp, dp, kind, _month(int(occurred_us)), int(g), int(reo_g), 1)
     names = _names(ps, point)
     node_ids = sorted({n for s, d, _k, _m in agg for n in (s, d)})
     nodes = []
@@ -192,7 +224,8 @@ def trace(ps: ProjectionStore, lot: str, direction: str = "up", point: Point = P
 
 
 def trace_rows(rows: list[dict[str, Any]], lot: str, direction: str = "up") -> dict[str, Any]:
-    """:func:`trace` over flow rows (``_flow_rows``' dicts), without a database."""
+    """:func:`trace` over flow rows (dicts of the flow table's columns, ``index`` for ``idx``),
+    without a database."""
     if direction not in ("up", "down"):
         raise ValueError("direction must be 'up' or 'down'")
     by_dst: dict[str, list[dict]] = {}

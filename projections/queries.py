@@ -245,12 +245,12 @@ def credit(ps: ProjectionStore, party: str | None = None, point: Point = Point()
          "fine_cny": f, "next_year_cut_t": _t(int(c or 0)), "detail": d} for i, o, p, k, a, f, c, d in rows]}
 
 
-def flow_edges(ps: ProjectionStore, point: Point = Point()) -> list[dict[str, Any]]:
+def last_export(ps: ProjectionStore, point: Point = Point()) -> str | None:
+    """The lot of the latest export (by log index) at ``point``; None when there is none."""
     n, t = point.bounds(ps)
-    rows = ps.execute(f"SELECT idx, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref FROM {P}flow "
-                      "WHERE idx < ? AND occurred_us <= ? ORDER BY idx", (n, t))
-    return [{"index": int(i), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp, "dst_lot": dl,
-             "product": pr, "g": int(g), "reo_g": int(r), "ref": ref} for i, k, sp, sl, dp, dl, pr, g, r, ref in rows]
+    rows = ps.execute(f"SELECT src_lot FROM {P}flow WHERE kind = 'EXPORT' AND idx < ? AND occurred_us <= ? "
+                      "ORDER BY idx DESC LIMIT 1", (n, t))
+    return rows[0][0] if rows else None
 
 
 def parties(ps: ProjectionStore, point: Point = Point()) -> list[dict[str, Any]]:

@@ -304,3 +304,19 @@ def ev(*receipts) -> list[tuple[str, int, str]]:
 def summary(f: dict) -> tuple:
     """(code, party, evidence as (chain, seq, hash hex)) of a finding dict."""
     return f["code"], f["party"], [(e["chain"], e["seq"], e["hash"]) for e in f["evidence"]]
+
+
+def flow_rows(ps, point=None, touching: str | None = None) -> list[dict[str, Any]]:
+    """Every flow row at ``point`` (from or to ``touching`` only, when given), in log order, as
+    the flow graph's dicts: the naive read of the whole table the graphs are checked against."""
+    from reledger.projections.queries import Point
+
+    n, t = (point or Point()).bounds(ps)
+    where, params = "idx < ? AND occurred_us <= ?", (n, t)
+    if touching is not None:
+        where, params = where + " AND (src_party = ? OR dst_party = ?)", params + (touching, touching)
+    rows = ps.execute(f"SELECT idx, occurred_us, kind, src_party, src_lot, dst_party, dst_lot, product, g, reo_g, ref "
+                      f"FROM {P}flow WHERE {where} ORDER BY idx", params)
+    return [{"index": int(i), "occurred_us": int(o), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp,
+             "dst_lot": dl, "product": pr, "g": int(g), "reo_g": int(r), "ref": ref}
+            for i, o, k, sp, sl, dp, dl, pr, g, r, ref in rows]

@@ -36,6 +36,8 @@ from reledger.projections import flowgraph, queries
 from reledger.projections.store import ProjectionStore
 from reledger.replay.report import write_report
 
+from projection_helpers import flow_rows
+
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None,
                                reason="Graphviz's dot is not installed (CI installs Debian's graphviz)")
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -57,11 +59,11 @@ def demo(tmp_path_factory) -> dict:
     ps = ProjectionStore(url)
     try:
         ps.catch_up()
-        exported = [e["src_lot"] for e in queries.flow_edges(ps) if e["kind"] == "EXPORT"]
+        export_lot = queries.last_export(ps)
         plant = next(f["party"] for f in queries.findings(ps)["findings"] if f["code"] == "OVER_QUOTA")
     finally:
         ps.close()
-    return {"url": url, "dir": out, "lot": exported[-1], "plant": plant}
+    return {"url": url, "dir": out, "lot": export_lot, "plant": plant}
 
 
 def year_rows(mines: int = 10, months: int = 12, per_month: int = 4) -> list[dict]:
@@ -390,7 +392,7 @@ def test_a_trace_reads_only_the_lots_it_reaches_and_gives_the_whole_tables_graph
     ps = ProjectionStore(demo["url"])
     try:
         point = queries.Point()
-        every = flowgraph._flow_rows(ps, point)
+        every = flow_rows(ps, point)
         lots = sorted({e["dst_lot"] for e in every if e["dst_lot"]} | {e["src_lot"] for e in every if e["src_lot"]})
         assert len(lots) > 50
 

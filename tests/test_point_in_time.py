@@ -14,7 +14,7 @@ import pytest
 
 import reledger.projections.model as pmodel
 import reledger.projections.store as pstore
-from projection_helpers import DAY, HOUR, World, assert_rebuild_equals, dt_us, dump, ev, summary, ts
+from projection_helpers import DAY, HOUR, World, assert_rebuild_equals, dt_us, dump, ev, flow_rows, summary, ts
 from reledger.projections import flowgraph, queries
 from reledger.projections.follow import follow
 from reledger.projections.queries import Point, parse_point
@@ -86,7 +86,7 @@ def test_late_entry_valid_at_versus_as_of(w):
         # an as_of beyond the log is the whole log
         assert stock_of(ps, "MINE01", Point(10**9)) == stock_of(ps, "MINE01")
         # flow edges at a point
-        assert {e["dst_lot"] for e in queries.flow_edges(ps, Point(before_late))} == {"L1"}
+        assert {e["dst_lot"] for e in flow_rows(ps, Point(before_late))} == {"L1"}
     finally:
         ps.close()
     with pytest.raises(ValueError):

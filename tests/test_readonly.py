@@ -370,6 +370,43 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
             conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
+def test_the_serving_role_opens_a_ledger_without_an_index_this_version_added(tmp_path, capsys, caplog):
+    """The serving role may not make an index: a ledger made before the flow table's party
+    indexes opens as that role (warned) and answers the same; the owner's next open makes them."""
+    require_pg()
+    from reledger.projections import flowgraph
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    role = "reledger_srv_" + uuid.uuid4().hex[:8]
+    owner_url = _with_schema(PG_URL, schema)
+    u = DatabaseURL.parse(owner_url)
+    role_url = f"postgresql://{role}@{u.host}:{u.port}/{u.dbname}?schema={schema}"
+    try:
+        assert main(["init", "--db", owner_url, "--keys", str(tmp_path / "keys"), "--serving-role", role]) == EXIT_OK
+        capsys.readouterr()
+        with _pg_conn(owner_url) as conn:
+            for name in ("flow_src_party", "flow_dst_party"):
+                conn.execute(f'DROP INDEX "{schema}".{P}{name}')
+        ps = ProjectionStore(role_url)
+        try:
+            assert ps._missing() == (0, 2)
+            assert "may not make them" in caplog.text
+            ps.catch_up()
+            assert flowgraph.party_graph(ps, party="MIIT")["edges"] == []
+        finally:
+            ps.close()
+        ps = ProjectionStore(owner_url)
+        try:
+            assert ps._missing() == (0, 0)
+        finally:
+            ps.close()
+    finally:
+        drop_schema(schema)
+        with _pg_conn(PG_URL) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
 # --- a streaming standby --------------------------------------------------------------------
 
 class _Cluster:
