@@ -576,6 +576,13 @@ class RowState:
         return sum(len(m._c) for m in self.maps)
 
 
+#: the columns of the state's tables, and their PostgreSQL types (a rebuild copies them in)
+STATE_COLUMNS = {STATE: ("ns", "k", "v"), DUE: ("queue", "due", "a", "b", "id", "item"),
+                 rowevents.EVENTS: ("ns", "k", "occ", "n", "v")}
+STATE_PG_TYPES = {STATE: ("text", "bytea", "bytea"), DUE: ("text", "int8", "text", "text", "int8", "bytea"),
+                  rowevents.EVENTS: ("text", "bytea", "int8", "int8", "bytea")}
+
+
 def drop_ddl() -> list[str]:
     return [f"DROP TABLE IF EXISTS {STATE}", f"DROP TABLE IF EXISTS {DUE}"] + rowevents.drop_ddl()
 

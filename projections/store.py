@@ -164,6 +164,7 @@ class ProjectionStore:
             # (instead of 2) keeps the B-trees' inner pages in memory
             self.conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KB}")
         self.projector: Projector | None = None
+        self._scratch: rowstate.ScratchState | None = None  # a rebuild's rule state (see rebuild)
         self.create()
 
     # --- plumbing ---------------------------------------------------------------------
@@ -441,13 +442,26 @@ class ProjectionStore:
             if rows[table]:
                 self._insert(cur, table, rows[table], copy)
         st = proj.row_state
-        st.begin(cur)
+        scratch = self._scratch
+        scur = None
+        if scratch is not None:  # a rebuild: the state's rows go to its scratch file (see rebuild)
+            scur = scratch.conn.cursor()
+            scur.execute("BEGIN")
+        st.begin(cur if scur is None else scur)
         try:
             st.flush_maps()  # the rule state's changes, in this transaction
             sums = ([(stop, *k, g) for k, g in proj.quota_sums.items()]
                     if stop % QUOTA_SUMS_EVERY == 0 and proj.quota_sums is not None else None)
+        except BaseException:
+            if scur is not None:
+                scur.execute("ROLLBACK")
+            raise
         finally:
             st.end()
+        if scur is not None:
+            # before the page's own commit: should that fail, the rebuild stops and the scratch
+            # file goes with it (the ledger's state rows are written only by _move_state)
+            scur.execute("COMMIT")
         if sums is not None:
             # INSERTs, never COPY: the rule state was flushed above, so a TypeError from here
             # would send _write's retry round with the state's changes already taken as written
@@ -476,19 +490,49 @@ class ProjectionStore:
             try:
                 self.drop()
                 self.create(indexes=False)
+                scratch = rowstate.ScratchState()
                 try:
+                    self.projector, self._scratch = Projector(scratch.state), scratch
                     n = self.catch_up(page=REBUILD_PAGE)
+                    self._move_state(scratch)
                 except BaseException:
                     try:
                         self._create_indexes()
                     except Exception:  # noqa: BLE001 - the first error is the one to report
                         pass
                     raise
+                finally:
+                    # the follower's next catch-up reads the state's rows where they now are
+                    self.projector, self._scratch = None, None
+                    scratch.close()
                 self._create_indexes()
                 return n
             finally:
                 if paused:
                     gc.enable()
+
+    def _move_state(self, scratch: "rowstate.ScratchState") -> None:
+        """A rebuild's rule state, from its scratch file into the ledger's state tables, in one
+        transaction that checks the position the state belongs to."""
+        pos = self.projector.position
+        src = scratch.conn.cursor()
+        with self._transaction() as cur:
+            cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
+            row = cur.fetchone()
+            if pos and (row is None or int(row[0]) != pos):
+                raise TrackingError("the projections moved on while they were rebuilt: another follower is running")
+            for table, cols in rowstate.STATE_COLUMNS.items():
+                src.execute(f"SELECT {', '.join(cols)} FROM {table}")
+                if self.pg:
+                    with cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.set_types(rowstate.STATE_PG_TYPES[table])
+                        while rows := src.fetchmany(10_000):
+                            for r in rows:
+                                copy.write_row(r)
+                else:
+                    sql = f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+                    while rows := src.fetchmany(10_000):
+                        cur.executemany(sql, rows)
 
 
 class NoProjections(NoLedger):

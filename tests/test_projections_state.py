@@ -244,10 +244,18 @@ def test_a_state_made_from_empty_asks_no_query_for_keys_it_never_wrote(demo_ledg
         return row
 
     monkeypatch.setattr(rowstate.RowState, "fetch", fetch)
+    evicted = []
+    real_move = pstore.ProjectionStore._move_state
+
+    def move_state(self, scratch):  # the rebuild's state (in its scratch file) before it moves in
+        evicted.append(any(not m.complete for m in self.projector.row_state.maps))
+        return real_move(self, scratch)
+
+    monkeypatch.setattr(pstore.ProjectionStore, "_move_state", move_state)
     ps = ProjectionStore(db_url)
     try:
         ps.rebuild()
-        assert any(not m.complete for m in ps.projector.row_state.maps)  # values were evicted
+        assert evicted == [True]  # values were evicted
         ref, want = reference(demo_ledger, size)
         assert table_rows(ps) == want
     finally:
@@ -258,3 +266,73 @@ def test_a_state_made_from_empty_asks_no_query_for_keys_it_never_wrote(demo_ledg
         assert fetched["absent"] > 100
     else:
         assert fetched["absent"] < fetched["found"] // 10 + 5
+
+
+def test_a_rebuild_moves_its_state_in_and_the_follower_carries_on(demo_ledger, db_url, monkeypatch):
+    """A rebuild folds the rule state in a scratch file of its own and moves it into the ledger
+    at the end (projections/store.py ``rebuild``): the state moved in is the in-memory fold's,
+    and the follower carries on from it (the rest of the log appended, then caught up) to the
+    rows and state of the fold of the whole log."""
+    monkeypatch.setattr(rowstate, "CACHE_ENTRIES", 60)
+    monkeypatch.setattr(rowstate, "SMALL_MAP", 4)
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 53)
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        half = size // 2
+        dst = copy_cut(src, half, db_url)
+        ps = ProjectionStore(db_url)
+        try:
+            assert ps.rebuild() == half
+            assert ps.projector is None  # the next catch-up reads the state where it now is
+            ref, want = reference(demo_ledger, half)
+            assert table_rows(ps) == want
+            assert_state_equal(ref, db_url)
+            clock = {"t": 0}
+            dst.clock = lambda: clock["t"]
+            for rec in src.records(half, size):
+                clock["t"] = rec.recorded_us
+                dst.append([rec.envelope])
+            assert ps.catch_up() == size - half
+            ref, want = reference(demo_ledger, size)
+            assert table_rows(ps) == want
+        finally:
+            ps.close()
+            dst.close()
+    assert_state_equal(ref, db_url)
+
+
+def test_a_rebuild_that_fails_half_way_leaves_rows_the_follower_completes(demo_ledger, db_url, monkeypatch):
+    """A rebuild stopped half-way (here: its page 4 fails) leaves the derived rows of the pages
+    it committed and no rule state (that was in the scratch file): the next catch-up folds the
+    state again from the log up to the position (its rows exist) and carries on, to the rows
+    and state of the fold of the whole log."""
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 41)
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        copy_cut(src, size, db_url).close()
+    calls = {"n": 0}
+    real_apply = pstore.ProjectionStore._apply_page
+
+    def apply_page(self, proj, page):
+        calls["n"] += 1
+        if self._scratch is not None and calls["n"] == 4:
+            raise RuntimeError("the machine went away")
+        return real_apply(self, proj, page)
+
+    monkeypatch.setattr(pstore.ProjectionStore, "_apply_page", apply_page)
+    ps = ProjectionStore(db_url)
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            ps.rebuild()
+        assert ps.position() == 3 * 41
+        assert stored_state(db_url)["state"] == {}  # the state never reached the ledger
+    finally:
+        ps.close()
+    ps = ProjectionStore(db_url)
+    try:
+        assert ps.catch_up() == size - 3 * 41
+        ref, want = reference(demo_ledger, size)
+        assert table_rows(ps) == want
+    finally:
+        ps.close()
+    assert_state_equal(ref, db_url)
