@@ -196,6 +196,7 @@ def stock_pages(ps, party, point, limit):
         pages.append(page)
         if page["next"] is None:
             return pages
+        assert len(pages) < 2000, "the pages do not move on"
         assert page["next"] == queries.stock_cursor(page["lots"][-1]["party"], page["lots"][-1]["lot"])
         after = queries.parse_stock_after(page["next"])
 
@@ -207,6 +208,7 @@ def findings_pages(ps, point, limit, **kw):
         pages.append(page)
         if page["next"] is None:
             return pages
+        assert len(pages) < 2000, "the pages do not move on"
         assert page["findings"] and page["next"] == page["findings"][-1]["index"]
         after = page["next"]
 
@@ -365,6 +367,7 @@ def http_pages(base, key, path: str, limit: int, as_of: int) -> list[dict[str, A
         r = signed_get(base, key, q)
         assert r.status_code == 200, r.text
         pages.append(r.json())
+        assert pages[-1]["next"] is None or (pages[-1]["next"] != after and len(pages) < 2000), "the pages do not move on"
         after = pages[-1]["next"]
         if after is None:
             return pages
@@ -403,14 +406,17 @@ def test_a_groups_pages_over_http(served):
     server, demo = served
     groups = [p for p, kind in demo["parties"].items() if kind == "group"]
     assert groups
+    seen = 0
     for grp in groups:
         key = _key(demo, grp)
         size = signed_get(server.base, key, "/v1/findings?limit=1").json()["as_of_size"]
         whole = signed_get(server.base, key, f"/v1/findings?limit=10000&as_of={size}").json()
         assert whole["next"] is None
+        seen += sum(1 for f in whole["findings"] if f["party"] != grp)
         for limit in (1, 2, 7):
             pages = http_pages(server.base, key, "/v1/findings", limit, size)
             assert [f for p in pages for f in p["findings"]] == whole["findings"]
+    assert seen  # a member's quota finding, read by its group
 
 
 @pytest.mark.parametrize("query, field", [
@@ -437,3 +443,49 @@ def test_the_published_api_names_the_paging_parameters(served):
         lim = params["limit"]["schema"]
         assert lim["minimum"] == 1 and lim["maximum"] == queries.PAGE_MAX and lim["default"] == queries.PAGE_DEFAULT
         assert "next" in params["limit"]["description"] and params["after"].get("description")
+
+
+def test_the_command_line_streams_every_page(capsys, monkeypatch, request):
+    """``reledger stock`` and ``reledger findings`` read a page at a time (7 lots, 7 findings here)
+    and write what the whole-table answer wrote: the same JSON, the same CSV rows; exit 1 when
+    there are findings."""
+    import csv
+    import io
+
+    from reledger.cli import main
+    from test_replay import demo_ledger
+
+    url = demo_ledger("sqlite", request)["url"]
+    ps = ProjectionStore(url)
+    try:
+        stock, found = ref_stock(ps), ref_findings(ps)
+        mine = ref_findings(ps, "NAO-AUDIT")
+    finally:
+        ps.close()
+    assert len(stock["lots"]) > 7 and len(found["findings"]) > 7
+    monkeypatch.setattr(queries, "PAGE_DEFAULT", 7)
+    calls = []
+    real = queries.stock
+    monkeypatch.setattr(queries, "stock", lambda *a, **kw: calls.append(kw.get("limit")) or real(*a, **kw))
+
+    def run(*argv):
+        code = main(list(argv))
+        return code, capsys.readouterr().out
+
+    code, out = run("stock", "--db", url, "--json")
+    assert code == 0 and json.loads(out) == stock
+    assert out == json.dumps(stock, indent=2, default=str) + "\n"
+    assert len(calls) == -(-len(stock["lots"]) // 7) and set(calls) == {7}  # a page at a time
+    code, out = run("findings", "--db", url, "--json")
+    assert code == 1 and out == json.dumps(found, indent=2, default=str) + "\n"
+    code, out = run("findings", "--party", "NAO-AUDIT", "--db", url, "--json")
+    assert code == 0 and json.loads(out) == mine and mine["findings"] == []
+    code, out = run("stock", "--db", url, "--format", "csv")
+    head, _, rest = out.partition("\n")
+    assert code == 0 and head == "# Stock of every party by lot"
+    rows = list(csv.DictReader(io.StringIO(rest.split("\n# ")[0])))
+    assert [(r["party"], r["lot"], r["kg"].removesuffix(" NEGATIVE")) for r in rows] == \
+        [(x["party"], x["lot"], x["kg"]) for x in stock["lots"]]
+    assert "\n# by product\n" in out
+    code, out = run("findings", "--db", url)
+    assert code == 1 and f"{len(found['findings'])} findings" in out
