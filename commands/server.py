@@ -439,6 +439,9 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
             if party not in (None, me):
                 raise Problem(403, "forbidden", f"{me} may not read the stock of {party}")
             party = me
+        if key is not None and party is not None and key[0] != party:
+            raise Problem(400, "invalid_request", f"after: {after[:80]!r} is not a lot of {party} (the next of "
+                          "the page before)", field="after")
         fresh()
         return queries.stock(projections, party, point(as_of, valid_at), limit=limit, after=key)
 

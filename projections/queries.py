@@ -212,11 +212,20 @@ def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
     where = "idx < ? AND occurred_us <= ?" + (" AND party = ?" if party else "")
     params: list[Any] = [n, t, party] if party else [n, t]
     having = "" if include_empty else " HAVING SUM(g) <> 0 OR SUM(reo_g) <> 0"  # the lots held, in SQL
-    sql = f"SELECT party, lot, MAX(product), SUM(g), SUM(reo_g), COUNT(*) FROM {P}stock WHERE {where}"
+    # "+idx": not through the (party, idx) index, whose rows would need sorting by lot, but
+    # through (party, lot, idx), read in order from the cursor on (SQLite's planner, without
+    # statistics, would take the first)
+    sql = f"SELECT party, lot, MAX(product), SUM(g), SUM(reo_g), COUNT(*) FROM {P}stock WHERE +{where}"
     page_params = list(params)
-    if after is not None:
-        sql += " AND (party, lot) > (?, ?)"  # a keyset page: the (party, lot) index, from there on
-        page_params += [after[0], after[1]]
+    if after is not None:  # a keyset page: the (party, lot, idx) index, from there on
+        if party:
+            if after[0] != party:
+                raise ValueError(f"after: {stock_cursor(*after)[:80]!r} is not a lot of {party}")
+            sql += " AND lot > ?"
+            page_params.append(after[1])
+        else:
+            sql += " AND (party, lot) > (?, ?)"
+            page_params += [after[0], after[1]]
     sql += f" GROUP BY party, lot{having} ORDER BY party, lot"
     if limit is not None:
         sql += " LIMIT ?"

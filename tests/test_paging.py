@@ -314,6 +314,11 @@ def test_cursors_are_refused_when_malformed():
     assert queries.parse_stock_after("MINE1:L:1/2") == ("MINE1", "L:1/2")  # a lot may hold ':'
 
 
+def test_a_partys_stock_pages_only_after_its_own_lots(tables):
+    with pytest.raises(ValueError, match="not a lot of MINE1"):
+        queries.stock(tables, "MINE1", limit=2, after=("MINE2", "L001"))
+
+
 # --- the command line streams the pages -----------------------------------------------------------
 
 def test_the_json_stream_writes_what_json_dump_writes():
@@ -423,6 +428,7 @@ def test_a_groups_pages_over_http(served):
     ("/v1/stock?limit=0", "limit"), ("/v1/stock?limit=10001", "limit"), ("/v1/stock?limit=x", "limit"),
     ("/v1/stock?limit=-1", "limit"), ("/v1/stock?after=NOPARTY", "after"), ("/v1/stock?after=%3AL1", "after"),
     ("/v1/stock?after=mine%3AL1", "after"), ("/v1/stock?after=A%00B%3AL", "after"),
+    ("/v1/stock?party=MIIT&after=AB%3AL1", "after"),
     ("/v1/findings?limit=0", "limit"), ("/v1/findings?limit=100000", "limit"), ("/v1/findings?after=x", "after"),
     ("/v1/findings?after=-1", "after"), ("/v1/findings?after=99999999999999999999", "after"),
 ])
