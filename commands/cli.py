@@ -1099,9 +1099,10 @@ def cmd_stock(args: argparse.Namespace) -> int:
     ps, point = open_projections(args)
     try:
         # a page of lots at a time, written as it is read (a regulator's answer may be millions of lots)
-        pages = paged(lambda pt, after: queries.stock(ps, args.party, pt, limit=queries.PAGE_DEFAULT,
-                                                      after=None if after is None else queries.parse_stock_after(after)),
-                      point)
+        def page(pt, after: str | None) -> dict[str, Any]:
+            return queries.stock(ps, args.party, pt, limit=queries.PAGE_DEFAULT,
+                                 after=None if after is None else queries.parse_stock_after(after))
+        pages = paged(page, point)
         first = next(pages)
         warn_behind(first["reflects"])
         if getattr(args, "json", False):

@@ -250,7 +250,8 @@ def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
     return answer
 
 
-def _moved_by(ps: ProjectionStore, rows: list[tuple], where: str, params: list[Any]) -> dict[tuple[str, str], list[int]]:
+def _moved_by(ps: ProjectionStore, rows: list[tuple], where: str,
+              params: list[Any]) -> dict[tuple[str, str], list[int]]:
     """The first MOVED_BY moves (log indices) of each (party, lot) of ``rows``: read through
     the lot's index, _BATCH lots a query, never for lots outside the answer."""
     wanted = {(r[0], r[1]) for r in rows}
@@ -278,7 +279,8 @@ def _by_product(ps: ProjectionStore, where: str, params: list[Any], having: str)
         v = by_product.setdefault((p, pr or "?"), [0, 0])
         v[0] += int(g)
         v[1] += int(reo)
-    return [{"party": p, "product": pr, "kg": _kg(v[0]), "reo_kg": _kg(v[1])} for (p, pr), v in sorted(by_product.items())]
+    return [{"party": p, "product": pr, "kg": _kg(v[0]), "reo_kg": _kg(v[1])}
+            for (p, pr), v in sorted(by_product.items())]
 
 
 def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = None,
