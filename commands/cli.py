@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from reledger.ledger import merkle
 from reledger.ledger.bundle import BundleError, verify_bundle
@@ -1041,26 +1042,85 @@ def cmd_quota(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def stream_json(out, head: dict[str, Any], key: str, items: Iterator[Any], tail: Callable[[], dict[str, Any]]) -> None:
+    """``{**head, key: [*items], **tail()}`` written as ``json.dump(..., indent=2, default=str)``
+    and a newline write it, byte for byte, an item at a time (the list is never held)."""
+    def value(v: Any, indent: str) -> str:
+        return json.dumps(v, indent=2, default=str).replace("\n", "\n" + indent)
+
+    out.write("{\n" + "".join(f"  {json.dumps(k)}: {value(v, '  ')},\n" for k, v in head.items()))
+    out.write(f"  {json.dumps(key)}: ")
+    n = 0
+    for item in items:
+        out.write(("[\n    " if n == 0 else ",\n    ") + value(item, "    "))
+        n += 1
+    out.write("\n  ]" if n else "[]")
+    out.write("".join(f",\n  {json.dumps(k)}: {value(v, '  ')}" for k, v in tail().items()) + "\n}\n")
+
+
+class TableStream:
+    """A table written a page of rows at a time: CSV as :func:`_table` writes it (one header);
+    a rich table a page (the title on the first)."""
+
+    def __init__(self, args: argparse.Namespace, title: str, columns: list[str], numeric: tuple[int, ...] = ()):
+        self.args, self.title, self.columns, self.numeric = args, title, columns, numeric
+        self.pages = 0
+
+    def rows(self, rows: list[list[Any]]) -> None:
+        if getattr(self.args, "format", None) == "csv":
+            import csv
+
+            if not self.pages:
+                sys.stdout.write(f"# {self.title}\n")
+                csv.writer(sys.stdout, lineterminator="\n").writerow(self.columns)
+            csv.writer(sys.stdout, lineterminator="\n").writerows([["" if v is None else v for v in r] for r in rows])
+        elif rows or not self.pages:
+            _table(self.args, self.title if not self.pages else f"{self.title} (continued)", self.columns, rows,
+                   self.numeric)
+        self.pages += 1
+
+
+def paged(query: Callable[..., dict[str, Any]], point) -> Iterator[dict[str, Any]]:
+    """The pages of a paged query (``query(point, after)``), the first at ``point``, the others at
+    the log size the first reflected (the projections may move on meanwhile)."""
+    from reledger.projections.queries import Point
+
+    page = query(point, None)
+    yield page
+    pinned = Point(page["as_of_size"], point.valid_at_us)
+    while page["next"] is not None:
+        page = query(pinned, page["next"])
+        yield page
+
+
 def cmd_stock(args: argparse.Namespace) -> int:
     from reledger.projections import queries
 
     ps, point = open_projections(args)
     try:
-        st = queries.stock(ps, args.party, point)
+        # a page of lots at a time, written as it is read (a regulator's answer may be millions of lots)
+        def page(pt, after: str | None) -> dict[str, Any]:
+            return queries.stock(ps, args.party, pt, limit=queries.PAGE_DEFAULT,
+                                 after=None if after is None else queries.parse_stock_after(after))
+        pages = paged(page, point)
+        first = next(pages)
+        warn_behind(first["reflects"])
+        if getattr(args, "json", False):
+            stream_json(sys.stdout, {k: first[k] for k in ("party", "point", "as_of_size", "reflects")}, "lots",
+                        (x for page in itertools.chain((first,), pages) for x in page["lots"]),
+                        lambda: {"by_product": first["by_product"]})
+            return EXIT_OK
+        table = TableStream(args, f"Stock of {args.party or 'every party'} by lot", ["party", "lot", "product", "kg",
+                            "kg REO", "moved by (log indices)"], numeric=(3, 4))
+        for page in itertools.chain((first,), pages):
+            table.rows([[x["party"], x["lot"], x["product"], x["kg"] + (" NEGATIVE" if x["negative"] else ""),
+                         x["reo_kg"], ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")]
+                        for x in page["lots"]])
     finally:
         ps.close()
-
-    def text() -> None:
-        _table(args, f"Stock of {args.party or 'every party'} by lot", ["party", "lot", "product", "kg", "kg REO",
-               "moved by (log indices)"],
-               [[x["party"], x["lot"], x["product"], x["kg"] + (" NEGATIVE" if x["negative"] else ""), x["reo_kg"],
-                 ",".join(map(str, x["moved_by"][:8])) + ("…" if x["moves"] > 8 else "")] for x in st["lots"]],
-               numeric=(3, 4))
-        _table(args, "by product", ["party", "product", "kg", "kg REO"],
-               [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in st["by_product"]], numeric=(2, 3))
-        console().print(reflects_text(st["reflects"]))
-    warn_behind(st["reflects"])
-    emit(args, st, text)
+    _table(args, "by product", ["party", "product", "kg", "kg REO"],
+           [[x["party"], x["product"], x["kg"], x["reo_kg"]] for x in first["by_product"]], numeric=(2, 3))
+    console().print(reflects_text(first["reflects"]))
     return EXIT_OK
 
 
@@ -1068,21 +1128,36 @@ def cmd_findings(args: argparse.Namespace) -> int:
     from reledger.projections import queries
 
     ps, point = open_projections(args)
+    count = 0
     try:
-        f = queries.findings(ps, args.party, args.rule, point)
+        # a page of findings at a time, written as it is read
+        pages = paged(lambda pt, after: queries.findings(ps, args.party, args.rule, pt, limit=queries.PAGE_DEFAULT,
+                                                         after=after), point)
+        first = next(pages)
+        warn_behind(first["reflects"])
+
+        def every() -> Iterator[dict[str, Any]]:
+            nonlocal count
+            for page in itertools.chain((first,), pages):
+                count += len(page["findings"])
+                yield from page["findings"]
+        if getattr(args, "json", False):
+            stream_json(sys.stdout, {k: first[k] for k in ("point", "as_of_size", "reflects")}, "findings", every(),
+                        dict)
+        else:
+            table = TableStream(args, "Findings", ["index", "occurred", "rule", "code", "party", "message", "evidence"],
+                                numeric=(0,))
+            for page in itertools.chain((first,), pages):
+                count += len(page["findings"])
+                table.rows([[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
+                             "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
+                            for x in page["findings"]])
+            if args.format != "csv":
+                console().print(f"{count} finding{'' if count == 1 else 's'}")
+            console().print(reflects_text(first["reflects"]))
     finally:
         ps.close()
-
-    def text() -> None:
-        _table(args, f"Findings ({len(f['findings'])})", ["index", "occurred", "rule", "code", "party", "message",
-               "evidence"],
-               [[x["index"], x["occurred_at"], x["rule"], x["code"], x["party"], x["message"],
-                 "; ".join(f"{e['chain']}:{e['seq']} {e['hash'][:12]}" for e in x["evidence"][:3])]
-                for x in f["findings"]], numeric=(0,))
-        console().print(reflects_text(f["reflects"]))
-    warn_behind(f["reflects"])
-    emit(args, f, text)
-    return EXIT_FAILED if f["findings"] else EXIT_OK
+    return EXIT_FAILED if count else EXIT_OK
 
 
 def cmd_flow(args: argparse.Namespace) -> int:

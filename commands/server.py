@@ -55,6 +55,10 @@ MAX_INT = 2**63 - 1  # what a BIGINT column (and SQLite's INTEGER) holds: larger
 Seq = Annotated[int, Path(le=MAX_INT, description="entry number in its chain (1, 2, 3 ...)")]
 Size = Annotated[int, Query(ge=0, le=MAX_INT, description="a tree size (number of log entries)")]
 Year = Annotated[int, Query(ge=1, le=9999, description="the control year")]
+PageLimit = Annotated[int, Query(ge=1, le=queries.PAGE_MAX, description=(
+    f"at most this many items a page (1 to {queries.PAGE_MAX}, default {queries.PAGE_DEFAULT}); the answer's "
+    "`next`, passed as `after` with the same other parameters and `as_of` = the first page's `as_of_size`, "
+    "reads the next page; `next` is null on the last"))]
 MAX_GROUP = 5000
 PROBLEM = "application/problem+json"
 
@@ -256,6 +260,22 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
                           field="party")
         return value
 
+    def stock_after(value: str | None) -> tuple[str, str] | None:
+        """``after`` of a stock page: PARTY:LOT (the ``next`` of the page before)."""
+        if value is None:
+            return None
+        if len(value) > 1024 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise Problem(400, "invalid_request", "after: at most 1024 characters, no control characters",
+                          field="after")
+        try:
+            key = queries.parse_stock_after(value)
+        except ValueError as e:
+            raise Problem(400, "invalid_request", str(e), field="after") from e
+        if not CHAIN_RE.match(key[0]):
+            raise Problem(400, "invalid_request", "after: PARTY:LOT, PARTY a party id of 2-64 characters "
+                          "A-Z 0-9 . _ - (the next of the page before)", field="after")
+        return key
+
     def may_read_all(roles: frozenset[str]) -> bool:
         return bool(roles & {"REGULATOR", "AUDITOR"})
 
@@ -407,27 +427,37 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
                 answer["nation"] = []
         return answer
 
-    @app.get("/v1/stock", summary="Stock per party, product and lot, at any point in time")
-    def stock(request: Request, party: str | None = None, as_of: str | None = None, valid_at: str | None = None):
+    @app.get("/v1/stock", summary="Stock per party, product and lot, at any point in time (keyset pages of lots)")
+    def stock(request: Request, party: str | None = None, as_of: str | None = None, valid_at: str | None = None,
+              limit: PageLimit = queries.PAGE_DEFAULT,
+              after: Annotated[str | None, Query(description="PARTY:LOT, the `next` of the page before: the lots "
+                                                 "after it, in (party, lot) order")] = None):
         me, roles = who(request)
         party_param(party)
+        key = stock_after(after)
         if not may_read_all(roles):
             if party not in (None, me):
                 raise Problem(403, "forbidden", f"{me} may not read the stock of {party}")
             party = me
+        if key is not None and party is not None and key[0] != party:
+            raise Problem(400, "invalid_request", f"after: {after[:80]!r} is not a lot of {party} (the next of "
+                          "the page before)", field="after")
         fresh()
-        return queries.stock(projections, party, point(as_of, valid_at))
+        return queries.stock(projections, party, point(as_of, valid_at), limit=limit, after=key)
 
-    @app.get("/v1/findings", summary="Rule findings with their evidence, at any point in time")
+    @app.get("/v1/findings", summary="Rule findings with their evidence, at any point in time (keyset pages by "
+                                     "log index)")
     def findings(request: Request, party: str | None = None, rule: str | None = None, as_of: str | None = None,
-                 valid_at: str | None = None):
+                 valid_at: str | None = None, limit: PageLimit = queries.PAGE_DEFAULT,
+                 after: Annotated[int | None, Query(ge=0, le=MAX_INT, description=(
+                     "a log index, the `next` of the page before: the findings of later log indices"))] = None):
         me, roles = who(request)
         party_param(party)
         text_param("rule", rule)
         pt = point(as_of, valid_at)
         if may_read_all(roles):
             fresh()
-            return queries.findings(projections, party, rule, pt)
+            return queries.findings(projections, party, rule, pt, limit=limit, after=after)
         fresh()
         # a group reads its own findings and its members' quota findings (their quota lines:
         # DOMAIN.md "Confidential figures"), members at the finding's year as the ledger knew
@@ -435,11 +465,11 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
         members = queries.group_membership(projections, me, pt) if "GROUP" in roles else {}
         if party not in (None, me) and not any(party in m for m in members.values()):
             raise Problem(403, "forbidden", f"{me} may not read the findings of {party}")
-        answer = queries.findings(projections, party or me, rule, pt)
-        if party is None and members:  # and its members' (one query a member, in log order)
-            for member in sorted(set().union(*members.values()) - {me}):
-                answer["findings"] += queries.findings(projections, member, rule, pt)["findings"]
-            answer["findings"].sort(key=lambda f: f["index"])
+        if party is None and members:  # its own and its members', one page of them all in log order
+            answer = queries.findings(projections, None, rule, pt, limit=limit, after=after,
+                                      parties=[me, *sorted(set().union(*members.values()) - {me})])
+        else:
+            answer = queries.findings(projections, party or me, rule, pt, limit=limit, after=after)
 
         def visible(f: dict) -> bool:
             if f["party"] == me and party in (None, me):
@@ -458,6 +488,8 @@ def http_app(store: LedgerStore, api: CommandAPI, committer: Any, findings_hook:
             # the group's own level: its own figures
             return f if prm.get("level") == "group" and prm.get("holder") == me else redacted(f)
 
+        # a page keeps its place in the log (``next``) though what this reader may not see is
+        # left out of it: a page may hold fewer than ``limit`` findings, even none
         answer["findings"] = [shown(f) for f in answer["findings"] if visible(f)]
         return answer
 

@@ -17,7 +17,7 @@ from reledger.ledger import encoding
 from reledger.storage.reader import LogReader
 
 from .model import RESOLVED, RULES, kg_text
-from .store import P, ProjectionReader, ProjectionStore
+from .store import P, RESOLVES_SQL, ProjectionReader, ProjectionStore
 
 FAR_FUTURE = 2**62
 
@@ -172,67 +172,197 @@ def _pct(used: int, limit: int) -> str | None:
     return f"{Decimal(used) * 100 / Decimal(limit):.1f}"
 
 
+#: keyset pages of the stock (lots) and findings answers: the default and largest page
+PAGE_DEFAULT = 1000
+PAGE_MAX = 10_000
+MOVED_BY = 20  # the first moves (log indices) listed with each lot
+_BATCH = 200  # lots (or log indices) a query names at once
+
+
+def stock_cursor(party: str, lot: str) -> str:
+    """The text of a stock page's ``next`` (and ``after``): ``PARTY:LOT`` (a party id has no ':')."""
+    return f"{party}:{lot}"
+
+
+def parse_stock_after(text: str) -> tuple[str, str]:
+    """``after`` of a stock page (``PARTY:LOT``, the ``next`` of the page before); ValueError if
+    it is not one."""
+    party, sep, lot = text.partition(":")
+    if not sep or not party or not lot:
+        raise ValueError(f"after: {text[:80]!r} is not PARTY:LOT (the next of the page before)")
+    return party, lot
+
+
+def _marks(k: int) -> str:
+    return ",".join("?" * k)
+
+
 def stock(ps: ProjectionStore, party: str | None = None, point: Point = Point(),
-          include_empty: bool = False) -> dict[str, Any]:
+          include_empty: bool = False, limit: int | None = None,
+          after: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The lots held (kg, kg REO, not zero unless ``include_empty``) per party and lot, in
+    (party, lot) order, each with its first MOVED_BY moves (log indices); ``by_product``: their
+    totals per party and product.
+
+    ``limit``: a keyset page of at most that many lots, those after ``after`` (party, lot);
+    the answer then has ``next`` (:func:`stock_cursor` of its last lot, or None on the last
+    page), and ``by_product`` (over the whole answer, every page) only on the first page (no
+    ``after``). Without ``limit``, every lot (and no ``next``)."""
     n, t = point.bounds(ps)
-    sql = (f"SELECT party, lot, MAX(product), SUM(g), SUM(reo_g), COUNT(*) FROM {P}stock WHERE idx < ? AND occurred_us <= ?"
-           + (" AND party = ?" if party else "") + " GROUP BY party, lot ORDER BY party, lot")
-    params: tuple = (n, t, party) if party else (n, t)
+    where = "idx < ? AND occurred_us <= ?" + (" AND party = ?" if party else "")
+    params: list[Any] = [n, t, party] if party else [n, t]
+    having = "" if include_empty else " HAVING SUM(g) <> 0 OR SUM(reo_g) <> 0"  # the lots held, in SQL
+    # "+idx": not through the (party, idx) index, whose rows would need sorting by lot, but
+    # through (party, lot, idx), read in order from the cursor on (SQLite's planner, without
+    # statistics, would take the first)
+    sql = f"SELECT party, lot, MAX(product), SUM(g), SUM(reo_g), COUNT(*) FROM {P}stock WHERE +{where}"
+    page_params = list(params)
+    if after is not None:  # a keyset page: the (party, lot, idx) index, from there on
+        if party:
+            if after[0] != party:
+                raise ValueError(f"after: {stock_cursor(*after)[:80]!r} is not a lot of {party}")
+            sql += " AND lot > ?"
+            page_params.append(after[1])
+        else:
+            sql += " AND (party, lot) > (?, ?)"
+            page_params += [after[0], after[1]]
+    sql += f" GROUP BY party, lot{having} ORDER BY party, lot"
+    if limit is not None:
+        sql += " LIMIT ?"
+        page_params.append(limit + 1)
+    rows = ps.execute(sql, page_params)
+    nxt = None
+    if limit is not None and len(rows) > limit:
+        rows = rows[:limit]
+        nxt = stock_cursor(rows[-1][0], rows[-1][1])
+    first = _moved_by(ps, rows, where, params)
     lots = []
-    # the first 20 moves of every lot, in one query (not one query a lot)
-    first: dict[tuple[str, str], list[int]] = {}
-    for p, lot, idx in ps.execute(
-            f"SELECT party, lot, idx FROM (SELECT party, lot, idx, ROW_NUMBER() OVER (PARTITION BY party, lot "
-            f"ORDER BY idx) AS rn FROM {P}stock WHERE idx < ? AND occurred_us <= ?" + (" AND party = ?" if party else "")
-            + ") m WHERE rn <= 20 ORDER BY party, lot, idx", params):
-        first.setdefault((p, lot), []).append(int(idx))
-    for p, lot, product, g, reo, moves in ps.execute(sql, params):
+    for p, lot, product, g, reo, moves in rows:
         g, reo = int(g), int(reo)
-        if g == 0 and reo == 0 and not include_empty:
-            continue
-        moved_by = first.get((p, lot), [])
         lots.append({"party": p, "lot": lot, "product": product, "kg": _kg(g), "reo_kg": _kg(reo),
-                     "negative": g < 0 or reo < 0, "moved_by": moved_by, "moves": int(moves)})
+                     "negative": g < 0 or reo < 0, "moved_by": first.get((p, lot), []), "moves": int(moves)})
+    answer: dict[str, Any] = {"party": party, "point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps),
+                              "lots": lots}
+    if limit is not None:
+        answer["next"] = nxt
+    if after is None:
+        answer["by_product"] = _by_product(ps, where, params, having)
+    return answer
+
+
+def _moved_by(ps: ProjectionStore, rows: list[tuple], where: str,
+              params: list[Any]) -> dict[tuple[str, str], list[int]]:
+    """The first MOVED_BY moves (log indices) of each (party, lot) of ``rows``: read through
+    the lot's index, _BATCH lots a query, never for lots outside the answer."""
+    wanted = {(r[0], r[1]) for r in rows}
+    names = sorted({r[1] for r in rows})
+    first: dict[tuple[str, str], list[int]] = {}
+    for i in range(0, len(names), _BATCH):
+        batch = names[i:i + _BATCH]
+        for p, lot, idx in ps.execute(
+                f"SELECT party, lot, idx FROM (SELECT party, lot, idx, ROW_NUMBER() OVER (PARTITION BY party, lot "
+                f"ORDER BY idx) AS rn FROM {P}stock WHERE lot IN ({_marks(len(batch))}) AND {where}) m "
+                f"WHERE rn <= {MOVED_BY} ORDER BY party, lot, idx", [*batch, *params]):
+            if (p, lot) in wanted:
+                first.setdefault((p, lot), []).append(int(idx))
+    return first
+
+
+def _by_product(ps: ProjectionStore, where: str, params: list[Any], having: str) -> list[dict[str, Any]]:
+    """The lots' totals per party and product (a product unknown or empty: "?"), over the whole
+    answer: one aggregate in the database (a row per party and product comes back)."""
     by_product: dict[tuple[str, str], list[int]] = {}
-    for row in lots:
-        k = (row["party"], row["product"] or "?")
-        v = by_product.setdefault(k, [0, 0])
-        v[0] += int(Decimal(row["kg"]) * 1000)
-        v[1] += int(Decimal(row["reo_kg"]) * 1000)
-    return {"party": party, "point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "lots": lots,
-            "by_product": [{"party": p, "product": pr, "kg": _kg(v[0]), "reo_kg": _kg(v[1])}
-                           for (p, pr), v in sorted(by_product.items())]}
+    for p, pr, g, reo in ps.execute(
+            f"SELECT party, product, SUM(g), SUM(reo) FROM (SELECT party, MAX(product) AS product, SUM(g) AS g, "
+            f"SUM(reo_g) AS reo FROM {P}stock WHERE {where} GROUP BY party, lot{having}) s GROUP BY party, product",
+            params):
+        v = by_product.setdefault((p, pr or "?"), [0, 0])
+        v[0] += int(g)
+        v[1] += int(reo)
+    return [{"party": p, "product": pr, "kg": _kg(v[0]), "reo_kg": _kg(v[1])}
+            for (p, pr), v in sorted(by_product.items())]
 
 
 def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = None,
-             point: Point = Point()) -> dict[str, Any]:
+             point: Point = Point(), limit: int | None = None, after: int | None = None,
+             parties: list[str] | None = None) -> dict[str, Any]:
+    """The findings (of ``party``, or of each of ``parties``; of ``rule``) in log order, each
+    with ``resolved`` when a RESOLVED row the same question sees cures it (the first such, by
+    log index; with ``parties``, a row of the finding's own party: as one question a party).
+
+    ``limit``: a keyset page of about that many findings, those of log indices above ``after``
+    (the findings of one log index are never split: a page ends with all of its last index's);
+    the answer then has ``next`` (the last log index of the page, or None on the last page).
+    The resolutions are read for the page's findings alone (the index on params.resolves.index)."""
     n, t = point.bounds(ps)
-    sql = f"SELECT idx, occurred_us, rule, code, party, message, evidence, params FROM {P}findings WHERE idx < ? " \
-          "AND occurred_us <= ?"
+    where = "idx < ? AND occurred_us <= ?"
     params: list[Any] = [n, t]
-    if party:
-        sql += " AND party = ?"
+    if parties is not None:
+        where += f" AND party IN ({_marks(len(parties))})" if parties else " AND 1 = 0"
+        params += parties
+    elif party:
+        where += " AND party = ?"
         params.append(party)
     if rule:
-        sql += " AND rule = ?"
+        where += " AND rule = ?"
         params.append(rule)
-    out = []
+    cols = "idx, occurred_us, rule, code, party, message, evidence, params"
+    sql = f"SELECT {cols} FROM {P}findings WHERE {where} AND code <> '{RESOLVED}'"
+    nxt = None
+    if limit is None:
+        rows = ps.execute(sql + " ORDER BY idx", params)
+    else:
+        lo = [] if after is None else [after]
+        page = sql + (" AND idx > ?" if after is not None else "")
+        rows = ps.execute(page + " ORDER BY idx LIMIT ?", [*params, *lo, limit + 1])
+        if len(rows) > limit:
+            last = int(rows[limit - 1][0])
+            if int(rows[limit][0]) > last:
+                rows = rows[:limit]
+            else:  # the last index's findings go on past the limit: all of them, on this page
+                rows = [r for r in rows if int(r[0]) < last] + ps.execute(sql + " AND idx = ? ORDER BY idx",
+                                                                          [*params, last])
+            if ps.execute(sql + " AND idx > ? ORDER BY idx LIMIT 1", [*params, last]):
+                nxt = last
+    if parties:  # the findings of one log index in the order of ``parties`` (as one question a party)
+        order = {p: k for k, p in enumerate(parties)}
+        rows.sort(key=lambda r: (int(r[0]), order[r[4]]))
+    out = [{"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
+            "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
+            "evidence": json.loads(ev), "params": json.loads(prm)}
+           for idx, occ, r, code, p, msg, ev, prm in rows]
+    _resolve(ps, out, where, params, same_party=parties is not None)
+    answer = {"point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "findings": out}
+    if limit is not None:
+        answer["next"] = nxt
+    return answer
+
+
+def _resolve(ps: ProjectionStore, out: list[dict[str, Any]], where: str, params: list[Any], same_party: bool) -> None:
+    """Mark each finding of ``out`` a later entry cured ``resolved`` (by a RESOLVED row of its
+    own, never deleted): the first RESOLVED row (by log index) the same question (``where``)
+    sees that names it. Only the RESOLVED rows naming an index of ``out`` are read."""
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for f in out:
+        by_index.setdefault(f["index"], []).append(f)
+    expr = RESOLVES_SQL["postgres" if ps.pg else "sqlite"]
+    keys = sorted(by_index)
     resolutions = []
-    for idx, occ, r, code, p, msg, ev, prm in ps.execute(sql + " ORDER BY idx", params):
-        f = {"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)), "rule": r,
-             "rule_text": RULES.get(r, r), "code": code, "party": p, "message": msg,
-             "evidence": json.loads(ev), "params": json.loads(prm)}
-        (resolutions if code == RESOLVED else out).append(f)
-    # a finding a later entry cured is marked resolved (by a row of its own), never deleted
-    for res in resolutions:
-        what = res["params"].get("resolves") or {}
-        for f in out:
-            if f["index"] == what.get("index") and "resolved" not in f and (
+    for i in range(0, len(keys), _BATCH):
+        batch = keys[i:i + _BATCH]
+        resolutions += ps.execute(
+            f"SELECT idx, occurred_us, party, message, evidence, params FROM {P}findings WHERE code = '{RESOLVED}' "
+            f"AND {expr} IN ({_marks(len(batch))}) AND {where} ORDER BY idx",
+            [*(str(k) if ps.pg else k for k in batch), *params])
+    resolutions.sort(key=lambda r: int(r[0]))
+    for idx, occ, p, msg, ev, prm in resolutions:
+        what = json.loads(prm).get("resolves") or {}
+        for f in by_index.get(what.get("index"), ()):  # the same test as ever, on the findings it names
+            if "resolved" not in f and (not same_party or f["party"] == p) and (
                     (what.get("code") == "*" and "fact" not in f["params"]) or (f["code"] == what.get("code")
                                                 and f["params"].get("fact") == what.get("fact"))):
-                f["resolved"] = {"index": res["index"], "occurred_at": res["occurred_at"], "message": res["message"],
-                                 "evidence": res["evidence"]}
-    return {"point": point.to_dict(), "as_of_size": n, "reflects": reflects(ps), "findings": out}
+                f["resolved"] = {"index": int(idx), "occurred_at": encoding.micros_to_time_text(int(occ)),
+                                 "message": msg, "evidence": json.loads(ev)}
 
 
 def credit(ps: ProjectionStore, party: str | None = None, point: Point = Point()) -> dict[str, Any]:

@@ -115,17 +115,33 @@ INDEXES = {
     "flow_dst_party": "flow (dst_party, idx)",
     "findings_party": "findings (party, idx)",
     "findings_idx": "findings (idx)",
+    # the RESOLVED rows by the log index of the finding they resolve (params.resolves.index):
+    # a page of findings reads its resolutions alone (queries.findings)
+    "findings_resolves": {"sqlite": "findings ({resolves_sqlite}) WHERE code = 'RESOLVED'",
+                          "postgres": "findings (({resolves_pg})) WHERE code = 'RESOLVED'"},
     "credit_party": "credit (party, idx)",
     "quota_sums_pos": "quota_sums (position, year)",
+    "quota_grp": "quota (grp, idx)",  # a group's members (queries.group_membership: the server's group reads)
+    "stock_party_lot": "stock (party, lot, idx)",  # the stock a page of (party, lot) at a time (queries.stock)
 }
+# the index of the finding a RESOLVED row resolves, as SQL (the index above is on this very text;
+# SQLite uses an index on an expression only for the same expression)
+RESOLVES_SQL = {"sqlite": "json_extract(params, '$.resolves.index')",
+                "postgres": "(params::jsonb #>> '{resolves,index}')"}
 
 
-def _indexes_ddl() -> list[str]:
-    return [f"CREATE INDEX IF NOT EXISTS {P}{name} ON {P}{spec}" for name, spec in INDEXES.items()]
+def _indexes_ddl(pg: bool) -> list[str]:
+    backend = "postgres" if pg else "sqlite"
+    out = []
+    for name, spec in INDEXES.items():
+        if isinstance(spec, dict):
+            spec = spec[backend].format(resolves_sqlite=RESOLVES_SQL["sqlite"], resolves_pg=RESOLVES_SQL["postgres"])
+        out.append(f"CREATE INDEX IF NOT EXISTS {P}{name} ON {P}{spec}")
+    return out
 
 
 def _ddl(blob: str) -> list[str]:
-    return _tables_ddl(blob) + _indexes_ddl()
+    return _tables_ddl(blob) + _indexes_ddl(blob == "BYTEA")
 
 
 class TrackingError(RuntimeError):
@@ -228,7 +244,7 @@ class ProjectionStore:
                                      "ON CONFLICT (name) DO NOTHING"), (self.name,))
 
     def _create_indexes(self) -> None:
-        for stmt in _indexes_ddl():
+        for stmt in _indexes_ddl(self.pg):
             self.conn.execute(stmt)
 
     def drop(self) -> None:

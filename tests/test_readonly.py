@@ -372,9 +372,10 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
 
 def test_the_serving_role_opens_a_ledger_without_an_index_this_version_added(tmp_path, capsys, caplog):
     """The serving role may not make an index: a ledger made before the flow table's party
-    indexes opens as that role (warned) and answers the same; the owner's next open makes them."""
+    indexes (and the stock, quota and findings indexes the pages read) opens as that role
+    (warned) and answers the same; the owner's next open makes them."""
     require_pg()
-    from reledger.projections import flowgraph
+    from reledger.projections import flowgraph, queries
 
     schema = "t_" + uuid.uuid4().hex[:12]
     role = "reledger_srv_" + uuid.uuid4().hex[:8]
@@ -385,14 +386,17 @@ def test_the_serving_role_opens_a_ledger_without_an_index_this_version_added(tmp
         assert main(["init", "--db", owner_url, "--keys", str(tmp_path / "keys"), "--serving-role", role]) == EXIT_OK
         capsys.readouterr()
         with _pg_conn(owner_url) as conn:
-            for name in ("flow_src_party", "flow_dst_party"):
+            for name in ("flow_src_party", "flow_dst_party", "stock_party_lot", "quota_grp", "findings_resolves"):
                 conn.execute(f'DROP INDEX "{schema}".{P}{name}')
         ps = ProjectionStore(role_url)
         try:
-            assert ps._missing() == (0, 2)
+            assert ps._missing() == (0, 5)
             assert "may not make them" in caplog.text
             ps.catch_up()
             assert flowgraph.party_graph(ps, party="MIIT")["edges"] == []
+            # the pages of stock and findings, and a group's members, answer by a scan meanwhile
+            assert queries.stock(ps, limit=2)["next"] is None and queries.findings(ps, limit=2)["next"] is None
+            assert queries.group_membership(ps, "MIIT") == {}
         finally:
             ps.close()
         ps = ProjectionStore(owner_url)

@@ -701,13 +701,24 @@ async function drawBurndown(fig, year, level, line) {
 
 // --- findings -----------------------------------------------------------------------------------
 const MAX_ROWS = 500;
+const FINDINGS_PAGE = 1000;  // findings a request (the server's default page; at most 10,000)
 async function findingsView(root, own) {
   const f = state.ff || (state.ff = {rule: "", party: "", province: "", from: "", to: ""});
   const params = {rule: f.rule, party: own ? "" : f.party, ...point()};
-  const ans = await api("/v1/findings" + q(params));
   const provinces = new Map(state.parties.map((p) => [p.party, p.province]));
-  let list = ans.findings.filter((x) => (!f.province || provinces.get(x.party) === f.province)
-    && (!f.from || x.occurred_at.slice(0, 10) >= f.from) && (!f.to || x.occurred_at.slice(0, 10) <= f.to));
+  const keep = (x) => (!f.province || provinces.get(x.party) === f.province)
+    && (!f.from || x.occurred_at.slice(0, 10) >= f.from) && (!f.to || x.occurred_at.slice(0, 10) <= f.to);
+  // a keyset page at a time (limit, after = the page before's next), all at the first page's
+  // log size, until more than MAX_ROWS match the filters or there is no next page
+  const ans = await api("/v1/findings" + q({...params, limit: FINDINGS_PAGE}));
+  const list = ans.findings.filter(keep);
+  let next = ans.next;
+  while (next !== null && next !== undefined && list.length <= MAX_ROWS) {
+    const more = await api("/v1/findings" + q({...params, as_of: ans.as_of_size, limit: FINDINGS_PAGE, after: next}));
+    list.push(...more.findings.filter(keep));
+    next = more.next;
+  }
+  const partial = next !== null && next !== undefined;  // more findings than were read
   const rules = Object.entries(session.me.rules || {});
   const ruleSel = select([["", t("all")], ...rules.map(([r, text]) => [r, text.length > 60 ? text.slice(0, 58) + "…" : text])], f.rule); ruleSel.id = "f-rule";
   const partySel = select([["", t("all")], ...state.parties.map((p) => [p.party, `${p.party} ${p.name || ""}`])], f.party); partySel.id = "f-party";
@@ -733,7 +744,7 @@ async function findingsView(root, own) {
   });
   if (!rows.length) rows.push([t("no_findings"), "", "", "", "", "", ...(own ? [""] : []), ""]);
   root.replaceChildren(h("h2", {}, t(own ? "tab_myfindings" : "tab_findings")), reflectsLine(ans.reflects), form,
-    h("p", {class: "help", "data-testid": "findings-count"}, tf(list.length === 1 ? "findings_count_1" : "findings_count", {n: list.length}) + (list.length > MAX_ROWS ? " · " + tf("shown_first", {n: MAX_ROWS}) : "")),
+    h("p", {class: "help", "data-testid": "findings-count"}, tf(list.length === 1 && !partial ? "findings_count_1" : "findings_count", {n: list.length + (partial ? "+" : "")}) + (list.length > MAX_ROWS ? " · " + tf("shown_first", {n: MAX_ROWS}) : "")),
     table(headers, rows));
 }
 VIEWS.findings = (root) => findingsView(root, false);
