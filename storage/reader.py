@@ -198,6 +198,14 @@ class Queries:
                              "ORDER BY l.seq LIMIT ?"), (chain, after_seq, stop, limit))
         return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
+    def records_of_chain_before(self, cur, chain: str, before_seq: int, stop: int, limit: int) -> list[Record]:
+        """At most ``limit`` of the chain's records before ``before_seq`` among the first ``stop``
+        of the log, by seq DESCENDING (keyset pagination backwards from a chain's head on the
+        (chain, seq) key)."""
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.chain = ? AND l.seq < ? AND l.idx < ? "
+                             "ORDER BY l.seq DESC LIMIT ?"), (chain, before_seq, stop, limit))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
     def chain_head(self, cur, chain: str) -> tuple[int, bytes] | None:
         cur.execute(self.t.q("SELECT seq, entry_hash FROM {log} WHERE chain = ? ORDER BY seq DESC LIMIT 1"), (chain,))
         row = cur.fetchone()
