@@ -10,6 +10,7 @@ good": on any doubt it returns None and the detailed path runs and names every p
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -482,3 +483,41 @@ def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
             continue
         out[n] = (n, cp.root, note)
     return [out[n] for n in sorted(out)]
+
+
+def latest_signed_checkpoint(store: Any, page: int = 1000) -> tuple[int, bytes, bytes] | None:
+    """``signed_checkpoints(store)[-1]`` (None when that is empty), reading the stored rows a
+    page at a time: memory does not grow with the number of checkpoints.
+
+    The same judgement by the signed notes (never the size column): the answer is the greatest
+    note size among the rows whose note verifies (a checkpoint key of the log valid at its size;
+    its size and root the log's), and, among the rows whose note states that size, the first by
+    the size column that verifies. One pass over the rows finds the greatest note size not
+    greater than the log's, and the first row stating it; that row's note is then checked. Only
+    when it does not verify (a forged or junk row) are the further rows stating that size
+    checked, and then, if none verifies, the next smaller note size is looked for, and so on."""
+    size = store.size()
+    registry = store.registry()  # key records carry their authorization and revocation indices
+    below: int | None = None  # note sizes >= below were tried: none of their rows verified
+    while True:
+        best: tuple[int, int, bytes] | None = None  # (note size, row size, note) of its first row
+        for row_size, _row_root, note in store.checkpoint_rows(page=page):
+            n = note_size(note)
+            if n is None or n > size or (below is not None and n >= below):
+                continue
+            if best is None or n > best[0]:
+                best = (n, row_size, note)
+        if best is None:
+            return None
+        n, first_row, first_note = best
+        verifiers, root = rules.checkpoint_verifiers(registry, n), store.root(n)
+        rows = itertools.chain([(first_row, b"", first_note)], store.checkpoint_rows(after=first_row, page=page))
+        for _row_size, _row_root, note in rows:
+            if note_size(note) != n:
+                continue
+            try:
+                cp = rules.checkpoint(note, verifiers, size=n, root=root)
+            except rules.Invalid:
+                continue
+            return n, cp.root, note
+        below = n
