@@ -317,6 +317,12 @@ class Queries:
         return [(r[0], _blob(r[1]) or b"", _blob(r[2]) or b"") for r in map(_tuple, cur.fetchall())
                 if type(r[0]) is int]
 
+    def checkpoint_sizes(self, cur, lo: int, hi: int) -> list[int]:
+        """The size columns of the stored checkpoint rows with ``lo < size <= hi``, ascending."""
+        cur.execute(self.t.q("SELECT size FROM {checkpoints} WHERE {int_size} AND size > ? AND size <= ? "
+                             "ORDER BY size"), (lo, hi))
+        return [r[0] for r in map(_tuple, cur.fetchall()) if type(r[0]) is int]
+
     def checkpoint_at(self, cur, size: int) -> tuple[int, bytes, bytes] | None:
         """The stored checkpoint row whose size column is ``size``."""
         cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} WHERE size = ?"), (size,))
