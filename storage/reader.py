@@ -203,6 +203,11 @@ class Queries:
                              "ORDER BY l.seq LIMIT ?"), (chain, after_seq, stop, limit))
         return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
+    def chain_count(self, cur, chain: str, start_seq: int) -> int:
+        """How many log rows the chain has from ``start_seq`` on (counted in the database)."""
+        cur.execute(self.t.q("SELECT COUNT(*) FROM {log} WHERE chain = ? AND seq >= ?"), (chain, start_seq))
+        return int(_col(cur.fetchone(), 0))
+
     def records_of_chain_before(self, cur, chain: str, before_seq: int, stop: int, limit: int) -> list[Record]:
         """At most ``limit`` of the chain's records before ``before_seq`` among the first ``stop``
         of the log, by seq DESCENDING (keyset pagination backwards from a chain's head on the
