@@ -480,3 +480,35 @@ def test_streaming_report_equals_the_naive_one_with_corrections(ledger, monkeypa
     june_rep = naive_monthly_report(url, mine, "2024-06")
     assert june_rep["entries_in_month"].get("MineralProductProduced", 0) == sum(
         1 for r, s in prods if s.entry.occurred_at.startswith("2024-06")) - 1
+
+
+def test_the_report_never_lists_the_whole_chain(ledger, monkeypatch):
+    """The readers that answer a whole chain, every checkpoint, or a party's every stock row
+    are not called (a regression guard beside the equality tests above)."""
+    from reledger.storage.reader import Queries
+
+    def refused(*a, **k):
+        raise AssertionError("a whole-chain or whole-table reader was called")
+
+    url, plant = ledger["url"], kind_of(ledger, "plant-rock-N")
+    entries = chain(url, plant)
+    if entries[-1][1].entry.type == "MonthlyFlowReportSubmitted":  # something to report
+        lot = next(o["lot"] for _, s in reversed(entries) if s.entry.type == "SeparationBatchRecorded"
+                   for o in s.entry.body["outputs"])
+        submit(ledger, plant, [("StockCounted", {"lot": lot, "counted_kg": "0", "location": "main warehouse"})],
+               us("2025-07-20T08:00:00Z"))
+    want = naive_monthly_report(url, plant, "2024-06")
+    assert want["entries_in_month"] and want["MonthlyFlowReportSubmitted"]["totals"]
+    monkeypatch.setattr(Queries, "records_of_chain", refused)
+    monkeypatch.setattr(Queries, "checkpoints", refused)
+    real = ProjectionReader.execute
+
+    def execute(self, sql, params=()):
+        if "stock" in sql and "IN (" not in sql and "SUM(" not in sql:
+            refused()
+        return real(self, sql, params)
+
+    monkeypatch.setattr(ProjectionReader, "execute", execute)
+    assert build_monthly_report(url, plant, "2024-06") == want
+    with pytest.raises(AssertionError, match="whole-chain"):
+        naive_monthly_report(url, plant, "2024-06")
