@@ -453,6 +453,11 @@ def test_streaming_report_equals_the_naive_one_with_corrections(ledger, monkeypa
         r, s = rs
         return {"chain": r.chain, "seq": r.seq, "hash": r.entry_hash}
 
+    # two late productions of September as large as June's: a closing stock above zero from
+    # then on, so that leaving out the corrected entry's stock shows (it is not clamped away)
+    for i in range(2):
+        body = dict(june[1].entry.body, lot=f"LATE-SEPT-{i}")
+        submit(ledger, mine, [("MineralProductProduced", body)], us(f"2024-09-1{i}T08:00:00Z"), direct=True)
     why = {"explanation": "test"}
     at = us("2025-01-15T08:00:00Z")
     submit(ledger, mine, [("CorrectionRecorded", {"corrects": ref(june), "reason": "DID_NOT_OCCUR", **why})], at)
