@@ -561,11 +561,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     latest = None
     if rep.ok and trust is not None:
-        from reledger.storage.verify import signed_checkpoints
+        from reledger.storage.verify import latest_signed_checkpoint
 
         with open_readonly(args) as store:
-            signed = signed_checkpoints(store)  # judged by their notes, never by a size column
-        latest = signed[-1][2] if signed else None
+            signed = latest_signed_checkpoint(store)  # judged by their notes, never by a size column
+        latest = signed[2] if signed else None
     anchor = anchored(trust_path, trust, genesis, rep.ok, latest)
 
     def text() -> None:
@@ -870,11 +870,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
         if not ledger.has_chain(chain):
             raise UsageError(f"--entry {args.entry}: no chain {chain} in the ledger{suggest(chain, ledger.parties())}")
 
-    from reledger.storage.verify import signed_checkpoints
+    from reledger.storage.verify import latest_signed_checkpoint
 
     with open_readonly(args) as store:
-        signed = signed_checkpoints(store)  # judged by their notes: a junk or altered row is no checkpoint
-        latest = signed[-1] if signed else None
+        # judged by their notes: a junk or altered row is no checkpoint
+        latest = latest_signed_checkpoint(store)
         size = args.size or (latest[0] if latest else store.size())
         note = latest[2].decode() if latest and latest[0] == size else None
         root = store.root(size)

@@ -39,7 +39,7 @@ def build_bundle(url: str, party: str) -> tuple[bytes, dict[str, Any]]:
                     "proof": store.inclusion_proof(r.index, size)} for r in records]
         consistency = [{"note": n, "proof": store.consistency_proof(s, size) if s else []}
                        for s, _, n in signed if s < size]
-        after = len([r for r in store.chain_records(party, start_seq=(chain[-1].seq + 1))])
+        after = store.queries.chain_count(store.cursor(), party, chain[-1].seq + 1)  # counted, not loaded
         heads = None
         if chain_heads.of_extensions(checkpoint_of(note).extensions) is not None:
             position, count, proof = chain_heads.proof(store.queries.chain_heads(store.cursor(), size), party)

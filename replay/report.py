@@ -306,10 +306,10 @@ def entry_facts(etype: str | None, body: Any) -> str:
 def _checkpoint(store: LedgerReader, n: int) -> dict[str, Any] | None:
     """The latest stored checkpoint covering at most the first ``n`` entries, its signature
     checked with the checkpoint keys the log had registered before it."""
-    cps = [c for c in store.checkpoints() if 0 < c[0] <= n]
-    if not cps:
+    found = store.queries.checkpoint_within(store.cursor(), n)  # one index look-up, not every checkpoint
+    if found is None:
         return None
-    size, root, note = max(cps, key=lambda c: c[0])
+    size, root, note = found
     verifiers = rules.checkpoint_verifiers(store.registry(size), size)
     try:
         cp = rules.checkpoint(note, verifiers, size=size)

@@ -94,12 +94,17 @@ class Tables:
     def q(self, sql: str) -> str:
         """Write SQL with '?' placeholders; get the dialect's."""
         return sql.format(events=self.events, log=self.log, checkpoints=self.checkpoints,
-                          int_idx=self.int_idx).replace("?", self.p)
+                          int_idx=self.int_idx, int_size=self.int_size).replace("?", self.p)
 
     @property
     def int_idx(self) -> str:
         # SQLite columns take values of any type: only integer indices are log positions
         return "typeof(idx) = 'integer'" if self.backend == "sqlite" else "TRUE"
+
+    @property
+    def int_size(self) -> str:
+        # (the checkpoints' size column, likewise: the rows :meth:`Queries.checkpoints` keeps)
+        return "typeof(size) = 'integer'" if self.backend == "sqlite" else "TRUE"
 
     def damaged_rows(self) -> list[tuple[str, str]]:
         """(what, SQL) of rows whose values have the wrong type (SQLite only: PostgreSQL columns
@@ -198,6 +203,19 @@ class Queries:
                              "ORDER BY l.seq LIMIT ?"), (chain, after_seq, stop, limit))
         return [row_to_record(_tuple(r)) for r in cur.fetchall()]
 
+    def chain_count(self, cur, chain: str, start_seq: int) -> int:
+        """How many log rows the chain has from ``start_seq`` on (counted in the database)."""
+        cur.execute(self.t.q("SELECT COUNT(*) FROM {log} WHERE chain = ? AND seq >= ?"), (chain, start_seq))
+        return int(_col(cur.fetchone(), 0))
+
+    def records_of_chain_before(self, cur, chain: str, before_seq: int, stop: int, limit: int) -> list[Record]:
+        """At most ``limit`` of the chain's records before ``before_seq`` among the first ``stop``
+        of the log, by seq DESCENDING (keyset pagination backwards from a chain's head on the
+        (chain, seq) key)."""
+        cur.execute(self.t.q(f"SELECT {RECORD_COLUMNS} {RECORD_JOIN} WHERE l.chain = ? AND l.seq < ? AND l.idx < ? "
+                             "ORDER BY l.seq DESC LIMIT ?"), (chain, before_seq, stop, limit))
+        return [row_to_record(_tuple(r)) for r in cur.fetchall()]
+
     def chain_head(self, cur, chain: str) -> tuple[int, bytes] | None:
         cur.execute(self.t.q("SELECT seq, entry_hash FROM {log} WHERE chain = ? ORDER BY seq DESC LIMIT 1"), (chain,))
         row = cur.fetchone()
@@ -282,15 +300,42 @@ class Queries:
         r = _tuple(row)
         return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
 
-    def checkpoint_within(self, cur, size: int) -> tuple[int, bytes] | None:
-        """(size, root) of the latest stored checkpoint covering at most the first ``size`` entries."""
-        cur.execute(self.t.q("SELECT size, root FROM {checkpoints} WHERE size > 0 AND size <= ? "
+    def checkpoint_within(self, cur, size: int) -> tuple[int, bytes, bytes] | None:
+        """(size, root, note) of the stored checkpoint row with the greatest size column in
+        1..``size`` (one index look-up: the rows as stored, nothing judged; a caller that hands
+        the checkpoint out checks its note)."""
+        cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} WHERE {int_size} AND size > 0 AND size <= ? "
                              "ORDER BY size DESC LIMIT 1"), (size,))
         row = cur.fetchone()
         if row is None:
             return None
         r = _tuple(row)
-        return _int(r[0], 0), _blob(r[1]) or b""
+        return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
+
+    def checkpoints_after(self, cur, after: int, limit: int, upto: int | None = None) -> list[tuple[int, bytes, bytes]]:
+        """At most ``limit`` stored checkpoint rows (size, root, note) with ``after < size`` (and
+        ``size <= upto``), by the size column (keyset pagination on the table's key: the rows as
+        :meth:`checkpoints` gives them, a page at a time)."""
+        bound = "" if upto is None else " AND size <= ?"
+        cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} WHERE {int_size} AND size > ?" + bound
+                             + " ORDER BY size LIMIT ?"), (after, limit) if upto is None else (after, upto, limit))
+        return [(r[0], _blob(r[1]) or b"", _blob(r[2]) or b"") for r in map(_tuple, cur.fetchall())
+                if type(r[0]) is int]
+
+    def checkpoint_sizes(self, cur, lo: int, hi: int) -> list[int]:
+        """The size columns of the stored checkpoint rows with ``lo < size <= hi``, ascending."""
+        cur.execute(self.t.q("SELECT size FROM {checkpoints} WHERE {int_size} AND size > ? AND size <= ? "
+                             "ORDER BY size"), (lo, hi))
+        return [r[0] for r in map(_tuple, cur.fetchall()) if type(r[0]) is int]
+
+    def checkpoint_at(self, cur, size: int) -> tuple[int, bytes, bytes] | None:
+        """The stored checkpoint row whose size column is ``size``."""
+        cur.execute(self.t.q("SELECT size, root, note FROM {checkpoints} WHERE size = ?"), (size,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        r = _tuple(row)
+        return _int(r[0], 0), _blob(r[1]) or b"", _blob(r[2]) or b""
 
     def commands(self, cur, command_ids: list[str]) -> dict[tuple[str, str], tuple[int, bytes]]:
         """(chain, command id) -> (log index, entry hash) of each of these command ids recorded."""
@@ -553,3 +598,14 @@ class LedgerReader(MerkleProofs, LogReader):
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
         return self.queries.checkpoints(self.cursor())
+
+    def checkpoint_rows(self, after: int = 0, upto: int | None = None, page: int = 1000
+                        ) -> Iterator[tuple[int, bytes, bytes]]:
+        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, as
+        :meth:`checkpoints` lists them, read ``page`` rows at a time."""
+        while True:
+            rows = self.queries.checkpoints_after(self.cursor(), after, page, upto)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]

@@ -210,10 +210,10 @@ class LedgerStore(MerkleProofs):
             self.recorder.write_checkpoint(size, root, note, self.clock())
         except ESIntegrityError:
             # another writer checkpointed the same size first: answer what is stored
-            stored = [n for s, _, n in self.checkpoints() if s == size]
-            if not stored:
+            stored = self.queries.checkpoint_at(self.read_cursor(), size)
+            if stored is None:
                 raise
-            return stored[0]
+            return stored[2]
         return note
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
@@ -221,6 +221,17 @@ class LedgerStore(MerkleProofs):
 
     def checkpoints(self) -> list[tuple[int, bytes, bytes]]:
         return self.queries.checkpoints(self.read_cursor())
+
+    def checkpoint_rows(self, after: int = 0, upto: int | None = None, page: int = 1000
+                        ) -> Iterator[tuple[int, bytes, bytes]]:
+        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, as
+        :meth:`checkpoints` lists them, read ``page`` rows at a time."""
+        while True:
+            rows = self.queries.checkpoints_after(self.read_cursor(), after, page, upto)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     # --- appending -----------------------------------------------------------------------
     def append(self, envelopes: Sequence[bytes | SignedEntry]) -> list[Receipt]:

@@ -10,10 +10,12 @@ good": on any doubt it returns None and the detailed path runs and names every p
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from reledger.ledger import heads as chain_heads, merkle, rules
 from reledger.ledger.checkpoint import Checkpoint
@@ -108,11 +110,13 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
         max_index = _max_index(r)
         span = max(size, max_index + 1)
         registry_records = r.queries.records_of_types(cur, sorted(REGISTRY_TYPES), 0, span)
-        stored_cps = r.queries.checkpoints(cur)
+        # how many checkpoint rows, and the greatest size column: the fast path reads the rows
+        # themselves range by range (a page at a time), never all at once
+        census = _checkpoint_census(r)
         r.end_snapshot()
     if size == span:
         side_result: list = []  # the scans, run in the fast path's process pool beside the ranges
-        fast = _fast_verify(url, span, registry_records, list(stored_cps) + external, workers,
+        fast = _fast_verify(url, span, registry_records, census, external, workers,
                             trusted_genesis, list(trusted_checkpoint_keys), progress,
                             side=(_integrity, (url, False, False)), side_result=side_result)
         if fast is not None:
@@ -121,6 +125,15 @@ def verify_database(url: str, *, workers: int | None = None, chunk: int = 4000,
             if scans["clean"] and scans["size"] >= span:
                 return fast
     return _verify_detailed(url, workers, chunk, trusted_genesis, trusted_checkpoint_keys, external, progress)
+
+
+def _checkpoint_census(r: LogReader) -> tuple[int, int | None]:
+    """(number of stored checkpoint rows, their greatest size column or None): the rows
+    :meth:`Queries.checkpoints` lists, counted in the database."""
+    cur = r.cursor()
+    cur.execute(r.tables.q("SELECT COUNT(*), MAX(size) FROM {checkpoints} WHERE {int_size}"))
+    count, top = _plain(cur.fetchone())
+    return int(count), (None if top is None else int(top))
 
 
 def _external_checkpoints(checkpoint_notes: list[bytes]) -> list[tuple[int, bytes, bytes]]:
@@ -228,6 +241,13 @@ def _map_ranges(url: str, ranges, keys, workers: int) -> Iterator[list[Checked]]
 # detailed path, which names every problem.
 
 FAST_BITS = 12
+CHECKPOINT_PAGE = 1000  # stored checkpoint rows read per query
+
+
+def _ranges(span: int, unit: int) -> Iterator[tuple[int, int]]:
+    """The aligned ranges [a, b) of ``unit`` entries (the last one partial) that cover the log."""
+    for a in range(0, span, unit):
+        yield a, min(span, a + unit)
 
 _WORKER_READERS: dict[str, LogReader] = {}  # in a worker process: url -> its LogReader, for all its ranges
 _IN_WORKER = False
@@ -352,7 +372,8 @@ def _fast_range(url: str, start: int, stop: int, keys: dict, registered: dict, r
     return (first, last, first_us, previous_us, tree, extra, cp_local)
 
 
-def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list, workers: int,
+def _fast_verify(url: str, span: int, registry_records: list, census: tuple[int, int | None], external: list,
+                 workers: int,
                  trusted_genesis: str | None, trusted_checkpoint_keys: list[str],
                  progress: Callable[[int, int], None] | None, side: tuple | None = None,
                  side_result: list | None = None) -> Report | None:
@@ -379,27 +400,66 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
         return None
     keys = {k.key_id: k for k in registry.keys.values() if k.purpose == "entries"}
     indices = frozenset(r.index for r in registry_records)
-    # each checkpoint judged at the size its note states; a row that says otherwise is doubt
-    cps = []
-    for row_size, row_root, note in checkpoints:
-        size = note_size(note)
-        if size is None or size != row_size or size > span:
-            return None
-        cps.append((size, row_root, note))
+    # The checkpoints: the stored rows (``census``: how many, the greatest size column, in the
+    # snapshot of the registry) are read range by range, each judged at the size its note
+    # states (a row that says otherwise is doubt) once its range is joined, and forgotten; the
+    # notes kept outside the database (``external``, as rows) likewise. Memory holds one range's.
+    count, top = census
+    if (top is not None and top > span) or any(n > span for n, _, _ in external):
+        return None  # a checkpoint beyond the log: the detailed path names it
     size_unit = 1 << FAST_BITS
-    ranges = [(a, min(span, a + size_unit)) for a in range(0, span, size_unit)]
-    jobs = [(url, a, b, keys, dict(registry.registered), indices, tuple(sz for sz, _, _ in cps if a < sz <= b),
-             registry.designations, registry.root) for a, b in ranges]
+    registered = dict(registry.registered)
+    reader = LogReader(url)
+
+    def stored(lo: int, hi: int) -> Iterator[tuple[int, bytes, bytes]]:
+        """The stored rows with lo < size column <= hi (none above the census's greatest)."""
+        if top is None or lo >= min(hi, top):
+            return
+        while True:
+            rows = reader.queries.checkpoints_after(reader.cursor(), lo, CHECKPOINT_PAGE, min(hi, top))
+            yield from rows
+            if len(rows) < CHECKPOINT_PAGE:
+                return
+            lo = rows[-1][0]
+
+    def outside(lo: int, hi: int) -> list[tuple[int, bytes, bytes]]:
+        return [c for c in external if lo < c[0] <= hi]
+
+    def jobs() -> Iterator[tuple]:
+        for a, b in _ranges(span, size_unit):
+            sizes = reader.queries.checkpoint_sizes(reader.cursor(), a, min(b, top)) if top is not None else []
+            cp_sizes = tuple(sorted(set(sizes) | {c[0] for c in outside(a, b)}))
+            yield (url, a, b, keys, registered, indices, cp_sizes, registry.designations, registry.root)
+
+    judged = [0]  # stored rows judged
+
+    def judge(rows, roots: dict[int, bytes], heads_at: dict[int, tuple[int, bytes]], stored_rows: bool) -> bool:
+        """Each checkpoint of ``rows``: its signature by a checkpoint key valid at its size, origin,
+        root, heads (raises rules.Invalid); False on doubt."""
+        for row_size, row_root, note in rows:
+            size = note_size(note)
+            if size is None or size != row_size or size > span:
+                return False
+            if size not in roots or row_root != roots[size]:
+                return False
+            rules.checkpoint(note, rules.checkpoint_verifiers(registry, size, trusted_checkpoint_keys),
+                             size=size, root=roots[size], heads=heads_at[size])
+            rep.checkpoints += 1
+            judged[0] += stored_rows
+        return True
     # 2. the ranges, joined in order
     chunks = merkle.Frontier()  # the tree above the ranges: one leaf per full range
     heads: dict[str, tuple[int, bytes]] = {}
-    roots: dict[int, bytes] = {0: merkle.EMPTY_ROOT}
-    heads_at: dict[int, tuple[int, bytes]] = {0: chain_heads.commitment({})}  # checkpoint size -> heads committed
     last_us: int | None = None
     done = 0
     try:
+        # checkpoints of the empty log (and rows whose size column is no log size: doubt)
+        empty = ({0: merkle.EMPTY_ROOT}, {0: chain_heads.commitment({})})
+        if not (judge(stored(-2**62, 0), *empty, True) and judge(outside(-1, 0), *empty, False)):
+            return None
         # the generator first: zip then runs it to its end (where it hands over the side job's answer)
-        for result, (a, b) in zip(_map_jobs(_fast_range, jobs, workers, side, side_result), ranges):
+        for result, (a, b) in zip(_map_jobs(_fast_range, jobs(), workers, side, side_result),
+                                  _ranges(span, size_unit)):
             if result is None:
                 return None
             first, last, first_us, end_us, local, extra, cp_local = result
@@ -407,6 +467,8 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
             last_us = end_us
             for chain, (seq, prev) in first.items():
                 rules.chain_link(heads.get(chain), chain, seq, prev)
+            roots: dict[int, bytes] = {}  # checkpoint size -> root, in this range
+            heads_at: dict[int, tuple[int, bytes]] = {}  # checkpoint size -> heads committed
             for size, (hashes, heads_here) in cp_local.items():
                 roots[size] = merkle.fold(chunks.hashes + hashes)
                 heads_at[size] = chain_heads.commitment({**heads, **heads_here})
@@ -418,18 +480,19 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
                 return None
             else:
                 chunks = merkle.Frontier(b, chunks.hashes + local)  # the last, partial range (counted in leaves)
+            # 3. the range's checkpoints: signature by a checkpoint key valid at their size,
+            # origin, root, heads
+            if not (judge(stored(a, b), roots, heads_at, True) and judge(outside(a, b), roots, heads_at, False)):
+                return None
             done += b - a
             if progress:
                 progress(done, span)
-        # 3. the checkpoints: signature by a checkpoint key valid at their size, origin, root, heads
-        for size, row_root, note in cps:
-            if size not in roots or row_root != roots[size]:
-                return None
-            rules.checkpoint(note, rules.checkpoint_verifiers(registry, size, trusted_checkpoint_keys),
-                             size=size, root=roots[size], heads=heads_at[size])
-            rep.checkpoints += 1
+        if judged[0] != count:  # rows came or went since the snapshot: doubt
+            return None
     except rules.Invalid:
         return None
+    finally:
+        reader.close()
     rep.entries = span
     rep.size = span
     rep.chains = len(heads)
@@ -438,24 +501,27 @@ def _fast_verify(url: str, span: int, registry_records: list, checkpoints: list,
     return rep
 
 
-def _map_jobs(fn, jobs: list[tuple], workers: int, side: tuple | None = None,
+def _map_jobs(fn, jobs: Iterable[tuple], workers: int, side: tuple | None = None,
               side_result: list | None = None) -> Iterator[Any]:
-    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead). ``side``
-    = (function, args) runs first in the same pool; its answer is appended to ``side_result``
-    once the jobs are done. Without a pool (one worker or one job) the caller runs it."""
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
+    """fn(*job) for every job, in order, on ``workers`` processes (a few jobs ahead: ``jobs`` is
+    read as they are submitted, so it may be a generator). ``side`` = (function, args) runs first
+    in the same pool; its answer is appended to ``side_result`` once the jobs are done. Without a
+    pool (one worker or one job) the caller runs it."""
+    it = iter(jobs)
+    head = list(itertools.islice(it, 2))
+    if workers <= 1 or len(head) <= 1:
+        for job in itertools.chain(head, it):
             yield fn(*job)
         return
     with ProcessPoolExecutor(max_workers=workers, mp_context=context(), initializer=_worker_started) as pool:
         side_future = pool.submit(side[0], *side[1]) if side is not None else None
-        pending = [pool.submit(fn, *job) for job in jobs[: workers * 2]]
-        nxt = len(pending)
+        pending = collections.deque(pool.submit(fn, *job)
+                                    for job in itertools.chain(head, itertools.islice(it, workers * 2 - len(head))))
         while pending:
-            f = pending.pop(0)
-            if nxt < len(jobs):
-                pending.append(pool.submit(fn, *jobs[nxt]))
-                nxt += 1
+            f = pending.popleft()
+            job = next(it, None)
+            if job is not None:
+                pending.append(pool.submit(fn, *job))
             yield f.result()
         if side_future is not None and side_result is not None:
             side_result.append(side_future.result())
@@ -482,3 +548,41 @@ def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
             continue
         out[n] = (n, cp.root, note)
     return [out[n] for n in sorted(out)]
+
+
+def latest_signed_checkpoint(store: Any, page: int = 1000) -> tuple[int, bytes, bytes] | None:
+    """``signed_checkpoints(store)[-1]`` (None when that is empty), reading the stored rows a
+    page at a time: memory does not grow with the number of checkpoints.
+
+    The same judgement by the signed notes (never the size column): the answer is the greatest
+    note size among the rows whose note verifies (a checkpoint key of the log valid at its size;
+    its size and root the log's), and, among the rows whose note states that size, the first by
+    the size column that verifies. One pass over the rows finds the greatest note size not
+    greater than the log's, and the first row stating it; that row's note is then checked. Only
+    when it does not verify (a forged or junk row) are the further rows stating that size
+    checked, and then, if none verifies, the next smaller note size is looked for, and so on."""
+    size = store.size()
+    registry = store.registry()  # key records carry their authorization and revocation indices
+    below: int | None = None  # note sizes >= below were tried: none of their rows verified
+    while True:
+        best: tuple[int, int, bytes] | None = None  # (note size, row size, note) of its first row
+        for row_size, _row_root, note in store.checkpoint_rows(page=page):
+            n = note_size(note)
+            if n is None or n > size or (below is not None and n >= below):
+                continue
+            if best is None or n > best[0]:
+                best = (n, row_size, note)
+        if best is None:
+            return None
+        n, first_row, first_note = best
+        verifiers, root = rules.checkpoint_verifiers(registry, n), store.root(n)
+        rows = itertools.chain([(first_row, b"", first_note)], store.checkpoint_rows(after=first_row, page=page))
+        for _row_size, _row_root, note in rows:
+            if note_size(note) != n:
+                continue
+            try:
+                cp = rules.checkpoint(note, verifiers, size=n, root=root)
+            except rules.Invalid:
+                continue
+            return n, cp.root, note
+        below = n
