@@ -550,7 +550,7 @@ def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
     return [out[n] for n in sorted(out)]
 
 
-def latest_signed_checkpoint(store: Any, page: int = 1000) -> tuple[int, bytes, bytes] | None:
+def latest_signed_checkpoint(store: Any, page: int = 1000, within: int | None = None) -> tuple[int, bytes, bytes] | None:
     """``signed_checkpoints(store)[-1]`` (None when that is empty), reading the stored rows a
     page at a time: memory does not grow with the number of checkpoints.
 
@@ -560,8 +560,9 @@ def latest_signed_checkpoint(store: Any, page: int = 1000) -> tuple[int, bytes, 
     the size column that verifies. One pass over the rows finds the greatest note size not
     greater than the log's, and the first row stating it; that row's note is then checked. Only
     when it does not verify (a forged or junk row) are the further rows stating that size
-    checked, and then, if none verifies, the next smaller note size is looked for, and so on."""
-    size = store.size()
+    checked, and then, if none verifies, the next smaller note size is looked for, and so on.
+    ``within``: the latest one covering at most that many entries (default: the log's size)."""
+    size = store.size() if within is None else min(within, store.size())
     registry = store.registry()  # key records carry their authorization and revocation indices
     below: int | None = None  # note sizes >= below were tried: none of their rows verified
     while True:
