@@ -99,6 +99,8 @@ class LedgerStore(MerkleProofs):
         # What this store knows of the log, valid while the log's size in the database is
         # self._caches.size (-1: nothing yet).
         self._caches = Caches()
+        self._heads: tuple[int, dict[str, tuple[int, bytes]]] | None = None  # (size, heads): heads_at
+        self._heads_lock = threading.Lock()
 
     def close(self) -> None:
         self.checks.close()
@@ -190,7 +192,9 @@ class LedgerStore(MerkleProofs):
         latest = self.latest_checkpoint()
         if latest is not None and latest[0] == size:
             return latest[2]
-        registered = [v for v in rules.checkpoint_verifiers(self.registry(size), size) if v == signer.verifier()]
+        # the live registry: its key records carry the indices that authorized and revoked them,
+        # so checkpoint_verifiers(.., size) gives the keys valid at ``size`` (not a log scan)
+        registered = [v for v in rules.checkpoint_verifiers(self.current_registry(), size) if v == signer.verifier()]
         if not registered:
             raise ValueError(f"the checkpoint key {signer.name} is not a registered, unrevoked checkpoint key "
                              "of this ledger (KeyAuthorized with purpose 'checkpoint' and this name)")
@@ -202,7 +206,7 @@ class LedgerStore(MerkleProofs):
         root = self.root(size)
         # and the head of every chain at that size (ledger/heads.py): what lets a bundle prove
         # that it holds the end of its party's chain
-        line = chain_heads.line(self.queries.chain_heads(self.read_cursor(), size))
+        line = chain_heads.line(self.heads_at(size))
         note = sign_checkpoint(Checkpoint(signer.name, size, root, (line,)), signer, max(1, self.clock() // 1_000_000))
         if cosign is not None:
             note = cosign(note, size)
@@ -215,6 +219,22 @@ class LedgerStore(MerkleProofs):
                 raise
             return stored[2]
         return note
+
+    def heads_at(self, size: int) -> dict[str, tuple[int, bytes]]:
+        """chain -> (seq, entry hash) of its last entry among the first ``size`` of the log (what a
+        checkpoint commits to). The heads found last are moved on by the entries since, a page at
+        a time (a chain's seq grows with the log index); the whole log is read (one GROUP BY)
+        only the first time, or for a size below the last one."""
+        with self._heads_lock:
+            known = self._heads
+            if known is None or known[0] > size:
+                heads = self.queries.chain_heads(self.read_cursor(), size)
+            else:
+                heads = dict(known[1])
+                for rec in self.records(known[0], size):
+                    heads[rec.chain] = (rec.seq, rec.entry_hash)
+            self._heads = (size, heads)
+            return dict(heads)
 
     def latest_checkpoint(self) -> tuple[int, bytes, bytes] | None:
         return self.queries.latest_checkpoint(self.read_cursor())

@@ -327,6 +327,27 @@ def test_checkpoint(led, mine):
     assert rep.ok and rep.checkpoints == 2
 
 
+def test_heads_moved_on_equal_the_heads_read_whole(led, mine):
+    """``heads_at`` (the heads a checkpoint signs) moves the heads it found last on by the
+    entries since, instead of reading the whole log: at every size, going up by uneven steps and
+    back down, on a fresh store and on one that asked before, they equal the whole-log query's."""
+    import random
+
+    st = led.store
+    plant = led.register(PLANT, ["SEPARATION"])
+    rng = random.Random(5)
+    for _ in range(12):
+        st.append([fact(rng.choice([mine, plant])) for _ in range(rng.randint(1, 6))])
+    size = st.size()
+    whole = {n: st.queries.chain_heads(st.read_cursor(), n) for n in range(size + 1)}
+    sizes = sorted(rng.sample(range(size + 1), 8)) + [size, 3, size, 0, size]
+    for n in sizes:
+        assert st.heads_at(n) == whole[n], n
+    with LedgerStore(led.url, create=False) as fresh:  # a store that never asked
+        assert fresh.heads_at(size // 2) == whole[size // 2]
+        assert fresh.heads_at(size) == whole[size]
+
+
 def test_checkpoint_commits_to_every_chain_head(led, mine, monkeypatch):
     """Each checkpoint signs the head of every chain at its size (ledger/heads.py); verify
     rebuilds them from the log, on the fast path and the detailed one. A checkpoint signed by
