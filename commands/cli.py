@@ -1259,7 +1259,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # sees them at once
     with stream_party(args.db, args.party, as_of=point.as_of, since_us=since, until_us=until,
                       types=set(args.type) if args.type else None, lot=args.lot, counterparty=args.counterparty,
-                      progress=lambda done, total: tick(done, total)) as r:
+                      progress=lambda done, total: tick(done, total),
+                      notice=lambda what: print(f"reledger: replay: {what}", file=sys.stderr, flush=True)) as r:
         if args.json:
             chunks = iter_json(r)
         elif args.format == "csv":

@@ -3,9 +3,10 @@
 For each of the party's entries: its signature, checked with the key that was valid when it was
 recorded, the party's stock (by lot) and quota usage after it, and the findings it raised.
 Findings about the party raised by other entries' arrival (a shipment overdue, a report missing)
-appear as their own steps. When the projection tables cover the point asked, the party's rows
-are read from them (:func:`_replay_rows`); otherwise, or with ``fold``, the log is folded from
-scratch with a fresh :class:`reledger.projections.model.Projector` (its rule state in a scratch
+appear as their own steps. When the projection tables cover the point asked (or reach it within a
+short wait, :func:`wait_for_projections`: a follower is normally a fraction of a second behind the
+log), the party's rows are read from them (:func:`_replay_rows`); otherwise, or with ``fold``, the
+log is folded from scratch with a fresh :class:`reledger.projections.model.Projector` (its rule state in a scratch
 file, projections/state.py): the reference, which the tests hold the rows' answer to, and whose
 state after any step they hold equal to the projections at that point.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import time
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from decimal import Decimal
@@ -33,6 +35,15 @@ from reledger.projections.store import P
 from reledger.storage.reader import LogReader
 
 FAR = 2**62
+
+#: seconds a replay (and an investigation, replay/report.py) waits for the projections to reach
+#: the point asked before it folds the whole log (an investigation: before it refuses). With
+#: ``reledger serve`` running, its follower is normally a fraction of a second behind the log.
+PROJECTIONS_WAIT_S = 10.0
+#: seconds between two looks at the projections' position while waiting
+PROJECTIONS_POLL_S = 0.05
+#: seconds of waiting after which the wait says what it waits for (a shorter wait goes unsaid)
+PROJECTIONS_SAY_S = 1.0
 
 
 @dataclass
@@ -254,29 +265,75 @@ def _lots(body: dict) -> list[str]:
     return out
 
 
+def wait_for_projections(ps, n: int, say: Callable[[str], None] | None = None) -> int:
+    """The projections' position (``ps``: a :class:`reledger.projections.store.ProjectionReader`)
+    once it reaches ``n``, or as it stands after :data:`PROJECTIONS_WAIT_S` seconds: a follower
+    (``reledger serve``) is normally a fraction of a second behind the log. It only reads: each
+    look at the position is a statement of its own on the reader's connection (SQLite: no
+    transaction is begun for a SELECT, WAL; PostgreSQL: autocommit), so nothing it holds keeps the
+    follower's commits from it, on a primary or a standby. Should the wait last more than
+    :data:`PROJECTIONS_SAY_S` seconds, ``say`` is told, once, what it waits for."""
+    pos = ps.position()
+    if pos >= n:
+        return pos
+    start = time.monotonic()
+    deadline = start + PROJECTIONS_WAIT_S
+    said = say is None
+    while pos < n:
+        now = time.monotonic()
+        if now >= deadline:
+            break
+        if not said and now - start >= PROJECTIONS_SAY_S:
+            said = True
+            say(f"the projections reflect {pos:,} of the {n:,} log entries asked: waiting up to "
+                f"{PROJECTIONS_WAIT_S:g} s for them to reach it (`reledger serve` follows the log)")
+        time.sleep(min(PROJECTIONS_POLL_S, deadline - now))
+        pos = ps.position()
+    return pos
+
+
+def folding_notice(pos: int | None, n: int) -> str:
+    """What a replay tells its user before it folds the whole log because the projections do not
+    cover the point asked (``pos``: their position, None: the ledger has none)."""
+    if pos is None:
+        return ("this ledger has no projections: the replay folds the whole log from its start (slow on a large "
+                "ledger); `reledger rebuild` makes them (and `reledger serve` keeps them up to date), after "
+                "which a replay reads the party's rows")
+    return (f"the projections reflect {pos:,} of the {n:,} log entries asked ({n - pos:,} behind) and did not "
+            f"reach them within {PROJECTIONS_WAIT_S:g} s: the replay folds the whole log from its start instead "
+            "(slow on a large ledger). To read the party's rows: "
+            + (f"ask --as-of {pos} (the projections' position), " if pos > 0 else "")
+            + "keep `reledger serve` running (it follows the log), or run `reledger rebuild`")
+
+
 def replay_party(url: str, party: str, *, as_of: int | None = None, since_us: int | None = None,
                  until_us: int | None = None, types: set[str] | None = None, lot: str | None = None,
                  counterparty: str | None = None, fold: bool = False,
-                 progress: Callable[[int, int], None] | None = None) -> Replay:
+                 progress: Callable[[int, int], None] | None = None,
+                 notice: Callable[[str], None] | None = None) -> Replay:
     """The party's whole replay in memory (:func:`stream_party`, collected)."""
     with stream_party(url, party, as_of=as_of, since_us=since_us, until_us=until_us, types=types, lot=lot,
-                      counterparty=counterparty, fold=fold, progress=progress) as rs:
+                      counterparty=counterparty, fold=fold, progress=progress, notice=notice) as rs:
         return rs.collect()
 
 
 def stream_party(url: str, party: str, *, as_of: int | None = None, since_us: int | None = None,
                  until_us: int | None = None, types: set[str] | None = None, lot: str | None = None,
                  counterparty: str | None = None, fold: bool = False,
-                 progress: Callable[[int, int], None] | None = None, page: int | None = None) -> ReplayStream:
+                 progress: Callable[[int, int], None] | None = None, page: int | None = None,
+                 notice: Callable[[str], None] | None = None) -> ReplayStream:
     """Replay the log up to ``as_of`` entries and give the party's history (filtered by business
     time window, entry types, lot and counterparty) as it is read: a :class:`ReplayStream`.
 
     When the projection tables cover the first ``as_of`` entries, the party's history is read
     from them (:func:`_replay_rows`: the party's own entries, and its findings, stock, quota and
     credit rows, each read through its (party, idx) index a page at a time: time to the first
-    step and memory follow a page, time to the last the party's history, never the log);
-    otherwise, or with ``fold``, the log is folded from the start (the reference the tests hold
-    the rows' answer to; its steps are given as the fold reaches them)."""
+    step and memory follow a page, time to the last the party's history, never the log). When
+    they are behind that point, the replay waits for them a little (:func:`wait_for_projections`:
+    a follower is normally a fraction of a second behind). Otherwise, or with ``fold``, the log
+    is folded from the start (the reference the tests hold the rows' answer to; its steps are
+    given as the fold reaches them); unless ``fold`` was asked, ``notice`` is told first why
+    (:func:`folding_notice`), and while the wait lasts, what it waits for."""
     from reledger.projections.store import NoProjections, ProjectionReader
 
     page = page or PAGE
@@ -295,11 +352,16 @@ def stream_party(url: str, party: str, *, as_of: int | None = None, since_us: in
                 ps = ProjectionReader(url)
             except NoProjections:
                 ps = None
+                if notice is not None:
+                    notice(folding_notice(None, n))
             else:
                 closers.append(ps.close)
-                if ps.position() < n:
+                pos = wait_for_projections(ps, n, notice)
+                if pos < n:
                     closers.pop()()
                     ps = None
+                    if notice is not None:
+                        notice(folding_notice(pos, n))
         if ps is not None:
             rs = ReplayStream(party, _name_from_rows(reader, ps, party, n), n, checkpoint)
             rs._steps = _replay_rows(rs, reader, ps, party, n, since_us, until_us, types, lot, counterparty, page)

@@ -43,7 +43,8 @@ from reledger.projections import flowgraph
 from reledger.projections.model import RULES, kg_text
 from reledger.projections.queries import Point, parties
 from reledger.projections.store import P, NoProjections, ProjectionReader
-from reledger.replay.history import ReplayStream, Step, signature_status, stream_party
+from reledger.replay import history as _history
+from reledger.replay.history import ReplayStream, Step, signature_status, stream_party, wait_for_projections
 
 
 class ReportError(ValueError):
@@ -597,10 +598,14 @@ def gather(url: str, party: str, *, as_of: int | None = None, progress: Callable
         except NoProjections as e:
             raise ReportError(str(e)) from e
         try:
-            if ps.position() < n:
-                raise ReportError(f"the projections reflect {ps.position()} of the {n} log entries this report "
-                                  "covers: keep `reledger serve` running (it follows the log) or run "
-                                  "`reledger rebuild`")
+            # a follower (`reledger serve`) is normally a fraction of a second behind the log: wait
+            # for it a little (reads only) before refusing
+            pos = wait_for_projections(ps, n, say)
+            if pos < n:
+                raise ReportError(f"the projections reflect {pos} of the {n} log entries this report covers and "
+                                  f"did not reach them within {_history.PROJECTIONS_WAIT_S:g} s: keep `reledger serve` "
+                                  "running (it follows the log) or run `reledger rebuild`"
+                                  + (f", or ask --as-of {pos} (the projections' position)" if pos > 0 else ""))
             point = Point(as_of=n)
             everyone = parties(ps, point)
             names = {p["party"]: p["name"] for p in everyone}
