@@ -42,6 +42,9 @@ FAR = 2**62
 PROJECTIONS_WAIT_S = 10.0
 #: seconds between two looks at the projections' position while waiting
 PROJECTIONS_POLL_S = 0.05
+#: seconds without the position moving at all after which nothing is taken to follow the log (a
+#: follower commits every few thousand entries, a second or two apart on a large log)
+PROJECTIONS_STALL_S = 3.0
 #: seconds of waiting after which the wait says what it waits for (a shorter wait goes unsaid)
 PROJECTIONS_SAY_S = 1.0
 
@@ -271,7 +274,9 @@ def wait_for_projections(ps, n: int, say: Callable[[str], None] | None = None) -
     (``reledger serve``) is normally a fraction of a second behind the log. It only reads: each
     look at the position is a statement of its own on the reader's connection (SQLite: no
     transaction is begun for a SELECT, WAL; PostgreSQL: autocommit), so nothing it holds keeps the
-    follower's commits from it, on a primary or a standby. Should the wait last more than
+    follower's commits from it, on a primary or a standby. When the position has not moved at all
+    after :data:`PROJECTIONS_STALL_S` seconds, nothing is taken to follow the log (``serve`` is
+    not running) and the wait ends there. Should the wait last more than
     :data:`PROJECTIONS_SAY_S` seconds, ``say`` is told, once, what it waits for."""
     pos = ps.position()
     if pos >= n:
@@ -279,16 +284,19 @@ def wait_for_projections(ps, n: int, say: Callable[[str], None] | None = None) -
     start = time.monotonic()
     deadline = start + PROJECTIONS_WAIT_S
     said = say is None
+    moved, first = start, pos  # when the position last moved; where it stood at first
     while pos < n:
         now = time.monotonic()
-        if now >= deadline:
-            break
+        if now >= deadline or (pos == first and now - moved >= PROJECTIONS_STALL_S):
+            break  # the time is up, or nothing follows the log (the position never moved)
         if not said and now - start >= PROJECTIONS_SAY_S:
             said = True
             say(f"the projections reflect {pos:,} of the {n:,} log entries asked: waiting up to "
                 f"{PROJECTIONS_WAIT_S:g} s for them to reach it (`reledger serve` follows the log)")
         time.sleep(min(PROJECTIONS_POLL_S, deadline - now))
-        pos = ps.position()
+        before, pos = pos, ps.position()
+        if pos != before:
+            moved = time.monotonic()
     return pos
 
 

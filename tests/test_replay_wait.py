@@ -93,6 +93,7 @@ class _Follower:
 
         monkeypatch.setattr(history, "time", SimpleNamespace(monotonic=real.monotonic, sleep=sleep))
         monkeypatch.setattr(history, "PROJECTIONS_WAIT_S", 60.0)  # never reached: the follower gets there first
+        monkeypatch.setattr(history, "PROJECTIONS_STALL_S", 60.0)  # however slowly the thread starts
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -227,3 +228,36 @@ def test_investigate_refuses_when_the_projections_stay_behind(ledger, monkeypatc
     # as of their position, it reports
     assert main(["investigate", "--db", url, "--party", "MINE01", "--out", str(out), "--as-of", str(pos)]) == EXIT_OK
     assert ran == ["rows"]
+
+
+def test_a_wait_ends_early_when_nothing_follows_the_log(ledger, monkeypatch):
+    """No follower: the position never moves, so the wait ends after PROJECTIONS_STALL_S (on a
+    clock of its own here) instead of PROJECTIONS_WAIT_S; a position that moves keeps it waiting."""
+    from reledger.projections.store import ProjectionReader
+
+    url, size = ledger
+    clock = {"t": 0.0}
+    monkeypatch.setattr(history, "time", SimpleNamespace(monotonic=lambda: clock["t"],
+                                                         sleep=lambda s: clock.__setitem__("t", clock["t"] + s)))
+    monkeypatch.setattr(history, "PROJECTIONS_WAIT_S", 10.0)
+    monkeypatch.setattr(history, "PROJECTIONS_STALL_S", 3.0)
+    ps = ProjectionReader(url)
+    try:
+        assert history.wait_for_projections(ps, size) == size - BEHIND
+        assert 3.0 <= clock["t"] < 3.2  # ended by the stall, not at 10 s
+        clock["t"] = 0.0
+        real = ps.position
+        steps = iter(range(size - BEHIND, size + 1))
+        last = {"p": size - BEHIND}
+
+        def position():  # one more entry every second
+            if clock["t"] >= last.get("at", 0.0) + 1.0:
+                last["at"], last["p"] = clock["t"], next(steps, size)
+            return last["p"]
+
+        monkeypatch.setattr(ps, "position", position)
+        assert history.wait_for_projections(ps, size) == size
+        assert clock["t"] > 3.0  # it kept waiting while the position moved
+        assert real() == size - BEHIND
+    finally:
+        ps.close()
