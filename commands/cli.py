@@ -11,6 +11,7 @@ import argparse
 import base64
 import contextlib
 import itertools
+import functools
 import json
 import os
 import re
@@ -1755,14 +1756,36 @@ def _epilog(examples: list[str], one: str = "-", times: bool = False) -> str:
     return out + EXIT_CODES_HELP.format(one=one) + (f"\n  3  {three}" if three else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        __version__ = version("reledger")
+        return version("reledger")
     except PackageNotFoundError:  # a source tree that was not installed
-        __version__ = "0+unknown"
+        return "0+unknown"
 
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (importlib.metadata costs
+    tens of milliseconds, which every command's start would pay)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser._print_message(f"reledger {package_version()}\n", sys.stdout)
+        parser.exit()
+
+
+@functools.lru_cache(maxsize=1)
+def parser() -> argparse.ArgumentParser:
+    """The command line's parser, built once a process (reledger.cli asks it which commands
+    exist before main parses with it)."""
+    return build_parser()
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="reledger", formatter_class=HelpFormatter,
         description="reledger: a signed, append-only traceability ledger for rare earth total quantity control.\n"
@@ -1772,7 +1795,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  reledger types                     the entry types (and `reledger types TYPE`)\n\n"
                "every command takes --db URL (default: $RELEDGER_DB, else sqlite:///./reledger.db) and --json;\n"
                "exit 0 success, 1 a verification failure or finding the command exists to report, 2 bad usage or input")
-    p.add_argument("--version", action="version", version=f"reledger {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = sub.add_parser
 
@@ -2184,10 +2207,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, upper: dict[str, Callable] | None = None) -> int:
     """The command line. ``upper``: the implementations of the commands that live above this
     room (:data:`UPPER`), given by the top-level dispatcher (:func:`reledger.cli.main`)."""
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
     if getattr(args, "format", None) == "json" and args.command != "flow":

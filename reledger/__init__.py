@@ -5,9 +5,16 @@ Installed, everything is under this one package; the repository's top-level fold
 (``ledger/`` is ``reledger.ledger``, and so on: see docs/ARCHITECTURE.md).
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
 
-try:
-    __version__ = _version("reledger")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
-    __version__ = "0+unknown"
+
+def __getattr__(name: str):
+    """``reledger.__version__``, looked up when asked (importlib.metadata costs tens of
+    milliseconds, which every command's start would pay)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("reledger")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without installing
+            return "0+unknown"
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,7 +55,7 @@ def missing_for(argv: list[str]) -> str | None:
 
 
 def command_names() -> set[str]:
-    parser = commands_cli.build_parser()
+    parser = commands_cli.parser()
     return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
             for name in action.choices}
 

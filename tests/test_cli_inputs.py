@@ -413,3 +413,17 @@ def test_a_long_command_says_how_far_it_is(capsys):
     assert "reledger: rebuilding the projections: dropping the tables," in err
     assert "reledger: rebuilding the projections: 250,000 of 1,000,000 entries (25 %)," in err
     assert "reledger: rebuilding the projections: still working," in err
+
+
+def test_version_is_looked_up_when_asked(capsys):
+    """``reledger --version`` prints the installed version (looked up only then: importlib.metadata
+    is not paid by every command's start), and so does ``reledger.__version__``."""
+    from importlib.metadata import version
+
+    import reledger
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"reledger {version('reledger')}\n"
+    assert reledger.__version__ == version("reledger")
+    with pytest.raises(AttributeError):
+        reledger.no_such_thing
