@@ -304,12 +304,12 @@ def entry_facts(etype: str | None, body: Any) -> str:
 
 
 
-def _checkpoint(store: LedgerReader, n: int) -> dict[str, Any] | None:
+def _checkpoint(store: LedgerReader, n: int, registry=None) -> dict[str, Any] | None:
     """The latest checkpoint covering at most the first ``n`` entries whose signed note verifies
     (a checkpoint key the log had registered, its size and root the log's), judged by the notes,
     never by a size column (storage/verify.py ``latest_signed_checkpoint``: a junk or forged row
     is passed over); None when there is none."""
-    found = latest_signed_checkpoint(store, within=n)
+    found = latest_signed_checkpoint(store, within=n, registry=registry)
     if found is None:
         return None
     size, root, note = found
@@ -610,7 +610,7 @@ def gather(url: str, party: str, *, as_of: int | None = None, progress: Callable
             everyone = parties(ps, point)
             names = {p["party"]: p["name"] for p in everyone}
             last = store.record(n - 1)
-            cp = _checkpoint(store, n)
+            cp = _checkpoint(store, n, registry)  # (the registry after n entries: keys carry their indices)
             say(f"replaying the party's history up to log size {n:,}")
             with stream_party(url, party, as_of=n) as rs:
                 r = _write_steps(rs, store, ps, point, registry, cp, names, timeline, cards, say, n)

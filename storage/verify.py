@@ -550,7 +550,8 @@ def signed_checkpoints(store: Any) -> list[tuple[int, bytes, bytes]]:
     return [out[n] for n in sorted(out)]
 
 
-def latest_signed_checkpoint(store: Any, page: int = 1000, within: int | None = None) -> tuple[int, bytes, bytes] | None:
+def latest_signed_checkpoint(store: Any, page: int = 1000, within: int | None = None,
+                             registry: Any = None) -> tuple[int, bytes, bytes] | None:
     """``signed_checkpoints(store)[-1]`` (None when that is empty), reading the stored rows a
     page at a time: memory does not grow with the number of checkpoints.
 
@@ -561,9 +562,11 @@ def latest_signed_checkpoint(store: Any, page: int = 1000, within: int | None = 
     greater than the log's, and the first row stating it; that row's note is then checked. Only
     when it does not verify (a forged or junk row) are the further rows stating that size
     checked, and then, if none verifies, the next smaller note size is looked for, and so on.
-    ``within``: the latest one covering at most that many entries (default: the log's size)."""
+    ``within``: the latest one covering at most that many entries (default: the log's size);
+    ``registry``: the key registry after at least that many entries, if the caller has it."""
     size = store.size() if within is None else min(within, store.size())
-    registry = store.registry()  # key records carry their authorization and revocation indices
+    if registry is None:
+        registry = store.registry()  # key records carry their authorization and revocation indices
     below: int | None = None  # note sizes >= below were tried: none of their rows verified
     while True:
         best: tuple[int, int, bytes] | None = None  # (note size, row size, note) of its first row

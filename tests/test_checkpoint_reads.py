@@ -63,6 +63,7 @@ def compare(url: str) -> tuple[int, bytes, bytes] | None:
             got = outcome(report._checkpoint, store, n)
             assert not isinstance(got, tuple), got  # a junk row is passed over, never raised
             assert got == naive_report_checkpoint(store, n), n
+            assert report._checkpoint(store, n, store.registry(n)) == got, n  # the caller's registry at n
             for page in (1, 1000):
                 assert latest_signed_checkpoint(store, page=page, within=n) == \
                     ((got["size"], got["root"], got["note"].encode()) if got else None)
