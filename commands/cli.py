@@ -1778,10 +1778,14 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-@functools.lru_cache(maxsize=1)
 def parser() -> argparse.ArgumentParser:
     """The command line's parser, built once a process (reledger.cli asks it which commands
-    exist before main parses with it)."""
+    exist before main parses with it), again if $RELEDGER_DB changed (the default of --db)."""
+    return _parser(os.environ.get("RELEDGER_DB"))
+
+
+@functools.lru_cache(maxsize=2)
+def _parser(_db: str | None) -> argparse.ArgumentParser:
     return build_parser()
 
 

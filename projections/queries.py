@@ -188,7 +188,7 @@ def parse_stock_after(text: str) -> tuple[str, str]:
     """``after`` of a stock page (``PARTY:LOT``, the ``next`` of the page before); ValueError if
     it is not one."""
     party, sep, lot = text.partition(":")
-    if not sep or not party or not lot:
+    if not sep or not party:  # (a lot may be empty: an entry written past the command API)
         raise ValueError(f"after: {text[:80]!r} is not PARTY:LOT (the next of the page before)")
     return party, lot
 
@@ -308,19 +308,22 @@ def findings(ps: ProjectionStore, party: str | None = None, rule: str | None = N
         params.append(rule)
     cols = "idx, occurred_us, rule, code, party, message, evidence, params"
     sql = f"SELECT {cols} FROM {P}findings WHERE {where} AND code <> '{RESOLVED}'"
+    # within one log index, an order of their own (the table keeps none): a page and the whole
+    # answer list one entry's findings alike, on either backend
+    order_by = "idx, party, rule, code, message"
     nxt = None
     if limit is None:
-        rows = ps.execute(sql + " ORDER BY idx", params)
+        rows = ps.execute(sql + f" ORDER BY {order_by}", params)
     else:
         lo = [] if after is None else [after]
         page = sql + (" AND idx > ?" if after is not None else "")
-        rows = ps.execute(page + " ORDER BY idx LIMIT ?", [*params, *lo, limit + 1])
+        rows = ps.execute(page + f" ORDER BY {order_by} LIMIT ?", [*params, *lo, limit + 1])
         if len(rows) > limit:
             last = int(rows[limit - 1][0])
             if int(rows[limit][0]) > last:
                 rows = rows[:limit]
             else:  # the last index's findings go on past the limit: all of them, on this page
-                rows = [r for r in rows if int(r[0]) < last] + ps.execute(sql + " AND idx = ? ORDER BY idx",
+                rows = [r for r in rows if int(r[0]) < last] + ps.execute(sql + f" AND idx = ? ORDER BY {order_by}",
                                                                           [*params, last])
             if ps.execute(sql + " AND idx > ? ORDER BY idx LIMIT 1", [*params, last]):
                 nxt = last

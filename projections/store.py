@@ -309,10 +309,33 @@ class ProjectionStore:
         self.projector = proj
         return proj
 
-    def _refold_state(self, reader: LogReader, pos: int) -> Projector:
+    def _refold_state(self, reader: LogReader, pos: int, damaged: bool = False) -> Projector:
+        """The rule state deleted and folded again from the log up to ``pos`` (state only: the
+        derived rows exist). ``damaged``: the stored state has a row this version cannot read
+        (deleted whatever it says of itself)."""
         with self._transaction() as cur:
-            for t in STATE_TABLES:
-                cur.execute(self.q(f"DELETE FROM {P}{t}"))
+            # the state is deleted only if the projections are still at ``pos`` and (unless it is
+            # damaged) no state of ``pos`` by these rules arrived meanwhile (a rebuild's, moved in
+            # at its end)
+            cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?") + (" FOR UPDATE" if self.pg else ""),
+                        (self.name,))
+            row = cur.fetchone()
+            if (int(row[0]) if row else 0) != pos:
+                raise TrackingError("the projections moved on while their rule state was to be folded again: "
+                                    "another follower (or a rebuild) is running")
+            cur.execute(self.q(f"SELECT k, v FROM {P}state WHERE ns = ? AND k IN (?, ?)"),
+                        (rowstate.META, rowstate.encode("position"), rowstate.encode("_rules")))
+            try:
+                stored = {rowstate.decode(bytes(k)): rowstate.decode(bytes(v)) for k, v in cur.fetchall()}
+            except snapshot.SnapshotError:
+                stored = {}
+            if not damaged and stored.get("position") == pos and stored.get("_rules") == snapshot.RULES:
+                stored = None
+            else:
+                for t in STATE_TABLES:
+                    cur.execute(self.q(f"DELETE FROM {P}{t}"))
+        if stored is None:
+            return Projector(rowstate.RowState(self.conn, self.pg))
         proj = Projector(rowstate.RowState(self.conn, self.pg))
         while proj.position < pos:
             start = proj.position
@@ -369,7 +392,7 @@ class ProjectionStore:
                     # a state row this version cannot read (damaged, or not plain data: never
                     # unpickled nor run): the state is folded again from the log (its rows exist)
                     log.warning("the projections' rule state has an unreadable row (%s): folded again from the log", e)
-                    self.projector = self._refold_state(self._log_reader(), self.position())
+                    self.projector = self._refold_state(self._log_reader(), self.position(), damaged=True)
                     return self._catch_up(self._log_reader(), limit, on_findings, page or PAGE)
             except Exception:
                 reader, self._reader = self._reader, None  # a broken connection is not reused
@@ -533,10 +556,13 @@ class ProjectionStore:
         pos = self.projector.position
         src = scratch.conn.cursor()
         with self._transaction() as cur:
-            cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?"), (self.name,))
+            cur.execute(self.q(f"SELECT position FROM {P}tracking WHERE name = ?") + (" FOR UPDATE" if self.pg else ""),
+                        (self.name,))
             row = cur.fetchone()
             if pos and (row is None or int(row[0]) != pos):
                 raise TrackingError("the projections moved on while they were rebuilt: another follower is running")
+            for table in rowstate.STATE_COLUMNS:  # what another process folded meanwhile (refolds): replaced
+                cur.execute(f"DELETE FROM {table}")
             for table, cols in rowstate.STATE_COLUMNS.items():
                 src.execute(f"SELECT {', '.join(cols)} FROM {table}")
                 if self.pg:

@@ -43,8 +43,9 @@ PROJECTIONS_WAIT_S = 10.0
 #: seconds between two looks at the projections' position while waiting
 PROJECTIONS_POLL_S = 0.05
 #: seconds without the position moving at all after which nothing is taken to follow the log (a
-#: follower commits every few thousand entries, a second or two apart on a large log)
-PROJECTIONS_STALL_S = 3.0
+#: follower commits every few thousand entries, a second or two apart on a large log, more on a
+#: loaded machine; one folding its state again after a rebuild does not move it at all)
+PROJECTIONS_STALL_S = 5.0
 #: seconds of waiting after which the wait says what it waits for (a shorter wait goes unsaid)
 PROJECTIONS_SAY_S = 1.0
 

@@ -336,3 +336,40 @@ def test_a_rebuild_that_fails_half_way_leaves_rows_the_follower_completes(demo_l
     finally:
         ps.close()
     assert_state_equal(ref, db_url)
+
+
+def test_a_rebuild_beside_another_follower(demo_ledger, db_url, monkeypatch):
+    """Another process catches up while a rebuild runs (``serve``'s follower, an append's
+    findings hook): it finds the projections at a position with no state and folds the state
+    again itself; the rebuild's move at the end replaces what it wrote. And a follower that had
+    decided to fold again just before the move does not delete the state moved in."""
+    monkeypatch.setattr(pstore, "REBUILD_PAGE", 97)
+    with LedgerStore(demo_ledger, create=False) as src:
+        size = src.size()
+        copy_cut(src, size, db_url).close()
+    real_move = pstore.ProjectionStore._move_state
+    other = ProjectionStore(db_url)
+
+    def move_state(self, scratch):
+        assert other.catch_up() == 0  # nothing to project: it folds the missing state again
+        assert stored_state(db_url)["state"]  # and writes it
+        return real_move(self, scratch)
+
+    monkeypatch.setattr(pstore.ProjectionStore, "_move_state", move_state)
+    ps = ProjectionStore(db_url)
+    try:
+        assert ps.rebuild() == size
+        ref, want = reference(demo_ledger, size)
+        assert table_rows(ps) == want
+    finally:
+        ps.close()
+    assert_state_equal(ref, db_url)
+    applied = []
+    real_apply = pstore.apply_record
+    monkeypatch.setattr(pstore, "apply_record", lambda proj, rec: applied.append(rec.index) or real_apply(proj, rec))
+    try:  # a fold decided before the move, carried out after it: the state of that position stays
+        other._refold_state(other._log_reader(), size)
+        assert applied == []  # kept, not deleted and folded again
+        assert_state_equal(ref, db_url)
+    finally:
+        other.close()
