@@ -188,8 +188,8 @@ class RowEvents:
             if self._s.pg:  # one statement (arrays), not one round trip a row
                 cur.execute(f"INSERT INTO {EVENTS} (ns, k, occ, n, v) SELECT * FROM unnest(%s::text[], %s::bytea[], "
                             "%s::int8[], %s::int8[], %s::bytea[])", tuple(list(c) for c in zip(*ins)))
-            else:  # in key order (as the state's upserts)
-                cur.executemany(f"INSERT INTO {EVENTS} (ns, k, occ, n, v) VALUES (?, ?, ?, ?, ?)", sorted(ins))
+            else:
+                cur.executemany(f"INSERT INTO {EVENTS} (ns, k, occ, n, v) VALUES (?, ?, ?, ?, ?)", ins)
         self._pending.clear()
         self._changed.clear()
 

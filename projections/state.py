@@ -524,12 +524,11 @@ class RowState:
                 cur.execute(f"WITH d AS (DELETE FROM {STATE_IN} RETURNING ns, k, v) INSERT INTO {STATE} (ns, k, v) "
                             "SELECT ns, k, v FROM d ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v")
         else:
-            # in key order: each B-tree page is then visited once, not once a row (random keys)
             if deletes:
-                cur.executemany(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?", sorted(deletes))
+                cur.executemany(f"DELETE FROM {STATE} WHERE ns = ? AND k = ?", deletes)
             if upserts:
                 cur.executemany(f"INSERT INTO {STATE} (ns, k, v) VALUES (?, ?, ?) "
-                                "ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v", sorted(upserts))
+                                "ON CONFLICT (ns, k) DO UPDATE SET v = excluded.v", upserts)
         for rq in self.queues:
             ins, dels = rq._flush()
             if dels:
