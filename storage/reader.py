@@ -14,7 +14,7 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs, unquote, urlparse
 
 from reledger.ledger import merkle
@@ -322,6 +322,18 @@ class Queries:
         return [(r[0], _blob(r[1]) or b"", _blob(r[2]) or b"") for r in map(_tuple, cur.fetchall())
                 if type(r[0]) is int]
 
+    def checkpoint_pages(self, cursor: Callable[[], Any], after: int = 0, upto: int | None = None,
+                         page: int = 1000) -> Iterator[tuple[int, bytes, bytes]]:
+        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, as
+        :meth:`checkpoints` lists them, read ``page`` rows at a time (``cursor()`` gives the
+        cursor of each page's query)."""
+        while True:
+            rows = self.checkpoints_after(cursor(), after, page, upto)
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
     def checkpoint_sizes(self, cur, lo: int, hi: int) -> list[int]:
         """The size columns of the stored checkpoint rows with ``lo < size <= hi``, ascending."""
         cur.execute(self.t.q("SELECT size FROM {checkpoints} WHERE {int_size} AND size > ? AND size <= ? "
@@ -601,11 +613,6 @@ class LedgerReader(MerkleProofs, LogReader):
 
     def checkpoint_rows(self, after: int = 0, upto: int | None = None, page: int = 1000
                         ) -> Iterator[tuple[int, bytes, bytes]]:
-        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, as
-        :meth:`checkpoints` lists them, read ``page`` rows at a time."""
-        while True:
-            rows = self.queries.checkpoints_after(self.cursor(), after, page, upto)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
+        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, a page at
+        a time (:meth:`Queries.checkpoint_pages`)."""
+        return self.queries.checkpoint_pages(self.cursor, after, upto, page)

@@ -244,14 +244,9 @@ class LedgerStore(MerkleProofs):
 
     def checkpoint_rows(self, after: int = 0, upto: int | None = None, page: int = 1000
                         ) -> Iterator[tuple[int, bytes, bytes]]:
-        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, as
-        :meth:`checkpoints` lists them, read ``page`` rows at a time."""
-        while True:
-            rows = self.queries.checkpoints_after(self.read_cursor(), after, page, upto)
-            yield from rows
-            if len(rows) < page:
-                return
-            after = rows[-1][0]
+        """The stored checkpoint rows (size, root, note) with ``after < size <= upto``, a page at
+        a time (:meth:`Queries.checkpoint_pages`)."""
+        return self.queries.checkpoint_pages(self.read_cursor, after, upto, page)
 
     # --- appending -----------------------------------------------------------------------
     def append(self, envelopes: Sequence[bytes | SignedEntry]) -> list[Receipt]:
