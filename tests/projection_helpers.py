@@ -320,3 +320,16 @@ def flow_rows(ps, point=None, touching: str | None = None) -> list[dict[str, Any
     return [{"index": int(i), "occurred_us": int(o), "kind": k, "src_party": sp, "src_lot": sl, "dst_party": dp,
              "dst_lot": dl, "product": pr, "g": int(g), "reo_g": int(r), "ref": ref}
             for i, o, k, sp, sl, dp, dl, pr, g, r, ref in rows]
+
+
+def over_quota_and_checkpointed(w: "World") -> None:
+    """A quota batch for GRP01, MINE01 producing over it and shipping to SEP01, then a
+    checkpoint (the activity the read-only and replay-wait ledgers start from)."""
+    from reledger.ledger.checkpoint import NoteSigner
+
+    w.ok("MIIT", "QuotaBatchIssued", {"year": 2024, "batch_no": 1, "document_no": "Q-1", "holder": "GRP01",
+                                      "mining_rock_t_reo": "10", "mining_ionic_t_reo": "0",
+                                      "separation_t_reo": "10"}, at="2024-01-02T00:00:00Z")
+    w.produce("MINE01", "L1", 20_000_000, at="2024-01-03T00:00:00Z")  # over its group's quota
+    w.ship("MINE01", "SEP01", "T1", [("L1", "RE_CONCENTRATE", 1000, 500)], at="2024-01-04T00:00:00Z")
+    w.store.checkpoint(NoteSigner("reledger.test/projections", w.ck.private_key))

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PG_URL, _with_schema, drop_schema, require_pg
-from projection_helpers import World, key_for
+from projection_helpers import World, over_quota_and_checkpointed, key_for
 from reledger.commands.cli import EXIT_FAILED, EXIT_OK, EXIT_UNANCHORED, EXIT_USAGE, main
 from reledger.ledger.checkpoint import NoteSigner
 from reledger.projections.store import P, ProjectionStore
@@ -66,12 +66,7 @@ def ledger(db_url, tmp_path):
     """A ledger with activity, projections up to date and a checkpoint."""
     w = World(db_url)
     try:
-        w.ok("MIIT", "QuotaBatchIssued", {"year": 2024, "batch_no": 1, "document_no": "Q-1", "holder": "GRP01",
-                                          "mining_rock_t_reo": "10", "mining_ionic_t_reo": "0",
-                                          "separation_t_reo": "10"}, at="2024-01-02T00:00:00Z")
-        w.produce("MINE01", "L1", 20_000_000, at="2024-01-03T00:00:00Z")  # over its group's quota
-        w.ship("MINE01", "SEP01", "T1", [("L1", "RE_CONCENTRATE", 1000, 500)], at="2024-01-04T00:00:00Z")
-        w.store.checkpoint(NoteSigner("reledger.test/projections", w.ck.private_key))
+        over_quota_and_checkpointed(w)
         ps = ProjectionStore(db_url)
         ps.catch_up()
         ps.close()
@@ -274,6 +269,21 @@ class _Ps:
 
 # --- the serving role -----------------------------------------------------------------------
 
+def _names_for_a_serving_role() -> tuple[str, str, str, str]:
+    """A fresh schema and role: (schema, role, the owner's URL, the role's URL)."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    role = "reledger_srv_" + uuid.uuid4().hex[:8]
+    owner_url = _with_schema(PG_URL, schema)
+    u = DatabaseURL.parse(owner_url)
+    return schema, role, owner_url, f"postgresql://{role}@{u.host}:{u.port}/{u.dbname}?schema={schema}"
+
+
+def _init_with_serving_role(owner_url: str, role: str, tmp_path, capsys) -> None:
+    """``reledger init --serving-role``, as the owner (keys under tmp_path/keys)."""
+    assert main(["init", "--db", owner_url, "--keys", str(tmp_path / "keys"), "--serving-role", role]) == EXIT_OK
+    capsys.readouterr()
+
+
 def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsys):
     require_pg()
     import psycopg
@@ -285,14 +295,9 @@ def test_the_serving_role_appends_and_answers_and_alters_nothing(tmp_path, capsy
     from reledger.projections.hooks import ProjectionFindings
     from reledger.storage.store import LedgerStore
 
-    schema = "t_" + uuid.uuid4().hex[:12]
-    role = "reledger_srv_" + uuid.uuid4().hex[:8]
-    owner_url = _with_schema(PG_URL, schema)
-    u = DatabaseURL.parse(owner_url)
-    role_url = f"postgresql://{role}@{u.host}:{u.port}/{u.dbname}?schema={schema}"
+    schema, role, owner_url, role_url = _names_for_a_serving_role()
     try:
-        assert main(["init", "--db", owner_url, "--keys", str(tmp_path / "keys"), "--serving-role", role]) == EXIT_OK
-        capsys.readouterr()
+        _init_with_serving_role(owner_url, role, tmp_path, capsys)
         reg = SigningKey.read(tmp_path / "keys" / "MIIT.key")
         mine = key_for("MINE09")
         store = LedgerStore(role_url, processes=False)
@@ -377,14 +382,9 @@ def test_the_serving_role_opens_a_ledger_without_an_index_this_version_added(tmp
     require_pg()
     from reledger.projections import flowgraph, queries
 
-    schema = "t_" + uuid.uuid4().hex[:12]
-    role = "reledger_srv_" + uuid.uuid4().hex[:8]
-    owner_url = _with_schema(PG_URL, schema)
-    u = DatabaseURL.parse(owner_url)
-    role_url = f"postgresql://{role}@{u.host}:{u.port}/{u.dbname}?schema={schema}"
+    schema, role, owner_url, role_url = _names_for_a_serving_role()
     try:
-        assert main(["init", "--db", owner_url, "--keys", str(tmp_path / "keys"), "--serving-role", role]) == EXIT_OK
-        capsys.readouterr()
+        _init_with_serving_role(owner_url, role, tmp_path, capsys)
         with _pg_conn(owner_url) as conn:
             for name in ("flow_src_party", "flow_dst_party", "stock_party_lot", "quota_grp", "findings_resolves"):
                 conn.execute(f'DROP INDEX "{schema}".{P}{name}')

@@ -19,9 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from projection_helpers import World
+from projection_helpers import World, over_quota_and_checkpointed
 from reledger.commands.cli import EXIT_OK, EXIT_USAGE, main
-from reledger.ledger.checkpoint import NoteSigner
 from reledger.projections.store import ProjectionReader, ProjectionStore
 from reledger.replay import history
 from reledger.replay.history import replay_party
@@ -35,12 +34,7 @@ def ledger(db_url):
     production and shipment among them); nobody follows it. Returns (url, log size)."""
     w = World(db_url)
     try:
-        w.ok("MIIT", "QuotaBatchIssued", {"year": 2024, "batch_no": 1, "document_no": "Q-1", "holder": "GRP01",
-                                          "mining_rock_t_reo": "10", "mining_ionic_t_reo": "0",
-                                          "separation_t_reo": "10"}, at="2024-01-02T00:00:00Z")
-        w.produce("MINE01", "L1", 20_000_000, at="2024-01-03T00:00:00Z")  # over its group's quota
-        w.ship("MINE01", "SEP01", "T1", [("L1", "RE_CONCENTRATE", 1000, 500)], at="2024-01-04T00:00:00Z")
-        w.store.checkpoint(NoteSigner("reledger.test/projections", w.ck.private_key))
+        over_quota_and_checkpointed(w)
         w.produce("MINE01", "L2", 3_000_000, at="2024-01-05T00:00:00Z")
         w.ship("MINE01", "SEP01", "T2", [("L2", "RE_CONCENTRATE", 2000, 900)], at="2024-01-06T00:00:00Z")
         w.ship("MINE01", "SEP02", "T3", [("L1", "RE_CONCENTRATE", 500, 200)], at="2024-01-07T00:00:00Z")
